@@ -1,0 +1,22 @@
+"""fastlista: fast CPU sparse coding with learned step sizes.
+
+Solves many Lasso problems ``min_z 1/2 ||x - z D||^2 + lmbd ||z||_1`` that
+share one dictionary ``D`` (n_atoms, n_features), by batched iterative
+solvers and by unfolded ISTA networks whose weights are learned from data
+(Ablin, Moreau, Massias & Gramfort, NeurIPS 2019).
+"""
+__version__ = "0.1.0"
+
+from ._validation import ConvergenceWarning, InvalidParameterError
+from .lasso import (duality_gap, lambda_max, lasso_gradient, lasso_objective,
+                    soft_thresholding)
+from .lipschitz import lipschitz
+from .solvers import (LassoResult, backtracking_ista, coordinate_descent, fista,
+                      ista, oista, solve_lasso)
+
+__all__ = [
+    "ConvergenceWarning", "InvalidParameterError",
+    "duality_gap", "lambda_max", "lasso_gradient", "lasso_objective",
+    "soft_thresholding", "lipschitz", "LassoResult", "solve_lasso", "ista",
+    "fista", "oista", "backtracking_ista", "coordinate_descent",
+]

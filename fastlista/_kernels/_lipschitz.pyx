@@ -1,0 +1,40 @@
+"""Lipschitz constants L = ||D||_2^2 and L_S = ||D_S||_2^2 (batched)."""
+import numpy as np
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from ._lipschitz cimport support_lipschitz
+
+
+def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
+                       const unsigned char[:, ::1] support, floating tol,
+                       int max_iter, int n_threads):
+    """L_S of each row of a boolean (N, m) support matrix, OpenMP over rows.
+
+    Returns an (N,) array of the dtype of D.
+    """
+    cdef int N = support.shape[0], m = D.shape[0], n = D.shape[1]
+    cdef int i, j, k, t
+    dtype = np.float32 if floating is float else np.float64
+    out_arr = np.zeros(N, dtype=dtype)
+    cdef floating[::1] out = out_arr
+    n_threads = max(1, min(n_threads, N))
+    cdef int[:, ::1] idx = np.empty((n_threads, m), dtype=np.intc)
+    cdef floating[:, ::1] v = np.empty((n_threads, m), dtype=dtype)
+    cdef floating[:, ::1] w = np.empty((n_threads, m), dtype=dtype)
+    # B_SS is only formed when |S| < 2 n (see support_lipschitz)
+    cdef floating[:, ::1] work = np.empty((n_threads, max(min(m, 2 * n) ** 2, n, 1)), dtype=dtype)
+    if N == 0:
+        return out_arr
+    with nogil:
+        for i in prange(N, num_threads=n_threads, schedule="dynamic", chunksize=64):
+            t = threadid()
+            k = 0
+            for j in range(m):
+                if support[i, j]:
+                    idx[t, k] = j
+                    k = k + 1
+            out[i] = support_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
+                                       &v[t, 0], &w[t, 0], &work[t, 0],
+                                       False, tol, max_iter)
+    return out_arr

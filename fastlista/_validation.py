@@ -1,0 +1,241 @@
+"""Input validation at the public boundary.
+
+Every public function validates its arguments once, here, with messages that
+name the argument and state what was expected (scikit-learn's wording where
+one exists). Kernels downstream trust what they receive: C-contiguous float32
+or float64 arrays of matching shapes, finite values.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = ["InvalidParameterError", "ConvergenceWarning"]
+
+_BLAS_INT_MAX = 2**31 - 1
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a bad type or value (a ValueError and a TypeError)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped at ``max_iter`` before reaching its tolerance."""
+
+
+def _is_sparse(a):
+    return hasattr(a, "tocsr") and hasattr(a, "nnz")
+
+
+def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
+                min_samples=0, min_features=1):
+    """Return ``a`` as a C-contiguous, finite float32/float64 array.
+
+    Parameters
+    ----------
+    a : array-like
+        The input.
+    name : str
+        Its name in error messages.
+    ndim : int, default=2
+        The required number of dimensions.
+    dtype : {None, np.float32, np.float64}, default=None
+        Target dtype. ``None`` keeps float32 and float64 and converts anything
+        else (integers, booleans, float16, object) to float64.
+    allow_1d : bool, default=False
+        With ``ndim=2``, accept a 1-D array as one sample (returned as 2-D).
+    min_samples, min_features : int
+        Lower bounds on the two axes of a 2-D array.
+
+    Returns
+    -------
+    out : ndarray
+        C-contiguous, finite, of the resolved dtype. It is the input itself
+        when that already qualifies (kernels never write to their inputs).
+    """
+    if _is_sparse(a):
+        raise TypeError(
+            f"Sparse data was passed for {name}, but dense data is required. "
+            "Use '.toarray()' to convert to a dense numpy array.")
+    arr = np.asarray(a)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"Complex data not supported in {name}.")
+    if arr.dtype.kind in "USV":
+        raise ValueError(
+            f"dtype='numeric' is not compatible with arrays of bytes/strings "
+            f"({name} has dtype {arr.dtype}). Convert your data to numeric "
+            "values explicitly instead.")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from None
+    if ndim == 2 and allow_1d and arr.ndim == 1:
+        arr = arr[np.newaxis, :]
+    if arr.ndim != ndim:
+        if arr.ndim == 0:
+            raise ValueError(
+                f"Expected {ndim}D array for {name}, got scalar array instead: "
+                f"{name}={arr!r}. Reshape your data.")
+        hint = ""
+        if ndim == 2 and arr.ndim == 1:
+            hint = (" Reshape your data either using array.reshape(-1, 1) if your data "
+                    "has a single feature or array.reshape(1, -1) if it contains a "
+                    "single sample.")
+        raise ValueError(
+            f"Expected {ndim}D array for {name}, got {arr.ndim}D array instead "
+            f"(shape={arr.shape}).{hint}")
+    if ndim == 2:
+        if arr.shape[0] < min_samples:
+            raise ValueError(
+                f"Found array with {arr.shape[0]} sample(s) (shape={arr.shape}) while a "
+                f"minimum of {min_samples} is required for {name}.")
+        if arr.shape[1] < min_features:
+            raise ValueError(
+                f"Found array with {arr.shape[1]} feature(s) (shape={arr.shape}) while a "
+                f"minimum of {min_features} is required for {name}.")
+    if any(s > _BLAS_INT_MAX for s in arr.shape):
+        raise ValueError(f"{name} has shape {arr.shape}: a dimension is too large "
+                         "for 32-bit BLAS (at most 2**31 - 1).")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    check_finite(arr, name)
+    return arr
+
+
+def check_finite(arr, name):
+    """Raise ValueError if ``arr`` holds NaN or infinity."""
+    if arr.size and not np.isfinite(arr.sum(dtype=np.float64) * 0.0):
+        # the cheap sum test has false positives only on overflow: refine
+        if np.isnan(arr).any():
+            raise ValueError(f"Input {name} contains NaN.")
+        if np.isinf(arr).any():
+            raise ValueError(
+                f"Input {name} contains infinity or a value too large for "
+                f"dtype('{arr.dtype}').")
+
+
+def check_X_D(X, D, *, allow_1d=True):
+    """Validate a batch of signals against a dictionary.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+        Signals, one per row; a 1-D ``X`` is one sample.
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary, one atom per row.
+    allow_1d : bool, default=True
+        Accept a 1-D ``X``.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    D : ndarray of shape (n_atoms, n_features)
+        Both C-contiguous, of their common float dtype (float32 only if
+        both are float32 or narrower).
+    is_1d : bool
+        Whether ``X`` was 1-D (callers return 1-D results then).
+    """
+    is_1d = np.ndim(X) == 1 and allow_1d
+    dtype = _common_dtype(X, D)
+    D = check_array(D, "D", dtype=dtype, min_features=1)
+    if D.shape[0] == 0:
+        raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
+    X = check_array(X, "X", dtype=dtype, allow_1d=allow_1d, min_features=0)
+    if X.shape[1] != D.shape[1]:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but D has {D.shape[1]} features "
+            f"(X.shape={X.shape}, D.shape={D.shape}).")
+    return X, D, is_1d
+
+
+def _common_dtype(*arrays):
+    """float32 if every float input is float32 (or narrower), else float64."""
+    dtypes = []
+    for a in arrays:
+        dt = getattr(a, "dtype", None)
+        if dt is None:
+            dt = np.asarray(a).dtype
+        dtypes.append(dt)
+    if all(dt == np.float32 for dt in dtypes):
+        return np.float32
+    return np.float64
+
+
+def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
+                 high_closed=True, integer=False):
+    """Validate a real (or integer) scalar parameter against an interval.
+
+    Raises
+    ------
+    InvalidParameterError
+        "The '{name}' parameter of {func} must be {constraint}. Got {value!r}
+        instead." NaN and infinity are always rejected for real parameters.
+    """
+    kind = "an int" if integer else "a float"
+    lo = "-inf" if low is None else (repr(low) if integer else repr(float(low)))
+    hi = "inf" if high is None else (repr(high) if integer else repr(float(high)))
+    constraint = (f"{kind} in the range {'[' if low_closed and low is not None else '('}"
+                  f"{lo}, {hi}{']' if high_closed and high is not None else ')'}")
+    bad = InvalidParameterError(
+        f"The '{name}' parameter of {func} must be {constraint}. Got {value!r} instead.")
+    if isinstance(value, (bool, np.bool_)):
+        raise bad
+    if integer:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise bad from None
+    else:
+        if not isinstance(value, numbers.Real):
+            if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+                value = value.item()
+            else:
+                raise bad
+        value = float(value)
+        if not np.isfinite(value):
+            raise bad
+    if low is not None and (value < low or (value == low and not low_closed)):
+        raise bad
+    if high is not None and (value > high or (value == high and not high_closed)):
+        raise bad
+    return value
+
+
+def check_option(value, name, func, options):
+    """Validate a string option."""
+    if not isinstance(value, str) or value not in options:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {func} must be a str among "
+            f"{{{', '.join(repr(o) for o in sorted(options))}}}. Got {value!r} instead.")
+    return value
+
+
+def check_n_jobs(n_jobs, func):
+    """Resolve ``n_jobs`` (None → 1, -1 → all cores, -2 → all but one)."""
+    import os
+
+    if n_jobs is None:
+        return 1
+    n_cpus = os.cpu_count() or 1
+    n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True)
+    if n_jobs == 0:
+        raise InvalidParameterError(
+            f"The 'n_jobs' parameter of {func} must be a non-zero int or None. Got 0 instead.")
+    if n_jobs < 0:
+        return max(1, n_cpus + 1 + n_jobs)
+    return n_jobs
+
+
+def check_random_state(seed):
+    """Turn ``seed`` into a ``np.random.RandomState`` (sklearn's contract)."""
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if not 0 <= seed <= 2**32 - 1:
+            raise ValueError("Seed must be between 0 and 2**32 - 1")
+        return np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
