@@ -106,7 +106,9 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
 
 def check_finite(arr, name):
     """Raise ValueError if ``arr`` holds NaN or infinity."""
-    if arr.size and not np.isfinite(arr.sum(dtype=np.float64) * 0.0):
+    with np.errstate(all="ignore"):
+        suspicious = arr.size and not np.isfinite(arr.sum(dtype=np.float64))
+    if suspicious:
         # the cheap sum test has false positives only on overflow: refine
         if np.isnan(arr).any():
             raise ValueError(f"Input {name} contains NaN.")

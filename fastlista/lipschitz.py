@@ -7,6 +7,7 @@ interlacing L_S <= L_T for S in T, and L_S is often much smaller than L when S
 is small: this is the step size lever of OISTA and SLISTA.
 """
 import numpy as np
+from scipy.linalg import eigh
 
 from ._kernels import _lipschitz
 from ._validation import check_array, check_n_jobs, check_scalar
@@ -17,11 +18,15 @@ __all__ = ["lipschitz"]
 def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     """Largest eigenvalue of ``D D^T``, optionally restricted to supports.
 
-    Computed by a power iteration in Cython: exact for supports of one or
-    two atoms, on ``B_SS`` (``|S|^2`` flops a step) when ``|S| < 2
+    The global L is computed exactly (LAPACK, on the smaller of ``D D^T``
+    and ``D^T D``). Supports use a power iteration in Cython: exact for one
+    or two atoms, on ``B_SS`` (``|S|^2`` flops a step) when ``|S| < 2
     n_features`` and on ``D_S`` (``2 |S| n_features`` flops) otherwise,
-    stopped when two consecutive Rayleigh quotients differ by at most
-    ``tol`` relatively. Batched supports run in parallel (OpenMP).
+    stopped when the extrapolated error of the Rayleigh quotient is below
+    ``tol`` relatively, with a LAPACK fallback when ``max_iter`` is reached.
+    Batched supports run in parallel (OpenMP). A power iteration cannot
+    separate two top eigenvalues closer than about ``sqrt(tol)``: its
+    estimate then lies between them.
 
     Parameters
     ----------
@@ -61,21 +66,25 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     n_threads = check_n_jobs(n_jobs, "lipschitz")
     m = D.shape[0]
     if support is None:
-        S = np.ones((1, m), dtype=np.uint8)
-    else:
-        S = np.asarray(support)
-        if S.dtype != bool:
-            raise ValueError(
-                f"support must be a boolean array of shape (n_atoms,) = ({m},) or "
-                f"(n_samples, n_atoms); got dtype {S.dtype}.")
-        if S.ndim not in (1, 2) or S.shape[-1] != m:
-            raise ValueError(
-                f"support must have shape (n_atoms,) = ({m},) or (n_samples, {m}) "
-                f"to match D {D.shape}; got support.shape={S.shape}.")
+        return global_lipschitz(D)
+    S = np.asarray(support)
+    if S.dtype != bool:
+        raise ValueError(
+            f"support must be a boolean array of shape (n_atoms,) = ({m},) or "
+            f"(n_samples, n_atoms); got dtype {S.dtype}.")
+    if S.ndim not in (1, 2) or S.shape[-1] != m:
+        raise ValueError(
+            f"support must have shape (n_atoms,) = ({m},) or (n_samples, {m}) "
+            f"to match D {D.shape}; got support.shape={S.shape}.")
     L = support_lipschitz(D, D @ D.T, np.atleast_2d(S), tol, max_iter, n_threads)
-    if support is None or S.ndim == 1:
-        return float(L[0])
-    return L
+    return float(L[0]) if S.ndim == 1 else L
+
+
+def global_lipschitz(D):
+    """Unvalidated exact L = ||D||_2^2, on the smaller Gram matrix."""
+    G = D @ D.T if D.shape[0] <= D.shape[1] else D.T @ D
+    r = G.shape[0]
+    return float(max(eigh(G, eigvals_only=True, subset_by_index=[r - 1, r - 1])[0], 0.0))
 
 
 def support_lipschitz(D, B, support, tol, max_iter, n_threads):

@@ -20,7 +20,7 @@ from ._kernels import _cd, _solvers
 from ._validation import (ConvergenceWarning, InvalidParameterError,
                           check_n_jobs, check_option, check_scalar, check_X_D)
 from .lasso import _check_codes
-from .lipschitz import support_lipschitz
+from .lipschitz import global_lipschitz
 
 __all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
            "backtracking_ista", "coordinate_descent"]
@@ -72,17 +72,13 @@ class LassoResult:
 
 
 def _blas_limits(n_threads):
-    """Context in which BLAS runs single-threaded, if threadpoolctl is here.
+    """Context in which BLAS runs single-threaded, and the OpenMP threads.
 
-    Returns (context, n_threads): without threadpoolctl the kernels run one
-    OpenMP thread and leave the threading to BLAS (never both).
+    The kernels thread over blocks of samples, each calling BLAS on its own
+    block: BLAS must then be single-threaded (threadpoolctl). Without
+    threadpoolctl the kernels run one thread and leave threading to BLAS, so
+    that the two never oversubscribe the cores.
     """
-    if n_threads == 1:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return nullcontext(), 1
-        return threadpool_limits(1, user_api="blas"), 1
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -217,20 +213,22 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
     B = D @ D.T
     if len(active):
-        context, n_threads = _blas_limits(n_threads)
-        with context:
-            if method == "cd":
-                _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,
-                                       X.shape[1], n_threads, n_iter, gap)
-            else:
-                L = float(support_lipschitz(D, B, np.ones((1, m), bool), 1e-10, 10000, 1)[0])
+        if method == "cd":
+            # level-1 loops only, no BLAS: OpenMP over samples
+            _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,
+                                   X.shape[1], n_threads, n_iter, gap)
+        else:
+            context, n_threads = _blas_limits(n_threads)
+            with context:
+                L = global_lipschitz(D)
                 if L == 0:
-                    # D == 0: every code is optimal at 0 (the objective is constant)
+                    # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
                     Z[active] = 0
                 else:
                     _solvers.prox_grad(method, X, D, B, C, xx, lmbd, L, Z, active,
                                        max_iter, tol, GAP_FREQ, n_threads,
-                                       BLOCK_SIZE, record_history, *hist, n_iter, gap)
+                                       BLOCK_SIZE, record_history, *hist, n_iter,
+                                       gap)
     if record_history:
         T = int(n_iter.max()) + 1 if N else 1
         obj_h, gap_h, step_h = (h[:T] for h in hist)

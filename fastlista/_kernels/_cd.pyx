@@ -14,9 +14,11 @@ is an exact minimisation along coordinate j. Three devices make it fast:
 * a Newton polish: once an epoch leaves the signs s of z unchanged, the
   Lasso restricted to S = supp(z) with those signs is the linear system
   B_SS z_S = c_S - lmbd s_S. Its solution (Cholesky) is the exact optimum on
-  W when its signs agree with s; it is accepted then, ignored otherwise;
+  W when its signs agree with s; otherwise z moves towards it until the
+  first coordinate reaches 0 (an active-set step);
 * the duality gap of the subproblem on W costs O(|W|) and ends the inner
-  loop; the full gap (O(m nnz) to refresh g) ends the outer loop.
+  loop (as do an epoch that changes nothing and MAX_INNER epochs, after
+  which W grows); the full gap (O(m nnz) to refresh g) ends the outer loop.
 
 Computations run in double precision whatever the storage dtype.
 """
@@ -26,6 +28,9 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport fabs, sqrt
 
 cdef int MIN_WS = 10
+cdef int WS_MAX = 1024
+# inner epochs per working set before the outer loop grows it
+cdef int MAX_INNER = 100
 
 
 cdef inline double st(double u, double t) noexcept nogil:
@@ -40,22 +45,22 @@ cdef inline double sgn(double u) noexcept nogil:
     return (u > 0) - (u < 0)
 
 
-cdef double gap_from(const int *W, int w, const double *z, const double *g,
-                     const floating *c, double xx, double lmbd) noexcept nogil:
-    """Duality gap of z (supported in W) with the negative gradient g on W.
+cdef double gap_from(int w, const double *z, const double *g, const double *c,
+                     double xx, double lmbd) noexcept nogil:
+    """Duality gap of z with the negative gradient g = c - z B, on w atoms.
 
     ||r||^2 = ||x||^2 - 2 z.c + z B z = xx - z.c - z.g, and r D^T = g; the
-    dual point r / max(lmbd, ||g_W||_inf) is feasible for the problem on W.
+    dual point r / max(lmbd, ||g||_inf) is feasible for the problem on these
+    atoms (for all atoms: the full duality gap).
     """
-    cdef int a, j
+    cdef int a
     cdef double zc = 0, zg = 0, l1 = 0, ginf = 0, rr, s, ratio, primal, dual
     for a in range(w):
-        j = W[a]
-        zc += z[j] * c[j]
-        zg += z[j] * g[j]
-        l1 += fabs(z[j])
-        if fabs(g[j]) > ginf:
-            ginf = fabs(g[j])
+        zc += z[a] * c[a]
+        zg += z[a] * g[a]
+        l1 += fabs(z[a])
+        if fabs(g[a]) > ginf:
+            ginf = fabs(g[a])
     rr = xx - zc - zg
     if rr < 0:
         rr = 0
@@ -92,27 +97,29 @@ cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:
             return
 
 
-cdef bint newton_polish(const int *W, int w, double *z, const floating *c,
-                        const floating *B, int m, double lmbd, int kmax,
-                        int *S, double *M, double *rhs) noexcept nogil:
-    """Solve B_SS z_S = c_S - lmbd sign(z_S) on S = supp(z) in W.
+cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
+                       double lmbd, int kmax, int *S, double *M,
+                       double *rhs) noexcept nogil:
+    """Newton step on S = supp(z): B_SS z_S = c_S - lmbd sign(z_S).
 
-    Accepts (writes z) only when the solution keeps the signs of z_S.
-    Returns whether it was accepted.
+    All on the compact working set (Bw is w x w). Returns 1 when the solution
+    keeps the signs (z is then the optimum of the problem restricted to S),
+    2 when z moved to the first sign crossing and dropped that coordinate,
+    0 when B_SS is singular or too large (z unchanged).
     """
-    cdef int a, b, k = 0, i
-    cdef double acc
+    cdef int a, b, k = 0, i, first = -1
+    cdef double acc, t = 1, ta
     for a in range(w):
-        if z[W[a]] != 0:
+        if z[a] != 0:
             if k == kmax:
-                return False
-            S[k] = W[a]
+                return 0
+            S[k] = a
             k += 1
     if k == 0:
-        return False
+        return 0
     for a in range(k):
         for b in range(a + 1):
-            M[a * k + b] = B[<Py_ssize_t> S[a] * m + S[b]]
+            M[a * k + b] = Bw[S[a] * w + S[b]]
         rhs[a] = c[S[a]] - lmbd * sgn(z[S[a]])
     # Cholesky M = L L^T in the lower triangle
     for a in range(k):
@@ -122,7 +129,7 @@ cdef bint newton_polish(const int *W, int w, double *z, const floating *c,
                 acc -= M[a * k + i] * M[b * k + i]
             if a == b:
                 if acc <= 1e-12 * M[a * k + a] or acc <= 0:
-                    return False
+                    return 0
                 M[a * k + a] = sqrt(acc)
             else:
                 M[a * k + b] = acc / M[b * k + b]
@@ -137,39 +144,68 @@ cdef bint newton_polish(const int *W, int w, double *z, const floating *c,
         for i in range(a + 1, k):
             acc -= M[i * k + a] * rhs[i]
         rhs[a] = acc / M[a * k + a]
+    # z' = rhs keeps the signs: it is the optimum on S. Otherwise move from z
+    # towards z' up to the first coordinate that crosses 0 (the objective is
+    # the convex quadratic of the orthant there, decreasing along the
+    # segment) and drop that coordinate.
     for a in range(k):
         if sgn(rhs[a]) != sgn(z[S[a]]):
-            return False
+            ta = z[S[a]] / (z[S[a]] - rhs[a])
+            if ta < t:
+                t = ta
+                first = a
     for a in range(k):
-        z[S[a]] = rhs[a]
-    return True
+        z[S[a]] += t * (rhs[a] - z[S[a]])
+    if first >= 0:
+        z[S[first]] = 0
+        return 2
+    return 1
 
 
-cdef int cd_sample(const floating *c, const floating *B, int m, double xx,
-                   double lmbd, double *z, int max_epochs, double tol_abs,
-                   double *g, double *score, int *cand, int *W, int kmax,
+cdef void refresh_gradient(int w, const double *z, const double *c,
+                           const double *Bw, double *g) noexcept nogil:
+    """g = c - z Bw on the working set (z sparse)."""
+    cdef int a, b
+    cdef double za
+    for b in range(w):
+        g[b] = c[b]
+    for a in range(w):
+        za = z[a]
+        if za != 0:
+            for b in range(w):
+                g[b] -= za * Bw[a * w + b]
+
+
+cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
+                   double lmbd, double *z_full, int max_epochs, double tol_abs,
+                   double *g_full, double *score, int *cand, int *W, int wmax,
+                   double *z, double *g, double *c, double *Bw, int kmax,
                    int *S, double *M, double *rhs, double *gap_out) noexcept nogil:
-    """Solve one sample in place in z; returns the number of epochs."""
-    cdef int j, a, b, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, jb
-    cdef double gap, d, znew, bjj, inner_gap
-    cdef bint sign_changed, polished
+    """Solve one sample in place in z_full; returns the number of epochs.
+
+    Outer loop on all m atoms (gradient, gap, working set W of at most wmax
+    atoms), inner epochs on the compact copies z, g, c (w,) and Bw (w, w).
+    """
+    cdef int j, a, b, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, status, inner
+    cdef double gap, d, znew, bjj, za
+    cdef bint sign_changed, changed, polished, moved
     cdef const floating *Bj
+    cdef double *Ba
 
     while True:
-        # refresh the full negative gradient g = c - z B from the support
+        # full negative gradient g = c - z B from the support
         for j in range(m):
-            g[j] = c[j]
+            g_full[j] = c_full[j]
+            score[j] = c_full[j]        # c in double for gap_from
         nnz = 0
         for j in range(m):
-            if z[j] != 0:
+            za = z_full[j]
+            if za != 0:
                 nnz += 1
                 Bj = B + <Py_ssize_t> j * m
                 for b in range(m):
-                    g[b] -= z[j] * Bj[b]
-        # full gap: W = all atoms
-        for j in range(m):
-            cand[j] = j
-        gap = gap_from(cand, m, z, g, c, xx, lmbd)
+                    g_full[b] -= za * Bj[b]
+        gap = gap_from(m, z_full, g_full, score, xx, lmbd)
         if (tol_abs > 0 and gap <= tol_abs) or epochs >= max_epochs:
             gap_out[0] = gap
             return epochs
@@ -178,62 +214,72 @@ cdef int cd_sample(const floating *c, const floating *B, int m, double xx,
         w = 0
         n_cand = 0
         for j in range(m):
-            if z[j] != 0:
+            if z_full[j] != 0 and w < wmax:
                 W[w] = j
                 w += 1
             elif B[<Py_ssize_t> j * m + j] > 0:
                 cand[n_cand] = j
-                score[n_cand] = fabs(g[j])
+                score[n_cand] = fabs(g_full[j])
                 n_cand += 1
         if 2 * nnz > p_ws:
             p_ws = 2 * nnz
+        if p_ws > wmax:
+            p_ws = wmax
         b = p_ws - w
         if b > n_cand:
             b = n_cand
-        if b < 1 and n_cand > 0:
+        if b < 1 and n_cand > 0 and w < wmax:
             b = 1
         if b > 0:
             select_top(score, cand, n_cand, b)
             for a in range(b):
                 W[w] = cand[a]
                 w += 1
+        # compact copies on W
+        for a in range(w):
+            z[a] = z_full[W[a]]
+            g[a] = g_full[W[a]]
+            c[a] = c_full[W[a]]
+            Bj = B + <Py_ssize_t> W[a] * m
+            for b in range(w):
+                Bw[a * w + b] = Bj[W[b]]
 
-        # inner epochs on W; g is kept exact on W only
+        # inner epochs on W
         polished = False
-        while epochs < max_epochs:
+        inner = 0
+        while epochs < max_epochs and inner < MAX_INNER:
+            inner += 1
             sign_changed = False
+            changed = False
             for a in range(w):
-                j = W[a]
-                Bj = B + <Py_ssize_t> j * m
-                bjj = Bj[j]
-                znew = st(z[j] + g[j] / bjj, lmbd / bjj)
-                if znew != z[j]:
-                    d = znew - z[j]
-                    if sgn(znew) != sgn(z[j]):
+                Ba = Bw + a * w
+                bjj = Ba[a]
+                znew = st(z[a] + g[a] / bjj, lmbd / bjj)
+                if znew != z[a]:
+                    changed = True
+                    d = znew - z[a]
+                    if sgn(znew) != sgn(z[a]):
                         sign_changed = True
-                    z[j] = znew
+                    z[a] = znew
                     for b in range(w):
-                        jb = W[b]
-                        g[jb] -= d * Bj[jb]
+                        g[b] -= d * Ba[b]
             epochs += 1
             if sign_changed:
                 polished = False
             elif not polished:
+                # Newton steps, dropping the coordinates that cross 0, until
+                # the signs are consistent (as in feature-sign search)
                 polished = True
-                if newton_polish(W, w, z, c, B, m, lmbd, kmax, S, M, rhs):
-                    # g on W from scratch: g_W = c_W - z_S B_SW
-                    for a in range(w):
-                        g[W[a]] = c[W[a]]
-                    for a in range(w):
-                        j = W[a]
-                        if z[j] != 0:
-                            Bj = B + <Py_ssize_t> j * m
-                            for b in range(w):
-                                jb = W[b]
-                                g[jb] -= z[j] * Bj[jb]
-            inner_gap = gap_from(W, w, z, g, c, xx, lmbd)
-            if inner_gap <= 0.3 * tol_abs:
+                status = newton_polish(w, z, c, Bw, lmbd, kmax, S, M, rhs)
+                moved = status != 0
+                while status == 2:
+                    status = newton_polish(w, z, c, Bw, lmbd, kmax, S, M, rhs)
+                if moved:
+                    refresh_gradient(w, z, c, Bw, g)
+            if not changed or gap_from(w, z, g, c, xx, lmbd) <= 0.3 * tol_abs:
                 break
+        for a in range(w):
+            z_full[W[a]] = z[a]
         # the next working set may grow
         if p_ws < m:
             p_ws = 2 * p_ws if 2 * p_ws < m else m
@@ -250,31 +296,39 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     its gap is <= tol * xx / 2 (never for tol = 0) or after max_iter epochs.
     """
     cdef int m = B.shape[0], n_active = active.shape[0]
-    cdef int i, r, j, t, kmax = m
+    cdef int i, r, j, t, kmax, wmax
     cdef double gap
     if n_active == 0:
         return
     n_threads = max(1, min(n_threads, n_active))
-    cdef double[:, ::1] z = np.empty((n_threads, m))
-    cdef double[:, ::1] g = np.empty((n_threads, m))
+    # B_SS is positive definite only if |S| <= n_features: cap the polish
+    # there; the working set is capped at WS_MAX atoms (B_WW in cache)
+    kmax = max(1, min(m, n_features))
+    wmax = min(m, WS_MAX)
+    cdef double[:, ::1] z_full = np.empty((n_threads, m))
+    cdef double[:, ::1] g_full = np.empty((n_threads, m))
     cdef double[:, ::1] score = np.empty((n_threads, m))
     cdef int[:, ::1] cand = np.empty((n_threads, m), np.intc)
     cdef int[:, ::1] W = np.empty((n_threads, m), np.intc)
-    cdef int[:, ::1] S = np.empty((n_threads, m), np.intc)
-    cdef double[:, ::1] rhs = np.empty((n_threads, m))
-    # B_SS is positive definite only if |S| <= n_features: cap the polish there
-    kmax = max(1, min(m, n_features))
-    cdef double[:, ::1] M = np.empty((n_threads, kmax * kmax))
+    cdef double[:, ::1] z = np.empty((n_threads, wmax))
+    cdef double[:, ::1] g = np.empty((n_threads, wmax))
+    cdef double[:, ::1] c = np.empty((n_threads, wmax))
+    cdef double[:, ::1] Bw = np.empty((n_threads, wmax * wmax))
+    cdef int[:, ::1] S = np.empty((n_threads, wmax), np.intc)
+    cdef double[:, ::1] rhs = np.empty((n_threads, wmax))
+    cdef double[:, ::1] M = np.empty((n_threads, min(kmax, wmax) ** 2))
     with nogil:
         for i in prange(n_active, num_threads=n_threads, schedule="dynamic", chunksize=8):
             t = threadid()
             r = active[i]
             for j in range(m):
-                z[t, j] = Z[r, j]
-            n_iter[r] = cd_sample(&C[r, 0], &B[0, 0], m, xx[r], lmbd, &z[t, 0],
-                                  max_iter, tol * 0.5 * xx[r], &g[t, 0],
-                                  &score[t, 0], &cand[t, 0], &W[t, 0], kmax,
-                                  &S[t, 0], &M[t, 0], &rhs[t, 0], &gap)
+                z_full[t, j] = Z[r, j]
+            n_iter[r] = cd_sample(&C[r, 0], &B[0, 0], m, xx[r], lmbd, &z_full[t, 0],
+                                  max_iter, tol * 0.5 * xx[r], &g_full[t, 0],
+                                  &score[t, 0], &cand[t, 0], &W[t, 0], wmax,
+                                  &z[t, 0], &g[t, 0], &c[t, 0], &Bw[t, 0],
+                                  min(kmax, wmax), &S[t, 0], &M[t, 0], &rhs[t, 0],
+                                  &gap)
             gap_out[r] = gap
             for j in range(m):
-                Z[r, j] = z[t, j]
+                Z[r, j] = z_full[t, j]

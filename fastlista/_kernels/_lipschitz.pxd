@@ -4,6 +4,8 @@ from libc.math cimport sqrt, fabs
 from libc.stdint cimport uint64_t
 from cython cimport floating
 
+from scipy.linalg.cython_lapack cimport ssyevr, dsyevr
+
 from ._blas cimport gemv, dot, axpy, scal, nrm2
 
 
@@ -25,7 +27,7 @@ cdef inline double _start_value(Py_ssize_t atom) noexcept nogil:
 cdef inline floating support_lipschitz(
         const floating *B, const floating *D, int m, int n,
         const int *idx, int k, floating *v, floating *w, floating *work,
-        bint warm, floating tol, int max_iter) noexcept nogil:
+        bint warm, floating tol, int max_iter, bint *converged) noexcept nogil:
     """Largest eigenvalue of B_SS, S = idx[:k], by power iteration.
 
     Parameters
@@ -38,6 +40,8 @@ cdef inline floating support_lipschitz(
     w : (k,) workspace.
     work : workspace of size max(k * k, n) (B_SS, or u = v D_S).
     tol : relative tolerance on the Rayleigh quotient.
+    converged : out, whether the tolerance was met within max_iter (it may
+        not be when the two top eigenvalues nearly coincide).
 
     Exact for k <= 2. Otherwise iterates on B_SS (k^2 per step) when
     k < 2 n, else on D_S through u = v D_S, w = u D_S^T (2 k n per step).
@@ -48,6 +52,7 @@ cdef inline floating support_lipschitz(
     """
     cdef int a, b, it
     cdef floating theta = 0, theta_old = 0, nv, half, det, p, q
+    converged[0] = True
     cdef floating diff, diff_old = -1, ratio
     if k == 0:
         return 0
@@ -113,10 +118,49 @@ cdef inline floating support_lipschitz(
         diff = fabs(theta - theta_old)
         if it > 0 and diff <= tol * theta:
             if diff == 0:
-                break
+                return theta
             ratio = diff / diff_old if diff_old > 0 else 1
             if ratio < 1 and diff * ratio <= tol * theta * (1 - ratio):
-                break
+                return theta
         theta_old = theta
         diff_old = diff
+    converged[0] = False
     return theta
+
+
+cdef inline floating exact_lipschitz(
+        const floating *B, const floating *D, int m, int n, const int *idx,
+        int k, floating *A, floating *work, int *iwork) noexcept nogil:
+    """Largest eigenvalue of B_SS by LAPACK syevr, on the smaller Gram.
+
+    B_SS = D_S D_S^T (k x k) and D_S^T D_S (n x n) share their non-zero
+    eigenvalues. A holds min(k, n)^2 values, work 26 min(k, n), iwork
+    10 min(k, n).
+    """
+    cdef int a, b, r = k if k <= n else n, il, n_found, info
+    cdef int lwork = 26 * r, liwork = 10 * r, ldz = 1, isuppz[2]
+    cdef char jobz = b'N', rng = b'I', uplo = b'L'
+    cdef floating vl = 0, vu = 0, abstol = 0, top = 0, zz = 0
+    cdef const floating *da
+    if k == 0:
+        return 0
+    if k <= n:
+        for a in range(k):
+            for b in range(k):
+                A[a * k + b] = B[idx[a] * m + idx[b]]
+    else:
+        for a in range(n * n):
+            A[a] = 0
+        for a in range(k):
+            # D_S^T D_S += d_a^T d_a (lower triangle of the column-major A)
+            da = D + <Py_ssize_t> idx[a] * n
+            for b in range(n):
+                axpy(n - b, da[b], da + b, A + b * n + b)
+    il = r
+    if floating is float:
+        ssyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
+               &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
+    else:
+        dsyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
+               &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
+    return top

@@ -3,7 +3,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from ._lipschitz cimport support_lipschitz
+from ._lipschitz cimport support_lipschitz, exact_lipschitz
 
 
 def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
@@ -11,10 +11,12 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
                        int max_iter, int n_threads):
     """L_S of each row of a boolean (N, m) support matrix, OpenMP over rows.
 
+    Power iteration, or LAPACK when it does not converge in max_iter.
     Returns an (N,) array of the dtype of D.
     """
     cdef int N = support.shape[0], m = D.shape[0], n = D.shape[1]
-    cdef int i, j, k, t
+    cdef int i, j, k, t, r = min(m, n)
+    cdef bint converged
     dtype = np.float32 if floating is float else np.float64
     out_arr = np.zeros(N, dtype=dtype)
     cdef floating[::1] out = out_arr
@@ -24,6 +26,9 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     cdef floating[:, ::1] w = np.empty((n_threads, m), dtype=dtype)
     # B_SS is only formed when |S| < 2 n (see support_lipschitz)
     cdef floating[:, ::1] work = np.empty((n_threads, max(min(m, 2 * n) ** 2, n, 1)), dtype=dtype)
+    cdef floating[:, ::1] A = np.empty((n_threads, r * r), dtype=dtype)
+    cdef floating[:, ::1] lwork = np.empty((n_threads, 26 * r), dtype=dtype)
+    cdef int[:, ::1] iwork = np.empty((n_threads, 10 * r), dtype=np.intc)
     if N == 0:
         return out_arr
     with nogil:
@@ -36,5 +41,8 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
                     k = k + 1
             out[i] = support_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
                                        &v[t, 0], &w[t, 0], &work[t, 0],
-                                       False, tol, max_iter)
+                                       False, tol, max_iter, &converged)
+            if not converged:
+                out[i] = exact_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
+                                         &A[t, 0], &lwork[t, 0], &iwork[t, 0])
     return out_arr

@@ -136,7 +136,7 @@ cdef void solve_block(
     """Run one block of samples to convergence (or max_iter), in place."""
     cdef int m = D.shape[0], n = D.shape[1]
     cdef int s, j, k, it = 0, trial, last
-    cdef bint check, done, inside, shrunk, has_warm
+    cdef bint check, done, inside, shrunk, has_warm, converged
     cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, xxs
     cdef floating u, y
     cdef floating *P
@@ -245,7 +245,7 @@ cdef void solve_block(
                             has_warm = has_warm or v[j] != 0
                         aux[s] = support_lipschitz(
                             &B[0, 0], &D[0, 0], m, n, idx, k, v, w, work,
-                            has_warm, <floating> ls_tol, ls_max_iter)
+                            has_warm, <floating> ls_tol, ls_max_iter, &converged)
                         for j in range(k):
                             Vb[<Py_ssize_t> s * m + idx[j]] = v[j]
                         fresh[s] = 1

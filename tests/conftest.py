@@ -1,0 +1,66 @@
+"""Shared fixtures: seeded small problems, cached reference solutions."""
+import functools
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import reference as ref  # noqa: E402
+
+# lmbd relative to lambda_max = 1 (every sample of make_problem has lambda_max 1)
+LMBDS = (0.05, 0.3, 0.8)
+METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
+
+# seeded problems: under- and over-complete dictionaries, a batch of several
+# blocks of samples, and sparse codes on a larger dictionary
+PROBLEMS = {
+    "under": dict(n_samples=40, n_features=30, n_atoms=20),
+    "over": dict(n_samples=30, n_features=20, n_atoms=40),
+    "batch": dict(n_samples=200, n_features=10, n_atoms=20),
+    "sparse": dict(n_samples=60, n_features=30, n_atoms=60, density=0.1, noise=0.05),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _problem(kind, seed):
+    X, D = ref.make_problem(**PROBLEMS[kind], seed=seed)
+    X.setflags(write=False)
+    D.setflags(write=False)
+    return X, D
+
+
+def get_problem(kind="under", dtype=np.float64, seed=0):
+    """Fresh (writeable) copies of a cached seeded problem, in ``dtype``."""
+    X, D = _problem(kind, seed)
+    return X.astype(dtype), D.astype(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _exact(kind, lmbd, seed):
+    X, D = _problem(kind, seed)
+    Z = ref.solve_exact(X, D, lmbd)
+    Z.setflags(write=False)
+    return Z
+
+
+def get_exact(kind, lmbd, seed=0):
+    """Reference solution (NumPy coordinate descent, gap <= 1e-15 0.5||x||^2)."""
+    return _exact(kind, lmbd, seed).copy()
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+def rtol_for(dtype):
+    """A relative tolerance suited to results computed in ``dtype``."""
+    return 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
+
+
+def assert_allclose_dtype(actual, desired, dtype, rtol=None, atol=0.0, **kw):
+    """assert_allclose with a default rtol scaled to ``dtype``."""
+    np.testing.assert_allclose(actual, desired, rtol=rtol_for(dtype) if rtol is None else rtol,
+                               atol=atol, **kw)

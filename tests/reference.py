@@ -1,0 +1,228 @@
+"""Slow, plain NumPy/SciPy references for the test suite.
+
+Nothing here is imported by ``fastlista``; nothing here imports ``fastlista``.
+Every function follows DESIGN.md section 2 literally, without any of the
+package's tricks (Gram/GEMM choice, support awareness, blocking, Cython):
+conventions are D (n_atoms, n_features), X (n_samples, n_features),
+Z (n_samples, n_atoms), reconstruction Z @ D, and per sample
+F(z) = 0.5 ||x - z D||^2 + lmbd ||z||_1.
+"""
+import numpy as np
+
+__all__ = [
+    "make_problem", "soft_thresholding", "objective", "gradient", "lambda_max",
+    "duality_gap", "ista", "fista", "coordinate_descent", "solve_exact",
+    "lipschitz", "lipschitz_support", "kkt_violation", "assert_kkt",
+]
+
+
+# --------------------------------------------------------------------------
+# problem generator
+# --------------------------------------------------------------------------
+def make_problem(n_samples=30, n_features=20, n_atoms=40, *, density=1.0,
+                 noise=0.0, dtype=np.float64, seed=0):
+    """Gaussian unit-norm atoms, Gaussian codes, x scaled so lambda_max = 1.
+
+    Returns X (n_samples, n_features), D (n_atoms, n_features) in ``dtype``.
+    ``density`` < 1 draws sparse codes (a Bernoulli mask), ``noise`` adds
+    Gaussian noise of that relative level before the scaling.
+    """
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_atoms, n_features))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    Z = rng.standard_normal((n_samples, n_atoms))
+    if density < 1.0:
+        Z *= rng.random((n_samples, n_atoms)) < density
+    X = Z @ D
+    if noise:
+        X += noise * np.linalg.norm(X, axis=1, keepdims=True) / np.sqrt(n_features) \
+            * rng.standard_normal(X.shape)
+    # guard against an all-zero code row
+    zero = ~np.any(X != 0, axis=1)
+    X[zero] = rng.standard_normal((zero.sum(), n_features))
+    X /= lambda_max(X, D)[:, None]
+    return X.astype(dtype), D.astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# Lasso toolkit
+# --------------------------------------------------------------------------
+def soft_thresholding(U, t):
+    """sign(u) * max(|u| - t, 0), elementwise, in the dtype of the result of
+    NumPy's own arithmetic on (U, t). NaN propagates (np.sign(NaN) = NaN)."""
+    U = np.asarray(U)
+    return np.sign(U) * np.maximum(np.abs(U) - t, 0)
+
+
+def objective(X, D, lmbd, Z):
+    X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
+    R = X - Z @ D
+    return 0.5 * np.sum(R * R, axis=1) + lmbd * np.sum(np.abs(Z), axis=1)
+
+
+def gradient(X, D, Z):
+    X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
+    return Z @ D @ D.T - X @ D.T
+
+
+def lambda_max(X, D):
+    X, D = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D))
+    return np.max(np.abs(X @ D.T), axis=1)
+
+
+def duality_gap(X, D, lmbd, Z):
+    """DESIGN section 2, term by term: r = x - zD,
+    theta = r / max(lmbd, ||r D^T||_inf), Dual = 0.5||x||^2 - 0.5||x - lmbd theta||^2."""
+    X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
+    gaps = np.empty(X.shape[0])
+    for i in range(X.shape[0]):
+        x, z = X[i], Z[i]
+        r = x - z @ D
+        scale = max(lmbd, np.max(np.abs(D @ r)))
+        theta = r / scale if scale > 0 else np.zeros_like(r)
+        primal = 0.5 * r @ r + lmbd * np.sum(np.abs(z))
+        dual = 0.5 * x @ x - 0.5 * np.sum((x - lmbd * theta) ** 2)
+        gaps[i] = primal - dual
+    return gaps
+
+
+# --------------------------------------------------------------------------
+# Lipschitz constants
+# --------------------------------------------------------------------------
+def lipschitz(D):
+    D = np.asarray(D, dtype=np.float64)
+    return float(np.linalg.eigvalsh(D @ D.T)[-1])
+
+
+def lipschitz_support(D, support):
+    """L_S = largest eigenvalue of B_SS; 0.0 for an empty support.
+    ``support`` (m,) gives a float, (N, m) gives an (N,) array."""
+    D = np.asarray(D, dtype=np.float64)
+    support = np.asarray(support, dtype=bool)
+    if support.ndim == 2:
+        return np.array([lipschitz_support(D, s) for s in support])
+    if not support.any():
+        return 0.0
+    DS = D[support]
+    return float(np.linalg.eigvalsh(DS @ DS.T)[-1])
+
+
+# --------------------------------------------------------------------------
+# solvers (batched over samples, plain loops over iterations)
+# --------------------------------------------------------------------------
+def _prep(X, D, Z0):
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    D = np.asarray(D, dtype=np.float64)
+    Z = np.zeros((X.shape[0], D.shape[0])) if Z0 is None else \
+        np.array(np.atleast_2d(Z0), dtype=np.float64)
+    return X, D, Z
+
+
+def ista(X, D, lmbd, n_iter, Z0=None):
+    """n_iter plain ISTA steps with step 1/L; returns codes and the objective
+    after each step (shape (n_iter + 1, N), row 0 = start)."""
+    X, D, Z = _prep(X, D, Z0)
+    L = lipschitz(D)
+    hist = [objective(X, D, lmbd, Z)]
+    for _ in range(n_iter):
+        Z = soft_thresholding(Z - ((Z @ D - X) @ D.T) / L, lmbd / L)
+        hist.append(objective(X, D, lmbd, Z))
+    return Z, np.array(hist)
+
+
+def fista(X, D, lmbd, n_iter, Z0=None):
+    """n_iter FISTA steps (Beck & Teboulle), no restart."""
+    X, D, Z = _prep(X, D, Z0)
+    L = lipschitz(D)
+    Y, t = Z.copy(), 1.0
+    for _ in range(n_iter):
+        Z_new = soft_thresholding(Y - ((Y @ D - X) @ D.T) / L, lmbd / L)
+        t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+        Y = Z_new + (t - 1.0) / t_new * (Z_new - Z)
+        Z, t = Z_new, t_new
+    return Z
+
+
+def coordinate_descent(X, D, lmbd, n_sweeps, Z0=None):
+    """Cyclic coordinate descent, all samples at once, one atom at a time.
+    An all-zero atom keeps a zero code."""
+    X, D, Z = _prep(X, D, Z0)
+    norms = np.sum(D * D, axis=1)
+    R = X - Z @ D
+    for _ in range(n_sweeps):
+        for k in range(D.shape[0]):
+            if norms[k] == 0.0:
+                Z[:, k] = 0.0
+                continue
+            old = Z[:, k].copy()
+            u = old + (R @ D[k]) / norms[k]
+            Z[:, k] = soft_thresholding(u, lmbd / norms[k])
+            R -= np.outer(Z[:, k] - old, D[k])
+    return Z
+
+
+def solve_exact(X, D, lmbd, rel_gap=1e-15, max_sweeps=20000):
+    """High-accuracy solution by coordinate descent: runs until every
+    sample's gap <= rel_gap * 0.5 ||x||^2 (or max_sweeps)."""
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    D = np.asarray(D, dtype=np.float64)
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    target = rel_gap * 0.5 * np.sum(X * X, axis=1)
+    done = 0
+    while done < max_sweeps:
+        Z = coordinate_descent(X, D, lmbd, 20, Z0=Z)
+        done += 20
+        if np.all(duality_gap(X, D, lmbd, Z) <= target + 1e-300):
+            break
+    return Z
+
+
+# --------------------------------------------------------------------------
+# optimality conditions
+# --------------------------------------------------------------------------
+def kkt_violation(X, D, lmbd, Z):
+    """Per sample, the largest violation of the Lasso KKT conditions,
+    with c_k = d_k . r:  |c_k| - lmbd (positive part) where z_k = 0 and
+    |c_k - lmbd sign(z_k)| where z_k != 0."""
+    X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
+    C = (X - Z @ D) @ D.T
+    on = Z != 0
+    viol_on = np.where(on, np.abs(C - lmbd * np.sign(Z)), 0.0)
+    viol_off = np.where(on, 0.0, np.maximum(np.abs(C) - lmbd, 0.0))
+    return np.maximum(viol_on, viol_off).max(axis=1, initial=0.0)
+
+
+def assert_kkt(X, D, lmbd, Z, tol):
+    """|d_k.r| <= lmbd (1 + tol) where z_k = 0, |d_k.r - lmbd sign z_k| <= tol
+    lmbd where z_k != 0 (tol relative to lmbd; absolute when lmbd = 0)."""
+    viol = kkt_violation(X, D, lmbd, Z)
+    bound = tol * lmbd if lmbd > 0 else tol
+    worst = int(np.argmax(viol)) if viol.size else 0
+    assert np.all(viol <= bound), (
+        f"KKT violated: max violation {viol.max():.3e} (sample {worst}) > {bound:.3e}")
+
+
+def oista(X, D, lmbd, n_iter, Z0=None):
+    """Oracle ISTA (Ablin et al. 2019), one sample at a time: with S the
+    support of the current iterate, try the step 1/L_S; keep the new iterate
+    if its support stays inside S, else take the ISTA step 1/L. An empty S
+    takes 1/L. Returns codes and the steps taken, shape (n_iter, N)."""
+    X, D, Z = _prep(X, D, Z0)
+    L = lipschitz(D)
+    steps = np.empty((n_iter, X.shape[0]))
+    for i in range(X.shape[0]):
+        x, z = X[i], Z[i]
+        for t in range(n_iter):
+            grad = (z @ D - x) @ D.T
+            S = z != 0
+            step = 1.0 / L
+            if S.any():
+                step_S = 1.0 / lipschitz_support(D, S)
+                cand = soft_thresholding(z - step_S * grad, lmbd * step_S)
+                if not np.any((cand != 0) & ~S):
+                    z, steps[t, i] = cand, step_S
+                    continue
+            z = soft_thresholding(z - step * grad, lmbd * step)
+            steps[t, i] = step
+        Z[i] = z
+    return Z, steps

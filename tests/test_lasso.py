@@ -1,0 +1,243 @@
+"""The Lasso toolkit (objective, gradient, lambda_max, duality gap, prox)
+against the plain NumPy formulas of tests/reference.py and sklearn."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastlista
+from fastlista import (duality_gap, lambda_max, lasso_gradient, lasso_objective,
+                       soft_thresholding)
+
+import reference as ref
+from conftest import LMBDS, get_exact, get_problem, rtol_for
+
+
+def _random_codes(X, D, seed=1, density=0.3):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((X.shape[0], D.shape[0]))
+    Z *= rng.random(Z.shape) < density
+    return Z.astype(X.dtype)
+
+
+# --------------------------------------------------------------------------
+# soft-thresholding
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_soft_thresholding_matches_reference_exactly(dt):
+    rng = np.random.default_rng(0)
+    U = (3 * rng.standard_normal((50, 17))).astype(dt)
+    t = dt(0.7)
+    out = soft_thresholding(U, t)
+    expected = ref.soft_thresholding(U, t)
+    assert out.dtype == dt and expected.dtype == dt
+    assert out.shape == U.shape
+    # exact, bit for bit (signed zeros aside: -0.0 == 0.0 here)
+    assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_soft_thresholding_zero_iff_below_threshold(dt):
+    t = dt(0.3)
+    below = np.nextafter(t, dt(0))
+    above = np.nextafter(t, dt(np.inf))
+    U = np.array([t, -t, below, -below, 0.0, -0.0, above, -above, 2 * t], dtype=dt)
+    out = soft_thresholding(U, t)
+    assert out.dtype == dt
+    assert_array_equal(out[:6], 0.0)
+    assert np.all(out[6:] != 0), out
+    assert np.sign(out[6]) == 1 and np.sign(out[7]) == -1
+    assert out[6] == above - t and out[7] == -(above - t)
+    assert out[8] == t
+
+
+def test_soft_thresholding_tiny_values_and_subnormals():
+    # subnormal inputs above a subnormal threshold must not be flushed to 0
+    tiny = np.finfo(np.float64).smallest_subnormal
+    U = np.array([3 * tiny, -3 * tiny, tiny, 5e-300])
+    out = soft_thresholding(U, tiny)
+    assert_array_equal(out, [2 * tiny, -2 * tiny, 0.0, 5e-300 - tiny])
+    assert out[0] != 0 and out[1] != 0
+
+
+def test_soft_thresholding_nan_and_inf():
+    U = np.array([np.nan, -np.nan, np.inf, -np.inf, 1.5, 0.2])
+    out = soft_thresholding(U, 0.5)
+    assert np.isnan(out[0]) and np.isnan(out[1])
+    assert out[2] == np.inf and out[3] == -np.inf
+    assert_array_equal(out[4:], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_soft_thresholding_is_odd_and_shrinks(dt):
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal(1000).astype(dt)
+    t = dt(0.5)
+    a, b = soft_thresholding(U, t), soft_thresholding(-U, t)
+    assert_array_equal(b, -a)
+    assert np.all(np.abs(a) <= np.abs(U))
+    assert np.all(np.abs(U - a) <= t)            # moves by at most t
+    assert np.all(np.sign(a)[a != 0] == np.sign(U)[a != 0])
+
+
+def test_soft_thresholding_zero_threshold_is_identity():
+    U = np.random.default_rng(4).standard_normal((7, 5))
+    assert_array_equal(soft_thresholding(U, 0.0), U)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_soft_thresholding_array_threshold(dt):
+    rng = np.random.default_rng(5)
+    U = (2 * rng.standard_normal((30, 12))).astype(dt)
+    # one threshold per atom (broadcast along rows)
+    t = rng.random(12).astype(dt)
+    assert_array_equal(soft_thresholding(U, t), ref.soft_thresholding(U, t))
+    # one threshold per sample (column broadcast), and a full array
+    t_col = rng.random((30, 1)).astype(dt)
+    assert_array_equal(soft_thresholding(U, t_col), ref.soft_thresholding(U, t_col))
+    t_full = rng.random((30, 12)).astype(dt)
+    assert_array_equal(soft_thresholding(U, t_full), ref.soft_thresholding(U, t_full))
+
+
+def test_soft_thresholding_non_contiguous_and_lists():
+    rng = np.random.default_rng(6)
+    big = rng.standard_normal((20, 30))
+    U = big[::2, 3::3]
+    assert_array_equal(soft_thresholding(U, 0.4), ref.soft_thresholding(U, 0.4))
+    assert_array_equal(soft_thresholding(np.asfortranarray(big), 0.4),
+                       ref.soft_thresholding(big, 0.4))
+    assert_array_equal(soft_thresholding([-2.0, 0.5, 3.0], 1.0), [-1.0, 0.0, 2.0])
+
+
+# --------------------------------------------------------------------------
+# objective, gradient, lambda_max
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["under", "over"])
+@pytest.mark.parametrize("lmbd", [0.0, 0.3])
+def test_objective_and_gradient_match_reference(kind, lmbd, dtype):
+    X, D = get_problem(kind, dtype)
+    Z = _random_codes(X, D)
+    obj = lasso_objective(X, D, lmbd, Z)
+    assert obj.shape == (X.shape[0],)
+    assert_allclose(obj, ref.objective(X, D, lmbd, Z), rtol=10 * rtol_for(dtype))
+    grad = lasso_gradient(X, D, Z)
+    assert grad.shape == Z.shape
+    assert_allclose(grad, ref.gradient(X, D, Z), rtol=10 * rtol_for(dtype),
+                    atol=10 * rtol_for(dtype))
+
+
+def test_gradient_matches_finite_differences():
+    X, D = get_problem("under")
+    Z = _random_codes(X, D)[:3]
+    X = X[:3]
+    g = lasso_gradient(X, D, Z)
+    eps = 1e-6
+    for k in range(0, D.shape[0], 5):
+        E = np.zeros_like(Z)
+        E[:, k] = eps
+        fd = (lasso_objective(X, D, 0.0, Z + E) - lasso_objective(X, D, 0.0, Z - E)) / (2 * eps)
+        assert_allclose(g[:, k], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_objective_1d_gives_float():
+    X, D = get_problem("under")
+    Z = _random_codes(X, D)
+    val = lasso_objective(X[3], D, 0.2, Z[3])
+    assert np.ndim(val) == 0
+    assert_allclose(float(val), ref.objective(X[3], D, 0.2, Z[3])[0], rtol=1e-12)
+    g = lasso_gradient(X[3], D, Z[3])
+    assert g.shape == (D.shape[0],)
+    assert_allclose(g, ref.gradient(X[3], D, Z[3])[0], rtol=1e-10, atol=1e-12)
+
+
+def test_lambda_max_matches_reference(dtype):
+    X, D = get_problem("over", dtype)
+    rng = np.random.default_rng(2)
+    X = X * rng.uniform(0.1, 10, size=(X.shape[0], 1)).astype(dtype)
+    lm = lambda_max(X, D)
+    assert lm.shape == (X.shape[0],)
+    assert_allclose(lm, ref.lambda_max(X, D), rtol=10 * rtol_for(dtype))
+    assert np.ndim(lambda_max(X[0], D)) == 0
+    assert_allclose(float(lambda_max(X[0], D)), lm[0], rtol=10 * rtol_for(dtype))
+    # problems are generated with lambda_max = 1
+    X1, D1 = get_problem("under")
+    assert_allclose(lambda_max(X1, D1), 1.0, rtol=1e-12)
+
+
+def test_lambda_max_makes_zero_optimal():
+    X, D = get_problem("under")
+    lm = lambda_max(X, D)
+    Z0 = np.zeros((X.shape[0], D.shape[0]))
+    for i in range(5):
+        # the zero code has a zero gap at lmbd = lambda_max(x) ...
+        assert duality_gap(X[i], D, lm[i], Z0[i]) <= 1e-14 * X[i] @ X[i]
+        # ... and a positive one just below it
+        assert ref.duality_gap(X[i], D, 0.99 * lm[i], Z0[i])[0] > 1e-6
+        assert duality_gap(X[i], D, 0.99 * lm[i], Z0[i]) > 1e-6
+
+
+# --------------------------------------------------------------------------
+# duality gap
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("lmbd", [0.0, 0.05, 0.3, 0.8, 1.5])
+def test_duality_gap_matches_reference_formula(lmbd, dtype):
+    X, D = get_problem("over", dtype)
+    rng = np.random.default_rng(7)
+    Zs = [_random_codes(X, D, seed=8), np.zeros((X.shape[0], D.shape[0]), dtype),
+          (0.01 * rng.standard_normal((X.shape[0], D.shape[0]))).astype(dtype)]
+    for Z in Zs:
+        gap = duality_gap(X, D, lmbd, Z)
+        expected = ref.duality_gap(X, D, lmbd, Z)
+        assert gap.shape == (X.shape[0],)
+        assert np.all(gap >= 0)
+        scale = 0.5 * np.sum(X.astype(np.float64) ** 2, axis=1)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        assert_allclose(gap, np.maximum(expected, 0), rtol=tol, atol=tol * scale.max())
+
+
+@pytest.mark.parametrize("kind", ["under", "over"])
+@pytest.mark.parametrize("lmbd", LMBDS)
+def test_duality_gap_zero_at_optimum_and_bounds_suboptimality(kind, lmbd):
+    X, D = get_problem(kind)
+    Zs = get_exact(kind, lmbd)
+    scale = 0.5 * np.sum(X * X, axis=1)
+    gap = duality_gap(X, D, lmbd, Zs)
+    assert np.all(gap >= 0)
+    assert np.all(gap <= 1e-13 * scale)
+    # the gap bounds F(z) - F* from above at any point
+    Z = _random_codes(X, D, seed=9, density=0.5)
+    sub = ref.objective(X, D, lmbd, Z) - ref.objective(X, D, lmbd, Zs)
+    assert np.all(duality_gap(X, D, lmbd, Z) >= sub - 1e-12 * scale)
+
+
+def test_duality_gap_zero_at_sklearn_optimum():
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    from sklearn.decomposition import sparse_encode
+
+    X, D = get_problem("under")
+    lmbd = 0.3
+    Zsk = sparse_encode(X, D, algorithm="lasso_cd", alpha=lmbd, max_iter=10000)
+    scale = 0.5 * np.sum(X * X, axis=1)
+    gap = duality_gap(X, D, lmbd, Zsk)
+    assert_allclose(gap, np.maximum(ref.duality_gap(X, D, lmbd, Zsk), 0),
+                    rtol=1e-8, atol=1e-14)
+    # sklearn stops at tol=1e-8 on its own scaled gap
+    assert np.all(gap <= 1e-7 * scale)
+    assert_allclose(ref.objective(X, D, lmbd, Zsk),
+                    ref.objective(X, D, lmbd, get_exact("under", lmbd)), rtol=1e-7)
+
+
+def test_toolkit_on_empty_batch():
+    _, D = get_problem("under")
+    X = np.zeros((0, D.shape[1]))
+    Z = np.zeros((0, D.shape[0]))
+    for out in (lasso_objective(X, D, 0.1, Z), lambda_max(X, D), duality_gap(X, D, 0.1, Z)):
+        assert out.shape == (0,)
+    assert lasso_gradient(X, D, Z).shape == (0, D.shape[0])
+
+
+def test_toolkit_exports():
+    for name in ("lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
+                 "soft_thresholding", "ConvergenceWarning", "InvalidParameterError"):
+        assert name in fastlista.__all__
+    assert issubclass(fastlista.InvalidParameterError, ValueError)
+    assert issubclass(fastlista.InvalidParameterError, TypeError)

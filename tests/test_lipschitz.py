@@ -1,0 +1,179 @@
+"""lipschitz(D) and lipschitz(D, support=S) against numpy.linalg.eigvalsh."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from fastlista import lipschitz
+
+import reference as ref
+from conftest import get_problem
+
+# float32: the power iteration stops at 8 eps32 ~ 1e-6 relative change, which
+# leaves errors of a few 1e-5 when the top two eigenvalues of B_SS are close
+RTOL = {np.float64: 1e-8, np.float32: 1e-4}
+
+
+@pytest.mark.parametrize("kind", ["under", "over"])
+def test_global_L_matches_eigvalsh(kind, dtype):
+    _, D = get_problem(kind, dtype)
+    L = lipschitz(D)
+    assert isinstance(L, float)
+    assert_allclose(L, ref.lipschitz(D), rtol=RTOL[dtype])
+    # support=None and an all-True support are the same constant
+    assert_allclose(lipschitz(D, support=np.ones(D.shape[0], bool)), ref.lipschitz(D),
+                    rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("shape", [(5, 40), (40, 5), (60, 30), (1, 7), (7, 1)])
+def test_global_L_various_shapes(shape):
+    rng = np.random.default_rng(sum(shape))
+    D = rng.standard_normal(shape)
+    assert_allclose(lipschitz(D), ref.lipschitz(D), rtol=1e-8)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.5, 0.9, 1.0])
+def test_single_support_matches_eigvalsh(density, dtype):
+    _, D = get_problem("over", dtype)
+    rng = np.random.default_rng(int(100 * density))
+    for _ in range(5):
+        S = rng.random(D.shape[0]) < density
+        S[rng.integers(D.shape[0])] = True
+        L_S = lipschitz(D, support=S)
+        assert isinstance(L_S, float)
+        assert_allclose(L_S, ref.lipschitz_support(D, S), rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("kind", ["under", "over"])
+def test_batched_supports_match_eigvalsh(kind, dtype):
+    _, D = get_problem(kind, dtype)
+    m = D.shape[0]
+    rng = np.random.default_rng(11)
+    # sizes 0, 1, 2, 3, ... up to m: tiny (exact path), B_SS and D_S paths
+    sizes = np.concatenate([np.arange(m + 1), rng.integers(0, m + 1, 150)])
+    S = np.zeros((sizes.size, m), bool)
+    for i, k in enumerate(sizes):
+        S[i, rng.choice(m, k, replace=False)] = True
+    L_S = lipschitz(D, support=S)
+    assert isinstance(L_S, np.ndarray) and L_S.shape == (sizes.size,)
+    expected = ref.lipschitz_support(D, S)
+    assert_allclose(L_S, expected, rtol=RTOL[dtype], atol=0)
+    assert np.all(L_S[sizes == 0] == 0.0)
+
+
+def test_batched_supports_threads_agree():
+    _, D = get_problem("over")
+    rng = np.random.default_rng(12)
+    S = rng.random((300, D.shape[0])) < 0.3
+    L1 = lipschitz(D, support=S, n_jobs=1)
+    L2 = lipschitz(D, support=S, n_jobs=2)
+    Lall = lipschitz(D, support=S, n_jobs=-1)
+    assert_allclose(L2, L1, rtol=1e-12)
+    assert_allclose(Lall, L1, rtol=1e-12)
+    assert_allclose(L1, ref.lipschitz_support(D, S), rtol=1e-8)
+
+
+def test_empty_support_is_zero():
+    _, D = get_problem("under")
+    m = D.shape[0]
+    assert lipschitz(D, support=np.zeros(m, bool)) == 0.0
+    out = lipschitz(D, support=np.zeros((3, m), bool))
+    assert out.shape == (3,) and np.all(out == 0.0)
+    # no supports at all
+    assert lipschitz(D, support=np.zeros((0, m), bool)).shape == (0,)
+
+
+def test_single_atom_is_squared_norm():
+    rng = np.random.default_rng(13)
+    D = rng.standard_normal((10, 6)) * rng.uniform(0.1, 5, (10, 1))
+    S = np.eye(10, dtype=bool)
+    assert_allclose(lipschitz(D, support=S), np.sum(D * D, axis=1), rtol=1e-12)
+    for k in range(10):
+        assert_allclose(lipschitz(D, support=S[k]), D[k] @ D[k], rtol=1e-12)
+
+
+def test_duplicate_and_opposite_pairs():
+    rng = np.random.default_rng(14)
+    d = rng.standard_normal(8)
+    e = rng.standard_normal(8)
+    D = np.stack([d, d, -d, e, 3.0 * e])
+    n2 = d @ d
+    assert_allclose(lipschitz(D, support=[True, True, False, False, False]), 2 * n2, rtol=1e-12)
+    assert_allclose(lipschitz(D, support=[True, False, True, False, False]), 2 * n2, rtol=1e-12)
+    assert_allclose(lipschitz(D, support=[True, True, True, False, False]), 3 * n2, rtol=1e-10)
+    assert_allclose(lipschitz(D, support=[False, False, False, True, True]), 10 * (e @ e),
+                    rtol=1e-12)
+
+
+def test_orthogonal_atoms():
+    Q, _ = np.linalg.qr(np.random.default_rng(15).standard_normal((6, 6)))
+    D = Q[:4] * np.array([[1.0], [2.0], [3.0], [0.5]])
+    assert_allclose(lipschitz(D), 9.0, rtol=1e-10)
+    assert_allclose(lipschitz(D, support=[True, True, False, True]), 4.0, rtol=1e-10)
+    assert_allclose(lipschitz(D, support=[True, False, False, True]), 1.0, rtol=1e-10)
+
+
+def test_zero_atoms_and_zero_dictionary():
+    rng = np.random.default_rng(16)
+    D = rng.standard_normal((6, 5))
+    D[[1, 4]] = 0.0
+    # supports made of zero atoms only: 0, never NaN
+    assert lipschitz(D, support=[False, True, False, False, True, False]) == 0.0
+    assert lipschitz(D, support=[False, True, False, False, False, False]) == 0.0
+    S = np.array([[True, True, False, False, True, False],
+                  [True, True, True, True, True, True]])
+    assert_allclose(lipschitz(D, support=S), ref.lipschitz_support(D, S), rtol=1e-8)
+    # the all-zero dictionary
+    Z = np.zeros((4, 3))
+    assert lipschitz(Z) == 0.0
+    assert np.all(lipschitz(Z, support=np.ones((2, 4), bool)) == 0.0)
+
+
+def test_monotone_in_support():
+    _, D = get_problem("over")
+    m = D.shape[0]
+    rng = np.random.default_rng(17)
+    order = rng.permutation(m)
+    S = np.zeros((m + 1, m), bool)
+    for k in range(1, m + 1):
+        S[k, order[:k]] = True
+    L_S = lipschitz(D, support=S)
+    assert L_S[0] == 0.0
+    assert np.all(np.diff(L_S) >= -1e-9 * L_S[1:])
+    assert_allclose(L_S[-1], lipschitz(D), rtol=1e-8)
+    assert np.all(L_S <= lipschitz(D) * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e-3, 1e3, 1e100])
+def test_scale_equivariance(scale):
+    _, D = get_problem("under")
+    assert_allclose(lipschitz(scale * D), scale ** 2 * ref.lipschitz(D), rtol=1e-8)
+    S = np.random.default_rng(18).random((20, D.shape[0])) < 0.4
+    assert_allclose(lipschitz(scale * D, support=S),
+                    scale ** 2 * ref.lipschitz_support(D, S), rtol=1e-8)
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-6])
+def test_nearly_degenerate_top_eigenvalue(delta):
+    # top two singular values 1 and 1 - delta: a slow power iteration, whose
+    # Rayleigh quotient changes little per step long before it is accurate
+    rng = np.random.default_rng(19)
+    U, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    V, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    s = np.concatenate([[1.0, 1.0 - delta], np.linspace(0.9, 0.1, 18)])
+    D = (U[:, :20] * s) @ V.T
+    assert_allclose(lipschitz(D), 1.0, rtol=1e-8)
+
+
+def test_input_layouts():
+    _, D = get_problem("over")
+    rng = np.random.default_rng(20)
+    S = rng.random((40, D.shape[0])) < 0.3
+    expected = ref.lipschitz_support(D, S)
+    assert_allclose(lipschitz(np.asfortranarray(D), support=np.asfortranarray(S)), expected,
+                    rtol=1e-8)
+    big = np.zeros((2 * D.shape[0], 2 * D.shape[1]))
+    big[::2, 1::2] = D
+    assert_allclose(lipschitz(big[::2, 1::2], support=S), expected, rtol=1e-8)
+    assert_allclose(lipschitz(D.tolist(), support=S.tolist()), expected, rtol=1e-8)
+    # float32 dictionary gives the float32 constant, close to float64
+    assert_allclose(lipschitz(D.astype(np.float32), support=S), expected, rtol=1e-4)

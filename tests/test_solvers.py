@@ -1,0 +1,625 @@
+"""solve_lasso and the per-method functions, against references the package
+did not compute: NumPy ISTA / OISTA / coordinate descent (tests/reference.py),
+scikit-learn's sparse_encode(algorithm="lasso_cd"), the KKT conditions and
+the duality gap of DESIGN section 2."""
+import functools
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastlista
+from fastlista import ConvergenceWarning, lambda_max, lasso_objective, solve_lasso
+
+import reference as ref
+from conftest import LMBDS, METHODS, get_exact, get_problem
+
+ITERATIVE = ("ista", "fista", "backtracking", "oista")
+# methods whose iterates never increase the objective
+MONOTONE = ("ista", "backtracking", "oista")
+CONVENIENCE = {"ista": "ista", "fista": "fista", "oista": "oista",
+               "backtracking": "backtracking_ista", "cd": "coordinate_descent"}
+
+
+def _half_sq_norm(X):
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    return 0.5 * np.sum(X * X, axis=1)
+
+
+def _solve(X, D, lmbd, method, **kw):
+    """solve_lasso, turning a ConvergenceWarning into an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        return solve_lasso(X, D, lmbd, method=method, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _sklearn_codes(kind, lmbd):
+    pytest.importorskip("sklearn")
+    from sklearn.decomposition import sparse_encode
+
+    X, D = get_problem(kind)
+    return sparse_encode(X, D, algorithm="lasso_cd", alpha=lmbd, max_iter=10000)
+
+
+def _assert_certified(X, D, lmbd, res, tol):
+    """The reported gap is the reference gap of the codes, within tolerance."""
+    scale = _half_sq_norm(X)
+    gap_ref = ref.duality_gap(X, D, lmbd, res.codes)
+    assert np.all(np.isfinite(res.codes))
+    assert np.all(res.gap >= 0)
+    assert_allclose(res.gap, np.maximum(gap_ref, 0), rtol=1e-6, atol=1e-13 * scale.max())
+    assert np.all(gap_ref <= tol * scale * (1 + 1e-6) + 1e-14 * scale), (
+        f"gap/scale up to {np.max(gap_ref / scale):.3e} > tol={tol}")
+    assert_array_equal(res.converged, res.gap <= tol * scale * (1 + 1e-12))
+
+
+# --------------------------------------------------------------------------
+# every method reaches the optimum
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lmbd", LMBDS)
+@pytest.mark.parametrize("kind", ["under", "over"])
+def test_reaches_optimum(kind, lmbd, method):
+    X, D = get_problem(kind)
+    tol = 1e-8
+    # ISTA on the over-complete dictionary at lmbd = 0.05 needs ~12000 steps
+    res = _solve(X, D, lmbd, method, tol=tol, max_iter=50000)
+    assert res.codes.shape == (X.shape[0], D.shape[0])
+    assert res.codes.dtype == np.float64
+    assert np.all(res.converged)
+    assert np.all(res.n_iter >= 1) and np.all(res.n_iter <= 50000)
+    _assert_certified(X, D, lmbd, res, tol)
+
+    scale = _half_sq_norm(X)
+    obj = ref.objective(X, D, lmbd, res.codes)
+    # against the NumPy reference optimum (gap <= 1e-15 scale)
+    F_star = ref.objective(X, D, lmbd, get_exact(kind, lmbd))
+    assert np.all(obj >= F_star - 1e-13 * scale)
+    assert np.all(obj - F_star <= tol * scale + 1e-13 * scale)
+    # against scikit-learn: both are within their own gap of the optimum
+    Z_sk = _sklearn_codes(kind, lmbd)
+    obj_sk = ref.objective(X, D, lmbd, Z_sk)
+    gap_sk = np.maximum(ref.duality_gap(X, D, lmbd, Z_sk), 0)
+    gap = np.maximum(ref.duality_gap(X, D, lmbd, res.codes), 0)
+    assert np.all(np.abs(obj - obj_sk) <= np.maximum(gap, gap_sk) + 1e-13 * scale)
+    assert np.all(obj <= obj_sk + tol * scale)
+    # lasso_objective of the package agrees
+    assert_allclose(lasso_objective(X, D, lmbd, res.codes), obj, rtol=1e-12)
+
+    if kind == "under":
+        # strongly convex: ||z - z*||^2 <= 2 gap / mu
+        mu = np.linalg.eigvalsh(D @ D.T)[0]
+        dist = np.linalg.norm(res.codes - get_exact(kind, lmbd), axis=1)
+        assert np.all(dist <= np.sqrt(2 * (gap + 1e-15 * scale) / mu) * 1.01 + 1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lmbd", LMBDS)
+def test_kkt_conditions_at_high_accuracy(lmbd, method):
+    X, D = get_problem("under")
+    res = _solve(X, D, lmbd, method, tol=1e-14, max_iter=50000)
+    # gap 1e-14 * 0.5||x||^2 ~ 1e-14: the correlations are right to ~1e-7
+    ref.assert_kkt(X, D, lmbd, res.codes, tol=1e-5)
+    # the support is the reference support
+    Zs = get_exact("under", lmbd)
+    big = np.abs(Zs) > 1e-6
+    assert np.all(res.codes[big] != 0)
+    assert_array_equal(np.sign(res.codes[big]), np.sign(Zs[big]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lmbd", [0.3, 0.8])
+def test_many_blocks_and_sparse_regime(lmbd, method):
+    for kind in ("batch", "sparse"):
+        X, D = get_problem(kind)
+        tol = 1e-9
+        res = _solve(X, D, lmbd, method, tol=tol, max_iter=50000)
+        assert np.all(res.converged)
+        _assert_certified(X, D, lmbd, res, tol)
+        F_star = ref.objective(X, D, lmbd, get_exact(kind, lmbd))
+        scale = _half_sq_norm(X)
+        obj = ref.objective(X, D, lmbd, res.codes)
+        assert np.all(np.abs(obj - F_star) <= tol * scale + 1e-13 * scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lmbd_zero_is_least_squares(method):
+    # x in the row space of D, B full rank: the gap certifies the unique
+    # least-squares code
+    X, D = get_problem("under")
+    Z_ls = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    res = _solve(X, D, 0.0, method, tol=1e-12, max_iter=50000)
+    assert np.all(res.converged)
+    assert_allclose(res.codes, Z_ls, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lmbd_zero_noisy_least_squares_fixed_iterations(method):
+    # x outside the row space of D: min F = 1/2 ||r_LS||^2 > 0 (the DESIGN gap
+    # is not 0 there, so run a fixed number of iterations)
+    X, D = ref.make_problem(20, 30, 15, noise=0.3, seed=3)
+    Z_ls = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    res = solve_lasso(X, D, 0.0, method=method, tol=0.0, max_iter=3000)
+    assert_allclose(res.codes, Z_ls, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lmbd", LMBDS)
+def test_tol_zero_long_run_reaches_optimum(method, lmbd):
+    # tol=0 switches the stopping test off: it must not switch convergence off
+    X, D = get_problem("over")
+    res = solve_lasso(X, D, lmbd, method=method, tol=0.0, max_iter=20000 if method in ("ista", "oista", "backtracking")
+                      else 2000)
+    F_star = ref.objective(X, D, lmbd, get_exact("over", lmbd))
+    sub = (ref.objective(X, D, lmbd, res.codes) - F_star) / _half_sq_norm(X)
+    assert np.all(sub <= 1e-12), f"relative suboptimality up to {sub.max():.3e}"
+
+
+# --------------------------------------------------------------------------
+# trajectories against the NumPy references (tol=0: a fixed number of steps)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_tol_zero_runs_exactly_max_iter(method):
+    X, D = get_problem("over")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)   # no warning at tol=0
+        res = solve_lasso(X, D, 0.3, method=method, tol=0.0, max_iter=37)
+    assert res.n_iter.shape == (X.shape[0],)
+    assert np.issubdtype(res.n_iter.dtype, np.integer)
+    assert_array_equal(res.n_iter, 37)
+    # and made progress
+    assert np.all(ref.objective(X, D, 0.3, res.codes) < _half_sq_norm(X))
+    assert_allclose(res.gap, np.maximum(ref.duality_gap(X, D, 0.3, res.codes), 0),
+                    rtol=1e-6, atol=1e-14)
+
+
+def test_ista_trajectory_matches_reference():
+    X, D = get_problem("over")
+    lmbd, T = 0.3, 30
+    Z_ref, obj_ref = ref.ista(X, D, lmbd, T)
+    res = solve_lasso(X, D, lmbd, method="ista", tol=0.0, max_iter=T, record_history=True)
+    assert_allclose(res.codes, Z_ref, rtol=1e-8, atol=1e-12)
+    hist = res.history["objective"]
+    assert hist.shape == (T + 1, X.shape[0])
+    assert_allclose(hist, obj_ref, rtol=1e-10)
+    # the convenience function is the same solver
+    res2 = fastlista.ista(X, D, lmbd, tol=0.0, max_iter=T)
+    assert_allclose(res2.codes, Z_ref, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("lmbd", [0.3, 0.8])
+def test_oista_trajectory_matches_reference(lmbd):
+    X, D = get_problem("sparse")
+    X = X[:15]
+    T = 40
+    Z_ref, steps_ref = ref.oista(X, D, lmbd, T)
+    res = solve_lasso(X, D, lmbd, method="oista", tol=0.0, max_iter=T, record_history=True)
+    assert res.step_sizes.shape == (T, X.shape[0])
+    assert_allclose(res.step_sizes, steps_ref, rtol=1e-7)
+    assert_allclose(res.codes, Z_ref, rtol=1e-6, atol=1e-10)
+
+
+def test_fista_faster_than_ista_and_both_converge_to_same_point():
+    X, D = get_problem("over")
+    lmbd = 0.05
+    r_ista = _solve(X, D, lmbd, "ista", tol=1e-10, max_iter=50000)
+    r_fista = _solve(X, D, lmbd, "fista", tol=1e-10, max_iter=50000)
+    assert r_fista.n_iter.mean() < r_ista.n_iter.mean()
+    assert_allclose(ref.objective(X, D, lmbd, r_fista.codes),
+                    ref.objective(X, D, lmbd, r_ista.codes), rtol=1e-8)
+
+
+# --------------------------------------------------------------------------
+# history and step sizes
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ITERATIVE)
+def test_history_ends_at_the_codes(method):
+    X, D = get_problem("under")
+    lmbd = 0.3
+    res = _solve(X, D, lmbd, method, tol=1e-9, max_iter=50000, record_history=True)
+    obj_h, gap_h = res.history["objective"], res.history["gap"]
+    T = int(res.n_iter.max()) + 1
+    assert obj_h.shape == (T, X.shape[0]) and gap_h.shape == (T, X.shape[0])
+    obj = ref.objective(X, D, lmbd, res.codes)
+    scale = _half_sq_norm(X)
+    cols = np.arange(X.shape[0])
+    assert_allclose(obj_h[res.n_iter, cols], obj, rtol=1e-10)
+    assert_allclose(obj_h[-1], obj, rtol=1e-10)
+    assert_allclose(gap_h[res.n_iter, cols], res.gap, rtol=1e-8, atol=1e-14 * scale.max())
+    assert_allclose(gap_h[-1], res.gap, rtol=1e-8, atol=1e-14 * scale.max())
+    # iteration 0 is the zero code
+    assert_allclose(obj_h[0], scale, rtol=1e-12)
+    assert_allclose(gap_h[0], ref.duality_gap(X, D, lmbd, np.zeros_like(res.codes)),
+                    rtol=1e-8)
+    if method in ("oista", "backtracking"):
+        assert res.step_sizes.shape == (T - 1, X.shape[0])
+    else:
+        assert res.step_sizes is None
+    # no history unless asked
+    res2 = solve_lasso(X, D, lmbd, method=method, tol=1e-9, max_iter=50000)
+    assert res2.history is None and res2.step_sizes is None
+
+
+@pytest.mark.parametrize("method", MONOTONE)
+@pytest.mark.parametrize("lmbd", LMBDS)
+def test_monotone_methods_never_increase_objective(method, lmbd):
+    X, D = get_problem("over")
+    res = solve_lasso(X, D, lmbd, method=method, tol=0.0, max_iter=300,
+                      record_history=True)
+    hist = res.history["objective"]
+    assert hist.shape == (301, X.shape[0])
+    rel = 1e-12 if method == "ista" else 1e-9
+    increase = np.diff(hist, axis=0)
+    assert np.all(increase <= rel * np.abs(hist[:-1])), (
+        f"objective increased by up to {increase.max():.3e}")
+    assert np.all(hist[-1] < hist[0])
+
+
+@pytest.mark.parametrize("kind", ["over", "sparse"])
+def test_oista_steps(kind):
+    X, D = get_problem(kind)
+    lmbd = 0.8
+    L = ref.lipschitz(D)
+    res = _solve(X, D, lmbd, "oista", tol=1e-10, max_iter=50000, record_history=True)
+    steps = res.step_sizes
+    assert steps.shape == (int(res.n_iter.max()), X.shape[0])
+    taken = np.arange(steps.shape[0])[:, None] < res.n_iter[None, :]
+    s = steps[taken]
+    assert np.all(np.isfinite(s))
+    # never below 1/L, never above 1/min ||d_k||^2 (= 1 here), some clearly above 1/L
+    assert np.all(s >= (1 - 1e-9) / L)
+    assert np.all(s <= (1 + 1e-9) / np.min(np.sum(D * D, axis=1)))
+    assert np.mean(s > 1.01 / L) > 0.3
+    # every step is 1/L or 1/L_S of some support: at the end, 1/L_S of the
+    # final support when that support is stable
+    for i in range(0, X.shape[0], 7):
+        last = steps[res.n_iter[i] - 1, i]
+        S = res.codes[i] != 0
+        if S.any():
+            assert (np.isclose(last, 1 / L, rtol=1e-7)
+                    or np.isclose(last, 1 / ref.lipschitz_support(D, S), rtol=1e-7))
+    # and OISTA needs fewer iterations than ISTA
+    r_ista = _solve(X, D, lmbd, "ista", tol=1e-10, max_iter=50000)
+    assert res.n_iter.sum() < r_ista.n_iter.sum()
+
+
+def test_backtracking_steps_are_positive_and_adaptive():
+    X, D = get_problem("over")
+    L = ref.lipschitz(D)
+    res = _solve(X, D, 0.3, "backtracking", tol=1e-10, max_iter=50000, record_history=True)
+    taken = np.arange(res.step_sizes.shape[0])[:, None] < res.n_iter[None, :]
+    s = res.step_sizes[taken]
+    assert np.all(np.isfinite(s)) and np.all(s > 0)
+    # the quadratic bound holds for any step <= 1/L: backtracking never needs
+    # to go far below it
+    assert s.min() >= 0.1 / L
+
+
+# --------------------------------------------------------------------------
+# lambda_max, degenerate inputs
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_lambda_max_gives_exact_zeros(method):
+    X, D = get_problem("over")
+    lm = lambda_max(X, D)
+    for i in range(10):
+        # lambda_max of the sample as it is solved (1-D: the same c = x D^T)
+        lm_i = lambda_max(X[i], D)
+        for tol, max_iter in ((1e-8, 10000), (0.0, 25)):
+            res = solve_lasso(X[i], D, lm_i, method=method, tol=tol, max_iter=max_iter)
+            assert res.codes.shape == (D.shape[0],)
+            assert np.all(res.codes == 0), f"tol={tol}: {res.codes[res.codes != 0]}"
+            # 0 up to the rounding of 1/2||x||^2 - (||x||^2 - 1/2||x||^2)
+            assert 0 <= res.gap <= 1e-15 * X[i] @ X[i]
+        # lambda_max from the batch (a GEMM: may differ from the 1-D value by
+        # an ulp): with tol > 0 still exact zeros
+        res = solve_lasso(X[i], D, lm[i], method=method)
+        assert np.all(res.codes == 0), res.codes[res.codes != 0]
+    # a batch: one scalar lmbd >= every lambda_max zeroes every sample
+    for tol in (1e-8, 0.0):
+        res = solve_lasso(X, D, float(lm.max()), method=method, tol=tol, max_iter=25)
+        assert np.all(res.codes == 0)
+        assert np.all(res.gap <= 1e-15 * _half_sq_norm(X))
+        res = solve_lasso(X, D, 2.0 * float(lm.max()), method=method, tol=tol, max_iter=25)
+        assert np.all(res.codes == 0)
+    assert np.all(_solve(X, D, float(lm.max()), method).converged)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_just_below_lambda_max_gives_nonzero_code(method):
+    X, D = get_problem("over")
+    lm = lambda_max(X, D)
+    C = X @ D.T
+    for i in range(3):
+        lmbd = 0.999999 * lm[i]
+        res = solve_lasso(X[i], D, lmbd, method=method, tol=0.0, max_iter=5)
+        nz = np.flatnonzero(res.codes)
+        k = int(np.argmax(np.abs(C[i])))
+        assert k in nz
+        assert np.sign(res.codes[k]) == np.sign(C[i, k])
+        # and the exact solution is (tiny but) non-zero as well
+        res = _solve(X[i], D, lmbd, method, tol=1e-14, max_iter=50000)
+        assert res.codes[k] != 0
+        assert np.sign(res.codes[k]) == np.sign(C[i, k])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_atom_is_never_used(method):
+    X, D = get_problem("over")
+    D = D.copy()
+    D[[3, 17]] = 0.0
+    lmbd = 0.3
+    res = _solve(X, D, lmbd, method, tol=1e-10, max_iter=50000)
+    assert not np.any(np.isnan(res.codes))
+    assert np.all(res.codes[:, [3, 17]] == 0)
+    keep = np.ones(D.shape[0], bool)
+    keep[[3, 17]] = False
+    F_star = ref.objective(X, D[keep], lmbd, ref.solve_exact(X, D[keep], lmbd))
+    scale = _half_sq_norm(X)
+    assert np.all(np.abs(ref.objective(X, D, lmbd, res.codes) - F_star) <= 1e-10 * scale
+                  + 1e-13 * scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_dictionary(method):
+    X, _ = get_problem("under")
+    D = np.zeros((5, X.shape[1]))
+    for tol in (1e-8, 0.0):
+        res = solve_lasso(X, D, 0.1, method=method, tol=tol, max_iter=20)
+        assert np.all(res.codes == 0)
+        assert_allclose(res.gap, 0.0, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_dimensional_input(method):
+    X, D = get_problem("under")
+    lmbd = 0.3
+    res = _solve(X[5], D, lmbd, method, tol=1e-10)
+    assert res.codes.shape == (D.shape[0],)
+    assert np.ndim(res.gap) == 0 and np.ndim(res.n_iter) == 0 and np.ndim(res.converged) == 0
+    assert bool(res.converged)
+    Zs = get_exact("under", lmbd)[5]
+    obj = ref.objective(X[5], D, lmbd, res.codes)[0]
+    F_star = ref.objective(X[5], D, lmbd, Zs)[0]
+    assert abs(obj - F_star) <= 1e-10 * _half_sq_norm(X[5])[0] * 1.01
+    assert_allclose(float(res.gap), ref.duality_gap(X[5], D, lmbd, res.codes)[0],
+                    rtol=1e-6, atol=1e-15)
+    # the same as the one-sample batch
+    res2 = _solve(X[5:6], D, lmbd, method, tol=1e-10)
+    assert res2.codes.shape == (1, D.shape[0])
+    assert_allclose(res2.codes[0], res.codes, rtol=1e-7, atol=1e-9)
+    if method in ITERATIVE:
+        resh = _solve(X[5], D, lmbd, method, tol=1e-10, record_history=True)
+        assert resh.history["objective"].shape == (int(resh.n_iter) + 1,)
+        assert_allclose(resh.history["objective"][-1], obj, rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_batch(method):
+    _, D = get_problem("under")
+    X = np.zeros((0, D.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = solve_lasso(X, D, 0.1, method=method)
+    assert res.codes.shape == (0, D.shape[0])
+    assert res.gap.shape == (0,) and res.n_iter.shape == (0,) and res.converged.shape == (0,)
+    assert res.codes.dtype == np.float64
+    res32 = solve_lasso(X.astype(np.float32), D.astype(np.float32), 0.1, method=method)
+    assert res32.codes.shape == (0, D.shape[0]) and res32.codes.dtype == np.float32
+
+
+# --------------------------------------------------------------------------
+# dtypes, layouts, threads
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lmbd", [0.05, 0.8])
+def test_float32_agrees_with_float64(method, lmbd):
+    X, D = get_problem("under")
+    X32, D32 = X.astype(np.float32), D.astype(np.float32)
+    res = _solve(X32, D32, lmbd, method, tol=1e-5, max_iter=50000)
+    assert res.codes.dtype == np.float32
+    assert np.all(np.isfinite(res.codes))
+    F_star = ref.objective(X, D, lmbd, get_exact("under", lmbd))
+    # objective of the float32 codes, evaluated in float64 on the float32 data
+    obj32 = ref.objective(X32, D32, lmbd, res.codes)
+    assert_allclose(obj32, F_star, rtol=1e-4)
+    res64 = _solve(X, D, lmbd, method, tol=1e-10, max_iter=50000)
+    assert_allclose(res.codes, res64.codes, atol=2e-3 * np.abs(res64.codes).max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_default_tolerance_does_not_blow_up(method):
+    X, D = get_problem("under", np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = solve_lasso(X, D, 0.3, method=method, max_iter=3000)
+    assert res.codes.dtype == np.float32
+    assert np.all(np.isfinite(res.codes)) and np.all(np.isfinite(res.gap))
+    F_star = ref.objective(X, D, 0.3, get_exact("under", 0.3))
+    assert_allclose(ref.objective(X, D, 0.3, res.codes), F_star, rtol=1e-4)
+
+
+def test_mixed_and_integer_dtypes():
+    X, D = get_problem("under")
+    ref_codes = _solve(X, D, 0.3, "cd", tol=1e-12).codes
+    res = _solve(X.astype(np.float32), D, 0.3, "cd", tol=1e-12)
+    assert res.codes.dtype == np.float64
+    Xi = np.round(10 * X).astype(np.int64)
+    res_i = _solve(Xi, D, 0.3, "cd", tol=1e-12)
+    assert res_i.codes.dtype == np.float64
+    assert_allclose(res_i.codes, _solve(Xi.astype(np.float64), D, 0.3, "cd", tol=1e-12).codes,
+                    rtol=1e-12, atol=1e-14)
+    assert_allclose(res.codes, ref_codes, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layouts_give_the_same_codes(method):
+    X, D = get_problem("over")
+    lmbd, kw = 0.3, dict(tol=0.0, max_iter=50)
+    base = solve_lasso(X, D, lmbd, method=method, **kw).codes
+
+    def same(X_, D_, expected=base):
+        out = solve_lasso(X_, D_, lmbd, method=method, **kw).codes
+        assert out.flags.c_contiguous or out.ndim == 1
+        assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
+
+    same(np.asfortranarray(X), D)
+    same(X, np.asfortranarray(D))
+    big = np.zeros((2 * X.shape[0], X.shape[1] + 7))
+    big[::2, 3:3 + X.shape[1]] = X
+    same(big[::2, 3:3 + X.shape[1]], D)            # strided rows and an offset
+    bigD = np.zeros((D.shape[0], 2 * D.shape[1]))
+    bigD[:, ::2] = D
+    same(X, bigD[:, ::2])                          # strided columns
+    same(X[::-1], D, expected=base[::-1])          # negative strides
+    same(X.tolist(), D.tolist())
+    # a converged solve too
+    conv = _solve(X, D, lmbd, method, tol=1e-10)
+    out = _solve(np.asfortranarray(X[::-1]), np.asfortranarray(D), lmbd, method, tol=1e-10)
+    assert_allclose(out.codes[::-1], conv.codes, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inputs_are_not_modified_and_read_only_inputs_work(method):
+    X, D = get_problem("under")
+    Z0 = 0.1 * np.ones((X.shape[0], D.shape[0]))
+    copies = [a.copy() for a in (X, D, Z0)]
+    for a in (X, D, Z0):
+        a.setflags(write=False)
+    res = _solve(X, D, 0.3, method, tol=1e-10, Z0=Z0)
+    for a, c in zip((X, D, Z0), copies):
+        assert_array_equal(a, c)
+    assert res.codes.flags.writeable
+    assert not np.shares_memory(res.codes, Z0)
+    F_star = ref.objective(X, D, 0.3, get_exact("under", 0.3))
+    assert np.all(np.abs(ref.objective(X, D, 0.3, res.codes) - F_star)
+                  <= 1e-10 * _half_sq_norm(X) * 1.01)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_threads_agree(method):
+    X, D = get_problem("batch")
+    kw = dict(tol=0.0, max_iter=40)
+    r1 = solve_lasso(X, D, 0.3, method=method, n_jobs=1, **kw)
+    r2 = solve_lasso(X, D, 0.3, method=method, n_jobs=2, **kw)
+    rd = solve_lasso(X, D, 0.3, method=method, **kw)
+    assert_allclose(r2.codes, r1.codes, rtol=1e-9, atol=1e-12)
+    assert_allclose(rd.codes, r1.codes, rtol=1e-9, atol=1e-12)
+    c1 = _solve(X, D, 0.3, method, n_jobs=1, tol=1e-10, max_iter=50000)
+    c2 = _solve(X, D, 0.3, method, n_jobs=2, tol=1e-10, max_iter=50000)
+    assert np.all(c1.converged) and np.all(c2.converged)
+    assert_allclose(c2.codes, c1.codes, rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------
+# warm starts, stopping, warnings, convenience functions
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_warm_start_at_the_solution_stops_at_once(method):
+    X, D = get_problem("over")
+    lmbd = 0.3
+    Zs = get_exact("over", lmbd)
+    res = _solve(X, D, lmbd, method, Z0=Zs)
+    assert np.all(res.converged)
+    assert np.all(res.n_iter <= 10)
+    assert_allclose(res.codes, Zs, rtol=1e-6, atol=1e-9)
+    # 1-D warm start
+    r1 = _solve(X[2], D, lmbd, method, Z0=Zs[2])
+    assert int(r1.n_iter) <= 10
+    assert_allclose(r1.codes, Zs[2], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_warm_start_is_used(method):
+    X, D = get_problem("over")
+    lmbd = 0.3
+    # start from a poor but non-zero point: the solver must still reach the
+    # optimum, and a start close to it must save iterations
+    Z_far = np.random.default_rng(0).standard_normal((X.shape[0], D.shape[0]))
+    r_far = _solve(X, D, lmbd, method, Z0=Z_far, tol=1e-10, max_iter=50000)
+    F_star = ref.objective(X, D, lmbd, get_exact("over", lmbd))
+    scale = _half_sq_norm(X)
+    assert np.all(ref.objective(X, D, lmbd, r_far.codes) - F_star <= 1.01e-10 * scale)
+    r_cold = _solve(X, D, lmbd, method, tol=1e-10, max_iter=50000)
+    r_warm = _solve(X, D, lmbd, method, Z0=r_cold.codes * (1 + 1e-4), tol=1e-10,
+                    max_iter=50000)
+    assert r_warm.n_iter.sum() < r_cold.n_iter.sum()
+    # with tol=0 and one step from Z0, ISTA moves from Z0, not from zero
+    if method == "ista":
+        r1 = solve_lasso(X, D, lmbd, method="ista", Z0=Z_far, tol=0.0, max_iter=1)
+        # (L from a power iteration to 1e-10: steps agree to ~1e-10)
+        assert_allclose(r1.codes, ref.ista(X, D, lmbd, 1, Z0=Z_far)[0], rtol=1e-7,
+                        atol=1e-9)
+        assert np.abs(r1.codes - Z_far).max() > 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_not_converged_warns_and_reports(method):
+    X, D = get_problem("over")
+    lmbd = 0.05
+    with pytest.warns(ConvergenceWarning):
+        res = solve_lasso(X, D, lmbd, method=method, tol=1e-13, max_iter=2)
+    assert not np.all(res.converged)
+    assert np.all(res.n_iter[~res.converged] == 2)
+    scale = _half_sq_norm(X)
+    assert np.all(res.gap[~res.converged] > 1e-13 * scale[~res.converged])
+    assert_allclose(res.gap, np.maximum(ref.duality_gap(X, D, lmbd, res.codes), 0),
+                    rtol=1e-6, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["ista", "fista", "backtracking", "oista", "cd"])
+def test_convenience_functions(method):
+    X, D = get_problem("over")
+    func = getattr(fastlista, CONVENIENCE[method])
+    a = func(X, D, 0.3, tol=1e-10, max_iter=5000, n_jobs=1)
+    b = solve_lasso(X, D, 0.3, method=method, tol=1e-10, max_iter=5000, n_jobs=1)
+    assert_array_equal(a.codes, b.codes)
+    assert_array_equal(a.n_iter, b.n_iter)
+    F_star = ref.objective(X, D, 0.3, get_exact("over", 0.3))
+    assert np.all(ref.objective(X, D, 0.3, a.codes) - F_star
+                  <= 1.01e-10 * _half_sq_norm(X))
+
+
+def test_sample_independence():
+    # a sample's solution does not depend on the rest of the batch
+    X, D = get_problem("batch")
+    for method in ("ista", "oista", "cd"):
+        full = solve_lasso(X, D, 0.3, method=method, tol=0.0, max_iter=30, n_jobs=1).codes
+        part = solve_lasso(X[70:75], D, 0.3, method=method, tol=0.0, max_iter=30,
+                           n_jobs=1).codes
+        assert_allclose(part, full[70:75], rtol=1e-9, atol=1e-12)
+
+
+def test_references_agree_with_each_other_and_sklearn():
+    # the NumPy references are themselves checked against scikit-learn
+    X, D = get_problem("under")
+    lmbd = 0.3
+    F_star = ref.objective(X, D, lmbd, get_exact("under", lmbd))
+    scale = _half_sq_norm(X)
+    assert np.all(ref.duality_gap(X, D, lmbd, get_exact("under", lmbd)) <= 1e-14 * scale)
+    Z_f = ref.fista(X, D, lmbd, 2000)
+    Z_i, hist = ref.ista(X, D, lmbd, 2000)
+    for Z_ in (Z_f, Z_i, _sklearn_codes("under", lmbd)):
+        assert np.all(np.abs(ref.objective(X, D, lmbd, Z_) - F_star) <= 1e-8 * scale)
+    ref.assert_kkt(X, D, lmbd, get_exact("under", lmbd), tol=1e-6)
+    # the KKT helper can fail: a perturbed solution violates it
+    with pytest.raises(AssertionError):
+        ref.assert_kkt(X, D, lmbd, get_exact("under", lmbd) * 1.01, tol=1e-6)
+
+
+@pytest.mark.parametrize("k", [10, 30, 100])
+def test_fista_rate(k):
+    # Beck & Teboulle: F(z_k) - F* <= 2 L ||z_0 - z*||^2 / (k + 1)^2; the
+    # restarted variant must be at least as good as the plain reference
+    X, D = get_problem("over")
+    lmbd = 0.05
+    Zs = get_exact("over", lmbd)
+    F_star = ref.objective(X, D, lmbd, Zs)
+    L = ref.lipschitz(D)
+    res = solve_lasso(X, D, lmbd, method="fista", tol=0.0, max_iter=k)
+    sub = ref.objective(X, D, lmbd, res.codes) - F_star
+    assert np.all(sub <= 2 * L * np.sum(Zs ** 2, axis=1) / (k + 1) ** 2)
+    sub_ref = ref.objective(X, D, lmbd, ref.fista(X, D, lmbd, k)) - F_star
+    assert np.mean(sub) <= 1.5 * np.mean(sub_ref)

@@ -1,0 +1,223 @@
+"""Bad input: every public function rejects it at the boundary with an error
+that names the argument (Issue 2, "Bad input"). Messages are matched with
+loose patterns: the argument's name and the key words."""
+import numpy as np
+import pytest
+
+import fastlista
+from fastlista import (InvalidParameterError, duality_gap, lambda_max, lasso_gradient,
+                       lasso_objective, lipschitz, soft_thresholding, solve_lasso)
+
+from conftest import METHODS
+
+rng = np.random.default_rng(0)
+D = rng.standard_normal((6, 4))
+X = rng.standard_normal((5, 4))
+Z = rng.standard_normal((5, 6))
+
+
+def _with(a, idx, value):
+    a = np.array(a, dtype=complex if isinstance(value, complex) else a.dtype)
+    a[idx] = value
+    return a
+
+
+def test_invalid_parameter_error_is_value_and_type_error():
+    assert issubclass(InvalidParameterError, ValueError)
+    assert issubclass(InvalidParameterError, TypeError)
+    assert issubclass(fastlista.ConvergenceWarning, Warning)
+
+
+# --------------------------------------------------------------------------
+# arrays: NaN / inf / complex / ndim / shapes
+# --------------------------------------------------------------------------
+BAD_ARRAYS = [
+    # (name, kwargs-override, error, pattern)
+    ("X NaN", dict(X=_with(X, (2, 1), np.nan)), ValueError, r"X.*NaN"),
+    ("X inf", dict(X=_with(X, (0, 3), np.inf)), ValueError, r"X.*(inf|large)"),
+    ("X -inf", dict(X=_with(X, (4, 0), -np.inf)), ValueError, r"X.*(inf|large)"),
+    ("D NaN", dict(D=_with(D, (1, 1), np.nan)), ValueError, r"D.*NaN"),
+    ("D inf", dict(D=_with(D, (5, 2), np.inf)), ValueError, r"D.*(inf|large)"),
+    ("X complex", dict(X=X + 1j), ValueError, r"[Cc]omplex.*X|X.*[Cc]omplex"),
+    ("D complex", dict(D=D * (1 + 0j)), ValueError, r"[Cc]omplex.*D|D.*[Cc]omplex"),
+    ("X 3-D", dict(X=X[None]), ValueError, r"X"),
+    ("D 3-D", dict(D=D[None]), ValueError, r"D"),
+    ("D 1-D", dict(D=D[0]), ValueError, r"D"),
+    ("X scalar", dict(X=np.float64(1.0)), ValueError, r"X"),
+    ("features", dict(X=X[:, :3]), ValueError, r"X has 3 features.*D has 4 features"),
+    ("features 1-D", dict(X=X[0, :3]), ValueError, r"X has 3 features.*D has 4 features"),
+    ("strings", dict(X=X.astype(str)), ValueError, r"X|numeric|string"),
+]
+
+
+@pytest.mark.parametrize("name, override, error, pattern", BAD_ARRAYS,
+                         ids=[b[0] for b in BAD_ARRAYS])
+@pytest.mark.parametrize("method", ["ista", "cd"])
+def test_solve_lasso_bad_arrays(name, override, error, pattern, method):
+    kw = dict(X=X, D=D, lmbd=0.1, method=method)
+    kw.update(override)
+    with pytest.raises(error, match=pattern):
+        solve_lasso(**kw)
+
+
+@pytest.mark.parametrize("name, override, error, pattern", BAD_ARRAYS,
+                         ids=[b[0] for b in BAD_ARRAYS])
+def test_toolkit_bad_arrays(name, override, error, pattern):
+    Xb, Db = override.get("X", X), override.get("D", D)
+    # codes of a shape consistent with whatever X is (so that X/D is the fault)
+    n_samples = np.atleast_2d(Xb).shape[0] if np.ndim(Xb) in (1, 2) else 5
+    Zb = np.zeros((n_samples, 6)) if np.ndim(Xb) != 1 else np.zeros(6)
+    with pytest.raises(error, match=pattern):
+        lasso_objective(Xb, Db, 0.1, Zb)
+    with pytest.raises(error, match=pattern):
+        duality_gap(Xb, Db, 0.1, Zb)
+    with pytest.raises(error, match=pattern):
+        lasso_gradient(Xb, Db, Zb)
+    with pytest.raises(error, match=pattern):
+        lambda_max(Xb, Db)
+
+
+@pytest.mark.parametrize("Z0, pattern", [
+    (_with(Z, (1, 1), np.nan), r"Z0.*NaN"),
+    (_with(Z, (0, 5), np.inf), r"Z0.*(inf|large)"),
+    (Z[:, :5], r"Z0"),
+    (Z[:4], r"Z0"),
+    (Z.T, r"Z0"),
+    (Z[None], r"Z0"),
+    (Z + 0j, r"Z0|[Cc]omplex"),
+], ids=["nan", "inf", "atoms", "samples", "transposed", "3-D", "complex"])
+@pytest.mark.parametrize("method", ["ista", "oista", "cd"])
+def test_solve_lasso_bad_Z0(Z0, pattern, method):
+    with pytest.raises(ValueError, match=pattern):
+        solve_lasso(X, D, 0.1, method=method, Z0=Z0)
+
+
+def test_solve_lasso_bad_Z0_for_1d_x():
+    with pytest.raises(ValueError, match="Z0"):
+        solve_lasso(X[0], D, 0.1, Z0=np.zeros(5))
+    with pytest.raises(ValueError, match="Z0"):
+        solve_lasso(X[0], D, 0.1, Z0=np.zeros((2, 6)))
+
+
+def test_toolkit_bad_codes():
+    for Zb in (Z[:, :5], Z[:4], Z.T, _with(Z, (0, 0), np.nan)):
+        with pytest.raises(ValueError, match="Z"):
+            lasso_objective(X, D, 0.1, Zb)
+        with pytest.raises(ValueError, match="Z"):
+            duality_gap(X, D, 0.1, Zb)
+        with pytest.raises(ValueError, match="Z"):
+            lasso_gradient(X, D, Zb)
+
+
+# --------------------------------------------------------------------------
+# scalars and options
+# --------------------------------------------------------------------------
+BAD_PARAMS = [
+    (dict(lmbd=-1.0), r"'lmbd'.*solve_lasso.*float.*range.*\[0\.0, inf\).*-1\.0"),
+    (dict(lmbd=-1e-300), r"'lmbd'"),
+    (dict(lmbd=np.nan), r"'lmbd'.*nan"),
+    (dict(lmbd="0.1"), r"'lmbd'"),
+    (dict(lmbd=None), r"'lmbd'"),
+    (dict(lmbd=np.array([0.1, 0.2])), r"'lmbd'"),
+    (dict(method="lars"), r"'method'.*lars"),
+    (dict(method="ISTA"), r"'method'"),
+    (dict(method=None), r"'method'"),
+    (dict(max_iter=0), r"'max_iter'.*0"),
+    (dict(max_iter=-5), r"'max_iter'"),
+    (dict(max_iter=2.5), r"'max_iter'"),
+    (dict(tol=-1e-3), r"'tol'"),
+    (dict(tol=np.nan), r"'tol'"),
+]
+
+
+@pytest.mark.parametrize("override, pattern", BAD_PARAMS,
+                         ids=[f"{k}={v!r}" for o, _ in BAD_PARAMS for k, v in o.items()])
+def test_solve_lasso_bad_parameters(override, pattern):
+    kw = dict(lmbd=0.1)
+    kw.update(override)
+    with pytest.raises(InvalidParameterError, match=pattern):
+        solve_lasso(X, D, **kw)
+
+
+@pytest.mark.parametrize("func", ["ista", "fista", "oista", "backtracking_ista",
+                                  "coordinate_descent"])
+def test_convenience_functions_validate(func):
+    f = getattr(fastlista, func)
+    with pytest.raises(InvalidParameterError, match="'lmbd'"):
+        f(X, D, -0.5)
+    with pytest.raises(InvalidParameterError, match="'max_iter'"):
+        f(X, D, 0.1, max_iter=0)
+    with pytest.raises(ValueError, match="X.*NaN"):
+        f(_with(X, (0, 0), np.nan), D, 0.1)
+
+
+def test_valid_scalars_are_accepted():
+    # numpy scalars, ints, 0-d arrays, lmbd = 0: all valid
+    for lmbd in (np.float32(0.1), np.float64(0.1), 1, np.array(0.1), 0.0):
+        res = solve_lasso(X, D, lmbd, method="fista", max_iter=5, tol=0.0)
+        assert np.all(np.isfinite(res.codes))
+    res = solve_lasso(X, D, 0.1, method="ista", max_iter=np.int64(3), tol=0)
+    assert np.all(res.n_iter == 3)
+
+
+@pytest.mark.parametrize("func", [lasso_objective, duality_gap])
+def test_toolkit_bad_lmbd(func):
+    for lmbd in (-1.0, np.nan):
+        with pytest.raises(InvalidParameterError, match="'lmbd'"):
+            func(X, D, lmbd, Z)
+
+
+def test_bad_input_is_rejected_before_work():
+    # no partial results: the error comes from validation, not from a kernel
+    with pytest.raises(ValueError, match="X has 3 features"):
+        solve_lasso(X[:, :3], D, -1.0, method="nope")
+
+
+# --------------------------------------------------------------------------
+# lipschitz
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("support", [
+    np.ones(5, bool), np.ones(7, bool), np.ones((3, 5), bool), np.ones((3, 7), bool),
+    np.ones((2, 3, 6), bool), np.bool_(True), np.ones((6, 1), bool),
+], ids=["short", "long", "2d-short", "2d-long", "3-D", "scalar", "column"])
+def test_lipschitz_support_of_wrong_shape(support):
+    with pytest.raises(ValueError, match="support"):
+        lipschitz(D, support=support)
+
+
+def test_lipschitz_bad_dictionary_and_parameters():
+    with pytest.raises(ValueError, match=r"D.*NaN"):
+        lipschitz(_with(D, (0, 0), np.nan))
+    with pytest.raises(ValueError, match=r"D.*(inf|large)"):
+        lipschitz(_with(D, (0, 0), np.inf))
+    with pytest.raises(ValueError, match=r"[Cc]omplex"):
+        lipschitz(D + 1j)
+    with pytest.raises(ValueError, match="D"):
+        lipschitz(D[None])
+    with pytest.raises(InvalidParameterError, match="'tol'"):
+        lipschitz(D, tol=-1.0)
+    with pytest.raises(InvalidParameterError, match="'max_iter'"):
+        lipschitz(D, max_iter=0)
+
+
+# --------------------------------------------------------------------------
+# soft-thresholding
+# --------------------------------------------------------------------------
+def test_soft_thresholding_bad_input():
+    with pytest.raises(ValueError, match="[Cc]omplex"):
+        soft_thresholding(np.ones(3) + 1j, 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        soft_thresholding(np.ones((4, 3)), np.ones(4))     # does not broadcast
+    with pytest.raises(ValueError, match="threshold"):
+        soft_thresholding(np.ones(3), np.ones((2, 3)))     # would grow the output
+    with pytest.raises(ValueError, match="threshold"):
+        soft_thresholding(np.ones(3), -0.5)
+
+
+def test_huge_finite_values_are_valid():
+    # finite values whose sum overflows are still finite input: no error, no
+    # RuntimeWarning (pyproject turns those into errors)
+    Xh = np.full((2, 4), 1e308)
+    Dh = np.full((3, 4), 1e-10)
+    assert np.all(np.isfinite(lambda_max(Xh, Dh)))
+    assert np.allclose(lambda_max(Xh, Dh), 4e298)
