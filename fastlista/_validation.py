@@ -7,6 +7,7 @@ or float64 arrays of matching shapes, finite values.
 """
 import numbers
 import operator
+import os
 
 import numpy as np
 
@@ -214,19 +215,24 @@ def check_option(value, name, func, options):
     return value
 
 
-def check_n_jobs(n_jobs, func):
-    """Resolve ``n_jobs`` (None → 1, -1 → all cores, -2 → all but one)."""
-    import os
+def n_cpus():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
+
+def check_n_jobs(n_jobs, func):
+    """Resolve ``n_jobs``: None or -1 → every core, -2 → all but one, k → k."""
     if n_jobs is None:
-        return 1
-    n_cpus = os.cpu_count() or 1
+        return n_cpus()
     n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True)
     if n_jobs == 0:
         raise InvalidParameterError(
             f"The 'n_jobs' parameter of {func} must be a non-zero int or None. Got 0 instead.")
     if n_jobs < 0:
-        return max(1, n_cpus + 1 + n_jobs)
+        return max(1, n_cpus() + 1 + n_jobs)
     return n_jobs
 
 

@@ -40,7 +40,7 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     max_iter : int, default=10000
         Maximum number of power iterations per support.
     n_jobs : int or None, default=None
-        Threads for batched supports (None: 1, -1: all cores).
+        Threads for batched supports (None or -1: every core).
 
     Returns
     -------
@@ -89,7 +89,7 @@ def global_lipschitz(D):
 
 def support_lipschitz(D, B, support, tol, max_iter, n_threads):
     """Unvalidated batched L_S: ``support`` is a 2-D boolean array."""
-    S = np.ascontiguousarray(support, dtype=np.uint8)
+    S = np.ascontiguousarray(support).view(np.uint8)
     # a tolerance below the dtype's resolution would only stall the iteration
     tol = max(tol, 8 * np.finfo(D.dtype).eps)
     return _lipschitz.lipschitz_supports(B, D, S, D.dtype.type(tol), max_iter, n_threads)

@@ -171,7 +171,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         raise InvalidParameterError(
             f"The 'record_history' parameter of {func} must be a bool. "
             f"Got {record_history!r} instead.")
-    n_threads = check_n_jobs(n_jobs, func) if n_jobs is not None else _n_cpus()
+    n_threads = check_n_jobs(n_jobs, func)
     N, m = X.shape[0], D.shape[0]
     dtype = X.dtype
     if Z0 is None:
@@ -261,15 +261,6 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         if step_sizes is not None:
             result.step_sizes = step_sizes[:, 0]
     return result
-
-
-def _n_cpus():
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _method_function(method, doc_name):

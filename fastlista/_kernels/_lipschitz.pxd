@@ -9,6 +9,71 @@ from scipy.linalg.cython_lapack cimport ssyevr, dsyevr
 from ._blas cimport gemv, dot, axpy, scal, nrm2
 
 
+# below this support size, B_SS v is computed inline rather than by gemv
+cdef enum:
+    SMALL = 48
+# up to this support size, L_S comes from repeated squaring of B_SS
+cdef enum:
+    TINY = 8
+
+
+cdef inline double squaring_lipschitz(const double *A, int k, double *v,
+                                      double tol) noexcept nogil:
+    """Largest eigenvalue of a tiny PSD matrix A (k <= TINY) by squaring.
+
+    M_s = A^(2^s) / trace: its column of largest diagonal is the power
+    iteration after 2^s steps, so the Rayleigh quotient of A on it converges
+    quadratically in s (a power iteration of 2^s steps for k^3 s flops).
+    Stops when two quotients differ by <= tol (relatively), after at least
+    4 squarings. v (k,) receives the unit top eigenvector.
+    """
+    cdef double M[TINY * TINY]
+    cdef double T[TINY * TINY]
+    cdef double theta = 0, theta_old = 0, acc, num, den, tr, big
+    cdef int a, b, c, s, jmax
+    for a in range(k * k):
+        M[a] = A[a]
+    for s in range(64):
+        # v = M[:, jmax], theta = v^T A v / v^T v
+        jmax = 0
+        big = M[0]
+        for a in range(1, k):
+            if M[a * k + a] > big:
+                big = M[a * k + a]
+                jmax = a
+        if big <= 0:
+            for a in range(k):
+                v[a] = 1.0 if a == 0 else 0.0
+            return 0
+        num = 0
+        den = 0
+        for a in range(k):
+            acc = 0
+            for b in range(k):
+                acc = acc + A[a * k + b] * M[b * k + jmax]
+            num = num + M[a * k + jmax] * acc
+            den = den + M[a * k + jmax] * M[a * k + jmax]
+        theta = num / den
+        if s >= 4 and fabs(theta - theta_old) <= tol * theta:
+            break
+        theta_old = theta
+        # M <- M M / trace(M M)
+        tr = 0
+        for a in range(k):
+            for b in range(k):
+                acc = 0
+                for c in range(k):
+                    acc = acc + M[a * k + c] * M[c * k + b]
+                T[a * k + b] = acc
+            tr = tr + T[a * k + a]
+        for a in range(k * k):
+            M[a] = T[a] / tr
+    den = sqrt(den)
+    for a in range(k):
+        v[a] = M[a * k + jmax] / den
+    return theta
+
+
 cdef inline double _start_value(Py_ssize_t atom) noexcept nogil:
     """Deterministic pseudo-random entry in [0.5, 1.5) x (+-1) for an atom.
 
@@ -43,8 +108,9 @@ cdef inline floating support_lipschitz(
     converged : out, whether the tolerance was met within max_iter (it may
         not be when the two top eigenvalues nearly coincide).
 
-    Exact for k <= 2. Otherwise iterates on B_SS (k^2 per step) when
-    k < 2 n, else on D_S through u = v D_S, w = u D_S^T (2 k n per step).
+    Exact for k <= 2, repeated squaring of B_SS for k <= TINY. Otherwise
+    iterates on B_SS (k^2 per step) when k < 2 n, else on D_S through
+    u = v D_S, w = u D_S^T (2 k n per step).
     The Rayleigh quotients theta_t converge geometrically, theta_t -> L_S
     with errors shrinking by a ratio r each step; with d_t = |theta_t -
     theta_{t-1}| and r ~ d_t / d_{t-1}, the remaining error is about
@@ -53,7 +119,7 @@ cdef inline floating support_lipschitz(
     cdef int a, b, it
     cdef floating theta = 0, theta_old = 0, nv, half, det, p, q
     converged[0] = True
-    cdef floating diff, diff_old = -1, ratio
+    cdef floating diff, diff_old = -1, ratio, acc
     if k == 0:
         return 0
     if k == 1:
@@ -83,6 +149,16 @@ cdef inline floating support_lipschitz(
         return theta
 
     cdef bint gram = k < 2 * n
+    cdef double A[TINY * TINY]
+    cdef double vd[TINY]
+    if k <= TINY:
+        for a in range(k):
+            for b in range(k):
+                A[a * k + b] = B[idx[a] * m + idx[b]]
+        theta = <floating> squaring_lipschitz(A, k, vd, tol)
+        for a in range(k):
+            v[a] = <floating> vd[a]
+        return theta
     if gram:
         # B_SS = B[S][:, S]
         for a in range(k):
@@ -98,7 +174,14 @@ cdef inline floating support_lipschitz(
     scal(k, 1 / nv, v)
 
     for it in range(max_iter):
-        if gram:
+        if gram and k <= SMALL:
+            # w = B_SS v, inline: a BLAS call costs more than k^2 flops here
+            for a in range(k):
+                acc = 0
+                for b in range(k):
+                    acc = acc + work[a * k + b] * v[b]
+                w[a] = acc
+        elif gram:
             # w = B_SS v
             gemv(False, k, k, <floating> 1, work, k, v, <floating> 0, w)
         else:
@@ -109,8 +192,13 @@ cdef inline floating support_lipschitz(
                 axpy(n, v[a], D + <Py_ssize_t> idx[a] * n, work)
             for a in range(k):
                 w[a] = dot(n, D + <Py_ssize_t> idx[a] * n, work)
-        theta = dot(k, v, w)            # Rayleigh quotient v^T B_SS v
-        nv = nrm2(k, w)
+        # Rayleigh quotient theta = v^T B_SS v, and ||w||
+        theta = 0
+        nv = 0
+        for a in range(k):
+            theta = theta + v[a] * w[a]
+            nv = nv + w[a] * w[a]
+        nv = sqrt(nv)
         if nv == 0:                     # B_SS = 0 (zero atoms)
             return 0
         for a in range(k):
