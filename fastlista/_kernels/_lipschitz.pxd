@@ -31,8 +31,16 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
     cdef double T[TINY * TINY]
     cdef double theta = 0, theta_old = 0, acc, num, den, tr, big
     cdef int a, b, c, s, jmax
+    # start from A / trace(A): the iterates stay of order 1 (no underflow)
+    tr = 0
+    for a in range(k):
+        tr = tr + A[a * k + a]
+    if tr <= 0:
+        for a in range(k):
+            v[a] = 1.0 if a == 0 else 0.0
+        return 0
     for a in range(k * k):
-        M[a] = A[a]
+        M[a] = A[a] / tr
     for s in range(64):
         # v = M[:, jmax], theta = v^T A v / v^T v
         jmax = 0
@@ -192,13 +200,19 @@ cdef inline floating support_lipschitz(
                 axpy(n, v[a], D + <Py_ssize_t> idx[a] * n, work)
             for a in range(k):
                 w[a] = dot(n, D + <Py_ssize_t> idx[a] * n, work)
-        # Rayleigh quotient theta = v^T B_SS v, and ||w||
+        # Rayleigh quotient theta = v^T B_SS v, and ||w|| scaled by max |w_a|
+        # (no underflow or overflow of w_a^2 for tiny or huge dictionaries)
         theta = 0
-        nv = 0
+        acc = 0
         for a in range(k):
             theta = theta + v[a] * w[a]
-            nv = nv + w[a] * w[a]
-        nv = sqrt(nv)
+            if fabs(w[a]) > acc:
+                acc = fabs(w[a])
+        nv = 0
+        if acc > 0:
+            for a in range(k):
+                nv = nv + (w[a] / acc) * (w[a] / acc)
+            nv = acc * sqrt(nv)
         if nv == 0:                     # B_SS = 0 (zero atoms)
             return 0
         for a in range(k):
