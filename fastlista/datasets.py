@@ -1,0 +1,239 @@
+"""Simulated sparse coding problems.
+
+The paper's simulated benchmark (Ablin et al., NeurIPS 2019, and its code
+``adopty/datasets.py``): a Gaussian dictionary with unit-norm atoms, dense
+Gaussian codes, and signals scaled so that ``lambda_max(x) = ||x D^T||_inf = 1``
+for every sample. With that scaling, ``lmbd`` is directly a fraction of
+``lambda_max``: ``lmbd >= 1`` gives the zero code, ``lmbd = 0.8`` sparse codes
+and ``lmbd = 0.1`` dense ones.
+
+All arrays follow the library's conventions: ``D`` has shape
+``(n_atoms, n_features)`` (one atom per row), ``X`` has shape
+``(n_samples, n_features)`` (one signal per row); both are float64 and
+C-contiguous.
+"""
+import math
+
+import numpy as np
+
+from ._validation import InvalidParameterError, check_random_state, check_scalar
+
+__all__ = ["make_coding", "make_sparse_coding"]
+
+# make_sparse_coding: bounds on the candidate draws
+_MAX_ROUNDS = 10                # at most this many batches of candidates
+_MIN_CANDIDATES = 100           # a batch is never smaller than this
+_MAX_CANDIDATE_FACTOR = 50      # never draw more than 50 * n_samples + 1000 in all
+
+
+def _check_sizes(func, n_samples, n_atoms, n_features):
+    n_samples = check_scalar(n_samples, "n_samples", func, low=1, integer=True)
+    n_atoms = check_scalar(n_atoms, "n_atoms", func, low=1, integer=True)
+    n_features = check_scalar(n_features, "n_features", func, low=1, integer=True)
+    return n_samples, n_atoms, n_features
+
+
+def _draw_dictionary(rng, n_atoms, n_features):
+    """Gaussian atoms, each row scaled to unit Euclidean norm."""
+    D = rng.standard_normal((n_atoms, n_features))
+    norms = np.linalg.norm(D, axis=1, keepdims=True)
+    # a zero row has probability 0; guard anyway so no NaN can ever appear
+    norms[norms == 0] = 1.0
+    D /= norms
+    return np.ascontiguousarray(D)
+
+
+def _draw_signals(rng, n_samples, D):
+    """Signals ``z D`` with dense Gaussian ``z``, each scaled to lambda_max = 1."""
+    Z = rng.standard_normal((n_samples, D.shape[0]))
+    X = Z @ D
+    lmax = np.abs(X @ D.T).max(axis=1, keepdims=True)
+    # lambda_max = 0 means x is orthogonal to every atom: probability 0 with
+    # Gaussian draws; leave such a row unscaled rather than divide by 0
+    lmax[lmax == 0] = 1.0
+    X /= lmax
+    return np.ascontiguousarray(X)
+
+
+def make_coding(n_samples=1000, n_atoms=256, n_features=64, random_state=None):
+    """Generate the paper's simulated sparse coding problem.
+
+    The dictionary ``D`` has i.i.d. standard Gaussian entries and its rows
+    (atoms) are scaled to unit norm. Each signal is ``x = z D`` with a dense
+    standard Gaussian code ``z``, then divided by ``max_j |x D_j^T|`` so that
+    ``lambda_max(x) = 1``: the Lasso solution of every sample is 0 exactly
+    when ``lmbd >= 1``.
+
+    The generating codes are not returned: after the scaling they are not the
+    Lasso solution of ``x`` for any ``lmbd``. This is an (unsupervised) Lasso
+    benchmark, not a sparse recovery problem.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of signals N, >= 1.
+    n_atoms : int, default=256
+        Number of atoms m, >= 1.
+    n_features : int, default=64
+        Dimension n of the signals, >= 1.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the draws. The dictionary is drawn first, then the codes, so
+        with the same seed a larger ``n_samples`` extends the same dictionary's
+        signals.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+        Signals, one per row, float64, C-contiguous, with
+        ``np.abs(X @ D.T).max(axis=1) == 1``.
+    D : ndarray of shape (n_atoms, n_features)
+        Dictionary, one unit-norm atom per row, float64, C-contiguous.
+
+    See Also
+    --------
+    make_sparse_coding : the same law, filtered by the sparsity of the
+        Lasso solutions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista.datasets import make_coding
+    >>> X, D = make_coding(n_samples=100, n_atoms=32, n_features=8, random_state=0)
+    >>> X.shape, D.shape
+    ((100, 8), (32, 8))
+    >>> bool(np.allclose(np.linalg.norm(D, axis=1), 1.0))
+    True
+    >>> bool(np.allclose(np.abs(X @ D.T).max(axis=1), 1.0))
+    True
+    """
+    n_samples, n_atoms, n_features = _check_sizes(
+        "make_coding", n_samples, n_atoms, n_features)
+    rng = check_random_state(random_state)
+    D = _draw_dictionary(rng, n_atoms, n_features)
+    X = _draw_signals(rng, n_samples, D)
+    return X, D
+
+
+def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
+                       max_nnz=3, min_nnz=1, random_state=None):
+    """Generate signals whose Lasso solutions have a prescribed sparsity.
+
+    Candidate signals are drawn from the law of :func:`make_coding` (one
+    dictionary ``D`` for all of them; ``lambda_max(x) = 1`` for each), their
+    Lasso problems at ``lmbd`` are solved with :func:`fastlista.solve_lasso`
+    (default method, relative duality gap tolerance ``1e-10``), and the
+    first ``n_samples`` candidates whose solution has between ``min_nnz``
+    and ``max_nnz`` non-zero coefficients (``z != 0``) are kept, in the order
+    they were drawn.
+
+    Candidates are drawn in batches sized from the acceptance rate observed
+    so far; at most 10 batches and ``50 * n_samples + 1000`` candidates are
+    drawn in all. If fewer than ``n_samples`` candidates pass by then, a
+    ``ValueError`` says how many passed.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of signals N to return, >= 1.
+    n_atoms : int, default=256
+        Number of atoms m, >= 1.
+    n_features : int, default=64
+        Dimension n of the signals, >= 1.
+    lmbd : float, default=0.8
+        Regularisation level at which sparsity is measured, >= 0. Since
+        ``lambda_max = 1``, ``lmbd >= 1`` gives only zero solutions.
+    max_nnz : int or None, default=3
+        Largest number of non-zeros allowed in a solution, in
+        ``[min_nnz, n_atoms]``. ``None`` means ``n_atoms`` (no upper bound).
+    min_nnz : int, default=1
+        Smallest number of non-zeros allowed, in ``[0, max_nnz]``.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the draws.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+        Signals, one per row, float64, C-contiguous, ``lambda_max(x) = 1``,
+        whose Lasso solution at ``lmbd`` has between ``min_nnz`` and
+        ``max_nnz`` non-zeros.
+    D : ndarray of shape (n_atoms, n_features)
+        Dictionary, one unit-norm atom per row, float64, C-contiguous.
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments (the message names the argument), or when fewer
+        than ``n_samples`` candidates pass the sparsity filter within the
+        draw budget.
+
+    Notes
+    -----
+    A Lasso solution that is unique has at most ``n_features`` non-zeros
+    (with Gaussian atoms, uniqueness holds with probability 1 for
+    ``lmbd > 0``), so ``min_nnz > n_features`` can never be met. With the
+    default ``n_atoms=256, n_features=64`` and ``lmbd=0.8``, the median
+    number of non-zeros is about 3 and roughly 60 % of the candidates pass
+    the default filter ``1 <= nnz <= 3``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlista
+    >>> from fastlista.datasets import make_sparse_coding
+    >>> X, D = make_sparse_coding(n_samples=50, n_atoms=32, n_features=8,
+    ...                           lmbd=0.8, max_nnz=2, min_nnz=1, random_state=0)
+    >>> Z = fastlista.solve_lasso(X, D, 0.8, tol=1e-10).codes
+    >>> nnz = np.count_nonzero(Z, axis=1)
+    >>> bool(((nnz >= 1) & (nnz <= 2)).all())
+    True
+    """
+    func = "make_sparse_coding"
+    n_samples, n_atoms, n_features = _check_sizes(func, n_samples, n_atoms, n_features)
+    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    if max_nnz is None:
+        max_nnz = n_atoms
+    max_nnz = check_scalar(max_nnz, "max_nnz", func, low=0, high=n_atoms, integer=True)
+    min_nnz = check_scalar(min_nnz, "min_nnz", func, low=0, high=n_atoms, integer=True)
+    if min_nnz > max_nnz:
+        raise InvalidParameterError(
+            f"The 'min_nnz' parameter of {func} must be <= max_nnz; got "
+            f"min_nnz={min_nnz} > max_nnz={max_nnz}.")
+    rng = check_random_state(random_state)
+
+    # imported here: solvers import the kernels, datasets must stay importable
+    # (and cheap) on its own
+    from .solvers import solve_lasso
+
+    D = _draw_dictionary(rng, n_atoms, n_features)
+
+    budget = _MAX_CANDIDATE_FACTOR * n_samples + 1000
+    kept, n_kept, n_drawn = [], 0, 0
+    for _ in range(_MAX_ROUNDS):
+        remaining = n_samples - n_kept
+        if remaining <= 0 or n_drawn >= budget:
+            break
+        if n_drawn == 0:
+            n_batch = 2 * n_samples
+        else:
+            # 1.5x the expected need at the observed rate (a rate of 0 so far
+            # counts as one success in the next draw)
+            rate = max(n_kept, 1) / n_drawn
+            n_batch = math.ceil(1.5 * remaining / rate)
+        n_batch = int(min(max(n_batch, _MIN_CANDIDATES), budget - n_drawn))
+        X = _draw_signals(rng, n_batch, D)
+        codes = solve_lasso(X, D, lmbd, tol=1e-10).codes
+        nnz = np.count_nonzero(codes, axis=1)
+        ok = np.flatnonzero((nnz >= min_nnz) & (nnz <= max_nnz))[:remaining]
+        kept.append(X[ok])
+        n_kept += ok.size
+        n_drawn += n_batch
+
+    if n_kept < n_samples:
+        raise ValueError(
+            f"{func}: only {n_kept} of the {n_samples} requested samples have a "
+            f"Lasso solution at lmbd={lmbd!r} with between min_nnz={min_nnz} and "
+            f"max_nnz={max_nnz} non-zeros, after drawing {n_drawn} candidates "
+            f"(acceptance rate {n_kept / n_drawn:.3g}). Widen [min_nnz, max_nnz], "
+            "change lmbd, or ask for fewer samples.")
+    X = np.ascontiguousarray(np.concatenate(kept, axis=0))
+    return X, D
