@@ -86,15 +86,12 @@ def _blas_limits(n_threads):
     return threadpool_limits(1, user_api="blas"), n_threads
 
 
-def _auto_method(lmbd, lmbd_max):
-    """The fastest exact method: coordinate descent with working sets.
-
-    It beats the proximal-gradient family on every regime measured (see
-    benchmarks/test_bench_solvers.py): at large lmbd the working sets hold a
-    few atoms, at small lmbd the Newton polish on the support finishes the
-    job in a few epochs.
-    """
-    return "cd"
+#: The method "auto" resolves to: coordinate descent with working sets beat
+#: the proximal-gradient family at every lmbd measured on the paper's shape
+#: (benchmarks/test_bench_solvers.py): at large lmbd its working sets hold a
+#: few atoms, at small lmbd the Newton steps on the support end it in a few
+#: epochs.
+AUTO_METHOD = "cd"
 
 
 def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
@@ -179,7 +176,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     else:
         Z = _check_codes(Z0, X, D, name="Z0").copy()
     if method == "auto":
-        method = _auto_method(lmbd, None)
+        method = AUTO_METHOD
     if record_history:
         if method == "cd":
             raise InvalidParameterError(
@@ -190,6 +187,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
             raise ValueError(
                 f"record_history=True would need {n_bytes / 1024**3:.1f} GiB for "
                 f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
+
+    # Solve for (x / a, D / b, lmbd / (a b)), whose code is z b / a, with a
+    # and b the powers of two nearest max|X| and max|D|: exact in floating
+    # point, and ||x||^2, D D^T never overflow or underflow.
+    a, b = _power_of_two_scale(X), _power_of_two_scale(D)
+    X, D, Z, lmbd = X / a, D / b, Z * (b / a), lmbd / (a * b)
 
     gap = np.zeros(N, dtype=dtype)
     n_iter = np.zeros(N, dtype=np.intc)
@@ -244,12 +247,21 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         if method in ("oista", "backtracking"):
             step_sizes = step_h[:T - 1]
     converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
+    # (a * a or b * b alone may overflow; a gap beyond the float range is inf)
+    Z *= a / b
+    with np.errstate(over="ignore"):
+        gap = gap * a * a
+        if history is not None:
+            history = {k: h * a * a for k, h in history.items()}
+        if step_sizes is not None:
+            step_sizes = step_sizes / b / b
     if tol > 0 and not converged.all():
         n_bad = int((~converged).sum())
+        rel_gap = gap[~converged] / a / a / (0.5 * xx[~converged])
         warnings.warn(
             f"{n_bad} of {N} samples did not converge in max_iter={max_iter} "
             f"iterations of '{method}': largest relative duality gap "
-            f"{float(np.max(gap[~converged] / (0.5 * xx[~converged]))):.3e}, "
+            f"{float(np.max(rel_gap)):.3e}, "
             f"tol={tol:.3e}. Increase max_iter, or use method='cd'.",
             ConvergenceWarning, stacklevel=2)
     result = LassoResult(Z, gap, n_iter, converged, history, step_sizes, method)
@@ -261,6 +273,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         if step_sizes is not None:
             result.step_sizes = step_sizes[:, 0]
     return result
+
+
+def _power_of_two_scale(A):
+    """The power of two nearest max|A| (1 for a zero array)."""
+    top = float(np.max(np.abs(A))) if A.size else 0.0
+    return float(2.0 ** np.round(np.log2(top))) if top > 0 else 1.0
 
 
 def _method_function(method, doc_name):
