@@ -1,0 +1,146 @@
+"""Property-based tests of the kernels (hypothesis, derandomised).
+
+Each property is checked on generated inputs against an identity or an
+independent NumPy computation: soft-thresholding identities, ISTA never
+increasing the objective, the duality gap bounding F - F*, L_S <= L and its
+monotonicity in S, the sparse and dense gradient paths against a NumPy
+ISTA, float32 against float64.
+"""
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+import reference as ref  # noqa: E402
+from fastlista import (duality_gap, lasso_objective, lipschitz,  # noqa: E402
+                       soft_thresholding, solve_lasso)
+
+settings.register_profile("fastlista", derandomize=True, deadline=None,
+                          max_examples=60, print_blob=True)
+settings.load_profile("fastlista")
+
+finite64 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+finite32 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def problems(draw, max_atoms=12, max_features=8, max_samples=6):
+    """A random dictionary, signals and a relative lmbd."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    m = draw(st.integers(1, max_atoms))
+    n = draw(st.integers(1, max_features))
+    N = draw(st.integers(1, max_samples))
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((m, n))
+    D /= np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
+    X = rng.standard_normal((N, n))
+    rel = draw(st.floats(0.01, 1.2))
+    lmbd = rel * float(np.abs(X @ D.T).max())
+    return X, D, lmbd
+
+
+@given(arrays(np.float64, st.integers(0, 40), elements=finite64),
+       st.floats(0, 1e6, allow_nan=False))
+def test_soft_thresholding_identities_float64(u, t):
+    out = soft_thresholding(u, t)
+    # shrinkage, sign, exact zero iff |u| <= t, bitwise equal to NumPy
+    assert np.all(np.abs(out) <= np.abs(u))
+    assert np.all((out == 0) | (np.sign(out) == np.sign(u)))
+    np.testing.assert_array_equal(out == 0, np.abs(u) <= t)
+    np.testing.assert_array_equal(out, ref.soft_thresholding(u, t))
+    # odd
+    np.testing.assert_array_equal(soft_thresholding(-u, t), -out)
+
+
+@given(arrays(np.float32, st.integers(0, 40), elements=finite32),
+       st.floats(0, 1e6, allow_nan=False, width=32))
+def test_soft_thresholding_identities_float32(u, t):
+    t = np.float32(t)
+    out = soft_thresholding(u, t)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out == 0, np.abs(u) <= t)
+    np.testing.assert_array_equal(out, ref.soft_thresholding(u, t))
+
+
+@given(arrays(np.float64, st.integers(1, 30), elements=finite64),
+       arrays(np.float64, st.integers(1, 30), elements=finite64),
+       st.floats(0, 1e3, allow_nan=False))
+def test_soft_thresholding_non_expansive(u, v, t):
+    k = min(len(u), len(v))
+    u, v = u[:k], v[:k]
+    diff = np.abs(soft_thresholding(u, t) - soft_thresholding(v, t))
+    assert np.all(diff <= np.abs(u - v) * (1 + 4 * np.finfo(float).eps) + 1e-300)
+
+
+@given(problems(), st.sampled_from(["ista", "oista", "backtracking"]))
+def test_descent_methods_never_increase_objective(problem, method):
+    X, D, lmbd = problem
+    res = solve_lasso(X, D, lmbd, method=method, tol=0, max_iter=40,
+                      record_history=True)
+    obj = np.atleast_2d(res.history["objective"].T).T
+    increase = np.diff(obj, axis=0)
+    assert np.all(increase <= 1e-12 * np.maximum(np.abs(obj[:-1]), 1e-300))
+    # the recorded objective is the objective of the returned codes
+    np.testing.assert_allclose(obj[-1], lasso_objective(X, D, lmbd, res.codes),
+                               rtol=1e-10, atol=1e-14)
+
+
+@given(problems())
+def test_duality_gap_bounds_suboptimality(problem):
+    X, D, lmbd = problem
+    Z_star = ref.solve_exact(X, D, lmbd)
+    F_star = ref.objective(X, D, lmbd, Z_star)
+    Z = solve_lasso(X, D, lmbd, method="ista", tol=0, max_iter=5).codes
+    gap = duality_gap(X, D, lmbd, Z)
+    assert np.all(gap >= 0)
+    assert np.all(lasso_objective(X, D, lmbd, Z) - F_star <= gap + 1e-10)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 12))
+def test_support_lipschitz_bounded_and_monotone(seed, m, n):
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((m, n))
+    L = lipschitz(D)
+    S = rng.random(m) < 0.5
+    T = S | (rng.random(m) < 0.5)           # S is a subset of T
+    L_S, L_T = lipschitz(D, support=np.stack([S, T]))
+    assert L_S <= L_T * (1 + 1e-9) + 1e-12
+    assert L_T <= L * (1 + 1e-9) + 1e-12
+    B = D @ D.T
+    for mask, value in ((S, L_S), (T, L_T)):
+        expected = np.linalg.eigvalsh(B[np.ix_(mask, mask)])[-1] if mask.any() else 0.0
+        assert value == pytest.approx(expected, rel=1e-7, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(48, 12), (20, 16)])
+@pytest.mark.parametrize("rel_lmbd", [0.9, 0.3, 0.01])
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=15)
+def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed):
+    # rel_lmbd 0.9 keeps the iterates very sparse (gather of rows of B),
+    # 0.01 dense: two GEMMs through D for 48 atoms of 12 features, one
+    # through the Gram matrix for 20 atoms of 16: all equal a NumPy ISTA.
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal(shape)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((70, shape[0])) @ D
+    X /= np.abs(X @ D.T).max(axis=1, keepdims=True)
+    Z = solve_lasso(X, D, rel_lmbd, method="ista", tol=0, max_iter=25).codes
+    Z_ref, _ = ref.ista(X, D, rel_lmbd, n_iter=25)
+    np.testing.assert_allclose(Z, Z_ref, rtol=1e-9, atol=1e-12)
+
+
+@given(problems(max_atoms=20, max_features=10, max_samples=8))
+@settings(max_examples=25)
+def test_float32_agrees_with_float64(problem):
+    X, D, lmbd = problem
+    r64 = solve_lasso(X, D, lmbd, tol=1e-10)
+    r32 = solve_lasso(X.astype(np.float32), D.astype(np.float32),
+                      np.float32(lmbd), tol=1e-6)
+    assert r32.codes.dtype == np.float32
+    F64 = lasso_objective(X, D, lmbd, r64.codes)
+    F32 = lasso_objective(X, D, lmbd, r32.codes.astype(np.float64))
+    np.testing.assert_allclose(F32, F64, rtol=1e-4, atol=1e-6 * np.abs(X).max() ** 2)
