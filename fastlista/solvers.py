@@ -11,12 +11,12 @@ Lipschitz constant, and the compiled kernels run them in cache-sized blocks
 on several threads.
 """
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._kernels import _cd, _solvers
+from ._threads import blas_single_threaded
 from ._validation import (ConvergenceWarning, InvalidParameterError,
                           check_n_jobs, check_option, check_scalar, check_X_D)
 from .lasso import _check_codes
@@ -69,21 +69,6 @@ class LassoResult:
     history: dict = None
     step_sizes: np.ndarray = None
     method: str = None
-
-
-def _blas_limits(n_threads):
-    """Context in which BLAS runs single-threaded, and the OpenMP threads.
-
-    The kernels thread over blocks of samples, each calling BLAS on its own
-    block: BLAS must then be single-threaded (threadpoolctl). Without
-    threadpoolctl the kernels run one thread and leave threading to BLAS, so
-    that the two never oversubscribe the cores.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext(), 1
-    return threadpool_limits(1, user_api="blas"), n_threads
 
 
 #: The method "auto" resolves to: coordinate descent with working sets beat
@@ -221,7 +206,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
             _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,
                                    X.shape[1], n_threads, n_iter, gap)
         else:
-            context, n_threads = _blas_limits(n_threads)
+            context, n_threads = blas_single_threaded(n_threads)
             with context:
                 L = global_lipschitz(D)
                 if L == 0:

@@ -31,6 +31,7 @@ cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
 # inner epochs per working set before the outer loop grows it
 cdef int MAX_INNER = 100
+cdef int MIN_PER_THREAD = 16
 
 
 cdef inline double st(double u, double t) noexcept nogil:
@@ -300,7 +301,8 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     cdef double gap
     if n_active == 0:
         return
-    n_threads = max(1, min(n_threads, n_active))
+    # a thread for at least MIN_PER_THREAD samples (waking one costs more)
+    n_threads = max(1, min(n_threads, n_active // MIN_PER_THREAD))
     # B_SS is positive definite only if |S| <= n_features: cap the polish
     # there; the working set is capped at WS_MAX atoms (B_WW in cache)
     kmax = max(1, min(m, n_features))

@@ -1,0 +1,61 @@
+"""Resident memory stays flat over many kernel calls (no leaks)."""
+import sys
+
+import numpy as np
+import pytest
+
+from fastlista import lipschitz, solve_lasso
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc/self/statm")
+
+#: allowed growth of the resident set over 10^4 calls (a leak of one 8-byte
+#: value per call would already show 80 kB; a leaked workspace, megabytes)
+RSS_BOUND = 4 * 1024**2
+
+
+def _rss():
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _growth(call, n_calls=10_000, warmup=500):
+    for _ in range(warmup):
+        call()
+    before = _rss()
+    for _ in range(n_calls):
+        call()
+    return _rss() - before
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((12, 6))
+    X = rng.standard_normal((4, 6))
+    return X, D
+
+
+@pytest.mark.parametrize("method, n_calls", [
+    ("cd", 10_000), ("ista", 10_000), ("oista", 2_000), ("fista", 2_000),
+    ("backtracking", 2_000)])
+def test_solve_lasso_does_not_leak(tiny, method, n_calls):
+    X, D = tiny
+    Z_ref = solve_lasso(X, D, 0.3, method=method, max_iter=10, tol=0).codes
+
+    def call():
+        Z = solve_lasso(X, D, 0.3, method=method, max_iter=10, tol=0,
+                        n_jobs=1).codes
+        assert Z[0, 0] == Z_ref[0, 0]
+
+    assert _growth(call, n_calls=n_calls) < RSS_BOUND
+
+
+def test_lipschitz_supports_do_not_leak(tiny):
+    _, D = tiny
+    S = np.random.default_rng(1).random((50, D.shape[0])) < 0.5
+    expected = lipschitz(D, support=S)
+    assert _growth(lambda: np.testing.assert_array_equal(
+        lipschitz(D, support=S), expected)) < RSS_BOUND
