@@ -119,7 +119,7 @@ def check_finite(arr, name):
                 f"dtype('{arr.dtype}').")
 
 
-def check_X_D(X, D, *, allow_1d=True):
+def check_X_D(X, D, *, allow_1d=True, allow_no_atoms=False):
     """Validate a batch of signals against a dictionary.
 
     Parameters
@@ -130,6 +130,9 @@ def check_X_D(X, D, *, allow_1d=True):
         Dictionary, one atom per row.
     allow_1d : bool, default=True
         Accept a 1-D ``X``.
+    allow_no_atoms : bool, default=False
+        Accept a dictionary of shape (0, n_features) (the Lasso without atoms:
+        the empty code is optimal).
 
     Returns
     -------
@@ -143,7 +146,7 @@ def check_X_D(X, D, *, allow_1d=True):
     is_1d = np.ndim(X) == 1 and allow_1d
     dtype = _common_dtype(X, D)
     D = check_array(D, "D", dtype=dtype, min_features=1)
-    if D.shape[0] == 0:
+    if D.shape[0] == 0 and not allow_no_atoms:
         raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
     X = check_array(X, "X", dtype=dtype, allow_1d=allow_1d, min_features=0)
     if X.shape[1] != D.shape[1]:

@@ -1,4 +1,4 @@
-"""Simulated sparse coding problems.
+"""Sparse coding problems: simulated, and real 8x8 digit images.
 
 The paper's simulated benchmark (Ablin et al., NeurIPS 2019, and its code
 ``adopty/datasets.py``): a Gaussian dictionary with unit-norm atoms, dense
@@ -6,6 +6,9 @@ Gaussian codes, and signals scaled so that ``lambda_max(x) = ||x D^T||_inf = 1``
 for every sample. With that scaling, ``lmbd`` is directly a fraction of
 ``lambda_max``: ``lmbd >= 1`` gives the zero code, ``lmbd = 0.8`` sparse codes
 and ``lmbd = 0.1`` dense ones.
+
+:func:`make_digits_coding` builds the same kind of problem from the 8x8
+digit images that scikit-learn ships (no download).
 
 All arrays follow the library's conventions: ``D`` has shape
 ``(n_atoms, n_features)`` (one atom per row), ``X`` has shape
@@ -18,7 +21,7 @@ import numpy as np
 
 from ._validation import InvalidParameterError, check_random_state, check_scalar
 
-__all__ = ["make_coding", "make_sparse_coding"]
+__all__ = ["make_coding", "make_sparse_coding", "make_digits_coding"]
 
 # make_sparse_coding: bounds on the candidate draws
 _MAX_ROUNDS = 10                # at most this many batches of candidates
@@ -237,3 +240,102 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
             "change lmbd, or ask for fewer samples.")
     X = np.ascontiguousarray(np.concatenate(kept, axis=0))
     return X, D
+
+
+#: Images in scikit-learn's digits data set (``load_digits``).
+N_DIGITS = 1797
+
+
+def _scale_to_unit_lambda_max(X, D):
+    """Divide each row of X by ||x D^T||_inf (rows with 0 are left as is)."""
+    lmax = np.abs(X @ D.T).max(axis=1, keepdims=True)
+    lmax[lmax == 0] = 1.0
+    return X / lmax
+
+
+def make_digits_coding(n_samples=1000, n_atoms=256, random_state=None):
+    """Sparse coding of real images: 8x8 digits on a dictionary of digits.
+
+    The 1797 images of ``sklearn.datasets.load_digits`` (8x8 pixels, shipped
+    with scikit-learn, no download) are each standardised (zero mean and
+    unit standard deviation over their 64 pixels) and shuffled with
+    ``random_state``. The first ``n_atoms`` images, scaled to unit norm, are
+    the atoms of ``D``; the next ``n_samples`` images are the signals, each
+    divided by ``||x D^T||_inf`` so that ``lambda_max(x) = 1`` as in
+    :func:`make_coding`. Signals and atoms are distinct images.
+
+    Differences from the paper's "digits" problem (``make_image_coding`` of
+    the authors' code, used in their Fig. 6):
+
+    * source: the paper takes MNIST (70 000 images of 28x28, downloaded with
+      ``fetch_openml``), crops the 4-pixel border to 20x20 and resizes to 8x8
+      with ``skimage.transform.resize``. Here the images are the 1797 UCI
+      "optical recognition" digits: already 8x8, with 17 grey levels (0-16),
+      block-averaged from 32x32 bitmaps of other writers. Strokes are coarser
+      and the images less varied than resized MNIST;
+    * size: at most 1797 images in all, so ``n_atoms + n_samples <= 1797``
+      (with 256 atoms, at most 1541 signals; the paper uses 10 000 training
+      and 10 000 test signals);
+    * signals: the paper replaces the first half of its signals by synthetic
+      ``z D`` with Gaussian ``z``; here every signal is a real image.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of signals N, >= 1, with ``n_samples + n_atoms <= 1797``.
+    n_atoms : int, default=256
+        Number of atoms m, >= 1.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the shuffle of the images.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, 64)
+        Signals, one image per row, float64, C-contiguous, with
+        ``np.abs(X @ D.T).max(axis=1) == 1``.
+    D : ndarray of shape (n_atoms, 64)
+        Dictionary, one unit-norm image per row, float64, C-contiguous.
+
+    Raises
+    ------
+    ValueError
+        On invalid sizes, or when ``n_samples + n_atoms`` exceeds the 1797
+        available images. ImportError without scikit-learn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista.datasets import make_digits_coding
+    >>> X, D = make_digits_coding(n_samples=200, n_atoms=128, random_state=0)
+    >>> X.shape, D.shape
+    ((200, 64), (128, 64))
+    >>> bool(np.allclose(np.abs(X @ D.T).max(axis=1), 1.0))
+    True
+    """
+    func = "make_digits_coding"
+    n_samples = check_scalar(n_samples, "n_samples", func, low=1,
+                             high=N_DIGITS - 1, integer=True)
+    n_atoms = check_scalar(n_atoms, "n_atoms", func, low=1, high=N_DIGITS - 1,
+                           integer=True)
+    if n_samples + n_atoms > N_DIGITS:
+        raise InvalidParameterError(
+            f"{func}: n_samples + n_atoms = {n_samples} + {n_atoms} = "
+            f"{n_samples + n_atoms} exceeds the {N_DIGITS} images of "
+            "sklearn.datasets.load_digits; ask for fewer samples or atoms.")
+    rng = check_random_state(random_state)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - sklearn is a test extra
+        raise ImportError(
+            f"{func} needs scikit-learn (pip install 'fastlista[sklearn]').") from exc
+
+    images = load_digits().data.astype(np.float64)
+    images = images - images.mean(axis=1, keepdims=True)
+    # every digit has several grey levels: the std is never 0 (min ~4.8)
+    images /= images.std(axis=1, keepdims=True)
+    images = images[rng.permutation(images.shape[0])]
+
+    D = images[:n_atoms]
+    D = D / np.linalg.norm(D, axis=1, keepdims=True)
+    X = _scale_to_unit_lambda_max(images[n_atoms:n_atoms + n_samples], D)
+    return np.ascontiguousarray(X), np.ascontiguousarray(D)

@@ -68,7 +68,7 @@ def lasso_objective(X, D, lmbd, Z):
     >>> float(lasso_objective([1.0, 0.0], D, 0.5, [0.5, 0.0]))
     0.375
     """
-    X, D, is_1d = check_X_D(X, D)
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     lmbd = _check_lmbd(lmbd, "lasso_objective")
     Z = _check_codes(Z, X, D)
     R = X - Z @ D
@@ -89,7 +89,7 @@ def lasso_gradient(X, D, Z):
     -------
     grad : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
     """
-    X, D, is_1d = check_X_D(X, D)
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     Z = _check_codes(Z, X, D)
     out = (Z @ D - X) @ D.T
     return _squeeze(out, is_1d)
@@ -116,7 +116,7 @@ def lambda_max(X, D):
     >>> lambda_max(np.array([[3.0, -4.0]]), np.eye(2))
     array([4.])
     """
-    X, D, is_1d = check_X_D(X, D)
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     C = X @ D.T
     out = np.abs(C).max(axis=1) if C.size else np.zeros(X.shape[0], X.dtype)
     return _squeeze(out, is_1d)
@@ -126,7 +126,7 @@ def _gap_terms(X, D, lmbd, Z):
     """Primal objective and duality gap per sample (inputs validated)."""
     R = X - Z @ D
     primal = 0.5 * np.einsum("ij,ij->i", R, R) + lmbd * np.abs(Z).sum(axis=1)
-    corr = np.abs(R @ D.T).max(axis=1)
+    corr = np.abs(R @ D.T).max(axis=1, initial=0.0)
     scale = np.maximum(lmbd, corr)
     # Dual(theta) = <x, lmbd theta> - 1/2 ||lmbd theta||^2, theta = R / scale
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -163,7 +163,7 @@ def duality_gap(X, D, lmbd, Z):
     >>> float(duality_gap([1.0, 0.0], np.eye(2), 0.5, [0.5, 0.0]))
     0.0
     """
-    X, D, is_1d = check_X_D(X, D)
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     lmbd = _check_lmbd(lmbd, "duality_gap")
     Z = _check_codes(Z, X, D)
     return _squeeze(_gap_terms(X, D, lmbd, Z)[1], is_1d)

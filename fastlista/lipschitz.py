@@ -46,7 +46,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     -------
     L : float or ndarray of shape (n_samples,)
         ``L`` (support None), ``L_S`` (1-D support) or one ``L_S`` per row
-        of a 2-D support. An empty support gives 0.0.
+        of a 2-D support. An empty support, or a dictionary without atoms,
+        gives 0.0.
 
     Examples
     --------
@@ -59,14 +60,12 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     1.0
     """
     D = check_array(D, "D")
-    if D.shape[0] == 0:
-        raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
     tol = check_scalar(tol, "tol", "lipschitz", low=0.0)
     max_iter = check_scalar(max_iter, "max_iter", "lipschitz", low=1, integer=True)
     n_threads = check_n_jobs(n_jobs, "lipschitz")
     m = D.shape[0]
     if support is None:
-        return global_lipschitz(D)
+        return global_lipschitz(D) if m else 0.0
     S = np.asarray(support)
     if S.dtype != bool:
         raise ValueError(

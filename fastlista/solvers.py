@@ -144,7 +144,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     True
     """
     func = "solve_lasso"
-    X, D, is_1d = check_X_D(X, D)
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
     method = check_option(method, "method", func, METHODS)
     tol = check_scalar(tol, "tol", func, low=0.0)
@@ -187,7 +187,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     # with the same c = x D^T as the kernels, so the test is consistent).
     active = np.arange(N, dtype=np.intc)
     if tol > 0 and N:
-        lmbd_max = np.abs(C).max(axis=1)
+        lmbd_max = np.abs(C).max(axis=1, initial=0.0)
         zero = lmbd >= lmbd_max
         Z[zero] = 0
         active = np.flatnonzero(~zero).astype(np.intc)
@@ -200,7 +200,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         hist = [np.empty((1, 1), dtype) for _ in range(3)]
 
     B = D @ D.T
-    if len(active):
+    if len(active) and m:
         if method == "cd":
             # level-1 loops only, no BLAS: OpenMP over samples
             _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,

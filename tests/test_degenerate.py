@@ -1,0 +1,128 @@
+"""Degenerate but valid inputs have defined results (closed forms)."""
+import warnings
+
+import numpy as np
+import pytest
+
+import reference as ref
+from fastlista import (ConvergenceWarning, duality_gap, lambda_max, lasso_objective,
+                       lipschitz, solve_lasso)
+
+METHODS = ["cd", "ista", "fista", "oista", "backtracking"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_atoms(method):
+    # the Lasso without atoms: the empty code is optimal, F = ||x||^2 / 2
+    X = np.arange(12.0).reshape(3, 4)
+    D = np.zeros((0, 4))
+    res = solve_lasso(X, D, 0.5, method=method)
+    assert res.codes.shape == (3, 0)
+    np.testing.assert_array_equal(res.gap, 0.0)
+    assert res.converged.all()
+    np.testing.assert_array_equal(lambda_max(X, D), 0.0)
+    np.testing.assert_array_equal(lasso_objective(X, D, 0.5, res.codes),
+                                  0.5 * (X ** 2).sum(axis=1))
+    assert lipschitz(D) == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_atom_closed_form(method, rng):
+    # one atom d: z = ST(x.d, lmbd) / ||d||^2
+    d = rng.standard_normal((1, 6))
+    X = rng.standard_normal((9, 6))
+    lmbd = 0.4
+    c = X @ d[0]
+    expected = np.sign(c) * np.maximum(np.abs(c) - lmbd, 0) / (d[0] @ d[0])
+    res = solve_lasso(X, d, lmbd, method=method, tol=1e-12)
+    np.testing.assert_allclose(res.codes[:, 0], expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_duplicated_atoms_split_and_match_objective(method, rng):
+    D = rng.standard_normal((8, 10))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    D2 = np.vstack([D, D[2]])                   # atom 8 duplicates atom 2
+    X = rng.standard_normal((6, 10))
+    lmbd = 0.1 * float(np.abs(X @ D.T).max())
+    res = solve_lasso(X, D2, lmbd, method=method, tol=1e-12, max_iter=100000)
+    F_ref = ref.objective(X, D, lmbd, ref.solve_exact(X, D, lmbd))
+    np.testing.assert_allclose(lasso_objective(X, D2, lmbd, res.codes), F_ref,
+                               rtol=1e-8)
+    assert lipschitz(D2, support=np.isin(np.arange(9), [2, 8])) == pytest.approx(2.0)
+    if method != "cd":   # from a zero start, symmetric methods split evenly
+        np.testing.assert_allclose(res.codes[:, 2], res.codes[:, 8],
+                                   atol=1e-12 * np.abs(res.codes).max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_zero_dictionary(method, rng):
+    X = rng.standard_normal((4, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = solve_lasso(X, np.zeros((6, 5)), 0.3, method=method)
+    np.testing.assert_array_equal(res.codes, 0.0)
+    assert np.isfinite(res.gap).all()
+    assert lipschitz(np.zeros((6, 5))) == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lmbd_at_lambda_max_gives_exact_zeros(method, rng):
+    D = rng.standard_normal((20, 7))
+    X = rng.standard_normal((5, 7))
+    lm = lambda_max(X, D)
+    for i in range(5):
+        res = solve_lasso(X[i], D, lm[i], method=method)
+        assert np.all(res.codes == 0.0)
+        below = solve_lasso(X[i], D, lm[i] * (1 - 1e-3), method=method, tol=1e-12)
+        assert np.any(below.codes != 0)
+    assert np.all(solve_lasso(X, D, lm.max(), method=method).codes == 0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_batch_and_single_sample(method, rng):
+    D = rng.standard_normal((15, 6))
+    X = rng.standard_normal((3, 6))
+    empty = solve_lasso(X[:0], D, 0.2, method=method)
+    assert empty.codes.shape == (0, 15) and empty.gap.shape == (0,)
+    one = solve_lasso(X[1], D, 0.2, method=method, tol=1e-12, max_iter=100000)
+    batch = solve_lasso(X, D, 0.2, method=method, tol=1e-12, max_iter=100000)
+    assert one.codes.shape == (15,) and np.ndim(one.gap) == 0
+    np.testing.assert_allclose(one.codes, batch.codes[1], atol=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(5, 12), (12, 12), (40, 12)])
+def test_fewer_equal_more_atoms_than_features(shape, rng):
+    sklearn = pytest.importorskip("sklearn.decomposition")
+    D = rng.standard_normal(shape)
+    X = rng.standard_normal((8, shape[1]))
+    lmbd = 0.2 * float(np.abs(X @ D.T).max())
+    Z = solve_lasso(X, D, lmbd, tol=1e-12).codes
+    Z_sk = sklearn.sparse_encode(X, D, algorithm="lasso_cd", alpha=lmbd,
+                                 max_iter=100000)
+    F, F_sk = lasso_objective(X, D, lmbd, Z), lasso_objective(X, D, lmbd, Z_sk)
+    assert np.all(F <= F_sk + 1e-10 * np.abs(F_sk))
+    assert np.all(duality_gap(X, D, lmbd, Z) <= 1e-12 * 0.5 * (X ** 2).sum(axis=1) + 1e-15)
+
+
+def test_lmbd_zero_in_span_reaches_least_squares(rng):
+    # n_atoms > n_features: x is in the span, min F = 0 at lmbd = 0
+    D = rng.standard_normal((20, 8))
+    X = rng.standard_normal((4, 8))
+    res = solve_lasso(X, D, 0.0, tol=1e-10)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.codes @ D, X, atol=1e-4)
+
+
+def test_unreachable_float32_tol_stops_with_warning(rng):
+    D = rng.standard_normal((30, 10)).astype(np.float32)
+    X = rng.standard_normal((5, 10)).astype(np.float32)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        res = solve_lasso(X, D, 0.1, method="ista", tol=1e-14, max_iter=300)
+    assert res.codes.dtype == np.float32 and np.isfinite(res.codes).all()
+    assert (res.n_iter == 300).all()
