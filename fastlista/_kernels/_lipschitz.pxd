@@ -14,7 +14,7 @@ cdef enum:
     SMALL = 48
 # up to this support size, L_S comes from repeated squaring of B_SS
 cdef enum:
-    TINY = 8
+    TINY = 16
 
 
 cdef inline double squaring_lipschitz(const double *A, int k, double *v,
@@ -25,7 +25,7 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
     iteration after 2^s steps, so the Rayleigh quotient of A on it converges
     quadratically in s (a power iteration of 2^s steps for k^3 s flops).
     Stops when two quotients differ by <= tol (relatively), after at least
-    4 squarings. v (k,) receives the unit top eigenvector.
+    2 squarings. v (k,) receives the unit top eigenvector.
     """
     cdef double M[TINY * TINY]
     cdef double T[TINY * TINY]
@@ -62,20 +62,23 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
             num = num + M[a * k + jmax] * acc
             den = den + M[a * k + jmax] * M[a * k + jmax]
         theta = num / den
-        if s >= 4 and fabs(theta - theta_old) <= tol * theta:
+        if s >= 2 and fabs(theta - theta_old) <= tol * theta:
             break
         theta_old = theta
-        # M <- M M / trace(M M)
+        # M <- M M / trace(M M), symmetric: the upper triangle, mirrored
         tr = 0
         for a in range(k):
-            for b in range(k):
+            for b in range(a, k):
                 acc = 0
                 for c in range(k):
-                    acc = acc + M[a * k + c] * M[c * k + b]
+                    acc = acc + M[a * k + c] * M[b * k + c]
                 T[a * k + b] = acc
             tr = tr + T[a * k + a]
-        for a in range(k * k):
-            M[a] = T[a] / tr
+        tr = 1 / tr
+        for a in range(k):
+            for b in range(a, k):
+                M[a * k + b] = T[a * k + b] * tr
+                M[b * k + a] = M[a * k + b]
     den = sqrt(den)
     for a in range(k):
         v[a] = M[a * k + jmax] / den

@@ -2,8 +2,31 @@
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
+
+
+cdef inline int gather_support(const unsigned char *mask, int m,
+                              int *idx) noexcept nogil:
+    """idx[:k] = flatnonzero(mask), k returned; 8 bytes at a time."""
+    cdef int j = 0, k = 0, b
+    cdef uint64_t word
+    while j + 8 <= m:
+        memcpy(&word, mask + j, 8)
+        if word:
+            for b in range(8):
+                if mask[j + b]:
+                    idx[k] = j + b
+                    k = k + 1
+        j = j + 8
+    while j < m:
+        if mask[j]:
+            idx[k] = j
+            k = k + 1
+        j = j + 1
+    return k
 
 
 def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
@@ -34,11 +57,7 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="dynamic", chunksize=64):
             t = threadid()
-            k = 0
-            for j in range(m):
-                if support[i, j]:
-                    idx[t, k] = j
-                    k = k + 1
+            k = gather_support(&support[i, 0], m, &idx[t, 0])
             out[i] = support_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
                                        &v[t, 0], &w[t, 0], &work[t, 0],
                                        False, tol, max_iter, &converged)
