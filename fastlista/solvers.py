@@ -173,11 +173,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
                 f"record_history=True would need {n_bytes / 1024**3:.1f} GiB for "
                 f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
 
-    # Solve for (x / a, D / b, lmbd / (a b)), whose code is z b / a, with a
-    # and b the powers of two nearest max|X| and max|D|: exact in floating
-    # point, and ||x||^2, D D^T never overflow or underflow.
+    # Far from 1, solve for (x / a, D / b, lmbd / (a b)), whose code is
+    # z b / a, with a and b the powers of two nearest max|X| and max|D|:
+    # exact in floating point, and ||x||^2, D D^T never overflow or underflow.
     a, b = _power_of_two_scale(X), _power_of_two_scale(D)
-    X, D, Z, lmbd = X / a, D / b, Z * (b / a), lmbd / (a * b)
+    if a != 1 or b != 1:
+        X, D, Z, lmbd = X / a, D / b, Z * (b / a), lmbd / (a * b)
 
     gap = np.zeros(N, dtype=dtype)
     n_iter = np.zeros(N, dtype=np.intc)
@@ -233,7 +234,8 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
             step_sizes = step_h[:T - 1]
     converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
     # (a * a or b * b alone may overflow; a gap beyond the float range is inf)
-    Z *= a / b
+    if a != 1 or b != 1:
+        Z *= a / b
     with np.errstate(over="ignore"):
         gap = gap * a * a
         if history is not None:
@@ -261,9 +263,16 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
 
 def _power_of_two_scale(A):
-    """The power of two nearest max|A| (1 for a zero array)."""
+    """1, or the power of two nearest max|A| when it is far from 1.
+
+    Far means beyond 2**+-100 in float64 and 2**+-30 in float32: squares and
+    sums of squares of the data stay representable inside that range.
+    """
     top = float(np.max(np.abs(A))) if A.size else 0.0
-    return float(2.0 ** np.round(np.log2(top))) if top > 0 else 1.0
+    limit = 30 if A.dtype == np.float32 else 100
+    if top == 0 or abs(np.log2(top)) <= limit:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(top)))
 
 
 def _method_function(method, doc_name):
