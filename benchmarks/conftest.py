@@ -143,6 +143,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         output_json["fastlista_ratios_error"] = repr(exc)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None or getattr(session, "disabled", False):
