@@ -11,12 +11,15 @@ from ._validation import ConvergenceWarning, InvalidParameterError
 from .lasso import (duality_gap, lambda_max, lasso_gradient, lasso_objective,
                     soft_thresholding)
 from .lipschitz import lipschitz
+from .networks import Lista, alista_weights
 from .solvers import (LassoResult, backtracking_ista, coordinate_descent, fista,
                       ista, oista, solve_lasso)
+from .training import TrainingWarning
 
 __all__ = [
     "ConvergenceWarning", "InvalidParameterError",
     "duality_gap", "lambda_max", "lasso_gradient", "lasso_objective",
     "soft_thresholding", "lipschitz", "LassoResult", "solve_lasso", "ista",
-    "fista", "oista", "backtracking_ista", "coordinate_descent",
+    "fista", "oista", "backtracking_ista", "coordinate_descent", "Lista",
+    "alista_weights", "TrainingWarning",
 ]

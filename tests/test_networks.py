@@ -1,0 +1,531 @@
+"""Unfolded networks (fastlista.networks) against independent references.
+
+References written here, in plain NumPy: ISTA, a forward pass of each
+parametrization that keeps every pre-activation, the projected-gradient
+ALISTA weights of the reference code, and central finite differences; and,
+when torch is installed, autograd.
+"""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import fastlista.networks as networks
+from fastlista import InvalidParameterError
+from fastlista.networks import Lista, alista_weights
+
+PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
+STEP_KEYS = ("alpha", "beta", "gamma", "theta")
+
+
+# --------------------------------------------------------------------------
+# problems and references
+# --------------------------------------------------------------------------
+def make_problem(n_samples=60, n_atoms=12, n_features=8, seed=0):
+    """Unit-norm Gaussian atoms, signals z D + noise scaled to lambda_max = 1."""
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_atoms, n_features))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    Z = rng.standard_normal((n_samples, n_atoms)) * (rng.random((n_samples, n_atoms)) < 0.3)
+    X = Z @ D + 0.1 * rng.standard_normal((n_samples, n_features))
+    X /= np.abs(X @ D.T).max(axis=1, keepdims=True)
+    return X, D
+
+
+def st(U, s):
+    return np.sign(U) * np.maximum(np.abs(U) - s, 0.0)
+
+
+def numpy_ista(X, D, lmbd, n_iter, L):
+    """n_iter ISTA iterations from 0 with step 1/L; codes after each."""
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    out = []
+    for _ in range(n_iter):
+        Z = st(Z - (Z @ D - X) @ D.T / L, lmbd / L)
+        out.append(Z)
+    return out
+
+
+def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None):
+    """Every layer's (pre-activation, threshold, output) of a network."""
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    layers = []
+    for p in params:
+        p = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
+        if parametrization == "step":
+            U, s = Z - p["alpha"] * (Z @ D - X) @ D.T, lmbd * p["alpha"]
+        elif parametrization == "coupled":
+            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
+        elif parametrization == "alista":
+            U, s = Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lmbd * p["theta"]
+        else:
+            U, s = Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+        Z = st(U, s)
+        layers.append((U, s, Z))
+    return layers
+
+
+def lasso_F(X, D, lmbd, Z):
+    R = X - Z @ D
+    return 0.5 * np.sum(R * R, axis=1) + lmbd * np.abs(Z).sum(axis=1)
+
+
+def perturbed(net, seed=0, scale=0.3):
+    """Parameters moved away from ISTA: steps x U(0.7, 1.3), matrices + noise."""
+    rng = np.random.default_rng(seed)
+    params = net.parameters
+    for layer in params:
+        for k, v in layer.items():
+            if k in STEP_KEYS:
+                layer[k] = v * rng.uniform(1 - scale, 1 + scale, size=v.shape)
+            else:
+                layer[k] = v + 0.1 * scale * rng.standard_normal(v.shape) * np.abs(v).max()
+    return params
+
+
+@pytest.fixture(params=["mixed", "dense", "sparse"])
+def path(request, monkeypatch):
+    """Force the dense GEMM path, the sparse gather path, or let density choose.
+
+    Also forces blocks of 16 rows (and 2 threads for "mixed"), so that
+    several blocks, a ragged last block and the per-thread gradient
+    accumulators are exercised.
+    """
+    rho = {"mixed": networks._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
+    n_threads = 2 if request.param == "mixed" else 1
+    monkeypatch.setattr(networks, "_SPARSE_DENSITY", rho)
+    monkeypatch.setattr(networks, "_plan", lambda *shape: (n_threads, 16))
+    return request.param
+
+
+# --------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "lista"])
+@pytest.mark.parametrize("lmbd", [0.05, 0.3, 0.8])
+def test_untrained_network_is_ista(parametrization, lmbd, path):
+    X, D = make_problem(n_samples=70)
+    net = Lista(D, lmbd, 8, parametrization=parametrization)
+    L = float(np.linalg.eigvalsh(D @ D.T)[-1])
+    assert_allclose(net.lipschitz_, L, rtol=1e-9)
+    ref = numpy_ista(X, D, lmbd, 8, net.lipschitz_)
+    assert_allclose(net.transform(X), ref[-1], rtol=1e-10, atol=1e-12)
+    assert_allclose(net.transform(X, n_layers=3), ref[2], rtol=1e-10, atol=1e-12)
+    per_layer = [lasso_F(X, D, lmbd, Z).mean() for Z in ref]
+    assert_allclose(net.objective(X, per_layer=True), per_layer, rtol=1e-10)
+    assert_allclose(net.objective(X), per_layer[-1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+@pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
+def test_forward_matches_numpy(parametrization, shape, path):
+    """Perturbed (trained-like) networks: Cython forward == NumPy forward."""
+    X, D = make_problem(n_samples=50, n_atoms=shape[0], n_features=shape[1], seed=1)
+    lmbd = 0.2
+    net = Lista(D, lmbd, 5, parametrization=parametrization)
+    net.set_parameters(perturbed(net, seed=2))
+    ref = numpy_forward(net.parameters, X, D, lmbd, parametrization, alista_weights(D))
+    assert_allclose(net.transform(X), ref[-1][2], rtol=1e-10, atol=1e-12)
+    # another lmbd at evaluation time scales every threshold
+    ref2 = numpy_forward(net.parameters, X, D, 2 * lmbd, parametrization, alista_weights(D))
+    assert_allclose(net.transform(X, lmbd=2 * lmbd), ref2[-1][2], rtol=1e-10, atol=1e-12)
+    objs = [lasso_F(X, D, lmbd, Z).mean() for _, _, Z in ref]
+    assert_allclose(net.objective(X, per_layer=True), objs, rtol=1e-10)
+
+
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista"])
+def test_extreme_steps_match_numpy(parametrization, path):
+    """Zero, tiny (below machine epsilon) and large steps on every path."""
+    X, D = make_problem(n_samples=40, seed=20)
+    lmbd = 0.3
+    net = Lista(D, lmbd, 4, parametrization=parametrization)
+    params = net.parameters
+    key = "gamma" if parametrization == "alista" else "alpha"
+    for p, a in zip(params, [0.0, 1e-20, 1e-3, 2.5 / net.lipschitz_]):
+        p[key] = np.array(a)
+    net.set_parameters(params)
+    ref = numpy_forward(params, X, D, lmbd, parametrization, alista_weights(D))
+    assert_allclose(net.transform(X), ref[-1][2], rtol=1e-10, atol=1e-12)
+
+
+def test_untrained_alista_uses_analytic_weights():
+    X, D = make_problem()
+    lmbd = 0.3
+    net = Lista(D, lmbd, 6, parametrization="alista")
+    W = alista_weights(D)
+    L = net.lipschitz_
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    for _ in range(6):
+        Z = st(Z - (Z @ D - X) @ W.T / L, lmbd / L)
+    assert_allclose(net.transform(X), Z, rtol=1e-10, atol=1e-12)
+
+
+def test_one_sample_and_empty_batch():
+    X, D = make_problem()
+    net = Lista(D, 0.3, 4)
+    z = net.transform(X[3])
+    assert z.shape == (D.shape[0],)
+    assert_allclose(z, net.transform(X)[3], rtol=1e-12, atol=1e-15)
+    assert net.transform(X[:0]).shape == (0, D.shape[0])
+
+
+def test_threads_and_blocks_do_not_change_results(monkeypatch):
+    X, D = make_problem(n_samples=300, seed=3)
+    net = Lista(D, 0.2, 6, parametrization="coupled")
+    net.set_parameters(perturbed(net, seed=4))
+    monkeypatch.setattr(networks, "_plan", lambda *shape: (1, 10**6))
+    Z1 = net.transform(X)
+    f1, g1 = net.loss_and_grad(X)
+    monkeypatch.setattr(networks, "_plan", lambda *shape: (2, 7))
+    Z2 = net.transform(X)
+    f2, g2 = net.loss_and_grad(X)
+    assert_allclose(Z2, Z1, rtol=1e-12, atol=1e-14)
+    assert_allclose(f2, f1, rtol=1e-12)
+    for a, b in zip(g1, g2):
+        for k in a:
+            assert_allclose(b[k], a[k], rtol=1e-10, atol=1e-14)
+
+
+def test_refine_tol_certifies_the_solution():
+    from fastlista import duality_gap
+
+    X, D = make_problem(seed=5)
+    lmbd = 0.3
+    net = Lista(D, lmbd, 5)
+    tol = 1e-10
+    Z = net.transform(X, refine_tol=tol)
+    gap = duality_gap(X, D, lmbd, Z)
+    assert np.all(gap <= tol * 0.5 * np.sum(X * X, axis=1))
+
+
+# --------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------
+def _fd_scale(key, value, L):
+    return max(abs(float(value)), 1.0 / L if key in STEP_KEYS or key == "W_x" else 1.0)
+
+
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+@pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
+@pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
+def test_gradient_finite_differences(parametrization, loss, shape, path):
+    X, D = make_problem(n_samples=40, n_atoms=shape[0], n_features=shape[1], seed=6)
+    lmbd = 0.25
+    T = 4
+    net = Lista(D, lmbd, T, parametrization=parametrization)
+    # a generic point: the first perturbation of the untrained parameters
+    # whose pre-activations all stay 1e-5 away from their thresholds (the
+    # finite-difference steps below move them by less than 1e-6)
+    for seed in range(100):
+        params = perturbed(net, seed=seed)
+        layers = numpy_forward(params, X, D, lmbd, parametrization, alista_weights(D))
+        if min(np.min(np.abs(np.abs(U) - s)) for U, s, _ in layers) > 1e-5:
+            break
+    else:
+        pytest.fail("no generic point found")
+    net.set_parameters(params)
+    S = np.random.default_rng(8).standard_normal((X.shape[0], D.shape[0])) * 0.2
+
+    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S)
+    Z = layers[-1][2]
+    ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
+             else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
+    assert_allclose(f, ref_f, rtol=1e-12)
+
+    rng = np.random.default_rng(9)
+    L = net.lipschitz_
+    for t in range(T):
+        for k, v in params[t].items():
+            assert grads[t][k].shape == np.shape(v)
+            flat = np.asarray(v).ravel()
+            entries = (range(flat.size) if flat.size <= 3
+                       else rng.choice(flat.size, 3, replace=False))
+            for i in entries:
+                h = 1e-6 * _fd_scale(k, flat[i], L)
+                values = []
+                for sign in (1, -1):
+                    p = [dict(layer) for layer in params]
+                    moved = np.array(p[t][k], dtype=np.float64)
+                    moved.ravel()[i] += sign * h
+                    p[t][k] = moved
+                    values.append(net.set_parameters(p).loss_and_grad(X, loss, S)[0])
+                net.set_parameters(params)
+                fd = (values[0] - values[1]) / (2 * h)
+                g = grads[t][k].ravel()[i]
+                assert abs(fd - g) <= 1e-6 * max(abs(g), 1e-3), (t, k, i, fd, g)
+
+
+def test_semi_supervised_targets_are_lasso_solutions():
+    from fastlista import solve_lasso
+
+    X, D = make_problem(seed=10)
+    net = Lista(D, 0.3, 4, parametrization="coupled")
+    net.set_parameters(perturbed(net, seed=11))
+    S = solve_lasso(X, D, 0.3).codes
+    f1, g1 = net.loss_and_grad(X, loss="semi-supervised")
+    f2, g2 = net.loss_and_grad(X, loss="supervised", Z_target=S)
+    assert_allclose(f1, f2, rtol=1e-8)
+    for a, b in zip(g1, g2):
+        for k in a:
+            assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-12)
+
+
+def _torch_loss(torch, params, X, D, lmbd, parametrization, W_alista, S=None):
+    X, D = torch.tensor(X), torch.tensor(D)
+    Wa = torch.tensor(W_alista)
+    tp = [{k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+           for k, v in layer.items()} for layer in params]
+    Z = torch.zeros(X.shape[0], D.shape[0], dtype=torch.float64)
+    for p in tp:
+        if parametrization == "step":
+            U, s = Z - p["alpha"] * (Z @ D - X) @ D.T, lmbd * p["alpha"]
+        elif parametrization == "coupled":
+            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
+        elif parametrization == "alista":
+            U, s = Z - p["gamma"] * (Z @ D - X) @ Wa.T, lmbd * p["theta"]
+        else:
+            U, s = Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+        Z = torch.sign(U) * torch.relu(U.abs() - s)
+    if S is None:
+        R = X - Z @ D
+        loss = (0.5 * (R * R).sum(1) + lmbd * Z.abs().sum(1)).mean()
+    else:
+        loss = (0.5 * ((Z - torch.tensor(S)) ** 2).sum(1)).mean()
+    loss.backward()
+    return float(loss.detach()), [{k: v.grad.numpy() for k, v in p.items()} for p in tp]
+
+
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+@pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
+def test_gradient_equals_autograd(parametrization, loss):
+    torch = pytest.importorskip("torch")
+    X, D = make_problem(n_samples=80, seed=12)
+    lmbd = 0.2
+    net = Lista(D, lmbd, 5, parametrization=parametrization)
+    net.set_parameters(perturbed(net, seed=13))
+    S = None if loss == "unsupervised" else \
+        np.random.default_rng(14).standard_normal((X.shape[0], D.shape[0])) * 0.2
+    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S)
+    tf, tgrads = _torch_loss(torch, net.parameters, X, D, lmbd, parametrization,
+                             alista_weights(D), S)
+    assert_allclose(f, tf, rtol=1e-12)
+    for a, b in zip(grads, tgrads):
+        for k in a:
+            assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12 * np.abs(b[k]).max())
+
+
+# --------------------------------------------------------------------------
+# float32
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+def test_float32_agrees_with_float64(parametrization, path):
+    X, D = make_problem(n_samples=100, seed=15)
+    lmbd = 0.3
+    net64 = Lista(D, lmbd, 6, parametrization=parametrization)
+    net64.set_parameters(perturbed(net64, seed=16, scale=0.1))
+    net32 = Lista(D.astype(np.float32), lmbd, 6, parametrization=parametrization)
+    net32.set_parameters(net64.parameters)
+    assert net32.parameters[0][list(net32.parameters[0])[0]].dtype == np.float32
+    Z32 = net32.transform(X.astype(np.float32))
+    assert Z32.dtype == np.float32
+    Z64 = net64.transform(X)
+    assert np.max(np.abs(Z32 - Z64)) <= 1e-4 * np.max(np.abs(Z64))
+    f32, g32 = net32.loss_and_grad(X.astype(np.float32))
+    f64, g64 = net64.loss_and_grad(X)
+    assert_allclose(f32, f64, rtol=1e-4)
+    for a, b in zip(g32, g64):
+        for k in a:
+            assert a[k].dtype == np.float32
+            assert np.max(np.abs(a[k] - b[k])) <= 1e-3 * np.max(np.abs(b[k])) + 1e-6
+
+
+# --------------------------------------------------------------------------
+# ALISTA weights
+# --------------------------------------------------------------------------
+def alista_weights_pgd(D, step=1e-2, n_iter=20000):
+    """Projected gradient of the reference code (adopty get_alista_weights)."""
+    W = D.copy()
+    for _ in range(n_iter):
+        W -= step * (W @ D.T - np.eye(D.shape[0])) @ D
+        W += (1 - np.einsum("ij,ij->i", W, D))[:, None] * D / np.sum(D * D, axis=1)[:, None]
+    return W
+
+
+def off_diagonal_norm(W, D):
+    G = W @ D.T
+    return np.linalg.norm(G - np.diag(np.diag(G)))
+
+
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12), (20, 6)])
+def test_alista_weights_closed_form(shape):
+    rng = np.random.default_rng(shape[0])
+    D = rng.standard_normal(shape)
+    W = alista_weights(D)
+    assert W.shape == D.shape
+    assert_allclose(np.diag(W @ D.T), 1.0, rtol=1e-12)
+    W_pgd = alista_weights_pgd(D)
+    assert_allclose(np.diag(W_pgd @ D.T), 1.0, rtol=1e-10)
+    assert off_diagonal_norm(W, D) <= off_diagonal_norm(W_pgd, D) * (1 + 1e-8)
+    # optimality: no feasible perturbation (keeping w_i . d_i = 1) lowers it
+    for _ in range(20):
+        E = rng.standard_normal(shape) * 1e-3
+        E -= (np.einsum("ij,ij->i", E, D) / np.sum(D * D, axis=1))[:, None] * D
+        assert off_diagonal_norm(W + E, D) >= off_diagonal_norm(W, D) - 1e-12
+
+
+def test_alista_weights_rejects_zero_atom():
+    D = np.eye(3)
+    D[1] = 0
+    with pytest.raises(ValueError, match="zero atom"):
+        alista_weights(D)
+
+
+# --------------------------------------------------------------------------
+# parameters, validation
+# --------------------------------------------------------------------------
+def test_parameters_keys_shapes_and_copies():
+    X, D = make_problem()
+    m, n = D.shape
+    expected = {"step": {"alpha": ()},
+                "coupled": {"W": (m, n), "alpha": (), "beta": ()},
+                "alista": {"gamma": (), "theta": ()},
+                "lista": {"W_z": (m, m), "W_x": (n, m), "theta": (m,)}}
+    for p, shapes in expected.items():
+        net = Lista(D, 0.3, 3, parametrization=p)
+        params = net.parameters
+        assert len(params) == 3
+        assert {k: v.shape for k, v in params[0].items()} == shapes
+        for v in params[0].values():
+            v[...] = 123.0          # a copy: the network is unchanged
+        assert not any(np.any(v == 123.0) for v in net.parameters[0].values())
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda P: P[:-1], "one dict per layer"),
+    (lambda P: [{}] + P[1:], "keys"),
+    (lambda P: [{**P[0], "extra": 1.0}] + P[1:], "keys"),
+    (lambda P: [{**P[0], "W": P[0]["W"][:, :-1]}] + P[1:], "shape"),
+    (lambda P: [{**P[0], "alpha": -1.0}] + P[1:], ">= 0"),
+    (lambda P: [{**P[0], "beta": np.nan}] + P[1:], "NaN or infinity"),
+    (lambda P: [{**P[0], "W": np.full_like(P[0]["W"], np.inf)}] + P[1:], "NaN or infinity"),
+])
+def test_set_parameters_validation(mutate, match):
+    _, D = make_problem()
+    net = Lista(D, 0.3, 3, parametrization="coupled")
+    before = net.parameters
+    with pytest.raises(ValueError, match=match):
+        net.set_parameters(mutate(net.parameters))
+    for a, b in zip(before, net.parameters):       # unchanged on error
+        for k in a:
+            assert_allclose(a[k], b[k])
+
+
+def test_constructor_validation():
+    X, D = make_problem()
+    with pytest.raises(InvalidParameterError, match="n_layers"):
+        Lista(D, 0.3, 0)
+    with pytest.raises(InvalidParameterError, match="parametrization"):
+        Lista(D, 0.3, 3, parametrization="hessian")
+    with pytest.raises(InvalidParameterError, match="lmbd"):
+        Lista(D, -1.0, 3)
+    with pytest.raises(ValueError, match="D"):
+        Lista(np.zeros((0, 3)), 0.3, 3)
+
+
+def test_method_validation():
+    X, D = make_problem()
+    net = Lista(D, 0.3, 3)
+    with pytest.raises(ValueError, match="features"):
+        net.transform(X[:, :-1])
+    with pytest.raises(InvalidParameterError, match="n_layers"):
+        net.transform(X, n_layers=4)
+    with pytest.raises(InvalidParameterError, match="loss"):
+        net.loss_and_grad(X, loss="hinge")
+    with pytest.raises(ValueError, match="Z_target"):
+        net.loss_and_grad(X, loss="supervised")
+    with pytest.raises(ValueError, match="Z_target"):
+        net.loss_and_grad(X, loss="supervised", Z_target=np.zeros((X.shape[0], 3)))
+    with pytest.raises(ValueError, match="sample"):
+        net.loss_and_grad(X[:0])
+
+
+def test_dictionary_distance():
+    X, D = make_problem()
+    for p in ("step", "coupled", "lista"):
+        assert_allclose(Lista(D, 0.3, 4, parametrization=p).dictionary_distance(),
+                        np.zeros(4), atol=1e-12)
+    net = Lista(D, 0.3, 2, parametrization="coupled")
+    params = net.parameters
+    params[1]["W"] = 2 * params[1]["W"]
+    params[1]["beta"] = 2 * params[1]["beta"]        # (alpha / beta) W = D again
+    params[0]["W"] = params[0]["W"] + 0.1 * D
+    net.set_parameters(params)
+    assert_allclose(net.dictionary_distance(), [0.1, 0.0], atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# persistence
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+def test_save_load_round_trip(tmp_path, parametrization):
+    X, D = make_problem()
+    net = Lista(D.astype(np.float32) if parametrization == "lista" else D, 0.3, 3,
+                parametrization=parametrization)
+    net.set_parameters(perturbed(net, seed=17))
+    net.loss_history_ = [3.0, 2.0, 1.5]
+    path = tmp_path / "net"               # no suffix: written as given
+    net.save(path)
+    back = Lista.load(path)
+    assert back.parametrization == parametrization
+    assert back.lmbd == net.lmbd and back.n_layers == net.n_layers
+    assert back.dtype == net.dtype
+    assert back.loss_history_ == net.loss_history_
+    for a, b in zip(net.parameters, back.parameters):
+        for k in a:
+            assert_allclose(a[k], b[k], rtol=0)
+    assert_allclose(back.transform(X), net.transform(X), rtol=0)
+
+
+def _npz_bytes(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_load_rejects_bad_files(tmp_path):
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2, parametrization="coupled")
+    good = tmp_path / "good.npz"
+    net.save(good)
+    data = good.read_bytes()
+    cases = {
+        "truncated.npz": data[: len(data) // 2],
+        "empty.npz": b"",
+        "text.npz": b"not a network\n",
+        "foreign.npz": _npz_bytes(a=np.arange(3)),
+    }
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+    cases["future.npz"] = _npz_bytes(**{**arrays, "format_version": np.array(99)})
+    cases["shape.npz"] = _npz_bytes(**{**arrays, "layer0_W": arrays["layer0_W"][:, :2]})
+    cases["missing.npz"] = _npz_bytes(**{k: v for k, v in arrays.items() if k != "layer1_beta"})
+    cases["negative.npz"] = _npz_bytes(**{**arrays, "layer0_alpha": np.array(-1.0)})
+    cases["npy.npz"] = None
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is None:
+            np.save(path, np.arange(3))
+            path = tmp_path / (name + ".npy")
+        else:
+            path.write_bytes(content)
+        with pytest.raises(ValueError, match="not a valid fastlista Lista file"):
+            Lista.load(path)
+    with pytest.raises(FileNotFoundError):
+        Lista.load(tmp_path / "nowhere.npz")
+    # no pickles are written
+    with zipfile.ZipFile(good) as z:
+        for name in z.namelist():
+            with z.open(name) as f:
+                assert b"pickle" not in f.read(200).lower()
