@@ -46,7 +46,6 @@ extensions = [
         extra_link_args=openmp_link,
     )
     for name in KERNELS
-    if os.path.exists(f"fastlista/_kernels/{name}.pyx")
 ]
 
 setup(
