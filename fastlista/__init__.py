@@ -23,3 +23,12 @@ __all__ = [
     "fista", "oista", "backtracking_ista", "coordinate_descent", "Lista",
     "alista_weights", "TrainingWarning",
 ]
+
+
+def __getattr__(name):
+    # the scikit-learn estimators load scikit-learn (optional) on first use
+    if name in ("LassoSparseCoder", "LearnedSparseCoder"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastlista' has no attribute {name!r}")

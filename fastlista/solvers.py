@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import _cd, _solvers
-from ._threads import blas_single_threaded
+from ._threads import blas_single_threaded, blas_thread_limit
 from ._validation import (ConvergenceWarning, InvalidParameterError,
                           check_n_jobs, check_option, check_scalar, check_X_D)
 from .lasso import _check_codes
@@ -182,7 +182,10 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
     gap = np.zeros(N, dtype=dtype)
     n_iter = np.zeros(N, dtype=np.intc)
-    C = X @ D.T
+    # the NumPy products obey n_jobs too (the kernels' BLAS is held to 1)
+    with blas_thread_limit(None if n_jobs is None else n_threads):
+        C = X @ D.T
+        B = D @ D.T
     xx = np.einsum("ij,ij->i", X, X)
     # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
     # with the same c = x D^T as the kernels, so the test is consistent).
@@ -200,7 +203,6 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     else:
         hist = [np.empty((1, 1), dtype) for _ in range(3)]
 
-    B = D @ D.T
     if len(active) and m:
         if method == "cd":
             # level-1 loops only, no BLAS: OpenMP over samples

@@ -1,0 +1,484 @@
+"""Sparse coding of data beyond one machine, with Dask.
+
+This module needs ``dask[array]`` (and ``distributed`` for a cluster), both
+optional; ``import fastlista`` does not import it.
+
+Samples are independent, so a dask array chunked along samples (rows) is
+encoded chunk by chunk, and a training loss (a mean over samples) is a
+weighted sum of per-chunk losses:
+
+* :func:`encode` runs a model (a :class:`~fastlista.networks.Lista`, a
+  scikit-learn style transformer such as
+  :class:`~fastlista.estimators.LearnedSparseCoder`, or Lasso solver
+  settings) on every chunk: lazily, in one ``map_blocks``, with the model
+  shipped once (a single graph key, or one scattered future when a
+  ``distributed`` client is running).
+* :func:`solve_lasso` is :func:`fastlista.solve_lasso` on dask arrays.
+* :func:`fit` trains a network data-parallel: the chunks stay on the
+  workers, each computes its loss and gradients with
+  :meth:`Lista.loss_and_grad`, only the parameters and the gradients travel,
+  and L-BFGS-B runs on the client.
+
+Every function uses the current scheduler: a ``distributed.Client`` when one
+is active, otherwise dask's default (threads).
+"""
+import copy
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._validation import (InvalidParameterError, check_array, check_scalar,
+                          _common_dtype)
+from .solvers import LassoResult
+
+__all__ = ["encode", "solve_lasso", "fit"]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def _client():
+    """The distributed client that will run the graphs, or None.
+
+    None without ``distributed``, without a client, or when another
+    scheduler was chosen (``dask.config.set(scheduler="threads")``).
+    """
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is optional
+        return None
+    try:
+        client = get_client()
+    except ValueError:
+        return None
+    scheduler = dask.base.get_scheduler()
+    return client if getattr(scheduler, "__self__", None) is client else None
+
+
+def _ship(obj):
+    """A reference to ``obj`` that a graph can hold many times, shipped once.
+
+    With a distributed client: a future of ``obj`` scattered (broadcast) to
+    the workers: serialised once, whatever the number of chunks. Otherwise a
+    single-key ``dask.delayed``: every task depending on it refers to the
+    one key, so the object is serialised once with the graph.
+    """
+    client = _client()
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    return dask.delayed(obj, pure=True, traverse=False)
+
+
+def _as_samples_array(X, name="X"):
+    """A 2-D dask array with all features in one chunk."""
+    if not isinstance(X, da.Array):
+        X = da.from_array(check_array(X, name, allow_1d=False, min_features=0),
+                          chunks=("auto", -1))
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D dask array of shape (n_samples, n_features); "
+            f"got {X.ndim}-D with shape {X.shape}.")
+    if any(np.isnan(c) for c in X.shape):
+        raise ValueError(
+            f"{name} has unknown chunk sizes (shape {X.shape}); call "
+            f"{name}.compute_chunk_sizes() first.")
+    if X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
+def _float_dtype(dtype):
+    return np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+
+
+# ---------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------
+
+def _encode_block(X, model):
+    if isinstance(model, _LassoSettings):
+        return model.codes(X)
+    return np.asarray(model.transform(X))
+
+
+class _LassoSettings:
+    """Lasso solver settings shipped to the workers: ``solve_lasso(X, **self)``."""
+
+    def __init__(self, D, lmbd, kwargs):
+        self.D, self.lmbd, self.kwargs = D, lmbd, kwargs
+
+    def codes(self, X):
+        from .solvers import solve_lasso as _solve
+        D = self.D if self.D.dtype == X.dtype else self.D.astype(_common_dtype(X, self.D))
+        return _solve(X, D, self.lmbd, **self.kwargs).codes
+
+
+def _settings_from_dict(model):
+    kwargs = dict(model)
+    try:
+        D, lmbd = kwargs.pop("D"), kwargs.pop("lmbd")
+    except KeyError:
+        raise InvalidParameterError(
+            "Solver settings must be a dict with keys 'D' and 'lmbd' (and optionally "
+            "'method', 'tol', 'max_iter', 'n_jobs' of fastlista.solve_lasso); got "
+            f"keys {sorted(model)}.") from None
+    allowed = {"method", "tol", "max_iter", "n_jobs"}
+    if set(kwargs) - allowed:
+        raise InvalidParameterError(
+            f"Unknown solver settings {sorted(set(kwargs) - allowed)}; allowed: "
+            f"'D', 'lmbd', {', '.join(repr(k) for k in sorted(allowed))}.")
+    D = check_array(D, "D")
+    lmbd = check_scalar(lmbd, "lmbd", "encode", low=0.0)
+    if kwargs.get("n_jobs") is None:
+        kwargs["n_jobs"] = 1        # one thread a task: dask runs tasks in parallel
+    return _LassoSettings(D, lmbd, kwargs)
+
+
+def encode(model, X):
+    """Codes of every row of a dask array, lazily, one task per chunk.
+
+    Parameters
+    ----------
+    model : Lista, transformer or dict
+        * a :class:`~fastlista.networks.Lista` (codes of the network),
+        * any fitted object with a ``transform`` method, such as
+          :class:`~fastlista.estimators.LearnedSparseCoder` or
+          :class:`~fastlista.estimators.LassoSparseCoder`,
+        * or Lasso solver settings ``{"D": D, "lmbd": lmbd, "method": ...,
+          "tol": ..., "max_iter": ..., "n_jobs": ...}``: exact Lasso codes by
+          :func:`fastlista.solve_lasso` (``n_jobs`` threads per task, 1 by
+          default: dask runs the tasks in parallel).
+    X : dask array of shape (n_samples, n_features)
+        Signals, chunked along samples (a NumPy array is wrapped; chunks
+        along features are merged).
+
+    Returns
+    -------
+    Z : dask array of shape (n_samples, n_atoms)
+        One ``map_blocks`` over X, chunked like X along samples; nothing runs
+        until it is computed. The model is a single key of the graph (a
+        scattered future when a ``distributed`` client is running): it is
+        shipped once, not once per chunk. The dtype is the model's on X's
+        (the estimators keep X's dtype; a Lista codes in the common dtype of
+        X and its dictionary). One sample is encoded on the client when the
+        graph is built, to learn the codes' width and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from fastlista.distributed import encode
+    >>> D = np.eye(3)
+    >>> X = da.from_array(np.array([[3.0, 0.5, -2.0]] * 4), chunks=(2, 3))
+    >>> encode({"D": D, "lmbd": 1.0}, X).compute()[0]
+    array([ 2.,  0., -1.])
+    """
+    X = _as_samples_array(X)
+    if isinstance(model, dict):
+        model = _settings_from_dict(model)
+    elif not callable(getattr(model, "transform", None)):
+        raise InvalidParameterError(
+            "model must be a fastlista Lista, an object with a transform method (e.g. "
+            "a fitted LearnedSparseCoder) or a dict of solver settings; got "
+            f"{type(model).__name__}.")
+    # the output's width and dtype, from one sample encoded on the client
+    # (this also fails early for an unfitted or mismatched model)
+    probe = _encode_block(np.zeros((1, X.shape[1]), dtype=_float_dtype(X.dtype)), model)
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise ValueError(
+            f"model.transform returned shape {probe.shape} for one sample; expected "
+            "(1, n_atoms).")
+    n_atoms = probe.shape[1]
+    return da.map_blocks(_encode_block, X, _ship(model), dtype=probe.dtype,
+                         chunks=(X.chunks[0], (n_atoms,)),
+                         meta=np.empty((0, 0), dtype=probe.dtype),
+                         name="fastlista-encode")
+
+
+# ---------------------------------------------------------------------------
+# solve_lasso
+# ---------------------------------------------------------------------------
+
+def _solve_block(X, Z0, settings, m):
+    """Codes, gap, n_iter and converged of one chunk, packed in float64 columns."""
+    from .solvers import solve_lasso as _solve
+    D = settings.D
+    if D.dtype != X.dtype:
+        dt = _common_dtype(X, D)
+        X, D = X.astype(dt, copy=False), D.astype(dt, copy=False)
+    res = _solve(X, D, settings.lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
+                 **settings.kwargs)
+    out = np.empty((X.shape[0], m + 3))
+    out[:, :m] = res.codes
+    out[:, m] = res.gap
+    out[:, m + 1] = res.n_iter
+    out[:, m + 2] = res.converged
+    return out
+
+
+def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
+                n_jobs=None):
+    """:func:`fastlista.solve_lasso` for a dask array of signals, lazily.
+
+    Parameters
+    ----------
+    X : dask array of shape (n_samples, n_features)
+        Signals, chunked along samples (a NumPy array is wrapped).
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary (a NumPy array): shipped once, as one graph key (or
+        future).
+    lmbd, method, tol, max_iter
+        As in :func:`fastlista.solve_lasso`.
+    n_jobs : int or None, default=None
+        Threads of each task. None runs each task on one thread: dask already
+        runs one task per worker thread, and more would oversubscribe the
+        cores. Raise it for workers with fewer threads than cores.
+    Z0 : dask array of shape (n_samples, n_atoms), default=None
+        Warm start (rechunked like X).
+
+    Returns
+    -------
+    result : LassoResult
+        ``codes`` (n_samples, n_atoms), ``gap`` (n_samples,), ``n_iter``
+        (n_samples,) and ``converged`` (n_samples,) are dask arrays that
+        share one ``map_blocks``: computing them together
+        (``dask.compute(res.codes, res.gap)``) solves every chunk once.
+        ``history`` and ``step_sizes`` are None. A sample that did not
+        converge shows in ``converged``; the ConvergenceWarning, if any, is
+        emitted on the worker.
+    """
+    from .solvers import METHODS, solve_lasso as _solve
+    from ._validation import check_n_jobs, check_option
+
+    func = "fastlista.distributed.solve_lasso"
+    X = _as_samples_array(X)
+    D = check_array(D, "D")
+    if D.shape[0] == 0:
+        raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
+    if X.shape[1] != D.shape[1]:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but D has {D.shape[1]} features "
+            f"(X.shape={X.shape}, D.shape={D.shape}).")
+    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    method = check_option(method, "method", func, METHODS)
+    tol = check_scalar(tol, "tol", func, low=0.0)
+    max_iter = check_scalar(max_iter, "max_iter", func, low=1, integer=True)
+    if n_jobs is not None:
+        check_n_jobs(n_jobs, func)
+    m = D.shape[0]
+    dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), D))
+    settings = _LassoSettings(D, lmbd, dict(method=method, tol=tol, max_iter=max_iter,
+                                            n_jobs=1 if n_jobs is None else n_jobs))
+    args = [X]
+    if Z0 is not None:
+        Z0 = _as_samples_array(Z0, "Z0")
+        if Z0.shape != (X.shape[0], m):
+            raise ValueError(
+                f"Z0 must have shape (n_samples, n_atoms) = {(X.shape[0], m)}; got "
+                f"Z0.shape={Z0.shape}.")
+        args.append(Z0.rechunk((X.chunks[0], (m,))))
+    else:
+        args.append(None)
+    packed = da.map_blocks(_solve_block, *args, _ship(settings), m,
+                           dtype=np.float64, chunks=(X.chunks[0], (m + 3,)),
+                           meta=np.empty((0, 0)), name="fastlista-solve-lasso")
+    # the method "auto" resolves to, from a one-sample run on the client
+    resolved = _solve(np.zeros((1, D.shape[1]), D.dtype), D, lmbd, method=method,
+                      max_iter=1, n_jobs=1).method
+    return LassoResult(
+        codes=packed[:, :m].astype(dtype),
+        gap=packed[:, m].astype(dtype),
+        n_iter=packed[:, m + 1].astype(np.intc),
+        converged=packed[:, m + 2].astype(bool),
+        history=None, step_sizes=None, method=resolved)
+
+
+# ---------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------
+
+def _chunk_loss_grad(net, parameters, X, loss, Z_target, depth):
+    """Summed (not mean) loss and gradients of one chunk at a given depth.
+
+    Runs on a worker, on a private copy of the network (the worker's copy is
+    shared by the tasks it runs, maybe on several threads). Returns
+    ``(n * loss, {key: n * grad})`` with the gradients stacked over the first
+    ``depth`` layers, in float64, and n the chunk's number of samples.
+    """
+    local = copy.deepcopy(net)
+    n = X.shape[0]
+    try:
+        local.set_parameters(parameters)
+    except ValueError:          # overflowed parameters: an unacceptable point
+        return np.inf, None
+    X, D, _ = local._check_X(X)
+    code, S = local._targets(X, D, loss, Z_target, "fastlista.distributed.fit")
+    value, grads = local._loss_and_grad(X, D, code, S, depth)
+    return n * float(value), {k: n * np.asarray(g, dtype=np.float64)
+                              for k, g in grads.items()}
+
+
+def _add(a, b):
+    """Sum of two chunks' (loss, gradients)."""
+    if a[1] is None or b[1] is None:
+        return a[0] + b[0], None
+    return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}
+
+
+def _tree_sum(parts):
+    """Pairwise sums on the workers: one (loss, gradients) reaches the client."""
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [dask.delayed(_add, pure=True)(parts[i], parts[i + 1])
+                 if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+class _ChunkedNet:
+    """Stands for a network in the training objective of ``fastlista.training``.
+
+    The objective (``training._Objective``) sets ``_params``, clears
+    ``_cache`` and calls ``_loss_and_grad(X, D, loss_code, S, depth)``; here
+    that call evaluates the current parameters on every chunk of the dask
+    array (on the workers) and sums. Everything else is the real network's.
+    """
+
+    def __init__(self, net, net_ref, blocks, loss, n_samples):
+        self._net = net
+        self._params = net._params
+        self._cache = {}
+        self._net_ref, self._blocks, self._loss = net_ref, blocks, loss
+        self._n_samples = n_samples
+        self.n_evaluations = 0
+
+    def __getattr__(self, name):
+        return getattr(self._net, name)
+
+    @property
+    def parameters(self):
+        return [{k: v.copy() for k, v in layer.items()} for layer in self._params]
+
+    def _loss_and_grad(self, X, D, loss_code, S, depth):
+        self.n_evaluations += 1
+        params = dask.delayed(self._params, pure=True, traverse=False)
+        parts = [dask.delayed(_chunk_loss_grad, pure=True)(
+                     self._net_ref, params, xb, self._loss, zb, depth)
+                 for xb, zb in self._blocks]
+        total, grads = dask.compute(_tree_sum(parts))[0]
+        if grads is None:
+            return np.inf, {k: np.zeros((depth,) + s) for k, s in self._shapes().items()}
+        N = self._n_samples
+        return total / N, {k: g / N for k, g in grads.items()}
+
+
+def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=100,
+        tol=1e-8, per_layer="oneshot", verbose=False):
+    """Train a network data-parallel on a dask array: :meth:`Lista.fit` at scale.
+
+    The chunks of X stay where they are (persisted on the workers); at every
+    evaluation of the training loss, the parameters are sent to the chunks,
+    each chunk computes its loss and gradients with the network's analytic
+    backward pass, the chunks' sums are added pairwise on the workers, and
+    one (loss, gradients) pair returns to the client, where the optimiser
+    runs. The optimiser, its bounds (step sizes and thresholds >= 1e-6 / L),
+    its stopping rules and its parameter scaling are those of
+    :meth:`Lista.fit` (``fastlista.training``): on the same data the result
+    equals the single-machine one up to the rounding of the sums.
+
+    Parameters
+    ----------
+    net : Lista
+        The network, trained in place (its copy on the workers is shipped
+        once).
+    X : dask array of shape (n_samples, n_features)
+        Training signals, chunked along samples (a NumPy array is wrapped).
+    loss, optimizer, max_iter, tol, per_layer, verbose
+        As in :meth:`Lista.fit`. For ``loss="semi-supervised"`` the targets
+        are computed once with :func:`solve_lasso` on the cluster.
+    Z_target : dask array of shape (n_samples, n_atoms), default=None
+        Target codes of ``loss="supervised"`` (rechunked like X).
+
+    Returns
+    -------
+    net : Lista
+        ``net`` itself, with trained parameters and ``loss_history_``.
+    """
+    from .networks import LOSSES, Lista
+    from .training import (OPTIMIZERS, PER_LAYER, TrainingWarning, _Objective,
+                           _gd, _lbfgs)
+    from ._validation import check_option
+
+    func = "fastlista.distributed.fit"
+    if not isinstance(net, Lista):
+        raise InvalidParameterError(
+            f"net must be a fastlista Lista; got {type(net).__name__}.")
+    X = _as_samples_array(X)
+    if X.shape[1] != net.n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but the network's D has {net.n_features} "
+            f"features (X.shape={X.shape}, D.shape={net.D.shape}).")
+    if X.shape[0] == 0:
+        raise ValueError("X must contain at least one sample.")
+    loss = check_option(loss, "loss", func, LOSSES)
+    optimizer = check_option(optimizer, "optimizer", func, OPTIMIZERS)
+    per_layer = check_option(per_layer, "per_layer", func, PER_LAYER)
+    max_iter = check_scalar(max_iter, "max_iter", func, low=1, integer=True)
+    tol = check_scalar(tol, "tol", func, low=0.0)
+
+    if loss == "semi-supervised" and Z_target is None:
+        Z_target = solve_lasso(X, net.D, net.lmbd).codes
+    if loss != "unsupervised":
+        if Z_target is None:
+            raise ValueError(
+                f"Z_target is required for loss={loss!r}: codes of shape "
+                f"(n_samples, n_atoms) = {(X.shape[0], net.n_atoms)}.")
+        Z_target = _as_samples_array(Z_target, "Z_target")
+        if Z_target.shape != (X.shape[0], net.n_atoms):
+            raise ValueError(
+                f"Z_target must have shape (n_samples, n_atoms) = "
+                f"{(X.shape[0], net.n_atoms)}; got Z_target.shape={Z_target.shape}.")
+        Z_target = Z_target.rechunk((X.chunks[0], (net.n_atoms,)))
+        X, Z_target = dask.persist(X, Z_target)
+        z_blocks = Z_target.to_delayed().ravel()
+        loss = "supervised"
+    else:
+        X = X.persist()
+        z_blocks = [None] * X.numblocks[0]
+    blocks = list(zip(X.to_delayed().ravel(), z_blocks))
+
+    proxy = _ChunkedNet(net, _ship(net), blocks, loss, X.shape[0])
+    T = net.n_layers
+    if per_layer == "oneshot":
+        stages = [(T, max_iter)]
+    else:   # as Lista.fit: layers 1..k on the loss of layer k, iterations split
+        split = np.diff(np.round(np.linspace(0, max_iter, T + 1)).astype(int))
+        stages = [(k + 1, max(1, int(it))) for k, it in enumerate(split)]
+    run = _lbfgs if optimizer == "lbfgs" else _gd
+
+    history = []
+    start = net.parameters
+    rolled_back = False
+    for depth, n_iter in stages:
+        obj = _Objective(proxy, None, None, None, None, depth)
+        x0 = obj.vector(proxy._params)
+        x = run(obj, x0, n_iter, tol, history, verbose)
+        f, _ = obj(x)
+        if not np.isfinite(f):
+            x = obj.best_x if obj.best_x is not None else x0
+            rolled_back = True
+        proxy._params = obj.params(x)
+    try:
+        net.set_parameters(proxy._params)
+    except ValueError:
+        net.set_parameters(start)
+        rolled_back = True
+    if rolled_back:
+        import warnings
+        warnings.warn(
+            "fastlista.distributed.fit met a non-finite loss or gradient (diverging "
+            "steps?) and rolled the parameters back to the last finite point.",
+            TrainingWarning, stacklevel=2)
+    net.loss_history_ = [float(v) for v in history]
+    return net

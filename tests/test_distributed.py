@@ -1,0 +1,268 @@
+"""fastlista.distributed on a real dask.distributed cluster.
+
+One ``LocalCluster`` for the module: 2 worker processes of one thread each, on
+the loopback interface, closed by the fixture's finaliser. Every result is
+compared with the single-machine one (``Lista.transform``, ``Lista.fit``,
+``fastlista.solve_lasso``, the estimators' ``transform``).
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import reference as ref  # noqa: E402
+import fastlista  # noqa: E402
+from fastlista import distributed as fd  # noqa: E402
+from fastlista.networks import Lista  # noqa: E402
+
+CLIENT_PID = os.getpid()
+
+
+@pytest.fixture(scope="module")
+def client(request):
+    """A 2-process local cluster on 127.0.0.1, closed at the end of the module."""
+    import cloudpickle
+
+    # this module's helpers travel by value: the workers need not import it
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                       host="127.0.0.1", dashboard_address=None)
+    client = distributed.Client(cluster)
+
+    def close():
+        client.close()
+        cluster.close()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+    request.addfinalizer(close)
+    return client
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, D = ref.make_problem(n_samples=600, n_features=20, n_atoms=40, density=0.3,
+                            noise=0.05, seed=21)
+    return X, D
+
+
+def chunked(X, rows=130):
+    return da.from_array(X, chunks=(rows, X.shape[1]))
+
+
+# ---------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parametrization", ["step", "lista"])
+def test_encode_lista_equals_single_machine(client, data, parametrization):
+    X, D = data
+    net = Lista(D, 0.3, n_layers=6, parametrization=parametrization)
+    net.fit(X[:200], max_iter=10)
+    Z = fd.encode(net, chunked(X))
+    assert isinstance(Z, da.Array) and Z.chunks == ((130,) * 4 + (80,), (40,))
+    assert_allclose(Z.compute(), net.transform(X), rtol=1e-12, atol=1e-14)
+
+
+def test_encode_solver_settings_equals_solve_lasso(client, data):
+    X, D = data
+    settings = {"D": D, "lmbd": 0.3, "tol": 1e-10}
+    Z = fd.encode(settings, chunked(X)).compute()
+    assert_allclose(Z, fastlista.solve_lasso(X, D, 0.3, tol=1e-10).codes,
+                    rtol=1e-12, atol=1e-14)
+    assert_allclose(Z, ref.solve_exact(X, D, 0.3), atol=1e-6)
+
+
+def test_encode_estimators_equal_single_machine(client, data):
+    pytest.importorskip("sklearn")
+    from fastlista.estimators import LassoSparseCoder, LearnedSparseCoder
+
+    X, D = data
+    for coder in (LassoSparseCoder(D, alpha=0.3, n_jobs=1).fit(X[:5]),
+                  LearnedSparseCoder(D, alpha=0.3, n_layers=5, max_iter=10).fit(X[:200])):
+        X32 = X.astype(np.float32)
+        Z = fd.encode(coder, chunked(X32))
+        assert Z.dtype == np.float32
+        assert_allclose(Z.compute(), coder.transform(X32), rtol=1e-6, atol=1e-7)
+
+
+def test_encode_is_lazy_and_ships_the_model_once(client, data):
+    """One map_blocks; the model is one key, serialised once per worker."""
+    X, D = data
+    net = Lista(D, 0.3, n_layers=4)
+    counts = {}
+    for rows in (150, 40):                       # 4 and 15 chunks
+        Xd = chunked(X, rows)
+        Z = fd.encode(_CountingModel(net), Xd)
+        graph = Z.__dask_graph__()
+        encode_layers = [name for name in graph.layers if name.startswith("fastlista-encode")]
+        assert len(encode_layers) == 1
+        assert len(graph.layers[encode_layers[0]]) == Xd.numblocks[0]
+        Z = Z.compute()
+        counts[rows] = _CountingModel.pickled
+        _CountingModel.pickled = 0
+        assert_allclose(Z, net.transform(X), rtol=1e-12, atol=1e-14)
+    # the model crossed the wire as many times for 15 chunks as for 4: at most
+    # once per worker (the client scatters it to both)
+    assert counts[150] == counts[40] <= len(client.scheduler_info()["workers"])
+
+
+class _CountingModel:
+    """A Lista wrapper that counts how often the client pickles it."""
+
+    pickled = 0
+
+    def __init__(self, net):
+        self.net = net
+
+    def transform(self, X):
+        return self.net.transform(X)
+
+    def __reduce__(self):
+        if os.getpid() == CLIENT_PID:
+            type(self).pickled += 1
+        return (_CountingModel, (self.net,))
+
+
+# ---------------------------------------------------------------------------
+# solve_lasso
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["auto", "fista"])
+def test_solve_lasso_equals_single_machine(client, data, method):
+    X, D = data
+    res = fd.solve_lasso(chunked(X), D, 0.3, method=method, tol=1e-10)
+    assert all(isinstance(a, da.Array) for a in (res.codes, res.gap, res.n_iter,
+                                                  res.converged))
+    codes, gap, n_iter, converged = dask.compute(res.codes, res.gap, res.n_iter,
+                                                 res.converged)
+    local = fastlista.solve_lasso(X, D, 0.3, method=method, tol=1e-10, n_jobs=1)
+    assert res.method == local.method
+    assert_allclose(codes, local.codes, rtol=1e-12, atol=1e-14)
+    assert_allclose(gap, local.gap, rtol=1e-8, atol=1e-14)   # gaps are ~1e-11
+    assert_array_equal(n_iter, local.n_iter)
+    assert_array_equal(converged, local.converged) and converged.all()
+    assert n_iter.dtype == local.n_iter.dtype
+
+
+def test_solve_lasso_float32_and_warm_start(client, data):
+    X, D = data
+    X32, D32 = X.astype(np.float32), D.astype(np.float32)
+    res = fd.solve_lasso(chunked(X32), D32, 0.3)
+    assert res.codes.dtype == np.float32 and res.gap.dtype == np.float32
+    local = fastlista.solve_lasso(X32, D32, 0.3, n_jobs=1)
+    assert_allclose(res.codes.compute(), local.codes, rtol=1e-5, atol=1e-6)
+    # warm start from the solution: (almost) nothing left to do
+    Z0 = da.from_array(local.codes.astype(np.float64), chunks=(200, 40))
+    warm = fd.solve_lasso(chunked(X), D, 0.3, Z0=Z0, tol=1e-10)
+    assert_allclose(warm.codes.compute(),
+                    fastlista.solve_lasso(X, D, 0.3, Z0=local.codes.astype(np.float64),
+                                          tol=1e-10, n_jobs=1).codes,
+                    rtol=1e-12, atol=1e-14)
+
+
+def test_solve_lasso_messages(data):
+    X, D = data
+    with pytest.raises(ValueError, match="X has 19 features, but D has 20 features"):
+        fd.solve_lasso(chunked(X[:, :19]), D, 0.3)
+    with pytest.raises(fastlista.InvalidParameterError, match="The 'lmbd' parameter"):
+        fd.solve_lasso(chunked(X), D, -1.0)
+    with pytest.raises(ValueError, match="2-D dask array"):
+        fd.solve_lasso(da.ones(5), D, 0.3)
+
+
+# ---------------------------------------------------------------------------
+# fit: data-parallel training
+# ---------------------------------------------------------------------------
+
+def _worker_chunk(block_id=None, n_rows=None, client_pid=None):
+    """A chunk of signals generated on a worker (never on the client)."""
+    assert os.getpid() != client_pid, "a chunk was computed on the client"
+    i = block_id[0]
+    X, _ = ref.make_problem(n_samples=600, n_features=20, n_atoms=40, density=0.3,
+                            noise=0.05, seed=21)
+    return X[i * n_rows:(i + 1) * n_rows]
+
+
+@pytest.mark.parametrize("parametrization,loss,per_layer", [
+    ("step", "unsupervised", "oneshot"),
+    ("coupled", "unsupervised", "oneshot"),
+    ("alista", "supervised", "oneshot"),
+    ("step", "semi-supervised", "oneshot"),
+    ("lista", "unsupervised", "recursive"),
+])
+def test_fit_equals_single_machine(client, data, parametrization, loss, per_layer):
+    X, D = data
+    lmbd, T, it = 0.3, 5, 15
+    Z_target = ref.solve_exact(X, D, lmbd) if loss == "supervised" else None
+    local = Lista(D, lmbd, T, parametrization=parametrization)
+    local.fit(X, loss=loss, Z_target=Z_target, max_iter=it, per_layer=per_layer)
+
+    # the chunks are generated on the workers and stay there
+    Xd = da.map_blocks(_worker_chunk, dtype=np.float64, chunks=((150,) * 4, (20,)),
+                       n_rows=150, client_pid=CLIENT_PID)
+    Zd = None if Z_target is None else da.from_array(Z_target, chunks=(300, 40))
+    net = Lista(D, lmbd, T, parametrization=parametrization)
+    out = fd.fit(net, Xd, loss=loss, Z_target=Zd, max_iter=it, per_layer=per_layer)
+    assert out is net
+    # the semi-supervised targets are Lasso solutions to a relative gap of
+    # 1e-8, computed per chunk here and on the whole batch there: they agree
+    # to ~1e-10, not to the rounding of a sum
+    rtol = 1e-6 if loss == "semi-supervised" else 1e-9
+    assert_allclose(net.loss_history_, local.loss_history_, rtol=rtol)
+    for ours, theirs in zip(net.parameters, local.parameters):
+        for k in theirs:
+            assert_allclose(ours[k], theirs[k], rtol=1e-6 if rtol < 1e-6 else 1e-4,
+                            atol=1e-9 * np.abs(theirs[k]).max())
+    if loss == "unsupervised":
+        assert net.objective(X) < Lista(D, lmbd, T, parametrization).objective(X)
+
+
+def test_fit_gradient_is_the_single_machine_gradient(client, data):
+    """One evaluation of the distributed objective: the mean loss and gradients."""
+    X, D = data
+    net = Lista(D, 0.3, 4, parametrization="lista")
+    Xp = chunked(X, 170).persist()          # referenced: its chunks stay on the workers
+    blocks = list(zip(Xp.to_delayed().ravel(), [None] * 4))
+    proxy = fd._ChunkedNet(net, fd._ship(net), blocks, "unsupervised", X.shape[0])
+    value, grads = proxy._loss_and_grad(None, None, None, None, 4)
+    value_ref, grads_ref = net.loss_and_grad(X)
+    assert_allclose(value, value_ref, rtol=1e-12)
+    for t, layer in enumerate(grads_ref):
+        for k, g in layer.items():
+            assert_allclose(grads[k][t], g, rtol=1e-9, atol=1e-12 * np.abs(g).max())
+
+
+def test_fit_messages(data):
+    X, D = data
+    net = Lista(D, 0.3, 3)
+    with pytest.raises(fastlista.InvalidParameterError, match="net must be a fastlista Lista"):
+        fd.fit(object(), chunked(X))
+    with pytest.raises(ValueError, match="X has 19 features, but the network's D has 20"):
+        fd.fit(net, chunked(X[:, :19]))
+    with pytest.raises(ValueError, match="Z_target is required for loss='supervised'"):
+        fd.fit(net, chunked(X), loss="supervised")
+    with pytest.raises(ValueError, match=r"Z_target must have shape \(n_samples, n_atoms\)"):
+        fd.fit(net, chunked(X), loss="supervised", Z_target=da.zeros((600, 3)))
+    with pytest.raises(fastlista.InvalidParameterError, match="The 'optimizer' parameter"):
+        fd.fit(net, chunked(X), optimizer="adam")
+    # nothing was trained by the failed calls
+    for layer in net.parameters:
+        assert_allclose(layer["alpha"], 1 / net.lipschitz_, rtol=1e-12)
+
+
+def test_encode_messages(data):
+    X, D = data
+    with pytest.raises(fastlista.InvalidParameterError, match="model must be"):
+        fd.encode(object(), chunked(X))
+    with pytest.raises(fastlista.InvalidParameterError, match="keys 'D' and 'lmbd'"):
+        fd.encode({"D": D}, chunked(X))
+    with pytest.raises(fastlista.InvalidParameterError, match="Unknown solver settings"):
+        fd.encode({"D": D, "lmbd": 0.1, "record_history": True}, chunked(X))
+    with pytest.raises(ValueError, match="X has 19 features"):
+        fd.encode(Lista(D, 0.3, 2), chunked(X[:, :19]))
