@@ -8,6 +8,7 @@ learned coder, a :class:`fastlista.networks.Lista` trained directly.
 """
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,7 +407,7 @@ def test_learned_coder_in_grid_search(digits):
 # examples/denoise_patches.py
 # ---------------------------------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "denoise_patches.py"
 
 
@@ -438,7 +439,6 @@ def test_denoise_example_values(denoise_example):
 
 
 def test_denoise_example_script(tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -446,8 +446,8 @@ def test_denoise_example_script(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "denoised.png"
     proc = subprocess.run([sys.executable, str(EXAMPLE), "--quick", "--plot", str(out)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=_subprocess_env())
     assert proc.returncode == 0, proc.stderr
     # rows "name  fit  encode  PSNR  objective": same PSNR for both exact Lassos
     psnr = {line.rsplit(None, 4)[0].strip(): float(line.split()[-2])
@@ -459,8 +459,17 @@ def test_denoise_example_script(tmp_path):
     assert out.stat().st_size > 1000
 
 
-def test_import_fastlista_does_not_import_optional_dependencies():
+def _subprocess_env():
+    """Subprocesses import the fastlista this test imported (installed, or
+    built in place), never a source tree without compiled kernels."""
     import os
+
+    import fastlista
+    return {**os.environ,
+            "PYTHONPATH": str(Path(fastlista.__file__).resolve().parent.parent)}
+
+
+def test_import_fastlista_does_not_import_optional_dependencies(tmp_path):
     import subprocess
     import sys
 
@@ -468,5 +477,5 @@ def test_import_fastlista_does_not_import_optional_dependencies():
             "bad = [m for m in ('sklearn', 'dask', 'distributed') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=120, cwd=tmp_path, env=_subprocess_env())
     assert proc.returncode == 0, proc.stderr
