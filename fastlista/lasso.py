@@ -16,7 +16,7 @@ which is 0 exactly at the optimum.
 """
 import numpy as np
 
-from ._kernels import _prox
+from ._kernels import _prox, _solvers
 from ._validation import check_array, check_scalar, check_X_D
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
@@ -117,8 +117,11 @@ def lambda_max(X, D):
     array([4.])
     """
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
-    C = X @ D.T
-    out = np.abs(C).max(axis=1) if C.size else np.zeros(X.shape[0], X.dtype)
+    # c = x D^T with the solvers' own arithmetic, so that lmbd = lambda_max
+    # gives exactly zero codes there
+    C = np.zeros((X.shape[0], D.shape[0]), dtype=X.dtype)
+    _solvers.correlations(X, D, C, 1)
+    out = np.abs(C).max(axis=1, initial=0.0)
     return _squeeze(out, is_1d)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.linalg import eigh
 
 from ._kernels import _lipschitz
+from ._threads import blas_thread_limit
 from ._validation import check_array, check_n_jobs, check_scalar
 
 __all__ = ["lipschitz"]
@@ -75,8 +76,21 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
         raise ValueError(
             f"support must have shape (n_atoms,) = ({m},) or (n_samples, {m}) "
             f"to match D {D.shape}; got support.shape={S.shape}.")
-    L = support_lipschitz(D, D @ D.T, np.atleast_2d(S), tol, max_iter, n_threads)
+    L = support_lipschitz(D, gram(D, n_threads), np.atleast_2d(S), tol, max_iter,
+                          n_threads)
     return float(L[0]) if S.ndim == 1 else L
+
+
+#: below this many flops a product runs on one BLAS thread: waking a second
+#: costs more, and on a busy machine a scheduler tick (~4 ms)
+SMALL_PRODUCT = 5e7
+
+
+def gram(D, n_threads):
+    """B = D D^T, on one BLAS thread when it is small."""
+    m, n = D.shape
+    with blas_thread_limit(1 if 2.0 * m * m * n < SMALL_PRODUCT else n_threads):
+        return D @ D.T
 
 
 def global_lipschitz(D):

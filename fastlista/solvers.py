@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import _cd, _solvers
-from ._threads import blas_single_threaded, blas_thread_limit
+from ._threads import blas_single_threaded
 from ._validation import (ConvergenceWarning, InvalidParameterError,
                           check_n_jobs, check_option, check_scalar, check_X_D)
 from .lasso import _check_codes
-from .lipschitz import global_lipschitz
+from .lipschitz import global_lipschitz, gram
 
 __all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
            "backtracking_ista", "coordinate_descent"]
@@ -182,58 +182,16 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
     gap = np.zeros(N, dtype=dtype)
     n_iter = np.zeros(N, dtype=np.intc)
-    # the NumPy products obey n_jobs too (the kernels' BLAS is held to 1)
-    with blas_thread_limit(None if n_jobs is None else n_threads):
-        C = X @ D.T
-        B = D @ D.T
     xx = np.einsum("ij,ij->i", X, X)
-    # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
-    # with the same c = x D^T as the kernels, so the test is consistent).
-    active = np.arange(N, dtype=np.intc)
-    if tol > 0 and N:
-        lmbd_max = np.abs(C).max(axis=1, initial=0.0)
-        zero = lmbd >= lmbd_max
-        Z[zero] = 0
-        active = np.flatnonzero(~zero).astype(np.intc)
-
-    history = step_sizes = None
-    if record_history:
-        shape = (max_iter + 1, N)
-        hist = [np.full(shape, np.nan, dtype) for _ in range(3)]
-    else:
-        hist = [np.empty((1, 1), dtype) for _ in range(3)]
-
-    if len(active) and m:
-        if method == "cd":
-            # level-1 loops only, no BLAS: OpenMP over samples
-            _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,
-                                   X.shape[1], n_threads, n_iter, gap)
-        else:
-            context, n_threads = blas_single_threaded(n_threads)
-            with context:
-                L = global_lipschitz(D)
-                if L == 0:
-                    # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
-                    Z[active] = 0
-                else:
-                    _solvers.prox_grad(method, X, D, B, C, xx, lmbd, L, Z, active,
-                                       max_iter, tol, GAP_FREQ, n_threads,
-                                       BLOCK_SIZE, record_history, *hist, n_iter,
-                                       gap)
-    if record_history:
-        T = int(n_iter.max()) + 1 if N else 1
-        obj_h, gap_h, step_h = (h[:T] for h in hist)
-        # samples screened out, or stopped early, keep their last value
-        if N:
-            zero_obj = 0.5 * xx
-            obj_h[0] = np.where(np.isnan(obj_h[0]), zero_obj, obj_h[0])
-            gap_h[0] = np.where(np.isnan(gap_h[0]), 0.0, gap_h[0])
-            for h in (obj_h, gap_h):
-                for t in range(1, T):
-                    h[t] = np.where(np.isnan(h[t]), h[t - 1], h[t])
-        history = {"objective": obj_h, "gap": gap_h}
-        if method in ("oista", "backtracking"):
-            step_sizes = step_h[:T - 1]
+    # One thread pool at a time: the kernels' OpenMP threads, BLAS held to one
+    # thread inside them (idle BLAS workers would busy-wait on their cores).
+    context, n_threads = blas_single_threaded(n_threads)
+    with context:
+        C = np.empty((N, m), dtype=dtype)
+        _solvers.correlations(X, D, C, n_threads)
+        B = gram(D, 1)
+        history, step_sizes = _solve(X, D, C, B, xx, lmbd, method, tol, max_iter,
+                                     Z, record_history, n_threads, gap, n_iter)
     converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
     # (a * a or b * b alone may overflow; a gap beyond the float range is inf)
     if a != 1 or b != 1:
@@ -262,6 +220,57 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         if step_sizes is not None:
             result.step_sizes = step_sizes[:, 0]
     return result
+
+
+def _solve(X, D, C, B, xx, lmbd, method, tol, max_iter, Z, record_history,
+           n_threads, gap, n_iter):
+    """Unvalidated solve in place in Z, gap, n_iter; returns the records.
+
+    C = X D^T, B = D D^T, xx = ||x||^2 per sample. Returns (history,
+    step_sizes), None when not recorded.
+    """
+    N, m = Z.shape
+    dtype = Z.dtype
+    # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
+    # with the same c = x D^T as the kernels, so the test is consistent).
+    active = np.arange(N, dtype=np.intc)
+    if tol > 0 and N:
+        lmbd_max = np.abs(C).max(axis=1, initial=0.0)
+        zero = lmbd >= lmbd_max
+        Z[zero] = 0
+        active = np.flatnonzero(~zero).astype(np.intc)
+
+    if record_history:
+        hist = [np.full((max_iter + 1, N), np.nan, dtype) for _ in range(3)]
+    else:
+        hist = [np.empty((1, 1), dtype) for _ in range(3)]
+
+    if len(active) and m:
+        if method == "cd":
+            _cd.coordinate_descent(C, B, xx, lmbd, Z, active, max_iter, tol,
+                                   X.shape[1], n_threads, n_iter, gap)
+        else:
+            L = global_lipschitz(D)
+            if L == 0:
+                # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
+                Z[active] = 0
+            else:
+                _solvers.prox_grad(method, X, D, B, C, xx, lmbd, L, Z, active,
+                                   max_iter, tol, GAP_FREQ, n_threads, BLOCK_SIZE,
+                                   record_history, *hist, n_iter, gap)
+    if not record_history:
+        return None, None
+    T = int(n_iter.max()) + 1 if N else 1
+    obj_h, gap_h, step_h = (h[:T] for h in hist)
+    # samples screened out, or stopped early, keep their last value
+    if N:
+        obj_h[0] = np.where(np.isnan(obj_h[0]), 0.5 * xx, obj_h[0])
+        gap_h[0] = np.where(np.isnan(gap_h[0]), 0.0, gap_h[0])
+        for h in (obj_h, gap_h):
+            for t in range(1, T):
+                h[t] = np.where(np.isnan(h[t]), h[t - 1], h[t])
+    step_sizes = step_h[:T - 1] if method in ("oista", "backtracking") else None
+    return {"objective": obj_h, "gap": gap_h}, step_sizes
 
 
 def _power_of_two_scale(A):

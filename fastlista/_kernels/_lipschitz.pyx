@@ -29,6 +29,9 @@ cdef inline int gather_support(const unsigned char *mask, int m,
     return k
 
 
+cdef int MIN_PER_THREAD = 2048
+
+
 def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
                        const unsigned char[:, ::1] support, floating tol,
                        int max_iter, int n_threads):
@@ -43,7 +46,9 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     dtype = np.float32 if floating is float else np.float64
     out_arr = np.zeros(N, dtype=dtype)
     cdef floating[::1] out = out_arr
-    n_threads = max(1, min(n_threads, N))
+    # a thread per MIN_PER_THREAD supports at least: a region woken for less
+    # costs more than it saves
+    n_threads = max(1, min(n_threads, N // MIN_PER_THREAD))
     cdef int[:, ::1] idx = np.empty((n_threads, m), dtype=np.intc)
     cdef floating[:, ::1] v = np.empty((n_threads, m), dtype=dtype)
     cdef floating[:, ::1] w = np.empty((n_threads, m), dtype=dtype)

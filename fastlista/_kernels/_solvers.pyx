@@ -353,3 +353,24 @@ def prox_grad(str method_name, const floating[:, ::1] X,
                         &orig[t, 0], &fresh[t, 0], &row[t, 0], &dD[t, 0],
                         &idx[t, 0], &v[t, 0], &w[t, 0], &work[t, 0],
                         ls_tol, 1000)
+
+
+def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
+                 floating[:, ::1] C, int n_threads, int block_size=256):
+    """C = X D^T by blocks of rows, OpenMP over blocks (BLAS single-threaded).
+
+    The products run on the same threads as the solver kernels that follow,
+    rather than on BLAS's own pool, whose idle workers would busy-wait on the
+    cores the kernels need.
+    """
+    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0]
+    cdef int n_blocks = (N + block_size - 1) // block_size, blk, nb
+    if N == 0 or m == 0:
+        return
+    n_threads = max(1, min(n_threads, n_blocks))
+    with nogil:
+        for blk in prange(n_blocks, num_threads=n_threads, schedule="static"):
+            nb = min(block_size, N - blk * block_size)
+            # C_blk = X_blk D^T
+            gemm(False, True, nb, m, n, 1, &X[blk * block_size, 0], n,
+                 &D[0, 0], n, 0, &C[blk * block_size, 0], m)
