@@ -29,7 +29,6 @@ Forward and backward passes run in Cython (``_kernels/_unrolled.pyx``):
 analytic gradients, sample-blocked and layer-fused, with support-aware
 sparse products and OpenMP threads over blocks of samples.
 """
-import contextlib
 import os
 
 import numpy as np
@@ -147,11 +146,11 @@ def _plan(n_rows, n_atoms, n_features, n_layers):
 
 
 def _threads(n_threads):
-    """(context, n_threads): BLAS on one thread inside ``context`` while
-    several OpenMP threads run (one OpenMP thread without threadpoolctl)."""
-    if n_threads > 1:
-        return blas_single_threaded(n_threads)
-    return contextlib.nullcontext(), 1
+    """(context, n_threads): BLAS on one thread inside ``context`` (one
+    OpenMP thread without threadpoolctl). Also with one OpenMP thread: the
+    planner picks one for small jobs, whose small GEMMs a multithreaded BLAS
+    only slows down."""
+    return blas_single_threaded(n_threads)
 
 
 # ---------------------------------------------------------------------------

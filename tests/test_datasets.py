@@ -262,3 +262,89 @@ def test_make_sparse_coding_bad_arguments(kwargs, name):
 def test_make_sparse_coding_min_gt_max_message_names_both():
     with pytest.raises(ValueError, match=r"min_nnz=3 > max_nnz=2"):
         make_sparse_coding(n_samples=10, min_nnz=3, max_nnz=2, **SMALL)
+
+
+# ---------------------------------------------------------- make_digits_coding
+def _sklearn_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    return datasets.load_digits().data
+
+
+def test_make_digits_coding_shapes_and_scaling():
+    from fastlista.datasets import make_digits_coding
+    X, D = make_digits_coding(n_samples=300, n_atoms=256, random_state=0)
+    assert X.shape == (300, 64) and D.shape == (256, 64)
+    for a in (X, D):
+        assert a.dtype == np.float64 and a.flags.c_contiguous and np.isfinite(a).all()
+    np.testing.assert_allclose(np.linalg.norm(D, axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(X @ D.T).max(axis=1), 1.0, rtol=1e-12)
+
+
+def test_make_digits_coding_rows_are_standardised_sklearn_digits():
+    from fastlista.datasets import make_digits_coding
+    images = _sklearn_digits()
+    # independent standardisation of every image
+    std = (images - images.mean(axis=1, keepdims=True)) / images.std(axis=1, keepdims=True)
+    unit = std / np.linalg.norm(std, axis=1, keepdims=True)
+    X, D = make_digits_coding(n_samples=100, n_atoms=50, random_state=3)
+    # every atom and every signal is (up to scale) one distinct digit image
+    def match(rows):
+        r = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        cos = r @ unit.T
+        idx = np.argmax(cos, axis=1)
+        np.testing.assert_allclose(cos[np.arange(len(r)), idx], 1.0, rtol=1e-12)
+        return idx
+    ia, ix = match(D), match(X)
+    # rows are zero-mean like the standardised images, and signals are
+    # positive multiples of them (no sign flip)
+    np.testing.assert_allclose(X.mean(axis=1), 0, atol=1e-12)
+    assert np.all(np.einsum("ij,ij->i", X, std[ix]) > 0)
+    assert len(set(ia)) == 50 and len(set(ix)) == 100
+    assert not set(ia) & set(ix)
+
+
+def test_make_digits_coding_reproducible_and_seeded():
+    from fastlista.datasets import make_digits_coding
+    X1, D1 = make_digits_coding(n_samples=20, n_atoms=30, random_state=1)
+    X2, D2 = make_digits_coding(n_samples=20, n_atoms=30, random_state=1)
+    np.testing.assert_array_equal(X1, X2)
+    np.testing.assert_array_equal(D1, D2)
+    X3, D3 = make_digits_coding(n_samples=20, n_atoms=30, random_state=2)
+    assert not np.allclose(D1, D3)
+
+
+def test_make_digits_coding_uses_every_image_at_most_once():
+    from fastlista.datasets import N_DIGITS, make_digits_coding
+    assert N_DIGITS == _sklearn_digits().shape[0]
+    X, D = make_digits_coding(n_samples=N_DIGITS - 256, n_atoms=256, random_state=0)
+    both = np.vstack([X / np.linalg.norm(X, axis=1, keepdims=True), D])
+    # all 1797 images, none twice (a few digits may coincide exactly in the
+    # data set itself: compare with the data set's own duplicates)
+    n_unique_data = np.unique(np.round(_sklearn_digits(), 6), axis=0).shape[0]
+    assert np.unique(np.round(both, 9), axis=0).shape[0] == n_unique_data
+
+
+def test_make_digits_coding_lasso_is_sparse_at_08():
+    import fastlista
+    from fastlista.datasets import make_digits_coding
+    X, D = make_digits_coding(n_samples=100, n_atoms=256, random_state=0)
+    Z = fastlista.solve_lasso(X, D, 0.8).codes
+    nnz = np.count_nonzero(Z, axis=1)
+    assert nnz.min() >= 1 and np.median(nnz) <= 5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_samples=0), "'n_samples' parameter of make_digits_coding"),
+    (dict(n_samples=2.5), "'n_samples' parameter of make_digits_coding"),
+    (dict(n_atoms=0), "'n_atoms' parameter of make_digits_coding"),
+    (dict(n_atoms=1797), "'n_atoms' parameter of make_digits_coding"),
+    (dict(n_samples=1600, n_atoms=256), r"1856 exceeds the 1797 images"),
+])
+def test_make_digits_coding_bad_arguments(kwargs, match):
+    from fastlista.datasets import make_digits_coding
+    args = dict(n_samples=10, n_atoms=20)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        make_digits_coding(**args)
+    with pytest.raises(InvalidParameterError):
+        make_digits_coding(**args)

@@ -1,0 +1,7 @@
+"""``python -m fastlista``: the command line of :mod:`fastlista.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The ``fastlista`` command line (also ``python -m fastlista``).
+
+::
+
+    fastlista demo [--lmbd 0.8] [--dataset simulated|digits] [--out DIR] ...
+    fastlista reproduce FIGURE [--quick] [--out DIR] [--seed N]
+    fastlista bench [--small] [--json FILE] [--report-only]
+
+Every command takes ``--help``. Bad arguments exit with status 2 and a
+message that names the argument (argparse's convention).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+FIGURE_NAMES = ("oista", "steps", "dictionary-distance", "networks", "lipschitz-law",
+                "iterative", "learning-curves", "lambda-transfer")
+DEFAULT_OUT = "fastlista_results"
+SEED_MAX = 2**32 - 1
+
+
+# ---------------------------------------------------------------------------
+# argument types: ranges checked at parse time (status 2 on error)
+# ---------------------------------------------------------------------------
+
+def _int_in(low, high=None):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _lmbd(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < 1):
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, 1), got {text}: signals are scaled so that "
+            "lambda_max = 1, and lmbd >= 1 gives all-zero codes")
+    return value
+
+
+_lmbd.__name__ = "lmbd"
+
+
+# ---------------------------------------------------------------------------
+# the parser
+# ---------------------------------------------------------------------------
+
+def _desc(*paragraphs):
+    """Paragraphs filled to 79 columns (RawDescriptionHelpFormatter keeps them)."""
+    import textwrap
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Raw descriptions; "(default: X)" after options whose default means something."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings and "%(default)" not in help):
+            help += " (default: %(default)s)"
+        return help
+
+
+def _common(p, default_seed_help):
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help="directory for the CSV and PNG files (created if needed)")
+    p.add_argument("--seed", type=_int_in(0, SEED_MAX), default=None,
+                   help=f"random seed ({default_seed_help})")
+    p.add_argument("--no-plot", action="store_true",
+                   help="write the CSV only (no matplotlib needed)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def build_parser():
+    """The argparse parser of the ``fastlista`` command."""
+    from .experiments import FIGURE_TITLES
+
+    parser = argparse.ArgumentParser(
+        prog="fastlista",
+        description=_desc("Fast CPU sparse coding with learned step sizes: run the "
+                          "demo, reproduce the figures of Ablin et al. (NeurIPS 2019), "
+                          "run the benchmarks. `fastlista COMMAND --help` describes "
+                          "each command."),
+        formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"fastlista {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="train SLISTA, LISTA-CP and ALISTA and compare them with ISTA and FISTA",
+        description=_desc(
+            "Build a paper-like Lasso problem, train SLISTA (learned step sizes), "
+            "LISTA-CP and ALISTA networks, and print the held-out F - F* after each "
+            "layer against ISTA and FISTA, with the learned SLISTA steps against 1/L "
+            "and the median 1/L_S of the codes' supports. Writes demo.csv, demo.json "
+            "and demo.png into --out. About a minute on 2 cores with the defaults."))
+    demo.add_argument("--dataset", choices=("simulated", "digits"), default="simulated",
+                      help="simulated: Gaussian dictionary and dense Gaussian codes "
+                           "(the paper's); digits: 8x8 digit images of scikit-learn")
+    demo.add_argument("--lmbd", type=_lmbd, default=0.8,
+                      help="regularisation, relative to lambda_max = 1")
+    demo.add_argument("--n-atoms", type=_int_in(1), default=256, help="atoms m")
+    demo.add_argument("--n-features", type=_int_in(1), default=64,
+                      help="features n (simulated only; digits have 64)")
+    demo.add_argument("--n-train", type=_int_in(1), default=None,
+                      help="training signals (default: 1000)")
+    demo.add_argument("--n-test", type=_int_in(1), default=None,
+                      help="held-out signals (default: 1000; digits: the images left, "
+                           "541 with 256 atoms and 1000 training signals)")
+    demo.add_argument("--n-layers", type=_int_in(1, 1000), default=20, help="layers T")
+    demo.add_argument("--max-iter", type=_int_in(1), default=100,
+                      help="training iterations of each network")
+    _common(demo, "default 0")
+
+    rep = sub.add_parser(
+        "reproduce", formatter_class=_Formatter,
+        help="reproduce one figure of the paper (CSV + PNG)",
+        description=_desc(
+            "Reproduce a figure of Ablin et al. (NeurIPS 2019). Writes FIGURE.csv "
+            "(the data), FIGURE.json (key numbers and settings) and FIGURE.png into "
+            "--out and prints the key numbers. Without --quick the paper's settings "
+            "are used (some take hours); --quick ends in under 2 minutes on 2 "
+            "cores.") + "\n\nfigures:\n"
+                    + "\n".join(f"  {k:<21}{v}" for k, v in FIGURE_TITLES.items())
+                    + "\n  all                  every figure in turn")
+    rep.add_argument("figure", choices=FIGURE_NAMES + ("all",), metavar="FIGURE",
+                     help="one of: " + ", ".join(FIGURE_NAMES + ("all",)))
+    rep.add_argument("--quick", action="store_true",
+                     help="reduced sizes: under 2 minutes on 2 cores")
+    _common(rep, "default: the paper's seed of each figure")
+
+    bench = sub.add_parser(
+        "bench", formatter_class=_Formatter,
+        help="run the benchmark suite and print the ratio table",
+        description=_desc(
+            "Run `pytest benchmarks --benchmark-only --benchmark-json=FILE` from a "
+            "source checkout (benchmarks/ is not installed with the package) and "
+            "print the ratio table of benchmarks/report.py. Needs the test extra "
+            "(pytest-benchmark). The full suite takes several minutes."))
+    bench.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                       help="directory of the JSON file")
+    bench.add_argument("--json", metavar="FILE", default=None,
+                       help="benchmark JSON to write (default DIR/benchmarks.json)")
+    bench.add_argument("--report-only", action="store_true",
+                       help="do not run the suite: print the table of an existing --json")
+    bench.add_argument("--small", action="store_true",
+                       help="1000 samples instead of 10000 (FASTLISTA_BENCH_SMALL=1)")
+    bench.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    bench.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
+                       help="only the benchmarks matching EXPR (pytest -k)")
+    bench.add_argument("--checkout", metavar="DIR", default=None,
+                       help="repository root holding benchmarks/ (default: found from "
+                            "the current directory or the package location)")
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def _progress_bar():
+    """A tqdm wrapper for the experiments' long loops (None without tqdm)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+
+    def progress(iterable, desc=None, total=None):
+        # disable=None: a bar on a terminal, nothing in logs and pipes
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, disable=None)
+    return progress
+
+
+def _outdir(path, parser):
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument --out: cannot create directory {str(out)!r}: {exc}")
+    if not os.access(out, os.W_OK):
+        parser.error(f"argument --out: directory {str(out)!r} is not writable")
+    return out
+
+
+def _write(result, out, name, no_plot):
+    csv_path = out / f"{name}.csv"
+    result.to_csv(csv_path)
+    with open(out / f"{name}.json", "w") as f:
+        json.dump({"summary": result.summary, "settings": result.settings,
+                   "elapsed_seconds": result.elapsed}, f, indent=1, default=_json_default)
+    written = [csv_path]
+    if not no_plot:
+        from .plots import plot
+        try:
+            written.append(plot(result, out / f"{name}.png"))
+        except ImportError as exc:
+            print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
+    return written
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _fmt(v):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.3f}"
+
+
+def format_demo_table(result):
+    """The demo's per-layer table as aligned text."""
+    t = result.table
+    cols = [c for c in ("ISTA", "FISTA", "SLISTA", "LISTA-CP", "ALISTA") if c in t]
+    steps = [c for c in ("SLISTA step x L", "median 1/L_S x L") if c in t]
+    head = ["layer"] + cols + steps
+    rows = [[str(int(t["layer"][i]))] + [_fmt(float(t[c][i])) for c in cols + steps]
+            for i in range(len(t["layer"]))]
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+
+def _cmd_demo(args, parser):
+    from . import experiments as E
+    from .datasets import N_DIGITS
+
+    n_train = 1000 if args.n_train is None else args.n_train
+    n_test = args.n_test
+    if n_test is None:
+        n_test = 1000
+        if args.dataset == "digits":
+            n_test = min(1000, N_DIGITS - n_train - args.n_atoms)
+            if n_test < 1:
+                parser.error(
+                    f"--dataset digits has {N_DIGITS} images: --n-train {n_train} and "
+                    f"--n-atoms {args.n_atoms} leave none for testing")
+    args.n_train, args.n_test = n_train, n_test
+    if args.dataset == "digits":
+        if args.n_features != 64:
+            parser.error("argument --n-features: digits images have 64 pixels; "
+                         f"got --n-features {args.n_features}")
+        total = args.n_train + args.n_test + args.n_atoms
+        if total > N_DIGITS:
+            parser.error(
+                f"--dataset digits has {N_DIGITS} images: --n-train + --n-test + "
+                f"--n-atoms = {total} is too many (e.g. --n-train 1000 --n-test 500 "
+                "--n-atoms 256)")
+    kwargs = dict(dataset=args.dataset, lmbd=args.lmbd, n_atoms=args.n_atoms,
+                  n_features=args.n_features, n_train=args.n_train, n_test=args.n_test,
+                  n_layers=args.n_layers, max_iter=args.max_iter,
+                  random_state=0 if args.seed is None else args.seed)
+    if args.tiny:
+        kwargs.update(n_atoms=min(args.n_atoms, 32), n_train=min(args.n_train, 100),
+                      n_test=min(args.n_test, 100), n_layers=min(args.n_layers, 4),
+                      max_iter=min(args.max_iter, 10))
+        if args.dataset == "simulated":
+            kwargs["n_features"] = min(args.n_features, 16)
+    out = _outdir(args.out, parser)
+    print(f"fastlista demo: {kwargs['dataset']} problem, {kwargs['n_atoms']} atoms x "
+          f"{kwargs['n_features'] if args.dataset == 'simulated' else 64} features, "
+          f"lmbd = {kwargs['lmbd']}, {kwargs['n_train']} training and "
+          f"{kwargs['n_test']} held-out signals, {kwargs['n_layers']} layers",
+          flush=True)
+    result = E.demo(progress=_progress_bar(), **kwargs)
+    print()
+    print("Held-out F - F* (mean over signals) after each layer / iteration; "
+          "steps in units of 1/L:")
+    print(format_demo_table(result))
+    print()
+    print(E.format_summary(result.summary))
+    files = _write(result, out, "demo", args.no_plot)
+    print(f"\nwrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)")
+    return 0
+
+
+def _cmd_reproduce(args, parser):
+    from . import experiments as E
+
+    mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
+    out = _outdir(args.out, parser)
+    figures = FIGURE_NAMES if args.figure == "all" else (args.figure,)
+    progress = _progress_bar()
+    for fig in figures:
+        print(f"fastlista reproduce {fig} ({mode} settings): {E.FIGURE_TITLES[fig]}",
+              flush=True)
+        if mode == "paper" and fig in E.SLOW_IN_PAPER_MODE:
+            print("note: the paper's settings of this figure take long (hours for "
+                  "'networks'); --quick runs a reduced version in under 2 minutes.",
+                  flush=True)
+        result = E.run(fig, mode, random_state=args.seed, progress=progress)
+        print(E.format_summary(result.summary))
+        files = _write(result, out, fig, args.no_plot)
+        print(f"wrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)\n", flush=True)
+    return 0
+
+
+def _find_checkout(explicit=None):
+    """The repository root holding benchmarks/ (None outside a checkout)."""
+    candidates = [Path(explicit)] if explicit else [
+        Path.cwd(), Path(__file__).resolve().parent.parent]
+    for root in candidates:
+        if (root / "benchmarks" / "conftest.py").is_file():
+            return root
+    return None
+
+
+def _cmd_bench(args, parser):
+    out = _outdir(args.out, parser)
+    json_path = Path(args.json) if args.json else out / "benchmarks.json"
+    root = _find_checkout(args.checkout)
+    if root is None:
+        where = args.checkout or f"{Path.cwd()} or {Path(__file__).resolve().parent.parent}"
+        print("fastlista bench: no benchmarks/ directory found in " + where + ".\n"
+              "The benchmark suite is not installed with the package: run this "
+              "command from the root of a fastlista source checkout (git clone the "
+              "repository, `pip install -e '.[test]'`), or pass --checkout DIR.",
+              file=sys.stderr)
+        return 1
+    report = root / "benchmarks" / "report.py"
+    if not args.report_only:
+        cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only",
+               f"--benchmark-json={json_path.resolve()}", "-p", "no:cacheprovider"]
+        env = dict(os.environ)
+        # benchmark the fastlista this command runs, not the source tree of the
+        # checkout (`python -m pytest` puts the current directory first on
+        # sys.path, where the kernels may not be built): no cwd on sys.path
+        # (Python >= 3.11), and this package's parent first on PYTHONPATH
+        env["PYTHONSAFEPATH"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent)]
+            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        if args.small or args.tiny:
+            env["FASTLISTA_BENCH_SMALL"] = "1"
+        keyword = args.keyword
+        if args.tiny:
+            keyword = keyword or "lipschitz_full"
+            cmd += ["--benchmark-min-rounds=1", "--benchmark-max-time=0.01",
+                    "--benchmark-warmup=off", "-q"]
+        if keyword:
+            cmd += ["-k", keyword]
+        print("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
+        t0 = time.perf_counter()
+        status = subprocess.call(cmd, cwd=root, env=env)
+        print(f"benchmarks ran in {time.perf_counter() - t0:.0f} s (pytest exit status "
+              f"{status})", flush=True)
+        if status not in (0, 1) or not json_path.is_file():
+            print("fastlista bench: the benchmark run failed (is pytest-benchmark "
+                  "installed? pip install '.[test]')", file=sys.stderr)
+            return status or 1
+    elif not json_path.is_file():
+        parser.error(f"argument --report-only: {str(json_path)!r} does not exist "
+                     "(give the JSON of a previous run with --json FILE)")
+    if report.is_file():
+        cmd = [sys.executable, str(report), str(json_path)]
+        if args.markdown:
+            cmd.append("--markdown")
+        print(f"\nratio table (median of ours / median of reference) from {json_path}:",
+              flush=True)
+        rc = subprocess.call(cmd, cwd=root)
+        if rc:
+            return rc
+    else:
+        print(f"no {report} found: the timings are in {json_path}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "reproduce": _cmd_reproduce, "bench": _cmd_bench}
+
+
+def main(argv=None):
+    """Entry point of the ``fastlista`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    return COMMANDS[args.command](args, sub)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

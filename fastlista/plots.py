@@ -1,0 +1,334 @@
+"""Figures of the experiments (matplotlib, the ``plot`` extra).
+
+Each ``plot_<figure>(result, path)`` draws an
+:class:`fastlista.experiments.ExperimentResult` and writes a PNG. Matplotlib
+is imported only when a plot is drawn, through its object-oriented API with
+the Agg canvas: no pyplot state, no GUI backend, nothing changed for a user
+who has pyplot open.
+"""
+import numpy as np
+
+__all__ = ["plot", "PLOTTERS"]
+
+#: One colour per method, shared by every figure.
+COLORS = {
+    "ISTA": "indigo", "FISTA": "darkorange", "Backtracking ISTA": "seagreen",
+    "OISTA": "indianred", "SLISTA": "indianred", "LISTA-CP": "mediumseagreen",
+    "ALISTA": "cornflowerblue", "LISTA": "goldenrod",
+}
+STYLES = {"ISTA": "-", "FISTA": "--", "Backtracking ISTA": ":", "OISTA": "-",
+          "SLISTA": "-", "LISTA-CP": "-", "ALISTA": "-", "LISTA": "-"}
+FLOOR = 1e-12     # F - F* below this is drawn at the floor (log axes)
+DPI = 100
+
+
+def _figure(nrows=1, ncols=1, figsize=(6.0, 4.0), **kw):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - matplotlib is the plot extra
+        raise ImportError(
+            "Plots need matplotlib: pip install 'fastlista[plot]' "
+            "(or run with --no-plot).") from exc
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _floor(v):
+    v = np.asarray(v, dtype=float)
+    return np.where(np.isnan(v), np.nan, np.maximum(v, FLOOR))
+
+
+def _integer_x(ax):
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _line(ax, x, y, label, **kw):
+    style = dict(color=COLORS.get(label), linestyle=STYLES.get(label, "-"), lw=2)
+    style.update(kw)
+    ax.plot(x, y, label=label, **style)
+
+
+# ---------------------------------------------------------------------------
+
+def plot_oista(result, path):
+    t = result.table
+    fig, axes = _figure(2, 1, figsize=(6, 4.5), sharex=True,
+                        gridspec_kw={"height_ratios": [3, 1]})
+    ax, ax2 = axes[:, 0]
+    for key, lab in (("ista", "ISTA"), ("fista", "FISTA"),
+                     ("backtracking", "Backtracking ISTA"), ("oista", "OISTA")):
+        _line(ax, t["iteration"], _floor(t[key]), lab)
+    ax.set_yscale("log")
+    ax.set_ylabel(r"$F_x - F_x^*$")
+    ax.grid(alpha=0.4)
+    s = result.settings
+    ax.set_title(f"Fig 2: {s['n_atoms']} atoms x {s['n_features']} features, "
+                 f"$\\lambda$={s['lmbd']}, one signal", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    ax2.plot(t["iteration"], t["oista_step_x_L"], color=COLORS["OISTA"], lw=2)
+    ax2.axhline(1.0, color="k", ls="--", lw=1)
+    ax2.text(1, 1.05, "1/L", fontsize=8, va="bottom")
+    ax2.set_ylabel("OISTA step\n(units of 1/L)", fontsize=8)
+    ax2.set_xlabel("iterations")
+    ax2.set_ylim(0, np.nanmax(t["oista_step_x_L"]) * 1.15)
+    ax2.grid(alpha=0.4)
+    return _save(fig, path)
+
+
+def plot_steps(result, path):
+    t = result.table
+    layers = t["layer"]
+    q = result.curves["quantiles"]
+    cols = [c for c in t if c.startswith("inv_LS_q")]
+    band = np.array([t[c] for c in cols])
+    fig, axes = _figure(figsize=(6, 4))
+    ax = axes[0, 0]
+    n = len(cols)
+    for i in range(n // 2):
+        alpha = 0.15 + 0.5 * (i + 1) / n
+        ax.fill_between(layers, band[i], band[n - 1 - i], color="sandybrown",
+                        alpha=alpha, lw=0)
+        ax.fill_between(layers, 2 * band[i], 2 * band[n - 1 - i], color="lightsteelblue",
+                        alpha=alpha * 0.6, lw=0)
+    ax.plot(layers, t["inv_LS_median_x_L"], color="darkgoldenrod", lw=2,
+            label=r"median $1/L_S$ (training supports)")
+    ax.plot(layers, 2 * t["inv_LS_median_x_L"], color="steelblue", lw=1.5, ls="--",
+            label=r"median $2/L_S$")
+    s = result.settings
+    ax.plot(layers, t["step_x_L"], color=COLORS["SLISTA"], lw=3, marker="o", ms=3,
+            label=f"learned SLISTA step ({s.get('optimizer', 'gd')})")
+    other = s.get("compare_optimizer")
+    if other and f"step_x_L_{other}" in t:
+        ax.plot(layers, t[f"step_x_L_{other}"], color="gray", lw=1.2, marker=".", ms=3,
+                alpha=0.8, label=f"learned SLISTA step ({other}, max "
+                f"{np.nanmax(t[f'step_x_L_{other}']):.3g})")
+        top = 2.2 * float(np.nanmax(band[-1]))
+        ax.set_ylim(0, max(top, 1.2 * float(np.nanmax(t["step_x_L"]))))
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="1/L")
+    ax.set_xlabel("layer")
+    _integer_x(ax)
+    ax.set_ylabel("step (units of 1/L)")
+    ax.set_title(f"Fig 4: SLISTA, {s['n_atoms']} x {s['n_features']}, "
+                 f"$\\lambda$={s['lmbd']}, {s['n_layers']} layers "
+                 f"(bands: {int(q[0]*100)}-{int(q[-1]*100)}% quantiles)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.4)
+    return _save(fig, path)
+
+
+def plot_dictionary_distance(result, path):
+    t = result.table
+    fig, axes = _figure(1, 2, figsize=(8, 3.5))
+    ax, ax2 = axes[0]
+    ax.plot(t["layer"], t["alphaW_minus_betaD_fro"], color=COLORS["LISTA-CP"], lw=2.5,
+            label="LISTA-CP")
+    ax.axhline(0, color="k", ls="--", lw=1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(r"$\|\alpha^{(t)}W^{(t)} - \beta^{(t)}D\|_F$")
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=8)
+    ax2.plot(t["layer"], t["relative_distance"], color=COLORS["LISTA-CP"], lw=2.5)
+    ax2.axhline(0, color="k", ls="--", lw=1)
+    ax2.set_xlabel("layer")
+    ax2.set_ylabel(r"$\|(\alpha^{(t)}/\beta^{(t)})W^{(t)} - D\|_F / \|D\|_F$")
+    ax2.grid(alpha=0.4)
+    s = result.settings
+    fig.suptitle(f"Fig 5: LISTA-CP, {s['n_atoms']} x {s['n_features']}, "
+                 f"$\\lambda$={s['lmbd']}, {s['n_layers']} layers, {s['per_layer']} "
+                 f"training", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_networks(result, path):
+    t = result.table
+    datasets = list(dict.fromkeys(t["dataset"]))
+    lmbds = list(dict.fromkeys(t["lmbd"]))
+    fig, axes = _figure(len(datasets), len(lmbds),
+                        figsize=(4 * len(lmbds), 3.2 * len(datasets)))
+    methods = [m for m in ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA")
+               if m in set(t["method"])]
+    for i, ds in enumerate(datasets):
+        for j, lm in enumerate(lmbds):
+            ax = axes[i, j]
+            for m in methods:
+                sel = (t["dataset"] == ds) & (t["lmbd"] == lm) & (t["method"] == m)
+                order = np.argsort(t["depth"][sel])
+                _line(ax, t["depth"][sel][order], _floor(t["gap"][sel][order]), m,
+                      marker="o", ms=3)
+            ax.set_yscale("log")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, min(hi, 1.0))      # the paper's axis stops at 1
+            ax.set_title(f"{ds}, $\\lambda$={lm}", fontsize=10)
+            ax.set_xlabel("layers / iterations")
+            _integer_x(ax)
+            ax.set_ylabel(r"test $F_x - F_x^*$")
+            ax.grid(alpha=0.4)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Fig 6: held-out mean F - F* against depth (one network per depth; "
+                 "above 1: off the chart)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_lipschitz_law(result, path):
+    t = result.table
+    fig, axes = _figure(figsize=(5.5, 4))
+    ax = axes[0, 0]
+    z = t["zeta"]
+    zz = np.linspace(0, 1, 200)
+    gamma = result.settings["gamma"]
+    from .experiments import theoretical_lipschitz_ratio
+    ax.plot(zz, theoretical_lipschitz_ratio(zz, gamma), color="k", lw=2,
+            label=r"law $((1+\sqrt{\zeta\gamma})/(1+\sqrt{\gamma}))^2$")
+    ax.plot(zz, zz, color="gray", ls=":", lw=1.5, label=r"$\zeta$")
+    ax.fill_between(z, t["q05"], t["q95"], color="indianred", alpha=0.3, lw=0,
+                    label="5-95% of random supports")
+    ax.plot(z, t["median"], "o", color="indianred", label=r"measured $L_S/L$ (median)")
+    ax.set_xlabel(r"$\zeta = |S| / m$")
+    ax.set_ylabel(r"$L_S / L$")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=8, loc="lower right")
+    s = result.settings
+    ax.set_title(f"Fig E.1: Gaussian D, n={s['n_features']}, $\\gamma$={gamma}",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+def plot_iterative(result, path):
+    t = result.table
+    lmbds = list(dict.fromkeys(t["lmbd"]))
+    methods = list(dict.fromkeys(t["method"]))
+    fig, axes = _figure(1, 2, figsize=(8, 3.5))
+    width = 0.8 / len(methods)
+    for ax, col, lab in ((axes[0, 0], "n_iter", "iterations to F* + eps"),
+                         (axes[0, 1], "time", "time to F* + eps (s)")):
+        for k, m in enumerate(methods):
+            med, lo, hi = [], [], []
+            for lm in lmbds:
+                v = t[col][(t["lmbd"] == lm) & (t["method"] == m)].astype(float)
+                med.append(np.nanmedian(v))
+                lo.append(np.nanmin(v))
+                hi.append(np.nanmax(v))
+            x = np.arange(len(lmbds)) + (k - (len(methods) - 1) / 2) * width
+            med, lo, hi = map(np.array, (med, lo, hi))
+            ax.bar(x, med, width, color=COLORS.get(m), label=m,
+                   yerr=[med - lo, hi - med], capsize=2)
+        ax.set_xticks(np.arange(len(lmbds)), [f"$\\lambda$={lm}" for lm in lmbds])
+        ax.set_yscale("log")
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.4, axis="y")
+    axes[0, 0].legend(fontsize=8)
+    s = result.settings
+    fig.suptitle(f"Fig E.2: {s['n_atoms']} x {s['n_features']}, {s['n_seeds']} signals "
+                 f"(median, min-max), eps={s['eps']}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_learning_curves(result, path):
+    t = result.table
+    fig, axes = _figure(figsize=(5.5, 4))
+    ax = axes[0, 0]
+    for m in dict.fromkeys(t["method"]):
+        sizes = np.array(sorted(set(t["n_train"][t["method"] == m])))
+        med = [np.median(t["test_gap"][(t["method"] == m) & (t["n_train"] == n)])
+               for n in sizes]
+        _line(ax, sizes, _floor(med), m, marker="o", ms=4)
+    ax.axhline(max(result.curves["ista_gap"], FLOOR), color=COLORS["ISTA"], ls="--",
+               lw=1.5, label=f"ISTA ({result.settings['n_layers']} iterations)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training samples")
+    ax.set_ylabel(r"median test $F_x - F_x^*$")
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=8)
+    s = result.settings
+    ax.set_title(f"Fig E.3: {s['n_atoms']} x {s['n_features']}, {s['n_layers']} layers, "
+                 f"$\\lambda$={s['lmbd']}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_lambda_transfer(result, path):
+    t = result.table
+    s = result.settings
+    fig, axes = _figure(figsize=(6, 4))
+    ax = axes[0, 0]
+    ax.axhline(1.0, color=COLORS["ISTA"], lw=2, label="ISTA")
+    for c in t:
+        if c.endswith("_relative_gain"):
+            lab = c[: -len("_relative_gain")]
+            _line(ax, t["lmbd_test"], t[c], lab)
+    ax.axvline(s["lmbd_train"], color="k", ls="--", lw=1)
+    ax.text(s["lmbd_train"], 0.95, r" $\lambda_{train}$", transform=ax.get_xaxis_transform(),
+            fontsize=9, va="top")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\lambda_{test}$")
+    ax.set_ylabel(r"relative gain $(F_{net} - F^*) / (F_{ISTA} - F^*)$")
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{s['n_layers']} layers trained at $\\lambda$={s['lmbd_train']} "
+                 f"({s['n_atoms']} x {s['n_features']})", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_demo(result, path):
+    t = result.table
+    s = result.settings
+    has_steps = "SLISTA step x L" in t
+    fig, axes = _figure(1, 2 if has_steps else 1, figsize=(9 if has_steps else 5.5, 3.8))
+    ax = axes[0, 0]
+    for m in ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA"):
+        if m in t:
+            _line(ax, t["layer"], _floor(t[m]), m, marker="o", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("layers / iterations")
+    _integer_x(ax)
+    ax.set_ylabel(r"held-out $F_x - F_x^*$")
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{s['dataset']}, {s['n_atoms']} x {s['n_features']}, "
+                 f"$\\lambda$={s['lmbd']}", fontsize=10)
+    if has_steps:
+        ax2 = axes[0, 1]
+        ax2.plot(t["layer"], t["SLISTA step x L"], color=COLORS["SLISTA"], lw=2.5,
+                 marker="o", ms=3, label="learned SLISTA step")
+        ax2.plot(t["layer"], t["median 1/L_S x L"], color="darkgoldenrod", lw=2,
+                 label=r"median $1/L_S$")
+        ax2.plot(t["layer"], 2 * t["median 1/L_S x L"], color="steelblue", lw=1.5,
+                 ls="--", label=r"median $2/L_S$")
+        ax2.axhline(1.0, color="k", ls="--", lw=1, label="1/L")
+        ax2.set_xlabel("layer")
+        _integer_x(ax2)
+        ax2.set_ylabel("step (units of 1/L)")
+        ax2.grid(alpha=0.4)
+        ax2.legend(fontsize=8)
+        ax2.set_title("SLISTA steps against the local constants", fontsize=10)
+    return _save(fig, path)
+
+
+PLOTTERS = {
+    "oista": plot_oista,
+    "steps": plot_steps,
+    "dictionary-distance": plot_dictionary_distance,
+    "networks": plot_networks,
+    "lipschitz-law": plot_lipschitz_law,
+    "iterative": plot_iterative,
+    "learning-curves": plot_learning_curves,
+    "lambda-transfer": plot_lambda_transfer,
+    "demo": plot_demo,
+}
+
+
+def plot(result, path):
+    """Draw ``result`` (an ExperimentResult) into the PNG file ``path``."""
+    return PLOTTERS[result.name](result, path)
