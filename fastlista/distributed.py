@@ -407,7 +407,7 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     """
     from .networks import LOSSES, Lista
     from .training import (OPTIMIZERS, PER_LAYER, TrainingWarning, _Objective,
-                           _gd, _lbfgs)
+                           run_stages)
     from ._validation import check_option
 
     func = "fastlista.distributed.fit"
@@ -449,26 +449,11 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     blocks = list(zip(X.to_delayed().ravel(), z_blocks))
 
     proxy = _ChunkedNet(net, _ship(net), blocks, loss, X.shape[0])
-    T = net.n_layers
-    if per_layer == "oneshot":
-        stages = [(T, max_iter)]
-    else:   # as Lista.fit: layers 1..k on the loss of layer k, iterations split
-        split = np.diff(np.round(np.linspace(0, max_iter, T + 1)).astype(int))
-        stages = [(k + 1, max(1, int(it))) for k, it in enumerate(split)]
-    run = _lbfgs if optimizer == "lbfgs" else _gd
-
-    history = []
     start = net.parameters
-    rolled_back = False
-    for depth, n_iter in stages:
-        obj = _Objective(proxy, None, None, None, None, depth)
-        x0 = obj.vector(proxy._params)
-        x = run(obj, x0, n_iter, tol, history, verbose)
-        f, _ = obj(x)
-        if not np.isfinite(f):
-            x = obj.best_x if obj.best_x is not None else x0
-            rolled_back = True
-        proxy._params = obj.params(x)
+    history, rolled_back = run_stages(
+        proxy, lambda depth: _Objective(proxy, None, None, None, None, depth),
+        net.n_layers, per_layer=per_layer, max_iter=max_iter, optimizer=optimizer,
+        tol=tol, verbose=verbose)
     try:
         net.set_parameters(proxy._params)
     except ValueError:

@@ -202,6 +202,47 @@ def _gd(obj, x0, max_iter, tol, history, verbose):
     return x
 
 
+def run_stages(target, make_objective, n_layers, *, per_layer, max_iter,
+               optimizer, tol, verbose):
+    """Optimise ``target._params`` stage by stage, rolling back blow-ups.
+
+    ``oneshot`` is one stage on the output loss; ``recursive`` trains layers
+    1..k on the loss of layer k, k = 1..T, with ``max_iter`` split evenly.
+    ``make_objective(depth)`` returns the :class:`_Objective` of a stage. A
+    stage that ends on a non-finite loss returns to its best finite point (or
+    its start). Used by ``Lista.fit`` and ``fastlista.distributed.fit``.
+
+    Returns
+    -------
+    history : list of float
+        The loss after every iteration.
+    rolled_back : bool
+        Whether some stage was rolled back.
+    """
+    if per_layer == "oneshot":
+        stages = [(n_layers, max_iter)]
+    else:
+        split = np.diff(np.round(np.linspace(0, max_iter, n_layers + 1)).astype(int))
+        stages = [(k + 1, max(1, int(it))) for k, it in enumerate(split)]
+    run = _lbfgs if optimizer == "lbfgs" else _gd
+    history = []
+    rolled_back = False
+    for depth, n_iter in stages:
+        obj = make_objective(depth)
+        x0 = obj.vector(target._params)
+        x = run(obj, x0, n_iter, tol, history, verbose)
+        f, _ = obj(x)
+        if not np.isfinite(f):
+            # roll back to the best finite point of this stage (or its start)
+            x = obj.best_x if obj.best_x is not None else x0
+            rolled_back = True
+        target._params = obj.params(x)
+        cache = getattr(target, "_cache", None)
+        if cache is not None:
+            cache.clear()
+    return history, rolled_back
+
+
 def fit_network(net, X, *, loss="unsupervised", Z_target=None, optimizer="lbfgs",
                 max_iter=100, tol=1e-8, per_layer="oneshot", verbose=False):
     """Train ``net`` (a :class:`fastlista.Lista`) in place; see ``Lista.fit``.
@@ -221,33 +262,15 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, optimizer="lbfgs"
     tol = check_scalar(tol, "tol", func, low=0.0)
     code, S = net._targets(X, D, loss, Z_target, func)
 
-    T = net.n_layers
-    if per_layer == "oneshot":
-        stages = [(T, max_iter)]
-    else:
-        split = np.diff(np.round(np.linspace(0, max_iter, T + 1)).astype(int))
-        stages = [(k + 1, max(1, int(it))) for k, it in enumerate(split)]
-    run = _lbfgs if optimizer == "lbfgs" else _gd
-
-    history = []
     start = net.parameters
-    rolled_back = False
-    for depth, n_iter in stages:
-        obj = _Objective(net, X, D, code, S, depth)
-        x0 = obj.vector(net._params)
-        x = run(obj, x0, n_iter, tol, history, verbose)
-        f, _ = obj(x)
-        if not np.isfinite(f):
-            # roll back to the best finite point of this stage (or its start)
-            x = obj.best_x if obj.best_x is not None else x0
-            rolled_back = True
-            f, _ = obj(x)
-        net._params = obj.params(x)
+    history, rolled_back = run_stages(
+        net, lambda depth: _Objective(net, X, D, code, S, depth), net.n_layers,
+        per_layer=per_layer, max_iter=max_iter, optimizer=optimizer, tol=tol,
+        verbose=verbose)
+    if not all(np.all(np.isfinite(v)) for layer in net._params for v in layer.values()):
+        net._params = start
         net._cache.clear()
-        if not all(np.all(np.isfinite(v)) for layer in net._params for v in layer.values()):
-            net._params = start
-            net._cache.clear()
-            rolled_back = True
+        rolled_back = True
     if rolled_back:
         warnings.warn(
             "Lista.fit met a non-finite loss or gradient (diverging steps?) and rolled "
