@@ -29,9 +29,12 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import fastlista
 from fastlista.networks import Lista
 
 N_LAYERS = 30
@@ -202,19 +205,23 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _peak_memory(problem, lmbd, torch):
+def _peak_memory(problem, lmbd, torch, tmp_dir):
     X, D = problem
     script = _MEMORY_SCRIPT.format(bench_dir=BENCH_DIR, n_samples=X.shape[0],
                                    n_atoms=D.shape[0], n_features=D.shape[1],
                                    lmbd=lmbd, n_layers=N_LAYERS, torch=torch)
+    # the fastlista under test (installed, or built in place), never a source
+    # tree without compiled kernels from the current directory
+    env = {**os.environ,
+           "PYTHONPATH": str(Path(fastlista.__file__).resolve().parent.parent)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, cwd=tmp_dir, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mb"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("torch", [False, True], ids=["fastlista", "torch"])
-def test_slista_peak_memory(benchmark, problem, info, torch):
+def test_slista_peak_memory(benchmark, problem, info, torch, tmp_path):
     if torch:
         _torch_reference()
     lmbd = 0.8
@@ -223,7 +230,7 @@ def test_slista_peak_memory(benchmark, problem, info, torch):
          n_layers=N_LAYERS,
          label=("torch" if torch else "fastlista") + " loss_and_grad, fresh process",
          **({"compare": {"peak_extra_mb": {"kind": "ratio", "max": None}}} if torch else {}))
-    peak = _run(benchmark, _peak_memory, problem, lmbd, torch, rounds=1)
+    peak = _run(benchmark, _peak_memory, problem, lmbd, torch, tmp_path, rounds=1)
     benchmark.extra_info["peak_extra_mb"] = peak
 
 
