@@ -40,7 +40,7 @@ extensions = [
     Extension(
         f"fastlista._kernels.{name}",
         [f"fastlista/_kernels/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "fastlista/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
         extra_compile_args=opt + openmp_compile,
         extra_link_args=openmp_link,

@@ -35,6 +35,7 @@ from libc.string cimport memcpy
 from ._blas cimport gemm, axpy, dot
 from ._prox cimport soft_threshold
 from ._lipschitz cimport support_lipschitz
+from ._simd cimport fl_d_st_step, fl_s_st_step
 
 cdef enum:
     ISTA = 0
@@ -207,10 +208,13 @@ cdef void solve_block(
             zs = Zb + <Py_ssize_t> s * m
             gs = G + <Py_ssize_t> s * m
             if method == ISTA:
+                # z <- ST(z - g / L, lmbd / L), vectorised
                 step = 1 / L
                 thr = lmbd * step
-                for j in range(m):
-                    zs[j] = soft_threshold(<floating> (zs[j] - step * gs[j]), <floating> thr)
+                if floating is double:
+                    fl_d_st_step(m, zs, gs, step, thr)
+                else:
+                    fl_s_st_step(m, zs, gs, <float> step, <float> thr)
             elif method == FISTA:
                 step = 1 / L
                 thr = lmbd * step

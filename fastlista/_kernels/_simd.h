@@ -1,0 +1,94 @@
+/* fastlista: SIMD row micro-kernels shared by the Cython kernels. */
+#ifndef FASTLISTA_SIMD_H
+#define FASTLISTA_SIMD_H
+#include <Python.h>
+/* Row micro-kernels of the hot loops, in C so that they can be compiled
+   for the widest vector unit of the running CPU: the extension is built
+   for the baseline ISA (SSE2 on x86-64: two doubles a vector), and
+   target_clones makes GCC/Clang emit AVX-512, AVX2 and baseline versions,
+   chosen once at load time (an ifunc: glibc on x86-64 only; plain C
+   elsewhere). Measured on the paper shape (Zen 4): the sparse layers of
+   SLISTA run 1.5x faster than with the same loops in Cython. No
+   -ffast-math: ST(u, s) is exactly 0 iff |u| <= s and NaN propagates.
+
+   ST(v, s) = v - clip(v, -s, s) is written with two selects (min/max),
+   and non-zeros are detected on the bit pattern with the sign shifted
+   out (an integer OR or count, which vectorizes where a floating-point
+   compare-and-count would not; memcpy is the aliasing-safe bit cast). */
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) \
+    && defined(__GNUC__) && defined(__has_attribute)
+#  if __has_attribute(target_clones)
+#    define FL_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#  endif
+#endif
+#ifndef FL_SIMD
+#  define FL_SIMD
+#endif
+
+#define FL_DEFINE(T, U, NAME)                                              \
+/* y <- a ST(y, s) in place and the CSR row of the result (idx, val);   \
+   returns its number of non-zeros. Chunks of 8 are first tested for a  \
+   non-zero, so that the zero chunks of a sparse row cost no scan. */    \
+static FL_SIMD int NAME##_scaled_st_compact(int m, T *y, T a, T s,        \
+                                            int *idx, T *val) {           \
+    int k = 0;                                                            \
+    for (int j0 = 0; j0 < m; j0 += 8) {                                   \
+        int e = j0 + 8 < m ? j0 + 8 : m;                                  \
+        U acc = 0;                                                        \
+        for (int j = j0; j < e; j++) {                                    \
+            T v = y[j], c = v < s ? v : s;                                \
+            c = c > -s ? c : -s;                                          \
+            v = a * (v - c);                                              \
+            y[j] = v;                                                     \
+            U b; memcpy(&b, &v, sizeof(T));                               \
+            acc |= b << 1;                                                \
+        }                                                                 \
+        if (acc) {                                                        \
+            for (int j = j0; j < e; j++) {                                \
+                idx[k] = j; val[k] = y[j]; k += (y[j] != 0);              \
+            }                                                             \
+        }                                                                 \
+    }                                                                     \
+    return k;                                                             \
+}                                                                         \
+/* u += alpha sum_q coef[q] A[idx[q], :] (A has p columns): four rows   \
+   a pass, so that u is loaded and stored once per four rows of A */     \
+static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
+                                  T alpha, const T *A, int p, T *u) {     \
+    int q = 0;                                                            \
+    for (; q + 4 <= k; q += 4) {                                          \
+        const T *a0 = A + (size_t) idx[q] * p, *a1 = A + (size_t) idx[q + 1] * p; \
+        const T *a2 = A + (size_t) idx[q + 2] * p, *a3 = A + (size_t) idx[q + 3] * p; \
+        T c0 = alpha * coef[q], c1 = alpha * coef[q + 1];                 \
+        T c2 = alpha * coef[q + 2], c3 = alpha * coef[q + 3];             \
+        for (int j = 0; j < p; j++)                                       \
+            u[j] += c0 * a0[j] + c1 * a1[j] + c2 * a2[j] + c3 * a3[j];    \
+    }                                                                     \
+    for (; q < k; q++) {                                                  \
+        const T *a0 = A + (size_t) idx[q] * p;                            \
+        T c0 = alpha * coef[q];                                           \
+        for (int j = 0; j < p; j++)                                       \
+            u[j] += c0 * a0[j];                                           \
+    }                                                                     \
+}                                                                         \
+/* z <- ST(z - a u, s) over n entries; returns the non-zeros (NaN     \
+   included): (b | -b) has its top bit set iff b != 0 */                 \
+static FL_SIMD Py_ssize_t NAME##_st_step(Py_ssize_t n, T *z, const T *u,  \
+                                         T a, T s) {                      \
+    Py_ssize_t k = 0;                                                     \
+    for (Py_ssize_t j = 0; j < n; j++) {                                  \
+        T v = z[j] - a * u[j], c = v < s ? v : s;                         \
+        c = c > -s ? c : -s;                                              \
+        v = v - c;                                                        \
+        z[j] = v;                                                         \
+        U b; memcpy(&b, &v, sizeof(T));                                   \
+        b <<= 1;                                                          \
+        k += (Py_ssize_t) ((b | (0 - b)) >> (8 * sizeof(U) - 1));         \
+    }                                                                     \
+    return k;                                                             \
+}
+FL_DEFINE(double, uint64_t, fl_d)
+FL_DEFINE(float, uint32_t, fl_s)
+#endif

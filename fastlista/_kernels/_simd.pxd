@@ -1,0 +1,14 @@
+# Vectorised row micro-kernels (C, _simd.h), shared by the kernels.
+cdef extern from "_simd.h":
+    int fl_d_scaled_st_compact(int m, double *y, double a, double s,
+                               int *idx, double *val) noexcept nogil
+    int fl_s_scaled_st_compact(int m, float *y, float a, float s,
+                               int *idx, float *val) noexcept nogil
+    void fl_d_gather(int k, const int *idx, const double *coef, double alpha,
+                     const double *A, int p, double *u) noexcept nogil
+    void fl_s_gather(int k, const int *idx, const float *coef, float alpha,
+                     const float *A, int p, float *u) noexcept nogil
+    Py_ssize_t fl_d_st_step(Py_ssize_t n, double *z, const double *u, double a,
+                            double s) noexcept nogil
+    Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,
+                            float s) noexcept nogil
