@@ -126,3 +126,20 @@ def test_unreachable_float32_tol_stops_with_warning(rng):
         res = solve_lasso(X, D, 0.1, method="ista", tol=1e-14, max_iter=300)
     assert res.codes.dtype == np.float32 and np.isfinite(res.codes).all()
     assert (res.n_iter == 300).all()
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-30, 1e30, 1e150])
+def test_scale_equivariance_of_solvers_and_networks(scale, rng):
+    # code(a X, a lmbd) = a code(X, lmbd): never silently wrong at extremes
+    from fastlista import Lista
+
+    D = rng.standard_normal((30, 12))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((20, 12))
+    lmbd = 0.2 * float(np.abs(X @ D.T).max())
+    Z = solve_lasso(X, D, lmbd, tol=1e-12).codes
+    Z_scaled = solve_lasso(scale * X, D, scale * lmbd, tol=1e-12).codes
+    np.testing.assert_allclose(Z_scaled / scale, Z, rtol=1e-6, atol=1e-9 * np.abs(Z).max())
+    net = Lista(D, lmbd, 8)
+    np.testing.assert_allclose(net.transform(scale * X, lmbd=scale * lmbd) / scale,
+                               net.transform(X), rtol=1e-9, atol=1e-12 * np.abs(Z).max())

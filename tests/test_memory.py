@@ -59,3 +59,18 @@ def test_lipschitz_supports_do_not_leak(tiny):
     expected = lipschitz(D, support=S)
     assert _growth(lambda: np.testing.assert_array_equal(
         lipschitz(D, support=S), expected)) < RSS_BOUND
+
+
+def test_lista_transform_and_gradient_do_not_leak(tiny):
+    from fastlista import Lista
+
+    X, D = tiny
+    net = Lista(D, 0.3, 5)
+    Z_ref = net.transform(X)
+    loss_ref, _ = net.loss_and_grad(X)
+
+    def call():
+        assert net.transform(X)[0, 0] == Z_ref[0, 0]
+        assert net.loss_and_grad(X)[0] == loss_ref
+
+    assert _growth(call) < RSS_BOUND
