@@ -736,6 +736,22 @@ def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
     return fws, iws
 
 
+def _blocks(int N, int block_size, int n_threads, int m, int n, int T,
+            bint store, bint rst, dtype):
+    """Block plan and per-thread workspaces of a kernel call.
+
+    Returns (nb_max, n_blocks, n_threads, fws, iws, fo, io): rows of a full
+    block, the number of blocks, the threads used (at most one a block), the
+    floating and int workspaces and their layouts (offsets, see _layout).
+    """
+    nb_max = min(block_size, max(N, 1))
+    n_blocks = (N + nb_max - 1) // nb_max
+    n_threads = max(1, min(n_threads, n_blocks))
+    fo, io = _layout(nb_max, m, n, T, store, rst)
+    fws, iws = _workspaces(dtype, n_threads, fo["total"], io["total"])
+    return nb_max, n_blocks, n_threads, fws, iws, fo, io
+
+
 cdef inline floating *_f(floating[:, ::1] ws, int tid, Py_ssize_t off) noexcept nogil:
     return &ws[tid, 0] + off
 
@@ -758,16 +774,14 @@ def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
     """
     cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = step.shape[0]
     cdef bint shared = M.shape[0] == m
-    cdef int nb_max = min(block_size, max(N, 1))
-    cdef int n_blocks = (N + nb_max - 1) // nb_max
     cdef int b, tid, start
     cdef Dims d
+    cdef int nb_max, n_blocks
     if N == 0:
         return
-    n_threads = max(1, min(n_threads, n_blocks))
-    fo, io = _layout(nb_max, m, n, T, False, False)
     dtype = np.float32 if floating is float else np.float64
-    fws_, iws_ = _workspaces(dtype, n_threads, fo["total"], io["total"])
+    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
+        N, block_size, n_threads, m, n, T, False, False, dtype)
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef Py_ssize_t oU = fo["U"], oC = fo["C"], oR = fo["R"], oval = fo["val"]
@@ -805,8 +819,7 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
     """
     cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = step.shape[0]
     cdef bint shared = M.shape[0] == m
-    cdef int nb_max = min(block_size, max(N, 1))
-    cdef int n_blocks = (N + nb_max - 1) // nb_max
+    cdef int nb_max, n_blocks
     cdef int b, tid, start, fmt_T
     cdef Py_ssize_t cap, sT
     cdef Dims d
@@ -818,10 +831,9 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
     cdef floating *valp
     if N == 0:
         return 0.0
-    n_threads = max(1, min(n_threads, n_blocks))
-    fo, io = _layout(nb_max, m, n, T, True, not shared)
     dtype = np.float32 if floating is float else np.float64
-    fws_, iws_ = _workspaces(dtype, n_threads, fo["total"], io["total"])
+    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
+        N, block_size, n_threads, m, n, T, True, not shared, dtype)
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef double[::1] loss_acc = np.zeros(n_threads)
@@ -871,16 +883,14 @@ def lista_forward(const floating[:, ::1] X, const floating[:, ::1] D,
                   int block_size, double rho):
     """Codes z_T of the LISTA network (Wz (T, m, m), Wx (T, n, m))."""
     cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = thr.shape[0]
-    cdef int nb_max = min(block_size, max(N, 1))
-    cdef int n_blocks = (N + nb_max - 1) // nb_max
     cdef int b, tid, start
     cdef Dims d
+    cdef int nb_max, n_blocks
     if N == 0:
         return
-    n_threads = max(1, min(n_threads, n_blocks))
-    fo, io = _layout(nb_max, m, n, T, False, True)
     dtype = np.float32 if floating is float else np.float64
-    fws_, iws_ = _workspaces(dtype, n_threads, fo["total"], io["total"])
+    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
+        N, block_size, n_threads, m, n, T, False, True, dtype)
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef Py_ssize_t oU = fo["U"], oR = fo["R"], oval = fo["val"]
@@ -908,10 +918,9 @@ def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
     dthr (n_threads, T m), dWz (n_threads, T m m), dWxT (n_threads, T m n)
     (the transposes of d W_x[t])."""
     cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = thr.shape[0]
-    cdef int nb_max = min(block_size, max(N, 1))
-    cdef int n_blocks = (N + nb_max - 1) // nb_max
+    cdef int nb_max, n_blocks
     cdef int b, tid, start
-    cdef Py_ssize_t cap = <Py_ssize_t> nb_max * m, sT
+    cdef Py_ssize_t cap, sT
     cdef Dims d
     cdef floating inv_n = 1.0 / max(N, 1)
     cdef floating *Zb
@@ -922,10 +931,10 @@ def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
     cdef const floating *Sp
     if N == 0:
         return 0.0
-    n_threads = max(1, min(n_threads, n_blocks))
-    fo, io = _layout(nb_max, m, n, T, True, True)
     dtype = np.float32 if floating is float else np.float64
-    fws_, iws_ = _workspaces(dtype, n_threads, fo["total"], io["total"])
+    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
+        N, block_size, n_threads, m, n, T, True, True, dtype)
+    cap = <Py_ssize_t> nb_max * m
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef double[::1] loss_acc = np.zeros(n_threads)
