@@ -82,7 +82,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
 
 
 #: below this many flops a product runs on one BLAS thread: waking a second
-#: costs more, and on a busy machine a scheduler tick (~4 ms)
+#: costs more (measured on a busy machine: D D^T for 256 x 64 atoms took 8 ms
+#: on 2 BLAS threads, 0.18 ms on one)
 SMALL_PRODUCT = 5e7
 
 

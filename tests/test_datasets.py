@@ -60,6 +60,10 @@ def test_make_coding_defaults_are_paper_shape():
     X, D = make_coding(random_state=0)
     assert X.shape == (1000, 64)
     assert D.shape == (256, 64)
+    # the defaults are exactly the paper's sizes, not another draw
+    X_explicit, D_explicit = make_coding(1000, 256, 64, random_state=0)
+    np.testing.assert_array_equal(X, X_explicit)
+    np.testing.assert_array_equal(D, D_explicit)
 
 
 @pytest.mark.parametrize("shape", [(50, 256, 64), (40, 10, 3), (5, 3, 10), (1, 1, 1)])

@@ -8,7 +8,6 @@ import fastlista
 from fastlista import (InvalidParameterError, duality_gap, lambda_max, lasso_gradient,
                        lasso_objective, lipschitz, soft_thresholding, solve_lasso)
 
-from conftest import METHODS
 
 rng = np.random.default_rng(0)
 D = rng.standard_normal((6, 4))

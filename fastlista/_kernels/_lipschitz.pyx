@@ -41,7 +41,7 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     Returns an (N,) array of the dtype of D.
     """
     cdef int N = support.shape[0], m = D.shape[0], n = D.shape[1]
-    cdef int i, j, k, t, r = min(m, n)
+    cdef int i, k, t, r = min(m, n)
     cdef bint converged
     dtype = np.float32 if floating is float else np.float64
     out_arr = np.zeros(N, dtype=dtype)

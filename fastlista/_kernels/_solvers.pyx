@@ -139,7 +139,7 @@ cdef void solve_block(
     cdef int s, j, k, it = 0, trial, last
     cdef bint check, done, inside, shrunk, has_warm, converged
     cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, xxs
-    cdef floating u, y
+    cdef floating u
     cdef floating *P
     cdef floating *Gp
     cdef floating *zs
