@@ -58,13 +58,19 @@ _NONNEGATIVE = frozenset({"alpha", "beta", "gamma", "theta"})
 _FORMAT = "fastlista.Lista"
 _FORMAT_VERSION = 1
 
-# Execution tuning (see DESIGN §5). Blocks hold about _BLOCK_ELEMENTS codes
-# (128 rows at 256 atoms: a block's codes, gradient and c = x W^T stay in L2);
-# a layer whose input codes are denser than _SPARSE_DENSITY in the block runs
+# Execution tuning (see DESIGN §5). A block has as many rows as keep its
+# GEMMs (rows x m x n multiply-adds) within _BLOCK_GEMM: OpenBLAS multiplies
+# such small matrices without packing them, and every product is written
+# untransposed for it (32 rows on the paper shape, 64 x 256: loss_and_grad
+# 15-20 % faster than at 128 rows; 8 rows at 128 x 512, 128 at 32 x 128).
+# Dictionaries too large for that take _BLOCK_ELEMENTS codes a block (128
+# rows at 256 atoms: a block's codes, gradient and c = x W^T stay in L2).
+# A layer whose input codes are denser than _SPARSE_DENSITY in the block runs
 # dense GEMMs, sparser ones gather rows of B (or W) for the non-zeros
 # (measured on the paper shape, 64 x 256, where the gather wins up to roughly
 # 15 % density); OpenMP threads only pay off above _THREAD_WORK
 # multiply-adds a call (N T m n), below it their start and join dominate.
+_BLOCK_GEMM = 1 << 19
 _BLOCK_ELEMENTS = 128 * 256
 _SPARSE_DENSITY = 0.15
 _THREAD_WORK = 2e7
@@ -135,7 +141,10 @@ def _plan(n_rows, n_atoms, n_features, n_layers):
     Several OpenMP threads only for enough work (see :func:`_threads` for
     BLAS); the blocks are balanced so that every thread gets as many rows.
     """
-    block = max(1, _BLOCK_ELEMENTS // max(n_atoms, 1))
+    block = min(_BLOCK_GEMM // max(n_atoms * n_features, 1),
+                _BLOCK_ELEMENTS // max(n_atoms, 1))
+    if block < 8:
+        block = max(1, _BLOCK_ELEMENTS // max(n_atoms, 1))
     n_threads = max(1, _unrolled.max_threads())
     work = float(n_rows) * n_layers * n_atoms * n_features
     if work < _THREAD_WORK or n_rows < 2 * 16:
@@ -329,7 +338,7 @@ class Lista:
     # -- kernel arguments --------------------------------------------------
 
     def _fixed_matrices(self, dtype):
-        """W, M = D W^T and M^T of the shared-W parametrizations, per dtype."""
+        """W, W^T, M = D W^T and M^T of the shared-W parametrizations, per dtype."""
         key = ("fixed", np.dtype(dtype).str)
         if key not in self._fixed:
             D64 = self.D.astype(np.float64)
@@ -337,11 +346,16 @@ class Lista:
             M = D64 @ W.T
             MT = M if self.parametrization == "step" else np.ascontiguousarray(M.T)
             cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-            self._fixed[key] = (cast(W[None]), cast(M), cast(MT))
+            self._fixed[key] = (cast(W[None]), cast(W.T[None]), cast(M), cast(MT))
         return self._fixed[key]
 
     def _kernel_args(self, dtype, n_layers):
-        """Stacked parameters of the first n_layers layers, in dtype."""
+        """Stacked parameters of the first n_layers layers, in dtype.
+
+        With the transposes the kernels need (D^T, W^T, W_z^T): every product
+        then runs as an untransposed GEMM, which BLAS does without packing
+        at these sizes.
+        """
         key = (np.dtype(dtype).str, n_layers)
         if key in self._cache:
             return self._cache[key]
@@ -361,9 +375,11 @@ class Lista:
             if p == "coupled":
                 empty = np.empty((0, 0), dtype=dtype)
                 W, M, MT = stack("W"), empty, empty
+                WT = np.ascontiguousarray(W.transpose(0, 2, 1))
             else:
-                W, M, MT = self._fixed_matrices(dtype)
-            args = {"W": W, "M": M, "MT": MT, "step": step, "thr": thr}
+                W, WT, M, MT = self._fixed_matrices(dtype)
+            args = {"W": W, "WT": WT, "M": M, "MT": MT, "step": step, "thr": thr}
+        args["DT"] = np.ascontiguousarray(self.D.T, dtype=dtype)
         if len(self._cache) > 8:
             self._cache.clear()
         self._cache[key] = args
@@ -389,7 +405,7 @@ class Lista:
                 _unrolled.lista_forward(X, D, a["Wz"], a["Wx"], a["thr"], dt(lmbd),
                                         Z, obj, n_threads, block, _SPARSE_DENSITY)
             else:
-                _unrolled.residual_forward(X, D, a["W"], a["M"], a["step"], a["thr"],
+                _unrolled.residual_forward(X, D, a["W"], a["WT"], a["M"], a["step"], a["thr"],
                                            dt(lmbd), Z, obj, n_threads, block,
                                            _SPARSE_DENSITY, self._gram())
         return Z, obj.sum(axis=0)
@@ -501,14 +517,15 @@ class Lista:
                 dWz = np.zeros((n_threads, T * m * m), dtype=X.dtype)
                 dWxT = np.zeros((n_threads, T * m * n), dtype=X.dtype)
                 total = _unrolled.lista_grad(
-                    X, D, a["Wz"], a["WzT"], a["Wx"], a["thr"], dt(self.lmbd),
+                    X, D, a["DT"], a["Wz"], a["WzT"], a["Wx"], a["thr"], dt(self.lmbd),
                     loss_code, S, dthr, dWz, dWxT, n_threads, block, _SPARSE_DENSITY)
             else:
                 da = np.zeros((n_threads, T))
                 dW = np.zeros((n_threads, T * m * n if p == "coupled" else 0),
                               dtype=X.dtype)
                 total = _unrolled.residual_grad(
-                    X, D, a["W"], a["M"], a["MT"], a["step"], a["thr"], dt(self.lmbd),
+                    X, D, a["DT"], a["W"], a["WT"], a["M"], a["MT"], a["step"], a["thr"],
+                    dt(self.lmbd),
                     loss_code, S, da, dthr, dW, n_threads, block, _SPARSE_DENSITY,
                     self._gram())
         dthr = dthr.sum(axis=0).reshape(T, m)

@@ -188,6 +188,41 @@ def test_threads_and_blocks_do_not_change_results(monkeypatch):
             assert_allclose(b[k], a[k], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista"])
+@pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
+def test_gradient_through_switching_storage_formats(parametrization, shape, monkeypatch):
+    # Layers store their codes densely (or, for the backward pass, as signs
+    # beside r = z D - x) or as CSR rows, by density. With the switch set
+    # between two consecutive layer densities, the stored formats change
+    # inside the network (dense -> sparse where density falls, sparse ->
+    # dense where it rises); the gradients must equal those of the all-dense
+    # and all-sparse runs, which the finite-difference test checks.
+    X, D = make_problem(n_samples=40, n_atoms=shape[0], n_features=shape[1], seed=6)
+    T = 8
+    net = Lista(D, 0.1, T, parametrization=parametrization)
+    net.set_parameters(perturbed(net, seed=0))
+    monkeypatch.setattr(networks, "_plan", lambda *shape: (1, 10**6))
+    density = [np.count_nonzero(net.transform(X, n_layers=t)) / (X.shape[0] * shape[0])
+               for t in range(1, T + 1)]
+    switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]
+    assert any(a > b for a, b in zip(density, density[1:])), density
+
+    def run(rho):
+        monkeypatch.setattr(networks, "_SPARSE_DENSITY", rho)
+        return net.loss_and_grad(X)
+
+    f_dense, g_dense = run(0.0)
+    f_sparse, g_sparse = run(1.1)
+    assert_allclose(f_sparse, f_dense, rtol=1e-12)
+    for rho in switches:
+        f, g = run(rho)
+        assert_allclose(f, f_dense, rtol=1e-12)
+        for t in range(T):
+            for k in g[t]:
+                assert_allclose(g[t][k], g_dense[t][k], rtol=1e-9, atol=1e-13)
+                assert_allclose(g[t][k], g_sparse[t][k], rtol=1e-9, atol=1e-13)
+
+
 def test_refine_tol_certifies_the_solution():
     from fastlista import duality_gap
 

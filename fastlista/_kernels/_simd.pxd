@@ -12,3 +12,13 @@ cdef extern from "_simd.h":
                             double s) noexcept nogil
     Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,
                             float s) noexcept nogil
+    Py_ssize_t fl_d_st_step_sign(Py_ssize_t n, double *z, const double *u,
+                                 double a, double s, signed char *sg) noexcept nogil
+    Py_ssize_t fl_s_st_step_sign(Py_ssize_t n, float *z, const float *u,
+                                 float a, float s, signed char *sg) noexcept nogil
+    void fl_d_back_sign(int nb, int m, double *G, const double *V,
+                        const signed char *sg, double a, double lmbd,
+                        double *dthr) noexcept nogil
+    void fl_s_back_sign(int nb, int m, float *G, const float *V,
+                        const signed char *sg, float a, float lmbd,
+                        double *dthr) noexcept nogil

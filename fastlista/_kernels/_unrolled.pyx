@@ -33,14 +33,20 @@ Execution (DESIGN §5): samples are independent and every loss is a sum over
 samples, so the batch is cut into blocks of rows; each block runs through all
 T layers and then (training) back through them, before the next block. The
 block's codes of every layer are stored for the backward pass, as CSR rows
-when the layer is sparse (nnz < rho nb m) and as a dense copy otherwise:
-nothing of size N x m x T exists. Blocks go to OpenMP threads (static
+when the layer is sparse (nnz < rho nb m); a dense layer keeps only its
+signs (bytes) beside r_t = z_t D - x, which it computes anyway (n wide
+instead of m): the backward pass needs z_t's values only through
+<z_t, w M^T> = <r_t + x, w W> (a dense copy is kept when the layers go
+through M and compute no r_t). Nothing of size N x m x T exists, and a
+block's storage stays in L2. Blocks go to OpenMP threads (static
 schedule: results are deterministic for a given thread count), each with its
 own workspace and gradient accumulators, summed by the caller; BLAS must run
 single-threaded meanwhile (the caller's job, with threadpoolctl).
 
 Dense layers take two GEMMs through D and W (4 m n flops a row), or one
-through M when that is cheaper (m < 2 n). A layer whose input codes are
+through M when that is cheaper (m < 2 n). Every GEMM is untransposed (the
+caller passes D^T and W^T): on blocks of a few dozen rows BLAS then
+multiplies without packing the operands. A layer whose input codes are
 sparse takes the support-aware path: z_t M gathers the k_i rows of M for the
 non-zeros of row i (2 k_i m flops; ``coupled`` gathers rows of D for z_t D),
 and the backward pass gathers the rows of M^T (or W, W_z^T) for the support
@@ -58,8 +64,9 @@ import threading
 
 import numpy as np
 
-from ._simd cimport (fl_d_scaled_st_compact, fl_s_scaled_st_compact, fl_d_gather, fl_s_gather,
-                     fl_d_st_step, fl_s_st_step)
+from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
+                     fl_d_scaled_st_compact, fl_s_scaled_st_compact, fl_d_st_step,
+                     fl_s_st_step, fl_d_st_step_sign, fl_s_st_step_sign)
 
 
 from ._blas cimport axpy, dot, gemm
@@ -67,8 +74,9 @@ from ._blas cimport axpy, dot, gemm
 
 # storage formats of a stored layer
 cdef enum:
-    FMT_DENSE = 0
-    FMT_CSR = 1
+    FMT_DENSE = 0   # a dense copy of z
+    FMT_CSR = 1     # the non-zeros of z, row by row
+    FMT_SIGN = 2    # sign(z) as bytes; the layer's r = z D - x is kept beside
 
 # losses at the output z_T
 cdef enum:
@@ -262,7 +270,7 @@ cdef double block_objective(Dims *d, const floating *X, const floating *D,
 
 
 cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
-                       const floating *Z, int fmt, const int *ptr, const int *idx,
+                       const floating *DT, const floating *Z, int fmt, const int *ptr, const int *idx,
                        const floating *val, const floating *S, floating lmbd,
                        floating inv_n, floating *R, floating *G) noexcept nogil:
     """Loss of the block's output Z (summed) and G = d(mean loss)/dZ.
@@ -277,7 +285,7 @@ cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
     if loss == LOSS_UNSUPERVISED:
         out = block_objective(d, X, D, Z, fmt, ptr, idx, val, lmbd, R)
         # G = (R D^T + lmbd sign(Z)) / N with R = Z D - X
-        gemm(False, True, d.nb, d.m, d.n, inv_n, R, d.n, D, d.n, 0, G, d.m)
+        gemm(False, False, d.nb, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
         for j in range(size):
             G[j] += lmbd * inv_n * sgn(Z[j])
     else:
@@ -301,6 +309,7 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
     cdef floating g
     cdef floating *Gi
     cdef const floating *Zi
+    cdef const signed char *Si
     if fmt == FMT_CSR:
         for i in range(d.nb):
             for p in range(ptr[i], ptr[i + 1]):
@@ -309,8 +318,16 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
             for p in range(ptr[i], ptr[i + 1]):
                 G[i * m + idx[p]] = wv[p]
                 dthr[idx[p]] -= lmbd * wv[p] * sgn(val[p])
-    else:
+    elif fmt == FMT_SIGN:
         # selects only (w_j sign(z_j) = w_j or -w_j), so that the loop vectorizes
+        for i in range(d.nb):
+            Gi = &G[i * m]
+            Si = <const signed char *> val + <Py_ssize_t> i * m
+            for j in range(m):
+                g = Gi[j] if Si[j] != 0 else 0
+                Gi[j] = g
+                dthr[j] -= lmbd * (g if Si[j] > 0 else -g)
+    else:
         for i in range(d.nb):
             Gi = &G[i * m]
             Zi = &val[i * m]
@@ -340,23 +357,29 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 
 cdef void residual_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *W,
-        const floating *M, const floating *step, const floating *thr,
+        const floating *WT, const floating *M, const floating *step,
+        const floating *thr,
         floating lmbd, bint store, floating *C, floating *Z, floating *U,
         floating *R, floating *Rst, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """Run the block through the T layers; z_T is left in Z.
 
     Layer t's code is in storage slot t (store) or t % 2 (inference):
-    fmt[s], ptr[s (nb_max + 1):], idx/val[s nb_max m:]. Rst (coupled
-    training) receives r_t = z_t D - x for every layer; obj (if not NULL)
-    accumulates the objective of every layer's output.
+    fmt[s], ptr[s (nb_max + 1):], idx/val[s nb_max m:]. Rst (training,
+    NULL when the dense layers go through M) receives r_t = z_t D - x of
+    every layer that computes it; a dense code z_t is then stored as its
+    signs (FMT_SIGN): the backward pass needs z_t's values only through
+    <z_t, w M^T> = <r_t + x, w W>, and the block's storage (bytes and
+    the n-wide r_t, instead of m-wide floating codes) stays in L2. obj
+    (if not NULL) accumulates the objective of every layer's output.
     """
     cdef int nb = d.nb, m = d.m, n = d.n, T = d.T, t, i, j, s_in, s_out, kz, q
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t nnz = 0, r
-    cdef const floating *Wt
+    cdef const floating *WTt
     cdef const floating *vz
     cdef const int *iz
+    cdef signed char *sg
     cdef floating a, sth, inv_a
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating *Rt
@@ -370,7 +393,7 @@ cdef void residual_forward_block(
 
     if d.shared:
         # c = x W^T, the constant part of the gradient step
-        gemm(False, True, nb, m, n, 1, X, n, W, n, 0, C, m)
+        gemm(False, False, nb, m, n, 1, X, n, WT, m, 0, C, m)
     memset(z, 0, size * sizeof(floating))
     fmt[0] = FMT_CSR
     memset(ptr, 0, (nb + 1) * sizeof(int))
@@ -382,7 +405,7 @@ cdef void residual_forward_block(
         pout = &ptr[s_out * (d.nb_max + 1)]
         a = step[t]
         sth = lmbd * thr[t]
-        Wt = W if d.shared else &W[<Py_ssize_t> t * m * n]
+        WTt = WT if d.shared else &WT[<Py_ssize_t> t * m * n]
         sparse = fmt[s_in] == FMT_CSR and nnz < d.rho * size
 
         if sparse and d.shared and a >= eps:
@@ -422,17 +445,28 @@ cdef void residual_forward_block(
                 Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else R
                 residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
                               &idx[s_in * cap], &val[s_in * cap], Rt)
-                gemm(False, True, nb, m, n, 1, Rt, n, Wt, n, 0, u, m)
+                gemm(False, False, nb, m, n, 1, Rt, n, WTt, m, 0, u, m)
             # z+ = ST(z - a u, lmbd thr), in place in z
-            if floating is double:
-                nnz = fl_d_st_step(size, z, u, a, sth)
+            if store and Rst != NULL:
+                sg = <signed char *> &val[s_out * cap]
+                if floating is double:
+                    nnz = fl_d_st_step_sign(size, z, u, a, sth, sg)
+                else:
+                    nnz = fl_s_st_step_sign(size, z, u, a, sth, sg)
+                fmt[s_out] = FMT_SIGN
+                if nnz < d.rho * size:
+                    store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
+                                &val[s_out * cap])
             else:
-                nnz = fl_s_st_step(size, z, u, a, sth)
-            if store or nnz < d.rho * size:
-                store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
-                            &val[s_out * cap])
-            else:
-                fmt[s_out] = FMT_DENSE
+                if floating is double:
+                    nnz = fl_d_st_step(size, z, u, a, sth)
+                else:
+                    nnz = fl_s_st_step(size, z, u, a, sth)
+                if store or nnz < d.rho * size:
+                    store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
+                                &val[s_out * cap])
+                else:
+                    fmt[s_out] = FMT_DENSE
         if obj != NULL:
             obj[t] += block_objective(d, X, D, z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
@@ -442,8 +476,8 @@ cdef void residual_forward_block(
 
 
 cdef void residual_backward_block(
-        Dims *d, const floating *X, const floating *D, const floating *W,
-        const floating *MT, const floating *step, floating lmbd,
+        Dims *d, const floating *X, const floating *D, const floating *DT,
+        const floating *W, const floating *MT, const floating *step, floating lmbd,
         const floating *C, floating *G, floating *V, floating *P,
         const floating *Rst, const int *fmt, const int *ptr, const int *idx,
         const floating *val, floating *wv, double *da, double *dthr,
@@ -453,7 +487,7 @@ cdef void residual_backward_block(
     Accumulates d a_t in da[t], d thr_t in dthr[t m:], and (coupled) d W_t
     in dW[t m n:]. G is overwritten.
     """
-    cdef int nb = d.nb, m = d.m, n = d.n, t, i, j, kw, kz, q
+    cdef int nb = d.nb, m = d.m, n = d.n, t, i, kw, kz, q
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t p
     cdef const int *pin
@@ -464,24 +498,27 @@ cdef void residual_backward_block(
     cdef const floating *vz
     cdef const floating *Wt
     cdef const floating *Rt
+    cdef const signed char *sg
     cdef floating *Gi
     cdef floating *w
     cdef floating a
     cdef double wc, zv
-    cdef bint sparse_w, need_v
+    cdef bint sparse_w, need_v, masked = False
 
     for t in range(d.T - 1, -1, -1):
         a = step[t]
         pin = &ptr[t * (d.nb_max + 1)]
         pout = &ptr[(t + 1) * (d.nb_max + 1)]
         Wt = W if d.shared else &W[<Py_ssize_t> t * m * n]
+        Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else NULL
         sparse_w = fmt[t + 1] == FMT_CSR
         need_v = t > 0          # d z_0 is not needed (z_0 = 0 is no parameter)
 
         if d.shared and sparse_w:
             # row by row: w = g on supp(z+) (k entries), d thr_t, <w, c>;
             # d z_t = w - a w M^T with the k rows of M^T gathered, and
-            # <z_t, w M^T> = sum_p w_p sum_q z_q M^T[j_p, j_q] (sparse-sparse)
+            # <z_t, w M^T> = sum_p w_p sum_q z_q M^T[j_p, j_q] (sparse z_t)
+            # or <r_t + x, w W> (z_t stored as signs; w W gathers k rows of W)
             wc = 0
             zv = 0
             for i in range(nb):
@@ -503,6 +540,10 @@ cdef void residual_backward_block(
                     for p in range(kw):
                         for q in range(kz):
                             zv += w[p] * vz[q] * MT[<Py_ssize_t> iw[p] * m + iz[q]]
+                elif fmt[t] == FMT_SIGN:
+                    memset(&P[i * n], 0, n * sizeof(floating))
+                    gather_rows(kw, iw, w, 1, Wt, n, &P[i * n])
+                    zv += dot(n, &P[i * n], &Rt[i * n]) + dot(n, &P[i * n], &X[i * n])
                 else:
                     for p in range(kw):
                         zv += w[p] * dot(m, &MT[<Py_ssize_t> iw[p] * m],
@@ -514,11 +555,13 @@ cdef void residual_backward_block(
             da[t] += wc - zv
             continue
 
-        # w = g * 1[z_{t+1} != 0] (in G), d thr_t
-        mask_gradient(d, G, fmt[t + 1], pout, &idx[(t + 1) * cap],
-                      &val[(t + 1) * cap], lmbd, wv, &dthr[t * m])
+        if not masked:
+            # w = g * 1[z_{t+1} != 0] (in G), d thr_t
+            mask_gradient(d, G, fmt[t + 1], pout, &idx[(t + 1) * cap],
+                          &val[(t + 1) * cap], lmbd, wv, &dthr[t * m])
+        masked = False
 
-        if d.shared:
+        if d.shared and fmt[t] != FMT_SIGN:
             # (dense w) d a_t = -(<z_t, V> - <w, c>) with V = w M^T, through
             # M^T (m < 2 n) or through P = w W and V = P D^T
             da[t] += dot(nb * m, G, C)
@@ -527,12 +570,11 @@ cdef void residual_backward_block(
                     gemm(False, False, nb, m, m, 1, G, m, MT, m, 0, V, m)
                 else:
                     gemm(False, False, nb, n, m, 1, G, m, Wt, n, 0, P, n)
-                    gemm(False, True, nb, m, n, 1, P, n, D, n, 0, V, m)
-            if need_v:
+                    gemm(False, False, nb, m, n, 1, P, n, DT, m, 0, V, m)
                 da[t] -= stored_dot(d, fmt[t], pin, &idx[t * cap], &val[t * cap], V)
         else:
-            # P = w W_t, d a_t = -<P, r_t>, d W_t = -a w^T r_t, V = P D^T
-            Rt = &Rst[<Py_ssize_t> t * d.nb_max * n]
+            # r_t is stored: P = w W_t, d a_t = -<P, r_t>, (coupled)
+            # d W_t = -a w^T r_t, V = P D^T
             if sparse_w:
                 for i in range(nb):
                     memset(&P[i * n], 0, n * sizeof(floating))
@@ -543,13 +585,23 @@ cdef void residual_backward_block(
                              &dW[<Py_ssize_t> t * m * n + idx[(t + 1) * cap + p] * n])
             else:
                 gemm(False, False, nb, n, m, 1, G, m, Wt, n, 0, P, n)
-                gemm(True, False, m, n, nb, -a, G, m, Rt, n, 1,
-                     &dW[<Py_ssize_t> t * m * n], n)
+                if not d.shared:
+                    gemm(True, False, m, n, nb, -a, G, m, Rt, n, 1,
+                         &dW[<Py_ssize_t> t * m * n], n)
             da[t] -= dot(nb * n, P, Rt)
             if need_v:
-                gemm(False, True, nb, m, n, 1, P, n, D, n, 0, V, m)
+                gemm(False, False, nb, m, n, 1, P, n, DT, m, 0, V, m)
 
-        if need_v:
+        if need_v and fmt[t] == FMT_SIGN:
+            # one pass: d z_t = w - a V, masked by supp(z_t) into the w of
+            # layer t - 1, with its d thr
+            sg = <const signed char *> &val[t * cap]
+            if floating is double:
+                fl_d_back_sign(nb, m, G, V, sg, a, lmbd, &dthr[(t - 1) * m])
+            else:
+                fl_s_back_sign(nb, m, G, V, sg, a, lmbd, &dthr[(t - 1) * m])
+            masked = True
+        elif need_v:
             # d z_t = w - a V
             for p in range(size):
                 G[p] -= a * V[p]
@@ -613,8 +665,7 @@ cdef void lista_forward_block(
 
 
 cdef void lista_backward_block(
-        Dims *d, const floating *X, const floating *Wz, const floating *WzT,
-        floating lmbd, floating *G, floating *V,
+        Dims *d, const floating *X, const floating *WzT, floating lmbd, floating *G, floating *V,
         const int *fmt, const int *ptr, const int *idx, const floating *val,
         floating *wv, double *dthr, floating *dWz, floating *dWxT) noexcept nogil:
     """Back-propagate G = d loss / d z_T; accumulates d thr, d W_z, d W_x^T."""
@@ -670,7 +721,7 @@ cdef void lista_backward_block(
                 gather_rows(pout[i + 1] - pout[i], &iout[pout[i]], &wv[pout[i]],
                             1, &WzT[<Py_ssize_t> t * m * m], m, &G[i * m])
         else:
-            gemm(False, True, nb, m, m, 1, G, m, &Wz[<Py_ssize_t> t * m * m], m,
+            gemm(False, False, nb, m, m, 1, G, m, &WzT[<Py_ssize_t> t * m * m], m,
                  0, V, m)
             memcpy(G, V, size * sizeof(floating))
 
@@ -761,14 +812,17 @@ cdef inline int *_i(int[:, ::1] ws, int tid, Py_ssize_t off) noexcept nogil:
 
 
 def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
-                     const floating[:, :, ::1] W, const floating[:, ::1] M,
+                     const floating[:, :, ::1] W, const floating[:, :, ::1] WT,
+                     const floating[:, ::1] M,
                      const floating[::1] step, const floating[::1] thr,
                      floating lmbd, floating[:, ::1] Z_out, double[:, ::1] obj,
                      int n_threads, int block_size, double rho, bint gram):
     """Codes z_T of the residual network for every row of X (into Z_out).
 
     W has shape (1, m, n) (shared: step, alista; then M = D W^T) or
-    (T, m, n) (coupled; M unused). thr has shape (T,): thresholds are
+    (T, m, n) (coupled; M unused); WT holds the transposes of W's
+    matrices (every product then runs as an untransposed GEMM, which BLAS
+    does without packing at these sizes). thr has shape (T,): thresholds are
     lmbd * thr. obj, of shape (n_threads, T) or (0, 0), accumulates the
     summed objective of every layer's output per thread.
     """
@@ -794,15 +848,16 @@ def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
             start = b * nb_max
             d = make_dims(min(nb_max, N - start), nb_max, m, n, T, shared, gram, rho)
             residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], Mp, &step[0], &thr[0],
-                lmbd, False, _f(fws, tid, oC), &Z_out[start, 0], _f(fws, tid, oU),
+                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], &WT[0, 0, 0], Mp,
+                &step[0], &thr[0], lmbd, False, _f(fws, tid, oC), &Z_out[start, 0], _f(fws, tid, oU),
                 _f(fws, tid, oR), NULL, _i(iws, tid, ofmt), _i(iws, tid, optr),
                 _i(iws, tid, oidx), _f(fws, tid, oval),
                 &obj[tid, 0] if with_obj else NULL)
 
 
 def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
-                  const floating[:, :, ::1] W, const floating[:, ::1] M,
+                  const floating[:, ::1] DT, const floating[:, :, ::1] W,
+                  const floating[:, :, ::1] WT, const floating[:, ::1] M,
                   const floating[:, ::1] MT, const floating[::1] step,
                   const floating[::1] thr, floating lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da,
@@ -814,13 +869,17 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
     T) and dthr (n_threads, T m: per atom, to be summed over atoms) are
     per-thread accumulators, as is dW
     (n_threads, T m n) for coupled (W of shape (T, m, n)); the caller zeroes
-    and sums them. M, MT = D W^T, W D^T when W is shared (shape (1, m, n)).
-    S is the target codes for the supervised loss.
+    and sums them. M, MT = D W^T, W D^T when W is shared (shape (1, m, n));
+    DT and WT are the transposes of D and of W's matrices. S is the target
+    codes for the supervised loss.
     """
     cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = step.shape[0]
     cdef bint shared = M.shape[0] == m
+    # r_t = z_t D - x is kept for the backward pass unless the dense layers
+    # go through M (then they compute no r_t and keep their codes)
+    cdef bint rst = not (shared and gram)
     cdef int nb_max, n_blocks
-    cdef int b, tid, start, fmt_T
+    cdef int b, tid, start
     cdef Py_ssize_t cap, sT
     cdef Dims d
     cdef floating inv_n = 1.0 / max(N, 1)
@@ -833,7 +892,7 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
         return 0.0
     dtype = np.float32 if floating is float else np.float64
     nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, True, not shared, dtype)
+        N, block_size, n_threads, m, n, T, True, rst, dtype)
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef double[::1] loss_acc = np.zeros(n_threads)
@@ -859,19 +918,20 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
             dWp = NULL if shared else &dW[tid, 0]
             Sp = &S[start, 0] if loss == LOSS_SUPERVISED else NULL
             residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], Mp, &step[0], &thr[0],
-                lmbd, True, _f(fws, tid, oC), Zb, _f(fws, tid, oU),
-                _f(fws, tid, oR), NULL if shared else _f(fws, tid, oRst),
+                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], &WT[0, 0, 0], Mp,
+                &step[0], &thr[0], lmbd, True, _f(fws, tid, oC), Zb, _f(fws, tid, oU),
+                _f(fws, tid, oR), _f(fws, tid, oRst) if rst else NULL,
                 fmtp, ptrp, idxp, valp, NULL)
             sT = <Py_ssize_t> T
             loss_acc[tid] += block_loss(
-                &d, loss, &X[start, 0], &D[0, 0], Zb, fmtp[T],
+                &d, loss, &X[start, 0], &D[0, 0], &DT[0, 0], Zb, fmtp[T],
                 &ptrp[sT * (nb_max + 1)], &idxp[sT * cap], &valp[sT * cap],
                 Sp, lmbd, inv_n, _f(fws, tid, oR), _f(fws, tid, oG))
             residual_backward_block(
-                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], MTp, &step[0], lmbd,
+                &d, &X[start, 0], &D[0, 0], &DT[0, 0], &W[0, 0, 0], MTp, &step[0], lmbd,
                 _f(fws, tid, oC), _f(fws, tid, oG), _f(fws, tid, oV),
-                _f(fws, tid, oP), _f(fws, tid, oRst), fmtp, ptrp, idxp, valp,
+                _f(fws, tid, oP), _f(fws, tid, oRst) if rst else NULL, fmtp, ptrp,
+                idxp, valp,
                 _f(fws, tid, owv), &da[tid, 0], &dthr[tid, 0], dWp)
     return float(np.sum(loss_acc))
 
@@ -909,7 +969,7 @@ def lista_forward(const floating[:, ::1] X, const floating[:, ::1] D,
 
 
 def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
-               const floating[:, :, ::1] Wz, const floating[:, :, ::1] WzT,
+               const floating[:, ::1] DT, const floating[:, :, ::1] Wz, const floating[:, :, ::1] WzT,
                const floating[:, :, ::1] Wx, const floating[:, ::1] thr,
                floating lmbd, int loss, const floating[:, ::1] S,
                double[:, ::1] dthr, floating[:, ::1] dWz, floating[:, ::1] dWxT,
@@ -958,11 +1018,11 @@ def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
                 fmtp, ptrp, idxp, valp, NULL)
             sT = <Py_ssize_t> T
             loss_acc[tid] += block_loss(
-                &d, loss, &X[start, 0], &D[0, 0], Zb, fmtp[T],
+                &d, loss, &X[start, 0], &D[0, 0], &DT[0, 0], Zb, fmtp[T],
                 &ptrp[sT * (nb_max + 1)], &idxp[sT * cap], &valp[sT * cap],
                 Sp, lmbd, inv_n, _f(fws, tid, oR), _f(fws, tid, oG))
             lista_backward_block(
-                &d, &X[start, 0], &Wz[0, 0, 0], &WzT[0, 0, 0], lmbd,
+                &d, &X[start, 0], &WzT[0, 0, 0], lmbd,
                 _f(fws, tid, oG), _f(fws, tid, oV),
                 fmtp, ptrp, idxp, valp, _f(fws, tid, owv), &dthr[tid, 0],
                 &dWz[tid, 0], &dWxT[tid, 0])
