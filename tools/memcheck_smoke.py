@@ -34,13 +34,14 @@ def main():
         assert not fl.solve_lasso(X, D, 1e9).codes.any()
         fl.solve_lasso(X[:5], D, 0.0, method="fista", max_iter=20, tol=0)
         # networks: an untrained SLISTA is ISTA; forward and backward of each
-        # parametrization, dense and sparse layers (lmbd small and large)
+        # parametrization, dense, sparse and switching layers (lmbd small,
+        # middle and large)
         Z_ista = fl.solve_lasso(X, D, lmbd, method="ista", max_iter=5, tol=0).codes
         np.testing.assert_allclose(fl.Lista(D, lmbd, 5).transform(X), Z_ista,
                                    rtol=1e-3, atol=1e-5)
         D_nz = D[np.any(D != 0, axis=1)]           # ALISTA needs non-zero atoms
         for parametrization in ("step", "coupled", "alista", "lista"):
-            for rel in (0.05, 0.8):
+            for rel in (0.05, 0.3, 0.8):
                 net = fl.Lista(D_nz, rel * lmbd / 0.3, 4, parametrization=parametrization)
                 loss, grads = net.loss_and_grad(X)
                 assert np.isfinite(loss)
