@@ -30,7 +30,7 @@ METHODS = ("auto", "ista", "fista", "backtracking", "oista", "cd")
 #: Iterative methods check the duality gap every GAP_FREQ iterations.
 GAP_FREQ = 10
 #: Samples per block of the proximal-gradient kernels (fits in L2 cache).
-BLOCK_SIZE = 64
+BLOCK_SIZE = 32
 #: The history of record_history=True may not exceed this many bytes.
 MAX_HISTORY_BYTES = 2 * 1024**3
 
@@ -255,7 +255,8 @@ def _solve(X, D, C, B, xx, lmbd, method, tol, max_iter, Z, record_history,
                 # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
                 Z[active] = 0
             else:
-                _solvers.prox_grad(method, X, D, B, C, xx, lmbd, L, Z, active,
+                DT = np.ascontiguousarray(D.T)
+                _solvers.prox_grad(method, X, D, DT, B, C, xx, lmbd, L, Z, active,
                                    max_iter, tol, GAP_FREQ, n_threads, BLOCK_SIZE,
                                    record_history, *hist, n_iter, gap)
     if not record_history:

@@ -55,9 +55,13 @@ cdef int LS_MAX_TRIALS = 100
 
 cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                          const floating *Cb, const floating *D,
-                         const floating *B, int m, int n, floating *R,
-                         floating *G) noexcept nogil:
-    """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms."""
+                         const floating *DT, const floating *B, int m, int n,
+                         floating *R, floating *G) noexcept nogil:
+    """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
+
+    The products are untransposed (DT = D^T): BLAS multiplies these small
+    blocks without packing the operands.
+    """
     cdef Py_ssize_t i, j, nnz = 0
     cdef floating p
     cdef const floating *row
@@ -84,7 +88,7 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
         # R = P D - X, then G = R D^T
         memcpy(R, Xb, nb * n * sizeof(floating))
         gemm(False, False, nb, n, m, 1, P, m, D, n, -1, R, n)
-        gemm(False, True, nb, m, n, 1, R, n, D, n, 0, G, m)
+        gemm(False, False, nb, m, n, 1, R, n, DT, m, 0, G, m)
 
 
 cdef inline void gap_of(const floating *z, const floating *g, const floating *c,
@@ -123,8 +127,8 @@ cdef inline void move_row(floating *A, int width, int src, int dst) noexcept nog
 cdef void solve_block(
         int method, int nb, const int *rows,
         const floating[:, ::1] X, const floating[:, ::1] D,
-        const floating[:, ::1] B, const floating[:, ::1] C,
-        const floating[::1] xx, floating[:, ::1] Z,
+        const floating[:, ::1] DT, const floating[:, ::1] B,
+        const floating[:, ::1] C, const floating[::1] xx, floating[:, ::1] Z,
         double lmbd, double L, int max_iter, double tol, int gap_freq,
         bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
         floating[:, ::1] hist_step, int[::1] n_iter, floating[::1] gap_out,
@@ -162,12 +166,13 @@ cdef void solve_block(
 
     while True:
         P = Yb if method == FISTA else Zb
-        block_gradient(P, nb, Xb, Cb, &D[0, 0], &B[0, 0], m, n, R, G)
+        block_gradient(P, nb, Xb, Cb, &D[0, 0], &DT[0, 0], &B[0, 0], m, n, R, G)
         check = record or it == max_iter or (tol > 0 and it % gap_freq == 0)
         if check:
             Gp = G
             if method == FISTA and it > 0:
-                block_gradient(Zb, nb, Xb, Cb, &D[0, 0], &B[0, 0], m, n, R, Gz)
+                block_gradient(Zb, nb, Xb, Cb, &D[0, 0], &DT[0, 0], &B[0, 0], m, n, R,
+                               Gz)
                 Gp = Gz
             s = 0
             while s < nb:
@@ -301,7 +306,8 @@ cdef void solve_block(
 
 
 def prox_grad(str method_name, const floating[:, ::1] X,
-              const floating[:, ::1] D, const floating[:, ::1] B,
+              const floating[:, ::1] D, const floating[:, ::1] DT,
+              const floating[:, ::1] B,
               const floating[:, ::1] C, const floating[::1] xx,
               double lmbd, double L, floating[:, ::1] Z,
               const int[::1] active, int max_iter, double tol, int gap_freq,
@@ -349,7 +355,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
         for blk in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
             t = threadid()
             nb = min(block_size, n_active - blk * block_size)
-            solve_block(method, nb, &active[blk * block_size], X, D, B, C, xx,
+            solve_block(method, nb, &active[blk * block_size], X, D, DT, B, C, xx,
                         Z, lmbd, L, max_iter, tol, gap_freq, record, hist_obj,
                         hist_gap, hist_step, n_iter, gap_out,
                         &Zb[t, 0], &Xb[t, 0], &Cb[t, 0], &G[t, 0], &R[t, 0],
