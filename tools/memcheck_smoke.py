@@ -6,6 +6,7 @@ that a silent wrong read shows up as an AssertionError.
 import numpy as np
 
 import fastlista as fl
+from fastlista import networks
 
 
 def main():
@@ -46,6 +47,19 @@ def main():
                 loss, grads = net.loss_and_grad(X)
                 assert np.isfinite(loss)
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
+                # every layer dense (codes kept as signs), then every layer
+                # sparse (CSR rows): the same gradients
+                for rho in (0.0, 1.1):
+                    networks._SPARSE_DENSITY, saved = rho, networks._SPARSE_DENSITY
+                    try:
+                        _, other = net.loss_and_grad(X)
+                    finally:
+                        networks._SPARSE_DENSITY = saved
+                    for layer, layer_other in zip(grads, other):
+                        for k, g in layer.items():
+                            np.testing.assert_allclose(
+                                layer_other[k], g, rtol=1e-8 if dtype == np.float64 else 1e-3,
+                                atol=1e-5 * np.abs(g).max())
                 net.loss_and_grad(X, loss="supervised",
                                   Z_target=np.delete(Z_ista, 3, axis=1))
     print("memcheck smoke: all kernels ran and agreed with NumPy")

@@ -95,10 +95,9 @@ static FL_SIMD Py_ssize_t NAME##_st_step(Py_ssize_t n, T *z, const T *u,  \
 }
 
 /* Dense layers stored as signs (FMT_SIGN): their kernels mix T with
-   bytes, which GCC vectorizes with the byte/word instructions of
-   x86-64-v4 (AVX-512BW) and v3 (AVX2) when the signs are only compared,
-   never converted to T. */
-#define FL_DEFINE_SIGN(T, NAME)                                             \
+   bytes, which GCC vectorizes when the signs are only compared, never
+   converted to T (with the byte instructions of AVX-512BW on x86-64-v4). */
+#define FL_DEFINE_SIGN(T, U, NAME)                                             \
 /* z <- ST(z - a u, s) as NAME##_st_step, and the signs of the result  \
    in sg (1, -1 or 0; NaN counts as a non-zero, -1): the support and    \
    signs are all the backward pass needs of a dense layer. Returns the  \
@@ -123,28 +122,35 @@ static FL_SIMD Py_ssize_t NAME##_st_step_sign(Py_ssize_t n, T *__restrict z, \
    V = w M^T,                                                            \
        G       <- (G - a V) 1[z != 0]        (d z, masked: w below)      \
        dthr[j] -= lmbd sum_i G_ij sign(z_ij)  (d thr of the layer below)  \
-   dthr accumulates per atom, in double. */                               \
-static FL_SIMD void NAME##_back_sign(int nb, int m, T *__restrict G,         \
-                                     const T *__restrict V,                 \
-                                     const signed char *__restrict sg, T a, \
-                                     T lmbd, double *__restrict dthr) {     \
+   The mask and the sign are bit operations on the pattern of T (keep    \
+   all bits or none; flip the sign bit): exact, NaN kept on the support, \
+   and a loop GCC vectorizes for every target (selects on the bytes it   \
+   leaves scalar on AVX2). dthr accumulates per atom, in double. */      \
+static FL_SIMD void NAME##_back_sign(int nb, int m, T *__restrict G,       \
+                                     const T *__restrict V,               \
+                                     const signed char *__restrict sg,    \
+                                     T a, T lmbd, double *__restrict dthr) { \
     for (int i = 0; i < nb; i++) {                                        \
-        T *__restrict g = G + (size_t) i * m;                               \
-        const T *__restrict v = V + (size_t) i * m;                         \
-        const signed char *__restrict si = sg + (size_t) i * m;             \
+        T *__restrict g = G + (size_t) i * m;                             \
+        const T *__restrict v = V + (size_t) i * m;                       \
+        const signed char *__restrict si = sg + (size_t) i * m;           \
         for (int j = 0; j < m; j++) {                                     \
-            int sj = si[j];                                               \
-            T w = g[j] - a * v[j];                                        \
-            w = sj != 0 ? w : 0;                                          \
+            T w = g[j] - a * v[j], ws;                                    \
+            U b, keep = (U) 0 - (U) (si[j] != 0);                         \
+            U flip = (U) (si[j] < 0) << (8 * sizeof(U) - 1);              \
+            memcpy(&b, &w, sizeof b);                                     \
+            b &= keep;                                                    \
+            memcpy(&w, &b, sizeof b);                                     \
             g[j] = w;                                                     \
-            w = sj < 0 ? -w : w;                                          \
-            dthr[j] -= (double) (lmbd * w);                               \
+            b ^= flip;                                                    \
+            memcpy(&ws, &b, sizeof b);         /* w sign(z) */            \
+            dthr[j] -= (double) (lmbd * ws);                              \
         }                                                                 \
     }                                                                     \
 }
 
 FL_DEFINE(double, uint64_t, fl_d)
 FL_DEFINE(float, uint32_t, fl_s)
-FL_DEFINE_SIGN(double, fl_d)
-FL_DEFINE_SIGN(float, fl_s)
+FL_DEFINE_SIGN(double, uint64_t, fl_d)
+FL_DEFINE_SIGN(float, uint32_t, fl_s)
 #endif
