@@ -33,6 +33,12 @@
 #endif
 
 #define FL_DEFINE(T, U, NAME)                                              \
+/* ST(v, s) = v - clip(v, -s, s): two selects, exact 0 iff |v| <= s */   \
+static inline T NAME##_st(T v, T s) {                                     \
+    T c = v < s ? v : s;                                                  \
+    c = c > -s ? c : -s;                                                  \
+    return v - c;                                                         \
+}                                                                         \
 /* y <- a ST(y, s) in place and the CSR row of the result (idx, val);   \
    returns its number of non-zeros. Chunks of 8 are first tested for a  \
    non-zero, so that the zero chunks of a sparse row cost no scan. */    \
@@ -43,9 +49,7 @@ static FL_SIMD int NAME##_scaled_st_compact(int m, T *y, T a, T s,        \
         int e = j0 + 8 < m ? j0 + 8 : m;                                  \
         U acc = 0;                                                        \
         for (int j = j0; j < e; j++) {                                    \
-            T v = y[j], c = v < s ? v : s;                                \
-            c = c > -s ? c : -s;                                          \
-            v = a * (v - c);                                              \
+            T v = a * NAME##_st(y[j], s);                                 \
             y[j] = v;                                                     \
             U b; memcpy(&b, &v, sizeof(T));                               \
             acc |= b << 1;                                                \
@@ -84,9 +88,7 @@ static FL_SIMD Py_ssize_t NAME##_st_step(Py_ssize_t n, T *z, const T *u,  \
                                          T a, T s) {                      \
     Py_ssize_t k = 0;                                                     \
     for (Py_ssize_t j = 0; j < n; j++) {                                  \
-        T v = z[j] - a * u[j], c = v < s ? v : s;                         \
-        c = c > -s ? c : -s;                                              \
-        v = v - c;                                                        \
+        T v = NAME##_st(z[j] - a * u[j], s);                              \
         z[j] = v;                                                         \
         U b; memcpy(&b, &v, sizeof(T));                                   \
         b <<= 1;                                                          \
@@ -108,9 +110,7 @@ static FL_SIMD Py_ssize_t NAME##_st_step_sign(Py_ssize_t n, T *__restrict z, \
                                               T s, signed char *__restrict sg) { \
     Py_ssize_t k = 0;                                                     \
     for (Py_ssize_t j = 0; j < n; j++) {                                  \
-        T v = z[j] - a * u[j], c = v < s ? v : s;                         \
-        c = c > -s ? c : -s;                                              \
-        v = v - c;                                                        \
+        T v = NAME##_st(z[j] - a * u[j], s);                              \
         z[j] = v;                                                         \
         sg[j] = (signed char) ((v > 0) - !(v >= 0));                      \
         k += v != 0;                                                      \
