@@ -1,7 +1,10 @@
 """Extension modules of fastlista; all metadata lives in pyproject.toml.
 
 ``FASTLISTA_DEBUG=1`` builds the kernels with bounds, wraparound and
-initialisation checks on, unoptimised and with debug symbols.
+initialisation checks on, unoptimised and with debug symbols. It also
+compiles the C row kernels (_simd.h) once, for the baseline ISA, without
+the per-ISA clones: its tests (in CI) then run that code rather than the
+clone of the machine's widest vector unit, which the optimised build runs.
 """
 import os
 import sys
@@ -41,7 +44,8 @@ extensions = [
         f"fastlista._kernels.{name}",
         [f"fastlista/_kernels/{name}.pyx"],
         include_dirs=[np.get_include(), "fastlista/_kernels"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")]
+        + ([("FL_NO_CLONES", "1")] if DEBUG else []),
         extra_compile_args=opt + openmp_compile,
         extra_link_args=openmp_link,
     )

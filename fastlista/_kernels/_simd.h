@@ -8,7 +8,9 @@
    target_clones makes GCC emit x86-64-v4 (AVX-512 with its byte and word
    instructions), x86-64-v3 (AVX2, FMA) and baseline versions (Clang and
    GCC before 12: AVX-512F, AVX2 and baseline), chosen once at load time
-   (an ifunc: glibc on x86-64 only; plain C elsewhere). Measured on the paper shape (Zen 4): the sparse layers of
+   (an ifunc: glibc on x86-64 only). Plain C, compiled once, elsewhere
+   and in the debug build (FL_NO_CLONES), whose tests then run the
+   baseline code. Measured on the paper shape (Zen 4): the sparse layers of
    SLISTA run 1.5x faster than with the same loops in Cython. No
    -ffast-math: ST(u, s) is exactly 0 iff |u| <= s and NaN propagates.
 
@@ -19,7 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) \
-    && defined(__GNUC__) && defined(__has_attribute)
+    && defined(__GNUC__) && defined(__has_attribute) && !defined(FL_NO_CLONES)
 #  if __has_attribute(target_clones) && !defined(__clang__) && __GNUC__ >= 12
      /* microarchitecture levels as clones: GCC 12 and later */
 #    define FL_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
