@@ -406,7 +406,7 @@ class Lista:
                 _unrolled.lista_forward(X, D, a["Wz"], a["Wx"], a["thr"], dt(lmbd),
                                         Z, obj, n_threads, block, _SPARSE_DENSITY)
             else:
-                _unrolled.residual_forward(X, D, a["W"], a["WT"], a["M"], a["step"], a["thr"],
+                _unrolled.residual_forward(X, D, a["WT"], a["M"], a["step"], a["thr"],
                                            dt(lmbd), Z, obj, n_threads, block,
                                            _SPARSE_DENSITY, self._gram())
         return Z, obj.sum(axis=0)

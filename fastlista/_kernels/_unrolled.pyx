@@ -356,9 +356,8 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 # ---------------------------------------------------------------------------
 
 cdef void residual_forward_block(
-        Dims *d, const floating *X, const floating *D, const floating *W,
-        const floating *WT, const floating *M, const floating *step,
-        const floating *thr,
+        Dims *d, const floating *X, const floating *D, const floating *WT,
+        const floating *M, const floating *step, const floating *thr,
         floating lmbd, bint store, floating *C, floating *Z, floating *U,
         floating *R, floating *Rst, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
@@ -812,17 +811,16 @@ cdef inline int *_i(int[:, ::1] ws, int tid, Py_ssize_t off) noexcept nogil:
 
 
 def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
-                     const floating[:, :, ::1] W, const floating[:, :, ::1] WT,
-                     const floating[:, ::1] M,
+                     const floating[:, :, ::1] WT, const floating[:, ::1] M,
                      const floating[::1] step, const floating[::1] thr,
                      floating lmbd, floating[:, ::1] Z_out, double[:, ::1] obj,
                      int n_threads, int block_size, double rho, bint gram):
     """Codes z_T of the residual network for every row of X (into Z_out).
 
-    W has shape (1, m, n) (shared: step, alista; then M = D W^T) or
-    (T, m, n) (coupled; M unused); WT holds the transposes of W's
-    matrices (every product then runs as an untransposed GEMM, which BLAS
-    does without packing at these sizes). thr has shape (T,): thresholds are
+    WT holds the transposes of the network's W: shape (1, n, m) (shared:
+    step, alista; then M = D W^T) or (T, n, m) (coupled; M unused); every
+    product then runs as an untransposed GEMM, which BLAS does without
+    packing at these sizes. thr has shape (T,): thresholds are
     lmbd * thr. obj, of shape (n_threads, T) or (0, 0), accumulates the
     summed objective of every layer's output per thread.
     """
@@ -848,7 +846,7 @@ def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
             start = b * nb_max
             d = make_dims(min(nb_max, N - start), nb_max, m, n, T, shared, gram, rho)
             residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], &WT[0, 0, 0], Mp,
+                &d, &X[start, 0], &D[0, 0], &WT[0, 0, 0], Mp,
                 &step[0], &thr[0], lmbd, False, _f(fws, tid, oC), &Z_out[start, 0], _f(fws, tid, oU),
                 _f(fws, tid, oR), NULL, _i(iws, tid, ofmt), _i(iws, tid, optr),
                 _i(iws, tid, oidx), _f(fws, tid, oval),
@@ -918,7 +916,7 @@ def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
             dWp = NULL if shared else &dW[tid, 0]
             Sp = &S[start, 0] if loss == LOSS_SUPERVISED else NULL
             residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &W[0, 0, 0], &WT[0, 0, 0], Mp,
+                &d, &X[start, 0], &D[0, 0], &WT[0, 0, 0], Mp,
                 &step[0], &thr[0], lmbd, True, _f(fws, tid, oC), Zb, _f(fws, tid, oU),
                 _f(fws, tid, oR), _f(fws, tid, oRst) if rst else NULL,
                 fmtp, ptrp, idxp, valp, NULL)
