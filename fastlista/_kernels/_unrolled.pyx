@@ -948,7 +948,7 @@ def lista_forward(const floating[:, ::1] X, const floating[:, ::1] D,
         return
     dtype = np.float32 if floating is float else np.float64
     nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, False, True, dtype)
+        N, block_size, n_threads, m, n, T, False, False, dtype)
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef Py_ssize_t oU = fo["U"], oR = fo["R"], oval = fo["val"]
@@ -991,13 +991,13 @@ def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
         return 0.0
     dtype = np.float32 if floating is float else np.float64
     nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, True, True, dtype)
+        N, block_size, n_threads, m, n, T, True, False, dtype)
     cap = <Py_ssize_t> nb_max * m
     cdef floating[:, ::1] fws = fws_
     cdef int[:, ::1] iws = iws_
     cdef double[::1] loss_acc = np.zeros(n_threads)
     cdef Py_ssize_t oZ = fo["Z"], oU = fo["U"], oG = fo["G"], oV = fo["V"]
-    cdef Py_ssize_t owv = fo["wv"], oR = fo["R"], oval = fo["val"], oC = fo["C"]
+    cdef Py_ssize_t owv = fo["wv"], oR = fo["R"], oval = fo["val"]
     cdef Py_ssize_t ofmt = io["fmt"], optr = io["ptr"], oidx = io["idx"]
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
