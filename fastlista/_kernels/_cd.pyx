@@ -27,23 +27,13 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport fabs, sqrt
 
+from ._prox cimport sign, soft_threshold
+
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
 # inner epochs per working set before the outer loop grows it
 cdef int MAX_INNER = 100
 cdef int MIN_PER_THREAD = 16
-
-
-cdef inline double st(double u, double t) noexcept nogil:
-    if u > t:
-        return u - t
-    if u < -t:
-        return u + t
-    return 0
-
-
-cdef inline double sgn(double u) noexcept nogil:
-    return (u > 0) - (u < 0)
 
 
 cdef double gap_from(int w, const double *z, const double *g, const double *c,
@@ -121,7 +111,7 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     for a in range(k):
         for b in range(a + 1):
             M[a * k + b] = Bw[S[a] * w + S[b]]
-        rhs[a] = c[S[a]] - lmbd * sgn(z[S[a]])
+        rhs[a] = c[S[a]] - lmbd * sign(z[S[a]])
     # Cholesky M = L L^T in the lower triangle
     for a in range(k):
         for b in range(a + 1):
@@ -150,7 +140,7 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     # the convex quadratic of the orthant there, decreasing along the
     # segment) and drop that coordinate.
     for a in range(k):
-        if sgn(rhs[a]) != sgn(z[S[a]]):
+        if sign(rhs[a]) != sign(z[S[a]]):
             ta = z[S[a]] / (z[S[a]] - rhs[a])
             if ta < t:
                 t = ta
@@ -255,11 +245,11 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             for a in range(w):
                 Ba = Bw + a * w
                 bjj = Ba[a]
-                znew = st(z[a] + g[a] / bjj, lmbd / bjj)
+                znew = soft_threshold(z[a] + g[a] / bjj, lmbd / bjj)
                 if znew != z[a]:
                     changed = True
                     d = znew - z[a]
-                    if sgn(znew) != sgn(z[a]):
+                    if sign(znew) != sign(z[a]):
                         sign_changed = True
                     z[a] = znew
                     for b in range(w):

@@ -2,11 +2,17 @@ from cython cimport floating
 
 
 cdef inline floating soft_threshold(floating u, floating t) noexcept nogil:
-    """sign(u) * max(|u| - t, 0); NaN propagates, exact 0 iff |u| <= t."""
-    if u > t:
-        return u - t
-    if u < -t:
-        return u + t
-    if u != u:
-        return u
-    return 0
+    """ST(u, t) = sign(u) max(|u| - t, 0) = u - clip(u, -t, t).
+
+    Exact 0 iff |u| <= t, NaN propagates (clip gives t, and NaN - t is
+    NaN). Two selects (min/max) and no branch, so that loops over it
+    vectorize.
+    """
+    cdef floating c = u if u < t else t
+    c = c if c > -t else -t
+    return u - c
+
+
+cdef inline floating sign(floating v) noexcept nogil:
+    """-1, 0 or 1 (0 for NaN)."""
+    return <floating> ((v > 0) - (v < 0))

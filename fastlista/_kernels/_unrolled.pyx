@@ -70,6 +70,7 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
 
 
 from ._blas cimport axpy, dot, gemm
+from ._prox cimport sign, soft_threshold
 
 
 # storage formats of a stored layer
@@ -115,64 +116,6 @@ cdef inline Dims make_dims(int nb, int nb_max, int m, int n, int T, bint shared,
 # elementwise helpers
 # ---------------------------------------------------------------------------
 
-cdef inline floating st(floating u, floating s) noexcept nogil:
-    """ST(u, s) = u - clip(u, -s, s): exact 0 iff |u| <= s, NaN propagates.
-
-    Written with two selects (min/max) and no branch so that loops vectorize.
-    """
-    cdef floating c = u if u < s else s
-    c = c if c > -s else -s
-    return u - c
-
-
-cdef inline floating sgn(floating v) noexcept nogil:
-    return <floating> ((v > 0) - (v < 0))
-
-
-cdef inline bint any_nonzero(int k, const floating *z) noexcept nogil:
-    """Whether z[:k] has a non-zero (or NaN) entry.
-
-    ORs the bit patterns with the sign bit shifted out (so that -0.0 counts
-    as zero): an integer reduction, which vectorizes where a floating-point
-    compare-and-count would not without -ffast-math. memcpy is the
-    aliasing-safe way to read the bits; compilers turn it into a move.
-    """
-    cdef int j
-    cdef uint64_t b64, acc64 = 0
-    cdef uint32_t b32, acc32 = 0
-    if floating is double:
-        for j in range(k):
-            memcpy(&b64, &z[j], 8)
-            acc64 |= b64 << 1
-        return acc64 != 0
-    else:
-        for j in range(k):
-            memcpy(&b32, &z[j], 4)
-            acc32 |= b32 << 1
-        return acc32 != 0
-
-
-cdef inline int compact_row(int m, const floating *z, int *idx,
-                            floating *val) noexcept nogil:
-    """CSR row of z: the non-zeros in idx/val, their number returned.
-
-    Chunks of 16 entries are first tested for any non-zero, so that the
-    all-zero chunks of a sparse row cost one vectorized pass; inside a chunk
-    every entry is written at the current end and kept by advancing the end
-    only when non-zero (branch-free; the writes stay within the row's m
-    slots). NaN counts as non-zero.
-    """
-    cdef int j, j0, e, k = 0
-    for j0 in range(0, m, 16):
-        e = j0 + 16 if j0 + 16 < m else m
-        if any_nonzero(e - j0, &z[j0]):
-            for j in range(j0, e):
-                idx[k] = j
-                val[k] = z[j]
-                k += (z[j] != 0)
-    return k
-
-
 cdef inline int scaled_st_compact_row(int m, floating *y, floating a, floating s,
                                       int *idx, floating *val) noexcept nogil:
     """y <- a ST(y, s) in place, its CSR row in idx/val; returns nnz."""
@@ -192,14 +135,15 @@ cdef inline void gather_rows(int k, const int *idx, const floating *val,
         fl_s_gather(k, idx, val, alpha, A, p, out)
 
 
-cdef inline void compact_block(Dims *d, const floating *Z, int *ptr, int *idx,
+cdef inline void compact_block(Dims *d, floating *Z, int *ptr, int *idx,
                                floating *val) noexcept nogil:
-    """CSR of the nb x m block Z."""
+    """CSR of the nb x m block Z, through the fused row kernel with a = 1
+    and s = 0: ST(z, 0) = z exactly, so Z is rewritten with its own values."""
     cdef int i, m = d.m
     ptr[0] = 0
     for i in range(d.nb):
-        ptr[i + 1] = ptr[i] + compact_row(m, &Z[<Py_ssize_t> i * m],
-                                          &idx[ptr[i]], &val[ptr[i]])
+        ptr[i + 1] = ptr[i] + scaled_st_compact_row(m, &Z[<Py_ssize_t> i * m], 1, 0,
+                                                    &idx[ptr[i]], &val[ptr[i]])
 
 
 cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcept nogil:
@@ -224,7 +168,7 @@ cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcep
     return k
 
 
-cdef inline void store_layer(Dims *d, const floating *Z, Py_ssize_t nnz,
+cdef inline void store_layer(Dims *d, floating *Z, Py_ssize_t nnz,
                              int *fmt, int *ptr, int *idx, floating *val) noexcept nogil:
     """Store the block's code z: CSR when sparse, a dense copy otherwise."""
     if nnz < d.rho * d.nb * d.m:
@@ -287,7 +231,7 @@ cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
         # G = (R D^T + lmbd sign(Z)) / N with R = Z D - X
         gemm(False, False, d.nb, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
         for j in range(size):
-            G[j] += lmbd * inv_n * sgn(Z[j])
+            G[j] += lmbd * inv_n * sign(Z[j])
     else:
         for j in range(size):
             diff = Z[j] - S[j]
@@ -317,7 +261,7 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
             memset(&G[i * m], 0, m * sizeof(floating))
             for p in range(ptr[i], ptr[i + 1]):
                 G[i * m + idx[p]] = wv[p]
-                dthr[idx[p]] -= lmbd * wv[p] * sgn(val[p])
+                dthr[idx[p]] -= lmbd * wv[p] * sign(val[p])
     elif fmt == FMT_SIGN:
         # selects only (w_j sign(z_j) = w_j or -w_j), so that the loop vectorizes
         for i in range(d.nb):
@@ -528,7 +472,7 @@ cdef void residual_backward_block(
                 w = &wv[pout[i]]
                 for p in range(kw):
                     w[p] = Gi[iw[p]]
-                    dthr[t * m + iw[p]] -= lmbd * w[p] * sgn(sw[p])
+                    dthr[t * m + iw[p]] -= lmbd * w[p] * sign(sw[p])
                     wc += w[p] * C[i * m + iw[p]]
                 if not need_v:
                     continue
@@ -650,7 +594,7 @@ cdef void lista_forward_block(
             Zi = &Z[i * m]
             Ui = &U[i * m]
             for j in range(m):
-                Zi[j] = st(Ui[j], lmbd * th[j])
+                Zi[j] = soft_threshold(Ui[j], lmbd * th[j])
         nnz = count_nonzero(size, Z)
         if store or nnz < d.rho * size:
             store_layer(d, Z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
