@@ -10,9 +10,8 @@
    GCC before 12: AVX-512F, AVX2 and baseline), chosen once at load time
    (an ifunc: glibc on x86-64 only). Plain C, compiled once, elsewhere
    and in the debug build (FL_NO_CLONES), whose tests then run the
-   baseline code. Measured on the paper shape (Zen 4): the sparse layers of
-   SLISTA run 1.5x faster than with the same loops in Cython. No
-   -ffast-math: ST(u, s) is exactly 0 iff |u| <= s and NaN propagates.
+   baseline code. No -ffast-math: ST(u, s) is exactly 0 iff |u| <= s
+   and NaN propagates.
 
    ST(v, s) = v - clip(v, -s, s) is written with two selects (min/max),
    and non-zeros are detected on the bit pattern with the sign shifted
