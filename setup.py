@@ -37,7 +37,7 @@ opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 if sys.platform == "win32":
     opt = []
 
-KERNELS = ["_prox", "_lipschitz", "_solvers", "_cd", "_unrolled"]
+KERNELS = ["_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled"]
 
 extensions = [
     Extension(

@@ -1,18 +1,34 @@
-"""Thread control: OpenMP threads in the kernels, BLAS held to a count.
+"""The threading policy: a call runs at most ``n_jobs`` threads in total.
 
-The kernels parallelise over blocks of samples with OpenMP, and each thread
-calls BLAS on its own block: BLAS must then run one thread, or the two pools
-oversubscribe the cores. threadpoolctl (optional) sets that; without it the
-kernels run one OpenMP thread and leave the threading to BLAS.
+fastlista parallelises over samples with OpenMP, in its kernels; inside a
+kernel every thread calls BLAS on its own block of samples. So, for the
+whole of a call that runs kernels:
+
+* the kernels run at most ``n_jobs`` OpenMP threads (``n_jobs=None``: one a
+  core this process may run on);
+* BLAS runs one thread, set through threadpoolctl (an optional dependency)
+  on entry and restored on exit; the few products fastlista computes
+  outside its kernels (D D^T, the Lipschitz constant) run under the same
+  limit, or on the kernels' OpenMP threads (``_kernels._solvers.correlations``);
+
+hence at most ``n_jobs`` x 1 threads compute at any time. Without
+threadpoolctl BLAS cannot be held, and the kernels then run one OpenMP
+thread and leave BLAS to its own pool (``OPENBLAS_NUM_THREADS`` and the
+like decide).
 
 BLAS thread counts are process-wide: two Python threads that each set and
 restore a limit at overlapping times can restore each other's temporary
-value and leave BLAS limited for good. ``blas_thread_limit`` is therefore
-reference-counted: the first of overlapping entries sets the limit, the last
-exit restores the original (overlapping calls run under the first limit).
+value and leave BLAS limited for good. The limit is therefore
+reference-counted: the first of overlapping calls sets it to one thread, the
+last exit restores the original. Every fastlista call asks for the same
+limit (one thread), so overlapping calls never contend.
 """
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+
+from ._validation import check_n_jobs
+
+__all__ = ["kernel_threads", "blas_thread_limit"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -56,7 +72,7 @@ def blas_thread_limit(n_threads):
     """Hold BLAS to ``n_threads`` threads, safely across Python threads.
 
     ``n_threads=None`` leaves BLAS alone; without threadpoolctl the context
-    does nothing.
+    does nothing. Overlapping entries run under the first one's limit.
     """
     global _depth, _limiter
     controller = None if n_threads is None else _threadpoolctl()
@@ -81,13 +97,27 @@ def blas_thread_limit(n_threads):
                 _limiter = None
 
 
-def blas_single_threaded(n_threads):
-    """Context for a kernel call on ``n_threads`` OpenMP threads.
+@contextmanager
+def kernel_threads(n_jobs, func):
+    """The thread budget of one call: yields the kernels' OpenMP threads.
 
-    Returns ``(context, n_threads)``: inside ``context`` BLAS runs one
-    thread, and ``n_threads`` is what the kernel may use (1 when BLAS cannot
-    be limited).
+    Parameters
+    ----------
+    n_jobs : int or None
+        The caller's ``n_jobs`` (validated here: None or -1 every core, -2
+        all but one, k > 0 at most k).
+    func : str
+        The public function, for error messages.
+
+    Yields
+    ------
+    n_threads : int
+        OpenMP threads the kernels may use; BLAS runs one thread meanwhile
+        (or, without threadpoolctl, ``n_threads`` is 1).
     """
+    n = check_n_jobs(n_jobs, func)
     if _threadpoolctl() is None:
-        return nullcontext(), 1
-    return blas_thread_limit(1), n_threads
+        yield 1
+        return
+    with blas_thread_limit(1):
+        yield n

@@ -169,6 +169,11 @@ def _common_dtype(*arrays):
     return np.float64
 
 
+def check_max_iter(max_iter, func, name="max_iter"):
+    """An iteration count in [1, 2**31 - 1] (kernels count in C ints)."""
+    return check_scalar(max_iter, name, func, low=1, high=MAX_ITER, integer=True)
+
+
 def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
                  high_closed=True, integer=False):
     """Validate a real (or integer) scalar parameter against an interval.
@@ -226,11 +231,18 @@ def n_cpus():
         return os.cpu_count() or 1
 
 
+#: The most threads a call may ask for (a thread each costs a stack).
+MAX_N_JOBS = 1024
+#: The most iterations a kernel counts (a C int).
+MAX_ITER = 2**31 - 1
+
+
 def check_n_jobs(n_jobs, func):
     """Resolve ``n_jobs``: None or -1 → every core, -2 → all but one, k → k."""
     if n_jobs is None:
         return n_cpus()
-    n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True)
+    n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True, low=-MAX_N_JOBS,
+                          high=MAX_N_JOBS)
     if n_jobs == 0:
         raise InvalidParameterError(
             f"The 'n_jobs' parameter of {func} must be a non-zero int or None. Got 0 instead.")

@@ -20,19 +20,27 @@ is an exact minimisation along coordinate j. Three devices make it fast:
   loop (as do an epoch that changes nothing and MAX_INNER epochs, after
   which W grows); the full gap (O(m nnz) to refresh g) ends the outer loop.
 
-Computations run in double precision whatever the storage dtype.
+Computations run in double precision whatever the storage dtype. Atoms with
+B_jj = 0 (zero atoms, or atoms whose squared norm underflows) are never
+admitted to a working set, and the caller zeroes their codes in a warm
+start: no coordinate step ever divides by B_jj = 0.
 """
 import numpy as np
 from cython cimport floating
-from cython.parallel cimport prange, threadid
 from libc.math cimport fabs, sqrt
+from libc.stdlib cimport free, malloc
 
+from ._blocks cimport run_blocks
+from ._gap cimport lasso_gap
 from ._prox cimport sign, soft_threshold
 
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
 # inner epochs per working set before the outer loop grows it
 cdef int MAX_INNER = 100
+# samples a block (blocks go to threads as they finish the last)
+cdef int BLOCK = 8
+# a thread for at least MIN_PER_THREAD samples (waking one costs more)
 cdef int MIN_PER_THREAD = 16
 
 
@@ -40,26 +48,24 @@ cdef double gap_from(int w, const double *z, const double *g, const double *c,
                      double xx, double lmbd) noexcept nogil:
     """Duality gap of z with the negative gradient g = c - z B, on w atoms.
 
-    ||r||^2 = ||x||^2 - 2 z.c + z B z = xx - z.c - z.g, and r D^T = g; the
-    dual point r / max(lmbd, ||g||_inf) is feasible for the problem on these
-    atoms (for all atoms: the full duality gap).
+    ||r||^2 = ||x||^2 - 2 z.c + z B z = xx - z.c - z.g, <x, r> = xx - z.c and
+    r D^T = g (_gap.pxd); the dual point is feasible for the problem on
+    these atoms (for all atoms: the full duality gap). Only a stopping test:
+    the result is certified afterwards from the returned codes.
     """
     cdef int a
-    cdef double zc = 0, zg = 0, l1 = 0, ginf = 0, rr, s, ratio, primal, dual
+    cdef double zc = 0, zg = 0, l1 = 0, gmax = 0, rr, primal, v
     for a in range(w):
         zc += z[a] * c[a]
         zg += z[a] * g[a]
         l1 += fabs(z[a])
-        if fabs(g[a]) > ginf:
-            ginf = fabs(g[a])
+        v = fabs(g[a])
+        if not v <= gmax:
+            gmax = v
     rr = xx - zc - zg
     if rr < 0:
         rr = 0
-    primal = 0.5 * rr + lmbd * l1
-    s = lmbd if lmbd > ginf else ginf
-    ratio = lmbd / s if s > 0 else 0
-    dual = ratio * (xx - zc) - 0.5 * ratio * ratio * rr
-    return primal - dual if primal > dual else 0
+    return lasso_gap(rr, xx - zc, l1, gmax, lmbd, &primal)
 
 
 cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:
@@ -183,6 +189,9 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
     cdef const floating *Bj
     cdef double *Ba
 
+    for j in range(m):
+        if not B[<Py_ssize_t> j * m + j] > 0:
+            z_full[j] = 0           # a zero atom is never used
     while True:
         # full negative gradient g = c - z B from the support
         for j in range(m):
@@ -276,51 +285,126 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             p_ws = 2 * p_ws if 2 * p_ws < m else m
 
 
+cdef struct CDWork:
+    double *z_full     # (m,) the sample's code
+    double *g_full     # (m,) c - z B
+    double *score      # (m,)
+    int *cand          # (m,)
+    int *W             # (m,) the working set
+    double *z          # (wmax,) compact copies on the working set
+    double *g          # (wmax,)
+    double *c          # (wmax,)
+    double *Bw         # (wmax, wmax)
+    int *S             # (wmax,) Newton polish: the support
+    double *rhs        # (wmax,)
+    double *M          # (kmax, kmax) Cholesky factor
+
+
+cdef struct CDCtx:
+    const void *C      # (N, m) x D^T
+    const void *B      # (m, m) D D^T
+    const double *xx   # (N,) ||x||^2
+    const double *lmbd  # (N,)
+    void *Z            # (N, m) in: start, out: codes
+    const int *active
+    Py_ssize_t m
+    int max_iter, kmax, wmax
+    double tol
+    int *n_iter        # (N,) out
+    double *gap_out    # (N,) out: the stopping gap
+    CDWork *work
+
+
+cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
+                   int nb) noexcept nogil:
+    cdef CDWork *w = &c.work[tid]
+    cdef Py_ssize_t i, j, r, m = c.m
+    cdef floating *Zr
+    cdef double gap
+    for i in range(start, start + nb):
+        r = c.active[i]
+        Zr = <floating *> c.Z + r * m
+        for j in range(m):
+            w.z_full[j] = Zr[j]
+        c.n_iter[r] = cd_sample(<const floating *> c.C + r * m,
+                                <const floating *> c.B, <int> m, c.xx[r], c.lmbd[r],
+                                w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
+                                w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
+                                w.c, w.Bw, c.kmax, w.S, w.M, w.rhs, &gap)
+        c.gap_out[r] = gap
+        for j in range(m):
+            Zr[j] = <floating> w.z_full[j]
+
+
+cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    cd_block(<double *> NULL, <CDCtx *> ctx, tid, start, nb)
+
+
+cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    cd_block(<float *> NULL, <CDCtx *> ctx, tid, start, nb)
+
+
 def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
-                       const floating[::1] xx, double lmbd, floating[:, ::1] Z,
-                       const int[::1] active, int max_iter, double tol,
-                       int n_features, int n_threads, int[::1] n_iter,
-                       floating[::1] gap_out):
+                       const double[::1] xx, const double[::1] lmbd,
+                       floating[:, ::1] Z, const int[::1] active, int max_iter,
+                       double tol, int n_features, int n_threads, int[::1] n_iter,
+                       double[::1] gap_out):
     """Solve the rows ``active`` of the batch in place in Z.
 
-    C = X D^T (N, m), B = D D^T (m, m), xx = ||x||^2 (N,). A sample stops when
-    its gap is <= tol * xx / 2 (never for tol = 0) or after max_iter epochs.
+    C = X D^T (N, m), B = D D^T (m, m), xx = ||x||^2 and lmbd per sample
+    (N,). A sample stops when its gap is <= tol * xx / 2 (never for tol = 0)
+    or after max_iter epochs; gap_out receives that stopping gap.
     """
-    cdef int m = B.shape[0], n_active = active.shape[0]
-    cdef int i, r, j, t, kmax, wmax
-    cdef double gap
-    if n_active == 0:
+    cdef CDCtx c
+    cdef Py_ssize_t m = B.shape[0], n_active = active.shape[0]
+    cdef int t, kmax, wmax
+    if n_active == 0 or m == 0:
         return
-    # a thread for at least MIN_PER_THREAD samples (waking one costs more)
     n_threads = max(1, min(n_threads, n_active // MIN_PER_THREAD))
     # B_SS is positive definite only if |S| <= n_features: cap the polish
     # there; the working set is capped at WS_MAX atoms (B_WW in cache)
-    kmax = max(1, min(m, n_features))
-    wmax = min(m, WS_MAX)
-    cdef double[:, ::1] z_full = np.empty((n_threads, m))
-    cdef double[:, ::1] g_full = np.empty((n_threads, m))
-    cdef double[:, ::1] score = np.empty((n_threads, m))
-    cdef int[:, ::1] cand = np.empty((n_threads, m), np.intc)
-    cdef int[:, ::1] W = np.empty((n_threads, m), np.intc)
-    cdef double[:, ::1] z = np.empty((n_threads, wmax))
-    cdef double[:, ::1] g = np.empty((n_threads, wmax))
-    cdef double[:, ::1] c = np.empty((n_threads, wmax))
-    cdef double[:, ::1] Bw = np.empty((n_threads, wmax * wmax))
-    cdef int[:, ::1] S = np.empty((n_threads, wmax), np.intc)
-    cdef double[:, ::1] rhs = np.empty((n_threads, wmax))
-    cdef double[:, ::1] M = np.empty((n_threads, min(kmax, wmax) ** 2))
-    with nogil:
-        for i in prange(n_active, num_threads=n_threads, schedule="dynamic", chunksize=8):
-            t = threadid()
-            r = active[i]
-            for j in range(m):
-                z_full[t, j] = Z[r, j]
-            n_iter[r] = cd_sample(&C[r, 0], &B[0, 0], m, xx[r], lmbd, &z_full[t, 0],
-                                  max_iter, tol * 0.5 * xx[r], &g_full[t, 0],
-                                  &score[t, 0], &cand[t, 0], &W[t, 0], wmax,
-                                  &z[t, 0], &g[t, 0], &c[t, 0], &Bw[t, 0],
-                                  min(kmax, wmax), &S[t, 0], &M[t, 0], &rhs[t, 0],
-                                  &gap)
-            gap_out[r] = gap
-            for j in range(m):
-                Z[r, j] = z_full[t, j]
+    wmax = <int> min(m, WS_MAX)
+    kmax = max(1, min(wmax, n_features))
+    sizes = [m, m, m, wmax, wmax, wmax, wmax * wmax, wmax, kmax * kmax]
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+    dws = np.empty((n_threads, sum(sizes) + 1))
+    iws = np.empty((n_threads, 3 * m + wmax + 1), np.intc)
+    cdef double[:, ::1] dv = dws
+    cdef int[:, ::1] iv = iws
+    cdef Py_ssize_t[::1] o = off
+    cdef CDWork *work = <CDWork *> malloc(n_threads * sizeof(CDWork))
+    if work == NULL:
+        raise MemoryError()
+    for t in range(n_threads):
+        work[t].z_full = &dv[t, o[0]]
+        work[t].g_full = &dv[t, o[1]]
+        work[t].score = &dv[t, o[2]]
+        work[t].z = &dv[t, o[3]]
+        work[t].g = &dv[t, o[4]]
+        work[t].c = &dv[t, o[5]]
+        work[t].Bw = &dv[t, o[6]]
+        work[t].rhs = &dv[t, o[7]]
+        work[t].M = &dv[t, o[8]]
+        work[t].cand = &iv[t, 0]
+        work[t].W = &iv[t, m]
+        work[t].S = &iv[t, 2 * m]
+    c.C = &C[0, 0]
+    c.B = &B[0, 0]
+    c.xx = &xx[0]
+    c.lmbd = &lmbd[0]
+    c.Z = &Z[0, 0]
+    c.active = &active[0]
+    c.m = m
+    c.max_iter = max_iter
+    c.kmax = kmax
+    c.wmax = wmax
+    c.tol = tol
+    c.n_iter = &n_iter[0]
+    c.gap_out = &gap_out[0]
+    c.work = work
+    try:
+        with nogil:
+            run_blocks(n_active, BLOCK, n_threads, True,
+                       _block_d if floating is double else _block_s, &c)
+    finally:
+        free(work)

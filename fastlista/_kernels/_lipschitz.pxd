@@ -1,17 +1,16 @@
 # Support-aware power iteration for L_S = largest eigenvalue of B_SS, with
-# B = D D^T and S a set of atoms. Header-only: the OISTA solver inlines it.
-from libc.math cimport sqrt, fabs
+# B = D D^T and S a set of atoms. Header-only: OISTA inlines it.
+#
+# Everything runs in double whatever the storage dtype (B_SS and D_S are
+# widened on the fly): a float32 iteration stalls at its rounding level,
+# where a stop test can mistake a slow climb towards L_S for convergence.
+from libc.math cimport sqrt, fabs, hypot, NAN
 from libc.stdint cimport uint64_t
 from cython cimport floating
 
-from scipy.linalg.cython_lapack cimport ssyevr, dsyevr
-
-from ._blas cimport gemv, dot, axpy, scal, nrm2
+from scipy.linalg.cython_lapack cimport dsyevr
 
 
-# below this support size, B_SS v is computed inline rather than by gemv
-cdef enum:
-    SMALL = 48
 # up to this support size, L_S comes from repeated squaring of B_SS
 cdef enum:
     TINY = 16
@@ -29,13 +28,13 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
     """
     cdef double M[TINY * TINY]
     cdef double T[TINY * TINY]
-    cdef double theta = 0, theta_old = 0, acc, num, den, tr, big
-    cdef int a, b, c, s, jmax
+    cdef double theta = 0, theta_old = 0, acc, num, den = 1, tr, big
+    cdef int a, b, c, s, jmax = 0
     # start from A / trace(A): the iterates stay of order 1 (no underflow)
     tr = 0
     for a in range(k):
         tr = tr + A[a * k + a]
-    if tr <= 0:
+    if not tr > 0:
         for a in range(k):
             v[a] = 1.0 if a == 0 else 0.0
         return 0
@@ -49,7 +48,7 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
             if M[a * k + a] > big:
                 big = M[a * k + a]
                 jmax = a
-        if big <= 0:
+        if not big > 0:
             for a in range(k):
                 v[a] = 1.0 if a == 0 else 0.0
             return 0
@@ -100,10 +99,10 @@ cdef inline double _start_value(Py_ssize_t atom) noexcept nogil:
     return (0.5 + u) if (h & 1) else -(0.5 + u)
 
 
-cdef inline floating support_lipschitz(
-        const floating *B, const floating *D, int m, int n,
-        const int *idx, int k, floating *v, floating *w, floating *work,
-        bint warm, floating tol, int max_iter, bint *converged) noexcept nogil:
+cdef inline double support_lipschitz(
+        const floating *B, const floating *D, Py_ssize_t m, Py_ssize_t n,
+        const int *idx, int k, double *v, double *w, double *work,
+        bint warm, double tol, int max_iter, bint *converged) noexcept nogil:
     """Largest eigenvalue of B_SS, S = idx[:k], by power iteration.
 
     Parameters
@@ -114,7 +113,7 @@ cdef inline floating support_lipschitz(
     v : (k,) in: warm-start vector if ``warm`` (any scale); out: the unit
         top eigenvector estimate.
     w : (k,) workspace.
-    work : workspace of size max(k * k, n) (B_SS, or u = v D_S).
+    work : workspace of max(min(k, 2 n)^2, n) doubles (B_SS, or u = v D_S).
     tol : relative tolerance on the Rayleigh quotient.
     converged : out, whether the tolerance was met within max_iter (it may
         not be when the two top eigenvalues nearly coincide).
@@ -127,30 +126,32 @@ cdef inline floating support_lipschitz(
     theta_{t-1}| and r ~ d_t / d_{t-1}, the remaining error is about
     d_t r / (1 - r). Stops when both d_t and that estimate are <= tol * theta.
     """
-    cdef int a, b, it
-    cdef floating theta = 0, theta_old = 0, nv, half, det, p, q
+    cdef Py_ssize_t a, b, it
+    cdef double theta = 0, theta_old = 0, nv, half, p, q, r
+    cdef double diff, diff_old = -1, ratio, acc
+    cdef const floating *da
     converged[0] = True
-    cdef floating diff, diff_old = -1, ratio, acc
     if k == 0:
         return 0
     if k == 1:
         v[0] = 1
-        return B[idx[0] * m + idx[0]]
+        return B[<Py_ssize_t> idx[0] * m + idx[0]]
     if k == 2:
-        # eigenvalues of [[p, q], [q, r]]: (p + r)/2 +- sqrt(((p - r)/2)^2 + q^2)
-        p = B[idx[0] * m + idx[0]]
-        q = B[idx[0] * m + idx[1]]
-        det = B[idx[1] * m + idx[1]]
-        half = 0.5 * (p - det)
-        theta = 0.5 * (p + det) + sqrt(half * half + q * q)
+        # eigenvalues of [[p, q], [q, r]]: (p + r)/2 +- hypot((p - r)/2, q)
+        # (hypot: no overflow of the squares for huge dictionaries)
+        p = B[<Py_ssize_t> idx[0] * m + idx[0]]
+        q = B[<Py_ssize_t> idx[0] * m + idx[1]]
+        r = B[<Py_ssize_t> idx[1] * m + idx[1]]
+        half = 0.5 * p - 0.5 * r
+        theta = (0.5 * p + 0.5 * r) + hypot(half, q)
         # eigenvector (q, theta - p), or (theta - r, q)
-        if fabs(theta - p) >= fabs(theta - det):
+        if fabs(theta - p) >= fabs(theta - r):
             v[0] = q
             v[1] = theta - p
         else:
-            v[0] = theta - det
+            v[0] = theta - r
             v[1] = q
-        nv = sqrt(v[0] * v[0] + v[1] * v[1])
+        nv = hypot(v[0], v[1])
         if nv > 0:
             v[0] /= nv
             v[1] /= nv
@@ -161,48 +162,52 @@ cdef inline floating support_lipschitz(
 
     cdef bint gram = k < 2 * n
     cdef double A[TINY * TINY]
-    cdef double vd[TINY]
     if k <= TINY:
         for a in range(k):
             for b in range(k):
-                A[a * k + b] = B[idx[a] * m + idx[b]]
-        theta = <floating> squaring_lipschitz(A, k, vd, tol)
-        for a in range(k):
-            v[a] = <floating> vd[a]
-        return theta
+                A[a * k + b] = B[<Py_ssize_t> idx[a] * m + idx[b]]
+        return squaring_lipschitz(A, k, v, tol)
     if gram:
         # B_SS = B[S][:, S]
         for a in range(k):
             for b in range(k):
-                work[a * k + b] = B[idx[a] * m + idx[b]]
+                work[a * k + b] = B[<Py_ssize_t> idx[a] * m + idx[b]]
+    nv = 0
     if warm:
-        nv = nrm2(k, v)
+        for a in range(k):
+            nv += v[a] * v[a]
         warm = nv > 0
     if not warm:
+        nv = 0
         for a in range(k):
-            v[a] = <floating> _start_value(idx[a])
-        nv = nrm2(k, v)
-    scal(k, 1 / nv, v)
+            v[a] = _start_value(idx[a])
+            nv += v[a] * v[a]
+    nv = 1 / sqrt(nv)
+    for a in range(k):
+        v[a] *= nv
 
     for it in range(max_iter):
-        if gram and k <= SMALL:
-            # w = B_SS v, inline: a BLAS call costs more than k^2 flops here
+        if gram:
+            # w = B_SS v
             for a in range(k):
                 acc = 0
                 for b in range(k):
                     acc = acc + work[a * k + b] * v[b]
                 w[a] = acc
-        elif gram:
-            # w = B_SS v
-            gemv(False, k, k, <floating> 1, work, k, v, <floating> 0, w)
         else:
             # u = v D_S (n,), then w = D_S u (k,)
             for b in range(n):
                 work[b] = 0
             for a in range(k):
-                axpy(n, v[a], D + <Py_ssize_t> idx[a] * n, work)
+                da = D + <Py_ssize_t> idx[a] * n
+                for b in range(n):
+                    work[b] += v[a] * da[b]
             for a in range(k):
-                w[a] = dot(n, D + <Py_ssize_t> idx[a] * n, work)
+                da = D + <Py_ssize_t> idx[a] * n
+                acc = 0
+                for b in range(n):
+                    acc += da[b] * work[b]
+                w[a] = acc
         # Rayleigh quotient theta = v^T B_SS v, and ||w|| scaled by max |w_a|
         # (no underflow or overflow of w_a^2 for tiny or huge dictionaries)
         theta = 0
@@ -216,15 +221,13 @@ cdef inline floating support_lipschitz(
             for a in range(k):
                 nv = nv + (w[a] / acc) * (w[a] / acc)
             nv = acc * sqrt(nv)
-        if nv == 0:                     # B_SS = 0 (zero atoms)
+        if not nv > 0:                  # B_SS = 0 (zero atoms)
             return 0
         for a in range(k):
             v[a] = w[a] / nv
         diff = fabs(theta - theta_old)
         if it > 0 and diff <= tol * theta:
-            if diff == 0:
-                return theta
-            ratio = diff / diff_old if diff_old > 0 else 1
+            ratio = diff / diff_old if diff_old > 0 else 0
             if ratio < 1 and diff * ratio <= tol * theta * (1 - ratio):
                 return theta
         theta_old = theta
@@ -233,39 +236,40 @@ cdef inline floating support_lipschitz(
     return theta
 
 
-cdef inline floating exact_lipschitz(
-        const floating *B, const floating *D, int m, int n, const int *idx,
-        int k, floating *A, floating *work, int *iwork) noexcept nogil:
-    """Largest eigenvalue of B_SS by LAPACK syevr, on the smaller Gram.
+cdef inline double exact_lipschitz(
+        const floating *B, const floating *D, Py_ssize_t m, Py_ssize_t n,
+        const int *idx, int k, double *A, double *work, int *iwork) noexcept nogil:
+    """Largest eigenvalue of B_SS by LAPACK dsyevr, on the smaller Gram.
 
     B_SS = D_S D_S^T (k x k) and D_S^T D_S (n x n) share their non-zero
     eigenvalues. A holds min(k, n)^2 values, work 26 min(k, n), iwork
-    10 min(k, n).
+    10 min(k, n). NaN when LAPACK reports a failure (info != 0).
     """
-    cdef int a, b, r = k if k <= n else n, il, n_found, info
-    cdef int lwork = 26 * r, liwork = 10 * r, ldz = 1, isuppz[2]
+    cdef int r = k if k <= n else <int> n, il, n_found = 0, info = 0
+    cdef int lwork = 26 * r, liwork = 10 * r, ldz = 1
+    cdef int isuppz[2]
     cdef char jobz = b'N', rng = b'I', uplo = b'L'
-    cdef floating vl = 0, vu = 0, abstol = 0, top = 0, zz = 0
+    cdef double vl = 0, vu = 0, abstol = 0, top = 0, zz = 0
+    cdef Py_ssize_t a, b, j
     cdef const floating *da
     if k == 0:
         return 0
     if k <= n:
         for a in range(k):
             for b in range(k):
-                A[a * k + b] = B[idx[a] * m + idx[b]]
+                A[a * k + b] = B[<Py_ssize_t> idx[a] * m + idx[b]]
     else:
-        for a in range(n * n):
+        for a in range(<Py_ssize_t> n * n):
             A[a] = 0
         for a in range(k):
             # D_S^T D_S += d_a^T d_a (lower triangle of the column-major A)
             da = D + <Py_ssize_t> idx[a] * n
             for b in range(n):
-                axpy(n - b, da[b], da + b, A + b * n + b)
+                for j in range(b, n):
+                    A[b * n + j] += <double> da[b] * da[j]
     il = r
-    if floating is float:
-        ssyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
-               &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
-    else:
-        dsyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
-               &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
+    dsyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
+           &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
+    if info != 0 or n_found != 1:
+        return NAN
     return top

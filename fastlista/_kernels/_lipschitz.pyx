@@ -1,72 +1,137 @@
-"""Lipschitz constants L = ||D||_2^2 and L_S = ||D_S||_2^2 (batched)."""
+"""Batched L_S = ||D_S||_2^2, one support a row of a boolean matrix."""
 import numpy as np
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+from ._blocks cimport run_blocks
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
 
 
-cdef inline int gather_support(const unsigned char *mask, int m,
-                              int *idx) noexcept nogil:
+cdef inline int gather_support(const unsigned char *mask, Py_ssize_t m,
+                               int *idx) noexcept nogil:
     """idx[:k] = flatnonzero(mask), k returned; 8 bytes at a time."""
-    cdef int j = 0, k = 0, b
+    cdef Py_ssize_t j = 0, b
+    cdef int k = 0
     cdef uint64_t word
     while j + 8 <= m:
         memcpy(&word, mask + j, 8)
         if word:
             for b in range(8):
                 if mask[j + b]:
-                    idx[k] = j + b
+                    idx[k] = <int> (j + b)
                     k = k + 1
         j = j + 8
     while j < m:
         if mask[j]:
-            idx[k] = j
+            idx[k] = <int> j
             k = k + 1
         j = j + 1
     return k
 
 
+cdef struct LipWork:
+    int *idx        # (m,) atoms of the support
+    double *v       # (m,) eigenvector estimate
+    double *w       # (m,)
+    double *work    # B_SS or u = v D_S
+    double *A       # LAPACK fallback: min(m, n)^2
+    double *lwork   # 26 min(m, n)
+    int *iwork      # 10 min(m, n)
+
+
+cdef struct LipCtx:
+    const void *B
+    const void *D
+    const unsigned char *support
+    double *out
+    Py_ssize_t m, n
+    double tol
+    int max_iter
+    LipWork *work
+
+
+cdef void lip_block(floating *tag, LipCtx *c, int tid, Py_ssize_t start,
+                    int nb) noexcept nogil:
+    cdef LipWork *w = &c.work[tid]
+    cdef Py_ssize_t i
+    cdef int k
+    cdef bint converged
+    cdef double L
+    for i in range(start, start + nb):
+        k = gather_support(c.support + i * c.m, c.m, w.idx)
+        L = support_lipschitz(<const floating *> c.B, <const floating *> c.D, c.m, c.n,
+                              w.idx, k, w.v, w.w, w.work, False, c.tol,
+                              c.max_iter, &converged)
+        if not converged:
+            L = exact_lipschitz(<const floating *> c.B, <const floating *> c.D, c.m,
+                                c.n, w.idx, k, w.A, w.lwork, w.iwork)
+        c.out[i] = L
+
+
+cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    lip_block(<double *> NULL, <LipCtx *> ctx, tid, start, nb)
+
+
+cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    lip_block(<float *> NULL, <LipCtx *> ctx, tid, start, nb)
+
+
+# supports a block, and at least MIN_PER_THREAD supports a thread: a region
+# woken for less costs more than it saves
+cdef int BLOCK = 64
 cdef int MIN_PER_THREAD = 2048
 
 
 def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
-                       const unsigned char[:, ::1] support, floating tol,
+                       const unsigned char[:, ::1] support, double tol,
                        int max_iter, int n_threads):
-    """L_S of each row of a boolean (N, m) support matrix, OpenMP over rows.
+    """L_S of each row of a boolean (N, m) support matrix, in double.
 
     Power iteration, or LAPACK when it does not converge in max_iter.
-    Returns an (N,) array of the dtype of D.
+    Returns an (N,) float64 array; NaN where LAPACK failed too.
     """
-    cdef int N = support.shape[0], m = D.shape[0], n = D.shape[1]
-    cdef int i, k, t, r = min(m, n)
-    cdef bint converged
-    dtype = np.float32 if floating is float else np.float64
-    out_arr = np.zeros(N, dtype=dtype)
-    cdef floating[::1] out = out_arr
-    # a thread per MIN_PER_THREAD supports at least: a region woken for less
-    # costs more than it saves
-    n_threads = max(1, min(n_threads, N // MIN_PER_THREAD))
-    cdef int[:, ::1] idx = np.empty((n_threads, m), dtype=np.intc)
-    cdef floating[:, ::1] v = np.empty((n_threads, m), dtype=dtype)
-    cdef floating[:, ::1] w = np.empty((n_threads, m), dtype=dtype)
-    # B_SS is only formed when |S| < 2 n (see support_lipschitz)
-    cdef floating[:, ::1] work = np.empty((n_threads, max(min(m, 2 * n) ** 2, n, 1)), dtype=dtype)
-    cdef floating[:, ::1] A = np.empty((n_threads, r * r), dtype=dtype)
-    cdef floating[:, ::1] lwork = np.empty((n_threads, 26 * r), dtype=dtype)
-    cdef int[:, ::1] iwork = np.empty((n_threads, 10 * r), dtype=np.intc)
-    if N == 0:
+    cdef Py_ssize_t N = support.shape[0], m = D.shape[0], n = D.shape[1]
+    cdef Py_ssize_t r = min(m, n)
+    cdef LipCtx c
+    cdef int t
+    out_arr = np.zeros(N)
+    if N == 0 or m == 0:
         return out_arr
-    with nogil:
-        for i in prange(N, num_threads=n_threads, schedule="dynamic", chunksize=64):
-            t = threadid()
-            k = gather_support(&support[i, 0], m, &idx[t, 0])
-            out[i] = support_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
-                                       &v[t, 0], &w[t, 0], &work[t, 0],
-                                       False, tol, max_iter, &converged)
-            if not converged:
-                out[i] = exact_lipschitz(&B[0, 0], &D[0, 0], m, n, &idx[t, 0], k,
-                                         &A[t, 0], &lwork[t, 0], &iwork[t, 0])
+    n_threads = max(1, min(n_threads, N // MIN_PER_THREAD))
+    iw = np.empty((n_threads, m + 10 * r), dtype=np.intc)
+    # B_SS is only formed when |S| < 2 n (see support_lipschitz)
+    size = max(min(m, 2 * n) ** 2, n)
+    fw = np.empty((n_threads, 2 * m + size + r * r + 26 * r))
+    cdef int[:, ::1] iv = iw
+    cdef double[:, ::1] fv = fw
+    cdef double[::1] out = out_arr
+    cdef LipWork *work = <LipWork *> malloc(n_threads * sizeof(LipWork))
+    if work == NULL:
+        raise MemoryError()
+    for t in range(n_threads):
+        work[t].idx = &iv[t, 0]
+        work[t].iwork = &iv[t, m]
+        work[t].v = &fv[t, 0]
+        work[t].w = &fv[t, m]
+        work[t].work = &fv[t, 2 * m]
+        work[t].A = &fv[t, 2 * m + size]
+        work[t].lwork = &fv[t, 2 * m + size + r * r]
+    c.B = &B[0, 0]
+    c.D = &D[0, 0]
+    c.support = &support[0, 0]
+    c.out = &out[0]
+    c.m = m
+    c.n = n
+    c.tol = tol
+    c.max_iter = max_iter
+    c.work = work
+    try:
+        with nogil:
+            run_blocks(N, BLOCK, n_threads, True,
+                       _block_d if floating is double else _block_s, &c)
+    finally:
+        free(work)
     return out_arr

@@ -155,4 +155,46 @@ FL_DEFINE(double, uint64_t, fl_d)
 FL_DEFINE(float, uint32_t, fl_s)
 FL_DEFINE_SIGN(double, uint64_t, fl_d)
 FL_DEFINE_SIGN(float, uint32_t, fl_s)
+/* The four sums of the duality gap of one code (_gap.pxd), in double:
+   rr = ||r||^2 and xr = <x, r> over the n features, l1 = ||z||_1 and
+   gmax = max_j |g_j| (positive codes: max(0, max_j g_j)) over the m atoms,
+   with g = r D^T. Reductions in simd lanes (OpenMP simd: the order of the
+   additions is that of the lanes, fixed for a given build). A NaN in r or z
+   reaches rr or l1; g = r D^T holds one only if they do. */
+#define FL_DEFINE_GAP_SUMS(TZ, NAME)                                           \
+static FL_SIMD void NAME(Py_ssize_t n, const double *__restrict x,           \
+                         const double *__restrict r, Py_ssize_t m,           \
+                         const TZ *__restrict z, const double *__restrict g, \
+                         int positive, double *__restrict out) {             \
+    double rr = 0, xr = 0, l1 = 0, gmax = 0;                                  \
+    _Pragma("omp simd reduction(+:rr, xr)")                                   \
+    for (Py_ssize_t j = 0; j < n; j++) {                                      \
+        rr += r[j] * r[j];                                                    \
+        xr += x[j] * r[j];                                                    \
+    }                                                                         \
+    _Pragma("omp simd reduction(+:l1) reduction(max:gmax)")                   \
+    for (Py_ssize_t j = 0; j < m; j++) {                                      \
+        double v = positive ? g[j] : (g[j] < 0 ? -g[j] : g[j]);              \
+        l1 += (double) (z[j] < 0 ? -z[j] : z[j]);                             \
+        gmax = v > gmax ? v : gmax;                                           \
+    }                                                                         \
+    out[0] = rr; out[1] = xr; out[2] = l1; out[3] = gmax;                     \
+}
+
+FL_DEFINE_GAP_SUMS(double, fl_d_gap_sums)
+FL_DEFINE_GAP_SUMS(float, fl_s_gap_sums)
+/* Whether any of z[:n] is not finite (NaN or +-inf): all exponent bits
+   set. Integer operations only, so that the loop vectorizes. */
+#define FL_DEFINE_NONFINITE(T, U, EXP, NAME)                                   \
+static FL_SIMD int NAME(Py_ssize_t n, const T *__restrict z) {               \
+    U acc = 0;                                                                \
+    for (Py_ssize_t j = 0; j < n; j++) {                                      \
+        U b; memcpy(&b, &z[j], sizeof(T));                                    \
+        acc |= (U) ((b & (EXP)) == (EXP));                                    \
+    }                                                                         \
+    return acc != 0;                                                          \
+}
+
+FL_DEFINE_NONFINITE(double, uint64_t, 0x7FF0000000000000ULL, fl_d_nonfinite)
+FL_DEFINE_NONFINITE(float, uint32_t, 0x7F800000U, fl_s_nonfinite)
 #endif

@@ -22,3 +22,11 @@ cdef extern from "_simd.h":
     void fl_s_back_sign(int nb, int m, float *G, const float *V,
                         const signed char *sg, float a, float lmbd,
                         double *dthr) noexcept nogil
+    void fl_d_gap_sums(Py_ssize_t n, const double *x, const double *r, Py_ssize_t m,
+                       const double *z, const double *g, int positive,
+                       double *out) noexcept nogil
+    void fl_s_gap_sums(Py_ssize_t n, const double *x, const double *r, Py_ssize_t m,
+                       const float *z, const double *g, int positive,
+                       double *out) noexcept nogil
+    int fl_d_nonfinite(Py_ssize_t n, const double *z) noexcept nogil
+    int fl_s_nonfinite(Py_ssize_t n, const float *z) noexcept nogil

@@ -1,6 +1,6 @@
 """Batched proximal-gradient Lasso solvers: ISTA, FISTA, OISTA, backtracking.
 
-For every sample x (a row of X) they minimise
+For every sample x (a row of X), with its own lmbd, they minimise
 
     F_x(z) = 1/2 ||x - z D||^2 + lmbd ||z||_1,    B = D D^T,  c = x D^T,
 
@@ -11,30 +11,40 @@ by steps z <- ST(z - t (z B - c), lmbd t) with a step t chosen per method:
   the gradient-based adaptive restart of O'Donoghue & Candes (2015).
 * OISTA: t = 1/L_S, S = supp(z), kept only if supp(z+) is inside S (the
   descent lemma holds on the face of S with constant L_S); otherwise 1/L.
+  L_S comes from a warm-started power iteration, recomputed only when the
+  support changes; when it does not converge, from LAPACK; when LAPACK
+  fails, the step is 1/L.
 * backtracking: a step per sample, tried at t_prev / eta and shrunk by eta
   until 1/2 ||d D||^2 <= ||d||^2 / (2 t), d = z+ - z (the quadratic upper
   bound of Beck & Teboulle, 2009, written exactly for this quadratic f).
+  The next trial grows from t only when t was accepted on a positive
+  curvature ||d D||^2 > 0: at a fixed point (d = 0), or along the null space
+  of D, every step passes the test and would otherwise grow without bound.
 
-Samples are processed in blocks that stay in cache; each block runs all its
-iterations before the next (threads take blocks). Within a block, the
-gradient G = P B - C is one of
+Samples are processed in blocks that stay in cache (fastlista's one block
+driver, _blocks.pxd); each block runs all its iterations before the next
+(threads take blocks). Within a block, the gradient G = P B - C is one of
   * two GEMMs through D: R = P D - X, G = R D^T        (4 b m n flops),
   * one GEMM through the Gram: G = P B - C             (2 b m^2 flops),
   * a gather of the rows of B of the non-zeros of P    (2 m nnz(P) flops),
 whichever is cheapest. Every `gap_freq` iterations the duality gap of each
-sample is computed from the gradient at z in O(m) (no extra product for
-ISTA, OISTA and backtracking; one for FISTA, whose gradient is at y), and a
-sample whose gap is <= tol * 1/2 ||x||^2 leaves its block.
+sample is computed from the gradient at z in O(m) (_gap.pxd; no extra
+product for ISTA, OISTA and backtracking; one for FISTA, whose gradient is
+at y), and a sample whose gap is <= tol * 1/2 ||x||^2 leaves its block.
+That gap only decides when to stop: the result is certified afterwards from
+the returned codes (_certify.pyx). A NaN gap never stops a sample.
 """
 import numpy as np
 from cython cimport floating
-from cython.parallel cimport prange, threadid
-from libc.math cimport fabs, sqrt
+from libc.math cimport fabs, sqrt, isfinite
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from ._blas cimport gemm, axpy, dot
+from ._blocks cimport run_blocks
+from ._gap cimport lasso_gap
 from ._prox cimport soft_threshold
-from ._lipschitz cimport support_lipschitz
+from ._lipschitz cimport support_lipschitz, exact_lipschitz
 from ._simd cimport fl_d_st_step, fl_s_st_step
 
 cdef enum:
@@ -51,12 +61,65 @@ cdef double SPARSE_PENALTY = 4.0
 # Backtracking: try t_prev / ETA first, shrink by ETA.
 cdef double ETA = 0.7
 cdef int LS_MAX_TRIALS = 100
+# OISTA's power iteration: relative tolerance and iterations
+cdef double LS_TOL = 1e-8
+cdef int LS_MAX_ITER = 1000
+
+
+cdef struct ProxWork:
+    # one thread's block of at most nb_max samples (floating arrays as void *)
+    void *Z         # (nb_max, m) codes
+    void *X         # (nb_max, n) signals
+    void *C         # (nb_max, m) c = x D^T
+    void *G         # (nb_max, m) gradient at P (z, or y for FISTA)
+    void *R         # (nb_max, n) r = P D - x
+    void *Y         # (nb_max, m) FISTA: extrapolated point
+    void *Gz        # (nb_max, m) FISTA: gradient at z, for the gap
+    void *row       # (m,) the candidate z+
+    void *dD        # (n,) backtracking: d D
+    double *aux     # (nb_max,) FISTA momentum, OISTA L_S, backtracking step
+    double *lmbd    # (nb_max,) each slot's lmbd
+    double *xx      # (nb_max,) each slot's ||x||^2
+    double *V       # (nb_max, m) OISTA: warm-start eigenvectors
+    double *v       # (m,) OISTA: eigenvector of the current support
+    double *w       # (m,)
+    double *lwork   # power iteration workspace max(min(m, 2n)^2, n)
+    double *A       # LAPACK: min(m, n)^2
+    double *lapack  # LAPACK: 26 min(m, n)
+    int *iwork      # LAPACK: 10 min(m, n)
+    int *orig       # (nb_max,) the batch row of each slot
+    int *idx        # (m,) OISTA: atoms of the support
+    unsigned char *fresh    # (nb_max,) OISTA: L_S in aux is that of supp(z)
+
+
+cdef struct ProxCtx:
+    int method
+    const void *X   # (N, n)
+    const void *D   # (m, n)
+    const void *DT  # (n, m)
+    const void *B   # (m, m)
+    const void *C   # (N, m)
+    const double *xx    # (N,) ||x||^2
+    const double *lmbd  # (N,)
+    void *Z         # (N, m) in: start, out: codes
+    const int *active   # rows to solve
+    Py_ssize_t N, m, n
+    double L
+    int max_iter, gap_freq
+    double tol
+    bint record
+    void *hist_obj  # (max_iter + 1, N) when record
+    void *hist_gap
+    void *hist_step
+    int *n_iter     # (N,) out
+    double *gap_out  # (N,) out: the stopping gap (the certificate comes later)
+    ProxWork *work  # one per thread
 
 
 cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                          const floating *Cb, const floating *D,
-                         const floating *DT, const floating *B, int m, int n,
-                         floating *R, floating *G) noexcept nogil:
+                         const floating *DT, const floating *B, Py_ssize_t m,
+                         Py_ssize_t n, floating *R, floating *G) noexcept nogil:
     """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
 
     The products are untransposed (DT = D^T): BLAS multiplies these small
@@ -68,7 +131,7 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
     cdef double dense = 4.0 * nb * m * n
     if 2.0 * m * m * nb < dense:
         dense = 2.0 * m * m * nb
-    for i in range(<Py_ssize_t> nb * m):
+    for i in range(nb * m):
         nnz += P[i] != 0
     if SPARSE_PENALTY * 2.0 * m * nnz < dense:
         # G_i = -c_i + sum_{j in supp(p_i)} p_ij B_j
@@ -79,192 +142,222 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
             for j in range(m):
                 p = row[j]
                 if p != 0:
-                    axpy(m, p, B + j * m, G + i * m)
+                    axpy(<int> m, p, B + j * m, G + i * m)
     elif 2.0 * m * m * nb < 4.0 * nb * m * n:
         # G = P B - C
         memcpy(G, Cb, nb * m * sizeof(floating))
-        gemm(False, False, nb, m, m, 1, P, m, B, m, -1, G, m)
+        gemm(False, False, nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1, G,
+             <int> m)
     else:
         # R = P D - X, then G = R D^T
         memcpy(R, Xb, nb * n * sizeof(floating))
-        gemm(False, False, nb, n, m, 1, P, m, D, n, -1, R, n)
-        gemm(False, False, nb, m, n, 1, R, n, DT, m, 0, G, m)
+        gemm(False, False, nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, R,
+             <int> n)
+        gemm(False, False, nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, G,
+             <int> m)
 
 
-cdef inline void gap_of(const floating *z, const floating *g, const floating *c,
-                        double xx, double lmbd, int m, double *obj,
-                        double *gap) noexcept nogil:
-    """Primal objective and duality gap of z from its gradient g = z B - c.
+cdef inline double stopping_gap(const floating *z, const floating *g,
+                                const floating *c, double xx, double lmbd,
+                                Py_ssize_t m, double *obj) noexcept nogil:
+    """Duality gap of z from its gradient g = z B - c, in O(m).
 
-    ||r||^2 = ||x||^2 - z.c + z.g (r = x - z D), r D^T = -g, and with
-    s = max(lmbd, ||g||_inf), theta = r / s:
-    Dual(theta) = (lmbd/s) <x, r> - 1/2 (lmbd/s)^2 ||r||^2, <x, r> = xx - z.c.
+    ||r||^2 = ||x||^2 - z.c + z.g (r = x - z D), <x, r> = ||x||^2 - z.c,
+    r D^T = -g (_gap.pxd).
     """
-    cdef int j
-    cdef double zc = 0, zg = 0, l1 = 0, ginf = 0, rr, xr, s, ratio, dual
+    cdef Py_ssize_t j
+    cdef double zc = 0, zg = 0, l1 = 0, gmax = 0, rr, a
     for j in range(m):
         zc += z[j] * c[j]
         zg += z[j] * g[j]
         l1 += fabs(z[j])
-        if fabs(g[j]) > ginf:
-            ginf = fabs(g[j])
+        a = fabs(g[j])
+        if not a <= gmax:
+            gmax = a
     rr = xx - zc + zg
     if rr < 0:
         rr = 0
-    xr = xx - zc
-    obj[0] = 0.5 * rr + lmbd * l1
-    s = lmbd if lmbd > ginf else ginf
-    ratio = lmbd / s if s > 0 else 0
-    dual = ratio * xr - 0.5 * ratio * ratio * rr
-    gap[0] = obj[0] - dual if obj[0] > dual else 0
+    return lasso_gap(rr, xx - zc, l1, gmax, lmbd, obj)
 
 
-cdef inline void move_row(floating *A, int width, int src, int dst) noexcept nogil:
-    memcpy(A + <Py_ssize_t> dst * width, A + <Py_ssize_t> src * width,
-           width * sizeof(floating))
+cdef inline void move_row(void *A, Py_ssize_t width, int src, int dst,
+                          size_t itemsize) noexcept nogil:
+    memcpy(<char *> A + dst * width * itemsize, <char *> A + src * width * itemsize,
+           width * itemsize)
 
 
-cdef void solve_block(
-        int method, int nb, const int *rows,
-        const floating[:, ::1] X, const floating[:, ::1] D,
-        const floating[:, ::1] DT, const floating[:, ::1] B,
-        const floating[:, ::1] C, const floating[::1] xx, floating[:, ::1] Z,
-        double lmbd, double L, int max_iter, double tol, int gap_freq,
-        bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
-        floating[:, ::1] hist_step, int[::1] n_iter, floating[::1] gap_out,
-        # per-thread workspace
-        floating *Zb, floating *Xb, floating *Cb, floating *G, floating *R,
-        floating *Yb, floating *Gz, floating *Vb, floating *aux,
-        int *orig, unsigned char *fresh, floating *row, floating *dD,
-        int *idx, floating *v, floating *w, floating *work,
-        double ls_tol, int ls_max_iter) noexcept nogil:
-    """Run one block of samples to convergence (or max_iter), in place."""
-    cdef int m = D.shape[0], n = D.shape[1]
-    cdef int s, j, k, it = 0, trial, last
-    cdef bint check, done, inside, shrunk, has_warm, converged
-    cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, xxs
+cdef double oista_lipschitz(floating *tag, ProxCtx *c, ProxWork *w, int s,
+                            const floating *z) noexcept nogil:
+    """L_S of slot s's support, warm-started from its last eigenvector.
+
+    LAPACK when the power iteration does not converge; 0 when LAPACK fails
+    (the caller then steps by 1/L).
+    """
+    cdef Py_ssize_t m = c.m, j
+    cdef int k = 0
+    cdef bint has_warm = False, converged
+    cdef double Ls
+    cdef double *V = w.V + s * m
+    for j in range(m):
+        if z[j] != 0:
+            w.idx[k] = <int> j
+            k = k + 1
+    if k == 0:
+        return 0
+    for j in range(k):
+        w.v[j] = V[w.idx[j]]
+        has_warm = has_warm or w.v[j] != 0
+    Ls = support_lipschitz(<const floating *> c.B, <const floating *> c.D, m, c.n,
+                           w.idx, k, w.v, w.w, w.lwork, has_warm, LS_TOL,
+                           LS_MAX_ITER, &converged)
+    if not converged:
+        Ls = exact_lipschitz(<const floating *> c.B, <const floating *> c.D, m, c.n,
+                             w.idx, k, w.A, w.lapack, w.iwork)
+    for j in range(k):
+        V[w.idx[j]] = w.v[j]
+    return Ls if isfinite(Ls) and Ls > 0 else 0
+
+
+cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
+                      int nb) noexcept nogil:
+    """Run the samples active[start:start + nb] to convergence, in place."""
+    cdef ProxWork *w = &c.work[tid]
+    cdef int method = c.method
+    cdef Py_ssize_t m = c.m, n = c.n, N = c.N, j
+    cdef int s, it = 0, trial, last
+    cdef bint check, done, inside, shrunk
+    cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, L = c.L
     cdef floating u
+    cdef floating *Zb = <floating *> w.Z
+    cdef floating *Xb = <floating *> w.X
+    cdef floating *Cb = <floating *> w.C
+    cdef floating *G = <floating *> w.G
+    cdef floating *R = <floating *> w.R
+    cdef floating *Yb = <floating *> w.Y
+    cdef floating *Gz = <floating *> w.Gz
+    cdef floating *row = <floating *> w.row
+    cdef floating *dD = <floating *> w.dD
+    cdef floating *Z = <floating *> c.Z
+    cdef const floating *X = <const floating *> c.X
+    cdef const floating *C = <const floating *> c.C
+    cdef const floating *D = <const floating *> c.D
+    cdef const floating *DT = <const floating *> c.DT
+    cdef const floating *B = <const floating *> c.B
+    cdef floating *hobj = <floating *> c.hist_obj
+    cdef floating *hgap = <floating *> c.hist_gap
+    cdef floating *hstep = <floating *> c.hist_step
     cdef floating *P
     cdef floating *Gp
     cdef floating *zs
     cdef floating *gs
+    cdef floating *ys
 
     for s in range(nb):
-        orig[s] = rows[s]
-        memcpy(Zb + <Py_ssize_t> s * m, &Z[rows[s], 0], m * sizeof(floating))
-        memcpy(Xb + <Py_ssize_t> s * n, &X[rows[s], 0], n * sizeof(floating))
-        memcpy(Cb + <Py_ssize_t> s * m, &C[rows[s], 0], m * sizeof(floating))
+        w.orig[s] = c.active[start + s]
+        memcpy(Zb + s * m, Z + <Py_ssize_t> w.orig[s] * m, m * sizeof(floating))
+        memcpy(Xb + s * n, X + <Py_ssize_t> w.orig[s] * n, n * sizeof(floating))
+        memcpy(Cb + s * m, C + <Py_ssize_t> w.orig[s] * m, m * sizeof(floating))
+        w.lmbd[s] = c.lmbd[w.orig[s]]
+        w.xx[s] = c.xx[w.orig[s]]
         if method == FISTA:
-            memcpy(Yb + <Py_ssize_t> s * m, Zb + <Py_ssize_t> s * m, m * sizeof(floating))
-            aux[s] = 1                      # momentum t_k
+            memcpy(Yb + s * m, Zb + s * m, m * sizeof(floating))
+            w.aux[s] = 1                    # momentum t_k
         elif method == OISTA:
             for j in range(m):
-                Vb[<Py_ssize_t> s * m + j] = 0
-            fresh[s] = 0                    # L_S (in aux) not computed yet
+                w.V[s * m + j] = 0
+            w.fresh[s] = 0                  # L_S (in aux) not computed yet
         elif method == BACKTRACKING:
-            aux[s] = 1 / L                  # current step
+            w.aux[s] = 1 / L                # last step accepted on curvature
 
     while True:
         P = Yb if method == FISTA else Zb
-        block_gradient(P, nb, Xb, Cb, &D[0, 0], &DT[0, 0], &B[0, 0], m, n, R, G)
-        check = record or it == max_iter or (tol > 0 and it % gap_freq == 0)
+        block_gradient(P, nb, Xb, Cb, D, DT, B, m, n, R, G)
+        check = c.record or it == c.max_iter or (c.tol > 0 and it % c.gap_freq == 0)
         if check:
             Gp = G
             if method == FISTA and it > 0:
-                block_gradient(Zb, nb, Xb, Cb, &D[0, 0], &DT[0, 0], &B[0, 0], m, n, R,
-                               Gz)
+                block_gradient(Zb, nb, Xb, Cb, D, DT, B, m, n, R, Gz)
                 Gp = Gz
             s = 0
             while s < nb:
-                xxs = xx[orig[s]]
-                gap_of(Zb + <Py_ssize_t> s * m, Gp + <Py_ssize_t> s * m,
-                       Cb + <Py_ssize_t> s * m, xxs, lmbd, m, &obj, &gap)
-                if record:
-                    hist_obj[it, orig[s]] = obj
-                    hist_gap[it, orig[s]] = gap
-                done = it == max_iter or (tol > 0 and gap <= tol * 0.5 * xxs)
+                gap = stopping_gap(Zb + s * m, Gp + s * m, Cb + s * m, w.xx[s],
+                                   w.lmbd[s], m, &obj)
+                if c.record:
+                    hobj[<Py_ssize_t> it * N + w.orig[s]] = obj
+                    hgap[<Py_ssize_t> it * N + w.orig[s]] = gap
+                done = it == c.max_iter or (c.tol > 0 and gap <= c.tol * 0.5 * w.xx[s])
                 if not done:
                     s = s + 1
                     continue
-                memcpy(&Z[orig[s], 0], Zb + <Py_ssize_t> s * m, m * sizeof(floating))
-                n_iter[orig[s]] = it
-                gap_out[orig[s]] = gap
+                memcpy(Z + <Py_ssize_t> w.orig[s] * m, Zb + s * m, m * sizeof(floating))
+                c.n_iter[w.orig[s]] = it
+                c.gap_out[w.orig[s]] = gap
                 # the last sample of the block takes the freed slot
                 nb = nb - 1
                 last = nb
                 if s != last:
-                    move_row(Zb, m, last, s)
-                    move_row(Xb, n, last, s)
-                    move_row(Cb, m, last, s)
-                    move_row(G, m, last, s)
+                    move_row(Zb, m, last, s, sizeof(floating))
+                    move_row(Xb, n, last, s, sizeof(floating))
+                    move_row(Cb, m, last, s, sizeof(floating))
+                    move_row(G, m, last, s, sizeof(floating))
                     if Gp != G:
-                        move_row(Gp, m, last, s)
+                        move_row(Gp, m, last, s, sizeof(floating))
                     if method == FISTA:
-                        move_row(Yb, m, last, s)
+                        move_row(Yb, m, last, s, sizeof(floating))
                     if method == OISTA:
-                        move_row(Vb, m, last, s)
-                        fresh[s] = fresh[last]
-                    aux[s] = aux[last]
-                    orig[s] = orig[last]
+                        move_row(w.V, m, last, s, sizeof(double))
+                        w.fresh[s] = w.fresh[last]
+                    w.aux[s] = w.aux[last]
+                    w.lmbd[s] = w.lmbd[last]
+                    w.xx[s] = w.xx[last]
+                    w.orig[s] = w.orig[last]
             if nb == 0:
                 return
 
         for s in range(nb):
-            zs = Zb + <Py_ssize_t> s * m
-            gs = G + <Py_ssize_t> s * m
+            zs = Zb + s * m
+            gs = G + s * m
             if method == ISTA:
                 # z <- ST(z - g / L, lmbd / L), vectorised
                 step = 1 / L
-                thr = lmbd * step
+                thr = w.lmbd[s] * step
                 if floating is double:
                     fl_d_st_step(m, zs, gs, step, thr)
                 else:
                     fl_s_st_step(m, zs, gs, <float> step, <float> thr)
             elif method == FISTA:
                 step = 1 / L
-                thr = lmbd * step
-                P = Yb + <Py_ssize_t> s * m
+                thr = w.lmbd[s] * step
+                ys = Yb + s * m
                 restart = 0
                 for j in range(m):
-                    row[j] = soft_threshold(<floating> (P[j] - step * gs[j]), <floating> thr)
-                    restart += (P[j] - row[j]) * (row[j] - zs[j])
+                    row[j] = soft_threshold(<floating> (ys[j] - step * gs[j]),
+                                            <floating> thr)
+                    restart += (ys[j] - row[j]) * (row[j] - zs[j])
                 if restart > 0:
                     # the momentum points uphill: restart from z_{k+1}
-                    aux[s] = 1
-                    memcpy(P, row, m * sizeof(floating))
+                    w.aux[s] = 1
+                    memcpy(ys, row, m * sizeof(floating))
                 else:
-                    t_new = 0.5 * (1 + sqrt(1 + 4 * aux[s] * aux[s]))
-                    beta = (aux[s] - 1) / t_new
-                    aux[s] = t_new
+                    t_new = 0.5 * (1 + sqrt(1 + 4 * w.aux[s] * w.aux[s]))
+                    beta = (w.aux[s] - 1) / t_new
+                    w.aux[s] = t_new
                     for j in range(m):
-                        P[j] = row[j] + beta * (row[j] - zs[j])
+                        ys[j] = row[j] + beta * (row[j] - zs[j])
                 memcpy(zs, row, m * sizeof(floating))
             elif method == OISTA:
-                k = 0
-                for j in range(m):
-                    if zs[j] != 0:
-                        idx[k] = j
-                        k = k + 1
                 step = 1 / L
-                if k > 0:
-                    if not fresh[s]:
-                        has_warm = False
-                        for j in range(k):
-                            v[j] = Vb[<Py_ssize_t> s * m + idx[j]]
-                            has_warm = has_warm or v[j] != 0
-                        aux[s] = support_lipschitz(
-                            &B[0, 0], &D[0, 0], m, n, idx, k, v, w, work,
-                            has_warm, <floating> ls_tol, ls_max_iter, &converged)
-                        for j in range(k):
-                            Vb[<Py_ssize_t> s * m + idx[j]] = v[j]
-                        fresh[s] = 1
-                    if aux[s] > 0:
-                        step = 1 / aux[s]
-                thr = lmbd * step
+                if not w.fresh[s]:
+                    w.aux[s] = oista_lipschitz(tag, c, w, s, zs)
+                    w.fresh[s] = 1
+                if w.aux[s] > 0:
+                    step = 1 / w.aux[s]
+                thr = w.lmbd[s] * step
                 inside = True
                 shrunk = False
                 for j in range(m):
-                    row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]), <floating> thr)
+                    row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
+                                            <floating> thr)
                     if row[j] != 0 and zs[j] == 0:
                         inside = False
                     elif row[j] == 0 and zs[j] != 0:
@@ -272,97 +365,174 @@ cdef void solve_block(
                 if inside:
                     memcpy(zs, row, m * sizeof(floating))
                     if shrunk:
-                        fresh[s] = 0
+                        w.fresh[s] = 0
                 else:
                     # supp(z+) leaves S: 1/L_S is no longer safe
                     step = 1 / L
-                    thr = lmbd * step
+                    thr = w.lmbd[s] * step
                     for j in range(m):
-                        zs[j] = soft_threshold(<floating> (zs[j] - step * gs[j]), <floating> thr)
-                    fresh[s] = 0
+                        zs[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
+                                               <floating> thr)
+                    w.fresh[s] = 0
             else:
-                step = aux[s] / ETA
+                step = w.aux[s] / ETA
+                ddD = 0
                 for trial in range(LS_MAX_TRIALS):
-                    thr = lmbd * step
+                    thr = w.lmbd[s] * step
                     # d = z+ - z; accept when step ||d D||^2 <= ||d||^2
                     dd = 0
                     for j in range(n):
                         dD[j] = 0
                     for j in range(m):
-                        row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]), <floating> thr)
+                        row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
+                                                <floating> thr)
                         u = row[j] - zs[j]
                         if u != 0:
                             dd += u * u
-                            axpy(n, u, &D[j, 0], dD)
-                    ddD = dot(n, dD, dD)
+                            axpy(<int> n, u, D + j * n, dD)
+                    ddD = dot(<int> n, dD, dD)
                     if step * ddD <= dd or step <= 1 / L:
                         break
                     step = step * ETA
-                aux[s] = step
+                if ddD > 0:
+                    w.aux[s] = step
                 memcpy(zs, row, m * sizeof(floating))
-            if record:
-                hist_step[it, orig[s]] = step
+            if c.record:
+                hstep[<Py_ssize_t> it * N + w.orig[s]] = step
         it = it + 1
+
+
+cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    solve_block(<double *> NULL, <ProxCtx *> ctx, tid, start, nb)
+
+
+cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    solve_block(<float *> NULL, <ProxCtx *> ctx, tid, start, nb)
 
 
 def prox_grad(str method_name, const floating[:, ::1] X,
               const floating[:, ::1] D, const floating[:, ::1] DT,
-              const floating[:, ::1] B,
-              const floating[:, ::1] C, const floating[::1] xx,
-              double lmbd, double L, floating[:, ::1] Z,
-              const int[::1] active, int max_iter, double tol, int gap_freq,
-              int n_threads, int block_size, bint record,
-              floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
-              floating[:, ::1] hist_step, int[::1] n_iter,
-              floating[::1] gap_out):
+              const floating[:, ::1] B, const floating[:, ::1] C,
+              const double[::1] xx, const double[::1] lmbd, double L,
+              floating[:, ::1] Z, const int[::1] active, int max_iter,
+              double tol, int gap_freq, int n_threads, int block_size,
+              bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
+              floating[:, ::1] hist_step, int[::1] n_iter, double[::1] gap_out):
     """Solve the samples ``active`` in place in Z (see the module docstring).
 
-    ``hist_*`` are (max_iter + 1, N) arrays when ``record`` (else (1, 1)).
-    Writes ``n_iter`` and ``gap_out`` for the active samples.
+    xx = ||x||^2 and lmbd are per sample (N,). ``hist_*`` are (max_iter + 1,
+    N) arrays when ``record`` (else (1, 1)). Writes ``n_iter`` and
+    ``gap_out`` (the stopping gap) for the active samples.
     """
-    cdef int method = METHODS[method_name]
-    cdef int m = D.shape[0], n = D.shape[1]
-    cdef int n_active = active.shape[0]
-    cdef int n_blocks = (n_active + block_size - 1) // block_size
-    cdef int blk, t, nb
-    cdef double ls_tol = 1e-8 if floating is double else 1e-5
+    cdef ProxCtx c
+    cdef Py_ssize_t m = D.shape[0], n = D.shape[1], N = X.shape[0]
+    cdef Py_ssize_t n_active = active.shape[0], r = min(m, n)
+    cdef Py_ssize_t bm = <Py_ssize_t> block_size * m, bn = <Py_ssize_t> block_size * n
+    cdef int method = METHODS[method_name], t
     if n_active == 0:
         return
-    n_threads = max(1, min(n_threads, n_blocks))
+    n_threads = max(1, min(n_threads, (n_active + block_size - 1) // block_size))
     dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t bm = <Py_ssize_t> block_size * m, bn = <Py_ssize_t> block_size * n
-    # per-thread workspaces, allocated once
-    cdef floating[:, ::1] Zb = np.empty((n_threads, bm), dtype)
-    cdef floating[:, ::1] Xb = np.empty((n_threads, bn), dtype)
-    cdef floating[:, ::1] Cb = np.empty((n_threads, bm), dtype)
-    cdef floating[:, ::1] G = np.empty((n_threads, bm), dtype)
-    cdef floating[:, ::1] R = np.empty((n_threads, bn), dtype)
-    cdef floating[:, ::1] Yb = np.empty((n_threads, bm if method == FISTA else 1), dtype)
-    cdef floating[:, ::1] Gz = np.empty((n_threads, bm if method == FISTA else 1), dtype)
-    cdef floating[:, ::1] Vb = np.empty((n_threads, bm if method == OISTA else 1), dtype)
-    cdef floating[:, ::1] aux = np.empty((n_threads, block_size), dtype)
-    cdef int[:, ::1] orig = np.empty((n_threads, block_size), np.intc)
-    cdef unsigned char[:, ::1] fresh = np.empty((n_threads, block_size), np.uint8)
-    cdef floating[:, ::1] row = np.empty((n_threads, m), dtype)
-    cdef floating[:, ::1] dD = np.empty((n_threads, n), dtype)
-    cdef int[:, ::1] idx = np.empty((n_threads, m), np.intc)
-    cdef floating[:, ::1] v = np.empty((n_threads, m), dtype)
-    cdef floating[:, ::1] w = np.empty((n_threads, m), dtype)
-    cdef floating[:, ::1] work = np.empty(
-        (n_threads, max(min(m, 2 * n) ** 2, n) if method == OISTA else 1), dtype)
+    fista, oista = method == FISTA, method == OISTA
+    # per-thread workspaces: (name, size) in the storage dtype and in double
+    fsizes = [bm, bn, bm, bm, bn, bm if fista else 0, bm if fista else 0, m, n]
+    dsizes = [block_size, block_size, block_size, bm if oista else 0,
+              m if oista else 0, m if oista else 0,
+              max(min(m, 2 * n) ** 2, n) if oista else 0,
+              r * r if oista else 0, 26 * r if oista else 0]
+    isizes = [10 * r if oista else 0, block_size, m]
+    foff, doff, ioff = (np.concatenate([[0], np.cumsum(s)]).astype(np.intp)
+                        for s in (fsizes, dsizes, isizes))
+    # (one spare column: an empty workspace's pointer stays inside its row)
+    fws = np.empty((n_threads, sum(fsizes) + 1), dtype)
+    dws = np.empty((n_threads, sum(dsizes) + 1))
+    iws = np.empty((n_threads, sum(isizes) + 1), np.intc)
+    ubs = np.empty((n_threads, block_size), np.uint8)
+    cdef floating[:, ::1] fv = fws
+    cdef double[:, ::1] dv = dws
+    cdef int[:, ::1] iv = iws
+    cdef unsigned char[:, ::1] uv = ubs
+    cdef Py_ssize_t[::1] fo = foff, do = doff, io = ioff
+    cdef ProxWork *work = <ProxWork *> malloc(n_threads * sizeof(ProxWork))
+    if work == NULL:
+        raise MemoryError()
+    for t in range(n_threads):
+        work[t].Z = &fv[t, fo[0]]
+        work[t].X = &fv[t, fo[1]]
+        work[t].C = &fv[t, fo[2]]
+        work[t].G = &fv[t, fo[3]]
+        work[t].R = &fv[t, fo[4]]
+        work[t].Y = &fv[t, fo[5]]
+        work[t].Gz = &fv[t, fo[6]]
+        work[t].row = &fv[t, fo[7]]
+        work[t].dD = &fv[t, fo[8]]
+        work[t].aux = &dv[t, do[0]]
+        work[t].lmbd = &dv[t, do[1]]
+        work[t].xx = &dv[t, do[2]]
+        work[t].V = &dv[t, do[3]]
+        work[t].v = &dv[t, do[4]]
+        work[t].w = &dv[t, do[5]]
+        work[t].lwork = &dv[t, do[6]]
+        work[t].A = &dv[t, do[7]]
+        work[t].lapack = &dv[t, do[8]]
+        work[t].iwork = &iv[t, io[0]]
+        work[t].orig = &iv[t, io[1]]
+        work[t].idx = &iv[t, io[2]]
+        work[t].fresh = &uv[t, 0]
+    c.method = method
+    c.X = &X[0, 0]
+    c.D = &D[0, 0]
+    c.DT = &DT[0, 0]
+    c.B = &B[0, 0]
+    c.C = &C[0, 0]
+    c.xx = &xx[0]
+    c.lmbd = &lmbd[0]
+    c.Z = &Z[0, 0]
+    c.active = &active[0]
+    c.N = N
+    c.m = m
+    c.n = n
+    c.L = L
+    c.max_iter = max_iter
+    c.gap_freq = gap_freq
+    c.tol = tol
+    c.record = record
+    c.hist_obj = &hist_obj[0, 0]
+    c.hist_gap = &hist_gap[0, 0]
+    c.hist_step = &hist_step[0, 0]
+    c.n_iter = &n_iter[0]
+    c.gap_out = &gap_out[0]
+    c.work = work
+    try:
+        with nogil:
+            run_blocks(n_active, block_size, n_threads, True,
+                       _block_d if floating is double else _block_s, &c)
+    finally:
+        free(work)
 
-    with nogil:
-        for blk in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
-            t = threadid()
-            nb = min(block_size, n_active - blk * block_size)
-            solve_block(method, nb, &active[blk * block_size], X, D, DT, B, C, xx,
-                        Z, lmbd, L, max_iter, tol, gap_freq, record, hist_obj,
-                        hist_gap, hist_step, n_iter, gap_out,
-                        &Zb[t, 0], &Xb[t, 0], &Cb[t, 0], &G[t, 0], &R[t, 0],
-                        &Yb[t, 0], &Gz[t, 0], &Vb[t, 0], &aux[t, 0],
-                        &orig[t, 0], &fresh[t, 0], &row[t, 0], &dD[t, 0],
-                        &idx[t, 0], &v[t, 0], &w[t, 0], &work[t, 0],
-                        ls_tol, 1000)
+
+cdef struct CorrCtx:
+    const void *X
+    const void *D
+    void *C
+    Py_ssize_t n, m
+
+
+cdef void corr_block(floating *tag, CorrCtx *c, int tid, Py_ssize_t start,
+                     int nb) noexcept nogil:
+    # C_blk = X_blk D^T
+    gemm(False, True, nb, <int> c.m, <int> c.n, 1,
+         <const floating *> c.X + start * c.n, <int> c.n,
+         <const floating *> c.D, <int> c.n, 0,
+         <floating *> c.C + start * c.m, <int> c.m)
+
+
+cdef void _corr_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    corr_block(<double *> NULL, <CorrCtx *> ctx, tid, start, nb)
+
+
+cdef void _corr_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    corr_block(<float *> NULL, <CorrCtx *> ctx, tid, start, nb)
 
 
 def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
@@ -373,14 +543,16 @@ def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
     rather than on BLAS's own pool, whose idle workers would busy-wait on the
     cores the kernels need.
     """
-    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0]
-    cdef int n_blocks = (N + block_size - 1) // block_size, blk, nb
-    if N == 0 or m == 0:
+    cdef CorrCtx c
+    cdef Py_ssize_t N = X.shape[0]
+    if N == 0 or D.shape[0] == 0:
         return
-    n_threads = max(1, min(n_threads, n_blocks))
+    n_threads = max(1, min(n_threads, (N + block_size - 1) // block_size))
+    c.X = &X[0, 0]
+    c.D = &D[0, 0]
+    c.C = &C[0, 0]
+    c.n = X.shape[1]
+    c.m = D.shape[0]
     with nogil:
-        for blk in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            nb = min(block_size, N - blk * block_size)
-            # C_blk = X_blk D^T
-            gemm(False, True, nb, m, n, 1, &X[blk * block_size, 0], n,
-                 &D[0, 0], n, 0, &C[blk * block_size, 0], m)
+        run_blocks(N, block_size, n_threads, False,
+                   _corr_d if floating is double else _corr_s, &c)

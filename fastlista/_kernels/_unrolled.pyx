@@ -54,9 +54,9 @@ of z_{t+1}. Row loops run in L1; their elementwise work is in the C
 micro-kernels below.
 """
 from cython cimport floating
-from cython.parallel cimport prange, threadid
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 cimport openmp
 
@@ -64,9 +64,11 @@ import threading
 
 import numpy as np
 
+from ._blocks cimport run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
-                     fl_d_scaled_st_compact, fl_s_scaled_st_compact, fl_d_st_step,
-                     fl_s_st_step, fl_d_st_step_sign, fl_s_st_step_sign)
+                     fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
+                     fl_s_scaled_st_compact, fl_d_st_step, fl_s_st_step,
+                     fl_d_st_step_sign, fl_s_st_step_sign)
 
 
 from ._blas cimport axpy, dot, gemm
@@ -88,18 +90,19 @@ LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 
 
 cdef struct Dims:
-    int nb          # rows of this block
-    int nb_max      # rows of a full block (stride of the stored layers)
-    int m           # atoms
-    int n           # features
-    int T           # layers run
+    Py_ssize_t nb       # rows of this block
+    Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
+    Py_ssize_t m        # atoms
+    Py_ssize_t n        # features
+    int T               # layers run
     bint shared     # residual family with one W for all layers (M, M^T given)
     bint gram       # dense residual layers go through M (m < 2 n)
     double rho      # density below which a layer takes the sparse path
 
 
-cdef inline Dims make_dims(int nb, int nb_max, int m, int n, int T, bint shared,
-                          bint gram, double rho) noexcept nogil:
+cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
+                          Py_ssize_t n, int T, bint shared, bint gram,
+                          double rho) noexcept nogil:
     cdef Dims d
     d.nb = nb
     d.nb_max = nb_max
@@ -139,7 +142,7 @@ cdef inline void compact_block(Dims *d, floating *Z, int *ptr, int *idx,
                                floating *val) noexcept nogil:
     """CSR of the nb x m block Z, through the fused row kernel with a = 1
     and s = 0: ST(z, 0) = z exactly, so Z is rewritten with its own values."""
-    cdef int i, m = d.m
+    cdef Py_ssize_t i, m = d.m
     ptr[0] = 0
     for i in range(d.nb):
         ptr[i + 1] = ptr[i] + scaled_st_compact_row(m, &Z[<Py_ssize_t> i * m], 1, 0,
@@ -183,8 +186,7 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
                         const floating *Z, int fmt, const int *ptr, const int *idx,
                         const floating *val, floating *R) noexcept nogil:
     """R = Z D - X, gathering the rows of D for the non-zeros of sparse Z."""
-    cdef int i, m = d.m, n = d.n, nb = d.nb
-    cdef Py_ssize_t k
+    cdef Py_ssize_t i, k, m = d.m, n = d.n, nb = d.nb
     if fmt == FMT_CSR:
         for i in range(nb):
             for k in range(n):
@@ -248,8 +250,7 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
     With a CSR z the support values of w are also gathered into wv (aligned
     with idx) for the sparse products that follow.
     """
-    cdef int i, j, m = d.m
-    cdef Py_ssize_t p
+    cdef Py_ssize_t i, j, p, m = d.m
     cdef floating g
     cdef floating *Gi
     cdef const floating *Zi
@@ -284,8 +285,7 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
 cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
                        const floating *val, const floating *V) noexcept nogil:
     """<z, V> for a stored block code z."""
-    cdef int i
-    cdef Py_ssize_t p
+    cdef Py_ssize_t i, p
     cdef double out = 0
     if fmt == FMT_CSR:
         for i in range(d.nb):
@@ -316,7 +316,8 @@ cdef void residual_forward_block(
     the n-wide r_t, instead of m-wide floating codes) stays in L2. obj
     (if not NULL) accumulates the objective of every layer's output.
     """
-    cdef int nb = d.nb, m = d.m, n = d.n, T = d.T, t, i, j, s_in, s_out, kz, q
+    cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i, j
+    cdef int T = d.T, t, s_in, s_out, kz, q
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t nnz = 0, r
     cdef const floating *WTt
@@ -430,7 +431,8 @@ cdef void residual_backward_block(
     Accumulates d a_t in da[t], d thr_t in dthr[t m:], and (coupled) d W_t
     in dW[t m n:]. G is overwritten.
     """
-    cdef int nb = d.nb, m = d.m, n = d.n, t, i, kw, kz, q
+    cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i
+    cdef int t, kw, kz, q
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t p
     cdef const int *pin
@@ -560,7 +562,8 @@ cdef void lista_forward_block(
         floating *Z, floating *U, floating *R, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """z+ = ST(z W_z[t] + x W_x[t], lmbd thr_t) for t < T; z_T left in Z."""
-    cdef int nb = d.nb, m = d.m, n = d.n, t, i, j, s_in, s_out
+    cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i, j
+    cdef int t, s_in, s_out
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t nnz = 0
     cdef const floating *th
@@ -612,7 +615,8 @@ cdef void lista_backward_block(
         const int *fmt, const int *ptr, const int *idx, const floating *val,
         floating *wv, double *dthr, floating *dWz, floating *dWxT) noexcept nogil:
     """Back-propagate G = d loss / d z_T; accumulates d thr, d W_z, d W_x^T."""
-    cdef int nb = d.nb, m = d.m, n = d.n, t, i
+    cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i
+    cdef int t
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t p, q, off
     cdef const int *pin
@@ -670,8 +674,187 @@ cdef void lista_backward_block(
 
 
 # ---------------------------------------------------------------------------
-# drivers: blocks over OpenMP threads
+# drivers: blocks over OpenMP threads (_blocks.pxd), one context a call
 # ---------------------------------------------------------------------------
+
+cdef enum:
+    FAMILY_RESIDUAL = 0     # step, alista, coupled
+    FAMILY_LISTA = 1
+
+
+cdef struct NetParams:
+    int family
+    int T
+    bint shared     # residual family with one W for all layers (M, M^T given)
+    bint gram       # dense residual layers go through M (m < 2 n)
+    Py_ssize_t m, n
+    const void *D
+    const void *DT
+    const void *W
+    const void *WT
+    const void *M
+    const void *MT
+    const void *Wz
+    const void *WzT
+    const void *Wx
+    const void *step
+    const void *thr
+
+
+cdef class Params:
+    """The arrays of a network's first T layers, as the kernels read them.
+
+    Residual family (``W`` given): W (1 or T, m, n), its transposes WT
+    (1 or T, n, m), step and thr (T,), and for a shared W (1, m, n) also
+    M = D W^T and M^T (m, m; empty otherwise). LISTA (``Wz`` given): Wz and
+    WzT (T, m, m), Wx (T, n, m), thr (T, m). Every array C-contiguous, of
+    one float dtype; D and DT = D^T with them. The object keeps references
+    to the arrays the kernels point into.
+    """
+    cdef object arrays
+    cdef readonly object dtype
+    cdef NetParams c
+
+    def __init__(self, D, DT, *, W=None, WT=None, M=None, MT=None, step=None,
+                 thr=None, Wz=None, WzT=None, Wx=None, bint gram=False):
+        arrays = dict(D=D, DT=DT, W=W, WT=WT, M=M, MT=MT, step=step, thr=thr, Wz=Wz,
+                      WzT=WzT, Wx=Wx)
+        dtype = D.dtype
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"Params: unsupported dtype {dtype}")
+        for name, a in arrays.items():
+            if a is not None and (a.dtype != dtype or not a.flags.c_contiguous):
+                raise ValueError(f"Params: {name} must be C-contiguous {dtype}")
+        self.arrays = arrays
+        self.dtype = dtype
+        self.c.m, self.c.n = D.shape[0], D.shape[1]
+        self.c.family = FAMILY_LISTA if Wz is not None else FAMILY_RESIDUAL
+        self.c.T = thr.shape[0]
+        self.c.shared = (self.c.family == FAMILY_RESIDUAL and M is not None
+                         and M.shape[0] == self.c.m)
+        self.c.gram = gram
+        self.c.D = _ptr(D)
+        self.c.DT = _ptr(DT)
+        self.c.W = _ptr(W)
+        self.c.WT = _ptr(WT)
+        self.c.M = _ptr(M) if self.c.shared else NULL
+        self.c.MT = _ptr(MT) if self.c.shared else NULL
+        self.c.Wz = _ptr(Wz)
+        self.c.WzT = _ptr(WzT)
+        self.c.Wx = _ptr(Wx)
+        self.c.step = _ptr(step)
+        self.c.thr = _ptr(thr)
+
+    @property
+    def n_layers(self):
+        return self.c.T
+
+
+cdef const void *_ptr(a) except? NULL:
+    """Address of a C-contiguous array's data (NULL for None or empty)."""
+    if a is None or a.size == 0:
+        return NULL
+    return <const void *> <size_t> a.ctypes.data
+
+
+cdef struct NetWork:
+    # one thread's block workspace (floating arrays as void *)
+    void *Z         # (nb_max, m) z_T of the block (training)
+    void *U         # (nb_max, m) pre-activations
+    void *G         # (nb_max, m) gradients w.r.t. the codes
+    void *V         # (nb_max, m)
+    void *C         # (nb_max, m) c = x W^T
+    void *wv        # (nb_max m,) w on the support of a sparse layer
+    void *R         # (nb_max, n) r = z D - x
+    void *P         # (nb_max, n) w W
+    void *Rst       # (T, nb_max, n) stored r_t (training, when kept)
+    void *val       # (slots, nb_max m) stored codes (values or signs)
+    int *fmt        # (slots,) storage format of each slot
+    int *ptr        # (slots, nb_max + 1) CSR row pointers
+    int *idx        # (slots, nb_max m) CSR atoms
+    double *obj     # (T,) forward: summed objectives per layer, or NULL
+    double *da      # (T,) training: d step
+    double *dthr    # (T m,) training: d threshold per atom
+    void *dW        # coupled (T m n) / lista d W_z (T m m)
+    void *dWxT      # lista: d W_x^T (T m n)
+    double loss     # training: summed loss of the thread's blocks
+
+
+cdef struct NetCtx:
+    const NetParams *p
+    int n_threads
+    const void *X   # (N, n)
+    void *Z         # (N, m) forward: the codes z_T
+    const void *S   # (N, m) supervised targets, or NULL
+    double lmbd
+    int loss        # 0: forward only
+    bint rst        # training keeps r_t (dense layers store their signs)
+    Py_ssize_t nb_max
+    double rho
+    double inv_n    # 1 / N
+    unsigned char *bad  # (N,) forward: 1 where the code is not finite
+    NetWork *work
+
+
+cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
+                    int nb) noexcept nogil:
+    """Forward (and, when training, loss and backward) of rows [start, start + nb)."""
+    cdef const NetParams *p = c.p
+    cdef NetWork *w = &c.work[tid]
+    cdef Py_ssize_t m = p.m, n = p.n, i, cap = c.nb_max * p.m
+    cdef int T = p.T
+    cdef bint train = c.loss != 0, lista = p.family == FAMILY_LISTA
+    cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, c.rho)
+    cdef const floating *X = <const floating *> c.X + start * n
+    cdef const floating *D = <const floating *> p.D
+    cdef floating lmbd = <floating> c.lmbd
+    cdef floating *Z = <floating *> w.Z if train else <floating *> c.Z + start * m
+    cdef floating *val = <floating *> w.val
+    cdef floating *Rst = <floating *> w.Rst if train and c.rst else NULL
+    if lista:
+        lista_forward_block(
+            &d, X, D, <const floating *> p.Wz, <const floating *> p.Wx,
+            <const floating *> p.thr, lmbd, train, Z, <floating *> w.U,
+            <floating *> w.R, w.fmt, w.ptr, w.idx, val, w.obj)
+    else:
+        residual_forward_block(
+            &d, X, D, <const floating *> p.WT, <const floating *> p.M,
+            <const floating *> p.step, <const floating *> p.thr, lmbd, train,
+            <floating *> w.C, Z, <floating *> w.U, <floating *> w.R, Rst, w.fmt,
+            w.ptr, w.idx, val, w.obj)
+    if not train:
+        for i in range(nb):
+            if floating is double:
+                c.bad[start + i] = fl_d_nonfinite(m, Z + i * m)
+            else:
+                c.bad[start + i] = fl_s_nonfinite(m, Z + i * m)
+        return
+    w.loss += block_loss(
+        &d, c.loss, X, D, <const floating *> p.DT, Z, w.fmt[T],
+        &w.ptr[T * (c.nb_max + 1)], &w.idx[T * cap], &val[T * cap],
+        <const floating *> c.S + start * m if c.S != NULL else NULL, lmbd,
+        <floating> c.inv_n, <floating *> w.R, <floating *> w.G)
+    if lista:
+        lista_backward_block(
+            &d, X, <const floating *> p.WzT, lmbd, <floating *> w.G,
+            <floating *> w.V, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.dthr,
+            <floating *> w.dW, <floating *> w.dWxT)
+    else:
+        residual_backward_block(
+            &d, X, D, <const floating *> p.DT, <const floating *> p.W,
+            <const floating *> p.MT, <const floating *> p.step, lmbd,
+            <floating *> w.C, <floating *> w.G, <floating *> w.V, <floating *> w.P,
+            Rst, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.da, w.dthr,
+            NULL if p.shared else <floating *> w.dW)
+
+
+cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    net_block(<double *> NULL, <NetCtx *> ctx, tid, start, nb)
+
+
+cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    net_block(<float *> NULL, <NetCtx *> ctx, tid, start, nb)
+
 
 def max_threads():
     """OpenMP's thread budget (OMP_NUM_THREADS or the cores)."""
@@ -682,29 +865,32 @@ cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
     return (k + 7) // 8 * 8
 
 
-def _layout(int nb_max, int m, int n, int T, bint store, bint rst):
+def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
+            bint rst):
     """Offsets of the per-thread floating and int workspaces."""
-    cdef Py_ssize_t block = _round8(<Py_ssize_t> nb_max * m)
-    cdef Py_ssize_t rows = _round8(<Py_ssize_t> nb_max * n)
+    cdef Py_ssize_t block = _round8(nb_max * m)
+    cdef Py_ssize_t rows = _round8(nb_max * n)
     cdef int slots = T + 1 if store else 2
     f = {}
     off = 0
     for name, size in [("Z", block), ("U", block), ("G", block), ("V", block),
                        ("C", block), ("wv", block), ("R", rows), ("P", rows),
-                       ("Rst", _round8(<Py_ssize_t> T * nb_max * n) if rst else 0),
+                       ("Rst", _round8(T * nb_max * n) if rst else 0),
                        ("val", slots * block)]:
         f[name] = off
         off += size
-    f["total"] = max(off, 1)
+    f["total"] = off + 1
     i = {"fmt": 0, "ptr": _round8(slots), "idx": _round8(slots) + _round8(slots * (nb_max + 1))}
-    i["total"] = i["idx"] + slots * block
+    i["total"] = i["idx"] + slots * block + 1
     return f, i
 
 
 _local = threading.local()
-# workspaces up to this size are kept between calls (per Python thread and
-# dtype): a fresh allocation costs its page faults on every call
-_WORKSPACE_CACHE_BYTES = 1 << 28
+#: Per-thread workspaces up to this size are kept between calls, per Python
+#: thread and dtype (a fresh allocation costs its page faults on every call);
+#: larger ones are allocated for the call and freed after it. The cache lives
+#: in a threading.local: it is freed when its Python thread ends.
+WORKSPACE_CACHE_BYTES = 1 << 25
 
 
 def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
@@ -720,252 +906,140 @@ def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
     fws, iws = cache.get(key, (None, None))
     if (fws is None or fws.shape[0] < n_threads or fws.shape[1] < n_float
             or iws.shape[1] < n_int):
+        cache.pop(key, None)
         rows = max(n_threads, 0 if fws is None else fws.shape[0])
         fws = np.empty((rows, max(n_float, 0 if fws is None else fws.shape[1])), dtype=dtype)
         iws = np.empty((rows, max(n_int, 0 if iws is None else iws.shape[1])), dtype=np.intc)
-        if fws.nbytes + iws.nbytes <= _WORKSPACE_CACHE_BYTES:
+        if fws.nbytes + iws.nbytes <= WORKSPACE_CACHE_BYTES:
             cache[key] = (fws, iws)
-        else:
-            cache.pop(key, None)
     return fws, iws
 
 
-def _blocks(int N, int block_size, int n_threads, int m, int n, int T,
-            bint store, bint rst, dtype):
-    """Block plan and per-thread workspaces of a kernel call.
+cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
+                       int block_size, bint train, bint rst, list keep) except NULL:
+    """Block plan and per-thread workspaces of one call, in c (returned).
 
-    Returns (nb_max, n_blocks, n_threads, fws, iws, fo, io): rows of a full
-    block, the number of blocks, the threads used (at most one a block), the
-    floating and int workspaces and their layouts (offsets, see _layout).
+    ``keep`` receives the arrays the workspaces live in (alive for the call);
+    c.n_threads the threads used (at most one a block).
     """
-    nb_max = min(block_size, max(N, 1))
-    n_blocks = (N + nb_max - 1) // nb_max
-    n_threads = max(1, min(n_threads, n_blocks))
-    fo, io = _layout(nb_max, m, n, T, store, rst)
-    fws, iws = _workspaces(dtype, n_threads, fo["total"], io["total"])
-    return nb_max, n_blocks, n_threads, fws, iws, fo, io
+    cdef const NetParams *p = &params.c
+    cdef Py_ssize_t nb_max = min(block_size, max(N, 1)), t
+    n_threads = <int> max(1, min(n_threads, (N + nb_max - 1) // nb_max))
+    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst)
+    fws, iws = _workspaces(params.dtype, n_threads, fo["total"], io["total"])
+    keep += [fws, iws]
+    cdef size_t fbase = fws.ctypes.data, ibase = iws.ctypes.data
+    cdef size_t fstride = fws.strides[0], istride = iws.strides[0]
+    cdef size_t item = fws.itemsize, iitem = iws.itemsize
+    cdef NetWork *work = <NetWork *> calloc(n_threads, sizeof(NetWork))
+    if work == NULL:
+        raise MemoryError()
+    for t in range(n_threads):
+        f = fbase + t * fstride
+        work[t].Z = <void *> <size_t> (f + fo["Z"] * item)
+        work[t].U = <void *> <size_t> (f + fo["U"] * item)
+        work[t].G = <void *> <size_t> (f + fo["G"] * item)
+        work[t].V = <void *> <size_t> (f + fo["V"] * item)
+        work[t].C = <void *> <size_t> (f + fo["C"] * item)
+        work[t].wv = <void *> <size_t> (f + fo["wv"] * item)
+        work[t].R = <void *> <size_t> (f + fo["R"] * item)
+        work[t].P = <void *> <size_t> (f + fo["P"] * item)
+        work[t].Rst = <void *> <size_t> (f + fo["Rst"] * item)
+        work[t].val = <void *> <size_t> (f + fo["val"] * item)
+        i = ibase + t * istride
+        work[t].fmt = <int *> <size_t> (i + io["fmt"] * iitem)
+        work[t].ptr = <int *> <size_t> (i + io["ptr"] * iitem)
+        work[t].idx = <int *> <size_t> (i + io["idx"] * iitem)
+    c.p = p
+    c.nb_max = nb_max
+    c.n_threads = n_threads
+    c.work = work
+    return work
 
 
-cdef inline floating *_f(floating[:, ::1] ws, int tid, Py_ssize_t off) noexcept nogil:
-    return &ws[tid, 0] + off
+def forward(const floating[:, ::1] X, Params p, double lmbd,
+            floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
+            int n_threads, int block_size, double rho):
+    """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
-
-cdef inline int *_i(int[:, ::1] ws, int tid, Py_ssize_t off) noexcept nogil:
-    return &ws[tid, 0] + off
-
-
-def residual_forward(const floating[:, ::1] X, const floating[:, ::1] D,
-                     const floating[:, :, ::1] WT, const floating[:, ::1] M,
-                     const floating[::1] step, const floating[::1] thr,
-                     floating lmbd, floating[:, ::1] Z_out, double[:, ::1] obj,
-                     int n_threads, int block_size, double rho, bint gram):
-    """Codes z_T of the residual network for every row of X (into Z_out).
-
-    WT holds the transposes of the network's W: shape (1, n, m) (shared:
-    step, alista; then M = D W^T) or (T, n, m) (coupled; M unused); every
-    product then runs as an untransposed GEMM, which BLAS does without
-    packing at these sizes. thr has shape (T,): thresholds are
-    lmbd * thr. obj, of shape (n_threads, T) or (0, 0), accumulates the
-    summed objective of every layer's output per thread.
+    thresholds are lmbd * thr. obj, of shape (n_threads, T) or (0, 0),
+    accumulates the summed objective of every layer's output per thread;
+    bad[i] = 1 where the code of row i is not finite.
     """
-    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = step.shape[0]
-    cdef bint shared = M.shape[0] == m
-    cdef int b, tid, start
-    cdef Dims d
-    cdef int nb_max, n_blocks
+    cdef Py_ssize_t N = X.shape[0], t
+    cdef NetCtx c
+    cdef list keep = []
     if N == 0:
         return
-    dtype = np.float32 if floating is float else np.float64
-    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, False, False, dtype)
-    cdef floating[:, ::1] fws = fws_
-    cdef int[:, ::1] iws = iws_
-    cdef Py_ssize_t oU = fo["U"], oC = fo["C"], oR = fo["R"], oval = fo["val"]
-    cdef Py_ssize_t ofmt = io["fmt"], optr = io["ptr"], oidx = io["idx"]
-    cdef bint with_obj = obj.shape[0] > 0
-    cdef const floating *Mp = &M[0, 0] if M.shape[0] > 0 else NULL
-    with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            tid = threadid()
-            start = b * nb_max
-            d = make_dims(min(nb_max, N - start), nb_max, m, n, T, shared, gram, rho)
-            residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &WT[0, 0, 0], Mp,
-                &step[0], &thr[0], lmbd, False, _f(fws, tid, oC), &Z_out[start, 0], _f(fws, tid, oU),
-                _f(fws, tid, oR), NULL, _i(iws, tid, ofmt), _i(iws, tid, optr),
-                _i(iws, tid, oidx), _f(fws, tid, oval),
-                &obj[tid, 0] if with_obj else NULL)
+    if p.dtype.itemsize != sizeof(floating):
+        raise ValueError("forward: X and the parameters differ in dtype")
+    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, False, False, keep)
+    try:
+        for t in range(c.n_threads):
+            work[t].obj = &obj[t, 0] if obj.shape[0] > 0 else NULL
+        c.X = &X[0, 0]
+        c.Z = &Z_out[0, 0]
+        c.S = NULL
+        c.lmbd = lmbd
+        c.loss = 0
+        c.rst = False
+        c.rho = rho
+        c.inv_n = 1.0 / N
+        c.bad = &bad[0]
+        with nogil:
+            run_blocks(N, <int> c.nb_max, c.n_threads, False,
+                       _block_d if floating is double else _block_s, &c)
+    finally:
+        free(work)
 
 
-def residual_grad(const floating[:, ::1] X, const floating[:, ::1] D,
-                  const floating[:, ::1] DT, const floating[:, :, ::1] W,
-                  const floating[:, :, ::1] WT, const floating[:, ::1] M,
-                  const floating[:, ::1] MT, const floating[::1] step,
-                  const floating[::1] thr, floating lmbd, int loss,
-                  const floating[:, ::1] S, double[:, ::1] da,
-                  double[:, ::1] dthr, floating[:, ::1] dW, int n_threads,
-                  int block_size, double rho, bint gram):
-    """Summed loss of the residual network's output and its gradients.
+def loss_and_grad(const floating[:, ::1] X, Params p, double lmbd, int loss,
+                  const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
+                  floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
+                  int block_size, double rho):
+    """Summed loss of the output of p's T layers, and per-thread gradients.
 
-    The gradients are those of the MEAN loss (G_T carries 1/N). da (n_threads,
-    T) and dthr (n_threads, T m: per atom, to be summed over atoms) are
-    per-thread accumulators, as is dW
-    (n_threads, T m n) for coupled (W of shape (T, m, n)); the caller zeroes
-    and sums them. M, MT = D W^T, W D^T when W is shared (shape (1, m, n));
-    DT and WT are the transposes of D and of W's matrices. S is the target
-    codes for the supervised loss.
+    The gradients are those of the MEAN loss (G_T carries 1/N), accumulated
+    per thread: da (n_threads, T), dthr (n_threads, T m: per atom, the caller
+    sums over atoms for a scalar threshold), dW (n_threads, T m n) for
+    coupled and (n_threads, T m m) = d W_z for lista, dWxT (n_threads, T m n)
+    = d W_x^T for lista; the caller zeroes and sums them. S holds the target
+    codes of the supervised loss.
     """
-    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = step.shape[0]
-    cdef bint shared = M.shape[0] == m
+    cdef Py_ssize_t N = X.shape[0], t
+    cdef NetCtx c
+    cdef list keep = []
+    cdef double total = 0
     # r_t = z_t D - x is kept for the backward pass unless the dense layers
     # go through M (then they compute no r_t and keep their codes)
-    cdef bint rst = not (shared and gram)
-    cdef int nb_max, n_blocks
-    cdef int b, tid, start
-    cdef Py_ssize_t cap, sT
-    cdef Dims d
-    cdef floating inv_n = 1.0 / max(N, 1)
-    cdef floating *Zb
-    cdef int *fmtp
-    cdef int *ptrp
-    cdef int *idxp
-    cdef floating *valp
+    cdef bint rst = p.c.family == FAMILY_RESIDUAL and not (p.c.shared and p.c.gram)
     if N == 0:
         return 0.0
-    dtype = np.float32 if floating is float else np.float64
-    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, True, rst, dtype)
-    cdef floating[:, ::1] fws = fws_
-    cdef int[:, ::1] iws = iws_
-    cdef double[::1] loss_acc = np.zeros(n_threads)
-    cdef Py_ssize_t oZ = fo["Z"], oU = fo["U"], oG = fo["G"], oV = fo["V"]
-    cdef Py_ssize_t oC = fo["C"], owv = fo["wv"], oR = fo["R"], oP = fo["P"]
-    cdef Py_ssize_t oRst = fo["Rst"], oval = fo["val"]
-    cdef Py_ssize_t ofmt = io["fmt"], optr = io["ptr"], oidx = io["idx"]
-    cdef const floating *Mp = &M[0, 0] if shared else NULL
-    cdef const floating *MTp = &MT[0, 0] if shared else NULL
-    cdef floating *dWp
-    cdef const floating *Sp
-    cap = <Py_ssize_t> nb_max * m
-    with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            tid = threadid()
-            start = b * nb_max
-            d = make_dims(min(nb_max, N - start), nb_max, m, n, T, shared, gram, rho)
-            Zb = _f(fws, tid, oZ)
-            fmtp = _i(iws, tid, ofmt)
-            ptrp = _i(iws, tid, optr)
-            idxp = _i(iws, tid, oidx)
-            valp = _f(fws, tid, oval)
-            dWp = NULL if shared else &dW[tid, 0]
-            Sp = &S[start, 0] if loss == LOSS_SUPERVISED else NULL
-            residual_forward_block(
-                &d, &X[start, 0], &D[0, 0], &WT[0, 0, 0], Mp,
-                &step[0], &thr[0], lmbd, True, _f(fws, tid, oC), Zb, _f(fws, tid, oU),
-                _f(fws, tid, oR), _f(fws, tid, oRst) if rst else NULL,
-                fmtp, ptrp, idxp, valp, NULL)
-            sT = <Py_ssize_t> T
-            loss_acc[tid] += block_loss(
-                &d, loss, &X[start, 0], &D[0, 0], &DT[0, 0], Zb, fmtp[T],
-                &ptrp[sT * (nb_max + 1)], &idxp[sT * cap], &valp[sT * cap],
-                Sp, lmbd, inv_n, _f(fws, tid, oR), _f(fws, tid, oG))
-            residual_backward_block(
-                &d, &X[start, 0], &D[0, 0], &DT[0, 0], &W[0, 0, 0], MTp, &step[0], lmbd,
-                _f(fws, tid, oC), _f(fws, tid, oG), _f(fws, tid, oV),
-                _f(fws, tid, oP), _f(fws, tid, oRst) if rst else NULL, fmtp, ptrp,
-                idxp, valp,
-                _f(fws, tid, owv), &da[tid, 0], &dthr[tid, 0], dWp)
-    return float(np.sum(loss_acc))
-
-
-def lista_forward(const floating[:, ::1] X, const floating[:, ::1] D,
-                  const floating[:, :, ::1] Wz, const floating[:, :, ::1] Wx,
-                  const floating[:, ::1] thr, floating lmbd,
-                  floating[:, ::1] Z_out, double[:, ::1] obj, int n_threads,
-                  int block_size, double rho):
-    """Codes z_T of the LISTA network (Wz (T, m, m), Wx (T, n, m))."""
-    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = thr.shape[0]
-    cdef int b, tid, start
-    cdef Dims d
-    cdef int nb_max, n_blocks
-    if N == 0:
-        return
-    dtype = np.float32 if floating is float else np.float64
-    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, False, False, dtype)
-    cdef floating[:, ::1] fws = fws_
-    cdef int[:, ::1] iws = iws_
-    cdef Py_ssize_t oU = fo["U"], oR = fo["R"], oval = fo["val"]
-    cdef Py_ssize_t ofmt = io["fmt"], optr = io["ptr"], oidx = io["idx"]
-    cdef bint with_obj = obj.shape[0] > 0
-    with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            tid = threadid()
-            start = b * nb_max
-            d = make_dims(min(nb_max, N - start), nb_max, m, n, T, False, False, rho)
-            lista_forward_block(
-                &d, &X[start, 0], &D[0, 0], &Wz[0, 0, 0], &Wx[0, 0, 0], &thr[0, 0],
-                lmbd, False, &Z_out[start, 0], _f(fws, tid, oU), _f(fws, tid, oR),
-                _i(iws, tid, ofmt), _i(iws, tid, optr), _i(iws, tid, oidx),
-                _f(fws, tid, oval), &obj[tid, 0] if with_obj else NULL)
-
-
-def lista_grad(const floating[:, ::1] X, const floating[:, ::1] D,
-               const floating[:, ::1] DT, const floating[:, :, ::1] Wz, const floating[:, :, ::1] WzT,
-               const floating[:, :, ::1] Wx, const floating[:, ::1] thr,
-               floating lmbd, int loss, const floating[:, ::1] S,
-               double[:, ::1] dthr, floating[:, ::1] dWz, floating[:, ::1] dWxT,
-               int n_threads, int block_size, double rho):
-    """Summed loss of the LISTA output and per-thread gradient accumulators:
-    dthr (n_threads, T m), dWz (n_threads, T m m), dWxT (n_threads, T m n)
-    (the transposes of d W_x[t])."""
-    cdef int N = X.shape[0], n = X.shape[1], m = D.shape[0], T = thr.shape[0]
-    cdef int nb_max, n_blocks
-    cdef int b, tid, start
-    cdef Py_ssize_t cap, sT
-    cdef Dims d
-    cdef floating inv_n = 1.0 / max(N, 1)
-    cdef floating *Zb
-    cdef int *fmtp
-    cdef int *ptrp
-    cdef int *idxp
-    cdef floating *valp
-    cdef const floating *Sp
-    if N == 0:
-        return 0.0
-    dtype = np.float32 if floating is float else np.float64
-    nb_max, n_blocks, n_threads, fws_, iws_, fo, io = _blocks(
-        N, block_size, n_threads, m, n, T, True, False, dtype)
-    cap = <Py_ssize_t> nb_max * m
-    cdef floating[:, ::1] fws = fws_
-    cdef int[:, ::1] iws = iws_
-    cdef double[::1] loss_acc = np.zeros(n_threads)
-    cdef Py_ssize_t oZ = fo["Z"], oU = fo["U"], oG = fo["G"], oV = fo["V"]
-    cdef Py_ssize_t owv = fo["wv"], oR = fo["R"], oval = fo["val"]
-    cdef Py_ssize_t ofmt = io["fmt"], optr = io["ptr"], oidx = io["idx"]
-    with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            tid = threadid()
-            start = b * nb_max
-            d = make_dims(min(nb_max, N - start), nb_max, m, n, T, False, False, rho)
-            Zb = _f(fws, tid, oZ)
-            fmtp = _i(iws, tid, ofmt)
-            ptrp = _i(iws, tid, optr)
-            idxp = _i(iws, tid, oidx)
-            valp = _f(fws, tid, oval)
-            Sp = &S[start, 0] if loss == LOSS_SUPERVISED else NULL
-            lista_forward_block(
-                &d, &X[start, 0], &D[0, 0], &Wz[0, 0, 0], &Wx[0, 0, 0], &thr[0, 0],
-                lmbd, True, Zb, _f(fws, tid, oU), _f(fws, tid, oR),
-                fmtp, ptrp, idxp, valp, NULL)
-            sT = <Py_ssize_t> T
-            loss_acc[tid] += block_loss(
-                &d, loss, &X[start, 0], &D[0, 0], &DT[0, 0], Zb, fmtp[T],
-                &ptrp[sT * (nb_max + 1)], &idxp[sT * cap], &valp[sT * cap],
-                Sp, lmbd, inv_n, _f(fws, tid, oR), _f(fws, tid, oG))
-            lista_backward_block(
-                &d, &X[start, 0], &WzT[0, 0, 0], lmbd,
-                _f(fws, tid, oG), _f(fws, tid, oV),
-                fmtp, ptrp, idxp, valp, _f(fws, tid, owv), &dthr[tid, 0],
-                &dWz[tid, 0], &dWxT[tid, 0])
-    return float(np.sum(loss_acc))
+    if p.dtype.itemsize != sizeof(floating):
+        raise ValueError("loss_and_grad: X and the parameters differ in dtype")
+    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, True, rst, keep)
+    try:
+        for t in range(c.n_threads):
+            work[t].obj = NULL
+            work[t].da = &da[t, 0] if da.shape[1] > 0 else NULL
+            work[t].dthr = &dthr[t, 0]
+            work[t].dW = &dW[t, 0] if dW.shape[1] > 0 else NULL
+            work[t].dWxT = &dWxT[t, 0] if dWxT.shape[1] > 0 else NULL
+            work[t].loss = 0
+        c.X = &X[0, 0]
+        c.Z = NULL
+        c.S = &S[0, 0] if loss == LOSS_SUPERVISED else NULL
+        c.lmbd = lmbd
+        c.loss = loss
+        c.rst = rst
+        c.rho = rho
+        c.inv_n = 1.0 / N
+        c.bad = NULL
+        with nogil:
+            run_blocks(N, <int> c.nb_max, c.n_threads, False,
+                       _block_d if floating is double else _block_s, &c)
+        for t in range(c.n_threads):
+            total += work[t].loss
+    finally:
+        free(work)
+    return total

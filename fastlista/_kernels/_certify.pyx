@@ -1,0 +1,192 @@
+"""The certificate: objective and duality gap of given codes, in double.
+
+For every row x of X and its code z (row of Z), with r = x - z D,
+
+    rr = ||r||^2, xr = <x, r>, l1 = ||z||_1, gmax = ||r D^T||_inf
+
+go into the package's one gap formula (_gap.pxd). Whatever the storage
+dtype, the sums are taken in double precision from the stored values
+(float32 data are widened, exactly): the gap of float32 codes is that of
+those codes, not of a working copy. r is formed directly (x minus the rows
+of D gathered for the non-zeros of a sparse z, or one GEMM), never as
+||x||^2 - 2 z.c + z B z, whose cancellation would lose the gap of a code
+far from the optimum. r D^T is one GEMM, or c - z B from a given C = X D^T
+and B = D D^T (float64 data only: there c carries no more rounding than
+r D^T, and a sparse z costs a gather of its rows of B instead of a GEMM).
+
+This kernel is behind fastlista.duality_gap and fastlista.lasso_objective,
+and certifies every result of fastlista.solve_lasso.
+"""
+import numpy as np
+from cython cimport floating
+from libc.stdlib cimport free, malloc
+
+from ._blas cimport gemm
+from ._blocks cimport BlockFn, run_blocks
+from ._gap cimport lasso_gap
+from ._simd cimport fl_d_gap_sums, fl_d_gather, fl_s_gap_sums
+
+
+cdef struct CertifyWork:
+    double *X       # (nb_max, n) widened rows of X (float32 data only)
+    double *Z       # (nb_max, m) widened rows of Z (float32 data, dense path)
+    double *R       # (nb_max, n) r = x - z D
+    double *G       # (nb_max, m) r D^T
+    double *coef    # (m,) the non-zeros of one code
+    int *idx        # (m,) and their atoms
+
+
+cdef struct CertifyCtx:
+    const void *X   # (N, n) floating
+    const void *Z   # (N, m) floating
+    const double *D  # (m, n) D in double
+    const double *C  # (N, m) X D^T (float64 data) or NULL
+    const double *B  # (m, m) D D^T when C is given
+    const double *lmbd  # (N,)
+    double *primal  # (N,) out
+    double *gap     # (N,) out
+    Py_ssize_t n, m
+    bint positive
+    CertifyWork *work   # one per thread
+
+
+cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
+                        int nb) noexcept nogil:
+    cdef CertifyWork *w = &c.work[tid]
+    cdef Py_ssize_t n = c.n, m = c.m, i, j, k, nnz = 0
+    cdef const floating *Xb = <const floating *> c.X + start * n
+    cdef const floating *Zb = <const floating *> c.Z + start * m
+    cdef const floating *z
+    cdef double *Xd
+    cdef double *r
+    cdef double *g
+    cdef double sums[4]
+    cdef bint sparse, via_b = c.C != NULL
+
+    # x in double
+    if floating is double:
+        Xd = <double *> Xb
+    else:
+        Xd = w.X
+        for j in range(nb * n):
+            Xd[j] = Xb[j]
+    for j in range(nb * m):
+        nnz += Zb[j] != 0
+    # a gather of k rows costs about 4 k flops a row element, a GEMM 2 m
+    sparse = 4 * nnz < 2 * nb * m or m == 0
+
+    # R = X - Z D
+    if sparse:
+        for i in range(nb):
+            r = w.R + i * n
+            z = Zb + i * m
+            for j in range(n):
+                r[j] = Xd[i * n + j]
+            k = 0
+            for j in range(m):
+                if z[j] != 0:
+                    w.idx[k] = <int> j
+                    w.coef[k] = z[j]
+                    k += 1
+            fl_d_gather(<int> k, w.idx, w.coef, -1.0, c.D, <int> n, r)
+            if via_b:
+                # g = c - z B
+                g = w.G + i * m
+                for j in range(m):
+                    g[j] = c.C[(start + i) * m + j]
+                fl_d_gather(<int> k, w.idx, w.coef, -1.0, c.B, <int> m, g)
+    else:
+        for j in range(nb * n):
+            w.R[j] = Xd[j]
+        if floating is double:
+            gemm(False, False, nb, <int> n, <int> m, -1.0, <double *> Zb, <int> m,
+                 c.D, <int> n, 1.0, w.R, <int> n)
+            if via_b:
+                for j in range(nb * m):
+                    w.G[j] = c.C[start * m + j]
+                gemm(False, False, nb, <int> m, <int> m, -1.0, <double *> Zb, <int> m,
+                     c.B, <int> m, 1.0, w.G, <int> m)
+        else:
+            for j in range(nb * m):
+                w.Z[j] = Zb[j]
+            gemm(False, False, nb, <int> n, <int> m, -1.0, w.Z, <int> m,
+                 c.D, <int> n, 1.0, w.R, <int> n)
+    if not via_b:
+        # G = R D^T
+        gemm(False, True, nb, <int> m, <int> n, 1.0, w.R, <int> n, c.D, <int> n,
+             0.0, w.G, <int> m)
+
+    for i in range(nb):
+        if floating is double:
+            fl_d_gap_sums(n, Xd + i * n, w.R + i * n, m, Zb + i * m, w.G + i * m,
+                          c.positive, sums)
+        else:
+            fl_s_gap_sums(n, Xd + i * n, w.R + i * n, m, Zb + i * m, w.G + i * m,
+                          c.positive, sums)
+        c.gap[start + i] = lasso_gap(sums[0], sums[1], sums[2], sums[3],
+                                     c.lmbd[start + i], &c.primal[start + i])
+
+
+cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    certify_block(<double *> NULL, <CertifyCtx *> ctx, tid, start, nb)
+
+
+cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
+    certify_block(<float *> NULL, <CertifyCtx *> ctx, tid, start, nb)
+
+
+def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
+            const double[:, ::1] D, const double[::1] lmbd,
+            const double[:, ::1] C, const double[:, ::1] B, bint positive,
+            double[::1] primal, double[::1] gap, int n_threads):
+    """primal[i] = F_x(z) and gap[i] = its duality gap, for every row.
+
+    D is the dictionary in double. C = X D^T and B = D D^T may be given
+    (float64 data, shapes (N, m) and (m, m)), or empty (0, 0). With
+    ``positive`` the dual constraint is one-sided (codes constrained >= 0).
+    """
+    cdef Py_ssize_t N = X.shape[0], n = X.shape[1], m = Z.shape[1]
+    cdef CertifyCtx c
+    cdef int t, nb_max
+    if N == 0:
+        return
+    # rows a block: its R and G stay in L2
+    nb_max = <int> max(1, min(256, (1 << 15) // max(m + n, 1)))
+    n_threads = max(1, min(n_threads, (N + nb_max - 1) // nb_max))
+    wide = floating is float
+    Xw = np.empty((n_threads, nb_max * n if wide else 1))
+    Zw = np.empty((n_threads, nb_max * m if wide else 1))
+    Rw = np.empty((n_threads, nb_max * n))
+    Gw = np.empty((n_threads, nb_max * m))
+    cw = np.empty((n_threads, max(m, 1)))
+    iw = np.empty((n_threads, max(m, 1)), dtype=np.intc)
+    cdef double[:, ::1] Xv = Xw, Zv = Zw, Rv = Rw, Gv = Gw, cv = cw
+    cdef int[:, ::1] iv = iw
+    cdef CertifyWork *work = <CertifyWork *> malloc(n_threads * sizeof(CertifyWork))
+    if work == NULL:
+        raise MemoryError()
+    for t in range(n_threads):
+        work[t].X = &Xv[t, 0]
+        work[t].Z = &Zv[t, 0]
+        work[t].R = &Rv[t, 0]
+        work[t].G = &Gv[t, 0]
+        work[t].coef = &cv[t, 0]
+        work[t].idx = &iv[t, 0]
+    c.X = &X[0, 0]
+    c.Z = &Z[0, 0] if m else NULL
+    c.D = &D[0, 0] if m else NULL
+    c.C = &C[0, 0] if C.shape[0] == N and floating is double and m else NULL
+    c.B = &B[0, 0] if c.C != NULL else NULL
+    c.lmbd = &lmbd[0]
+    c.primal = &primal[0]
+    c.gap = &gap[0]
+    c.n = n
+    c.m = m
+    c.positive = positive
+    c.work = work
+    try:
+        with nogil:
+            run_blocks(N, nb_max, n_threads, False,
+                       _block_d if floating is double else _block_s, &c)
+    finally:
+        free(work)

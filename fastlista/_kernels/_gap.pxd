@@ -1,0 +1,36 @@
+# The Lasso duality gap: one formula for the whole package.
+#
+# For one signal x and its code z, with r = x - z D, every kernel and the
+# certificate (_certify.pyx, behind fastlista.duality_gap) reduce the code to
+# four sums and call lasso_gap:
+#
+#     rr = ||r||^2,  xr = <x, r>,  l1 = ||z||_1,
+#     gmax = ||r D^T||_inf  (positive codes: max(0, max_j (r D^T)_j)).
+#
+# The dual point theta = r / s, s = max(lmbd, gmax), is feasible
+# (||theta D^T||_inf <= 1, or (theta D^T)_j <= 1 for positive codes), and
+#
+#     P(z)     = 1/2 rr + lmbd l1
+#     D(theta) = 1/2 ||x||^2 - 1/2 ||x - lmbd theta||^2
+#              = (lmbd / s) xr - 1/2 (lmbd / s)^2 rr
+#     gap      = P(z) - D(theta) >= 0,   0 exactly at the optimum.
+
+
+cdef inline double lasso_gap(double rr, double xr, double l1, double gmax,
+                             double lmbd, double *primal) noexcept nogil:
+    """Duality gap from the four sums; the primal objective in primal[0].
+
+    Rounding may make the difference slightly negative: clipped to 0. A NaN
+    (from non-finite codes) stays NaN, never 0. At lmbd = 0 the dual is 0
+    and the gap is 1/2 ||r||^2.
+    """
+    cdef double s, ratio, dual = 0, gap
+    primal[0] = 0.5 * rr + lmbd * l1
+    s = lmbd if lmbd >= gmax else gmax          # NaN gmax gives NaN
+    ratio = lmbd / s if lmbd != 0 else 0
+    if ratio != 0:                              # (0 also when s overflowed)
+        dual = ratio * (xr - 0.5 * ratio * rr)
+    gap = primal[0] - dual
+    if gap < 0:
+        gap = 0
+    return gap

@@ -1,0 +1,387 @@
+"""The Lasso toolkit: objective, gradient, lambda_max, duality gap, prox.
+
+For one signal x (a row of X) and a dictionary D of shape (n_atoms,
+n_features), the Lasso objective is
+
+    F_x(z) = 1/2 ||x - z D||^2 + lmbd ||z||_1.
+
+With B = D D^T and c = x D^T, the gradient of the smooth part is z B - c,
+lambda_max(x) = ||c||_inf is the smallest lmbd for which z = 0 is optimal, and
+the duality gap of z with the dual point theta = r / max(lmbd, ||r D^T||_inf),
+r = x - z D, certifies its accuracy:
+
+    gap = F_x(z) - (1/2 ||x||^2 - 1/2 ||x - lmbd theta||^2) >= 0,
+
+which is 0 exactly at the optimum.
+
+Objective and gap come from one compiled certificate (``_kernels/_certify``),
+in double precision whatever the dtype, the one gap formula of the package;
+``solve_lasso`` certifies its results with the same code. Extreme scales are
+handled exactly: each sample x is divided by a power of two near max|x| and
+D by one near max|D| when they leave the range where squares are safe
+(``Scaled``), the codes by the matching power of two, and the results
+multiplied back: every step is exact in floating point, so the value is
+that of the unscaled problem.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import _certify, _prox, _solvers
+from ._threads import kernel_threads
+from ._validation import check_array, check_scalar, check_X_D
+
+__all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
+           "soft_thresholding"]
+
+#: Exponents of two kept unscaled, per dtype: inside, sums of squares of a
+#: few million terms can neither overflow nor lose the data to underflow.
+SCALE_LIMIT = {np.dtype(np.float64): 100, np.dtype(np.float32): 30}
+#: A lmbd scaled beyond this (above every lambda_max of scaled data) is
+#: clipped to it: the zero code and its certificate are the same.
+_LMBD_CAP = 1e300
+
+
+def _check_codes(Z, X, D, name="Z"):
+    """Validate codes against a validated (X, D): returns a 2-D array."""
+    Z = check_array(Z, name, dtype=X.dtype, allow_1d=True, min_features=0)
+    if Z.shape != (X.shape[0], D.shape[0]):
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_atoms) = {(X.shape[0], D.shape[0])} "
+            f"to match X {X.shape} and D {D.shape}; got {name}.shape={Z.shape}.")
+    return Z
+
+
+def _squeeze(out, is_1d):
+    return out[0] if is_1d else out
+
+
+# ---------------------------------------------------------------------------
+# exact power-of-two scaling
+# ---------------------------------------------------------------------------
+
+def _exponent(top, limit):
+    """e with 2**e <= top < 2**(e + 1) where |e| > limit, else 0.
+
+    2**e is at most ``top``, so it is representable in the data's own dtype,
+    and the data divided by it lie in [-2, 2].
+    """
+    _, e = np.frexp(top)
+    return np.where((np.abs(e - 1) > limit) & (top > 0), e - 1, 0).astype(np.int64)
+
+
+@dataclass
+class Scaled:
+    """A problem in scaled units: x 2**-ea_i, D 2**-eb, lmbd 2**-(ea_i + eb),
+    codes z 2**(eb - ea_i).
+
+    Every conversion is ``np.ldexp``: exact, and 0 stays 0 whatever the
+    exponents (a product by a precomputed factor could overflow to inf and
+    turn a zero code into NaN).
+
+    Attributes
+    ----------
+    X, D : ndarray
+        The scaled data (the inputs themselves when no scaling is needed).
+    ea : ndarray of shape (n_samples,) or None
+        Per-sample exponents (None: all 0).
+    eb : int
+        The dictionary's exponent.
+    """
+
+    X: np.ndarray
+    D: np.ndarray
+    ea: np.ndarray
+    eb: int
+
+    @classmethod
+    def of(cls, X, D):
+        limit = SCALE_LIMIT[X.dtype]
+        top = np.maximum(X.max(axis=1, initial=0.0), -X.min(axis=1, initial=0.0))
+        ea = _exponent(top, limit)
+        eb = int(_exponent(np.max(np.abs(D), initial=0.0), limit))
+        if not ea.any():
+            ea = None
+        else:
+            X = np.ldexp(X, -ea[:, None]).astype(X.dtype, copy=False)
+        if eb:
+            D = np.ldexp(D, -eb).astype(D.dtype, copy=False)
+        return cls(X, D, ea, eb)
+
+    @property
+    def identity(self):
+        return self.ea is None and self.eb == 0
+
+    def _shift(self, sign_a, sign_b):
+        ea = 0 if self.ea is None else self.ea
+        return np.broadcast_to(sign_a * ea + sign_b * self.eb, (self.X.shape[0],))
+
+    def lmbd(self, lmbd):
+        """Per-sample lmbd in scaled units, float64 (n_samples,)."""
+        lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (self.X.shape[0],))
+        if self.identity:
+            return np.ascontiguousarray(lm)
+        with np.errstate(over="ignore", under="ignore"):
+            return np.minimum(np.ldexp(lm, self._shift(-1, -1)), _LMBD_CAP)
+
+    def codes_in(self, Z):
+        """Codes in scaled units: z 2**(eb - ea) (exact; a copy when scaled)."""
+        if self.identity:
+            return Z
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ascontiguousarray(
+                np.ldexp(Z, self._shift(-1, 1)[:, None]), dtype=Z.dtype)
+
+    def codes_out(self, Z):
+        """Codes in the caller's units: z 2**(ea - eb) (exact unless the
+        result leaves the float range: callers check)."""
+        if self.identity:
+            return Z
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(Z, self._shift(1, -1)[:, None]).astype(Z.dtype, copy=False)
+
+    def energy_out(self, v):
+        """Objectives and gaps in the caller's units: v 2**(2 ea) (inf beyond
+        the float range: the value itself is not representable)."""
+        if self.ea is None:
+            return v
+        e = 2 * self.ea.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+        with np.errstate(over="ignore"):
+            return np.ldexp(v, e)
+
+    def lambda_out(self, v):
+        """A lmbd in scaled units back in the caller's: v 2**(ea + eb)."""
+        if self.identity:
+            return v
+        with np.errstate(over="ignore"):
+            return np.ldexp(v, self._shift(1, 1))
+
+
+# ---------------------------------------------------------------------------
+# the certificate
+# ---------------------------------------------------------------------------
+
+def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
+    """Objective and duality gap of codes, in scaled units (float64 arrays).
+
+    Parameters
+    ----------
+    S : Scaled
+        The problem in scaled units.
+    lmbd : ndarray of shape (n_samples,)
+        lmbd in scaled units (``S.lmbd``).
+    Z : ndarray of shape (n_samples, n_atoms)
+        Codes in scaled units (``S.codes_in``), of the dtype of ``S.X``.
+    C, B : ndarray, optional
+        ``S.X @ S.D.T`` and ``S.D @ S.D.T`` when already computed (used for
+        float64 data only).
+
+    Returns
+    -------
+    primal, gap : ndarray of shape (n_samples,)
+    """
+    N = S.X.shape[0]
+    primal, gap = np.empty(N), np.empty(N)
+    D64 = np.ascontiguousarray(S.D, dtype=np.float64)
+    empty = np.empty((0, 0))
+    use_cb = C is not None and B is not None and S.X.dtype == np.float64
+    _certify.certify(S.X, Z, D64, lmbd, C if use_cb else empty,
+                     B if use_cb else empty, positive, primal, gap, n_threads)
+    return primal, gap
+
+
+def _terms(X, D, lmbd, Z, func):
+    """Validated inputs → (objective, gap) in the caller's units, float64,
+    on every core (BLAS on one thread)."""
+    S = Scaled.of(X, D)
+    with kernel_threads(None, func) as n_threads:
+        primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads)
+    return S.energy_out(primal), S.energy_out(gap)
+
+
+# ---------------------------------------------------------------------------
+# public functions
+# ---------------------------------------------------------------------------
+
+def lasso_objective(X, D, lmbd, Z):
+    """Lasso objective of each sample.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+        Signals, one per row.
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary, one atom per row.
+    lmbd : float
+        Regularisation level, >= 0.
+    Z : array-like of shape (n_samples, n_atoms) or (n_atoms,)
+        Codes.
+
+    Returns
+    -------
+    objective : ndarray of shape (n_samples,) or float
+        ``0.5 * ||x - z D||^2 + lmbd * ||z||_1`` for each row, computed in
+        double precision, in the dtype of the inputs (inf when the value
+        exceeds the float range).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import lasso_objective
+    >>> D = np.eye(2)
+    >>> float(lasso_objective([1.0, 0.0], D, 0.5, [0.5, 0.0]))
+    0.375
+    """
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    lmbd = check_scalar(lmbd, "lmbd", "lasso_objective", low=0.0)
+    Z = _check_codes(Z, X, D)
+    with np.errstate(over="ignore"):
+        out = _terms(X, D, lmbd, Z, "lasso_objective")[0].astype(X.dtype)
+    return _squeeze(out, is_1d)
+
+
+def lasso_gradient(X, D, Z):
+    """Gradient of the smooth part, ``Z D D^T - X D^T``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+    D : array-like of shape (n_atoms, n_features)
+    Z : array-like of shape (n_samples, n_atoms) or (n_atoms,)
+
+    Returns
+    -------
+    grad : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
+    """
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    Z = _check_codes(Z, X, D)
+    out = (Z @ D - X) @ D.T
+    return _squeeze(out, is_1d)
+
+
+def lambda_max(X, D):
+    """Smallest regularisation for which the zero code is optimal.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+    D : array-like of shape (n_atoms, n_features)
+
+    Returns
+    -------
+    lmbd_max : ndarray of shape (n_samples,) or float
+        ``||x D^T||_inf`` per sample: for ``lmbd >= lmbd_max`` the Lasso
+        solution is exactly 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import lambda_max
+    >>> lambda_max(np.array([[3.0, -4.0]]), np.eye(2))
+    array([4.])
+    """
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    S = Scaled.of(X, D)
+    # x D^T with the solvers' own arithmetic, so that lmbd = lambda_max gives
+    # exactly zero codes there
+    C = np.zeros((S.X.shape[0], S.D.shape[0]), dtype=S.X.dtype)
+    with kernel_threads(None, "lambda_max") as n_threads:
+        _solvers.correlations(S.X, S.D, C, n_threads)
+    out = S.lambda_out(np.abs(C).max(axis=1, initial=0.0)).astype(S.X.dtype, copy=False)
+    return _squeeze(out, is_1d)
+
+
+def duality_gap(X, D, lmbd, Z):
+    """Duality gap of the codes ``Z``: a certificate of their accuracy.
+
+    With ``r = x - z D`` and the dual point ``theta = r / max(lmbd,
+    ||r D^T||_inf)`` (feasible: ``||theta D^T||_inf <= 1``), the gap is
+    ``F_x(z) - (0.5 ||x||^2 - 0.5 ||x - lmbd theta||^2)``. It bounds
+    ``F_x(z) - min F_x`` from above and is 0 at the optimum. Computed in
+    double precision whatever the dtype (r formed directly, never from
+    ``||x||^2 - 2 z.c + z B z``), at any scale; the same computation
+    certifies every result of :func:`fastlista.solve_lasso`.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+    D : array-like of shape (n_atoms, n_features)
+    lmbd : float
+        Regularisation level, >= 0.
+    Z : array-like of shape (n_samples, n_atoms) or (n_atoms,)
+
+    Returns
+    -------
+    gap : ndarray of shape (n_samples,) or float
+        Non-negative (negative rounding errors are clipped to 0), in the
+        dtype of the inputs; inf when the gap exceeds the float range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import duality_gap
+    >>> float(duality_gap([1.0, 0.0], np.eye(2), 0.5, [0.5, 0.0]))
+    0.0
+    """
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    lmbd = check_scalar(lmbd, "lmbd", "duality_gap", low=0.0)
+    Z = _check_codes(Z, X, D)
+    with np.errstate(over="ignore"):
+        out = _terms(X, D, lmbd, Z, "duality_gap")[1].astype(X.dtype)
+    return _squeeze(out, is_1d)
+
+
+def soft_thresholding(U, threshold):
+    """Soft-thresholding ``sign(u) * max(|u| - threshold, 0)``, elementwise.
+
+    The proximal operator of ``threshold * ||.||_1``. NaN propagates, and the
+    output is exactly 0 where ``|u| <= threshold``.
+
+    Parameters
+    ----------
+    U : array-like of any shape
+        Values to shrink.
+    threshold : float or array-like broadcastable to ``U.shape``
+        Non-negative thresholds (a scalar, one per atom of shape
+        ``(n_atoms,)``, ...).
+
+    Returns
+    -------
+    out : ndarray of the shape of ``U``
+        float32 if ``U`` and ``threshold`` are float32, float64 otherwise.
+
+    Examples
+    --------
+    >>> from fastlista import soft_thresholding
+    >>> soft_thresholding([-2.0, 0.5, 3.0], 1.0)
+    array([-1.,  0.,  2.])
+    """
+    U, t = np.asarray(U), np.asarray(threshold)
+    # float32 stays float32 when the threshold does not ask for more precision
+    single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
+    dtype = np.float32 if single else np.float64
+    if np.iscomplexobj(U):
+        raise ValueError("Complex data not supported in U.")
+    U = np.ascontiguousarray(U, dtype=dtype)
+    t = t.astype(dtype)
+    if not np.all(np.isfinite(t)):
+        raise ValueError("Input threshold contains NaN or infinity.")
+    if np.any(t < 0):
+        raise ValueError("threshold must be non-negative.")
+    try:
+        shape = np.broadcast_shapes(U.shape, t.shape)
+    except ValueError:
+        raise ValueError(f"threshold of shape {t.shape} does not broadcast to U of "
+                         f"shape {U.shape}.") from None
+    if shape != U.shape:
+        raise ValueError(f"threshold of shape {t.shape} does not broadcast to U of "
+                         f"shape {U.shape}.")
+    # the kernel cycles through a period of thresholds: one value, one row,
+    # or (for any other broadcast) the full array
+    t = t.reshape(-1) if t.ndim == 0 or t.shape == U.shape[-t.ndim:] else \
+        np.broadcast_to(t, U.shape).reshape(-1)
+    if t.size == 0:
+        t = np.zeros(1, dtype)
+    out = np.empty_like(U)
+    _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1))
+    return out

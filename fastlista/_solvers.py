@@ -1,0 +1,388 @@
+"""Batched Lasso solvers sharing one dictionary.
+
+Every sample x (a row of X) gets its own Lasso problem
+
+    min_z F_x(z) = 1/2 ||x - z D||^2 + lmbd ||z||_1,
+
+solved to a certified accuracy: a sample stops when its duality gap is at
+most ``tol * 1/2 ||x||^2`` (so ``tol`` is relative to F_x(0)) and leaves the
+batch. All samples share the precomputed ``B = D D^T``, ``c = x D^T`` and
+Lipschitz constant, and the compiled kernels run them in cache-sized blocks
+on several threads.
+"""
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import _cd, _solvers
+from ._lasso import Scaled, _check_codes, certify
+from ._lipschitz import global_lipschitz, gram
+from ._threads import kernel_threads
+from ._validation import (ConvergenceWarning, InvalidParameterError,
+                          check_max_iter, check_option, check_scalar, check_X_D)
+
+__all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
+           "backtracking_ista", "coordinate_descent"]
+
+METHODS = ("auto", "ista", "fista", "backtracking", "oista", "cd")
+
+#: Iterative methods check the duality gap every GAP_FREQ iterations.
+GAP_FREQ = 10
+#: Samples per block of the proximal-gradient kernels (fits in L2 cache).
+BLOCK_SIZE = 32
+#: The history of record_history=True may not exceed this many bytes.
+MAX_HISTORY_BYTES = 2 * 1024**3
+#: A sample a kernel stopped as converged that its certificate refuses
+#: (the kernel's O(m) stopping gap and the certificate differ by rounding) is
+#: run again from its codes with the kernel's tolerance divided by
+#: RETRY_FACTOR, at most RETRIES times.
+RETRY_FACTOR = 16
+RETRIES = 2
+
+
+@dataclass
+class LassoResult:
+    """Solutions of a batch of Lasso problems, with their certificates.
+
+    Attributes
+    ----------
+    codes : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
+        The solutions, of the dtype of the inputs.
+    gap : ndarray of shape (n_samples,) or float
+        Duality gap of each returned code (an upper bound on ``F_x(z) - min
+        F_x``): ``duality_gap(X, D, lmbd, codes)``, computed in double
+        precision from the returned codes themselves.
+    n_iter : ndarray of shape (n_samples,) or int
+        Iterations run per sample (epochs over the working set for "cd").
+    converged : ndarray of shape (n_samples,) or bool
+        Whether ``gap <= tol * 1/2 ||x||^2``.
+    history : dict or None
+        With ``record_history=True``, ``"objective"`` and ``"gap"`` arrays of
+        shape (n_iter.max() + 1, n_samples) (or (n_iter + 1,) for one 1-D
+        sample): the values at iterations 0, 1, ...; a sample that stopped
+        keeps its last value, which is its certificate.
+    step_sizes : ndarray or None
+        With ``record_history=True`` and method "oista" or "backtracking",
+        the step used at each iteration, shape (n_iter.max(), n_samples)
+        (NaN after a sample stopped).
+    method : str
+        The method that ran ("auto" resolved).
+    """
+
+    codes: np.ndarray
+    gap: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    history: dict = None
+    step_sizes: np.ndarray = None
+    method: str = None
+
+
+#: The method "auto" resolves to: coordinate descent with working sets beat
+#: the proximal-gradient family at every lmbd measured on the paper's shape
+#: (benchmarks/test_bench_solvers.py): at large lmbd its working sets hold a
+#: few atoms, at small lmbd the Newton steps on the support end it in a few
+#: epochs.
+AUTO_METHOD = "cd"
+
+
+def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
+                record_history=False, n_jobs=None):
+    """Solve ``min_z 1/2 ||x - z D||^2 + lmbd ||z||_1`` for every row x of X.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_features,)
+        Signals, one per row. A 1-D ``X`` is one sample and gives 1-D results.
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary, one atom per row.
+    lmbd : float
+        Regularisation level (absolute), >= 0. For ``lmbd >=
+        lambda_max(x)`` the solution is exactly 0.
+    method : {"auto", "ista", "fista", "backtracking", "oista", "cd"}, default="auto"
+        * "ista": proximal gradient with step 1/L.
+        * "fista": accelerated, with gradient-based adaptive restart.
+        * "backtracking": ISTA with a step per sample found by Beck-Teboulle
+          backtracking (tried at 1/0.7 times the last step, shrunk by 0.7).
+        * "oista": oracle ISTA (Ablin et al. 2019): step 1/L_S of the
+          sample's current support S, kept when the new support stays in S,
+          else 1/L. L_S comes from a warm-started power iteration, recomputed
+          only when the support changes.
+        * "cd": coordinate descent on the Gram matrix with working sets and a
+          Newton polish on the support (exact once the signs are right).
+        * "auto": the fastest exact method, currently "cd".
+    tol : float, default=1e-8
+        A sample stops when its duality gap is <= ``tol * 1/2 ||x||^2``. The
+        stopping gap costs O(n_atoms) per sample from the gradient already at
+        hand and is checked every 10 iterations (every outer loop for "cd").
+        With ``tol=0`` every sample runs exactly ``max_iter`` iterations.
+        float32 codes cannot be certified much below their own rounding
+        (a relative gap of about 1e-7): use ``tol >= 1e-6`` with float32.
+    max_iter : int, default=10000
+        Maximum number of iterations (epochs over the working set for "cd").
+    Z0 : array-like of shape (n_samples, n_atoms) or (n_atoms,), default=None
+        Warm start (zeros by default). The codes of zero atoms are set to 0,
+        and a sample whose warm start has a larger objective than the zero
+        code (``F_x(z0) > 1/2 ||x||^2``) starts from 0 instead.
+    record_history : bool, default=False
+        Record the objective and gap of every sample at every iteration (and
+        the step sizes of "oista" and "backtracking"); memory
+        (max_iter + 1) x n_samples per record. Not available for "cd".
+    n_jobs : int or None, default=None
+        Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
+        kernels, BLAS held to one thread meanwhile when threadpoolctl is
+        installed). None uses every core.
+
+    Returns
+    -------
+    result : LassoResult
+        ``codes``, ``gap``, ``n_iter``, ``converged``, ``history``,
+        ``step_sizes``. ``gap`` is the duality gap of the returned codes,
+        computed from them in double precision (the same computation as
+        :func:`fastlista.duality_gap`), and ``converged`` compares that gap
+        with ``tol``: the certificate never relies on the solver's own
+        bookkeeping.
+
+    Raises
+    ------
+    FloatingPointError
+        If some code is not finite: its solution lies beyond the float range
+        (X and D scaled in opposite directions by 1e200, say), or a kernel
+        failed. The message names the samples. Finite codes are never
+        returned with a non-finite certificate.
+
+    Warns
+    -----
+    ConvergenceWarning
+        When ``tol > 0`` and some sample's certified gap exceeds it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import solve_lasso
+    >>> D = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> res = solve_lasso(np.array([[3.0, 0.5]]), D, lmbd=1.0)
+    >>> res.codes
+    array([[2., 0.]])
+    >>> bool(res.converged[0])
+    True
+    """
+    func = "solve_lasso"
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    method = check_option(method, "method", func, METHODS)
+    tol = check_scalar(tol, "tol", func, low=0.0)
+    max_iter = check_max_iter(max_iter, func)
+    if not isinstance(record_history, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"The 'record_history' parameter of {func} must be a bool. "
+            f"Got {record_history!r} instead.")
+    Z0 = None if Z0 is None else _check_codes(Z0, X, D, name="Z0")
+    if method == "auto":
+        method = AUTO_METHOD
+    N = X.shape[0]
+    if record_history:
+        if method == "cd":
+            raise InvalidParameterError(
+                f"record_history=True is not available for method='cd' in {func}; "
+                "use an iterative method ('ista', 'fista', 'oista', 'backtracking').")
+        n_bytes = 3 * (max_iter + 1) * N * X.dtype.itemsize
+        if n_bytes > MAX_HISTORY_BYTES:
+            raise ValueError(
+                f"record_history=True would need {n_bytes / 1024**3:.1f} GiB for "
+                f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
+    with kernel_threads(n_jobs, func) as n_threads:
+        result = _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history,
+                        n_threads)
+    if tol > 0 and not result.converged.all():
+        _warn_not_converged(result, X, tol, max_iter, func)
+    if is_1d:
+        result.codes, result.gap = result.codes[0], result.gap[0]
+        result.n_iter, result.converged = result.n_iter[0], result.converged[0]
+        if result.history is not None:
+            result.history = {k: h[:, 0] for k, h in result.history.items()}
+        if result.step_sizes is not None:
+            result.step_sizes = result.step_sizes[:, 0]
+    return result
+
+
+def _warn_not_converged(result, X, tol, max_iter, func):
+    bad = ~result.converged
+    xx = np.einsum("ij,ij->i", X[bad], X[bad], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rel = np.where(xx > 0, result.gap[bad] / (0.5 * xx), np.inf)
+    hint = "Increase max_iter, or use method='cd'."
+    if np.any(result.n_iter[bad] < max_iter):
+        # stopped by the kernel, refused by the certificate: rounding
+        hint = (f"The codes' rounding limits their certificate: use a larger tol"
+                + (" (float32 codes cannot certify a relative gap much below 1e-6), "
+                   "or float64 data." if X.dtype == np.float32 else "."))
+    warnings.warn(
+        f"{int(bad.sum())} of {X.shape[0]} samples did not converge to tol={tol:.3e} "
+        f"in max_iter={max_iter} iterations of '{result.method}': largest relative "
+        f"duality gap {float(np.max(rel)):.3e}. {hint}",
+        ConvergenceWarning, stacklevel=3)
+
+
+def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
+    """Validated inputs → certified LassoResult (2-D), on n_threads threads.
+
+    The problem is solved in scaled units (``Scaled``), then the codes are
+    brought back and certified from their returned values.
+    """
+    N, m = X.shape[0], D.shape[0]
+    S = Scaled.of(X, D)
+    lm = S.lmbd(lmbd)
+    xx = np.einsum("ij,ij->i", S.X, S.X, dtype=np.float64)
+    C = np.empty((N, m), dtype=X.dtype)
+    _solvers.correlations(S.X, S.D, C, n_threads)
+    B = gram(S.D, n_threads)
+    # a zero atom (B_jj = 0, also when its squared norm underflows) is never
+    # used: its code is 0, with or without a warm start
+    zero_atoms = ~(np.diagonal(B) > 0)
+    if Z0 is None:
+        Z = np.zeros((N, m), dtype=X.dtype)
+    else:
+        Z = np.array(S.codes_in(Z0), dtype=X.dtype, order="C")
+        Z[:, zero_atoms] = 0
+        # a warm start worse than 0 (or not finite in scaled units) only
+        # slows the solve down: start those samples from 0
+        primal0, _ = certify(S, lm, Z, n_threads, C, B)
+        Z[~(primal0 <= 0.5 * xx)] = 0
+
+    n_iter = np.zeros(N, dtype=np.intc)
+    stop_gap = np.zeros(N)
+    hist = None
+    if record_history:
+        hist = [np.full((max_iter + 1, N), np.nan, X.dtype) for _ in range(3)]
+    # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
+    # with the same c = x D^T as the kernels, so the test is consistent).
+    active = np.arange(N, dtype=np.intc)
+    if tol > 0 and N:
+        zero = lm >= np.abs(C).max(axis=1, initial=0.0)
+        Z[zero] = 0
+        active = np.flatnonzero(~zero).astype(np.intc)
+    run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap)
+    run(active, tol, max_iter)
+
+    primal, gap = certify(S, lm, Z, n_threads, C, B)
+    if tol > 0:
+        # the stopping gap and the certificate differ by rounding: a sample
+        # stopped on the first and refused by the second runs on
+        budget = max_iter - n_iter
+        for _ in range(RETRIES):
+            # (a miss beyond RETRY_FACTOR x tol is the codes' own rounding,
+            # float32's: no tighter stop can help)
+            again = np.flatnonzero((stop_gap <= tol * 0.5 * xx) & ~(gap <= tol * 0.5 * xx)
+                                   & (gap <= RETRY_FACTOR * tol * 0.5 * xx)
+                                   & (budget > 0)).astype(np.intc)
+            if not again.size or record_history:
+                break
+            done = n_iter.copy()
+            tol_k = tol / RETRY_FACTOR ** (_ + 1)
+            for steps in np.unique(budget[again]):
+                rows = again[budget[again] == steps]
+                run(rows, tol_k, int(steps))
+            n_iter[again] += done[again]
+            budget = max_iter - n_iter
+            primal[again], gap[again] = certify(
+                Scaled(S.X[again], S.D, None if S.ea is None else S.ea[again], S.eb),
+                lm[again], np.ascontiguousarray(Z[again]), n_threads,
+                np.ascontiguousarray(C[again]), B)
+    bad = np.flatnonzero(~np.isfinite(primal))
+    if bad.size:
+        raise FloatingPointError(
+            f"solve_lasso(method={method!r}) produced non-finite codes for samples "
+            f"{bad[:10].tolist()}; this is a bug: please report it with the input.")
+    converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
+
+    codes = S.codes_out(Z)
+    if not S.identity:
+        lost = np.flatnonzero(~np.isfinite(codes).all(axis=1))
+        if lost.size:
+            raise FloatingPointError(
+                f"the codes of samples {lost[:10].tolist()} overflow {X.dtype}: their "
+                "solutions lie beyond the largest float (X and D are scaled in "
+                "opposite directions); rescale X or D.")
+        # the certificate of the returned codes (exact unless some
+        # underflowed on the way out)
+        if not np.array_equal(S.codes_in(codes), Z):
+            primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B)
+            converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
+    out_gap = S.energy_out(gap).astype(X.dtype)
+    history, step_sizes = None, None
+    if record_history:
+        history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)
+    return LassoResult(codes, out_gap, n_iter, converged, history, step_sizes, method)
+
+
+def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap):
+    """run(rows, tol, max_iter): the method's kernel on some rows, in place."""
+    m = S.D.shape[0]
+    if m == 0:
+        return lambda rows, tol, max_iter: None
+    if method == "cd":
+        def run(rows, tol, max_iter):
+            _cd.coordinate_descent(C, B, xx, lm, Z, rows, max_iter, tol, S.D.shape[1],
+                                   n_threads, n_iter, stop_gap)
+        return run
+    L = global_lipschitz(S.D)
+    DT = np.ascontiguousarray(S.D.T)
+    record = hist is not None
+    if not record:
+        hist = [np.empty((1, 1), S.X.dtype)] * 3
+
+    def run(rows, tol, max_iter):
+        if not rows.size:
+            return
+        if L == 0:
+            # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
+            Z[rows] = 0
+            return
+        _solvers.prox_grad(method, S.X, S.D, DT, B, C, xx, lm, L, Z, rows, max_iter,
+                           tol, GAP_FREQ, n_threads, BLOCK_SIZE, record, *hist, n_iter,
+                           stop_gap)
+    return run
+
+
+def _history(hist, n_iter, N, xx, primal, gap, method, S):
+    """Trim the records, fill the iterations after a sample stopped with its
+    last values, and end every sample at its certificate."""
+    T = int(n_iter.max()) + 1 if N else 1
+    obj_h, gap_h, step_h = (h[:T].astype(np.float64) for h in hist)
+    if N:
+        # (samples screened out have n_iter = 0: their certificate only)
+        rows = np.arange(N)
+        obj_h[n_iter, rows] = primal
+        gap_h[n_iter, rows] = gap
+        for h in (obj_h, gap_h):
+            for t in range(1, T):
+                h[t] = np.where(np.isnan(h[t]) | (t > n_iter), h[t - 1], h[t])
+    dtype = hist[0].dtype
+    history = {"objective": S.energy_out(obj_h.T).T.astype(dtype),
+               "gap": S.energy_out(gap_h.T).T.astype(dtype)}
+    step_sizes = None
+    if method in ("oista", "backtracking"):
+        with np.errstate(over="ignore"):
+            step_sizes = np.ldexp(step_h[:T - 1], -2 * S.eb).astype(dtype)
+    return history, step_sizes
+
+
+def _method_function(method, doc_name):
+    def solver(X, D, lmbd, tol=1e-8, max_iter=10000, Z0=None,
+               record_history=False, n_jobs=None):
+        return solve_lasso(X, D, lmbd, method=method, tol=tol, max_iter=max_iter,
+                           Z0=Z0, record_history=record_history, n_jobs=n_jobs)
+    solver.__name__ = solver.__qualname__ = doc_name
+    solver.__doc__ = (
+        f"``solve_lasso(X, D, lmbd, method={method!r}, ...)``: see "
+        ":func:`solve_lasso` for the parameters and the returned LassoResult.")
+    return solver
+
+
+ista = _method_function("ista", "ista")
+fista = _method_function("fista", "fista")
+oista = _method_function("oista", "oista")
+backtracking_ista = _method_function("backtracking", "backtracking_ista")
+coordinate_descent = _method_function("cd", "coordinate_descent")
