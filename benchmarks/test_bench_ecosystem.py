@@ -36,7 +36,7 @@ import pytest
 
 import fastlista
 from fastlista.datasets import make_coding
-from fastlista.networks import Lista
+from fastlista import Lista
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 

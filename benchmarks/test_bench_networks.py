@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 import fastlista
-from fastlista.networks import Lista
+from fastlista import Lista
 
 N_LAYERS = 30
 FORWARD_TARGET = {0.1: 1 / 2.5, 0.8: 1 / 10}
@@ -175,7 +175,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {bench_dir!r})
     from fastlista.datasets import make_coding
-    from fastlista.networks import Lista
+    from fastlista import Lista
 
     def rss_kb(field):
         with open("/proc/self/status") as f:

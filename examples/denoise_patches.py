@@ -124,7 +124,7 @@ def main(quick=False, sigma=0.075, alpha=0.1, n_layers=10, plot=None, verbose=Tr
     images = {}
     for name, coder in coders.items():
         if coder is None:               # ISTA = the untrained step network
-            from fastlista.networks import Lista
+            from fastlista import Lista
             net = Lista(D, alpha, n_layers)
             t_fit = 0.0
             Z, t_enc = timed(net.transform, X)

@@ -8,13 +8,13 @@ solvers and by unfolded ISTA networks whose weights are learned from data
 __version__ = "0.1.0"
 
 from ._validation import ConvergenceWarning, InvalidParameterError
-from .lasso import (duality_gap, lambda_max, lasso_gradient, lasso_objective,
+from ._lasso import (duality_gap, lambda_max, lasso_gradient, lasso_objective,
                     soft_thresholding)
-from .lipschitz import lipschitz
-from .networks import Lista, alista_weights
-from .solvers import (LassoResult, backtracking_ista, coordinate_descent, fista,
+from ._lipschitz import lipschitz
+from ._networks import Lista, alista_weights
+from ._solvers import (LassoResult, backtracking_ista, coordinate_descent, fista,
                       ista, oista, solve_lasso)
-from .training import TrainingWarning
+from ._training import TrainingWarning
 
 __all__ = [
     "ConvergenceWarning", "InvalidParameterError",

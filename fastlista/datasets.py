@@ -205,7 +205,7 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
 
     # imported here: solvers import the kernels, datasets must stay importable
     # (and cheap) on its own
-    from .solvers import solve_lasso
+    from ._solvers import solve_lasso
 
     D = _draw_dictionary(rng, n_atoms, n_features)
 

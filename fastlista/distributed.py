@@ -15,12 +15,15 @@ weighted sum of per-chunk losses:
   ``distributed`` client is running).
 * :func:`solve_lasso` is :func:`fastlista.solve_lasso` on dask arrays.
 * :func:`fit` trains a network data-parallel: the chunks stay on the
-  workers, each computes its loss and gradients with
-  :meth:`Lista.loss_and_grad`, only the parameters and the gradients travel,
-  and L-BFGS-B runs on the client.
+  workers, each computes its loss and gradients through the network's
+  training interface, only the parameters and the gradients travel, and the
+  optimiser of :meth:`Lista.fit` (with its validation and its rollback of
+  blow-ups) runs on the client.
 
 Every function uses the current scheduler: a ``distributed.Client`` when one
-is active, otherwise dask's default (threads).
+is active, otherwise dask's default (threads). Each task runs ``n_jobs``
+threads (1 by default): dask already runs one task per worker thread, and
+more would oversubscribe the cores.
 """
 import copy
 
@@ -28,9 +31,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._validation import (InvalidParameterError, check_array, check_scalar,
-                          _common_dtype)
-from .solvers import LassoResult
+from ._networks import Lista
+from ._solvers import METHODS, LassoResult, solve_lasso as _solve
+from ._training import train
+from ._validation import (InvalidParameterError, _common_dtype, check_array,
+                          check_max_iter, check_n_jobs, check_option, check_scalar)
 
 __all__ = ["encode", "solve_lasso", "fit"]
 
@@ -103,6 +108,18 @@ def _encode_block(X, model):
     return np.asarray(model.transform(X))
 
 
+def _on_threads(model, n_jobs):
+    """``model`` running on ``n_jobs`` threads a call: a Lista copy, or a
+    shallow copy of an estimator with an ``n_jobs`` parameter (others as
+    they are)."""
+    if isinstance(model, Lista):
+        return model._with_n_jobs(n_jobs)
+    if "n_jobs" in getattr(model, "get_params", lambda: {})():
+        model = copy.copy(model)
+        model.n_jobs = n_jobs
+    return model
+
+
 class _LassoSettings:
     """Lasso solver settings shipped to the workers: ``solve_lasso(X, **self)``."""
 
@@ -110,12 +127,11 @@ class _LassoSettings:
         self.D, self.lmbd, self.kwargs = D, lmbd, kwargs
 
     def codes(self, X):
-        from .solvers import solve_lasso as _solve
         D = self.D if self.D.dtype == X.dtype else self.D.astype(_common_dtype(X, self.D))
         return _solve(X, D, self.lmbd, **self.kwargs).codes
 
 
-def _settings_from_dict(model):
+def _settings_from_dict(model, n_jobs):
     kwargs = dict(model)
     try:
         D, lmbd = kwargs.pop("D"), kwargs.pop("lmbd")
@@ -132,11 +148,12 @@ def _settings_from_dict(model):
     D = check_array(D, "D")
     lmbd = check_scalar(lmbd, "lmbd", "encode", low=0.0)
     if kwargs.get("n_jobs") is None:
-        kwargs["n_jobs"] = 1        # one thread a task: dask runs tasks in parallel
+        kwargs["n_jobs"] = n_jobs
+    check_n_jobs(kwargs["n_jobs"], "encode")
     return _LassoSettings(D, lmbd, kwargs)
 
 
-def encode(model, X):
+def encode(model, X, n_jobs=1):
     """Codes of every row of a dask array, lazily, one task per chunk.
 
     Parameters
@@ -148,11 +165,15 @@ def encode(model, X):
           :class:`~fastlista.estimators.LassoSparseCoder`,
         * or Lasso solver settings ``{"D": D, "lmbd": lmbd, "method": ...,
           "tol": ..., "max_iter": ..., "n_jobs": ...}``: exact Lasso codes by
-          :func:`fastlista.solve_lasso` (``n_jobs`` threads per task, 1 by
-          default: dask runs the tasks in parallel).
+          :func:`fastlista.solve_lasso` (its ``n_jobs``, when given, overrides
+          the argument below).
     X : dask array of shape (n_samples, n_features)
         Signals, chunked along samples (a NumPy array is wrapped; chunks
         along features are merged).
+    n_jobs : int or None, default=1
+        Threads of each task (a Lista, or an estimator with an ``n_jobs``
+        parameter, runs on a copy set to it). 1: dask already runs one task
+        per worker thread. None uses every core per task.
 
     Returns
     -------
@@ -175,13 +196,16 @@ def encode(model, X):
     array([ 2.,  0., -1.])
     """
     X = _as_samples_array(X)
+    check_n_jobs(n_jobs, "encode")
     if isinstance(model, dict):
-        model = _settings_from_dict(model)
+        model = _settings_from_dict(model, n_jobs)
     elif not callable(getattr(model, "transform", None)):
         raise InvalidParameterError(
             "model must be a fastlista Lista, an object with a transform method (e.g. "
             "a fitted LearnedSparseCoder) or a dict of solver settings; got "
             f"{type(model).__name__}.")
+    else:
+        model = _on_threads(model, n_jobs)
     # the output's width and dtype, from one sample encoded on the client
     # (this also fails early for an unfitted or mismatched model)
     probe = _encode_block(np.zeros((1, X.shape[1]), dtype=_float_dtype(X.dtype)), model)
@@ -202,7 +226,6 @@ def encode(model, X):
 
 def _solve_block(X, Z0, settings, m):
     """Codes, gap, n_iter and converged of one chunk, packed in float64 columns."""
-    from .solvers import solve_lasso as _solve
     D = settings.D
     if D.dtype != X.dtype:
         dt = _common_dtype(X, D)
@@ -248,9 +271,6 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         converge shows in ``converged``; the ConvergenceWarning, if any, is
         emitted on the worker.
     """
-    from .solvers import METHODS, solve_lasso as _solve
-    from ._validation import check_n_jobs, check_option
-
     func = "fastlista.distributed.solve_lasso"
     X = _as_samples_array(X)
     D = check_array(D, "D")
@@ -263,7 +283,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
     method = check_option(method, "method", func, METHODS)
     tol = check_scalar(tol, "tol", func, low=0.0)
-    max_iter = check_scalar(max_iter, "max_iter", func, low=1, integer=True)
+    max_iter = check_max_iter(max_iter, func)
     if n_jobs is not None:
         check_n_jobs(n_jobs, func)
     m = D.shape[0]
@@ -298,36 +318,28 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 # fit
 # ---------------------------------------------------------------------------
 
-def _chunk_loss_grad(net, parameters, X, loss, Z_target, depth):
-    """Summed (not mean) loss and gradients of one chunk at a given depth.
+def _chunk_loss_grad(net, x, depth, X, loss, Z_target):
+    """Summed (not mean) loss and flat gradient of one chunk at a depth.
 
     Runs on a worker, on a private copy of the network (the worker's copy is
     shared by the tasks it runs, maybe on several threads). Returns
-    ``(n * loss, {key: n * grad})`` with the gradients stacked over the first
-    ``depth`` layers, in float64, and n the chunk's number of samples.
+    ``(n * loss, n * gradient)``, n the chunk's number of samples.
     """
-    local = copy.deepcopy(net)
-    n = X.shape[0]
-    try:
-        local.set_parameters(parameters)
-    except ValueError:          # overflowed parameters: an unacceptable point
-        return np.inf, None
-    X, D, _ = local._check_X(X)
-    code, S = local._targets(X, D, loss, Z_target, "fastlista.distributed.fit")
-    value, grads = local._loss_and_grad(X, D, code, S, depth)
-    return n * float(value), {k: n * np.asarray(g, dtype=np.float64)
-                              for k, g in grads.items()}
+    local = copy.copy(net)
+    local.set_training_vector(x, depth)
+    data = local.training_data(X, loss, Z_target, func="fastlista.distributed.fit")
+    value, grad = local.training_loss_and_grad(data, depth)
+    n = data.n_samples
+    return n * float(value), n * grad
 
 
 def _add(a, b):
-    """Sum of two chunks' (loss, gradients)."""
-    if a[1] is None or b[1] is None:
-        return a[0] + b[0], None
-    return a[0] + b[0], {k: a[1][k] + b[1][k] for k in a[1]}
+    """Sum of two chunks' (loss, gradient)."""
+    return a[0] + b[0], a[1] + b[1]
 
 
 def _tree_sum(parts):
-    """Pairwise sums on the workers: one (loss, gradients) reaches the client."""
+    """Pairwise sums on the workers: one (loss, gradient) reaches the client."""
     parts = list(parts)
     while len(parts) > 1:
         parts = [dask.delayed(_add, pure=True)(parts[i], parts[i + 1])
@@ -336,56 +348,34 @@ def _tree_sum(parts):
     return parts[0]
 
 
-class _ChunkedNet:
-    """Stands for a network in the training objective of ``fastlista.training``.
+def _chunked_objective(net_ref, blocks, loss, n_samples):
+    """evaluate(x, depth) -> (mean loss, flat gradient) over chunked data.
 
-    The objective (``training._Objective``) sets ``_params``, clears
-    ``_cache`` and calls ``_loss_and_grad(X, D, loss_code, S, depth)``; here
-    that call evaluates the current parameters on every chunk of the dask
-    array (on the workers) and sums. Everything else is the real network's.
+    ``blocks`` pairs the delayed chunks of X with those of the targets (or
+    None); each chunk's sums are computed next to it, added pairwise on the
+    workers, and divided by the number of samples on the client.
     """
-
-    def __init__(self, net, net_ref, blocks, loss, n_samples):
-        self._net = net
-        self._params = net._params
-        self._cache = {}
-        self._net_ref, self._blocks, self._loss = net_ref, blocks, loss
-        self._n_samples = n_samples
-        self.n_evaluations = 0
-
-    def __getattr__(self, name):
-        return getattr(self._net, name)
-
-    @property
-    def parameters(self):
-        return [{k: v.copy() for k, v in layer.items()} for layer in self._params]
-
-    def _loss_and_grad(self, X, D, loss_code, S, depth):
-        self.n_evaluations += 1
-        params = dask.delayed(self._params, pure=True, traverse=False)
-        parts = [dask.delayed(_chunk_loss_grad, pure=True)(
-                     self._net_ref, params, xb, self._loss, zb, depth)
-                 for xb, zb in self._blocks]
-        total, grads = dask.compute(_tree_sum(parts))[0]
-        if grads is None:
-            return np.inf, {k: np.zeros((depth,) + s) for k, s in self._shapes().items()}
-        N = self._n_samples
-        return total / N, {k: g / N for k, g in grads.items()}
+    def evaluate(x, depth):
+        parts = [dask.delayed(_chunk_loss_grad, pure=True)(net_ref, x, depth, xb, loss, zb)
+                 for xb, zb in blocks]
+        total, grad = dask.compute(_tree_sum(parts))[0]
+        return total / n_samples, grad / n_samples
+    return evaluate
 
 
 def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=100,
-        tol=1e-8, per_layer="oneshot", verbose=False):
+        tol=1e-8, per_layer="oneshot", verbose=False, n_jobs=1):
     """Train a network data-parallel on a dask array: :meth:`Lista.fit` at scale.
 
     The chunks of X stay where they are (persisted on the workers); at every
-    evaluation of the training loss, the parameters are sent to the chunks,
-    each chunk computes its loss and gradients with the network's analytic
-    backward pass, the chunks' sums are added pairwise on the workers, and
-    one (loss, gradients) pair returns to the client, where the optimiser
-    runs. The optimiser, its bounds (step sizes and thresholds >= 1e-6 / L),
-    its stopping rules and its parameter scaling are those of
-    :meth:`Lista.fit` (``fastlista.training``): on the same data the result
-    equals the single-machine one up to the rounding of the sums.
+    evaluation of the training loss, the parameter vector is sent to the
+    chunks, each chunk computes its loss and gradient with the network's
+    analytic backward pass, the chunks' sums are added pairwise on the
+    workers, and one (loss, gradient) pair returns to the client, where the
+    optimiser runs. The optimiser, its bounds, stopping rules, validation and
+    rollback of blow-ups are those of :meth:`Lista.fit` (one implementation,
+    ``fastlista._training.train``): on the same data the result equals the
+    single-machine one up to the rounding of the sums.
 
     Parameters
     ----------
@@ -399,17 +389,14 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         are computed once with :func:`solve_lasso` on the cluster.
     Z_target : dask array of shape (n_samples, n_atoms), default=None
         Target codes of ``loss="supervised"`` (rechunked like X).
+    n_jobs : int or None, default=1
+        Threads of each task (see :func:`encode`).
 
     Returns
     -------
     net : Lista
         ``net`` itself, with trained parameters and ``loss_history_``.
     """
-    from .networks import LOSSES, Lista
-    from .training import (OPTIMIZERS, PER_LAYER, TrainingWarning, _Objective,
-                           run_stages)
-    from ._validation import check_option
-
     func = "fastlista.distributed.fit"
     if not isinstance(net, Lista):
         raise InvalidParameterError(
@@ -421,14 +408,12 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
             f"features (X.shape={X.shape}, D.shape={net.D.shape}).")
     if X.shape[0] == 0:
         raise ValueError("X must contain at least one sample.")
-    loss = check_option(loss, "loss", func, LOSSES)
-    optimizer = check_option(optimizer, "optimizer", func, OPTIMIZERS)
-    per_layer = check_option(per_layer, "per_layer", func, PER_LAYER)
-    max_iter = check_scalar(max_iter, "max_iter", func, low=1, integer=True)
-    tol = check_scalar(tol, "tol", func, low=0.0)
+    loss = check_option(loss, "loss", func, ("unsupervised", "supervised",
+                                             "semi-supervised"))
+    check_n_jobs(n_jobs, func)
 
     if loss == "semi-supervised" and Z_target is None:
-        Z_target = solve_lasso(X, net.D, net.lmbd).codes
+        Z_target = solve_lasso(X, net.D, net.lmbd, n_jobs=n_jobs).codes
     if loss != "unsupervised":
         if Z_target is None:
             raise ValueError(
@@ -447,23 +432,8 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         X = X.persist()
         z_blocks = [None] * X.numblocks[0]
     blocks = list(zip(X.to_delayed().ravel(), z_blocks))
-
-    proxy = _ChunkedNet(net, _ship(net), blocks, loss, X.shape[0])
-    start = net.parameters
-    history, rolled_back = run_stages(
-        proxy, lambda depth: _Objective(proxy, None, None, None, None, depth),
-        net.n_layers, per_layer=per_layer, max_iter=max_iter, optimizer=optimizer,
-        tol=tol, verbose=verbose)
-    try:
-        net.set_parameters(proxy._params)
-    except ValueError:
-        net.set_parameters(start)
-        rolled_back = True
-    if rolled_back:
-        import warnings
-        warnings.warn(
-            "fastlista.distributed.fit met a non-finite loss or gradient (diverging "
-            "steps?) and rolled the parameters back to the last finite point.",
-            TrainingWarning, stacklevel=2)
-    net.loss_history_ = [float(v) for v in history]
+    evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
+                                  X.shape[0])
+    net.loss_history_ = train(net, evaluate, optimizer=optimizer, max_iter=max_iter,
+                              tol=tol, per_layer=per_layer, verbose=verbose, func=func)
     return net

@@ -10,7 +10,7 @@ does not import it.
   :func:`fastlista.solve_lasso` (``alpha`` is the same number as scikit-learn's
   ``transform_alpha``), to a certified duality gap.
 * :class:`LearnedSparseCoder` trains an unfolded ISTA network
-  (:class:`fastlista.networks.Lista`) on the data passed to ``fit`` and encodes
+  (:class:`fastlista.Lista`) on the data passed to ``fit`` and encodes
   with it: a fixed, small number of layers instead of an iterative solver.
 
 Both follow scikit-learn's conventions: parameters stored untouched by
@@ -25,11 +25,11 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin,
                           TransformerMixin)
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._validation import (check_n_jobs, check_option, check_random_state,
-                          check_scalar)
-from ._threads import blas_thread_limit
-from .lasso import lasso_objective
-from .solvers import METHODS, solve_lasso
+from ._lasso import lasso_objective
+from ._networks import LOSSES, PARAMETRIZATIONS, Lista
+from ._solvers import METHODS, solve_lasso
+from ._validation import (check_max_iter, check_n_jobs, check_option,
+                          check_random_state, check_scalar)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -40,8 +40,6 @@ except ImportError:  # pragma: no cover - older scikit-learn
 __all__ = ["LassoSparseCoder", "LearnedSparseCoder"]
 
 _FLOATS = (np.float64, np.float32)
-_PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
-_LOSSES = ("unsupervised", "supervised", "semi-supervised")
 
 
 # ---------------------------------------------------------------------------
@@ -146,8 +144,8 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     max_iter : int, default=10000
         Maximum iterations per sample.
     n_jobs : int or None, default=None
-        Threads of the solver: OpenMP threads and BLAS threads together
-        (BLAS is held to ``n_jobs`` threads during ``transform`` when
+        Threads of ``transform``: at most ``n_jobs`` run at any time (the
+        solver's OpenMP threads, BLAS held to one thread meanwhile when
         threadpoolctl is installed). None uses every core; -1 too; -2 all
         but one.
 
@@ -188,7 +186,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         alpha = check_scalar(self.alpha, "alpha", name, low=0.0)
         check_option(self.method, "method", name, METHODS)
         check_scalar(self.tol, "tol", name, low=0.0)
-        check_scalar(self.max_iter, "max_iter", name, low=1, integer=True)
+        check_max_iter(self.max_iter, name)
         check_n_jobs(self.n_jobs, name)
         return alpha
 
@@ -235,10 +233,8 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         D = self._check_dictionary(dtype=X.dtype)
         self._check_features(X, D)
-        n_jobs = None if self.n_jobs is None else check_n_jobs(self.n_jobs, "LassoSparseCoder")
-        with blas_thread_limit(n_jobs):
-            result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
-                                 max_iter=self.max_iter, n_jobs=n_jobs)
+        result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
+                             max_iter=self.max_iter, n_jobs=self.n_jobs)
         return result.codes
 
     def _reconstruction_dictionary(self):
@@ -264,7 +260,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
 class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
     """Sparse coding by an unfolded ISTA network trained on the data.
 
-    ``fit`` trains a :class:`fastlista.networks.Lista` of ``n_layers`` layers
+    ``fit`` trains a :class:`fastlista.Lista` of ``n_layers`` layers
     on X for the Lasso ``min_z 1/2 ||x - z D||^2 + alpha ||z||_1``;
     ``transform`` runs it (a fixed cost per sample, no convergence test) and,
     with ``refine_tol``, continues with :func:`fastlista.solve_lasso` from the
@@ -294,10 +290,14 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         :func:`fastlista.solve_lasso` to a relative duality gap ``refine_tol``.
     random_state : int, RandomState instance or None, default=None
         Passed to the network (its initialisation, ISTA, is deterministic).
+    n_jobs : int or None, default=None
+        Threads of ``fit`` and ``transform``: at most ``n_jobs`` run at any
+        time (the network's OpenMP threads, BLAS held to one thread
+        meanwhile). None uses every core; -1 too; -2 all but one.
 
     Attributes
     ----------
-    network_ : fastlista.networks.Lista
+    network_ : fastlista.Lista
         The trained network, in the dtype of the training data.
     components_ : ndarray of shape (n_components, n_features)
         The dictionary, in the dtype of the training data.
@@ -323,7 +323,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
 
     def __init__(self, dictionary, alpha=1.0, n_layers=10, parametrization="step",
                  loss="unsupervised", max_iter=100, refine_tol=None,
-                 random_state=None):
+                 random_state=None, n_jobs=None):
         self.dictionary = dictionary
         self.alpha = alpha
         self.n_layers = n_layers
@@ -332,17 +332,19 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         self.max_iter = max_iter
         self.refine_tol = refine_tol
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _check_params(self):
         name = type(self).__name__
         alpha = check_scalar(self.alpha, "alpha", name, low=0.0)
         check_scalar(self.n_layers, "n_layers", name, low=1, integer=True)
-        check_option(self.parametrization, "parametrization", name, _PARAMETRIZATIONS)
-        check_option(self.loss, "loss", name, _LOSSES)
-        check_scalar(self.max_iter, "max_iter", name, low=1, integer=True)
+        check_option(self.parametrization, "parametrization", name, PARAMETRIZATIONS)
+        check_option(self.loss, "loss", name, LOSSES)
+        check_max_iter(self.max_iter, name)
         if self.refine_tol is not None:
             check_scalar(self.refine_tol, "refine_tol", name, low=0.0)
         check_random_state(self.random_state)
+        check_n_jobs(self.n_jobs, name)
         return alpha
 
     def fit(self, X, y=None):
@@ -360,8 +362,6 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         -------
         self : LearnedSparseCoder
         """
-        from .networks import Lista
-
         alpha = self._check_params()
         X = self._validate_X(X, reset=True)
         D = self._check_dictionary(dtype=X.dtype)
@@ -380,7 +380,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])}; got "
                     f"y.shape={Z_target.shape}.")
         net = Lista(D, alpha, self.n_layers, parametrization=self.parametrization,
-                    random_state=self.random_state)
+                    random_state=self.random_state, n_jobs=self.n_jobs)
         net.fit(X, loss=self.loss, Z_target=Z_target, max_iter=self.max_iter)
         self.network_ = net
         self.components_ = net.D
@@ -390,14 +390,13 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         return self
 
     def _network(self, dtype):
-        """The trained network, or a copy of it in another dtype (not cached)."""
+        """The trained network on this estimator's n_jobs, in ``dtype`` (a
+        copy in another dtype is not cached)."""
         net = self.network_
         if net.dtype == dtype:
-            return net
-        from .networks import Lista
-
+            return net._with_n_jobs(self.n_jobs)
         twin = Lista(net.D.astype(dtype), net.lmbd, net.n_layers,
-                     parametrization=net.parametrization)
+                     parametrization=net.parametrization, n_jobs=self.n_jobs)
         return twin.set_parameters(net.parameters)
 
     def transform(self, X, y=None):

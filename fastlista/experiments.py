@@ -44,9 +44,9 @@ import numpy as np
 from ._threads import blas_thread_limit
 from ._validation import ConvergenceWarning, check_random_state
 from .datasets import N_DIGITS, make_coding, make_digits_coding
-from .lasso import lasso_objective
-from .lipschitz import lipschitz
-from .solvers import solve_lasso
+from ._lasso import lasso_objective
+from ._lipschitz import lipschitz
+from ._solvers import solve_lasso
 
 __all__ = ["ExperimentResult", "FIGURES", "PRESETS", "run", "demo",
            "oista_convergence", "learned_steps", "dictionary_distance",
@@ -157,7 +157,7 @@ def _iterative_objectives(X, D, lmbd, method, n_iter):
 
 def _fit(D, lmbd, n_layers, parametrization, X, max_iter, per_layer="oneshot",
          optimizer="lbfgs", random_state=None):
-    from .networks import Lista  # imported late: the kernels are optional here
+    from . import Lista
     net = Lista(D, lmbd, n_layers, parametrization=parametrization,
                 random_state=random_state)
     # tol=0: every training runs its max_iter iterations, as in the paper

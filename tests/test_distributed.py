@@ -19,7 +19,7 @@ distributed = pytest.importorskip("distributed")
 import reference as ref  # noqa: E402
 import fastlista  # noqa: E402
 from fastlista import distributed as fd  # noqa: E402
-from fastlista.networks import Lista  # noqa: E402
+from fastlista import Lista  # noqa: E402
 
 CLIENT_PID = os.getpid()
 
@@ -229,13 +229,20 @@ def test_fit_gradient_is_the_single_machine_gradient(client, data):
     net = Lista(D, 0.3, 4, parametrization="lista")
     Xp = chunked(X, 170).persist()          # referenced: its chunks stay on the workers
     blocks = list(zip(Xp.to_delayed().ravel(), [None] * 4))
-    proxy = fd._ChunkedNet(net, fd._ship(net), blocks, "unsupervised", X.shape[0])
-    value, grads = proxy._loss_and_grad(None, None, None, None, 4)
-    value_ref, grads_ref = net.loss_and_grad(X)
-    assert_allclose(value, value_ref, rtol=1e-12)
-    for t, layer in enumerate(grads_ref):
-        for k, g in layer.items():
-            assert_allclose(grads[k][t], g, rtol=1e-9, atol=1e-12 * np.abs(g).max())
+    evaluate = fd._chunked_objective(fd._ship(net), blocks, "unsupervised", X.shape[0])
+    for depth in (2, 4):
+        x = net.training_vector(depth)
+        value, grad = evaluate(x, depth)
+        value_ref, grad_ref = net.training_loss_and_grad(net.training_data(X), depth)
+        assert_allclose(value, value_ref, rtol=1e-12)
+        assert_allclose(grad, grad_ref, rtol=1e-9, atol=1e-12 * np.abs(grad_ref).max())
+    # at full depth, the flat gradient is that of loss_and_grad, key by key
+    value_4, grads = net.loss_and_grad(X)
+    assert_allclose(value, value_4, rtol=1e-12)
+    assert_allclose(grad_ref, np.concatenate(
+        [np.ravel(g[k]) * u for g in grads for k, u in
+         (("W_z", 1.0), ("W_x", 1 / net.lipschitz_), ("theta", 1 / net.lipschitz_))]),
+        rtol=1e-12)
 
 
 def test_fit_messages(data):

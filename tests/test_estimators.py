@@ -4,7 +4,7 @@ References are independent of fastlista: scikit-learn's coordinate descent
 (``Lasso`` with a tight tolerance, and ``SparseCoder`` with
 ``transform_algorithm="lasso_cd"``, whose ``transform_alpha`` is the same
 lambda), the plain NumPy ISTA of ``tests/reference.py``, and, for the
-learned coder, a :class:`fastlista.networks.Lista` trained directly.
+learned coder, a :class:`fastlista.Lista` trained directly.
 """
 import pickle
 import warnings
@@ -282,7 +282,7 @@ def test_lasso_coder_pickle():
 
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
 def test_learned_coder_is_the_trained_network(parametrization):
-    from fastlista.networks import Lista
+    from fastlista import Lista
 
     X, D = problem(seed=7)
     coder = LearnedSparseCoder(D, alpha=0.3, n_layers=4, parametrization=parametrization,

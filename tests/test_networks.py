@@ -1,4 +1,4 @@
-"""Unfolded networks (fastlista.networks) against independent references.
+"""Unfolded networks (fastlista.Lista) against independent references.
 
 References written here, in plain NumPy: ISTA, a forward pass of each
 parametrization that keeps every pre-activation, the projected-gradient
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-import fastlista.networks as networks
-from fastlista import InvalidParameterError
-from fastlista.networks import Lista, alista_weights
+import fastlista._networks._execution as execution
+from fastlista import InvalidParameterError, Lista, alista_weights
 
 PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
 STEP_KEYS = ("alpha", "beta", "gamma", "theta")
@@ -93,10 +92,10 @@ def path(request, monkeypatch):
     several blocks, a ragged last block and the per-thread gradient
     accumulators are exercised.
     """
-    rho = {"mixed": networks._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
+    rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
-    monkeypatch.setattr(networks, "_SPARSE_DENSITY", rho)
-    monkeypatch.setattr(networks, "_plan", lambda *shape: (n_threads, 16))
+    monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
+    monkeypatch.setattr(execution, "plan", lambda *shape: (n_threads, 16))
     return request.param
 
 
@@ -156,9 +155,12 @@ def test_untrained_alista_uses_analytic_weights():
     net = Lista(D, lmbd, 6, parametrization="alista")
     W = alista_weights(D)
     L = net.lipschitz_
+    # the step is scale-free: 1 / ||D W^T||_2 (D W^T has a unit diagonal
+    # whatever the norms of the atoms); the threshold factor 1/L
+    gamma = 1 / np.linalg.norm(D @ W.T, 2)
     Z = np.zeros((X.shape[0], D.shape[0]))
     for _ in range(6):
-        Z = st(Z - (Z @ D - X) @ W.T / L, lmbd / L)
+        Z = st(Z - gamma * (Z @ D - X) @ W.T, lmbd / L)
     assert_allclose(net.transform(X), Z, rtol=1e-10, atol=1e-12)
 
 
@@ -175,10 +177,10 @@ def test_threads_and_blocks_do_not_change_results(monkeypatch):
     X, D = make_problem(n_samples=300, seed=3)
     net = Lista(D, 0.2, 6, parametrization="coupled")
     net.set_parameters(perturbed(net, seed=4))
-    monkeypatch.setattr(networks, "_plan", lambda *shape: (1, 10**6))
+    monkeypatch.setattr(execution, "plan", lambda *shape: (1, 10**6))
     Z1 = net.transform(X)
     f1, g1 = net.loss_and_grad(X)
-    monkeypatch.setattr(networks, "_plan", lambda *shape: (2, 7))
+    monkeypatch.setattr(execution, "plan", lambda *shape: (2, 7))
     Z2 = net.transform(X)
     f2, g2 = net.loss_and_grad(X)
     assert_allclose(Z2, Z1, rtol=1e-12, atol=1e-14)
@@ -201,14 +203,14 @@ def test_gradient_through_switching_storage_formats(parametrization, shape, monk
     T = 8
     net = Lista(D, 0.1, T, parametrization=parametrization)
     net.set_parameters(perturbed(net, seed=0))
-    monkeypatch.setattr(networks, "_plan", lambda *shape: (1, 10**6))
+    monkeypatch.setattr(execution, "plan", lambda *shape: (1, 10**6))
     density = [np.count_nonzero(net.transform(X, n_layers=t)) / (X.shape[0] * shape[0])
                for t in range(1, T + 1)]
     switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]
     assert any(a > b for a, b in zip(density, density[1:])), density
 
     def run(rho):
-        monkeypatch.setattr(networks, "_SPARSE_DENSITY", rho)
+        monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
         return net.loss_and_grad(X)
 
     f_dense, g_dense = run(0.0)

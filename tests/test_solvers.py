@@ -546,13 +546,15 @@ def test_warm_start_is_used(method):
     r_warm = _solve(X, D, lmbd, method, Z0=r_cold.codes * (1 + 1e-4), tol=1e-10,
                     max_iter=50000)
     assert r_warm.n_iter.sum() < r_cold.n_iter.sum()
-    # with tol=0 and one step from Z0, ISTA moves from Z0, not from zero
+    # with tol=0 and one step from Z0, ISTA moves from Z0, not from zero (a
+    # start better than 0: worse ones are replaced by 0, see test_certificate)
     if method == "ista":
-        r1 = solve_lasso(X, D, lmbd, method="ista", Z0=Z_far, tol=0.0, max_iter=1)
-        # (L from a power iteration to 1e-10: steps agree to ~1e-10)
-        assert_allclose(r1.codes, ref.ista(X, D, lmbd, 1, Z0=Z_far)[0], rtol=1e-7,
+        Z_mid = 0.5 * get_exact("over", lmbd) + 0.01 * Z_far
+        assert np.all(ref.objective(X, D, lmbd, Z_mid) < scale)
+        r1 = solve_lasso(X, D, lmbd, method="ista", Z0=Z_mid, tol=0.0, max_iter=1)
+        assert_allclose(r1.codes, ref.ista(X, D, lmbd, 1, Z0=Z_mid)[0], rtol=1e-7,
                         atol=1e-9)
-        assert np.abs(r1.codes - Z_far).max() > 1e-3
+        assert np.abs(r1.codes - Z_mid).max() > 1e-3
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -8,8 +8,10 @@
   a long kernel call. The counter advances at least 10x faster than while the
   main thread runs a GIL-holding C call of the same length (``sum(range(n))``,
   which never releases the GIL; measured ~3e6/s against 0/s).
-* ``n_jobs`` sets OpenMP and BLAS threads together, and the BLAS limit is
-  restored whatever the interleaving of concurrent calls.
+* The threading policy: in every kernel of a call, OpenMP threads x BLAS
+  threads <= n_jobs (a spy on every kernel entry point), dask tasks run one
+  thread, and the BLAS limit is restored whatever the interleaving of
+  concurrent calls.
 """
 import sys
 import threading
@@ -21,7 +23,7 @@ from numpy.testing import assert_allclose
 
 import reference as ref
 import fastlista
-from fastlista.networks import Lista
+from fastlista import Lista
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -228,46 +230,72 @@ def test_gil_released_during_kernel(kernel):
 # n_jobs: OpenMP and BLAS threads together
 # ---------------------------------------------------------------------------
 
+# Every kernel entry point, and the position of its n_threads argument (the
+# OpenMP threads it may start; it starts at most that many).
+KERNELS = [("_solvers", "correlations", 3), ("_solvers", "prox_grad", 14),
+           ("_cd", "coordinate_descent", 9), ("_certify", "certify", 9),
+           ("_lipschitz", "lipschitz_supports", 5), ("_unrolled", "forward", 6),
+           ("_unrolled", "loss_and_grad", 9)]
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Record (kernel, OpenMP threads allowed, BLAS threads) of every kernel call."""
+    import importlib
+
+    calls = []
+    for module, name, pos in KERNELS:
+        mod = importlib.import_module(f"fastlista._kernels.{module}")
+        real = getattr(mod, name)
+
+        def spy(*args, _real=real, _pos=pos, _name=name):
+            calls.append((_name, args[_pos], max(blas_threads())))
+            return _real(*args)
+
+        monkeypatch.setattr(mod, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_n_jobs_sets_openmp_and_blas_threads(monkeypatch, n_jobs):
+def test_a_call_never_runs_more_than_n_jobs_threads(kernel_calls, n_jobs):
+    """OpenMP threads x BLAS threads <= n_jobs in every kernel of every call."""
     pytest.importorskip("sklearn")
-    from fastlista import estimators
+    from fastlista.estimators import LassoSparseCoder, LearnedSparseCoder
 
-    X, D = ref.make_problem(n_samples=50, seed=6)
-    seen = {}
-    real = estimators.solve_lasso
+    set_blas_threads(2)          # a BLAS that would take both cores if let
+    X, D = ref.make_problem(n_samples=400, n_features=16, n_atoms=32, seed=6)
+    for method in ("cd", "ista", "fista", "oista", "backtracking"):
+        fastlista.solve_lasso(X, D, 0.3, method=method, tol=1e-6, n_jobs=n_jobs)
+    fastlista.lipschitz(D, support=np.abs(X @ D.T) > 0.5, n_jobs=n_jobs)
+    for p in ("step", "coupled", "alista", "lista"):
+        net = Lista(D, 0.3, 3, parametrization=p, n_jobs=n_jobs)
+        net.fit(X, max_iter=2)
+        net.transform(X, refine_tol=1e-6)
+    LassoSparseCoder(D, alpha=0.3, n_jobs=n_jobs).fit_transform(X)
+    LearnedSparseCoder(D, alpha=0.3, n_layers=3, max_iter=2, n_jobs=n_jobs).fit(X).transform(X)
+    seen = {name for name, _, _ in kernel_calls}
+    assert seen == {name for _, name, _ in KERNELS}
+    over = [c for c in kernel_calls if c[1] * c[2] > n_jobs]
+    assert not over, over[:5]
+    assert set(blas_threads()) == {2}               # and BLAS is given back
 
-    def spy(*args, **kwargs):
-        seen["n_jobs"] = kwargs["n_jobs"]
-        seen["blas"] = blas_threads()
-        return real(*args, **kwargs)
 
-    before = blas_threads()
-    monkeypatch.setattr(estimators, "solve_lasso", spy)
-    Z = estimators.LassoSparseCoder(D, alpha=0.2, n_jobs=n_jobs).fit_transform(X)
-    assert seen["n_jobs"] == n_jobs                 # the solver's OpenMP threads
-    assert set(seen["blas"]) == {n_jobs}            # BLAS held to as many
-    assert blas_threads() == before                 # and restored
-    assert_allclose(Z, fastlista.solve_lasso(X, D, 0.2, n_jobs=1).codes, rtol=1e-12,
-                    atol=1e-15)
+def test_dask_tasks_run_one_thread_by_default(kernel_calls):
+    """Each dask task runs n_jobs threads (1 by default), whatever the model's."""
+    pytest.importorskip("dask")
+    import dask
+    from fastlista import distributed
 
-
-def test_n_jobs_none_leaves_blas_alone(monkeypatch):
-    pytest.importorskip("sklearn")
-    from fastlista import estimators
-
-    X, D = ref.make_problem(n_samples=20, seed=7)
-    seen = {}
-    real = estimators.solve_lasso
-
-    def spy(*args, **kwargs):
-        seen["n_jobs"], seen["blas"] = kwargs["n_jobs"], blas_threads()
-        return real(*args, **kwargs)
-
-    before = blas_threads()
-    monkeypatch.setattr(estimators, "solve_lasso", spy)
-    estimators.LassoSparseCoder(D, alpha=0.2).fit_transform(X)
-    assert seen["n_jobs"] is None and seen["blas"] == before
+    X, D = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=7)
+    net = Lista(D, 0.3, 3)                          # n_jobs=None: every core
+    import dask.array as da
+    Xd = da.from_array(X, chunks=(50, -1))
+    with dask.config.set(scheduler="synchronous"):
+        distributed.encode(net, Xd).compute()
+        distributed.encode({"D": D, "lmbd": 0.3}, Xd).compute()
+        distributed.solve_lasso(Xd, D, 0.3).codes.compute()
+        distributed.fit(Lista(D, 0.3, 2), Xd, max_iter=2)
+    assert kernel_calls and all(c[1] == 1 for c in kernel_calls), kernel_calls[:5]
 
 
 def test_blas_thread_limit_is_safe_across_threads():

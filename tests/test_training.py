@@ -1,4 +1,4 @@
-"""Training of unfolded networks (Lista.fit, fastlista.training)."""
+"""Training of unfolded networks (Lista.fit, fastlista._training)."""
 import warnings
 
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 from numpy.testing import assert_allclose
 
 from fastlista import InvalidParameterError, solve_lasso
-from fastlista.networks import Lista
-from fastlista.training import STEP_FLOOR, TrainingWarning
+from fastlista import Lista
+from fastlista import TrainingWarning
+from fastlista._networks._parameters import STEP_FLOOR
 from test_networks import lasso_F, make_problem, numpy_ista
 
 N_LAYERS = 6
@@ -108,7 +109,7 @@ def test_blow_up_rolls_back_with_a_warning(data, monkeypatch):
     X_train, _, D = data
     net = Lista(D, 0.3, 3)
     limit = 1.5 / net.lipschitz_
-    true_loss_and_grad = Lista._loss_and_grad
+    true_loss_and_grad = Lista.training_loss_and_grad
 
     def exploding(self, *args):
         # beyond a step of 1.5 / L the "network diverges"
@@ -117,7 +118,7 @@ def test_blow_up_rolls_back_with_a_warning(data, monkeypatch):
             f = np.nan
         return f, g
 
-    monkeypatch.setattr(Lista, "_loss_and_grad", exploding)
+    monkeypatch.setattr(Lista, "training_loss_and_grad", exploding)
     for optimizer in ("lbfgs", "gd"):
         net = Lista(D, 0.3, 3)
         with warnings.catch_warnings():

@@ -6,7 +6,7 @@ that a silent wrong read shows up as an AssertionError.
 import numpy as np
 
 import fastlista as fl
-from fastlista import networks
+from fastlista._networks import _execution as networks
 
 
 def main():

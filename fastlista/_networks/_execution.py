@@ -1,0 +1,210 @@
+"""Kernel adapters of the unfolded networks: forward and backward passes.
+
+The Python side of ``_kernels/_unrolled.pyx``: it stacks a network's layer
+parameters into the arrays the kernels read (``_unrolled.Params``, with the
+transposes that make every product an untransposed GEMM), plans blocks and
+threads, runs the kernels under the threading policy (``_threads.py``) and
+refuses non-finite results.
+
+Execution (sample-blocked, layer-fused): samples are independent and every
+loss is a sum over samples, so the batch is cut into blocks of rows; each
+block runs through all T layers and then (training) back through them,
+before the next block. Nothing of size N x m x T exists; blocks go to
+OpenMP threads with their own workspaces and gradient accumulators.
+"""
+import numpy as np
+
+from .._kernels import _unrolled
+from .._threads import kernel_threads
+from ._parameters import alista_weights
+
+# Execution tuning. A block has as many rows as keep its GEMMs (rows x m x n
+# multiply-adds) within _BLOCK_GEMM: OpenBLAS multiplies such small matrices
+# without packing them, and every product is written untransposed for it
+# (32 rows on the paper shape, 64 x 256: SLISTA loss_and_grad at lmbd = 0.1
+# in 0.38 s, against 0.47 s at 64 or 128 rows in the same run; 8 rows at
+# 128 x 512, 128 at 32 x 128). Dictionaries too large for that take
+# _BLOCK_ELEMENTS codes a block (128 rows at 256 atoms: a block's codes,
+# gradient and c = x W^T stay in L2). A layer whose input codes are denser
+# than _SPARSE_DENSITY in the block runs dense GEMMs, sparser ones gather
+# rows of B (or W) for the non-zeros (measured on the paper shape, 64 x 256,
+# where the gather wins up to roughly 10 % density: loss_and_grad at
+# lmbd = 0.3 takes 0.39 s with 0.1, 0.45 s with 0.15, and the same at
+# lmbd = 0.5 and 0.8); OpenMP threads only pay off above _THREAD_WORK
+# multiply-adds a call (N T m n), below it their start and join dominate.
+_BLOCK_GEMM = 1 << 19
+_BLOCK_ELEMENTS = 128 * 256
+_SPARSE_DENSITY = 0.1
+_THREAD_WORK = 2e7
+
+#: loss name -> the kernels' loss code
+LOSS_CODES = _unrolled.LOSSES
+
+
+def plan(n_rows, n_atoms, n_features, n_layers, n_threads):
+    """(n_threads, block_size) for a batch of n_rows samples.
+
+    At most ``n_threads`` OpenMP threads, and several only for enough work;
+    the blocks are balanced so that every thread gets as many rows.
+    """
+    block = min(_BLOCK_GEMM // max(n_atoms * n_features, 1),
+                _BLOCK_ELEMENTS // max(n_atoms, 1))
+    if block < 8:
+        block = max(1, _BLOCK_ELEMENTS // max(n_atoms, 1))
+    work = float(n_rows) * n_layers * n_atoms * n_features
+    if work < _THREAD_WORK or n_rows < 2 * 16:
+        n_threads = 1
+    n_blocks = max(-(-n_rows // block), n_threads)
+    n_blocks = -(-n_blocks // n_threads) * n_threads
+    return n_threads, max(1, -(-n_rows // n_blocks))
+
+
+class Executor:
+    """Runs one network's layers through the kernels.
+
+    Parameters
+    ----------
+    D : ndarray of shape (n_atoms, n_features)
+        The network's dictionary (read-only).
+    parametrization : str
+    gamma0 : float
+        ALISTA's untrained step (not used by the other parametrizations).
+
+    The kernel arrays are cached per (dtype, depth) for one list of layer
+    dicts (a network replaces its list whenever its parameters change, so
+    copies of a network may share an executor); the fixed matrices of
+    ``step`` and ``alista`` (W, M = D W^T) per dtype for the network's life.
+    """
+
+    def __init__(self, D, parametrization):
+        self.D = D
+        self.parametrization = parametrization
+        self._fixed = {}
+        self._params = {}
+
+    def __getstate__(self):
+        # the caches (kernel pointers among them) are rebuilt where unpickled
+        return {"D": self.D, "parametrization": self.parametrization}
+
+    def __setstate__(self, state):
+        self.__init__(state["D"], state["parametrization"])
+
+    def fixed_matrices(self, dtype):
+        """W, W^T, M = D W^T and M^T of the shared-W parametrizations."""
+        key = np.dtype(dtype).str
+        if key not in self._fixed:
+            D64 = self.D.astype(np.float64)
+            W = D64 if self.parametrization == "step" else alista_weights(D64)
+            M = D64 @ W.T
+            MT = M if self.parametrization == "step" else np.ascontiguousarray(M.T)
+            cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+            self._fixed[key] = (cast(W[None]), cast(W.T[None]), cast(M), cast(MT))
+        return self._fixed[key]
+
+    def gram(self):
+        # one GEMM through M (m x m) beats two through D and W (m x n) when m < 2 n
+        return self.D.shape[0] < 2 * self.D.shape[1]
+
+    def params(self, layers, depth, dtype):
+        """``_unrolled.Params`` of the first ``depth`` of the layer dicts."""
+        key = (np.dtype(dtype).str, depth)
+        cached = self._params.get(key)
+        if cached is not None and cached[0] is layers:
+            return cached[1]
+        stack = lambda k: np.ascontiguousarray(  # noqa: E731
+            np.stack([layer[k] for layer in layers[:depth]]), dtype=dtype)
+        D = np.ascontiguousarray(self.D, dtype=dtype)
+        DT = np.ascontiguousarray(self.D.T, dtype=dtype)
+        p = self.parametrization
+        if p == "lista":
+            Wz = stack("W_z")
+            params = _unrolled.Params(
+                D, DT, Wz=Wz, WzT=np.ascontiguousarray(Wz.transpose(0, 2, 1)),
+                Wx=stack("W_x"), thr=stack("theta"))
+        else:
+            step_key, thr_key = {"step": ("alpha", "alpha"),
+                                 "coupled": ("alpha", "beta"),
+                                 "alista": ("gamma", "theta")}[p]
+            if p == "coupled":
+                W = stack("W")
+                WT = np.ascontiguousarray(W.transpose(0, 2, 1))
+                M = MT = None
+            else:
+                W, WT, M, MT = self.fixed_matrices(dtype)
+            params = _unrolled.Params(D, DT, W=W, WT=WT, M=M, MT=MT,
+                                      step=stack(step_key), thr=stack(thr_key),
+                                      gram=self.gram())
+        if len(self._params) > 8:
+            self._params.clear()
+        self._params[key] = (layers, params)
+        return params
+
+    def forward(self, layers, depth, X, lmbd, n_jobs, per_layer=False):
+        """Codes z_T of validated X through the first ``depth`` layers (and
+        the per-layer summed objectives).
+
+        Raises
+        ------
+        FloatingPointError
+            If the codes of some samples are not finite (parameters that
+            make the layers overflow), naming the samples.
+        """
+        N, (m, n) = X.shape[0], self.D.shape
+        T = depth
+        Z = np.empty((N, m), dtype=X.dtype)
+        bad = np.zeros(N, dtype=np.uint8)
+        with kernel_threads(n_jobs, "Lista") as n_threads:
+            n_threads, block = plan(N, m, n, T, n_threads)
+            params = self.params(layers, depth, X.dtype)
+            obj = np.zeros((n_threads, T) if per_layer else (0, 0))
+            _unrolled.forward(X, params, float(lmbd), Z, obj, bad, n_threads, block,
+                              _SPARSE_DENSITY)
+        rows = np.flatnonzero(bad)
+        if rows.size:
+            raise FloatingPointError(
+                f"the network's codes of samples {rows[:10].tolist()} are not finite: "
+                f"its parameters make the layers overflow {X.dtype} (steps far above "
+                "2 / L?). Set smaller parameters, or train with fit (which rolls "
+                "blow-ups back).")
+        return Z, obj.sum(axis=0)
+
+    def loss_and_grad(self, layers, depth, X, lmbd, loss, S, n_jobs):
+        """Mean loss at the output of the first ``depth`` layers and its
+        gradients.
+
+        Returns (loss, grads): grads a dict key -> stacked float64 array of
+        shape (depth, *shape). Non-finite values are returned as they are
+        (the caller decides).
+        """
+        N, (m, n) = X.shape[0], self.D.shape
+        T = depth
+        p = self.parametrization
+        with kernel_threads(n_jobs, "Lista") as n_threads:
+            n_threads, block = plan(N, m, n, T, n_threads)
+            params = self.params(layers, depth, X.dtype)
+            dthr = np.zeros((n_threads, T * m))
+            da = np.zeros((n_threads, T if p != "lista" else 0))
+            sizes = {"coupled": (T * m * n, 0), "lista": (T * m * m, T * m * n)}
+            s_w, s_wx = sizes.get(p, (0, 0))
+            dW = np.zeros((n_threads, s_w), dtype=X.dtype)
+            dWxT = np.zeros((n_threads, s_wx), dtype=X.dtype)
+            S = np.empty((0, 0), X.dtype) if S is None else S
+            total = _unrolled.loss_and_grad(X, params, float(lmbd), LOSS_CODES[loss], S,
+                                            da, dthr, dW, dWxT, n_threads, block,
+                                            _SPARSE_DENSITY)
+        dthr = dthr.sum(axis=0).reshape(T, m)
+        if p == "lista":
+            grads = {"W_z": dW.sum(axis=0, dtype=np.float64).reshape(T, m, m),
+                     "W_x": dWxT.sum(axis=0, dtype=np.float64).reshape(T, m, n)
+                     .transpose(0, 2, 1),
+                     "theta": dthr}
+        else:
+            da = da.sum(axis=0)
+            if p == "step":
+                grads = {"alpha": da + dthr.sum(axis=1)}
+            elif p == "alista":
+                grads = {"gamma": da, "theta": dthr.sum(axis=1)}
+            else:
+                grads = {"W": dW.sum(axis=0, dtype=np.float64).reshape(T, m, n),
+                         "alpha": da, "beta": dthr.sum(axis=1)}
+        return total / N, grads

@@ -1,0 +1,520 @@
+"""The unfolded network: LISTA, LISTA-CP, ALISTA and SLISTA.
+
+``step`` is SLISTA (Ablin et al., 2019: only a step size a layer is
+learned), ``coupled`` is LISTA-CP (Chen et al., 2018), ``alista`` is ALISTA
+(Liu et al., 2019) with the analytic weights of :func:`alista_weights` and
+``lista`` is LISTA (Gregor & LeCun, 2010); ``_parameters.py`` has their
+table. Thresholds are lmbd times a learned factor, so a network trained at
+one lmbd can be evaluated at another, and an untrained ``step``,
+``coupled`` or ``lista`` network is exactly ISTA with step 1/L.
+
+The class holds the parameters and the public API; the parametrizations'
+definitions live in ``_parameters.py``, the kernel adapters in
+``_execution.py``, persistence in ``_persistence.py`` and the optimisers in
+``fastlista._training``, which reach the network only through its training
+interface (``training_data``, ``training_vector``, ``set_training_vector``,
+``training_bounds``, ``training_loss_and_grad``).
+"""
+import copy
+
+import numpy as np
+
+from .._lasso import lasso_objective
+from .._lipschitz import global_lipschitz
+from .._solvers import solve_lasso
+from .._threads import kernel_threads
+from .._training import fit_network
+from .._validation import (check_array, check_n_jobs, check_option,
+                           check_random_state, check_scalar, check_X_D)
+from . import _parameters as P
+from ._execution import Executor
+from ._persistence import load as _load, save as _save
+
+#: A network's L = ||D D^T||_2 must lie within 2**+-(max exponent * 3/4) of
+#: its dtype: its steps 1/L and the layers' products stay normal numbers.
+_L_RANGE = {np.dtype(np.float64): 768, np.dtype(np.float32): 96}
+
+
+class TrainingData:
+    """Validated training signals and targets (see :meth:`Lista.training_data`).
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The signals, in the network's dtype (or float64).
+    loss : {"unsupervised", "supervised"}
+    targets : ndarray of shape (n_samples, n_atoms) or None
+        The target codes of the supervised loss.
+    """
+
+    def __init__(self, X, loss, targets):
+        self.X, self.loss, self.targets = X, loss, targets
+
+    @property
+    def n_samples(self):
+        return self.X.shape[0]
+
+
+class Lista:
+    """Unfolded ISTA network with learned weights or step sizes.
+
+    Parameters
+    ----------
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary, one atom per row. float32 dictionaries give a float32
+        network. Its ``L = ||D D^T||_2`` must be positive and within
+        2**+-768 (float32: 2**+-96): rescale D otherwise.
+    lmbd : float
+        Regularisation level (absolute, >= 0) of the Lasso the network is
+        trained for: thresholds are ``lmbd`` times the learned factors.
+    n_layers : int
+        Number of layers T, >= 1.
+    parametrization : {"step", "coupled", "alista", "lista"}, default="step"
+        ``step`` is SLISTA (one step size a layer), ``coupled`` is LISTA-CP,
+        ``alista`` ALISTA, ``lista`` LISTA (see :attr:`parameters`).
+    random_state : None, int or numpy.random.RandomState, default=None
+        Validated for API stability; the initialisation is deterministic
+        (ISTA), so nothing random is drawn.
+    n_jobs : int or None, default=None
+        Threads of every call (OpenMP threads over blocks of samples, BLAS
+        held to one thread meanwhile): at most ``n_jobs``. None uses every
+        core; -1 too, -2 all but one.
+
+    Attributes
+    ----------
+    lipschitz_ : float
+        L = largest eigenvalue of ``D D^T``; the untrained steps are 1/L.
+    loss_history_ : list of float
+        Training loss before the first and after every accepted iteration of
+        the last :meth:`fit` (for ``per_layer="recursive"`` the stages'
+        histories are concatenated, each at its own depth).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import Lista
+    >>> rng = np.random.RandomState(0)
+    >>> D = rng.randn(8, 4)
+    >>> X = rng.randn(100, 4)
+    >>> net = Lista(D, lmbd=0.5, n_layers=5).fit(X, max_iter=20)
+    >>> net.transform(X).shape
+    (100, 8)
+    """
+
+    def __init__(self, D, lmbd, n_layers, parametrization="step",
+                 random_state=None, n_jobs=None):
+        D = check_array(D, "D")
+        if D.shape[0] == 0:
+            raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
+        self.D = D.copy()
+        self.D.setflags(write=False)
+        self.lmbd = check_scalar(lmbd, "lmbd", "Lista", low=0.0)
+        self.n_layers = check_scalar(n_layers, "n_layers", "Lista", low=1,
+                                     high=2**31 - 1, integer=True)
+        self.parametrization = check_option(parametrization, "parametrization",
+                                            "Lista", P.PARAMETRIZATIONS)
+        check_random_state(random_state)
+        check_n_jobs(n_jobs, "Lista")
+        self.n_jobs = n_jobs
+        with kernel_threads(n_jobs, "Lista"):
+            L = global_lipschitz(self.D)
+        if not L > 0:
+            raise ValueError("D must not be all zeros: its Lipschitz constant is 0.")
+        limit = _L_RANGE[self.D.dtype]
+        if not abs(np.log2(L)) <= limit:
+            raise ValueError(
+                f"D's Lipschitz constant ||D D^T||_2 = {L:.3g} is beyond 2**+-{limit}, "
+                f"where the network's steps 1/L and its layers leave the range of "
+                f"{self.D.dtype}: rescale D (e.g. to unit-norm atoms).")
+        self.lipschitz_ = float(L)
+        self.loss_history_ = []
+        self._exec = Executor(self.D, self.parametrization)
+        gamma0 = 1.0 / L
+        if self.parametrization == "alista":
+            with kernel_threads(n_jobs, "Lista"):
+                M = self._exec.fixed_matrices(np.float64)[2]
+                gamma0 = 1.0 / float(np.linalg.norm(M, 2))
+        self._units = P.units(self.parametrization, L, gamma0)
+        layer = P.initial_layer(self.parametrization, self.D, L, gamma0)
+        self._params = [{k: v.copy() for k, v in layer.items()}
+                        for _ in range(self.n_layers)]
+
+    # -- parameters --------------------------------------------------------
+
+    @property
+    def n_atoms(self):
+        return self.D.shape[0]
+
+    @property
+    def n_features(self):
+        return self.D.shape[1]
+
+    @property
+    def dtype(self):
+        return self.D.dtype
+
+    @property
+    def parameters(self):
+        """Per-layer parameters: a list of T dicts name -> ndarray (copies).
+
+        Keys: ``step``: ``alpha`` (scalar); ``coupled``: ``W`` (n_atoms,
+        n_features), ``alpha``, ``beta`` (scalars); ``alista``: ``gamma``,
+        ``theta`` (scalars); ``lista``: ``W_z`` (n_atoms, n_atoms), ``W_x``
+        (n_features, n_atoms), ``theta`` (n_atoms,). Scalars are 0-d arrays.
+        """
+        return [{k: v.copy() for k, v in layer.items()} for layer in self._params]
+
+    def set_parameters(self, parameters):
+        """Replace the parameters (validated; copied in the network's dtype).
+
+        Parameters
+        ----------
+        parameters : list of dict
+            One dict a layer with exactly the keys and shapes of
+            :attr:`parameters`; values finite, step sizes and threshold
+            factors (``alpha``, ``beta``, ``gamma``, ``theta``) >= 0.
+
+        Returns
+        -------
+        self : Lista
+        """
+        self._params = P.check_parameters(parameters, self.parametrization,
+                                          self.n_layers, self.n_atoms,
+                                          self.n_features, self.dtype)
+        return self
+
+    def _with_n_jobs(self, n_jobs):
+        """A shallow copy running on ``n_jobs`` threads (shares the parameters
+        and the kernel cache; either's new parameters are a new list)."""
+        twin = copy.copy(self)
+        check_n_jobs(n_jobs, "Lista")
+        twin.n_jobs = n_jobs
+        return twin
+
+    # -- forward -----------------------------------------------------------
+
+    def _check_X(self, X):
+        return check_X_D(X, self.D)
+
+    def _check_n_layers(self, n_layers, func):
+        if n_layers is None:
+            return self.n_layers
+        return check_scalar(n_layers, "n_layers", func, low=1, high=self.n_layers,
+                            integer=True)
+
+    def transform(self, X, n_layers=None, lmbd=None, refine_tol=None):
+        """Codes of X: the output of the network (of its first layers).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_features,)
+            Signals, one per row.
+        n_layers : int, default=None
+            Run only the first ``n_layers`` layers (1 <= n_layers <= T);
+            None runs all of them.
+        lmbd : float, default=None
+            Regularisation level at which to evaluate the network
+            (thresholds ``lmbd * theta_t``); None uses the network's.
+        refine_tol : float, default=None
+            If set, continue from the network's output with
+            :func:`fastlista.solve_lasso` until every sample's duality gap is
+            <= ``refine_tol * 1/2 ||x||^2``: a certified solution,
+            warm-started by the network.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
+
+        Raises
+        ------
+        FloatingPointError
+            If the codes of some samples are not finite (parameters that
+            make the layers overflow), naming the samples.
+        """
+        X, D, is_1d = self._check_X(X)
+        n_layers = self._check_n_layers(n_layers, "transform")
+        lmbd = self.lmbd if lmbd is None else check_scalar(lmbd, "lmbd", "transform",
+                                                          low=0.0)
+        if refine_tol is not None:
+            refine_tol = check_scalar(refine_tol, "refine_tol", "transform", low=0.0)
+        Z, _ = self._exec.forward(self._params, n_layers, X, lmbd, self.n_jobs)
+        if refine_tol is not None:
+            Z = solve_lasso(X, D, lmbd, tol=refine_tol, Z0=Z, n_jobs=self.n_jobs).codes
+        return Z[0] if is_1d else Z
+
+    def objective(self, X, per_layer=False):
+        """Mean Lasso objective F_x of the output (or of every layer's output).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_features,)
+        per_layer : bool, default=False
+            Return the mean objective after each layer, shape (T,).
+
+        Returns
+        -------
+        objective : float or ndarray of shape (n_layers,)
+            Mean over samples of ``1/2 ||x - z D||^2 + lmbd ||z||_1`` at the
+            network's lmbd.
+        """
+        X, D, _ = self._check_X(X)
+        if X.shape[0] == 0:
+            raise ValueError("X must contain at least one sample.")
+        Z, obj = self._exec.forward(self._params, self.n_layers, X, self.lmbd,
+                                    self.n_jobs, per_layer=per_layer)
+        if per_layer:
+            return obj / X.shape[0]
+        return float(np.mean(lasso_objective(X, D, self.lmbd, Z)))
+
+    # -- gradients ---------------------------------------------------------
+
+    def training_data(self, X, loss="unsupervised", Z_target=None, *,
+                      func="loss_and_grad"):
+        """Validate training signals and targets once (training interface).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training signals (at least one).
+        loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
+            See :meth:`loss_and_grad`; ``semi-supervised`` computes the
+            targets here with :func:`fastlista.solve_lasso`.
+        Z_target : array-like of shape (n_samples, n_atoms), default=None
+            Target codes of the supervised losses.
+        func : str
+            The public caller, for error messages.
+
+        Returns
+        -------
+        data : TrainingData
+        """
+        X, D, _ = self._check_X(X)
+        if X.shape[0] == 0:
+            raise ValueError("X must contain at least one sample.")
+        loss = check_option(loss, "loss", func, P.LOSSES)
+        if loss == "unsupervised":
+            return TrainingData(X, loss, None)
+        if loss == "semi-supervised" and Z_target is None:
+            Z_target = solve_lasso(X, D, self.lmbd, n_jobs=self.n_jobs).codes
+        if Z_target is None:
+            raise ValueError(
+                f"Z_target is required for loss={loss!r}: codes of shape "
+                f"(n_samples, n_atoms) = {(X.shape[0], self.n_atoms)}.")
+        S = check_array(Z_target, "Z_target", dtype=X.dtype, allow_1d=True,
+                        min_features=0)
+        if S.shape != (X.shape[0], self.n_atoms):
+            raise ValueError(
+                f"Z_target must have shape (n_samples, n_atoms) = "
+                f"{(X.shape[0], self.n_atoms)}; got Z_target.shape={S.shape}.")
+        return TrainingData(X, "supervised", S)
+
+    def _layout(self, depth):
+        return P.VectorLayout(self.parametrization,
+                              P.shapes(self.parametrization, self.n_atoms,
+                                       self.n_features),
+                              self._units, depth)
+
+    def training_vector(self, depth=None):
+        """Flat parameters of the first ``depth`` layers (training interface).
+
+        A float64 vector, layer after layer and key after key (the order of
+        :attr:`parameters`), each divided by its unit: the untrained value
+        of a step or threshold factor, 1/L for ``W_x``, 1 for ``W`` and
+        ``W_z``, so that every entry of an untrained network is O(1).
+        """
+        depth = self.n_layers if depth is None else depth
+        return self._layout(depth).pack(self._params)
+
+    def set_training_vector(self, x, depth=None):
+        """Set the first ``depth`` layers from a flat vector (training
+        interface; the inverse of :meth:`training_vector`, unvalidated: an
+        optimiser's trial points may be anything, and the layers are only
+        computed on, never returned, until :meth:`set_parameters` or the end
+        of training validates them)."""
+        depth = self.n_layers if depth is None else depth
+        self._params = self._layout(depth).unpack(x, self._params, self.dtype)
+        return self
+
+    def training_bounds(self, depth=None):
+        """Lower bounds of :meth:`training_vector` (training interface):
+        ``1e-6`` units for steps and threshold factors, -inf elsewhere."""
+        depth = self.n_layers if depth is None else depth
+        return self._layout(depth).lower_bounds()
+
+    def training_loss_and_grad(self, data, depth=None):
+        """Mean loss at layer ``depth`` and its gradient w.r.t. the training
+        vector (training interface). Non-finite values come back as they are:
+        an optimiser treats them as a failed point.
+
+        Parameters
+        ----------
+        data : TrainingData
+            From :meth:`training_data`.
+        depth : int, default=None
+            Layers run (all by default).
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray of shape (len(training_vector(depth)),)
+        """
+        depth = self.n_layers if depth is None else depth
+        value, grads = self._exec.loss_and_grad(self._params, depth, data.X, self.lmbd,
+                                                data.loss, data.targets, self.n_jobs)
+        return value, self._layout(depth).pack_gradients(grads)
+
+    def loss_and_grad(self, X, loss="unsupervised", Z_target=None):
+        """Mean training loss of the output and its analytic gradients.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training signals (at least one).
+        loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
+            ``unsupervised``: mean Lasso objective F_x(z_T) at the network's
+            lmbd. ``supervised``: mean ``1/2 ||z_T - s||^2`` with ``s`` the
+            rows of ``Z_target``. ``semi-supervised``: supervised with the
+            Lasso solutions as targets (computed by
+            :func:`fastlista.solve_lasso` when ``Z_target`` is None).
+        Z_target : array-like of shape (n_samples, n_atoms), default=None
+            Target codes of the supervised losses.
+
+        Returns
+        -------
+        loss : float
+        grads : list of dict
+            One dict a layer with the keys and shapes of :attr:`parameters`.
+
+        Raises
+        ------
+        FloatingPointError
+            If the loss or a gradient is not finite (parameters that make the
+            layers overflow).
+        """
+        data = self.training_data(X, loss, Z_target)
+        value, grads = self._exec.loss_and_grad(self._params, self.n_layers, data.X,
+                                                self.lmbd, data.loss, data.targets,
+                                                self.n_jobs)
+        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        if not np.isfinite(value) or bad:
+            raise FloatingPointError(
+                f"Lista.loss_and_grad: the loss ({value!r}) or the gradients of "
+                f"{bad or 'no key'} are not finite: the network's parameters make the "
+                "layers overflow (steps far above 2 / L?).")
+        return value, [{k: np.asarray(grads[k][t], dtype=self.dtype).copy()
+                        for k in P.KEYS[self.parametrization]}
+                       for t in range(self.n_layers)]
+
+    # -- training ----------------------------------------------------------
+
+    def fit(self, X, loss="unsupervised", Z_target=None, optimizer="lbfgs",
+            max_iter=100, tol=1e-8, per_layer="oneshot", verbose=False):
+        """Learn the parameters on training signals X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training signals.
+        loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
+            See :meth:`loss_and_grad`; ``semi-supervised`` computes the
+            targets once with :func:`fastlista.solve_lasso`.
+        Z_target : array-like of shape (n_samples, n_atoms), default=None
+            Target codes (required for ``supervised``).
+        optimizer : {"lbfgs", "gd"}, default="lbfgs"
+            ``lbfgs``: scipy's L-BFGS-B, with bounds keeping step sizes and
+            threshold factors at or above 1e-6 times their untrained values
+            (at 0 every code sits on the soft-threshold's kink, where the
+            gradient is one-sided). ``gd``: full-batch gradient descent with
+            the paper's adaptive rate (x4 after each accepted step, halved
+            with backtracking when the loss rises).
+        max_iter : int, default=100
+            Iterations (in total, split evenly over the stages of
+            ``per_layer="recursive"``). The many-parameter networks (lista,
+            coupled) can overfit a small training set with many iterations.
+        tol : float, default=1e-8
+            Stop when an iteration decreases the loss by at most ``tol``
+            times the decrease achieved since the start (relative to the
+            decrease, not to the loss, which carries the unknown offset
+            min F_x) and, for lbfgs, when the projected gradient falls below
+            ``tol`` times its initial size.
+        per_layer : {"oneshot", "recursive"}, default="oneshot"
+            ``oneshot`` trains all layers on the output loss; ``recursive``
+            trains layers 1..k on the loss of layer k's output, k = 1..T.
+        verbose : bool, default=False
+            Print the loss at every iteration.
+
+        Returns
+        -------
+        self : Lista
+            The parameters never end NaN or infinite: on a blow-up the
+            optimiser rolls back to the last good point with a
+            :class:`fastlista.TrainingWarning`.
+        """
+        return fit_network(self, X, loss=loss, Z_target=Z_target,
+                           optimizer=optimizer, max_iter=max_iter, tol=tol,
+                           per_layer=per_layer, verbose=verbose)
+
+    # -- analysis ----------------------------------------------------------
+
+    def dictionary_distance(self):
+        """Distance of each layer's effective dictionary to D, relative.
+
+        ``||(alpha_t / beta_t) W_t - D||_F / ||D||_F`` for ``coupled``: by the
+        theorem of Ablin et al. (2019), a coupled network that solves the
+        Lasso asymptotically has (alpha_t / beta_t) W_t -> D in its deep
+        layers, i.e. only learns a step size. 0 for ``step``;
+        ``(gamma_t / theta_t) W~`` for ``alista``; for ``lista`` the x-weights
+        ``W_x[t]^T`` with row j divided by ``theta_t[j]`` (D for an untrained
+        network).
+
+        Returns
+        -------
+        distance : ndarray of shape (n_layers,)
+        """
+        D = self.D.astype(np.float64)
+        norm = np.linalg.norm(D)
+        p = self.parametrization
+        out = np.zeros(self.n_layers)
+        if p == "step":
+            return out
+        for t, layer in enumerate(self._params):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if p == "coupled":
+                    E = float(layer["alpha"]) / float(layer["beta"]) * layer["W"]
+                elif p == "alista":
+                    E = float(layer["gamma"]) / float(layer["theta"]) * \
+                        self._exec.fixed_matrices(np.float64)[0][0]
+                else:
+                    E = layer["W_x"].T.astype(np.float64) / layer["theta"][:, None]
+                out[t] = np.linalg.norm(E - D) / norm
+        return out
+
+    # -- persistence -------------------------------------------------------
+
+    def save(self, path):
+        """Save to ``path`` as a ``.npz`` archive (no pickle).
+
+        The archive holds a format tag and version, D, lmbd, the
+        parametrization, the parameters and ``loss_history_``; it is written
+        to exactly ``path`` (no suffix is added). ``n_jobs`` is a setting of
+        the running process and is not saved.
+        """
+        _save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Load a network written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, not a ``.npz`` archive, not a fastlista
+            network, of a newer format version, or internally inconsistent
+            (checked before anything is built).
+        """
+        return _load(cls, path)
+
+    def __repr__(self):
+        return (f"Lista(D=<{self.n_atoms}x{self.n_features} {self.dtype}>, "
+                f"lmbd={self.lmbd!r}, n_layers={self.n_layers}, "
+                f"parametrization={self.parametrization!r})")

@@ -1,0 +1,249 @@
+"""Parametrizations of the unfolded networks: keys, shapes, inits, checks.
+
+A network of T layers maps a signal x to a code z_T, starting from z_0 = 0:
+
+    z_{t+1} = ST(u_t, lmbd * theta_t),   ST(u, s) = sign(u) max(|u| - s, 0).
+
+=========== ====================================== ============ =======================================
+name        u_t                                    threshold    learned keys (init)
+=========== ====================================== ============ =======================================
+``step``    z - alpha (z D - x) D^T                lmbd alpha   ``alpha`` (1/L)
+``coupled`` z - alpha (z D - x) W^T                lmbd beta    ``W`` (D), ``alpha``, ``beta`` (1/L)
+``alista``  z - gamma (z D - x) W~^T, W~ fixed     lmbd theta   ``gamma`` (1/||D W~^T||_2), ``theta`` (1/L)
+``lista``   z W_z + x W_x                          lmbd theta   ``W_z`` (I - B/L), ``W_x`` (D^T/L),
+                                                                ``theta`` (1/L per atom)
+=========== ====================================== ============ =======================================
+
+L = ||D D^T||_2. ALISTA's W~ has w_i . d_i = 1, so D W~^T does not change
+when D is scaled: its step starts at 1/||D W~^T||_2, which keeps the
+untrained network convergent at any scale of D (1/L would make it diverge
+for atoms of norm below about 0.7).
+
+This module also defines the flat parameter vector of training (the
+training interface of :class:`fastlista.Lista`): the parameters of layers
+0..depth-1, key after key, each divided by its unit (the untrained value of
+steps and thresholds, 1/L for W_x, 1 for W and W_z), so that one rate suits
+all of them; steps and thresholds are bounded below by STEP_FLOOR units.
+"""
+import numpy as np
+
+from .._validation import InvalidParameterError, check_array
+
+PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
+LOSSES = ("unsupervised", "supervised", "semi-supervised")
+
+#: parameter keys of one layer, in the order of the flat training vector
+KEYS = {
+    "step": ("alpha",),
+    "coupled": ("W", "alpha", "beta"),
+    "alista": ("gamma", "theta"),
+    "lista": ("W_z", "W_x", "theta"),
+}
+#: step sizes and threshold factors: >= 0 (and >= a floor while training)
+NONNEGATIVE = frozenset({"alpha", "beta", "gamma", "theta"})
+#: lower bound of step sizes and threshold factors while training, in units
+#: of their untrained values: at a zero step every code sits on the kink of
+#: the soft-threshold, where the gradient is one-sided (in the first layer
+#: exactly 0 while the right derivative is not), so a bound at 0 would trap
+#: the optimiser
+STEP_FLOOR = 1e-6
+
+
+def alista_weights(D):
+    """Analytic weights W~ of ALISTA (Liu, Chen, Wang & Yin, 2019).
+
+    W~ minimises the off-diagonal mass of the "mutual coherence" matrix
+    W~ D^T under a unit diagonal:
+
+        min_W  sum_{i != j} (w_i . d_j)^2   s.t.   w_i . d_i = 1 for every atom i.
+
+    The problem splits over atoms. On the constraint the objective of row i
+    is ||D w_i||^2 - 1 = w_i^T G w_i - 1 with G = D^T D, so the Lagrange
+    condition G w = mu d_i and the constraint give the closed form
+
+        w_i = G^+ d_i / (d_i^T G^+ d_i),
+
+    (components of w_i in the null space of D change neither the objective
+    nor the constraint; the minimum-norm choice is taken). With the thin SVD
+    D = U S V^T: G^+ d_i = V S^{-1} u_i and d_i^T G^+ d_i = ||u_i||^2, so
+    W~ = diag(1 / ||u_i||^2) U S^{-1} V^T, a row-normalised (D^+)^T.
+
+    Parameters
+    ----------
+    D : array-like of shape (n_atoms, n_features)
+        Dictionary, one atom per row; no atom may be zero.
+
+    Returns
+    -------
+    W : ndarray of shape (n_atoms, n_features)
+        ``diag(W @ D.T) == 1`` with the smallest off-diagonal Frobenius norm,
+        of D's dtype (computed in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlista import alista_weights
+    >>> D = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> W = alista_weights(D)
+    >>> np.allclose(np.diag(W @ D.T), 1.0)
+    True
+    """
+    D = check_array(D, "D")
+    if D.shape[0] == 0:
+        raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
+    D64 = D.astype(np.float64)
+    zero = np.flatnonzero(~np.any(D64 != 0, axis=1))
+    if zero.size:
+        raise ValueError(
+            f"D has zero atoms (rows {zero[:5].tolist()}): no weight satisfies "
+            "w_i . d_i = 1 for them.")
+    # the SVD of D / max|D| (an exact power-of-two scaling would do too):
+    # singular values of order 1 whatever the magnitude of D
+    top = np.max(np.abs(D64))
+    U, s, Vt = np.linalg.svd(D64 / top, full_matrices=False)
+    rank = int(np.sum(s > s[0] * max(D.shape) * np.finfo(np.float64).eps))
+    U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
+    W = (U / s) @ Vt / np.einsum("ij,ij->i", U, U)[:, None] / top
+    return np.ascontiguousarray(W, dtype=D.dtype)
+
+
+def shapes(parametrization, n_atoms, n_features):
+    """Shape of each parameter of one layer."""
+    m, n = n_atoms, n_features
+    return {"alpha": (), "beta": (), "gamma": (),
+            "theta": (m,) if parametrization == "lista" else (),
+            "W": (m, n), "W_z": (m, m), "W_x": (n, m)}
+
+
+def units(parametrization, L, gamma0):
+    """The unit of each key in the flat training vector (its untrained scale)."""
+    inv_L = 1.0 / L
+    return {"alpha": inv_L, "beta": inv_L, "theta": inv_L, "W_x": inv_L,
+            "gamma": gamma0 if parametrization == "alista" else inv_L,
+            "W": 1.0, "W_z": 1.0}
+
+
+def initial_layer(parametrization, D, L, gamma0):
+    """The parameters of one untrained layer (ISTA with step 1/L; ALISTA's
+    step gamma0 = 1/||D W~^T||_2), in D's dtype."""
+    dt = D.dtype
+    m = D.shape[0]
+    inv_L = 1.0 / L
+    step = np.array(inv_L, dtype=dt)
+    if parametrization == "step":
+        return {"alpha": step}
+    if parametrization == "coupled":
+        return {"W": D.copy(), "alpha": step, "beta": step.copy()}
+    if parametrization == "alista":
+        return {"gamma": np.array(gamma0, dtype=dt), "theta": step}
+    B = D.astype(np.float64) @ D.T.astype(np.float64)
+    return {"W_z": (np.eye(m) - B * inv_L).astype(dt),
+            "W_x": np.ascontiguousarray(D.T * inv_L, dtype=dt),
+            "theta": np.full(m, inv_L, dtype=dt)}
+
+
+def check_parameters(parameters, parametrization, n_layers, n_atoms, n_features,
+                     dtype):
+    """Validated copies of a list of per-layer parameter dicts.
+
+    Raises
+    ------
+    ValueError
+        Naming the layer and key: wrong type, keys or shape, not numeric,
+        not finite, or negative for a step size or threshold factor.
+    """
+    keys = KEYS[parametrization]
+    expected = shapes(parametrization, n_atoms, n_features)
+    if isinstance(parameters, dict) or not hasattr(parameters, "__len__"):
+        raise InvalidParameterError(
+            f"parameters must be a list of {n_layers} dicts (one a layer) "
+            f"with keys {list(keys)}; got {type(parameters).__name__}.")
+    if len(parameters) != n_layers:
+        raise ValueError(
+            f"parameters must hold one dict per layer: expected {n_layers}, "
+            f"got {len(parameters)}.")
+    out = []
+    for t, layer in enumerate(parameters):
+        if not hasattr(layer, "keys") or set(layer.keys()) != set(keys):
+            got = sorted(layer.keys()) if hasattr(layer, "keys") else type(layer).__name__
+            raise ValueError(
+                f"parameters[{t}] must be a dict with keys {sorted(keys)} for "
+                f"parametrization={parametrization!r}; got {got}.")
+        checked = {}
+        for k in keys:
+            try:
+                with np.errstate(over="ignore"):
+                    v = np.array(layer[k], dtype=dtype, order="C")
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"parameters[{t}][{k!r}] is not numeric: {exc}") from None
+            if v.shape != expected[k]:
+                raise ValueError(
+                    f"parameters[{t}][{k!r}] must have shape {expected[k]}; got {v.shape}.")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(
+                    f"parameters[{t}][{k!r}] contains NaN or infinity (or a value "
+                    f"too large for {np.dtype(dtype).name}).")
+            if k in NONNEGATIVE and np.any(v < 0):
+                raise ValueError(
+                    f"parameters[{t}][{k!r}] is a step size or threshold factor and "
+                    f"must be >= 0; got min {float(v.min())!r}.")
+            checked[k] = v          # np.array made a C-ordered copy (0-d stays 0-d)
+        out.append(checked)
+    return out
+
+
+class VectorLayout:
+    """The flat training vector of layers 0..depth-1 (float64, in units).
+
+    Parameters
+    ----------
+    parametrization : str
+    shapes : dict
+        Shape of each key (``shapes()``).
+    units : dict
+        Unit of each key (``units()``).
+    depth : int
+        Layers in the vector.
+    """
+
+    def __init__(self, parametrization, shapes, units, depth):
+        self.depth = depth
+        self.keys = KEYS[parametrization]
+        self.items = []         # (layer, key, shape, offset, size, unit)
+        offset = 0
+        for t in range(depth):
+            for k in self.keys:
+                size = int(np.prod(shapes[k], dtype=np.int64))
+                self.items.append((t, k, shapes[k], offset, size, units[k]))
+                offset += size
+        self.size = offset
+
+    def lower_bounds(self):
+        """STEP_FLOOR for steps and thresholds, -inf elsewhere."""
+        lower = np.full(self.size, -np.inf)
+        for t, k, shape, off, size, unit in self.items:
+            if k in NONNEGATIVE:
+                lower[off:off + size] = STEP_FLOOR
+        return lower
+
+    def pack(self, parameters):
+        """Flat vector of a list of layer dicts."""
+        x = np.empty(self.size)
+        for t, k, shape, off, size, unit in self.items:
+            x[off:off + size] = np.asarray(parameters[t][k], dtype=np.float64).ravel() / unit
+        return x
+
+    def unpack(self, x, parameters, dtype):
+        """The layer dicts ``parameters`` with layers 0..depth-1 from x."""
+        out = [dict(layer) for layer in parameters]
+        with np.errstate(over="ignore"):
+            for t, k, shape, off, size, unit in self.items:
+                out[t][k] = np.array((x[off:off + size] * unit).reshape(shape), dtype=dtype)
+        return out
+
+    def pack_gradients(self, grads):
+        """Flat gradient (in units) of stacked gradients key -> (depth, *shape)."""
+        g = np.empty(self.size)
+        for t, k, shape, off, size, unit in self.items:
+            g[off:off + size] = np.asarray(grads[k][t], dtype=np.float64).ravel() * unit
+        return g

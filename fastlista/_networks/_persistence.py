@@ -1,0 +1,92 @@
+"""Saving and loading networks: a versioned ``.npz`` archive, no pickle.
+
+The archive holds a format tag and version, D, lmbd, the parametrization,
+the number of layers, one entry per layer and key (``layer{t}_{key}``) and
+the loss history. Loading checks the whole table of contents against the
+declared number of layers before building anything, so that a crafted or
+truncated file fails fast with a ``ValueError``, and never unpickles.
+"""
+import os
+
+import numpy as np
+
+from ._parameters import KEYS, PARAMETRIZATIONS
+
+FORMAT = "fastlista.Lista"
+FORMAT_VERSION = 1
+_HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_layers",
+                     "D", "loss_history"})
+
+
+def save(net, path):
+    """Write ``net`` to exactly ``path`` (no suffix is added)."""
+    arrays = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION),
+        "parametrization": np.array(net.parametrization),
+        "lmbd": np.array(net.lmbd),
+        "n_layers": np.array(net.n_layers),
+        "D": net.D,
+        "loss_history": np.asarray(net.loss_history_, dtype=np.float64),
+    }
+    for t, layer in enumerate(net.parameters):
+        for k, v in layer.items():
+            arrays[f"layer{t}_{k}"] = v
+    with open(os.fspath(path), "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _scalar(f, key, kind):
+    v = f[key]
+    if v.shape != ():
+        raise ValueError(f"{key!r} must be a scalar; got shape {v.shape}")
+    return kind(v[()])
+
+
+def load(cls, path):
+    """Read a network written by :func:`save` (``cls`` builds it)."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            files = set(f.files)
+            if "format" not in files or str(f["format"][()]) != FORMAT:
+                raise ValueError(f"no {FORMAT!r} format tag")
+            missing = sorted(_HEADER - files)
+            if missing:
+                raise ValueError(f"missing entries {missing}")
+            version = _scalar(f, "format_version", int)
+            if version > FORMAT_VERSION or version < 1:
+                raise ValueError(
+                    f"format version {version} is not supported (this fastlista "
+                    f"reads version {FORMAT_VERSION})")
+            par = _scalar(f, "parametrization", str)
+            if par not in PARAMETRIZATIONS:
+                raise ValueError(f"unknown parametrization {par!r}")
+            n_layers = _scalar(f, "n_layers", int)
+            # the table of contents first: nothing is built for a file that
+            # does not hold every layer it declares
+            layers = {f"layer{t}_{k}" for t in range(min(n_layers, len(files)))
+                      for k in KEYS[par]}
+            if n_layers < 1 or len(files) < len(_HEADER) + n_layers * len(KEYS[par]):
+                raise ValueError(f"declares n_layers={n_layers} but holds "
+                                 f"{len(files) - len(_HEADER)} layer entries")
+            missing = sorted(layers - files)
+            if missing:
+                raise ValueError(f"missing entries {missing[:5]}")
+            extra = files - _HEADER - layers
+            if extra:
+                raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
+            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par)
+            net.set_parameters([{k: f[f"layer{t}_{k}"] for k in KEYS[par]}
+                                for t in range(n_layers)])
+            history = f["loss_history"]
+            if history.ndim != 1:
+                raise ValueError("loss_history must be one-dimensional")
+            net.loss_history_ = [float(v) for v in history]
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # zip, npy, key and validation errors alike
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a valid fastlista Lista file: {exc}") from exc
+    return net
