@@ -242,7 +242,7 @@ def _exponent(A):
     return int(np.frexp(top)[1])
 
 
-def gap_terms_robust(X, D, lmbd, Z):
+def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
     """Primal objective, duality gap and size of each sample, in long double.
 
     The gap of DESIGN section 2 (``r = x - zD``, ``theta = r / max(lmbd,
@@ -251,11 +251,22 @@ def gap_terms_robust(X, D, lmbd, Z):
     exact powers of two (x by its own max, D by its max) so that no square
     overflows or underflows, then scaled back exactly. Returns three
     ``np.longdouble`` arrays of shape (n_samples,): ``primal`` (= F(z)),
-    ``gap`` (clipped at 0) and ``size`` = 0.5 (||x|| + sum_j |z_j| ||d_j||)^2
-    + lmbd ||z||_1, the magnitude of the terms the gap is computed from (so
-    ``1e-10 * size`` is a generous rounding allowance for any float64 gap).
-    Values beyond the float64 range are kept (long double reaches 1e4932);
-    NaN or inf in Z give NaN or inf, never a warning.
+    ``gap`` (clipped at 0) and ``size`` = 0.5 T^2 + lmbd ||z||_1 with
+    T = ||x|| + sum_j |z_j| ||d_j||, the magnitude of the terms the gap is
+    computed from (so ``1e-10 * size`` is a generous rounding allowance for
+    any float64 gap). Values beyond the float64 range are kept (long double
+    reaches 1e4932); NaN or inf in Z give NaN or inf, never a warning.
+
+    With ``c_rel`` (a relative accuracy of the correlations ``c = r D^T``,
+    computed by any method from terms of size T max_j ||d_j||), a fourth
+    array: how much the gap may move when c is off by ``c_rel T max||d_j||``.
+    The dual point divides by ``max(lmbd, ||c||_inf)``: when lmbd is near or
+    below the rounding of c (x almost orthogonal to the atoms, lmbd ~ 0)
+    no floating-point computation determines the gap better than that::
+
+        (||x|| ||r|| + ||r||^2) min(1, 2 c_rel T max||d_j|| / max(lmbd, ||c||_inf))
+
+    (0 when lmbd = 0: the dual point is then 0 whatever c).
     """
     ld = np.longdouble
     X, Z = np.atleast_2d(np.asarray(X)), np.atleast_2d(np.asarray(Z))
@@ -265,7 +276,8 @@ def gap_terms_robust(X, D, lmbd, Z):
     Ds = np.ldexp(D.astype(ld), -eD)                  # max|D_s| in [0.5, 1)
     lm = ld(lmbd)
     dnorm = np.sqrt(np.sum(Ds * Ds, axis=1))
-    primal, gap, size = (np.zeros(N, dtype=ld) for _ in range(3))
+    dmax = np.max(dnorm, initial=ld(0))
+    primal, gap, size, sens = (np.zeros(N, dtype=ld) for _ in range(4))
     with np.errstate(all="ignore"):
         for i in range(N):
             ex = _exponent(X[i])
@@ -285,8 +297,14 @@ def gap_terms_robust(X, D, lmbd, Z):
                 dual = ld(0)
             g = p - dual
             g = g if not g < 0 else ld(0)
-            s = ld(0.5) * (np.sqrt(x @ x) + np.abs(z) @ dnorm) ** 2 + lam * l1
+            T = np.sqrt(x @ x) + np.abs(z) @ dnorm
+            s = ld(0.5) * T * T + lam * l1
+            if c_rel is not None and lam > 0:
+                e = min(ld(1), 2 * ld(c_rel) * T * dmax / scale)
+                sens[i] = np.ldexp((np.sqrt(x @ x) * np.sqrt(rr) + rr) * e, 2 * ex)
             primal[i], gap[i], size[i] = (np.ldexp(v, 2 * ex) for v in (p, g, s))
+    if c_rel is not None:
+        return primal, gap, size, sens
     return primal, gap, size
 
 
