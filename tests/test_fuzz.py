@@ -336,12 +336,18 @@ def test_strongly_convex_codes_satisfy_the_kkt_conditions_their_gap_implies(p, m
 def test_coordinate_descent_converges_on_well_posed_problems(p, method, n_jobs):
     # liveness: certified *and* converged, for the exact method at scale 1,
     # wherever a double-precision gap can certify: lmbd >= 1e-6 lambda_max(x)
-    # (far below, the rounding of x D^T decides the dual point and a signal
-    # outside the atoms' span has a gap near 1/2 ||x||^2 at its optimum)
+    # and lambda_max(x) well above the rounding of x D^T (otherwise that
+    # rounding decides the dual point, and a signal outside the atoms' span
+    # keeps a gap near 1/2 ||x||^2 at its optimum)
     assume(p.tol > 0 and p.lmbd > 0)
     res = run(p, method, n_jobs)
     assert res is not None
     assert_certified(p.X, p.D, p.lmbd, p.tol, res)
-    must = np.longdouble(p.lmbd) >= np.longdouble(1e-6) * p.lmbd_max
+    LD = np.longdouble
+    X, D = (np.asarray(A).astype(LD) for A in (p.X, p.D))
+    c_round = LD(1e-8) * np.sqrt(np.sum(X * X, axis=1)) * \
+        np.sqrt(np.max(np.sum(D * D, axis=1)))
+    must = (np.longdouble(p.lmbd) >= np.longdouble(1e-6) * p.lmbd_max) & \
+        (p.lmbd_max > c_round)
     bad = must & ~res.converged
     assert not bad.any(), f"not converged: samples {np.flatnonzero(bad)}"
