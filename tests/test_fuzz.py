@@ -1,0 +1,353 @@
+"""Fuzzing the certificate of ``solve_lasso`` and ``duality_gap`` (hypothesis).
+
+Every example builds one small Lasso batch (at most 40 samples, 30 atoms)
+from a plain ``spec`` dict, runs one method and checks the contract of
+``contract.py`` against the independent long-double reference of
+``reference.py``: finite codes (or a ``FloatingPointError`` naming the
+sample, where the solution or the warm start lies near the float range), the
+reported gap equal to the gap of the returned codes to rounding, converged
+only when that gap meets ``tol``, all-zero atoms coded 0, codes exactly 0
+above lambda_max, objectives consistent with a reference solution, thread
+counts agreeing within their certified gaps, and the KKT conditions that the
+gap implies in strongly convex cases.
+
+Strategies draw dictionaries (Gaussian, with zero atoms, duplicated atoms,
++- pairs, nearly collinear atoms, atoms scaled 1e+-100, an atom whose squared
+norm underflows; fewer, as many and more atoms than features), signals
+(with a zero row, a row orthogonal to the atoms, a 1e-200 row next to a
+1e+200 one), global scales of X and D (up to 1e+-300 and subnormal in
+float64, 1e+-20 to 1e+-40 in float32), lmbd (0, tiny, 1e-3, 0.05, 0.3 and around
+lambda_max of one sample: below, at, above, far above), warm starts (none, zeros, random,
+1e100, 1e155, the reference solution, its sign flip), dtypes (float32 with
+tol=1e-5, float64), memory layouts (C, Fortran, strided) and n_jobs in {1, 2}.
+
+A failing example prints its ``spec``; rebuild it with
+``build_problem(spec)`` (from this module) to get X, D, lmbd, Z0.
+
+Profiles: the default is bounded and derandomized for CI (a few dozen
+examples per test, the file in well under a minute on 2 cores). The long
+profile draws thousands of random examples a test::
+
+    FASTLISTA_FUZZ=long pytest tests/test_fuzz.py -x
+
+(``FASTLISTA_FUZZ_EXAMPLES=N`` overrides the number of examples a test.)
+"""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import reference as ref  # noqa: E402
+from contract import (assert_certified, assert_gap_matches,  # noqa: E402
+                      assert_kkt_strongly_convex, assert_objective_consistent,
+                      assert_same_optimum)
+from fastlista import ConvergenceWarning, duality_gap, solve_lasso  # noqa: E402
+
+METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
+
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large,
+             HealthCheck.filter_too_much]
+settings.register_profile(
+    "fastlista-fuzz-ci", derandomize=True, deadline=None, max_examples=60,
+    print_blob=True, suppress_health_check=_SUPPRESS, database=None)
+settings.register_profile(
+    "fastlista-fuzz-long", derandomize=False, deadline=None, max_examples=3000,
+    print_blob=True, suppress_health_check=_SUPPRESS)
+_PROFILE = "fastlista-fuzz-long" if os.environ.get("FASTLISTA_FUZZ") == "long" \
+    else "fastlista-fuzz-ci"
+_EXAMPLES = os.environ.get("FASTLISTA_FUZZ_EXAMPLES")
+# an explicit settings object on every test: other modules' load_profile
+# never changes this file's budget
+FUZZ = settings(settings.get_profile(_PROFILE),
+                **({"max_examples": int(_EXAMPLES)} if _EXAMPLES else {}))
+
+
+# ---------------------------------------------------------------------------
+# problems: a spec (plain values, printed on failure) and its deterministic build
+# ---------------------------------------------------------------------------
+
+DICTIONARIES = ("gaussian", "zero_atoms", "duplicated", "plus_minus", "collinear",
+                "scaled_atoms", "underflow_atom")
+SIGNALS = ("plain", "zero_row", "orthogonal_row", "tiny_and_huge_rows")
+LAMBDAS = {"mid": 0.3, "small": 0.05, "smaller": 1e-3, "zero": 0.0, "tiny": 1e-12,
+           "below": 1 - 1e-3, "at": 1.0, "above": 1 + 1e-3, "far_above": 2.0}
+WARM = ("none", "zeros", "random", "huge", "overflowing", "solution", "flipped")
+LAYOUTS = ("C", "F", "strided")
+# (scale of X, scale of D); the first is the unscaled problem
+SCALES = {
+    "float64": [(1.0, 1.0), (1e100, 1.0), (1e-100, 1.0), (1.0, 1e100), (1.0, 1e-100),
+                (1e150, 1e-150), (1e-150, 1e150), (1e300, 1.0), (1e-300, 1.0),
+                (1e-310, 1.0), (1.0, 1e300), (1.0, 1e-300), (1e200, 1e-200)],
+    "float32": [(1.0, 1.0), (1e20, 1.0), (1e-20, 1.0), (1.0, 1e20), (1.0, 1e-20),
+                (1e15, 1e-15), (1e-15, 1e15), (1e-20, 1e20), (1e30, 1.0),
+                (1e-40, 1.0), (1e20, 1e-20)],
+}
+# per dtype: atom scales, the underflowing atom, collinearity, tiny/huge rows,
+# warm starts "huge" and "overflowing", default tol
+DTYPE_PARAMS = {
+    "float64": dict(atom_scales=(1e100, 1e-100), underflow=1e-170, collinear=1e-8,
+                    rows=(1e-200, 1e200), huge=1e100, overflowing=1e155, tol=1e-8),
+    "float32": dict(atom_scales=(1e10, 1e-10), underflow=1e-23, collinear=1e-4,
+                    rows=(1e-20, 1e20), huge=1e15, overflowing=1e30, tol=1e-5),
+}
+
+
+class Problem:
+    """X, D, lmbd, Z0, tol, max_iter built from ``spec``, with the reference
+    codes ``Z_ref`` (long double) and ``lmbd_max`` (per sample)."""
+
+    def __init__(self, spec, X, D, lmbd, Z0, Z_ref, lmbd_max, may_refuse):
+        self.spec, self.X, self.D, self.lmbd, self.Z0 = spec, X, D, lmbd, Z0
+        self.Z_ref, self.lmbd_max, self.may_refuse = Z_ref, lmbd_max, may_refuse
+        self.tol = spec["tol"]
+        self.max_iter = 30 if self.tol == 0 else 3000
+
+    def __repr__(self):
+        return f"build_problem({self.spec!r})"
+
+
+def _layout(A, how):
+    if A is None or how == "C":
+        return A
+    if how == "F":
+        return np.asfortranarray(A)
+    big = np.zeros((2 * A.shape[0] + 1, 2 * A.shape[1] + 1), dtype=A.dtype)
+    big[1::2, 1::2] = A
+    return big[1::2, 1::2]               # non-contiguous view
+
+
+def build_problem(spec):
+    """The problem of a spec (deterministic); None when its inputs would not
+    be finite in its dtype (the strategies then discard it)."""
+    s = spec
+    dt = np.dtype(s["dtype"])
+    par = DTYPE_PARAMS[s["dtype"]]
+    rng = np.random.default_rng(s["seed"])
+    N, n, m = s["n_samples"], s["n_features"], s["n_atoms"]
+    D = rng.standard_normal((m, n))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    a, b = (int(v) for v in rng.choice(m, size=2, replace=m < 2))
+    kind = s["dictionary"]
+    if kind == "zero_atoms":
+        D[rng.choice(m, size=max(1, m // 3), replace=False)] = 0.0
+    elif kind == "duplicated" and a != b:
+        D[b] = D[a]
+    elif kind == "plus_minus" and a != b:
+        D[b] = -D[a]
+    elif kind == "collinear" and a != b:
+        D[b] = D[a] + par["collinear"] * rng.standard_normal(n)
+    # signals from the unit-norm atoms: atoms scaled afterwards get codes
+    # scaled the other way
+    Zb = rng.standard_normal((N, m)) * (rng.random((N, m)) < rng.uniform(0.2, 1.0))
+    X = Zb @ D + 0.1 * rng.standard_normal((N, n))
+    if kind == "scaled_atoms":
+        D *= rng.choice([1.0, *par["atom_scales"]], size=(m, 1))
+    elif kind == "underflow_atom":
+        D[a] = par["underflow"] * np.sign(rng.standard_normal(n))
+    rows = s["signals"]
+    k = s["lmbd_sample"] % N
+    if rows == "zero_row":
+        X[k] = 0.0
+    elif rows == "orthogonal_row":
+        _, sv, Vt = np.linalg.svd(D, full_matrices=True)
+        rank = int(np.sum(sv > sv[0] * 1e-12)) if sv.size and sv[0] > 0 else 0
+        P = Vt[rank:]                     # basis of the complement of the atoms' span
+        X[k] = P.T @ (P @ X[k]) if rank < n else 0.0
+    sx, sd = s["scale"]
+    with np.errstate(all="ignore"):
+        if rows == "tiny_and_huge_rows" and N >= 2:
+            X[0] *= par["rows"][0]
+            X[N - 1] *= par["rows"][1]
+        X, D = (X * sx).astype(dt), (D * sd).astype(dt)
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(D))):
+        return None
+    lmbd_max = ref.lambda_max_robust(X, D)
+    base = lmbd_max[k] if lmbd_max[k] > 0 else np.max(lmbd_max, initial=0)
+    with np.errstate(all="ignore"):
+        lmbd = float(dt.type(LAMBDAS[s["lmbd"]] * float(base)))
+    if not np.isfinite(lmbd):
+        return None
+    Z_ref = ref.solve_scaled(X, D, lmbd, n_sweeps=40)
+    fmax = np.longdouble(np.finfo(dt).max)
+    warm = s["warm"]
+    with np.errstate(all="ignore"):
+        code_scale = float(np.max(np.abs(Z_ref), initial=0.0)) or sx / sd
+        if warm == "zeros":
+            Z0 = np.zeros((N, m))
+        elif warm == "random":
+            Z0 = code_scale * rng.standard_normal((N, m))
+        elif warm in ("huge", "overflowing"):
+            Z0 = par[warm] * rng.standard_normal((N, m))
+        elif warm == "solution":
+            Z0 = Z_ref
+        elif warm == "flipped":
+            Z0 = -Z_ref
+        else:
+            Z0 = None
+        if Z0 is not None:
+            Z0 = np.asarray(Z0).astype(dt)
+            if not np.all(np.isfinite(Z0)):
+                return None
+    # a refusal (FloatingPointError) is allowed where the codes may leave the
+    # float range: the solution near it, or a warm start whose objective
+    # already overflows
+    may_refuse = bool(np.max(np.abs(Z_ref), initial=0) > fmax * np.longdouble(1e-12))
+    if Z0 is not None:
+        F0 = ref.objective_robust(X, D, lmbd, Z0)
+        may_refuse |= bool(np.any(F0 > fmax * np.longdouble(1e-6)))
+    X, D, Z0 = (_layout(A, s["layout"]) for A in (X, D, Z0))
+    return Problem(spec, X, D, lmbd, Z0, Z_ref, lmbd_max, may_refuse)
+
+
+@st.composite
+def specs(draw, dtypes=("float64", "float32"), min_samples=1, max_samples=40,
+          dictionaries=DICTIONARIES, shapes=("fewer", "square", "more"),
+          scaled=True, warm=WARM, signals=SIGNALS, lambdas=tuple(LAMBDAS)):
+    dtype = draw(st.sampled_from(dtypes))
+    n = draw(st.integers(1, 12))
+    shape = draw(st.sampled_from(shapes))
+    if shape == "fewer":
+        m = draw(st.integers(1, max(1, n - 1)))
+    elif shape == "square":
+        m = n
+    else:
+        m = draw(st.integers(n + 1, min(30, 3 * n + 2)))
+    return {
+        "dtype": dtype,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "n_samples": draw(st.integers(min_samples, max_samples)),
+        "n_features": n,
+        "n_atoms": m,
+        "dictionary": draw(st.sampled_from(dictionaries)),
+        "signals": draw(st.sampled_from(signals)),
+        "scale": draw(st.sampled_from(SCALES[dtype])) if scaled else (1.0, 1.0),
+        "lmbd": draw(st.sampled_from(lambdas)),
+        "lmbd_sample": draw(st.integers(0, 39)),
+        "warm": draw(st.sampled_from(warm)),
+        "layout": draw(st.sampled_from(LAYOUTS)),
+        "tol": draw(st.sampled_from([DTYPE_PARAMS[dtype]["tol"], 0.0])),
+    }
+
+
+def problems(**kw):
+    return specs(**kw).map(build_problem).filter(lambda p: p is not None)
+
+
+def run(p, method, n_jobs):
+    """solve_lasso on the problem; None for an allowed refusal."""
+    try:
+        with warnings.catch_warnings():
+            # stopping at max_iter is legitimate (ill-conditioned, float32, tol=0)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return solve_lasso(p.X, p.D, p.lmbd, method=method, tol=p.tol,
+                               max_iter=p.max_iter, Z0=p.Z0, n_jobs=n_jobs)
+    except FloatingPointError as exc:
+        assert p.may_refuse, f"refused a problem whose codes fit the float range: {exc}"
+        assert "sample" in str(exc), f"FloatingPointError without the sample: {exc}"
+        return None
+
+
+# ---------------------------------------------------------------------------
+# properties
+# ---------------------------------------------------------------------------
+
+@FUZZ
+@given(p=problems(), method=st.sampled_from(METHODS), n_jobs=st.sampled_from([1, 2]))
+def test_solve_lasso_result_is_certified(p, method, n_jobs):
+    res = run(p, method, n_jobs)
+    if res is None:
+        return
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res)
+    # above lambda_max the code is exactly 0 (screened; not with tol=0).
+    # lambda_max(x) = ||x D^T||_inf is computed in the input dtype: allow its
+    # rounding, relative to ||x|| max ||d_j|| (x nearly orthogonal to D)
+    if p.tol > 0:
+        LD = np.longdouble
+        X, D = (np.asarray(A).astype(LD) for A in (p.X, p.D))
+        with np.errstate(all="ignore"):
+            rounding = LD(1e-5 if p.X.dtype == np.float32 else 1e-13) * \
+                np.sqrt(np.sum(X * X, axis=1)) * np.sqrt(np.max(np.sum(D * D, axis=1)))
+            above = LD(p.lmbd) > p.lmbd_max * LD(1 + 1e-6) + rounding
+        nz = above & np.any(res.codes != 0, axis=1)
+        assert not nz.any(), f"non-zero codes above lambda_max in samples {np.flatnonzero(nz)}"
+    assert_objective_consistent(p.X, p.D, p.lmbd, res.codes, res.gap, p.Z_ref)
+
+
+@FUZZ
+@given(p=problems(min_samples=32), method=st.sampled_from(METHODS))
+def test_thread_counts_agree_within_certified_gaps(p, method):
+    # 32-40 samples: two blocks for the proximal-gradient kernels, two
+    # threads for coordinate descent. Codes are never compared: only the
+    # objectives, each within its certified gap of the optimum.
+    res1, res2 = run(p, method, 1), run(p, method, 2)
+    for res in (res1, res2):
+        if res is not None:
+            assert_certified(p.X, p.D, p.lmbd, p.tol, res)
+    if res1 is not None and res2 is not None:
+        assert_same_optimum(p.X, p.D, p.lmbd, res1, res2)
+
+
+@FUZZ
+@given(p=problems(), codes=st.sampled_from(["reference", "flipped", "random", "sparse",
+                                            "huge", "warm"]))
+def test_duality_gap_matches_reference(p, codes):
+    dt = p.X.dtype
+    rng = np.random.default_rng(p.spec["seed"] + 1)
+    N, m = p.X.shape[0], p.D.shape[0]
+    with np.errstate(all="ignore"):
+        scale = float(np.max(np.abs(p.Z_ref), initial=0.0)) or 1.0
+        Z = {"reference": p.Z_ref, "flipped": -p.Z_ref,
+             "random": scale * rng.standard_normal((N, m)),
+             "sparse": scale * rng.standard_normal((N, m)) * (rng.random((N, m)) < 0.2),
+             "huge": DTYPE_PARAMS[dt.name]["overflowing"] * rng.standard_normal((N, m)),
+             "warm": p.Z0 if p.Z0 is not None else np.zeros((N, m))}[codes]
+        Z = np.asarray(Z).astype(dt)
+    assume(np.all(np.isfinite(Z)))
+    gap = duality_gap(p.X, p.D, p.lmbd, Z)
+    assert np.all(gap >= 0)
+    assert_gap_matches(p.X, p.D, p.lmbd, Z, gap, what="duality_gap")
+
+
+@FUZZ
+@given(p=problems(dictionaries=("gaussian",), shapes=("fewer", "square"), scaled=False,
+                  warm=("none", "random", "flipped"), signals=("plain",),
+                  lambdas=("mid", "small", "tiny", "below")),
+       method=st.sampled_from(METHODS), n_jobs=st.sampled_from([1, 2]))
+def test_strongly_convex_codes_satisfy_the_kkt_conditions_their_gap_implies(p, method, n_jobs):
+    mu = ref.strong_convexity(p.D)
+    assume(mu > 1e-2 * ref.lipschitz(p.D))
+    res = run(p, method, n_jobs)
+    assert res is not None
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res)
+    assert_kkt_strongly_convex(p.X, p.D, p.lmbd, res.codes, res.gap, mu)
+
+
+@FUZZ
+@given(p=problems(dtypes=("float64",), dictionaries=("gaussian", "duplicated",
+                                                      "plus_minus"),
+                  scaled=False, warm=("none", "zeros", "random", "flipped", "solution"),
+                  lambdas=("mid", "small", "below", "at", "above", "far_above")),
+       method=st.sampled_from(["cd", "auto"]), n_jobs=st.sampled_from([1, 2]))
+def test_coordinate_descent_converges_on_well_posed_problems(p, method, n_jobs):
+    # liveness: certified *and* converged, for the exact method at scale 1,
+    # wherever a double-precision gap can certify: lmbd >= 1e-6 lambda_max(x)
+    # and lambda_max(x) well above the rounding of x D^T (otherwise that
+    # rounding decides the dual point, and a signal outside the atoms' span
+    # keeps a gap near 1/2 ||x||^2 at its optimum)
+    assume(p.tol > 0 and p.lmbd > 0)
+    res = run(p, method, n_jobs)
+    assert res is not None
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res)
+    LD = np.longdouble
+    X, D = (np.asarray(A).astype(LD) for A in (p.X, p.D))
+    c_round = LD(1e-8) * np.sqrt(np.sum(X * X, axis=1)) * \
+        np.sqrt(np.max(np.sum(D * D, axis=1)))
+    must = (np.longdouble(p.lmbd) >= np.longdouble(1e-6) * p.lmbd_max) & \
+        (p.lmbd_max > c_round)
+    bad = must & ~res.converged
+    assert not bad.any(), f"not converged: samples {np.flatnonzero(bad)}"
