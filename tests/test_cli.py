@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fastlista
-from fastlista import cli
+from fastlista import _cli as cli
 
 
 @pytest.fixture

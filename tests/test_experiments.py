@@ -17,7 +17,7 @@ import csv
 import numpy as np
 import pytest
 
-from fastlista import experiments as E
+from fastlista.paper import experiments as E
 from fastlista.datasets import make_coding
 
 
@@ -92,7 +92,7 @@ def test_learned_steps_beat_ista(steps_result):
 
 def test_learned_steps_band_matches_numpy_eigvalsh(steps_result):
     # recompute one layer's 1/L_S quantiles with numpy.linalg.eigvalsh
-    from fastlista.networks import Lista
+    from fastlista import Lista
     st = steps_result.settings
     X, D = make_coding(st["n_train"] + st["n_test"], st["n_atoms"], st["n_features"],
                        random_state=st["random_state"])

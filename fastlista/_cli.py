@@ -95,7 +95,7 @@ def _common(p, default_seed_help):
 
 def build_parser():
     """The argparse parser of the ``fastlista`` command."""
-    from .experiments import FIGURE_TITLES
+    from .paper.experiments import FIGURE_TITLES
 
     parser = argparse.ArgumentParser(
         prog="fastlista",
@@ -215,7 +215,7 @@ def _write(result, out, name, no_plot):
                    "elapsed_seconds": result.elapsed}, f, indent=1, default=_json_default)
     written = [csv_path]
     if not no_plot:
-        from .plots import plot
+        from .paper.plots import plot
         try:
             written.append(plot(result, out / f"{name}.png"))
         except ImportError as exc:
@@ -257,7 +257,7 @@ def format_demo_table(result):
 # ---------------------------------------------------------------------------
 
 def _cmd_demo(args, parser):
-    from . import experiments as E
+    from .paper import experiments as E
     from .datasets import N_DIGITS
 
     n_train = 1000 if args.n_train is None else args.n_train
@@ -310,7 +310,7 @@ def _cmd_demo(args, parser):
 
 
 def _cmd_reproduce(args, parser):
-    from . import experiments as E
+    from .paper import experiments as E
 
     mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
     out = _outdir(args.out, parser)

@@ -5,7 +5,7 @@ Moreau, Massias & Gramfort, NeurIPS 2019) has a function here that computes
 its data and returns an :class:`ExperimentResult`: a table (columns of equal
 length, written as CSV), the key numbers the figure supports (``summary``),
 the settings used, and any extra curves the plot needs. Nothing here plots
-(see :mod:`fastlista.plots`) or prints.
+(see :mod:`fastlista.paper.plots`) or prints.
 
 * ``oista``: :func:`oista_convergence` (Fig 2: 50 x 10 Gaussian D, lmbd=0.5);
 * ``steps``: :func:`learned_steps` (Fig 4: 20 x 10, 20 layers, lmbd=0.2);
@@ -41,12 +41,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._threads import blas_thread_limit
-from ._validation import ConvergenceWarning, check_random_state
-from .datasets import N_DIGITS, make_coding, make_digits_coding
-from .lasso import lasso_objective
-from .lipschitz import lipschitz
-from .solvers import solve_lasso
+from .. import ConvergenceWarning, Lista, lasso_objective, lipschitz, solve_lasso
+from .._threads import blas_thread_limit
+from .._validation import check_random_state
+from ..datasets import N_DIGITS, make_coding, make_digits_coding
 
 __all__ = ["ExperimentResult", "FIGURES", "PRESETS", "run", "demo",
            "oista_convergence", "learned_steps", "dictionary_distance",
@@ -157,7 +155,6 @@ def _iterative_objectives(X, D, lmbd, method, n_iter):
 
 def _fit(D, lmbd, n_layers, parametrization, X, max_iter, per_layer="oneshot",
          optimizer="lbfgs", random_state=None):
-    from .networks import Lista  # imported late: the kernels are optional here
     net = Lista(D, lmbd, n_layers, parametrization=parametrization,
                 random_state=random_state)
     # tol=0: every training runs its max_iter iterations, as in the paper

@@ -1,7 +1,7 @@
 """Figures of the experiments (matplotlib, the ``plot`` extra).
 
 Each ``plot_<figure>(result, path)`` draws an
-:class:`fastlista.experiments.ExperimentResult` and writes a PNG. Matplotlib
+:class:`fastlista.paper.experiments.ExperimentResult` and writes a PNG. Matplotlib
 is imported only when a plot is drawn, through its object-oriented API with
 the Agg canvas: no pyplot state, no GUI backend, nothing changed for a user
 who has pyplot open.
