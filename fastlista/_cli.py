@@ -23,8 +23,6 @@ from . import __version__
 
 __all__ = ["main", "build_parser"]
 
-FIGURE_NAMES = ("oista", "steps", "dictionary-distance", "networks", "lipschitz-law",
-                "iterative", "learning-curves", "lambda-transfer")
 DEFAULT_OUT = "fastlista_results"
 SEED_MAX = 2**32 - 1
 
@@ -95,8 +93,9 @@ def _common(p, default_seed_help):
 
 def build_parser():
     """The argparse parser of the ``fastlista`` command."""
-    from .paper.experiments import FIGURE_TITLES
+    from .paper.figures import FIGURES
 
+    figure_names = tuple(FIGURES) + ("all",)
     parser = argparse.ArgumentParser(
         prog="fastlista",
         description=_desc("Fast CPU sparse coding with learned step sizes: run the "
@@ -144,10 +143,10 @@ def build_parser():
             "--out and prints the key numbers. Without --quick the paper's settings "
             "are used (some take hours); --quick ends in under 2 minutes on 2 "
             "cores.") + "\n\nfigures:\n"
-                    + "\n".join(f"  {k:<21}{v}" for k, v in FIGURE_TITLES.items())
+                    + "\n".join(f"  {k:<21}{f.title}" for k, f in FIGURES.items())
                     + "\n  all                  every figure in turn")
-    rep.add_argument("figure", choices=FIGURE_NAMES + ("all",), metavar="FIGURE",
-                     help="one of: " + ", ".join(FIGURE_NAMES + ("all",)))
+    rep.add_argument("figure", choices=figure_names, metavar="FIGURE",
+                     help="one of: " + ", ".join(figure_names))
     rep.add_argument("--quick", action="store_true",
                      help="reduced sizes: under 2 minutes on 2 cores")
     _common(rep, "default: the paper's seed of each figure")
@@ -311,15 +310,16 @@ def _cmd_demo(args, parser):
 
 def _cmd_reproduce(args, parser):
     from .paper import experiments as E
+    from .paper.figures import FIGURES
 
     mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
     out = _outdir(args.out, parser)
-    figures = FIGURE_NAMES if args.figure == "all" else (args.figure,)
+    figures = tuple(FIGURES) if args.figure == "all" else (args.figure,)
     progress = _progress_bar()
     for fig in figures:
-        print(f"fastlista reproduce {fig} ({mode} settings): {E.FIGURE_TITLES[fig]}",
+        print(f"fastlista reproduce {fig} ({mode} settings): {FIGURES[fig].title}",
               flush=True)
-        if mode == "paper" and fig in E.SLOW_IN_PAPER_MODE:
+        if mode == "paper" and FIGURES[fig].slow:
             print("note: the paper's settings of this figure take long (hours for "
                   "'networks'); --quick runs a reduced version in under 2 minutes.",
                   flush=True)

@@ -23,9 +23,10 @@ the settings used, and any extra curves the plot needs. Nothing here plots
 The default arguments of each function are the paper's settings (those of
 the authors' scripts).
 
-:data:`PRESETS` holds, for each figure, the paper's settings (``"paper"``),
-a reduced run that ends in under two minutes on two cores (``"quick"``) and
-a seconds-long smoke run (``"tiny"``); :func:`run` runs one of them.
+The registry :data:`fastlista.paper.figures.FIGURES` holds, for each
+figure, the paper's settings (``"paper"``), a reduced run that ends in under
+two minutes on two cores (``"quick"``) and a seconds-long smoke run
+(``"tiny"``); :func:`run` runs one of them.
 
 Conventions: ``F - F*`` is the Lasso objective minus its minimum, averaged
 over (test) samples, with ``F*`` computed per sample by coordinate descent
@@ -45,8 +46,9 @@ from .. import ConvergenceWarning, Lista, lasso_objective, lipschitz, solve_lass
 from .._threads import blas_thread_limit
 from .._validation import check_random_state
 from ..datasets import N_DIGITS, make_coding, make_digits_coding
+from .figures import FIGURES
 
-__all__ = ["ExperimentResult", "FIGURES", "PRESETS", "run", "demo",
+__all__ = ["ExperimentResult", "run", "demo",
            "oista_convergence", "learned_steps", "dictionary_distance",
            "network_comparison", "lipschitz_law", "iterative_comparison",
            "learning_curves", "lambda_transfer", "theoretical_lipschitz_ratio"]
@@ -854,84 +856,8 @@ def _iterations_to_match(curve, gap):
 
 
 # ---------------------------------------------------------------------------
-# presets and dispatch
+# dispatch
 # ---------------------------------------------------------------------------
-
-FIGURES = {
-    "oista": oista_convergence,
-    "steps": learned_steps,
-    "dictionary-distance": dictionary_distance,
-    "networks": network_comparison,
-    "lipschitz-law": lipschitz_law,
-    "iterative": iterative_comparison,
-    "learning-curves": learning_curves,
-    "lambda-transfer": lambda_transfer,
-}
-
-#: Paper figure each name reproduces.
-FIGURE_TITLES = {
-    "oista": "Fig 2: OISTA against ISTA, FISTA and backtracking",
-    "steps": "Fig 4: learned SLISTA steps against 1/L_S",
-    "dictionary-distance": "Fig 5: distance of LISTA-CP weights to D",
-    "networks": "Fig 6: held-out F - F* against depth",
-    "lipschitz-law": "Fig E.1: L_S / L against support size",
-    "iterative": "Fig E.2: iterations and time of ISTA, FISTA, OISTA",
-    "learning-curves": "Fig E.3: learning curves of LISTA-CP and SLISTA",
-    "lambda-transfer": "Networks trained at one lmbd, evaluated at others",
-}
-
-#: Figures whose paper settings take long (hours for "networks").
-SLOW_IN_PAPER_MODE = ("networks", "dictionary-distance", "lambda-transfer")
-
-#: Settings of each figure: the paper's, a quick run (< 2 min on 2 cores)
-#: and a tiny smoke run (a few seconds).
-PRESETS = {
-    "oista": {
-        "paper": dict(),
-        "quick": dict(n_signals=200),
-        "tiny": dict(max_iter=60, n_signals=20),
-    },
-    "steps": {
-        "paper": dict(),
-        "quick": dict(),
-        "tiny": dict(n_train=150, n_test=150, n_layers=6, max_iter=20,
-                     compare_optimizer=None),
-    },
-    "dictionary-distance": {
-        "paper": dict(),
-        "quick": dict(max_iter=3000),
-        "tiny": dict(n_samples=100, n_layers=6, max_iter=30),
-    },
-    "networks": {
-        "paper": dict(),
-        "quick": dict(n_train=500, n_test=500, depths=(1, 2, 5, 10), max_iter=50),
-        "tiny": dict(n_features=16, n_atoms=32, n_train=60, n_test=60, lmbds=(0.8,),
-                     depths=(1, 2), max_iter=5),
-    },
-    "lipschitz-law": {
-        "paper": dict(),
-        "quick": dict(n_supports=20),
-        "tiny": dict(n_features=30, zetas=(0.2, 0.5, 1.0), n_supports=3),
-    },
-    "iterative": {
-        "paper": dict(),
-        "quick": dict(),
-        "tiny": dict(n_features=20, n_atoms=40, lmbds=(0.4, 0.8), n_seeds=2,
-                     n_repeats=1),
-    },
-    "learning-curves": {
-        "paper": dict(),
-        "quick": dict(max_iter=300),
-        "tiny": dict(n_total=300, train_sizes=(10, 50), max_iter=20),
-    },
-    "lambda-transfer": {
-        "paper": dict(),
-        "quick": dict(lmbd_tests=tuple(np.logspace(-2, 0, 15)), max_iter=1000),
-        "tiny": dict(n_train=100, n_test=100, n_layers=5,
-                     lmbd_tests=(0.02, 0.05, 0.3), max_iter=10),
-    },
-}
-
 
 def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     """Run the experiment of ``figure`` with the settings of ``mode``.
@@ -939,9 +865,9 @@ def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     Parameters
     ----------
     figure : str
-        A key of :data:`FIGURES`.
+        A key of :data:`fastlista.paper.figures.FIGURES`.
     mode : {"paper", "quick", "tiny"}
-        Which preset of :data:`PRESETS`.
+        Which of the figure's presets (:data:`fastlista.paper.figures.MODES`).
     random_state : int or None
         Overrides the figure's seed (None keeps the paper's).
     progress : callable or None
@@ -956,12 +882,13 @@ def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     """
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; one of {sorted(FIGURES)}")
-    kwargs = dict(PRESETS[figure][mode])
+    spec = FIGURES[figure]
+    kwargs = dict(spec.presets[mode])
     kwargs.update(overrides)
     if random_state is not None:
         kwargs["random_state"] = random_state
     t0 = time.perf_counter()
-    result = FIGURES[figure](progress=progress, **kwargs)
+    result = globals()[spec.experiment](progress=progress, **kwargs)
     result.elapsed = time.perf_counter() - t0
     result.settings["mode"] = mode
     return result

@@ -8,6 +8,8 @@ who has pyplot open.
 """
 import numpy as np
 
+from .figures import FIGURES
+
 __all__ = ["plot", "PLOTTERS"]
 
 #: One colour per method, shared by every figure.
@@ -316,17 +318,10 @@ def plot_demo(result, path):
     return _save(fig, path)
 
 
-PLOTTERS = {
-    "oista": plot_oista,
-    "steps": plot_steps,
-    "dictionary-distance": plot_dictionary_distance,
-    "networks": plot_networks,
-    "lipschitz-law": plot_lipschitz_law,
-    "iterative": plot_iterative,
-    "learning-curves": plot_learning_curves,
-    "lambda-transfer": plot_lambda_transfer,
-    "demo": plot_demo,
-}
+#: Figure name -> its plot: ``plot_<name>`` for every figure of the registry,
+#: and the demo's.
+PLOTTERS = {name: globals()["plot_" + name.replace("-", "_")]
+            for name in (*FIGURES, "demo")}
 
 
 def plot(result, path):
