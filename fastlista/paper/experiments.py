@@ -45,7 +45,8 @@ import numpy as np
 from .. import ConvergenceWarning, Lista, lasso_objective, lipschitz, solve_lasso
 from .._threads import blas_thread_limit
 from .._validation import check_random_state
-from ..datasets import N_DIGITS, make_coding, make_digits_coding
+from ..datasets import (N_DIGITS, _scale_to_unit_lambda_max, make_coding,
+                        make_digits_coding)
 from .figures import FIGURES
 
 __all__ = ["ExperimentResult", "run", "demo",
@@ -217,7 +218,7 @@ def oista_convergence(n_atoms=50, n_features=10, lmbd=0.5, max_iter=200,
     rng = check_random_state(random_state)
     D = rng.randn(n_atoms, n_features)
     X = rng.randn(n_signals, n_features)
-    X /= np.abs(X @ D.T).max(axis=1, keepdims=True)
+    X = _scale_to_unit_lambda_max(X, D)
     L = lipschitz(D)
     Fstar = _optimal_objective(X, D, lmbd)
     methods = ("ista", "fista", "backtracking", "oista")
