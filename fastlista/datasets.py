@@ -208,9 +208,9 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
             f"min_nnz={min_nnz} > max_nnz={max_nnz}.")
     rng = check_random_state(random_state)
 
-    # imported here: solvers import the kernels, datasets must stay importable
-    # (and cheap) on its own
-    from .solvers import solve_lasso
+    # the public name (the solver modules are private); imported here so that
+    # this module does not depend on the order of fastlista/__init__'s imports
+    from . import solve_lasso
 
     D = _draw_dictionary(rng, n_atoms, n_features)
 
