@@ -141,12 +141,16 @@ def _progress(progress, iterable, desc, total=None):
     return progress(iterable, desc=desc, total=total)
 
 
-def _optimal_objective(X, D, lmbd):
-    """F*(x) of every sample (coordinate descent, relative gap <= 1e-12)."""
+def _optimal_codes(X, D, lmbd):
+    """z* of every sample (coordinate descent, relative gap <= 1e-12)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        Z = solve_lasso(X, D, lmbd, method="cd", tol=FSTAR_TOL, max_iter=100000).codes
-    return lasso_objective(X, D, lmbd, Z)
+        return solve_lasso(X, D, lmbd, method="cd", tol=FSTAR_TOL, max_iter=100000).codes
+
+
+def _optimal_objective(X, D, lmbd):
+    """F*(x) of every sample."""
+    return lasso_objective(X, D, lmbd, _optimal_codes(X, D, lmbd))
 
 
 def _iterative_objectives(X, D, lmbd, method, n_iter):
@@ -167,8 +171,26 @@ def _fit(D, lmbd, n_layers, parametrization, X, max_iter, per_layer="oneshot",
     return net
 
 
+def _layer_params(net, key):
+    """The scalar parameter ``key`` ("alpha", "beta") of every layer of ``net``."""
+    return np.array([float(p[key]) for p in net.parameters])
+
+
+def _layer_supports(net, D, X):
+    """For each layer t: the supports S of the outputs z_t of ``X``, and their L_S."""
+    for t in range(net.n_layers):
+        S = net.transform(X, n_layers=t + 1) != 0
+        yield S, lipschitz(D, support=S)
+
+
 def _mean_gap(X, D, lmbd, Z, Fstar):
     return float(np.mean(lasso_objective(X, D, lmbd, Z) - Fstar))
+
+
+def _ista_gap(X, D, lmbd, n_iter, Fstar):
+    """The baseline of the networks: mean F - F* after ``n_iter`` ISTA iterations."""
+    Z = solve_lasso(X, D, lmbd, method="ista", tol=0, max_iter=n_iter).codes
+    return _mean_gap(X, D, lmbd, Z, Fstar)
 
 
 def _first_hit(values, threshold):
@@ -284,13 +306,11 @@ def _step_band(net, D, X, L):
     T = net.n_layers
     inv_ls = np.empty((T, X.shape[0]))
     size = np.empty(T)
-    for t in range(T):
-        S = net.transform(X, n_layers=t + 1) != 0
+    for t, (S, LS) in enumerate(_layer_supports(net, D, X)):
         size[t] = S.sum(axis=1).mean()
-        LS = lipschitz(D, support=S)
         # an empty support has no L_S (any step keeps z = 0): left out
         inv_ls[t] = np.where(LS > 0, 1.0 / np.where(LS > 0, LS, 1.0), np.nan)
-    alpha = np.array([float(p["alpha"]) for p in net.parameters])
+    alpha = _layer_params(net, "alpha")
     in_band = (alpha[:, None] >= inv_ls * (1 - 1e-9)) & \
         (alpha[:, None] <= 2 * inv_ls * (1 + 1e-9))
     frac = np.nanmean(np.where(np.isnan(inv_ls), np.nan, in_band), axis=1)
@@ -338,9 +358,7 @@ def learned_steps(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
     table["mean_support_size"] = size
 
     Fstar = _optimal_objective(X_test, D, lmbd)
-    ista_gap = _mean_gap(X_test, D, lmbd,
-                         solve_lasso(X_test, D, lmbd, method="ista", tol=0,
-                                     max_iter=n_layers).codes, Fstar)
+    ista_gap = _ista_gap(X_test, D, lmbd, n_layers, Fstar)
     deep = slice(n_layers // 2, n_layers)
     summary = {
         "L": L,
@@ -396,18 +414,16 @@ def dictionary_distance(n_features=10, n_atoms=20, n_samples=1000, n_layers=40,
     for _ in bar:
         net = _fit(D, lmbd, n_layers, "coupled", X, max_iter, per_layer, optimizer,
                    random_state)
-    params = net.parameters
     L = net.lipschitz_
-    fro = np.array([np.linalg.norm(float(p["alpha"]) * p["W"] - float(p["beta"]) * D)
-                    for p in params])
+    alpha = _layer_params(net, "alpha")
+    beta = _layer_params(net, "beta")
+    fro = np.array([np.linalg.norm(a * p["W"] - b * D)
+                    for a, b, p in zip(alpha, beta, net.parameters)])
     rel = net.dictionary_distance()
-    alpha = np.array([float(p["alpha"]) for p in params])
-    beta = np.array([float(p["beta"]) for p in params])
     table = {"layer": np.arange(1, n_layers + 1), "alphaW_minus_betaD_fro": fro,
              "relative_distance": rel, "alpha_x_L": alpha * L, "beta_x_L": beta * L}
     q = max(1, n_layers // 4)
     Fstar = _optimal_objective(X, D, lmbd)
-    ista = solve_lasso(X, D, lmbd, method="ista", tol=0, max_iter=n_layers).codes
     summary = {
         "relative_distance_first_quarter": float(rel[:q].mean()),
         "relative_distance_last_quarter": float(rel[-q:].mean()),
@@ -415,7 +431,7 @@ def dictionary_distance(n_features=10, n_atoms=20, n_samples=1000, n_layers=40,
         "argmax_layer": int(np.argmax(rel)) + 1,
         "fro_first_quarter": float(fro[:q].mean()),
         "fro_last_quarter": float(fro[-q:].mean()),
-        "train_gap": {"ISTA": _mean_gap(X, D, lmbd, ista, Fstar),
+        "train_gap": {"ISTA": _ista_gap(X, D, lmbd, n_layers, Fstar),
                       "LISTA-CP": _mean_gap(X, D, lmbd, net.transform(X), Fstar)},
     }
     settings = dict(n_features=n_features, n_atoms=n_atoms, n_samples=n_samples,
@@ -666,8 +682,7 @@ def learning_curves(n_features=5, n_atoms=10, n_total=30000,
     pool, X_test = _split(X, n_pool)
     rng = check_random_state(random_state)
     Fstar = _optimal_objective(X_test, D, lmbd)
-    ista_gap = _mean_gap(X_test, D, lmbd, solve_lasso(
-        X_test, D, lmbd, method="ista", tol=0, max_iter=n_layers).codes, Fstar)
+    ista_gap = _ista_gap(X_test, D, lmbd, n_layers, Fstar)
     rows = {"method": [], "n_train": [], "repeat": [], "test_gap": []}
     jobs = [(net, n, r) for net in networks for n in train_sizes for r in range(n_repeats)]
     for net_name, n, r in _progress(progress, jobs, "training networks", total=len(jobs)):
@@ -731,8 +746,7 @@ def lambda_transfer(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
         table[f"{LABELS[name]}_relative_gain"] = np.empty(len(lmbd_tests))
     for i, lm in enumerate(lmbd_tests):
         Fstar = _optimal_objective(X_test, D, lm)
-        ista = _mean_gap(X_test, D, lm, solve_lasso(
-            X_test, D, lm, method="ista", tol=0, max_iter=n_layers).codes, Fstar)
+        ista = _ista_gap(X_test, D, lm, n_layers, Fstar)
         table["F_star"][i] = Fstar.mean()
         table["ista_gap"][i] = ista
         for name, net in nets.items():
@@ -790,7 +804,8 @@ def demo(dataset="simulated", lmbd=0.8, n_atoms=256, n_features=64, n_train=1000
         n_features = 64
     X, D = _load_dataset(dataset, n_train + n_test, n_atoms, n_features, random_state)
     X_train, X_test = _split(X, n_train)
-    Fstar = _optimal_objective(X_test, D, lmbd)
+    Zs = _optimal_codes(X_test, D, lmbd)
+    Fstar = lasso_objective(X_test, D, lmbd, Zs)
     T = n_layers
     table = {"layer": np.arange(1, T + 1)}
     for m in ("ista", "fista"):
@@ -807,15 +822,12 @@ def demo(dataset="simulated", lmbd=0.8, n_atoms=256, n_features=64, n_train=1000
     L = lipschitz(D)
     if "step" in nets:
         net = nets["step"]
-        table["SLISTA step x L"] = np.array([float(p["alpha"]) for p in net.parameters]) * L
+        table["SLISTA step x L"] = _layer_params(net, "alpha") * L
         med = np.empty(T)
-        for t in range(T):
-            S = net.transform(X_test, n_layers=t + 1) != 0
-            LS = lipschitz(D, support=S)
+        for t, (_, LS) in enumerate(_layer_supports(net, D, X_test)):
             LS = LS[LS > 0]
             med[t] = np.median(L / LS) if LS.size else np.nan
         table["median 1/L_S x L"] = med
-    Zs = solve_lasso(X_test, D, lmbd, method="cd", tol=FSTAR_TOL).codes
     LS_star = lipschitz(D, support=Zs != 0)
     LS_star = LS_star[LS_star > 0]
     summary = {
