@@ -35,6 +35,7 @@ to a relative duality gap of 1e-12. Step sizes are reported in units of
 """
 import csv
 import functools
+import json
 import math
 import time
 import warnings
@@ -49,7 +50,7 @@ from ..datasets import (N_DIGITS, _scale_to_unit_lambda_max, make_coding,
                         make_digits_coding)
 from .figures import FIGURES
 
-__all__ = ["ExperimentResult", "run", "demo",
+__all__ = ["ExperimentResult", "run", "demo", "format_summary", "format_demo_table",
            "oista_convergence", "learned_steps", "dictionary_distance",
            "network_comparison", "lipschitz_law", "iterative_comparison",
            "learning_curves", "lambda_transfer", "theoretical_lipschitz_ratio"]
@@ -105,6 +106,13 @@ class ExperimentResult:
             for i in range(self.n_rows):
                 w.writerow([_fmt_cell(self.table[c][i]) for c in cols])
 
+    def to_json(self, path):
+        """Write :attr:`summary`, :attr:`settings` and :attr:`elapsed` to ``path``."""
+        with open(path, "w") as f:
+            json.dump({"summary": self.summary, "settings": self.settings,
+                       "elapsed_seconds": self.elapsed}, f, indent=1,
+                      default=_json_default)
+
 
 def _fmt_cell(v):
     if isinstance(v, (float, np.floating)):
@@ -112,6 +120,14 @@ def _fmt_cell(v):
     if isinstance(v, np.integer):
         return str(int(v))
     return str(v)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 # ---------------------------------------------------------------------------
@@ -929,3 +945,25 @@ def _fmt_value(v):
             return f"{v:.4g}"
         return f"{v:.3e}" if math.isfinite(v) else str(v)
     return str(v)
+
+
+def _fmt_demo_cell(v):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.3f}"
+
+
+def format_demo_table(result):
+    """The demo's per-layer table as aligned text."""
+    t = result.table
+    cols = [c for c in ("ISTA", "FISTA", "SLISTA", "LISTA-CP", "ALISTA") if c in t]
+    steps = [c for c in ("SLISTA step x L", "median 1/L_S x L") if c in t]
+    head = ["layer"] + cols + steps
+    rows = [[str(int(t["layer"][i]))]
+            + [_fmt_demo_cell(float(t[c][i])) for c in cols + steps]
+            for i in range(len(t["layer"]))]
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
