@@ -1,7 +1,7 @@
-"""``python -m fastlista``: the command line of :mod:`fastlista.cli`."""
+"""``python -m fastlista``: the command line of :mod:`fastlista._cli`."""
 import sys
 
-from .cli import main
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ._solvers import solve_lasso
 from ._validation import InvalidParameterError, check_random_state, check_scalar
 
 __all__ = ["make_coding", "make_sparse_coding", "make_digits_coding"]
@@ -46,16 +47,21 @@ def _draw_dictionary(rng, n_atoms, n_features):
     return np.ascontiguousarray(D)
 
 
+def _scale_to_unit_lambda_max(X, D):
+    """Divide each row of X by ``lambda_max(x) = ||x D^T||_inf`` (a new array).
+
+    A row with lambda_max = 0 (orthogonal to every atom: probability 0 with
+    Gaussian draws) is left unscaled rather than divided by 0.
+    """
+    lmax = np.abs(X @ D.T).max(axis=1, keepdims=True)
+    lmax[lmax == 0] = 1.0
+    return X / lmax
+
+
 def _draw_signals(rng, n_samples, D):
     """Signals ``z D`` with dense Gaussian ``z``, each scaled to lambda_max = 1."""
     Z = rng.standard_normal((n_samples, D.shape[0]))
-    X = Z @ D
-    lmax = np.abs(X @ D.T).max(axis=1, keepdims=True)
-    # lambda_max = 0 means x is orthogonal to every atom: probability 0 with
-    # Gaussian draws; leave such a row unscaled rather than divide by 0
-    lmax[lmax == 0] = 1.0
-    X /= lmax
-    return np.ascontiguousarray(X)
+    return np.ascontiguousarray(_scale_to_unit_lambda_max(Z @ D, D))
 
 
 def make_coding(n_samples=1000, n_atoms=256, n_features=64, random_state=None):
@@ -203,10 +209,6 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
             f"min_nnz={min_nnz} > max_nnz={max_nnz}.")
     rng = check_random_state(random_state)
 
-    # imported here: solvers import the kernels, datasets must stay importable
-    # (and cheap) on its own
-    from ._solvers import solve_lasso
-
     D = _draw_dictionary(rng, n_atoms, n_features)
 
     budget = _MAX_CANDIDATE_FACTOR * n_samples + 1000
@@ -244,13 +246,6 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
 
 #: Images in scikit-learn's digits data set (``load_digits``).
 N_DIGITS = 1797
-
-
-def _scale_to_unit_lambda_max(X, D):
-    """Divide each row of X by ||x D^T||_inf (rows with 0 are left as is)."""
-    lmax = np.abs(X @ D.T).max(axis=1, keepdims=True)
-    lmax[lmax == 0] = 1.0
-    return X / lmax
 
 
 def make_digits_coding(n_samples=1000, n_atoms=256, random_state=None):

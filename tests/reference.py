@@ -1,7 +1,7 @@
 """Slow, plain NumPy/SciPy references for the test suite.
 
 Nothing here is imported by ``fastlista``; nothing here imports ``fastlista``.
-Every function follows DESIGN.md section 2 literally, without any of the
+Every function follows the textbook definition literally, without any of the
 package's tricks (Gram/GEMM choice, support awareness, blocking, Cython):
 conventions are D (n_atoms, n_features), X (n_samples, n_features),
 Z (n_samples, n_atoms), reconstruction Z @ D, and per sample
@@ -73,7 +73,7 @@ def lambda_max(X, D):
 
 
 def duality_gap(X, D, lmbd, Z):
-    """DESIGN section 2, term by term: r = x - zD,
+    """The gap of fastlista.duality_gap's docstring, term by term: r = x - zD,
     theta = r / max(lmbd, ||r D^T||_inf), Dual = 0.5||x||^2 - 0.5||x - lmbd theta||^2."""
     X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
     gaps = np.empty(X.shape[0])

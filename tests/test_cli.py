@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import fastlista
-from fastlista import cli
+from fastlista import _cli as cli
+from fastlista.paper.figures import FIGURES
 
 
 @pytest.fixture
@@ -17,7 +18,6 @@ def matplotlib():
     """The PNG-writing tests need the plot extra."""
     return pytest.importorskip("matplotlib")
 
-FIGURES = cli.FIGURE_NAMES
 REPO = Path(__file__).resolve().parent.parent
 # subprocesses import the fastlista this test imported (installed, or built
 # in place), from a neutral directory where no source tree can shadow it
@@ -55,6 +55,21 @@ def test_help_on_every_command(argv, capsys):
         for fig in FIGURES:
             assert fig in out
         assert "--quick" in out
+
+
+def test_import_and_help_load_no_experiments_nor_matplotlib(tmp_path):
+    # the library never imports the reproduction; the command line imports
+    # only the figure registry to build its help
+    code = ("import sys, fastlista, fastlista._cli as c\n"
+            "lib = sorted(m for m in sys.modules if m.startswith('fastlista.paper'))\n"
+            "try:\n    c.main(['reproduce', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'\n"
+            "               or m in ('fastlista.paper.experiments', 'fastlista.paper.plots'))\n"
+            "print('RESULT', lib, heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=SUB_ENV, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "RESULT [] []"
 
 
 def test_python_m_fastlista_entry_point(tmp_path):

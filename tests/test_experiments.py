@@ -17,7 +17,9 @@ import csv
 import numpy as np
 import pytest
 
-from fastlista import experiments as E
+from fastlista.paper import experiments as E
+from fastlista.paper import plots
+from fastlista.paper.figures import FIGURES, MODES
 from fastlista.datasets import make_coding
 
 
@@ -191,10 +193,12 @@ def test_run_rejects_unknown_figure():
         E.run("fig9")
 
 
-def test_presets_cover_every_figure_and_mode():
-    assert set(E.PRESETS) == set(E.FIGURES) == set(E.FIGURE_TITLES)
-    for fig, presets in E.PRESETS.items():
-        assert set(presets) == {"paper", "quick", "tiny"}
+def test_registry_covers_every_figure_and_mode():
+    for name, fig in FIGURES.items():
+        assert fig.name == name
+        assert set(fig.presets) == set(MODES)
+        assert callable(getattr(E, fig.experiment))
+    assert set(plots.PLOTTERS) == set(FIGURES) | {"demo"}
 
 
 def test_progress_callback_is_used():

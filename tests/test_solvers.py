@@ -1,7 +1,7 @@
 """solve_lasso and the per-method functions, against references the package
 did not compute: NumPy ISTA / OISTA / coordinate descent (tests/reference.py),
 scikit-learn's sparse_encode(algorithm="lasso_cd"), the KKT conditions and
-the duality gap of DESIGN section 2."""
+the duality gap (as defined in fastlista.duality_gap's docstring)."""
 import functools
 import warnings
 
@@ -137,7 +137,7 @@ def test_lmbd_zero_is_least_squares(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_lmbd_zero_noisy_least_squares_fixed_iterations(method):
-    # x outside the row space of D: min F = 1/2 ||r_LS||^2 > 0 (the DESIGN gap
+    # x outside the row space of D: min F = 1/2 ||r_LS||^2 > 0 (the duality gap
     # is not 0 there, so run a fixed number of iterations)
     X, D = ref.make_problem(20, 30, 15, noise=0.3, seed=3)
     Z_ls = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T

@@ -8,25 +8,28 @@
 
 Every command takes ``--help``. Bad arguments exit with status 2 and a
 message that names the argument (argparse's convention).
+
+The reproduction (:mod:`fastlista.paper`) is imported inside the commands
+only: ``import fastlista`` and ``fastlista --help`` load neither the
+experiments nor matplotlib.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
+from .datasets import N_DIGITS
 
 __all__ = ["main", "build_parser"]
 
-FIGURE_NAMES = ("oista", "steps", "dictionary-distance", "networks", "lipschitz-law",
-                "iterative", "learning-curves", "lambda-transfer")
+#: Output directory of every command, relative to the current directory.
 DEFAULT_OUT = "fastlista_results"
 SEED_MAX = 2**32 - 1
+QUICK = "under 2 minutes on 2 cores"
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +71,6 @@ _lmbd.__name__ = "lmbd"
 
 def _desc(*paragraphs):
     """Paragraphs filled to 79 columns (RawDescriptionHelpFormatter keeps them)."""
-    import textwrap
     return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
 
 
@@ -95,8 +97,9 @@ def _common(p, default_seed_help):
 
 def build_parser():
     """The argparse parser of the ``fastlista`` command."""
-    from .experiments import FIGURE_TITLES
+    from .paper.figures import FIGURES
 
+    figure_names = tuple(FIGURES) + ("all",)
     parser = argparse.ArgumentParser(
         prog="fastlista",
         description=_desc("Fast CPU sparse coding with learned step sizes: run the "
@@ -142,14 +145,13 @@ def build_parser():
             "Reproduce a figure of Ablin et al. (NeurIPS 2019). Writes FIGURE.csv "
             "(the data), FIGURE.json (key numbers and settings) and FIGURE.png into "
             "--out and prints the key numbers. Without --quick the paper's settings "
-            "are used (some take hours); --quick ends in under 2 minutes on 2 "
-            "cores.") + "\n\nfigures:\n"
-                    + "\n".join(f"  {k:<21}{v}" for k, v in FIGURE_TITLES.items())
-                    + "\n  all                  every figure in turn")
-    rep.add_argument("figure", choices=FIGURE_NAMES + ("all",), metavar="FIGURE",
-                     help="one of: " + ", ".join(FIGURE_NAMES + ("all",)))
-    rep.add_argument("--quick", action="store_true",
-                     help="reduced sizes: under 2 minutes on 2 cores")
+            f"are used (some take hours); --quick ends in {QUICK}.")
+        + "\n\nfigures:\n"
+        + "\n".join(f"  {k:<21}{f.title}" for k, f in FIGURES.items())
+        + "\n  all                  every figure in turn")
+    rep.add_argument("figure", choices=figure_names, metavar="FIGURE",
+                     help="one of: " + ", ".join(figure_names))
+    rep.add_argument("--quick", action="store_true", help=f"reduced sizes: {QUICK}")
     _common(rep, "default: the paper's seed of each figure")
 
     bench = sub.add_parser(
@@ -207,49 +209,20 @@ def _outdir(path, parser):
     return out
 
 
-def _write(result, out, name, no_plot):
-    csv_path = out / f"{name}.csv"
+def _write(result, out, no_plot):
+    """``<name>.csv``, ``<name>.json`` and ``<name>.png`` of ``result`` into ``out``."""
+    stem = out / result.name
+    csv_path = stem.with_suffix(".csv")
     result.to_csv(csv_path)
-    with open(out / f"{name}.json", "w") as f:
-        json.dump({"summary": result.summary, "settings": result.settings,
-                   "elapsed_seconds": result.elapsed}, f, indent=1, default=_json_default)
+    result.to_json(stem.with_suffix(".json"))
     written = [csv_path]
     if not no_plot:
-        from .plots import plot
+        from .paper.plots import plot
         try:
-            written.append(plot(result, out / f"{name}.png"))
+            written.append(plot(result, stem.with_suffix(".png")))
         except ImportError as exc:
             print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
     return written
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _fmt(v):
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "-"
-    return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.3f}"
-
-
-def format_demo_table(result):
-    """The demo's per-layer table as aligned text."""
-    t = result.table
-    cols = [c for c in ("ISTA", "FISTA", "SLISTA", "LISTA-CP", "ALISTA") if c in t]
-    steps = [c for c in ("SLISTA step x L", "median 1/L_S x L") if c in t]
-    head = ["layer"] + cols + steps
-    rows = [[str(int(t["layer"][i]))] + [_fmt(float(t[c][i])) for c in cols + steps]
-            for i in range(len(t["layer"]))]
-    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [line(head), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------
@@ -257,8 +230,7 @@ def format_demo_table(result):
 # ---------------------------------------------------------------------------
 
 def _cmd_demo(args, parser):
-    from . import experiments as E
-    from .datasets import N_DIGITS
+    from .paper import experiments as E
 
     n_train = 1000 if args.n_train is None else args.n_train
     n_test = args.n_test
@@ -301,31 +273,32 @@ def _cmd_demo(args, parser):
     print()
     print("Held-out F - F* (mean over signals) after each layer / iteration; "
           "steps in units of 1/L:")
-    print(format_demo_table(result))
+    print(E.format_demo_table(result))
     print()
     print(E.format_summary(result.summary))
-    files = _write(result, out, "demo", args.no_plot)
+    files = _write(result, out, args.no_plot)
     print(f"\nwrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)")
     return 0
 
 
 def _cmd_reproduce(args, parser):
-    from . import experiments as E
+    from .paper import experiments as E
+    from .paper.figures import FIGURES
 
     mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
     out = _outdir(args.out, parser)
-    figures = FIGURE_NAMES if args.figure == "all" else (args.figure,)
+    figures = tuple(FIGURES) if args.figure == "all" else (args.figure,)
     progress = _progress_bar()
     for fig in figures:
-        print(f"fastlista reproduce {fig} ({mode} settings): {E.FIGURE_TITLES[fig]}",
+        print(f"fastlista reproduce {fig} ({mode} settings): {FIGURES[fig].title}",
               flush=True)
-        if mode == "paper" and fig in E.SLOW_IN_PAPER_MODE:
+        if mode == "paper" and FIGURES[fig].slow:
             print("note: the paper's settings of this figure take long (hours for "
                   "'networks'); --quick runs a reduced version in under 2 minutes.",
                   flush=True)
         result = E.run(fig, mode, random_state=args.seed, progress=progress)
         print(E.format_summary(result.summary))
-        files = _write(result, out, fig, args.no_plot)
+        files = _write(result, out, args.no_plot)
         print(f"wrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)\n", flush=True)
     return 0
 

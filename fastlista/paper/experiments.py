@@ -5,7 +5,7 @@ Moreau, Massias & Gramfort, NeurIPS 2019) has a function here that computes
 its data and returns an :class:`ExperimentResult`: a table (columns of equal
 length, written as CSV), the key numbers the figure supports (``summary``),
 the settings used, and any extra curves the plot needs. Nothing here plots
-(see :mod:`fastlista.plots`) or prints.
+(see :mod:`fastlista.paper.plots`) or prints.
 
 * ``oista``: :func:`oista_convergence` (Fig 2: 50 x 10 Gaussian D, lmbd=0.5);
 * ``steps``: :func:`learned_steps` (Fig 4: 20 x 10, 20 layers, lmbd=0.2);
@@ -23,9 +23,10 @@ the settings used, and any extra curves the plot needs. Nothing here plots
 The default arguments of each function are the paper's settings (those of
 the authors' scripts).
 
-:data:`PRESETS` holds, for each figure, the paper's settings (``"paper"``),
-a reduced run that ends in under two minutes on two cores (``"quick"``) and
-a seconds-long smoke run (``"tiny"``); :func:`run` runs one of them.
+The registry :data:`fastlista.paper.figures.FIGURES` holds, for each
+figure, the paper's settings (``"paper"``), a reduced run that ends in under
+two minutes on two cores (``"quick"``) and a seconds-long smoke run
+(``"tiny"``); :func:`run` runs one of them.
 
 Conventions: ``F - F*`` is the Lasso objective minus its minimum, averaged
 over (test) samples, with ``F*`` computed per sample by coordinate descent
@@ -34,6 +35,7 @@ to a relative duality gap of 1e-12. Step sizes are reported in units of
 """
 import csv
 import functools
+import json
 import math
 import time
 import warnings
@@ -41,14 +43,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._threads import blas_thread_limit
-from ._validation import ConvergenceWarning, check_random_state
-from .datasets import N_DIGITS, make_coding, make_digits_coding
-from ._lasso import lasso_objective
-from ._lipschitz import lipschitz
-from ._solvers import solve_lasso
+from .. import ConvergenceWarning, Lista, lasso_objective, lipschitz, solve_lasso
+from .._threads import blas_thread_limit
+from .._validation import check_random_state
+from ..datasets import (N_DIGITS, _scale_to_unit_lambda_max, make_coding,
+                        make_digits_coding)
+from .figures import FIGURES
 
-__all__ = ["ExperimentResult", "FIGURES", "PRESETS", "run", "demo",
+__all__ = ["ExperimentResult", "run", "demo", "format_summary", "format_demo_table",
            "oista_convergence", "learned_steps", "dictionary_distance",
            "network_comparison", "lipschitz_law", "iterative_comparison",
            "learning_curves", "lambda_transfer", "theoretical_lipschitz_ratio"]
@@ -104,6 +106,13 @@ class ExperimentResult:
             for i in range(self.n_rows):
                 w.writerow([_fmt_cell(self.table[c][i]) for c in cols])
 
+    def to_json(self, path):
+        """Write :attr:`summary`, :attr:`settings` and :attr:`elapsed` to ``path``."""
+        with open(path, "w") as f:
+            json.dump({"summary": self.summary, "settings": self.settings,
+                       "elapsed_seconds": self.elapsed}, f, indent=1,
+                      default=_json_default)
+
 
 def _fmt_cell(v):
     if isinstance(v, (float, np.floating)):
@@ -111,6 +120,14 @@ def _fmt_cell(v):
     if isinstance(v, np.integer):
         return str(int(v))
     return str(v)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 # ---------------------------------------------------------------------------
@@ -140,12 +157,16 @@ def _progress(progress, iterable, desc, total=None):
     return progress(iterable, desc=desc, total=total)
 
 
-def _optimal_objective(X, D, lmbd):
-    """F*(x) of every sample (coordinate descent, relative gap <= 1e-12)."""
+def _optimal_codes(X, D, lmbd):
+    """z* of every sample (coordinate descent, relative gap <= 1e-12)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        Z = solve_lasso(X, D, lmbd, method="cd", tol=FSTAR_TOL, max_iter=100000).codes
-    return lasso_objective(X, D, lmbd, Z)
+        return solve_lasso(X, D, lmbd, method="cd", tol=FSTAR_TOL, max_iter=100000).codes
+
+
+def _optimal_objective(X, D, lmbd):
+    """F*(x) of every sample."""
+    return lasso_objective(X, D, lmbd, _optimal_codes(X, D, lmbd))
 
 
 def _iterative_objectives(X, D, lmbd, method, n_iter):
@@ -157,7 +178,6 @@ def _iterative_objectives(X, D, lmbd, method, n_iter):
 
 def _fit(D, lmbd, n_layers, parametrization, X, max_iter, per_layer="oneshot",
          optimizer="lbfgs", random_state=None):
-    from . import Lista
     net = Lista(D, lmbd, n_layers, parametrization=parametrization,
                 random_state=random_state)
     # tol=0: every training runs its max_iter iterations, as in the paper
@@ -167,8 +187,26 @@ def _fit(D, lmbd, n_layers, parametrization, X, max_iter, per_layer="oneshot",
     return net
 
 
+def _layer_params(net, key):
+    """The scalar parameter ``key`` ("alpha", "beta") of every layer of ``net``."""
+    return np.array([float(p[key]) for p in net.parameters])
+
+
+def _layer_supports(net, D, X):
+    """For each layer t: the supports S of the outputs z_t of ``X``, and their L_S."""
+    for t in range(net.n_layers):
+        S = net.transform(X, n_layers=t + 1) != 0
+        yield S, lipschitz(D, support=S)
+
+
 def _mean_gap(X, D, lmbd, Z, Fstar):
     return float(np.mean(lasso_objective(X, D, lmbd, Z) - Fstar))
+
+
+def _ista_gap(X, D, lmbd, n_iter, Fstar):
+    """The baseline of the networks: mean F - F* after ``n_iter`` ISTA iterations."""
+    Z = solve_lasso(X, D, lmbd, method="ista", tol=0, max_iter=n_iter).codes
+    return _mean_gap(X, D, lmbd, Z, Fstar)
 
 
 def _first_hit(values, threshold):
@@ -218,7 +256,7 @@ def oista_convergence(n_atoms=50, n_features=10, lmbd=0.5, max_iter=200,
     rng = check_random_state(random_state)
     D = rng.randn(n_atoms, n_features)
     X = rng.randn(n_signals, n_features)
-    X /= np.abs(X @ D.T).max(axis=1, keepdims=True)
+    X = _scale_to_unit_lambda_max(X, D)
     L = lipschitz(D)
     Fstar = _optimal_objective(X, D, lmbd)
     methods = ("ista", "fista", "backtracking", "oista")
@@ -284,13 +322,11 @@ def _step_band(net, D, X, L):
     T = net.n_layers
     inv_ls = np.empty((T, X.shape[0]))
     size = np.empty(T)
-    for t in range(T):
-        S = net.transform(X, n_layers=t + 1) != 0
+    for t, (S, LS) in enumerate(_layer_supports(net, D, X)):
         size[t] = S.sum(axis=1).mean()
-        LS = lipschitz(D, support=S)
         # an empty support has no L_S (any step keeps z = 0): left out
         inv_ls[t] = np.where(LS > 0, 1.0 / np.where(LS > 0, LS, 1.0), np.nan)
-    alpha = np.array([float(p["alpha"]) for p in net.parameters])
+    alpha = _layer_params(net, "alpha")
     in_band = (alpha[:, None] >= inv_ls * (1 - 1e-9)) & \
         (alpha[:, None] <= 2 * inv_ls * (1 + 1e-9))
     frac = np.nanmean(np.where(np.isnan(inv_ls), np.nan, in_band), axis=1)
@@ -338,9 +374,7 @@ def learned_steps(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
     table["mean_support_size"] = size
 
     Fstar = _optimal_objective(X_test, D, lmbd)
-    ista_gap = _mean_gap(X_test, D, lmbd,
-                         solve_lasso(X_test, D, lmbd, method="ista", tol=0,
-                                     max_iter=n_layers).codes, Fstar)
+    ista_gap = _ista_gap(X_test, D, lmbd, n_layers, Fstar)
     deep = slice(n_layers // 2, n_layers)
     summary = {
         "L": L,
@@ -396,18 +430,16 @@ def dictionary_distance(n_features=10, n_atoms=20, n_samples=1000, n_layers=40,
     for _ in bar:
         net = _fit(D, lmbd, n_layers, "coupled", X, max_iter, per_layer, optimizer,
                    random_state)
-    params = net.parameters
     L = net.lipschitz_
-    fro = np.array([np.linalg.norm(float(p["alpha"]) * p["W"] - float(p["beta"]) * D)
-                    for p in params])
+    alpha = _layer_params(net, "alpha")
+    beta = _layer_params(net, "beta")
+    fro = np.array([np.linalg.norm(a * p["W"] - b * D)
+                    for a, b, p in zip(alpha, beta, net.parameters)])
     rel = net.dictionary_distance()
-    alpha = np.array([float(p["alpha"]) for p in params])
-    beta = np.array([float(p["beta"]) for p in params])
     table = {"layer": np.arange(1, n_layers + 1), "alphaW_minus_betaD_fro": fro,
              "relative_distance": rel, "alpha_x_L": alpha * L, "beta_x_L": beta * L}
     q = max(1, n_layers // 4)
     Fstar = _optimal_objective(X, D, lmbd)
-    ista = solve_lasso(X, D, lmbd, method="ista", tol=0, max_iter=n_layers).codes
     summary = {
         "relative_distance_first_quarter": float(rel[:q].mean()),
         "relative_distance_last_quarter": float(rel[-q:].mean()),
@@ -415,7 +447,7 @@ def dictionary_distance(n_features=10, n_atoms=20, n_samples=1000, n_layers=40,
         "argmax_layer": int(np.argmax(rel)) + 1,
         "fro_first_quarter": float(fro[:q].mean()),
         "fro_last_quarter": float(fro[-q:].mean()),
-        "train_gap": {"ISTA": _mean_gap(X, D, lmbd, ista, Fstar),
+        "train_gap": {"ISTA": _ista_gap(X, D, lmbd, n_layers, Fstar),
                       "LISTA-CP": _mean_gap(X, D, lmbd, net.transform(X), Fstar)},
     }
     settings = dict(n_features=n_features, n_atoms=n_atoms, n_samples=n_samples,
@@ -666,8 +698,7 @@ def learning_curves(n_features=5, n_atoms=10, n_total=30000,
     pool, X_test = _split(X, n_pool)
     rng = check_random_state(random_state)
     Fstar = _optimal_objective(X_test, D, lmbd)
-    ista_gap = _mean_gap(X_test, D, lmbd, solve_lasso(
-        X_test, D, lmbd, method="ista", tol=0, max_iter=n_layers).codes, Fstar)
+    ista_gap = _ista_gap(X_test, D, lmbd, n_layers, Fstar)
     rows = {"method": [], "n_train": [], "repeat": [], "test_gap": []}
     jobs = [(net, n, r) for net in networks for n in train_sizes for r in range(n_repeats)]
     for net_name, n, r in _progress(progress, jobs, "training networks", total=len(jobs)):
@@ -731,8 +762,7 @@ def lambda_transfer(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
         table[f"{LABELS[name]}_relative_gain"] = np.empty(len(lmbd_tests))
     for i, lm in enumerate(lmbd_tests):
         Fstar = _optimal_objective(X_test, D, lm)
-        ista = _mean_gap(X_test, D, lm, solve_lasso(
-            X_test, D, lm, method="ista", tol=0, max_iter=n_layers).codes, Fstar)
+        ista = _ista_gap(X_test, D, lm, n_layers, Fstar)
         table["F_star"][i] = Fstar.mean()
         table["ista_gap"][i] = ista
         for name, net in nets.items():
@@ -790,7 +820,8 @@ def demo(dataset="simulated", lmbd=0.8, n_atoms=256, n_features=64, n_train=1000
         n_features = 64
     X, D = _load_dataset(dataset, n_train + n_test, n_atoms, n_features, random_state)
     X_train, X_test = _split(X, n_train)
-    Fstar = _optimal_objective(X_test, D, lmbd)
+    Zs = _optimal_codes(X_test, D, lmbd)
+    Fstar = lasso_objective(X_test, D, lmbd, Zs)
     T = n_layers
     table = {"layer": np.arange(1, T + 1)}
     for m in ("ista", "fista"):
@@ -807,15 +838,12 @@ def demo(dataset="simulated", lmbd=0.8, n_atoms=256, n_features=64, n_train=1000
     L = lipschitz(D)
     if "step" in nets:
         net = nets["step"]
-        table["SLISTA step x L"] = np.array([float(p["alpha"]) for p in net.parameters]) * L
+        table["SLISTA step x L"] = _layer_params(net, "alpha") * L
         med = np.empty(T)
-        for t in range(T):
-            S = net.transform(X_test, n_layers=t + 1) != 0
-            LS = lipschitz(D, support=S)
+        for t, (_, LS) in enumerate(_layer_supports(net, D, X_test)):
             LS = LS[LS > 0]
             med[t] = np.median(L / LS) if LS.size else np.nan
         table["median 1/L_S x L"] = med
-    Zs = solve_lasso(X_test, D, lmbd, method="cd", tol=FSTAR_TOL).codes
     LS_star = lipschitz(D, support=Zs != 0)
     LS_star = LS_star[LS_star > 0]
     summary = {
@@ -857,84 +885,8 @@ def _iterations_to_match(curve, gap):
 
 
 # ---------------------------------------------------------------------------
-# presets and dispatch
+# dispatch
 # ---------------------------------------------------------------------------
-
-FIGURES = {
-    "oista": oista_convergence,
-    "steps": learned_steps,
-    "dictionary-distance": dictionary_distance,
-    "networks": network_comparison,
-    "lipschitz-law": lipschitz_law,
-    "iterative": iterative_comparison,
-    "learning-curves": learning_curves,
-    "lambda-transfer": lambda_transfer,
-}
-
-#: Paper figure each name reproduces.
-FIGURE_TITLES = {
-    "oista": "Fig 2: OISTA against ISTA, FISTA and backtracking",
-    "steps": "Fig 4: learned SLISTA steps against 1/L_S",
-    "dictionary-distance": "Fig 5: distance of LISTA-CP weights to D",
-    "networks": "Fig 6: held-out F - F* against depth",
-    "lipschitz-law": "Fig E.1: L_S / L against support size",
-    "iterative": "Fig E.2: iterations and time of ISTA, FISTA, OISTA",
-    "learning-curves": "Fig E.3: learning curves of LISTA-CP and SLISTA",
-    "lambda-transfer": "Networks trained at one lmbd, evaluated at others",
-}
-
-#: Figures whose paper settings take long (hours for "networks").
-SLOW_IN_PAPER_MODE = ("networks", "dictionary-distance", "lambda-transfer")
-
-#: Settings of each figure: the paper's, a quick run (< 2 min on 2 cores)
-#: and a tiny smoke run (a few seconds).
-PRESETS = {
-    "oista": {
-        "paper": dict(),
-        "quick": dict(n_signals=200),
-        "tiny": dict(max_iter=60, n_signals=20),
-    },
-    "steps": {
-        "paper": dict(),
-        "quick": dict(),
-        "tiny": dict(n_train=150, n_test=150, n_layers=6, max_iter=20,
-                     compare_optimizer=None),
-    },
-    "dictionary-distance": {
-        "paper": dict(),
-        "quick": dict(max_iter=3000),
-        "tiny": dict(n_samples=100, n_layers=6, max_iter=30),
-    },
-    "networks": {
-        "paper": dict(),
-        "quick": dict(n_train=500, n_test=500, depths=(1, 2, 5, 10), max_iter=50),
-        "tiny": dict(n_features=16, n_atoms=32, n_train=60, n_test=60, lmbds=(0.8,),
-                     depths=(1, 2), max_iter=5),
-    },
-    "lipschitz-law": {
-        "paper": dict(),
-        "quick": dict(n_supports=20),
-        "tiny": dict(n_features=30, zetas=(0.2, 0.5, 1.0), n_supports=3),
-    },
-    "iterative": {
-        "paper": dict(),
-        "quick": dict(),
-        "tiny": dict(n_features=20, n_atoms=40, lmbds=(0.4, 0.8), n_seeds=2,
-                     n_repeats=1),
-    },
-    "learning-curves": {
-        "paper": dict(),
-        "quick": dict(max_iter=300),
-        "tiny": dict(n_total=300, train_sizes=(10, 50), max_iter=20),
-    },
-    "lambda-transfer": {
-        "paper": dict(),
-        "quick": dict(lmbd_tests=tuple(np.logspace(-2, 0, 15)), max_iter=1000),
-        "tiny": dict(n_train=100, n_test=100, n_layers=5,
-                     lmbd_tests=(0.02, 0.05, 0.3), max_iter=10),
-    },
-}
-
 
 def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     """Run the experiment of ``figure`` with the settings of ``mode``.
@@ -942,9 +894,9 @@ def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     Parameters
     ----------
     figure : str
-        A key of :data:`FIGURES`.
+        A key of :data:`fastlista.paper.figures.FIGURES`.
     mode : {"paper", "quick", "tiny"}
-        Which preset of :data:`PRESETS`.
+        Which of the figure's presets (:data:`fastlista.paper.figures.MODES`).
     random_state : int or None
         Overrides the figure's seed (None keeps the paper's).
     progress : callable or None
@@ -959,12 +911,13 @@ def run(figure, mode="quick", random_state=None, progress=None, **overrides):
     """
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; one of {sorted(FIGURES)}")
-    kwargs = dict(PRESETS[figure][mode])
+    spec = FIGURES[figure]
+    kwargs = dict(spec.presets[mode])
     kwargs.update(overrides)
     if random_state is not None:
         kwargs["random_state"] = random_state
     t0 = time.perf_counter()
-    result = FIGURES[figure](progress=progress, **kwargs)
+    result = globals()[spec.experiment](progress=progress, **kwargs)
     result.elapsed = time.perf_counter() - t0
     result.settings["mode"] = mode
     return result
@@ -992,3 +945,25 @@ def _fmt_value(v):
             return f"{v:.4g}"
         return f"{v:.3e}" if math.isfinite(v) else str(v)
     return str(v)
+
+
+def _fmt_demo_cell(v):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e3 else f"{v:.3f}"
+
+
+def format_demo_table(result):
+    """The demo's per-layer table as aligned text."""
+    t = result.table
+    cols = [c for c in ("ISTA", "FISTA", "SLISTA", "LISTA-CP", "ALISTA") if c in t]
+    steps = [c for c in ("SLISTA step x L", "median 1/L_S x L") if c in t]
+    head = ["layer"] + cols + steps
+    rows = [[str(int(t["layer"][i]))]
+            + [_fmt_demo_cell(float(t[c][i])) for c in cols + steps]
+            for i in range(len(t["layer"]))]
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)

@@ -1,12 +1,15 @@
 """Figures of the experiments (matplotlib, the ``plot`` extra).
 
 Each ``plot_<figure>(result, path)`` draws an
-:class:`fastlista.experiments.ExperimentResult` and writes a PNG. Matplotlib
+:class:`fastlista.paper.experiments.ExperimentResult` and writes a PNG. Matplotlib
 is imported only when a plot is drawn, through its object-oriented API with
 the Agg canvas: no pyplot state, no GUI backend, nothing changed for a user
 who has pyplot open.
 """
 import numpy as np
+
+from .experiments import LABELS, theoretical_lipschitz_ratio
+from .figures import FIGURES
 
 __all__ = ["plot", "PLOTTERS"]
 
@@ -16,8 +19,10 @@ COLORS = {
     "OISTA": "indianred", "SLISTA": "indianred", "LISTA-CP": "mediumseagreen",
     "ALISTA": "cornflowerblue", "LISTA": "goldenrod",
 }
-STYLES = {"ISTA": "-", "FISTA": "--", "Backtracking ISTA": ":", "OISTA": "-",
-          "SLISTA": "-", "LISTA-CP": "-", "ALISTA": "-", "LISTA": "-"}
+#: Line styles other than solid.
+STYLES = {"FISTA": "--", "Backtracking ISTA": ":"}
+#: Order of the methods in the legends of the depth plots.
+METHOD_ORDER = ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA")
 FLOOR = 1e-12     # F - F* below this is drawn at the floor (log axes)
 DPI = 100
 
@@ -57,6 +62,13 @@ def _line(ax, x, y, label, **kw):
     ax.plot(x, y, label=label, **style)
 
 
+def _inv_ls_lines(ax, layers, median, where=""):
+    """The median 1/L_S and 2/L_S of each layer (units of 1/L)."""
+    ax.plot(layers, median, color="darkgoldenrod", lw=2, label=r"median $1/L_S$" + where)
+    ax.plot(layers, 2 * median, color="steelblue", lw=1.5, ls="--",
+            label=r"median $2/L_S$")
+
+
 # ---------------------------------------------------------------------------
 
 def plot_oista(result, path):
@@ -64,9 +76,8 @@ def plot_oista(result, path):
     fig, axes = _figure(2, 1, figsize=(6, 4.5), sharex=True,
                         gridspec_kw={"height_ratios": [3, 1]})
     ax, ax2 = axes[:, 0]
-    for key, lab in (("ista", "ISTA"), ("fista", "FISTA"),
-                     ("backtracking", "Backtracking ISTA"), ("oista", "OISTA")):
-        _line(ax, t["iteration"], _floor(t[key]), lab)
+    for key in ("ista", "fista", "backtracking", "oista"):
+        _line(ax, t["iteration"], _floor(t[key]), LABELS[key])
     ax.set_yscale("log")
     ax.set_ylabel(r"$F_x - F_x^*$")
     ax.grid(alpha=0.4)
@@ -99,10 +110,7 @@ def plot_steps(result, path):
                         alpha=alpha, lw=0)
         ax.fill_between(layers, 2 * band[i], 2 * band[n - 1 - i], color="lightsteelblue",
                         alpha=alpha * 0.6, lw=0)
-    ax.plot(layers, t["inv_LS_median_x_L"], color="darkgoldenrod", lw=2,
-            label=r"median $1/L_S$ (training supports)")
-    ax.plot(layers, 2 * t["inv_LS_median_x_L"], color="steelblue", lw=1.5, ls="--",
-            label=r"median $2/L_S$")
+    _inv_ls_lines(ax, layers, t["inv_LS_median_x_L"], " (training supports)")
     s = result.settings
     ax.plot(layers, t["step_x_L"], color=COLORS["SLISTA"], lw=3, marker="o", ms=3,
             label=f"learned SLISTA step ({s.get('optimizer', 'gd')})")
@@ -154,8 +162,7 @@ def plot_networks(result, path):
     lmbds = list(dict.fromkeys(t["lmbd"]))
     fig, axes = _figure(len(datasets), len(lmbds),
                         figsize=(4 * len(lmbds), 3.2 * len(datasets)))
-    methods = [m for m in ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA")
-               if m in set(t["method"])]
+    methods = [m for m in METHOD_ORDER if m in set(t["method"])]
     for i, ds in enumerate(datasets):
         for j, lm in enumerate(lmbds):
             ax = axes[i, j]
@@ -185,7 +192,6 @@ def plot_lipschitz_law(result, path):
     z = t["zeta"]
     zz = np.linspace(0, 1, 200)
     gamma = result.settings["gamma"]
-    from .experiments import theoretical_lipschitz_ratio
     ax.plot(zz, theoretical_lipschitz_ratio(zz, gamma), color="k", lw=2,
             label=r"law $((1+\sqrt{\zeta\gamma})/(1+\sqrt{\gamma}))^2$")
     ax.plot(zz, zz, color="gray", ls=":", lw=1.5, label=r"$\zeta$")
@@ -287,7 +293,7 @@ def plot_demo(result, path):
     has_steps = "SLISTA step x L" in t
     fig, axes = _figure(1, 2 if has_steps else 1, figsize=(9 if has_steps else 5.5, 3.8))
     ax = axes[0, 0]
-    for m in ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA"):
+    for m in METHOD_ORDER:
         if m in t:
             _line(ax, t["layer"], _floor(t[m]), m, marker="o", ms=3)
     ax.set_yscale("log")
@@ -302,10 +308,7 @@ def plot_demo(result, path):
         ax2 = axes[0, 1]
         ax2.plot(t["layer"], t["SLISTA step x L"], color=COLORS["SLISTA"], lw=2.5,
                  marker="o", ms=3, label="learned SLISTA step")
-        ax2.plot(t["layer"], t["median 1/L_S x L"], color="darkgoldenrod", lw=2,
-                 label=r"median $1/L_S$")
-        ax2.plot(t["layer"], 2 * t["median 1/L_S x L"], color="steelblue", lw=1.5,
-                 ls="--", label=r"median $2/L_S$")
+        _inv_ls_lines(ax2, t["layer"], t["median 1/L_S x L"])
         ax2.axhline(1.0, color="k", ls="--", lw=1, label="1/L")
         ax2.set_xlabel("layer")
         _integer_x(ax2)
@@ -316,17 +319,10 @@ def plot_demo(result, path):
     return _save(fig, path)
 
 
-PLOTTERS = {
-    "oista": plot_oista,
-    "steps": plot_steps,
-    "dictionary-distance": plot_dictionary_distance,
-    "networks": plot_networks,
-    "lipschitz-law": plot_lipschitz_law,
-    "iterative": plot_iterative,
-    "learning-curves": plot_learning_curves,
-    "lambda-transfer": plot_lambda_transfer,
-    "demo": plot_demo,
-}
+#: Figure name -> its plot: ``plot_<name>`` for every figure of the registry,
+#: and the demo's.
+PLOTTERS = {name: globals()["plot_" + name.replace("-", "_")]
+            for name in (*FIGURES, "demo")}
 
 
 def plot(result, path):
