@@ -50,8 +50,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     -------
     L : float or ndarray of shape (n_samples,)
         ``L`` (support None), ``L_S`` (1-D support) or one ``L_S`` per row
-        of a 2-D support, in float64 (inf when beyond the float range). An
-        empty support, or a dictionary without atoms, gives 0.0.
+        of a 2-D support (in D's dtype; inf beyond its range). An empty
+        support, or a dictionary without atoms, gives 0.0.
 
     Examples
     --------
@@ -85,7 +85,7 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
         L = support_lipschitz(sc.D, gram(sc.D, n_threads), np.atleast_2d(S), tol,
                               max_iter, n_threads)
     with np.errstate(over="ignore"):
-        L = np.ldexp(L, 2 * sc.eb)
+        L = np.ldexp(L, 2 * sc.eb).astype(D.dtype)
     return float(L[0]) if S.ndim == 1 else L
 
 

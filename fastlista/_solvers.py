@@ -310,7 +310,8 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
         if not np.array_equal(S.codes_in(codes), Z):
             primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B)
             converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
-    out_gap = S.energy_out(gap).astype(X.dtype)
+    with np.errstate(over="ignore"):        # beyond the dtype's range: inf
+        out_gap = S.energy_out(gap).astype(X.dtype)
     history, step_sizes = None, None
     if record_history:
         history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)
