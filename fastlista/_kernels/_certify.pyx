@@ -10,9 +10,9 @@ dtype, the sums are taken in double precision from the stored values
 those codes, not of a working copy. r is formed directly (x minus the rows
 of D gathered for the non-zeros of a sparse z, or one GEMM), never as
 ||x||^2 - 2 z.c + z B z, whose cancellation would lose the gap of a code
-far from the optimum. r D^T is one GEMM, or c - z B from a given C = X D^T
+far from the optimum. r D^T is one GEMM, or, for a very sparse z, c - z B from a given C = X D^T
 and B = D D^T (float64 data only: there c carries no more rounding than
-r D^T, and a sparse z costs a gather of its rows of B instead of a GEMM).
+r D^T), a gather of the rows of B for the non-zeros instead of a GEMM.
 
 This kernel is behind fastlista.duality_gap and fastlista.lasso_objective,
 and certifies every result of fastlista.solve_lasso.
@@ -61,7 +61,7 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
     cdef double *r
     cdef double *g
     cdef double sums[4]
-    cdef bint sparse, via_b = c.C != NULL
+    cdef bint sparse_r, sparse_g
 
     # x in double
     if floating is double:
@@ -72,11 +72,15 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
             Xd[j] = Xb[j]
     for j in range(nb * m):
         nnz += Zb[j] != 0
-    # a gather of k rows costs about 4 k flops a row element, a GEMM 2 m
-    sparse = 4 * nnz < 2 * nb * m or m == 0
+    # A gather of rows runs at about a quarter of GEMM speed: r = x - z D
+    # gathers k rows of D (2 k n flops) against a GEMM's 2 m n, and, when
+    # C and B are given, g = c - z B gathers k rows of B (2 k m) against the
+    # GEMM r D^T (2 n m).
+    sparse_r = 4 * nnz < nb * m or m == 0
+    sparse_g = c.C != NULL and 4 * nnz < nb * n
 
     # R = X - Z D
-    if sparse:
+    if sparse_r:
         for i in range(nb):
             r = w.R + i * n
             z = Zb + i * m
@@ -89,7 +93,7 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
                     w.coef[k] = z[j]
                     k += 1
             fl_d_gather(<int> k, w.idx, w.coef, -1.0, c.D, <int> n, r)
-            if via_b:
+            if sparse_g:
                 # g = c - z B
                 g = w.G + i * m
                 for j in range(m):
@@ -101,17 +105,12 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
         if floating is double:
             gemm(False, False, nb, <int> n, <int> m, -1.0, <double *> Zb, <int> m,
                  c.D, <int> n, 1.0, w.R, <int> n)
-            if via_b:
-                for j in range(nb * m):
-                    w.G[j] = c.C[start * m + j]
-                gemm(False, False, nb, <int> m, <int> m, -1.0, <double *> Zb, <int> m,
-                     c.B, <int> m, 1.0, w.G, <int> m)
         else:
             for j in range(nb * m):
                 w.Z[j] = Zb[j]
             gemm(False, False, nb, <int> n, <int> m, -1.0, w.Z, <int> m,
                  c.D, <int> n, 1.0, w.R, <int> n)
-    if not via_b:
+    if not (sparse_r and sparse_g):
         # G = R D^T
         gemm(False, True, nb, <int> m, <int> n, 1.0, w.R, <int> n, c.D, <int> n,
              0.0, w.G, <int> m)
