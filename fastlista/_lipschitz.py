@@ -12,7 +12,8 @@ from scipy.linalg import eigh
 from ._kernels import _lipschitz, _solvers
 from ._lasso import Scaled
 from ._threads import kernel_threads
-from ._validation import check_array, check_max_iter, check_scalar
+from ._validation import (check_array, check_dictionary_shape, check_max_iter,
+                          check_scalar)
 
 __all__ = ["lipschitz"]
 
@@ -64,7 +65,7 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     1.0
     """
     func = "lipschitz"
-    D = check_array(D, "D")
+    D = check_dictionary_shape(check_array(D, "D"))
     tol = check_scalar(tol, "tol", func, low=0.0)
     max_iter = check_max_iter(max_iter, func)
     m = D.shape[0]

@@ -119,6 +119,22 @@ def check_finite(arr, name):
                 f"dtype('{arr.dtype}').")
 
 
+#: LAPACK's workspace for one L_S (the power iteration's fallback) counts
+#: 26 min(n_atoms, n_features) entries in a C int: the one product of the
+#: shapes that the kernels index with 32 bits (every other index product is
+#: 64-bit)
+_LAPACK_DIM_MAX = (2**31 - 1) // 26
+
+
+def check_dictionary_shape(D):
+    """Refuse a dictionary whose shape the kernels cannot index."""
+    if min(D.shape) > _LAPACK_DIM_MAX:
+        raise ValueError(
+            f"D has shape {D.shape}: min(n_atoms, n_features) must be at most "
+            f"{_LAPACK_DIM_MAX} (LAPACK's workspace is indexed with 32-bit integers).")
+    return D
+
+
 def check_X_D(X, D, *, allow_1d=True, allow_no_atoms=False):
     """Validate a batch of signals against a dictionary.
 
@@ -145,7 +161,7 @@ def check_X_D(X, D, *, allow_1d=True, allow_no_atoms=False):
     """
     is_1d = np.ndim(X) == 1 and allow_1d
     dtype = _common_dtype(X, D)
-    D = check_array(D, "D", dtype=dtype, min_features=1)
+    D = check_dictionary_shape(check_array(D, "D", dtype=dtype, min_features=1))
     if D.shape[0] == 0 and not allow_no_atoms:
         raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
     X = check_array(X, "X", dtype=dtype, allow_1d=allow_1d, min_features=0)

@@ -24,8 +24,9 @@ from .._lipschitz import global_lipschitz
 from .._solvers import solve_lasso
 from .._threads import kernel_threads
 from .._training import fit_network
-from .._validation import (check_array, check_n_jobs, check_option,
-                           check_random_state, check_scalar, check_X_D)
+from .._validation import (check_array, check_dictionary_shape, check_n_jobs,
+                           check_option, check_random_state, check_scalar,
+                           check_X_D)
 from . import _parameters as P
 from ._execution import Executor
 from ._persistence import load as _load, save as _save
@@ -103,7 +104,7 @@ class Lista:
 
     def __init__(self, D, lmbd, n_layers, parametrization="step",
                  random_state=None, n_jobs=None):
-        D = check_array(D, "D")
+        D = check_dictionary_shape(check_array(D, "D"))
         if D.shape[0] == 0:
             raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
         self.D = D.copy()
