@@ -153,12 +153,13 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     nb_max = <int> max(1, min(256, (1 << 15) // max(m + n, 1)))
     n_threads = max(1, min(n_threads, (N + nb_max - 1) // nb_max))
     wide = floating is float
-    Xw = np.empty((n_threads, nb_max * n if wide else 1))
-    Zw = np.empty((n_threads, nb_max * m if wide else 1))
-    Rw = np.empty((n_threads, nb_max * n))
-    Gw = np.empty((n_threads, nb_max * m))
-    cw = np.empty((n_threads, max(m, 1)))
-    iw = np.empty((n_threads, max(m, 1)), dtype=np.intc)
+    # (one spare column: a workspace of no atoms still has a first element)
+    Xw = np.empty((n_threads, (nb_max * n if wide else 0) + 1))
+    Zw = np.empty((n_threads, (nb_max * m if wide else 0) + 1))
+    Rw = np.empty((n_threads, nb_max * n + 1))
+    Gw = np.empty((n_threads, nb_max * m + 1))
+    cw = np.empty((n_threads, m + 1))
+    iw = np.empty((n_threads, m + 1), dtype=np.intc)
     cdef double[:, ::1] Xv = Xw, Zv = Zw, Rv = Rw, Gv = Gw, cv = cw
     cdef int[:, ::1] iv = iw
     cdef CertifyWork *work = <CertifyWork *> malloc(n_threads * sizeof(CertifyWork))
