@@ -112,6 +112,11 @@ class Scaled:
     def identity(self):
         return self.ea is None and self.eb == 0
 
+    def rows(self, idx):
+        """The same scaling restricted to some samples."""
+        return Scaled(self.X[idx], self.D, None if self.ea is None else self.ea[idx],
+                      self.eb)
+
     def _shift(self, sign_a, sign_b):
         ea = 0 if self.ea is None else self.ea
         return np.broadcast_to(sign_a * ea + sign_b * self.eb, (self.X.shape[0],))

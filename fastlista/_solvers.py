@@ -267,28 +267,26 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
     run(active, tol, max_iter)
 
     primal, gap = certify(S, lm, Z, n_threads, C, B)
-    if tol > 0:
+    if tol > 0 and not record_history:
         # the stopping gap and the certificate differ by rounding: a sample
-        # stopped on the first and refused by the second runs on
-        budget = max_iter - n_iter
-        for _ in range(RETRIES):
-            # (a miss beyond RETRY_FACTOR x tol is the codes' own rounding,
-            # float32's: no tighter stop can help)
-            again = np.flatnonzero((stop_gap <= tol * 0.5 * xx) & ~(gap <= tol * 0.5 * xx)
-                                   & (gap <= RETRY_FACTOR * tol * 0.5 * xx)
-                                   & (budget > 0)).astype(np.intc)
-            if not again.size or record_history:
-                break
-            done = n_iter.copy()
-            tol_k = tol / RETRY_FACTOR ** (_ + 1)
-            for steps in np.unique(budget[again]):
-                rows = again[budget[again] == steps]
-                run(rows, tol_k, int(steps))
-            n_iter[again] += done[again]
+        # stopped on the first and refused by the second runs on, with a
+        # tighter stop, within its budget of iterations (a miss beyond
+        # RETRY_FACTOR x tol is the codes' own rounding, float32's: no
+        # tighter stop can help)
+        target = tol * 0.5 * xx
+        for attempt in range(1, RETRIES + 1):
             budget = max_iter - n_iter
+            again = np.flatnonzero((stop_gap <= target) & ~(gap <= target)
+                                   & (gap <= RETRY_FACTOR * target) & (budget > 0))
+            if not again.size:
+                break
+            done = n_iter[again]
+            for steps in np.unique(budget[again]):
+                rows = again[budget[again] == steps].astype(np.intc)
+                run(rows, tol / RETRY_FACTOR ** attempt, int(steps))
+            n_iter[again] += done
             primal[again], gap[again] = certify(
-                Scaled(S.X[again], S.D, None if S.ea is None else S.ea[again], S.eb),
-                lm[again], np.ascontiguousarray(Z[again]), n_threads,
+                S.rows(again), lm[again], np.ascontiguousarray(Z[again]), n_threads,
                 np.ascontiguousarray(C[again]), B)
     bad = np.flatnonzero(~np.isfinite(primal))
     if bad.size:
