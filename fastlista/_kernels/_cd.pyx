@@ -29,6 +29,7 @@ import numpy as np
 from cython cimport floating
 from libc.math cimport fabs, sqrt
 from libc.stdlib cimport free, malloc
+from scipy.linalg.cython_lapack cimport dpotrf, dpotrs
 
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
@@ -95,52 +96,96 @@ cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:
 
 
 cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
-                       double lmbd, int kmax, int *S, double *M,
+                       double lmbd, int kmax, bint rank_cap, int *S, double *M,
                        double *rhs) noexcept nogil:
     """Newton step on S = supp(z): B_SS z_S = c_S - lmbd sign(z_S).
 
-    All on the compact working set (Bw is w x w). Returns 1 when the solution
-    keeps the signs (z is then the optimum of the problem restricted to S),
-    2 when z moved to the first sign crossing and dropped that coordinate,
-    0 when B_SS is singular or too large (z unchanged).
+    All on the compact working set (Bw is w x w). B_SS (at most kmax atoms,
+    kmax x kmax in M, column-major) is factored by LAPACK (dpotrf, L L^T).
+    When an atom S_j is a combination of the atoms before it (its pivot
+    vanishes, or the factor already holds kmax = n_features atoms, the rank
+    of any D_S: ``rank_cap``), d_{S_j} = sum_i y_i d_{S_i}, and
+    v = e_{S_j} - y is a direction along which the residual x - z D does not
+    change: z moves along +-v, the way that lowers ||z||_1 (linear on the
+    orthant), until the first coordinate reaches 0, which is dropped (the
+    support reduction of homotopy methods). Coordinate descent on a
+    dependent support would zigzag for thousands of epochs instead.
+
+    Returns 1 when the Newton solution keeps the signs (z is then the optimum
+    of the problem restricted to S), 2 when z moved (to the first sign
+    crossing of the Newton step, or by a reduction) and dropped that
+    coordinate, 0 when nothing was done (an empty support, a dependent one
+    beyond what the factor can hold, or a LAPACK failure).
     """
-    cdef int a, b, k = 0, i, first = -1
-    cdef double acc, t = 1, ta
+    cdef int a, b, i, k = 0, kf, dep = -1, first = -1, info = 0, one = 1
+    cdef char lower = b'L'
+    cdef double acc, t = 1, ta, slope, piv
+    cdef double *y = rhs           # the dependent atom's coefficients, or rhs
     for a in range(w):
         if z[a] != 0:
-            if k == kmax:
-                return 0
             S[k] = a
             k += 1
     if k == 0:
         return 0
-    for a in range(k):
-        for b in range(a + 1):
-            M[a * k + b] = Bw[S[a] * w + S[b]]
-        rhs[a] = c[S[a]] - lmbd * sign(z[S[a]])
-    # Cholesky M = L L^T in the lower triangle
-    for a in range(k):
-        for b in range(a + 1):
-            acc = M[a * k + b]
+    if k > kmax and not rank_cap:
+        return 0
+    kf = k if k < kmax else kmax   # atoms in the factor
+    for a in range(kf):
+        for b in range(a, kf):
+            M[a * kmax + b] = Bw[S[a] * w + S[b]]      # lower, column-major
+    dpotrf(&lower, &kf, M, &kmax, &info)
+    if info < 0:
+        return 0
+    if info > 0:
+        dep = info - 1             # the leading (info - 1) block is factored
+    for a in range(kf if dep < 0 else dep):
+        piv = M[a * kmax + a]
+        if not piv * piv > 1e-12 * Bw[S[a] * w + S[a]]:
+            dep = a
+            break
+    if dep < 0 and k > kf:
+        dep = kf                   # beyond the rank: depends on the factor
+    if dep >= 0:
+        # y = (L L^T)^{-1} B_{S[:dep], S[dep]}, L the factor's leading block
+        for b in range(dep):
+            acc = Bw[S[b] * w + S[dep]]
             for i in range(b):
-                acc -= M[a * k + i] * M[b * k + i]
-            if a == b:
-                if acc <= 1e-12 * M[a * k + a] or acc <= 0:
-                    return 0
-                M[a * k + a] = sqrt(acc)
-            else:
-                M[a * k + b] = acc / M[b * k + b]
-    # forward then backward substitution
+                acc -= M[i * kmax + b] * y[i]
+            y[b] = acc / M[b * kmax + b]
+        for b in range(dep - 1, -1, -1):
+            acc = y[b]
+            for i in range(b + 1, dep):
+                acc -= M[b * kmax + i] * y[i]
+            y[b] = acc / M[b * kmax + b]
+        # v = e_{S[dep]} - sum_b y_b e_{S[b]}; slope = d ||z + t v||_1 / dt
+        slope = sign(z[S[dep]])
+        for b in range(dep):
+            slope -= y[b] * sign(z[S[b]])
+        t = -1 if slope > 0 else 1
+        # the first coordinate to reach 0 along t v
+        ta = -z[S[dep]] / t
+        first = S[dep]
+        if ta < 0:
+            ta = 1e308
+        for b in range(dep):
+            if y[b] != 0:
+                acc = z[S[b]] / (t * y[b])
+                if 0 <= acc < ta:
+                    ta = acc
+                    first = S[b]
+        if ta >= 1e308:
+            return 0
+        z[S[dep]] += t * ta
+        for b in range(dep):
+            z[S[b]] -= t * ta * y[b]
+        z[first] = 0
+        return 2
+    # Newton: B_SS z' = c_S - lmbd sign(z_S)
     for a in range(k):
-        acc = rhs[a]
-        for i in range(a):
-            acc -= M[a * k + i] * rhs[i]
-        rhs[a] = acc / M[a * k + a]
-    for a in range(k - 1, -1, -1):
-        acc = rhs[a]
-        for i in range(a + 1, k):
-            acc -= M[i * k + a] * rhs[i]
-        rhs[a] = acc / M[a * k + a]
+        rhs[a] = c[S[a]] - lmbd * sign(z[S[a]])
+    dpotrs(&lower, &k, &one, M, &kmax, rhs, &k, &info)
+    if info != 0:
+        return 0
     # z' = rhs keeps the signs: it is the optimum on S. Otherwise move from z
     # towards z' up to the first coordinate that crosses 0 (the objective is
     # the convex quadratic of the orthant there, decreasing along the
@@ -177,7 +222,8 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                    double lmbd, double *z_full, int max_epochs, double tol_abs,
                    double *g_full, double *score, int *cand, int *W, int wmax,
                    double *z, double *g, double *c, double *Bw, int kmax,
-                   int *S, double *M, double *rhs, double *gap_out) noexcept nogil:
+                   bint rank_cap, int *S, double *M, double *rhs,
+                   double *gap_out) noexcept nogil:
     """Solve one sample in place in z_full; returns the number of epochs.
 
     Outer loop on all m atoms (gradient, gap, working set W of at most wmax
@@ -270,10 +316,10 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                 # Newton steps, dropping the coordinates that cross 0, until
                 # the signs are consistent (as in feature-sign search)
                 polished = True
-                status = newton_polish(w, z, c, Bw, lmbd, kmax, S, M, rhs)
+                status = newton_polish(w, z, c, Bw, lmbd, kmax, rank_cap, S, M, rhs)
                 moved = status != 0
                 while status == 2:
-                    status = newton_polish(w, z, c, Bw, lmbd, kmax, S, M, rhs)
+                    status = newton_polish(w, z, c, Bw, lmbd, kmax, rank_cap, S, M, rhs)
                 if moved:
                     refresh_gradient(w, z, c, Bw, g)
             if not changed or gap_from(w, z, g, c, xx, lmbd) <= 0.3 * tol_abs:
@@ -309,6 +355,7 @@ cdef struct CDCtx:
     const int *active
     Py_ssize_t m
     int max_iter, kmax, wmax
+    bint rank_cap      # kmax = n_features: no more independent atoms fit
     double tol
     int *n_iter        # (N,) out
     double *gap_out    # (N,) out: the stopping gap
@@ -330,7 +377,8 @@ cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
                                 <const floating *> c.B, <int> m, c.xx[r], c.lmbd[r],
                                 w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
                                 w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
-                                w.c, w.Bw, c.kmax, w.S, w.M, w.rhs, &gap)
+                                w.c, w.Bw, c.kmax, c.rank_cap, w.S, w.M, w.rhs,
+                                &gap)
         c.gap_out[r] = gap
         for j in range(m):
             Zr[j] = <floating> w.z_full[j]
@@ -397,6 +445,7 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     c.m = m
     c.max_iter = max_iter
     c.kmax = kmax
+    c.rank_cap = kmax == n_features
     c.wmax = wmax
     c.tol = tol
     c.n_iter = &n_iter[0]
