@@ -130,12 +130,16 @@ class Scaled:
             return np.minimum(np.ldexp(lm, self._shift(-1, -1)), _LMBD_CAP)
 
     def codes_in(self, Z):
-        """Codes in scaled units: z 2**(eb - ea) (exact; a copy when scaled)."""
+        """Codes in scaled units: z 2**(eb - ea) (exact; a copy when scaled).
+
+        float32 codes come back in float64 when scaled: scaled units may
+        leave float32's range where the codes themselves did not.
+        """
         if self.identity:
             return Z
         with np.errstate(over="ignore", under="ignore"):
             return np.ascontiguousarray(
-                np.ldexp(Z, self._shift(-1, 1)[:, None]), dtype=Z.dtype)
+                np.ldexp(Z.astype(np.float64), self._shift(-1, 1)[:, None]))
 
     def codes_out(self, Z):
         """Codes in the caller's units: z 2**(ea - eb) (exact unless the
@@ -176,7 +180,8 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
     lmbd : ndarray of shape (n_samples,)
         lmbd in scaled units (``S.lmbd``).
     Z : ndarray of shape (n_samples, n_atoms)
-        Codes in scaled units (``S.codes_in``), of the dtype of ``S.X``.
+        Codes in scaled units (``S.codes_in``), of the dtype of ``S.X`` or
+        float64.
     C, B : ndarray, optional
         ``S.X @ S.D.T`` and ``S.D @ S.D.T`` when already computed (used for
         float64 data only).
@@ -190,7 +195,9 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
     D64 = np.ascontiguousarray(S.D, dtype=np.float64)
     empty = np.empty((0, 0))
     use_cb = C is not None and B is not None and S.X.dtype == np.float64
-    _certify.certify(S.X, Z, D64, lmbd, C if use_cb else empty,
+    # (float32 data with float64 codes: the data widened, exactly)
+    X = S.X if Z.dtype == S.X.dtype else S.X.astype(Z.dtype)
+    _certify.certify(X, Z, D64, lmbd, C if use_cb else empty,
                      B if use_cb else empty, positive, primal, gap, n_threads)
     return primal, gap
 

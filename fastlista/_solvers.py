@@ -244,7 +244,8 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
     if Z0 is None:
         Z = np.zeros((N, m), dtype=X.dtype)
     else:
-        Z = np.array(S.codes_in(Z0), dtype=X.dtype, order="C")
+        with np.errstate(over="ignore"):     # beyond float32: inf, replaced below
+            Z = np.array(S.codes_in(Z0), dtype=X.dtype, order="C")
         Z[:, zero_atoms] = 0
         # a warm start worse than 0 (or not finite in scaled units) only
         # slows the solve down: start those samples from 0
