@@ -29,7 +29,7 @@ import numpy as np
 
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
-from ._validation import check_array, check_scalar, check_X_D
+from ._validation import check_array, check_bool, check_lmbd, check_X_D
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -60,14 +60,17 @@ def _squeeze(out, is_1d):
 # exact power-of-two scaling
 # ---------------------------------------------------------------------------
 
-def _exponent(top, limit):
-    """e with 2**e <= top < 2**(e + 1) where |e| > limit, else 0.
+def _top_exponent(A, axis=None):
+    """e with 2**(e - 1) <= max|A| < 2**e (np.frexp's), 0 where A is all 0."""
+    top = np.maximum(A.max(axis=axis, initial=0.0), -A.min(axis=axis, initial=0.0))
+    return np.frexp(top)[1].astype(np.int64)
 
-    2**e is at most ``top``, so it is representable in the data's own dtype,
-    and the data divided by it lie in [-2, 2].
-    """
-    _, e = np.frexp(top)
-    return np.where((np.abs(e - 1) > limit) & (top > 0), e - 1, 0).astype(np.int64)
+
+def _shift(e, limit):
+    """e - 1 where |e - 1| > limit, else 0: 2**(e - 1) is at most the data's
+    top, so it is representable in the data's own dtype, and the data
+    divided by it lie in [-2, 2]."""
+    return np.where(np.abs(e - 1) > limit, e - 1, 0)
 
 
 @dataclass
@@ -95,11 +98,33 @@ class Scaled:
     eb: int
 
     @classmethod
-    def of(cls, X, D):
+    def of(cls, X, D, Z=None):
+        """The scaling of (X, D), or, with codes Z to certify, of (X, D, Z).
+
+        With codes, each sample's unit is the larger of max|x| and
+        max_j |z_j| max|d_j| (the largest term of r = x - z D: a huge warm
+        start, or a large code on a small atom, must fit the scaled units
+        too), and at least what keeps the scaled codes z 2**(eb - ea)
+        within 2**1000 (a code on a zero atom counts in ||z||_1 only).
+        """
         limit = SCALE_LIMIT[X.dtype]
-        top = np.maximum(X.max(axis=1, initial=0.0), -X.min(axis=1, initial=0.0))
-        ea = _exponent(top, limit)
-        eb = int(_exponent(np.max(np.abs(D), initial=0.0), limit))
+        ex = _top_exponent(X, axis=1)
+        ed = int(_top_exponent(D))
+        eb = int(_shift(ed, limit))
+        floor = None
+        if Z is not None and Z.size:
+            nz = Z != 0
+            ez = np.frexp(np.abs(Z))[1].astype(np.int64)
+            eatom = _top_exponent(D, axis=1)                   # per atom
+            atom = nz & np.any(D != 0, axis=1)
+            low = np.iinfo(np.int64).min // 2
+            eterm = np.where(atom, ez + eatom, low).max(axis=1)
+            ex = np.where(atom.any(axis=1), np.maximum(ex, eterm), ex)
+            floor = np.where(nz.any(axis=1),
+                             np.where(nz, ez, low).max(axis=1) + eb - 1000, low)
+        ea = _shift(ex, limit)
+        if floor is not None:
+            ea = np.maximum(ea, floor)
         if not ea.any():
             ea = None
         else:
@@ -179,6 +204,8 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
         The problem in scaled units.
     lmbd : ndarray of shape (n_samples,)
         lmbd in scaled units (``S.lmbd``).
+    positive : bool
+        Codes constrained >= 0: the dual constraint is one-sided.
     Z : ndarray of shape (n_samples, n_atoms)
         Codes in scaled units (``S.codes_in``), of the dtype of ``S.X`` or
         float64.
@@ -202,12 +229,17 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
     return primal, gap
 
 
-def _terms(X, D, lmbd, Z, func):
+def _terms(X, D, lmbd, Z, positive, func):
     """Validated inputs → (objective, gap) in the caller's units, float64,
-    on every core (BLAS on one thread)."""
-    S = Scaled.of(X, D)
+    on every core (BLAS on one thread). Codes with a negative entry when
+    ``positive`` are infeasible: objective and gap inf."""
+    S = Scaled.of(X, D, Z)
     with kernel_threads(None, func) as n_threads:
-        primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads)
+        primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads,
+                              positive=positive)
+    if positive:
+        infeasible = np.any(Z < 0, axis=1)
+        primal[infeasible] = gap[infeasible] = np.inf
     return S.energy_out(primal), S.energy_out(gap)
 
 
@@ -215,7 +247,7 @@ def _terms(X, D, lmbd, Z, func):
 # public functions
 # ---------------------------------------------------------------------------
 
-def lasso_objective(X, D, lmbd, Z):
+def lasso_objective(X, D, lmbd, Z, positive=False):
     """Lasso objective of each sample.
 
     Parameters
@@ -224,10 +256,13 @@ def lasso_objective(X, D, lmbd, Z):
         Signals, one per row.
     D : array-like of shape (n_atoms, n_features)
         Dictionary, one atom per row.
-    lmbd : float
-        Regularisation level, >= 0.
+    lmbd : float or array-like of shape (n_samples,)
+        Regularisation level, >= 0, shared or one per sample.
     Z : array-like of shape (n_samples, n_atoms) or (n_atoms,)
         Codes.
+    positive : bool, default=False
+        The Lasso over non-negative codes: a code with a negative entry is
+        infeasible (objective inf).
 
     Returns
     -------
@@ -244,11 +279,13 @@ def lasso_objective(X, D, lmbd, Z):
     >>> float(lasso_objective([1.0, 0.0], D, 0.5, [0.5, 0.0]))
     0.375
     """
+    func = "lasso_objective"
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
-    lmbd = check_scalar(lmbd, "lmbd", "lasso_objective", low=0.0)
+    lmbd = check_lmbd(lmbd, X.shape[0], func)
+    positive = check_bool(positive, "positive", func)
     Z = _check_codes(Z, X, D)
     with np.errstate(over="ignore"):
-        out = _terms(X, D, lmbd, Z, "lasso_objective")[0].astype(X.dtype)
+        out = _terms(X, D, lmbd, Z, positive, func)[0].astype(X.dtype)
     return _squeeze(out, is_1d)
 
 
@@ -271,19 +308,23 @@ def lasso_gradient(X, D, Z):
     return _squeeze(out, is_1d)
 
 
-def lambda_max(X, D):
+def lambda_max(X, D, positive=False):
     """Smallest regularisation for which the zero code is optimal.
 
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features) or (n_features,)
     D : array-like of shape (n_atoms, n_features)
+    positive : bool, default=False
+        For the Lasso over non-negative codes: ``max(x D^T)_+`` (0 when no
+        atom correlates positively with x: the solution is then 0 for every
+        lmbd >= 0).
 
     Returns
     -------
     lmbd_max : ndarray of shape (n_samples,) or float
-        ``||x D^T||_inf`` per sample: for ``lmbd >= lmbd_max`` the Lasso
-        solution is exactly 0.
+        ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``):
+        for ``lmbd >= lmbd_max`` the Lasso solution is exactly 0.
 
     Examples
     --------
@@ -293,34 +334,47 @@ def lambda_max(X, D):
     array([4.])
     """
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    positive = check_bool(positive, "positive", "lambda_max")
     S = Scaled.of(X, D)
     # x D^T with the solvers' own arithmetic, so that lmbd = lambda_max gives
     # exactly zero codes there
     C = np.zeros((S.X.shape[0], S.D.shape[0]), dtype=S.X.dtype)
     with kernel_threads(None, "lambda_max") as n_threads:
         _solvers.correlations(S.X, S.D, C, n_threads)
-    out = S.lambda_out(np.abs(C).max(axis=1, initial=0.0)).astype(S.X.dtype, copy=False)
+    out = S.lambda_out(correlation_max(C, positive)).astype(S.X.dtype, copy=False)
     return _squeeze(out, is_1d)
 
 
-def duality_gap(X, D, lmbd, Z):
+def correlation_max(C, positive):
+    """lambda_max from C = X D^T: ||c||_inf, or max(c)_+ for positive codes."""
+    if positive:
+        return np.maximum(C.max(axis=1, initial=0.0), 0.0)
+    return np.abs(C).max(axis=1, initial=0.0)
+
+
+def duality_gap(X, D, lmbd, Z, positive=False):
     """Duality gap of the codes ``Z``: a certificate of their accuracy.
 
     With ``r = x - z D`` and the dual point ``theta = r / max(lmbd,
     ||r D^T||_inf)`` (feasible: ``||theta D^T||_inf <= 1``), the gap is
     ``F_x(z) - (0.5 ||x||^2 - 0.5 ||x - lmbd theta||^2)``. It bounds
-    ``F_x(z) - min F_x`` from above and is 0 at the optimum. Computed in
-    double precision whatever the dtype (r formed directly, never from
-    ``||x||^2 - 2 z.c + z B z``), at any scale; the same computation
-    certifies every result of :func:`fastlista.solve_lasso`.
+    ``F_x(z) - min F_x`` from above and is 0 at the optimum. For codes
+    constrained >= 0 the dual constraint is one-sided, ``(theta D^T)_j <=
+    1``, and ``theta = r / max(lmbd, max_j (r D^T)_j)``. Computed in double
+    precision whatever the dtype (r formed directly, never from ``||x||^2 -
+    2 z.c + z B z``), at any scale; the same computation certifies every
+    result of :func:`fastlista.solve_lasso`.
 
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features) or (n_features,)
     D : array-like of shape (n_atoms, n_features)
-    lmbd : float
-        Regularisation level, >= 0.
+    lmbd : float or array-like of shape (n_samples,)
+        Regularisation level, >= 0, shared or one per sample.
     Z : array-like of shape (n_samples, n_atoms) or (n_atoms,)
+    positive : bool, default=False
+        The Lasso over non-negative codes (a code with a negative entry is
+        infeasible: gap inf).
 
     Returns
     -------
@@ -335,19 +389,24 @@ def duality_gap(X, D, lmbd, Z):
     >>> float(duality_gap([1.0, 0.0], np.eye(2), 0.5, [0.5, 0.0]))
     0.0
     """
+    func = "duality_gap"
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
-    lmbd = check_scalar(lmbd, "lmbd", "duality_gap", low=0.0)
+    lmbd = check_lmbd(lmbd, X.shape[0], func)
+    positive = check_bool(positive, "positive", func)
     Z = _check_codes(Z, X, D)
     with np.errstate(over="ignore"):
-        out = _terms(X, D, lmbd, Z, "duality_gap")[1].astype(X.dtype)
+        out = _terms(X, D, lmbd, Z, positive, func)[1].astype(X.dtype)
     return _squeeze(out, is_1d)
 
 
-def soft_thresholding(U, threshold):
+def soft_thresholding(U, threshold, positive=False):
     """Soft-thresholding ``sign(u) * max(|u| - threshold, 0)``, elementwise.
 
     The proximal operator of ``threshold * ||.||_1``. NaN propagates, and the
-    output is exactly 0 where ``|u| <= threshold``.
+    output is exactly 0 where ``|u| <= threshold``. With ``positive``, the
+    proximal operator of ``threshold * ||.||_1`` plus the indicator of the
+    non-negative orthant: ``max(u - threshold, 0)``, exactly 0 where
+    ``u <= threshold``.
 
     Parameters
     ----------
@@ -356,6 +415,8 @@ def soft_thresholding(U, threshold):
     threshold : float or array-like broadcastable to ``U.shape``
         Non-negative thresholds (a scalar, one per atom of shape
         ``(n_atoms,)``, ...).
+    positive : bool, default=False
+        The one-sided threshold of non-negative codes.
 
     Returns
     -------
@@ -367,7 +428,10 @@ def soft_thresholding(U, threshold):
     >>> from fastlista import soft_thresholding
     >>> soft_thresholding([-2.0, 0.5, 3.0], 1.0)
     array([-1.,  0.,  2.])
+    >>> soft_thresholding([-2.0, 0.5, 3.0], 1.0, positive=True)
+    array([0., 0., 2.])
     """
+    positive = check_bool(positive, "positive", "soft_thresholding")
     U, t = np.asarray(U), np.asarray(threshold)
     # float32 stays float32 when the threshold does not ask for more precision
     single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
@@ -395,5 +459,6 @@ def soft_thresholding(U, threshold):
     if t.size == 0:
         t = np.zeros(1, dtype)
     out = np.empty_like(U)
-    _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1))
+    _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1),
+                            positive)
     return out

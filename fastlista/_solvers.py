@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import _cd, _solvers
-from ._lasso import Scaled, _check_codes, certify
+from ._lasso import Scaled, _check_codes, certify, correlation_max
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
-from ._validation import (ConvergenceWarning, InvalidParameterError,
-                          check_max_iter, check_option, check_scalar, check_X_D)
+from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
+                          check_lmbd, check_max_iter, check_option, check_scalar,
+                          check_X_D)
 
 __all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
            "backtracking_ista", "coordinate_descent"]
@@ -88,7 +89,7 @@ AUTO_METHOD = "cd"
 
 
 def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
-                record_history=False, n_jobs=None):
+                record_history=False, n_jobs=None, positive=False):
     """Solve ``min_z 1/2 ||x - z D||^2 + lmbd ||z||_1`` for every row x of X.
 
     Parameters
@@ -97,9 +98,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         Signals, one per row. A 1-D ``X`` is one sample and gives 1-D results.
     D : array-like of shape (n_atoms, n_features)
         Dictionary, one atom per row.
-    lmbd : float
-        Regularisation level (absolute), >= 0. For ``lmbd >=
-        lambda_max(x)`` the solution is exactly 0.
+    lmbd : float or array-like of shape (n_samples,)
+        Regularisation level (absolute), >= 0: one for all samples, or one
+        per sample (``0.8 * lambda_max(X, D)`` solves every sample at 80 % of
+        its own lambda_max; equal to solving each sample with its scalar).
+        For ``lmbd >= lambda_max(x)`` the solution is exactly 0.
     method : {"auto", "ista", "fista", "backtracking", "oista", "cd"}, default="auto"
         * "ista": proximal gradient with step 1/L.
         * "fista": accelerated, with gradient-based adaptive restart.
@@ -133,6 +136,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
         kernels, BLAS held to one thread meanwhile when threadpoolctl is
         installed). None uses every core.
+    positive : bool, default=False
+        Constrain the codes to be non-negative: ``min_{z >= 0}`` (every
+        method, with the one-sided threshold ``max(u - t, 0)`` and the
+        one-sided dual constraint in the certificate, see
+        :func:`fastlista.duality_gap`). A warm start's negative entries are
+        set to 0.
 
     Returns
     -------
@@ -170,14 +179,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     """
     func = "solve_lasso"
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
-    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    lmbd = check_lmbd(lmbd, X.shape[0], func)
+    positive = check_bool(positive, "positive", func)
     method = check_option(method, "method", func, METHODS)
     tol = check_scalar(tol, "tol", func, low=0.0)
     max_iter = check_max_iter(max_iter, func)
-    if not isinstance(record_history, (bool, np.bool_)):
-        raise InvalidParameterError(
-            f"The 'record_history' parameter of {func} must be a bool. "
-            f"Got {record_history!r} instead.")
+    record_history = check_bool(record_history, "record_history", func)
     Z0 = None if Z0 is None else _check_codes(Z0, X, D, name="Z0")
     if method == "auto":
         method = AUTO_METHOD
@@ -194,7 +201,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
                 f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
     with kernel_threads(n_jobs, func) as n_threads:
         result = _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history,
-                        n_threads)
+                        n_threads, positive)
     if tol > 0 and not result.converged.all():
         _warn_not_converged(result, X, tol, max_iter, func)
     if is_1d:
@@ -225,7 +232,8 @@ def _warn_not_converged(result, X, tol, max_iter, func):
         ConvergenceWarning, stacklevel=3)
 
 
-def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
+def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
+           positive=False):
     """Validated inputs → certified LassoResult (2-D), on n_threads threads.
 
     The problem is solved in scaled units (``Scaled``), then the codes are
@@ -247,9 +255,11 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
         with np.errstate(over="ignore"):     # beyond float32: inf, replaced below
             Z = np.array(S.codes_in(Z0), dtype=X.dtype, order="C")
         Z[:, zero_atoms] = 0
+        if positive:
+            np.maximum(Z, 0, out=Z)
         # a warm start worse than 0 (or not finite in scaled units) only
         # slows the solve down: start those samples from 0
-        primal0, _ = certify(S, lm, Z, n_threads, C, B)
+        primal0, _ = certify(S, lm, Z, n_threads, C, B, positive)
         Z[~(primal0 <= 0.5 * xx)] = 0
 
     n_iter = np.zeros(N, dtype=np.intc)
@@ -261,13 +271,14 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
     # with the same c = x D^T as the kernels, so the test is consistent).
     active = np.arange(N, dtype=np.intc)
     if tol > 0 and N:
-        zero = lm >= np.abs(C).max(axis=1, initial=0.0)
+        zero = lm >= correlation_max(C, positive)
         Z[zero] = 0
         active = np.flatnonzero(~zero).astype(np.intc)
-    run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap)
+    run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap,
+                  positive)
     run(active, tol, max_iter)
 
-    primal, gap = certify(S, lm, Z, n_threads, C, B)
+    primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
     if tol > 0 and not record_history:
         # the stopping gap and the certificate differ by rounding: a sample
         # stopped on the first and refused by the second runs on, with a
@@ -288,7 +299,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
             n_iter[again] += done
             primal[again], gap[again] = certify(
                 S.rows(again), lm[again], np.ascontiguousarray(Z[again]), n_threads,
-                np.ascontiguousarray(C[again]), B)
+                np.ascontiguousarray(C[again]), B, positive)
     bad = np.flatnonzero(~np.isfinite(primal))
     if bad.size:
         raise FloatingPointError(
@@ -307,7 +318,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
         # the certificate of the returned codes (exact unless some
         # underflowed on the way out)
         if not np.array_equal(S.codes_in(codes), Z):
-            primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B)
+            primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B, positive)
             converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
         out_gap = S.energy_out(gap).astype(X.dtype)
@@ -317,15 +328,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads):
     return LassoResult(codes, out_gap, n_iter, converged, history, step_sizes, method)
 
 
-def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap):
+def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap, positive):
     """run(rows, tol, max_iter): the method's kernel on some rows, in place."""
     m = S.D.shape[0]
     if m == 0:
         return lambda rows, tol, max_iter: None
     if method == "cd":
         def run(rows, tol, max_iter):
-            _cd.coordinate_descent(C, B, xx, lm, Z, rows, max_iter, tol, S.D.shape[1],
-                                   n_threads, n_iter, stop_gap)
+            _cd.coordinate_descent(C, B, xx, lm, Z, rows, max_iter, tol, positive,
+                                   S.D.shape[1], n_threads, n_iter, stop_gap)
         return run
     L = global_lipschitz(S.D)
     DT = np.ascontiguousarray(S.D.T)
@@ -341,7 +352,7 @@ def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap):
             Z[rows] = 0
             return
         _solvers.prox_grad(method, S.X, S.D, DT, B, C, xx, lm, L, Z, rows, max_iter,
-                           tol, GAP_FREQ, n_threads, BLOCK_SIZE, record, *hist, n_iter,
+                           tol, positive, GAP_FREQ, n_threads, BLOCK_SIZE, record, *hist, n_iter,
                            stop_gap)
     return run
 
@@ -371,9 +382,10 @@ def _history(hist, n_iter, N, xx, primal, gap, method, S):
 
 def _method_function(method, doc_name):
     def solver(X, D, lmbd, tol=1e-8, max_iter=10000, Z0=None,
-               record_history=False, n_jobs=None):
+               record_history=False, n_jobs=None, positive=False):
         return solve_lasso(X, D, lmbd, method=method, tol=tol, max_iter=max_iter,
-                           Z0=Z0, record_history=record_history, n_jobs=n_jobs)
+                           Z0=Z0, record_history=record_history, n_jobs=n_jobs,
+                           positive=positive)
     solver.__name__ = solver.__qualname__ = doc_name
     solver.__doc__ = (
         f"``solve_lasso(X, D, lmbd, method={method!r}, ...)``: see "

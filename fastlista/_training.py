@@ -216,7 +216,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     return [float(v) for v in history]
 
 
-def fit_network(net, X, *, loss="unsupervised", Z_target=None, **options):
+def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **options):
     """Train ``net`` (a :class:`fastlista.Lista`) in place on local data.
 
     See :meth:`fastlista.Lista.fit` for the parameters.
@@ -226,7 +226,8 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, **options):
     net : Lista
         With new parameters and ``loss_history_``.
     """
-    data = net.training_data(X, loss=loss, Z_target=Z_target, func="Lista.fit")
+    data = net.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
+                             func="Lista.fit")
 
     def evaluate(x, depth):
         net.set_training_vector(x, depth)

@@ -230,6 +230,45 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     return value
 
 
+def check_lmbd(lmbd, n_samples, func):
+    """A regularisation level: a float >= 0, or one per sample.
+
+    Returns
+    -------
+    lmbd : float or ndarray of shape (n_samples,)
+        A float for a scalar (or 0-d array), else a C-contiguous float64
+        array (validated: finite, >= 0, of the right shape).
+    """
+    if np.ndim(lmbd) == 0:
+        return check_scalar(lmbd, "lmbd", func, low=0.0)
+    try:
+        arr = np.asarray(lmbd, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The 'lmbd' parameter of {func} must be a float >= 0 or an array of "
+            f"shape (n_samples,) = ({n_samples},) of them. Got {lmbd!r} instead.") from None
+    if arr.shape != (n_samples,):
+        raise InvalidParameterError(
+            f"The 'lmbd' parameter of {func} must be a float or an array of shape "
+            f"(n_samples,) = ({n_samples},), one per sample; got an array of shape "
+            f"{arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidParameterError(f"The 'lmbd' parameter of {func} contains NaN or infinity "
+                         f"(samples {np.flatnonzero(~np.isfinite(arr))[:5].tolist()}).")
+    if np.any(arr < 0):
+        raise InvalidParameterError(f"The 'lmbd' parameter of {func} must be >= 0; got negative "
+                         f"values for samples {np.flatnonzero(arr < 0)[:5].tolist()}.")
+    return np.ascontiguousarray(arr)
+
+
+def check_bool(value, name, func):
+    """A bool (Python or NumPy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {func} must be a bool. Got {value!r} instead.")
+    return bool(value)
+
+
 def check_option(value, name, func, options):
     """Validate a string option."""
     if not isinstance(value, str) or value not in options:

@@ -5,7 +5,9 @@ parallel (OpenMP). With the negative gradient g = c - z B maintained,
 
     z_j <- ST(z_j + g_j / B_jj, lmbd / B_jj),   g <- g - (z_j_new - z_j) B_j
 
-is an exact minimisation along coordinate j. Three devices make it fast:
+is an exact minimisation along coordinate j (with the one-sided threshold
+max(u - t, 0) for codes constrained >= 0: then only g_j > lmbd violates
+optimality, and the working sets rank atoms by g_j). Three devices make it fast:
 
 * working sets: an outer loop picks W = supp(z) plus the atoms with the
   largest |g_j| (the closest to violating |g_j| <= lmbd), max(10, 2 |supp|)
@@ -33,7 +35,7 @@ from scipy.linalg.cython_lapack cimport dpotrf, dpotrs
 
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
-from ._prox cimport sign, soft_threshold
+from ._prox cimport sign, threshold
 
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
@@ -46,7 +48,7 @@ cdef int MIN_PER_THREAD = 16
 
 
 cdef double gap_from(int w, const double *z, const double *g, const double *c,
-                     double xx, double lmbd) noexcept nogil:
+                     double xx, double lmbd, bint positive) noexcept nogil:
     """Duality gap of z with the negative gradient g = c - z B, on w atoms.
 
     ||r||^2 = ||x||^2 - 2 z.c + z B z = xx - z.c - z.g, <x, r> = xx - z.c and
@@ -60,7 +62,7 @@ cdef double gap_from(int w, const double *z, const double *g, const double *c,
         zc += z[a] * c[a]
         zg += z[a] * g[a]
         l1 += fabs(z[a])
-        v = fabs(g[a])
+        v = g[a] if positive else fabs(g[a])
         if not v <= gmax:
             gmax = v
     rr = xx - zc - zg
@@ -222,7 +224,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                    double lmbd, double *z_full, int max_epochs, double tol_abs,
                    double *g_full, double *score, int *cand, int *W, int wmax,
                    double *z, double *g, double *c, double *Bw, int kmax,
-                   bint rank_cap, int *S, double *M, double *rhs,
+                   bint rank_cap, bint positive, int *S, double *M, double *rhs,
                    double *gap_out) noexcept nogil:
     """Solve one sample in place in z_full; returns the number of epochs.
 
@@ -251,7 +253,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                 Bj = B + <Py_ssize_t> j * m
                 for b in range(m):
                     g_full[b] -= za * Bj[b]
-        gap = gap_from(m, z_full, g_full, score, xx, lmbd)
+        gap = gap_from(m, z_full, g_full, score, xx, lmbd, positive)
         if (tol_abs > 0 and gap <= tol_abs) or epochs >= max_epochs:
             gap_out[0] = gap
             return epochs
@@ -265,7 +267,8 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                 w += 1
             elif B[<Py_ssize_t> j * m + j] > 0:
                 cand[n_cand] = j
-                score[n_cand] = fabs(g_full[j])
+                # (positive codes: only g_j > lmbd violates)
+                score[n_cand] = g_full[j] if positive else fabs(g_full[j])
                 n_cand += 1
         if 2 * nnz > p_ws:
             p_ws = 2 * nnz
@@ -300,7 +303,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             for a in range(w):
                 Ba = Bw + a * w
                 bjj = Ba[a]
-                znew = soft_threshold(z[a] + g[a] / bjj, lmbd / bjj)
+                znew = threshold(z[a] + g[a] / bjj, lmbd / bjj, positive)
                 if znew != z[a]:
                     changed = True
                     d = znew - z[a]
@@ -322,7 +325,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                     status = newton_polish(w, z, c, Bw, lmbd, kmax, rank_cap, S, M, rhs)
                 if moved:
                     refresh_gradient(w, z, c, Bw, g)
-            if not changed or gap_from(w, z, g, c, xx, lmbd) <= 0.3 * tol_abs:
+            if not changed or gap_from(w, z, g, c, xx, lmbd, positive) <= 0.3 * tol_abs:
                 break
         for a in range(w):
             z_full[W[a]] = z[a]
@@ -356,6 +359,7 @@ cdef struct CDCtx:
     Py_ssize_t m
     int max_iter, kmax, wmax
     bint rank_cap      # kmax = n_features: no more independent atoms fit
+    bint positive      # codes constrained >= 0
     double tol
     int *n_iter        # (N,) out
     double *gap_out    # (N,) out: the stopping gap
@@ -377,8 +381,8 @@ cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
                                 <const floating *> c.B, <int> m, c.xx[r], c.lmbd[r],
                                 w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
                                 w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
-                                w.c, w.Bw, c.kmax, c.rank_cap, w.S, w.M, w.rhs,
-                                &gap)
+                                w.c, w.Bw, c.kmax, c.rank_cap, c.positive, w.S,
+                                w.M, w.rhs, &gap)
         c.gap_out[r] = gap
         for j in range(m):
             Zr[j] = <floating> w.z_full[j]
@@ -395,12 +399,13 @@ cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
 def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
                        const double[::1] xx, const double[::1] lmbd,
                        floating[:, ::1] Z, const int[::1] active, int max_iter,
-                       double tol, int n_features, int n_threads, int[::1] n_iter,
-                       double[::1] gap_out):
+                       double tol, bint positive, int n_features, int n_threads,
+                       int[::1] n_iter, double[::1] gap_out):
     """Solve the rows ``active`` of the batch in place in Z.
 
     C = X D^T (N, m), B = D D^T (m, m), xx = ||x||^2 and lmbd per sample
-    (N,). A sample stops when its gap is <= tol * xx / 2 (never for tol = 0)
+    (N,); with ``positive`` the codes are constrained >= 0. A sample stops
+    when its gap is <= tol * xx / 2 (never for tol = 0)
     or after max_iter epochs; gap_out receives that stopping gap.
     """
     cdef CDCtx c
@@ -446,6 +451,7 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     c.max_iter = max_iter
     c.kmax = kmax
     c.rank_cap = kmax == n_features
+    c.positive = positive
     c.wmax = wmax
     c.tol = tol
     c.n_iter = &n_iter[0]

@@ -33,24 +33,33 @@
 #  define FL_SIMD
 #endif
 
-#define FL_DEFINE(T, U, NAME)                                              \
-/* ST(v, s) = v - clip(v, -s, s): two selects, exact 0 iff |v| <= s */   \
-static inline T NAME##_st(T v, T s) {                                     \
+/* The thresholds: ST(v, s) = v - clip(v, -s, s), two selects, exact 0 iff
+   |v| <= s; its one-sided form for non-negative codes, PST(v, s) =
+   max(v - s, 0), exact 0 iff v <= s. Both propagate NaN. */
+#define FL_DEFINE_THRESHOLDS(T, P)                                         \
+static inline T P##_st(T v, T s) {                                        \
     T c = v < s ? v : s;                                                  \
     c = c > -s ? c : -s;                                                  \
     return v - c;                                                         \
 }                                                                         \
-/* y <- a ST(y, s) in place and the CSR row of the result (idx, val);   \
+static inline T P##_pst(T v, T s) {                                       \
+    T r = v - s;                                                          \
+    return r < 0 ? 0 : r;                                                 \
+}
+
+/* Row kernels, for one threshold OP (st or pst) */
+#define FL_DEFINE_ROWS(T, U, P, OP)                                        \
+/* y <- a OP(y, s) in place and the CSR row of the result (idx, val);   \
    returns its number of non-zeros. Chunks of 8 are first tested for a  \
    non-zero, so that the zero chunks of a sparse row cost no scan. */    \
-static FL_SIMD int NAME##_scaled_st_compact(int m, T *y, T a, T s,        \
-                                            int *idx, T *val) {           \
+static FL_SIMD int P##_scaled_##OP##_compact(int m, T *y, T a, T s,        \
+                                             int *idx, T *val) {          \
     int k = 0;                                                            \
     for (int j0 = 0; j0 < m; j0 += 8) {                                   \
         int e = j0 + 8 < m ? j0 + 8 : m;                                  \
         U acc = 0;                                                        \
         for (int j = j0; j < e; j++) {                                    \
-            T v = a * NAME##_st(y[j], s);                                 \
+            T v = a * P##_##OP(y[j], s);                                  \
             y[j] = v;                                                     \
             U b; memcpy(&b, &v, sizeof(T));                               \
             acc |= b << 1;                                                \
@@ -63,6 +72,40 @@ static FL_SIMD int NAME##_scaled_st_compact(int m, T *y, T a, T s,        \
     }                                                                     \
     return k;                                                             \
 }                                                                         \
+/* z <- OP(z - a u, s) over n entries; returns the non-zeros (NaN     \
+   included): (b | -b) has its top bit set iff b != 0 */                 \
+static FL_SIMD Py_ssize_t P##_##OP##_step(Py_ssize_t n, T *z, const T *u,  \
+                                          T a, T s) {                     \
+    Py_ssize_t k = 0;                                                     \
+    for (Py_ssize_t j = 0; j < n; j++) {                                  \
+        T v = P##_##OP(z[j] - a * u[j], s);                               \
+        z[j] = v;                                                         \
+        U b; memcpy(&b, &v, sizeof(T));                                   \
+        b <<= 1;                                                          \
+        k += (Py_ssize_t) ((b | (0 - b)) >> (8 * sizeof(U) - 1));         \
+    }                                                                     \
+    return k;                                                             \
+}                                                                         \
+/* z <- OP(z - a u, s) as P##_##OP##_step, and the signs of the result \
+   in sg (1, -1 or 0; NaN counts as a non-zero, -1): the support and    \
+   signs are all the backward pass needs of a dense layer (its kernels  \
+   mix T with bytes, which GCC vectorizes when the signs are only       \
+   compared, never converted to T: AVX-512BW's byte instructions on     \
+   x86-64-v4). Returns the number of non-zeros. */                       \
+static FL_SIMD Py_ssize_t P##_##OP##_step_sign(Py_ssize_t n, T *__restrict z, \
+                                               const T *__restrict u, T a,  \
+                                               T s, signed char *__restrict sg) { \
+    Py_ssize_t k = 0;                                                     \
+    for (Py_ssize_t j = 0; j < n; j++) {                                  \
+        T v = P##_##OP(z[j] - a * u[j], s);                               \
+        z[j] = v;                                                         \
+        sg[j] = (signed char) ((v > 0) - !(v >= 0));                      \
+        k += v != 0;                                                      \
+    }                                                                     \
+    return k;                                                             \
+}
+
+#define FL_DEFINE_GATHER(T, NAME)                                          \
 /* u += alpha sum_q coef[q] A[idx[q], :] (A has p columns): four rows   \
    a pass, so that u is loaded and stored once per four rows of A */     \
 static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
@@ -82,42 +125,10 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
         for (int j = 0; j < p; j++)                                       \
             u[j] += c0 * a0[j];                                           \
     }                                                                     \
-}                                                                         \
-/* z <- ST(z - a u, s) over n entries; returns the non-zeros (NaN     \
-   included): (b | -b) has its top bit set iff b != 0 */                 \
-static FL_SIMD Py_ssize_t NAME##_st_step(Py_ssize_t n, T *z, const T *u,  \
-                                         T a, T s) {                      \
-    Py_ssize_t k = 0;                                                     \
-    for (Py_ssize_t j = 0; j < n; j++) {                                  \
-        T v = NAME##_st(z[j] - a * u[j], s);                              \
-        z[j] = v;                                                         \
-        U b; memcpy(&b, &v, sizeof(T));                                   \
-        b <<= 1;                                                          \
-        k += (Py_ssize_t) ((b | (0 - b)) >> (8 * sizeof(U) - 1));         \
-    }                                                                     \
-    return k;                                                             \
 }
 
-/* Dense layers stored as signs (FMT_SIGN): their kernels mix T with
-   bytes, which GCC vectorizes when the signs are only compared, never
-   converted to T (with the byte instructions of AVX-512BW on x86-64-v4). */
+/* Dense layers stored as signs (FMT_SIGN). */
 #define FL_DEFINE_SIGN(T, U, NAME)                                             \
-/* z <- ST(z - a u, s) as NAME##_st_step, and the signs of the result  \
-   in sg (1, -1 or 0; NaN counts as a non-zero, -1): the support and    \
-   signs are all the backward pass needs of a dense layer. Returns the  \
-   number of non-zeros. */                                               \
-static FL_SIMD Py_ssize_t NAME##_st_step_sign(Py_ssize_t n, T *__restrict z, \
-                                              const T *__restrict u, T a,   \
-                                              T s, signed char *__restrict sg) { \
-    Py_ssize_t k = 0;                                                     \
-    for (Py_ssize_t j = 0; j < n; j++) {                                  \
-        T v = NAME##_st(z[j] - a * u[j], s);                              \
-        z[j] = v;                                                         \
-        sg[j] = (signed char) ((v > 0) - !(v >= 0));                      \
-        k += v != 0;                                                      \
-    }                                                                     \
-    return k;                                                             \
-}                                                                         \
 /* Backward through a dense residual layer into the one below it, over  \
    an nb x m block, in one pass: with sg the signs of the layer's input  \
    code z (its support masks the gradient of the layer below) and        \
@@ -151,8 +162,14 @@ static FL_SIMD void NAME##_back_sign(int nb, int m, T *__restrict G,       \
     }                                                                     \
 }
 
-FL_DEFINE(double, uint64_t, fl_d)
-FL_DEFINE(float, uint32_t, fl_s)
+FL_DEFINE_THRESHOLDS(double, fl_d)
+FL_DEFINE_THRESHOLDS(float, fl_s)
+FL_DEFINE_ROWS(double, uint64_t, fl_d, st)
+FL_DEFINE_ROWS(double, uint64_t, fl_d, pst)
+FL_DEFINE_ROWS(float, uint32_t, fl_s, st)
+FL_DEFINE_ROWS(float, uint32_t, fl_s, pst)
+FL_DEFINE_GATHER(double, fl_d)
+FL_DEFINE_GATHER(float, fl_s)
 FL_DEFINE_SIGN(double, uint64_t, fl_d)
 FL_DEFINE_SIGN(float, uint32_t, fl_s)
 /* The four sums of the duality gap of one code (_gap.pxd), in double:

@@ -4,6 +4,10 @@ cdef extern from "_simd.h":
                                int *idx, double *val) noexcept nogil
     int fl_s_scaled_st_compact(int m, float *y, float a, float s,
                                int *idx, float *val) noexcept nogil
+    int fl_d_scaled_pst_compact(int m, double *y, double a, double s,
+                                int *idx, double *val) noexcept nogil
+    int fl_s_scaled_pst_compact(int m, float *y, float a, float s,
+                                int *idx, float *val) noexcept nogil
     void fl_d_gather(int k, const int *idx, const double *coef, double alpha,
                      const double *A, int p, double *u) noexcept nogil
     void fl_s_gather(int k, const int *idx, const float *coef, float alpha,
@@ -12,10 +16,18 @@ cdef extern from "_simd.h":
                             double s) noexcept nogil
     Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,
                             float s) noexcept nogil
+    Py_ssize_t fl_d_pst_step(Py_ssize_t n, double *z, const double *u, double a,
+                             double s) noexcept nogil
+    Py_ssize_t fl_s_pst_step(Py_ssize_t n, float *z, const float *u, float a,
+                             float s) noexcept nogil
     Py_ssize_t fl_d_st_step_sign(Py_ssize_t n, double *z, const double *u,
                                  double a, double s, signed char *sg) noexcept nogil
     Py_ssize_t fl_s_st_step_sign(Py_ssize_t n, float *z, const float *u,
                                  float a, float s, signed char *sg) noexcept nogil
+    Py_ssize_t fl_d_pst_step_sign(Py_ssize_t n, double *z, const double *u,
+                                  double a, double s, signed char *sg) noexcept nogil
+    Py_ssize_t fl_s_pst_step_sign(Py_ssize_t n, float *z, const float *u,
+                                  float a, float s, signed char *sg) noexcept nogil
     void fl_d_back_sign(int nb, int m, double *G, const double *V,
                         const signed char *sg, double a, double lmbd,
                         double *dthr) noexcept nogil

@@ -4,7 +4,9 @@ For every sample x (a row of X), with its own lmbd, they minimise
 
     F_x(z) = 1/2 ||x - z D||^2 + lmbd ||z||_1,    B = D D^T,  c = x D^T,
 
-by steps z <- ST(z - t (z B - c), lmbd t) with a step t chosen per method:
+(over z >= 0 for positive codes) by steps z <- ST(z - t (z B - c), lmbd t)
+(ST one-sided, max(u - lmbd t, 0), for positive codes) with a step t chosen
+per method:
 
 * ISTA: t = 1/L, L = ||B||_2.
 * FISTA: the ISTA step at y = z_k + (t_k - 1)/t_{k+1} (z_k - z_{k-1}), with
@@ -43,9 +45,9 @@ from libc.string cimport memcpy
 from ._blas cimport gemm, axpy, dot
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
-from ._prox cimport soft_threshold
+from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
-from ._simd cimport fl_d_st_step, fl_s_st_step
+from ._simd cimport fl_d_pst_step, fl_d_st_step, fl_s_pst_step, fl_s_st_step
 
 cdef enum:
     ISTA = 0
@@ -107,6 +109,7 @@ cdef struct ProxCtx:
     double L
     int max_iter, gap_freq
     double tol
+    bint positive   # codes constrained >= 0
     bint record
     void *hist_obj  # (max_iter + 1, N) when record
     void *hist_gap
@@ -159,11 +162,11 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
 
 cdef inline double stopping_gap(const floating *z, const floating *g,
                                 const floating *c, double xx, double lmbd,
-                                Py_ssize_t m, double *obj) noexcept nogil:
+                                Py_ssize_t m, bint positive, double *obj) noexcept nogil:
     """Duality gap of z from its gradient g = z B - c, in O(m).
 
     ||r||^2 = ||x||^2 - z.c + z.g (r = x - z D), <x, r> = ||x||^2 - z.c,
-    r D^T = -g (_gap.pxd).
+    r D^T = -g (_gap.pxd; one-sided for positive codes).
     """
     cdef Py_ssize_t j
     cdef double zc = 0, zg = 0, l1 = 0, gmax = 0, rr, a
@@ -171,7 +174,7 @@ cdef inline double stopping_gap(const floating *z, const floating *g,
         zc += z[j] * c[j]
         zg += z[j] * g[j]
         l1 += fabs(z[j])
-        a = fabs(g[j])
+        a = -g[j] if positive else fabs(g[j])
         if not a <= gmax:
             gmax = a
     rr = xx - zc + zg
@@ -281,7 +284,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             s = 0
             while s < nb:
                 gap = stopping_gap(Zb + s * m, Gp + s * m, Cb + s * m, w.xx[s],
-                                   w.lmbd[s], m, &obj)
+                                   w.lmbd[s], m, c.positive, &obj)
                 if c.record:
                     hobj[<Py_ssize_t> it * N + w.orig[s]] = obj
                     hgap[<Py_ssize_t> it * N + w.orig[s]] = gap
@@ -322,17 +325,23 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 step = 1 / L
                 thr = w.lmbd[s] * step
                 if floating is double:
-                    fl_d_st_step(m, zs, gs, step, thr)
+                    if c.positive:
+                        fl_d_pst_step(m, zs, gs, step, thr)
+                    else:
+                        fl_d_st_step(m, zs, gs, step, thr)
                 else:
-                    fl_s_st_step(m, zs, gs, <float> step, <float> thr)
+                    if c.positive:
+                        fl_s_pst_step(m, zs, gs, <float> step, <float> thr)
+                    else:
+                        fl_s_st_step(m, zs, gs, <float> step, <float> thr)
             elif method == FISTA:
                 step = 1 / L
                 thr = w.lmbd[s] * step
                 ys = Yb + s * m
                 restart = 0
                 for j in range(m):
-                    row[j] = soft_threshold(<floating> (ys[j] - step * gs[j]),
-                                            <floating> thr)
+                    row[j] = threshold(<floating> (ys[j] - step * gs[j]),
+                                            <floating> thr, c.positive)
                     restart += (ys[j] - row[j]) * (row[j] - zs[j])
                 if restart > 0:
                     # the momentum points uphill: restart from z_{k+1}
@@ -356,8 +365,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 inside = True
                 shrunk = False
                 for j in range(m):
-                    row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
-                                            <floating> thr)
+                    row[j] = threshold(<floating> (zs[j] - step * gs[j]),
+                                            <floating> thr, c.positive)
                     if row[j] != 0 and zs[j] == 0:
                         inside = False
                     elif row[j] == 0 and zs[j] != 0:
@@ -371,8 +380,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     step = 1 / L
                     thr = w.lmbd[s] * step
                     for j in range(m):
-                        zs[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
-                                               <floating> thr)
+                        zs[j] = threshold(<floating> (zs[j] - step * gs[j]),
+                                               <floating> thr, c.positive)
                     w.fresh[s] = 0
             else:
                 step = w.aux[s] / ETA
@@ -384,8 +393,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     for j in range(n):
                         dD[j] = 0
                     for j in range(m):
-                        row[j] = soft_threshold(<floating> (zs[j] - step * gs[j]),
-                                                <floating> thr)
+                        row[j] = threshold(<floating> (zs[j] - step * gs[j]),
+                                                <floating> thr, c.positive)
                         u = row[j] - zs[j]
                         if u != 0:
                             dd += u * u
@@ -415,12 +424,13 @@ def prox_grad(str method_name, const floating[:, ::1] X,
               const floating[:, ::1] B, const floating[:, ::1] C,
               const double[::1] xx, const double[::1] lmbd, double L,
               floating[:, ::1] Z, const int[::1] active, int max_iter,
-              double tol, int gap_freq, int n_threads, int block_size,
-              bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
+              double tol, bint positive, int gap_freq, int n_threads,
+              int block_size, bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
               floating[:, ::1] hist_step, int[::1] n_iter, double[::1] gap_out):
     """Solve the samples ``active`` in place in Z (see the module docstring).
 
-    xx = ||x||^2 and lmbd are per sample (N,). ``hist_*`` are (max_iter + 1,
+    xx = ||x||^2 and lmbd are per sample (N,). With ``positive`` the codes
+    are constrained >= 0 (one-sided threshold). ``hist_*`` are (max_iter + 1,
     N) arrays when ``record`` (else (1, 1)). Writes ``n_iter`` and
     ``gap_out`` (the stopping gap) for the active samples.
     """
@@ -496,6 +506,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     c.max_iter = max_iter
     c.gap_freq = gap_freq
     c.tol = tol
+    c.positive = positive
     c.record = record
     c.hist_obj = &hist_obj[0, 0]
     c.hist_gap = &hist_gap[0, 0]

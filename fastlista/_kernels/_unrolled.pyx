@@ -67,12 +67,14 @@ import numpy as np
 from ._blocks cimport run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
-                     fl_s_scaled_st_compact, fl_d_st_step, fl_s_st_step,
-                     fl_d_st_step_sign, fl_s_st_step_sign)
+                     fl_s_scaled_st_compact, fl_d_scaled_pst_compact,
+                     fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
+                     fl_d_pst_step, fl_s_pst_step, fl_d_st_step_sign,
+                     fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign)
 
 
 from ._blas cimport axpy, dot, gemm
-from ._prox cimport sign, soft_threshold
+from ._prox cimport sign, threshold
 
 
 # storage formats of a stored layer
@@ -97,12 +99,13 @@ cdef struct Dims:
     int T               # layers run
     bint shared     # residual family with one W for all layers (M, M^T given)
     bint gram       # dense residual layers go through M (m < 2 n)
+    bint positive   # codes constrained >= 0 (one-sided threshold)
     double rho      # density below which a layer takes the sparse path
 
 
 cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
                           Py_ssize_t n, int T, bint shared, bint gram,
-                          double rho) noexcept nogil:
+                          bint positive, double rho) noexcept nogil:
     cdef Dims d
     d.nb = nb
     d.nb_max = nb_max
@@ -111,6 +114,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.T = T
     d.shared = shared
     d.gram = gram
+    d.positive = positive
     d.rho = rho
     return d
 
@@ -120,12 +124,41 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
 # ---------------------------------------------------------------------------
 
 cdef inline int scaled_st_compact_row(int m, floating *y, floating a, floating s,
-                                      int *idx, floating *val) noexcept nogil:
-    """y <- a ST(y, s) in place, its CSR row in idx/val; returns nnz."""
+                                      int *idx, floating *val,
+                                      bint positive) noexcept nogil:
+    """y <- a ST(y, s) in place (one-sided for positive codes), its CSR row
+    in idx/val; returns nnz."""
     if floating is double:
+        if positive:
+            return fl_d_scaled_pst_compact(m, y, a, s, idx, val)
         return fl_d_scaled_st_compact(m, y, a, s, idx, val)
     else:
+        if positive:
+            return fl_s_scaled_pst_compact(m, y, a, s, idx, val)
         return fl_s_scaled_st_compact(m, y, a, s, idx, val)
+
+
+cdef inline Py_ssize_t st_step_row(Py_ssize_t m, floating *z, const floating *u,
+                                   floating a, floating s, signed char *sg,
+                                   bint positive) noexcept nogil:
+    """z <- ST(z - a u, s) over a row (one-sided for positive codes), and
+    its signs in sg unless NULL; returns nnz (NaN counted)."""
+    if floating is double:
+        if sg != NULL:
+            if positive:
+                return fl_d_pst_step_sign(m, z, u, a, s, sg)
+            return fl_d_st_step_sign(m, z, u, a, s, sg)
+        if positive:
+            return fl_d_pst_step(m, z, u, a, s)
+        return fl_d_st_step(m, z, u, a, s)
+    else:
+        if sg != NULL:
+            if positive:
+                return fl_s_pst_step_sign(m, z, u, a, s, sg)
+            return fl_s_st_step_sign(m, z, u, a, s, sg)
+        if positive:
+            return fl_s_pst_step(m, z, u, a, s)
+        return fl_s_st_step(m, z, u, a, s)
 
 
 cdef inline void gather_rows(int k, const int *idx, const floating *val,
@@ -146,7 +179,7 @@ cdef inline void compact_block(Dims *d, floating *Z, int *ptr, int *idx,
     ptr[0] = 0
     for i in range(d.nb):
         ptr[i + 1] = ptr[i] + scaled_st_compact_row(m, &Z[<Py_ssize_t> i * m], 1, 0,
-                                                    &idx[ptr[i]], &val[ptr[i]])
+                                                    &idx[ptr[i]], &val[ptr[i]], False)
 
 
 cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcept nogil:
@@ -200,24 +233,27 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
 
 cdef double block_objective(Dims *d, const floating *X, const floating *D,
                             const floating *Z, int fmt, const int *ptr,
-                            const int *idx, const floating *val, floating lmbd,
+                            const int *idx, const floating *val, const double *lam,
                             floating *R) noexcept nogil:
-    """sum_i 1/2 ||x_i - z_i D||^2 + lmbd ||z_i||_1 over the block."""
-    cdef Py_ssize_t j, size = <Py_ssize_t> d.nb * d.m
-    cdef double l1 = 0
+    """sum_i 1/2 ||x_i - z_i D||^2 + lmbd_i ||z_i||_1 over the block."""
+    cdef Py_ssize_t i, j, m = d.m
+    cdef double l1, out = 0
     residual_rows(d, X, D, Z, fmt, ptr, idx, val, R)
-    if fmt == FMT_CSR:
-        for j in range(ptr[d.nb]):
-            l1 += val[j] if val[j] > 0 else -val[j]
-    else:
-        for j in range(size):
-            l1 += Z[j] if Z[j] > 0 else -Z[j]
-    return 0.5 * dot(d.nb * d.n, R, R) + lmbd * l1
+    for i in range(d.nb):
+        l1 = 0
+        if fmt == FMT_CSR:
+            for j in range(ptr[i], ptr[i + 1]):
+                l1 += val[j] if val[j] > 0 else -val[j]
+        else:
+            for j in range(i * m, (i + 1) * m):
+                l1 += Z[j] if Z[j] > 0 else -Z[j]
+        out += lam[i] * l1
+    return 0.5 * dot(d.nb * d.n, R, R) + out
 
 
 cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
                        const floating *DT, const floating *Z, int fmt, const int *ptr, const int *idx,
-                       const floating *val, const floating *S, floating lmbd,
+                       const floating *val, const floating *S, const double *lam,
                        floating inv_n, floating *R, floating *G) noexcept nogil:
     """Loss of the block's output Z (summed) and G = d(mean loss)/dZ.
 
@@ -225,15 +261,17 @@ cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
                   G = ((z D - x) D^T + lmbd sign(z)) / N
     supervised:   1/2 ||z - s||^2,  G = (z - s) / N
     """
-    cdef Py_ssize_t j, size = <Py_ssize_t> d.nb * d.m
+    cdef Py_ssize_t i, j, size = <Py_ssize_t> d.nb * d.m, m = d.m
     cdef double out = 0
-    cdef floating diff
+    cdef floating diff, li
     if loss == LOSS_UNSUPERVISED:
-        out = block_objective(d, X, D, Z, fmt, ptr, idx, val, lmbd, R)
+        out = block_objective(d, X, D, Z, fmt, ptr, idx, val, lam, R)
         # G = (R D^T + lmbd sign(Z)) / N with R = Z D - X
         gemm(False, False, d.nb, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
-        for j in range(size):
-            G[j] += lmbd * inv_n * sign(Z[j])
+        for i in range(d.nb):
+            li = <floating> (lam[i] * inv_n)
+            for j in range(i * m, (i + 1) * m):
+                G[j] += li * sign(Z[j])
     else:
         for j in range(size):
             diff = Z[j] - S[j]
@@ -243,7 +281,7 @@ cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
 
 
 cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
-                        const int *idx, const floating *val, floating lmbd,
+                        const int *idx, const floating *val, const double *lam,
                         floating *wv, double *dthr) noexcept nogil:
     """w = g * 1[z != 0] in place in G; d thr[j] -= lmbd sum_i w_ij sign(z_ij).
 
@@ -251,7 +289,7 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
     with idx) for the sparse products that follow.
     """
     cdef Py_ssize_t i, j, p, m = d.m
-    cdef floating g
+    cdef floating g, li
     cdef floating *Gi
     cdef const floating *Zi
     cdef const signed char *Si
@@ -262,24 +300,26 @@ cdef void mask_gradient(Dims *d, floating *G, int fmt, const int *ptr,
             memset(&G[i * m], 0, m * sizeof(floating))
             for p in range(ptr[i], ptr[i + 1]):
                 G[i * m + idx[p]] = wv[p]
-                dthr[idx[p]] -= lmbd * wv[p] * sign(val[p])
+                dthr[idx[p]] -= lam[i] * wv[p] * sign(val[p])
     elif fmt == FMT_SIGN:
         # selects only (w_j sign(z_j) = w_j or -w_j), so that the loop vectorizes
         for i in range(d.nb):
             Gi = &G[i * m]
             Si = <const signed char *> val + <Py_ssize_t> i * m
+            li = <floating> lam[i]
             for j in range(m):
                 g = Gi[j] if Si[j] != 0 else 0
                 Gi[j] = g
-                dthr[j] -= lmbd * (g if Si[j] > 0 else -g)
+                dthr[j] -= li * (g if Si[j] > 0 else -g)
     else:
         for i in range(d.nb):
             Gi = &G[i * m]
             Zi = &val[i * m]
+            li = <floating> lam[i]
             for j in range(m):
                 g = Gi[j] if Zi[j] != 0 else 0
                 Gi[j] = g
-                dthr[j] -= lmbd * (g if Zi[j] > 0 else -g)
+                dthr[j] -= li * (g if Zi[j] > 0 else -g)
 
 
 cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
@@ -302,10 +342,12 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 cdef void residual_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *WT,
         const floating *M, const floating *step, const floating *thr,
-        floating lmbd, bint store, floating *C, floating *Z, floating *U,
+        const double *lam, bint store, floating *C, floating *Z, floating *U,
         floating *R, floating *Rst, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """Run the block through the T layers; z_T is left in Z.
+
+    Row i's thresholds are lam[i] * thr[t].
 
     Layer t's code is in storage slot t (store) or t % 2 (inference):
     fmt[s], ptr[s (nb_max + 1):], idx/val[s nb_max m:]. Rst (training,
@@ -324,7 +366,7 @@ cdef void residual_forward_block(
     cdef const floating *vz
     cdef const int *iz
     cdef signed char *sg
-    cdef floating a, sth, inv_a
+    cdef floating a, inv_a
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating *Rt
     cdef floating *Ui
@@ -348,7 +390,6 @@ cdef void residual_forward_block(
         pin = &ptr[s_in * (d.nb_max + 1)]
         pout = &ptr[s_out * (d.nb_max + 1)]
         a = step[t]
-        sth = lmbd * thr[t]
         WTt = WT if d.shared else &WT[<Py_ssize_t> t * m * n]
         sparse = fmt[s_in] == FMT_CSR and nnz < d.rho * size
 
@@ -371,8 +412,9 @@ cdef void residual_forward_block(
                     Ui[iz[q]] += vz[q] * inv_a
                 gather_rows(kz, iz, vz, -1, M, m, Ui)
                 pout[i + 1] = pout[i] + scaled_st_compact_row(
-                    m, Ui, a, sth * inv_a, &idx[s_out * cap + pout[i]],
-                    &val[s_out * cap + pout[i]])
+                    m, Ui, a, <floating> (lam[i] * thr[t]) * inv_a,
+                    &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
+                    d.positive)
             tmp = z
             z = u
             u = tmp
@@ -390,22 +432,20 @@ cdef void residual_forward_block(
                 residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
                               &idx[s_in * cap], &val[s_in * cap], Rt)
                 gemm(False, False, nb, m, n, 1, Rt, n, WTt, m, 0, u, m)
-            # z+ = ST(z - a u, lmbd thr), in place in z
-            if store and Rst != NULL:
-                sg = <signed char *> &val[s_out * cap]
-                if floating is double:
-                    nnz = fl_d_st_step_sign(size, z, u, a, sth, sg)
-                else:
-                    nnz = fl_s_st_step_sign(size, z, u, a, sth, sg)
+            # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
+            # row's lmbd)
+            sg = <signed char *> &val[s_out * cap] if store and Rst != NULL else NULL
+            nnz = 0
+            for i in range(nb):
+                nnz += st_step_row(m, &z[i * m], &u[i * m], a,
+                                   <floating> (lam[i] * thr[t]),
+                                   &sg[i * m] if sg != NULL else NULL, d.positive)
+            if sg != NULL:
                 fmt[s_out] = FMT_SIGN
                 if nnz < d.rho * size:
                     store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
                                 &val[s_out * cap])
             else:
-                if floating is double:
-                    nnz = fl_d_st_step(size, z, u, a, sth)
-                else:
-                    nnz = fl_s_st_step(size, z, u, a, sth)
                 if store or nnz < d.rho * size:
                     store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
                                 &val[s_out * cap])
@@ -414,15 +454,15 @@ cdef void residual_forward_block(
         if obj != NULL:
             obj[t] += block_objective(d, X, D, z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
-                                      lmbd, R)
+                                      lam, R)
     if z != Z:
         memcpy(Z, z, size * sizeof(floating))
 
 
 cdef void residual_backward_block(
         Dims *d, const floating *X, const floating *D, const floating *DT,
-        const floating *W, const floating *MT, const floating *step, floating lmbd,
-        const floating *C, floating *G, floating *V, floating *P,
+        const floating *W, const floating *MT, const floating *step,
+        const double *lam, const floating *C, floating *G, floating *V, floating *P,
         const floating *Rst, const int *fmt, const int *ptr, const int *idx,
         const floating *val, floating *wv, double *da, double *dthr,
         floating *dW) noexcept nogil:
@@ -474,7 +514,7 @@ cdef void residual_backward_block(
                 w = &wv[pout[i]]
                 for p in range(kw):
                     w[p] = Gi[iw[p]]
-                    dthr[t * m + iw[p]] -= lmbd * w[p] * sign(sw[p])
+                    dthr[t * m + iw[p]] -= lam[i] * w[p] * sign(sw[p])
                     wc += w[p] * C[i * m + iw[p]]
                 if not need_v:
                     continue
@@ -503,7 +543,7 @@ cdef void residual_backward_block(
         if not masked:
             # w = g * 1[z_{t+1} != 0] (in G), d thr_t
             mask_gradient(d, G, fmt[t + 1], pout, &idx[(t + 1) * cap],
-                          &val[(t + 1) * cap], lmbd, wv, &dthr[t * m])
+                          &val[(t + 1) * cap], lam, wv, &dthr[t * m])
         masked = False
 
         if d.shared and fmt[t] != FMT_SIGN:
@@ -541,10 +581,13 @@ cdef void residual_backward_block(
             # one pass: d z_t = w - a V, masked by supp(z_t) into the w of
             # layer t - 1, with its d thr
             sg = <const signed char *> &val[t * cap]
-            if floating is double:
-                fl_d_back_sign(nb, m, G, V, sg, a, lmbd, &dthr[(t - 1) * m])
-            else:
-                fl_s_back_sign(nb, m, G, V, sg, a, lmbd, &dthr[(t - 1) * m])
+            for i in range(nb):
+                if floating is double:
+                    fl_d_back_sign(1, m, &G[i * m], &V[i * m], &sg[i * m], a,
+                                   lam[i], &dthr[(t - 1) * m])
+                else:
+                    fl_s_back_sign(1, m, &G[i * m], &V[i * m], &sg[i * m], a,
+                                   <float> lam[i], &dthr[(t - 1) * m])
             masked = True
         elif need_v:
             # d z_t = w - a V
@@ -558,7 +601,7 @@ cdef void residual_backward_block(
 
 cdef void lista_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *Wz,
-        const floating *Wx, const floating *thr, floating lmbd, bint store,
+        const floating *Wx, const floating *thr, const double *lam, bint store,
         floating *Z, floating *U, floating *R, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """z+ = ST(z W_z[t] + x W_x[t], lmbd thr_t) for t < T; z_T left in Z."""
@@ -597,7 +640,7 @@ cdef void lista_forward_block(
             Zi = &Z[i * m]
             Ui = &U[i * m]
             for j in range(m):
-                Zi[j] = soft_threshold(Ui[j], lmbd * th[j])
+                Zi[j] = threshold(Ui[j], <floating> (lam[i] * th[j]), d.positive)
         nnz = count_nonzero(size, Z)
         if store or nnz < d.rho * size:
             store_layer(d, Z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
@@ -607,11 +650,12 @@ cdef void lista_forward_block(
         if obj != NULL:
             obj[t] += block_objective(d, X, D, Z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
-                                      lmbd, R)
+                                      lam, R)
 
 
 cdef void lista_backward_block(
-        Dims *d, const floating *X, const floating *WzT, floating lmbd, floating *G, floating *V,
+        Dims *d, const floating *X, const floating *WzT, const double *lam,
+        floating *G, floating *V,
         const int *fmt, const int *ptr, const int *idx, const floating *val,
         floating *wv, double *dthr, floating *dWz, floating *dWxT) noexcept nogil:
     """Back-propagate G = d loss / d z_T; accumulates d thr, d W_z, d W_x^T."""
@@ -636,7 +680,7 @@ cdef void lista_backward_block(
         vin = &val[t * cap]
         dWzt = &dWz[<Py_ssize_t> t * m * m]
         dWxt = &dWxT[<Py_ssize_t> t * m * n]
-        mask_gradient(d, G, fmt[t + 1], pout, iout, &val[(t + 1) * cap], lmbd,
+        mask_gradient(d, G, fmt[t + 1], pout, iout, &val[(t + 1) * cap], lam,
                       wv, &dthr[t * m])
         sparse_w = fmt[t + 1] == FMT_CSR
         sparse_z = fmt[t] == FMT_CSR
@@ -687,6 +731,7 @@ cdef struct NetParams:
     int T
     bint shared     # residual family with one W for all layers (M, M^T given)
     bint gram       # dense residual layers go through M (m < 2 n)
+    bint positive   # codes constrained >= 0
     Py_ssize_t m, n
     const void *D
     const void *DT
@@ -708,15 +753,17 @@ cdef class Params:
     (1 or T, n, m), step and thr (T,), and for a shared W (1, m, n) also
     M = D W^T and M^T (m, m; empty otherwise). LISTA (``Wz`` given): Wz and
     WzT (T, m, m), Wx (T, n, m), thr (T, m). Every array C-contiguous, of
-    one float dtype; D and DT = D^T with them. The object keeps references
-    to the arrays the kernels point into.
+    one float dtype; D and DT = D^T with them. ``positive``: codes
+    constrained >= 0 (one-sided thresholds). The object keeps references to
+    the arrays the kernels point into.
     """
     cdef object arrays
     cdef readonly object dtype
     cdef NetParams c
 
     def __init__(self, D, DT, *, W=None, WT=None, M=None, MT=None, step=None,
-                 thr=None, Wz=None, WzT=None, Wx=None, bint gram=False):
+                 thr=None, Wz=None, WzT=None, Wx=None, bint gram=False,
+                 bint positive=False):
         arrays = dict(D=D, DT=DT, W=W, WT=WT, M=M, MT=MT, step=step, thr=thr, Wz=Wz,
                       WzT=WzT, Wx=Wx)
         dtype = D.dtype
@@ -733,6 +780,7 @@ cdef class Params:
         self.c.shared = (self.c.family == FAMILY_RESIDUAL and M is not None
                          and M.shape[0] == self.c.m)
         self.c.gram = gram
+        self.c.positive = positive
         self.c.D = _ptr(D)
         self.c.DT = _ptr(DT)
         self.c.W = _ptr(W)
@@ -786,7 +834,7 @@ cdef struct NetCtx:
     const void *X   # (N, n)
     void *Z         # (N, m) forward: the codes z_T
     const void *S   # (N, m) supervised targets, or NULL
-    double lmbd
+    const double *lam   # (N,) each sample's lmbd
     int loss        # 0: forward only
     bint rst        # training keeps r_t (dense layers store their signs)
     Py_ssize_t nb_max
@@ -804,22 +852,23 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     cdef Py_ssize_t m = p.m, n = p.n, i, cap = c.nb_max * p.m
     cdef int T = p.T
     cdef bint train = c.loss != 0, lista = p.family == FAMILY_LISTA
-    cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, c.rho)
+    cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, p.positive,
+                            c.rho)
     cdef const floating *X = <const floating *> c.X + start * n
     cdef const floating *D = <const floating *> p.D
-    cdef floating lmbd = <floating> c.lmbd
+    cdef const double *lam = c.lam + start
     cdef floating *Z = <floating *> w.Z if train else <floating *> c.Z + start * m
     cdef floating *val = <floating *> w.val
     cdef floating *Rst = <floating *> w.Rst if train and c.rst else NULL
     if lista:
         lista_forward_block(
             &d, X, D, <const floating *> p.Wz, <const floating *> p.Wx,
-            <const floating *> p.thr, lmbd, train, Z, <floating *> w.U,
+            <const floating *> p.thr, lam, train, Z, <floating *> w.U,
             <floating *> w.R, w.fmt, w.ptr, w.idx, val, w.obj)
     else:
         residual_forward_block(
             &d, X, D, <const floating *> p.WT, <const floating *> p.M,
-            <const floating *> p.step, <const floating *> p.thr, lmbd, train,
+            <const floating *> p.step, <const floating *> p.thr, lam, train,
             <floating *> w.C, Z, <floating *> w.U, <floating *> w.R, Rst, w.fmt,
             w.ptr, w.idx, val, w.obj)
     if not train:
@@ -832,17 +881,17 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     w.loss += block_loss(
         &d, c.loss, X, D, <const floating *> p.DT, Z, w.fmt[T],
         &w.ptr[T * (c.nb_max + 1)], &w.idx[T * cap], &val[T * cap],
-        <const floating *> c.S + start * m if c.S != NULL else NULL, lmbd,
+        <const floating *> c.S + start * m if c.S != NULL else NULL, lam,
         <floating> c.inv_n, <floating *> w.R, <floating *> w.G)
     if lista:
         lista_backward_block(
-            &d, X, <const floating *> p.WzT, lmbd, <floating *> w.G,
+            &d, X, <const floating *> p.WzT, lam, <floating *> w.G,
             <floating *> w.V, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.dthr,
             <floating *> w.dW, <floating *> w.dWxT)
     else:
         residual_backward_block(
             &d, X, D, <const floating *> p.DT, <const floating *> p.W,
-            <const floating *> p.MT, <const floating *> p.step, lmbd,
+            <const floating *> p.MT, <const floating *> p.step, lam,
             <floating *> w.C, <floating *> w.G, <floating *> w.V, <floating *> w.P,
             Rst, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.da, w.dthr,
             NULL if p.shared else <floating *> w.dW)
@@ -957,12 +1006,12 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     return work
 
 
-def forward(const floating[:, ::1] X, Params p, double lmbd,
+def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
             int n_threads, int block_size, double rho):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
-    thresholds are lmbd * thr. obj, of shape (n_threads, T) or (0, 0),
+    Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
     accumulates the summed objective of every layer's output per thread;
     bad[i] = 1 where the code of row i is not finite.
     """
@@ -980,7 +1029,7 @@ def forward(const floating[:, ::1] X, Params p, double lmbd,
         c.X = &X[0, 0]
         c.Z = &Z_out[0, 0]
         c.S = NULL
-        c.lmbd = lmbd
+        c.lam = &lmbd[0]
         c.loss = 0
         c.rst = False
         c.rho = rho
@@ -993,7 +1042,7 @@ def forward(const floating[:, ::1] X, Params p, double lmbd,
         free(work)
 
 
-def loss_and_grad(const floating[:, ::1] X, Params p, double lmbd, int loss,
+def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
                   floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
                   int block_size, double rho):
@@ -1029,7 +1078,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, double lmbd, int loss,
         c.X = &X[0, 0]
         c.Z = NULL
         c.S = &S[0, 0] if loss == LOSS_SUPERVISED else NULL
-        c.lmbd = lmbd
+        c.lam = &lmbd[0]
         c.loss = loss
         c.rst = rst
         c.rho = rho

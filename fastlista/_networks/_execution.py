@@ -76,18 +76,20 @@ class Executor:
     ``step`` and ``alista`` (W, M = D W^T) per dtype for the network's life.
     """
 
-    def __init__(self, D, parametrization):
+    def __init__(self, D, parametrization, positive=False):
         self.D = D
         self.parametrization = parametrization
+        self.positive = positive
         self._fixed = {}
         self._params = {}
 
     def __getstate__(self):
         # the caches (kernel pointers among them) are rebuilt where unpickled
-        return {"D": self.D, "parametrization": self.parametrization}
+        return {"D": self.D, "parametrization": self.parametrization,
+                "positive": self.positive}
 
     def __setstate__(self, state):
-        self.__init__(state["D"], state["parametrization"])
+        self.__init__(state["D"], state["parametrization"], state["positive"])
 
     def fixed_matrices(self, dtype):
         """W, W^T, M = D W^T and M^T of the shared-W parametrizations."""
@@ -120,7 +122,7 @@ class Executor:
             Wz = stack("W_z")
             params = _unrolled.Params(
                 D, DT, Wz=Wz, WzT=np.ascontiguousarray(Wz.transpose(0, 2, 1)),
-                Wx=stack("W_x"), thr=stack("theta"))
+                Wx=stack("W_x"), thr=stack("theta"), positive=self.positive)
         else:
             step_key, thr_key = {"step": ("alpha", "alpha"),
                                  "coupled": ("alpha", "beta"),
@@ -133,7 +135,7 @@ class Executor:
                 W, WT, M, MT = self.fixed_matrices(dtype)
             params = _unrolled.Params(D, DT, W=W, WT=WT, M=M, MT=MT,
                                       step=stack(step_key), thr=stack(thr_key),
-                                      gram=self.gram())
+                                      gram=self.gram(), positive=self.positive)
         if len(self._params) > 8:
             self._params.clear()
         self._params[key] = (layers, params)
@@ -141,7 +143,7 @@ class Executor:
 
     def forward(self, layers, depth, X, lmbd, n_jobs, per_layer=False):
         """Codes z_T of validated X through the first ``depth`` layers (and
-        the per-layer summed objectives).
+        the per-layer summed objectives); lmbd is one float64 a sample.
 
         Raises
         ------
@@ -157,7 +159,7 @@ class Executor:
             n_threads, block = plan(N, m, n, T, n_threads)
             params = self.params(layers, depth, X.dtype)
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
-            _unrolled.forward(X, params, float(lmbd), Z, obj, bad, n_threads, block,
+            _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block,
                               _SPARSE_DENSITY)
         rows = np.flatnonzero(bad)
         if rows.size:
@@ -170,7 +172,7 @@ class Executor:
 
     def loss_and_grad(self, layers, depth, X, lmbd, loss, S, n_jobs):
         """Mean loss at the output of the first ``depth`` layers and its
-        gradients.
+        gradients (lmbd: one float64 a sample).
 
         Returns (loss, grads): grads a dict key -> stacked float64 array of
         shape (depth, *shape). Non-finite values are returned as they are
@@ -189,7 +191,7 @@ class Executor:
             dW = np.zeros((n_threads, s_w), dtype=X.dtype)
             dWxT = np.zeros((n_threads, s_wx), dtype=X.dtype)
             S = np.empty((0, 0), X.dtype) if S is None else S
-            total = _unrolled.loss_and_grad(X, params, float(lmbd), LOSS_CODES[loss], S,
+            total = _unrolled.loss_and_grad(X, params, lmbd, LOSS_CODES[loss], S,
                                             da, dthr, dW, dWxT, n_threads, block,
                                             _SPARSE_DENSITY)
         dthr = dthr.sum(axis=0).reshape(T, m)

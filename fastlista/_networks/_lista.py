@@ -24,9 +24,9 @@ from .._lipschitz import global_lipschitz
 from .._solvers import solve_lasso
 from .._threads import kernel_threads
 from .._training import fit_network
-from .._validation import (check_array, check_dictionary_shape, check_n_jobs,
-                           check_option, check_random_state, check_scalar,
-                           check_X_D)
+from .._validation import (check_array, check_bool, check_dictionary_shape,
+                           check_lmbd, check_n_jobs, check_option,
+                           check_random_state, check_scalar, check_X_D)
 from . import _parameters as P
 from ._execution import Executor
 from ._persistence import load as _load, save as _save
@@ -43,13 +43,15 @@ class TrainingData:
     ----------
     X : ndarray of shape (n_samples, n_features)
         The signals, in the network's dtype (or float64).
+    lmbd : ndarray of shape (n_samples,)
+        Each sample's regularisation level (float64).
     loss : {"unsupervised", "supervised"}
     targets : ndarray of shape (n_samples, n_atoms) or None
         The target codes of the supervised loss.
     """
 
-    def __init__(self, X, loss, targets):
-        self.X, self.loss, self.targets = X, loss, targets
+    def __init__(self, X, lmbd, loss, targets):
+        self.X, self.lmbd, self.loss, self.targets = X, lmbd, loss, targets
 
     @property
     def n_samples(self):
@@ -80,6 +82,10 @@ class Lista:
         Threads of every call (OpenMP threads over blocks of samples, BLAS
         held to one thread meanwhile): at most ``n_jobs``. None uses every
         core; -1 too, -2 all but one.
+    positive : bool, default=False
+        Non-negative codes: every layer's threshold is one-sided,
+        ``max(u - lmbd theta, 0)``, for the Lasso constrained to ``z >= 0``
+        (refinement and targets solve that Lasso too).
 
     Attributes
     ----------
@@ -103,7 +109,7 @@ class Lista:
     """
 
     def __init__(self, D, lmbd, n_layers, parametrization="step",
-                 random_state=None, n_jobs=None):
+                 random_state=None, n_jobs=None, positive=False):
         D = check_dictionary_shape(check_array(D, "D"))
         if D.shape[0] == 0:
             raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
@@ -117,6 +123,7 @@ class Lista:
         check_random_state(random_state)
         check_n_jobs(n_jobs, "Lista")
         self.n_jobs = n_jobs
+        self.positive = check_bool(positive, "positive", "Lista")
         with kernel_threads(n_jobs, "Lista"):
             L = global_lipschitz(self.D)
         if not L > 0:
@@ -129,7 +136,7 @@ class Lista:
                 f"{self.D.dtype}: rescale D (e.g. to unit-norm atoms).")
         self.lipschitz_ = float(L)
         self.loss_history_ = []
-        self._exec = Executor(self.D, self.parametrization)
+        self._exec = Executor(self.D, self.parametrization, self.positive)
         gamma0 = 1.0 / L
         if self.parametrization == "alista":
             with kernel_threads(n_jobs, "Lista"):
@@ -197,6 +204,13 @@ class Lista:
     def _check_X(self, X):
         return check_X_D(X, self.D)
 
+    def _lmbd(self, lmbd, n_samples, func):
+        """lmbd (None: the network's) as one float64 a sample, and its
+        validated value (a float or an array)."""
+        lmbd = self.lmbd if lmbd is None else check_lmbd(lmbd, n_samples, func)
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(lmbd, dtype=np.float64),
+                                                    (n_samples,))), lmbd
+
     def _check_n_layers(self, n_layers, func):
         if n_layers is None:
             return self.n_layers
@@ -213,9 +227,10 @@ class Lista:
         n_layers : int, default=None
             Run only the first ``n_layers`` layers (1 <= n_layers <= T);
             None runs all of them.
-        lmbd : float, default=None
+        lmbd : float or array-like of shape (n_samples,), default=None
             Regularisation level at which to evaluate the network
-            (thresholds ``lmbd * theta_t``); None uses the network's.
+            (thresholds ``lmbd * theta_t``), shared or one per sample; None
+            uses the network's.
         refine_tol : float, default=None
             If set, continue from the network's output with
             :func:`fastlista.solve_lasso` until every sample's duality gap is
@@ -234,16 +249,16 @@ class Lista:
         """
         X, D, is_1d = self._check_X(X)
         n_layers = self._check_n_layers(n_layers, "transform")
-        lmbd = self.lmbd if lmbd is None else check_scalar(lmbd, "lmbd", "transform",
-                                                          low=0.0)
+        lam, lmbd = self._lmbd(lmbd, X.shape[0], "transform")
         if refine_tol is not None:
             refine_tol = check_scalar(refine_tol, "refine_tol", "transform", low=0.0)
-        Z, _ = self._exec.forward(self._params, n_layers, X, lmbd, self.n_jobs)
+        Z, _ = self._exec.forward(self._params, n_layers, X, lam, self.n_jobs)
         if refine_tol is not None:
-            Z = solve_lasso(X, D, lmbd, tol=refine_tol, Z0=Z, n_jobs=self.n_jobs).codes
+            Z = solve_lasso(X, D, lmbd, tol=refine_tol, Z0=Z, n_jobs=self.n_jobs,
+                            positive=self.positive).codes
         return Z[0] if is_1d else Z
 
-    def objective(self, X, per_layer=False):
+    def objective(self, X, per_layer=False, lmbd=None):
         """Mean Lasso objective F_x of the output (or of every layer's output).
 
         Parameters
@@ -251,25 +266,28 @@ class Lista:
         X : array-like of shape (n_samples, n_features) or (n_features,)
         per_layer : bool, default=False
             Return the mean objective after each layer, shape (T,).
+        lmbd : float or array-like of shape (n_samples,), default=None
+            The Lasso's regularisation (and the network's thresholds' scale),
+            shared or one per sample; None uses the network's.
 
         Returns
         -------
         objective : float or ndarray of shape (n_layers,)
-            Mean over samples of ``1/2 ||x - z D||^2 + lmbd ||z||_1`` at the
-            network's lmbd.
+            Mean over samples of ``1/2 ||x - z D||^2 + lmbd ||z||_1``.
         """
         X, D, _ = self._check_X(X)
         if X.shape[0] == 0:
             raise ValueError("X must contain at least one sample.")
-        Z, obj = self._exec.forward(self._params, self.n_layers, X, self.lmbd,
+        lam, lmbd = self._lmbd(lmbd, X.shape[0], "objective")
+        Z, obj = self._exec.forward(self._params, self.n_layers, X, lam,
                                     self.n_jobs, per_layer=per_layer)
         if per_layer:
             return obj / X.shape[0]
-        return float(np.mean(lasso_objective(X, D, self.lmbd, Z)))
+        return float(np.mean(lasso_objective(X, D, lmbd, Z, positive=self.positive)))
 
     # -- gradients ---------------------------------------------------------
 
-    def training_data(self, X, loss="unsupervised", Z_target=None, *,
+    def training_data(self, X, loss="unsupervised", Z_target=None, lmbd=None, *,
                       func="loss_and_grad"):
         """Validate training signals and targets once (training interface).
 
@@ -282,6 +300,8 @@ class Lista:
             targets here with :func:`fastlista.solve_lasso`.
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes of the supervised losses.
+        lmbd : float or array-like of shape (n_samples,), default=None
+            The samples' regularisation levels (None: the network's).
         func : str
             The public caller, for error messages.
 
@@ -293,10 +313,12 @@ class Lista:
         if X.shape[0] == 0:
             raise ValueError("X must contain at least one sample.")
         loss = check_option(loss, "loss", func, P.LOSSES)
+        lam, lmbd = self._lmbd(lmbd, X.shape[0], func)
         if loss == "unsupervised":
-            return TrainingData(X, loss, None)
+            return TrainingData(X, lam, loss, None)
         if loss == "semi-supervised" and Z_target is None:
-            Z_target = solve_lasso(X, D, self.lmbd, n_jobs=self.n_jobs).codes
+            Z_target = solve_lasso(X, D, lmbd, n_jobs=self.n_jobs,
+                                   positive=self.positive).codes
         if Z_target is None:
             raise ValueError(
                 f"Z_target is required for loss={loss!r}: codes of shape "
@@ -307,7 +329,7 @@ class Lista:
             raise ValueError(
                 f"Z_target must have shape (n_samples, n_atoms) = "
                 f"{(X.shape[0], self.n_atoms)}; got Z_target.shape={S.shape}.")
-        return TrainingData(X, "supervised", S)
+        return TrainingData(X, lam, "supervised", S)
 
     def _layout(self, depth):
         return P.VectorLayout(self.parametrization,
@@ -360,11 +382,11 @@ class Lista:
         grad : ndarray of shape (len(training_vector(depth)),)
         """
         depth = self.n_layers if depth is None else depth
-        value, grads = self._exec.loss_and_grad(self._params, depth, data.X, self.lmbd,
+        value, grads = self._exec.loss_and_grad(self._params, depth, data.X, data.lmbd,
                                                 data.loss, data.targets, self.n_jobs)
         return value, self._layout(depth).pack_gradients(grads)
 
-    def loss_and_grad(self, X, loss="unsupervised", Z_target=None):
+    def loss_and_grad(self, X, loss="unsupervised", Z_target=None, lmbd=None):
         """Mean training loss of the output and its analytic gradients.
 
         Parameters
@@ -379,6 +401,10 @@ class Lista:
             :func:`fastlista.solve_lasso` when ``Z_target`` is None).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes of the supervised losses.
+        lmbd : float or array-like of shape (n_samples,), default=None
+            The samples' regularisation levels (None: the network's): the
+            thresholds scale with each sample's lmbd, the parameters are
+            shared.
 
         Returns
         -------
@@ -392,9 +418,9 @@ class Lista:
             If the loss or a gradient is not finite (parameters that make the
             layers overflow).
         """
-        data = self.training_data(X, loss, Z_target)
+        data = self.training_data(X, loss, Z_target, lmbd)
         value, grads = self._exec.loss_and_grad(self._params, self.n_layers, data.X,
-                                                self.lmbd, data.loss, data.targets,
+                                                data.lmbd, data.loss, data.targets,
                                                 self.n_jobs)
         bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(value) or bad:
@@ -409,7 +435,7 @@ class Lista:
     # -- training ----------------------------------------------------------
 
     def fit(self, X, loss="unsupervised", Z_target=None, optimizer="lbfgs",
-            max_iter=100, tol=1e-8, per_layer="oneshot", verbose=False):
+            max_iter=100, tol=1e-8, per_layer="oneshot", verbose=False, lmbd=None):
         """Learn the parameters on training signals X.
 
         Parameters
@@ -443,6 +469,10 @@ class Lista:
             trains layers 1..k on the loss of layer k's output, k = 1..T.
         verbose : bool, default=False
             Print the loss at every iteration.
+        lmbd : float or array-like of shape (n_samples,), default=None
+            The training samples' regularisation levels (None: the
+            network's): a network keeps one set of parameters, its
+            thresholds scale with each sample's lmbd.
 
         Returns
         -------
@@ -451,7 +481,7 @@ class Lista:
             optimiser rolls back to the last good point with a
             :class:`fastlista.TrainingWarning`.
         """
-        return fit_network(self, X, loss=loss, Z_target=Z_target,
+        return fit_network(self, X, loss=loss, Z_target=Z_target, lmbd=lmbd,
                            optimizer=optimizer, max_iter=max_iter, tol=tol,
                            per_layer=per_layer, verbose=verbose)
 
@@ -518,4 +548,5 @@ class Lista:
     def __repr__(self):
         return (f"Lista(D=<{self.n_atoms}x{self.n_features} {self.dtype}>, "
                 f"lmbd={self.lmbd!r}, n_layers={self.n_layers}, "
-                f"parametrization={self.parametrization!r})")
+                f"parametrization={self.parametrization!r}"
+                + (", positive=True)" if self.positive else ")"))

@@ -1,8 +1,8 @@
 """Saving and loading networks: a versioned ``.npz`` archive, no pickle.
 
 The archive holds a format tag and version, D, lmbd, the parametrization,
-the number of layers, one entry per layer and key (``layer{t}_{key}``) and
-the loss history. Loading checks the whole table of contents against the
+the number of layers, whether codes are non-negative, one entry per layer
+and key (``layer{t}_{key}``) and the loss history. Loading checks the whole table of contents against the
 declared number of layers before building anything, so that a crafted or
 truncated file fails fast with a ``ValueError``, and never unpickles.
 """
@@ -13,9 +13,11 @@ import numpy as np
 from ._parameters import KEYS, PARAMETRIZATIONS
 
 FORMAT = "fastlista.Lista"
-FORMAT_VERSION = 1
+#: 2 added "positive" (files of version 1 load with positive=False)
+FORMAT_VERSION = 2
 _HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_layers",
                      "D", "loss_history"})
+_OPTIONAL = frozenset({"positive"})
 
 
 def save(net, path):
@@ -26,6 +28,7 @@ def save(net, path):
         "parametrization": np.array(net.parametrization),
         "lmbd": np.array(net.lmbd),
         "n_layers": np.array(net.n_layers),
+        "positive": np.array(net.positive),
         "D": net.D,
         "loss_history": np.asarray(net.loss_history_, dtype=np.float64),
     }
@@ -68,16 +71,18 @@ def load(cls, path):
             # does not hold every layer it declares
             layers = {f"layer{t}_{k}" for t in range(min(n_layers, len(files)))
                       for k in KEYS[par]}
-            if n_layers < 1 or len(files) < len(_HEADER) + n_layers * len(KEYS[par]):
+            header = _HEADER | (_OPTIONAL & files)
+            if n_layers < 1 or len(files) < len(header) + n_layers * len(KEYS[par]):
                 raise ValueError(f"declares n_layers={n_layers} but holds "
-                                 f"{len(files) - len(_HEADER)} layer entries")
+                                 f"{len(files) - len(header)} layer entries")
             missing = sorted(layers - files)
             if missing:
                 raise ValueError(f"missing entries {missing[:5]}")
-            extra = files - _HEADER - layers
+            extra = files - header - layers
             if extra:
                 raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
-            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par)
+            positive = _scalar(f, "positive", bool) if "positive" in files else False
+            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par, positive=positive)
             net.set_parameters([{k: f[f"layer{t}_{k}"] for k in KEYS[par]}
                                 for t in range(n_layers)])
             history = f["loss_history"]
