@@ -98,14 +98,17 @@ class Scaled:
     eb: int
 
     @classmethod
-    def of(cls, X, D, Z=None):
-        """The scaling of (X, D), or, with codes Z to certify, of (X, D, Z).
+    def of(cls, X, D, Z=None, lmbd=None):
+        """The scaling of (X, D), or, with codes Z and their lmbd to certify,
+        of the whole objective.
 
-        With codes, each sample's unit is the larger of max|x| and
-        max_j |z_j| max|d_j| (the largest term of r = x - z D: a huge warm
-        start, or a large code on a small atom, must fit the scaled units
-        too), and at least what keeps the scaled codes z 2**(eb - ea)
-        within 2**1000 (a code on a zero atom counts in ||z||_1 only).
+        With codes, each sample's unit is at least max|x|, max_j |z_j|
+        max|d_j| (the largest term of r = x - z D: a huge warm start, or a
+        large code on a small atom) and sqrt(lmbd ||z||_1), so that every
+        term of the gap is of order one or less in scaled units, and at
+        least what keeps the scaled codes z 2**(eb - ea) and lmbd
+        2**-(ea + eb) within 2**1000 (a code on a zero atom counts in
+        ||z||_1 only).
         """
         limit = SCALE_LIMIT[X.dtype]
         ex = _top_exponent(X, axis=1)
@@ -113,15 +116,22 @@ class Scaled:
         eb = int(_shift(ed, limit))
         floor = None
         if Z is not None and Z.size:
+            low = np.iinfo(np.int64).min // 4
             nz = Z != 0
             ez = np.frexp(np.abs(Z))[1].astype(np.int64)
+            ezmax = np.where(nz, ez, low).max(axis=1)
             eatom = _top_exponent(D, axis=1)                   # per atom
             atom = nz & np.any(D != 0, axis=1)
-            low = np.iinfo(np.int64).min // 2
             eterm = np.where(atom, ez + eatom, low).max(axis=1)
             ex = np.where(atom.any(axis=1), np.maximum(ex, eterm), ex)
-            floor = np.where(nz.any(axis=1),
-                             np.where(nz, ez, low).max(axis=1) + eb - 1000, low)
+            floor = ezmax + eb - 1000
+            if lmbd is not None:
+                lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (X.shape[0],))
+                el = np.frexp(lm)[1].astype(np.int64)
+                el1 = ezmax + int(np.ceil(np.log2(max(Z.shape[1], 1)))) + 1
+                both = nz.any(axis=1) & (lm > 0)
+                ex = np.where(both, np.maximum(ex, -((-(el + el1)) // 2)), ex)
+                floor = np.maximum(floor, np.where(lm > 0, el - eb - 1000, low))
         ea = _shift(ex, limit)
         if floor is not None:
             ea = np.maximum(ea, floor)
@@ -233,7 +243,7 @@ def _terms(X, D, lmbd, Z, positive, func):
     """Validated inputs → (objective, gap) in the caller's units, float64,
     on every core (BLAS on one thread). Codes with a negative entry when
     ``positive`` are infeasible: objective and gap inf."""
-    S = Scaled.of(X, D, Z)
+    S = Scaled.of(X, D, Z, lmbd)
     with kernel_threads(None, func) as n_threads:
         primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads,
                               positive=positive)

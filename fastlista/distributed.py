@@ -35,7 +35,8 @@ from ._networks import Lista
 from ._solvers import METHODS, LassoResult, solve_lasso as _solve
 from ._training import train
 from ._validation import (InvalidParameterError, _common_dtype, check_array,
-                          check_max_iter, check_n_jobs, check_option, check_scalar)
+                          check_bool, check_lmbd, check_max_iter, check_n_jobs,
+                          check_option, check_scalar)
 
 __all__ = ["encode", "solve_lasso", "fit"]
 
@@ -138,9 +139,9 @@ def _settings_from_dict(model, n_jobs):
     except KeyError:
         raise InvalidParameterError(
             "Solver settings must be a dict with keys 'D' and 'lmbd' (and optionally "
-            "'method', 'tol', 'max_iter', 'n_jobs' of fastlista.solve_lasso); got "
+            "'method', 'tol', 'max_iter', 'n_jobs', 'positive' of fastlista.solve_lasso); got "
             f"keys {sorted(model)}.") from None
-    allowed = {"method", "tol", "max_iter", "n_jobs"}
+    allowed = {"method", "tol", "max_iter", "n_jobs", "positive"}
     if set(kwargs) - allowed:
         raise InvalidParameterError(
             f"Unknown solver settings {sorted(set(kwargs) - allowed)}; allowed: "
@@ -224,13 +225,15 @@ def encode(model, X, n_jobs=1):
 # solve_lasso
 # ---------------------------------------------------------------------------
 
-def _solve_block(X, Z0, settings, m):
-    """Codes, gap, n_iter and converged of one chunk, packed in float64 columns."""
+def _solve_block(X, Z0, lam, settings, m):
+    """Codes, gap, n_iter and converged of one chunk, packed in float64 columns
+    (``lam``: the chunk's column of per-sample lmbd, or None)."""
     D = settings.D
     if D.dtype != X.dtype:
         dt = _common_dtype(X, D)
         X, D = X.astype(dt, copy=False), D.astype(dt, copy=False)
-    res = _solve(X, D, settings.lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
+    lmbd = settings.lmbd if lam is None else np.ascontiguousarray(lam[:, 0])
+    res = _solve(X, D, lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
                  **settings.kwargs)
     out = np.empty((X.shape[0], m + 3))
     out[:, :m] = res.codes
@@ -240,8 +243,35 @@ def _solve_block(X, Z0, settings, m):
     return out
 
 
+def _per_sample(values, X, name, func):
+    """A per-sample array (NumPy or dask, shape (n_samples,)) as a dask column
+    chunked like X's rows."""
+    if not isinstance(values, da.Array):
+        values = np.asarray(values, dtype=np.float64)
+    if values.shape != (X.shape[0],):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {func} must be a float or an array of shape "
+            f"(n_samples,) = ({X.shape[0]},); got shape {values.shape}.")
+    column = values.reshape(-1, 1) if isinstance(values, da.Array) else \
+        da.from_array(values.reshape(-1, 1), chunks=(X.chunks[0], 1))
+    return column.rechunk((X.chunks[0], (1,)))
+
+
+def _check_lmbd_column(lmbd, X, func):
+    """(scalar, None) or (None, dask column) for a lmbd of the Dask helpers.
+
+    A NumPy array is validated at once (values >= 0, finite); a dask array
+    when its chunks are solved (fastlista.solve_lasso on the worker).
+    """
+    if np.ndim(lmbd) == 0 and not isinstance(lmbd, da.Array):
+        return check_scalar(lmbd, "lmbd", func, low=0.0), None
+    if not isinstance(lmbd, da.Array):
+        lmbd = check_lmbd(lmbd, X.shape[0], func)
+    return None, _per_sample(lmbd, X, "lmbd", func)
+
+
 def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
-                n_jobs=None):
+                n_jobs=None, positive=False):
     """:func:`fastlista.solve_lasso` for a dask array of signals, lazily.
 
     Parameters
@@ -251,7 +281,10 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     D : array-like of shape (n_atoms, n_features)
         Dictionary (a NumPy array): shipped once, as one graph key (or
         future).
-    lmbd, method, tol, max_iter
+    lmbd : float, or array of shape (n_samples,) (NumPy or dask)
+        As in :func:`fastlista.solve_lasso`; a per-sample array is chunked
+        like X's rows.
+    method, tol, max_iter, positive
         As in :func:`fastlista.solve_lasso`.
     n_jobs : int or None, default=None
         Threads of each task. None runs each task on one thread: dask already
@@ -280,16 +313,18 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         raise ValueError(
             f"X has {X.shape[1]} features, but D has {D.shape[1]} features "
             f"(X.shape={X.shape}, D.shape={D.shape}).")
-    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    lmbd, lam = _check_lmbd_column(lmbd, X, func)
     method = check_option(method, "method", func, METHODS)
     tol = check_scalar(tol, "tol", func, low=0.0)
     max_iter = check_max_iter(max_iter, func)
+    positive = check_bool(positive, "positive", func)
     if n_jobs is not None:
         check_n_jobs(n_jobs, func)
     m = D.shape[0]
     dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), D))
     settings = _LassoSettings(D, lmbd, dict(method=method, tol=tol, max_iter=max_iter,
-                                            n_jobs=1 if n_jobs is None else n_jobs))
+                                            n_jobs=1 if n_jobs is None else n_jobs,
+                                            positive=positive))
     args = [X]
     if Z0 is not None:
         Z0 = _as_samples_array(Z0, "Z0")
@@ -300,11 +335,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         args.append(Z0.rechunk((X.chunks[0], (m,))))
     else:
         args.append(None)
+    args.append(lam)
     packed = da.map_blocks(_solve_block, *args, _ship(settings), m,
                            dtype=np.float64, chunks=(X.chunks[0], (m + 3,)),
                            meta=np.empty((0, 0)), name="fastlista-solve-lasso")
     # the method "auto" resolves to, from a one-sample run on the client
-    resolved = _solve(np.zeros((1, D.shape[1]), D.dtype), D, lmbd, method=method,
+    resolved = _solve(np.zeros((1, D.shape[1]), D.dtype), D, 0.0, method=method,
                       max_iter=1, n_jobs=1).method
     return LassoResult(
         codes=packed[:, :m].astype(dtype),
@@ -318,7 +354,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 # fit
 # ---------------------------------------------------------------------------
 
-def _chunk_loss_grad(net, x, depth, X, loss, Z_target):
+def _chunk_loss_grad(net, x, depth, X, loss, Z_target, lam):
     """Summed (not mean) loss and flat gradient of one chunk at a depth.
 
     Runs on a worker, on a private copy of the network (the worker's copy is
@@ -327,7 +363,8 @@ def _chunk_loss_grad(net, x, depth, X, loss, Z_target):
     """
     local = copy.copy(net)
     local.set_training_vector(x, depth)
-    data = local.training_data(X, loss, Z_target, func="fastlista.distributed.fit")
+    data = local.training_data(X, loss, Z_target, None if lam is None else lam[:, 0],
+                               func="fastlista.distributed.fit")
     value, grad = local.training_loss_and_grad(data, depth)
     n = data.n_samples
     return n * float(value), n * grad
@@ -351,20 +388,22 @@ def _tree_sum(parts):
 def _chunked_objective(net_ref, blocks, loss, n_samples):
     """evaluate(x, depth) -> (mean loss, flat gradient) over chunked data.
 
-    ``blocks`` pairs the delayed chunks of X with those of the targets (or
-    None); each chunk's sums are computed next to it, added pairwise on the
-    workers, and divided by the number of samples on the client.
+    ``blocks`` holds the delayed chunks of X with those of the targets and of
+    the per-sample lmbd (or None); each chunk's sums are computed next to it,
+    added pairwise on the workers, and divided by the number of samples on
+    the client.
     """
     def evaluate(x, depth):
-        parts = [dask.delayed(_chunk_loss_grad, pure=True)(net_ref, x, depth, xb, loss, zb)
-                 for xb, zb in blocks]
+        parts = [dask.delayed(_chunk_loss_grad, pure=True)(net_ref, x, depth, xb, loss,
+                                                           zb, lb)
+                 for xb, zb, lb in blocks]
         total, grad = dask.compute(_tree_sum(parts))[0]
         return total / n_samples, grad / n_samples
     return evaluate
 
 
 def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=100,
-        tol=1e-8, per_layer="oneshot", verbose=False, n_jobs=1):
+        tol=1e-8, per_layer="oneshot", verbose=False, n_jobs=1, lmbd=None):
     """Train a network data-parallel on a dask array: :meth:`Lista.fit` at scale.
 
     The chunks of X stay where they are (persisted on the workers); at every
@@ -391,6 +430,9 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         Target codes of ``loss="supervised"`` (rechunked like X).
     n_jobs : int or None, default=1
         Threads of each task (see :func:`encode`).
+    lmbd : float, or array of shape (n_samples,) (NumPy or dask), default=None
+        The samples' regularisation levels (None: the network's); see
+        :meth:`Lista.fit`.
 
     Returns
     -------
@@ -411,9 +453,15 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     loss = check_option(loss, "loss", func, ("unsupervised", "supervised",
                                              "semi-supervised"))
     check_n_jobs(n_jobs, func)
+    lam = None
+    if lmbd is not None:
+        scalar, lam = _check_lmbd_column(lmbd, X, func)
+        if lam is None:
+            lam = _per_sample(np.full(X.shape[0], scalar), X, "lmbd", func)
 
     if loss == "semi-supervised" and Z_target is None:
-        Z_target = solve_lasso(X, net.D, net.lmbd, n_jobs=n_jobs).codes
+        Z_target = solve_lasso(X, net.D, net.lmbd if lam is None else lam[:, 0],
+                               n_jobs=n_jobs, positive=net.positive).codes
     if loss != "unsupervised":
         if Z_target is None:
             raise ValueError(
@@ -431,7 +479,9 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     else:
         X = X.persist()
         z_blocks = [None] * X.numblocks[0]
-    blocks = list(zip(X.to_delayed().ravel(), z_blocks))
+    l_blocks = [None] * X.numblocks[0] if lam is None else \
+        lam.persist().to_delayed().ravel()
+    blocks = list(zip(X.to_delayed().ravel(), z_blocks, l_blocks))
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
                                   X.shape[0])
     net.loss_history_ = train(net, evaluate, optimizer=optimizer, max_iter=max_iter,

@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from ._lasso import lasso_objective
 from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import METHODS, solve_lasso
-from ._validation import (check_max_iter, check_n_jobs, check_option,
+from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
                           check_random_state, check_scalar)
 
 try:  # scikit-learn >= 1.6
@@ -108,7 +108,8 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         Z = self.transform(X)
         X = check_array(X, dtype=Z.dtype, order="C", estimator=self)
         D = self._reconstruction_dictionary().astype(Z.dtype, copy=False)
-        return -float(np.mean(lasso_objective(X, D, self._coding_alpha(), Z)))
+        return -float(np.mean(lasso_objective(X, D, self._coding_alpha(), Z,
+                                              positive=bool(self.positive_code))))
 
     @property
     def _n_features_out(self):
@@ -148,6 +149,9 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         solver's OpenMP threads, BLAS held to one thread meanwhile when
         threadpoolctl is installed). None uses every core; -1 too; -2 all
         but one.
+    positive_code : bool, default=False
+        Constrain the codes to be non-negative (scikit-learn's name;
+        :func:`fastlista.solve_lasso` with ``positive=True``).
 
     Attributes
     ----------
@@ -173,17 +177,19 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     """
 
     def __init__(self, dictionary, alpha=1.0, method="auto", tol=1e-8,
-                 max_iter=10000, n_jobs=None):
+                 max_iter=10000, n_jobs=None, positive_code=False):
         self.dictionary = dictionary
         self.alpha = alpha
         self.method = method
         self.tol = tol
         self.max_iter = max_iter
         self.n_jobs = n_jobs
+        self.positive_code = positive_code
 
     def _check_params(self):
         name = type(self).__name__
         alpha = check_scalar(self.alpha, "alpha", name, low=0.0)
+        check_bool(self.positive_code, "positive_code", name)
         check_option(self.method, "method", name, METHODS)
         check_scalar(self.tol, "tol", name, low=0.0)
         check_max_iter(self.max_iter, name)
@@ -234,7 +240,8 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         D = self._check_dictionary(dtype=X.dtype)
         self._check_features(X, D)
         result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
-                             max_iter=self.max_iter, n_jobs=self.n_jobs)
+                             max_iter=self.max_iter, n_jobs=self.n_jobs,
+                             positive=self.positive_code)
         return result.codes
 
     def _reconstruction_dictionary(self):
@@ -294,6 +301,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         Threads of ``fit`` and ``transform``: at most ``n_jobs`` run at any
         time (the network's OpenMP threads, BLAS held to one thread
         meanwhile). None uses every core; -1 too; -2 all but one.
+    positive_code : bool, default=False
+        A network of non-negative codes (one-sided thresholds), trained and
+        refined for the Lasso constrained to ``z >= 0``.
 
     Attributes
     ----------
@@ -323,7 +333,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
 
     def __init__(self, dictionary, alpha=1.0, n_layers=10, parametrization="step",
                  loss="unsupervised", max_iter=100, refine_tol=None,
-                 random_state=None, n_jobs=None):
+                 random_state=None, n_jobs=None, positive_code=False):
         self.dictionary = dictionary
         self.alpha = alpha
         self.n_layers = n_layers
@@ -333,6 +343,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         self.refine_tol = refine_tol
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.positive_code = positive_code
 
     def _check_params(self):
         name = type(self).__name__
@@ -345,6 +356,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
             check_scalar(self.refine_tol, "refine_tol", name, low=0.0)
         check_random_state(self.random_state)
         check_n_jobs(self.n_jobs, name)
+        check_bool(self.positive_code, "positive_code", name)
         return alpha
 
     def fit(self, X, y=None):
@@ -380,7 +392,8 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])}; got "
                     f"y.shape={Z_target.shape}.")
         net = Lista(D, alpha, self.n_layers, parametrization=self.parametrization,
-                    random_state=self.random_state, n_jobs=self.n_jobs)
+                    random_state=self.random_state, n_jobs=self.n_jobs,
+                    positive=self.positive_code)
         net.fit(X, loss=self.loss, Z_target=Z_target, max_iter=self.max_iter)
         self.network_ = net
         self.components_ = net.D
@@ -396,7 +409,8 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         if net.dtype == dtype:
             return net._with_n_jobs(self.n_jobs)
         twin = Lista(net.D.astype(dtype), net.lmbd, net.n_layers,
-                     parametrization=net.parametrization, n_jobs=self.n_jobs)
+                     parametrization=net.parametrization, n_jobs=self.n_jobs,
+                     positive=net.positive)
         return twin.set_parameters(net.parameters)
 
     def transform(self, X, y=None):

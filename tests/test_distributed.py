@@ -260,7 +260,7 @@ def test_fit_gradient_is_the_single_machine_gradient(client, data):
     X, D = data
     net = Lista(D, 0.3, 4, parametrization="lista")
     Xp = chunked(X, 170).persist()          # referenced: its chunks stay on the workers
-    blocks = list(zip(Xp.to_delayed().ravel(), [None] * 4))
+    blocks = list(zip(Xp.to_delayed().ravel(), [None] * 4, [None] * 4))
     evaluate = fd._chunked_objective(fd._ship(net), blocks, "unsupervised", X.shape[0])
     for depth in (2, 4):
         x = net.training_vector(depth)
