@@ -566,3 +566,146 @@ def test_load_rejects_bad_files(tmp_path):
         for name in z.namelist():
             with z.open(name) as f:
                 assert b"pickle" not in f.read(200).lower()
+
+
+# --------------------------------------------------------------------------
+# support selection (LISTA-CPSS, ALISTA-SS)
+# --------------------------------------------------------------------------
+SELECTING = ("coupled", "alista", "lista")
+
+
+def numpy_forward_ss(params, X, D, lmbd, parametrization, ks, W_alista=None):
+    """numpy_forward with support selection: at layer t the ks[t] entries of
+    largest |u| of each row (earlier atom first among ties) pass
+    unthresholded. Every layer's (pre-activation, threshold, selected mask,
+    output)."""
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    layers = []
+    for p, k in zip(params, ks):
+        p = {key: np.asarray(v, dtype=np.float64) for key, v in p.items()}
+        if parametrization == "coupled":
+            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
+        elif parametrization == "alista":
+            U, s = Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lmbd * p["theta"]
+        else:
+            U, s = Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+        # a stable sort of -|u|: equal magnitudes keep the atoms' order
+        order = np.argsort(-np.abs(U), axis=1, kind="stable")[:, :k]
+        sel = np.zeros(U.shape, dtype=bool)
+        np.put_along_axis(sel, order, True, axis=1)
+        Z = np.where(sel, U, st(U, s))
+        layers.append((U, s, sel, Z))
+    return layers
+
+
+def test_selection_counts_follow_the_papers():
+    from fastlista._networks._parameters import selection_counts
+
+    # ceil(min(p t, p_max) m / 100), t from 1: 1.2 % of 256 atoms is 3.07 -> 4
+    ks = selection_counts((1.2, 13), 16, 256)
+    expected = [int(np.ceil(min(1.2 * t, 13) * 256 / 100 - 1e-9)) for t in range(1, 17)]
+    assert ks.tolist() == expected and ks[0] == 4 and ks[-1] == 34
+    assert selection_counts((50, 100), 3, 10).tolist() == [5, 10, 10]
+
+
+@pytest.mark.parametrize("parametrization", SELECTING)
+@pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
+def test_support_selection_forward_matches_numpy(parametrization, shape):
+    X, D = make_problem(n_samples=50, n_atoms=shape[0], n_features=shape[1], seed=11)
+    net = Lista(D, 0.4, 5, parametrization=parametrization, support_selection=(10, 30))
+    net.set_parameters(perturbed(net, seed=2))
+    ks = [int(np.ceil(min(10 * t, 30) * shape[0] / 100 - 1e-9)) for t in range(1, 6)]
+    layers = numpy_forward_ss(net.parameters, X, D, 0.4, parametrization, ks,
+                              alista_weights(D))
+    for t in range(5):
+        assert_allclose(net.transform(X, n_layers=t + 1), layers[t][3], rtol=1e-12,
+                        atol=1e-14)
+    # the selection is effective: the codes differ from plain thresholding
+    plain = Lista(D, 0.4, 5, parametrization=parametrization)
+    plain.set_parameters(net.parameters)
+    assert np.abs(plain.transform(X) - net.transform(X)).max() > 1e-3
+
+
+def test_support_selection_ties_go_to_the_earlier_atom():
+    # an orthonormal D and x with equal magnitudes: one coupled layer at
+    # alpha = 1 has u = x D^T, all |u_j| equal: the first atoms are selected
+    D = np.eye(4)
+    X = np.array([[0.5, -0.5, 0.5, -0.5]])
+    net = Lista(D, 0.1, 1, parametrization="coupled", support_selection=(50, 50))
+    net.set_parameters([{"W": D, "alpha": np.array(1.0), "beta": np.array(1.0)}])
+    assert_allclose(net.transform(X), [[0.5, -0.5, 0.4, -0.4]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("parametrization", SELECTING)
+@pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
+@pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
+def test_support_selection_gradient_finite_differences(parametrization, loss, shape):
+    X, D = make_problem(n_samples=40, n_atoms=shape[0], n_features=shape[1], seed=6)
+    lmbd, T, ks = 0.25, 4, None
+    net = Lista(D, lmbd, T, parametrization=parametrization, support_selection=(15, 40))
+    ks = [int(np.ceil(min(15 * t, 40) * shape[0] / 100 - 1e-9)) for t in range(1, T + 1)]
+    W_a = alista_weights(D)
+    # a generic point: every pre-activation 1e-5 away from its threshold and
+    # every selection decided by a margin of 1e-5 (the finite-difference
+    # steps below move the pre-activations by less than 1e-6)
+    for seed in range(200):
+        params = perturbed(net, seed=seed)
+        layers = numpy_forward_ss(params, X, D, lmbd, parametrization, ks, W_a)
+        margins = []
+        for (U, s, sel, _), k in zip(layers, ks):
+            A = -np.sort(-np.abs(U), axis=1)
+            margins.append(np.min(A[:, k - 1] - A[:, k]))
+            margins.append(np.min(np.where(sel, np.inf, np.abs(np.abs(U) - s))))
+        if min(margins) > 1e-5:
+            break
+    else:
+        pytest.fail("no generic point found")
+    net.set_parameters(params)
+    S = np.random.default_rng(8).standard_normal((X.shape[0], D.shape[0])) * 0.2
+    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S)
+    Z = layers[-1][3]
+    ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
+             else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
+    assert_allclose(f, ref_f, rtol=1e-12)
+    rng = np.random.default_rng(9)
+    L = net.lipschitz_
+    for t in range(T):
+        for k, v in params[t].items():
+            flat = np.asarray(v).ravel()
+            entries = (range(flat.size) if flat.size <= 3
+                       else rng.choice(flat.size, 3, replace=False))
+            for i in entries:
+                h = 1e-6 * _fd_scale(k, flat[i], L)
+                values = []
+                for sign in (1, -1):
+                    p = [dict(layer) for layer in params]
+                    moved = np.array(p[t][k], dtype=np.float64)
+                    moved.ravel()[i] += sign * h
+                    p[t][k] = moved
+                    values.append(net.set_parameters(p).loss_and_grad(X, loss, S)[0])
+                net.set_parameters(params)
+                fd = (values[0] - values[1]) / (2 * h)
+                g = grads[t][k].ravel()[i]
+                assert abs(fd - g) <= 1e-6 * max(abs(g), 1e-3), (t, k, i, fd, g)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ((0, 10), "0 < p <= p_max <= 100"), ((5, 2), "0 < p <= p_max <= 100"),
+    ((5, 101), "0 < p <= p_max <= 100"), ((np.nan, 10), "0 < p <= p_max"),
+    ("1.2", "pair"), ((1.2,), "pair"), (5, "pair")])
+def test_support_selection_validation(bad, match):
+    X, D = make_problem()
+    with pytest.raises(InvalidParameterError, match=match):
+        Lista(D, 0.3, 3, parametrization="coupled", support_selection=bad)
+    with pytest.raises(InvalidParameterError, match="support_selection is defined"):
+        Lista(D, 0.3, 3, parametrization="step", support_selection=(1.2, 13))
+
+
+def test_support_selection_is_saved(tmp_path):
+    X, D = make_problem()
+    net = Lista(D, 0.3, 4, parametrization="alista", support_selection=(1.2, 13))
+    net.set_parameters(perturbed(net, seed=1))
+    net.save(tmp_path / "ss.npz")
+    back = Lista.load(tmp_path / "ss.npz")
+    assert back.support_selection == (1.2, 13)
+    assert_allclose(back.transform(X), net.transform(X), rtol=0, atol=0)

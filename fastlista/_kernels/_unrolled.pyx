@@ -101,12 +101,25 @@ cdef struct Dims:
     bint gram       # dense residual layers go through M (m < 2 n)
     bint positive   # codes constrained >= 0 (one-sided threshold)
     double rho      # density below which a layer takes the sparse path
+    # support selection (LISTA-CPSS): layer t passes the ks[t] entries of
+    # largest magnitude unthresholded (ks NULL: none); the atoms selected in
+    # the layer that wrote storage slot s are at sel[s nb_max kmax + i kmax:]
+    const int *ks
+    int kmax
+    int *sel
+    double *hkey    # (kmax,) heap keys
+    unsigned char *mark     # (m,) zeroed
 
 
 cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
                           Py_ssize_t n, int T, bint shared, bint gram,
                           bint positive, double rho) noexcept nogil:
     cdef Dims d
+    d.ks = NULL
+    d.kmax = 0
+    d.sel = NULL
+    d.hkey = NULL
+    d.mark = NULL
     d.nb = nb
     d.nb_max = nb_max
     d.m = m
@@ -169,6 +182,104 @@ cdef inline void gather_rows(int k, const int *idx, const floating *val,
         fl_d_gather(k, idx, val, alpha, A, p, out)
     else:
         fl_s_gather(k, idx, val, alpha, A, p, out)
+
+
+cdef inline bint heap_less(double ka, int ia, double kb, int ib) noexcept nogil:
+    """(ka, ia) ranks below (kb, ib): a smaller key, or an equal key and a
+    later atom (the earlier atom wins ties)."""
+    return ka < kb or (ka == kb and ia > ib)
+
+
+cdef void select_top(Py_ssize_t m, const floating *v, int k, bint positive,
+                     double *key, int *sel) noexcept nogil:
+    """sel[:k] = the k atoms of largest |v_j| (largest v_j for positive
+    codes), the earlier atom first among equal values: one pass with a
+    min-heap of size k (key, sel) whose root is the entry to evict."""
+    cdef Py_ssize_t j
+    cdef int size = 0, c, p, child, ti
+    cdef double kj, tk
+    if k <= 0:
+        return
+    for j in range(m):
+        kj = v[j] if positive else (v[j] if v[j] >= 0 else -v[j])
+        if size < k:
+            # push, sift up
+            c = size
+            size += 1
+            key[c] = kj
+            sel[c] = <int> j
+            while c > 0:
+                p = (c - 1) // 2
+                if not heap_less(key[c], sel[c], key[p], sel[p]):
+                    break
+                tk = key[c]; key[c] = key[p]; key[p] = tk
+                ti = sel[c]; sel[c] = sel[p]; sel[p] = ti
+                c = p
+        elif heap_less(key[0], sel[0], kj, <int> j):
+            # replace the root, sift down
+            key[0] = kj
+            sel[0] = <int> j
+            c = 0
+            while True:
+                child = 2 * c + 1
+                if child >= k:
+                    break
+                if child + 1 < k and heap_less(key[child + 1], sel[child + 1],
+                                               key[child], sel[child]):
+                    child += 1
+                if not heap_less(key[child], sel[child], key[c], sel[c]):
+                    break
+                tk = key[c]; key[c] = key[child]; key[child] = tk
+                ti = sel[c]; sel[c] = sel[child]; sel[child] = ti
+                c = child
+
+
+cdef inline Py_ssize_t select_threshold_row(Dims *d, Py_ssize_t m, floating *z,
+                                            const floating *v, const floating *s,
+                                            floating s0, int k, int *sel,
+                                            signed char *sg) noexcept nogil:
+    """z = v with the k entries of largest magnitude (support selection)
+    passed unthresholded (for positive codes max(v, 0)), the others
+    ST(v_j, s_j) (s NULL: s0 for every atom); sel[:k] receives the
+    selected atoms, sg (unless NULL) the signs. z may be v. Returns nnz."""
+    cdef Py_ssize_t j, nnz = 0
+    cdef int q
+    cdef floating w
+    select_top(m, v, k, d.positive, d.hkey, sel)
+    for q in range(k):
+        d.mark[sel[q]] = 1
+    for j in range(m):
+        if d.mark[j]:
+            d.mark[j] = 0
+            w = v[j]
+            if d.positive and w < 0:
+                w = 0
+        else:
+            w = threshold(v[j], s[j] if s != NULL else s0, d.positive)
+        z[j] = w
+        nnz += w != 0
+        if sg != NULL:
+            sg[j] = <signed char> ((w > 0) - (w < 0))
+    return nnz
+
+
+cdef void selected_threshold_gradient(Dims *d, const floating *G, int fmt,
+                                      const floating *val, int k, const int *sel,
+                                      const double *lam, double *dthr) noexcept nogil:
+    """Take back the threshold gradient of the selected entries of a layer
+    (they passed unthresholded): dthr[j] += lmbd_i w_ij sign(z_ij), with
+    w = G already masked and z stored dense (FMT_DENSE) or as signs."""
+    cdef Py_ssize_t i, m = d.m, j
+    cdef int q
+    cdef double sz
+    for i in range(d.nb):
+        for q in range(k):
+            j = sel[i * d.kmax + q]
+            if fmt == FMT_SIGN:
+                sz = (<const signed char *> val)[i * m + j]
+            else:
+                sz = sign(val[i * m + j])
+            dthr[j] += lam[i] * G[i * m + j] * sz
 
 
 cdef inline void compact_block(Dims *d, floating *Z, int *ptr, int *idx,
@@ -433,13 +544,22 @@ cdef void residual_forward_block(
                               &idx[s_in * cap], &val[s_in * cap], Rt)
                 gemm(False, False, nb, m, n, 1, Rt, n, WTt, m, 0, u, m)
             # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
-            # row's lmbd)
+            # row's lmbd); with support selection the ks[t] largest entries
+            # of z - a u pass unthresholded
             sg = <signed char *> &val[s_out * cap] if store and Rst != NULL else NULL
             nnz = 0
             for i in range(nb):
-                nnz += st_step_row(m, &z[i * m], &u[i * m], a,
-                                   <floating> (lam[i] * thr[t]),
-                                   &sg[i * m] if sg != NULL else NULL, d.positive)
+                if d.ks != NULL and d.ks[t] > 0:
+                    for j in range(m):
+                        z[i * m + j] -= a * u[i * m + j]
+                    nnz += select_threshold_row(
+                        d, m, &z[i * m], &z[i * m], NULL, <floating> (lam[i] * thr[t]),
+                        d.ks[t], &d.sel[(s_out * d.nb_max + i) * d.kmax],
+                        &sg[i * m] if sg != NULL else NULL)
+                else:
+                    nnz += st_step_row(m, &z[i * m], &u[i * m], a,
+                                       <floating> (lam[i] * thr[t]),
+                                       &sg[i * m] if sg != NULL else NULL, d.positive)
             if sg != NULL:
                 fmt[s_out] = FMT_SIGN
                 if nnz < d.rho * size:
@@ -545,6 +665,10 @@ cdef void residual_backward_block(
             mask_gradient(d, G, fmt[t + 1], pout, &idx[(t + 1) * cap],
                           &val[(t + 1) * cap], lam, wv, &dthr[t * m])
         masked = False
+        if d.ks != NULL and d.ks[t] > 0:
+            selected_threshold_gradient(d, G, fmt[t + 1], &val[(t + 1) * cap], d.ks[t],
+                                        &d.sel[(t + 1) * d.nb_max * d.kmax], lam,
+                                        &dthr[t * m])
 
         if d.shared and fmt[t] != FMT_SIGN:
             # (dense w) d a_t = -(<z_t, V> - <w, c>) with V = w M^T, through
@@ -639,8 +763,15 @@ cdef void lista_forward_block(
         for i in range(nb):
             Zi = &Z[i * m]
             Ui = &U[i * m]
-            for j in range(m):
-                Zi[j] = threshold(Ui[j], <floating> (lam[i] * th[j]), d.positive)
+            if d.ks != NULL and d.ks[t] > 0:
+                # the thresholds lmbd_i theta_j, then support selection
+                for j in range(m):
+                    Zi[j] = <floating> (lam[i] * th[j])
+                select_threshold_row(d, m, Zi, Ui, Zi, 0, d.ks[t],
+                                     &d.sel[(s_out * d.nb_max + i) * d.kmax], NULL)
+            else:
+                for j in range(m):
+                    Zi[j] = threshold(Ui[j], <floating> (lam[i] * th[j]), d.positive)
         nnz = count_nonzero(size, Z)
         if store or nnz < d.rho * size:
             store_layer(d, Z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
@@ -682,6 +813,10 @@ cdef void lista_backward_block(
         dWxt = &dWxT[<Py_ssize_t> t * m * n]
         mask_gradient(d, G, fmt[t + 1], pout, iout, &val[(t + 1) * cap], lam,
                       wv, &dthr[t * m])
+        if d.ks != NULL and d.ks[t] > 0:
+            selected_threshold_gradient(d, G, fmt[t + 1], &val[(t + 1) * cap], d.ks[t],
+                                        &d.sel[(t + 1) * d.nb_max * d.kmax], lam,
+                                        &dthr[t * m])
         sparse_w = fmt[t + 1] == FMT_CSR
         sparse_z = fmt[t] == FMT_CSR
         # d W_x[t]^T += w^T x
@@ -744,6 +879,8 @@ cdef struct NetParams:
     const void *Wx
     const void *step
     const void *thr
+    const int *ks       # (T,) support selection counts, or NULL
+    int kmax
 
 
 cdef class Params:
@@ -754,8 +891,10 @@ cdef class Params:
     M = D W^T and M^T (m, m; empty otherwise). LISTA (``Wz`` given): Wz and
     WzT (T, m, m), Wx (T, n, m), thr (T, m). Every array C-contiguous, of
     one float dtype; D and DT = D^T with them. ``positive``: codes
-    constrained >= 0 (one-sided thresholds). The object keeps references to
-    the arrays the kernels point into.
+    constrained >= 0 (one-sided thresholds). ``ks`` (T,): support selection,
+    the number of entries of largest magnitude that pass layer t
+    unthresholded (None: none; the dense paths are then always taken). The
+    object keeps references to the arrays the kernels point into.
     """
     cdef object arrays
     cdef readonly object dtype
@@ -763,9 +902,14 @@ cdef class Params:
 
     def __init__(self, D, DT, *, W=None, WT=None, M=None, MT=None, step=None,
                  thr=None, Wz=None, WzT=None, Wx=None, bint gram=False,
-                 bint positive=False):
+                 bint positive=False, ks=None):
         arrays = dict(D=D, DT=DT, W=W, WT=WT, M=M, MT=MT, step=step, thr=thr, Wz=Wz,
                       WzT=WzT, Wx=Wx)
+        if ks is not None:
+            ks = np.ascontiguousarray(ks, dtype=np.intc)
+            if ks.shape != (thr.shape[0],) or ks.min(initial=0) < 0 or \
+                    ks.max(initial=0) > D.shape[0]:
+                raise ValueError("Params: ks must hold T counts in [0, n_atoms]")
         dtype = D.dtype
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"Params: unsupported dtype {dtype}")
@@ -773,6 +917,7 @@ cdef class Params:
             if a is not None and (a.dtype != dtype or not a.flags.c_contiguous):
                 raise ValueError(f"Params: {name} must be C-contiguous {dtype}")
         self.arrays = arrays
+        self.arrays["ks"] = ks
         self.dtype = dtype
         self.c.m, self.c.n = D.shape[0], D.shape[1]
         self.c.family = FAMILY_LISTA if Wz is not None else FAMILY_RESIDUAL
@@ -792,6 +937,8 @@ cdef class Params:
         self.c.Wx = _ptr(Wx)
         self.c.step = _ptr(step)
         self.c.thr = _ptr(thr)
+        self.c.ks = <const int *> _ptr(ks)
+        self.c.kmax = 0 if ks is None else int(ks.max(initial=0))
 
     @property
     def n_layers(self):
@@ -820,6 +967,9 @@ cdef struct NetWork:
     int *fmt        # (slots,) storage format of each slot
     int *ptr        # (slots, nb_max + 1) CSR row pointers
     int *idx        # (slots, nb_max m) CSR atoms
+    int *sel        # (slots, nb_max, kmax) support selection: selected atoms
+    double *hkey    # (kmax,) support selection: heap keys
+    unsigned char *mark     # (m,) support selection: marks (kept zero)
     double *obj     # (T,) forward: summed objectives per layer, or NULL
     double *da      # (T,) training: d step
     double *dthr    # (T m,) training: d threshold per atom
@@ -854,6 +1004,12 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     cdef bint train = c.loss != 0, lista = p.family == FAMILY_LISTA
     cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, p.positive,
                             c.rho)
+    if p.ks != NULL:
+        d.ks = p.ks
+        d.kmax = p.kmax
+        d.sel = w.sel
+        d.hkey = w.hkey
+        d.mark = w.mark
     cdef const floating *X = <const floating *> c.X + start * n
     cdef const floating *D = <const floating *> p.D
     cdef const double *lam = c.lam + start
@@ -915,7 +1071,7 @@ cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
 
 
 def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
-            bint rst):
+            bint rst, int kmax):
     """Offsets of the per-thread floating and int workspaces."""
     cdef Py_ssize_t block = _round8(nb_max * m)
     cdef Py_ssize_t rows = _round8(nb_max * n)
@@ -930,7 +1086,8 @@ def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
         off += size
     f["total"] = off + 1
     i = {"fmt": 0, "ptr": _round8(slots), "idx": _round8(slots) + _round8(slots * (nb_max + 1))}
-    i["total"] = i["idx"] + slots * block + 1
+    i["sel"] = i["idx"] + slots * block
+    i["total"] = i["sel"] + slots * nb_max * kmax + 1
     return f, i
 
 
@@ -974,9 +1131,12 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     cdef const NetParams *p = &params.c
     cdef Py_ssize_t nb_max = min(block_size, max(N, 1)), t
     n_threads = <int> max(1, min(n_threads, (N + nb_max - 1) // nb_max))
-    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst)
+    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst, p.kmax)
     fws, iws = _workspaces(params.dtype, n_threads, fo["total"], io["total"])
-    keep += [fws, iws]
+    # support selection: heap keys and zeroed marks
+    sws = np.zeros((n_threads, p.kmax + 1))
+    mws = np.zeros((n_threads, p.m + 1), dtype=np.uint8)
+    keep += [fws, iws, sws, mws]
     cdef size_t fbase = fws.ctypes.data, ibase = iws.ctypes.data
     cdef size_t fstride = fws.strides[0], istride = iws.strides[0]
     cdef size_t item = fws.itemsize, iitem = iws.itemsize
@@ -999,6 +1159,9 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
         work[t].fmt = <int *> <size_t> (i + io["fmt"] * iitem)
         work[t].ptr = <int *> <size_t> (i + io["ptr"] * iitem)
         work[t].idx = <int *> <size_t> (i + io["idx"] * iitem)
+        work[t].sel = <int *> <size_t> (i + io["sel"] * iitem)
+        work[t].hkey = <double *> <size_t> (sws.ctypes.data + t * sws.strides[0])
+        work[t].mark = <unsigned char *> <size_t> (mws.ctypes.data + t * mws.strides[0])
     c.p = p
     c.nb_max = nb_max
     c.n_threads = n_threads

@@ -76,20 +76,28 @@ class Executor:
     ``step`` and ``alista`` (W, M = D W^T) per dtype for the network's life.
     """
 
-    def __init__(self, D, parametrization, positive=False):
+    def __init__(self, D, parametrization, positive=False, ks=None):
         self.D = D
         self.parametrization = parametrization
         self.positive = positive
+        self.ks = ks
         self._fixed = {}
         self._params = {}
 
     def __getstate__(self):
         # the caches (kernel pointers among them) are rebuilt where unpickled
         return {"D": self.D, "parametrization": self.parametrization,
-                "positive": self.positive}
+                "positive": self.positive, "ks": self.ks}
 
     def __setstate__(self, state):
-        self.__init__(state["D"], state["parametrization"], state["positive"])
+        self.__init__(state["D"], state["parametrization"], state["positive"],
+                      state["ks"])
+
+    @property
+    def rho(self):
+        """The density below which a layer takes the sparse path (support
+        selection runs the dense paths only)."""
+        return _SPARSE_DENSITY if self.ks is None else 0.0
 
     def fixed_matrices(self, dtype):
         """W, W^T, M = D W^T and M^T of the shared-W parametrizations."""
@@ -122,7 +130,8 @@ class Executor:
             Wz = stack("W_z")
             params = _unrolled.Params(
                 D, DT, Wz=Wz, WzT=np.ascontiguousarray(Wz.transpose(0, 2, 1)),
-                Wx=stack("W_x"), thr=stack("theta"), positive=self.positive)
+                Wx=stack("W_x"), thr=stack("theta"), positive=self.positive,
+                ks=None if self.ks is None else self.ks[:depth])
         else:
             step_key, thr_key = {"step": ("alpha", "alpha"),
                                  "coupled": ("alpha", "beta"),
@@ -135,7 +144,8 @@ class Executor:
                 W, WT, M, MT = self.fixed_matrices(dtype)
             params = _unrolled.Params(D, DT, W=W, WT=WT, M=M, MT=MT,
                                       step=stack(step_key), thr=stack(thr_key),
-                                      gram=self.gram(), positive=self.positive)
+                                      gram=self.gram(), positive=self.positive,
+                                      ks=None if self.ks is None else self.ks[:depth])
         if len(self._params) > 8:
             self._params.clear()
         self._params[key] = (layers, params)
@@ -159,8 +169,7 @@ class Executor:
             n_threads, block = plan(N, m, n, T, n_threads)
             params = self.params(layers, depth, X.dtype)
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
-            _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block,
-                              _SPARSE_DENSITY)
+            _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block, self.rho)
         rows = np.flatnonzero(bad)
         if rows.size:
             raise FloatingPointError(
@@ -193,7 +202,7 @@ class Executor:
             S = np.empty((0, 0), X.dtype) if S is None else S
             total = _unrolled.loss_and_grad(X, params, lmbd, LOSS_CODES[loss], S,
                                             da, dthr, dW, dWxT, n_threads, block,
-                                            _SPARSE_DENSITY)
+                                            self.rho)
         dthr = dthr.sum(axis=0).reshape(T, m)
         if p == "lista":
             grads = {"W_z": dW.sum(axis=0, dtype=np.float64).reshape(T, m, m),

@@ -86,6 +86,15 @@ class Lista:
         Non-negative codes: every layer's threshold is one-sided,
         ``max(u - lmbd theta, 0)``, for the Lasso constrained to ``z >= 0``
         (refinement and targets solve that Lasso too).
+    support_selection : None or (p, p_max), default=None
+        Support selection of LISTA-CPSS (Chen et al., 2018) and ALISTA (Liu
+        et al., 2019), in percent, 0 < p <= p_max <= 100, for the
+        ``coupled``, ``alista`` and ``lista`` parametrizations: at layer t
+        (from 1), for each sample, the ``ceil(min(p t, p_max) n_atoms /
+        100)`` entries of largest magnitude of the pre-activation pass
+        unthresholded (ties to the earlier atom), the others are
+        soft-thresholded. Their papers use (1.2, 13). The layers then always
+        run their dense paths.
 
     Attributes
     ----------
@@ -109,7 +118,8 @@ class Lista:
     """
 
     def __init__(self, D, lmbd, n_layers, parametrization="step",
-                 random_state=None, n_jobs=None, positive=False):
+                 random_state=None, n_jobs=None, positive=False,
+                 support_selection=None):
         D = check_dictionary_shape(check_array(D, "D"))
         if D.shape[0] == 0:
             raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
@@ -124,6 +134,8 @@ class Lista:
         check_n_jobs(n_jobs, "Lista")
         self.n_jobs = n_jobs
         self.positive = check_bool(positive, "positive", "Lista")
+        self.support_selection = P.check_support_selection(
+            support_selection, self.parametrization, "Lista")
         with kernel_threads(n_jobs, "Lista"):
             L = global_lipschitz(self.D)
         if not L > 0:
@@ -136,7 +148,9 @@ class Lista:
                 f"{self.D.dtype}: rescale D (e.g. to unit-norm atoms).")
         self.lipschitz_ = float(L)
         self.loss_history_ = []
-        self._exec = Executor(self.D, self.parametrization, self.positive)
+        ks = None if self.support_selection is None else P.selection_counts(
+            self.support_selection, self.n_layers, self.n_atoms)
+        self._exec = Executor(self.D, self.parametrization, self.positive, ks)
         gamma0 = 1.0 / L
         if self.parametrization == "alista":
             with kernel_threads(n_jobs, "Lista"):
@@ -549,4 +563,6 @@ class Lista:
         return (f"Lista(D=<{self.n_atoms}x{self.n_features} {self.dtype}>, "
                 f"lmbd={self.lmbd!r}, n_layers={self.n_layers}, "
                 f"parametrization={self.parametrization!r}"
-                + (", positive=True)" if self.positive else ")"))
+                + (", positive=True" if self.positive else "")
+                + (f", support_selection={self.support_selection!r}"
+                   if self.support_selection is not None else "") + ")")

@@ -107,6 +107,40 @@ def alista_weights(D):
     return np.ascontiguousarray(W, dtype=D.dtype)
 
 
+#: parametrizations with support selection (LISTA-CPSS, ALISTA-SS, LISTA-SS)
+SUPPORT_SELECTION = ("coupled", "alista", "lista")
+
+
+def check_support_selection(support_selection, parametrization, func):
+    """None, or (p, p_max) percents with 0 < p <= p_max <= 100."""
+    if support_selection is None:
+        return None
+    try:
+        p, p_max = (float(v) for v in support_selection)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The 'support_selection' parameter of {func} must be None or a pair "
+            f"(p, p_max) of percents; got {support_selection!r}.") from None
+    if not (np.isfinite(p) and np.isfinite(p_max) and 0 < p <= p_max <= 100):
+        raise InvalidParameterError(
+            f"The 'support_selection' parameter of {func} must satisfy "
+            f"0 < p <= p_max <= 100; got {support_selection!r}.")
+    if parametrization not in SUPPORT_SELECTION:
+        raise InvalidParameterError(
+            f"support_selection is defined for the parametrizations "
+            f"{SUPPORT_SELECTION}; got parametrization={parametrization!r}.")
+    return (p, p_max)
+
+
+def selection_counts(support_selection, n_layers, n_atoms):
+    """Entries passing layer t unthresholded: ceil(min(p (t + 1), p_max) m / 100)
+    (layers counted from 1, as in Chen et al. 2018 and Liu et al. 2019)."""
+    p, p_max = support_selection
+    t = np.arange(1, n_layers + 1)
+    # (the rounding guard keeps exact percents of m exact)
+    return np.ceil(np.minimum(p * t, p_max) * n_atoms / 100 - 1e-9).astype(np.intc)
+
+
 def shapes(parametrization, n_atoms, n_features):
     """Shape of each parameter of one layer."""
     m, n = n_atoms, n_features

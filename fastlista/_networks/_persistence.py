@@ -13,11 +13,12 @@ import numpy as np
 from ._parameters import KEYS, PARAMETRIZATIONS
 
 FORMAT = "fastlista.Lista"
-#: 2 added "positive" (files of version 1 load with positive=False)
+#: 2 added "positive" and "support_selection" (files of version 1 load
+#: with positive=False and no support selection)
 FORMAT_VERSION = 2
 _HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_layers",
                      "D", "loss_history"})
-_OPTIONAL = frozenset({"positive"})
+_OPTIONAL = frozenset({"positive", "support_selection"})
 
 
 def save(net, path):
@@ -29,6 +30,7 @@ def save(net, path):
         "lmbd": np.array(net.lmbd),
         "n_layers": np.array(net.n_layers),
         "positive": np.array(net.positive),
+        "support_selection": np.array(net.support_selection or (), dtype=np.float64),
         "D": net.D,
         "loss_history": np.asarray(net.loss_history_, dtype=np.float64),
     }
@@ -82,7 +84,11 @@ def load(cls, path):
             if extra:
                 raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
             positive = _scalar(f, "positive", bool) if "positive" in files else False
-            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par, positive=positive)
+            selection = None
+            if "support_selection" in files and f["support_selection"].size:
+                selection = tuple(float(v) for v in f["support_selection"])
+            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par, positive=positive,
+                      support_selection=selection)
             net.set_parameters([{k: f[f"layer{t}_{k}"] for k in KEYS[par]}
                                 for t in range(n_layers)])
             history = f["loss_history"]
