@@ -29,9 +29,8 @@ start: no coordinate step ever divides by B_jj = 0.
 """
 import numpy as np
 from cython cimport floating
-from libc.math cimport fabs, sqrt
+from libc.math cimport fabs, hypot, sqrt
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_lapack cimport dpotrf, dpotrs
 
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
@@ -97,111 +96,183 @@ cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:
             return
 
 
+cdef struct Factor:
+    # Cholesky factor L of B_SS on the working set, kept across the Newton
+    # steps of one working set and changed an atom at a time
+    int *S              # (wmax,) the factor's atoms (positions in W), in order
+    int k               # their number
+    int kmax            # the most atoms it can hold (min(wmax, n_features))
+    bint rank_cap       # kmax = n_features: a kmax + 1-th atom depends on S
+    double *L           # (kmax, kmax) column-major, lower: L[i, j] = L[j kmax + i]
+    double *y           # (wmax,) solves
+    unsigned char *mark  # (wmax,) support marks, kept zero between calls
+
+
+cdef void factor_remove(Factor *f, int p) noexcept nogil:
+    """Delete the factor's p-th atom: O((k - p)^2).
+
+    Removing row p of L leaves rows whose entry right of the diagonal is not
+    zero; Givens rotations of columns (j, j + 1), j = p..k - 2, annihilate
+    them, and the last column vanishes.
+    """
+    cdef int i, j, k = f.k, km = f.kmax
+    cdef double *L = f.L
+    cdef double a, b, r, c, s, x, yv
+    # rows below p move up a row: column j > p then starts at row j - 1
+    for j in range(k):
+        for i in range(p if j <= p else j - 1, k - 1):
+            L[j * km + i] = L[j * km + i + 1]
+    for j in range(p, k - 1):
+        a = L[j * km + j]
+        b = L[(j + 1) * km + j]
+        r = hypot(a, b)
+        if r == 0:
+            continue
+        c = a / r
+        s = b / r
+        for i in range(j, k - 1):
+            x = L[j * km + i]
+            yv = L[(j + 1) * km + i]
+            L[j * km + i] = c * x + s * yv
+            L[(j + 1) * km + i] = -s * x + c * yv
+    for i in range(p, k - 1):
+        f.S[i] = f.S[i + 1]
+    f.k = k - 1
+
+
+cdef void forward_solve(const Factor *f, int k, double *v) noexcept nogil:
+    """v <- L[:k, :k]^{-1} v (column-oriented: each step an axpy)."""
+    cdef int i, j, km = f.kmax
+    cdef double vj
+    for j in range(k):
+        vj = v[j] / f.L[j * km + j]
+        v[j] = vj
+        for i in range(j + 1, k):
+            v[i] -= vj * f.L[j * km + i]
+
+
+cdef void backward_solve(const Factor *f, int k, double *v) noexcept nogil:
+    """v <- L[:k, :k]^{-T} v."""
+    cdef int i, j, km = f.kmax
+    cdef double acc
+    for j in range(k - 1, -1, -1):
+        acc = v[j]
+        for i in range(j + 1, k):
+            acc -= f.L[j * km + i] * v[i]
+        v[j] = acc / f.L[j * km + j]
+
+
 cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
-                       double lmbd, int kmax, bint rank_cap, int *S, double *M,
-                       double *rhs) noexcept nogil:
+                       double lmbd, Factor *f) noexcept nogil:
     """Newton step on S = supp(z): B_SS z_S = c_S - lmbd sign(z_S).
 
-    All on the compact working set (Bw is w x w). B_SS (at most kmax atoms,
-    kmax x kmax in M, column-major) is factored by LAPACK (dpotrf, L L^T).
-    When an atom S_j is a combination of the atoms before it (its pivot
+    All on the compact working set (Bw is w x w). The Cholesky factor of
+    B_SS is kept in f between calls and changed an atom at a time (a row
+    appended, or Givens rotations for a removal: O(|S|^2) instead of
+    |S|^3 / 3 for a new factor).
+
+    When an atom a is a combination of the atoms of the factor (its pivot
     vanishes, or the factor already holds kmax = n_features atoms, the rank
-    of any D_S: ``rank_cap``), d_{S_j} = sum_i y_i d_{S_i}, and
-    v = e_{S_j} - y is a direction along which the residual x - z D does not
-    change: z moves along +-v, the way that lowers ||z||_1 (linear on the
-    orthant), until the first coordinate reaches 0, which is dropped (the
-    support reduction of homotopy methods). Coordinate descent on a
-    dependent support would zigzag for thousands of epochs instead.
+    of any D_S: ``rank_cap``), d_a = sum_i y_i d_{S_i}, and v = e_a - y is a
+    direction along which the residual x - z D does not change: z moves
+    along +-v, the way that lowers ||z||_1 (linear on the orthant), until
+    the first coordinate reaches 0, which is dropped (the support reduction
+    of homotopy methods). Coordinate descent on a dependent support would
+    zigzag for thousands of epochs instead.
 
     Returns 1 when the Newton solution keeps the signs (z is then the optimum
     of the problem restricted to S), 2 when z moved (to the first sign
     crossing of the Newton step, or by a reduction) and dropped that
-    coordinate, 0 when nothing was done (an empty support, a dependent one
-    beyond what the factor can hold, or a LAPACK failure).
+    coordinate, 0 when nothing was done (an empty support, or a dependent
+    atom beyond what the factor can hold).
     """
-    cdef int a, b, i, k = 0, kf, dep = -1, first = -1, info = 0, one = 1
-    cdef char lower = b'L'
+    cdef int a, q, i, km = f.kmax, dep = -1, first = -1, status
     cdef double acc, t = 1, ta, slope, piv
-    cdef double *y = rhs           # the dependent atom's coefficients, or rhs
+    cdef double *y = f.y
+    # the factor follows the support: removals, then appended atoms
     for a in range(w):
-        if z[a] != 0:
-            S[k] = a
-            k += 1
-    if k == 0:
-        return 0
-    if k > kmax and not rank_cap:
-        return 0
-    kf = k if k < kmax else kmax   # atoms in the factor
-    for a in range(kf):
-        for b in range(a, kf):
-            M[a * kmax + b] = Bw[S[a] * w + S[b]]      # lower, column-major
-    dpotrf(&lower, &kf, M, &kmax, &info)
-    if info < 0:
-        return 0
-    if info > 0:
-        dep = info - 1             # the leading (info - 1) block is factored
-    for a in range(kf if dep < 0 else dep):
-        piv = M[a * kmax + a]
-        if not piv * piv > 1e-12 * Bw[S[a] * w + S[a]]:
+        f.mark[a] = z[a] != 0
+    for q in range(f.k - 1, -1, -1):
+        if not f.mark[f.S[q]]:
+            factor_remove(f, q)
+    for q in range(f.k):
+        f.mark[f.S[q]] = 2
+    for a in range(w):
+        if f.mark[a] != 1:
+            continue
+        # l = L^{-1} B_{S, a}, pivot B_aa - ||l||^2
+        for q in range(f.k):
+            y[q] = Bw[f.S[q] * w + a]
+        forward_solve(f, f.k, y)
+        if f.k == km:
+            if not f.rank_cap:
+                dep = -2
+                break
             dep = a
             break
-    if dep < 0 and k > kf:
-        dep = kf                   # beyond the rank: depends on the factor
+        piv = Bw[a * w + a]
+        for q in range(f.k):
+            piv -= y[q] * y[q]
+        if not piv > 1e-12 * Bw[a * w + a]:
+            dep = a
+            break
+        for q in range(f.k):
+            f.L[q * km + f.k] = y[q]
+        f.L[f.k * km + f.k] = sqrt(piv)
+        f.S[f.k] = a
+        f.k += 1
+        f.mark[a] = 2
+    for a in range(w):
+        f.mark[a] = 0
+    if dep == -2:
+        return 0
     if dep >= 0:
-        # y = (L L^T)^{-1} B_{S[:dep], S[dep]}, L the factor's leading block
-        for b in range(dep):
-            acc = Bw[S[b] * w + S[dep]]
-            for i in range(b):
-                acc -= M[i * kmax + b] * y[i]
-            y[b] = acc / M[b * kmax + b]
-        for b in range(dep - 1, -1, -1):
-            acc = y[b]
-            for i in range(b + 1, dep):
-                acc -= M[b * kmax + i] * y[i]
-            y[b] = acc / M[b * kmax + b]
-        # v = e_{S[dep]} - sum_b y_b e_{S[b]}; slope = d ||z + t v||_1 / dt
-        slope = sign(z[S[dep]])
-        for b in range(dep):
-            slope -= y[b] * sign(z[S[b]])
+        # y = (L L^T)^{-1} B_{S, a} = L^{-T} l
+        backward_solve(f, f.k, y)
+        # v = e_a - sum_q y_q e_{S_q}; slope = d ||z + t v||_1 / dt
+        slope = sign(z[dep])
+        for q in range(f.k):
+            slope -= y[q] * sign(z[f.S[q]])
         t = -1 if slope > 0 else 1
         # the first coordinate to reach 0 along t v
-        ta = -z[S[dep]] / t
-        first = S[dep]
+        ta = -z[dep] / t
+        first = dep
         if ta < 0:
             ta = 1e308
-        for b in range(dep):
-            if y[b] != 0:
-                acc = z[S[b]] / (t * y[b])
+        for q in range(f.k):
+            if y[q] != 0:
+                acc = z[f.S[q]] / (t * y[q])
                 if 0 <= acc < ta:
                     ta = acc
-                    first = S[b]
+                    first = f.S[q]
         if ta >= 1e308:
             return 0
-        z[S[dep]] += t * ta
-        for b in range(dep):
-            z[S[b]] -= t * ta * y[b]
+        z[dep] += t * ta
+        for q in range(f.k):
+            z[f.S[q]] -= t * ta * y[q]
         z[first] = 0
         return 2
-    # Newton: B_SS z' = c_S - lmbd sign(z_S)
-    for a in range(k):
-        rhs[a] = c[S[a]] - lmbd * sign(z[S[a]])
-    dpotrs(&lower, &k, &one, M, &kmax, rhs, &k, &info)
-    if info != 0:
+    if f.k == 0:
         return 0
-    # z' = rhs keeps the signs: it is the optimum on S. Otherwise move from z
+    # Newton: L L^T z' = c_S - lmbd sign(z_S)
+    for q in range(f.k):
+        y[q] = c[f.S[q]] - lmbd * sign(z[f.S[q]])
+    forward_solve(f, f.k, y)
+    backward_solve(f, f.k, y)
+    # z' = y keeps the signs: it is the optimum on S. Otherwise move from z
     # towards z' up to the first coordinate that crosses 0 (the objective is
     # the convex quadratic of the orthant there, decreasing along the
     # segment) and drop that coordinate.
-    for a in range(k):
-        if sign(rhs[a]) != sign(z[S[a]]):
-            ta = z[S[a]] / (z[S[a]] - rhs[a])
+    for q in range(f.k):
+        if sign(y[q]) != sign(z[f.S[q]]):
+            ta = z[f.S[q]] / (z[f.S[q]] - y[q])
             if ta < t:
                 t = ta
-                first = a
-    for a in range(k):
-        z[S[a]] += t * (rhs[a] - z[S[a]])
+                first = q
+    for q in range(f.k):
+        z[f.S[q]] += t * (y[q] - z[f.S[q]])
     if first >= 0:
-        z[S[first]] = 0
+        z[f.S[first]] = 0
         return 2
     return 1
 
@@ -223,9 +294,8 @@ cdef void refresh_gradient(int w, const double *z, const double *c,
 cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                    double lmbd, double *z_full, int max_epochs, double tol_abs,
                    double *g_full, double *score, int *cand, int *W, int wmax,
-                   double *z, double *g, double *c, double *Bw, int kmax,
-                   bint rank_cap, bint positive, int *S, double *M, double *rhs,
-                   double *gap_out) noexcept nogil:
+                   double *z, double *g, double *c, double *Bw, bint positive,
+                   Factor *f, double *gap_out) noexcept nogil:
     """Solve one sample in place in z_full; returns the number of epochs.
 
     Outer loop on all m atoms (gradient, gap, working set W of at most wmax
@@ -284,7 +354,8 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             for a in range(b):
                 W[w] = cand[a]
                 w += 1
-        # compact copies on W
+        # compact copies on W (a new W: a new factor)
+        f.k = 0
         for a in range(w):
             z[a] = z_full[W[a]]
             g[a] = g_full[W[a]]
@@ -319,10 +390,10 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                 # Newton steps, dropping the coordinates that cross 0, until
                 # the signs are consistent (as in feature-sign search)
                 polished = True
-                status = newton_polish(w, z, c, Bw, lmbd, kmax, rank_cap, S, M, rhs)
+                status = newton_polish(w, z, c, Bw, lmbd, f)
                 moved = status != 0
                 while status == 2:
-                    status = newton_polish(w, z, c, Bw, lmbd, kmax, rank_cap, S, M, rhs)
+                    status = newton_polish(w, z, c, Bw, lmbd, f)
                 if moved:
                     refresh_gradient(w, z, c, Bw, g)
             if not changed or gap_from(w, z, g, c, xx, lmbd, positive) <= 0.3 * tol_abs:
@@ -344,9 +415,7 @@ cdef struct CDWork:
     double *g          # (wmax,)
     double *c          # (wmax,)
     double *Bw         # (wmax, wmax)
-    int *S             # (wmax,) Newton polish: the support
-    double *rhs        # (wmax,)
-    double *M          # (kmax, kmax) Cholesky factor
+    Factor factor      # the Newton polish's Cholesky factor
 
 
 cdef struct CDCtx:
@@ -357,8 +426,7 @@ cdef struct CDCtx:
     void *Z            # (N, m) in: start, out: codes
     const int *active
     Py_ssize_t m
-    int max_iter, kmax, wmax
-    bint rank_cap      # kmax = n_features: no more independent atoms fit
+    int max_iter, wmax
     bint positive      # codes constrained >= 0
     double tol
     int *n_iter        # (N,) out
@@ -381,8 +449,7 @@ cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
                                 <const floating *> c.B, <int> m, c.xx[r], c.lmbd[r],
                                 w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
                                 w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
-                                w.c, w.Bw, c.kmax, c.rank_cap, c.positive, w.S,
-                                w.M, w.rhs, &gap)
+                                w.c, w.Bw, c.positive, &w.factor, &gap)
         c.gap_out[r] = gap
         for j in range(m):
             Zr[j] = <floating> w.z_full[j]
@@ -422,8 +489,10 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
     dws = np.empty((n_threads, sum(sizes) + 1))
     iws = np.empty((n_threads, 3 * m + wmax + 1), np.intc)
+    mws = np.zeros((n_threads, wmax + 1), np.uint8)
     cdef double[:, ::1] dv = dws
     cdef int[:, ::1] iv = iws
+    cdef unsigned char[:, ::1] mv = mws
     cdef Py_ssize_t[::1] o = off
     cdef CDWork *work = <CDWork *> malloc(n_threads * sizeof(CDWork))
     if work == NULL:
@@ -436,11 +505,15 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
         work[t].g = &dv[t, o[4]]
         work[t].c = &dv[t, o[5]]
         work[t].Bw = &dv[t, o[6]]
-        work[t].rhs = &dv[t, o[7]]
-        work[t].M = &dv[t, o[8]]
         work[t].cand = &iv[t, 0]
         work[t].W = &iv[t, m]
-        work[t].S = &iv[t, 2 * m]
+        work[t].factor.S = &iv[t, 2 * m]
+        work[t].factor.k = 0
+        work[t].factor.kmax = kmax
+        work[t].factor.rank_cap = kmax == n_features
+        work[t].factor.L = &dv[t, o[8]]
+        work[t].factor.y = &dv[t, o[7]]
+        work[t].factor.mark = &mv[t, 0]
     c.C = &C[0, 0]
     c.B = &B[0, 0]
     c.xx = &xx[0]
@@ -449,8 +522,6 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     c.active = &active[0]
     c.m = m
     c.max_iter = max_iter
-    c.kmax = kmax
-    c.rank_cap = kmax == n_features
     c.positive = positive
     c.wmax = wmax
     c.tol = tol
