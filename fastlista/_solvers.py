@@ -222,7 +222,7 @@ def _warn_not_converged(result, X, tol, max_iter, func):
     hint = "Increase max_iter, or use method='cd'."
     if np.any(result.n_iter[bad] < max_iter):
         # stopped by the kernel, refused by the certificate: rounding
-        hint = (f"The codes' rounding limits their certificate: use a larger tol"
+        hint = ("The codes' rounding limits their certificate: use a larger tol"
                 + (" (float32 codes cannot certify a relative gap much below 1e-6), "
                    "or float64 data." if X.dtype == np.float32 else "."))
     warnings.warn(

@@ -7,7 +7,6 @@
 """
 import doctest
 import importlib
-import os
 import re
 import warnings
 from pathlib import Path

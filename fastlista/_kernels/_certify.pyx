@@ -22,7 +22,7 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 
 from ._blas cimport gemm
-from ._blocks cimport BlockFn, run_blocks
+from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
 from ._simd cimport fl_d_gap_sums, fl_d_gather, fl_s_gap_sums
 

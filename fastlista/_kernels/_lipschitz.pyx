@@ -1,7 +1,6 @@
 """Batched L_S = ||D_S||_2^2, one support a row of a boolean matrix."""
 import numpy as np
 from cython cimport floating
-from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
