@@ -102,39 +102,39 @@ class Scaled:
         """The scaling of (X, D), or, with codes Z and their lmbd to certify,
         of the whole objective.
 
-        With codes, each sample's unit is at least max|x|, max_j |z_j|
+        With codes, each sample's unit is the largest of max|x|, max_j |z_j|
         max|d_j| (the largest term of r = x - z D: a huge warm start, or a
-        large code on a small atom) and sqrt(lmbd ||z||_1), so that every
-        term of the gap is of order one or less in scaled units, and at
-        least what keeps the scaled codes z 2**(eb - ea) and lmbd
-        2**-(ea + eb) within 2**1000 (a code on a zero atom counts in
-        ||z||_1 only).
+        large code on a small atom) and sqrt(lmbd ||z||_1): every term of
+        the gap is then of order one or less in scaled units, nothing
+        overflows, and what underflows is below the rounding of those terms.
+        The scaled codes z 2**(eb - ea) are kept within 2**1000 (a code on a
+        zero atom counts in lmbd ||z||_1 only, which ``lmbd_l1`` computes
+        from the codes themselves).
         """
         limit = SCALE_LIMIT[X.dtype]
         ex = _top_exponent(X, axis=1)
         ed = int(_top_exponent(D))
         eb = int(_shift(ed, limit))
-        floor = None
-        if Z is not None and Z.size:
-            low = np.iinfo(np.int64).min // 4
+        if Z is None or not Z.size:
+            ea = _shift(ex, limit)
+        else:
+            big = np.iinfo(np.int64).max // 4
             nz = Z != 0
+            anz = nz.any(axis=1)
             ez = np.frexp(np.abs(Z))[1].astype(np.int64)
-            ezmax = np.where(nz, ez, low).max(axis=1)
+            ezmax = np.where(nz, ez, -big).max(axis=1)
             eatom = _top_exponent(D, axis=1)                   # per atom
             atom = nz & np.any(D != 0, axis=1)
-            eterm = np.where(atom, ez + eatom, low).max(axis=1)
-            ex = np.where(atom.any(axis=1), np.maximum(ex, eterm), ex)
-            floor = ezmax + eb - 1000
+            unit = np.where(np.any(X != 0, axis=1), ex, -big)
+            unit = np.maximum(unit, np.where(atom, ez + eatom, -big).max(axis=1))
             if lmbd is not None:
                 lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (X.shape[0],))
                 el = np.frexp(lm)[1].astype(np.int64)
                 el1 = ezmax + int(np.ceil(np.log2(max(Z.shape[1], 1)))) + 1
-                both = nz.any(axis=1) & (lm > 0)
-                ex = np.where(both, np.maximum(ex, -((-(el + el1)) // 2)), ex)
-                floor = np.maximum(floor, np.where(lm > 0, el - eb - 1000, low))
-        ea = _shift(ex, limit)
-        if floor is not None:
-            ea = np.maximum(ea, floor)
+                unit = np.where(anz & (lm > 0),
+                                np.maximum(unit, -((-(el + el1)) // 2)), unit)
+            ea = np.where(unit > -big, _shift(unit, limit), 0)
+            ea = np.maximum(ea, np.where(anz, ezmax + eb - 1000, -big))
         if not ea.any():
             ea = None
         else:
@@ -184,6 +184,21 @@ class Scaled:
         with np.errstate(over="ignore", under="ignore"):
             return np.ldexp(Z, self._shift(1, -1)[:, None]).astype(Z.dtype, copy=False)
 
+    def lmbd_l1(self, lmbd, Z):
+        """lmbd ||z||_1 of caller's codes, in scaled units (float64 (N,)),
+        from mantissas and exponents: its factors in scaled units may leave
+        the float range where the product does not (codes on a subnormal
+        dictionary)."""
+        N = Z.shape[0]
+        lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (N,))
+        az = np.abs(Z).astype(np.float64)
+        ez = np.frexp(az.max(axis=1, initial=0.0))[1]
+        with np.errstate(over="ignore", under="ignore"):
+            mz = np.ldexp(az, -ez[:, None]).sum(axis=1)      # in [0.5, m]
+            ml, el = np.frexp(lm)
+            ea = 0 if self.ea is None else self.ea
+            return np.ldexp(ml * mz, el + ez - 2 * ea)
+
     def energy_out(self, v):
         """Objectives and gaps in the caller's units: v 2**(2 ea) (inf beyond
         the float range: the value itself is not representable)."""
@@ -205,7 +220,7 @@ class Scaled:
 # the certificate
 # ---------------------------------------------------------------------------
 
-def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
+def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False, lz=None):
     """Objective and duality gap of codes, in scaled units (float64 arrays).
 
     Parameters
@@ -222,6 +237,8 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
     C, B : ndarray, optional
         ``S.X @ S.D.T`` and ``S.D @ S.D.T`` when already computed (used for
         float64 data only).
+    lz : ndarray of shape (n_samples,), optional
+        lmbd ||z||_1 in scaled units (``S.lmbd_l1``), else computed from Z.
 
     Returns
     -------
@@ -234,8 +251,9 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False):
     use_cb = C is not None and B is not None and S.X.dtype == np.float64
     # (float32 data with float64 codes: the data widened, exactly)
     X = S.X if Z.dtype == S.X.dtype else S.X.astype(Z.dtype)
-    _certify.certify(X, Z, D64, lmbd, C if use_cb else empty,
-                     B if use_cb else empty, positive, primal, gap, n_threads)
+    _certify.certify(X, Z, D64, lmbd, np.empty(0) if lz is None else lz,
+                     C if use_cb else empty, B if use_cb else empty, positive,
+                     primal, gap, n_threads)
     return primal, gap
 
 
@@ -246,7 +264,7 @@ def _terms(X, D, lmbd, Z, positive, func):
     S = Scaled.of(X, D, Z, lmbd)
     with kernel_threads(None, func) as n_threads:
         primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads,
-                              positive=positive)
+                              positive=positive, lz=S.lmbd_l1(lmbd, Z))
     if positive:
         infeasible = np.any(Z < 0, axis=1)
         primal[infeasible] = gap[infeasible] = np.inf

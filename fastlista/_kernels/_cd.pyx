@@ -67,7 +67,7 @@ cdef double gap_from(int w, const double *z, const double *g, const double *c,
     rr = xx - zc - zg
     if rr < 0:
         rr = 0
-    return lasso_gap(rr, xx - zc, l1, gmax, lmbd, &primal)
+    return lasso_gap(rr, xx - zc, lmbd * l1, gmax, lmbd, &primal)
 
 
 cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:

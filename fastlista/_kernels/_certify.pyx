@@ -43,6 +43,7 @@ cdef struct CertifyCtx:
     const double *C  # (N, m) X D^T (float64 data) or NULL
     const double *B  # (m, m) D D^T when C is given
     const double *lmbd  # (N,)
+    const double *lz    # (N,) lmbd ||z||_1 given by the caller, or NULL
     double *primal  # (N,) out
     double *gap     # (N,) out
     Py_ssize_t n, m
@@ -61,6 +62,7 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
     cdef double *r
     cdef double *g
     cdef double sums[4]
+    cdef double lz
     cdef bint sparse_r, sparse_g
 
     # x in double
@@ -122,7 +124,10 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
         else:
             fl_s_gap_sums(n, Xd + i * n, w.R + i * n, m, Zb + i * m, w.G + i * m,
                           c.positive, sums)
-        c.gap[start + i] = lasso_gap(sums[0], sums[1], sums[2], sums[3],
+        # lmbd ||z||_1, or the caller's value of it (computed where its
+        # factors could leave the float range)
+        lz = c.lz[start + i] if c.lz != NULL else c.lmbd[start + i] * sums[2]
+        c.gap[start + i] = lasso_gap(sums[0], sums[1], lz, sums[3],
                                      c.lmbd[start + i], &c.primal[start + i])
 
 
@@ -135,14 +140,16 @@ cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
 
 
 def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
-            const double[:, ::1] D, const double[::1] lmbd,
+            const double[:, ::1] D, const double[::1] lmbd, const double[::1] lz,
             const double[:, ::1] C, const double[:, ::1] B, bint positive,
             double[::1] primal, double[::1] gap, int n_threads):
     """primal[i] = F_x(z) and gap[i] = its duality gap, for every row.
 
-    D is the dictionary in double. C = X D^T and B = D D^T may be given
-    (float64 data, shapes (N, m) and (m, m)), or empty (0, 0). With
-    ``positive`` the dual constraint is one-sided (codes constrained >= 0).
+    D is the dictionary in double. lz, of shape (N,) or (0,), gives
+    lmbd ||z||_1 of each row (else computed from Z). C = X D^T and B = D D^T
+    may be given (float64 data, shapes (N, m) and (m, m)), or empty (0, 0).
+    With ``positive`` the dual constraint is one-sided (codes constrained
+    >= 0).
     """
     cdef Py_ssize_t N = X.shape[0], n = X.shape[1], m = Z.shape[1]
     cdef CertifyCtx c
@@ -178,6 +185,7 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     c.C = &C[0, 0] if C.shape[0] == N and floating is double and m else NULL
     c.B = &B[0, 0] if c.C != NULL else NULL
     c.lmbd = &lmbd[0]
+    c.lz = &lz[0] if lz.shape[0] == N else NULL
     c.primal = &primal[0]
     c.gap = &gap[0]
     c.n = n

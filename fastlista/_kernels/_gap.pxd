@@ -4,19 +4,22 @@
 # certificate (_certify.pyx, behind fastlista.duality_gap) reduce the code to
 # four sums and call lasso_gap:
 #
-#     rr = ||r||^2,  xr = <x, r>,  l1 = ||z||_1,
+#     rr = ||r||^2,  xr = <x, r>,  lz = lmbd ||z||_1,
 #     gmax = ||r D^T||_inf  (positive codes: max(0, max_j (r D^T)_j)).
+#
+# (lmbd ||z||_1 is passed as one number: its factors may leave the float
+# range at extreme scales where the product does not.)
 #
 # The dual point theta = r / s, s = max(lmbd, gmax), is feasible
 # (||theta D^T||_inf <= 1, or (theta D^T)_j <= 1 for positive codes), and
 #
-#     P(z)     = 1/2 rr + lmbd l1
+#     P(z)     = 1/2 rr + lz
 #     D(theta) = 1/2 ||x||^2 - 1/2 ||x - lmbd theta||^2
 #              = (lmbd / s) xr - 1/2 (lmbd / s)^2 rr
 #     gap      = P(z) - D(theta) >= 0,   0 exactly at the optimum.
 
 
-cdef inline double lasso_gap(double rr, double xr, double l1, double gmax,
+cdef inline double lasso_gap(double rr, double xr, double lz, double gmax,
                              double lmbd, double *primal) noexcept nogil:
     """Duality gap from the four sums; the primal objective in primal[0].
 
@@ -25,7 +28,7 @@ cdef inline double lasso_gap(double rr, double xr, double l1, double gmax,
     and the gap is 1/2 ||r||^2.
     """
     cdef double s, ratio, dual = 0, gap
-    primal[0] = 0.5 * rr + lmbd * l1
+    primal[0] = 0.5 * rr + lz
     s = lmbd if lmbd >= gmax else gmax          # NaN gmax gives NaN
     ratio = lmbd / s if lmbd != 0 else 0
     if ratio != 0:                              # (0 also when s overflowed)

@@ -180,7 +180,7 @@ cdef inline double stopping_gap(const floating *z, const floating *g,
     rr = xx - zc + zg
     if rr < 0:
         rr = 0
-    return lasso_gap(rr, xx - zc, l1, gmax, lmbd, obj)
+    return lasso_gap(rr, xx - zc, lmbd * l1, gmax, lmbd, obj)
 
 
 cdef inline void move_row(void *A, Py_ssize_t width, int src, int dst,
