@@ -926,6 +926,15 @@ def test_per_sample_lmbd_forward_equals_scalar_calls(parametrization, positive):
     Z = net.transform(X, lmbd=lm)
     one = np.vstack([net.transform(X[i:i + 1], lmbd=float(lm[i])) for i in range(len(X))])
     assert_allclose(Z, one, rtol=1e-12, atol=1e-14)
+    # float32: to float32's rounding (a batch's GEMMs round unlike one row's)
+    net32 = Lista(D.astype(np.float32), 0.3, 4, parametrization=parametrization,
+                  positive=positive).set_parameters(net.parameters)
+    X32 = X.astype(np.float32)
+    Z32 = net32.transform(X32, lmbd=lm)
+    assert Z32.dtype == np.float32
+    one32 = np.vstack([net32.transform(X32[i], lmbd=float(lm[i])) for i in range(len(X))])
+    assert np.max(np.abs(Z32 - one32)) <= 1e-5 * np.abs(one32).max()
+    assert np.max(np.abs(Z32 - Z)) <= 1e-4 * np.abs(Z).max()
     assert_array_equal(net.transform(X, lmbd=np.full(len(X), 0.3)), net.transform(X))
     assert_allclose(net.transform(X, n_layers=2, lmbd=lm),
                     np.vstack([net.transform(X[i], n_layers=2, lmbd=float(lm[i]))
