@@ -17,6 +17,11 @@ The contract, for every method, dtype, thread count and scale:
   ``reference.gap_terms_robust``);
 * ``res.converged[i]`` implies ``res.gap[i] <= tol * 1/2 ||x_i||^2``;
 * all-zero atoms have code exactly 0 in every sample.
+
+Every check takes ``lmbd`` as a scalar or one value a sample, and
+``positive=True`` for the Lasso over non-negative codes: the reference gap is
+then the one-sided gap of ``reference.gap_terms_robust(..., positive=True)``
+and the codes must be >= 0.
 """
 import numpy as np
 
@@ -49,22 +54,23 @@ def _bad_samples(bad, limit=5):
 C_REL = 1e-12
 
 
-def gap_allowance(X, D, lmbd, Z, dtype=np.float64):
+def gap_allowance(X, D, lmbd, Z, dtype=np.float64, positive=False):
     """(primal, reference gap, allowed |gap - reference|, size) per sample,
     long double, for a gap stored in ``dtype``."""
-    F, g_ref, size, sens = ref.gap_terms_robust(X, D, lmbd, Z, c_rel=C_REL)
+    F, g_ref, size, sens = ref.gap_terms_robust(X, D, lmbd, Z, c_rel=C_REL,
+                                                positive=positive)
     with np.errstate(all="ignore"):
         allowed = GAP_RTOL * g_ref + GAP_SIZE_TOL * size + sens + \
             LD(np.finfo(dtype).smallest_subnormal)
     return F, g_ref, allowed, size
 
 
-def assert_gap_matches(X, D, lmbd, Z, gap, what="gap"):
+def assert_gap_matches(X, D, lmbd, Z, gap, what="gap", positive=False):
     """``gap`` (one value a row of Z) is the duality gap of Z, to rounding."""
     gap = np.atleast_1d(np.asarray(gap))
     dtype = _result_dtype(gap)
     finfo = np.finfo(dtype)
-    _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, dtype)
+    _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, dtype, positive)
     g = gap.astype(LD)
     with np.errstate(all="ignore"):
         close = np.abs(g - g_ref) <= allowed
@@ -80,11 +86,11 @@ def assert_gap_matches(X, D, lmbd, Z, gap, what="gap"):
             f"{len(bad)} samples ({dtype}):\n  " + "\n  ".join(lines))
 
 
-def true_gap_bound(X, D, lmbd, Z, gap):
+def true_gap_bound(X, D, lmbd, Z, gap, positive=False):
     """An upper bound on the true gap of Z from the reported ``gap`` (once
     ``assert_gap_matches`` passed): gap + its allowance (long double)."""
     gap = np.atleast_1d(np.asarray(gap))
-    _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, _result_dtype(gap))
+    _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, _result_dtype(gap), positive)
     with np.errstate(all="ignore"):
         return np.where(np.isposinf(gap), g_ref, gap.astype(LD) + allowed)
 
@@ -101,9 +107,9 @@ def zero_atoms(D):
     return np.flatnonzero(~np.any(D != 0, axis=1))
 
 
-def assert_certified(X, D, lmbd, tol, res, dtype=None):
+def assert_certified(X, D, lmbd, tol, res, dtype=None, positive=False):
     """The whole contract for a ``LassoResult`` of ``solve_lasso(X, D, lmbd,
-    tol=tol, ...)`` (2-D X)."""
+    tol=tol, positive=positive, ...)`` (2-D X)."""
     Z, gap, conv = np.asarray(res.codes), np.asarray(res.gap), np.asarray(res.converged)
     dtype = np.asarray(X).dtype if dtype is None else np.dtype(dtype)
     assert Z.dtype == dtype, f"codes are {Z.dtype}, inputs {dtype}"
@@ -116,20 +122,25 @@ def assert_certified(X, D, lmbd, tol, res, dtype=None):
         raise AssertionError(
             f"non-finite codes in samples {i} of {len(finite)}: reported gap "
             f"{gap[i].tolist()}, converged {conv[i].tolist()}")
+    if positive:
+        neg = np.any(Z < 0, axis=1)
+        assert not neg.any(), (
+            f"positive=True gave negative codes in samples {_bad_samples(neg)}: "
+            f"min {Z[neg].min()!r}")
     zero = zero_atoms(D)
     if zero.size:
         nz = np.any(Z[:, zero] != 0, axis=1)
         assert not nz.any(), (
             f"all-zero atoms {zero[:5].tolist()} have non-zero codes in samples "
             f"{_bad_samples(nz)}: {Z[nz][:, zero][:3].tolist()}")
-    assert_gap_matches(X, D, lmbd, Z, gap)
+    assert_gap_matches(X, D, lmbd, Z, gap, positive=positive)
     target = LD(tol) * half_sq_norms(X)
     finfo = np.finfo(dtype)
     with np.errstate(all="ignore"):
         ok = gap.astype(LD) <= target * LD(1 + GAP_RTOL) + LD(finfo.smallest_subnormal)
         # a gap beyond the dtype's range is stored as inf: judge the true gap
         # (1/2 ||x||^2 may be beyond the range too, e.g. x ~ 1e200)
-        _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, dtype)
+        _, g_ref, allowed, _ = gap_allowance(X, D, lmbd, Z, dtype, positive)
         beyond = np.isposinf(gap) & (g_ref + allowed > LD(finfo.max))
         ok |= beyond & (g_ref <= target * LD(1 + GAP_RTOL) + allowed)
     bad = conv & ~ok
@@ -139,13 +150,13 @@ def assert_certified(X, D, lmbd, tol, res, dtype=None):
         f"{[_fmt(t) for t in target[bad][:5]]}")
 
 
-def assert_objective_consistent(X, D, lmbd, Z, gap, Z_ref):
+def assert_objective_consistent(X, D, lmbd, Z, gap, Z_ref, positive=False):
     """Against any reference codes Z_ref (e.g. ``reference.solve_scaled``):
     F(z) - F(z_ref) <= gap + rounding (F(z_ref) >= F*), and
     F(z_ref) - gap_ref(z_ref) <= F(z) + rounding (weak duality: F* >= that)."""
-    F, _, _, size = gap_allowance(X, D, lmbd, Z)
-    bound = true_gap_bound(X, D, lmbd, Z, gap)
-    F_ref, g_ref, _, size_ref = gap_allowance(X, D, lmbd, Z_ref)
+    F, _, _, size = gap_allowance(X, D, lmbd, Z, positive=positive)
+    bound = true_gap_bound(X, D, lmbd, Z, gap, positive)
+    F_ref, g_ref, _, size_ref = gap_allowance(X, D, lmbd, Z_ref, positive=positive)
     tiny = LD(np.finfo(_result_dtype(np.asarray(gap))).smallest_subnormal)
     slack = GAP_SIZE_TOL * np.maximum(size, size_ref) + tiny
     with np.errstate(all="ignore"):
@@ -161,14 +172,14 @@ def assert_objective_consistent(X, D, lmbd, Z, gap, Z_ref):
                 f"gap(z_ref) {[_fmt(v) for v in g_ref[i]]}")
 
 
-def assert_same_optimum(X, D, lmbd, res1, res2):
+def assert_same_optimum(X, D, lmbd, res1, res2, positive=False):
     """Two certified results of one problem (e.g. n_jobs=1 and 2): their
     objectives differ by at most the sum of their gaps (both within their gap
     of the optimum), plus rounding. Codes are never compared."""
-    F1, _, _, s1 = gap_allowance(X, D, lmbd, res1.codes)
-    F2, _, _, s2 = gap_allowance(X, D, lmbd, res2.codes)
-    b1 = true_gap_bound(X, D, lmbd, res1.codes, res1.gap)
-    b2 = true_gap_bound(X, D, lmbd, res2.codes, res2.gap)
+    F1, _, _, s1 = gap_allowance(X, D, lmbd, res1.codes, positive=positive)
+    F2, _, _, s2 = gap_allowance(X, D, lmbd, res2.codes, positive=positive)
+    b1 = true_gap_bound(X, D, lmbd, res1.codes, res1.gap, positive)
+    b2 = true_gap_bound(X, D, lmbd, res2.codes, res2.gap, positive)
     with np.errstate(all="ignore"):
         bad = ~(np.abs(F1 - F2) <= b1 + b2 + GAP_SIZE_TOL * np.maximum(s1, s2))
     if bad.any():
@@ -180,7 +191,7 @@ def assert_same_optimum(X, D, lmbd, res1, res2):
             f"{[_fmt(v) for v in np.atleast_1d(res2.gap)[i]]}")
 
 
-def assert_kkt_strongly_convex(X, D, lmbd, Z, gap, mu):
+def assert_kkt_strongly_convex(X, D, lmbd, Z, gap, mu, positive=False):
     """KKT conditions implied by the gap when D D^T >= mu I (mu > 0).
 
     ||z - z*||^2 <= 2 gap / mu =: rho^2, so with c = (x - zD) D^T,
@@ -188,8 +199,10 @@ def assert_kkt_strongly_convex(X, D, lmbd, Z, gap, mu):
     delta for every k, and |c_k - lmbd sign z_k| <= delta where |z_k| > rho
     (there z*_k has the sign of z_k). (Entries |z_k| <= rho may sit on the
     wrong side of 0: no condition on them.) Checked at scale 1-ish inputs.
+    With ``positive`` the conditions are one-sided: c_k <= lmbd + delta for
+    every k (c_k may be very negative where z*_k = 0).
     """
-    eff = true_gap_bound(X, D, lmbd, Z, gap).astype(np.float64)
+    eff = true_gap_bound(X, D, lmbd, Z, gap, positive).astype(np.float64)
     X, D = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D))
     Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
     L = ref.lipschitz(D)
@@ -199,9 +212,10 @@ def assert_kkt_strongly_convex(X, D, lmbd, Z, gap, mu):
     c_scale = np.linalg.norm(D, axis=1).max() * (
         np.linalg.norm(X, axis=1) + np.abs(Z) @ np.linalg.norm(D, axis=1))
     round_c = 1e-12 * c_scale + 1e-300
-    off = np.max(np.abs(C), axis=1) - lmbd
+    lm = ref.per_sample(lmbd, X.shape[0])
+    off = np.max(C if positive else np.abs(C), axis=1) - lm
     sure = np.abs(Z) > rho[:, None]
-    on = np.where(sure, np.abs(C - lmbd * np.sign(Z)), 0.0).max(axis=1, initial=0.0)
+    on = np.where(sure, np.abs(C - lm[:, None] * np.sign(Z)), 0.0).max(axis=1, initial=0.0)
     bad = (off > delta + round_c) | (on > delta + round_c)
     assert not bad.any(), (
         f"KKT violated beyond the gap's bound in samples {_bad_samples(bad)}: "

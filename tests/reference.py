@@ -6,6 +6,15 @@ package's tricks (Gram/GEMM choice, support awareness, blocking, Cython):
 conventions are D (n_atoms, n_features), X (n_samples, n_features),
 Z (n_samples, n_atoms), reconstruction Z @ D, and per sample
 F(z) = 0.5 ||x - z D||^2 + lmbd ||z||_1.
+
+Two variants run through the functions that take ``positive`` and ``lmbd``:
+
+* ``positive=True``: the Lasso over non-negative codes, min_{z >= 0} F(z).
+  Its prox is max(u - t, 0), its lambda_max is max(x D^T)_+, and its dual
+  constraint is one-sided, (theta D^T)_j <= 1, so the dual point of the gap
+  is theta = r / max(lmbd, max_j (r D^T)_j, 0); a code with a negative entry
+  is infeasible (objective and gap +inf).
+* ``lmbd`` a scalar or one value per sample (shape (n_samples,)).
 """
 import numpy as np
 
@@ -15,6 +24,7 @@ __all__ = [
     "lipschitz", "lipschitz_support", "kkt_violation", "assert_kkt",
     "gap_terms_robust", "duality_gap_robust", "objective_robust",
     "strong_convexity", "lambda_max_robust", "solve_scaled", "duality_gap_batch",
+    "per_sample", "orthonormal_dictionary",
 ]
 
 
@@ -49,17 +59,29 @@ def make_problem(n_samples=30, n_features=20, n_atoms=40, *, density=1.0,
 # --------------------------------------------------------------------------
 # Lasso toolkit
 # --------------------------------------------------------------------------
-def soft_thresholding(U, t):
+def soft_thresholding(U, t, positive=False):
     """sign(u) * max(|u| - t, 0), elementwise, in the dtype of the result of
-    NumPy's own arithmetic on (U, t). NaN propagates (np.sign(NaN) = NaN)."""
+    NumPy's own arithmetic on (U, t). NaN propagates (np.sign(NaN) = NaN).
+    ``positive``: max(u - t, 0), the prox of t ||.||_1 plus the indicator of
+    z >= 0 (NaN propagates through np.maximum)."""
     U = np.asarray(U)
+    if positive:
+        return np.maximum(U - t, 0)
     return np.sign(U) * np.maximum(np.abs(U) - t, 0)
 
 
-def objective(X, D, lmbd, Z):
+def per_sample(lmbd, n_samples, dtype=np.float64):
+    """lmbd (a scalar or one a sample) as an array of shape (n_samples,)."""
+    return np.broadcast_to(np.asarray(lmbd, dtype=dtype), (n_samples,))
+
+
+def objective(X, D, lmbd, Z, positive=False):
     X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
     R = X - Z @ D
-    return 0.5 * np.sum(R * R, axis=1) + lmbd * np.sum(np.abs(Z), axis=1)
+    F = 0.5 * np.sum(R * R, axis=1) + per_sample(lmbd, X.shape[0]) * np.sum(np.abs(Z), axis=1)
+    if positive:
+        F = np.where(np.any(Z < 0, axis=1), np.inf, F)
+    return F
 
 
 def gradient(X, D, Z):
@@ -67,9 +89,13 @@ def gradient(X, D, Z):
     return Z @ D @ D.T - X @ D.T
 
 
-def lambda_max(X, D):
+def lambda_max(X, D, positive=False):
+    """||x D^T||_inf per sample; max(x D^T)_+ with ``positive``."""
     X, D = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D))
-    return np.max(np.abs(X @ D.T), axis=1)
+    C = X @ D.T
+    if positive:
+        return np.maximum(np.max(C, axis=1, initial=-np.inf), 0.0)
+    return np.max(np.abs(C), axis=1, initial=0.0)
 
 
 def duality_gap(X, D, lmbd, Z):
@@ -77,13 +103,14 @@ def duality_gap(X, D, lmbd, Z):
     theta = r / max(lmbd, ||r D^T||_inf), Dual = 0.5||x||^2 - 0.5||x - lmbd theta||^2."""
     X, D, Z = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D, Z))
     gaps = np.empty(X.shape[0])
+    lms = per_sample(lmbd, X.shape[0])
     for i in range(X.shape[0]):
-        x, z = X[i], Z[i]
+        x, z, lm = X[i], Z[i], lms[i]
         r = x - z @ D
-        scale = max(lmbd, np.max(np.abs(D @ r)))
+        scale = max(lm, np.max(np.abs(D @ r)))
         theta = r / scale if scale > 0 else np.zeros_like(r)
-        primal = 0.5 * r @ r + lmbd * np.sum(np.abs(z))
-        dual = 0.5 * x @ x - 0.5 * np.sum((x - lmbd * theta) ** 2)
+        primal = 0.5 * r @ r + lm * np.sum(np.abs(z))
+        dual = 0.5 * x @ x - 0.5 * np.sum((x - lm * theta) ** 2)
         gaps[i] = primal - dual
     return gaps
 
@@ -120,15 +147,17 @@ def _prep(X, D, Z0):
     return X, D, Z
 
 
-def ista(X, D, lmbd, n_iter, Z0=None):
+def ista(X, D, lmbd, n_iter, Z0=None, positive=False):
     """n_iter plain ISTA steps with step 1/L; returns codes and the objective
-    after each step (shape (n_iter + 1, N), row 0 = start)."""
+    after each step (shape (n_iter + 1, N), row 0 = start). ``lmbd`` a scalar
+    or one a sample; ``positive``: the one-sided threshold max(u - t, 0)."""
     X, D, Z = _prep(X, D, Z0)
     L = lipschitz(D)
-    hist = [objective(X, D, lmbd, Z)]
+    lm = per_sample(lmbd, X.shape[0])[:, None]
+    hist = [objective(X, D, lmbd, Z, positive)]
     for _ in range(n_iter):
-        Z = soft_thresholding(Z - ((Z @ D - X) @ D.T) / L, lmbd / L)
-        hist.append(objective(X, D, lmbd, Z))
+        Z = soft_thresholding(Z - ((Z @ D - X) @ D.T) / L, lm / L, positive)
+        hist.append(objective(X, D, lmbd, Z, positive))
     return Z, np.array(hist)
 
 
@@ -145,10 +174,12 @@ def fista(X, D, lmbd, n_iter, Z0=None):
     return Z
 
 
-def coordinate_descent(X, D, lmbd, n_sweeps, Z0=None):
+def coordinate_descent(X, D, lmbd, n_sweeps, Z0=None, positive=False):
     """Cyclic coordinate descent, all samples at once, one atom at a time.
-    An all-zero atom keeps a zero code."""
+    An all-zero atom keeps a zero code. ``lmbd`` a scalar or one a sample;
+    ``positive``: codes constrained >= 0."""
     X, D, Z = _prep(X, D, Z0)
+    lm = per_sample(lmbd, X.shape[0])
     norms = np.sum(D * D, axis=1)
     R = X - Z @ D
     for _ in range(n_sweeps):
@@ -158,23 +189,26 @@ def coordinate_descent(X, D, lmbd, n_sweeps, Z0=None):
                 continue
             old = Z[:, k].copy()
             u = old + (R @ D[k]) / norms[k]
-            Z[:, k] = soft_thresholding(u, lmbd / norms[k])
+            Z[:, k] = soft_thresholding(u, lm / norms[k], positive)
             R -= np.outer(Z[:, k] - old, D[k])
     return Z
 
 
-def solve_exact(X, D, lmbd, rel_gap=1e-15, max_sweeps=20000):
+def solve_exact(X, D, lmbd, rel_gap=1e-15, max_sweeps=20000, positive=False):
     """High-accuracy solution by coordinate descent: runs until every
-    sample's gap <= rel_gap * 0.5 ||x||^2 (or max_sweeps)."""
+    sample's gap <= rel_gap * 0.5 ||x||^2 (or max_sweeps). ``lmbd`` a scalar
+    or one a sample; ``positive``: the Lasso over z >= 0 (its one-sided gap)."""
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     D = np.asarray(D, dtype=np.float64)
     Z = np.zeros((X.shape[0], D.shape[0]))
     target = rel_gap * 0.5 * np.sum(X * X, axis=1)
     done = 0
     while done < max_sweeps:
-        Z = coordinate_descent(X, D, lmbd, 20, Z0=Z)
+        Z = coordinate_descent(X, D, lmbd, 20, Z0=Z, positive=positive)
         done += 20
-        if np.all(duality_gap(X, D, lmbd, Z) <= target + 1e-300):
+        gap = (duality_gap_batch(X, D, lmbd, Z, positive=True)[0] if positive
+               else duality_gap(X, D, per_sample(lmbd, X.shape[0]), Z))
+        if np.all(gap <= target + 1e-300):
             break
     return Z
 
@@ -242,7 +276,7 @@ def _exponent(A):
     return int(np.frexp(top)[1])
 
 
-def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
+def gap_terms_robust(X, D, lmbd, Z, c_rel=None, positive=False):
     """Primal objective, duality gap and size of each sample, in long double.
 
     The gap of DESIGN section 2 (``r = x - zD``, ``theta = r / max(lmbd,
@@ -267,6 +301,11 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
         (||x|| ||r|| + ||r||^2) min(1, 2 c_rel T max||d_j|| / max(lmbd, ||c||_inf))
 
     (0 when lmbd = 0: the dual point is then 0 whatever c).
+
+    ``lmbd`` is a scalar or one value a sample. With ``positive`` (codes
+    constrained >= 0) the dual constraint is one-sided: ``theta = r /
+    max(lmbd, max_j (r D^T)_j, 0)``; a code with a negative entry is
+    infeasible: primal and gap +inf (size as usual).
     """
     ld = np.longdouble
     X, Z = np.atleast_2d(np.asarray(X)), np.atleast_2d(np.asarray(Z))
@@ -274,7 +313,7 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
     N, m = Z.shape
     eD = _exponent(D)
     Ds = np.ldexp(D.astype(ld), -eD)                  # max|D_s| in [0.5, 1)
-    lm = ld(lmbd)
+    lms = per_sample(lmbd, N, ld)
     dnorm = np.sqrt(np.sum(Ds * Ds, axis=1))
     dmax = np.max(dnorm, initial=ld(0))
     primal, gap, size, sens = (np.zeros(N, dtype=ld) for _ in range(4))
@@ -283,12 +322,15 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
             ex = _exponent(X[i])
             x = np.ldexp(X[i].astype(ld), -ex)
             z = np.ldexp(Z[i].astype(ld), eD - ex)    # x = 2^ex x_s, D = 2^eD D_s
-            lam = np.ldexp(lm, -ex - eD)             # F = 4^ex F_s
+            lam = np.ldexp(lms[i], -ex - eD)         # F = 4^ex F_s
             r = x - z @ Ds
             l1 = np.sum(np.abs(z))
             rr = r @ r
             p = ld(0.5) * rr + lam * l1
-            corr = np.max(np.abs(Ds @ r)) if m else ld(0)
+            if positive:
+                corr = max(np.max(Ds @ r), ld(0)) if m else ld(0)
+            else:
+                corr = np.max(np.abs(Ds @ r)) if m else ld(0)
             scale = max(lam, corr)
             if scale > 0:
                 ratio = lam / scale
@@ -297,6 +339,8 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
                 dual = ld(0)
             g = p - dual
             g = g if not g < 0 else ld(0)
+            if positive and np.any(z < 0):
+                p = g = ld(np.inf)
             T = np.sqrt(x @ x) + np.abs(z) @ dnorm
             s = ld(0.5) * T * T + lam * l1
             if c_rel is not None and lam > 0:
@@ -308,17 +352,17 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None):
     return primal, gap, size
 
 
-def duality_gap_robust(X, D, lmbd, Z):
+def duality_gap_robust(X, D, lmbd, Z, positive=False):
     """Duality gap per sample (see :func:`gap_terms_robust`) as float64:
     exact to ~1e-18 relatively of the size of its terms, at any scale; inf
     where the true gap exceeds the float64 range."""
     with np.errstate(over="ignore"):
-        return gap_terms_robust(X, D, lmbd, Z)[1].astype(np.float64)
+        return gap_terms_robust(X, D, lmbd, Z, positive=positive)[1].astype(np.float64)
 
 
-def objective_robust(X, D, lmbd, Z):
+def objective_robust(X, D, lmbd, Z, positive=False):
     """F(z) per sample in long double (any scale, no overflow)."""
-    return gap_terms_robust(X, D, lmbd, Z)[0]
+    return gap_terms_robust(X, D, lmbd, Z, positive=positive)[0]
 
 
 def strong_convexity(D):
@@ -329,8 +373,9 @@ def strong_convexity(D):
     return float(max(np.linalg.eigvalsh(D @ D.T)[0], 0.0))
 
 
-def lambda_max_robust(X, D):
-    """||x D^T||_inf per sample in long double, at any scale."""
+def lambda_max_robust(X, D, positive=False):
+    """||x D^T||_inf per sample in long double, at any scale (max(x D^T)_+
+    with ``positive``)."""
     ld = np.longdouble
     X = np.atleast_2d(np.asarray(X))
     D = np.asarray(D)
@@ -342,11 +387,12 @@ def lambda_max_robust(X, D):
     for i in range(X.shape[0]):
         ex = _exponent(X[i])
         c = Ds @ np.ldexp(X[i].astype(ld), -ex)
-        out[i] = np.ldexp(np.max(np.abs(c)), ex + eD)
+        top = max(np.max(c), ld(0)) if positive else np.max(np.abs(c))
+        out[i] = np.ldexp(top, ex + eD)
     return out
 
 
-def solve_scaled(X, D, lmbd, n_sweeps=60, Z0=None):
+def solve_scaled(X, D, lmbd, n_sweeps=60, Z0=None, positive=False):
     """Lasso codes by cyclic coordinate descent, at any scale.
 
     Each sample is solved in float64 on (x / 2^ex, D / 2^eD, lmbd / 2^(ex +
@@ -355,6 +401,7 @@ def solve_scaled(X, D, lmbd, n_sweeps=60, Z0=None):
     Atoms whose scaled squared norm underflows are treated as zero. A fixed
     number of sweeps: an approximation whose accuracy ``gap_terms_robust``
     measures. ``Z0`` (optional) is a warm start in the original scale.
+    ``lmbd`` a scalar or one a sample; ``positive``: codes constrained >= 0.
     Returns an (n_samples, n_atoms) long double array.
     """
     ld = np.longdouble
@@ -366,13 +413,15 @@ def solve_scaled(X, D, lmbd, n_sweeps=60, Z0=None):
     ex = np.array([_exponent(x) for x in X], dtype=int)
     with np.errstate(all="ignore"):
         Xs = np.ldexp(X.astype(np.float64), -ex[:, None])
-        lam = np.ldexp(np.full(N, float(lmbd)), -ex - eD)
+        lam = np.ldexp(np.array(per_sample(lmbd, N)), -ex - eD)
         if Z0 is None:
             Z = np.zeros((N, m))
         else:
             Z = np.ldexp(np.atleast_2d(np.asarray(Z0)).astype(ld),
                          (eD - ex)[:, None]).astype(np.float64)
             Z[~np.isfinite(Z)] = 0.0
+            if positive:
+                Z = np.maximum(Z, 0.0)
         norms = np.sum(Ds * Ds, axis=1)
         R = Xs - Z @ Ds
         for _ in range(n_sweeps):
@@ -382,28 +431,46 @@ def solve_scaled(X, D, lmbd, n_sweeps=60, Z0=None):
                     continue
                 old = Z[:, k].copy()
                 u = old + (R @ Ds[k]) / norms[k]
-                Z[:, k] = soft_thresholding(u, lam / norms[k])
+                Z[:, k] = soft_thresholding(u, lam / norms[k], positive)
                 R -= np.outer(Z[:, k] - old, Ds[k])
         return np.ldexp(Z.astype(ld), (ex - eD)[:, None])
 
 
-def duality_gap_batch(X, D, lmbd, Z):
+def duality_gap_batch(X, D, lmbd, Z, positive=False):
     """The duality gap in long double, vectorised over samples, for large
     batches at moderate scales (no rescaling: |entries| within ~1e+-1000).
-    Returns (gap, size) as long double arrays; see :func:`gap_terms_robust`."""
+    Returns (gap, size) as long double arrays; see :func:`gap_terms_robust`
+    (``lmbd`` a scalar or one a sample, ``positive`` its one-sided gap)."""
     ld = np.longdouble
     X, Z = (np.atleast_2d(np.asarray(a)).astype(ld) for a in (X, Z))
     D = np.asarray(D).astype(ld)
+    lm = np.array(per_sample(lmbd, X.shape[0], ld))
     with np.errstate(all="ignore"):
         R = X - Z @ D
         rr = np.sum(R * R, axis=1)
         l1 = np.sum(np.abs(Z), axis=1)
-        primal = ld(0.5) * rr + ld(lmbd) * l1
-        corr = np.max(np.abs(R @ D.T), axis=1, initial=ld(0))
-        scale = np.maximum(ld(lmbd), corr)
-        ratio = np.where(scale > 0, ld(lmbd) / np.where(scale > 0, scale, 1), ld(0))
+        primal = ld(0.5) * rr + lm * l1
+        C = R @ D.T
+        if positive:
+            corr = np.maximum(np.max(C, axis=1, initial=ld(-np.inf)), ld(0))
+        else:
+            corr = np.max(np.abs(C), axis=1, initial=ld(0))
+        scale = np.maximum(lm, corr)
+        ratio = np.where(scale > 0, lm / np.where(scale > 0, scale, 1), ld(0))
         dual = ratio * np.sum(X * R, axis=1) - ld(0.5) * ratio * ratio * rr
         gap = np.maximum(primal - dual, ld(0))
+        if positive:
+            gap[np.any(Z < 0, axis=1)] = ld(np.inf)
         T = np.sqrt(np.sum(X * X, axis=1)) + np.abs(Z) @ np.sqrt(np.sum(D * D, axis=1))
-        size = ld(0.5) * T * T + ld(lmbd) * l1
+        size = ld(0.5) * T * T + lm * l1
     return gap, size
+
+
+def orthonormal_dictionary(n_atoms, n_features, seed=0):
+    """D with orthonormal rows (n_atoms <= n_features): D D^T = I, so the
+    Lasso is separable: z = ST(x D^T, lmbd), and z = max(x D^T - lmbd, 0)
+    over z >= 0."""
+    assert n_atoms <= n_features
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n_features, n_atoms)))
+    return np.ascontiguousarray(Q.T)

@@ -21,6 +21,12 @@ lambda_max of one sample: below, at, above, far above), warm starts (none, zeros
 1e100, 1e155, the reference solution, its sign flip), dtypes (float32 with
 tol=1e-5, float64), memory layouts (C, Fortran, strided) and n_jobs in {1, 2}.
 
+The variants (``test_variant_*``) draw the same problems with non-negative
+codes (``positive=True``: the one-sided certificate of
+``reference.gap_terms_robust(positive=True)``, codes >= 0, exact zeros from
+the one-sided lambda_max on) and/or one lmbd per sample (each drawn from the
+same levels around the sample's own lambda_max).
+
 A failing example prints its ``spec``; rebuild it with
 ``build_problem(spec)`` (from this module) to get X, D, lmbd, Z0.
 
@@ -99,11 +105,14 @@ DTYPE_PARAMS = {
 
 class Problem:
     """X, D, lmbd, Z0, tol, max_iter built from ``spec``, with the reference
-    codes ``Z_ref`` (long double) and ``lmbd_max`` (per sample)."""
+    codes ``Z_ref`` (long double) and ``lmbd_max`` (per sample). ``lmbd`` is
+    a float, or one float64 a sample with ``spec["per_sample"]``;
+    ``positive`` is ``spec["positive"]`` (False for specs without it)."""
 
     def __init__(self, spec, X, D, lmbd, Z0, Z_ref, lmbd_max, may_refuse):
         self.spec, self.X, self.D, self.lmbd, self.Z0 = spec, X, D, lmbd, Z0
         self.Z_ref, self.lmbd_max, self.may_refuse = Z_ref, lmbd_max, may_refuse
+        self.positive = bool(spec.get("positive", False))
         self.tol = spec["tol"]
         self.max_iter = 30 if self.tol == 0 else 3000
 
@@ -166,13 +175,28 @@ def build_problem(spec):
         X, D = (X * sx).astype(dt), (D * sd).astype(dt)
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(D))):
         return None
-    lmbd_max = ref.lambda_max_robust(X, D)
-    base = lmbd_max[k] if lmbd_max[k] > 0 else np.max(lmbd_max, initial=0)
-    with np.errstate(all="ignore"):
-        lmbd = float(dt.type(LAMBDAS[s["lmbd"]] * float(base)))
-    if not np.isfinite(lmbd):
-        return None
-    Z_ref = ref.solve_scaled(X, D, lmbd, n_sweeps=40)
+    positive = bool(s.get("positive", False))
+    lmbd_max = ref.lambda_max_robust(X, D, positive)
+    top = np.max(lmbd_max, initial=0)
+    if s.get("per_sample", False):
+        # each sample at a level drawn around its own lambda_max (the drawn
+        # level for sample k; a sample with lambda_max 0 at the batch's top)
+        levels = np.array(list(LAMBDAS.values()))
+        factors = levels[np.random.default_rng(s["seed"] ^ 0x5EED).integers(
+            0, len(levels), size=N)]
+        factors[k] = LAMBDAS[s["lmbd"]]
+        base = np.where(lmbd_max > 0, lmbd_max, top)
+        with np.errstate(all="ignore"):
+            lmbd = (factors * base.astype(np.float64)).astype(dt).astype(np.float64)
+        if not np.all(np.isfinite(lmbd)):
+            return None
+    else:
+        base = lmbd_max[k] if lmbd_max[k] > 0 else top
+        with np.errstate(all="ignore"):
+            lmbd = float(dt.type(LAMBDAS[s["lmbd"]] * float(base)))
+        if not np.isfinite(lmbd):
+            return None
+    Z_ref = ref.solve_scaled(X, D, lmbd, n_sweeps=40, positive=positive)
     fmax = np.longdouble(np.finfo(dt).max)
     warm = s["warm"]
     with np.errstate(all="ignore"):
@@ -198,7 +222,9 @@ def build_problem(spec):
     # already overflows
     may_refuse = bool(np.max(np.abs(Z_ref), initial=0) > fmax * np.longdouble(1e-12))
     if Z0 is not None:
-        F0 = ref.objective_robust(X, D, lmbd, Z0)
+        # (with positive, the solver clips a warm start's negative entries)
+        F0 = ref.objective_robust(X, D, lmbd, np.maximum(Z0, 0) if positive else Z0,
+                                  positive=positive)
         may_refuse |= bool(np.any(F0 > fmax * np.longdouble(1e-6)))
     X, D, Z0 = (_layout(A, s["layout"]) for A in (X, D, Z0))
     return Problem(spec, X, D, lmbd, Z0, Z_ref, lmbd_max, may_refuse)
@@ -207,7 +233,8 @@ def build_problem(spec):
 @st.composite
 def specs(draw, dtypes=("float64", "float32"), min_samples=1, max_samples=40,
           dictionaries=DICTIONARIES, shapes=("fewer", "square", "more"),
-          scaled=True, warm=WARM, signals=SIGNALS, lambdas=tuple(LAMBDAS)):
+          scaled=True, warm=WARM, signals=SIGNALS, lambdas=tuple(LAMBDAS),
+          variants=False):
     dtype = draw(st.sampled_from(dtypes))
     n = draw(st.integers(1, 12))
     shape = draw(st.sampled_from(shapes))
@@ -217,7 +244,7 @@ def specs(draw, dtypes=("float64", "float32"), min_samples=1, max_samples=40,
         m = n
     else:
         m = draw(st.integers(n + 1, min(30, 3 * n + 2)))
-    return {
+    spec = {
         "dtype": dtype,
         "seed": draw(st.integers(0, 2**32 - 1)),
         "n_samples": draw(st.integers(min_samples, max_samples)),
@@ -232,6 +259,11 @@ def specs(draw, dtypes=("float64", "float32"), min_samples=1, max_samples=40,
         "layout": draw(st.sampled_from(LAYOUTS)),
         "tol": draw(st.sampled_from([DTYPE_PARAMS[dtype]["tol"], 0.0])),
     }
+    if variants:
+        # (drawn only here: the other tests' derandomized examples are unchanged)
+        spec["positive"], spec["per_sample"] = draw(st.sampled_from(
+            [(True, False), (False, True), (True, True)]))
+    return spec
 
 
 def problems(**kw):
@@ -245,7 +277,8 @@ def run(p, method, n_jobs):
             # stopping at max_iter is legitimate (ill-conditioned, float32, tol=0)
             warnings.simplefilter("ignore", ConvergenceWarning)
             return solve_lasso(p.X, p.D, p.lmbd, method=method, tol=p.tol,
-                               max_iter=p.max_iter, Z0=p.Z0, n_jobs=n_jobs)
+                               max_iter=p.max_iter, Z0=p.Z0, n_jobs=n_jobs,
+                               positive=p.positive)
     except FloatingPointError as exc:
         assert p.may_refuse, f"refused a problem whose codes fit the float range: {exc}"
         assert "sample" in str(exc), f"FloatingPointError without the sample: {exc}"
@@ -263,19 +296,24 @@ def test_solve_lasso_result_is_certified(p, method, n_jobs):
     if res is None:
         return
     assert_certified(p.X, p.D, p.lmbd, p.tol, res)
+    assert_zero_above_lambda_max(p, res)
+    assert_objective_consistent(p.X, p.D, p.lmbd, res.codes, res.gap, p.Z_ref)
+
+
+def assert_zero_above_lambda_max(p, res):
     # above lambda_max the code is exactly 0 (screened; not with tol=0).
-    # lambda_max(x) = ||x D^T||_inf is computed in the input dtype: allow its
-    # rounding, relative to ||x|| max ||d_j|| (x nearly orthogonal to D)
+    # lambda_max(x) = ||x D^T||_inf (max(x D^T)_+ for positive codes) is
+    # computed in the input dtype: allow its rounding, relative to ||x||
+    # max ||d_j|| (x nearly orthogonal to D)
     if p.tol > 0:
         LD = np.longdouble
         X, D = (np.asarray(A).astype(LD) for A in (p.X, p.D))
         with np.errstate(all="ignore"):
             rounding = LD(1e-5 if p.X.dtype == np.float32 else 1e-13) * \
                 np.sqrt(np.sum(X * X, axis=1)) * np.sqrt(np.max(np.sum(D * D, axis=1)))
-            above = LD(p.lmbd) > p.lmbd_max * LD(1 + 1e-6) + rounding
+            above = np.asarray(p.lmbd, dtype=LD) > p.lmbd_max * LD(1 + 1e-6) + rounding
         nz = above & np.any(res.codes != 0, axis=1)
         assert not nz.any(), f"non-zero codes above lambda_max in samples {np.flatnonzero(nz)}"
-    assert_objective_consistent(p.X, p.D, p.lmbd, res.codes, res.gap, p.Z_ref)
 
 
 @FUZZ
@@ -351,3 +389,76 @@ def test_coordinate_descent_converges_on_well_posed_problems(p, method, n_jobs):
         (p.lmbd_max > c_round)
     bad = must & ~res.converged
     assert not bad.any(), f"not converged: samples {np.flatnonzero(bad)}"
+
+
+# ---------------------------------------------------------------------------
+# variants: non-negative codes and one lmbd per sample
+# ---------------------------------------------------------------------------
+
+#: the variants' budget: two thirds of the file's (they run on top of it)
+FUZZ_VARIANTS = settings(FUZZ, max_examples=max(1, 2 * FUZZ.max_examples // 3))
+
+
+@FUZZ_VARIANTS
+@given(p=problems(variants=True), method=st.sampled_from(METHODS),
+       n_jobs=st.sampled_from([1, 2]))
+def test_variant_result_is_certified(p, method, n_jobs):
+    res = run(p, method, n_jobs)
+    if res is None:
+        return
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res, positive=p.positive)
+    assert_zero_above_lambda_max(p, res)
+    assert_objective_consistent(p.X, p.D, p.lmbd, res.codes, res.gap, p.Z_ref,
+                                positive=p.positive)
+
+
+@FUZZ_VARIANTS
+@given(p=problems(variants=True, min_samples=32), method=st.sampled_from(METHODS))
+def test_variant_thread_counts_agree_within_certified_gaps(p, method):
+    res1, res2 = run(p, method, 1), run(p, method, 2)
+    for res in (res1, res2):
+        if res is not None:
+            assert_certified(p.X, p.D, p.lmbd, p.tol, res, positive=p.positive)
+    if res1 is not None and res2 is not None:
+        assert_same_optimum(p.X, p.D, p.lmbd, res1, res2, positive=p.positive)
+
+
+@FUZZ_VARIANTS
+@given(p=problems(variants=True), codes=st.sampled_from(
+    ["reference", "flipped", "random", "nonnegative", "sparse", "huge", "warm"]))
+def test_variant_duality_gap_matches_reference(p, codes):
+    # "flipped", "random", "huge" and some warm starts have negative
+    # entries: infeasible for positive codes, gap inf
+    dt = p.X.dtype
+    rng = np.random.default_rng(p.spec["seed"] + 1)
+    N, m = p.X.shape[0], p.D.shape[0]
+    with np.errstate(all="ignore"):
+        scale = float(np.max(np.abs(p.Z_ref), initial=0.0)) or 1.0
+        Z = {"reference": p.Z_ref, "flipped": -p.Z_ref,
+             "random": scale * rng.standard_normal((N, m)),
+             "nonnegative": scale * np.abs(rng.standard_normal((N, m))),
+             "sparse": scale * np.abs(rng.standard_normal((N, m))) * (rng.random((N, m)) < 0.2),
+             "huge": DTYPE_PARAMS[dt.name]["overflowing"] * rng.standard_normal((N, m)),
+             "warm": p.Z0 if p.Z0 is not None else np.zeros((N, m))}[codes]
+        Z = np.asarray(Z).astype(dt)
+    assume(np.all(np.isfinite(Z)))
+    gap = duality_gap(p.X, p.D, p.lmbd, Z, positive=p.positive)
+    assert np.all(gap >= 0)
+    if p.positive:
+        assert np.all(np.isposinf(gap[np.any(Z < 0, axis=1)]))
+    assert_gap_matches(p.X, p.D, p.lmbd, Z, gap, what="duality_gap", positive=p.positive)
+
+
+@FUZZ_VARIANTS
+@given(p=problems(variants=True, dictionaries=("gaussian",), shapes=("fewer", "square"),
+                  scaled=False, warm=("none", "random", "flipped"), signals=("plain",),
+                  lambdas=("mid", "small", "tiny", "below")),
+       method=st.sampled_from(METHODS), n_jobs=st.sampled_from([1, 2]))
+def test_variant_strongly_convex_codes_satisfy_the_kkt_conditions(p, method, n_jobs):
+    mu = ref.strong_convexity(p.D)
+    assume(mu > 1e-2 * ref.lipschitz(p.D))
+    res = run(p, method, n_jobs)
+    assert res is not None
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res, positive=p.positive)
+    assert_kkt_strongly_convex(p.X, p.D, p.lmbd, res.codes, res.gap, mu,
+                               positive=p.positive)
