@@ -240,8 +240,6 @@ def test_positive_gap_and_objective_match_the_one_sided_reference(dtype):
             assert np.any(duality_gap(X, D, lmbd, Z_star) > 1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="Scaled.of: codes on a subnormal dictionary "
-                   "underflow in scaled units, losing lmbd ||z||_1")
 @pytest.mark.parametrize("positive", [False, True])
 @pytest.mark.parametrize("x, d, lmbd", [(1.0, 1e-320, 1.0), (0.0, 1e-310, 1.0),
                                         (0.0, 1e-320, 1e-171)])
@@ -249,10 +247,8 @@ def test_gap_of_codes_on_a_subnormal_dictionary(x, d, lmbd, positive):
     # Found by the long fuzz profile (test_variant_duality_gap_matches_reference),
     # signed and positive alike. F = 1/2 (x - 0.35 d)^2 + 0.35 lmbd is 1/2 x^2 +
     # 0.35 lmbd to rounding, and the code is not optimal (the optimum is 0):
-    # its gap is about 0.35 lmbd. The certificate scales D by 2**-eb (eb ~
-    # -1064) and the codes by 2**(eb - ea): Scaled.of bounds the scaled codes
-    # by 2**1000 from above but not from below, so they go subnormal (1e-3
-    # relative error) or flush to 0 (F = 0.5, gap 0 for x = 1).
+    # its gap is about 0.35 lmbd. Scaling D up by 2**1064 once pushed the
+    # scaled codes below the float range and lost lmbd ||z||_1.
     X, D, Z = np.array([[x]]), np.array([[d]]), np.array([[0.35]])
     F, g, _ = ref.gap_terms_robust(X, D, lmbd, Z, positive=positive)
     assert_allclose(lasso_objective(X, D, lmbd, Z, positive=positive), F.astype(float),
