@@ -366,11 +366,28 @@ def lambda_max(X, D, positive=False):
     S = Scaled.of(X, D)
     # x D^T with the solvers' own arithmetic, so that lmbd = lambda_max gives
     # exactly zero codes there
-    C = np.zeros((S.X.shape[0], S.D.shape[0]), dtype=S.X.dtype)
     with kernel_threads(None, "lambda_max") as n_threads:
-        _solvers.correlations(S.X, S.D, C, n_threads)
+        C = correlations(S, n_threads)
     out = S.lambda_out(correlation_max(C, positive)).astype(S.X.dtype, copy=False)
     return _squeeze(out, is_1d)
+
+
+def correlations(S, n_threads):
+    """C = X D^T in scaled units, the data of every solve, in the dtype of X.
+
+    float32 data are multiplied in double (their products are exact there)
+    and rounded once: a correlation that is exactly 0 stays 0, where a
+    float32 GEMM's fused multiply-adds could leave a residue, which an atom
+    of tiny norm would amplify into a huge code.
+    """
+    N, m = S.X.shape[0], S.D.shape[0]
+    if S.X.dtype == np.float64:
+        C = np.empty((N, m))
+        _solvers.correlations(S.X, S.D, C, n_threads)
+        return C
+    C = np.empty((N, m))
+    _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads)
+    return C.astype(np.float32)
 
 
 def correlation_max(C, positive):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import _cd, _solvers
-from ._lasso import Scaled, _check_codes, certify, correlation_max
+from ._lasso import Scaled, _check_codes, certify, correlation_max, correlations
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
 from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
@@ -243,8 +243,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     S = Scaled.of(X, D)
     lm = S.lmbd(lmbd)
     xx = np.einsum("ij,ij->i", S.X, S.X, dtype=np.float64)
-    C = np.empty((N, m), dtype=X.dtype)
-    _solvers.correlations(S.X, S.D, C, n_threads)
+    C = correlations(S, n_threads)
     B = gram(S.D, n_threads)
     # a zero atom (B_jj = 0, also when its squared norm underflows) is never
     # used: its code is 0, with or without a warm start
