@@ -24,7 +24,8 @@ from ._training import TrainingWarning
 from ._validation import ConvergenceWarning, InvalidParameterError
 
 #: scikit-learn estimators, loaded (with scikit-learn, optional) on first use
-_ESTIMATORS = ("LassoSparseCoder", "LearnedSparseCoder")
+_ESTIMATORS = ("LassoSparseCoder", "LearnedSparseCoder", "DictionaryLearning",
+               "MiniBatchDictionaryLearning")
 
 __all__ = [
     "ConvergenceWarning", "InvalidParameterError", "TrainingWarning",
