@@ -323,7 +323,15 @@ class _SlistaCoder:
             net.fit(X, max_iter=self.train_iter)
         self.relative_steps = [float(p["alpha"]) * net.lipschitz_
                                for p in net.parameters]
-        return net.transform(X)
+        Z = net.transform(X)
+        # a network whose steps no longer suit D (training rolled back) may
+        # code a signal worse than 0, or not at all: those signals get 0
+        R = X - Z @ D
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = 0.5 * np.einsum("ij,ij->i", R, R, dtype=np.float64) + self.lmbd * _l1(Z)
+        bad = ~(f <= 0.5 * np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        Z[bad] = 0
+        return Z
 
 
 @dataclass
