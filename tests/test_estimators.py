@@ -436,6 +436,14 @@ def test_denoise_example_values(denoise_example):
     assert learned["psnr"] > res["noisy_psnr"] + 3
     assert ours["objective"] <= learned["objective"] < ista["objective"]
     assert_allclose(np.linalg.norm(res["dictionary"], axis=1), 1.0, rtol=1e-6)
+    # the two pipelines: each dictionary learned and used; fastlista's denoises
+    # as well (measured, quick: 27.85 dB against 27.94 dB, objective 0.5 % lower)
+    pipes = res["pipelines"]
+    assert set(pipes) == {"scikit-learn", "fastlista"}
+    assert_array_equal(res["dictionaries"]["fastlista"], res["dictionary"])
+    assert pipes["fastlista"]["psnr"] > pipes["scikit-learn"]["psnr"] - 0.5
+    assert pipes["fastlista"]["objective"] <= 1.02 * pipes["scikit-learn"]["objective"]
+    assert pipes["fastlista"]["psnr"] == ours["psnr"]
 
 
 def test_denoise_example_script(tmp_path):
