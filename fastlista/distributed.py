@@ -495,12 +495,15 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
 
 def _dictionary_chunk(X, Z_prev, D, settings, offset):
     """The code step of one chunk: (codes, CodeStats), on a worker."""
+    from ._threads import kernel_threads
     from .dictionary import code_stats, make_coder
 
     lmbd, code_tol, code_max_iter, positive_code, n_jobs = settings
-    coder = make_coder("cd", lmbd, code_tol, code_max_iter, positive_code, n_jobs)
-    return code_stats(X, D.astype(X.dtype), lmbd, coder, Z_prev, n_worst=D.shape[0],
-                      offset=offset)
+    # the NumPy products of the statistics too run under the task's budget
+    with kernel_threads(n_jobs, "fastlista.distributed.learn_dictionary") as n_threads:
+        coder = make_coder("cd", lmbd, code_tol, code_max_iter, positive_code, n_threads)
+        return code_stats(X, D.astype(X.dtype), lmbd, coder, Z_prev,
+                          n_worst=D.shape[0], offset=offset)
 
 
 def _first(part):
