@@ -38,7 +38,7 @@ from ._validation import (InvalidParameterError, _common_dtype, check_array,
                           check_bool, check_lmbd, check_max_iter, check_n_jobs,
                           check_option, check_scalar)
 
-__all__ = ["encode", "solve_lasso", "fit", "learn_dictionary"]
+__all__ = ["encode", "solve_lasso", "fit"]
 
 
 # ---------------------------------------------------------------------------
@@ -661,3 +661,6 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     return dl.DictionaryResult(D.astype(dtype), np.asarray(objective, dtype=np.float64),
                                len(objective), len(objective), n_reinit, converged,
                                "batch", "cd")
+
+
+__all__ += ["learn_dictionary"]

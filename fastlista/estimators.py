@@ -39,8 +39,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, X="no_validation", y="no_validation", **kwargs):
         return estimator._validate_data(X, y, **kwargs)
 
-__all__ = ["LassoSparseCoder", "LearnedSparseCoder", "DictionaryLearning",
-           "MiniBatchDictionaryLearning"]
+__all__ = ["LassoSparseCoder", "LearnedSparseCoder"]
 
 _FLOATS = (np.float64, np.float32)
 
@@ -849,3 +848,6 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
         self.n_steps_ = int(state.n_steps)
         self.n_reinit_ = int(state.n_reinit)
         return self
+
+
+__all__ += ["DictionaryLearning", "MiniBatchDictionaryLearning"]
