@@ -62,7 +62,7 @@ sanitize = ["-fsanitize=address,undefined,float-cast-overflow",
 if SANITIZE:
     opt = ["-O1", "-g", "-fno-wrapv"] + sanitize
 
-KERNELS = ["_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled"]
+KERNELS = ["_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
 
 extensions = [
     Extension(

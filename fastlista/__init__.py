@@ -6,11 +6,14 @@ solvers and by unfolded ISTA networks whose weights are learned from data
 (Ablin, Moreau, Massias & Gramfort, NeurIPS 2019).
 
 The public API is this namespace (``__all__``) and the modules
-``fastlista.datasets`` (problems and data), ``fastlista.estimators``
-(scikit-learn estimators, needs scikit-learn), ``fastlista.distributed``
-(Dask helpers, needs Dask) and ``fastlista.paper`` (the reproduction of the
-paper's figures, behind the ``fastlista`` command). Modules whose name
-starts with an underscore are private.
+``fastlista.datasets`` (problems and data), ``fastlista.dictionary``
+(dictionary learning on the fast coder: ``learn_dictionary``, online and
+batch), ``fastlista.estimators`` (scikit-learn estimators, among them
+``DictionaryLearning`` and ``MiniBatchDictionaryLearning``; needs
+scikit-learn), ``fastlista.distributed`` (Dask helpers, with
+``learn_dictionary`` on the workers; needs Dask) and ``fastlista.paper``
+(the reproduction of the paper's figures, behind the ``fastlista``
+command). Modules whose name starts with an underscore are private.
 """
 __version__ = "0.1.0"
 
@@ -24,7 +27,8 @@ from ._training import TrainingWarning
 from ._validation import ConvergenceWarning, InvalidParameterError
 
 #: scikit-learn estimators, loaded (with scikit-learn, optional) on first use
-_ESTIMATORS = ("LassoSparseCoder", "LearnedSparseCoder")
+_ESTIMATORS = ("LassoSparseCoder", "LearnedSparseCoder", "DictionaryLearning",
+               "MiniBatchDictionaryLearning")
 
 __all__ = [
     "ConvergenceWarning", "InvalidParameterError", "TrainingWarning",

@@ -487,3 +487,180 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     net.loss_history_ = train(net, evaluate, optimizer=optimizer, max_iter=max_iter,
                               tol=tol, per_layer=per_layer, verbose=verbose, func=func)
     return net
+
+
+# ---------------------------------------------------------------------------
+# learn_dictionary
+# ---------------------------------------------------------------------------
+
+def _dictionary_chunk(X, Z_prev, D, settings, offset):
+    """The code step of one chunk: (codes, CodeStats), on a worker."""
+    from ._threads import kernel_threads
+    from .dictionary import code_stats, make_coder
+
+    lmbd, code_tol, code_max_iter, positive_code, n_jobs = settings
+    # the NumPy products of the statistics too run under the task's budget
+    with kernel_threads(n_jobs, "fastlista.distributed.learn_dictionary") as n_threads:
+        coder = make_coder("cd", lmbd, code_tol, code_max_iter, positive_code, n_threads)
+        return code_stats(X, D.astype(X.dtype), lmbd, coder, Z_prev,
+                          n_worst=D.shape[0], offset=offset)
+
+
+def _first(part):
+    return part[0]
+
+
+def _second(part):
+    return part[1]
+
+
+def _add_stats(a, b):
+    return a + b
+
+
+def _tree_reduce(parts, add):
+    """Pairwise ``add`` on the workers: one value reaches the client."""
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [dask.delayed(add, pure=True)(parts[i], parts[i + 1])
+                 if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
+                     positive_code=False, positive_dict=False, n_jobs=1,
+                     random_state=None, callback=None, progress=False, *,
+                     code_tol=None, code_max_iter=10000, dict_passes=None):
+    """Batch dictionary learning on a dask array: the code step on the workers.
+
+    :func:`fastlista.dictionary.learn_dictionary` with ``method="batch"``
+    and ``coder="cd"``, the signals staying where they are: every pass
+    (iteration) ships D once to the workers (a broadcast future with a
+    ``distributed`` client), each chunk solves the Lasso of its signals
+    (:func:`fastlista.solve_lasso`, warm-started from its previous codes,
+    which stay on the worker) and returns its sufficient statistics
+    (``A = Z^T Z``, ``B = Z^T X``, sums, and its worst reconstructed
+    residuals), the statistics are summed pairwise on the workers (a tree),
+    and the client takes the dictionary step and broadcasts the new D. The
+    algorithm, its arithmetic and its defaults are those of the local batch
+    method (one implementation, ``fastlista.dictionary``): on the same data
+    and D0 the result equals the local one up to the rounding of the sums.
+
+    Parameters
+    ----------
+    X : dask array of shape (n_samples, n_features)
+        Signals, chunked along samples (a NumPy array is wrapped).
+    n_atoms, lmbd, max_iter, tol, D0, positive_code, positive_dict, random_state, callback, progress, code_tol, code_max_iter, dict_passes
+        As in :func:`fastlista.dictionary.learn_dictionary` (batch).
+        Without D0 the initial atoms are the signals the local function
+        would draw with the same ``random_state`` (fetched from the chunks).
+    n_jobs : int or None, default=1
+        Threads of each task (see :func:`encode`).
+
+    Returns
+    -------
+    result : fastlista.dictionary.DictionaryResult
+        ``method="batch"``, ``coder="cd"``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from fastlista.distributed import learn_dictionary
+    >>> X = da.from_array(np.random.RandomState(0).randn(400, 8), chunks=(100, 8))
+    >>> res = learn_dictionary(X, n_atoms=10, lmbd=0.5, max_iter=5, random_state=0)
+    >>> res.D.shape, res.n_iter
+    ((10, 8), 5)
+    """
+    from . import dictionary as dl
+
+    func = "fastlista.distributed.learn_dictionary"
+    X = _as_samples_array(X)
+    n_atoms = check_scalar(n_atoms, "n_atoms", func, low=1, high=2**31 - 1, integer=True)
+    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    if X.shape[0] < 1:
+        raise ValueError(f"X must contain at least one sample; got X.shape={X.shape}.")
+    if X.shape[1] < 1:
+        raise ValueError(f"X must contain at least one feature; got X.shape={X.shape}.")
+    dtype = _float_dtype(X.dtype)
+    if X.dtype != dtype:
+        X = X.astype(dtype)
+    if D0 is not None:
+        D0 = check_array(D0, "D0", dtype=np.float64)
+        if D0.shape != (n_atoms, X.shape[1]):
+            raise ValueError(
+                f"D0 must have shape (n_atoms, n_features) = {(n_atoms, X.shape[1])}; "
+                f"got D0.shape={D0.shape}.")
+        D0 = D0.copy()
+        norms = dl.row_norms(D0)
+        D0[norms > 1] /= norms[norms > 1, None]
+    elif X.shape[0] < n_atoms:
+        raise ValueError(
+            f"X has n_samples={X.shape[0]}, fewer than n_atoms={n_atoms}: the initial "
+            "dictionary is drawn from the signals (n_atoms distinct samples); pass D0, "
+            "or learn fewer atoms.")
+    max_iter = dl.DEFAULT_MAX_ITER["batch"] if max_iter is None else \
+        check_max_iter(max_iter, func)
+    tol = dl.DEFAULT_TOL["batch"] if tol is None else check_scalar(tol, "tol", func,
+                                                                   low=0.0)
+    positive_code = check_bool(positive_code, "positive_code", func)
+    positive_dict = check_bool(positive_dict, "positive_dict", func)
+    progress = check_bool(progress, "progress", func)
+    code_tol = dl.DEFAULT_CODE_TOL[dtype] if code_tol is None else \
+        check_scalar(code_tol, "code_tol", func, low=0.0)
+    code_max_iter = check_max_iter(code_max_iter, func, "code_max_iter")
+    dict_passes = dl.BATCH_PASSES if dict_passes is None else \
+        check_max_iter(dict_passes, func, "dict_passes")
+    check_n_jobs(n_jobs, func)
+    if callback is not None and not callable(callback):
+        raise InvalidParameterError(
+            f"The 'callback' parameter of {func} must be a callable or None. "
+            f"Got {callback!r} instead.")
+    from ._validation import check_random_state
+    rng = check_random_state(random_state)
+
+    X = X.persist()
+    # NaN and infinity are refused before any learning (one pass, on the workers)
+    finite = bool(da.isfinite(X).all().compute())
+    if not finite:
+        raise ValueError("Input X contains NaN or infinity.")
+    if D0 is None:
+        D = dl.initial_dictionary(X, n_atoms, rng, positive_dict,
+                                  rows=lambda idx: np.asarray(X[idx].compute()))
+    else:
+        D = dl.start_dictionary(None, n_atoms, D0, rng, positive_dict)
+    blocks = X.to_delayed().ravel()
+    offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
+    settings = (lmbd, code_tol, code_max_iter, positive_code, n_jobs)
+    objective, n_reinit, converged = [], 0, False
+    codes = [None] * len(blocks)
+    bar = dl._Progress(progress, max_iter, "iter", "learn_dictionary(dask)")
+    try:
+        for it in range(max_iter):
+            D_ref = _ship(D.copy())
+            parts = [dask.delayed(_dictionary_chunk, pure=False)(xb, zb, D_ref, settings,
+                                                                 int(off))
+                     for xb, zb, off in zip(blocks, codes, offsets)]
+            parts = dask.persist(*parts)
+            stats = dask.compute(_tree_reduce(
+                [dask.delayed(_second, pure=True)(p) for p in parts], _add_stats))[0]
+            codes = [dask.delayed(_first, pure=True)(p) for p in parts]
+            value, n_new = dl.batch_dictionary_step(D, stats, lmbd, positive_dict,
+                                                    dict_passes)
+            n_reinit += n_new
+            objective.append(value)
+            bar.update(1, value)
+            if dl._notify(callback, it, it + 1, D, objective, n_reinit):
+                break
+            if n_new == 0 and dl._stalled(objective, tol):
+                converged = True
+                break
+    finally:
+        bar.close()
+    D = dl._normalise(D.copy(), rng, positive_dict)
+    return dl.DictionaryResult(D.astype(dtype), np.asarray(objective, dtype=np.float64),
+                               len(objective), len(objective), n_reinit, converged,
+                               "batch", "cd")
+
+
+__all__ += ["learn_dictionary"]

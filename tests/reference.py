@@ -25,6 +25,8 @@ __all__ = [
     "gap_terms_robust", "duality_gap_robust", "objective_robust",
     "strong_convexity", "lambda_max_robust", "solve_scaled", "duality_gap_batch",
     "per_sample", "orthonormal_dictionary",
+    "make_dictionary_problem", "dictionary_bcd", "dictionary_surrogate",
+    "match_atoms",
 ]
 
 
@@ -474,3 +476,74 @@ def orthonormal_dictionary(n_atoms, n_features, seed=0):
     rng = np.random.default_rng(seed)
     Q, _ = np.linalg.qr(rng.standard_normal((n_features, n_atoms)))
     return np.ascontiguousarray(Q.T)
+
+
+# --------------------------------------------------------------------------
+# dictionary learning
+# --------------------------------------------------------------------------
+def make_dictionary_problem(n_samples=2000, n_features=20, n_atoms=30, n_nonzero=3,
+                            noise=0.01, seed=0):
+    """Signals from a known dictionary: X = Z D + noise.
+
+    D has Gaussian unit-norm atoms; every code has ``n_nonzero`` entries at
+    random atoms, of random sign and magnitude in [1, 2]. Returns X
+    (n_samples, n_features), D (n_atoms, n_features), Z (n_samples, n_atoms).
+    """
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_atoms, n_features))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    Z = np.zeros((n_samples, n_atoms))
+    for i in range(n_samples):
+        idx = rng.choice(n_atoms, n_nonzero, replace=False)
+        Z[i, idx] = rng.choice([-1.0, 1.0], n_nonzero) * rng.uniform(1, 2, n_nonzero)
+    X = Z @ D + noise * rng.standard_normal((n_samples, n_features))
+    return X, D, Z
+
+
+def dictionary_surrogate(D, A, B):
+    """1/2 tr(D^T A D) - tr(D^T B) (with B = Z^T X, A = Z^T Z): the
+    objective of the dictionary step, 1/2 ||X - Z D||^2 up to a constant."""
+    D = np.asarray(D, dtype=np.float64)
+    return 0.5 * np.trace(D.T @ A @ D) - np.trace(D.T @ B)
+
+
+def dictionary_bcd(D, A, B, n_passes=1, positive=False):
+    """Block coordinate descent on dictionary_surrogate, atom after atom,
+    each atom restricted to the unit ball (and to >= 0 with ``positive``).
+
+    Atom k minimises 1/2 A_kk ||d||^2 - <B_k - sum_{j != k} A_kj d_j, d>,
+    whose minimiser over the ball is the projection of
+    u = (B_k - sum_{j != k} A_kj d_j) / A_kk (with ``positive``, of
+    max(u, 0): the ball and the orthant are both symmetric). Atoms with
+    A_kk <= 0 (unused) are left alone, as is an atom whose minimiser is 0.
+    """
+    D = np.array(D, dtype=np.float64)
+    m = D.shape[0]
+    for _ in range(n_passes):
+        for k in range(m):
+            if not A[k, k] > 0:
+                continue
+            others = np.zeros(D.shape[1])
+            for j in range(m):
+                if j != k:
+                    others += A[k, j] * D[j]
+            u = (B[k] - others) / A[k, k]
+            if positive:
+                u = np.maximum(u, 0.0)
+            norm = np.sqrt(np.sum(u * u))
+            if norm == 0:
+                continue
+            D[k] = u / max(norm, 1.0)
+    return D
+
+
+def match_atoms(D, D_true):
+    """Absolute correlations of the atoms of D_true with their best match in
+    D, one to one (Hungarian assignment on |D_true D^T| of unit atoms)."""
+    from scipy.optimize import linear_sum_assignment
+
+    Dn = D / np.linalg.norm(D, axis=1, keepdims=True)
+    Tn = D_true / np.linalg.norm(D_true, axis=1, keepdims=True)
+    C = np.abs(Tn @ Dn.T)
+    rows, cols = linear_sum_assignment(-C)
+    return C[rows, cols]

@@ -18,7 +18,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 MODULES = ["fastlista._lasso", "fastlista._lipschitz", "fastlista._solvers",
            "fastlista._networks._parameters", "fastlista._networks._lista",
-           "fastlista.datasets", "fastlista.estimators", "fastlista.distributed"]
+           "fastlista.datasets", "fastlista.estimators", "fastlista.distributed",
+           "fastlista.dictionary"]
 
 
 @pytest.mark.parametrize("path", [p for p in DOCS if BLOCK.search(p.read_text())],

@@ -336,3 +336,68 @@ def test_concurrent_prox_grad_restores_blas_threads():
                                                      tol=1e-6, n_jobs=2),
                      [(X,)] * N_THREADS)
         assert blas_threads() == before
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_dictionary_learning_never_runs_more_than_n_jobs_threads(kernel_calls, monkeypatch,
+                                                                 n_jobs):
+    """learn_dictionary (online, batch, the SLISTA coder) and the dictionary
+    estimators: OpenMP threads x BLAS threads <= n_jobs in every kernel, in
+    the dictionary step's kernel (one thread, BLAS gemv) and in the NumPy
+    products of the statistics (BLAS held to one thread)."""
+    pytest.importorskip("sklearn")
+    from fastlista import dictionary
+    from fastlista._kernels import _dict
+    from fastlista.estimators import DictionaryLearning, MiniBatchDictionaryLearning
+
+    real_bcd, real_residuals = _dict.bcd, dictionary._residuals
+
+    def bcd(*args):
+        kernel_calls.append(("bcd", 1, max(blas_threads())))
+        return real_bcd(*args)
+
+    def residuals(*args):
+        kernel_calls.append(("residuals (NumPy)", 1, max(blas_threads())))
+        return real_residuals(*args)
+
+    monkeypatch.setattr(_dict, "bcd", bcd)
+    monkeypatch.setattr(dictionary, "_residuals", residuals)
+    set_blas_threads(2)
+    X, _ = ref.make_problem(n_samples=300, n_features=16, n_atoms=32, seed=8)
+    for method, coder in (("online", "cd"), ("batch", "cd"), ("online", "slista")):
+        dictionary.learn_dictionary(X, 20, 0.3, method=method, coder=coder, max_iter=2,
+                                    batch_size=100, n_jobs=n_jobs, random_state=0)
+    DictionaryLearning(20, alpha=0.3, max_iter=2, n_jobs=n_jobs).fit(X).transform(X)
+    est = MiniBatchDictionaryLearning(20, alpha=0.3, max_iter=1, batch_size=100,
+                                      n_jobs=n_jobs).fit(X)
+    est.partial_fit(X[:100]).transform(X)
+    names = {name for name, _, _ in kernel_calls}
+    assert {"bcd", "residuals (NumPy)", "coordinate_descent", "loss_and_grad"} <= names
+    over = [c for c in kernel_calls if c[1] * c[2] > n_jobs]
+    assert not over, over[:5]
+    assert set(blas_threads()) == {2}               # and BLAS is given back
+
+
+def test_dask_dictionary_learning_runs_one_thread_a_task(kernel_calls, monkeypatch):
+    pytest.importorskip("dask")
+    import dask
+    import dask.array as da
+    from fastlista import distributed
+
+    from fastlista import dictionary
+
+    real_residuals = dictionary._residuals
+
+    def residuals(*args):                # the NumPy products of a chunk's statistics
+        kernel_calls.append(("residuals (NumPy)", 1, max(blas_threads())))
+        return real_residuals(*args)
+
+    monkeypatch.setattr(dictionary, "_residuals", residuals)
+    set_blas_threads(2)
+    X, _ = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=9)
+    with dask.config.set(scheduler="synchronous"):
+        distributed.learn_dictionary(da.from_array(X, chunks=(50, -1)), 12, 0.3,
+                                     max_iter=2, random_state=0)
+    assert any(c[0] == "residuals (NumPy)" for c in kernel_calls)
+    assert kernel_calls and all(c[1] * c[2] == 1 for c in kernel_calls), kernel_calls[:5]
+    assert set(blas_threads()) == {2}

@@ -63,7 +63,38 @@ def main():
                                 atol=1e-5 * np.abs(g).max())
                 net.loss_and_grad(X, loss="supervised",
                                   Z_target=np.delete(Z_ista, 3, axis=1))
+    _dictionary_step(rng)
     print("memcheck smoke: all kernels ran and agreed with NumPy")
+
+
+def _dictionary_step(rng):
+    """The dictionary step's kernel (_dict.bcd) against the same loop in
+    NumPy, with an unused atom and non-negative atoms; and learn_dictionary
+    end to end on a few degenerate inputs."""
+    from fastlista.dictionary import learn_dictionary, update_dictionary
+
+    for positive in (False, True):
+        Z = rng.standard_normal((50, 9)) * (rng.random((50, 9)) < 0.4)
+        Z[:, 2] = 0                                # an unused atom
+        X = rng.standard_normal((50, 5))
+        A, B = Z.T @ Z, Z.T @ X
+        D = np.abs(rng.standard_normal((9, 5))) if positive else rng.standard_normal((9, 5))
+        expected = D.copy()
+        for _ in range(2):
+            for k in range(9):
+                if A[k, k] > 0:
+                    u = expected[k] + (B[k] - A[k] @ expected) / A[k, k]
+                    u = np.maximum(u, 0) if positive else u
+                    n = np.linalg.norm(u)
+                    if n > 0:
+                        expected[k] = u / max(n, 1.0)
+        update_dictionary(D, A, B, positive=positive, n_passes=2)
+        np.testing.assert_allclose(D, expected, atol=1e-12)
+    for X in (np.zeros((20, 4)), rng.standard_normal((20, 4)), np.ones((20, 4))):
+        for method in ("online", "batch"):
+            res = learn_dictionary(X, 6, 0.2, method=method, max_iter=2, batch_size=7,
+                                   n_jobs=1, random_state=0)
+            np.testing.assert_allclose(np.linalg.norm(res.D, axis=1), 1, rtol=1e-12)
 
 
 if __name__ == "__main__":
