@@ -233,7 +233,7 @@ def test_gil_released_during_kernel(kernel):
 # Every kernel entry point, and the position of its n_threads argument (the
 # OpenMP threads it may start; it starts at most that many).
 KERNELS = [("_solvers", "correlations", 3), ("_solvers", "prox_grad", 15),
-           ("_cd", "coordinate_descent", 10), ("_certify", "certify", 9),
+           ("_cd", "coordinate_descent", 10), ("_certify", "certify", 10),
            ("_lipschitz", "lipschitz_supports", 5), ("_unrolled", "forward", 6),
            ("_unrolled", "loss_and_grad", 9)]
 
