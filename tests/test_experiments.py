@@ -11,6 +11,10 @@ Claims (Ablin, Moreau, Massias & Gramfort, NeurIPS 2019):
   ((1 + sqrt(zeta gamma)) / (1 + sqrt(gamma)))^2 (Fig E.1), within the
   tolerance stated in test_lipschitz_law_within_tolerance;
 * SLISTA beats ISTA at equal depth at lmbd = 0.8 (Fig 6).
+
+Beside Fig 6, the supervised sparse recovery of LISTA-CPSS (Chen et al.,
+NeurIPS 2018) and ALISTA (Liu et al., ICLR 2019): its rows, its NMSE against
+a NumPy recomputation, and its data generator.
 """
 import csv
 
@@ -167,7 +171,7 @@ def test_theoretical_law_limits():
 def test_slista_beats_ista_at_equal_depth_lmbd_08():
     res = E.network_comparison(n_features=32, n_atoms=64, n_train=300, n_test=300,
                                lmbds=(0.8,), datasets=("simulated",), depths=(5, 10),
-                               networks=("step",), max_iter=50)
+                               networks=("step",), max_iter=50, recovery=False)
     t = res.table
     for d in (5, 10):
         at = t["depth"] == d
@@ -175,6 +179,134 @@ def test_slista_beats_ista_at_equal_depth_lmbd_08():
         assert g["SLISTA"] < 0.5 * g["ISTA"], g
         assert g["ISTA"] > 0
     assert res.summary["simulated, lmbd=0.8: SLISTA beats ISTA at"] == "2/2 depths"
+
+
+# ------------------------------------- supervised sparse recovery (beside Fig 6)
+RECOVERY_METHODS = ["ISTA", "FISTA", "LISTA-CP", "LISTA-CPSS", "ALISTA", "ALISTA-SS"]
+
+
+@pytest.fixture(scope="module")
+def networks_tiny():
+    return E.run("networks", "tiny")
+
+
+def _recovery_nmse(res, method):
+    t = res.table
+    sel = (t["problem"] == "recovery") & (t["method"] == method)
+    order = np.argsort(t["depth"][sel])
+    return t["depth"][sel][order], t["nmse_db"][sel][order]
+
+
+def test_networks_recovery_rows(networks_tiny):
+    res = networks_tiny
+    t = res.table
+    assert list(t) == list(E.NETWORK_COLUMNS)
+    assert len({len(v) for v in t.values()}) == 1
+    lasso = t["problem"] == "lasso"
+    rec = t["problem"] == "recovery"
+    assert lasso.any() and rec.any() and np.all(lasso | rec)
+    # the unsupervised rows keep their F - F* and have no NMSE; the recovery
+    # rows the reverse
+    assert np.all(np.isfinite(t["gap"][lasso])) and np.all(np.isnan(t["nmse_db"][lasso]))
+    assert np.all(np.isnan(t["gap"][rec])) and np.all(np.isnan(t["median_gap"][rec]))
+    assert set(t["dataset"][rec]) == {"bernoulli-gaussian"}
+    assert list(dict.fromkeys(t["method"][rec])) == RECOVERY_METHODS
+    T = res.settings["recovery"]["n_layers"]
+    for m in RECOVERY_METHODS:
+        depth, nmse = _recovery_nmse(res, m)
+        assert depth.tolist() == list(range(1, T + 1))
+        assert np.all(np.isfinite(nmse)), (m, nmse)
+        # every method gets closer to the ground truth with depth
+        assert nmse[-1] < nmse[0], (m, nmse)
+    # the networks beat ISTA at the last depth
+    last = res.summary[f"recovery: test NMSE (dB) at depth {T}"]
+    assert set(last) == set(RECOVERY_METHODS)
+    for m in RECOVERY_METHODS[2:]:
+        assert last[m] < last["ISTA"], last
+    gain = res.summary[f"recovery: support selection at depth {T} (SS - no SS, dB; "
+                       f"< 0: SS helps)"]
+    assert gain == pytest.approx({
+        "LISTA-CPSS - LISTA-CP": last["LISTA-CPSS"] - last["LISTA-CP"],
+        "ALISTA-SS - ALISTA": last["ALISTA-SS"] - last["ALISTA"]})
+    # the recovery summary follows the unsupervised one
+    keys = list(res.summary)
+    first = next(i for i, k in enumerate(keys) if k.startswith("recovery: "))
+    assert first > 0 and all(k.startswith("recovery: ") for k in keys[first:])
+
+
+def test_networks_recovery_leaves_the_lasso_rows_unchanged(networks_tiny):
+    alone = E.run("networks", "tiny", recovery=False)
+    lasso = networks_tiny.table["problem"] == "lasso"
+    assert alone.n_rows == int(lasso.sum())
+    for c in ("dataset", "lmbd", "method", "depth", "gap", "median_gap"):
+        np.testing.assert_array_equal(alone.table[c], networks_tiny.table[c][lasso])
+    assert list(alone.summary) == [k for k in networks_tiny.summary
+                                   if not k.startswith("recovery: ")]
+    assert alone.settings["recovery"] is None
+
+
+def _numpy_ista(X, D, lmbd, n_iter):
+    """ISTA with step 1/L, independently of fastlista: the iterates 1..n_iter."""
+    L = np.linalg.eigvalsh(D @ D.T)[-1]
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    out = []
+    for _ in range(n_iter):
+        U = Z - (Z @ D - X) @ D.T / L
+        Z = np.sign(U) * np.maximum(np.abs(U) - lmbd / L, 0.0)
+        out.append(Z)
+    return out
+
+
+def test_networks_recovery_nmse_matches_numpy(networks_tiny):
+    res = networks_tiny
+    st = res.settings["recovery"]
+    # the test signals are the first ones drawn after D: make_sparse_recovery
+    # with the same seed gives them
+    X, D, S = E.make_sparse_recovery(st["n_test"], st["n_atoms"], st["n_features"],
+                                     st["density"], st["snr"],
+                                     random_state=st["random_state"])
+    np.testing.assert_array_equal(res.curves["recovery_test_targets"], S)
+
+    def nmse(Z):
+        return 10 * np.log10(np.sum((Z - S) ** 2) / np.sum(S ** 2))
+
+    # the outputs at the last depth give the table's NMSE
+    T = st["n_layers"]
+    for m, Z in res.curves["recovery_test_codes"].items():
+        assert Z.shape == S.shape
+        np.testing.assert_allclose(_recovery_nmse(res, m)[1][-1], nmse(Z), rtol=1e-12)
+    # and ISTA's NMSE at every depth is that of a NumPy ISTA at its lmbd
+    lmbd = res.summary["recovery: ISTA / FISTA lmbd (chosen on training signals)"]["ISTA"]
+    assert lmbd in st["baseline_lmbds"]
+    expected = [nmse(Z) for Z in _numpy_ista(X, D, lmbd, T)]
+    np.testing.assert_allclose(_recovery_nmse(res, "ISTA")[1], expected, atol=1e-6)
+
+
+def test_make_sparse_recovery_law():
+    X, D, S = E.make_sparse_recovery(4000, n_atoms=40, n_features=20, density=0.1,
+                                     snr=20.0, random_state=3)
+    assert X.shape == (4000, 20) and D.shape == (40, 20) and S.shape == (4000, 40)
+    np.testing.assert_allclose(np.linalg.norm(D, axis=1), 1.0, rtol=1e-12)
+    assert abs(np.mean(S != 0) - 0.1) < 0.01
+    clean = S @ D
+    snr = 10 * np.log10(np.sum(clean ** 2) / np.sum((X - clean) ** 2))
+    assert abs(snr - 20.0) < 0.3, snr
+    X0, D0, S0 = E.make_sparse_recovery(10, 40, 20, snr=np.inf, random_state=3)
+    np.testing.assert_array_equal(X0, S0 @ D0)
+
+
+def test_layerwise_training_on_one_set_is_per_layer_recursive():
+    # the recovery's stage loop (used with a batch a stage) is Lista.fit's
+    # per_layer="recursive" when every stage gets the same signals
+    from fastlista import Lista
+    X, D, S = E.make_sparse_recovery(100, 24, 12, random_state=0)
+    for par, ss in (("coupled", (1.2, 13)), ("alista", None)):
+        net, _ = E._fit_layerwise(D, 0.4, 3, par, ss, lambda k: (X, S), 9, "lbfgs")
+        ref = Lista(D, 0.4, 3, par, support_selection=ss).fit(
+            X, loss="supervised", Z_target=S, per_layer="recursive", max_iter=9, tol=0)
+        for a, b in zip(net.parameters, ref.parameters):
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
 
 
 # ------------------------------------------------------------------ plumbing

@@ -12,7 +12,9 @@ the settings used, and any extra curves the plot needs. Nothing here plots
 * ``dictionary-distance``: :func:`dictionary_distance` (Fig 5: LISTA-CP,
   40 layers, lmbd=0.05);
 * ``networks``: :func:`network_comparison` (Fig 6: 256 x 64, lmbd in
-  {0.1, 0.8}, simulated and digits);
+  {0.1, 0.8}, simulated and digits), and beside it
+  :func:`sparse_recovery_comparison` (supervised sparse recovery, LISTA-CP
+  and ALISTA with and without support selection, NMSE by depth);
 * ``lipschitz-law``: :func:`lipschitz_law` (Fig E.1: 600 x 200 Gaussian D);
 * ``iterative``: :func:`iterative_comparison` (Fig E.2: 200 x 100, 10 seeds);
 * ``learning-curves``: :func:`learning_curves` (Fig E.3: 10 x 5, 10 layers,
@@ -46,13 +48,14 @@ import numpy as np
 from .. import ConvergenceWarning, Lista, lasso_objective, lipschitz, solve_lasso
 from .._threads import blas_thread_limit
 from .._validation import check_random_state
-from ..datasets import (N_DIGITS, _scale_to_unit_lambda_max, make_coding,
-                        make_digits_coding)
+from ..datasets import (N_DIGITS, _draw_dictionary, _scale_to_unit_lambda_max,
+                        make_coding, make_digits_coding)
 from .figures import FIGURES
 
 __all__ = ["ExperimentResult", "run", "demo", "format_summary", "format_demo_table",
            "oista_convergence", "learned_steps", "dictionary_distance",
-           "network_comparison", "lipschitz_law", "iterative_comparison",
+           "network_comparison", "sparse_recovery_comparison", "make_sparse_recovery",
+           "nmse_db", "lipschitz_law", "iterative_comparison",
            "learning_curves", "lambda_transfer", "theoretical_lipschitz_ratio"]
 
 #: Display names of the methods (the paper's labels).
@@ -60,6 +63,8 @@ LABELS = {
     "ista": "ISTA", "fista": "FISTA", "backtracking": "Backtracking ISTA",
     "oista": "OISTA", "step": "SLISTA", "coupled": "LISTA-CP",
     "alista": "ALISTA", "lista": "LISTA",
+    # with support selection (Lista(..., support_selection=(p, p_max)))
+    "coupled-ss": "LISTA-CPSS", "alista-ss": "ALISTA-SS", "lista-ss": "LISTA-SS",
 }
 
 #: Relative duality gap of the reference solutions F*.
@@ -477,12 +482,18 @@ def _digits_sizes(n_train, n_test, n_atoms):
     return max(1, n_tr), max(1, avail - max(1, n_tr))
 
 
+#: Columns of the ``networks`` table: the unsupervised rows (problem "lasso")
+#: and the supervised recovery rows (problem "recovery").
+NETWORK_COLUMNS = ("dataset", "lmbd", "method", "depth", "gap", "median_gap",
+                   "problem", "nmse_db")
+
+
 @_single_threaded_blas
 def network_comparison(n_features=64, n_atoms=256, n_train=10000, n_test=10000,
                        lmbds=(0.1, 0.8), datasets=("simulated", "digits"),
                        depths=tuple(range(1, 31)),
                        networks=("coupled", "alista", "step"), max_iter=3000,
-                       optimizer="gd", random_state=0, progress=None):
+                       optimizer="gd", recovery=True, random_state=0, progress=None):
     """Fig 6: held-out ``F - F*`` against depth, networks against ISTA and FISTA.
 
     For each data set and lmbd, one network of each parametrization is
@@ -495,12 +506,23 @@ def network_comparison(n_features=64, n_atoms=256, n_train=10000, n_test=10000,
     Table (long format): ``dataset, lmbd, method, depth, gap, median_gap``:
     the mean (the paper's metric) and the median over the test signals of
     ``F - F*``. A mean far above the median means a few held-out signals on
-    which the network diverges.
+    which the network diverges. These rows have ``problem = "lasso"`` and
+    ``nmse_db`` NaN.
+
+    ``recovery`` adds, beside this unsupervised comparison, the supervised
+    sparse recovery of :func:`sparse_recovery_comparison` (LISTA-CP,
+    LISTA-CPSS, ALISTA and ALISTA-SS trained on ground-truth codes; test
+    NMSE by depth): True runs it with its defaults (the papers' settings),
+    a dict with those defaults overridden (its ``random_state`` defaults to
+    this function's), False or None skips it. Its rows have ``problem =
+    "recovery"``, ``gap`` and ``median_gap`` NaN and the NMSE in
+    ``nmse_db``; its summary entries start with ``"recovery: "`` and follow
+    the unsupervised ones; its settings are ``settings["recovery"]`` and its
+    test codes are in ``curves``.
     """
     depths = sorted(set(int(d) for d in depths))
     T = max(depths)
-    rows = {"dataset": [], "lmbd": [], "method": [], "depth": [], "gap": [],
-            "median_gap": []}
+    rows = {c: [] for c in NETWORK_COLUMNS}
 
     def add(ds, lm, method, depth, gaps):
         rows["dataset"].append(ds)
@@ -509,6 +531,8 @@ def network_comparison(n_features=64, n_atoms=256, n_train=10000, n_test=10000,
         rows["depth"].append(depth)
         rows["gap"].append(float(np.mean(gaps)))
         rows["median_gap"].append(float(np.median(gaps)))
+        rows["problem"].append("lasso")
+        rows["nmse_db"].append(np.nan)
 
     sizes = {}
     jobs = [(ds, lm, net, d) for ds in datasets for lm in lmbds
@@ -561,7 +585,258 @@ def network_comparison(n_features=64, n_atoms=256, n_train=10000, n_test=10000,
                     depths=depths, networks=list(networks), max_iter=max_iter,
                     optimizer=optimizer, random_state=random_state,
                     sizes={k: list(v) for k, v in sizes.items()})
-    return ExperimentResult("networks", table, summary, settings)
+    curves = {}
+    if recovery:
+        kw = dict(random_state=random_state)
+        if isinstance(recovery, dict):
+            kw.update(recovery)
+        rec = sparse_recovery_comparison(progress=progress, **kw)
+        table = {c: np.array(list(table[c]) + list(rec.table[c]))
+                 for c in NETWORK_COLUMNS}
+        summary.update(rec.summary)
+        settings["recovery"] = rec.settings
+        curves.update(rec.curves)
+    else:
+        settings["recovery"] = None
+    return ExperimentResult("networks", table, summary, settings, curves=curves)
+
+
+# ---------------------------------------------------------------------------
+# beside Fig 6: supervised sparse recovery, with and without support selection
+# ---------------------------------------------------------------------------
+
+def make_sparse_recovery(n_samples, n_atoms=500, n_features=250, density=0.1, snr=40.0,
+                         random_state=None):
+    """The sparse recovery problem of LISTA-CPSS and ALISTA: x = s D + e.
+
+    ``D`` has i.i.d. Gaussian entries and unit-norm atoms (rows), the
+    ground-truth codes ``s`` are Bernoulli-Gaussian (each entry non-zero with
+    probability ``density``, then N(0, 1)) and ``e`` is white Gaussian noise
+    whose variance gives the signal-to-noise ratio ``snr`` (dB) on average:
+    ``E||s D||^2 = density * n_atoms`` (unit atoms), so ``sigma^2 = density *
+    n_atoms / (n_features * 10^(snr / 10))``; ``snr=inf`` is noiseless. The
+    signals are not rescaled: the targets are the codes themselves. Draws,
+    in order: D, then for the signals the support mask, the values and the
+    noise (further draws from the same generator give more signals of the
+    same problem: see :func:`sparse_recovery_comparison`).
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    D : ndarray of shape (n_atoms, n_features)
+    S : ndarray of shape (n_samples, n_atoms)
+        The ground-truth codes.
+    """
+    rng = check_random_state(random_state)
+    D = _draw_dictionary(rng, n_atoms, n_features)
+    X, S = _draw_recovery_signals(rng, n_samples, D, density, snr)
+    return X, D, S
+
+
+def _draw_recovery_signals(rng, n_samples, D, density, snr):
+    """``n_samples`` signals x = s D + e of :func:`make_sparse_recovery`."""
+    n_atoms, n_features = D.shape
+    mask = rng.random_sample((n_samples, n_atoms)) < density
+    S = np.where(mask, rng.standard_normal((n_samples, n_atoms)), 0.0)
+    X = S @ D
+    if not (np.isinf(snr) and snr > 0):
+        sigma = math.sqrt(density * n_atoms / (n_features * 10.0 ** (snr / 10.0)))
+        X = X + sigma * rng.standard_normal(X.shape)
+    return np.ascontiguousarray(X), np.ascontiguousarray(S)
+
+
+def nmse_db(Z, S):
+    """NMSE in dB: ``10 log10(sum ||z - s||^2 / sum ||s||^2)`` over the rows
+    (the ratio of the means, as in LISTA-CPSS and ALISTA)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    S = np.asarray(S, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(10 * np.log10(np.sum((Z - S) ** 2) / np.sum(S ** 2)))
+
+
+def _recovery_variants(networks, support_selection):
+    """(key, parametrization, support_selection) of every network trained."""
+    out = []
+    for name in networks:
+        out.append((name, name, None))
+        if support_selection is not None and name in ("coupled", "alista", "lista"):
+            out.append((f"{name}-ss", name, tuple(support_selection)))
+    return out
+
+
+def _stage_iterations(max_iter, n_layers):
+    """``max_iter`` split evenly over the stages (as ``per_layer="recursive"``)."""
+    split = np.diff(np.round(np.linspace(0, max_iter, n_layers + 1)).astype(int))
+    return [max(1, int(it)) for it in split]
+
+
+def _fit_layerwise(D, lmbd, n_layers, parametrization, support_selection, batches,
+                   max_iter, optimizer):
+    """Supervised layer-wise training: stage k trains layers 1..k on the output of
+    layer k, on the signals ``batches(k)`` = (X, S); returns the network and the
+    NMSE (dB) of its output on the last stage's signals."""
+    net = Lista(D, lmbd, n_layers, parametrization, support_selection=support_selection)
+    for k, n_iter in enumerate(_stage_iterations(max_iter, n_layers), start=1):
+        X, S = batches(k)
+        # the first k layers as a network of their own (the selection counts
+        # of layer t depend on t only): fitting it is stage k of
+        # per_layer="recursive", on this stage's signals
+        sub = Lista(D, lmbd, k, parametrization, support_selection=support_selection)
+        sub.set_parameters(net.parameters[:k])
+        sub.fit(X, loss="supervised", Z_target=S, optimizer=optimizer,
+                max_iter=n_iter, tol=0)
+        net.set_parameters(sub.parameters + net.parameters[k:])
+    return net, nmse_db(net.transform(X), S)
+
+
+@_single_threaded_blas
+def sparse_recovery_comparison(n_features=250, n_atoms=500, density=0.1, snr=40.0,
+                               n_train=5000, n_test=1000, n_layers=16,
+                               networks=("coupled", "alista"),
+                               support_selection=(1.2, 13.0), lmbd=0.4,
+                               baseline_lmbds=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8),
+                               max_iter=480, optimizer="lbfgs", fresh_data=True,
+                               random_state=0, progress=None):
+    """Supervised sparse recovery by depth, with and without support selection.
+
+    The setting of LISTA-CPSS (Chen, Liu, Wang & Yin, NeurIPS 2018) and
+    ALISTA (Liu, Chen, Wang & Yin, ICLR 2019): :func:`make_sparse_recovery`
+    signals (250 x 500 Gaussian measurement matrix with unit-norm columns,
+    Bernoulli(0.1)-Gaussian codes, SNR 40 dB) and ``n_test`` test signals.
+    Each network of ``networks`` (LISTA-CP ``"coupled"``, ALISTA
+    ``"alista"``) is trained as it is and with ``support_selection`` (their
+    papers' p = 1.2 %, p_max = 13 %: LISTA-CPSS, ALISTA-SS), on the
+    supervised loss ``1/2 ||z_T - s||^2`` to the ground-truth codes,
+    layer-wise as in those papers: one ``n_layers``-layer network, stage k
+    training layers 1..k on the output of layer k (``per_layer=
+    "recursive"``), with ``max_iter`` iterations of ``optimizer`` in all,
+    split evenly over the stages.
+
+    Those papers train on fresh signals drawn for every mini-batch. With
+    ``fresh_data`` (the default), each stage draws its own ``n_train``
+    signals of the same problem (from a seed of its own, drawn after the
+    test set; every network sees the same batches), which keeps the many
+    weights of LISTA-CP from fitting one fixed set; ``fresh_data=False``
+    trains every stage on the same ``n_train`` signals
+    (``Lista.fit(per_layer="recursive")``). The cost is the same.
+
+    The defaults are the papers' problem (250 x 500, 16 layers, SNR 40 dB,
+    p = 1.2 %, p_max = 13 %, 1000 test signals); the training budget (5000
+    fresh signals and 30 L-BFGS iterations a stage: hours on 2 cores) is
+    this module's, far below the papers' millions of signals.
+
+    Depth t is the output of layer t of that network (the papers'
+    NMSE-by-layer curves), not a network trained for depth t as in the
+    unsupervised part of the figure. Thresholds start at ``lmbd / L`` (0.4:
+    the initial lambda of the LISTA-CPSS code). ISTA and FISTA (t iterations
+    at depth t) are the baselines, each at the lmbd of ``baseline_lmbds``
+    with the lowest NMSE at depth ``n_layers`` on (up to 1000) training
+    signals.
+
+    Table: the long format of :func:`network_comparison` with ``problem =
+    "recovery"``, dataset ``"bernoulli-gaussian"``, the test NMSE (dB,
+    :func:`nmse_db`) in ``nmse_db`` and ``gap``, ``median_gap`` NaN.
+    ``curves`` holds the test codes (``"recovery_test_targets"``) and each
+    method's output at depth ``n_layers`` (``"recovery_test_codes"``).
+    The training NMSE of the summary is on the signals of the last stage.
+    """
+    T = int(n_layers)
+    rng = check_random_state(random_state)
+    D = _draw_dictionary(rng, n_atoms, n_features)
+    X_test, S_test = _draw_recovery_signals(rng, n_test, D, density, snr)
+    if fresh_data:
+        # one seed a stage, so that every network sees the same batches while
+        # only the current one is in memory (the paper preset's 16 batches
+        # would take 0.5 GB)
+        seeds = rng.randint(0, 2**31 - 1, size=T)
+
+        def batches(k):
+            return _draw_recovery_signals(np.random.RandomState(seeds[k - 1]), n_train,
+                                          D, density, snr)
+    else:
+        fixed = _draw_recovery_signals(rng, n_train, D, density, snr)
+        batches = lambda k: fixed                      # noqa: E731
+    rows = {c: [] for c in NETWORK_COLUMNS}
+
+    def add(method, lm, depth, Z):
+        rows["dataset"].append("bernoulli-gaussian")
+        rows["lmbd"].append(float(lm))
+        rows["method"].append(LABELS[method])
+        rows["depth"].append(depth)
+        rows["gap"].append(np.nan)
+        rows["median_gap"].append(np.nan)
+        rows["problem"].append("recovery")
+        rows["nmse_db"].append(nmse_db(Z, S_test))
+
+    codes = {}
+    chosen = {}
+    X_sel, S_sel = (a[:1000] for a in batches(1))
+    for m in ("ista", "fista"):
+        score = [nmse_db(solve_lasso(X_sel, D, lm, method=m, tol=0, max_iter=T).codes,
+                         S_sel) for lm in baseline_lmbds]
+        lm = float(baseline_lmbds[int(np.nanargmin(score))])
+        chosen[LABELS[m]] = lm
+        for d in range(1, T + 1):
+            Z = solve_lasso(X_test, D, lm, method=m, tol=0, max_iter=d).codes
+            add(m, lm, d, Z)
+        codes[LABELS[m]] = Z
+
+    train_nmse = {}
+    train_time = {}
+    variants = _recovery_variants(networks, support_selection)
+    for key, par, ss in _progress(progress, variants, "training networks (recovery)",
+                                  total=len(variants)):
+        t0 = time.perf_counter()
+        net, train_nmse[LABELS[key]] = _fit_layerwise(D, lmbd, T, par, ss, batches,
+                                                      max_iter, optimizer)
+        train_time[LABELS[key]] = time.perf_counter() - t0
+        for d in range(1, T + 1):
+            Z = net.transform(X_test, n_layers=d)
+            add(key, lmbd, d, Z)
+        codes[LABELS[key]] = Z
+
+    table = {k: np.array(v) for k, v in rows.items()}
+    at = {}
+    for lab in codes:
+        sel = table["method"] == lab
+        at[lab] = dict(zip(table["depth"][sel].tolist(), table["nmse_db"][sel].tolist()))
+    clean = S_test @ D
+    with np.errstate(divide="ignore"):
+        snr_measured = float(10 * np.log10(np.sum(clean ** 2)
+                                           / np.sum((X_test - clean) ** 2)))
+    summary = {
+        "recovery: problem": (
+            f"{n_features} x {n_atoms} Gaussian D (unit atoms), Bernoulli({density})-"
+            f"Gaussian codes, SNR {snr} dB, {T} layers trained layer-wise on "
+            f"{'fresh ' if fresh_data else ''}{n_train} training signals"
+            f"{' a stage' if fresh_data else ''}, {n_test} test signals"),
+        "recovery: measured test SNR (dB)": snr_measured,
+        "recovery: ISTA / FISTA lmbd (chosen on training signals)": chosen,
+        f"recovery: test NMSE (dB) at depth {T}": {lab: at[lab][T] for lab in codes},
+        f"recovery: training NMSE (dB) at depth {T}": train_nmse,
+    }
+    gain, helps = {}, {}
+    for key, par, ss in variants:
+        if ss is None:
+            continue
+        ss_lab, lab = LABELS[key], LABELS[par]
+        gain[f"{ss_lab} - {lab}"] = at[ss_lab][T] - at[lab][T]
+        helps[f"{ss_lab} vs {lab}"] = \
+            f"{sum(at[ss_lab][d] < at[lab][d] for d in range(1, T + 1))}/{T} depths"
+    if gain:
+        summary[f"recovery: support selection at depth {T} (SS - no SS, dB; "
+                f"< 0: SS helps)"] = gain
+        summary["recovery: support selection gives the lower test NMSE at"] = helps
+    summary["recovery: training time (s)"] = train_time
+    settings = dict(n_features=n_features, n_atoms=n_atoms, density=density, snr=snr,
+                    n_train=n_train, n_test=n_test, n_layers=T, networks=list(networks),
+                    support_selection=(None if support_selection is None
+                                       else list(support_selection)),
+                    lmbd=lmbd, baseline_lmbds=list(baseline_lmbds), max_iter=max_iter,
+                    optimizer=optimizer, fresh_data=bool(fresh_data),
+                    per_layer="recursive", loss="supervised", random_state=random_state)
+    curves = {"recovery_test_targets": S_test, "recovery_test_codes": codes}
+    return ExperimentResult("networks-recovery", table, summary, settings, curves=curves)
 
 
 # ---------------------------------------------------------------------------

@@ -18,11 +18,17 @@ COLORS = {
     "ISTA": "indigo", "FISTA": "darkorange", "Backtracking ISTA": "seagreen",
     "OISTA": "indianred", "SLISTA": "indianred", "LISTA-CP": "mediumseagreen",
     "ALISTA": "cornflowerblue", "LISTA": "goldenrod",
+    # support selection: the colour of the network without it, darker
+    "LISTA-CPSS": "darkgreen", "ALISTA-SS": "navy", "LISTA-SS": "darkgoldenrod",
 }
 #: Line styles other than solid.
-STYLES = {"FISTA": "--", "Backtracking ISTA": ":"}
+STYLES = {"FISTA": "--", "Backtracking ISTA": ":", "LISTA-CPSS": "--", "ALISTA-SS": "--",
+          "LISTA-SS": "--"}
 #: Order of the methods in the legends of the depth plots.
-METHOD_ORDER = ("ISTA", "FISTA", "LISTA-CP", "ALISTA", "SLISTA", "LISTA")
+METHOD_ORDER = ("ISTA", "FISTA", "LISTA-CP", "LISTA-CPSS", "ALISTA", "ALISTA-SS", "SLISTA",
+                "LISTA", "LISTA-SS")
+#: The pairs (without, with support selection) of the recovery panel.
+SS_PAIRS = (("LISTA-CP", "LISTA-CPSS"), ("ALISTA", "ALISTA-SS"), ("LISTA", "LISTA-SS"))
 FLOOR = 1e-12     # F - F* below this is drawn at the floor (log axes)
 DPI = 100
 
@@ -56,10 +62,11 @@ def _integer_x(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _line(ax, x, y, label, **kw):
+def _line(ax, x, y, label, display=None, **kw):
+    """A method's line in its colour and style, labelled ``display`` or its name."""
     style = dict(color=COLORS.get(label), linestyle=STYLES.get(label, "-"), lw=2)
     style.update(kw)
-    ax.plot(x, y, label=label, **style)
+    ax.plot(x, y, label=label if display is None else display, **style)
 
 
 def _inv_ls_lines(ax, layers, median, where=""):
@@ -158,16 +165,22 @@ def plot_dictionary_distance(result, path):
 
 def plot_networks(result, path):
     t = result.table
-    datasets = list(dict.fromkeys(t["dataset"]))
-    lmbds = list(dict.fromkeys(t["lmbd"]))
-    fig, axes = _figure(len(datasets), len(lmbds),
-                        figsize=(4 * len(lmbds), 3.2 * len(datasets)))
-    methods = [m for m in METHOD_ORDER if m in set(t["method"])]
+    lasso = t["problem"] == "lasso" if "problem" in t else np.ones(len(t["method"]), bool)
+    recovery = ~lasso
+    datasets = list(dict.fromkeys(t["dataset"][lasso]))
+    lmbds = list(dict.fromkeys(t["lmbd"][lasso]))
+    extra = int(recovery.any())
+    ncols = max(len(lmbds), 2 if extra else 1)
+    nrows = len(datasets) + extra
+    fig, axes = _figure(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows))
+    for ax in axes[:len(datasets), len(lmbds):].ravel():
+        ax.set_axis_off()
+    methods = [m for m in METHOD_ORDER if m in set(t["method"][lasso])]
     for i, ds in enumerate(datasets):
         for j, lm in enumerate(lmbds):
             ax = axes[i, j]
             for m in methods:
-                sel = (t["dataset"] == ds) & (t["lmbd"] == lm) & (t["method"] == m)
+                sel = lasso & (t["dataset"] == ds) & (t["lmbd"] == lm) & (t["method"] == m)
                 order = np.argsort(t["depth"][sel])
                 _line(ax, t["depth"][sel][order], _floor(t["gap"][sel][order]), m,
                       marker="o", ms=3)
@@ -179,10 +192,62 @@ def plot_networks(result, path):
             _integer_x(ax)
             ax.set_ylabel(r"test $F_x - F_x^*$")
             ax.grid(alpha=0.4)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Fig 6: held-out mean F - F* against depth (one network per depth; "
-                 "above 1: off the chart)", fontsize=10)
+    if datasets:
+        axes[0, 0].legend(fontsize=8)
+    title = ("Fig 6: held-out mean F - F* against depth (one network per depth; "
+             "above 1: off the chart)")
+    if extra:
+        _plot_recovery(result, axes[-1], recovery)
+        title += ("\nbottom: supervised sparse recovery, test NMSE by layer of one "
+                  "network trained layer-wise")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def _plot_recovery(result, axes, rows):
+    """The recovery row of ``networks``: NMSE by depth, then the SS gain."""
+    t = result.table
+    s = result.settings.get("recovery") or {}
+    ax = axes[0]
+    methods = [m for m in METHOD_ORDER if m in set(t["method"][rows])]
+    nmse = {}
+    for m in methods:
+        sel = rows & (t["method"] == m)
+        order = np.argsort(t["depth"][sel])
+        depth, value = t["depth"][sel][order], t["nmse_db"][sel][order]
+        nmse[m] = dict(zip(depth.tolist(), value.tolist()))
+        lab = m
+        if m in ("ISTA", "FISTA"):
+            lab = f"{m} ($\\lambda$={t['lmbd'][sel][0]:g})"
+        _line(ax, depth, value, m, display=lab, marker="o", ms=3)
+    ax.set_xlabel("layer / iteration")
+    _integer_x(ax)
+    ax.set_ylabel("test NMSE (dB)")
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"recovery: {s.get('n_features', '?')} x {s.get('n_atoms', '?')}, "
+                 f"{100 * s.get('density', np.nan):g}% non-zeros, "
+                 f"SNR {s.get('snr', np.nan):g} dB", fontsize=10)
+    if len(axes) < 2:
+        return
+    ax2 = axes[1]
+    for base, ss in SS_PAIRS:
+        if base in nmse and ss in nmse:
+            d = sorted(set(nmse[base]) & set(nmse[ss]))
+            _line(ax2, d, [nmse[ss][k] - nmse[base][k] for k in d], ss,
+                  display=f"{ss} - {base}", marker="o", ms=3)
+    ax2.axhline(0.0, color="k", lw=1)
+    ax2.set_xlabel("layer")
+    _integer_x(ax2)
+    ax2.set_ylabel("SS - no SS, test NMSE (dB)\n(below 0: support selection helps)",
+                   fontsize=9)
+    ax2.grid(alpha=0.4)
+    ax2.legend(fontsize=8)
+    p = s.get("support_selection")
+    ax2.set_title("support selection" + (f" (p={p[0]:g}%, p_max={p[1]:g}%)" if p else ""),
+                  fontsize=10)
+    for ax in axes[2:]:
+        ax.set_axis_off()
 
 
 def plot_lipschitz_law(result, path):
