@@ -21,7 +21,21 @@ import time
 
 import numpy as np
 
-__all__ = ["Case", "timer", "repeated", "run", "format_rows"]
+__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows"]
+
+
+def blas_threads(n):
+    """A context that holds the BLAS and OpenMP pools to n threads
+    (threadpoolctl; nothing when n is None or threadpoolctl is missing)."""
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n)
 
 
 class Case:

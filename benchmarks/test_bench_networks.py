@@ -314,7 +314,7 @@ def test_slista_peak_memory(benchmark, problem, info, torch, tmp_path):
 
 
 # ------------------------------------------------ interleaved side by side
-def interleaved(n_rounds=7, small=False, keyword=None, verbose=False):
+def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=None):
     """Median over rounds of the per-round time ratios, ours / reference.
 
     Every round times ours and its reference back to back (``interleave.py``),
@@ -323,8 +323,9 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False):
     the other). float64 and float32 (torch primed by two untimed calls);
     each torch comparison first checks that both sides compute the same
     loss and gradients (``torch_reference.RTOL``). ``keyword`` keeps the
-    comparisons whose name contains it. Returns the rows of
-    ``interleave.run``.
+    comparisons whose name contains it; ``threads`` runs every side on that
+    many threads (``n_jobs``, ``torch.set_num_threads``, NumPy's BLAS) instead
+    of the default pools. Returns the rows of ``interleave.run``.
     """
     import interleave
     from interleave import Case, timer
@@ -332,12 +333,14 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False):
     from fastlista.datasets import make_coding
 
     ref = _torch_reference_module()
+    if ref is not None and threads:
+        ref.import_torch().set_num_threads(threads)
     X64, D64 = make_coding(1000 if small else 10000, 256, 64, random_state=0)
     cases = []
     for dtype in DTYPES:
         X, D = X64.astype(dtype), D64.astype(dtype)
         sfx = f" {dtype}"
-        nets = {(p, lmbd): Lista(D, lmbd, N_LAYERS, parametrization=p)
+        nets = {(p, lmbd): Lista(D, lmbd, N_LAYERS, parametrization=p, n_jobs=threads)
                 for p, lmbd in [("step", 0.1), ("step", 0.8), ("coupled", 0.1)]}
         tnets = {k: ref.TorchLista(D, k[1], net.parameters, k[0], dtype=dtype) if ref
                  else None for k, net in nets.items()}
@@ -375,8 +378,9 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False):
         ]
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
-                      timer(Lista(D32, 0.1, N_LAYERS).loss_and_grad, X32),
-                      timer(Lista(D64, 0.1, N_LAYERS).loss_and_grad, X64), DTYPE_TARGET))
+                      timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
+                      timer(Lista(D64, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X64),
+                      DTYPE_TARGET))
     cases = [c for c in cases if c is not None and (keyword is None or keyword in c.name)]
     return interleave.run(cases, n_rounds, prime=TORCH_PRIME, verbose=verbose)
 
@@ -402,12 +406,20 @@ if __name__ == "__main__":
     parser.add_argument("n_rounds", nargs="?", type=int, default=7)
     parser.add_argument("-k", dest="keyword", default=None,
                         help="only the comparisons whose name contains this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="run every side on this many threads (default: the "
+                             "default pools; 1 is steadier on a loaded machine)")
     args = parser.parse_args()
     sys.path.insert(0, BENCH_DIR)
     import interleave
 
     small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
     print(f"fastlista {Path(fastlista.__file__).parent}, {args.n_rounds} rounds"
-          + (", small" if small else ""), flush=True)
+          + (", small" if small else "")
+          + (f", {args.threads} thread(s)" if args.threads else "")
+          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     print(interleave.format_rows([], header=True), flush=True)
-    rows = interleaved(args.n_rounds, small, args.keyword, verbose=True)
+    with interleave.blas_threads(args.threads):
+        interleaved(args.n_rounds, small, args.keyword, verbose=True,
+                    threads=args.threads)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -249,7 +249,7 @@ def test_ista_to_gap(benchmark, problem, info):
 
 
 # ------------------------------------------------ interleaved side by side
-def _exact_case(name, X, D, lmbd, tol, solver_dtype, target):
+def _exact_case(name, X, D, lmbd, tol, solver_dtype, target, threads=None):
     """An interleaved case: solve_lasso vs sklearn_lasso_cd in solver_dtype;
     its check (evaluated after the rounds, on the last results) compares the
     mean objectives and tells how many samples sklearn ran to max_iter.
@@ -261,7 +261,7 @@ def _exact_case(name, X, D, lmbd, tol, solver_dtype, target):
 
     def ours():
         t0 = time.perf_counter()
-        last["res"] = fastlista.solve_lasso(X, D, lmbd, tol=tol)
+        last["res"] = fastlista.solve_lasso(X, D, lmbd, tol=tol, n_jobs=threads)
         return time.perf_counter() - t0
 
     def reference():
@@ -285,7 +285,7 @@ def _exact_case(name, X, D, lmbd, tol, solver_dtype, target):
                 prime=0)
 
 
-def interleaved(n_rounds=5, small=False, keyword=None, verbose=False):
+def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=None):
     """The exact solves and the ISTA iteration, interleaved with their
     references (median of the per-round ratios), float64 and float32.
 
@@ -317,7 +317,8 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False):
             for solver_dtype, target in solvers:
                 cases.append(_exact_case(name if solver_dtype == dtype
                                          else name + " (sklearn in float64)",
-                                         X, D, lmbd, tol, solver_dtype, target))
+                                         X, D, lmbd, tol, solver_dtype, target,
+                                         threads))
         name = f"ISTA iteration 0.1 (marginal 5->25) / GEMM pair {dtype}"
         if keyword is None or keyword in name:
             Z0 = warm_start(X, D)
@@ -330,7 +331,7 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False):
                 for k in (k1, k2, k1, k2):
                     t0 = time.perf_counter()
                     fastlista.solve_lasso(X, D, ITER_LMBD, method="ista", tol=0,
-                                          max_iter=k, Z0=Z0)
+                                          max_iter=k, Z0=Z0, n_jobs=threads)
                     t[k] = min(t[k], time.perf_counter() - t0)
                 return (t[k2] - t[k1]) / (k2 - k1)
 
@@ -347,12 +348,20 @@ if __name__ == "__main__":
     parser.add_argument("n_rounds", nargs="?", type=int, default=5)
     parser.add_argument("-k", dest="keyword", default=None,
                         help="only the comparisons whose name contains this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="run every side on this many threads (default: the "
+                             "default pools)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import interleave
 
     small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
     print(f"fastlista {os.path.dirname(fastlista.__file__)}, {args.n_rounds} rounds"
-          + (", small" if small else ""), flush=True)
+          + (", small" if small else "")
+          + (f", {args.threads} thread(s)" if args.threads else "")
+          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     print(interleave.format_rows([], header=True), flush=True)
-    interleaved(args.n_rounds, small, args.keyword, verbose=True)
+    with interleave.blas_threads(args.threads):
+        interleaved(args.n_rounds, small, args.keyword, verbose=True,
+                    threads=args.threads)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
