@@ -21,6 +21,19 @@ not checked: IEEE arithmetic defines it (inf or NaN), and a kernel may
 rely on it. Such a build loads only into a process that has the ASan
 runtime loaded first: tools/sanitize.sh builds a copy and runs the kernel
 tests on it.
+
+``FASTLISTA_ISA=x86-64-v3`` caps the per-ISA clones of the C row kernels
+(_simd.h) at that x86-64 microarchitecture level: with x86-64-v3 they are
+compiled for AVX2 + FMA and for the baseline only, with no AVX-512
+(x86-64-v4) clone, so that an AVX-512 machine runs the AVX2 code an AVX2
+machine would (to measure that code where no AVX2-only machine is at
+hand). ``x86-64-v2`` (SSE4.2) and ``x86-64-v4`` (the default's widest)
+cap them likewise; ``baseline`` compiles them once for the baseline ISA,
+without clones, as the debug build does. Unset (or ``auto``): clones up to
+x86-64-v4. The rest of the extension is built for the baseline ISA in
+every case, and BLAS picks its own kernels at run time. The value is
+recorded in build/fastlista-build-config.txt, a dependency of every
+extension, so that switching it rebuilds the kernels.
 """
 import os
 import sys
@@ -33,6 +46,12 @@ DEBUG = os.environ.get("FASTLISTA_DEBUG", "0") not in ("", "0")
 SANITIZE = os.environ.get("FASTLISTA_SANITIZE", "0") not in ("", "0")
 if SANITIZE and sys.platform != "linux":
     sys.exit("FASTLISTA_SANITIZE=1 is supported with GCC on Linux only")
+# the widest clone of the row kernels: FL_ISA_LEVEL in _simd.h (0: no clones)
+ISA_LEVELS = {"auto": None, "x86-64-v4": 4, "x86-64-v3": 3, "x86-64-v2": 2,
+              "baseline": 0}
+ISA = os.environ.get("FASTLISTA_ISA", "").strip().lower() or "auto"
+if ISA not in ISA_LEVELS:
+    sys.exit(f"FASTLISTA_ISA={ISA!r}: expected one of {', '.join(ISA_LEVELS)}")
 
 directives = {
     "language_level": 3,
@@ -62,6 +81,31 @@ sanitize = ["-fsanitize=address,undefined,float-cast-overflow",
 if SANITIZE:
     opt = ["-O1", "-g", "-fno-wrapv"] + sanitize
 
+isa_macros = ([] if ISA_LEVELS[ISA] is None
+              else [("FL_ISA_LEVEL", str(ISA_LEVELS[ISA]))])
+
+
+def _config_stamp():
+    """A file whose contents (and so mtime) change with the build switches."""
+    path = os.path.join("build", "fastlista-build-config.txt")
+    text = (f"FASTLISTA_DEBUG={int(DEBUG)} FASTLISTA_SANITIZE={int(SANITIZE)} "
+            f"FASTLISTA_ISA={ISA}\n")
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return [path]
+    except OSError:
+        pass
+    try:
+        os.makedirs("build", exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError:         # a read-only tree: no stamp, no dependency
+        return []
+    return [path]
+
+
+CONFIG_STAMP = _config_stamp()
 KERNELS = ["_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
 
 extensions = [
@@ -70,7 +114,9 @@ extensions = [
         [f"fastlista/_kernels/{name}.pyx"],
         include_dirs=[np.get_include(), "fastlista/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")]
-        + ([("FL_NO_CLONES", "1")] if DEBUG or SANITIZE else []),
+        + ([("FL_NO_CLONES", "1")] if DEBUG or SANITIZE else [])
+        + isa_macros,
+        depends=["fastlista/_kernels/_simd.h"] + CONFIG_STAMP,
         extra_compile_args=opt + openmp_compile,
         extra_link_args=openmp_link + (sanitize if SANITIZE else []),
     )

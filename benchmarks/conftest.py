@@ -10,7 +10,8 @@ or as a one-shot smoke test (each benchmarked function runs once)::
     pytest benchmarks --benchmark-disable
 
 Problem size: the paper's shape, 64 features x 256 atoms x 10000 samples of
-``make_coding`` (float64, seed 0). ``FASTLISTA_BENCH_SMALL=1`` reduces it to
+``make_coding`` (float64, seed 0), and its float32 cast (fixture ``problems``:
+{"float64": ..., "float32": ...}). ``FASTLISTA_BENCH_SMALL=1`` reduces it to
 1000 samples (for a quick look; ratios are only meaningful at the paper shape).
 
 Threads: nothing here limits or pins BLAS/OpenMP thread pools. Our functions
@@ -24,8 +25,10 @@ Every benchmark records in ``extra_info``:
   compared with, in the same group and run);
 * ``calls_per_round``: how many units of work (iterations) one benchmarked
   call performs; reported times are divided by it;
-* on ``"ours"`` entries, ``target_ratio``: the largest acceptable
-  ``median(ours) / median(reference)`` (issue 2, "Performance").
+* on ``"reference"`` entries, ``target_ratio``: the largest acceptable
+  ``median(ours) / median(reference)`` against that reference (the issues'
+  targets; ``target_rows="marginal"`` applies it to the marginal row only),
+  and ``compare`` (numbers recorded beside the timings; see ``report.py``).
 
 At the end of a timed run the ratio table is printed and added to the JSON
 under ``fastlista_ratios``.
@@ -78,6 +81,21 @@ def problem(n_samples):
 
 
 @pytest.fixture(scope="session")
+def problem32(problem):
+    """(X, D) of :func:`problem` cast to float32 (float32 in, float32 out)."""
+    X, D = (np.ascontiguousarray(A, dtype=np.float32) for A in problem)
+    X.setflags(write=False)
+    D.setflags(write=False)
+    return X, D
+
+
+@pytest.fixture(scope="session")
+def problems(problem, problem32):
+    """{"float64": problem, "float32": problem32}."""
+    return {"float64": problem, "float32": problem32}
+
+
+@pytest.fixture(scope="session")
 def solution_08(problem):
     """Lasso solutions at lmbd = 0.8 (the sparse regime), shape (N, m)."""
     X, D = problem
@@ -120,7 +138,7 @@ def info():
 def pytest_report_header(config):
     size = N_SAMPLES_SMALL if _small() else N_SAMPLES_PAPER
     return (f"fastlista benchmarks: {size} samples x {N_ATOMS} atoms x "
-            f"{N_FEATURES} features, float64 (FASTLISTA_BENCH_SMALL="
+            f"{N_FEATURES} features, float64 and float32 (FASTLISTA_BENCH_SMALL="
             f"{os.environ.get('FASTLISTA_BENCH_SMALL', '')!r})")
 
 

@@ -15,10 +15,14 @@ Within each benchmark group, every entry whose ``extra_info["role"]`` is
   (k1 < k2 iterations per call), a "marginal" row also gives the cost of one
   more iteration, (median_k2 - median_k1) / (k2 - k1), which excludes the
   per-call overhead (validation, c = X D^T, the final gap);
-* a reference may carry ``target_ratio`` (the largest acceptable time ratio)
-  and ``compare``: ``{metric: {"kind": "ratio" | "rel_diff", "max": value}}``
-  to compare numbers stored in both entries' ``extra_info`` (for example the
-  mean objective, "no worse than the reference", or the mean iteration count).
+* a reference may carry ``target_ratio`` (the largest acceptable time ratio;
+  with ``target_rows="marginal"`` it applies to the marginal rows only, the
+  per-call rows being shown without a target) and ``compare``:
+  ``{metric: {"kind": "ratio" | "rel_diff" | "value", "max": value}}`` to
+  compare numbers stored in both entries' ``extra_info`` (for example the
+  mean objective, "no worse than the reference", or the mean iteration
+  count); ``"value"`` checks a number the reference entry measured itself
+  (for example the relative difference of its gradients from ours).
 
 Only the standard library is used, so the report runs anywhere.
 """
@@ -49,13 +53,14 @@ def _label(bench):
 
 
 def _ours_entries(benches):
-    """(label, median per call unit, bench) for ours, plus marginal entries."""
+    """(label, median per call unit, bench, is_marginal) for ours, plus
+    marginal entries."""
     ours = [b for b in benches if b.get("extra_info", {}).get("role") == "ours"]
     def shown(b):
         k = b.get("extra_info", {}).get("calls_per_round") or 1
         return _label(b) if k == 1 else f"{_label(b)} (k={k}, per iteration)"
 
-    out = [(shown(b), _median(b), b) for b in ours]
+    out = [(shown(b), _median(b), b, False) for b in ours]
     by_label = {}
     for b in ours:
         by_label.setdefault(_label(b), []).append(b)
@@ -66,11 +71,13 @@ def _ours_entries(benches):
         k1, k2 = min(ks), max(ks)
         m1, m2 = ks[k1]["stats"]["median"], ks[k2]["stats"]["median"]
         marginal = (m2 - m1) / (k2 - k1)
-        out.append((f"{label} (marginal {k1}->{k2})", marginal, ks[k2]))
+        out.append((f"{label} (marginal {k1}->{k2})", marginal, ks[k2], True))
     return out
 
 
 def _compare_metric(kind, ours_value, ref_value):
+    if kind == "value":
+        return ref_value
     if ours_value is None or ref_value is None:
         return None
     if kind == "ratio":
@@ -107,12 +114,14 @@ def compute_ratios(benchmarks):
     for group in sorted(groups):
         benches = groups[group]
         refs = [b for b in benches if b.get("extra_info", {}).get("role") == "reference"]
-        for label, med, ob in _ours_entries(benches):
+        for label, med, ob, marginal in _ours_entries(benches):
             for rb in refs:
                 rinfo = rb.get("extra_info", {})
                 rmed = _median(rb)
                 ratio = med / rmed if (med is not None and rmed) else None
                 target = rinfo.get("target_ratio")
+                if rinfo.get("target_rows") == "marginal" and not marginal:
+                    target = None
                 row = dict(group=group, ours=label, reference=_label(rb),
                            ours_median=med, reference_median=rmed, ratio=ratio,
                            target_ratio=target,
@@ -165,7 +174,7 @@ def format_table(rows, markdown=False):
                       "" if r["target_ratio"] is None else f"<= {r['target_ratio']:.3g}",
                       _fmt_ok(r["ok"])])
         for m in r["metrics"]:
-            what = "ratio" if m["kind"] == "ratio" else "rel. diff"
+            what = {"ratio": "ratio", "rel_diff": "rel. diff"}.get(m["kind"], "value")
             lines.append(["", f"  {m['name']}: {_fmt_num(m['ours'])}",
                           f"{_fmt_num(m['reference'])}", "", "",
                           f"{what} {_fmt_num(m['value'])}",

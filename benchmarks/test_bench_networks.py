@@ -1,27 +1,38 @@
-"""Benchmarks of the unfolded networks (issue 3, "Performance").
+"""Benchmarks of the unfolded networks (issue 3, "Performance", and the
+float32 / AVX2 issue).
 
 Paper shape (64 features x 256 atoms x 10000 samples of ``make_coding``),
-T = 30 layers, float64, untrained networks (ISTA steps 1/L). Each group times
-the Cython network (``role="ours"``) beside its references in the same run;
-``benchmarks/report.py`` prints the ratios (median of ours / median of
-reference) and checks the targets:
+T = 30 layers, untrained networks (ISTA steps 1/L), in float64 and in
+float32 (``D`` and ``X`` cast to float32: a float32 ``Lista`` and torch's
+default dtype). Each group times the Cython network (``role="ours"``) beside
+its references in the same run; ``benchmarks/report.py`` prints the ratios
+(median of ours / median of reference) and checks the targets. Groups (the
+float32 ones carry " float32" in their name):
 
 * ``slista-forward lmbd=0.1``: ``Lista.transform`` vs the PyTorch autograd
-  reference (``benchmarks/torch_reference.py``, no graph), ratio <= 0.4
-  (>= 2.5x faster), and vs T times the GEMM pair of one dense layer on the
-  whole batch (``Z @ D``, ``R @ D.T``), ratio <= 1.0;
-* ``slista-forward lmbd=0.8``: vs torch, <= 0.1 (>= 10x faster);
+  reference (``benchmarks/torch_reference.py``, no graph), ratio <= 1/3
+  (>= 3x faster), and vs T times the GEMM pair of one dense layer on the
+  whole batch (``Z @ D``, ``R @ D.T``, same dtype), ratio <= 0.8;
+* ``slista-forward lmbd=0.8``: vs torch, <= 1/12 (>= 12x faster);
 * ``slista-loss_and_grad lmbd=0.1`` / ``0.8``: ``Lista.loss_and_grad`` vs
-  torch's forward + ``loss.backward()``, <= 1/3 and <= 0.1;
-* ``coupled-loss_and_grad lmbd=0.1``: LISTA-CP, vs torch, <= 0.5;
+  torch's forward + ``loss.backward()``, <= 1/4 and <= 1/15; both sides'
+  loss and gradients must agree (``torch_reference.RTOL``: 1e-10 / 1e-8 in
+  float64, 1e-6 / 1e-4 in float32), checked by the test and recorded
+  (``loss``, ``grad_rel_diff``);
+* ``coupled-loss_and_grad lmbd=0.1``: LISTA-CP, vs torch, <= 1/3;
+* ``slista-loss_and_grad float32/float64 lmbd=0.1``: the float32 network vs
+  the float64 one, <= 0.6;
 * ``slista-peak-memory lmbd=0.8``: peak extra resident memory of one
   ``loss_and_grad`` call, ours vs torch's, each in a fresh subprocess
   (recorded in ``extra_info["peak_extra_mb"]``; the times of that group
   include the interpreter start and mean nothing).
 
-The torch entries are skipped when torch is not installed. Run::
+torch's calls run after two untimed ones (a cold float32 call page-faults
+its buffers). The torch entries are skipped when torch is not installed.
+Run::
 
     pytest benchmarks/test_bench_networks.py --benchmark-only
+    python benchmarks/test_bench_networks.py 7     # interleaved, steadier
 """
 import json
 import os
@@ -38,9 +49,13 @@ import fastlista
 from fastlista import Lista
 
 N_LAYERS = 30
-FORWARD_TARGET = {0.1: 1 / 2.5, 0.8: 1 / 10}
-GRAD_TARGET = {0.1: 1 / 3, 0.8: 1 / 10}
-COUPLED_TARGET = 1 / 2
+FORWARD_TARGET = {0.1: 1 / 3, 0.8: 1 / 12}
+GRAD_TARGET = {0.1: 1 / 4, 0.8: 1 / 15}
+COUPLED_TARGET = 1 / 3
+GEMM_FLOOR_TARGET = 0.8
+DTYPE_TARGET = 0.6          # float32 / float64 time, SLISTA loss_and_grad lmbd=0.1
+DTYPES = ["float64", "float32"]
+TORCH_PRIME = 2             # untimed torch calls before the timed ones
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,12 +70,16 @@ def _torch_reference():
     return torch_reference
 
 
-def _run(benchmark, func, *args, rounds=None, **kwargs):
+def _run(benchmark, func, *args, rounds=None, warmup_rounds=1, **kwargs):
     """``benchmark(func, ...)``, or a fixed number of rounds for slow calls."""
     if rounds is None:
         return benchmark(func, *args, **kwargs)
     return benchmark.pedantic(func, args=args, kwargs=kwargs, rounds=rounds,
-                              iterations=1, warmup_rounds=1)
+                              iterations=1, warmup_rounds=warmup_rounds)
+
+
+def _group(name, lmbd, dtype):
+    return f"{name}{'' if dtype == 'float64' else ' ' + dtype} lmbd={lmbd}"
 
 
 def _network(problem, lmbd, parametrization="step"):
@@ -72,38 +91,70 @@ def _codes_info(Z):
     return dict(nnz_mean=float(np.count_nonzero(Z, axis=1).mean()))
 
 
+def _torch_check(ref, net, tnet, X, benchmark):
+    """Compare the torch reference's loss and gradients with ours (recorded
+    on the reference entry; a mismatch beyond ``ref.RTOL`` fails the test)."""
+    loss_rel, grad_rel = ref.differences(net.loss_and_grad(X), tnet.loss_and_grad(X))
+    loss_tol, grad_tol = ref.RTOL[np.dtype(X.dtype)]
+    benchmark.extra_info.update(loss_rel_diff=loss_rel, grad_rel_diff=grad_rel,
+                                loss_rtol=loss_tol, grad_rtol=grad_tol)
+    assert loss_rel <= loss_tol and grad_rel <= grad_tol, (
+        f"torch and fastlista disagree ({X.dtype}): loss {loss_rel:.3g} "
+        f"(<= {loss_tol:g}), gradients {grad_rel:.3g} (<= {grad_tol:g})")
+
+
+def _compare(ref, dtype):
+    loss_tol, grad_tol = ref.RTOL[np.dtype(dtype)]
+    return {"loss": {"kind": "rel_diff", "max": loss_tol},
+            "grad_rel_diff": {"kind": "value", "max": grad_tol}}
+
+
 # ------------------------------------------------------------ SLISTA forward
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lmbd", [0.1, 0.8])
-def test_slista_forward(benchmark, problem, info, lmbd):
+def test_slista_forward(benchmark, problems, info, lmbd, dtype):
+    problem = problems[dtype]
     X, _ = problem
     net = _network(problem, lmbd)
-    benchmark.group = f"slista-forward lmbd={lmbd}"
+    benchmark.group = _group("slista-forward", lmbd, dtype)
     info(benchmark, problem, role="ours", lmbd=lmbd, n_layers=N_LAYERS,
          label="fastlista Lista(step).transform")
     Z = _run(benchmark, net.transform, X)
     benchmark.extra_info.update(_codes_info(Z))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lmbd", [0.1, 0.8])
-def test_slista_forward_torch(benchmark, problem, info, lmbd):
+def test_slista_forward_torch(benchmark, problems, info, lmbd, dtype):
     ref = _torch_reference()
+    problem = problems[dtype]
     X, D = problem
     net = _network(problem, lmbd)
-    tnet = ref.TorchLista(D, lmbd, net.parameters, "step")
-    benchmark.group = f"slista-forward lmbd={lmbd}"
+    tnet = ref.TorchLista(D, lmbd, net.parameters, "step", dtype=X.dtype)
+    benchmark.group = _group("slista-forward", lmbd, dtype)
     info(benchmark, problem, role="reference", lmbd=lmbd, n_layers=N_LAYERS,
          label="torch autograd reference (no_grad)", target_ratio=FORWARD_TARGET[lmbd])
-    Z = _run(benchmark, tnet.transform, X, rounds=5)
+    Z = _run(benchmark, tnet.transform, X, rounds=5, warmup_rounds=TORCH_PRIME)
     benchmark.extra_info.update(_codes_info(Z))
 
 
-def test_slista_forward_gemm_floor(benchmark, problem, info):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slista_forward_gemm_floor(benchmark, problems, info, dtype):
+    problem = problems[dtype]
     X, D = problem
     lmbd = 0.1
-    benchmark.group = f"slista-forward lmbd={lmbd}"
+    benchmark.group = _group("slista-forward", lmbd, dtype)
     info(benchmark, problem, role="reference", lmbd=lmbd, n_layers=N_LAYERS,
-         label=f"{N_LAYERS} x NumPy GEMM pair Z @ D, R @ D.T", target_ratio=1.0)
-    Z = np.ascontiguousarray(_network(problem, lmbd).transform(X))
+         label=f"{N_LAYERS} x NumPy GEMM pair Z @ D, R @ D.T",
+         target_ratio=GEMM_FLOOR_TARGET)
+    gemm_pairs = gemm_floor(X, D, _network(problem, lmbd).transform(X))
+    _run(benchmark, gemm_pairs, rounds=5)
+
+
+def gemm_floor(X, D, Z):
+    """T times the GEMM pair of one dense layer on the whole batch, in the
+    dtype of X: ``R = Z @ D`` and ``U = R @ D.T`` (a function to time)."""
+    Z = np.ascontiguousarray(Z, dtype=X.dtype)
     R = np.empty_like(X)
     U = np.empty_like(Z)
     DT = D.T
@@ -114,59 +165,87 @@ def test_slista_forward_gemm_floor(benchmark, problem, info):
             np.matmul(R, DT, out=U)
         return U
 
-    _run(benchmark, gemm_pairs, rounds=5)
+    return gemm_pairs
 
 
 # ------------------------------------------------------- SLISTA loss and grad
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lmbd", [0.1, 0.8])
-def test_slista_loss_and_grad(benchmark, problem, info, lmbd):
+def test_slista_loss_and_grad(benchmark, problems, info, lmbd, dtype):
+    problem = problems[dtype]
     X, _ = problem
     net = _network(problem, lmbd)
-    benchmark.group = f"slista-loss_and_grad lmbd={lmbd}"
+    benchmark.group = _group("slista-loss_and_grad", lmbd, dtype)
     info(benchmark, problem, role="ours", lmbd=lmbd, n_layers=N_LAYERS,
          label="fastlista Lista(step).loss_and_grad")
     loss, _ = _run(benchmark, net.loss_and_grad, X)
     benchmark.extra_info["loss"] = loss
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lmbd", [0.1, 0.8])
-def test_slista_loss_and_grad_torch(benchmark, problem, info, lmbd):
+def test_slista_loss_and_grad_torch(benchmark, problems, info, lmbd, dtype):
     ref = _torch_reference()
+    problem = problems[dtype]
     X, D = problem
     net = _network(problem, lmbd)
-    tnet = ref.TorchLista(D, lmbd, net.parameters, "step")
-    benchmark.group = f"slista-loss_and_grad lmbd={lmbd}"
+    tnet = ref.TorchLista(D, lmbd, net.parameters, "step", dtype=X.dtype)
+    benchmark.group = _group("slista-loss_and_grad", lmbd, dtype)
     info(benchmark, problem, role="reference", lmbd=lmbd, n_layers=N_LAYERS,
          label="torch autograd reference", target_ratio=GRAD_TARGET[lmbd],
-         compare={"loss": {"kind": "rel_diff", "max": 1e-10}})
-    loss, _ = _run(benchmark, tnet.loss_and_grad, X, rounds=5)
+         compare=_compare(ref, dtype))
+    loss, _ = _run(benchmark, tnet.loss_and_grad, X, rounds=5, warmup_rounds=TORCH_PRIME)
+    benchmark.extra_info["loss"] = loss
+    _torch_check(ref, net, tnet, X, benchmark)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slista_loss_and_grad_dtype(benchmark, problems, info, dtype):
+    """float32 (ours) vs float64 (reference): what float32 buys."""
+    problem = problems[dtype]
+    X, _ = problem
+    lmbd = 0.1
+    net = _network(problem, lmbd)
+    benchmark.group = f"slista-loss_and_grad float32/float64 lmbd={lmbd}"
+    info(benchmark, problem, role="ours" if dtype == "float32" else "reference",
+         lmbd=lmbd, n_layers=N_LAYERS,
+         label=f"fastlista Lista(step).loss_and_grad, {dtype}",
+         **({} if dtype == "float32" else {"target_ratio": DTYPE_TARGET,
+                                           "compare": {"loss": {"kind": "rel_diff",
+                                                                "max": 1e-6}}}))
+    loss, _ = _run(benchmark, net.loss_and_grad, X)
     benchmark.extra_info["loss"] = loss
 
 
 # ---------------------------------------------------- LISTA-CP loss and grad
-def test_coupled_loss_and_grad(benchmark, problem, info):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_coupled_loss_and_grad(benchmark, problems, info, dtype):
+    problem = problems[dtype]
     X, _ = problem
     lmbd = 0.1
     net = _network(problem, lmbd, "coupled")
-    benchmark.group = f"coupled-loss_and_grad lmbd={lmbd}"
+    benchmark.group = _group("coupled-loss_and_grad", lmbd, dtype)
     info(benchmark, problem, role="ours", lmbd=lmbd, n_layers=N_LAYERS,
          label="fastlista Lista(coupled).loss_and_grad")
     loss, _ = _run(benchmark, net.loss_and_grad, X, rounds=5)
     benchmark.extra_info["loss"] = loss
 
 
-def test_coupled_loss_and_grad_torch(benchmark, problem, info):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_coupled_loss_and_grad_torch(benchmark, problems, info, dtype):
     ref = _torch_reference()
+    problem = problems[dtype]
     X, D = problem
     lmbd = 0.1
     net = _network(problem, lmbd, "coupled")
-    tnet = ref.TorchLista(D, lmbd, net.parameters, "coupled")
-    benchmark.group = f"coupled-loss_and_grad lmbd={lmbd}"
+    tnet = ref.TorchLista(D, lmbd, net.parameters, "coupled", dtype=X.dtype)
+    benchmark.group = _group("coupled-loss_and_grad", lmbd, dtype)
     info(benchmark, problem, role="reference", lmbd=lmbd, n_layers=N_LAYERS,
          label="torch autograd reference", target_ratio=COUPLED_TARGET,
-         compare={"loss": {"kind": "rel_diff", "max": 1e-10}})
-    loss, _ = _run(benchmark, tnet.loss_and_grad, X, rounds=5)
+         compare=_compare(ref, dtype))
+    loss, _ = _run(benchmark, tnet.loss_and_grad, X, rounds=5, warmup_rounds=TORCH_PRIME)
     benchmark.extra_info["loss"] = loss
+    _torch_check(ref, net, tnet, X, benchmark)
 
 
 # ------------------------------------------------------------- peak memory
@@ -235,62 +314,75 @@ def test_slista_peak_memory(benchmark, problem, info, torch, tmp_path):
 
 
 # ------------------------------------------------ interleaved side by side
-def interleaved(n_rounds=7, small=False):
+def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=None):
     """Median over rounds of the per-round time ratios, ours / reference.
 
-    Each round times ours and then every reference once, so that a change of
-    the machine's load during the run hits both sides of a ratio alike (the
-    pytest-benchmark groups time their entries one after the other). Returns
-    a list of (comparison, median ratio, target, median ours s, median ref s).
+    Every round times ours and its reference back to back (``interleave.py``),
+    so that a change of the machine's load during the run hits both sides of
+    a ratio alike (the pytest-benchmark groups time their entries one after
+    the other). float64 and float32 (torch primed by two untimed calls);
+    each torch comparison first checks that both sides compute the same
+    loss and gradients (``torch_reference.RTOL``). ``keyword`` keeps the
+    comparisons whose name contains it; ``threads`` runs every side on that
+    many threads (``n_jobs``, ``torch.set_num_threads``, NumPy's BLAS) instead
+    of the default pools. Returns the rows of ``interleave.run``.
     """
-    import time
+    import interleave
+    from interleave import Case, timer
 
     from fastlista.datasets import make_coding
 
     ref = _torch_reference_module()
-    X, D = make_coding(1000 if small else 10000, 256, 64, random_state=0)
-    nets = {(p, lmbd): Lista(D, lmbd, N_LAYERS, parametrization=p)
-            for p, lmbd in [("step", 0.1), ("step", 0.8), ("coupled", 0.1)]}
-    torch_nets = {k: ref.TorchLista(D, k[1], net.parameters, k[0]) if ref else None
-                  for k, net in nets.items()}
-    Z = nets["step", 0.1].transform(X)
-    R, U = np.empty_like(X), np.empty_like(Z)
+    if ref is not None and threads:
+        ref.import_torch().set_num_threads(threads)
+    X64, D64 = make_coding(1000 if small else 10000, 256, 64, random_state=0)
+    cases = []
+    for dtype in DTYPES:
+        X, D = X64.astype(dtype), D64.astype(dtype)
+        sfx = f" {dtype}"
+        nets = {(p, lmbd): Lista(D, lmbd, N_LAYERS, parametrization=p, n_jobs=threads)
+                for p, lmbd in [("step", 0.1), ("step", 0.8), ("coupled", 0.1)]}
+        tnets = {k: ref.TorchLista(D, k[1], net.parameters, k[0], dtype=dtype) if ref
+                 else None for k, net in nets.items()}
 
-    def gemm_pairs():
-        for _ in range(N_LAYERS):
-            np.matmul(Z, D, out=R)
-            np.matmul(R, D.T, out=U)
+        def torch_case(name, key, method, target):
+            if ref is None:
+                return None
+            net, tnet = nets[key], tnets[key]
+            check = ""
+            if method == "loss_and_grad" and (keyword is None or keyword in name):
+                loss_rel, grad_rel = ref.differences(net.loss_and_grad(X),
+                                                     tnet.loss_and_grad(X))
+                loss_tol, grad_tol = ref.RTOL[np.dtype(dtype)]
+                bad = loss_rel > loss_tol or grad_rel > grad_tol
+                check = (("MISMATCH " if bad else "")
+                         + f"loss {loss_rel:.1e}, grads {grad_rel:.1e}")
+            return Case(name, timer(getattr(net, method), X),
+                        timer(getattr(tnet, method), X), target, check)
 
-    cases = [
-        ("SLISTA forward 0.1 / torch", nets["step", 0.1].transform,
-         torch_nets["step", 0.1] and torch_nets["step", 0.1].transform, FORWARD_TARGET[0.1]),
-        ("SLISTA forward 0.1 / T x GEMM pair", nets["step", 0.1].transform, gemm_pairs, 1.0),
-        ("SLISTA forward 0.8 / torch", nets["step", 0.8].transform,
-         torch_nets["step", 0.8] and torch_nets["step", 0.8].transform, FORWARD_TARGET[0.8]),
-        ("SLISTA loss_and_grad 0.1 / torch", nets["step", 0.1].loss_and_grad,
-         torch_nets["step", 0.1] and torch_nets["step", 0.1].loss_and_grad, GRAD_TARGET[0.1]),
-        ("SLISTA loss_and_grad 0.8 / torch", nets["step", 0.8].loss_and_grad,
-         torch_nets["step", 0.8] and torch_nets["step", 0.8].loss_and_grad, GRAD_TARGET[0.8]),
-        ("LISTA-CP loss_and_grad 0.1 / torch", nets["coupled", 0.1].loss_and_grad,
-         torch_nets["coupled", 0.1] and torch_nets["coupled", 0.1].loss_and_grad,
-         COUPLED_TARGET),
-    ]
-    out = []
-    for name, ours, theirs, target in cases:
-        if theirs is None:
-            continue
-        ours(X), theirs(X) if theirs is not gemm_pairs else theirs()   # warm up
-        t_ours, t_ref = [], []
-        for _ in range(n_rounds):
-            t0 = time.perf_counter()
-            ours(X)
-            t_ours.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            theirs() if theirs is gemm_pairs else theirs(X)
-            t_ref.append(time.perf_counter() - t0)
-        ratio = float(np.median(np.array(t_ours) / np.array(t_ref)))
-        out.append((name, ratio, target, float(np.median(t_ours)), float(np.median(t_ref))))
-    return out
+        cases += [
+            torch_case("SLISTA forward 0.1 / torch" + sfx, ("step", 0.1), "transform",
+                       FORWARD_TARGET[0.1]),
+            Case("SLISTA forward 0.1 / T x GEMM pair" + sfx,
+                 timer(nets["step", 0.1].transform, X),
+                 timer(gemm_floor(X, D, nets["step", 0.1].transform(X))),
+                 GEMM_FLOOR_TARGET),
+            torch_case("SLISTA forward 0.8 / torch" + sfx, ("step", 0.8), "transform",
+                       FORWARD_TARGET[0.8]),
+            torch_case("SLISTA loss_and_grad 0.1 / torch" + sfx, ("step", 0.1),
+                       "loss_and_grad", GRAD_TARGET[0.1]),
+            torch_case("SLISTA loss_and_grad 0.8 / torch" + sfx, ("step", 0.8),
+                       "loss_and_grad", GRAD_TARGET[0.8]),
+            torch_case("LISTA-CP loss_and_grad 0.1 / torch" + sfx, ("coupled", 0.1),
+                       "loss_and_grad", COUPLED_TARGET),
+        ]
+    X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
+    cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
+                      timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
+                      timer(Lista(D64, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X64),
+                      DTYPE_TARGET))
+    cases = [c for c in cases if c is not None and (keyword is None or keyword in c.name)]
+    return interleave.run(cases, n_rounds, prime=TORCH_PRIME, verbose=verbose)
 
 
 def _torch_reference_module():
@@ -307,10 +399,27 @@ def _torch_reference_module():
 
 
 if __name__ == "__main__":
-    # python benchmarks/test_bench_networks.py [n_rounds]
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    # python benchmarks/test_bench_networks.py [n_rounds] [-k SUBSTRING]
+    import argparse
+
+    parser = argparse.ArgumentParser(description=interleaved.__doc__.splitlines()[0])
+    parser.add_argument("n_rounds", nargs="?", type=int, default=7)
+    parser.add_argument("-k", dest="keyword", default=None,
+                        help="only the comparisons whose name contains this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="run every side on this many threads (default: the "
+                             "default pools; 1 is steadier on a loaded machine)")
+    args = parser.parse_args()
+    sys.path.insert(0, BENCH_DIR)
+    import interleave
+
     small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
-    print(f"{'comparison':38s} {'ratio':>7s} {'target':>8s} {'ours':>9s} {'reference':>10s}")
-    for name, ratio, target, a, b in interleaved(rounds, small):
-        print(f"{name:38s} {ratio:7.3f} {'<= %.3g' % target:>8s} {a * 1e3:7.1f}ms "
-              f"{b * 1e3:8.1f}ms  {'ok' if ratio <= target else 'MISS'}")
+    print(f"fastlista {Path(fastlista.__file__).parent}, {args.n_rounds} rounds"
+          + (", small" if small else "")
+          + (f", {args.threads} thread(s)" if args.threads else "")
+          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(interleave.format_rows([], header=True), flush=True)
+    with interleave.blas_threads(args.threads):
+        interleaved(args.n_rounds, small, args.keyword, verbose=True,
+                    threads=args.threads)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")

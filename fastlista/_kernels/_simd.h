@@ -19,14 +19,33 @@
    compare-and-count would not; memcpy is the aliasing-safe bit cast). */
 #include <stdint.h>
 #include <string.h>
+/* FL_ISA_LEVEL (setup.py's FASTLISTA_ISA) caps the widest clone at that
+   x86-64 level: 3 compiles the AVX2 + FMA and baseline clones only, so
+   that an AVX-512 machine runs the code of an AVX2 one; 2 SSE4.2 and
+   baseline; 0 no clones (as FL_NO_CLONES); undefined or 4 the three. */
+#if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 0 && !defined(FL_NO_CLONES)
+#  define FL_NO_CLONES 1
+#endif
 #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) \
     && defined(__GNUC__) && defined(__has_attribute) && !defined(FL_NO_CLONES)
 #  if __has_attribute(target_clones) && !defined(__clang__) && __GNUC__ >= 12
      /* microarchitecture levels as clones: GCC 12 and later */
-#    define FL_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
-                                                  "default")))
+#    if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3
+#      define FL_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+#    elif defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 2
+#      define FL_SIMD __attribute__((target_clones("arch=x86-64-v2", "default")))
+#    else
+#      define FL_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
+                                                    "default")))
+#    endif
 #  elif __has_attribute(target_clones)
-#    define FL_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#    if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3
+#      define FL_SIMD __attribute__((target_clones("avx2", "default")))
+#    elif defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 2
+#      define FL_SIMD __attribute__((target_clones("sse4.2", "default")))
+#    else
+#      define FL_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#    endif
 #  endif
 #endif
 #ifndef FL_SIMD

@@ -1,0 +1,135 @@
+"""Interleaved timing: ours and the reference alternate in every round.
+
+On a shared machine whose load changes during a run, timing all the rounds
+of one function and then all those of another (as pytest-benchmark's groups
+do) lets the load hit one side of a ratio and not the other. Here every
+round times ours and its reference back to back (their order alternating
+from round to round), and the ratio of a comparison is the median of the
+per-round ratios. Used by ``python benchmarks/test_bench_networks.py N``
+and ``python benchmarks/test_bench_solvers.py N``.
+
+A case's ``ours`` and ``reference`` are *timers*: callables without
+arguments that run the work and return the seconds it took (``timer(f, *a)``
+times one call of ``f(*a)``; a marginal cost or a mean over repeated short
+calls returns its own figure). Before the rounds each timer runs ``prime``
+times untimed: the first calls of a process page-fault their buffers (torch
+in float32 most of all) and load the BLAS kernels of a new dtype.
+
+Only NumPy and the standard library are used.
+"""
+import time
+
+import numpy as np
+
+__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows"]
+
+
+def blas_threads(n):
+    """A context that holds the BLAS and OpenMP pools to n threads
+    (threadpoolctl; nothing when n is None or threadpoolctl is missing)."""
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n)
+
+
+class Case:
+    """One comparison: ``ratio = median over rounds of ours / reference``.
+
+    ``check`` (optional) is a string printed beside the ratio: what was
+    compared between the two (loss, gradients) and whether it agreed; a
+    string starting with "MISMATCH" marks the row (a callable: called after
+    the rounds, on what they computed). ``rounds`` and ``prime``
+    override :func:`run`'s for this case (a reference of minutes).
+    """
+
+    def __init__(self, name, ours, reference, target=None, check="", rounds=None,
+                 prime=None):
+        self.name, self.ours, self.reference = name, ours, reference
+        self.target, self.check = target, check
+        self.rounds, self.prime = rounds, prime
+
+
+def timer(func, *args, **kwargs):
+    """A timer of one call ``func(*args, **kwargs)``."""
+    def run_once():
+        t0 = time.perf_counter()
+        func(*args, **kwargs)
+        return time.perf_counter() - t0
+    return run_once
+
+
+def repeated(func, n, *args, **kwargs):
+    """A timer of the mean of ``n`` back-to-back calls (short functions)."""
+    def run_n():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            func(*args, **kwargs)
+        return (time.perf_counter() - t0) / n
+    return run_n
+
+
+def run(cases, n_rounds=7, prime=2, pause=0.2, verbose=False):
+    """Time every case in ``n_rounds`` interleaved rounds.
+
+    ``pause`` seconds of sleep precede every timed call: the thread pools of
+    the previous call (OpenBLAS's, OpenMP's, torch's) busy-wait for a while
+    after their work (OpenBLAS's about 2**28 cycles), and on a machine with
+    as many threads as cores they would slow the next call down.
+
+    Returns a list of dicts: name, ratio (median of the per-round ratios),
+    target, ok (None without a target), ours and reference (median seconds),
+    spread (the per-round ratios' interquartile range), check, rounds.
+    """
+    rows = []
+    for case in cases:
+        for _ in range(prime if case.prime is None else case.prime):
+            case.ours()
+            case.reference()
+        t_ours, t_ref = [], []
+        for k in range(n_rounds if case.rounds is None else case.rounds):
+            first, second = ((case.ours, t_ours), (case.reference, t_ref))[::1 - 2 * (k % 2)]
+            for timer_, times in (first, second):
+                time.sleep(pause)
+                times.append(timer_())
+        ratios = np.array(t_ours) / np.array(t_ref)
+        q1, q3 = np.percentile(ratios, [25, 75])
+        ratio = float(np.median(ratios))
+        check = case.check() if callable(case.check) else case.check
+        row = dict(name=case.name, ratio=ratio, target=case.target,
+                   ok=None if case.target is None else ratio <= case.target,
+                   ours=float(np.median(t_ours)), reference=float(np.median(t_ref)),
+                   spread=(float(q1), float(q3)), check=check,
+                   rounds=len(ratios))
+        rows.append(row)
+        if verbose:
+            print(format_rows([row], header=False), flush=True)
+    return rows
+
+
+def _fmt_time(t):
+    return f"{t * 1e3:8.1f}ms" if t >= 1e-3 else f"{t * 1e6:8.1f}us"
+
+
+def format_rows(rows, header=True):
+    """The rows of :func:`run` as a plain-text table."""
+    out = []
+    if header:
+        out.append(f"{'comparison':52s} {'ratio':>7s} {'(q1-q3)':>13s} {'target':>8s} "
+                   f"{'ours':>10s} {'reference':>10s}")
+    for r in rows:
+        target = "" if r["target"] is None else f"<= {r['target']:.3g}"
+        ok = {None: "", True: "ok", False: "MISS"}[r["ok"]]
+        if str(r["check"]).startswith("MISMATCH"):
+            ok = (ok + " MISMATCH").strip()
+        spread = f"{r['spread'][0]:.3f}-{r['spread'][1]:.3f}"
+        out.append(f"{r['name']:52s} {r['ratio']:7.3f} {spread:>13s} {target:>8s} "
+                   f"{_fmt_time(r['ours']):>10s} {_fmt_time(r['reference']):>10s}  {ok}"
+                   + (f"  [{r['rounds']} rounds]" if r.get("rounds", 0) < 3 else "")
+                   + (f"  [{r['check']}]" if r["check"] else ""))
+    return "\n".join(out)
