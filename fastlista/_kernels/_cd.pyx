@@ -35,11 +35,14 @@ from libc.stdlib cimport free, malloc
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
 from ._prox cimport sign, threshold
+from ._simd cimport fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve, fl_lower_t_solve, fl_s_sub_axpy
 
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
 # inner epochs per working set before the outer loop grows it
 cdef int MAX_INNER = 100
+# working-set additions up to this size are selected by insertion
+cdef int SELECT_SMALL = 32
 # samples a block (blocks go to threads as they finish the last)
 cdef int BLOCK = 8
 # a thread for at least MIN_PER_THREAD samples (waking one costs more)
@@ -55,25 +58,48 @@ cdef double gap_from(int w, const double *z, const double *g, const double *c,
     these atoms (for all atoms: the full duality gap). Only a stopping test:
     the result is certified afterwards from the returned codes.
     """
-    cdef int a
-    cdef double zc = 0, zg = 0, l1 = 0, gmax = 0, rr, primal, v
-    for a in range(w):
-        zc += z[a] * c[a]
-        zg += z[a] * g[a]
-        l1 += fabs(z[a])
-        v = g[a] if positive else fabs(g[a])
-        if not v <= gmax:
-            gmax = v
-    rr = xx - zc - zg
+    cdef double sums[4]
+    cdef double rr, primal
+    fl_cd_gap_sums(w, z, g, c, positive, sums)
+    rr = xx - sums[0] - sums[1]
     if rr < 0:
         rr = 0
-    return lasso_gap(rr, xx - zc, lmbd * l1, gmax, lmbd, &primal)
+    return lasso_gap(rr, xx - sums[0], lmbd * sums[2], sums[3], lmbd, &primal)
+
+
+cdef inline void insert_sorted(double *score, int *idx, int p, double s,
+                               int ix) noexcept nogil:
+    """Insert (s, ix) into score[:p + 1], sorted decreasing on score[:p]."""
+    while p > 0 and score[p - 1] < s:
+        score[p] = score[p - 1]
+        idx[p] = idx[p - 1]
+        p -= 1
+    score[p] = s
+    idx[p] = ix
 
 
 cdef void select_top(double *score, int *idx, int n, int k) noexcept nogil:
-    """Reorder idx[:n] (with score) so that idx[:k] hold the k best scores."""
+    """Reorder idx[:n] (with score) so that idx[:k] hold the k best scores.
+
+    A few atoms out of many (the usual working-set growth): one pass that
+    keeps idx[:k] sorted by decreasing score and swaps an entry that beats
+    the k-th into place, about n comparisons. Otherwise quickselect.
+    """
     cdef int lo = 0, hi = n - 1, i, j, ti
     cdef double pivot, ts
+    if k <= 0 or k >= n:
+        return
+    if k <= SELECT_SMALL:
+        for i in range(1, k):
+            insert_sorted(score, idx, i, score[i], idx[i])
+        for j in range(k, n):
+            if score[j] > score[k - 1]:
+                ts = score[k - 1]
+                ti = idx[k - 1]
+                insert_sorted(score, idx, k - 1, score[j], idx[j])
+                score[j] = ts
+                idx[j] = ti
+        return
     while lo < hi:
         pivot = score[(lo + hi) // 2]
         i = lo
@@ -140,26 +166,14 @@ cdef void factor_remove(Factor *f, int p) noexcept nogil:
     f.k = k - 1
 
 
-cdef void forward_solve(const Factor *f, int k, double *v) noexcept nogil:
-    """v <- L[:k, :k]^{-1} v (column-oriented: each step an axpy)."""
-    cdef int i, j, km = f.kmax
-    cdef double vj
-    for j in range(k):
-        vj = v[j] / f.L[j * km + j]
-        v[j] = vj
-        for i in range(j + 1, k):
-            v[i] -= vj * f.L[j * km + i]
+cdef inline void forward_solve(const Factor *f, int k, double *v) noexcept nogil:
+    """v <- L[:k, :k]^{-1} v."""
+    fl_lower_solve(k, f.kmax, f.L, v)
 
 
-cdef void backward_solve(const Factor *f, int k, double *v) noexcept nogil:
+cdef inline void backward_solve(const Factor *f, int k, double *v) noexcept nogil:
     """v <- L[:k, :k]^{-T} v."""
-    cdef int i, j, km = f.kmax
-    cdef double acc
-    for j in range(k - 1, -1, -1):
-        acc = v[j]
-        for i in range(j + 1, k):
-            acc -= f.L[j * km + i] * v[i]
-        v[j] = acc / f.L[j * km + j]
+    fl_lower_t_solve(k, f.kmax, f.L, v)
 
 
 cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
@@ -287,8 +301,7 @@ cdef void refresh_gradient(int w, const double *z, const double *c,
     for a in range(w):
         za = z[a]
         if za != 0:
-            for b in range(w):
-                g[b] -= za * Bw[a * w + b]
+            fl_d_sub_axpy(w, za, Bw + a * w, g)
 
 
 cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
@@ -321,8 +334,10 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             if za != 0:
                 nnz += 1
                 Bj = B + <Py_ssize_t> j * m
-                for b in range(m):
-                    g_full[b] -= za * Bj[b]
+                if floating is double:
+                    fl_d_sub_axpy(m, za, Bj, g_full)
+                else:
+                    fl_s_sub_axpy(m, za, Bj, g_full)
         gap = gap_from(m, z_full, g_full, score, xx, lmbd, positive)
         if (tol_abs > 0 and gap <= tol_abs) or epochs >= max_epochs:
             gap_out[0] = gap
@@ -381,8 +396,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
                     if sign(znew) != sign(z[a]):
                         sign_changed = True
                     z[a] = znew
-                    for b in range(w):
-                        g[b] -= d * Ba[b]
+                    fl_d_sub_axpy(w, d, Ba, g)
             epochs += 1
             if sign_changed:
                 polished = False

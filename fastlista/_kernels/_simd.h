@@ -233,4 +233,66 @@ static FL_SIMD int NAME(Py_ssize_t n, const T *__restrict z) {               \
 
 FL_DEFINE_NONFINITE(double, uint64_t, 0x7FF0000000000000ULL, fl_d_nonfinite)
 FL_DEFINE_NONFINITE(float, uint32_t, 0x7F800000U, fl_s_nonfinite)
+/* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double
+   whatever the storage dtype of the Gram matrix TB:
+
+   y <- y - a x               (a coordinate step: g <- g - d B_j; the
+                               gradient from the support: g <- g - z_j B_j)
+   v <- L^{-1} v, v <- L^{-T} v   (the Newton step's Cholesky factor: L lower,
+                               column-major, leading dimension ld)
+
+   The forward solve is column-oriented (an axpy a column, contiguous); the
+   backward one is a dot product a row of L^T (a column of L), summed in
+   simd lanes (OpenMP simd: a fixed order for a given build). */
+#define FL_DEFINE_AXPY(TB, NAME)                                               \
+static FL_SIMD void NAME(int n, double a, const TB *__restrict x,            \
+                         double *__restrict y) {                             \
+    for (int j = 0; j < n; j++)                                               \
+        y[j] -= a * (double) x[j];                                            \
+}
+
+FL_DEFINE_AXPY(double, fl_d_sub_axpy)
+FL_DEFINE_AXPY(float, fl_s_sub_axpy)
+
+static FL_SIMD void fl_lower_solve(int k, int ld, const double *__restrict L,
+                                   double *__restrict v) {
+    for (int j = 0; j < k; j++) {
+        const double *Lj = L + (Py_ssize_t) j * ld;
+        double vj = v[j] / Lj[j];
+        v[j] = vj;
+        for (int i = j + 1; i < k; i++)
+            v[i] -= vj * Lj[i];
+    }
+}
+
+static FL_SIMD void fl_lower_t_solve(int k, int ld, const double *__restrict L,
+                                     double *__restrict v) {
+    for (int j = k - 1; j >= 0; j--) {
+        const double *Lj = L + (Py_ssize_t) j * ld;
+        double acc = 0;
+        _Pragma("omp simd reduction(+:acc)")
+        for (int i = j + 1; i < k; i++)
+            acc += Lj[i] * v[i];
+        v[j] = (v[j] - acc) / Lj[j];
+    }
+}
+/* The sums of coordinate descent's duality gap (_cd.pyx, gap_from), on w
+   atoms with the negative gradient g = c - z B: z.c, z.g, ||z||_1 and
+   max_j |g_j| (positive codes: max(0, max_j g_j)). A NaN in g reaches z.g
+   (0 * NaN is NaN), one in z reaches ||z||_1. */
+static FL_SIMD void fl_cd_gap_sums(int w, const double *__restrict z,
+                                   const double *__restrict g,
+                                   const double *__restrict c, int positive,
+                                   double *__restrict out) {
+    double zc = 0, zg = 0, l1 = 0, gmax = 0;
+    _Pragma("omp simd reduction(+:zc, zg, l1) reduction(max:gmax)")
+    for (int j = 0; j < w; j++) {
+        double v = positive ? g[j] : (g[j] < 0 ? -g[j] : g[j]);
+        zc += z[j] * c[j];
+        zg += z[j] * g[j];
+        l1 += z[j] < 0 ? -z[j] : z[j];
+        gmax = v > gmax ? v : gmax;
+    }
+    out[0] = zc; out[1] = zg; out[2] = l1; out[3] = gmax;
+}
 #endif
