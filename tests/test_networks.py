@@ -134,6 +134,19 @@ def test_forward_matches_numpy(parametrization, shape, path):
     assert_allclose(net.objective(X, per_layer=True), objs, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_atoms", [255, 257, 600])
+def test_rows_longer_than_one_compaction_span_match_numpy(n_atoms, dtype, path):
+    """Sparse layers of more atoms than the row kernels flag at a time (256)."""
+    X, D = make_problem(n_samples=24, n_atoms=n_atoms, n_features=16, seed=3)
+    lmbd = 0.5
+    net = Lista(D.astype(dtype), lmbd, 6, parametrization="step")
+    ref = numpy_ista(X, D, lmbd, 6, net.lipschitz_)[-1]
+    assert 0 < np.count_nonzero(ref) < 0.2 * ref.size
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    assert_allclose(net.transform(X.astype(dtype)), ref, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista"])
 def test_extreme_steps_match_numpy(parametrization, path):
     """Zero, tiny (below machine epsilon) and large steps on every path."""

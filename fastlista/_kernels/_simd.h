@@ -52,6 +52,33 @@
 #  define FL_SIMD
 #endif
 
+/* Of a non-zero word *w holding 8 flag bytes (each 0 or 1, as read from
+   memory): the position in memory of the first byte set, which is then
+   cleared. On a little-endian machine the first byte is the lowest: a
+   count of trailing zeros. FL_SPAN: the span of a row the compaction
+   kernels flag at a time (a multiple of 8). */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) \
+    && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static inline int fl_pop_first_byte(uint64_t *w) {
+    int i = __builtin_ctzll(*w) >> 3;
+    *w &= *w - 1;
+    return i;
+}
+#else
+static inline int fl_pop_first_byte(uint64_t *w) {
+    unsigned char b[8];
+    memcpy(b, w, 8);
+    for (int i = 0; i < 8; i++)
+        if (b[i]) {
+            b[i] = 0;
+            memcpy(w, b, 8);
+            return i;
+        }
+    return 8;
+}
+#endif
+#define FL_SPAN 256
+
 /* The thresholds: ST(v, s) = v - clip(v, -s, s), two selects, exact 0 iff
    |v| <= s; its one-sided form for non-negative codes, PST(v, s) =
    max(v - s, 0), exact 0 iff v <= s. Both propagate NaN. */
@@ -69,23 +96,31 @@ static inline T P##_pst(T v, T s) {                                       \
 /* Row kernels, for one threshold OP (st or pst) */
 #define FL_DEFINE_ROWS(T, U, P, OP)                                        \
 /* y <- a OP(y, s) in place and the CSR row of the result (idx, val);   \
-   returns its number of non-zeros. Chunks of 8 are first tested for a  \
-   non-zero, so that the zero chunks of a sparse row cost no scan. */    \
+   returns its number of non-zeros. Per span of 256 entries: a vector    \
+   pass stores the results and a byte a entry, 1 for a non-zero (the     \
+   sign shifted out: -0 is a zero, NaN is not); the bytes are then read  \
+   8 at a time and only the set ones visited, so that a sparse row costs \
+   one vector pass, m / 8 tests and a store per non-zero. */             \
 static FL_SIMD int P##_scaled_##OP##_compact(int m, T *y, T a, T s,        \
                                              int *idx, T *val) {          \
     int k = 0;                                                            \
-    for (int j0 = 0; j0 < m; j0 += 8) {                                   \
-        int e = j0 + 8 < m ? j0 + 8 : m;                                  \
-        U acc = 0;                                                        \
-        for (int j = j0; j < e; j++) {                                    \
-            T v = a * P##_##OP(y[j], s);                                  \
-            y[j] = v;                                                     \
+    unsigned char nz[FL_SPAN];                                            \
+    for (int j0 = 0; j0 < m; j0 += FL_SPAN) {                             \
+        int e = j0 + FL_SPAN < m ? FL_SPAN : m - j0;                      \
+        T *yj = y + j0;                                                   \
+        for (int j = 0; j < e; j++) {                                     \
+            T v = a * P##_##OP(yj[j], s);                                 \
+            yj[j] = v;                                                    \
             U b; memcpy(&b, &v, sizeof(T));                               \
-            acc |= b << 1;                                                \
+            nz[j] = (U) (b << 1) != 0;                                    \
         }                                                                 \
-        if (acc) {                                                        \
-            for (int j = j0; j < e; j++) {                                \
-                idx[k] = j; val[k] = y[j]; k += (y[j] != 0);              \
+        for (int j = e; j < ((e + 7) & ~7); j++)                          \
+            nz[j] = 0;                                                    \
+        for (int q = 0; q < e; q += 8) {                                  \
+            uint64_t w; memcpy(&w, nz + q, 8);                            \
+            while (w) {                                                   \
+                int j = q + fl_pop_first_byte(&w);                        \
+                idx[k] = j0 + j; val[k] = yj[j]; k++;                     \
             }                                                             \
         }                                                                 \
     }                                                                     \
