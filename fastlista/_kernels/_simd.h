@@ -179,6 +179,30 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
         for (int j = 0; j < p; j++)                                       \
             u[j] += c0 * a0[j];                                           \
     }                                                                     \
+}                                                                         \
+/* u = src + alpha sum_q coef[q] A[idx[q], :]: the same, with the first  \
+   pass reading src instead of u (one pass over the row fewer) */         \
+static FL_SIMD void NAME##_gather_from(int k, const int *idx, const T *coef, \
+                                       T alpha, const T *A, int p,        \
+                                       const T *__restrict src,           \
+                                       T *__restrict u) {                 \
+    if (k >= 4) {                                                         \
+        const T *a0 = A + (size_t) idx[0] * p, *a1 = A + (size_t) idx[1] * p; \
+        const T *a2 = A + (size_t) idx[2] * p, *a3 = A + (size_t) idx[3] * p; \
+        T c0 = alpha * coef[0], c1 = alpha * coef[1];                     \
+        T c2 = alpha * coef[2], c3 = alpha * coef[3];                     \
+        for (int j = 0; j < p; j++)                                       \
+            u[j] = src[j] + (c0 * a0[j] + c1 * a1[j] + c2 * a2[j] + c3 * a3[j]); \
+        NAME##_gather(k - 4, idx + 4, coef + 4, alpha, A, p, u);          \
+    } else if (k > 0) {                                                   \
+        const T *a0 = A + (size_t) idx[0] * p;                            \
+        T c0 = alpha * coef[0];                                           \
+        for (int j = 0; j < p; j++)                                       \
+            u[j] = src[j] + c0 * a0[j];                                   \
+        NAME##_gather(k - 1, idx + 1, coef + 1, alpha, A, p, u);          \
+    } else {                                                              \
+        memcpy(u, src, (size_t) p * sizeof(T));                           \
+    }                                                                     \
 }
 
 /* Dense layers stored as signs (FMT_SIGN). */

@@ -12,6 +12,12 @@ cdef extern from "_simd.h":
                      const double *A, int p, double *u) noexcept nogil
     void fl_s_gather(int k, const int *idx, const float *coef, float alpha,
                      const float *A, int p, float *u) noexcept nogil
+    void fl_d_gather_from(int k, const int *idx, const double *coef, double alpha,
+                          const double *A, int p, const double *src,
+                          double *u) noexcept nogil
+    void fl_s_gather_from(int k, const int *idx, const float *coef, float alpha,
+                          const float *A, int p, const float *src,
+                          float *u) noexcept nogil
     Py_ssize_t fl_d_st_step(Py_ssize_t n, double *z, const double *u, double a,
                             double s) noexcept nogil
     Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,

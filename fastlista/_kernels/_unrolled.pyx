@@ -66,6 +66,7 @@ import numpy as np
 
 from ._blocks cimport run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
+                     fl_d_gather_from, fl_s_gather_from,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
                      fl_s_scaled_st_compact, fl_d_scaled_pst_compact,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
@@ -515,13 +516,15 @@ cdef void residual_forward_block(
             pout[0] = 0
             for i in range(nb):
                 Ui = &u[i * m]
-                memcpy(Ui, &C[i * m], m * sizeof(floating))
                 kz = pin[i + 1] - pin[i]
                 iz = &idx[s_in * cap + pin[i]]
                 vz = &val[s_in * cap + pin[i]]
+                if floating is double:
+                    fl_d_gather_from(kz, iz, vz, -1, M, <int> m, &C[i * m], Ui)
+                else:
+                    fl_s_gather_from(kz, iz, vz, -1, M, <int> m, &C[i * m], Ui)
                 for q in range(kz):
                     Ui[iz[q]] += vz[q] * inv_a
-                gather_rows(kz, iz, vz, -1, M, m, Ui)
                 pout[i + 1] = pout[i] + scaled_st_compact_row(
                     m, Ui, a, <floating> (lam[i] * thr[t]) * inv_a,
                     &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
