@@ -22,7 +22,10 @@ optimality, and the working sets rank atoms by g_j). Three devices make it fast:
   loop (as do an epoch that changes nothing and MAX_INNER epochs, after
   which W grows); the full gap (O(m nnz) to refresh g) ends the outer loop.
 
-Computations run in double precision whatever the storage dtype. Atoms with
+Computations run in double precision whatever the storage dtype; the dense
+inner loops (a coordinate step's g <- g - d B_j, the gradient refreshes, the
+factor's triangular solves, the gap's sums) are C row kernels of _simd.h,
+compiled for each vector unit. Atoms with
 B_jj = 0 (zero atoms, or atoms whose squared norm underflows) are never
 admitted to a working set, and the caller zeroes their codes in a warm
 start: no coordinate step ever divides by B_jj = 0.
