@@ -3,8 +3,8 @@
 Each property is checked on generated inputs against an identity or an
 independent NumPy computation: soft-thresholding identities, ISTA never
 increasing the objective, the duality gap bounding F - F*, L_S <= L and its
-monotonicity in S, the sparse and dense gradient paths against a NumPy
-ISTA, float32 against float64.
+monotonicity in S, the sparse and dense gradient paths of the solvers and
+of the unfolded networks against a NumPy ISTA, float32 against float64.
 """
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 import reference as ref  # noqa: E402
-from fastlista import (duality_gap, lasso_objective, lipschitz,  # noqa: E402
+from fastlista import (Lista, duality_gap, lasso_objective, lipschitz,  # noqa: E402
                        soft_thresholding, solve_lasso)
 
 settings.register_profile("fastlista", derandomize=True, deadline=None,
@@ -131,6 +131,28 @@ def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed):
     Z = solve_lasso(X, D, rel_lmbd, method="ista", tol=0, max_iter=25).codes
     Z_ref, _ = ref.ista(X, D, rel_lmbd, n_iter=25)
     np.testing.assert_allclose(Z, Z_ref, rtol=1e-9, atol=1e-12)
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),
+       n_features=st.integers(1, 12), rel_lmbd=st.sampled_from([0.95, 0.6, 0.2]),
+       dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans())
+@settings(max_examples=40)
+def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtype,
+                                       positive):
+    # an untrained SLISTA network is ISTA with step 1/L: its sparse layers
+    # threshold and compact rows of any length (one span of the row kernels
+    # is 256 atoms), its dense ones go through GEMMs
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_atoms, n_features))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((9, n_features))
+    lmbd = rel_lmbd * float(np.abs(X @ D.T).max())
+    net = Lista(D.astype(dtype), lmbd, 4, parametrization="step", positive=positive)
+    Z_ref, _ = ref.ista(X, D, lmbd, n_iter=4, positive=positive)
+    Z = net.transform(X.astype(dtype))
+    assert Z.dtype == dtype
+    tol = 1e-8 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
 
 
 @given(problems(max_atoms=20, max_features=10, max_samples=8))
