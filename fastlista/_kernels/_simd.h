@@ -292,6 +292,7 @@ static FL_SIMD int NAME(Py_ssize_t n, const T *__restrict z) {               \
 
 FL_DEFINE_NONFINITE(double, uint64_t, 0x7FF0000000000000ULL, fl_d_nonfinite)
 FL_DEFINE_NONFINITE(float, uint32_t, 0x7F800000U, fl_s_nonfinite)
+
 /* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double
    whatever the storage dtype of the Gram matrix TB:
 
@@ -335,6 +336,7 @@ static FL_SIMD void fl_lower_t_solve(int k, int ld, const double *__restrict L,
         v[j] = (v[j] - acc) / Lj[j];
     }
 }
+
 /* The sums of coordinate descent's duality gap (_cd.pyx, gap_from), on w
    atoms with the negative gradient g = c - z B: z.c, z.g, ||z||_1 and
    max_j |g_j| (positive codes: max(0, max_j g_j)). A NaN in g reaches z.g
