@@ -26,6 +26,7 @@ threads (1 by default): dask already runs one task per worker thread, and
 more would oversubscribe the cores.
 """
 import copy
+import operator
 
 import dask
 import dask.array as da
@@ -375,11 +376,11 @@ def _add(a, b):
     return a[0] + b[0], a[1] + b[1]
 
 
-def _tree_sum(parts):
-    """Pairwise sums on the workers: one (loss, gradient) reaches the client."""
+def _tree_reduce(parts, add):
+    """Pairwise ``add`` on the workers: one value reaches the client."""
     parts = list(parts)
     while len(parts) > 1:
-        parts = [dask.delayed(_add, pure=True)(parts[i], parts[i + 1])
+        parts = [dask.delayed(add, pure=True)(parts[i], parts[i + 1])
                  if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
     return parts[0]
@@ -397,7 +398,7 @@ def _chunked_objective(net_ref, blocks, loss, n_samples):
         parts = [dask.delayed(_chunk_loss_grad, pure=True)(net_ref, x, depth, xb, loss,
                                                            zb, lb)
                  for xb, zb, lb in blocks]
-        total, grad = dask.compute(_tree_sum(parts))[0]
+        total, grad = dask.compute(_tree_reduce(parts, _add))[0]
         return total / n_samples, grad / n_samples
     return evaluate
 
@@ -512,20 +513,6 @@ def _first(part):
 
 def _second(part):
     return part[1]
-
-
-def _add_stats(a, b):
-    return a + b
-
-
-def _tree_reduce(parts, add):
-    """Pairwise ``add`` on the workers: one value reaches the client."""
-    parts = list(parts)
-    while len(parts) > 1:
-        parts = [dask.delayed(add, pure=True)(parts[i], parts[i + 1])
-                 if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0]
 
 
 def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
@@ -643,7 +630,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
                      for xb, zb, off in zip(blocks, codes, offsets)]
             parts = dask.persist(*parts)
             stats = dask.compute(_tree_reduce(
-                [dask.delayed(_second, pure=True)(p) for p in parts], _add_stats))[0]
+                [dask.delayed(_second, pure=True)(p) for p in parts], operator.add))[0]
             codes = [dask.delayed(_first, pure=True)(p) for p in parts]
             value, n_new = dl.batch_dictionary_step(D, stats, lmbd, positive_dict,
                                                     dict_passes)

@@ -47,20 +47,25 @@ def numpy_ista(X, D, lmbd, n_iter, L):
     return out
 
 
+def layer_input(p, Z, X, D, lmbd, parametrization, W_alista=None):
+    """One layer's pre-activation U and threshold s from its input codes Z;
+    lmbd a scalar or a column (one a sample)."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
+    if parametrization == "step":
+        return Z - p["alpha"] * (Z @ D - X) @ D.T, lmbd * p["alpha"]
+    if parametrization == "coupled":
+        return Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
+    if parametrization == "alista":
+        return Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lmbd * p["theta"]
+    return Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+
+
 def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None):
     """Every layer's (pre-activation, threshold, output) of a network."""
     Z = np.zeros((X.shape[0], D.shape[0]))
     layers = []
     for p in params:
-        p = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
-        if parametrization == "step":
-            U, s = Z - p["alpha"] * (Z @ D - X) @ D.T, lmbd * p["alpha"]
-        elif parametrization == "coupled":
-            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
-        elif parametrization == "alista":
-            U, s = Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lmbd * p["theta"]
-        else:
-            U, s = Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+        U, s = layer_input(p, Z, X, D, lmbd, parametrization, W_alista)
         Z = st(U, s)
         layers.append((U, s, Z))
     return layers
@@ -253,8 +258,44 @@ def test_refine_tol_certifies_the_solution():
 # --------------------------------------------------------------------------
 # gradients
 # --------------------------------------------------------------------------
-def _fd_scale(key, value, L):
-    return max(abs(float(value)), 1.0 / L if key in STEP_KEYS or key == "W_x" else 1.0)
+def fd_gradient_errors(net, params, grads, loss_at, seed):
+    """Central finite differences of a network's loss against its analytic
+    gradients ``grads`` at ``params``: up to 3 entries (drawn with ``seed``)
+    of every key of every layer, each moved by 1e-6 of its scale (its
+    magnitude, at least 1/L for steps and thresholds, else 1). ``loss_at()``
+    is the loss at the network's current parameters. A list of (t, key,
+    index, fd, g, |fd - g| / max(|g|, 1e-3)); the network is left at params."""
+    rng = np.random.default_rng(seed)
+    L = net.lipschitz_
+    out = []
+    for t in range(len(params)):
+        for k, v in params[t].items():
+            assert grads[t][k].shape == np.shape(v)
+            flat = np.asarray(v).ravel()
+            entries = (range(flat.size) if flat.size <= 3
+                       else rng.choice(flat.size, 3, replace=False))
+            for i in entries:
+                unit = 1.0 / L if k in STEP_KEYS or k == "W_x" else 1.0
+                h = 1e-6 * max(abs(float(flat[i])), unit)
+                values = []
+                for sign in (1, -1):
+                    p = [dict(layer) for layer in params]
+                    moved = np.array(p[t][k], dtype=np.float64)
+                    moved.ravel()[i] += sign * h
+                    p[t][k] = moved
+                    net.set_parameters(p)
+                    values.append(loss_at())
+                net.set_parameters(params)
+                fd = (values[0] - values[1]) / (2 * h)
+                g = float(grads[t][k].ravel()[i])
+                out.append((t, k, int(i), fd, g, abs(fd - g) / max(abs(g), 1e-3)))
+    return out
+
+
+def assert_fd_gradients(net, params, grads, loss_at, seed=9):
+    """Every finite difference within 1e-6 relative of its gradient entry."""
+    for t, k, i, fd, g, err in fd_gradient_errors(net, params, grads, loss_at, seed):
+        assert err <= 1e-6, (t, k, i, fd, g)
 
 
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
@@ -283,28 +324,7 @@ def test_gradient_finite_differences(parametrization, loss, shape, path):
     ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
              else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
     assert_allclose(f, ref_f, rtol=1e-12)
-
-    rng = np.random.default_rng(9)
-    L = net.lipschitz_
-    for t in range(T):
-        for k, v in params[t].items():
-            assert grads[t][k].shape == np.shape(v)
-            flat = np.asarray(v).ravel()
-            entries = (range(flat.size) if flat.size <= 3
-                       else rng.choice(flat.size, 3, replace=False))
-            for i in entries:
-                h = 1e-6 * _fd_scale(k, flat[i], L)
-                values = []
-                for sign in (1, -1):
-                    p = [dict(layer) for layer in params]
-                    moved = np.array(p[t][k], dtype=np.float64)
-                    moved.ravel()[i] += sign * h
-                    p[t][k] = moved
-                    values.append(net.set_parameters(p).loss_and_grad(X, loss, S)[0])
-                net.set_parameters(params)
-                fd = (values[0] - values[1]) / (2 * h)
-                g = grads[t][k].ravel()[i]
-                assert abs(fd - g) <= 1e-6 * max(abs(g), 1e-3), (t, k, i, fd, g)
+    assert_fd_gradients(net, params, grads, lambda: net.loss_and_grad(X, loss, S)[0])
 
 
 def test_semi_supervised_targets_are_lasso_solutions():
@@ -595,13 +615,7 @@ def numpy_forward_ss(params, X, D, lmbd, parametrization, ks, W_alista=None):
     Z = np.zeros((X.shape[0], D.shape[0]))
     layers = []
     for p, k in zip(params, ks):
-        p = {key: np.asarray(v, dtype=np.float64) for key, v in p.items()}
-        if parametrization == "coupled":
-            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lmbd * p["beta"]
-        elif parametrization == "alista":
-            U, s = Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lmbd * p["theta"]
-        else:
-            U, s = Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
+        U, s = layer_input(p, Z, X, D, lmbd, parametrization, W_alista)
         # a stable sort of -|u|: equal magnitudes keep the atoms' order
         order = np.argsort(-np.abs(U), axis=1, kind="stable")[:, :k]
         sel = np.zeros(U.shape, dtype=bool)
@@ -680,26 +694,7 @@ def test_support_selection_gradient_finite_differences(parametrization, loss, sh
     ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
              else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
     assert_allclose(f, ref_f, rtol=1e-12)
-    rng = np.random.default_rng(9)
-    L = net.lipschitz_
-    for t in range(T):
-        for k, v in params[t].items():
-            flat = np.asarray(v).ravel()
-            entries = (range(flat.size) if flat.size <= 3
-                       else rng.choice(flat.size, 3, replace=False))
-            for i in entries:
-                h = 1e-6 * _fd_scale(k, flat[i], L)
-                values = []
-                for sign in (1, -1):
-                    p = [dict(layer) for layer in params]
-                    moved = np.array(p[t][k], dtype=np.float64)
-                    moved.ravel()[i] += sign * h
-                    p[t][k] = moved
-                    values.append(net.set_parameters(p).loss_and_grad(X, loss, S)[0])
-                net.set_parameters(params)
-                fd = (values[0] - values[1]) / (2 * h)
-                g = grads[t][k].ravel()[i]
-                assert abs(fd - g) <= 1e-6 * max(abs(g), 1e-3), (t, k, i, fd, g)
+    assert_fd_gradients(net, params, grads, lambda: net.loss_and_grad(X, loss, S)[0])
 
 
 @pytest.mark.parametrize("bad, match", [

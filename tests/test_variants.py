@@ -30,11 +30,11 @@ import fastlista._networks._execution as execution
 from fastlista import (ConvergenceWarning, InvalidParameterError, Lista,
                        alista_weights, duality_gap, lambda_max, lasso_objective,
                        soft_thresholding, solve_lasso)
-from test_networks import make_problem as network_problem, perturbed
+from test_networks import (fd_gradient_errors, layer_input,
+                           make_problem as network_problem, perturbed)
 
 METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
 PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
-STEP_KEYS = ("alpha", "beta", "gamma", "theta")
 TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 
 
@@ -621,15 +621,7 @@ def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None, positive=T
     Z = np.zeros((X.shape[0], D.shape[0]))
     layers = []
     for p in params:
-        p = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
-        if parametrization == "step":
-            U, s = Z - p["alpha"] * (Z @ D - X) @ D.T, lm * p["alpha"]
-        elif parametrization == "coupled":
-            U, s = Z - p["alpha"] * (Z @ D - X) @ p["W"].T, lm * p["beta"]
-        elif parametrization == "alista":
-            U, s = Z - p["gamma"] * (Z @ D - X) @ W_alista.T, lm * p["theta"]
-        else:
-            U, s = Z @ p["W_z"] + X @ p["W_x"], lm * p["theta"]
+        U, s = layer_input(p, Z, X, D, lm, parametrization, W_alista)
         Z = one_sided(U, s) if positive else ref.soft_thresholding(U, s)
         layers.append((U, s, Z))
     return layers
@@ -726,31 +718,8 @@ def fd_errors(parametrization, loss, lmbd_kind, positive=True, shape=(12, 8)):
     ref_f = (ref.objective(X, D, eff, Z) if loss == "unsupervised"
              else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
     assert_allclose(f, ref_f, rtol=1e-12)
-    rng = np.random.default_rng(24)
-    L = net.lipschitz_
-    out = []
-    for t in range(T):
-        for k, v in params[t].items():
-            assert grads[t][k].shape == np.shape(v)
-            flat = np.asarray(v).ravel()
-            entries = (range(flat.size) if flat.size <= 3
-                       else rng.choice(flat.size, 3, replace=False))
-            for i in entries:
-                unit = 1.0 / L if k in STEP_KEYS or k == "W_x" else 1.0
-                h = 1e-6 * max(abs(float(flat[i])), unit)
-                values = []
-                for sign in (1, -1):
-                    p = [dict(layer) for layer in params]
-                    moved = np.array(p[t][k], dtype=np.float64)
-                    moved.ravel()[i] += sign * h
-                    p[t][k] = moved
-                    values.append(net.set_parameters(p).loss_and_grad(
-                        X, loss, S, lmbd=lm)[0])
-                net.set_parameters(params)
-                fd = (values[0] - values[1]) / (2 * h)
-                g = float(grads[t][k].ravel()[i])
-                out.append((t, k, int(i), fd, g, abs(fd - g) / max(abs(g), 1e-3)))
-    return out
+    return fd_gradient_errors(net, params, grads,
+                              lambda: net.loss_and_grad(X, loss, S, lmbd=lm)[0], seed=24)
 
 
 def force_path(monkeypatch, name):
