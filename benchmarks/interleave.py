@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows"]
+__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows", "main"]
 
 
 def blas_threads(n):
@@ -133,3 +133,33 @@ def format_rows(rows, header=True):
                    + (f"  [{r['rounds']} rounds]" if r.get("rounds", 0) < 3 else "")
                    + (f"  [{r['check']}]" if r["check"] else ""))
     return "\n".join(out)
+
+
+def main(interleaved, default_rounds, argv=None):
+    """The command line of a suite's runner: ``python FILE [n_rounds] [-k
+    SUBSTRING] [--threads N]``, then ``interleaved(n_rounds, small, keyword,
+    verbose=True, threads=N)`` between a header (the package, the rounds,
+    the load average) and the load average at the end."""
+    import argparse
+    import os
+
+    import fastlista
+
+    parser = argparse.ArgumentParser(description=interleaved.__doc__.splitlines()[0])
+    parser.add_argument("n_rounds", nargs="?", type=int, default=default_rounds)
+    parser.add_argument("-k", dest="keyword", default=None,
+                        help="only the comparisons whose name contains this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="run every side on this many threads (default: the "
+                             "default pools; 1 is steadier on a loaded machine)")
+    args = parser.parse_args(argv)
+    small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
+    print(f"fastlista {os.path.dirname(fastlista.__file__)}, {args.n_rounds} rounds"
+          + (", small" if small else "")
+          + (f", {args.threads} thread(s)" if args.threads else "")
+          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(format_rows([], header=True), flush=True)
+    with blas_threads(args.threads):
+        interleaved(args.n_rounds, small, args.keyword, verbose=True,
+                    threads=args.threads)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -399,27 +399,8 @@ def _torch_reference_module():
 
 
 if __name__ == "__main__":
-    # python benchmarks/test_bench_networks.py [n_rounds] [-k SUBSTRING]
-    import argparse
-
-    parser = argparse.ArgumentParser(description=interleaved.__doc__.splitlines()[0])
-    parser.add_argument("n_rounds", nargs="?", type=int, default=7)
-    parser.add_argument("-k", dest="keyword", default=None,
-                        help="only the comparisons whose name contains this")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="run every side on this many threads (default: the "
-                             "default pools; 1 is steadier on a loaded machine)")
-    args = parser.parse_args()
+    # python benchmarks/test_bench_networks.py [n_rounds] [-k SUBSTRING] [--threads N]
     sys.path.insert(0, BENCH_DIR)
     import interleave
 
-    small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
-    print(f"fastlista {Path(fastlista.__file__).parent}, {args.n_rounds} rounds"
-          + (", small" if small else "")
-          + (f", {args.threads} thread(s)" if args.threads else "")
-          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
-    print(interleave.format_rows([], header=True), flush=True)
-    with interleave.blas_threads(args.threads):
-        interleaved(args.n_rounds, small, args.keyword, verbose=True,
-                    threads=args.threads)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    interleave.main(interleaved, default_rounds=7)

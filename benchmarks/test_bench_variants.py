@@ -83,8 +83,12 @@ def test_per_sample_lmbd_loss_and_grad(benchmark, problem, info, per_sample):
     assert loss == pytest.approx(net.loss_and_grad(X)[0], rel=1e-12)
 
 
-def interleaved(n_rounds=7, small=False):
-    """The variants against the plain problem, interleaved round by round."""
+def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=None):
+    """The variants against the plain problem, interleaved round by round.
+
+    ``keyword`` keeps the comparisons whose name contains it; ``threads``
+    is every call's ``n_jobs``.
+    """
     from interleave import Case, run, timer
 
     from fastlista.datasets import make_coding
@@ -94,32 +98,28 @@ def interleaved(n_rounds=7, small=False):
     for lmbd in (0.1, 0.8):
         cases.append(Case(
             f"solve_lasso positive / signed, lmbd {lmbd}",
-            timer(fastlista.solve_lasso, X, D, lmbd, tol=EXACT_TOL, positive=True),
-            timer(fastlista.solve_lasso, X, D, lmbd, tol=EXACT_TOL),
+            timer(fastlista.solve_lasso, X, D, lmbd, tol=EXACT_TOL, positive=True,
+                  n_jobs=threads),
+            timer(fastlista.solve_lasso, X, D, lmbd, tol=EXACT_TOL, n_jobs=threads),
             POSITIVE_TARGET))
     lam = np.full(X.shape[0], 0.1)
     cases.append(Case("solve_lasso lmbd array / scalar, 0.1",
-                      timer(fastlista.solve_lasso, X, D, lam, tol=EXACT_TOL),
-                      timer(fastlista.solve_lasso, X, D, 0.1, tol=EXACT_TOL),
+                      timer(fastlista.solve_lasso, X, D, lam, tol=EXACT_TOL, n_jobs=threads),
+                      timer(fastlista.solve_lasso, X, D, 0.1, tol=EXACT_TOL, n_jobs=threads),
                       PER_SAMPLE_TARGET))
-    net = fastlista.Lista(D, 0.1, N_LAYERS, parametrization="step")
+    net = fastlista.Lista(D, 0.1, N_LAYERS, parametrization="step", n_jobs=threads)
     same = np.array_equal(net.transform(X, lmbd=lam), net.transform(X))
     cases.append(Case("SLISTA loss_and_grad lmbd array / scalar, 0.1",
                       timer(net.loss_and_grad, X, lmbd=lam),
                       timer(net.loss_and_grad, X), PER_SAMPLE_TARGET,
                       check="codes equal" if same else "MISMATCH: codes differ"))
-    return run(cases, n_rounds, prime=1, verbose=True)
+    cases = [c for c in cases if keyword is None or keyword in c.name]
+    return run(cases, n_rounds, prime=1, verbose=verbose)
 
 
 if __name__ == "__main__":
-    # python benchmarks/test_bench_variants.py [n_rounds]
+    # python benchmarks/test_bench_variants.py [n_rounds] [-k SUBSTRING] [--threads N]
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import interleave
 
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-    small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
-    print(f"fastlista {os.path.dirname(fastlista.__file__)}, {rounds} rounds, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(interleave.format_rows([], header=True))
-    interleaved(rounds, small)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    interleave.main(interleaved, default_rounds=7)
