@@ -330,21 +330,35 @@ def test_thread_counts_agree_within_certified_gaps(p, method):
         assert_same_optimum(p.X, p.D, p.lmbd, res1, res2)
 
 
-@FUZZ
-@given(p=problems(), codes=st.sampled_from(["reference", "flipped", "random", "sparse",
-                                            "huge", "warm"]))
-def test_duality_gap_matches_reference(p, codes):
-    dt = p.X.dtype
+def candidate_codes(p, kind):
+    """Codes whose gap is checked: the reference solution, its negative,
+    random (signed or non-negative, dense or 20 % sparse, at the solution's
+    scale), huge (overflowing the dtype's squares) or the problem's warm
+    start, in the problem's dtype; drawn from the problem's seed."""
     rng = np.random.default_rng(p.spec["seed"] + 1)
     N, m = p.X.shape[0], p.D.shape[0]
     with np.errstate(all="ignore"):
         scale = float(np.max(np.abs(p.Z_ref), initial=0.0)) or 1.0
-        Z = {"reference": p.Z_ref, "flipped": -p.Z_ref,
-             "random": scale * rng.standard_normal((N, m)),
-             "sparse": scale * rng.standard_normal((N, m)) * (rng.random((N, m)) < 0.2),
-             "huge": DTYPE_PARAMS[dt.name]["overflowing"] * rng.standard_normal((N, m)),
-             "warm": p.Z0 if p.Z0 is not None else np.zeros((N, m))}[codes]
-        Z = np.asarray(Z).astype(dt)
+        if kind in ("reference", "flipped"):
+            Z = p.Z_ref if kind == "reference" else -p.Z_ref
+        elif kind == "warm":
+            Z = p.Z0 if p.Z0 is not None else np.zeros((N, m))
+        elif kind == "huge":
+            Z = DTYPE_PARAMS[p.X.dtype.name]["overflowing"] * rng.standard_normal((N, m))
+        else:
+            Z = scale * rng.standard_normal((N, m))
+            if kind in ("nonnegative", "sparse-nonnegative"):
+                Z = np.abs(Z)
+            if kind.startswith("sparse"):
+                Z = Z * (rng.random((N, m)) < 0.2)
+        return np.asarray(Z).astype(p.X.dtype)
+
+
+@FUZZ
+@given(p=problems(), codes=st.sampled_from(["reference", "flipped", "random", "sparse",
+                                            "huge", "warm"]))
+def test_duality_gap_matches_reference(p, codes):
+    Z = candidate_codes(p, codes)
     assume(np.all(np.isfinite(Z)))
     gap = duality_gap(p.X, p.D, p.lmbd, Z)
     assert np.all(gap >= 0)
@@ -425,22 +439,12 @@ def test_variant_thread_counts_agree_within_certified_gaps(p, method):
 
 @FUZZ_VARIANTS
 @given(p=problems(variants=True), codes=st.sampled_from(
-    ["reference", "flipped", "random", "nonnegative", "sparse", "huge", "warm"]))
+    ["reference", "flipped", "random", "nonnegative", "sparse-nonnegative", "huge",
+     "warm"]))
 def test_variant_duality_gap_matches_reference(p, codes):
     # "flipped", "random", "huge" and some warm starts have negative
     # entries: infeasible for positive codes, gap inf
-    dt = p.X.dtype
-    rng = np.random.default_rng(p.spec["seed"] + 1)
-    N, m = p.X.shape[0], p.D.shape[0]
-    with np.errstate(all="ignore"):
-        scale = float(np.max(np.abs(p.Z_ref), initial=0.0)) or 1.0
-        Z = {"reference": p.Z_ref, "flipped": -p.Z_ref,
-             "random": scale * rng.standard_normal((N, m)),
-             "nonnegative": scale * np.abs(rng.standard_normal((N, m))),
-             "sparse": scale * np.abs(rng.standard_normal((N, m))) * (rng.random((N, m)) < 0.2),
-             "huge": DTYPE_PARAMS[dt.name]["overflowing"] * rng.standard_normal((N, m)),
-             "warm": p.Z0 if p.Z0 is not None else np.zeros((N, m))}[codes]
-        Z = np.asarray(Z).astype(dt)
+    Z = candidate_codes(p, codes)
     assume(np.all(np.isfinite(Z)))
     gap = duality_gap(p.X, p.D, p.lmbd, Z, positive=p.positive)
     assert np.all(gap >= 0)
