@@ -42,6 +42,7 @@ import pytest
 
 import fastlista
 from fastlista.datasets import make_coding
+from interleave import small_problems
 
 N_FEATURES = 64
 N_ATOMS = 256
@@ -50,9 +51,6 @@ N_SAMPLES_SMALL = 1000
 SEED = 0
 
 
-def _small():
-    return os.environ.get("FASTLISTA_BENCH_SMALL", "0").strip().lower() not in (
-        "", "0", "false", "no")
 
 
 def _load_report():
@@ -67,7 +65,7 @@ def _load_report():
 @pytest.fixture(scope="session")
 def n_samples():
     """Number of samples of the benchmark problems (10000, or 1000 when small)."""
-    return N_SAMPLES_SMALL if _small() else N_SAMPLES_PAPER
+    return N_SAMPLES_SMALL if small_problems() else N_SAMPLES_PAPER
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +134,7 @@ def info():
 
 # --------------------------------------------------------------------- hooks
 def pytest_report_header(config):
-    size = N_SAMPLES_SMALL if _small() else N_SAMPLES_PAPER
+    size = N_SAMPLES_SMALL if small_problems() else N_SAMPLES_PAPER
     return (f"fastlista benchmarks: {size} samples x {N_ATOMS} atoms x "
             f"{N_FEATURES} features, float64 and float32 (FASTLISTA_BENCH_SMALL="
             f"{os.environ.get('FASTLISTA_BENCH_SMALL', '')!r})")

@@ -21,7 +21,17 @@ import time
 
 import numpy as np
 
-__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows", "main"]
+__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows", "main",
+           "small_problems"]
+
+
+def small_problems():
+    """Whether ``FASTLISTA_BENCH_SMALL`` asks for the small problems (a quick
+    look: ratios are only meaningful at the paper's shape)."""
+    import os
+
+    return os.environ.get("FASTLISTA_BENCH_SMALL", "0").strip().lower() not in (
+        "", "0", "false", "no")
 
 
 def blas_threads(n):
@@ -153,13 +163,13 @@ def main(interleaved, default_rounds, argv=None):
                         help="run every side on this many threads (default: the "
                              "default pools; 1 is steadier on a loaded machine)")
     args = parser.parse_args(argv)
-    small = os.environ.get("FASTLISTA_BENCH_SMALL", "0") not in ("", "0")
+    is_small = small_problems()
     print(f"fastlista {os.path.dirname(fastlista.__file__)}, {args.n_rounds} rounds"
-          + (", small" if small else "")
+          + (", small" if is_small else "")
           + (f", {args.threads} thread(s)" if args.threads else "")
           + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     print(format_rows([], header=True), flush=True)
     with blas_threads(args.threads):
-        interleaved(args.n_rounds, small, args.keyword, verbose=True,
+        interleaved(args.n_rounds, is_small, args.keyword, verbose=True,
                     threads=args.threads)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -57,6 +57,7 @@ import pytest
 
 import fastlista
 from fastlista.dictionary import learn_dictionary
+from interleave import small_problems
 
 ONLINE_TARGET = 0.2         # >= 5x faster
 ONLINE_OBJECTIVE_MAX = 1.01
@@ -68,9 +69,6 @@ ALPHA = 1.0
 BATCH_ITER = 20
 
 
-def _small():
-    return os.environ.get("FASTLISTA_BENCH_SMALL", "0").strip().lower() not in (
-        "", "0", "false", "no")
 
 
 def _sklearn():
@@ -125,7 +123,7 @@ def make_patches(small=False):
 
 @pytest.fixture(scope="module")
 def patches():
-    X, X_test, source = make_patches(_small())
+    X, X_test, source = make_patches(small_problems())
     X.setflags(write=False)
     X_test.setflags(write=False)
     return X, X_test, source
@@ -235,7 +233,7 @@ def batch_learners():
 
 
 def _batch_data(X):
-    return X[:1000] if _small() else X[:5000]
+    return X[:1000] if small_problems() else X[:5000]
 
 
 ONLINE = online_learners()
@@ -418,7 +416,7 @@ if __name__ == "__main__":
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     print(f"{'comparison':66s} {'time ratio':>10s} {'target':>8s} {'ours':>8s} "
           f"{'reference':>9s} {'objective ratio':>15s}")
-    for name, ratio, target, a, b, q, limit in interleaved(rounds, _small()):
+    for name, ratio, target, a, b, q, limit in interleaved(rounds, small_problems()):
         status = "" if target is None else ("ok" if ratio <= target else "MISS")
         qs = "" if q is None else (f"{q:.5f}" if limit == float("inf")
                                    else f"{q:.5f} (<= {limit})")

@@ -37,13 +37,11 @@ import pytest
 import fastlista
 from fastlista.datasets import make_coding
 from fastlista import Lista
+from interleave import small_problems
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
-def _small():
-    return os.environ.get("FASTLISTA_BENCH_SMALL", "0").strip().lower() not in (
-        "", "0", "false", "no")
 
 
 def _rounds(benchmark, func, *args, rounds=3, **kwargs):
@@ -108,7 +106,7 @@ ENCODE_CHUNK = 100_000
 
 @pytest.fixture(scope="module")
 def encode_problem():
-    n_samples = 10_000 if _small() else 1_000_000
+    n_samples = 10_000 if small_problems() else 1_000_000
     X, D = make_coding(n_samples=n_samples, n_atoms=256, n_features=64, random_state=0)
     X = X.astype(np.float32)
     D = D.astype(np.float32)
@@ -219,7 +217,7 @@ def denoise_setup():
     spec.loader.exec_module(ex)
     from sklearn.decomposition import MiniBatchDictionaryLearning
 
-    quick = _small()
+    quick = small_problems()
     rng = np.random.RandomState(0)
     clean = ex.load_image(quick)
     h, w = clean.shape
