@@ -184,24 +184,32 @@ def test_recovers_a_known_dictionary(known, method):
 # agreement with scikit-learn
 # ---------------------------------------------------------------------------
 
+def batch_against_sklearn(n_samples, max_iter, fit_algorithm, **options):
+    """scikit-learn's DictionaryLearning (codes by ``fit_algorithm``) and
+    fastlista's batch method (``options``), both from the same D0, tol=0,
+    on signals of a known dictionary of 15 atoms: (X, lmbd, ours, theirs)."""
+    sk = pytest.importorskip("sklearn.decomposition")
+    X, _, _ = ref.make_dictionary_problem(n_samples=n_samples, n_features=10, n_atoms=15,
+                                          noise=0.05, seed=5)
+    lmbd = 0.3
+    D0 = initial_dictionary(X, 15, np.random.RandomState(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = sk.DictionaryLearning(15, alpha=lmbd, max_iter=max_iter, tol=0,
+                                       fit_algorithm=fit_algorithm, dict_init=D0.copy(),
+                                       code_init=np.zeros((len(X), 15))).fit(X)
+    ours = learn_dictionary(X, 15, lmbd, method="batch", D0=D0, max_iter=max_iter, tol=0,
+                            n_jobs=NJ, **options)
+    return X, lmbd, ours, theirs
+
+
 def test_batch_is_sklearn_dictionary_learning_with_one_pass():
     """From the same D0, with exact codes (scikit-learn's LARS) and one pass
     of block coordinate descent an iteration (dict_passes=1), fastlista's
     batch method is scikit-learn's DictionaryLearning: the dictionaries
     agree to 1e-9 and the objectives of every iteration to 1e-10 relative.
     Measured on 4 seeds: 1e-15 and 2e-15."""
-    sk = pytest.importorskip("sklearn.decomposition")
-    X, _, _ = ref.make_dictionary_problem(n_samples=120, n_features=10, n_atoms=15,
-                                          noise=0.05, seed=5)
-    lmbd = 0.3
-    D0 = initial_dictionary(X, 15, np.random.RandomState(2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = sk.DictionaryLearning(15, alpha=lmbd, max_iter=5, tol=0,
-                                       fit_algorithm="lars", dict_init=D0.copy(),
-                                       code_init=np.zeros((len(X), 15))).fit(X)
-    ours = learn_dictionary(X, 15, lmbd, method="batch", D0=D0, max_iter=5, tol=0,
-                            dict_passes=1, n_jobs=NJ)
+    X, lmbd, ours, theirs = batch_against_sklearn(120, 5, "lars", dict_passes=1)
     assert theirs.n_iter_ == ours.n_iter == 5 and ours.n_reinit == 0
     assert_allclose(ours.D, theirs.components_, atol=1e-9)
     # scikit-learn's error_ is the summed objective of its iterates (codes of
@@ -216,18 +224,7 @@ def test_batch_final_objective_agrees_with_sklearn():
     the two final dictionaries agree within 1 % (different paths to nearby
     local minima). Measured on 4 seeds at 10 and 30 iterations: within
     0.43 % (and 3e-5 with one pass)."""
-    sk = pytest.importorskip("sklearn.decomposition")
-    X, _, _ = ref.make_dictionary_problem(n_samples=300, n_features=10, n_atoms=15,
-                                          noise=0.05, seed=5)
-    lmbd = 0.3
-    D0 = initial_dictionary(X, 15, np.random.RandomState(2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = sk.DictionaryLearning(15, alpha=lmbd, max_iter=10, tol=0,
-                                       fit_algorithm="cd", dict_init=D0.copy(),
-                                       code_init=np.zeros((len(X), 15))).fit(X)
-    ours = learn_dictionary(X, 15, lmbd, method="batch", D0=D0, max_iter=10, tol=0,
-                            n_jobs=NJ)
+    X, lmbd, ours, theirs = batch_against_sklearn(300, 10, "cd")
     F_ours = exact_objective(X, ours.D, lmbd)
     F_theirs = exact_objective(X, theirs.components_, lmbd)
     assert abs(F_ours - F_theirs) <= 0.01 * F_theirs, (F_ours, F_theirs)
