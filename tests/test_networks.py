@@ -227,20 +227,7 @@ def test_gradient_through_switching_storage_formats(parametrization, shape, monk
     switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]
     assert any(a > b for a, b in zip(density, density[1:])), density
 
-    def run(rho):
-        monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
-        return net.loss_and_grad(X)
-
-    f_dense, g_dense = run(0.0)
-    f_sparse, g_sparse = run(1.1)
-    assert_allclose(f_sparse, f_dense, rtol=1e-12)
-    for rho in switches:
-        f, g = run(rho)
-        assert_allclose(f, f_dense, rtol=1e-12)
-        for t in range(T):
-            for k in g[t]:
-                assert_allclose(g[t][k], g_dense[t][k], rtol=1e-9, atol=1e-13)
-                assert_allclose(g[t][k], g_sparse[t][k], rtol=1e-9, atol=1e-13)
+    assert_storage_switches_agree(net, X, switches, monkeypatch)
 
 
 def test_refine_tol_certifies_the_solution():
@@ -298,6 +285,38 @@ def assert_fd_gradients(net, params, grads, loss_at, seed=9):
         assert err <= 1e-6, (t, k, i, fd, g)
 
 
+def assert_loss_and_fd_gradients(net, params, X, D, lmbd, loss, S, Z, lmbd_arg=None):
+    """The network's loss (at params, with targets S) equals the loss of the
+    reference output Z, and its gradients the finite differences.
+    ``lmbd_arg`` is passed to loss_and_grad."""
+    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S, lmbd=lmbd_arg)
+    ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
+             else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
+    assert_allclose(f, ref_f, rtol=1e-12)
+    assert_fd_gradients(net, params, grads,
+                        lambda: net.loss_and_grad(X, loss, S, lmbd=lmbd_arg)[0])
+
+
+def assert_storage_switches_agree(net, X, switches, monkeypatch, lmbd=None):
+    """With the dense/sparse switch at each density of ``switches`` (so that
+    stored formats change inside the network), loss and gradients equal
+    those of the all-dense and the all-sparse runs."""
+    def run(rho):
+        monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
+        return net.loss_and_grad(X, lmbd=lmbd)
+
+    f_dense, g_dense = run(0.0)
+    f_sparse, g_sparse = run(1.1)
+    assert_allclose(f_sparse, f_dense, rtol=1e-12)
+    for rho in switches:
+        f, g = run(rho)
+        assert_allclose(f, f_dense, rtol=1e-12)
+        for t in range(len(g)):
+            for k in g[t]:
+                assert_allclose(g[t][k], g_dense[t][k], rtol=1e-9, atol=1e-13)
+                assert_allclose(g[t][k], g_sparse[t][k], rtol=1e-9, atol=1e-13)
+
+
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
 @pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
 @pytest.mark.parametrize("shape", [(12, 8), (12, 5)], ids=["gram", "two-gemms"])
@@ -318,13 +337,7 @@ def test_gradient_finite_differences(parametrization, loss, shape, path):
         pytest.fail("no generic point found")
     net.set_parameters(params)
     S = np.random.default_rng(8).standard_normal((X.shape[0], D.shape[0])) * 0.2
-
-    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S)
-    Z = layers[-1][2]
-    ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
-             else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
-    assert_allclose(f, ref_f, rtol=1e-12)
-    assert_fd_gradients(net, params, grads, lambda: net.loss_and_grad(X, loss, S)[0])
+    assert_loss_and_fd_gradients(net, params, X, D, lmbd, loss, S, layers[-1][2])
 
 
 def test_semi_supervised_targets_are_lasso_solutions():
@@ -689,12 +702,7 @@ def test_support_selection_gradient_finite_differences(parametrization, loss, sh
         pytest.fail("no generic point found")
     net.set_parameters(params)
     S = np.random.default_rng(8).standard_normal((X.shape[0], D.shape[0])) * 0.2
-    f, grads = net.loss_and_grad(X, loss=loss, Z_target=S)
-    Z = layers[-1][3]
-    ref_f = (lasso_F(X, D, lmbd, Z) if loss == "unsupervised"
-             else 0.5 * np.sum((Z - S) ** 2, axis=1)).mean()
-    assert_allclose(f, ref_f, rtol=1e-12)
-    assert_fd_gradients(net, params, grads, lambda: net.loss_and_grad(X, loss, S)[0])
+    assert_loss_and_fd_gradients(net, params, X, D, lmbd, loss, S, layers[-1][3])
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -30,7 +30,7 @@ import fastlista._networks._execution as execution
 from fastlista import (ConvergenceWarning, InvalidParameterError, Lista,
                        alista_weights, duality_gap, lambda_max, lasso_objective,
                        soft_thresholding, solve_lasso)
-from test_networks import (fd_gradient_errors, layer_input,
+from test_networks import (assert_storage_switches_agree, fd_gradient_errors, layer_input,
                            make_problem as network_problem, perturbed)
 
 METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
@@ -760,20 +760,7 @@ def test_positive_gradient_through_switching_storage_formats(parametrization, mo
     switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]
     assert switches
 
-    def run(rho):
-        monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
-        return net.loss_and_grad(X, lmbd=lm)
-
-    f_dense, g_dense = run(0.0)
-    f_sparse, g_sparse = run(1.1)
-    assert_allclose(f_sparse, f_dense, rtol=1e-12)
-    for rho in switches:
-        f, g = run(rho)
-        assert_allclose(f, f_dense, rtol=1e-12)
-        for t in range(T):
-            for k in g[t]:
-                assert_allclose(g[t][k], g_dense[t][k], rtol=1e-9, atol=1e-13)
-                assert_allclose(g[t][k], g_sparse[t][k], rtol=1e-9, atol=1e-13)
+    assert_storage_switches_agree(net, X, switches, monkeypatch, lmbd=lm)
 
 
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
