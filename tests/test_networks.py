@@ -93,14 +93,15 @@ def perturbed(net, seed=0, scale=0.3):
 def path(request, monkeypatch):
     """Force the dense GEMM path, the sparse gather path, or let density choose.
 
-    Also forces blocks of 16 rows (and 2 threads for "mixed"), so that
-    several blocks, a ragged last block and the per-thread gradient
-    accumulators are exercised.
+    Also forces blocks of 16 rows, multiplied 5 rows a GEMM call (and 2
+    threads for "mixed"), so that several blocks, a ragged last block, a
+    ragged last GEMM chunk and the per-thread gradient accumulators are
+    exercised.
     """
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
-    monkeypatch.setattr(execution, "plan", lambda *shape: (n_threads, 16))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
     return request.param
 
 
@@ -195,10 +196,10 @@ def test_threads_and_blocks_do_not_change_results(monkeypatch):
     X, D = make_problem(n_samples=300, seed=3)
     net = Lista(D, 0.2, 6, parametrization="coupled")
     net.set_parameters(perturbed(net, seed=4))
-    monkeypatch.setattr(execution, "plan", lambda *shape: (1, 10**6))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (1, 10**6, 10**6))
     Z1 = net.transform(X)
     f1, g1 = net.loss_and_grad(X)
-    monkeypatch.setattr(execution, "plan", lambda *shape: (2, 7))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (2, 7, 3))
     Z2 = net.transform(X)
     f2, g2 = net.loss_and_grad(X)
     assert_allclose(Z2, Z1, rtol=1e-12, atol=1e-14)
@@ -221,7 +222,7 @@ def test_gradient_through_switching_storage_formats(parametrization, shape, monk
     T = 8
     net = Lista(D, 0.1, T, parametrization=parametrization)
     net.set_parameters(perturbed(net, seed=0))
-    monkeypatch.setattr(execution, "plan", lambda *shape: (1, 10**6))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (1, 10**6, 10**6))
     density = [np.count_nonzero(net.transform(X, n_layers=t)) / (X.shape[0] * shape[0])
                for t in range(1, T + 1)]
     switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]

@@ -630,11 +630,11 @@ def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None, positive=T
 @pytest.fixture(params=["mixed", "dense", "sparse"])
 def path(request, monkeypatch):
     """The dense GEMM path, the sparse gather path, or density's choice, in
-    blocks of 16 rows (2 threads for "mixed"), as in test_networks.py."""
+    blocks of 16 rows, GEMMs of 5 (2 threads for "mixed"), as in test_networks.py."""
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
-    monkeypatch.setattr(execution, "plan", lambda *shape: (n_threads, 16))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
     return request.param
 
 
@@ -727,7 +727,7 @@ def force_path(monkeypatch, name):
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[name]
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan",
-                        lambda *shape: (2 if name == "mixed" else 1, 16))
+                        lambda *shape, **kw: (2 if name == "mixed" else 1, 16, 5))
 
 
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
@@ -754,7 +754,7 @@ def test_positive_gradient_through_switching_storage_formats(parametrization, mo
     net = Lista(D, 0.1, T, parametrization=parametrization, positive=True)
     net.set_parameters(perturbed(net, seed=0))
     lm = np.random.default_rng(39).uniform(0.05, 0.2, X.shape[0])
-    monkeypatch.setattr(execution, "plan", lambda *shape: (1, 10**6))
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (1, 10**6, 10**6))
     density = [np.count_nonzero(net.transform(X, n_layers=t, lmbd=lm)) / X.size * 8 / 12
                for t in range(1, T + 1)]
     switches = [(a + b) / 2 for a, b in zip(density, density[1:]) if a != b]

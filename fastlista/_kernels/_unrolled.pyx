@@ -95,6 +95,7 @@ LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 cdef struct Dims:
     Py_ssize_t nb       # rows of this block
     Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
+    Py_ssize_t chunk    # rows of one GEMM call (row_gemm)
     Py_ssize_t m        # atoms
     Py_ssize_t n        # features
     int T               # layers run
@@ -123,6 +124,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.mark = NULL
     d.nb = nb
     d.nb_max = nb_max
+    d.chunk = nb_max
     d.m = m
     d.n = n
     d.T = T
@@ -131,6 +133,24 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.positive = positive
     d.rho = rho
     return d
+
+
+cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating *A,
+                          int lda, const floating *B, int ldb, floating beta,
+                          floating *C, int ldc) noexcept nogil:
+    """C[nb, N] = alpha A[nb, K] B[K, N] + beta C, row-major, d.chunk rows a call.
+
+    Each call is small enough for OpenBLAS's small-matrix kernels (no
+    packing), while the block may be several chunks tall: the products
+    whose inner dimension is the block's rows (d W_t += w_t^T r_t) then
+    run once a block, over all of its rows.
+    """
+    cdef Py_ssize_t r = 0, k
+    while r < d.nb:
+        k = min(d.chunk, d.nb - r)
+        gemm(False, False, <int> k, N, K, alpha, A + r * lda, lda, B, ldb, beta,
+             C + r * ldc, ldc)
+        r += k
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +360,7 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
                         D, n, &R[i * n])
     else:
         memcpy(R, X, nb * n * sizeof(floating))
-        gemm(False, False, nb, n, m, 1, Z, m, D, n, -1, R, n)
+        row_gemm(d, n, m, 1, Z, m, D, n, -1, R, n)
 
 
 cdef double block_objective(Dims *d, const floating *X, const floating *D,
@@ -379,7 +399,7 @@ cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
     if loss == LOSS_UNSUPERVISED:
         out = block_objective(d, X, D, Z, fmt, ptr, idx, val, lam, R)
         # G = (R D^T + lmbd sign(Z)) / N with R = Z D - X
-        gemm(False, False, d.nb, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
+        row_gemm(d, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
         for i in range(d.nb):
             li = <floating> (lam[i] * inv_n)
             for j in range(i * m, (i + 1) * m):
@@ -491,7 +511,7 @@ cdef void residual_forward_block(
 
     if d.shared:
         # c = x W^T, the constant part of the gradient step
-        gemm(False, False, nb, m, n, 1, X, n, WT, m, 0, C, m)
+        row_gemm(d, m, n, 1, X, n, WT, m, 0, C, m)
     memset(z, 0, size * sizeof(floating))
     fmt[0] = FMT_CSR
     memset(ptr, 0, (nb + 1) * sizeof(int))
@@ -537,7 +557,7 @@ cdef void residual_forward_block(
         else:
             if d.shared and d.gram and not sparse:
                 # u = z M - c  (one GEMM through the Gram matrix)
-                gemm(False, False, nb, m, m, 1, z, m, M, m, 0, u, m)
+                row_gemm(d, m, m, 1, z, m, M, m, 0, u, m)
                 for r in range(size):
                     u[r] -= C[r]
             else:
@@ -545,7 +565,7 @@ cdef void residual_forward_block(
                 Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else R
                 residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
                               &idx[s_in * cap], &val[s_in * cap], Rt)
-                gemm(False, False, nb, m, n, 1, Rt, n, WTt, m, 0, u, m)
+                row_gemm(d, m, n, 1, Rt, n, WTt, m, 0, u, m)
             # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
             # row's lmbd); with support selection the ks[t] largest entries
             # of z - a u pass unthresholded
@@ -679,10 +699,10 @@ cdef void residual_backward_block(
             da[t] += dot(nb * m, G, C)
             if need_v:
                 if d.gram:
-                    gemm(False, False, nb, m, m, 1, G, m, MT, m, 0, V, m)
+                    row_gemm(d, m, m, 1, G, m, MT, m, 0, V, m)
                 else:
-                    gemm(False, False, nb, n, m, 1, G, m, Wt, n, 0, P, n)
-                    gemm(False, False, nb, m, n, 1, P, n, DT, m, 0, V, m)
+                    row_gemm(d, n, m, 1, G, m, Wt, n, 0, P, n)
+                    row_gemm(d, m, n, 1, P, n, DT, m, 0, V, m)
                 da[t] -= stored_dot(d, fmt[t], pin, &idx[t * cap], &val[t * cap], V)
         else:
             # r_t is stored: P = w W_t, d a_t = -<P, r_t>, (coupled)
@@ -696,13 +716,13 @@ cdef void residual_backward_block(
                         axpy(n, -a * wv[p], &Rt[i * n],
                              &dW[<Py_ssize_t> t * m * n + idx[(t + 1) * cap + p] * n])
             else:
-                gemm(False, False, nb, n, m, 1, G, m, Wt, n, 0, P, n)
+                row_gemm(d, n, m, 1, G, m, Wt, n, 0, P, n)
                 if not d.shared:
                     gemm(True, False, m, n, nb, -a, G, m, Rt, n, 1,
                          &dW[<Py_ssize_t> t * m * n], n)
             da[t] -= dot(nb * n, P, Rt)
             if need_v:
-                gemm(False, False, nb, m, n, 1, P, n, DT, m, 0, V, m)
+                row_gemm(d, m, n, 1, P, n, DT, m, 0, V, m)
 
         if need_v and fmt[t] == FMT_SIGN:
             # one pass: d z_t = w - a V, masked by supp(z_t) into the w of
@@ -756,13 +776,13 @@ cdef void lista_forward_block(
         Wzt = &Wz[<Py_ssize_t> t * m * m]
         sparse = fmt[s_in] == FMT_CSR and nnz < d.rho * size
         # U = x W_x[t] + z W_z[t], rows of W_z gathered when z is sparse
-        gemm(False, False, nb, m, n, 1, X, n, &Wx[<Py_ssize_t> t * n * m], m, 0, U, m)
+        row_gemm(d, m, n, 1, X, n, &Wx[<Py_ssize_t> t * n * m], m, 0, U, m)
         if sparse:
             for i in range(nb):
                 gather_rows(pin[i + 1] - pin[i], &idx[s_in * cap + pin[i]],
                             &val[s_in * cap + pin[i]], 1, Wzt, m, &U[i * m])
         else:
-            gemm(False, False, nb, m, m, 1, Z, m, Wzt, m, 1, U, m)
+            row_gemm(d, m, m, 1, Z, m, Wzt, m, 1, U, m)
         for i in range(nb):
             Zi = &Z[i * m]
             Ui = &U[i * m]
@@ -850,7 +870,7 @@ cdef void lista_backward_block(
                 gather_rows(pout[i + 1] - pout[i], &iout[pout[i]], &wv[pout[i]],
                             1, &WzT[<Py_ssize_t> t * m * m], m, &G[i * m])
         else:
-            gemm(False, False, nb, m, m, 1, G, m, &WzT[<Py_ssize_t> t * m * m], m,
+            row_gemm(d, m, m, 1, G, m, &WzT[<Py_ssize_t> t * m * m], m,
                  0, V, m)
             memcpy(G, V, size * sizeof(floating))
 
@@ -991,6 +1011,7 @@ cdef struct NetCtx:
     int loss        # 0: forward only
     bint rst        # training keeps r_t (dense layers store their signs)
     Py_ssize_t nb_max
+    Py_ssize_t chunk    # rows of one GEMM call
     double rho
     double inv_n    # 1 / N
     unsigned char *bad  # (N,) forward: 1 where the code is not finite
@@ -1007,6 +1028,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     cdef bint train = c.loss != 0, lista = p.family == FAMILY_LISTA
     cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, p.positive,
                             c.rho)
+    d.chunk = c.chunk
     if p.ks != NULL:
         d.ks = p.ks
         d.kmax = p.kmax
@@ -1125,7 +1147,8 @@ def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
 
 
 cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
-                       int block_size, bint train, bint rst, list keep) except NULL:
+                       int block_size, int gemm_rows, bint train, bint rst,
+                       list keep) except NULL:
     """Block plan and per-thread workspaces of one call, in c (returned).
 
     ``keep`` receives the arrays the workspaces live in (alive for the call);
@@ -1167,6 +1190,7 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
         work[t].mark = <unsigned char *> <size_t> (mws.ctypes.data + t * mws.strides[0])
     c.p = p
     c.nb_max = nb_max
+    c.chunk = max(1, min(gemm_rows, nb_max))
     c.n_threads = n_threads
     c.work = work
     return work
@@ -1174,7 +1198,7 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
 
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
-            int n_threads, int block_size, double rho):
+            int n_threads, int block_size, int gemm_rows, double rho):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
     Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
@@ -1188,7 +1212,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         return
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("forward: X and the parameters differ in dtype")
-    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, False, False, keep)
+    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
     try:
         for t in range(c.n_threads):
             work[t].obj = &obj[t, 0] if obj.shape[0] > 0 else NULL
@@ -1211,7 +1235,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
                   floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
-                  int block_size, double rho):
+                  int block_size, int gemm_rows, double rho):
     """Summed loss of the output of p's T layers, and per-thread gradients.
 
     The gradients are those of the MEAN loss (G_T carries 1/N), accumulated
@@ -1232,7 +1256,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         return 0.0
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
-    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, True, rst, keep)
+    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
     try:
         for t in range(c.n_threads):
             work[t].obj = NULL
