@@ -179,30 +179,99 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
         for (int j = 0; j < p; j++)                                       \
             u[j] += c0 * a0[j];                                           \
     }                                                                     \
-}                                                                         \
-/* u = src + alpha sum_q coef[q] A[idx[q], :]: the same, with the first  \
-   pass reading src instead of u (one pass over the row fewer) */         \
-static FL_SIMD void NAME##_gather_from(int k, const int *idx, const T *coef, \
-                                       T alpha, const T *A, int p,        \
-                                       const T *__restrict src,           \
-                                       T *__restrict u) {                 \
-    if (k >= 4) {                                                         \
-        const T *a0 = A + (size_t) idx[0] * p, *a1 = A + (size_t) idx[1] * p; \
-        const T *a2 = A + (size_t) idx[2] * p, *a3 = A + (size_t) idx[3] * p; \
-        T c0 = alpha * coef[0], c1 = alpha * coef[1];                     \
-        T c2 = alpha * coef[2], c3 = alpha * coef[3];                     \
-        for (int j = 0; j < p; j++)                                       \
-            u[j] = src[j] + (c0 * a0[j] + c1 * a1[j] + c2 * a2[j] + c3 * a3[j]); \
-        NAME##_gather(k - 4, idx + 4, coef + 4, alpha, A, p, u);          \
-    } else if (k > 0) {                                                   \
-        const T *a0 = A + (size_t) idx[0] * p;                            \
-        T c0 = alpha * coef[0];                                           \
-        for (int j = 0; j < p; j++)                                       \
-            u[j] = src[j] + c0 * a0[j];                                   \
-        NAME##_gather(k - 1, idx + 1, coef + 1, alpha, A, p, u);          \
-    } else {                                                              \
-        memcpy(u, src, (size_t) p * sizeof(T));                           \
+}
+
+/* One span loop of P##_gather_##OP##_compact's last pass: y = a OP(from
+   + SUM, s) stored, flagged and compacted span by span, as in
+   P##_scaled_##OP##_compact. SUM is FL_ROWS_R: the terms of the last R
+   rows, p0..p7 (their entries of the span) times c0..c7. */
+#define FL_ROWS_1 c0 * p0[j]
+#define FL_ROWS_2 FL_ROWS_1 + c1 * p1[j]
+#define FL_ROWS_3 FL_ROWS_2 + c2 * p2[j]
+#define FL_ROWS_4 FL_ROWS_3 + c3 * p3[j]
+#define FL_ROWS_5 FL_ROWS_4 + c4 * p4[j]
+#define FL_ROWS_6 FL_ROWS_5 + c5 * p5[j]
+#define FL_ROWS_7 FL_ROWS_6 + c6 * p6[j]
+#define FL_ROWS_8 FL_ROWS_7 + c7 * p7[j]
+#define FL_GATHER_COMPACT_SPANS(T, U, P, OP, SUM)                          \
+    for (int j0 = 0; j0 < m; j0 += FL_SPAN) {                             \
+        int e = j0 + FL_SPAN < m ? FL_SPAN : m - j0;                      \
+        const T *fj = from + j0;                                          \
+        const T *p0 = r_[0] + j0, *p1 = r_[1] + j0, *p2 = r_[2] + j0;     \
+        const T *p3 = r_[3] + j0, *p4 = r_[4] + j0, *p5 = r_[5] + j0;     \
+        const T *p6 = r_[6] + j0, *p7 = r_[7] + j0;                       \
+        T *yj = y + j0;                                                   \
+        (void) p0; (void) p1; (void) p2; (void) p3;                       \
+        (void) p4; (void) p5; (void) p6; (void) p7;                       \
+        _Pragma("GCC ivdep")                                              \
+        for (int j = 0; j < e; j++) {                                     \
+            T v = a * P##_##OP(fj[j] + (SUM), s);                         \
+            yj[j] = v;                                                    \
+            U b; memcpy(&b, &v, sizeof(T));                               \
+            nz[j] = (U) (b << 1) != 0;                                    \
+        }                                                                 \
+        for (int j = e; j < ((e + 7) & ~7); j++)                          \
+            nz[j] = 0;                                                    \
+        for (int q8 = 0; q8 < e; q8 += 8) {                               \
+            uint64_t w; memcpy(&w, nz + q8, 8);                           \
+            while (w) {                                                   \
+                int j = q8 + fl_pop_first_byte(&w);                       \
+                oidx[nnz] = j0 + j; oval[nnz] = yj[j]; nnz++;             \
+            }                                                             \
+        }                                                                 \
+    }
+
+/* A sparse layer's row in one kernel:
+       y = a OP(src + alpha sum_q coef[q] A[idx[q], :], s)
+   and its CSR row (oidx, oval); returns its number of non-zeros (A, src
+   and y have m columns). The sum takes eight rows of A a pass, and the
+   pass with the last one to eight rows also thresholds, stores, flags
+   and compacts: a row gathering at most eight rows (codes with at most
+   eight non-zeros) is read and written once. A pass reads src, or y
+   itself after the first one: every loop reads and writes entry j only
+   (no other overlap), which the ivdep pragma asserts. */
+#define FL_DEFINE_GATHER_COMPACT(T, U, P, OP)                              \
+static FL_SIMD int P##_gather_##OP##_compact(                             \
+        int k, const int *idx, const T *coef, T alpha, const T *A, int m, \
+        const T *src, T *y, T a, T s, int *oidx, T *oval) {               \
+    const T *from = src;                                                  \
+    const T *r_[8];                                                       \
+    T c_[8];                                                              \
+    unsigned char nz[FL_SPAN];                                            \
+    int q = 0, nnz = 0;                                                   \
+    for (;; q += 8) {                                                     \
+        int rows = k - q < 8 ? k - q : 8;                                 \
+        for (int p = 0; p < 8; p++) {                                     \
+            r_[p] = p < rows ? A + (size_t) idx[q + p] * m : src;         \
+            c_[p] = p < rows ? alpha * coef[q + p] : 0;                   \
+        }                                                                 \
+        if (k - q <= 8)                                                   \
+            break;                                                        \
+        const T *p0 = r_[0], *p1 = r_[1], *p2 = r_[2], *p3 = r_[3];       \
+        const T *p4 = r_[4], *p5 = r_[5], *p6 = r_[6], *p7 = r_[7];       \
+        T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                 \
+        T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                 \
+        _Pragma("GCC ivdep")                                              \
+        for (int j = 0; j < m; j++)                                       \
+            y[j] = from[j] + (FL_ROWS_8);                                 \
+        from = y;                                                         \
     }                                                                     \
+    T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                     \
+    T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                     \
+    switch (k - q) {                                                      \
+    case 0: FL_GATHER_COMPACT_SPANS(T, U, P, OP, 0) break;                \
+    case 1: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_1) break;        \
+    case 2: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_2) break;        \
+    case 3: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_3) break;        \
+    case 4: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_4) break;        \
+    case 5: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_5) break;        \
+    case 6: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_6) break;        \
+    case 7: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_7) break;        \
+    default: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_8) break;       \
+    }                                                                     \
+    (void) c0; (void) c1; (void) c2; (void) c3;                           \
+    (void) c4; (void) c5; (void) c6; (void) c7;                           \
+    return nnz;                                                           \
 }
 
 /* Dense layers stored as signs (FMT_SIGN). */
@@ -248,6 +317,10 @@ FL_DEFINE_ROWS(float, uint32_t, fl_s, st)
 FL_DEFINE_ROWS(float, uint32_t, fl_s, pst)
 FL_DEFINE_GATHER(double, fl_d)
 FL_DEFINE_GATHER(float, fl_s)
+FL_DEFINE_GATHER_COMPACT(double, uint64_t, fl_d, st)
+FL_DEFINE_GATHER_COMPACT(double, uint64_t, fl_d, pst)
+FL_DEFINE_GATHER_COMPACT(float, uint32_t, fl_s, st)
+FL_DEFINE_GATHER_COMPACT(float, uint32_t, fl_s, pst)
 FL_DEFINE_SIGN(double, uint64_t, fl_d)
 FL_DEFINE_SIGN(float, uint32_t, fl_s)
 /* The four sums of the duality gap of one code (_gap.pxd), in double:

@@ -12,12 +12,18 @@ cdef extern from "_simd.h":
                      const double *A, int p, double *u) noexcept nogil
     void fl_s_gather(int k, const int *idx, const float *coef, float alpha,
                      const float *A, int p, float *u) noexcept nogil
-    void fl_d_gather_from(int k, const int *idx, const double *coef, double alpha,
-                          const double *A, int p, const double *src,
-                          double *u) noexcept nogil
-    void fl_s_gather_from(int k, const int *idx, const float *coef, float alpha,
-                          const float *A, int p, const float *src,
-                          float *u) noexcept nogil
+    int fl_d_gather_st_compact(int k, const int *idx, const double *coef, double alpha,
+                               const double *A, int m, const double *src, double *y,
+                               double a, double s, int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_st_compact(int k, const int *idx, const float *coef, float alpha,
+                               const float *A, int m, const float *src, float *y,
+                               float a, float s, int *oidx, float *oval) noexcept nogil
+    int fl_d_gather_pst_compact(int k, const int *idx, const double *coef, double alpha,
+                                const double *A, int m, const double *src, double *y,
+                                double a, double s, int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_pst_compact(int k, const int *idx, const float *coef, float alpha,
+                                const float *A, int m, const float *src, float *y,
+                                float a, float s, int *oidx, float *oval) noexcept nogil
     Py_ssize_t fl_d_st_step(Py_ssize_t n, double *z, const double *u, double a,
                             double s) noexcept nogil
     Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,

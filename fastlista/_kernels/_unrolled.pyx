@@ -66,7 +66,8 @@ import numpy as np
 
 from ._blocks cimport run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
-                     fl_d_gather_from, fl_s_gather_from,
+                     fl_d_gather_st_compact, fl_s_gather_st_compact,
+                     fl_d_gather_pst_compact, fl_s_gather_pst_compact,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
                      fl_s_scaled_st_compact, fl_d_scaled_pst_compact,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
@@ -170,6 +171,22 @@ cdef inline int scaled_st_compact_row(int m, floating *y, floating a, floating s
         if positive:
             return fl_s_scaled_pst_compact(m, y, a, s, idx, val)
         return fl_s_scaled_st_compact(m, y, a, s, idx, val)
+
+
+cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
+                                      const floating *M, int m, const floating *c,
+                                      floating *u, floating a, floating s, int *idx,
+                                      floating *val, bint positive) noexcept nogil:
+    """u <- a ST(c - sum_q vz[q] M[iz[q], :], s) (one-sided for positive
+    codes), its CSR row in idx/val, in one pass for k <= 8; returns nnz."""
+    if floating is double:
+        if positive:
+            return fl_d_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+        return fl_d_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+    else:
+        if positive:
+            return fl_s_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+        return fl_s_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
 
 
 cdef inline Py_ssize_t st_step_row(Py_ssize_t m, floating *z, const floating *u,
@@ -475,7 +492,7 @@ cdef void residual_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *WT,
         const floating *M, const floating *step, const floating *thr,
         const double *lam, bint store, floating *C, floating *Z, floating *U,
-        floating *R, floating *Rst, int *fmt, int *ptr, int *idx,
+        floating *R, floating *sv, floating *Rst, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """Run the block through the T layers; z_T is left in Z.
 
@@ -501,7 +518,7 @@ cdef void residual_forward_block(
     cdef floating a, inv_a
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating *Rt
-    cdef floating *Ui
+    cdef floating *Ci
     cdef floating *z = Z        # z_t (dense, always valid)
     cdef floating *u = U        # scratch; swapped with z by the sparse path
     cdef floating *tmp
@@ -528,27 +545,30 @@ cdef void residual_forward_block(
         if sparse and d.shared and a >= eps:
             # row by row, in L1, with u = a y:
             #     y = c - z M + z / a,   z+ = ST(u, s) = a ST(y, s / a),
-            # the rows of M gathered for the k non-zeros of z (2 k m flops);
-            # y then holds the dense z+ (swap) and its CSR row is stored.
+            # the rows of M gathered for the k non-zeros of z (2 k m flops),
+            # thresholded and compacted in the same pass; u then holds the
+            # dense z+ (swap) and its CSR row is stored.
             # (y carries the same absolute rounding error as u; a >= eps
             # keeps z / a far from overflow, smaller steps take the path below)
+            # z / a enters through c, whose k entries are saved in sv,
+            # patched and restored (exactly) around the row's one kernel
             inv_a = 1 / a
             pout[0] = 0
             for i in range(nb):
-                Ui = &u[i * m]
+                Ci = &C[i * m]
                 kz = pin[i + 1] - pin[i]
                 iz = &idx[s_in * cap + pin[i]]
                 vz = &val[s_in * cap + pin[i]]
-                if floating is double:
-                    fl_d_gather_from(kz, iz, vz, -1, M, <int> m, &C[i * m], Ui)
-                else:
-                    fl_s_gather_from(kz, iz, vz, -1, M, <int> m, &C[i * m], Ui)
                 for q in range(kz):
-                    Ui[iz[q]] += vz[q] * inv_a
-                pout[i + 1] = pout[i] + scaled_st_compact_row(
-                    m, Ui, a, <floating> (lam[i] * thr[t]) * inv_a,
+                    sv[q] = Ci[iz[q]]
+                    Ci[iz[q]] += vz[q] * inv_a
+                pout[i + 1] = pout[i] + gather_st_compact_row(
+                    kz, iz, vz, M, <int> m, Ci, &u[i * m], a,
+                    <floating> (lam[i] * thr[t]) * inv_a,
                     &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
                     d.positive)
+                for q in range(kz):
+                    Ci[iz[q]] = sv[q]
             tmp = z
             z = u
             u = tmp
@@ -1050,8 +1070,8 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
         residual_forward_block(
             &d, X, D, <const floating *> p.WT, <const floating *> p.M,
             <const floating *> p.step, <const floating *> p.thr, lam, train,
-            <floating *> w.C, Z, <floating *> w.U, <floating *> w.R, Rst, w.fmt,
-            w.ptr, w.idx, val, w.obj)
+            <floating *> w.C, Z, <floating *> w.U, <floating *> w.R,
+            <floating *> w.wv, Rst, w.fmt, w.ptr, w.idx, val, w.obj)
     if not train:
         for i in range(nb):
             if floating is double:
