@@ -274,6 +274,42 @@ static FL_SIMD int P##_gather_##OP##_compact(                             \
     return nnz;                                                           \
 }
 
+/* u = alpha sum_q coef[q] A[idx[q], :] (A has p columns; 0 for k = 0):
+   the first eight rows in one pass that writes u (no zeroing pass before
+   it), the others added four a pass by P##_gather. */
+#define FL_DEFINE_GATHER_SET(T, P)                                         \
+static FL_SIMD void P##_gather_set(int k, const int *idx, const T *coef,   \
+                                   T alpha, const T *A, int p, T *u) {    \
+    const T *r_[8];                                                       \
+    T c_[8];                                                              \
+    int rows = k < 8 ? k : 8;                                             \
+    for (int q = 0; q < 8; q++) {                                         \
+        r_[q] = q < rows ? A + (size_t) idx[q] * p : A;                   \
+        c_[q] = q < rows ? alpha * coef[q] : 0;                           \
+    }                                                                     \
+    const T *p0 = r_[0], *p1 = r_[1], *p2 = r_[2], *p3 = r_[3];           \
+    const T *p4 = r_[4], *p5 = r_[5], *p6 = r_[6], *p7 = r_[7];           \
+    T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                     \
+    T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                     \
+    switch (rows) {                                                       \
+    case 0: memset(u, 0, (size_t) p * sizeof(T)); break;                  \
+    case 1: for (int j = 0; j < p; j++) u[j] = FL_ROWS_1; break;          \
+    case 2: for (int j = 0; j < p; j++) u[j] = FL_ROWS_2; break;          \
+    case 3: for (int j = 0; j < p; j++) u[j] = FL_ROWS_3; break;          \
+    case 4: for (int j = 0; j < p; j++) u[j] = FL_ROWS_4; break;          \
+    case 5: for (int j = 0; j < p; j++) u[j] = FL_ROWS_5; break;          \
+    case 6: for (int j = 0; j < p; j++) u[j] = FL_ROWS_6; break;          \
+    case 7: for (int j = 0; j < p; j++) u[j] = FL_ROWS_7; break;          \
+    default: for (int j = 0; j < p; j++) u[j] = FL_ROWS_8; break;         \
+    }                                                                     \
+    (void) p0; (void) p1; (void) p2; (void) p3;                           \
+    (void) p4; (void) p5; (void) p6; (void) p7;                           \
+    (void) c0; (void) c1; (void) c2; (void) c3;                           \
+    (void) c4; (void) c5; (void) c6; (void) c7;                           \
+    if (k > 8)                                                            \
+        P##_gather(k - 8, idx + 8, coef + 8, alpha, A, p, u);             \
+}
+
 /* Dense layers stored as signs (FMT_SIGN). */
 #define FL_DEFINE_SIGN(T, U, NAME)                                             \
 /* Backward through a dense residual layer into the one below it, over  \
@@ -317,6 +353,8 @@ FL_DEFINE_ROWS(float, uint32_t, fl_s, st)
 FL_DEFINE_ROWS(float, uint32_t, fl_s, pst)
 FL_DEFINE_GATHER(double, fl_d)
 FL_DEFINE_GATHER(float, fl_s)
+FL_DEFINE_GATHER_SET(double, fl_d)
+FL_DEFINE_GATHER_SET(float, fl_s)
 FL_DEFINE_GATHER_COMPACT(double, uint64_t, fl_d, st)
 FL_DEFINE_GATHER_COMPACT(double, uint64_t, fl_d, pst)
 FL_DEFINE_GATHER_COMPACT(float, uint32_t, fl_s, st)

@@ -12,6 +12,10 @@ cdef extern from "_simd.h":
                      const double *A, int p, double *u) noexcept nogil
     void fl_s_gather(int k, const int *idx, const float *coef, float alpha,
                      const float *A, int p, float *u) noexcept nogil
+    void fl_d_gather_set(int k, const int *idx, const double *coef, double alpha,
+                         const double *A, int p, double *u) noexcept nogil
+    void fl_s_gather_set(int k, const int *idx, const float *coef, float alpha,
+                         const float *A, int p, float *u) noexcept nogil
     int fl_d_gather_st_compact(int k, const int *idx, const double *coef, double alpha,
                                const double *A, int m, const double *src, double *y,
                                double a, double s, int *oidx, double *oval) noexcept nogil

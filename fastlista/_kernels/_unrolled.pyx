@@ -66,6 +66,7 @@ import numpy as np
 
 from ._blocks cimport run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
+                     fl_d_gather_set, fl_s_gather_set,
                      fl_d_gather_st_compact, fl_s_gather_st_compact,
                      fl_d_gather_pst_compact, fl_s_gather_pst_compact,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
@@ -220,6 +221,16 @@ cdef inline void gather_rows(int k, const int *idx, const floating *val,
         fl_d_gather(k, idx, val, alpha, A, p, out)
     else:
         fl_s_gather(k, idx, val, alpha, A, p, out)
+
+
+cdef inline void gather_set_rows(int k, const int *idx, const floating *val,
+                                 floating alpha, const floating *A, int p,
+                                 floating *out) noexcept nogil:
+    """out = alpha * sum_q val[q] * A[idx[q], :]   (A has p columns; 0 for k = 0)"""
+    if floating is double:
+        fl_d_gather_set(k, idx, val, alpha, A, p, out)
+    else:
+        fl_s_gather_set(k, idx, val, alpha, A, p, out)
 
 
 cdef inline bint heap_less(double ka, int ia, double kb, int ib) noexcept nogil:
@@ -689,15 +700,13 @@ cdef void residual_backward_block(
                         for q in range(kz):
                             zv += w[p] * vz[q] * MT[<Py_ssize_t> iw[p] * m + iz[q]]
                 elif fmt[t] == FMT_SIGN:
-                    memset(&P[i * n], 0, n * sizeof(floating))
-                    gather_rows(kw, iw, w, 1, Wt, n, &P[i * n])
+                    gather_set_rows(kw, iw, w, 1, Wt, n, &P[i * n])
                     zv += dot(n, &P[i * n], &Rt[i * n]) + dot(n, &P[i * n], &X[i * n])
                 else:
                     for p in range(kw):
                         zv += w[p] * dot(m, &MT[<Py_ssize_t> iw[p] * m],
                                          &val[t * cap + i * m])
-                memset(Gi, 0, m * sizeof(floating))
-                gather_rows(kw, iw, w, -a, MT, m, Gi)
+                gather_set_rows(kw, iw, w, -a, MT, m, Gi)
                 for p in range(kw):
                     Gi[iw[p]] += w[p]
             da[t] += wc - zv
@@ -729,9 +738,8 @@ cdef void residual_backward_block(
             # d W_t = -a w^T r_t, V = P D^T
             if sparse_w:
                 for i in range(nb):
-                    memset(&P[i * n], 0, n * sizeof(floating))
-                    gather_rows(pout[i + 1] - pout[i], &idx[(t + 1) * cap + pout[i]],
-                                &wv[pout[i]], 1, Wt, n, &P[i * n])
+                    gather_set_rows(pout[i + 1] - pout[i], &idx[(t + 1) * cap + pout[i]],
+                                    &wv[pout[i]], 1, Wt, n, &P[i * n])
                     for p in range(pout[i], pout[i + 1]):
                         axpy(n, -a * wv[p], &Rt[i * n],
                              &dW[<Py_ssize_t> t * m * n + idx[(t + 1) * cap + p] * n])
@@ -886,12 +894,10 @@ cdef void lista_backward_block(
         # d z_t = w W_z[t]^T, rows of W_z^T gathered for the support of w
         if sparse_w:
             for i in range(nb):
-                memset(&G[i * m], 0, m * sizeof(floating))
-                gather_rows(pout[i + 1] - pout[i], &iout[pout[i]], &wv[pout[i]],
-                            1, &WzT[<Py_ssize_t> t * m * m], m, &G[i * m])
+                gather_set_rows(pout[i + 1] - pout[i], &iout[pout[i]], &wv[pout[i]],
+                                1, &WzT[<Py_ssize_t> t * m * m], m, &G[i * m])
         else:
-            row_gemm(d, m, m, 1, G, m, &WzT[<Py_ssize_t> t * m * m], m,
-                 0, V, m)
+            row_gemm(d, m, m, 1, G, m, &WzT[<Py_ssize_t> t * m * m], m, 0, V, m)
             memcpy(G, V, size * sizeof(floating))
 
 
