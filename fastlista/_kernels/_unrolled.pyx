@@ -660,7 +660,8 @@ cdef void residual_backward_block(
     cdef const signed char *sg
     cdef floating *Gi
     cdef floating *w
-    cdef floating a
+    cdef const floating *Mp
+    cdef floating a, acc
     cdef double wc, zv
     cdef bint sparse_w, need_v, masked = False
 
@@ -697,8 +698,11 @@ cdef void residual_backward_block(
                     iz = &idx[t * cap + pin[i]]
                     vz = &val[t * cap + pin[i]]
                     for p in range(kw):
+                        Mp = &MT[<Py_ssize_t> iw[p] * m]
+                        acc = 0
                         for q in range(kz):
-                            zv += w[p] * vz[q] * MT[<Py_ssize_t> iw[p] * m + iz[q]]
+                            acc = acc + vz[q] * Mp[iz[q]]
+                        zv += w[p] * acc
                 elif fmt[t] == FMT_SIGN:
                     gather_set_rows(kw, iw, w, 1, Wt, n, &P[i * n])
                     zv += dot(n, &P[i * n], &Rt[i * n]) + dot(n, &P[i * n], &X[i * n])
