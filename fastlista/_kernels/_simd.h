@@ -181,10 +181,28 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
     }                                                                     \
 }
 
-/* One span loop of P##_gather_##OP##_compact's last pass: y = a OP(from
-   + SUM, s) stored, flagged and compacted span by span, as in
-   P##_scaled_##OP##_compact. SUM is FL_ROWS_R: the terms of the last R
-   rows, p0..p7 (their entries of the span) times c0..c7. */
+/* Up to eight rows of a gather at a time, in the kernels below (which
+   name their matrix A, its columns COLS, the factor alpha, and declare
+   const T *r_[8], T c_[8]): FL_TAKE_ROWS points r_ at the ROWS rows
+   IDX[0..ROWS) of A and sets c_ to alpha COEF[.]; the other slots (never
+   read) get A and 0. FL_ROW_COEFS declares c0..c7 = c_[0..7]. FL_ROWS_R
+   is the sum of the first R terms c_q p_q[j] of a pass over entry j. */
+#define FL_TAKE_ROWS(ROWS, IDX, COEF, COLS)                                \
+    for (int q_ = 0; q_ < 8; q_++) {                                      \
+        r_[q_] = q_ < (ROWS) ? A + (size_t) (IDX)[q_] * (COLS) : A;       \
+        c_[q_] = q_ < (ROWS) ? alpha * (COEF)[q_] : 0;                    \
+    }
+#define FL_ROW_COEFS(T)                                                    \
+    T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                     \
+    T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                     \
+    (void) c0; (void) c1; (void) c2; (void) c3;                           \
+    (void) c4; (void) c5; (void) c6; (void) c7;
+#define FL_ROW_POINTERS(T, OFF)                                            \
+    const T *p0 = r_[0] + (OFF), *p1 = r_[1] + (OFF), *p2 = r_[2] + (OFF); \
+    const T *p3 = r_[3] + (OFF), *p4 = r_[4] + (OFF), *p5 = r_[5] + (OFF); \
+    const T *p6 = r_[6] + (OFF), *p7 = r_[7] + (OFF);                     \
+    (void) p0; (void) p1; (void) p2; (void) p3;                           \
+    (void) p4; (void) p5; (void) p6; (void) p7;
 #define FL_ROWS_1 c0 * p0[j]
 #define FL_ROWS_2 FL_ROWS_1 + c1 * p1[j]
 #define FL_ROWS_3 FL_ROWS_2 + c2 * p2[j]
@@ -193,16 +211,16 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
 #define FL_ROWS_6 FL_ROWS_5 + c5 * p5[j]
 #define FL_ROWS_7 FL_ROWS_6 + c6 * p6[j]
 #define FL_ROWS_8 FL_ROWS_7 + c7 * p7[j]
+
+/* One span loop of P##_gather_##OP##_compact's last pass: y = a OP(from
+   + SUM, s) stored, flagged and compacted span by span, as in
+   P##_scaled_##OP##_compact (SUM: FL_ROWS_R over the span's entries). */
 #define FL_GATHER_COMPACT_SPANS(T, U, P, OP, SUM)                          \
     for (int j0 = 0; j0 < m; j0 += FL_SPAN) {                             \
         int e = j0 + FL_SPAN < m ? FL_SPAN : m - j0;                      \
         const T *fj = from + j0;                                          \
-        const T *p0 = r_[0] + j0, *p1 = r_[1] + j0, *p2 = r_[2] + j0;     \
-        const T *p3 = r_[3] + j0, *p4 = r_[4] + j0, *p5 = r_[5] + j0;     \
-        const T *p6 = r_[6] + j0, *p7 = r_[7] + j0;                       \
         T *yj = y + j0;                                                   \
-        (void) p0; (void) p1; (void) p2; (void) p3;                       \
-        (void) p4; (void) p5; (void) p6; (void) p7;                       \
+        FL_ROW_POINTERS(T, j0)                                            \
         _Pragma("GCC ivdep")                                              \
         for (int j = 0; j < e; j++) {                                     \
             T v = a * P##_##OP(fj[j] + (SUM), s);                         \
@@ -240,24 +258,17 @@ static FL_SIMD int P##_gather_##OP##_compact(                             \
     unsigned char nz[FL_SPAN];                                            \
     int q = 0, nnz = 0;                                                   \
     for (;; q += 8) {                                                     \
-        int rows = k - q < 8 ? k - q : 8;                                 \
-        for (int p = 0; p < 8; p++) {                                     \
-            r_[p] = p < rows ? A + (size_t) idx[q + p] * m : src;         \
-            c_[p] = p < rows ? alpha * coef[q + p] : 0;                   \
-        }                                                                 \
+        FL_TAKE_ROWS(k - q < 8 ? k - q : 8, idx + q, coef + q, m)         \
         if (k - q <= 8)                                                   \
             break;                                                        \
-        const T *p0 = r_[0], *p1 = r_[1], *p2 = r_[2], *p3 = r_[3];       \
-        const T *p4 = r_[4], *p5 = r_[5], *p6 = r_[6], *p7 = r_[7];       \
-        T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                 \
-        T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                 \
+        FL_ROW_POINTERS(T, 0)                                             \
+        FL_ROW_COEFS(T)                                                   \
         _Pragma("GCC ivdep")                                              \
         for (int j = 0; j < m; j++)                                       \
             y[j] = from[j] + (FL_ROWS_8);                                 \
         from = y;                                                         \
     }                                                                     \
-    T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                     \
-    T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                     \
+    FL_ROW_COEFS(T)                                                       \
     switch (k - q) {                                                      \
     case 0: FL_GATHER_COMPACT_SPANS(T, U, P, OP, 0) break;                \
     case 1: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_1) break;        \
@@ -269,8 +280,6 @@ static FL_SIMD int P##_gather_##OP##_compact(                             \
     case 7: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_7) break;        \
     default: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_8) break;       \
     }                                                                     \
-    (void) c0; (void) c1; (void) c2; (void) c3;                           \
-    (void) c4; (void) c5; (void) c6; (void) c7;                           \
     return nnz;                                                           \
 }
 
@@ -283,14 +292,9 @@ static FL_SIMD void P##_gather_set(int k, const int *idx, const T *coef,   \
     const T *r_[8];                                                       \
     T c_[8];                                                              \
     int rows = k < 8 ? k : 8;                                             \
-    for (int q = 0; q < 8; q++) {                                         \
-        r_[q] = q < rows ? A + (size_t) idx[q] * p : A;                   \
-        c_[q] = q < rows ? alpha * coef[q] : 0;                           \
-    }                                                                     \
-    const T *p0 = r_[0], *p1 = r_[1], *p2 = r_[2], *p3 = r_[3];           \
-    const T *p4 = r_[4], *p5 = r_[5], *p6 = r_[6], *p7 = r_[7];           \
-    T c0 = c_[0], c1 = c_[1], c2 = c_[2], c3 = c_[3];                     \
-    T c4 = c_[4], c5 = c_[5], c6 = c_[6], c7 = c_[7];                     \
+    FL_TAKE_ROWS(rows, idx, coef, p)                                      \
+    FL_ROW_POINTERS(T, 0)                                                 \
+    FL_ROW_COEFS(T)                                                       \
     switch (rows) {                                                       \
     case 0: memset(u, 0, (size_t) p * sizeof(T)); break;                  \
     case 1: for (int j = 0; j < p; j++) u[j] = FL_ROWS_1; break;          \
@@ -302,10 +306,6 @@ static FL_SIMD void P##_gather_set(int k, const int *idx, const T *coef,   \
     case 7: for (int j = 0; j < p; j++) u[j] = FL_ROWS_7; break;          \
     default: for (int j = 0; j < p; j++) u[j] = FL_ROWS_8; break;         \
     }                                                                     \
-    (void) p0; (void) p1; (void) p2; (void) p3;                           \
-    (void) p4; (void) p5; (void) p6; (void) p7;                           \
-    (void) c0; (void) c1; (void) c2; (void) c3;                           \
-    (void) c4; (void) c5; (void) c6; (void) c7;                           \
     if (k > 8)                                                            \
         P##_gather(k - 8, idx + 8, coef + 8, alpha, A, p, u);             \
 }
