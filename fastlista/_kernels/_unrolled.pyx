@@ -1012,7 +1012,8 @@ cdef struct NetWork:
     void *G         # (nb_max, m) gradients w.r.t. the codes
     void *V         # (nb_max, m)
     void *C         # (nb_max, m) c = x W^T
-    void *wv        # (nb_max m,) w on the support of a sparse layer
+    void *wv        # (nb_max m,) w on the support of a sparse layer (backward);
+                    # the forward saves a row's patched entries of c in it
     void *R         # (nb_max, n) r = z D - x
     void *P         # (nb_max, n) w W
     void *Rst       # (T, nb_max, n) stored r_t (training, when kept)
