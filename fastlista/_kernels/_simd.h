@@ -78,6 +78,19 @@ static inline int fl_pop_first_byte(uint64_t *w) {
 }
 #endif
 #define FL_SPAN 256
+/* The CSR entries (OIDX, OVAL, counted in CNT) of the span of e entries
+   yj = y + j0 whose non-zero flags (bytes 0 or 1) are in nz: the flags
+   are read 8 at a time and only the set ones visited. */
+#define FL_COMPACT_SPAN(OIDX, OVAL, CNT)                                   \
+    for (int j = e; j < ((e + 7) & ~7); j++)                              \
+        nz[j] = 0;                                                        \
+    for (int q8 = 0; q8 < e; q8 += 8) {                                   \
+        uint64_t w; memcpy(&w, nz + q8, 8);                               \
+        while (w) {                                                       \
+            int j = q8 + fl_pop_first_byte(&w);                           \
+            OIDX[CNT] = j0 + j; OVAL[CNT] = yj[j]; CNT++;                 \
+        }                                                                 \
+    }
 
 /* The thresholds: ST(v, s) = v - clip(v, -s, s), two selects, exact 0 iff
    |v| <= s; its one-sided form for non-negative codes, PST(v, s) =
@@ -114,15 +127,7 @@ static FL_SIMD int P##_scaled_##OP##_compact(int m, T *y, T a, T s,        \
             U b; memcpy(&b, &v, sizeof(T));                               \
             nz[j] = (U) (b << 1) != 0;                                    \
         }                                                                 \
-        for (int j = e; j < ((e + 7) & ~7); j++)                          \
-            nz[j] = 0;                                                    \
-        for (int q = 0; q < e; q += 8) {                                  \
-            uint64_t w; memcpy(&w, nz + q, 8);                            \
-            while (w) {                                                   \
-                int j = q + fl_pop_first_byte(&w);                        \
-                idx[k] = j0 + j; val[k] = yj[j]; k++;                     \
-            }                                                             \
-        }                                                                 \
+        FL_COMPACT_SPAN(idx, val, k)                                      \
     }                                                                     \
     return k;                                                             \
 }                                                                         \
@@ -228,15 +233,7 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
             U b; memcpy(&b, &v, sizeof(T));                               \
             nz[j] = (U) (b << 1) != 0;                                    \
         }                                                                 \
-        for (int j = e; j < ((e + 7) & ~7); j++)                          \
-            nz[j] = 0;                                                    \
-        for (int q8 = 0; q8 < e; q8 += 8) {                               \
-            uint64_t w; memcpy(&w, nz + q8, 8);                           \
-            while (w) {                                                   \
-                int j = q8 + fl_pop_first_byte(&w);                       \
-                oidx[nnz] = j0 + j; oval[nnz] = yj[j]; nnz++;             \
-            }                                                             \
-        }                                                                 \
+        FL_COMPACT_SPAN(oidx, oval, nnz)                                  \
     }
 
 /* A sparse layer's row in one kernel:
