@@ -342,6 +342,16 @@ cdef inline void compact_block(Dims *d, floating *Z, int *ptr, int *idx,
                                                     &idx[ptr[i]], &val[ptr[i]], False)
 
 
+cdef inline void expand_block(Dims *d, floating *Z, const int *ptr,
+                              const int *idx, const floating *val) noexcept nogil:
+    """The nb x m block Z from its CSR rows (ptr, idx, val)."""
+    cdef Py_ssize_t i, p, m = d.m
+    memset(Z, 0, d.nb * m * sizeof(floating))
+    for i in range(d.nb):
+        for p in range(ptr[i], ptr[i + 1]):
+            Z[i * m + idx[p]] = val[p]
+
+
 cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcept nogil:
     """Number of non-zero (or NaN) entries of z[:size].
 
@@ -530,12 +540,11 @@ cdef void residual_forward_block(
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating *Rt
     cdef floating *Ci
-    cdef floating *z = Z        # z_t (dense, always valid)
-    cdef floating *u = U        # scratch; swapped with z by the sparse path
-    cdef floating *tmp
+    cdef floating *z = Z        # z_t, dense when zdense
+    cdef floating *u = U
     cdef int *pin
     cdef int *pout
-    cdef bint sparse
+    cdef bint sparse, zdense = True
 
     if d.shared:
         # c = x W^T, the constant part of the gradient step
@@ -557,8 +566,10 @@ cdef void residual_forward_block(
             # row by row, in L1, with u = a y:
             #     y = c - z M + z / a,   z+ = ST(u, s) = a ST(y, s / a),
             # the rows of M gathered for the k non-zeros of z (2 k m flops),
-            # thresholded and compacted in the same pass; u then holds the
-            # dense z+ (swap) and its CSR row is stored.
+            # thresholded and compacted in the same pass into z+'s CSR row;
+            # the dense row goes to one scratch row of u, which stays in L1,
+            # and the block's dense z+ is only expanded from the CSR rows
+            # when a dense layer or the output needs it.
             # (y carries the same absolute rounding error as u; a >= eps
             # keeps z / a far from overflow, smaller steps take the path below)
             # z / a enters through c, whose k entries are saved in sv,
@@ -574,18 +585,19 @@ cdef void residual_forward_block(
                     sv[q] = Ci[iz[q]]
                     Ci[iz[q]] += vz[q] * inv_a
                 pout[i + 1] = pout[i] + gather_st_compact_row(
-                    kz, iz, vz, M, <int> m, Ci, &u[i * m], a,
+                    kz, iz, vz, M, <int> m, Ci, u, a,
                     <floating> (lam[i] * thr[t]) * inv_a,
                     &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
                     d.positive)
                 for q in range(kz):
                     Ci[iz[q]] = sv[q]
-            tmp = z
-            z = u
-            u = tmp
+            zdense = False
             fmt[s_out] = FMT_CSR
             nnz = pout[nb]
         else:
+            if not zdense:
+                expand_block(d, z, pin, &idx[s_in * cap], &val[s_in * cap])
+                zdense = True
             if d.shared and d.gram and not sparse:
                 # u = z M - c  (one GEMM through the Gram matrix)
                 row_gemm(d, m, m, 1, z, m, M, m, 0, u, m)
@@ -629,8 +641,8 @@ cdef void residual_forward_block(
             obj[t] += block_objective(d, X, D, z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
                                       lam, R)
-    if z != Z:
-        memcpy(Z, z, size * sizeof(floating))
+    if not zdense:
+        expand_block(d, z, pout, &idx[s_out * cap], &val[s_out * cap])
 
 
 cdef void residual_backward_block(
