@@ -231,6 +231,31 @@ def test_gradient_through_switching_storage_formats(parametrization, shape, monk
     assert_storage_switches_agree(net, X, switches, monkeypatch)
 
 
+@pytest.mark.parametrize("parametrization", ["step", "alista"])
+def test_gradient_with_steps_below_machine_epsilon(parametrization, monkeypatch):
+    # The sparse backward pass reads <z_t, w M^T> off the row it gathers,
+    # -a w M^T, divided by -a; a step below machine epsilon takes the direct
+    # double sum instead. Both must give the gradients of the dense path,
+    # whose GEMMs share neither (and which the finite differences check).
+    X, D = make_problem(n_samples=40, n_atoms=12, n_features=5, seed=6)
+    net = Lista(D, 0.1, 6, parametrization=parametrization)
+    params = perturbed(net, seed=1)
+    key = "alpha" if parametrization == "step" else "gamma"
+    for t in (2, 3):
+        params[t][key] = np.asarray(1e-20)
+    net.set_parameters(params)
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (1, 10**6, 10**6))
+    runs = []
+    for rho in (0.0, 1.1):
+        monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
+        runs.append(net.loss_and_grad(X))
+    (f_dense, g_dense), (f_sparse, g_sparse) = runs
+    assert_allclose(f_sparse, f_dense, rtol=1e-12)
+    for t in range(len(g_dense)):
+        for k in g_dense[t]:
+            assert_allclose(g_sparse[t][k], g_dense[t][k], rtol=1e-9, atol=1e-13)
+
+
 def test_refine_tol_certifies_the_solution():
     from fastlista import duality_gap
 

@@ -675,6 +675,7 @@ cdef void residual_backward_block(
     cdef const floating *Mp
     cdef floating a, acc
     cdef double wc, zv
+    cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef bint sparse_w, need_v, masked = False
 
     for t in range(d.T - 1, -1, -1):
@@ -689,8 +690,8 @@ cdef void residual_backward_block(
         if d.shared and sparse_w:
             # row by row: w = g on supp(z+) (k entries), d thr_t, <w, c>;
             # d z_t = w - a w M^T with the k rows of M^T gathered, and
-            # <z_t, w M^T> = sum_p w_p sum_q z_q M^T[j_p, j_q] (sparse z_t)
-            # or <r_t + x, w W> (z_t stored as signs; w W gathers k rows of W)
+            # <z_t, w M^T>, read off that row on supp(z_t) (sparse z_t), or
+            # <r_t + x, w W> (z_t stored as signs; w W gathers k rows of W)
             wc = 0
             zv = 0
             for i in range(nb):
@@ -705,7 +706,20 @@ cdef void residual_backward_block(
                     wc += w[p] * C[i * m + iw[p]]
                 if not need_v:
                     continue
-                if fmt[t] == FMT_CSR:
+                # d z_t = w - a w M^T, the k rows of M^T gathered into G_i
+                gather_set_rows(kw, iw, w, -a, MT, m, Gi)
+                if fmt[t] == FMT_CSR and a >= eps:
+                    # <z_t, w M^T> read off G_i = -a w M^T on supp(z_t)
+                    kz = pin[i + 1] - pin[i]
+                    iz = &idx[t * cap + pin[i]]
+                    vz = &val[t * cap + pin[i]]
+                    acc = 0
+                    for q in range(kz):
+                        acc = acc + vz[q] * Gi[iz[q]]
+                    zv -= acc / a
+                elif fmt[t] == FMT_CSR:
+                    # (a step below eps: G_i = -a w M^T is no longer a
+                    # faithful multiple of w M^T) sum_p w_p sum_q z_q M^T[j_p, j_q]
                     kz = pin[i + 1] - pin[i]
                     iz = &idx[t * cap + pin[i]]
                     vz = &val[t * cap + pin[i]]
@@ -722,7 +736,6 @@ cdef void residual_backward_block(
                     for p in range(kw):
                         zv += w[p] * dot(m, &MT[<Py_ssize_t> iw[p] * m],
                                          &val[t * cap + i * m])
-                gather_set_rows(kw, iw, w, -a, MT, m, Gi)
                 for p in range(kw):
                     Gi[iw[p]] += w[p]
             da[t] += wc - zv
