@@ -23,7 +23,8 @@ import sys
 import numpy as np
 
 # name -> (kind, keyword arguments); "solve": solve_lasso(X, D, lmbd, **kw),
-# "forward"/"loss_and_grad": a Lista(D, lmbd, 30, parametrization=...)
+# "forward"/"loss_and_grad": a Lista(D, lmbd, 30, parametrization=...); "dtype"
+# casts the problem (a float32 D makes a float32 network)
 CASES = {
     "exact solve 0.1": ("solve", {"lmbd": 0.1}),
     "exact solve 0.8": ("solve", {"lmbd": 0.8}),
@@ -40,6 +41,16 @@ CASES = {
     "SLISTA loss_and_grad 0.8": ("loss_and_grad", {"lmbd": 0.8, "parametrization": "step"}),
     "LISTA-CP loss_and_grad 0.1": ("loss_and_grad", {"lmbd": 0.1,
                                                      "parametrization": "coupled"}),
+    "SLISTA forward 0.1 float32": ("forward", {"lmbd": 0.1, "parametrization": "step",
+                                               "dtype": "float32"}),
+    "SLISTA forward 0.8 float32": ("forward", {"lmbd": 0.8, "parametrization": "step",
+                                               "dtype": "float32"}),
+    "SLISTA loss_and_grad 0.8 float32": ("loss_and_grad", {"lmbd": 0.8,
+                                                           "parametrization": "step",
+                                                           "dtype": "float32"}),
+    "LISTA-CP loss_and_grad 0.1 float32": ("loss_and_grad", {"lmbd": 0.1,
+                                                             "parametrization": "coupled",
+                                                             "dtype": "float32"}),
 }
 
 # run in a fresh interpreter with the build's directory first on sys.path
@@ -104,11 +115,11 @@ def main(argv=None):
             for k in cases:
                 times[b][k].append(result[k])
     old, new = list(builds)[-2:]
-    print(f"{'case':30s} " + " ".join(f"{b:>10s}" for b in builds)
+    print(f"{'case':36s} " + " ".join(f"{b:>10s}" for b in builds)
           + f" {new + ' / ' + old:>14s}")
     for k in cases:
         med = {b: float(np.median(times[b][k])) for b in builds}
-        print(f"{k:30s} " + " ".join(f"{med[b] * 1e3:8.1f}ms" for b in builds)
+        print(f"{k:36s} " + " ".join(f"{med[b] * 1e3:8.1f}ms" for b in builds)
               + f" {med[new] / med[old]:14.3f}")
 
 
