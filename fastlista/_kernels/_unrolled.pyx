@@ -541,7 +541,7 @@ cdef void residual_forward_block(
     cdef floating *Rt
     cdef floating *Ci
     cdef floating *z = Z        # z_t, dense when zdense
-    cdef floating *u = U
+    cdef floating *u = U        # scratch: a block (dense layers), a row (sparse)
     cdef int *pin
     cdef int *pout
     cdef bint sparse, zdense = True

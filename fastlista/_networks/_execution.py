@@ -31,8 +31,9 @@ from ._parameters import alista_weights
 # where the gather wins up to roughly 10 % density: loss_and_grad at
 # lmbd = 0.3 takes 0.39 s with 0.1, 0.45 s with 0.15, and the same at
 # lmbd = 0.5 and 0.8; at lmbd = 0.1, codes 33-77 % dense, a float32
-# forward with 0.4 takes 1.7 x its time with 0.1); OpenMP threads only pay off above _THREAD_WORK
-# multiply-adds a call (N T m n), below it their start and join dominate.
+# forward with 0.4 takes 1.7 x its time with 0.1); OpenMP threads only pay
+# off above _THREAD_WORK multiply-adds a call (N T m n), below it their
+# start and join dominate.
 # Training with weight matrices (coupled: d W_t, T m n; lista: d W_z, d W_x)
 # accumulates d W_t += w_t^T r_t once a block, reading and writing all T
 # matrices: such blocks are _WEIGHT_GRAD_CHUNKS GEMM chunks tall (each
