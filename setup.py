@@ -106,7 +106,7 @@ def _config_stamp():
 
 
 CONFIG_STAMP = _config_stamp()
-KERNELS = ["_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
+KERNELS = ["_cpu", "_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
 
 extensions = [
     Extension(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import _cd, _solvers
+from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from ._lasso import Scaled, _check_codes, certify, correlation_max, correlations
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
@@ -30,8 +31,9 @@ METHODS = ("auto", "ista", "fista", "backtracking", "oista", "cd")
 
 #: Iterative methods check the duality gap every GAP_FREQ iterations.
 GAP_FREQ = 10
-#: Samples per block of the proximal-gradient kernels (fits in L2 cache).
-BLOCK_SIZE = 32
+#: Samples per block of the proximal-gradient kernels (fits in L2 cache): 32,
+#: or 128 where BLAS packs the operands of every call (_kernels/_cpu.pyx).
+BLOCK_SIZE = 128 if BLAS_PACKS_SMALL_CALLS else 32
 #: The history of record_history=True may not exceed this many bytes.
 MAX_HISTORY_BYTES = 2 * 1024**3
 #: A sample a kernel stopped as converged that its certificate refuses

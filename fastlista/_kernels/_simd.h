@@ -78,6 +78,17 @@ static inline int fl_pop_first_byte(uint64_t *w) {
 }
 #endif
 #define FL_SPAN 256
+
+/* 1 if the running CPU has AVX-512F, else 0 (and on other compilers and
+   architectures): the plans of the blocked kernels depend on it. */
+static inline int fl_cpu_avx512f(void) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+#else
+    return 0;
+#endif
+}
 /* The CSR entries (OIDX, OVAL, counted in CNT) of the span of e entries
    yj = y + j0 whose non-zero flags (bytes 0 or 1) are in nz: the flags
    are read 8 at a time and only the set ones visited. */

@@ -15,39 +15,52 @@ OpenMP threads with their own workspaces and gradient accumulators.
 import numpy as np
 
 from .._kernels import _unrolled
+from .._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from .._threads import kernel_threads
 from ._parameters import alista_weights
 
 # Execution tuning. A block has as many rows as keep its GEMMs (rows x m x n
-# multiply-adds) within _BLOCK_GEMM: OpenBLAS multiplies such small matrices
-# without packing them, and every product is written untransposed for it
-# (32 rows on the paper shape, 64 x 256: SLISTA loss_and_grad at lmbd = 0.1
-# in 0.38 s, against 0.47 s at 64 or 128 rows in the same run; 8 rows at
-# 128 x 512, 128 at 32 x 128). Dictionaries too large for that take
-# _BLOCK_ELEMENTS codes a block (128 rows at 256 atoms: a block's codes,
-# gradient and c = x W^T stay in L2). A layer whose input codes are denser
-# than _SPARSE_DENSITY in the block runs dense GEMMs, sparser ones gather
-# rows of B (or W) for the non-zeros (measured on the paper shape, 64 x 256,
-# where the gather wins up to roughly 10 % density: loss_and_grad at
-# lmbd = 0.3 takes 0.39 s with 0.1, 0.45 s with 0.15, and the same at
-# lmbd = 0.5 and 0.8; at lmbd = 0.1, codes 33-77 % dense, a float32
-# forward with 0.4 takes 1.7 x its time with 0.1); OpenMP threads only pay
-# off above _THREAD_WORK multiply-adds a call (N T m n), below it their
-# start and join dominate.
+# multiply-adds) within _BLOCK_GEMM, and every product is written
+# untransposed. Where BLAS multiplies small matrices without packing them
+# (OpenBLAS on AVX-512, _kernels/_cpu.pyx), that is 2^19: 32 rows on the
+# paper shape, 64 x 256 (SLISTA loss_and_grad at lmbd = 0.1 in 0.38 s,
+# against 0.47 s at 64 or 128 rows in the same run; 8 rows at 128 x 512, 128
+# at 32 x 128). Where every call packs its operands (AVX2), 2^22: 256 rows on
+# the paper shape, which amortise the packing (float32, lmbd = 0.1, medians
+# of 5 or 7 calls on AMD Zen 3, 32 -> 256 rows: SLISTA forward 349 -> 189 ms,
+# loss_and_grad 560 -> 379-455 ms, LISTA-CP loss_and_grad 612-721 -> 509-526
+# ms; at lmbd = 0.8, sparse, within noise either way). Dictionaries too large
+# for that take _BLOCK_ELEMENTS codes a block (128 or 256 rows at 256 atoms:
+# a block's codes, gradient and c = x W^T stay in L2, or nearly). A layer
+# whose input codes are denser than _SPARSE_DENSITY in the block runs dense
+# GEMMs, sparser ones gather rows of B (or W) for the non-zeros (measured on
+# the paper shape, 64 x 256, where the gather wins up to roughly 10 %
+# density: loss_and_grad at lmbd = 0.3 takes 0.39 s with 0.1, 0.45 s with
+# 0.15, and the same at lmbd = 0.5 and 0.8; at lmbd = 0.1, codes 33-77 %
+# dense, a float32 forward with 0.4 takes 1.7 x its time with 0.1); OpenMP
+# threads only pay off above _THREAD_WORK multiply-adds a call (N T m n),
+# below it their start and join dominate.
 # Training with weight matrices (coupled: d W_t, T m n; lista: d W_z, d W_x)
 # accumulates d W_t += w_t^T r_t once a block, reading and writing all T
-# matrices: such blocks are _WEIGHT_GRAD_CHUNKS GEMM chunks tall (each
-# product still runs chunk by chunk), so that the inner dimension of the
-# d W_t products is 4 chunks and the matrices are streamed 4 times less
-# (paper shape, loss_and_grad at lmbd = 0.1, one run: LISTA-CP 721 -> 627 ms
-# in float64 and 355 -> 320 ms in float32, LISTA 2.66 -> 2.08 s; SLISTA,
-# which has no weight matrix, is faster with one chunk a block, 467 against
-# 535 ms, its stored layers then staying in L2).
-_BLOCK_GEMM = 1 << 19
-_BLOCK_ELEMENTS = 128 * 256
+# matrices: with 32-row GEMM calls such blocks are _WEIGHT_GRAD_CHUNKS = 4
+# GEMM chunks tall (each product still runs chunk by chunk), so that the
+# inner dimension of the d W_t products is 4 chunks and the matrices are
+# streamed 4 times less (paper shape, loss_and_grad at lmbd = 0.1, one run:
+# LISTA-CP 721 -> 627 ms in float64 and 355 -> 320 ms in float32, LISTA
+# 2.66 -> 2.08 s; SLISTA, which has no weight matrix, is faster with one
+# chunk a block, 467 against 535 ms, its stored layers then staying in L2).
+# 256-row calls are tall enough on their own (one chunk a block: LISTA-CP
+# float32 509-526 ms, against 519-655 ms with 2 or 4 chunks of 128 rows).
+if BLAS_PACKS_SMALL_CALLS:
+    _BLOCK_GEMM = 1 << 22
+    _BLOCK_ELEMENTS = 256 * 256
+    _WEIGHT_GRAD_CHUNKS = 1
+else:
+    _BLOCK_GEMM = 1 << 19
+    _BLOCK_ELEMENTS = 128 * 256
+    _WEIGHT_GRAD_CHUNKS = 4
 _SPARSE_DENSITY = 0.1
 _THREAD_WORK = 2e7
-_WEIGHT_GRAD_CHUNKS = 4
 
 #: loss name -> the kernels' loss code
 LOSS_CODES = _unrolled.LOSSES
