@@ -6,6 +6,8 @@ ALISTA weights of the reference code, and central finite differences; and,
 when torch is installed, autograd.
 """
 import io
+import platform
+import sys
 import zipfile
 
 import numpy as np
@@ -103,6 +105,29 @@ def path(request, monkeypatch):
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
     return request.param
+
+
+def test_blas_call_heights_follow_the_cpu():
+    """The AVX-512 probe agrees with the kernel's list of CPU flags, and the
+    paper shape's GEMM calls have the heights README.md gives: 32 rows where
+    OpenBLAS multiplies small matrices without packing them, 256 elsewhere."""
+    from fastlista._kernels._cpu import BLAS_PACKS_SMALL_CALLS
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        flags = set()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+        assert BLAS_PACKS_SMALL_CALLS == ("avx512f" not in flags)
+    for weight_grads in (False, True):
+        n_threads, block, chunk = execution.plan(10000, 256, 64, 30, 2, weight_grads)
+        assert n_threads == 2
+        # blocks balanced over the threads: 40 of 250 rows, 314 of 32 (or
+        # 80 of 125 for weight gradients, four 32-row chunks a block)
+        if BLAS_PACKS_SMALL_CALLS:
+            assert (block, chunk) == (250, 256)
+        else:
+            assert (block, chunk) == ((125 if weight_grads else 32), 32)
 
 
 # --------------------------------------------------------------------------

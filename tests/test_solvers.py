@@ -111,7 +111,10 @@ def test_kkt_conditions_at_high_accuracy(lmbd, method):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("lmbd", [0.3, 0.8])
-def test_many_blocks_and_sparse_regime(lmbd, method):
+@pytest.mark.parametrize("block", [32, 128])
+def test_many_blocks_and_sparse_regime(lmbd, method, block, monkeypatch):
+    # both block heights the plans use (AVX-512 BLAS or not), whatever this CPU
+    monkeypatch.setattr(fastlista._solvers, "BLOCK_SIZE", block)
     for kind in ("batch", "sparse"):
         X, D = get_problem(kind)
         tol = 1e-9

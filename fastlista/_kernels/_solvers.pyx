@@ -125,8 +125,8 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                          Py_ssize_t n, floating *R, floating *G) noexcept nogil:
     """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
 
-    The products are untransposed (DT = D^T): BLAS multiplies these small
-    blocks without packing the operands.
+    The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
+    multiplies these small blocks without packing the operands.
     """
     cdef Py_ssize_t i, j, nnz = 0
     cdef floating p
