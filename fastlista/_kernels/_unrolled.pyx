@@ -46,13 +46,13 @@ single-threaded meanwhile (the caller's job, with threadpoolctl).
 Dense layers take two GEMMs through D and W (4 m n flops a row), or one
 through M when that is cheaper (m < 2 n). Every GEMM is untransposed (the
 caller passes D^T and W^T): on blocks of a few dozen rows an AVX-512
-OpenBLAS then multiplies without packing the operands (elsewhere the blocks
-are taller, to amortise the packing: _kernels/_cpu.pyx). A layer whose input codes are
-sparse takes the support-aware path: z_t M gathers the k_i rows of M for the
-non-zeros of row i (2 k_i m flops; ``coupled`` gathers rows of D for z_t D),
-and the backward pass gathers the rows of M^T (or W, W_z^T) for the support
-of z_{t+1}. Row loops run in L1; their elementwise work is in the C
-micro-kernels below.
+OpenBLAS then multiplies without packing the operands (elsewhere the
+blocks are taller, to amortise the packing: _kernels/_cpu.pyx). A layer
+whose input codes are sparse takes the support-aware path: z_t M gathers
+the k_i rows of M for the non-zeros of row i (2 k_i m flops; ``coupled``
+gathers rows of D for z_t D), and the backward pass gathers the rows of
+M^T (or W, W_z^T) for the support of z_{t+1}. Row loops run in L1; their
+elementwise work is in the C micro-kernels below.
 """
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
@@ -144,8 +144,8 @@ cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating 
     """C[nb, N] = alpha A[nb, K] B[K, N] + beta C, row-major, d.chunk rows a call.
 
     Each call is small enough for an AVX-512 OpenBLAS's small-matrix
-    kernels (no packing), while the block may be several chunks tall: the products
-    whose inner dimension is the block's rows (d W_t += w_t^T r_t) then
+    kernels (no packing), while the block may be several chunks tall: the
+    products whose inner dimension is the block's rows (d W_t += w_t^T r_t) then
     run once a block, over all of its rows.
     """
     cdef Py_ssize_t r = 0, k

@@ -30,8 +30,10 @@ from ._parameters import alista_weights
 # of 5 or 7 calls on AMD Zen 3, 32 -> 256 rows: SLISTA forward 349 -> 189 ms,
 # loss_and_grad 560 -> 379-455 ms, LISTA-CP loss_and_grad 612-721 -> 509-526
 # ms; at lmbd = 0.8, sparse, within noise either way). Dictionaries too large
-# for that take _BLOCK_ELEMENTS codes a block (128 or 256 rows at 256 atoms:
-# a block's codes, gradient and c = x W^T stay in L2, or nearly). A layer
+# for that take _BLOCK_ELEMENTS codes a block: 128 rows at 256 atoms with
+# AVX-512, where a block's codes, gradient and c = x W^T stay in L2; 256
+# rows without, where they spill from a 512 KB L2 and the taller calls
+# still win (the figures above). A layer
 # whose input codes are denser than _SPARSE_DENSITY in the block runs dense
 # GEMMs, sparser ones gather rows of B (or W) for the non-zeros (measured on
 # the paper shape, 64 x 256, where the gather wins up to roughly 10 %
