@@ -28,7 +28,7 @@ from ._parameters import alista_weights
 # at 32 x 128). Where every call packs its operands (AVX2), 2^22: 256 rows on
 # the paper shape, which amortise the packing (float32, lmbd = 0.1, medians
 # of 5 or 7 calls on AMD Zen 3, 32 -> 256 rows: SLISTA forward 349 -> 189 ms,
-# loss_and_grad 560 -> 379-455 ms, LISTA-CP loss_and_grad 612-721 -> 509-526
+# loss_and_grad 560 -> 379-475 ms, LISTA-CP loss_and_grad 721 -> 509-526
 # ms; at lmbd = 0.8, sparse, within noise either way). Dictionaries too large
 # for that take _BLOCK_ELEMENTS codes a block: 128 rows at 256 atoms with
 # AVX-512, where a block's codes, gradient and c = x W^T stay in L2; 256
