@@ -106,7 +106,7 @@ def _config_stamp():
 
 
 CONFIG_STAMP = _config_stamp()
-KERNELS = ["_cpu", "_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
+KERNELS = ["_cpu", "_gemm", "_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
 
 extensions = [
     Extension(
@@ -116,7 +116,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")]
         + ([("FL_NO_CLONES", "1")] if DEBUG or SANITIZE else [])
         + isa_macros,
-        depends=["fastlista/_kernels/_simd.h"] + CONFIG_STAMP,
+        depends=["fastlista/_kernels/_simd.h", "fastlista/_kernels/_gemm.h"] + CONFIG_STAMP,
         extra_compile_args=opt + openmp_compile,
         extra_link_args=openmp_link + (sanitize if SANITIZE else []),
     )

@@ -91,19 +91,22 @@ def perturbed(net, seed=0, scale=0.3):
     return params
 
 
-@pytest.fixture(params=["mixed", "dense", "sparse"])
+@pytest.fixture(params=["mixed", "dense", "dense-blas", "sparse"])
 def path(request, monkeypatch):
     """Force the dense GEMM path, the sparse gather path, or let density choose.
 
-    Also forces blocks of 16 rows, multiplied 5 rows a GEMM call (and 2
+    Also forces blocks of 16 rows, multiplied 5 rows a BLAS call (and 2
     threads for "mixed"), so that several blocks, a ragged last block, a
     ragged last GEMM chunk and the per-thread gradient accumulators are
-    exercised.
+    exercised. The dense products run through fastlista's GEMM (_gemm.h),
+    or BLAS for "dense-blas" and "sparse", whatever the CPU would choose.
     """
-    rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
+    rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "dense-blas": 0.0,
+           "sparse": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
+    monkeypatch.setattr(execution, "_OWN_GEMM", request.param in ("mixed", "dense"))
     return request.param
 
 

@@ -15,6 +15,8 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 import reference as ref  # noqa: E402
+from fastlista._kernels import _gemm  # noqa: E402
+from fastlista._networks import _execution as execution  # noqa: E402
 from fastlista import (Lista, duality_gap, lasso_objective, lipschitz,  # noqa: E402
                        soft_thresholding, solve_lasso)
 
@@ -135,13 +137,14 @@ def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed):
 
 @given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),
        n_features=st.integers(1, 12), rel_lmbd=st.sampled_from([0.95, 0.6, 0.2]),
-       dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans())
+       dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans(),
+       own_gemm=st.booleans())
 @settings(max_examples=40)
 def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtype,
-                                       positive):
+                                       positive, own_gemm):
     # an untrained SLISTA network is ISTA with step 1/L: its sparse layers
     # threshold and compact rows of any length (one span of the row kernels
-    # is 256 atoms), its dense ones go through GEMMs
+    # is 256 atoms), its dense ones go through GEMMs (fastlista's or BLAS's)
     rng = np.random.default_rng(seed)
     D = rng.standard_normal((n_atoms, n_features))
     D /= np.linalg.norm(D, axis=1, keepdims=True)
@@ -149,7 +152,11 @@ def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtyp
     lmbd = rel_lmbd * float(np.abs(X @ D.T).max())
     net = Lista(D.astype(dtype), lmbd, 4, parametrization="step", positive=positive)
     Z_ref, _ = ref.ista(X, D, lmbd, n_iter=4, positive=positive)
-    Z = net.transform(X.astype(dtype))
+    default, execution._OWN_GEMM = execution._OWN_GEMM, own_gemm
+    try:
+        Z = net.transform(X.astype(dtype))
+    finally:
+        execution._OWN_GEMM = default
     assert Z.dtype == dtype
     tol = 1e-8 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
@@ -166,3 +173,26 @@ def test_float32_agrees_with_float64(problem):
     F64 = lasso_objective(X, D, lmbd, r64.codes)
     F32 = lasso_objective(X, D, lmbd, r32.codes.astype(np.float64))
     np.testing.assert_allclose(F32, F64, rtol=1e-4, atol=1e-6 * np.abs(X).max() ** 2)
+
+
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(0, 20), N=st.integers(0, 40),
+       K=st.integers(0, 600), alpha=st.sampled_from([1.0, -0.5, 2.0]),
+       beta=st.sampled_from([0.0, 1.0, -1.0, 0.3]),
+       dtype=st.sampled_from([np.float64, np.float32]), scale=st.sampled_from([1e-20, 1.0, 1e15]))
+@settings(max_examples=60)
+def test_gemm_within_the_dot_product_bound(seed, M, N, K, alpha, beta, dtype, scale):
+    # fastlista's GEMM (_gemm.h) on any shape (partial tiles, K cut into
+    # panels of 256) and scale: within (K + 2) u (|alpha| |A| |B| + |beta| |C|)
+    # of the product computed in long double
+    rng = np.random.default_rng(seed)
+    A = (scale * rng.standard_normal((M, K))).astype(dtype)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    C = (scale * rng.standard_normal((M, N))).astype(dtype)
+    C0 = C.copy()
+    _gemm.gemm(alpha, A, B, beta, C)
+    wide = np.longdouble
+    exact = alpha * (A.astype(wide) @ B.astype(wide)) + beta * C0.astype(wide)
+    u = np.finfo(dtype).eps / 2
+    bound = (K + 2) * u * (abs(alpha) * (np.abs(A).astype(wide) @ np.abs(B).astype(wide))
+                           + abs(beta) * np.abs(C0).astype(wide))
+    assert np.all(np.abs(C.astype(wide) - exact) <= bound + np.finfo(dtype).tiny)

@@ -630,11 +630,9 @@ def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None, positive=T
 @pytest.fixture(params=["mixed", "dense", "sparse"])
 def path(request, monkeypatch):
     """The dense GEMM path, the sparse gather path, or density's choice, in
-    blocks of 16 rows, GEMMs of 5 (2 threads for "mixed"), as in test_networks.py."""
-    rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "sparse": 1.1}[request.param]
-    n_threads = 2 if request.param == "mixed" else 1
-    monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
-    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
+    blocks of 16 rows, GEMMs of 5 (2 threads for "mixed"), as in test_networks.py;
+    "mixed" multiplies through fastlista's GEMM (_gemm.h), the others through BLAS."""
+    force_path(monkeypatch, request.param)
     return request.param
 
 
@@ -728,6 +726,7 @@ def force_path(monkeypatch, name):
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan",
                         lambda *shape, **kw: (2 if name == "mixed" else 1, 16, 5))
+    monkeypatch.setattr(execution, "_OWN_GEMM", name == "mixed")
 
 
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)

@@ -32,11 +32,13 @@
      /* microarchitecture levels as clones: GCC 12 and later */
 #    if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3
 #      define FL_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+#      define FL_AVX2_CLONE 1
 #    elif defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 2
 #      define FL_SIMD __attribute__((target_clones("arch=x86-64-v2", "default")))
 #    else
 #      define FL_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
                                                     "default")))
+#      define FL_AVX2_CLONE 1
 #    endif
 #  elif __has_attribute(target_clones)
 #    if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3

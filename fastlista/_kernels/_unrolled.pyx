@@ -78,6 +78,7 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
 
 
 from ._blas cimport axpy, dot, gemm
+from ._gemm cimport own_gemm
 from ._prox cimport sign, threshold
 
 
@@ -98,7 +99,8 @@ LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 cdef struct Dims:
     Py_ssize_t nb       # rows of this block
     Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
-    Py_ssize_t chunk    # rows of one GEMM call (row_gemm)
+    Py_ssize_t chunk    # rows of one BLAS call (row_gemm)
+    bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
     Py_ssize_t m        # atoms
     Py_ssize_t n        # features
     int T               # layers run
@@ -128,6 +130,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.nb = nb
     d.nb_max = nb_max
     d.chunk = nb_max
+    d.own_gemm = False
     d.m = m
     d.n = n
     d.T = T
@@ -141,14 +144,18 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
 cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating *A,
                           int lda, const floating *B, int ldb, floating beta,
                           floating *C, int ldc) noexcept nogil:
-    """C[nb, N] = alpha A[nb, K] B[K, N] + beta C, row-major, d.chunk rows a call.
+    """C[nb, N] = alpha A[nb, K] B[K, N] + beta C, row-major.
 
-    Each call is small enough for an AVX-512 OpenBLAS's small-matrix
-    kernels (no packing), while the block may be several chunks tall: the
-    products whose inner dimension is the block's rows (d W_t += w_t^T r_t) then
-    run once a block, over all of its rows.
+    Through _gemm.h in one call (d.own_gemm), or BLAS d.chunk rows a call:
+    each call small enough for an AVX-512 OpenBLAS's small-matrix kernels
+    (no packing), while the block may be several chunks tall: the products
+    whose inner dimension is the block's rows (d W_t += w_t^T r_t) then run
+    once a block, over all of its rows.
     """
     cdef Py_ssize_t r = 0, k
+    if d.own_gemm:
+        own_gemm(<int> d.nb, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        return
     while r < d.nb:
         k = min(d.chunk, d.nb - r)
         gemm(False, False, <int> k, N, K, alpha, A + r * lda, lda, B, ldb, beta,
@@ -1068,7 +1075,8 @@ cdef struct NetCtx:
     int loss        # 0: forward only
     bint rst        # training keeps r_t (dense layers store their signs)
     Py_ssize_t nb_max
-    Py_ssize_t chunk    # rows of one GEMM call
+    Py_ssize_t chunk    # rows of one BLAS call
+    bint own_gemm       # dense products through _gemm.h
     double rho
     double inv_n    # 1 / N
     unsigned char *bad  # (N,) forward: 1 where the code is not finite
@@ -1086,6 +1094,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     cdef Dims d = make_dims(nb, c.nb_max, m, n, T, p.shared, p.gram, p.positive,
                             c.rho)
     d.chunk = c.chunk
+    d.own_gemm = c.own_gemm
     if p.ks != NULL:
         d.ks = p.ks
         d.kmax = p.kmax
@@ -1255,12 +1264,14 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
 
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
-            int n_threads, int block_size, int gemm_rows, double rho):
+            int n_threads, int block_size, int gemm_rows, double rho,
+            bint own_gemm):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
     Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
     accumulates the summed objective of every layer's output per thread;
-    bad[i] = 1 where the code of row i is not finite.
+    bad[i] = 1 where the code of row i is not finite. The dense products
+    run through _gemm.h (own_gemm) or BLAS, gemm_rows rows a call.
     """
     cdef Py_ssize_t N = X.shape[0], t
     cdef NetCtx c
@@ -1280,6 +1291,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.loss = 0
         c.rst = False
         c.rho = rho
+        c.own_gemm = own_gemm
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
         with nogil:
@@ -1292,7 +1304,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
                   floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
-                  int block_size, int gemm_rows, double rho):
+                  int block_size, int gemm_rows, double rho, bint own_gemm):
     """Summed loss of the output of p's T layers, and per-thread gradients.
 
     The gradients are those of the MEAN loss (G_T carries 1/N), accumulated
@@ -1300,7 +1312,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     sums over atoms for a scalar threshold), dW (n_threads, T m n) for
     coupled and (n_threads, T m m) = d W_z for lista, dWxT (n_threads, T m n)
     = d W_x^T for lista; the caller zeroes and sums them. S holds the target
-    codes of the supervised loss.
+    codes of the supervised loss. own_gemm and gemm_rows: as in forward.
     """
     cdef Py_ssize_t N = X.shape[0], t
     cdef NetCtx c
@@ -1329,6 +1341,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.loss = loss
         c.rst = rst
         c.rho = rho
+        c.own_gemm = own_gemm
         c.inv_n = 1.0 / N
         c.bad = NULL
         with nogil:

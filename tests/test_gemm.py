@@ -1,0 +1,119 @@
+"""fastlista's row-major GEMM (_kernels/_gemm.h) against NumPy.
+
+The networks' dense layers multiply through it where BLAS would pack every
+call (``_kernels._gemm.OWN_GEMM``); here it is called directly, whatever the
+CPU, and compared with a float64 NumPy product within the rounding bound of
+a K-term dot product.
+"""
+import numpy as np
+import pytest
+
+from fastlista._kernels import _gemm
+
+
+def bound(alpha, A, B, beta, C0):
+    """Elementwise bound on |fl(alpha A B + beta C) - (alpha A B + beta C)|:
+    (K + 2) u (|alpha| |A| |B| + |beta| |C|), u the unit roundoff."""
+    u = np.finfo(A.dtype).eps / 2
+    K = A.shape[1]
+    scale = abs(alpha) * (np.abs(A).astype(float) @ np.abs(B).astype(float))
+    if beta != 0:
+        scale = scale + abs(beta) * np.abs(C0).astype(float)
+    return (K + 2) * u * scale + np.finfo(A.dtype).tiny
+
+
+def check(M, N, K, alpha, beta, dtype, seed=0, pad=(2, 3, 1)):
+    """One product on slices of wider arrays (leading dimensions beyond the
+    widths); the columns beyond N and the rows are left as they were."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K + pad[0])).astype(dtype)
+    B = rng.standard_normal((K, N + pad[1])).astype(dtype)
+    C = rng.standard_normal((M, N + pad[2])).astype(dtype)
+    C0 = C.copy()
+    if beta == 0:
+        C[:, :N] = np.nan          # never read
+    _gemm.gemm(alpha, A[:, :K], B[:, :N], beta, C[:, :N])
+    a, b = A[:, :K].astype(float), B[:, :N].astype(float)
+    expected = alpha * (a @ b) + (beta * C0[:, :N].astype(float) if beta != 0 else 0)
+    assert np.all(np.abs(C[:, :N] - expected)
+                  <= bound(alpha, A[:, :K], B[:, :N], beta, C0[:, :N]))
+    np.testing.assert_array_equal(C[:, N:], C0[:, N:])
+    return C[:, :N]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, N, K", [
+    (1, 1, 1), (7, 3, 5), (6, 16, 256), (6, 8, 64), (13, 17, 300), (5, 33, 600),
+    (250, 64, 256), (250, 256, 64), (11, 40, 257), (3, 1, 513)])
+@pytest.mark.parametrize("alpha, beta", [(1, 0), (-0.5, 1), (1, -1), (1.5, 0.25)])
+def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype):
+    # full and partial register tiles (6 rows, 2 vectors of columns), K cut
+    # into panels of 256, and the four (alpha, beta) the kernels use
+    check(M, N, K, alpha, beta, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_degenerate_shapes(dtype):
+    # K = 0: C = beta C (0 where beta = 0, even over NaN); M or N = 0: nothing
+    C = np.full((3, 4), np.nan, dtype)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 0.0, C)
+    np.testing.assert_array_equal(C, 0)
+    C = np.arange(12, dtype=dtype).reshape(3, 4)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 2.0, C)
+    np.testing.assert_array_equal(C, 2 * np.arange(12).reshape(3, 4))
+    C = np.empty((0, 4), dtype)
+    _gemm.gemm(1.0, np.empty((0, 5), dtype), np.ones((5, 4), dtype), 0.0, C)
+    with pytest.raises(ValueError, match="shapes"):
+        _gemm.gemm(1.0, np.ones((3, 5), dtype), np.ones((4, 4), dtype), 0.0,
+                   np.ones((3, 4), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_propagates_non_finite_values(dtype):
+    # as BLAS: a NaN or inf in a row of A (or in C, with beta != 0) reaches
+    # that row of C, and no other
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((9, 20)).astype(dtype)
+    B = rng.standard_normal((20, 18)).astype(dtype)
+    A[2, 7] = np.nan
+    A[7, 3] = np.inf
+    C = rng.standard_normal((9, 18)).astype(dtype)
+    C[4, 5] = np.nan
+    _gemm.gemm(1.0, A, B, 1.0, C)
+    assert np.isnan(C[2]).all() and not np.isfinite(C[7]).any()
+    assert np.isnan(C[4, 5]) and np.isfinite(np.delete(C[4], 5)).all()
+    assert np.isfinite(C[[0, 1, 3, 5, 6, 8]]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_rows_do_not_depend_on_the_call(dtype):
+    # a row's values depend on that row only (its tile, its position and the
+    # number of rows in the call do not change its rounding), so that blocks
+    # of any height give the same codes
+    full = check(23, 40, 300, 1.0, 0.0, dtype, seed=3)
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((23, 302)).astype(dtype)[:, :300]
+    B = rng.standard_normal((300, 43)).astype(dtype)[:, :40]
+    for start, stop in [(0, 1), (5, 6), (1, 7), (4, 23), (17, 23)]:
+        C = np.empty((stop - start, 40), dtype)
+        _gemm.gemm(1.0, np.ascontiguousarray(A[start:stop]), B, 0.0, C)
+        np.testing.assert_array_equal(C, full[start:stop])
+
+
+def test_own_gemm_only_where_blas_packs_and_avx2_runs():
+    """The networks use _gemm.h only on a CPU without AVX-512 (BLAS packs
+    small calls) with AVX2 and FMA (its vector code runs)."""
+    import platform
+    import sys
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        assert not _gemm.OWN_GEMM
+        return
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    if _gemm.OWN_GEMM:
+        assert {"avx2", "fma"} <= flags and "avx512f" not in flags
+    if "avx512f" in flags:
+        assert not _gemm.OWN_GEMM
