@@ -117,3 +117,72 @@ def test_own_gemm_only_where_blas_packs_and_avx2_runs():
         assert {"avx2", "fma"} <= flags and "avx512f" not in flags
     if "avx512f" in flags:
         assert not _gemm.OWN_GEMM
+
+
+def step_reference(A, B, step, thr, positive, Z):
+    """NumPy: OP(Z - step A B, thr) row by row (OP: ST or its one-sided
+    version), the product and step in float64."""
+    V = Z.astype(float) - step * (A.astype(float) @ B.astype(float))
+    s = thr.astype(float)[:, None]
+    return np.maximum(V - s, 0) if positive else np.sign(V) * np.maximum(np.abs(V) - s, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 19, 5), (13, 32, 64), (250, 256, 64),
+                                     (6, 40, 256), (5, 3, 0)])
+def test_gemm_step_matches_numpy(M, N, K, positive, dtype):
+    # the forward's fused gradient step: Z <- OP(Z - step A B, thr) with each
+    # row's threshold, the non-zeros counted and the signs written
+    rng = np.random.default_rng(M + N + K)
+    A = rng.standard_normal((M, K + 1)).astype(dtype)[:, :K]
+    B = rng.standard_normal((K, N + 2)).astype(dtype)[:, :N]
+    Z = rng.standard_normal((M, N)).astype(dtype)
+    thr = rng.uniform(0, 1.5, M).astype(dtype)
+    step = 0.3
+    expected = step_reference(A, B, step, thr, positive, Z)
+    sg = np.full((M, N), 7, np.int8)
+    Z0 = Z.copy()
+    nnz = _gemm.gemm_step(A, B, step, thr, positive, Z, sg)
+    # within the rounding of the product, the step and the threshold
+    u = np.finfo(dtype).eps / 2
+    err = (K + 4) * u * (np.abs(Z0) + step * (np.abs(A).astype(float) @ np.abs(B))
+                         + thr[:, None])
+    assert np.all(np.abs(Z - expected) <= err)
+    # the count and the signs are those of the returned codes, exactly
+    assert nnz == np.count_nonzero(Z)
+    np.testing.assert_array_equal(sg, np.sign(Z).astype(np.int8))
+    # and without signs, the same codes
+    Z2 = Z0.copy()
+    assert _gemm.gemm_step(A, B, step, thr, positive, Z2) == nnz
+    np.testing.assert_array_equal(Z2, Z)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_step_zero_and_infinite_thresholds_and_nan(dtype):
+    # thr = 0 keeps every entry (ST(v, 0) = v), thr = inf zeroes its row;
+    # NaN in a row of A is a non-zero with sign -1 (as the row kernels of
+    # _simd.h count it), and stays in its row
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((8, 16)).astype(dtype)
+    B = rng.standard_normal((16, 24)).astype(dtype)
+    A[3, 2] = np.nan
+    Z = rng.standard_normal((8, 24)).astype(dtype)
+    thr = np.zeros(8, dtype)
+    thr[5] = np.inf                      # everything thresholded to zero
+    expected = Z.astype(float) - 0.5 * (A.astype(float) @ B)
+    err = 18 * np.finfo(dtype).eps * (np.abs(Z) + 0.5 * (np.abs(A).astype(float) @ np.abs(B)))
+    sg = np.zeros((8, 24), np.int8)
+    nnz = _gemm.gemm_step(A, B, 0.5, thr, False, Z, sg)
+    assert np.isnan(Z[3]).all() and (sg[3] == -1).all()
+    np.testing.assert_array_equal(Z[5], 0)
+    ok = [0, 1, 2, 4, 6, 7]
+    assert np.all(np.abs(Z[ok] - expected[ok]) <= err[ok])
+    assert nnz == np.count_nonzero(Z)
+
+
+def test_gemm_step_rejects_long_sums():
+    # the step needs the whole sum in one panel of the kernel (K <= 256)
+    with pytest.raises(ValueError, match="K = 257"):
+        _gemm.gemm_step(np.ones((2, 257)), np.ones((257, 3)), 1.0, np.zeros(2), False,
+                        np.zeros((2, 3)))

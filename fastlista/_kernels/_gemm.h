@@ -22,26 +22,29 @@
 
    beta == 0 never reads C (BLAS semantics: NaN in C does not leak). */
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
-#include "_simd.h"      /* FL_SIMD: the per-ISA clones */
+#include "_simd.h"      /* FL_SIMD (the per-ISA clones), fl_?_st, fl_?_pst */
 
 #define FL_GEMM_MR 6
 #define FL_GEMM_KC 256
 
 typedef float fl_s_vec __attribute__((vector_size(32)));
 typedef double fl_d_vec __attribute__((vector_size(32)));
+typedef int32_t fl_s_ivec __attribute__((vector_size(32)));
+typedef int64_t fl_d_ivec __attribute__((vector_size(32)));
 #define FL_SPLAT_fl_s(x) {x, x, x, x, x, x, x, x}
 #define FL_SPLAT_fl_d(x) {x, x, x, x}
 
 /* The register tile, written out in the body of the cloned function (an
    inline helper would be lowered for the baseline ISA before it is
    inlined into the x86-64-v3 clone, spilling and splitting its vectors):
-   C[:R, :nc] = alpha A[:R, :kc] Bp + bt C[:R, :nc], with Bp the packed
-   kc x NR panel (zero beyond column nc) and R a constant. */
-#define FL_GEMM_TILE(T, V, P, R, A_, C_)                                   \
+   acc = A[:R, :kc] Bp, with Bp the packed kc x NR panel (zero beyond
+   column nc) and R a constant; then EPI(T, V, P, r, acc0, acc1) stores row
+   r's two vectors of acc (columns j0 + [0, NR) of the tile's row i + r). */
+#define FL_GEMM_TILE(T, V, P, R, EPI)                                      \
     {                                                                     \
-        const T *a_ = (A_);                                               \
-        T *c_ = (C_);                                                     \
+        const T *a_ = a + (ptrdiff_t) i * lda;                            \
         V c0[R], c1[R];                                                   \
         for (int r = 0; r < (R); r++) { c0[r] = (V){0}; c1[r] = (V){0}; } \
         _Pragma("GCC unroll 4")                                           \
@@ -57,40 +60,134 @@ typedef double fl_d_vec __attribute__((vector_size(32)));
             }                                                             \
         }                                                                 \
         for (int r = 0; r < (R); r++) {                                   \
-            T *c = c_ + r * (ptrdiff_t) ldc;                              \
-            V o0 = va * c0[r], o1 = va * c1[r];                           \
-            if (nc == NR) {                                               \
-                if (bt != 0) {                                            \
-                    V p0, p1;                                             \
-                    memcpy(&p0, c, sizeof p0);                            \
-                    memcpy(&p1, c + W, sizeof p1);                        \
-                    o0 += vb * p0;                                        \
-                    o1 += vb * p1;                                        \
-                }                                                         \
-                memcpy(c, &o0, sizeof o0);                                \
-                memcpy(c + W, &o1, sizeof o1);                            \
-            } else {                                                      \
-                T o[2 * (sizeof(V) / sizeof(T))];                         \
-                memcpy(o, &o0, sizeof o0);                                \
-                memcpy(o + W, &o1, sizeof o1);                            \
-                for (int j = 0; j < nc; j++)                              \
-                    c[j] = bt != 0 ? o[j] + bt * c[j] : o[j];             \
-            }                                                             \
+            EPI(T, V, P, r, c0[r], c1[r])                                 \
         }                                                                 \
     }
 
+/* Every row tile of a packed panel: i runs over the rows, 6 at a time,
+   then the 1-5 left */
+#define FL_GEMM_ROWS(T, V, P, EPI)                                         \
+    {                                                                     \
+        int i = 0;                                                        \
+        for (; i + FL_GEMM_MR <= M; i += FL_GEMM_MR)                      \
+            FL_GEMM_TILE(T, V, P, FL_GEMM_MR, EPI)                        \
+        switch (M - i) {                                                  \
+        case 5: FL_GEMM_TILE(T, V, P, 5, EPI) break;                      \
+        case 4: FL_GEMM_TILE(T, V, P, 4, EPI) break;                      \
+        case 3: FL_GEMM_TILE(T, V, P, 3, EPI) break;                      \
+        case 2: FL_GEMM_TILE(T, V, P, 2, EPI) break;                      \
+        case 1: FL_GEMM_TILE(T, V, P, 1, EPI) break;                      \
+        default: break;                                                   \
+        }                                                                 \
+    }
+
+/* B[kb:kb + kc, j0:j0 + nc] into the panel Bp, zero-padded to NR columns */
+#define FL_GEMM_PACK(T)                                                    \
+    for (int k = 0; k < kc; k++) {                                        \
+        const T *b = B + (ptrdiff_t) (kb + k) * ldb + j0;                 \
+        T *p = Bp + (ptrdiff_t) k * NR;                                   \
+        for (int j = 0; j < nc; j++) p[j] = b[j];                         \
+        for (int j = nc; j < NR; j++) p[j] = 0;                           \
+    }
+
+/* Epilogue of the plain product: C = alpha acc + bt C0 (bt = 0: C0 unread) */
+#define FL_GEMM_EPI_AXPBY(T, V, P, r, acc0, acc1)                          \
+    {                                                                     \
+        T *c = C + (ptrdiff_t) (i + r) * ldc + j0;                        \
+        const T *q = C0 + (ptrdiff_t) (i + r) * ldc0 + j0;                \
+        V o0 = va * (acc0), o1 = va * (acc1);                             \
+        if (nc == NR) {                                                   \
+            if (bt != 0) {                                                \
+                V p0, p1;                                                 \
+                memcpy(&p0, q, sizeof p0);                                \
+                memcpy(&p1, q + W, sizeof p1);                            \
+                o0 += vb * p0;                                            \
+                o1 += vb * p1;                                            \
+            }                                                             \
+            memcpy(c, &o0, sizeof o0);                                    \
+            memcpy(c + W, &o1, sizeof o1);                                \
+        } else {                                                          \
+            T o[NR];                                                      \
+            memcpy(o, &o0, sizeof o0);                                    \
+            memcpy(o + W, &o1, sizeof o1);                                \
+            for (int j = 0; j < nc; j++)                                  \
+                c[j] = bt != 0 ? o[j] + bt * q[j] : o[j];                 \
+        }                                                                 \
+    }
+
+/* The thresholds of _simd.h (P##_st, P##_pst) on vectors, select by
+   select with the same comparisons, so that every entry (NaN and -0
+   included) gets the value of the scalar function:
+   ST(v, s) = v - c, c = max(min(v, s), -s); PST(v, s) = max(v - s, 0). */
+#define FL_VSEL(IV, V, m, x, y) ((V) (((m) & (IV) (x)) | (~(m) & (IV) (y))))
+#define FL_VST(IV, V, v, s)                                                \
+    ({ V v_ = (v), s_ = (s), n_ = -s_;                                    \
+       V c_ = FL_VSEL(IV, V, v_ < s_, v_, s_);                            \
+       c_ = FL_VSEL(IV, V, c_ > n_, c_, n_);                              \
+       v_ - c_; })
+#define FL_VPST(IV, V, v, s)                                               \
+    ({ V r_ = (v) - (s);                                                  \
+       FL_VSEL(IV, V, r_ < (V){0}, (V){0}, r_); })
+
+/* Epilogue of the fused gradient step: z <- OP(z - step acc, thr[i + r])
+   on the tile's columns of row i + r (OP: P##_st, or P##_pst for the
+   one-sided threshold; VOP the same on vectors), the non-zeros (NaN
+   included) counted lane by lane in n0, n1 (summed once, at the end), the
+   signs (1, -1, 0; NaN -1) written to sg when given: entry by entry the
+   operations of P##_st_step and P##_st_step_sign in _simd.h. */
+#define FL_GEMM_EPI_STEP(T, V, P, r, acc0, acc1, IV, VOP, OP)              \
+    {                                                                     \
+        T *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                        \
+        const T s = thr[i + r];                                           \
+        T o[NR];                                                          \
+        if (nc == NR) {                                                   \
+            V z0, z1;                                                     \
+            const V vs = FL_SPLAT_##P(s);                                 \
+            memcpy(&z0, z, sizeof z0);                                    \
+            memcpy(&z1, z + W, sizeof z1);                                \
+            V o0 = VOP(IV, V, z0 - vstep * (acc0), vs);                   \
+            V o1 = VOP(IV, V, z1 - vstep * (acc1), vs);                   \
+            memcpy(z, &o0, sizeof o0);                                    \
+            memcpy(z + W, &o1, sizeof o1);                                \
+            n0 -= (IV) (o0 != (V){0});                /* NaN != 0 */      \
+            n1 -= (IV) (o1 != (V){0});                                    \
+            if (sg != NULL) {                                             \
+                memcpy(o, &o0, sizeof o0);                                \
+                memcpy(o + W, &o1, sizeof o1);                            \
+            }                                                             \
+        } else {                                                          \
+            memcpy(o, &(acc0), sizeof(V));                                \
+            memcpy(o + W, &(acc1), sizeof(V));                            \
+            for (int j = 0; j < nc; j++) {                                \
+                o[j] = OP(z[j] - step * o[j], s);                         \
+                z[j] = o[j];                                              \
+                tail += o[j] != 0;                                        \
+            }                                                             \
+        }                                                                 \
+        if (sg != NULL) {                                                 \
+            signed char *g = sg + (ptrdiff_t) (i + r) * ldsg + j0;        \
+            for (int j = 0; j < nc; j++)                                  \
+                g[j] = (signed char) ((o[j] > 0) - !(o[j] >= 0));         \
+        }                                                                 \
+    }
+#define FL_GEMM_EPI_STEP_ST(T, V, P, r, acc0, acc1)                        \
+    FL_GEMM_EPI_STEP(T, V, P, r, acc0, acc1, P##_ivec, FL_VST, P##_st)
+#define FL_GEMM_EPI_STEP_PST(T, V, P, r, acc0, acc1)                       \
+    FL_GEMM_EPI_STEP(T, V, P, r, acc0, acc1, P##_ivec, FL_VPST, P##_pst)
+
 #define FL_DEFINE_GEMM(T, V, P)                                            \
-/* C = alpha A B + beta C (row-major; see the top of the file) */         \
-static FL_SIMD void P##_gemm(int M, int N, int K, T alpha, const T *A,     \
-                             int lda, const T *B, int ldb, T beta, T *C,  \
-                             int ldc) {                                   \
+/* C = alpha A B + beta C0 (row-major; see the top of the file); C0 may   \
+   be C, and is not read where beta = 0 */                                \
+static FL_SIMD void P##_gemm_from(int M, int N, int K, T alpha, const T *A, \
+                                  int lda, const T *B, int ldb, T beta,   \
+                                  const T *C0, int ldc0, T *C, int ldc) { \
     enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
     T Bp[FL_GEMM_KC * NR] __attribute__((aligned(32)));                   \
     if (K <= 0) {                                                         \
         for (int i = 0; i < M; i++)                                       \
             for (int j = 0; j < N; j++)                                   \
                 C[(ptrdiff_t) i * ldc + j] = beta != 0                    \
-                    ? beta * C[(ptrdiff_t) i * ldc + j] : 0;              \
+                    ? beta * C0[(ptrdiff_t) i * ldc0 + j] : 0;            \
         return;                                                           \
     }                                                                     \
     const V va = FL_SPLAT_##P(alpha);                                     \
@@ -98,35 +195,49 @@ static FL_SIMD void P##_gemm(int M, int N, int K, T alpha, const T *A,     \
         const int kc = K - kb < FL_GEMM_KC ? K - kb : FL_GEMM_KC;         \
         const T bt = kb == 0 ? beta : 1;                                  \
         const V vb = FL_SPLAT_##P(bt);                                    \
+        if (kb > 0) { C0 = C; ldc0 = ldc; }    /* accumulate from here */ \
         for (int j0 = 0; j0 < N; j0 += NR) {                              \
             const int nc = N - j0 < NR ? N - j0 : NR;                     \
-            for (int k = 0; k < kc; k++) {                                \
-                const T *b = B + (ptrdiff_t) (kb + k) * ldb + j0;         \
-                T *p = Bp + (ptrdiff_t) k * NR;                           \
-                for (int j = 0; j < nc; j++) p[j] = b[j];                 \
-                for (int j = nc; j < NR; j++) p[j] = 0;                   \
-            }                                                             \
+            FL_GEMM_PACK(T)                                               \
             const T *a = A + kb;                                          \
-            T *c = C + j0;                                                \
-            int i = 0;                                                    \
-            for (; i + FL_GEMM_MR <= M; i += FL_GEMM_MR)                  \
-                FL_GEMM_TILE(T, V, P, FL_GEMM_MR, a + (ptrdiff_t) i * lda, \
-                             c + (ptrdiff_t) i * ldc)                     \
-            switch (M - i) {                                              \
-            case 5: FL_GEMM_TILE(T, V, P, 5, a + (ptrdiff_t) i * lda,     \
-                                 c + (ptrdiff_t) i * ldc) break;          \
-            case 4: FL_GEMM_TILE(T, V, P, 4, a + (ptrdiff_t) i * lda,     \
-                                 c + (ptrdiff_t) i * ldc) break;          \
-            case 3: FL_GEMM_TILE(T, V, P, 3, a + (ptrdiff_t) i * lda,     \
-                                 c + (ptrdiff_t) i * ldc) break;          \
-            case 2: FL_GEMM_TILE(T, V, P, 2, a + (ptrdiff_t) i * lda,     \
-                                 c + (ptrdiff_t) i * ldc) break;          \
-            case 1: FL_GEMM_TILE(T, V, P, 1, a + (ptrdiff_t) i * lda,     \
-                                 c + (ptrdiff_t) i * ldc) break;          \
-            default: break;                                               \
-            }                                                             \
+            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI_AXPBY)                      \
         }                                                                 \
     }                                                                     \
+}                                                                         \
+/* C = alpha A B + beta C */                                              \
+static void P##_gemm(int M, int N, int K, T alpha, const T *A, int lda,   \
+                     const T *B, int ldb, T beta, T *C, int ldc) {        \
+    P##_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, C, ldc);  \
+}                                                                         \
+/* The gradient step of a dense layer, fused into the product: Z[i] <-   \
+   OP(Z[i] - step (A B)[i], thr[i]) for the M rows (OP: ST, or the        \
+   one-sided threshold if positive), sg[i] <- the signs of the result    \
+   (unless sg is NULL); returns the non-zeros. Needs K <= FL_GEMM_KC (the \
+   whole sum is in the tile when the step is taken). */                  \
+static FL_SIMD ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A,    \
+                                       int lda, const T *B, int ldb,      \
+                                       T step, const T *thr, int positive, \
+                                       T *Z, int ldz, signed char *sg,    \
+                                       int ldsg) {                        \
+    enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
+    T Bp[FL_GEMM_KC * NR] __attribute__((aligned(32)));                   \
+    P##_ivec n0 = {0}, n1 = {0};                                          \
+    ptrdiff_t tail = 0;                                                   \
+    const V vstep = FL_SPLAT_##P(step);                                   \
+    const int kb = 0, kc = K;                                             \
+    for (int j0 = 0; j0 < N; j0 += NR) {                                  \
+        const int nc = N - j0 < NR ? N - j0 : NR;                         \
+        FL_GEMM_PACK(T)                                                   \
+        const T *a = A;                                                   \
+        if (positive) {                                                   \
+            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI_STEP_PST)                   \
+        } else {                                                          \
+            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI_STEP_ST)                    \
+        }                                                                 \
+    }                                                                     \
+    ptrdiff_t nnz = tail;                                                 \
+    for (int j = 0; j < W; j++) nnz += (ptrdiff_t) n0[j] + (ptrdiff_t) n1[j]; \
+    return nnz;                                                           \
 }
 
 FL_DEFINE_GEMM(float, fl_s_vec, fl_s)

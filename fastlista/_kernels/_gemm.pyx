@@ -18,7 +18,7 @@ and the networks keep calling it.
 from cython cimport floating
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
-from ._gemm cimport fl_gemm_vectorized, own_gemm
+from ._gemm cimport FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_step
 
 #: The networks' dense layers multiply through _gemm.h: BLAS would pack
 #: every call, and the AVX2 + FMA code of _gemm.h runs on this CPU.
@@ -48,3 +48,37 @@ def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
     with nogil:
         own_gemm(<int> M, <int> N, <int> K, <floating> alpha, &A[0, 0] if K > 0 else NULL, lda,
                  &B[0, 0] if K > 0 else NULL, ldb, <floating> beta, &C[0, 0], ldc)
+
+
+def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr,
+              bint positive, floating[:, :] Z, signed char[:, :] sg=None):
+    """Z[i] <- ST(Z[i] - step (A B)[i], thr[i]) in place through _gemm.h
+    (one-sided if positive), the signs of the result into sg if given;
+    returns the non-zeros of the new Z (NaN counted). For the tests, as gemm:
+    A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8."""
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    if B.shape[0] != K or Z.shape[0] != M or Z.shape[1] != N or thr.shape[0] != M:
+        raise ValueError(f"gemm_step: shapes {(M, K)} @ {(B.shape[0], N)} into "
+                         f"{(Z.shape[0], Z.shape[1])}, {thr.shape[0]} thresholds")
+    if K > FL_GEMM_KC:
+        raise ValueError(f"gemm_step: K = {K} > {FL_GEMM_KC}")
+    if sg is not None and (sg.shape[0] != M or sg.shape[1] != N):
+        raise ValueError("gemm_step: sg must have Z's shape")
+    for name, a in (("A", A), ("B", B), ("Z", Z)):
+        if a.shape[0] > 1 and a.shape[1] > 1 and a.strides[1] != sizeof(floating):
+            raise ValueError(f"gemm_step: {name} needs unit stride along its rows")
+    if sg is not None and M > 1 and N > 1 and sg.strides[1] != 1:
+        raise ValueError("gemm_step: sg needs unit stride along its rows")
+    cdef int lda = max(1, A.strides[0] // sizeof(floating))
+    cdef int ldb = max(1, B.strides[0] // sizeof(floating))
+    cdef int ldz = max(1, Z.strides[0] // sizeof(floating))
+    cdef int ldsg = max(1, sg.strides[0]) if sg is not None else 0
+    cdef signed char *sgp = &sg[0, 0] if sg is not None and M > 0 and N > 0 else NULL
+    cdef Py_ssize_t nnz
+    if M == 0 or N == 0:
+        return 0
+    with nogil:
+        nnz = own_gemm_step(<int> M, <int> N, <int> K, &A[0, 0] if K > 0 else NULL, lda,
+                            &B[0, 0] if K > 0 else NULL, ldb, <floating> step,
+                            &thr[0], positive, &Z[0, 0], ldz, sgp, ldsg)
+    return nnz

@@ -78,7 +78,7 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
 
 
 from ._blas cimport axpy, dot, gemm
-from ._gemm cimport own_gemm
+from ._gemm cimport FL_GEMM_KC, own_gemm, own_gemm_from, own_gemm_step
 from ._prox cimport sign, threshold
 
 
@@ -404,6 +404,9 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
                 R[i * n + k] = -X[i * n + k]
             gather_rows(ptr[i + 1] - ptr[i], &idx[ptr[i]], &val[ptr[i]], 1,
                         D, n, &R[i * n])
+    elif d.own_gemm:
+        own_gemm_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, D, <int> n, -1, X,
+                      <int> n, R, <int> n)
     else:
         memcpy(R, X, nb * n * sizeof(floating))
         row_gemm(d, n, m, 1, Z, m, D, n, -1, R, n)
@@ -552,7 +555,7 @@ cdef void residual_forward_block(
     cdef floating *u = U        # scratch: a block (dense layers), a row (sparse)
     cdef int *pin
     cdef int *pout
-    cdef bint sparse, zdense = True
+    cdef bint sparse, zdense = True, fused = False
 
     if d.shared:
         # c = x W^T, the constant part of the gradient step
@@ -606,6 +609,7 @@ cdef void residual_forward_block(
             if not zdense:
                 expand_block(d, z, pin, &idx[s_in * cap], &val[s_in * cap])
                 zdense = True
+            fused = False
             if d.shared and d.gram and not sparse:
                 # u = z M - c  (one GEMM through the Gram matrix)
                 row_gemm(d, m, m, 1, z, m, M, m, 0, u, m)
@@ -616,13 +620,22 @@ cdef void residual_forward_block(
                 Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else R
                 residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
                               &idx[s_in * cap], &val[s_in * cap], Rt)
-                row_gemm(d, m, n, 1, Rt, n, WTt, m, 0, u, m)
+                fused = d.own_gemm and d.ks == NULL and n <= FL_GEMM_KC
+                if not fused:
+                    row_gemm(d, m, n, 1, Rt, n, WTt, m, 0, u, m)
             # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
             # row's lmbd); with support selection the ks[t] largest entries
-            # of z - a u pass unthresholded
+            # of z - a u pass unthresholded. Fused: the step is taken as
+            # _gemm.h stores each tile of u = r W^T, never stored (its
+            # first nb entries hold the rows' thresholds)
             sg = <signed char *> &val[s_out * cap] if store and Rst != NULL else NULL
             nnz = 0
-            for i in range(nb):
+            if fused:
+                for i in range(nb):
+                    u[i] = <floating> (lam[i] * thr[t])
+                nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
+                                    <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
+            for i in range(0 if fused else nb):
                 if d.ks != NULL and d.ks[t] > 0:
                     for j in range(m):
                         z[i * m + j] -= a * u[i * m + j]
