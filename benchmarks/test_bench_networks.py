@@ -27,6 +27,12 @@ float32 ones carry " float32" in their name):
   (recorded in ``extra_info["peak_extra_mb"]``; the times of that group
   include the interpreter start and mean nothing).
 
+The interleaved runs (below) add, where the networks' dense layers multiply
+through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: no
+AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
+``SLISTA loss_and_grad 0.1 / through BLAS``: the same calls with BLAS
+instead, without a target.
+
 torch's calls run after two untimed ones (a cold float32 call page-faults
 its buffers). The torch entries are skipped when torch is not installed.
 Run::
@@ -47,6 +53,8 @@ import pytest
 
 import fastlista
 from fastlista import Lista
+from fastlista._kernels._gemm import OWN_GEMM
+from fastlista._networks import _execution as execution
 
 N_LAYERS = 30
 FORWARD_TARGET = {0.1: 1 / 3, 0.8: 1 / 12}
@@ -376,6 +384,15 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
             torch_case("LISTA-CP loss_and_grad 0.1 / torch" + sfx, ("coupled", 0.1),
                        "loss_and_grad", COUPLED_TARGET),
         ]
+        if OWN_GEMM:
+            # where the dense layers multiply through _gemm.h: the same calls
+            # with BLAS instead (no target: what the kernel buys)
+            for method, name in [("transform", "forward"), ("loss_and_grad",
+                                                          "loss_and_grad")]:
+                cases.append(Case(f"SLISTA {name} 0.1 / through BLAS" + sfx,
+                                  timer(getattr(nets["step", 0.1], method), X),
+                                  timer(through_blas(getattr(nets["step", 0.1], method)),
+                                        X)))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
@@ -383,6 +400,17 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                       DTYPE_TARGET))
     cases = [c for c in cases if c is not None and (keyword is None or keyword in c.name)]
     return interleave.run(cases, n_rounds, prime=TORCH_PRIME, verbose=verbose)
+
+
+def through_blas(method):
+    """``method`` with the networks' dense products in BLAS, not _gemm.h."""
+    def call(*args):
+        default, execution._OWN_GEMM = execution._OWN_GEMM, False
+        try:
+            return method(*args)
+        finally:
+            execution._OWN_GEMM = default
+    return call
 
 
 def _torch_reference_module():

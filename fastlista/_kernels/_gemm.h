@@ -7,7 +7,8 @@
    Why not BLAS: without AVX-512, OpenBLAS copies ("packs") both operands
    of every call into its panel layouts, and scales C by beta in a pass of
    its own; on the networks' products (a block of 256 rows times a 256 x 64
-   or 64 x 256 matrix) that was 15 % of a float32 forward pass. Here only
+   or 64 x 256 matrix) the copies took 13 % of a float32 forward pass and
+   the beta pass 4 % (perf, AMD Zen 3). Here only
    B is copied, one panel of 2 W columns at a time (W: lanes of a 32-byte
    vector) into a buffer on the stack that stays in L1, and A is read in
    place: its rows are the natural streams of the register tile.
@@ -16,9 +17,11 @@
    accumulators; each k costs two vector loads of the packed panel and six
    broadcasts of A[i, k] (loads, not shuffles: the FMA ports stay free),
    for 12 FMAs. Each accumulator sums its k in order, one FMA a term (the
-   x86-64-v3 clone; the others round a product and a sum), so the result
-   does not depend on M, on the tile a row falls in, or on the thread. K
-   is cut into panels of at most FL_GEMM_KC, beta applies to the first.
+   AVX2 and AVX-512 clones; the baseline one rounds a product and a sum),
+   so the result does not depend on M, on the tile a row falls in, or on
+   the thread. K is cut into panels of at most FL_GEMM_KC, beta applies to
+   the first. The dense layers' gradient step is fused into the product
+   (P##_gemm_step): each tile is thresholded as it is stored.
 
    beta == 0 never reads C (BLAS semantics: NaN in C does not leak). */
 #include <stddef.h>
@@ -28,6 +31,8 @@
 
 #define FL_GEMM_MR 6
 #define FL_GEMM_KC 256
+
+#if defined(__GNUC__) || defined(__clang__)
 
 typedef float fl_s_vec __attribute__((vector_size(32)));
 typedef double fl_d_vec __attribute__((vector_size(32)));
@@ -240,12 +245,54 @@ static FL_SIMD ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A,    \
     return nnz;                                                           \
 }
 
+#else
+/* Without GNU C's vector extensions: plain loops of the same semantics,
+   for the tests (fl_gemm_vectorized() is 0, and the networks use BLAS). */
+#define FL_DEFINE_GEMM(T, V, P)                                            \
+static void P##_gemm_from(int M, int N, int K, T alpha, const T *A,        \
+                          int lda, const T *B, int ldb, T beta,           \
+                          const T *C0, int ldc0, T *C, int ldc) {         \
+    for (int i = 0; i < M; i++)                                           \
+        for (int j = 0; j < N; j++) {                                     \
+            T acc = 0;                                                    \
+            for (int k = 0; k < K; k++)                                   \
+                acc += A[(ptrdiff_t) i * lda + k] * B[(ptrdiff_t) k * ldb + j]; \
+            C[(ptrdiff_t) i * ldc + j] = beta != 0                        \
+                ? alpha * acc + beta * C0[(ptrdiff_t) i * ldc0 + j] : alpha * acc; \
+        }                                                                 \
+}                                                                         \
+static void P##_gemm(int M, int N, int K, T alpha, const T *A, int lda,   \
+                     const T *B, int ldb, T beta, T *C, int ldc) {        \
+    P##_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, C, ldc);  \
+}                                                                         \
+static ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A, int lda,   \
+                               const T *B, int ldb, T step, const T *thr, \
+                               int positive, T *Z, int ldz,               \
+                               signed char *sg, int ldsg) {               \
+    ptrdiff_t nnz = 0;                                                    \
+    for (int i = 0; i < M; i++)                                           \
+        for (int j = 0; j < N; j++) {                                     \
+            T acc = 0, *z = Z + (ptrdiff_t) i * ldz + j, v;               \
+            for (int k = 0; k < K; k++)                                   \
+                acc += A[(ptrdiff_t) i * lda + k] * B[(ptrdiff_t) k * ldb + j]; \
+            v = positive ? P##_pst(*z - step * acc, thr[i])               \
+                         : P##_st(*z - step * acc, thr[i]);               \
+            *z = v;                                                       \
+            nnz += v != 0;                                                \
+            if (sg != NULL)                                               \
+                sg[(ptrdiff_t) i * ldsg + j] = (signed char) ((v > 0) - !(v >= 0)); \
+        }                                                                 \
+    return nnz;                                                           \
+}
+#endif
+
 FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
 
 /* 1 if the calls above run their x86-64-v3 clone (AVX2 and FMA: a GCC 12+
    build with that clone, on a CPU that has both), the code they were
-   written and measured for; else 0 (the baseline code: BLAS is faster). */
+   written and measured for; else 0 (baseline code, or the plain loops:
+   BLAS is faster). */
 static inline int fl_gemm_vectorized(void) {
 #if defined(FL_AVX2_CLONE)
     __builtin_cpu_init();
