@@ -22,13 +22,13 @@ def bound(alpha, A, B, beta, C0):
     return (K + 2) * u * scale + np.finfo(A.dtype).tiny
 
 
-def check(M, N, K, alpha, beta, dtype, seed=0, pad=(2, 3, 1)):
+def check(M, N, K, alpha, beta, dtype):
     """One product on slices of wider arrays (leading dimensions beyond the
-    widths); the columns beyond N and the rows are left as they were."""
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((M, K + pad[0])).astype(dtype)
-    B = rng.standard_normal((K, N + pad[1])).astype(dtype)
-    C = rng.standard_normal((M, N + pad[2])).astype(dtype)
+    widths); the columns of C beyond N are left as they were."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((M, K + 2)).astype(dtype)
+    B = rng.standard_normal((K, N + 3)).astype(dtype)
+    C = rng.standard_normal((M, N + 1)).astype(dtype)
     C0 = C.copy()
     if beta == 0:
         C[:, :N] = np.nan          # never read
@@ -38,7 +38,6 @@ def check(M, N, K, alpha, beta, dtype, seed=0, pad=(2, 3, 1)):
     assert np.all(np.abs(C[:, :N] - expected)
                   <= bound(alpha, A[:, :K], B[:, :N], beta, C0[:, :N]))
     np.testing.assert_array_equal(C[:, N:], C0[:, N:])
-    return C[:, :N]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -83,21 +82,6 @@ def test_gemm_propagates_non_finite_values(dtype):
     assert np.isnan(C[2]).all() and not np.isfinite(C[7]).any()
     assert np.isnan(C[4, 5]) and np.isfinite(np.delete(C[4], 5)).all()
     assert np.isfinite(C[[0, 1, 3, 5, 6, 8]]).all()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_rows_do_not_depend_on_the_call(dtype):
-    # a row's values depend on that row only (its tile, its position and the
-    # number of rows in the call do not change its rounding), so that blocks
-    # of any height give the same codes
-    full = check(23, 40, 300, 1.0, 0.0, dtype, seed=3)
-    rng = np.random.default_rng(3)
-    A = rng.standard_normal((23, 302)).astype(dtype)[:, :300]
-    B = rng.standard_normal((300, 43)).astype(dtype)[:, :40]
-    for start, stop in [(0, 1), (5, 6), (1, 7), (4, 23), (17, 23)]:
-        C = np.empty((stop - start, 40), dtype)
-        _gemm.gemm(1.0, np.ascontiguousarray(A[start:stop]), B, 0.0, C)
-        np.testing.assert_array_equal(C, full[start:stop])
 
 
 def test_own_gemm_only_where_blas_packs_and_avx2_runs():

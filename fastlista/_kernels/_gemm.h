@@ -17,10 +17,8 @@
    accumulators; each k costs two vector loads of the packed panel and six
    broadcasts of A[i, k] (loads, not shuffles: the FMA ports stay free),
    for 12 FMAs. Each accumulator sums its k in order, one FMA a term (the
-   AVX2 and AVX-512 clones; the baseline one rounds a product and a sum),
-   so the result does not depend on M, on the tile a row falls in, or on
-   the thread. K is cut into panels of at most FL_GEMM_KC, beta applies to
-   the first. The dense layers' gradient step is fused into the product
+   AVX2 and AVX-512 clones; the baseline one rounds a product and a sum).
+   K is cut into panels of at most FL_GEMM_KC, beta applies to the first. The dense layers' gradient step is fused into the product
    (P##_gemm_step): each tile is thresholded as it is stored.
 
    beta == 0 never reads C (BLAS semantics: NaN in C does not leak). */
