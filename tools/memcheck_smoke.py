@@ -48,14 +48,16 @@ def main():
                 loss, grads = net.loss_and_grad(X)
                 assert np.isfinite(loss)
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
-                # every layer dense (codes kept as signs), then every layer
-                # sparse (CSR rows): the same gradients
-                for rho in (0.0, 1.1):
-                    networks._SPARSE_DENSITY, saved = rho, networks._SPARSE_DENSITY
+                # every layer dense (codes kept as signs) through either
+                # GEMM (_gemm.h or BLAS), then every layer sparse (CSR
+                # rows): the same gradients
+                for rho, own in ((0.0, True), (0.0, False), (1.1, False)):
+                    saved = networks._SPARSE_DENSITY, networks._OWN_GEMM
+                    networks._SPARSE_DENSITY, networks._OWN_GEMM = rho, own
                     try:
                         _, other = net.loss_and_grad(X)
                     finally:
-                        networks._SPARSE_DENSITY = saved
+                        networks._SPARSE_DENSITY, networks._OWN_GEMM = saved
                     for layer, layer_other in zip(grads, other):
                         for k, g in layer.items():
                             np.testing.assert_allclose(
@@ -63,8 +65,29 @@ def main():
                                 atol=1e-5 * np.abs(g).max())
                 net.loss_and_grad(X, loss="supervised",
                                   Z_target=np.delete(Z_ista, 3, axis=1))
+    _gemm_kernels(rng)
     _dictionary_step(rng)
     print("memcheck smoke: all kernels ran and agreed with NumPy")
+
+
+def _gemm_kernels(rng):
+    """_gemm.h on partial tiles, K cut in two panels, and the fused step."""
+    from fastlista._kernels import _gemm
+
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-3)):
+        A = rng.standard_normal((13, 300)).astype(dtype)
+        B = rng.standard_normal((300, 19)).astype(dtype)
+        C = np.full((13, 19), np.nan, dtype)
+        _gemm.gemm(1.0, A, B, 0.0, C)
+        np.testing.assert_allclose(C, A.astype(float) @ B, rtol=tol, atol=tol * 20)
+        Z = rng.standard_normal((13, 19)).astype(dtype)
+        thr = np.full(13, 0.5, dtype)
+        V = Z.astype(float) - 0.1 * (A[:, :64].astype(float) @ B[:64])
+        expected = np.sign(V) * np.maximum(np.abs(V) - 0.5, 0)
+        sg = np.zeros((13, 19), np.int8)
+        _gemm.gemm_step(A[:, :64], B[:64], 0.1, thr, False, Z, sg)
+        np.testing.assert_allclose(Z, expected, rtol=tol, atol=tol * 20)
+        np.testing.assert_array_equal(sg, np.sign(Z))
 
 
 def _dictionary_step(rng):
