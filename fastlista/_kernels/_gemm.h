@@ -207,11 +207,6 @@ static FL_SIMD void P##_gemm_from(int M, int N, int K, T alpha, const T *A, \
         }                                                                 \
     }                                                                     \
 }                                                                         \
-/* C = alpha A B + beta C */                                              \
-static void P##_gemm(int M, int N, int K, T alpha, const T *A, int lda,   \
-                     const T *B, int ldb, T beta, T *C, int ldc) {        \
-    P##_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, C, ldc);  \
-}                                                                         \
 /* The gradient step of a dense layer, fused into the product: Z[i] <-   \
    OP(Z[i] - step (A B)[i], thr[i]) for the M rows (OP: ST, or the        \
    one-sided threshold if positive), sg[i] <- the signs of the result    \
@@ -259,10 +254,6 @@ static void P##_gemm_from(int M, int N, int K, T alpha, const T *A,        \
                 ? alpha * acc + beta * C0[(ptrdiff_t) i * ldc0 + j] : alpha * acc; \
         }                                                                 \
 }                                                                         \
-static void P##_gemm(int M, int N, int K, T alpha, const T *A, int lda,   \
-                     const T *B, int ldb, T beta, T *C, int ldc) {        \
-    P##_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, C, ldc);  \
-}                                                                         \
 static ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A, int lda,   \
                                const T *B, int ldb, T step, const T *thr, \
                                int positive, T *Z, int ldz,               \
@@ -284,8 +275,17 @@ static ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A, int lda,   \
 }
 #endif
 
+/* C = alpha A B + beta C */
+#define FL_DEFINE_GEMM_IN_PLACE(T, P)                                      \
+static void P##_gemm(int M, int N, int K, T alpha, const T *A, int lda,   \
+                     const T *B, int ldb, T beta, T *C, int ldc) {        \
+    P##_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, C, ldc);  \
+}
+
 FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
+FL_DEFINE_GEMM_IN_PLACE(float, fl_s)
+FL_DEFINE_GEMM_IN_PLACE(double, fl_d)
 
 /* 1 if the calls above run their x86-64-v3 clone (AVX2 and FMA: a GCC 12+
    build with that clone, on a CPU that has both), the code they were
