@@ -31,7 +31,9 @@ The interleaved runs (below) add, where the networks' dense layers multiply
 through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: no
 AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
 ``SLISTA loss_and_grad 0.1 / through BLAS``: the same calls with BLAS
-instead, without a target.
+instead, without a target; and ``fused step with signs / plain product``:
+the training forward's gradient step, fused into the product u = r D^T of
+one 256-row block, against that product alone (what the epilogue costs).
 
 torch's calls run after two untimed ones (a cold float32 call page-faults
 its buffers). The torch entries are skipped when torch is not installed.
@@ -393,6 +395,7 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                   timer(getattr(nets["step", 0.1], method), X),
                                   timer(through_blas(getattr(nets["step", 0.1], method)),
                                         X)))
+            cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
@@ -400,6 +403,27 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                       DTYPE_TARGET))
     cases = [c for c in cases if c is not None and (keyword is None or keyword in c.name)]
     return interleave.run(cases, n_rounds, prime=TORCH_PRIME, verbose=verbose)
+
+
+def fused_step_case(X, D, net, sfx):
+    """The forward's fused gradient step on one 256-row block (threshold,
+    non-zero count and signs in the epilogue of u = r D^T) against the plain
+    product at the same shape, both through _gemm.h on one thread: what the
+    epilogue costs (no target; 1 would be free)."""
+    from interleave import Case, repeated
+
+    from fastlista._kernels import _gemm
+
+    Z = np.ascontiguousarray(net.transform(X[:256]))
+    R = Z @ D - X[:256]
+    WT = np.ascontiguousarray(D.T)
+    U = np.empty_like(Z)
+    sg = np.empty(Z.shape, np.int8)
+    step = float(net.parameters[-1]["alpha"])       # SLISTA: ST(z - a u, a lmbd)
+    thr = np.full(len(Z), step * net.lmbd, Z.dtype)
+    return Case("fused step with signs / plain product, 256 x 64 x 256" + sfx,
+                repeated(_gemm.gemm_step, 50, R, WT, step, thr, False, Z, sg),
+                repeated(_gemm.gemm, 50, 1.0, R, WT, 0.0, U))
 
 
 def through_blas(method):

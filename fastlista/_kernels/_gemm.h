@@ -132,6 +132,43 @@ typedef int64_t fl_d_ivec __attribute__((vector_size(32)));
     ({ V r_ = (v) - (s);                                                  \
        FL_VSEL(IV, V, r_ < (V){0}, (V){0}, r_); })
 
+/* The signs of the 2 W lanes of v0, v1 (1, -1, 0; NaN -1: the scalar
+   (v > 0) - !(v >= 0)) stored as bytes at g. As integer lanes a true
+   comparison is -1, so the sign is -1 - [v > 0] - [v >= 0]; the low byte
+   of each lane is then picked by one byte shuffle (GCC 12, clang; little
+   endian), else the lanes are written one by one. */
+#if defined(__has_builtin) && defined(__BYTE_ORDER__)
+#  if __has_builtin(__builtin_shufflevector) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#    define FL_SHUFFLE_BYTES 1
+#  endif
+#endif
+#ifdef FL_SHUFFLE_BYTES
+typedef signed char fl_bytes32 __attribute__((vector_size(32)));
+typedef signed char fl_s_bytes __attribute__((vector_size(16)));
+typedef signed char fl_d_bytes __attribute__((vector_size(8)));
+#define FL_VSIGN(IV, v) ((IV) {0} - 1 - (IV) ((v) > 0) - (IV) ((v) >= 0))
+#define FL_LOW_BYTES_fl_s(s0, s1)                                          \
+    __builtin_shufflevector((fl_bytes32) (s0), (fl_bytes32) (s1), 0, 4, 8, \
+                            12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60)
+#define FL_LOW_BYTES_fl_d(s0, s1)                                          \
+    __builtin_shufflevector((fl_bytes32) (s0), (fl_bytes32) (s1), 0, 8,   \
+                            16, 24, 32, 40, 48, 56)
+#define FL_STORE_SIGNS(T, IV, P, v0, v1, g)                                \
+    {                                                                     \
+        P##_bytes b_ = FL_LOW_BYTES_##P(FL_VSIGN(IV, v0), FL_VSIGN(IV, v1)); \
+        memcpy((g), &b_, sizeof b_);                                      \
+    }
+#else
+#define FL_STORE_SIGNS(T, IV, P, v0, v1, g)                                \
+    {                                                                     \
+        T o_[2 * sizeof(v0) / sizeof(T)];                                 \
+        memcpy(o_, &(v0), sizeof(v0));                                    \
+        memcpy(o_ + sizeof(v0) / sizeof(T), &(v1), sizeof(v1));           \
+        for (size_t j_ = 0; j_ < sizeof o_ / sizeof(T); j_++)             \
+            (g)[j_] = (signed char) ((o_[j_] > 0) - !(o_[j_] >= 0));      \
+    }
+#endif
+
 /* Epilogue of the fused gradient step: z <- OP(z - step acc, thr[i + r])
    on the tile's columns of row i + r (OP: P##_st, or P##_pst for the
    one-sided threshold; VOP the same on vectors), the non-zeros (NaN
@@ -142,7 +179,6 @@ typedef int64_t fl_d_ivec __attribute__((vector_size(32)));
     {                                                                     \
         T *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                        \
         const T s = thr[i + r];                                           \
-        T o[NR];                                                          \
         if (nc == NR) {                                                   \
             V z0, z1;                                                     \
             const V vs = FL_SPLAT_##P(s);                                 \
@@ -154,23 +190,21 @@ typedef int64_t fl_d_ivec __attribute__((vector_size(32)));
             memcpy(z + W, &o1, sizeof o1);                                \
             n0 -= (IV) (o0 != (V){0});                /* NaN != 0 */      \
             n1 -= (IV) (o1 != (V){0});                                    \
-            if (sg != NULL) {                                             \
-                memcpy(o, &o0, sizeof o0);                                \
-                memcpy(o + W, &o1, sizeof o1);                            \
-            }                                                             \
+            if (sg != NULL)                                               \
+                FL_STORE_SIGNS(T, IV, P, o0, o1,                          \
+                               sg + (ptrdiff_t) (i + r) * ldsg + j0)      \
         } else {                                                          \
+            T o[NR];                                                      \
             memcpy(o, &(acc0), sizeof(V));                                \
             memcpy(o + W, &(acc1), sizeof(V));                            \
             for (int j = 0; j < nc; j++) {                                \
                 o[j] = OP(z[j] - step * o[j], s);                         \
                 z[j] = o[j];                                              \
                 tail += o[j] != 0;                                        \
+                if (sg != NULL)                                           \
+                    sg[(ptrdiff_t) (i + r) * ldsg + j0 + j] =             \
+                        (signed char) ((o[j] > 0) - !(o[j] >= 0));        \
             }                                                             \
-        }                                                                 \
-        if (sg != NULL) {                                                 \
-            signed char *g = sg + (ptrdiff_t) (i + r) * ldsg + j0;        \
-            for (int j = 0; j < nc; j++)                                  \
-                g[j] = (signed char) ((o[j] > 0) - !(o[j] >= 0));         \
         }                                                                 \
     }
 #define FL_GEMM_EPI_STEP_ST(T, V, P, r, acc0, acc1)                        \
