@@ -17,6 +17,7 @@ import numpy as np
 
 from ._kernels import _cd, _solvers
 from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
+from ._kernels._gemm import OWN_GEMM
 from ._lasso import Scaled, _check_codes, certify, correlation_max, correlations
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
@@ -34,6 +35,10 @@ GAP_FREQ = 10
 #: Samples per block of the proximal-gradient kernels (fits in L2 cache): 32,
 #: or 128 where BLAS packs the operands of every call (_kernels/_cpu.pyx).
 BLOCK_SIZE = 128 if BLAS_PACKS_SMALL_CALLS else 32
+#: The proximal-gradient kernels' block GEMMs run through fastlista's GEMM
+#: (_kernels/_gemm.pyx) where the networks' do, and ISTA then takes its step
+#: inside the second product (see _kernels/_solvers.pyx).
+_OWN_GEMM = OWN_GEMM
 #: The history of record_history=True may not exceed this many bytes.
 MAX_HISTORY_BYTES = 2 * 1024**3
 #: A sample a kernel stopped as converged that its certificate refuses
@@ -354,7 +359,7 @@ def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap, posit
             return
         _solvers.prox_grad(method, S.X, S.D, DT, B, C, xx, lm, L, Z, rows, max_iter,
                            tol, positive, GAP_FREQ, n_threads, BLOCK_SIZE, record, *hist, n_iter,
-                           stop_gap)
+                           stop_gap, _OWN_GEMM)
     return run
 
 

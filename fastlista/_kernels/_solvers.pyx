@@ -29,12 +29,17 @@ driver, _blocks.pxd); each block runs all its iterations before the next
   * two GEMMs through D: R = P D - X, G = R D^T        (4 b m n flops),
   * one GEMM through the Gram: G = P B - C             (2 b m^2 flops),
   * a gather of the rows of B of the non-zeros of P    (2 m nnz(P) flops),
-whichever is cheapest. Every `gap_freq` iterations the duality gap of each
-sample is computed from the gradient at z in O(m) (_gap.pxd; no extra
-product for ISTA, OISTA and backtracking; one for FISTA, whose gradient is
-at y), and a sample whose gap is <= tol * 1/2 ||x||^2 leaves its block.
-That gap only decides when to stop: the result is certified afterwards from
-the returned codes (_certify.pyx). A NaN gap never stops a sample.
+whichever is cheapest. Where BLAS would pack the operands of every call
+(AVX2 OpenBLAS) the two GEMM forms run through fastlista's own GEMM
+(_gemm.h, as the networks' dense layers do), and an ISTA iteration that
+checks no gap takes its step as the second product stores each tile:
+z <- ST(z - (R D^T) / L, lmbd / L), G never written. Every `gap_freq`
+iterations the duality gap of each sample is computed from the gradient at
+z in O(m) (_gap.pxd; no extra product for ISTA, OISTA and backtracking; one
+for FISTA, whose gradient is at y), and a sample whose gap is
+<= tol * 1/2 ||x||^2 leaves its block. That gap only decides when to stop:
+the result is certified afterwards from the returned codes (_certify.pyx).
+A NaN gap never stops a sample.
 """
 import numpy as np
 from cython cimport floating
@@ -44,6 +49,7 @@ from libc.string cimport memcpy
 
 from ._blas cimport gemm, axpy, dot
 from ._blocks cimport run_blocks
+from ._gemm cimport FL_GEMM_KC, own_gemm_from, own_gemm_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
@@ -79,6 +85,7 @@ cdef struct ProxWork:
     void *Gz        # (nb_max, m) FISTA: gradient at z, for the gap
     void *row       # (m,) the candidate z+
     void *dD        # (n,) backtracking: d D
+    void *thr       # (nb_max,) ISTA's fused step: each slot's lmbd / L
     double *aux     # (nb_max,) FISTA momentum, OISTA L_S, backtracking step
     double *lmbd    # (nb_max,) each slot's lmbd
     double *xx      # (nb_max,) each slot's ||x||^2
@@ -110,6 +117,7 @@ cdef struct ProxCtx:
     int max_iter, gap_freq
     double tol
     bint positive   # codes constrained >= 0
+    bint own_gemm   # the GEMM forms through _gemm.h (else BLAS)
     bint record
     void *hist_obj  # (max_iter + 1, N) when record
     void *hist_gap
@@ -119,24 +127,59 @@ cdef struct ProxCtx:
     ProxWork *work  # one per thread
 
 
-cdef void block_gradient(const floating *P, int nb, const floating *Xb,
-                         const floating *Cb, const floating *D,
-                         const floating *DT, const floating *B, Py_ssize_t m,
-                         Py_ssize_t n, floating *R, floating *G) noexcept nogil:
-    """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
+cdef enum:
+    # the forms of the block gradient G = P B - C
+    FORM_GATHER = 0     # rows of B gathered for the non-zeros of P
+    FORM_GRAM = 1       # one GEMM through the Gram matrix
+    FORM_RESIDUAL = 2   # R = P D - X, then G = R D^T
 
-    The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
-    multiplies these small blocks without packing the operands.
-    """
-    cdef Py_ssize_t i, j, nnz = 0
-    cdef floating p
-    cdef const floating *row
+
+cdef int gradient_form(const floating *P, int nb, Py_ssize_t m,
+                       Py_ssize_t n) noexcept nogil:
+    """The cheapest form of G[:nb] = P[:nb] B - C[:nb], by flop count (a
+    gather of rows of B runs at roughly 1 / SPARSE_PENALTY of GEMM speed)."""
+    cdef Py_ssize_t i, nnz = 0
     cdef double dense = 4.0 * nb * m * n
     if 2.0 * m * m * nb < dense:
         dense = 2.0 * m * m * nb
     for i in range(nb * m):
         nnz += P[i] != 0
     if SPARSE_PENALTY * 2.0 * m * nnz < dense:
+        return FORM_GATHER
+    if 2.0 * m * m * nb < 4.0 * nb * m * n:
+        return FORM_GRAM
+    return FORM_RESIDUAL
+
+
+cdef inline void block_residual(const floating *P, int nb, const floating *Xb,
+                                const floating *D, Py_ssize_t m, Py_ssize_t n,
+                                bint own, floating *R) noexcept nogil:
+    """R[:nb] = P[:nb] D - X[:nb]."""
+    if own:
+        own_gemm_from(nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, Xb,
+                      <int> n, R, <int> n)
+    else:
+        memcpy(R, Xb, nb * n * sizeof(floating))
+        gemm(False, False, nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, R,
+             <int> n)
+
+
+cdef void block_gradient(const floating *P, int nb, const floating *Xb,
+                         const floating *Cb, const floating *D,
+                         const floating *DT, const floating *B, Py_ssize_t m,
+                         Py_ssize_t n, bint own, floating *R,
+                         floating *G) noexcept nogil:
+    """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
+
+    The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
+    multiplies these small blocks without packing the operands; ``own``
+    runs them through _gemm.h instead.
+    """
+    cdef Py_ssize_t i, j
+    cdef floating p
+    cdef const floating *row
+    cdef int form = gradient_form(P, nb, m, n)
+    if form == FORM_GATHER:
         # G_i = -c_i + sum_{j in supp(p_i)} p_ij B_j
         for i in range(nb):
             row = P + i * m
@@ -146,18 +189,24 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                 p = row[j]
                 if p != 0:
                     axpy(<int> m, p, B + j * m, G + i * m)
-    elif 2.0 * m * m * nb < 4.0 * nb * m * n:
+    elif form == FORM_GRAM:
         # G = P B - C
-        memcpy(G, Cb, nb * m * sizeof(floating))
-        gemm(False, False, nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1, G,
-             <int> m)
+        if own:
+            own_gemm_from(nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1, Cb,
+                          <int> m, G, <int> m)
+        else:
+            memcpy(G, Cb, nb * m * sizeof(floating))
+            gemm(False, False, nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1,
+                 G, <int> m)
     else:
         # R = P D - X, then G = R D^T
-        memcpy(R, Xb, nb * n * sizeof(floating))
-        gemm(False, False, nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, R,
-             <int> n)
-        gemm(False, False, nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, G,
-             <int> m)
+        block_residual(P, nb, Xb, D, m, n, own, R)
+        if own:
+            own_gemm_from(nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, NULL,
+                          <int> m, G, <int> m)
+        else:
+            gemm(False, False, nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, G,
+                 <int> m)
 
 
 cdef inline double stopping_gap(const floating *z, const floating *g,
@@ -240,6 +289,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef floating *Gz = <floating *> w.Gz
     cdef floating *row = <floating *> w.row
     cdef floating *dD = <floating *> w.dD
+    cdef floating *thr_b = <floating *> w.thr
     cdef floating *Z = <floating *> c.Z
     cdef const floating *X = <const floating *> c.X
     cdef const floating *C = <const floating *> c.C
@@ -274,12 +324,25 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
 
     while True:
         P = Yb if method == FISTA else Zb
-        block_gradient(P, nb, Xb, Cb, D, DT, B, m, n, R, G)
         check = c.record or it == c.max_iter or (c.tol > 0 and it % c.gap_freq == 0)
+        if (method == ISTA and not check and c.own_gemm and n <= FL_GEMM_KC
+                and gradient_form(Zb, nb, m, n) == FORM_RESIDUAL):
+            # R = Z D - X, then z <- ST(z - (R D^T) / L, lmbd / L) taken on
+            # each tile of R D^T as _gemm.h stores it (G is not written):
+            # the step of the loop below, one pass over the block less
+            step = 1 / L
+            for s in range(nb):
+                thr_b[s] = <floating> (w.lmbd[s] * step)
+            block_residual(Zb, nb, Xb, D, m, n, True, R)
+            own_gemm_step(nb, <int> m, <int> n, R, <int> n, DT, <int> m,
+                          <floating> step, thr_b, c.positive, Zb, <int> m, NULL, 0)
+            it = it + 1
+            continue
+        block_gradient(P, nb, Xb, Cb, D, DT, B, m, n, c.own_gemm, R, G)
         if check:
             Gp = G
             if method == FISTA and it > 0:
-                block_gradient(Zb, nb, Xb, Cb, D, DT, B, m, n, R, Gz)
+                block_gradient(Zb, nb, Xb, Cb, D, DT, B, m, n, c.own_gemm, R, Gz)
                 Gp = Gz
             s = 0
             while s < nb:
@@ -426,13 +489,16 @@ def prox_grad(str method_name, const floating[:, ::1] X,
               floating[:, ::1] Z, const int[::1] active, int max_iter,
               double tol, bint positive, int gap_freq, int n_threads,
               int block_size, bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
-              floating[:, ::1] hist_step, int[::1] n_iter, double[::1] gap_out):
+              floating[:, ::1] hist_step, int[::1] n_iter, double[::1] gap_out,
+              bint own_gemm=False):
     """Solve the samples ``active`` in place in Z (see the module docstring).
 
     xx = ||x||^2 and lmbd are per sample (N,). With ``positive`` the codes
     are constrained >= 0 (one-sided threshold). ``hist_*`` are (max_iter + 1,
     N) arrays when ``record`` (else (1, 1)). Writes ``n_iter`` and
-    ``gap_out`` (the stopping gap) for the active samples.
+    ``gap_out`` (the stopping gap) for the active samples. ``own_gemm``: the
+    GEMM forms of the gradient through _gemm.h (and ISTA's fused step)
+    instead of BLAS.
     """
     cdef ProxCtx c
     cdef Py_ssize_t m = D.shape[0], n = D.shape[1], N = X.shape[0]
@@ -445,7 +511,8 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     dtype = np.float32 if floating is float else np.float64
     fista, oista = method == FISTA, method == OISTA
     # per-thread workspaces: (name, size) in the storage dtype and in double
-    fsizes = [bm, bn, bm, bm, bn, bm if fista else 0, bm if fista else 0, m, n]
+    fsizes = [bm, bn, bm, bm, bn, bm if fista else 0, bm if fista else 0, m, n,
+              block_size if method == ISTA else 0]
     dsizes = [block_size, block_size, block_size, bm if oista else 0,
               m if oista else 0, m if oista else 0,
               max(min(m, 2 * n) ** 2, n) if oista else 0,
@@ -476,6 +543,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
         work[t].Gz = &fv[t, fo[6]]
         work[t].row = &fv[t, fo[7]]
         work[t].dD = &fv[t, fo[8]]
+        work[t].thr = &fv[t, fo[9]]
         work[t].aux = &dv[t, do[0]]
         work[t].lmbd = &dv[t, do[1]]
         work[t].xx = &dv[t, do[2]]
@@ -507,6 +575,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     c.gap_freq = gap_freq
     c.tol = tol
     c.positive = positive
+    c.own_gemm = own_gemm
     c.record = record
     c.hist_obj = &hist_obj[0, 0]
     c.hist_gap = &hist_gap[0, 0]
