@@ -15,10 +15,11 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 import reference as ref  # noqa: E402
-from fastlista._kernels import _gemm  # noqa: E402
-from fastlista._networks import _execution as execution  # noqa: E402
 from fastlista import (Lista, duality_gap, lasso_objective, lipschitz,  # noqa: E402
                        soft_thresholding, solve_lasso)
+from fastlista import _solvers as solvers  # noqa: E402
+from fastlista._kernels import _gemm  # noqa: E402
+from fastlista._networks import _execution as execution  # noqa: E402
 
 settings.register_profile("fastlista", derandomize=True, deadline=None,
                           max_examples=60, print_blob=True)
@@ -119,20 +120,30 @@ def test_support_lipschitz_bounded_and_monotone(seed, m, n):
 
 @pytest.mark.parametrize("shape", [(48, 12), (20, 16)])
 @pytest.mark.parametrize("rel_lmbd", [0.9, 0.3, 0.01])
-@given(seed=st.integers(0, 2**32 - 1))
+@given(seed=st.integers(0, 2**32 - 1), own_gemm=st.booleans(), positive=st.booleans(),
+       dtype=st.sampled_from([np.float64, np.float32]))
 @settings(max_examples=15)
-def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed):
+def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed, own_gemm,
+                                                 positive, dtype):
     # rel_lmbd 0.9 keeps the iterates very sparse (gather of rows of B),
-    # 0.01 dense: two GEMMs through D for 48 atoms of 12 features, one
-    # through the Gram matrix for 20 atoms of 16: all equal a NumPy ISTA.
+    # 0.01 dense: two GEMMs through D for 48 atoms of 12 features (with
+    # fastlista's GEMM, ISTA's step is taken inside the second), one through
+    # the Gram matrix for 20 atoms of 16: all equal a NumPy ISTA.
     rng = np.random.default_rng(seed)
     D = rng.standard_normal(shape)
     D /= np.linalg.norm(D, axis=1, keepdims=True)
     X = rng.standard_normal((70, shape[0])) @ D
     X /= np.abs(X @ D.T).max(axis=1, keepdims=True)
-    Z = solve_lasso(X, D, rel_lmbd, method="ista", tol=0, max_iter=25).codes
-    Z_ref, _ = ref.ista(X, D, rel_lmbd, n_iter=25)
-    np.testing.assert_allclose(Z, Z_ref, rtol=1e-9, atol=1e-12)
+    default, solvers._OWN_GEMM = solvers._OWN_GEMM, own_gemm
+    try:
+        Z = solve_lasso(X.astype(dtype), D.astype(dtype), rel_lmbd, method="ista",
+                        tol=0, max_iter=25, positive=positive).codes
+    finally:
+        solvers._OWN_GEMM = default
+    Z_ref, _ = ref.ista(X, D, rel_lmbd, n_iter=25, positive=positive)
+    assert Z.dtype == dtype
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=max(1e-12, tol * np.abs(Z_ref).max()))
 
 
 @given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),

@@ -127,6 +127,59 @@ def test_many_blocks_and_sparse_regime(lmbd, method, block, monkeypatch):
         assert np.all(np.abs(obj - F_star) <= tol * scale + 1e-13 * scale)
 
 
+# The block GEMMs run through BLAS or through fastlista's own GEMM (the
+# default where BLAS packs the operands of every call); with the own GEMM an
+# ISTA iteration that checks no gap takes its step inside the second product.
+# Both backends, whatever this CPU picks, on a dictionary of 96 atoms of 16
+# features at small lmbd: the iterates keep >= 8 non-zeros a row, so every
+# block takes the residual form R = Z D - X, G = R D^T (see _solvers.pyx).
+def _residual_form_problem(dtype=np.float64, n_samples=300):
+    X, D = ref.make_problem(n_samples, 16, 96, seed=5)
+    return X.astype(dtype), D.astype(dtype)
+
+
+@pytest.mark.parametrize("own_gemm", [False, True], ids=["blas", "own"])
+@pytest.mark.parametrize("positive", [False, True], ids=["signed", "positive"])
+def test_gemm_backends_match_numpy_ista(own_gemm, positive, dtype, monkeypatch):
+    monkeypatch.setattr(fastlista._solvers, "_OWN_GEMM", own_gemm)
+    X, D = _residual_form_problem()
+    # one lmbd a sample (lambda_max = 1 for each), 300 samples: two full
+    # blocks of 128 and a partial one
+    lm = np.random.default_rng(0).uniform(0.02, 0.08, X.shape[0])
+    T = 40
+    Z_ref, _ = ref.ista(X, D, lm, T, positive=positive)
+    assert np.count_nonzero(Z_ref) >= 8 * X.shape[0]
+    res = solve_lasso(X.astype(dtype), D.astype(dtype), lm.astype(dtype), method="ista",
+                      tol=0.0, max_iter=T, positive=positive)
+    assert res.codes.dtype == dtype
+    assert_array_equal(res.n_iter, T)
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    assert_allclose(res.codes, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
+    if positive:
+        assert np.all(res.codes >= 0)
+    # the reported gap is the gap of the returned codes
+    gap_ref = ref.duality_gap(X, D, lm, res.codes.astype(np.float64))
+    if not positive:
+        assert_allclose(res.gap, np.maximum(gap_ref, 0), rtol=1e-4 if dtype == np.float32
+                        else 1e-6, atol=1e-6 * float(np.max(_half_sq_norm(X))))
+
+
+@pytest.mark.parametrize("own_gemm", [False, True], ids=["blas", "own"])
+@pytest.mark.parametrize("method", ITERATIVE)
+@pytest.mark.parametrize("lmbd", [0.3, 0.5])
+def test_gemm_backends_reach_certified_optimum(own_gemm, method, lmbd, monkeypatch):
+    monkeypatch.setattr(fastlista._solvers, "_OWN_GEMM", own_gemm)
+    X, D = _residual_form_problem(n_samples=140)
+    tol = 1e-9
+    res = _solve(X, D, lmbd, method, tol=tol, max_iter=50000)
+    assert np.all(res.converged)
+    _assert_certified(X, D, lmbd, res, tol)
+    F_star = ref.objective(X, D, lmbd, ref.solve_exact(X, D, lmbd))
+    scale = _half_sq_norm(X)
+    obj = ref.objective(X, D, lmbd, res.codes)
+    assert np.all(np.abs(obj - F_star) <= tol * scale + 1e-13 * scale)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_lmbd_zero_is_least_squares(method):
     # x in the row space of D, B full rank: the gap certifies the unique
