@@ -6,6 +6,7 @@ that a silent wrong read shows up as an AssertionError.
 import numpy as np
 
 import fastlista as fl
+from fastlista import _solvers as solvers
 from fastlista._networks import _execution as networks
 
 
@@ -35,6 +36,24 @@ def main():
         fl.solve_lasso(X[0], D, lmbd, method="ista", max_iter=50, tol=0)
         assert not fl.solve_lasso(X, D, 1e9).codes.any()
         fl.solve_lasso(X[:5], D, 0.0, method="fista", max_iter=20, tol=0)
+        # the solvers' block gradients through either GEMM (_gemm.h or
+        # BLAS): at a small lmbd the iterates stay dense, and ISTA through
+        # _gemm.h steps inside the second product; against a NumPy ISTA
+        X64, D64 = X.astype(np.float64), D.astype(np.float64)
+        L = np.linalg.eigvalsh(D64 @ D64.T)[-1]
+        for rel in (0.01, 0.3):
+            Z_np = np.zeros((X.shape[0], D.shape[0]))
+            for _ in range(20):
+                U = Z_np - (Z_np @ D64 - X64) @ D64.T / L
+                Z_np = np.sign(U) * np.maximum(np.abs(U) - rel * lmbd / L, 0)
+            for own in (True, False):
+                saved, solvers._OWN_GEMM = solvers._OWN_GEMM, own
+                try:
+                    Z = fl.solve_lasso(X, D, rel * lmbd, method="ista", max_iter=20,
+                                       tol=0).codes
+                finally:
+                    solvers._OWN_GEMM = saved
+                np.testing.assert_allclose(Z, Z_np, rtol=1e-3, atol=1e-5 * np.abs(Z_np).max())
         # networks: an untrained SLISTA is ISTA; forward and backward of each
         # parametrization, dense, sparse and switching layers (lmbd small,
         # middle and large)
