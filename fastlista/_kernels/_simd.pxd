@@ -64,3 +64,27 @@ cdef extern from "_simd.h":
     void fl_lower_t_solve(int k, int ld, const double *L, double *v) noexcept nogil
     void fl_cd_gap_sums(int w, const double *z, const double *g, const double *c,
                         int positive, double *out) noexcept nogil
+
+
+# The sparse layers' gather-threshold-compact row by hand in AVX2
+# (_gather_avx2.h): the _v3 kernels are the portable ones in builds without
+# that code; call them only where fl_gather_v3_runs() is 1.
+cdef extern from "_gather_avx2.h":
+    int fl_gather_v3_runs() noexcept nogil
+    int fl_gather_v3_default() noexcept nogil
+    int fl_d_gather_st_compact_v3(int k, const int *idx, const double *coef,
+                                  double alpha, const double *A, int m,
+                                  const double *src, double *y, double a, double s,
+                                  int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_st_compact_v3(int k, const int *idx, const float *coef,
+                                  float alpha, const float *A, int m,
+                                  const float *src, float *y, float a, float s,
+                                  int *oidx, float *oval) noexcept nogil
+    int fl_d_gather_pst_compact_v3(int k, const int *idx, const double *coef,
+                                   double alpha, const double *A, int m,
+                                   const double *src, double *y, double a, double s,
+                                   int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_pst_compact_v3(int k, const int *idx, const float *coef,
+                                   float alpha, const float *A, int m,
+                                   const float *src, float *y, float a, float s,
+                                   int *oidx, float *oval) noexcept nogil

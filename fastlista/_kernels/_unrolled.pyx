@@ -74,7 +74,10 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_s_scaled_st_compact, fl_d_scaled_pst_compact,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
                      fl_d_pst_step, fl_s_pst_step, fl_d_st_step_sign,
-                     fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign)
+                     fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign,
+                     fl_gather_v3_runs, fl_gather_v3_default,
+                     fl_d_gather_st_compact_v3, fl_s_gather_st_compact_v3,
+                     fl_d_gather_pst_compact_v3, fl_s_gather_pst_compact_v3)
 
 
 from ._blas cimport axpy, dot, gemm
@@ -95,12 +98,20 @@ cdef enum:
 
 LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 
+# The sparse layers' rows by hand in AVX2 (_gather_avx2.h): whether the
+# running CPU can execute that kernel in this build, and whether the
+# networks use it by default (the optimised build on a CPU without
+# AVX-512, or one capped at x86-64-v3)
+GATHER_V3_RUNS = bool(fl_gather_v3_runs())
+GATHER_V3 = bool(fl_gather_v3_default())
+
 
 cdef struct Dims:
     Py_ssize_t nb       # rows of this block
     Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
     Py_ssize_t chunk    # rows of one BLAS call (row_gemm)
     bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
+    bint gather_v3  # sparse rows through _gather_avx2.h (the CPU runs it)
     Py_ssize_t m        # atoms
     Py_ssize_t n        # features
     int T               # layers run
@@ -131,6 +142,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.nb_max = nb_max
     d.chunk = nb_max
     d.own_gemm = False
+    d.gather_v3 = False
     d.m = m
     d.n = n
     d.T = T
@@ -185,14 +197,24 @@ cdef inline int scaled_st_compact_row(int m, floating *y, floating a, floating s
 cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
                                       const floating *M, int m, const floating *c,
                                       floating *u, floating a, floating s, int *idx,
-                                      floating *val, bint positive) noexcept nogil:
+                                      floating *val, bint positive,
+                                      bint v3) noexcept nogil:
     """u <- a ST(c - sum_q vz[q] M[iz[q], :], s) (one-sided for positive
-    codes), its CSR row in idx/val, in one pass for k <= 8; returns nnz."""
+    codes), its CSR row in idx/val, in one pass for k <= 8; returns nnz.
+    v3: through the AVX2 kernel (_gather_avx2.h), else the portable one."""
     if floating is double:
+        if v3:
+            if positive:
+                return fl_d_gather_pst_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+            return fl_d_gather_st_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
         if positive:
             return fl_d_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
         return fl_d_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
     else:
+        if v3:
+            if positive:
+                return fl_s_gather_pst_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+            return fl_s_gather_st_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
         if positive:
             return fl_s_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
         return fl_s_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
@@ -522,13 +544,14 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 
 cdef void residual_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *WT,
-        const floating *M, const floating *step, const floating *thr,
+        const floating *M, floating *Mt, const floating *step, const floating *thr,
         const double *lam, bint store, floating *C, floating *Z, floating *U,
         floating *R, floating *sv, floating *Rst, int *fmt, int *ptr, int *idx,
         floating *val, double *obj) noexcept nogil:
     """Run the block through the T layers; z_T is left in Z.
 
-    Row i's thresholds are lam[i] * thr[t].
+    Row i's thresholds are lam[i] * thr[t]. Mt (shared W only; or NULL) is
+    the thread's copy of M, whose diagonal the sparse layers overwrite.
 
     Layer t's code is in storage slot t (store) or t % 2 (inference):
     fmt[s], ptr[s (nb_max + 1):], idx/val[s nb_max m:]. Rst (training,
@@ -583,25 +606,34 @@ cdef void residual_forward_block(
             # when a dense layer or the output needs it.
             # (y carries the same absolute rounding error as u; a >= eps
             # keeps z / a far from overflow, smaller steps take the path below)
-            # z / a enters through c, whose k entries are saved in sv,
+            # z / a enters through the rows gathered, those of Mt = M - I / a
+            # (the diagonal of the thread's copy, set for the layer), or,
+            # without a copy, through c, whose k entries are saved in sv,
             # patched and restored (exactly) around the row's one kernel
+            # (scalar stores that the kernel's vector loads wait for: the
+            # copy saves 0.06 of a float32 forward pass at lmbd = 0.8)
             inv_a = 1 / a
+            if Mt != NULL:
+                for j in range(m):
+                    Mt[j * m + j] = M[j * m + j] - inv_a
             pout[0] = 0
             for i in range(nb):
                 Ci = &C[i * m]
                 kz = pin[i + 1] - pin[i]
                 iz = &idx[s_in * cap + pin[i]]
                 vz = &val[s_in * cap + pin[i]]
-                for q in range(kz):
-                    sv[q] = Ci[iz[q]]
-                    Ci[iz[q]] += vz[q] * inv_a
+                if Mt == NULL:
+                    for q in range(kz):
+                        sv[q] = Ci[iz[q]]
+                        Ci[iz[q]] += vz[q] * inv_a
                 pout[i + 1] = pout[i] + gather_st_compact_row(
-                    kz, iz, vz, M, <int> m, Ci, u, a,
+                    kz, iz, vz, Mt if Mt != NULL else M, <int> m, Ci, u, a,
                     <floating> (lam[i] * thr[t]) * inv_a,
                     &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
-                    d.positive)
-                for q in range(kz):
-                    Ci[iz[q]] = sv[q]
+                    d.positive, d.gather_v3)
+                if Mt == NULL:
+                    for q in range(kz):
+                        Ci[iz[q]] = sv[q]
             zdense = False
             fmt[s_out] = FMT_CSR
             nnz = pout[nb]
@@ -1060,6 +1092,7 @@ cdef struct NetWork:
     void *C         # (nb_max, m) c = x W^T
     void *wv        # (nb_max m,) w on the support of a sparse layer (backward);
                     # the forward saves a row's patched entries of c in it
+    void *Mt        # (m, m) a copy of M (shared W, up to MT_COPY_BYTES), or NULL
     void *R         # (nb_max, n) r = z D - x
     void *P         # (nb_max, n) w W
     void *Rst       # (T, nb_max, n) stored r_t (training, when kept)
@@ -1090,6 +1123,7 @@ cdef struct NetCtx:
     Py_ssize_t nb_max
     Py_ssize_t chunk    # rows of one BLAS call
     bint own_gemm       # dense products through _gemm.h
+    bint gather_v3      # sparse rows through _gather_avx2.h
     double rho
     double inv_n    # 1 / N
     unsigned char *bad  # (N,) forward: 1 where the code is not finite
@@ -1108,6 +1142,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
                             c.rho)
     d.chunk = c.chunk
     d.own_gemm = c.own_gemm
+    d.gather_v3 = c.gather_v3
     if p.ks != NULL:
         d.ks = p.ks
         d.kmax = p.kmax
@@ -1128,7 +1163,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     else:
         residual_forward_block(
             &d, X, D, <const floating *> p.WT, <const floating *> p.M,
-            <const floating *> p.step, <const floating *> p.thr, lam, train,
+            <floating *> w.Mt, <const floating *> p.step, <const floating *> p.thr, lam, train,
             <floating *> w.C, Z, <floating *> w.U, <floating *> w.R,
             <floating *> w.wv, Rst, w.fmt, w.ptr, w.idx, val, w.obj)
     if not train:
@@ -1175,8 +1210,9 @@ cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
 
 
 def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
-            bint rst, int kmax):
-    """Offsets of the per-thread floating and int workspaces."""
+            bint rst, int kmax, bint mt):
+    """Offsets of the per-thread floating and int workspaces (mt: with a
+    copy of M)."""
     cdef Py_ssize_t block = _round8(nb_max * m)
     cdef Py_ssize_t rows = _round8(nb_max * n)
     cdef int slots = T + 1 if store else 2
@@ -1185,6 +1221,7 @@ def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
     for name, size in [("Z", block), ("U", block), ("G", block), ("V", block),
                        ("C", block), ("wv", block), ("R", rows), ("P", rows),
                        ("Rst", _round8(T * nb_max * n) if rst else 0),
+                       ("Mt", _round8(m * m) if mt else 0),
                        ("val", slots * block)]:
         f[name] = off
         off += size
@@ -1194,6 +1231,12 @@ def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
     i["total"] = i["sel"] + slots * nb_max * kmax + 1
     return f, i
 
+
+#: The sparse layers of a shared-W network gather the rows of a per-thread
+#: copy of M whose diagonal carries the step's own term (residual_forward_block)
+#: where M takes at most this many bytes; larger ones are gathered from M
+#: itself, patching c around each row.
+MT_COPY_BYTES = 1 << 22
 
 _local = threading.local()
 #: Per-thread workspaces up to this size are kept between calls, per Python
@@ -1236,7 +1279,9 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     cdef const NetParams *p = &params.c
     cdef Py_ssize_t nb_max = min(block_size, max(N, 1)), t
     n_threads = <int> max(1, min(n_threads, (N + nb_max - 1) // nb_max))
-    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst, p.kmax)
+    cdef bint mt = (p.family == FAMILY_RESIDUAL and p.shared
+                    and p.m * p.m * params.dtype.itemsize <= MT_COPY_BYTES)
+    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst, p.kmax, mt)
     fws, iws = _workspaces(params.dtype, n_threads, fo["total"], io["total"])
     # support selection: heap keys and zeroed marks
     sws = np.zeros((n_threads, p.kmax + 1))
@@ -1260,6 +1305,9 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
         work[t].P = <void *> <size_t> (f + fo["P"] * item)
         work[t].Rst = <void *> <size_t> (f + fo["Rst"] * item)
         work[t].val = <void *> <size_t> (f + fo["val"] * item)
+        work[t].Mt = <void *> <size_t> (f + fo["Mt"] * item) if mt else NULL
+        if mt:
+            memcpy(work[t].Mt, p.M, p.m * p.m * item)
         i = ibase + t * istride
         work[t].fmt = <int *> <size_t> (i + io["fmt"] * iitem)
         work[t].ptr = <int *> <size_t> (i + io["ptr"] * iitem)
@@ -1278,13 +1326,15 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
             int n_threads, int block_size, int gemm_rows, double rho,
-            bint own_gemm):
+            bint own_gemm, bint gather_v3):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
     Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
     accumulates the summed objective of every layer's output per thread;
     bad[i] = 1 where the code of row i is not finite. The dense products
-    run through _gemm.h (own_gemm) or BLAS, gemm_rows rows a call.
+    run through _gemm.h (own_gemm) or BLAS, gemm_rows rows a call; the
+    sparse layers' rows through _gather_avx2.h (gather_v3: only where
+    GATHER_V3_RUNS) or the portable kernel.
     """
     cdef Py_ssize_t N = X.shape[0], t
     cdef NetCtx c
@@ -1293,6 +1343,8 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         return
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("forward: X and the parameters differ in dtype")
+    if gather_v3 and not GATHER_V3_RUNS:
+        raise ValueError("forward: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
     try:
         for t in range(c.n_threads):
@@ -1305,6 +1357,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.rst = False
         c.rho = rho
         c.own_gemm = own_gemm
+        c.gather_v3 = gather_v3
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
         with nogil:
@@ -1317,7 +1370,8 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
                   floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
-                  int block_size, int gemm_rows, double rho, bint own_gemm):
+                  int block_size, int gemm_rows, double rho, bint own_gemm,
+                  bint gather_v3):
     """Summed loss of the output of p's T layers, and per-thread gradients.
 
     The gradients are those of the MEAN loss (G_T carries 1/N), accumulated
@@ -1325,7 +1379,8 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     sums over atoms for a scalar threshold), dW (n_threads, T m n) for
     coupled and (n_threads, T m m) = d W_z for lista, dWxT (n_threads, T m n)
     = d W_x^T for lista; the caller zeroes and sums them. S holds the target
-    codes of the supervised loss. own_gemm and gemm_rows: as in forward.
+    codes of the supervised loss. own_gemm, gather_v3 and gemm_rows: as in
+    forward.
     """
     cdef Py_ssize_t N = X.shape[0], t
     cdef NetCtx c
@@ -1338,6 +1393,8 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         return 0.0
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
+    if gather_v3 and not GATHER_V3_RUNS:
+        raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
     try:
         for t in range(c.n_threads):
@@ -1355,6 +1412,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.rst = rst
         c.rho = rho
         c.own_gemm = own_gemm
+        c.gather_v3 = gather_v3
         c.inv_n = 1.0 / N
         c.bad = NULL
         with nogil:

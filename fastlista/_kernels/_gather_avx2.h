@@ -1,0 +1,200 @@
+/* fastlista: the sparse layers' gather-threshold-compact row, by hand in AVX2. */
+#ifndef FASTLISTA_GATHER_AVX2_H
+#define FASTLISTA_GATHER_AVX2_H
+/* P##_gather_##OP##_compact_v3 computes what P##_gather_##OP##_compact
+   (_simd.h) does:
+
+       y = a OP(src + alpha sum_q coef[q] A[idx[q], :], s)
+
+   and y's CSR row (oidx, oval), returning its number of non-zeros. The
+   sum is accumulated onto src one FMA a row of A, in the order of idx (the
+   portable kernel adds src last: the results agree up to rounding); OP is
+   ST(v, s) = v - max(min(v, s), -s) or PST(v, s) = max(0, v - s), with
+   the operand orders of fl_?_st and fl_?_pst (a NaN propagates), and an
+   entry is a non-zero when it compares unequal to 0 (NaN does, -0 does
+   not), as there.
+
+   Why by hand: what the vectorizer makes of the portable kernel on AVX2
+   stores one flag byte an entry, packing each vector of comparisons to
+   bytes through six shuffles and masks, and the flags are then read back
+   8 at a time. Here a vector's comparison goes to a general register as
+   a movemask (W bits), ORed at a constant shift into one 64-bit word per
+   64 entries, whose set bits are then visited (count trailing zeros): the
+   flags never go through memory. With the rows of A in L2, what is left
+   is bound by L2's bandwidth (a 32-byte vector of A a cycle on Zen 3).
+   On AMD Zen 3 the networks' forward pass at lmbd = 0.8, where this row
+   is most of the work, runs in 0.79 (float32) and 0.73 (float64) of its
+   time with the portable kernel; benchmarks/test_bench_networks.py
+   ("portable gather") measures it with the copy of M below.
+
+   Compiled for x86-64-v3 (AVX2, FMA) by a target attribute, on x86-64
+   with GCC or Clang, in every build but one capped below that level
+   (FASTLISTA_ISA=x86-64-v2 or baseline), the debug and sanitized builds
+   included; fl_gather_v3_runs() says whether the running CPU can execute
+   it, fl_gather_v3_default() whether the networks use it unless told
+   otherwise (the optimised build, on a CPU without AVX-512 or in a build
+   capped at x86-64-v3; where AVX-512 runs, the portable kernel's v4
+   clone is used, whose speed against this one was never measured).
+   Elsewhere the _v3 names are the portable kernels and both functions
+   return 0. */
+#include <stdint.h>
+#include "_simd.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
+    && !(defined(FL_ISA_LEVEL) && FL_ISA_LEVEL < 3)
+#include <immintrin.h>
+#define FL_V3_TARGET __attribute__((target("avx2,fma,bmi,bmi2")))
+
+/* The running CPU executes AVX2, FMA, BMI1 and BMI2 (all x86-64-v3 CPUs) */
+static inline int fl_gather_v3_runs(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+           && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+}
+
+static inline int fl_gather_v3_default(void) {
+#if defined(FL_AVX2_CLONE)
+#  if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3
+    return fl_gather_v3_runs();
+#  else
+    return fl_gather_v3_runs() && !fl_cpu_avx512f();
+#  endif
+#else
+    return 0;
+#endif
+}
+
+/* The thresholds on vectors (V: __m256 or __m256d, X: ps or pd), with
+   the operand orders of fl_?_st and fl_?_pst */
+#define FL_V3_ST(X, v, vs, vns, zero) \
+    _mm256_sub_##X(v, _mm256_max_##X(_mm256_min_##X(v, vs), vns))
+#define FL_V3_PST(X, v, vs, vns, zero) \
+    _mm256_max_##X(zero, _mm256_sub_##X(v, vs))
+
+/* y[J : J + W] = a OP(from + sum_{q < R} c_q p_q, s) on one vector (R a
+   constant: the loop over q unrolls); the movemask of its non-zeros */
+#define FL_V3_VEC(V, X, VOP, R, J, MASK)                                   \
+    {                                                                     \
+        V v = _mm256_loadu_##X(from + (J));                               \
+        _Pragma("GCC unroll 8")                                           \
+        for (int q_ = 0; q_ < (R); q_++)                                  \
+            v = _mm256_fmadd_##X(cv_[q_], _mm256_loadu_##X(r_[q_] + (J)), v); \
+        v = _mm256_mul_##X(va, VOP(X, v, vs, vns, zero));                 \
+        _mm256_storeu_##X(y + (J), v);                                    \
+        MASK = _mm256_movemask_##X(_mm256_cmp_##X(v, zero, _CMP_NEQ_UQ)); \
+    }
+
+/* The CSR entries of the non-zeros flagged in w, entries J0 + [0, 64) */
+#define FL_V3_COMPACT(w, J0)                                               \
+    while (w) {                                                           \
+        int jj = (J0) + __builtin_ctzll(w);                               \
+        w &= w - 1;                                                       \
+        oidx[nnz] = jj;                                                   \
+        oval[nnz] = y[jj];                                                \
+        nnz++;                                                            \
+    }
+
+/* One pass over the m entries, 64 at a time: the vectors of a whole word
+   of flags unroll (their masks shift by constants); the last, partial
+   word goes vector by vector, and its last m % W entries take the scalar
+   kernel's steps. */
+#define FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, R)                        \
+    {                                                                     \
+        V cv_[8];                                                         \
+        _Pragma("GCC unroll 8")                                           \
+        for (int q_ = 0; q_ < (R); q_++)                                  \
+            cv_[q_] = _mm256_set1_##X(c_[q_]);                            \
+        int j0 = 0;                                                       \
+        for (; j0 + 64 <= m; j0 += 64) {                                  \
+            uint64_t w = 0;                                               \
+            _Pragma("GCC unroll 16")                                      \
+            for (int v_ = 0; v_ < 64 / (W); v_++) {                       \
+                unsigned mask_;                                           \
+                FL_V3_VEC(V, X, VOP, R, j0 + v_ * (W), mask_)             \
+                w |= (uint64_t) mask_ << (v_ * (W));                      \
+            }                                                             \
+            FL_V3_COMPACT(w, j0)                                          \
+        }                                                                 \
+        if (j0 < m) {                                                     \
+            uint64_t w = 0;                                               \
+            int j = 0, e = m - j0;                                        \
+            for (; j + (W) <= e; j += (W)) {                              \
+                unsigned mask_;                                           \
+                FL_V3_VEC(V, X, VOP, R, j0 + j, mask_)                    \
+                w |= (uint64_t) mask_ << j;                               \
+            }                                                             \
+            for (; j < e; j++) {                                          \
+                T v = from[j0 + j];                                       \
+                _Pragma("GCC unroll 8")                                   \
+                for (int q_ = 0; q_ < (R); q_++)                          \
+                    v = FMA1(c_[q_], r_[q_][j0 + j], v);                  \
+                v = a * P##_##OP(v, s);                                   \
+                y[j0 + j] = v;                                            \
+                w |= (uint64_t) (v != 0) << j;                            \
+            }                                                             \
+            FL_V3_COMPACT(w, j0)                                          \
+        }                                                                 \
+    }
+
+/* As P##_gather_##OP##_compact: eight rows of A a pass, y = from + sum,
+   until the last one to eight, which FL_V3_PASS adds and thresholds (a
+   row gathering at most eight rows is read and written once). */
+#define FL_DEFINE_GATHER_COMPACT_V3(T, V, X, W, FMA1, P, OP, VOP)          \
+static FL_V3_TARGET int P##_gather_##OP##_compact_v3(                     \
+        int k, const int *idx, const T *coef, T alpha, const T *A, int m, \
+        const T *src, T *y, T a, T s, int *oidx, T *oval) {               \
+    const T *from = src;                                                  \
+    const T *r_[8];                                                       \
+    T c_[8];                                                              \
+    int q = 0, nnz = 0;                                                   \
+    V va = _mm256_set1_##X(a), vs = _mm256_set1_##X(s);                  \
+    V vns = _mm256_set1_##X(-s), zero = _mm256_setzero_##X();             \
+    for (;; q += 8) {                                                     \
+        FL_TAKE_ROWS(k - q < 8 ? k - q : 8, idx + q, coef + q, m)         \
+        if (k - q <= 8)                                                   \
+            break;                                                        \
+        int j = 0;                                                        \
+        for (; j + (W) <= m; j += (W)) {                                  \
+            V v = _mm256_loadu_##X(from + j);                             \
+            for (int q_ = 0; q_ < 8; q_++)                                \
+                v = _mm256_fmadd_##X(_mm256_set1_##X(c_[q_]),             \
+                                     _mm256_loadu_##X(r_[q_] + j), v);    \
+            _mm256_storeu_##X(y + j, v);                                  \
+        }                                                                 \
+        for (; j < m; j++) {                                              \
+            T v = from[j];                                                \
+            for (int q_ = 0; q_ < 8; q_++)                                \
+                v = FMA1(c_[q_], r_[q_][j], v);                           \
+            y[j] = v;                                                     \
+        }                                                                 \
+        from = y;                                                         \
+    }                                                                     \
+    switch (k - q) {                                                      \
+    case 0: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 0) break;            \
+    case 1: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 1) break;            \
+    case 2: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 2) break;            \
+    case 3: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 3) break;            \
+    case 4: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 4) break;            \
+    case 5: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 5) break;            \
+    case 6: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 6) break;            \
+    case 7: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 7) break;            \
+    default: FL_V3_PASS(T, V, X, W, FMA1, P, OP, VOP, 8) break;           \
+    }                                                                     \
+    return nnz;                                                           \
+}
+
+FL_DEFINE_GATHER_COMPACT_V3(float, __m256, ps, 8, __builtin_fmaf, fl_s, st, FL_V3_ST)
+FL_DEFINE_GATHER_COMPACT_V3(float, __m256, ps, 8, __builtin_fmaf, fl_s, pst, FL_V3_PST)
+FL_DEFINE_GATHER_COMPACT_V3(double, __m256d, pd, 4, __builtin_fma, fl_d, st, FL_V3_ST)
+FL_DEFINE_GATHER_COMPACT_V3(double, __m256d, pd, 4, __builtin_fma, fl_d, pst, FL_V3_PST)
+
+#else   /* no AVX2 code in this build: the portable kernels */
+static inline int fl_gather_v3_runs(void) { return 0; }
+static inline int fl_gather_v3_default(void) { return 0; }
+#define fl_s_gather_st_compact_v3 fl_s_gather_st_compact
+#define fl_s_gather_pst_compact_v3 fl_s_gather_pst_compact
+#define fl_d_gather_st_compact_v3 fl_d_gather_st_compact
+#define fl_d_gather_pst_compact_v3 fl_d_gather_pst_compact
+#endif
+
+#endif
