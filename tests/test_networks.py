@@ -16,6 +16,7 @@ from numpy.testing import assert_allclose
 
 import fastlista._networks._execution as execution
 from fastlista import InvalidParameterError, Lista, alista_weights
+from fastlista._kernels import _unrolled
 
 PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
 STEP_KEYS = ("alpha", "beta", "gamma", "theta")
@@ -91,7 +92,7 @@ def perturbed(net, seed=0, scale=0.3):
     return params
 
 
-@pytest.fixture(params=["mixed", "dense", "dense-blas", "sparse"])
+@pytest.fixture(params=["mixed", "dense", "dense-blas", "sparse", "sparse-portable"])
 def path(request, monkeypatch):
     """Force the dense GEMM path, the sparse gather path, or let density choose.
 
@@ -99,15 +100,45 @@ def path(request, monkeypatch):
     threads for "mixed"), so that several blocks, a ragged last block, a
     ragged last GEMM chunk and the per-thread gradient accumulators are
     exercised. The dense products run through fastlista's GEMM (_gemm.h),
-    or BLAS for "dense-blas" and "sparse", whatever the CPU would choose.
+    or BLAS for "dense-blas" and the sparse paths; the sparse layers' rows
+    through the AVX2 kernel (_gather_avx2.h) where the CPU runs it, gathering
+    from the per-thread copy of M, or for "sparse-portable" through the
+    portable kernel, gathering from M itself (c patched around each row),
+    whatever the CPU and the size of M would choose.
     """
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "dense-blas": 0.0,
-           "sparse": 1.1}[request.param]
+           "sparse": 1.1, "sparse-portable": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
     monkeypatch.setattr(execution, "_OWN_GEMM", request.param in ("mixed", "dense"))
+    monkeypatch.setattr(execution, "_GATHER_V3", _unrolled.GATHER_V3_RUNS
+                        and request.param != "sparse-portable")
+    monkeypatch.setattr(_unrolled, "MT_COPY_BYTES",
+                        0 if request.param == "sparse-portable" else 1 << 40)
     return request.param
+
+
+def test_avx2_gather_only_where_the_cpu_runs_it(monkeypatch):
+    """The sparse rows' AVX2 kernel (_gather_avx2.h) runs only on a CPU with
+    AVX2 and FMA, by default only where the AVX2 clones run (no AVX-512, or
+    a build capped at x86-64-v3); forcing it elsewhere is refused, never
+    executed."""
+    if _unrolled.GATHER_V3:
+        assert _unrolled.GATHER_V3_RUNS
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        flags = set()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+        if _unrolled.GATHER_V3_RUNS:
+            assert {"avx2", "fma"} <= flags
+    if not _unrolled.GATHER_V3_RUNS:
+        D = np.eye(3, 4)
+        monkeypatch.setattr(execution, "_GATHER_V3", True)
+        with pytest.raises(ValueError, match="gather_v3"):
+            Lista(D, 0.1, 2).transform(np.ones((2, 4)))
 
 
 def test_blas_call_heights_follow_the_cpu():
@@ -179,6 +210,29 @@ def test_rows_longer_than_one_compaction_span_match_numpy(n_atoms, dtype, path):
     assert 0 < np.count_nonzero(ref) < 0.2 * ref.size
     rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
     assert_allclose(net.transform(X.astype(dtype)), ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rows_gathering_many_atoms_match_numpy(dtype, positive, path):
+    """Sparse layers whose input rows hold more than eight non-zeros (the
+    row kernels then gather in passes of eight rows of M), on rows of 203
+    atoms (three 64-entry words of the AVX2 kernel's flags and a tail that
+    is not a whole vector), signed and non-negative codes."""
+    X, D = make_problem(n_samples=20, n_atoms=203, n_features=24, seed=5)
+    lmbd = 0.05
+    net = Lista(D.astype(dtype), lmbd, 6, parametrization="step", positive=positive)
+    ref = numpy_ista(X, D, lmbd, 6, net.lipschitz_)
+    if positive:
+        Z = np.zeros_like(ref[0])
+        ref = []
+        for _ in range(6):
+            U = Z - (Z @ D - X) @ D.T / net.lipschitz_
+            Z = np.maximum(U - lmbd / net.lipschitz_, 0.0)
+            ref.append(Z)
+    assert np.count_nonzero(ref[-2], axis=1).max() > 8
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    assert_allclose(net.transform(X.astype(dtype)), ref[-1], rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista"])

@@ -18,7 +18,7 @@ import reference as ref  # noqa: E402
 from fastlista import (Lista, duality_gap, lasso_objective, lipschitz,  # noqa: E402
                        soft_thresholding, solve_lasso)
 from fastlista import _solvers as solvers  # noqa: E402
-from fastlista._kernels import _gemm  # noqa: E402
+from fastlista._kernels import _gemm, _unrolled  # noqa: E402
 from fastlista._networks import _execution as execution  # noqa: E402
 
 settings.register_profile("fastlista", derandomize=True, deadline=None,
@@ -149,13 +149,15 @@ def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed, own_gemm
 @given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),
        n_features=st.integers(1, 12), rel_lmbd=st.sampled_from([0.95, 0.6, 0.2]),
        dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans(),
-       own_gemm=st.booleans())
+       own_gemm=st.booleans(), gather_v3=st.booleans())
 @settings(max_examples=40)
 def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtype,
-                                       positive, own_gemm):
+                                       positive, own_gemm, gather_v3):
     # an untrained SLISTA network is ISTA with step 1/L: its sparse layers
     # threshold and compact rows of any length (one span of the row kernels
-    # is 256 atoms), its dense ones go through GEMMs (fastlista's or BLAS's)
+    # is 256 atoms, one word of the AVX2 kernel's flags 64) through the AVX2
+    # kernel (where the CPU runs it) or the portable one, its dense ones go
+    # through GEMMs (fastlista's or BLAS's)
     rng = np.random.default_rng(seed)
     D = rng.standard_normal((n_atoms, n_features))
     D /= np.linalg.norm(D, axis=1, keepdims=True)
@@ -163,11 +165,13 @@ def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtyp
     lmbd = rel_lmbd * float(np.abs(X @ D.T).max())
     net = Lista(D.astype(dtype), lmbd, 4, parametrization="step", positive=positive)
     Z_ref, _ = ref.ista(X, D, lmbd, n_iter=4, positive=positive)
-    default, execution._OWN_GEMM = execution._OWN_GEMM, own_gemm
+    default = execution._OWN_GEMM, execution._GATHER_V3
+    execution._OWN_GEMM = own_gemm
+    execution._GATHER_V3 = gather_v3 and _unrolled.GATHER_V3_RUNS
     try:
         Z = net.transform(X.astype(dtype))
     finally:
-        execution._OWN_GEMM = default
+        execution._OWN_GEMM, execution._GATHER_V3 = default
     assert Z.dtype == dtype
     tol = 1e-8 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())

@@ -7,6 +7,7 @@ import numpy as np
 
 import fastlista as fl
 from fastlista import _solvers as solvers
+from fastlista._kernels import _unrolled
 from fastlista._networks import _execution as networks
 
 
@@ -69,14 +70,21 @@ def main():
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
                 # every layer dense (codes kept as signs) through either
                 # GEMM (_gemm.h or BLAS), then every layer sparse (CSR
-                # rows): the same gradients
-                for rho, own in ((0.0, True), (0.0, False), (1.1, False)):
-                    saved = networks._SPARSE_DENSITY, networks._OWN_GEMM
-                    networks._SPARSE_DENSITY, networks._OWN_GEMM = rho, own
+                # rows) through the AVX2 row kernel (where the CPU runs
+                # it) gathering from the copy of M, and through the
+                # portable one gathering from M: the same gradients
+                for rho, own, v3, mt in ((0.0, True, False, 0), (0.0, False, False, 0),
+                                         (1.1, False, _unrolled.GATHER_V3_RUNS, 1 << 40),
+                                         (1.1, False, False, 0)):
+                    saved = (networks._SPARSE_DENSITY, networks._OWN_GEMM,
+                             networks._GATHER_V3, _unrolled.MT_COPY_BYTES)
+                    (networks._SPARSE_DENSITY, networks._OWN_GEMM,
+                     networks._GATHER_V3, _unrolled.MT_COPY_BYTES) = rho, own, v3, mt
                     try:
                         _, other = net.loss_and_grad(X)
                     finally:
-                        networks._SPARSE_DENSITY, networks._OWN_GEMM = saved
+                        (networks._SPARSE_DENSITY, networks._OWN_GEMM,
+                         networks._GATHER_V3, _unrolled.MT_COPY_BYTES) = saved
                     for layer, layer_other in zip(grads, other):
                         for k, g in layer.items():
                             np.testing.assert_allclose(
