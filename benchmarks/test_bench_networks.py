@@ -31,7 +31,11 @@ The interleaved runs (below) add, where the networks' dense layers multiply
 through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: no
 AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
 ``SLISTA loss_and_grad 0.1 / through BLAS``: the same calls with BLAS
-instead, without a target; and ``fused step with signs / plain product``:
+instead, without a target; where the sparse layers' rows run through the
+AVX2 kernel (``fastlista._kernels._unrolled.GATHER_V3``), ``SLISTA forward
+0.8 / portable gather`` and ``SLISTA loss_and_grad 0.8 / portable gather``:
+the same calls through the portable row kernel, gathering from M itself,
+without a target; and ``fused step with signs / plain product``:
 the training forward's gradient step, fused into the product u = r D^T of
 one 256-row block, against that product alone (what the epilogue costs).
 
@@ -55,6 +59,7 @@ import pytest
 
 import fastlista
 from fastlista import Lista
+from fastlista._kernels import _unrolled
 from fastlista._kernels._gemm import OWN_GEMM
 from fastlista._networks import _execution as execution
 
@@ -396,6 +401,16 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                   timer(through_blas(getattr(nets["step", 0.1], method)),
                                         X)))
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
+        if _unrolled.GATHER_V3:
+            # where the sparse layers' rows run through _gather_avx2.h: the
+            # same calls through the portable kernel, gathering from M
+            # itself (no target: what the kernel and M's copy buy)
+            for method, name in [("transform", "forward"), ("loss_and_grad",
+                                                          "loss_and_grad")]:
+                cases.append(Case(f"SLISTA {name} 0.8 / portable gather" + sfx,
+                                  timer(getattr(nets["step", 0.8], method), X),
+                                  timer(portable_gather(getattr(nets["step", 0.8],
+                                                                method)), X)))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
@@ -434,6 +449,19 @@ def through_blas(method):
             return method(*args)
         finally:
             execution._OWN_GEMM = default
+    return call
+
+
+def portable_gather(method):
+    """``method`` with the sparse layers' rows through the portable kernel,
+    gathering the rows of M itself (c patched around each row)."""
+    def call(*args):
+        default = execution._GATHER_V3, _unrolled.MT_COPY_BYTES
+        execution._GATHER_V3, _unrolled.MT_COPY_BYTES = False, 0
+        try:
+            return method(*args)
+        finally:
+            execution._GATHER_V3, _unrolled.MT_COPY_BYTES = default
     return call
 
 
