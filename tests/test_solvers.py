@@ -165,6 +165,29 @@ def test_gemm_backends_match_numpy_ista(own_gemm, positive, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("own_gemm", [False, True], ids=["blas", "own"])
+def test_ista_from_dense_codes_to_sparse_matches_numpy(own_gemm, dtype, monkeypatch):
+    """A dense warm start (a solution plus noise below the threshold): the
+    first iteration takes the residual form (with fastlista's GEMM, the
+    fused step, whose count of non-zeros then chooses the next form), the
+    next ones gather rows of the Gram matrix; the codes equal a NumPy ISTA."""
+    monkeypatch.setattr(fastlista._solvers, "_OWN_GEMM", own_gemm)
+    X, D = _residual_form_problem()
+    lm, T = 0.5, 30
+    Z_star, _ = ref.ista(X, D, lm, 300)
+    Z0 = Z_star + 1e-4 * np.random.default_rng(1).standard_normal(Z_star.shape)
+    # every sample keeps its warm start (better than 0), all of it non-zero
+    assert np.all(ref.objective(X, D, lm, Z0) <= 0.5 * np.sum(X * X, axis=1))
+    assert np.count_nonzero(Z0) == Z0.size
+    Z_ref, _ = ref.ista(X, D, lm, T, Z0=Z0)
+    # below 8 non-zeros a row (m = 96, n = 16): the gather is the cheapest
+    assert np.count_nonzero(Z_ref) < 7 * X.shape[0]
+    res = solve_lasso(X.astype(dtype), D.astype(dtype), dtype(lm), method="ista",
+                      tol=0.0, max_iter=T, Z0=Z0.astype(dtype))
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    assert_allclose(res.codes, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
+
+
+@pytest.mark.parametrize("own_gemm", [False, True], ids=["blas", "own"])
 @pytest.mark.parametrize("method", ITERATIVE)
 @pytest.mark.parametrize("lmbd", [0.3, 0.5])
 def test_gemm_backends_reach_certified_optimum(own_gemm, method, lmbd, monkeypatch):

@@ -414,6 +414,24 @@ static FL_SIMD int NAME(Py_ssize_t n, const T *__restrict z) {               \
 FL_DEFINE_NONFINITE(double, uint64_t, 0x7FF0000000000000ULL, fl_d_nonfinite)
 FL_DEFINE_NONFINITE(float, uint32_t, 0x7F800000U, fl_s_nonfinite)
 
+/* The number of non-zero entries of z[:n] (NaN counts, -0 does not): on
+   the bit pattern b with the sign shifted out, (b | -b) has its top bit
+   set iff b != 0. Integer operations only, so that the loop vectorizes (a
+   floating-point compare-and-count stays scalar). */
+#define FL_DEFINE_COUNT_NONZERO(T, U, NAME)                                    \
+static FL_SIMD Py_ssize_t NAME(Py_ssize_t n, const T *__restrict z) {        \
+    Py_ssize_t k = 0;                                                         \
+    for (Py_ssize_t j = 0; j < n; j++) {                                      \
+        U b; memcpy(&b, &z[j], sizeof(T));                                    \
+        b <<= 1;                                                              \
+        k += (Py_ssize_t) ((b | (0 - b)) >> (8 * sizeof(U) - 1));             \
+    }                                                                         \
+    return k;                                                                 \
+}
+
+FL_DEFINE_COUNT_NONZERO(double, uint64_t, fl_d_count_nonzero)
+FL_DEFINE_COUNT_NONZERO(float, uint32_t, fl_s_count_nonzero)
+
 /* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double
    whatever the storage dtype of the Gram matrix TB:
 

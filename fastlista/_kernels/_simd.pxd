@@ -58,6 +58,8 @@ cdef extern from "_simd.h":
                        double *out) noexcept nogil
     int fl_d_nonfinite(Py_ssize_t n, const double *z) noexcept nogil
     int fl_s_nonfinite(Py_ssize_t n, const float *z) noexcept nogil
+    Py_ssize_t fl_d_count_nonzero(Py_ssize_t n, const double *z) noexcept nogil
+    Py_ssize_t fl_s_count_nonzero(Py_ssize_t n, const float *z) noexcept nogil
     void fl_d_sub_axpy(int n, double a, const double *x, double *y) noexcept nogil
     void fl_s_sub_axpy(int n, double a, const float *x, double *y) noexcept nogil
     void fl_lower_solve(int k, int ld, const double *L, double *v) noexcept nogil

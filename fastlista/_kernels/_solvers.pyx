@@ -53,7 +53,8 @@ from ._gemm cimport FL_GEMM_KC, own_gemm_from, own_gemm_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
-from ._simd cimport fl_d_pst_step, fl_d_st_step, fl_s_pst_step, fl_s_st_step
+from ._simd cimport (fl_d_count_nonzero, fl_s_count_nonzero, fl_d_pst_step,
+                     fl_d_st_step, fl_s_pst_step, fl_s_st_step)
 
 cdef enum:
     ISTA = 0
@@ -134,21 +135,27 @@ cdef enum:
     FORM_RESIDUAL = 2   # R = P D - X, then G = R D^T
 
 
-cdef int gradient_form(const floating *P, int nb, Py_ssize_t m,
-                       Py_ssize_t n) noexcept nogil:
-    """The cheapest form of G[:nb] = P[:nb] B - C[:nb], by flop count (a
-    gather of rows of B runs at roughly 1 / SPARSE_PENALTY of GEMM speed)."""
-    cdef Py_ssize_t i, nnz = 0
+cdef int form_for(Py_ssize_t nnz, int nb, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """The cheapest form of G[:nb] = P[:nb] B - C[:nb] for a P of nnz
+    non-zeros, by flop count (a gather of rows of B runs at roughly
+    1 / SPARSE_PENALTY of GEMM speed)."""
     cdef double dense = 4.0 * nb * m * n
     if 2.0 * m * m * nb < dense:
         dense = 2.0 * m * m * nb
-    for i in range(nb * m):
-        nnz += P[i] != 0
     if SPARSE_PENALTY * 2.0 * m * nnz < dense:
         return FORM_GATHER
     if 2.0 * m * m * nb < 4.0 * nb * m * n:
         return FORM_GRAM
     return FORM_RESIDUAL
+
+
+cdef int gradient_form(const floating *P, int nb, Py_ssize_t m,
+                       Py_ssize_t n) noexcept nogil:
+    """form_for P[:nb], its non-zeros counted on the bit patterns
+    (vectorized)."""
+    if floating is double:
+        return form_for(fl_d_count_nonzero(nb * m, P), nb, m, n)
+    return form_for(fl_s_count_nonzero(nb * m, P), nb, m, n)
 
 
 cdef inline void block_residual(const floating *P, int nb, const floating *Xb,
@@ -277,6 +284,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef int method = c.method
     cdef Py_ssize_t m = c.m, n = c.n, N = c.N, j
     cdef int s, it = 0, trial, last
+    cdef Py_ssize_t znnz = -1   # non-zeros of Zb[:nb] when known, else -1
     cdef bint check, done, inside, shrunk
     cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, L = c.L
     cdef floating u
@@ -326,7 +334,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
         P = Yb if method == FISTA else Zb
         check = c.record or it == c.max_iter or (c.tol > 0 and it % c.gap_freq == 0)
         if (method == ISTA and not check and c.own_gemm and n <= FL_GEMM_KC
-                and gradient_form(Zb, nb, m, n) == FORM_RESIDUAL):
+                and (form_for(znnz, nb, m, n) if znnz >= 0
+                     else gradient_form(Zb, nb, m, n)) == FORM_RESIDUAL):
             # R = Z D - X, then z <- ST(z - (R D^T) / L, lmbd / L) taken on
             # each tile of R D^T as _gemm.h stores it (G is not written):
             # the step of the loop below, one pass over the block less
@@ -334,10 +343,14 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             for s in range(nb):
                 thr_b[s] = <floating> (w.lmbd[s] * step)
             block_residual(Zb, nb, Xb, D, m, n, True, R)
-            own_gemm_step(nb, <int> m, <int> n, R, <int> n, DT, <int> m,
-                          <floating> step, thr_b, c.positive, Zb, <int> m, NULL, 0)
+            # the step counts the non-zeros of the new z: the next
+            # iteration's choice of form needs no pass of its own
+            znnz = own_gemm_step(nb, <int> m, <int> n, R, <int> n, DT, <int> m,
+                                 <floating> step, thr_b, c.positive, Zb, <int> m,
+                                 NULL, 0)
             it = it + 1
             continue
+        znnz = -1       # Zb (and nb) change below
         block_gradient(P, nb, Xb, Cb, D, DT, B, m, n, c.own_gemm, R, G)
         if check:
             Gp = G

@@ -56,7 +56,6 @@ elementwise work is in the C micro-kernels below.
 """
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
-from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 cimport openmp
@@ -75,6 +74,7 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
                      fl_d_pst_step, fl_s_pst_step, fl_d_st_step_sign,
                      fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign,
+                     fl_d_count_nonzero, fl_s_count_nonzero,
                      fl_gather_v3_runs, fl_gather_v3_default,
                      fl_d_gather_st_compact_v3, fl_s_gather_st_compact_v3,
                      fl_d_gather_pst_compact_v3, fl_s_gather_pst_compact_v3)
@@ -383,25 +383,10 @@ cdef inline void expand_block(Dims *d, floating *Z, const int *ptr,
 
 
 cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcept nogil:
-    """Number of non-zero (or NaN) entries of z[:size].
-
-    On the bit pattern x with the sign shifted out, (x | -x) has its top bit
-    set iff x != 0: integer operations only, so the loop vectorizes.
-    """
-    cdef Py_ssize_t j, k = 0
-    cdef uint64_t b64
-    cdef uint32_t b32
+    """Number of non-zero (or NaN) entries of z[:size] (_simd.h)."""
     if floating is double:
-        for j in range(size):
-            memcpy(&b64, &z[j], 8)
-            b64 = b64 << 1
-            k += <Py_ssize_t> ((b64 | (0 - b64)) >> 63)
-    else:
-        for j in range(size):
-            memcpy(&b32, &z[j], 4)
-            b32 = b32 << 1
-            k += <Py_ssize_t> ((b32 | (0 - b32)) >> 31)
-    return k
+        return fl_d_count_nonzero(size, z)
+    return fl_s_count_nonzero(size, z)
 
 
 cdef inline void store_layer(Dims *d, floating *Z, Py_ssize_t nnz,
