@@ -116,6 +116,7 @@ def path(request, monkeypatch):
                         and request.param != "sparse-portable")
     monkeypatch.setattr(_unrolled, "MT_COPY_BYTES",
                         0 if request.param == "sparse-portable" else 1 << 40)
+    monkeypatch.setattr(_unrolled, "MT_COPY_WORK", 1 << 40)
     return request.param
 
 

@@ -77,14 +77,15 @@ def main():
                                          (1.1, False, _unrolled.GATHER_V3_RUNS, 1 << 40),
                                          (1.1, False, False, 0)):
                     saved = (networks._SPARSE_DENSITY, networks._OWN_GEMM,
-                             networks._GATHER_V3, _unrolled.MT_COPY_BYTES)
-                    (networks._SPARSE_DENSITY, networks._OWN_GEMM,
-                     networks._GATHER_V3, _unrolled.MT_COPY_BYTES) = rho, own, v3, mt
+                             networks._GATHER_V3, _unrolled.MT_COPY_BYTES,
+                             _unrolled.MT_COPY_WORK)
+                    (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
+                     _unrolled.MT_COPY_BYTES, _unrolled.MT_COPY_WORK) = rho, own, v3, mt, mt
                     try:
                         _, other = net.loss_and_grad(X)
                     finally:
-                        (networks._SPARSE_DENSITY, networks._OWN_GEMM,
-                         networks._GATHER_V3, _unrolled.MT_COPY_BYTES) = saved
+                        (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
+                         _unrolled.MT_COPY_BYTES, _unrolled.MT_COPY_WORK) = saved
                     for layer, layer_other in zip(grads, other):
                         for k, g in layer.items():
                             np.testing.assert_allclose(
