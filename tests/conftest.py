@@ -64,3 +64,16 @@ def assert_allclose_dtype(actual, desired, dtype, rtol=None, atol=0.0, **kw):
     """assert_allclose with a default rtol scaled to ``dtype``."""
     np.testing.assert_allclose(actual, desired, rtol=rtol_for(dtype) if rtol is None else rtol,
                                atol=atol, **kw)
+
+
+def cpu_flags():
+    """The running CPU's flags from /proc/cpuinfo on Linux x86-64, else None."""
+    import platform
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return None
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    return flags

@@ -10,6 +10,8 @@ import pytest
 
 from fastlista._kernels import _gemm
 
+from conftest import cpu_flags
+
 
 def bound(alpha, A, B, beta, C0):
     """Elementwise bound on |fl(alpha A B + beta C) - (alpha A B + beta C)|:
@@ -87,16 +89,10 @@ def test_gemm_propagates_non_finite_values(dtype):
 def test_own_gemm_only_where_blas_packs_and_avx2_runs():
     """The networks use _gemm.h only on a CPU without AVX-512 (BLAS packs
     small calls) with AVX2 and FMA (its vector code runs)."""
-    import platform
-    import sys
-    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+    flags = cpu_flags()
+    if flags is None:
         assert not _gemm.OWN_GEMM
         return
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
     if _gemm.OWN_GEMM:
         assert {"avx2", "fma"} <= flags and "avx512f" not in flags
     if "avx512f" in flags:

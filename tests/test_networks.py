@@ -6,8 +6,6 @@ ALISTA weights of the reference code, and central finite differences; and,
 when torch is installed, autograd.
 """
 import io
-import platform
-import sys
 import zipfile
 
 import numpy as np
@@ -17,6 +15,8 @@ from numpy.testing import assert_allclose
 import fastlista._networks._execution as execution
 from fastlista import InvalidParameterError, Lista, alista_weights
 from fastlista._kernels import _unrolled
+
+from conftest import cpu_flags
 
 PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
 STEP_KEYS = ("alpha", "beta", "gamma", "theta")
@@ -127,14 +127,9 @@ def test_avx2_gather_only_where_the_cpu_runs_it(monkeypatch):
     executed."""
     if _unrolled.GATHER_V3:
         assert _unrolled.GATHER_V3_RUNS
-    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
-        flags = set()
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-        if _unrolled.GATHER_V3_RUNS:
-            assert {"avx2", "fma"} <= flags
+    flags = cpu_flags()
+    if flags is not None and _unrolled.GATHER_V3_RUNS:
+        assert {"avx2", "fma", "bmi1", "bmi2"} <= flags
     if not _unrolled.GATHER_V3_RUNS:
         D = np.eye(3, 4)
         monkeypatch.setattr(execution, "_GATHER_V3", True)
@@ -147,12 +142,8 @@ def test_blas_call_heights_follow_the_cpu():
     paper shape's GEMM calls have the heights README.md gives: 32 rows where
     OpenBLAS multiplies small matrices without packing them, 256 elsewhere."""
     from fastlista._kernels._cpu import BLAS_PACKS_SMALL_CALLS
-    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
-        flags = set()
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
+    flags = cpu_flags()
+    if flags is not None:
         assert BLAS_PACKS_SMALL_CALLS == ("avx512f" not in flags)
     for weight_grads in (False, True):
         n_threads, block, chunk = execution.plan(10000, 256, 64, 30, 2, weight_grads)
@@ -223,14 +214,14 @@ def test_rows_gathering_many_atoms_match_numpy(dtype, positive, path):
     X, D = make_problem(n_samples=20, n_atoms=203, n_features=24, seed=5)
     lmbd = 0.05
     net = Lista(D.astype(dtype), lmbd, 6, parametrization="step", positive=positive)
-    ref = numpy_ista(X, D, lmbd, 6, net.lipschitz_)
-    if positive:
-        Z = np.zeros_like(ref[0])
-        ref = []
+    if positive:        # ISTA with the one-sided threshold max(u - s, 0)
+        Z, ref = np.zeros((X.shape[0], D.shape[0])), []
         for _ in range(6):
             U = Z - (Z @ D - X) @ D.T / net.lipschitz_
             Z = np.maximum(U - lmbd / net.lipschitz_, 0.0)
             ref.append(Z)
+    else:
+        ref = numpy_ista(X, D, lmbd, 6, net.lipschitz_)
     assert np.count_nonzero(ref[-2], axis=1).max() > 8
     rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
     assert_allclose(net.transform(X.astype(dtype)), ref[-1], rtol=rtol, atol=atol)
