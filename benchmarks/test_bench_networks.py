@@ -34,8 +34,11 @@ AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
 instead, without a target; where the sparse layers' rows run through the
 AVX2 kernel (``fastlista._kernels._unrolled.GATHER_V3``), ``SLISTA forward
 0.8 / portable gather`` and ``SLISTA loss_and_grad 0.8 / portable gather``:
-the same calls through the portable row kernel, gathering from M itself,
-without a target; and ``fused step with signs / plain product``:
+the same calls through the portable row kernel, without a target;
+``SLISTA forward 0.8 / one layer a run``: the forward with its sparse
+layers run one layer at a time over the block
+(``fastlista._kernels._unrolled.SPARSE_RUN = 1``), not row by row over
+several, without a target; and ``fused step with signs / plain product``:
 the training forward's gradient step, fused into the product u = r D^T of
 one 256-row block, against that product alone (what the epilogue costs).
 
@@ -403,14 +406,20 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
         if _unrolled.GATHER_V3:
             # where the sparse layers' rows run through _gather_avx2.h: the
-            # same calls through the portable kernel, gathering from M
-            # itself (no target: what the kernel and M's copy buy)
+            # same calls through the portable kernel (no target: what the
+            # kernel buys)
             for method, name in [("transform", "forward"), ("loss_and_grad",
                                                           "loss_and_grad")]:
                 cases.append(Case(f"SLISTA {name} 0.8 / portable gather" + sfx,
                                   timer(getattr(nets["step", 0.8], method), X),
                                   timer(portable_gather(getattr(nets["step", 0.8],
                                                                 method)), X)))
+        # the sparse layers of the forward pass run row by row, SPARSE_RUN
+        # layers a row: the same call one layer at a time (no target: what
+        # the runs buy)
+        cases.append(Case("SLISTA forward 0.8 / one layer a run" + sfx,
+                          timer(nets["step", 0.8].transform, X),
+                          timer(one_layer_runs(nets["step", 0.8].transform), X)))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
@@ -453,15 +462,25 @@ def through_blas(method):
 
 
 def portable_gather(method):
-    """``method`` with the sparse layers' rows through the portable kernel,
-    gathering the rows of M itself (c patched around each row)."""
+    """``method`` with the sparse layers' rows through the portable kernel."""
     def call(*args):
-        default = execution._GATHER_V3, _unrolled.MT_COPY_BYTES
-        execution._GATHER_V3, _unrolled.MT_COPY_BYTES = False, 0
+        default, execution._GATHER_V3 = execution._GATHER_V3, False
         try:
             return method(*args)
         finally:
-            execution._GATHER_V3, _unrolled.MT_COPY_BYTES = default
+            execution._GATHER_V3 = default
+    return call
+
+
+def one_layer_runs(method):
+    """``method`` with the sparse layers run one layer at a time over the
+    block (``_unrolled.SPARSE_RUN = 1``), not row by row over several."""
+    def call(*args):
+        default, _unrolled.SPARSE_RUN = _unrolled.SPARSE_RUN, 1
+        try:
+            return method(*args)
+        finally:
+            _unrolled.SPARSE_RUN = default
     return call
 
 

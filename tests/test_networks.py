@@ -101,10 +101,10 @@ def path(request, monkeypatch):
     ragged last GEMM chunk and the per-thread gradient accumulators are
     exercised. The dense products run through fastlista's GEMM (_gemm.h),
     or BLAS for "dense-blas" and the sparse paths; the sparse layers' rows
-    through the AVX2 kernel (_gather_avx2.h) where the CPU runs it, gathering
-    from the per-thread copy of M, or for "sparse-portable" through the
-    portable kernel, gathering from M itself (c patched around each row),
-    whatever the CPU and the size of M would choose.
+    through the AVX2 kernel (_gather_avx2.h) where the CPU runs it, or for
+    "sparse-portable" through the portable kernel, whatever the CPU would
+    choose. The sparse layers run row by row in runs of SPARSE_RUN layers,
+    3 for "sparse-portable" (so that runs end within the networks' depths).
     """
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "dense-blas": 0.0,
            "sparse": 1.1, "sparse-portable": 1.1}[request.param]
@@ -114,9 +114,8 @@ def path(request, monkeypatch):
     monkeypatch.setattr(execution, "_OWN_GEMM", request.param in ("mixed", "dense"))
     monkeypatch.setattr(execution, "_GATHER_V3", _unrolled.GATHER_V3_RUNS
                         and request.param != "sparse-portable")
-    monkeypatch.setattr(_unrolled, "MT_COPY_BYTES",
-                        0 if request.param == "sparse-portable" else 1 << 40)
-    monkeypatch.setattr(_unrolled, "MT_COPY_WORK", 1 << 40)
+    if request.param == "sparse-portable":
+        monkeypatch.setattr(_unrolled, "SPARSE_RUN", 3)
     return request.param
 
 

@@ -70,22 +70,21 @@ def main():
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
                 # every layer dense (codes kept as signs) through either
                 # GEMM (_gemm.h or BLAS), then every layer sparse (CSR
-                # rows) through the AVX2 row kernel (where the CPU runs
-                # it) gathering from the copy of M, and through the
-                # portable one gathering from M: the same gradients
-                for rho, own, v3, mt in ((0.0, True, False, 0), (0.0, False, False, 0),
-                                         (1.1, False, _unrolled.GATHER_V3_RUNS, 1 << 40),
-                                         (1.1, False, False, 0)):
+                # rows, run row by row) through the AVX2 row kernel (where
+                # the CPU runs it), and through the portable one in runs
+                # of 3 layers: the same gradients
+                for rho, own, v3, run in ((0.0, True, False, 32), (0.0, False, False, 32),
+                                          (1.1, False, _unrolled.GATHER_V3_RUNS, 32),
+                                          (1.1, False, False, 3)):
                     saved = (networks._SPARSE_DENSITY, networks._OWN_GEMM,
-                             networks._GATHER_V3, _unrolled.MT_COPY_BYTES,
-                             _unrolled.MT_COPY_WORK)
+                             networks._GATHER_V3, _unrolled.SPARSE_RUN)
                     (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
-                     _unrolled.MT_COPY_BYTES, _unrolled.MT_COPY_WORK) = rho, own, v3, mt, mt
+                     _unrolled.SPARSE_RUN) = rho, own, v3, run
                     try:
                         _, other = net.loss_and_grad(X)
                     finally:
                         (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
-                         _unrolled.MT_COPY_BYTES, _unrolled.MT_COPY_WORK) = saved
+                         _unrolled.SPARSE_RUN) = saved
                     for layer, layer_other in zip(grads, other):
                         for k, g in layer.items():
                             np.testing.assert_allclose(

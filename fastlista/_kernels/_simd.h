@@ -250,23 +250,30 @@ static FL_SIMD void NAME##_gather(int k, const int *idx, const T *coef,    \
     }
 
 /* A sparse layer's row in one kernel:
-       y = a OP(src + alpha sum_q coef[q] A[idx[q], :], s)
-   and its CSR row (oidx, oval); returns its number of non-zeros (A, src
-   and y have m columns). The sum takes eight rows of A a pass, and the
-   pass with the last one to eight rows also thresholds, stores, flags
-   and compacts: a row gathering at most eight rows (codes with at most
-   eight non-zeros) is read and written once. A pass reads src, or y
-   itself after the first one: every loop reads and writes entry j only
-   (no other overlap), which the ivdep pragma asserts. */
+       y = a OP(src + alpha sum_q coef[q] (A[idx[q], :] + delta e_idx[q]), s)
+   (the rows of A + delta I, for distinct idx[q]) and its CSR row (oidx,
+   oval); returns its number of non-zeros (A, src and y have m columns).
+   The diagonal terms are added to src's entries for the pass (saved and
+   restored exactly: src is left as it was), or for a row of more than
+   eight gathers to y after its first pass. The sum takes eight rows of A
+   a pass, and the pass with the last one to eight rows also thresholds,
+   stores, flags and compacts: a row gathering at most eight rows (codes
+   with at most eight non-zeros) is read and written once. A pass reads
+   src, or y itself after the first one: every loop reads and writes entry
+   j only (no other overlap), which the ivdep pragma asserts. */
 #define FL_DEFINE_GATHER_COMPACT(T, U, P, OP)                              \
 static FL_SIMD int P##_gather_##OP##_compact(                             \
-        int k, const int *idx, const T *coef, T alpha, const T *A, int m, \
-        const T *src, T *y, T a, T s, int *oidx, T *oval) {               \
+        int k, const int *idx, const T *coef, T alpha, T delta,           \
+        const T *A, int m, T *src, T *y, T a, T s, int *oidx, T *oval) {  \
     const T *from = src;                                                  \
     const T *r_[8];                                                       \
-    T c_[8];                                                              \
+    T c_[8], save_[8];                                                    \
     unsigned char nz[FL_SPAN];                                            \
-    int q = 0, nnz = 0;                                                   \
+    int q = 0, nnz = 0, npatch = delta != 0 && k <= 8 ? k : 0;            \
+    for (int p_ = 0; p_ < npatch; p_++) {                                 \
+        save_[p_] = src[idx[p_]];                                         \
+        src[idx[p_]] += alpha * coef[p_] * delta;                         \
+    }                                                                     \
     for (;; q += 8) {                                                     \
         FL_TAKE_ROWS(k - q < 8 ? k - q : 8, idx + q, coef + q, m)         \
         if (k - q <= 8)                                                   \
@@ -276,6 +283,9 @@ static FL_SIMD int P##_gather_##OP##_compact(                             \
         _Pragma("GCC ivdep")                                              \
         for (int j = 0; j < m; j++)                                       \
             y[j] = from[j] + (FL_ROWS_8);                                 \
+        if (q == 0 && delta != 0)                                         \
+            for (int p_ = 0; p_ < k; p_++)                                \
+                y[idx[p_]] += alpha * coef[p_] * delta;                   \
         from = y;                                                         \
     }                                                                     \
     FL_ROW_COEFS(T)                                                       \
@@ -290,6 +300,8 @@ static FL_SIMD int P##_gather_##OP##_compact(                             \
     case 7: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_7) break;        \
     default: FL_GATHER_COMPACT_SPANS(T, U, P, OP, FL_ROWS_8) break;       \
     }                                                                     \
+    for (int p_ = npatch - 1; p_ >= 0; p_--)                              \
+        src[idx[p_]] = save_[p_];                                         \
     return nnz;                                                           \
 }
 

@@ -17,16 +17,16 @@ cdef extern from "_simd.h":
     void fl_s_gather_set(int k, const int *idx, const float *coef, float alpha,
                          const float *A, int p, float *u) noexcept nogil
     int fl_d_gather_st_compact(int k, const int *idx, const double *coef, double alpha,
-                               const double *A, int m, const double *src, double *y,
+                               double delta, const double *A, int m, double *src, double *y,
                                double a, double s, int *oidx, double *oval) noexcept nogil
     int fl_s_gather_st_compact(int k, const int *idx, const float *coef, float alpha,
-                               const float *A, int m, const float *src, float *y,
+                               float delta, const float *A, int m, float *src, float *y,
                                float a, float s, int *oidx, float *oval) noexcept nogil
     int fl_d_gather_pst_compact(int k, const int *idx, const double *coef, double alpha,
-                                const double *A, int m, const double *src, double *y,
+                                double delta, const double *A, int m, double *src, double *y,
                                 double a, double s, int *oidx, double *oval) noexcept nogil
     int fl_s_gather_pst_compact(int k, const int *idx, const float *coef, float alpha,
-                                const float *A, int m, const float *src, float *y,
+                                float delta, const float *A, int m, float *src, float *y,
                                 float a, float s, int *oidx, float *oval) noexcept nogil
     Py_ssize_t fl_d_st_step(Py_ssize_t n, double *z, const double *u, double a,
                             double s) noexcept nogil
@@ -75,18 +75,18 @@ cdef extern from "_gather_avx2.h":
     int fl_gather_v3_runs() noexcept nogil
     int fl_gather_v3_default() noexcept nogil
     int fl_d_gather_st_compact_v3(int k, const int *idx, const double *coef,
-                                  double alpha, const double *A, int m,
-                                  const double *src, double *y, double a, double s,
+                                  double alpha, double delta, const double *A, int m,
+                                  double *src, double *y, double a, double s,
                                   int *oidx, double *oval) noexcept nogil
     int fl_s_gather_st_compact_v3(int k, const int *idx, const float *coef,
-                                  float alpha, const float *A, int m,
-                                  const float *src, float *y, float a, float s,
+                                  float alpha, float delta, const float *A, int m,
+                                  float *src, float *y, float a, float s,
                                   int *oidx, float *oval) noexcept nogil
     int fl_d_gather_pst_compact_v3(int k, const int *idx, const double *coef,
-                                   double alpha, const double *A, int m,
-                                   const double *src, double *y, double a, double s,
+                                   double alpha, double delta, const double *A, int m,
+                                   double *src, double *y, double a, double s,
                                    int *oidx, double *oval) noexcept nogil
     int fl_s_gather_pst_compact_v3(int k, const int *idx, const float *coef,
-                                   float alpha, const float *A, int m,
-                                   const float *src, float *y, float a, float s,
+                                   float alpha, float delta, const float *A, int m,
+                                   float *src, float *y, float a, float s,
                                    int *oidx, float *oval) noexcept nogil

@@ -51,7 +51,11 @@ blocks are taller, to amortise the packing: _kernels/_cpu.pyx). A layer
 whose input codes are sparse takes the support-aware path: z_t M gathers
 the k_i rows of M for the non-zeros of row i (2 k_i m flops; ``coupled``
 gathers rows of D for z_t D), and the backward pass gathers the rows of
-M^T (or W, W_z^T) for the support of z_{t+1}. Row loops run in L1; their
+M^T (or W, W_z^T) for the support of z_{t+1}. With one W for all layers,
+consecutive sparse layers run row by row: each row goes through up to
+SPARSE_RUN layers forward (and through all the sparse ones backward)
+before the next row, so that its c = x W^T, code and gradient stay in L1
+and only the gathered rows of M come from L2. Row loops run in L1; their
 elementwise work is in the C micro-kernels below.
 """
 from cython cimport floating
@@ -112,6 +116,7 @@ cdef struct Dims:
     Py_ssize_t chunk    # rows of one BLAS call (row_gemm)
     bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
     bint gather_v3  # sparse rows through _gather_avx2.h (the CPU runs it)
+    int run         # layers a sparse shared-W block runs row by row (SPARSE_RUN)
     Py_ssize_t m        # atoms
     Py_ssize_t n        # features
     int T               # layers run
@@ -143,6 +148,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.chunk = nb_max
     d.own_gemm = False
     d.gather_v3 = False
+    d.run = 1
     d.m = m
     d.n = n
     d.T = T
@@ -195,29 +201,37 @@ cdef inline int scaled_st_compact_row(int m, floating *y, floating a, floating s
 
 
 cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
-                                      const floating *M, int m, const floating *c,
-                                      floating *u, floating a, floating s, int *idx,
-                                      floating *val, bint positive,
+                                      const floating *M, int m, floating *c,
+                                      floating *u, floating a, floating s,
+                                      int *idx, floating *val, bint positive,
                                       bint v3) noexcept nogil:
-    """u <- a ST(c - sum_q vz[q] M[iz[q], :], s) (one-sided for positive
-    codes), its CSR row in idx/val, in one pass for k <= 8; returns nnz.
-    v3: through the AVX2 kernel (_gather_avx2.h), else the portable one."""
+    """u <- a ST(c - sum_q vz[q] (M - I / a)[iz[q], :], s) (one-sided for
+    positive codes), its CSR row in idx/val, in one pass for k <= 8;
+    returns nnz. c is patched for the pass and restored exactly. v3:
+    through the AVX2 kernel (_gather_avx2.h), else the portable one."""
+    cdef floating delta = -1 / a
     if floating is double:
         if v3:
             if positive:
-                return fl_d_gather_pst_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
-            return fl_d_gather_st_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+                return fl_d_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
+                                                  s, idx, val)
+            return fl_d_gather_st_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                             idx, val)
         if positive:
-            return fl_d_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
-        return fl_d_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+            return fl_d_gather_pst_compact(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                           idx, val)
+        return fl_d_gather_st_compact(k, iz, vz, -1, delta, M, m, c, u, a, s, idx, val)
     else:
         if v3:
             if positive:
-                return fl_s_gather_pst_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
-            return fl_s_gather_st_compact_v3(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+                return fl_s_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
+                                                  s, idx, val)
+            return fl_s_gather_st_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                             idx, val)
         if positive:
-            return fl_s_gather_pst_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
-        return fl_s_gather_st_compact(k, iz, vz, -1, M, m, c, u, a, s, idx, val)
+            return fl_s_gather_pst_compact(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                           idx, val)
+        return fl_s_gather_st_compact(k, iz, vz, -1, delta, M, m, c, u, a, s, idx, val)
 
 
 cdef inline Py_ssize_t st_step_row(Py_ssize_t m, floating *z, const floating *u,
@@ -527,19 +541,111 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 # residual family: step (SLISTA), alista, coupled (LISTA-CP)
 # ---------------------------------------------------------------------------
 
+#: A shared-W block whose code is sparse runs up to SPARSE_RUN layers row by
+#: row (sparse_rows_forward) before its density is looked at again. Each
+#: run reads every row's c again, from beyond L2 (a block's c and M do not
+#: both fit): at lmbd = 0.8 on the paper shape runs of 8 layers took
+#: 1.01-1.08 of the time of runs of 32. A block whose codes grow denser
+#: within a run keeps gathering rows, at up to about twice the cost of
+#: dense layers at half density (ISTA's codes grow sparser with depth).
+SPARSE_RUN = 32
+
+
+cdef Py_ssize_t sparse_rows_forward(
+        Dims *d, int t0, int t1, const floating *X, const floating *D,
+        const floating *M, floating *C, const floating *step,
+        const floating *thr, const double *lam, bint store, int s_in, int s_out,
+        int *ptr, int *idx, floating *val, floating *u, int *ib, floating *vb,
+        floating *R, double *obj) noexcept nogil:
+    """Layers t0 <= t < t1 of a shared-W block, each row through all of them
+    before the next row; returns the output's number of non-zeros.
+
+    Row i of layer t, with a = a_t and s = lam_i thr_t:
+
+        y = c_i - z M + z / a,     z+ = ST(z - a (z M - c_i), s) = a ST(y, s / a),
+
+    the rows of M - I / a gathered for the k non-zeros of z (2 k m flops),
+    thresholded and compacted into z+'s CSR row in one kernel; the dense
+    row goes to u (one row of scratch, in L1). (y carries the same absolute
+    rounding error as u; every step is at least eps, which keeps z / a far
+    from overflow.) A row's c_i, and its code from layer to layer, stay in
+    L1 over the t1 - t0 layers, where a layer at a time would read them
+    from L2 in every layer (at lmbd = 0.8 on the paper shape, a forward
+    pass in 0.79-0.82 of the time).
+
+    The input code is in slot s_in, the output in slot s_out; with store,
+    layer t's output is written to slot t + 1 (s_out = t1), otherwise the
+    intermediate rows go back and forth between the halves of ib and vb
+    (2 m each). C's rows are patched and restored exactly around each
+    kernel. obj (or NULL) accumulates every layer's objective, row by
+    row, with R's first row as scratch.
+    """
+    cdef Py_ssize_t m = d.m, n = d.n, cap = <Py_ssize_t> d.nb_max * m, i, j
+    cdef Py_ssize_t nnz = 0
+    cdef int t, k, kn, so
+    cdef const int *iz
+    cdef const floating *vz
+    cdef int *io
+    cdef int *po
+    cdef floating *vo
+    cdef floating a
+    cdef double l1, rr
+    for t in range(t0, t1):
+        if store or t == t1 - 1:
+            ptr[(t + 1 if store else s_out) * (d.nb_max + 1)] = 0
+    for i in range(d.nb):
+        po = &ptr[s_in * (d.nb_max + 1)]
+        k = po[i + 1] - po[i]
+        iz = &idx[s_in * cap + po[i]]
+        vz = &val[s_in * cap + po[i]]
+        for t in range(t0, t1):
+            a = step[t]
+            if store or t == t1 - 1:
+                so = t + 1 if store else s_out
+                po = &ptr[so * (d.nb_max + 1)]
+                io = &idx[so * cap + po[i]]
+                vo = &val[so * cap + po[i]]
+            else:
+                io = &ib[(t - t0) % 2 * m]
+                vo = &vb[(t - t0) % 2 * m]
+            kn = gather_st_compact_row(k, iz, vz, M, <int> m, &C[i * m], u, a,
+                                       <floating> (lam[i] * thr[t]) / a, io, vo,
+                                       d.positive, d.gather_v3)
+            if store or t == t1 - 1:
+                po[i + 1] = po[i] + kn
+            k = kn
+            iz = io
+            vz = vo
+            if obj != NULL:
+                # 1/2 ||z D - x||^2 + lam_i ||z||_1, the rows of D gathered
+                for j in range(n):
+                    R[j] = -X[i * n + j]
+                gather_rows(k, iz, vz, 1, D, <int> n, R)
+                rr = 0
+                for j in range(n):
+                    rr += R[j] * R[j]
+                l1 = 0
+                for j in range(k):
+                    l1 += vz[j] if vz[j] > 0 else -vz[j]
+                obj[t] += 0.5 * rr + lam[i] * l1
+        nnz += k
+    return nnz
+
+
 cdef void residual_forward_block(
         Dims *d, const floating *X, const floating *D, const floating *WT,
-        const floating *M, floating *Mt, const floating *step, const floating *thr,
+        const floating *M, const floating *step, const floating *thr,
         const double *lam, bint store, floating *C, floating *Z, floating *U,
-        floating *R, floating *sv, floating *Rst, int *fmt, int *ptr, int *idx,
-        floating *val, double *obj) noexcept nogil:
+        floating *R, int *ib, floating *vb, floating *Rst, int *fmt, int *ptr,
+        int *idx, floating *val, double *obj) noexcept nogil:
     """Run the block through the T layers; z_T is left in Z.
 
-    Row i's thresholds are lam[i] * thr[t]. Mt (shared W only; or NULL) is
-    the thread's copy of M, whose diagonal the sparse layers overwrite.
+    Row i's thresholds are lam[i] * thr[t]. ib and vb (2 m each) are the
+    scratch of sparse_rows_forward.
 
-    Layer t's code is in storage slot t (store) or t % 2 (inference):
-    fmt[s], ptr[s (nb_max + 1):], idx/val[s nb_max m:]. Rst (training,
+    Layer t's code is in storage slot t (store), or in one of two slots
+    that alternate (inference): fmt[s], ptr[s (nb_max + 1):],
+    idx/val[s nb_max m:]. Rst (training,
     NULL when the dense layers go through M) receives r_t = z_t D - x of
     every layer that computes it; a dense code z_t is then stored as its
     signs (FMT_SIGN): the backward pass needs z_t's values only through
@@ -548,17 +654,14 @@ cdef void residual_forward_block(
     (if not NULL) accumulates the objective of every layer's output.
     """
     cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i, j
-    cdef int T = d.T, t, s_in, s_out, kz, q
+    cdef int T = d.T, t = 0, t1, s_in, s_out, cur = 0
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t nnz = 0, r
     cdef const floating *WTt
-    cdef const floating *vz
-    cdef const int *iz
     cdef signed char *sg
-    cdef floating a, inv_a
+    cdef floating a
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
     cdef floating *Rt
-    cdef floating *Ci
     cdef floating *z = Z        # z_t, dense when zdense
     cdef floating *u = U        # scratch: a block (dense layers), a row (sparse)
     cdef int *pin
@@ -572,115 +675,176 @@ cdef void residual_forward_block(
     fmt[0] = FMT_CSR
     memset(ptr, 0, (nb + 1) * sizeof(int))
 
-    for t in range(T):
-        s_in = t if store else t % 2
-        s_out = t + 1 if store else (t + 1) % 2
+    while t < T:
+        s_in = t if store else cur
         pin = &ptr[s_in * (d.nb_max + 1)]
-        pout = &ptr[s_out * (d.nb_max + 1)]
         a = step[t]
         WTt = WT if d.shared else &WT[<Py_ssize_t> t * m * n]
         sparse = fmt[s_in] == FMT_CSR and nnz < d.rho * size
 
         if sparse and d.shared and a >= eps:
-            # row by row, in L1, with u = a y:
-            #     y = c - z M + z / a,   z+ = ST(u, s) = a ST(y, s / a),
-            # the rows of M gathered for the k non-zeros of z (2 k m flops),
-            # thresholded and compacted in the same pass into z+'s CSR row;
-            # the dense row goes to one scratch row of u, which stays in L1,
-            # and the block's dense z+ is only expanded from the CSR rows
-            # when a dense layer or the output needs it.
-            # (y carries the same absolute rounding error as u; a >= eps
-            # keeps z / a far from overflow, smaller steps take the path below)
-            # z / a enters through the rows gathered, those of Mt = M - I / a
-            # (the diagonal of the thread's copy, set for the layer), or,
-            # without a copy, through c, whose k entries are saved in sv,
-            # patched and restored (exactly) around the row's one kernel
-            # (scalar stores that the kernel's vector loads wait for: the
-            # copy saves 0.05 of a float32 forward pass at lmbd = 0.8)
-            inv_a = 1 / a
-            if Mt != NULL:
-                for j in range(m):
-                    Mt[j * m + j] = M[j * m + j] - inv_a
-            pout[0] = 0
-            for i in range(nb):
-                Ci = &C[i * m]
-                kz = pin[i + 1] - pin[i]
-                iz = &idx[s_in * cap + pin[i]]
-                vz = &val[s_in * cap + pin[i]]
-                if Mt == NULL:
-                    for q in range(kz):
-                        sv[q] = Ci[iz[q]]
-                        Ci[iz[q]] += vz[q] * inv_a
-                pout[i + 1] = pout[i] + gather_st_compact_row(
-                    kz, iz, vz, Mt if Mt != NULL else M, <int> m, Ci, u, a,
-                    <floating> (lam[i] * thr[t]) * inv_a,
-                    &idx[s_out * cap + pout[i]], &val[s_out * cap + pout[i]],
-                    d.positive, d.gather_v3)
-                if Mt == NULL:
-                    for q in range(kz):
-                        Ci[iz[q]] = sv[q]
+            # a run of layers row by row, up to d.run of them, each
+            # with a step of at least eps (smaller steps take the path below);
+            # the block's dense z is only expanded from the CSR rows when a
+            # dense layer or the output needs it
+            t1 = t + 1
+            while t1 < T and t1 - t < d.run and step[t1] >= eps:
+                t1 += 1
+            s_out = t1 if store else 1 - cur
+            nnz = sparse_rows_forward(d, t, t1, X, D, M, C, step, thr, lam, store,
+                                      s_in, s_out, ptr, idx, val, u, ib, vb, R, obj)
+            for r in range(t + 1 if store else s_out, s_out + 1):
+                fmt[r] = FMT_CSR
+            pout = &ptr[s_out * (d.nb_max + 1)]
             zdense = False
-            fmt[s_out] = FMT_CSR
-            nnz = pout[nb]
+            t = t1
+            cur = s_out
+            continue
+        s_out = t + 1 if store else 1 - cur
+        pout = &ptr[s_out * (d.nb_max + 1)]
+        if not zdense:
+            expand_block(d, z, pin, &idx[s_in * cap], &val[s_in * cap])
+            zdense = True
+        fused = False
+        if d.shared and d.gram and not sparse:
+            # u = z M - c  (one GEMM through the Gram matrix)
+            row_gemm(d, m, m, 1, z, m, M, m, 0, u, m)
+            for r in range(size):
+                u[r] -= C[r]
         else:
-            if not zdense:
-                expand_block(d, z, pin, &idx[s_in * cap], &val[s_in * cap])
-                zdense = True
-            fused = False
-            if d.shared and d.gram and not sparse:
-                # u = z M - c  (one GEMM through the Gram matrix)
-                row_gemm(d, m, m, 1, z, m, M, m, 0, u, m)
-                for r in range(size):
-                    u[r] -= C[r]
+            # r = z D - x (rows of D gathered when z is sparse), u = r W^T
+            Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else R
+            residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
+                          &idx[s_in * cap], &val[s_in * cap], Rt)
+            fused = d.own_gemm and d.ks == NULL and n <= FL_GEMM_KC
+            if not fused:
+                row_gemm(d, m, n, 1, Rt, n, WTt, m, 0, u, m)
+        # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
+        # row's lmbd); with support selection the ks[t] largest entries
+        # of z - a u pass unthresholded. Fused: the step is taken as
+        # _gemm.h stores each tile of u = r W^T, never stored (its
+        # first nb entries hold the rows' thresholds)
+        sg = <signed char *> &val[s_out * cap] if store and Rst != NULL else NULL
+        nnz = 0
+        if fused:
+            for i in range(nb):
+                u[i] = <floating> (lam[i] * thr[t])
+            nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
+                                <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
+        for i in range(0 if fused else nb):
+            if d.ks != NULL and d.ks[t] > 0:
+                for j in range(m):
+                    z[i * m + j] -= a * u[i * m + j]
+                nnz += select_threshold_row(
+                    d, m, &z[i * m], &z[i * m], NULL, <floating> (lam[i] * thr[t]),
+                    d.ks[t], &d.sel[(s_out * d.nb_max + i) * d.kmax],
+                    &sg[i * m] if sg != NULL else NULL)
             else:
-                # r = z D - x (rows of D gathered when z is sparse), u = r W^T
-                Rt = &Rst[<Py_ssize_t> t * d.nb_max * n] if Rst != NULL else R
-                residual_rows(d, X, D, z, FMT_CSR if sparse else FMT_DENSE, pin,
-                              &idx[s_in * cap], &val[s_in * cap], Rt)
-                fused = d.own_gemm and d.ks == NULL and n <= FL_GEMM_KC
-                if not fused:
-                    row_gemm(d, m, n, 1, Rt, n, WTt, m, 0, u, m)
-            # z+ = ST(z - a u, lmbd thr), in place in z, row by row (each
-            # row's lmbd); with support selection the ks[t] largest entries
-            # of z - a u pass unthresholded. Fused: the step is taken as
-            # _gemm.h stores each tile of u = r W^T, never stored (its
-            # first nb entries hold the rows' thresholds)
-            sg = <signed char *> &val[s_out * cap] if store and Rst != NULL else NULL
-            nnz = 0
-            if fused:
-                for i in range(nb):
-                    u[i] = <floating> (lam[i] * thr[t])
-                nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
-                                    <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
-            for i in range(0 if fused else nb):
-                if d.ks != NULL and d.ks[t] > 0:
-                    for j in range(m):
-                        z[i * m + j] -= a * u[i * m + j]
-                    nnz += select_threshold_row(
-                        d, m, &z[i * m], &z[i * m], NULL, <floating> (lam[i] * thr[t]),
-                        d.ks[t], &d.sel[(s_out * d.nb_max + i) * d.kmax],
-                        &sg[i * m] if sg != NULL else NULL)
-                else:
-                    nnz += st_step_row(m, &z[i * m], &u[i * m], a,
-                                       <floating> (lam[i] * thr[t]),
-                                       &sg[i * m] if sg != NULL else NULL, d.positive)
-            if sg != NULL:
-                fmt[s_out] = FMT_SIGN
-                if nnz < d.rho * size:
-                    store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
-                                &val[s_out * cap])
+                nnz += st_step_row(m, &z[i * m], &u[i * m], a,
+                                   <floating> (lam[i] * thr[t]),
+                                   &sg[i * m] if sg != NULL else NULL, d.positive)
+        if sg != NULL:
+            fmt[s_out] = FMT_SIGN
+            if nnz < d.rho * size:
+                store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
+                            &val[s_out * cap])
+        else:
+            if store or nnz < d.rho * size:
+                store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
+                            &val[s_out * cap])
             else:
-                if store or nnz < d.rho * size:
-                    store_layer(d, z, nnz, &fmt[s_out], pout, &idx[s_out * cap],
-                                &val[s_out * cap])
-                else:
-                    fmt[s_out] = FMT_DENSE
+                fmt[s_out] = FMT_DENSE
         if obj != NULL:
             obj[t] += block_objective(d, X, D, z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
                                       lam, R)
+        t += 1
+        cur = s_out
     if not zdense:
         expand_block(d, z, pout, &idx[s_out * cap], &val[s_out * cap])
+
+
+cdef void sparse_rows_backward(
+        Dims *d, int t_lo, int t_hi, const floating *X, const floating *W,
+        const floating *MT, const floating *step, const double *lam,
+        const floating *C, floating *G, floating *P, const floating *Rst,
+        const int *fmt, const int *ptr, const int *idx, const floating *val,
+        floating *wv, double *da, double *dthr) noexcept nogil:
+    """Back through layers t_hi - 1 down to t_lo of a shared-W block, whose
+    outputs z_{t+1} are all sparse, each row through all of them before the
+    next row (its gradient and its c stay in L1).
+
+    Row i of layer t: w = g on supp(z_{t+1}) (k entries), d thr_t, <w, c>;
+    d z_t = w - a w M^T with the k rows of M^T gathered, and <z_t, w M^T>,
+    read off that row on supp(z_t) (sparse z_t), or <r_t + x, w W> (z_t
+    stored as signs; w W gathers k rows of W). wv's first m entries hold w.
+    """
+    cdef Py_ssize_t m = d.m, n = d.n, cap = <Py_ssize_t> d.nb_max * m, i
+    cdef int t, kw, kz, p, q
+    cdef const int *pin
+    cdef const int *pout
+    cdef const int *iw
+    cdef const int *iz
+    cdef const floating *sw
+    cdef const floating *vz
+    cdef const floating *Rt
+    cdef const floating *Mp
+    cdef floating *Gi
+    cdef floating *w = wv
+    cdef floating a, acc
+    cdef double wc, zv
+    cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
+    for i in range(d.nb):
+        Gi = &G[i * m]
+        for t in range(t_hi - 1, t_lo - 1, -1):
+            a = step[t]
+            pin = &ptr[t * (d.nb_max + 1)]
+            pout = &ptr[(t + 1) * (d.nb_max + 1)]
+            kw = pout[i + 1] - pout[i]
+            iw = &idx[(t + 1) * cap + pout[i]]
+            sw = &val[(t + 1) * cap + pout[i]]
+            wc = 0
+            zv = 0
+            for p in range(kw):
+                w[p] = Gi[iw[p]]
+                dthr[t * m + iw[p]] -= lam[i] * w[p] * sign(sw[p])
+                wc += w[p] * C[i * m + iw[p]]
+            if t == 0:      # d z_0 is not needed (z_0 = 0 is no parameter)
+                da[t] += wc
+                continue
+            # d z_t = w - a w M^T, the k rows of M^T gathered into G_i
+            gather_set_rows(kw, iw, w, -a, MT, <int> m, Gi)
+            if fmt[t] == FMT_CSR and a >= eps:
+                # <z_t, w M^T> read off G_i = -a w M^T on supp(z_t)
+                kz = pin[i + 1] - pin[i]
+                iz = &idx[t * cap + pin[i]]
+                vz = &val[t * cap + pin[i]]
+                acc = 0
+                for q in range(kz):
+                    acc = acc + vz[q] * Gi[iz[q]]
+                zv -= acc / a
+            elif fmt[t] == FMT_CSR:
+                # (a step below eps: G_i = -a w M^T is no longer a faithful
+                # multiple of w M^T) sum_p w_p sum_q z_q M^T[j_p, j_q]
+                kz = pin[i + 1] - pin[i]
+                iz = &idx[t * cap + pin[i]]
+                vz = &val[t * cap + pin[i]]
+                for p in range(kw):
+                    Mp = &MT[<Py_ssize_t> iw[p] * m]
+                    acc = 0
+                    for q in range(kz):
+                        acc = acc + vz[q] * Mp[iz[q]]
+                    zv += w[p] * acc
+            elif fmt[t] == FMT_SIGN:
+                Rt = &Rst[<Py_ssize_t> t * d.nb_max * n]
+                gather_set_rows(kw, iw, w, 1, W, <int> n, &P[i * n])
+                zv += dot(n, &P[i * n], &Rt[i * n]) + dot(n, &P[i * n], &X[i * n])
+            else:
+                for p in range(kw):
+                    zv += w[p] * dot(m, &MT[<Py_ssize_t> iw[p] * m], &val[t * cap + i * m])
+            for p in range(kw):
+                Gi[iw[p]] += w[p]
+            da[t] += wc - zv
 
 
 cdef void residual_backward_block(
@@ -696,27 +860,19 @@ cdef void residual_backward_block(
     in dW[t m n:]. G is overwritten.
     """
     cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i
-    cdef int t, kw, kz, q
+    cdef int t, t_lo
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t p
     cdef const int *pin
     cdef const int *pout
-    cdef const int *iw
-    cdef const int *iz
-    cdef const floating *sw
-    cdef const floating *vz
     cdef const floating *Wt
     cdef const floating *Rt
     cdef const signed char *sg
-    cdef floating *Gi
-    cdef floating *w
-    cdef const floating *Mp
-    cdef floating a, acc
-    cdef double wc, zv
-    cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
+    cdef floating a
     cdef bint sparse_w, need_v, masked = False
 
-    for t in range(d.T - 1, -1, -1):
+    t = d.T - 1
+    while t >= 0:
         a = step[t]
         pin = &ptr[t * (d.nb_max + 1)]
         pout = &ptr[(t + 1) * (d.nb_max + 1)]
@@ -726,57 +882,14 @@ cdef void residual_backward_block(
         need_v = t > 0          # d z_0 is not needed (z_0 = 0 is no parameter)
 
         if d.shared and sparse_w:
-            # row by row: w = g on supp(z+) (k entries), d thr_t, <w, c>;
-            # d z_t = w - a w M^T with the k rows of M^T gathered, and
-            # <z_t, w M^T>, read off that row on supp(z_t) (sparse z_t), or
-            # <r_t + x, w W> (z_t stored as signs; w W gathers k rows of W)
-            wc = 0
-            zv = 0
-            for i in range(nb):
-                Gi = &G[i * m]
-                kw = pout[i + 1] - pout[i]
-                iw = &idx[(t + 1) * cap + pout[i]]
-                sw = &val[(t + 1) * cap + pout[i]]
-                w = &wv[pout[i]]
-                for p in range(kw):
-                    w[p] = Gi[iw[p]]
-                    dthr[t * m + iw[p]] -= lam[i] * w[p] * sign(sw[p])
-                    wc += w[p] * C[i * m + iw[p]]
-                if not need_v:
-                    continue
-                # d z_t = w - a w M^T, the k rows of M^T gathered into G_i
-                gather_set_rows(kw, iw, w, -a, MT, m, Gi)
-                if fmt[t] == FMT_CSR and a >= eps:
-                    # <z_t, w M^T> read off G_i = -a w M^T on supp(z_t)
-                    kz = pin[i + 1] - pin[i]
-                    iz = &idx[t * cap + pin[i]]
-                    vz = &val[t * cap + pin[i]]
-                    acc = 0
-                    for q in range(kz):
-                        acc = acc + vz[q] * Gi[iz[q]]
-                    zv -= acc / a
-                elif fmt[t] == FMT_CSR:
-                    # (a step below eps: G_i = -a w M^T is no longer a
-                    # faithful multiple of w M^T) sum_p w_p sum_q z_q M^T[j_p, j_q]
-                    kz = pin[i + 1] - pin[i]
-                    iz = &idx[t * cap + pin[i]]
-                    vz = &val[t * cap + pin[i]]
-                    for p in range(kw):
-                        Mp = &MT[<Py_ssize_t> iw[p] * m]
-                        acc = 0
-                        for q in range(kz):
-                            acc = acc + vz[q] * Mp[iz[q]]
-                        zv += w[p] * acc
-                elif fmt[t] == FMT_SIGN:
-                    gather_set_rows(kw, iw, w, 1, Wt, n, &P[i * n])
-                    zv += dot(n, &P[i * n], &Rt[i * n]) + dot(n, &P[i * n], &X[i * n])
-                else:
-                    for p in range(kw):
-                        zv += w[p] * dot(m, &MT[<Py_ssize_t> iw[p] * m],
-                                         &val[t * cap + i * m])
-                for p in range(kw):
-                    Gi[iw[p]] += w[p]
-            da[t] += wc - zv
+            # the run of layers down to t_lo whose outputs are all sparse,
+            # row by row
+            t_lo = t
+            while t_lo > 0 and fmt[t_lo] == FMT_CSR:
+                t_lo -= 1
+            sparse_rows_backward(d, t_lo, t + 1, X, W, MT, step, lam, C, G, P, Rst,
+                                 fmt, ptr, idx, val, wv, da, dthr)
+            t = t_lo - 1
             continue
 
         if not masked:
@@ -835,6 +948,7 @@ cdef void residual_backward_block(
             # d z_t = w - a V
             for p in range(size):
                 G[p] -= a * V[p]
+        t -= 1
 
 
 # ---------------------------------------------------------------------------
@@ -1075,9 +1189,8 @@ cdef struct NetWork:
     void *G         # (nb_max, m) gradients w.r.t. the codes
     void *V         # (nb_max, m)
     void *C         # (nb_max, m) c = x W^T
-    void *wv        # (nb_max m,) w on the support of a sparse layer (backward);
-                    # the forward saves a row's patched entries of c in it
-    void *Mt        # (m, m) a copy of M (shared W, up to MT_COPY_BYTES), or NULL
+    void *wv        # (nb_max m,) w on the support of a sparse layer (backward)
+    void *rowv      # (2 m,) a sparse row's values between layers (forward)
     void *R         # (nb_max, n) r = z D - x
     void *P         # (nb_max, n) w W
     void *Rst       # (T, nb_max, n) stored r_t (training, when kept)
@@ -1085,6 +1198,7 @@ cdef struct NetWork:
     int *fmt        # (slots,) storage format of each slot
     int *ptr        # (slots, nb_max + 1) CSR row pointers
     int *idx        # (slots, nb_max m) CSR atoms
+    int *rowi       # (2 m,) a sparse row's atoms between layers (forward)
     int *sel        # (slots, nb_max, kmax) support selection: selected atoms
     double *hkey    # (kmax,) support selection: heap keys
     unsigned char *mark     # (m,) support selection: marks (kept zero)
@@ -1109,6 +1223,7 @@ cdef struct NetCtx:
     Py_ssize_t chunk    # rows of one BLAS call
     bint own_gemm       # dense products through _gemm.h
     bint gather_v3      # sparse rows through _gather_avx2.h
+    int run             # SPARSE_RUN
     double rho
     double inv_n    # 1 / N
     unsigned char *bad  # (N,) forward: 1 where the code is not finite
@@ -1128,6 +1243,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     d.chunk = c.chunk
     d.own_gemm = c.own_gemm
     d.gather_v3 = c.gather_v3
+    d.run = c.run
     if p.ks != NULL:
         d.ks = p.ks
         d.kmax = p.kmax
@@ -1148,9 +1264,9 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     else:
         residual_forward_block(
             &d, X, D, <const floating *> p.WT, <const floating *> p.M,
-            <floating *> w.Mt, <const floating *> p.step, <const floating *> p.thr, lam, train,
+            <const floating *> p.step, <const floating *> p.thr, lam, train,
             <floating *> w.C, Z, <floating *> w.U, <floating *> w.R,
-            <floating *> w.wv, Rst, w.fmt, w.ptr, w.idx, val, w.obj)
+            w.rowi, <floating *> w.rowv, Rst, w.fmt, w.ptr, w.idx, val, w.obj)
     if not train:
         for i in range(nb):
             if floating is double:
@@ -1195,9 +1311,8 @@ cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
 
 
 def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
-            bint rst, int kmax, bint mt):
-    """Offsets of the per-thread floating and int workspaces (mt: with a
-    copy of M)."""
+            bint rst, int kmax):
+    """Offsets of the per-thread floating and int workspaces."""
     cdef Py_ssize_t block = _round8(nb_max * m)
     cdef Py_ssize_t rows = _round8(nb_max * n)
     cdef int slots = T + 1 if store else 2
@@ -1206,27 +1321,17 @@ def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
     for name, size in [("Z", block), ("U", block), ("G", block), ("V", block),
                        ("C", block), ("wv", block), ("R", rows), ("P", rows),
                        ("Rst", _round8(T * nb_max * n) if rst else 0),
-                       ("Mt", _round8(m * m) if mt else 0),
+                       ("rowv", _round8(2 * m)),
                        ("val", slots * block)]:
         f[name] = off
         off += size
     f["total"] = off + 1
     i = {"fmt": 0, "ptr": _round8(slots), "idx": _round8(slots) + _round8(slots * (nb_max + 1))}
-    i["sel"] = i["idx"] + slots * block
+    i["rowi"] = i["idx"] + slots * block
+    i["sel"] = i["rowi"] + _round8(2 * m)
     i["total"] = i["sel"] + slots * nb_max * kmax + 1
     return f, i
 
-
-#: The sparse layers of a shared-W network gather the rows of a per-thread
-#: copy of M whose diagonal carries the step's own term (residual_forward_block)
-#: where M takes at most MT_COPY_BYTES and each thread runs at least
-#: m^2 / MT_COPY_WORK rows times layers; otherwise they gather from M itself,
-#: patching c around each row. The copy is made once a call: on Zen 3 it
-#: takes about what the patches take over m^2 / 16 rows times layers (30 us
-#: for 256 x 256 in float32, against ~7 ns a row and layer), and a call on
-#: one sample would pay it for nothing.
-MT_COPY_BYTES = 1 << 22
-MT_COPY_WORK = 16
 
 _local = threading.local()
 #: Per-thread workspaces up to this size are kept between calls, per Python
@@ -1269,11 +1374,7 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     cdef const NetParams *p = &params.c
     cdef Py_ssize_t nb_max = min(block_size, max(N, 1)), t
     n_threads = <int> max(1, min(n_threads, (N + nb_max - 1) // nb_max))
-    cdef Py_ssize_t rows = (N + n_threads - 1) // n_threads
-    cdef bint mt = (p.family == FAMILY_RESIDUAL and p.shared
-                    and p.m * p.m * params.dtype.itemsize <= MT_COPY_BYTES
-                    and MT_COPY_WORK * rows * p.T >= p.m * p.m)
-    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst, p.kmax, mt)
+    fo, io = _layout(nb_max, p.m, p.n, p.T, train, rst, p.kmax)
     fws, iws = _workspaces(params.dtype, n_threads, fo["total"], io["total"])
     # support selection: heap keys and zeroed marks
     sws = np.zeros((n_threads, p.kmax + 1))
@@ -1297,13 +1398,12 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
         work[t].P = <void *> <size_t> (f + fo["P"] * item)
         work[t].Rst = <void *> <size_t> (f + fo["Rst"] * item)
         work[t].val = <void *> <size_t> (f + fo["val"] * item)
-        work[t].Mt = <void *> <size_t> (f + fo["Mt"] * item) if mt else NULL
-        if mt:
-            memcpy(work[t].Mt, p.M, p.m * p.m * item)
+        work[t].rowv = <void *> <size_t> (f + fo["rowv"] * item)
         i = ibase + t * istride
         work[t].fmt = <int *> <size_t> (i + io["fmt"] * iitem)
         work[t].ptr = <int *> <size_t> (i + io["ptr"] * iitem)
         work[t].idx = <int *> <size_t> (i + io["idx"] * iitem)
+        work[t].rowi = <int *> <size_t> (i + io["rowi"] * iitem)
         work[t].sel = <int *> <size_t> (i + io["sel"] * iitem)
         work[t].hkey = <double *> <size_t> (sws.ctypes.data + t * sws.strides[0])
         work[t].mark = <unsigned char *> <size_t> (mws.ctypes.data + t * mws.strides[0])
@@ -1348,6 +1448,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.loss = 0
         c.rst = False
         c.rho = rho
+        c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather_v3 = gather_v3
         c.inv_n = 1.0 / N
@@ -1403,6 +1504,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.loss = loss
         c.rst = rst
         c.rho = rho
+        c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather_v3 = gather_v3
         c.inv_n = 1.0 / N

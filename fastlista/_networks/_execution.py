@@ -138,7 +138,9 @@ class Executor:
     @property
     def rho(self):
         """The density below which a layer takes the sparse path (support
-        selection runs the dense paths only)."""
+        selection runs the dense paths only; with one W for all layers, a
+        sparse layer starts a run of up to ``_unrolled.SPARSE_RUN`` sparse
+        layers)."""
         return _SPARSE_DENSITY if self.ks is None else 0.0
 
     def fixed_matrices(self, dtype):
