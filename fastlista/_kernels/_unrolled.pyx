@@ -117,6 +117,8 @@ cdef struct Dims:
     bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
     bint gather_v3  # sparse rows through _gather_avx2.h (the CPU runs it)
     int run         # layers a sparse shared-W block runs row by row (SPARSE_RUN)
+    int *plan       # (T + 1,) plan[t]: layer t's input was sparse in the
+                    # thread's previous block (0 before its first block)
     Py_ssize_t m        # atoms
     Py_ssize_t n        # features
     int T               # layers run
@@ -149,6 +151,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.own_gemm = False
     d.gather_v3 = False
     d.run = 1
+    d.plan = NULL
     d.m = m
     d.n = n
     d.T = T
@@ -578,7 +581,8 @@ cdef Py_ssize_t sparse_rows_forward(
     intermediate rows go back and forth between the halves of ib and vb
     (2 m each). C's rows are patched and restored exactly around each
     kernel. obj (or NULL) accumulates every layer's objective, row by
-    row, with R's first row as scratch.
+    row, with R's first row as scratch. d.plan[t + 1] receives whether
+    layer t's output is sparse (fewer than rho nb m non-zeros).
     """
     cdef Py_ssize_t m = d.m, n = d.n, cap = <Py_ssize_t> d.nb_max * m, i, j
     cdef Py_ssize_t nnz = 0
@@ -593,6 +597,7 @@ cdef Py_ssize_t sparse_rows_forward(
     for t in range(t0, t1):
         if store or t == t1 - 1:
             ptr[(t + 1 if store else s_out) * (d.nb_max + 1)] = 0
+        d.plan[t + 1] = 0       # layer t's non-zeros, then whether sparse
     for i in range(d.nb):
         po = &ptr[s_in * (d.nb_max + 1)]
         k = po[i + 1] - po[i]
@@ -613,6 +618,7 @@ cdef Py_ssize_t sparse_rows_forward(
                                        d.positive, d.gather_v3)
             if store or t == t1 - 1:
                 po[i + 1] = po[i] + kn
+            d.plan[t + 1] += kn
             k = kn
             iz = io
             vz = vo
@@ -629,6 +635,8 @@ cdef Py_ssize_t sparse_rows_forward(
                     l1 += vz[j] if vz[j] > 0 else -vz[j]
                 obj[t] += 0.5 * rr + lam[i] * l1
         nnz += k
+    for t in range(t0, t1):
+        d.plan[t + 1] = d.plan[t + 1] < d.rho * d.nb * m
     return nnz
 
 
@@ -683,12 +691,15 @@ cdef void residual_forward_block(
         sparse = fmt[s_in] == FMT_CSR and nnz < d.rho * size
 
         if sparse and d.shared and a >= eps:
-            # a run of layers row by row, up to d.run of them, each
-            # with a step of at least eps (smaller steps take the path below);
-            # the block's dense z is only expanded from the CSR rows when a
-            # dense layer or the output needs it
+            # a run of layers row by row, up to d.run of them, each with a
+            # step of at least eps (smaller steps take the path below) and,
+            # after the first, an input that was sparse in the thread's
+            # previous block (the blocks of a call share their profile of
+            # densities: from z_0 = 0, a sparse first layer may well give
+            # dense codes); the block's dense z is only expanded from the
+            # CSR rows when a dense layer or the output needs it
             t1 = t + 1
-            while t1 < T and t1 - t < d.run and step[t1] >= eps:
+            while t1 < T and t1 - t < d.run and step[t1] >= eps and d.plan[t1]:
                 t1 += 1
             s_out = t1 if store else 1 - cur
             nnz = sparse_rows_forward(d, t, t1, X, D, M, C, step, thr, lam, store,
@@ -758,6 +769,7 @@ cdef void residual_forward_block(
             obj[t] += block_objective(d, X, D, z, fmt[s_out], pout,
                                       &idx[s_out * cap], &val[s_out * cap],
                                       lam, R)
+        d.plan[t + 1] = nnz < d.rho * size
         t += 1
         cur = s_out
     if not zdense:
@@ -1199,6 +1211,7 @@ cdef struct NetWork:
     int *ptr        # (slots, nb_max + 1) CSR row pointers
     int *idx        # (slots, nb_max m) CSR atoms
     int *rowi       # (2 m,) a sparse row's atoms between layers (forward)
+    int *plan       # (T + 1,) the layers whose input was sparse, last block
     int *sel        # (slots, nb_max, kmax) support selection: selected atoms
     double *hkey    # (kmax,) support selection: heap keys
     unsigned char *mark     # (m,) support selection: marks (kept zero)
@@ -1244,6 +1257,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     d.own_gemm = c.own_gemm
     d.gather_v3 = c.gather_v3
     d.run = c.run
+    d.plan = w.plan
     if p.ks != NULL:
         d.ks = p.ks
         d.kmax = p.kmax
@@ -1328,7 +1342,8 @@ def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
     f["total"] = off + 1
     i = {"fmt": 0, "ptr": _round8(slots), "idx": _round8(slots) + _round8(slots * (nb_max + 1))}
     i["rowi"] = i["idx"] + slots * block
-    i["sel"] = i["rowi"] + _round8(2 * m)
+    i["plan"] = i["rowi"] + _round8(2 * m)
+    i["sel"] = i["plan"] + _round8(T + 1)
     i["total"] = i["sel"] + slots * nb_max * kmax + 1
     return f, i
 
@@ -1404,6 +1419,8 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
         work[t].ptr = <int *> <size_t> (i + io["ptr"] * iitem)
         work[t].idx = <int *> <size_t> (i + io["idx"] * iitem)
         work[t].rowi = <int *> <size_t> (i + io["rowi"] * iitem)
+        work[t].plan = <int *> <size_t> (i + io["plan"] * iitem)
+        memset(work[t].plan, 0, (p.T + 1) * sizeof(int))
         work[t].sel = <int *> <size_t> (i + io["sel"] * iitem)
         work[t].hkey = <double *> <size_t> (sws.ctypes.data + t * sws.strides[0])
         work[t].mark = <unsigned char *> <size_t> (mws.ctypes.data + t * mws.strides[0])
