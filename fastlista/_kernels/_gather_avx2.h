@@ -36,10 +36,9 @@
    flags never go through memory. With the rows of A in L2, what is left
    is bound by L2's bandwidth (a 32-byte vector of A a cycle on Zen 3).
    On AMD Zen 3 the networks' forward pass at lmbd = 0.8, where this row
-   is most of the work, runs with it (and the copy of M that
-   residual_forward_block gathers from) in 0.79-0.80 (float32) and
-   0.74-0.77 (float64) of its time through the portable kernel
-   (benchmarks/test_bench_networks.py, "portable gather", three runs).
+   is most of the work, runs with it in 0.79-0.81 (float32) and 0.68-0.71
+   (float64) of its time through the portable kernel
+   (benchmarks/test_bench_networks.py, "portable gather", two runs).
 
    Compiled for x86-64-v3 (AVX2, FMA) by a target attribute, on x86-64
    with GCC or Clang, in every build but one capped below that level

@@ -72,7 +72,7 @@ _THREAD_WORK = 2e7
 _OWN_GEMM = OWN_GEMM
 # The sparse layers' gather-threshold-compact rows run through the AVX2
 # kernel of _kernels/_gather_avx2.h on the CPUs that run the AVX2 clones
-# (float32 forward at lmbd = 0.8 on Zen 3 in 0.79-0.80 of its time through
+# (float32 forward at lmbd = 0.8 on Zen 3 in 0.79-0.81 of its time through
 # the portable kernel: benchmarks/test_bench_networks.py, "portable gather")
 _GATHER_V3 = _unrolled.GATHER_V3
 
