@@ -457,20 +457,32 @@ cdef double block_objective(Dims *d, const floating *X, const floating *D,
 
 
 cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
-                       const floating *DT, const floating *Z, int fmt, const int *ptr, const int *idx,
-                       const floating *val, const floating *S, const double *lam,
-                       floating inv_n, floating *R, floating *G) noexcept nogil:
+                       const floating *DT, const floating *Z, int fmt, const int *ptr,
+                       const int *idx, const floating *val, const floating *S,
+                       const double *lam, floating inv_n, bint support_only,
+                       floating *R, floating *G) noexcept nogil:
     """Loss of the block's output Z (summed) and G = d(mean loss)/dZ.
 
     unsupervised: F_x(z) = 1/2 ||x - z D||^2 + lmbd ||z||_1,
                   G = ((z D - x) D^T + lmbd sign(z)) / N
     supervised:   1/2 ||z - s||^2,  G = (z - s) / N
+
+    support_only: the backward pass reads G only on the support of a
+    sparse (CSR) Z, and G's other entries are left as they are (k dot
+    products of length n a row instead of the product R D^T).
     """
-    cdef Py_ssize_t i, j, size = <Py_ssize_t> d.nb * d.m, m = d.m
+    cdef Py_ssize_t i, j, p, size = <Py_ssize_t> d.nb * d.m, m = d.m, n = d.n
     cdef double out = 0
     cdef floating diff, li
     if loss == LOSS_UNSUPERVISED:
         out = block_objective(d, X, D, Z, fmt, ptr, idx, val, lam, R)
+        if support_only and fmt == FMT_CSR:
+            for i in range(d.nb):
+                li = <floating> (lam[i] * inv_n)
+                for p in range(ptr[i], ptr[i + 1]):
+                    j = idx[p]
+                    G[i * m + j] = inv_n * dot(n, &R[i * n], &D[j * n]) + li * sign(val[p])
+            return out
         # G = (R D^T + lmbd sign(Z)) / N with R = Z D - X
         row_gemm(d, d.m, d.n, inv_n, R, d.n, DT, d.m, 0, G, d.m)
         for i in range(d.nb):
@@ -1294,7 +1306,8 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
         &d, c.loss, X, D, <const floating *> p.DT, Z, w.fmt[T],
         &w.ptr[T * (c.nb_max + 1)], &w.idx[T * cap], &val[T * cap],
         <const floating *> c.S + start * m if c.S != NULL else NULL, lam,
-        <floating> c.inv_n, <floating *> w.R, <floating *> w.G)
+        <floating> c.inv_n, p.shared and not lista, <floating *> w.R,
+        <floating *> w.G)
     if lista:
         lista_backward_block(
             &d, X, <const floating *> p.WzT, lam, <floating *> w.G,
