@@ -586,9 +586,9 @@ cdef Py_ssize_t sparse_rows_forward(
     from overflow.) A row's c_i, and its code from layer to layer, stay in
     L1 over the t1 - t0 layers, where a layer at a time would read them
     from L2 in every layer (at lmbd = 0.8 on the paper shape on Zen 3, a
-    forward pass in 0.82-0.86 (float32) and 0.75-0.77 (float64) of its
+    forward pass in 0.81-0.86 (float32) and 0.75-0.81 (float64) of its
     time a layer at a time: benchmarks/test_bench_networks.py, "one layer
-    a run", two runs).
+    a run", three runs).
 
     The input code is in slot s_in, the output in slot s_out; with store,
     layer t's output is written to slot t + 1 (s_out = t1), otherwise the
