@@ -226,6 +226,22 @@ def test_rows_gathering_many_atoms_match_numpy(dtype, positive, path):
     assert_allclose(net.transform(X.astype(dtype)), ref[-1], rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_atoms", [3, 6])
+def test_rows_shorter_than_a_vector_match_numpy(n_atoms, dtype, path):
+    """Sparse layers of fewer atoms than one AVX2 vector holds (8 entries in
+    float32, 4 in float64), where the row kernels add the steps' diagonal
+    terms entry by entry; perturbed (trained-like) steps, one a layer."""
+    X, D = make_problem(n_samples=30, n_atoms=n_atoms, n_features=4, seed=6)
+    lmbd = 0.1
+    net = Lista(D.astype(dtype), lmbd, 5, parametrization="step")
+    net.set_parameters(perturbed(net, seed=3))
+    ref = numpy_forward(net.parameters, X, D, lmbd, "step", alista_weights(D))
+    assert np.count_nonzero(ref[-2][2]) > 0
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    assert_allclose(net.transform(X.astype(dtype)), ref[-1][2], rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista"])
 def test_extreme_steps_match_numpy(parametrization, path):
     """Zero, tiny (below machine epsilon) and large steps on every path."""
