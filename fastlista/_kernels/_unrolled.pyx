@@ -595,10 +595,11 @@ cdef Py_ssize_t sparse_rows_forward(
     intermediate rows go back and forth between the halves of ib and vb
     (2 m each). C's rows are patched and restored exactly around each
     kernel. obj (or NULL) accumulates every layer's objective, row by
-    row, with R's first row as scratch. d.plan[t + 1] receives whether
-    layer t's output is sparse (fewer than rho nb m non-zeros).
+    row (block_objective on one row, R's first row its scratch).
+    d.plan[t + 1] receives whether layer t's output is sparse (fewer than
+    rho nb m non-zeros).
     """
-    cdef Py_ssize_t m = d.m, n = d.n, cap = <Py_ssize_t> d.nb_max * m, i, j
+    cdef Py_ssize_t m = d.m, n = d.n, cap = <Py_ssize_t> d.nb_max * m, i
     cdef Py_ssize_t nnz = 0
     cdef int t, k, kn, so
     cdef const int *iz
@@ -607,7 +608,10 @@ cdef Py_ssize_t sparse_rows_forward(
     cdef int *po
     cdef floating *vo
     cdef floating a
-    cdef double l1, rr
+    cdef Dims row = d[0]
+    cdef int rp[2]
+    row.nb = 1
+    rp[0] = 0
     for t in range(t0, t1):
         if store or t == t1 - 1:
             ptr[(t + 1 if store else s_out) * (d.nb_max + 1)] = 0
@@ -637,17 +641,10 @@ cdef Py_ssize_t sparse_rows_forward(
             iz = io
             vz = vo
             if obj != NULL:
-                # 1/2 ||z D - x||^2 + lam_i ||z||_1, the rows of D gathered
-                for j in range(n):
-                    R[j] = -X[i * n + j]
-                gather_rows(k, iz, vz, 1, D, <int> n, R)
-                rr = 0
-                for j in range(n):
-                    rr += R[j] * R[j]
-                l1 = 0
-                for j in range(k):
-                    l1 += vz[j] if vz[j] > 0 else -vz[j]
-                obj[t] += 0.5 * rr + lam[i] * l1
+                # the row's objective, as a one-row block
+                rp[1] = k
+                obj[t] += block_objective(&row, &X[i * n], D, NULL, FMT_CSR, rp,
+                                          iz, vz, &lam[i], R)
         nnz += k
     for t in range(t0, t1):
         d.plan[t + 1] = d.plan[t + 1] < d.rho * d.nb * m
