@@ -267,6 +267,62 @@ def oista(X, D, lmbd, n_iter, Z0=None):
 
 
 # --------------------------------------------------------------------------
+# unfolded networks with one weight matrix (SLISTA, ALISTA)
+# --------------------------------------------------------------------------
+def residual_network(X, D, W, steps, thresholds, lmbd, positive=False):
+    """Forward pass of z_{t+1} = ST(z_t - a_t (z_t D - x) W^T, lmbd thr_t)
+    from z_0 = 0, one layer per entry of ``steps`` (a_t) and ``thresholds``
+    (thr_t); ``lmbd`` a scalar or one a sample. Returns the codes
+    [Z_0, ..., Z_T] and the pre-activations and thresholds [(U_t, S_t)] of
+    the T layers, all float64."""
+    X, D = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D))
+    W = np.asarray(W, dtype=np.float64)
+    lm = per_sample(lmbd, X.shape[0])[:, None]
+    Z = [np.zeros((X.shape[0], D.shape[0]))]
+    layers = []
+    for a, thr in zip(steps, thresholds):
+        U = Z[-1] - float(a) * (Z[-1] @ D - X) @ W.T
+        S = lm * float(thr)
+        layers.append((U, S))
+        Z.append(soft_thresholding(U, S, positive))
+    return Z, layers
+
+
+def residual_network_grad(X, D, W, steps, thresholds, lmbd, loss="unsupervised",
+                          S=None, positive=False):
+    """Loss of ``residual_network``'s output and its gradients in the steps
+    and the thresholds, by the chain rule written out in NumPy.
+
+    The loss is the mean over samples of F_x(z_T) (``"unsupervised"``) or of
+    1/2 ||z_T - s||^2 (``"supervised"``, targets S). With g = d loss / d
+    z_{t+1} and w = g on supp(z_{t+1}) (ST has slope 1 there, 0 elsewhere):
+    d a_t = -<w, (z_t D - x) W^T>, d thr_t = -sum_i lmbd_i <w_i, sign(z_{t+1,i})>,
+    d z_t = w - a_t (w W) D^T. Returns (loss, d_steps (T,), d_thresholds (T,)).
+    """
+    X, D = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (X, D))
+    W = np.asarray(W, dtype=np.float64)
+    N = X.shape[0]
+    lm = per_sample(lmbd, N)[:, None]
+    Z, _ = residual_network(X, D, W, steps, thresholds, lmbd, positive)
+    R = Z[-1] @ D - X
+    if loss == "unsupervised":
+        f = np.mean(0.5 * np.sum(R * R, axis=1) + lm[:, 0] * np.abs(Z[-1]).sum(axis=1))
+        G = (R @ D.T + lm * np.sign(Z[-1])) / N
+    else:
+        E = Z[-1] - np.asarray(S, dtype=np.float64)
+        f = np.mean(0.5 * np.sum(E * E, axis=1))
+        G = E / N
+    T = len(steps)
+    d_steps, d_thresholds = np.zeros(T), np.zeros(T)
+    for t in range(T - 1, -1, -1):
+        w = G * (Z[t + 1] != 0)
+        d_thresholds[t] = -np.sum(lm * w * np.sign(Z[t + 1]))
+        d_steps[t] = -np.sum(w * ((Z[t] @ D - X) @ W.T))
+        G = w - float(steps[t]) * (w @ W) @ D.T
+    return f, d_steps, d_thresholds
+
+
+# --------------------------------------------------------------------------
 # scale-robust duality gap (any finite float64 or float32 input, 1e+-300)
 # --------------------------------------------------------------------------
 def _exponent(A):

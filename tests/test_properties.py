@@ -15,8 +15,8 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 import reference as ref  # noqa: E402
-from fastlista import (Lista, duality_gap, lasso_objective, lipschitz,  # noqa: E402
-                       soft_thresholding, solve_lasso)
+from fastlista import (Lista, alista_weights, duality_gap,  # noqa: E402
+                       lasso_objective, lipschitz, soft_thresholding, solve_lasso)
 from fastlista import _solvers as solvers  # noqa: E402
 from fastlista._kernels import _gemm, _unrolled  # noqa: E402
 from fastlista._networks import _execution as execution  # noqa: E402
@@ -175,6 +175,150 @@ def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtyp
     assert Z.dtype == dtype
     tol = 1e-8 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
+
+
+def _relative_margins(layers, positive):
+    """Per sample, the smallest relative distance of a pre-activation to its
+    threshold over the layers: min | |u| - s | / (|u| + s) (u - s with
+    ``positive``), where a rounding of u can move an entry in or out of the
+    support (where u = s = 0, a zero step's exact 0, there is none to keep)."""
+    out = np.inf
+    for U, S in layers:
+        num = np.abs((U if positive else np.abs(U)) - S)
+        den = np.abs(U) + np.broadcast_to(S, U.shape)
+        gap = np.divide(num, den, out=np.full(U.shape, np.inf), where=den > 0)
+        out = np.minimum(out, gap.min(axis=1, initial=np.inf))
+    return out
+
+
+@pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
+@pytest.mark.parametrize("positive", [False, True])
+def test_reference_chain_rule_is_finite_differences(loss, positive):
+    # the NumPy chain rule below checks the networks; it is itself checked
+    # here against central differences of the NumPy forward pass, at a point
+    # whose pre-activations stay 1e-4 (relative) away from their thresholds
+    # (each difference moves one step or threshold by 1e-5 of itself)
+    rng = np.random.default_rng(5)
+    D = rng.standard_normal((15, 6))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((7, 6))
+    W = rng.standard_normal((15, 6)) * 0.3 + D
+    lmbd = 0.2 * float(np.abs(X @ D.T).max()) * rng.uniform(0.5, 1.5, 7)
+    S = rng.standard_normal((7, 15)) * 0.2
+    L = np.linalg.norm(D, 2) ** 2
+    steps, thresholds = rng.uniform(0.5, 1.2, 5) / L, rng.uniform(0.5, 1.2, 5) / L
+    _, layers = ref.residual_network(X, D, W, steps, thresholds, lmbd, positive)
+    assert _relative_margins(layers, positive).min() > 1e-4
+    f, d_steps, d_thr = ref.residual_network_grad(X, D, W, steps, thresholds, lmbd,
+                                                  loss=loss, S=S, positive=positive)
+    assert np.count_nonzero(d_steps) == 5 and np.count_nonzero(d_thr) == 5
+    for which, grad in ((0, d_steps), (1, d_thr)):
+        for t in range(5):
+            h = 1e-5 * (steps, thresholds)[which][t]
+            values = []
+            for sign in (1, -1):
+                moved = [np.array(steps), np.array(thresholds)]
+                moved[which][t] += sign * h
+                values.append(ref.residual_network_grad(X, D, W, *moved, lmbd, loss=loss,
+                                                        S=S, positive=positive)[0])
+            fd = (values[0] - values[1]) / (2 * h)
+            assert fd == pytest.approx(grad[t], rel=1e-6, abs=1e-9 * np.abs(grad).max())
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 300),
+       n_features=st.integers(1, 12), n_samples=st.integers(1, 48),
+       n_layers=st.integers(1, 7), rel_lmbd=st.sampled_from([0.95, 0.6, 0.3]),
+       parametrization=st.sampled_from(["step", "alista"]), positive=st.booleans(),
+       per_sample=st.booleans(), tiny_step=st.sampled_from([None, 1e-20, 1e-300]),
+       loss=st.sampled_from(["unsupervised", "supervised"]),
+       dtype=st.sampled_from([np.float64, np.float32]),
+       rho=st.sampled_from([None, 0.5, 1.1]), own_gemm=st.booleans(),
+       gather_v3=st.booleans(),
+       run=st.sampled_from([1, 2, 3, 32]), block=st.sampled_from([1, 3, 16]),
+       n_threads=st.sampled_from([1, 2]))
+@settings(max_examples=80)
+def test_shared_weight_networks_match_numpy_chain_rule(
+        seed, n_atoms, n_features, n_samples, n_layers, rel_lmbd, parametrization,
+        positive, per_sample, tiny_step, loss, dtype, rho, own_gemm, gather_v3, run,
+        block, n_threads):
+    # Networks with one W for all layers (SLISTA, ALISTA) take their sparse
+    # layers row by row in runs of SPARSE_RUN layers, which follow each
+    # thread's profile of densities over its previous blocks and end at
+    # steps below machine epsilon (where z / a could overflow); the others
+    # take GEMMs. On any shape, blocking, thread count, kernel and run
+    # length, with trained-like steps (one a layer, perhaps one tiny), the
+    # codes equal a NumPy forward pass and (float64) the loss and the
+    # gradients in every step and threshold the NumPy chain rule.
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((n_atoms, n_features))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    Z0 = rng.standard_normal((n_samples, n_atoms)) * (rng.random((n_samples, n_atoms)) < 0.1)
+    X = Z0 @ D + 0.1 * rng.standard_normal((n_samples, n_features))
+    lmbd = rel_lmbd * float(np.abs(X @ D.T).max())
+    lm = lmbd * rng.uniform(0.5, 1.5, n_samples) if per_sample else None
+    net = Lista(D.astype(dtype), lmbd, n_layers, parametrization=parametrization,
+                positive=positive)
+    params = net.parameters
+    for p in params:
+        for k in p:
+            p[k] = p[k] * rng.uniform(0.7, 1.3)
+    if tiny_step is not None:
+        key = "alpha" if parametrization == "step" else "gamma"
+        params[rng.integers(n_layers)][key] = np.array(tiny_step)
+    net.set_parameters(params)
+    params = net.parameters     # as the network holds them (float32 steps)
+    if parametrization == "step":
+        W, steps = D, [float(p["alpha"]) for p in params]
+        thresholds = steps
+    else:
+        W = alista_weights(D.astype(dtype)).astype(np.float64)
+        steps = [float(p["gamma"]) for p in params]
+        thresholds = [float(p["theta"]) for p in params]
+    lm_ref = lmbd if lm is None else lm
+    Dr, Xr = D.astype(dtype).astype(np.float64), X.astype(dtype).astype(np.float64)
+    Z_ref, layers = ref.residual_network(Xr, Dr, W, steps, thresholds, lm_ref, positive)
+    S = rng.standard_normal((n_samples, n_atoms)) * 0.2
+
+    saved = (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
+             execution._GATHER_V3, _unrolled.SPARSE_RUN)
+    execution.plan = lambda *shape, **kw: (n_threads, block, 5)
+    if rho is not None:
+        execution._SPARSE_DENSITY = rho
+    execution._OWN_GEMM = own_gemm
+    execution._GATHER_V3 = gather_v3 and _unrolled.GATHER_V3_RUNS
+    _unrolled.SPARSE_RUN = run
+    try:
+        Z = net.transform(X.astype(dtype), lmbd=lm)
+        f, grads = (net.loss_and_grad(X, loss=loss, Z_target=S, lmbd=lm)
+                    if dtype == np.float64 else (None, None))
+    finally:
+        (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
+         execution._GATHER_V3, _unrolled.SPARSE_RUN) = saved
+
+    assert Z.dtype == dtype
+    margins = _relative_margins(layers, positive)
+    if dtype == np.float32:
+        # rows whose supports float32 rounding cannot change
+        rows = margins > 1e-3
+        scale = max(np.abs(Z_ref[-1]).max(), 1e-30)
+        np.testing.assert_allclose(Z[rows], Z_ref[-1][rows], rtol=1e-3, atol=1e-4 * scale)
+        return
+    hypothesis.assume(margins.min(initial=np.inf) > 1e-9)
+    scale = max(np.abs(Z_ref[-1]).max(), 1e-300)
+    np.testing.assert_allclose(Z, Z_ref[-1], rtol=1e-9, atol=1e-12 * scale)
+    f_ref, d_steps, d_thr = ref.residual_network_grad(
+        X, D, W, steps, thresholds, lm_ref, loss=loss, S=S, positive=positive)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-10, atol=1e-14 * abs(f_ref))
+    if parametrization == "step":
+        got = {"alpha": [g["alpha"] for g in grads]}
+        want = {"alpha": d_steps + d_thr}
+    else:
+        got = {"gamma": [g["gamma"] for g in grads], "theta": [g["theta"] for g in grads]}
+        want = {"gamma": d_steps, "theta": d_thr}
+    for k in want:
+        g_scale = max(np.abs(want[k]).max(), 1e-300)
+        np.testing.assert_allclose(np.array(got[k], dtype=np.float64), want[k],
+                                   rtol=1e-7, atol=1e-9 * g_scale, err_msg=k)
 
 
 @given(problems(max_atoms=20, max_features=10, max_samples=8))
