@@ -3,7 +3,8 @@
 The networks' dense layers multiply through it where BLAS would pack every
 call (``_kernels._gemm.OWN_GEMM``); here it is called directly, whatever the
 CPU, and compared with a float64 NumPy product within the rounding bound of
-a K-term dot product.
+a K-term dot product; each call on B itself and on B's panels packed once
+(``packed=True``: the networks pack their parameter matrices once a call).
 """
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def bound(alpha, A, B, beta, C0):
     return (K + 2) * u * scale + np.finfo(A.dtype).tiny
 
 
-def check(M, N, K, alpha, beta, dtype):
+def check(M, N, K, alpha, beta, dtype, packed):
     """One product on slices of wider arrays (leading dimensions beyond the
     widths); the columns of C beyond N are left as they were."""
     rng = np.random.default_rng(0)
@@ -34,7 +35,7 @@ def check(M, N, K, alpha, beta, dtype):
     C0 = C.copy()
     if beta == 0:
         C[:, :N] = np.nan          # never read
-    _gemm.gemm(alpha, A[:, :K], B[:, :N], beta, C[:, :N])
+    _gemm.gemm(alpha, A[:, :K], B[:, :N], beta, C[:, :N], packed=packed)
     a, b = A[:, :K].astype(float), B[:, :N].astype(float)
     expected = alpha * (a @ b) + (beta * C0[:, :N].astype(float) if beta != 0 else 0)
     assert np.all(np.abs(C[:, :N] - expected)
@@ -47,30 +48,55 @@ def check(M, N, K, alpha, beta, dtype):
     (1, 1, 1), (7, 3, 5), (6, 16, 256), (6, 8, 64), (13, 17, 300), (5, 33, 600),
     (250, 64, 256), (250, 256, 64), (11, 40, 257), (3, 1, 513)])
 @pytest.mark.parametrize("alpha, beta", [(1, 0), (-0.5, 1), (1, -1), (1.5, 0.25)])
-def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype):
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype, packed):
     # full and partial register tiles (6 rows, 2 vectors of columns), K cut
     # into panels of 256, and the four (alpha, beta) the kernels use
-    check(M, N, K, alpha, beta, dtype)
+    check(M, N, K, alpha, beta, dtype, packed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_degenerate_shapes(dtype):
+@pytest.mark.parametrize("M, N, K", [(7, 3, 5), (13, 17, 300), (5, 33, 600), (250, 64, 256)])
+def test_packed_gemm_computes_what_the_plain_one_does(M, N, K, dtype):
+    # the packed panels hold B's entries where the plain call copies them
+    # (zero beyond column N), so both sum the same products in one order
+    rng = np.random.default_rng(K)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    B = rng.standard_normal((K, N + 3)).astype(dtype)[:, :N]
+    C1 = rng.standard_normal((M, N)).astype(dtype)
+    C2 = C1.copy()
+    _gemm.gemm(-0.5, A, B, 1.0, C1)
+    _gemm.gemm(-0.5, A, B, 1.0, C2, packed=True)
+    np.testing.assert_array_equal(C2, C1)
+    if K <= 256:
+        thr = rng.uniform(0, 1, M).astype(dtype)
+        Z1 = rng.standard_normal((M, N)).astype(dtype)
+        Z2 = Z1.copy()
+        assert (_gemm.gemm_step(A, B, 0.3, thr, False, Z1)
+                == _gemm.gemm_step(A, B, 0.3, thr, False, Z2, packed=True))
+        np.testing.assert_array_equal(Z2, Z1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_gemm_degenerate_shapes(dtype, packed):
     # K = 0: C = beta C (0 where beta = 0, even over NaN); M or N = 0: nothing
     C = np.full((3, 4), np.nan, dtype)
-    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 0.0, C)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 0.0, C, packed)
     np.testing.assert_array_equal(C, 0)
     C = np.arange(12, dtype=dtype).reshape(3, 4)
-    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 2.0, C)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 2.0, C, packed)
     np.testing.assert_array_equal(C, 2 * np.arange(12).reshape(3, 4))
     C = np.empty((0, 4), dtype)
-    _gemm.gemm(1.0, np.empty((0, 5), dtype), np.ones((5, 4), dtype), 0.0, C)
+    _gemm.gemm(1.0, np.empty((0, 5), dtype), np.ones((5, 4), dtype), 0.0, C, packed)
     with pytest.raises(ValueError, match="shapes"):
         _gemm.gemm(1.0, np.ones((3, 5), dtype), np.ones((4, 4), dtype), 0.0,
                    np.ones((3, 4), dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_propagates_non_finite_values(dtype):
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_gemm_propagates_non_finite_values(dtype, packed):
     # as BLAS: a NaN or inf in a row of A (or in C, with beta != 0) reaches
     # that row of C, and no other
     rng = np.random.default_rng(1)
@@ -80,7 +106,7 @@ def test_gemm_propagates_non_finite_values(dtype):
     A[7, 3] = np.inf
     C = rng.standard_normal((9, 18)).astype(dtype)
     C[4, 5] = np.nan
-    _gemm.gemm(1.0, A, B, 1.0, C)
+    _gemm.gemm(1.0, A, B, 1.0, C, packed)
     assert np.isnan(C[2]).all() and not np.isfinite(C[7]).any()
     assert np.isnan(C[4, 5]) and np.isfinite(np.delete(C[4], 5)).all()
     assert np.isfinite(C[[0, 1, 3, 5, 6, 8]]).all()
@@ -111,7 +137,8 @@ def step_reference(A, B, step, thr, positive, Z):
 @pytest.mark.parametrize("positive", [False, True])
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 19, 5), (13, 32, 64), (250, 256, 64),
                                      (6, 40, 256), (5, 3, 0)])
-def test_gemm_step_matches_numpy(M, N, K, positive, dtype):
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_gemm_step_matches_numpy(M, N, K, positive, dtype, packed):
     # the forward's fused gradient step: Z <- OP(Z - step A B, thr) with each
     # row's threshold, the non-zeros counted and the signs written
     rng = np.random.default_rng(M + N + K)
@@ -123,7 +150,7 @@ def test_gemm_step_matches_numpy(M, N, K, positive, dtype):
     expected = step_reference(A, B, step, thr, positive, Z)
     sg = np.full((M, N), 7, np.int8)
     Z0 = Z.copy()
-    nnz = _gemm.gemm_step(A, B, step, thr, positive, Z, sg)
+    nnz = _gemm.gemm_step(A, B, step, thr, positive, Z, sg, packed)
     # within the rounding of the product, the step and the threshold
     u = np.finfo(dtype).eps / 2
     err = (K + 4) * u * (np.abs(Z0) + step * (np.abs(A).astype(float) @ np.abs(B))
@@ -134,7 +161,7 @@ def test_gemm_step_matches_numpy(M, N, K, positive, dtype):
     np.testing.assert_array_equal(sg, np.sign(Z).astype(np.int8))
     # and without signs, the same codes
     Z2 = Z0.copy()
-    assert _gemm.gemm_step(A, B, step, thr, positive, Z2) == nnz
+    assert _gemm.gemm_step(A, B, step, thr, positive, Z2, packed=packed) == nnz
     np.testing.assert_array_equal(Z2, Z)
 
 

@@ -337,18 +337,20 @@ def test_float32_agrees_with_float64(problem):
 @given(seed=st.integers(0, 2**32 - 1), M=st.integers(0, 20), N=st.integers(0, 40),
        K=st.integers(0, 600), alpha=st.sampled_from([1.0, -0.5, 2.0]),
        beta=st.sampled_from([0.0, 1.0, -1.0, 0.3]),
-       dtype=st.sampled_from([np.float64, np.float32]), scale=st.sampled_from([1e-20, 1.0, 1e15]))
+       dtype=st.sampled_from([np.float64, np.float32]), scale=st.sampled_from([1e-20, 1.0, 1e15]),
+       packed=st.booleans())
 @settings(max_examples=60)
-def test_gemm_within_the_dot_product_bound(seed, M, N, K, alpha, beta, dtype, scale):
+def test_gemm_within_the_dot_product_bound(seed, M, N, K, alpha, beta, dtype, scale, packed):
     # fastlista's GEMM (_gemm.h) on any shape (partial tiles, K cut into
-    # panels of 256) and scale: within (K + 2) u (|alpha| |A| |B| + |beta| |C|)
-    # of the product computed in long double
+    # panels of 256) and scale, on B or on its panels packed once: within
+    # (K + 2) u (|alpha| |A| |B| + |beta| |C|) of the product computed in
+    # long double
     rng = np.random.default_rng(seed)
     A = (scale * rng.standard_normal((M, K))).astype(dtype)
     B = rng.standard_normal((K, N)).astype(dtype)
     C = (scale * rng.standard_normal((M, N))).astype(dtype)
     C0 = C.copy()
-    _gemm.gemm(alpha, A, B, beta, C)
+    _gemm.gemm(alpha, A, B, beta, C, packed=packed)
     wide = np.longdouble
     exact = alpha * (A.astype(wide) @ B.astype(wide)) + beta * C0.astype(wide)
     u = np.finfo(dtype).eps / 2

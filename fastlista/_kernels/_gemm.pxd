@@ -24,6 +24,25 @@ cdef extern from "_gemm.h":
     void fl_d_gemm(int M, int N, int K, double alpha, const double *A, int lda,
                    const double *B, int ldb, double beta, double *C,
                    int ldc) noexcept nogil
+    Py_ssize_t fl_s_gemm_packed_size(int N, int K) noexcept nogil
+    Py_ssize_t fl_d_gemm_packed_size(int N, int K) noexcept nogil
+    void fl_s_gemm_pack(int N, int K, const float *B, int ldb, float *BP) noexcept nogil
+    void fl_d_gemm_pack(int N, int K, const double *B, int ldb, double *BP) noexcept nogil
+    void fl_s_gemm_packed_from(int M, int N, int K, float alpha, const float *A,
+                               int lda, const float *BP, float beta, const float *C0,
+                               int ldc0, float *C, int ldc) noexcept nogil
+    void fl_d_gemm_packed_from(int M, int N, int K, double alpha, const double *A,
+                               int lda, const double *BP, double beta,
+                               const double *C0, int ldc0, double *C,
+                               int ldc) noexcept nogil
+    Py_ssize_t fl_s_gemm_packed_step(int M, int N, int K, const float *A, int lda,
+                                     const float *BP, float step, const float *thr,
+                                     int positive, float *Z, int ldz, signed char *sg,
+                                     int ldsg) noexcept nogil
+    Py_ssize_t fl_d_gemm_packed_step(int M, int N, int K, const double *A, int lda,
+                                     const double *BP, double step,
+                                     const double *thr, int positive, double *Z,
+                                     int ldz, signed char *sg, int ldsg) noexcept nogil
     int fl_gemm_vectorized() noexcept nogil
 
 
@@ -60,3 +79,47 @@ cdef inline Py_ssize_t own_gemm_step(int M, int N, int K, const floating *A, int
                               sg, ldsg)
     return fl_d_gemm_step(M, N, K, A, lda, B, ldb, step, thr, positive, Z, ldz, sg,
                           ldsg)
+
+
+# B packed once (the parameter matrices of a call): its panels in the layout
+# of _gemm.h, own_gemm_packed_size(N, K) entries, written by own_gemm_pack
+# and read by the packed calls below, which compute what their unpacked
+# counterparts compute, in the same order.
+cdef inline Py_ssize_t own_gemm_packed_size(floating *tag, int N, int K) noexcept nogil:
+    """Entries of B (K, N) packed (tag: a NULL pointer of the dtype)."""
+    if floating is float:
+        return fl_s_gemm_packed_size(N, K)
+    return fl_d_gemm_packed_size(N, K)
+
+
+cdef inline void own_gemm_pack(int N, int K, const floating *B, int ldb,
+                               floating *BP) noexcept nogil:
+    """BP <- the panels of B (K, N, row-major, leading dimension ldb)."""
+    if floating is float:
+        fl_s_gemm_pack(N, K, B, ldb, BP)
+    else:
+        fl_d_gemm_pack(N, K, B, ldb, BP)
+
+
+cdef inline void own_gemm_packed_from(int M, int N, int K, floating alpha,
+                                      const floating *A, int lda, const floating *BP,
+                                      floating beta, const floating *C0, int ldc0,
+                                      floating *C, int ldc) noexcept nogil:
+    """own_gemm_from with B packed in BP."""
+    if floating is float:
+        fl_s_gemm_packed_from(M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
+    else:
+        fl_d_gemm_packed_from(M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
+
+
+cdef inline Py_ssize_t own_gemm_packed_step(int M, int N, int K, const floating *A,
+                                            int lda, const floating *BP, floating step,
+                                            const floating *thr, bint positive,
+                                            floating *Z, int ldz, signed char *sg,
+                                            int ldsg) noexcept nogil:
+    """own_gemm_step with B packed in BP."""
+    if floating is float:
+        return fl_s_gemm_packed_step(M, N, K, A, lda, BP, step, thr, positive, Z, ldz,
+                                     sg, ldsg)
+    return fl_d_gemm_packed_step(M, N, K, A, lda, BP, step, thr, positive, Z, ldz, sg,
+                                 ldsg)

@@ -9,8 +9,11 @@ operands of every such call into its panel format and scales C by beta
 in a pass of its own; ``_gemm.h`` copies only B, a 2-vector-wide panel at
 a time into L1, reads A in place, applies alpha and beta as it stores C,
 and can take a dense layer's gradient step (threshold, non-zeros, signs)
-on each tile as it stores it. Measured on AMD Zen 3 (AVX2), one thread a
-call, 256 x 256 x 64: 75 against 64 GFLOP/s in float32 and 35 against 31
+on each tile as it stores it. Where a call multiplies many blocks by the
+same matrices (a network's parameters, a solver's D, D^T and Gram matrix),
+their panels are packed once a call instead (``pack``): the copies took
+9-12 % of a 256-row product's time. Measured on AMD Zen 3 (AVX2), one
+thread a call, 256 x 256 x 64: 75 against 64 GFLOP/s in float32 and 35 against 31
 in float64 (medians of 21 rounds, interleaved). On the paper shape (64
 features x 256 atoms, 10 000 samples, T = 30 layers) at lmbd = 0.1, the
 same calls through ``_gemm.h`` and through BLAS, alternating
@@ -29,7 +32,11 @@ and the networks and the solvers keep calling it.
 from cython cimport floating
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
-from ._gemm cimport FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_step
+from ._gemm cimport (FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_pack,
+                     own_gemm_packed_from, own_gemm_packed_size,
+                     own_gemm_packed_step, own_gemm_step)
+
+import numpy as np
 
 #: The networks' dense layers and the solvers' block gradients multiply
 #: through _gemm.h: BLAS would pack every call, and the AVX2 + FMA code of
@@ -37,13 +44,34 @@ from ._gemm cimport FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_step
 OWN_GEMM = bool(BLAS_PACKS_SMALL_CALLS and fl_gemm_vectorized())
 
 
+cdef _packed(const floating *B, int K, int N, int ldb):
+    """The panels of B (K, N, leading dimension ldb; NULL when empty) as
+    _gemm.h packs them, in a new 1-d array (at least one entry)."""
+    BP = np.full(max(1, own_gemm_packed_size(<floating *> NULL, N, K)), np.nan,
+                 dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] bp = BP
+    if K > 0 and N > 0:
+        with nogil:
+            own_gemm_pack(N, K, B, ldb, &bp[0])
+    return BP
+
+
+def pack(const floating[:, ::1] B):
+    """B (K, N, C-contiguous) with its panels packed for _gemm.h: a new 1-d
+    array of its dtype, which the packed calls read in place of B."""
+    cdef int K = <int> B.shape[0], N = <int> B.shape[1]
+    return _packed(&B[0, 0] if K > 0 and N > 0 else <const floating *> NULL, K, N,
+                   max(1, N))
+
+
 def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
-         floating[:, :] C):
+         floating[:, :] C, bint packed=False):
     """C = alpha A B + beta C in place through _gemm.h, whatever the CPU.
 
     The kernels' own entry point, for the tests: A (M, K), B (K, N) and
     C (M, N) of one dtype (alpha and beta are rounded to it), each with unit stride along its rows (a slice
     of a wider C-ordered array gives a leading dimension beyond its width).
+    ``packed``: B's panels packed first (own_gemm_pack), then read from there.
     """
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     if B.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
@@ -57,17 +85,28 @@ def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
     cdef int ldc = max(1, C.strides[0] // sizeof(floating))
     if M == 0 or N == 0:
         return
+    cdef floating[::1] bp
+    if packed:
+        bp = _packed(&B[0, 0] if K > 0 else <const floating *> NULL, <int> K, <int> N,
+                     ldb)
+        with nogil:
+            own_gemm_packed_from(<int> M, <int> N, <int> K, <floating> alpha,
+                                 &A[0, 0] if K > 0 else NULL, lda, &bp[0],
+                                 <floating> beta, &C[0, 0], ldc, &C[0, 0], ldc)
+        return
     with nogil:
         own_gemm(<int> M, <int> N, <int> K, <floating> alpha, &A[0, 0] if K > 0 else NULL, lda,
                  &B[0, 0] if K > 0 else NULL, ldb, <floating> beta, &C[0, 0], ldc)
 
 
 def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr,
-              bint positive, floating[:, :] Z, signed char[:, :] sg=None):
+              bint positive, floating[:, :] Z, signed char[:, :] sg=None,
+              bint packed=False):
     """Z[i] <- ST(Z[i] - step (A B)[i], thr[i]) in place through _gemm.h
     (one-sided if positive), the signs of the result into sg if given;
     returns the non-zeros of the new Z (NaN counted). For the tests, as gemm:
-    A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8."""
+    A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8; ``packed`` as
+    in gemm."""
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     if B.shape[0] != K or Z.shape[0] != M or Z.shape[1] != N or thr.shape[0] != M:
         raise ValueError(f"gemm_step: shapes {(M, K)} @ {(B.shape[0], N)} into "
@@ -89,6 +128,16 @@ def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr
     cdef Py_ssize_t nnz
     if M == 0 or N == 0:
         return 0
+    cdef floating[::1] bp
+    if packed:
+        bp = _packed(&B[0, 0] if K > 0 else <const floating *> NULL, <int> K, <int> N,
+                     ldb)
+        with nogil:
+            nnz = own_gemm_packed_step(<int> M, <int> N, <int> K,
+                                       &A[0, 0] if K > 0 else NULL, lda, &bp[0],
+                                       <floating> step, &thr[0], positive, &Z[0, 0],
+                                       ldz, sgp, ldsg)
+        return nnz
     with nogil:
         nnz = own_gemm_step(<int> M, <int> N, <int> K, &A[0, 0] if K > 0 else NULL, lda,
                             &B[0, 0] if K > 0 else NULL, ldb, <floating> step,
