@@ -233,19 +233,20 @@ def test_reference_chain_rule_is_finite_differences(loss, positive):
        loss=st.sampled_from(["unsupervised", "supervised"]),
        dtype=st.sampled_from([np.float64, np.float32]),
        rho=st.sampled_from([None, 0.5, 1.1]), own_gemm=st.booleans(),
-       gather_v3=st.booleans(),
+       pack=st.booleans(), gather_v3=st.booleans(),
        run=st.sampled_from([1, 2, 3, 32]), block=st.sampled_from([1, 3, 16]),
        n_threads=st.sampled_from([1, 2]))
 @settings(max_examples=80)
 def test_shared_weight_networks_match_numpy_chain_rule(
         seed, n_atoms, n_features, n_samples, n_layers, rel_lmbd, parametrization,
-        positive, per_sample, tiny_step, loss, dtype, rho, own_gemm, gather_v3, run,
-        block, n_threads):
+        positive, per_sample, tiny_step, loss, dtype, rho, own_gemm, pack, gather_v3,
+        run, block, n_threads):
     # Networks with one W for all layers (SLISTA, ALISTA) take their sparse
     # layers row by row in runs of SPARSE_RUN layers, which follow each
     # thread's profile of densities over its previous blocks and end at
     # steps below machine epsilon (where z / a could overflow); the others
-    # take GEMMs. On any shape, blocking, thread count, kernel and run
+    # take GEMMs (fastlista's, on parameter matrices packed once a call or
+    # not, or BLAS). On any shape, blocking, thread count, kernel and run
     # length, with trained-like steps (one a layer, perhaps one tiny), the
     # codes equal a NumPy forward pass and (float64) the loss and the
     # gradients in every step and threshold the NumPy chain rule.
@@ -280,20 +281,21 @@ def test_shared_weight_networks_match_numpy_chain_rule(
     S = rng.standard_normal((n_samples, n_atoms)) * 0.2
 
     saved = (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
-             execution._GATHER_V3, _unrolled.SPARSE_RUN)
+             execution._GATHER_V3, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS)
     execution.plan = lambda *shape, **kw: (n_threads, block, 5)
     if rho is not None:
         execution._SPARSE_DENSITY = rho
     execution._OWN_GEMM = own_gemm
     execution._GATHER_V3 = gather_v3 and _unrolled.GATHER_V3_RUNS
     _unrolled.SPARSE_RUN = run
+    _unrolled.PACK_OPERANDS = pack
     try:
         Z = net.transform(X.astype(dtype), lmbd=lm)
         f, grads = (net.loss_and_grad(X, loss=loss, Z_target=S, lmbd=lm)
                     if dtype == np.float64 else (None, None))
     finally:
         (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
-         execution._GATHER_V3, _unrolled.SPARSE_RUN) = saved
+         execution._GATHER_V3, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS) = saved
 
     assert Z.dtype == dtype
     margins = _relative_margins(layers, positive)

@@ -47,7 +47,9 @@ Dense layers take two GEMMs through D and W (4 m n flops a row), or one
 through M when that is cheaper (m < 2 n). Every GEMM is untransposed (the
 caller passes D^T and W^T): on blocks of a few dozen rows an AVX-512
 OpenBLAS then multiplies without packing the operands (elsewhere the
-blocks are taller, to amortise the packing: _kernels/_cpu.pyx). A layer
+blocks are taller, to amortise the packing: _kernels/_cpu.pyx, and the
+products go through _gemm.h, on the parameter matrices packed once a
+call when it takes several blocks). A layer
 whose input codes are sparse takes the support-aware path: z_t M gathers
 the k_i rows of M for the non-zeros of row i (2 k_i m flops; ``coupled``
 gathers rows of D for z_t D), and the backward pass gathers the rows of
@@ -85,7 +87,9 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
 
 
 from ._blas cimport axpy, dot, gemm
-from ._gemm cimport FL_GEMM_KC, own_gemm, own_gemm_from, own_gemm_step
+from ._gemm cimport (FL_GEMM_KC, fl_d_gemm_pack, fl_d_gemm_packed_size,
+                     fl_s_gemm_pack, fl_s_gemm_packed_size, own_gemm, own_gemm_from,
+                     own_gemm_packed_from, own_gemm_packed_step, own_gemm_step)
 from ._prox cimport sign, threshold
 
 
@@ -110,11 +114,23 @@ GATHER_V3_RUNS = bool(fl_gather_v3_runs())
 GATHER_V3 = bool(fl_gather_v3_default())
 
 
+cdef struct Packed:
+    # a parameter matrix B (K, N, leading dimension ldb) of the call's
+    # products, its panels packed once for _gemm.h (own_gemm_pack) at BP
+    const void *B
+    int N
+    int K
+    int ldb
+    const void *BP
+
+
 cdef struct Dims:
     Py_ssize_t nb       # rows of this block
     Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
     Py_ssize_t chunk    # rows of one BLAS call (row_gemm)
     bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
+    const Packed *pk    # (n_pk,) the parameter matrices packed for _gemm.h
+    int n_pk
     bint gather_v3  # sparse rows through _gather_avx2.h (the CPU runs it)
     int run         # layers a sparse shared-W block runs row by row (SPARSE_RUN)
     int *plan       # (T + 1,) plan[t]: layer t's input was sparse in the
@@ -149,6 +165,8 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.nb_max = nb_max
     d.chunk = nb_max
     d.own_gemm = False
+    d.pk = NULL
+    d.n_pk = 0
     d.gather_v3 = False
     d.run = 1
     d.plan = NULL
@@ -162,20 +180,38 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     return d
 
 
+cdef inline const floating *packed_of(Dims *d, const floating *B, int N, int K,
+                                     int ldb) noexcept nogil:
+    """B's packed panels if the call packed B (K, N, ldb), else NULL."""
+    cdef int q
+    for q in range(d.n_pk):
+        if (d.pk[q].B == <const void *> B and d.pk[q].N == N and d.pk[q].K == K
+                and d.pk[q].ldb == ldb):
+            return <const floating *> d.pk[q].BP
+    return NULL
+
+
 cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating *A,
                           int lda, const floating *B, int ldb, floating beta,
                           floating *C, int ldc) noexcept nogil:
     """C[nb, N] = alpha A[nb, K] B[K, N] + beta C, row-major.
 
-    Through _gemm.h in one call (d.own_gemm), or BLAS d.chunk rows a call:
+    Through _gemm.h in one call (d.own_gemm; B's panels packed once a call
+    where the call packed it), or BLAS d.chunk rows a call:
     each call small enough for an AVX-512 OpenBLAS's small-matrix kernels
     (no packing), while the block may be several chunks tall: the products
     whose inner dimension is the block's rows (d W_t += w_t^T r_t) then run
     once a block, over all of its rows.
     """
     cdef Py_ssize_t r = 0, k
+    cdef const floating *BP
     if d.own_gemm:
-        own_gemm(<int> d.nb, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        BP = packed_of(d, B, N, K, ldb)
+        if BP != NULL:
+            own_gemm_packed_from(<int> d.nb, N, K, alpha, A, lda, BP, beta, C, ldc,
+                                 C, ldc)
+        else:
+            own_gemm(<int> d.nb, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
     while r < d.nb:
         k = min(d.chunk, d.nb - r)
@@ -422,6 +458,7 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
                         const floating *val, floating *R) noexcept nogil:
     """R = Z D - X, gathering the rows of D for the non-zeros of sparse Z."""
     cdef Py_ssize_t i, k, m = d.m, n = d.n, nb = d.nb
+    cdef const floating *BP
     if fmt == FMT_CSR:
         for i in range(nb):
             for k in range(n):
@@ -429,8 +466,13 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
             gather_rows(ptr[i + 1] - ptr[i], &idx[ptr[i]], &val[ptr[i]], 1,
                         D, n, &R[i * n])
     elif d.own_gemm:
-        own_gemm_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, D, <int> n, -1, X,
-                      <int> n, R, <int> n)
+        BP = packed_of(d, D, <int> n, <int> m, <int> n)
+        if BP != NULL:
+            own_gemm_packed_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, BP, -1,
+                                 X, <int> n, R, <int> n)
+        else:
+            own_gemm_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, D, <int> n, -1,
+                          X, <int> n, R, <int> n)
     else:
         memcpy(R, X, nb * n * sizeof(floating))
         row_gemm(d, n, m, 1, Z, m, D, n, -1, R, n)
@@ -680,6 +722,7 @@ cdef void residual_forward_block(
     cdef Py_ssize_t cap = <Py_ssize_t> d.nb_max * m, size = <Py_ssize_t> nb * m
     cdef Py_ssize_t nnz = 0, r
     cdef const floating *WTt
+    cdef const floating *BP
     cdef signed char *sg
     cdef floating a
     cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
@@ -754,8 +797,13 @@ cdef void residual_forward_block(
         if fused:
             for i in range(nb):
                 u[i] = <floating> (lam[i] * thr[t])
-            nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
-                                <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
+            BP = packed_of(d, WTt, <int> m, <int> n, <int> m)
+            if BP != NULL:
+                nnz = own_gemm_packed_step(<int> nb, <int> m, <int> n, Rt, <int> n, BP,
+                                           a, u, d.positive, z, <int> m, sg, <int> m)
+            else:
+                nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
+                                    <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
         for i in range(0 if fused else nb):
             if d.ks != NULL and d.ks[t] > 0:
                 for j in range(m):
@@ -1249,6 +1297,8 @@ cdef struct NetCtx:
     Py_ssize_t nb_max
     Py_ssize_t chunk    # rows of one BLAS call
     bint own_gemm       # dense products through _gemm.h
+    const Packed *pk    # (n_pk,) parameter matrices packed for _gemm.h
+    int n_pk
     bint gather_v3      # sparse rows through _gather_avx2.h
     int run             # SPARSE_RUN
     double rho
@@ -1269,6 +1319,8 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
                             c.rho)
     d.chunk = c.chunk
     d.own_gemm = c.own_gemm
+    d.pk = c.pk
+    d.n_pk = c.n_pk
     d.gather_v3 = c.gather_v3
     d.run = c.run
     d.plan = w.plan
@@ -1444,7 +1496,116 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     c.chunk = max(1, min(gemm_rows, nb_max))
     c.n_threads = n_threads
     c.work = work
+    c.pk = NULL
+    c.n_pk = 0
     return work
+
+
+#: Whether the calls that multiply several blocks through _gemm.h pack their
+#: parameter matrices once (_pack_operands); read at every call.
+PACK_OPERANDS = True
+
+
+def _operands(Params params, bint train):
+    """The parameter matrices B of the call's dense products through
+    _gemm.h, as (name, layers, K, N): B = array[name][layer], K x N,
+    row-major (leading dimension N)."""
+    cdef const NetParams *p = &params.c
+    cdef Py_ssize_t m = p.m, n = p.n
+    a = params.arrays
+    out = [("D", 1, m, n)]                         # r = z D - x
+    if train:
+        out.append(("DT", 1, n, m))                # r D^T, (w W) D^T
+    if p.family == FAMILY_LISTA:
+        out += [("Wx", p.T, n, m), ("Wz", p.T, m, m)]
+        if train:
+            out.append(("WzT", p.T, m, m))
+        return out
+    layers = a["WT"].shape[0]
+    out.append(("WT", layers, n, m))               # c = x W^T, u = r W^T
+    if train:
+        out.append(("W", layers, m, n))            # w W
+    if p.shared and p.gram:
+        out.append(("M", 1, m, m))                 # u = z M - c
+        if train:
+            out.append(("MT", 1, m, m))            # w M^T
+    return out
+
+
+cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
+                            list keep) except? NULL:
+    """Pack the call's parameter matrices for _gemm.h, once: c.pk and
+    c.n_pk are set, and the table returned (the caller frees it), or NULL
+    and nothing packed.
+
+    Only when the products go through _gemm.h and the batch takes several
+    blocks: every block then reads the same panels, where the unpacked
+    calls copy each of them again (9-12 % of the time of a 256-row block's
+    product on Zen 3; _gemm.h). The buffer is cached as the workspaces are
+    (``keep`` receives it).
+    """
+    cdef bint single = params.dtype == np.float32
+    cdef Py_ssize_t total = 0, size, l, item = params.dtype.itemsize
+    cdef Packed *pk
+    cdef int q = 0, K, Nc
+    cdef size_t src, dst
+    if not (PACK_OPERANDS and c.own_gemm and N > c.nb_max):
+        return NULL
+    specs = []
+    seen = set()
+    for name, layers, K, Nc in _operands(params, train):
+        arr = params.arrays[name]
+        if arr is None or arr.size == 0 or (arr.ctypes.data, K, Nc) in seen:
+            continue    # (one copy of an array passed twice: SLISTA's M = M^T)
+        seen.add((arr.ctypes.data, K, Nc))
+        # (a multiple of 64 bytes: every packed matrix stays aligned)
+        size = fl_s_gemm_packed_size(Nc, K) if single else fl_d_gemm_packed_size(Nc, K)
+        specs.append((arr.ctypes.data, layers, K, Nc, size))
+        total += layers * size
+    count = sum(spec[1] for spec in specs)
+    if count == 0:
+        return NULL
+    buf = _pack_buffer(params.dtype, total)
+    keep.append(buf)
+    pk = <Packed *> calloc(count, sizeof(Packed))
+    if pk == NULL:
+        raise MemoryError()
+    dst = buf.ctypes.data
+    for src, layers, K, Nc, size in specs:
+        for l in range(layers):
+            pk[q].B = <const void *> (src + l * K * Nc * item)
+            pk[q].N = Nc
+            pk[q].K = K
+            pk[q].ldb = Nc
+            pk[q].BP = <const void *> dst
+            with nogil:
+                if single:
+                    fl_s_gemm_pack(Nc, K, <const float *> pk[q].B, Nc, <float *> dst)
+                else:
+                    fl_d_gemm_pack(Nc, K, <const double *> pk[q].B, Nc, <double *> dst)
+            dst += size * item
+            q += 1
+    c.pk = pk
+    c.n_pk = q
+    return pk
+
+
+def _pack_buffer(dtype, Py_ssize_t n):
+    """A 64-byte aligned float array of at least n entries, cached between
+    the calls of one Python thread as the workspaces are."""
+    cache = getattr(_local, "cache", None)
+    if cache is None:
+        cache = _local.cache = {}
+    key = "pack" + np.dtype(dtype).char
+    raw = cache.get(key)
+    item = np.dtype(dtype).itemsize
+    if raw is None or raw.size < n + 64 // item:
+        cache.pop(key, None)
+        raw = np.empty(n + 64 // item, dtype=dtype)
+        if raw.nbytes <= WORKSPACE_CACHE_BYTES:
+            cache[key] = raw
+    skip = (-raw.ctypes.data % 64) // item
+    return raw[skip:skip + n]
 
 
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
@@ -1470,6 +1631,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("forward: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
+    cdef Packed *pk = NULL
     try:
         for t in range(c.n_threads):
             work[t].obj = &obj[t, 0] if obj.shape[0] > 0 else NULL
@@ -1483,6 +1645,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather_v3 = gather_v3
+        pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
         with nogil:
@@ -1490,6 +1653,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
                        _block_d if floating is double else _block_s, &c)
     finally:
         free(work)
+        free(pk)
 
 
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
@@ -1521,6 +1685,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
+    cdef Packed *pk = NULL
     try:
         for t in range(c.n_threads):
             work[t].obj = NULL
@@ -1539,6 +1704,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather_v3 = gather_v3
+        pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = NULL
         with nogil:
@@ -1548,4 +1714,5 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
             total += work[t].loss
     finally:
         free(work)
+        free(pk)
     return total
