@@ -49,12 +49,14 @@ from libc.string cimport memcpy
 
 from ._blas cimport gemm, axpy, dot
 from ._blocks cimport run_blocks
-from ._gemm cimport FL_GEMM_KC, own_gemm_from, own_gemm_step
+from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
 from ._simd cimport (fl_d_count_nonzero, fl_s_count_nonzero, fl_d_pst_step,
                      fl_d_st_step, fl_s_pst_step, fl_s_st_step)
+
+from . import _gemm
 
 cdef enum:
     ISTA = 0
@@ -108,6 +110,9 @@ cdef struct ProxCtx:
     const void *D   # (m, n)
     const void *DT  # (n, m)
     const void *B   # (m, m)
+    const void *Dp  # D, D^T and B packed for _gemm.h (own_gemm), else NULL
+    const void *DTp
+    const void *Bp
     const void *C   # (N, m)
     const double *xx    # (N,) ||x||^2
     const double *lmbd  # (N,)
@@ -126,6 +131,11 @@ cdef struct ProxCtx:
     int *n_iter     # (N,) out
     double *gap_out  # (N,) out: the stopping gap (the certificate comes later)
     ProxWork *work  # one per thread
+
+
+cdef const void *_data(a) except? NULL:
+    """Address of an array's data (NULL for None)."""
+    return NULL if a is None else <const void *> <size_t> a.ctypes.data
 
 
 cdef enum:
@@ -159,12 +169,13 @@ cdef int gradient_form(const floating *P, int nb, Py_ssize_t m,
 
 
 cdef inline void block_residual(const floating *P, int nb, const floating *Xb,
-                                const floating *D, Py_ssize_t m, Py_ssize_t n,
-                                bint own, floating *R) noexcept nogil:
-    """R[:nb] = P[:nb] D - X[:nb]."""
+                                const floating *D, const floating *Dp, Py_ssize_t m,
+                                Py_ssize_t n, bint own, floating *R) noexcept nogil:
+    """R[:nb] = P[:nb] D - X[:nb] (through _gemm.h with own, on D's packed
+    panels Dp)."""
     if own:
-        own_gemm_from(nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, Xb,
-                      <int> n, R, <int> n)
+        own_gemm_packed_from(nb, <int> n, <int> m, 1, P, <int> m, Dp, -1, Xb,
+                             <int> n, R, <int> n)
     else:
         memcpy(R, Xb, nb * n * sizeof(floating))
         gemm(False, False, nb, <int> n, <int> m, 1, P, <int> m, D, <int> n, -1, R,
@@ -173,14 +184,17 @@ cdef inline void block_residual(const floating *P, int nb, const floating *Xb,
 
 cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                          const floating *Cb, const floating *D,
-                         const floating *DT, const floating *B, Py_ssize_t m,
-                         Py_ssize_t n, bint own, floating *R,
-                         floating *G) noexcept nogil:
+                         const floating *DT, const floating *B,
+                         const floating *Dp, const floating *DTp,
+                         const floating *Bp, Py_ssize_t m, Py_ssize_t n, bint own,
+                         floating *R, floating *G) noexcept nogil:
     """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
 
     The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
     multiplies these small blocks without packing the operands; ``own``
-    runs them through _gemm.h instead.
+    runs them through _gemm.h instead, on the panels of D, D^T and B packed
+    once a solve (Dp, DTp, Bp: every iteration of every block multiplies by
+    the same three matrices).
     """
     cdef Py_ssize_t i, j
     cdef floating p
@@ -199,18 +213,18 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
     elif form == FORM_GRAM:
         # G = P B - C
         if own:
-            own_gemm_from(nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1, Cb,
-                          <int> m, G, <int> m)
+            own_gemm_packed_from(nb, <int> m, <int> m, 1, P, <int> m, Bp, -1, Cb,
+                                 <int> m, G, <int> m)
         else:
             memcpy(G, Cb, nb * m * sizeof(floating))
             gemm(False, False, nb, <int> m, <int> m, 1, P, <int> m, B, <int> m, -1,
                  G, <int> m)
     else:
         # R = P D - X, then G = R D^T
-        block_residual(P, nb, Xb, D, m, n, own, R)
+        block_residual(P, nb, Xb, D, Dp, m, n, own, R)
         if own:
-            own_gemm_from(nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, NULL,
-                          <int> m, G, <int> m)
+            own_gemm_packed_from(nb, <int> m, <int> n, 1, R, <int> n, DTp, 0, NULL,
+                                 <int> m, G, <int> m)
         else:
             gemm(False, False, nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, G,
                  <int> m)
@@ -304,6 +318,9 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef const floating *D = <const floating *> c.D
     cdef const floating *DT = <const floating *> c.DT
     cdef const floating *B = <const floating *> c.B
+    cdef const floating *Dp = <const floating *> c.Dp
+    cdef const floating *DTp = <const floating *> c.DTp
+    cdef const floating *Bp = <const floating *> c.Bp
     cdef floating *hobj = <floating *> c.hist_obj
     cdef floating *hgap = <floating *> c.hist_gap
     cdef floating *hstep = <floating *> c.hist_step
@@ -342,20 +359,21 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             step = 1 / L
             for s in range(nb):
                 thr_b[s] = <floating> (w.lmbd[s] * step)
-            block_residual(Zb, nb, Xb, D, m, n, True, R)
+            block_residual(Zb, nb, Xb, D, Dp, m, n, True, R)
             # the step counts the non-zeros of the new z: the next
             # iteration's choice of form needs no pass of its own
-            znnz = own_gemm_step(nb, <int> m, <int> n, R, <int> n, DT, <int> m,
-                                 <floating> step, thr_b, c.positive, Zb, <int> m,
-                                 NULL, 0)
+            znnz = own_gemm_packed_step(nb, <int> m, <int> n, R, <int> n, DTp,
+                                        <floating> step, thr_b, c.positive, Zb,
+                                        <int> m, NULL, 0)
             it = it + 1
             continue
         znnz = -1       # Zb (and nb) change below
-        block_gradient(P, nb, Xb, Cb, D, DT, B, m, n, c.own_gemm, R, G)
+        block_gradient(P, nb, Xb, Cb, D, DT, B, Dp, DTp, Bp, m, n, c.own_gemm, R, G)
         if check:
             Gp = G
             if method == FISTA and it > 0:
-                block_gradient(Zb, nb, Xb, Cb, D, DT, B, m, n, c.own_gemm, R, Gz)
+                block_gradient(Zb, nb, Xb, Cb, D, DT, B, Dp, DTp, Bp, m, n, c.own_gemm,
+                               R, Gz)
                 Gp = Gz
             s = 0
             while s < nb:
@@ -575,6 +593,12 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     c.D = &D[0, 0]
     c.DT = &DT[0, 0]
     c.B = &B[0, 0]
+    # the three matrices of the GEMM forms, packed once for _gemm.h
+    Dp, DTp, Bp = ((_gemm.pack(D), _gemm.pack(DT), _gemm.pack(B)) if own_gemm
+                   else (None, None, None))
+    c.Dp = _data(Dp)
+    c.DTp = _data(DTp)
+    c.Bp = _data(Bp)
     c.C = &C[0, 0]
     c.xx = &xx[0]
     c.lmbd = &lmbd[0]
