@@ -31,7 +31,11 @@ The interleaved runs (below) add, where the networks' dense layers multiply
 through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: no
 AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
 ``SLISTA loss_and_grad 0.1 / through BLAS``: the same calls with BLAS
-instead, without a target; where the sparse layers' rows run through the
+instead, and ``SLISTA forward 0.1 / panels copied every block`` and
+``SLISTA loss_and_grad 0.1 / panels copied every block``: the same calls
+with the parameter matrices' panels copied by every product, not packed
+once a call (``fastlista._kernels._unrolled.PACK_OPERANDS = False``), both
+without a target; where the sparse layers' rows run through the
 AVX2 kernel (``fastlista._kernels._unrolled.GATHER_V3``), ``SLISTA forward
 0.8 / portable gather`` and ``SLISTA loss_and_grad 0.8 / portable gather``:
 the same calls through the portable row kernel, without a target;
@@ -403,6 +407,10 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                   timer(getattr(nets["step", 0.1], method), X),
                                   timer(through_blas(getattr(nets["step", 0.1], method)),
                                         X)))
+                cases.append(Case(f"SLISTA {name} 0.1 / panels copied every block" + sfx,
+                                  timer(getattr(nets["step", 0.1], method), X),
+                                  timer(panels_every_block(getattr(nets["step", 0.1],
+                                                                   method)), X)))
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
         if _unrolled.GATHER_V3:
             # where the sparse layers' rows run through _gather_avx2.h: the
@@ -458,6 +466,19 @@ def through_blas(method):
             return method(*args)
         finally:
             execution._OWN_GEMM = default
+    return call
+
+
+def panels_every_block(method):
+    """``method`` with every dense product copying the panels of its
+    parameter matrix, as the plain _gemm.h calls do, instead of reading
+    them packed once a call (``_unrolled.PACK_OPERANDS = False``)."""
+    def call(*args):
+        default, _unrolled.PACK_OPERANDS = _unrolled.PACK_OPERANDS, False
+        try:
+            return method(*args)
+        finally:
+            _unrolled.PACK_OPERANDS = default
     return call
 
 
