@@ -1423,15 +1423,21 @@ _local = threading.local()
 WORKSPACE_CACHE_BYTES = 1 << 25
 
 
+def _cache():
+    """This Python thread's cache of arrays kept between calls."""
+    cache = getattr(_local, "cache", None)
+    if cache is None:
+        cache = _local.cache = {}
+    return cache
+
+
 def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
     """Per-thread floating and int workspaces of at least the given sizes.
 
     Rows are threads; a row may be longer than asked. Reused between the
     calls of one Python thread (kernels of two threads never share them).
     """
-    cache = getattr(_local, "cache", None)
-    if cache is None:
-        cache = _local.cache = {}
+    cache = _cache()
     key = np.dtype(dtype).char
     fws, iws = cache.get(key, (None, None))
     if (fws is None or fws.shape[0] < n_threads or fws.shape[1] < n_float
@@ -1593,9 +1599,7 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
 def _pack_buffer(dtype, Py_ssize_t n):
     """A 64-byte aligned float array of at least n entries, cached between
     the calls of one Python thread as the workspaces are."""
-    cache = getattr(_local, "cache", None)
-    if cache is None:
-        cache = _local.cache = {}
+    cache = _cache()
     key = "pack" + np.dtype(dtype).char
     raw = cache.get(key)
     item = np.dtype(dtype).itemsize
