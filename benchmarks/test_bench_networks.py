@@ -405,12 +405,14 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                                           "loss_and_grad")]:
                 cases.append(Case(f"SLISTA {name} 0.1 / through BLAS" + sfx,
                                   timer(getattr(nets["step", 0.1], method), X),
-                                  timer(through_blas(getattr(nets["step", 0.1], method)),
+                                  timer(with_setting(execution, "_OWN_GEMM", False,
+                                                     getattr(nets["step", 0.1], method)),
                                         X)))
                 cases.append(Case(f"SLISTA {name} 0.1 / panels copied every block" + sfx,
                                   timer(getattr(nets["step", 0.1], method), X),
-                                  timer(panels_every_block(getattr(nets["step", 0.1],
-                                                                   method)), X)))
+                                  timer(with_setting(_unrolled, "PACK_OPERANDS", False,
+                                                     getattr(nets["step", 0.1], method)),
+                                        X)))
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
         if _unrolled.GATHER_V3:
             # where the sparse layers' rows run through _gather_avx2.h: the
@@ -420,14 +422,16 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                                           "loss_and_grad")]:
                 cases.append(Case(f"SLISTA {name} 0.8 / portable gather" + sfx,
                                   timer(getattr(nets["step", 0.8], method), X),
-                                  timer(portable_gather(getattr(nets["step", 0.8],
-                                                                method)), X)))
+                                  timer(with_setting(execution, "_GATHER_V3", False,
+                                                     getattr(nets["step", 0.8], method)),
+                                        X)))
         # the sparse layers of the forward pass run row by row, SPARSE_RUN
         # layers a row: the same call one layer at a time (no target: what
         # the runs buy)
         cases.append(Case("SLISTA forward 0.8 / one layer a run" + sfx,
                           timer(nets["step", 0.8].transform, X),
-                          timer(one_layer_runs(nets["step", 0.8].transform), X)))
+                          timer(with_setting(_unrolled, "SPARSE_RUN", 1,
+                                             nets["step", 0.8].transform), X)))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
@@ -458,50 +462,19 @@ def fused_step_case(X, D, net, sfx):
                 repeated(_gemm.gemm, 50, 1.0, R, WT, 0.0, U))
 
 
-def through_blas(method):
-    """``method`` with the networks' dense products in BLAS, not _gemm.h."""
+def with_setting(module, name, value, method):
+    """``method`` with ``module.name`` set to ``value`` during each call:
+    the networks' dense products in BLAS (``execution._OWN_GEMM``), their
+    panels copied by every product (``_unrolled.PACK_OPERANDS``), the sparse
+    rows through the portable kernel (``execution._GATHER_V3``), the sparse
+    layers one at a time over the block (``_unrolled.SPARSE_RUN = 1``)."""
     def call(*args):
-        default, execution._OWN_GEMM = execution._OWN_GEMM, False
+        default = getattr(module, name)
+        setattr(module, name, value)
         try:
             return method(*args)
         finally:
-            execution._OWN_GEMM = default
-    return call
-
-
-def panels_every_block(method):
-    """``method`` with every dense product copying the panels of its
-    parameter matrix, as the plain _gemm.h calls do, instead of reading
-    them packed once a call (``_unrolled.PACK_OPERANDS = False``)."""
-    def call(*args):
-        default, _unrolled.PACK_OPERANDS = _unrolled.PACK_OPERANDS, False
-        try:
-            return method(*args)
-        finally:
-            _unrolled.PACK_OPERANDS = default
-    return call
-
-
-def portable_gather(method):
-    """``method`` with the sparse layers' rows through the portable kernel."""
-    def call(*args):
-        default, execution._GATHER_V3 = execution._GATHER_V3, False
-        try:
-            return method(*args)
-        finally:
-            execution._GATHER_V3 = default
-    return call
-
-
-def one_layer_runs(method):
-    """``method`` with the sparse layers run one layer at a time over the
-    block (``_unrolled.SPARSE_RUN = 1``), not row by row over several."""
-    def call(*args):
-        default, _unrolled.SPARSE_RUN = _unrolled.SPARSE_RUN, 1
-        try:
-            return method(*args)
-        finally:
-            _unrolled.SPARSE_RUN = default
+            setattr(module, name, default)
     return call
 
 
