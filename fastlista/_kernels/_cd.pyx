@@ -184,7 +184,8 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     """Newton step on S = supp(z): B_SS z_S = c_S - lmbd sign(z_S).
 
     All on the compact working set (Bw is w x w). The Cholesky factor of
-    B_SS is kept in f between calls and changed an atom at a time (a row
+    B_SS is kept in f between calls, across the working sets of a sample
+    (cd_sample renumbers its atoms), and changed an atom at a time (a row
     appended, or Givens rotations for a removal: O(|S|^2) instead of
     |S|^3 / 3 for a new factor).
 
@@ -317,7 +318,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
     Outer loop on all m atoms (gradient, gap, working set W of at most wmax
     atoms), inner epochs on the compact copies z, g, c (w,) and Bw (w, w).
     """
-    cdef int j, a, b, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, status, inner
+    cdef int j, a, b, q, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, status, inner
     cdef double gap, d, znew, bjj, za
     cdef bint sign_changed, changed, polished, moved
     cdef const floating *Bj
@@ -326,6 +327,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
     for j in range(m):
         if not B[<Py_ssize_t> j * m + j] > 0:
             z_full[j] = 0           # a zero atom is never used
+    f.k = 0
     while True:
         # full negative gradient g = c - z B from the support
         for j in range(m):
@@ -347,6 +349,9 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             return epochs
 
         # working set: the support, then the atoms with the largest |g_j|
+        # (the factor's atoms by atom, not by position in the old W)
+        for q in range(f.k):
+            f.S[q] = W[f.S[q]]
         w = 0
         n_cand = 0
         for j in range(m):
@@ -372,8 +377,22 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             for a in range(b):
                 W[w] = cand[a]
                 w += 1
-        # compact copies on W (a new W: a new factor)
-        f.k = 0
+        # The factor carries over to the new W: B_SS depends on its atoms,
+        # not on their positions in W (cand, free now, maps an atom to its
+        # position, -1 outside W). Atoms that left W leave the factor; the
+        # next polish drops those that left the support. A new factor for
+        # every working set cost a Cholesky factorisation each: with a
+        # working set doubling from 10 atoms, several for one sample.
+        for j in range(m):
+            cand[j] = -1
+        for a in range(w):
+            cand[W[a]] = a
+        for q in range(f.k - 1, -1, -1):
+            if cand[f.S[q]] < 0:
+                factor_remove(f, q)
+        for q in range(f.k):
+            f.S[q] = cand[f.S[q]]
+        # compact copies on W
         for a in range(w):
             z[a] = z_full[W[a]]
             g[a] = g_full[W[a]]
