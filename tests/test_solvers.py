@@ -708,3 +708,28 @@ def test_fista_rate(k):
     assert np.all(sub <= 2 * L * np.sum(Zs ** 2, axis=1) / (k + 1) ** 2)
     sub_ref = ref.objective(X, D, lmbd, ref.fista(X, D, lmbd, k)) - F_star
     assert np.mean(sub) <= 1.5 * np.mean(sub_ref)
+
+
+@pytest.mark.parametrize("ld_extra", [0, 3])
+def test_newton_step_triangular_solves_match_scipy(ld_extra):
+    # the coordinate descent's Cholesky solves, four unknowns a block, on
+    # every size whose remainder differs (k = 0..13) and on a factor of
+    # the size of a support (k = 64); the storage's unread entries (above
+    # the diagonal, and past k in each column) hold NaN
+    from scipy.linalg import solve_triangular
+
+    from fastlista._kernels._cd import triangular_solves
+
+    rng = np.random.default_rng(3)
+    for k in list(range(14)) + [64]:
+        A = rng.standard_normal((k, k + 4))
+        L = np.linalg.cholesky(A @ A.T + 0.1 * np.eye(k))
+        LT = np.full((k, k + ld_extra), np.nan)
+        for j in range(k):
+            LT[j, j:k] = L[j:, j]
+        v = rng.standard_normal(k)
+        fwd, bwd = triangular_solves(LT, v)
+        assert_allclose(fwd, solve_triangular(L, v, lower=True), rtol=1e-12,
+                        atol=1e-12 * np.abs(v).max(initial=0))
+        assert_allclose(bwd, solve_triangular(L, v, lower=True, trans="T"),
+                        rtol=1e-12, atol=1e-12 * np.abs(v).max(initial=0))

@@ -136,6 +136,7 @@ cdef struct Factor:
     int kmax            # the most atoms it can hold (min(wmax, n_features))
     bint rank_cap       # kmax = n_features: a kmax + 1-th atom depends on S
     double *L           # (kmax, kmax) column-major, lower: L[i, j] = L[j kmax + i]
+    double *dinv        # (kmax,) 1 / L[j, j]
     double *y           # (wmax,) solves
     unsigned char *mark  # (wmax,) support marks, kept zero between calls
 
@@ -169,17 +170,18 @@ cdef void factor_remove(Factor *f, int p) noexcept nogil:
             L[(j + 1) * km + i] = -s * x + c * yv
     for i in range(p, k - 1):
         f.S[i] = f.S[i + 1]
+        f.dinv[i] = 1 / L[i * km + i]
     f.k = k - 1
 
 
 cdef inline void forward_solve(const Factor *f, int k, double *v) noexcept nogil:
     """v <- L[:k, :k]^{-1} v."""
-    fl_lower_solve(k, f.kmax, f.L, v)
+    fl_lower_solve(k, f.kmax, f.L, f.dinv, v)
 
 
 cdef inline void backward_solve(const Factor *f, int k, double *v) noexcept nogil:
     """v <- L[:k, :k]^{-T} v."""
-    fl_lower_t_solve(k, f.kmax, f.L, v)
+    fl_lower_t_solve(k, f.kmax, f.L, f.dinv, v)
 
 
 cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
@@ -240,6 +242,7 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
         for q in range(f.k):
             f.L[q * km + f.k] = y[q]
         f.L[f.k * km + f.k] = sqrt(piv)
+        f.dinv[f.k] = 1 / f.L[f.k * km + f.k]
         f.S[f.k] = a
         f.k += 1
         f.mark[a] = 2
@@ -521,7 +524,7 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     # there; the working set is capped at WS_MAX atoms (B_WW in cache)
     wmax = <int> min(m, WS_MAX)
     kmax = max(1, min(wmax, n_features))
-    sizes = [m, m, m, wmax, wmax, wmax, wmax * wmax, wmax, kmax * kmax]
+    sizes = [m, m, m, wmax, wmax, wmax, wmax * wmax, wmax, kmax * kmax, kmax]
     off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
     dws = np.empty((n_threads, sum(sizes) + 1))
     iws = np.empty((n_threads, 3 * m + wmax + 1), np.intc)
@@ -548,6 +551,7 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
         work[t].factor.kmax = kmax
         work[t].factor.rank_cap = kmax == n_features
         work[t].factor.L = &dv[t, o[8]]
+        work[t].factor.dinv = &dv[t, o[9]]
         work[t].factor.y = &dv[t, o[7]]
         work[t].factor.mark = &mv[t, 0]
     c.C = &C[0, 0]
@@ -570,3 +574,32 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
                        _block_d if floating is double else _block_s, &c)
     finally:
         free(work)
+
+
+def triangular_solves(const double[:, ::1] LT, const double[::1] v):
+    """(L^{-1} v, L^{-T} v) through the Newton step's kernels (for the tests).
+
+    Parameters
+    ----------
+    LT : ndarray of shape (k, ld), ld >= k
+        Row j holds column j of the lower triangular L (k, k) in its first k
+        entries: the column-major storage of the factor, leading dimension
+        ld. The entries above the diagonal are not read.
+    v : ndarray of shape (k,)
+
+    Returns
+    -------
+    forward, backward : ndarray of shape (k,)
+    """
+    cdef int k = <int> LT.shape[0], ld = <int> LT.shape[1], j
+    if ld < k or v.shape[0] != k:
+        raise ValueError(f"LT must be (k, ld >= k) and v (k,), got "
+                         f"({LT.shape[0]}, {LT.shape[1]}) and ({v.shape[0]},)")
+    dinv = np.array([1 / LT[j, j] for j in range(k)], dtype=np.float64)
+    fwd = np.array(v, dtype=np.float64)
+    bwd = np.array(v, dtype=np.float64)
+    cdef double[::1] dv = dinv, fv = fwd, bv = bwd
+    if k > 0:
+        fl_lower_solve(k, ld, &LT[0, 0], &dv[0], &fv[0])
+        fl_lower_t_solve(k, ld, &LT[0, 0], &dv[0], &bv[0])
+    return fwd, bwd

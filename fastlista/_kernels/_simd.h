@@ -450,11 +450,18 @@ FL_DEFINE_COUNT_NONZERO(float, uint32_t, fl_s_count_nonzero)
    y <- y - a x               (a coordinate step: g <- g - d B_j; the
                                gradient from the support: g <- g - z_j B_j)
    v <- L^{-1} v, v <- L^{-T} v   (the Newton step's Cholesky factor: L lower,
-                               column-major, leading dimension ld)
+                               column-major, leading dimension ld, and
+                               dinv[j] = 1 / L[j, j])
 
-   The forward solve is column-oriented (an axpy a column, contiguous); the
-   backward one is a dot product a row of L^T (a column of L), summed in
-   simd lanes (OpenMP simd: a fixed order for a given build). */
+   Both solves go four unknowns at a time. The forward one solves the
+   block's 4 x 4 triangle by substitution, then updates the rows below it
+   in one pass, v[i] -= L[i, j:j+4] . v[j:j+4] (contiguous columns; one
+   load and store of v[i] for four multiply-adds). The backward one sums
+   the four dot products L[i, j:j+4] . v[i] over the rows below the block
+   in one pass (simd lanes, OpenMP simd: a fixed order for a given build),
+   then solves the block's triangle. A solve a column at a time waited on
+   a division, or on a horizontal sum, for every unknown; the unknowns of
+   a block wait on four multiplications by dinv. */
 #define FL_DEFINE_AXPY(TB, NAME)                                               \
 static FL_SIMD void NAME(int n, double a, const TB *__restrict x,            \
                          double *__restrict y) {                             \
@@ -466,10 +473,28 @@ FL_DEFINE_AXPY(double, fl_d_sub_axpy)
 FL_DEFINE_AXPY(float, fl_s_sub_axpy)
 
 static FL_SIMD void fl_lower_solve(int k, int ld, const double *__restrict L,
+                                   const double *__restrict dinv,
                                    double *__restrict v) {
-    for (int j = 0; j < k; j++) {
+    int j = 0;
+    for (; j + 4 <= k; j += 4) {
+        const double *L0 = L + (Py_ssize_t) j * ld, *L1 = L0 + ld, *L2 = L1 + ld,
+                     *L3 = L2 + ld;
+        double v0 = v[j] * dinv[j];
+        double v1 = (v[j + 1] - L0[j + 1] * v0) * dinv[j + 1];
+        double v2 = (v[j + 2] - L0[j + 2] * v0 - L1[j + 2] * v1) * dinv[j + 2];
+        double v3 = (v[j + 3] - L0[j + 3] * v0 - L1[j + 3] * v1
+                     - L2[j + 3] * v2) * dinv[j + 3];
+        v[j] = v0;
+        v[j + 1] = v1;
+        v[j + 2] = v2;
+        v[j + 3] = v3;
+        _Pragma("omp simd")
+        for (int i = j + 4; i < k; i++)
+            v[i] -= L0[i] * v0 + L1[i] * v1 + L2[i] * v2 + L3[i] * v3;
+    }
+    for (; j < k; j++) {
         const double *Lj = L + (Py_ssize_t) j * ld;
-        double vj = v[j] / Lj[j];
+        double vj = v[j] * dinv[j];
         v[j] = vj;
         for (int i = j + 1; i < k; i++)
             v[i] -= vj * Lj[i];
@@ -477,14 +502,36 @@ static FL_SIMD void fl_lower_solve(int k, int ld, const double *__restrict L,
 }
 
 static FL_SIMD void fl_lower_t_solve(int k, int ld, const double *__restrict L,
+                                     const double *__restrict dinv,
                                      double *__restrict v) {
-    for (int j = k - 1; j >= 0; j--) {
+    int j = k;      /* v[j:] is solved */
+    for (; j >= 4; j -= 4) {
+        const double *L0 = L + (Py_ssize_t) (j - 4) * ld, *L1 = L0 + ld,
+                     *L2 = L1 + ld, *L3 = L2 + ld;
+        double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        _Pragma("omp simd reduction(+:a0, a1, a2, a3)")
+        for (int i = j; i < k; i++) {
+            a0 += L0[i] * v[i];
+            a1 += L1[i] * v[i];
+            a2 += L2[i] * v[i];
+            a3 += L3[i] * v[i];
+        }
+        double y3 = (v[j - 1] - a3) * dinv[j - 1];
+        double y2 = (v[j - 2] - a2 - L2[j - 1] * y3) * dinv[j - 2];
+        double y1 = (v[j - 3] - a1 - L1[j - 2] * y2 - L1[j - 1] * y3) * dinv[j - 3];
+        double y0 = (v[j - 4] - a0 - L0[j - 3] * y1 - L0[j - 2] * y2
+                     - L0[j - 1] * y3) * dinv[j - 4];
+        v[j - 4] = y0;
+        v[j - 3] = y1;
+        v[j - 2] = y2;
+        v[j - 1] = y3;
+    }
+    for (j = j - 1; j >= 0; j--) {
         const double *Lj = L + (Py_ssize_t) j * ld;
         double acc = 0;
-        _Pragma("omp simd reduction(+:acc)")
         for (int i = j + 1; i < k; i++)
             acc += Lj[i] * v[i];
-        v[j] = (v[j] - acc) / Lj[j];
+        v[j] = (v[j] - acc) * dinv[j];
     }
 }
 
