@@ -12,10 +12,10 @@ optimality, and the working sets rank atoms by g_j). Three devices make it fast:
 * working sets: an outer loop picks W = supp(z) plus the atoms with the
   largest |g_j| (the closest to violating |g_j| <= lmbd), max(10, 2 |supp|)
   atoms in all, and never fewer than the last W (at least one atom is
-  added while any is left out); inner epochs update only W and keep g on W
-  only (|W| flops a coordinate change, not n_atoms). (Doubling W at every
-  outer iteration as well took 1.1 times as long at lmbd = 0.1 and 0.03 on
-  the paper shape: a last W of 160 atoms for 50 non-zeros.);
+  added while any is left out); doubling W at every outer iteration as
+  well took 1.1 times as long at lmbd = 0.1 and 0.03 on the paper shape (a
+  last W of 160 atoms for 50 non-zeros). Inner epochs update only W and
+  keep g on W only (|W| flops a coordinate change, not n_atoms);
 * a Newton polish: once an epoch leaves the signs s of z unchanged, the
   Lasso restricted to S = supp(z) with those signs is the linear system
   B_SS z_S = c_S - lmbd s_S. Its solution (Cholesky) is the exact optimum on
@@ -387,8 +387,8 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
         # not on their positions in W (cand, free now, maps an atom to its
         # position, -1 outside W). Atoms that left W leave the factor; the
         # next polish drops those that left the support. A new factor for
-        # every working set cost a Cholesky factorisation each: with a
-        # working set doubling from 10 atoms, several for one sample.
+        # every working set cost a Cholesky factorisation each: several for
+        # one sample, whose working set grows from 10 atoms.
         for j in range(m):
             cand[j] = -1
         for a in range(w):
