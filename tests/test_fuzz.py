@@ -221,6 +221,18 @@ def build_problem(spec):
     # float range: the solution near it, or a warm start whose objective
     # already overflows
     may_refuse = bool(np.max(np.abs(Z_ref), initial=0) > fmax * np.longdouble(1e-12))
+    # ... or where the rounding of c = x D^T alone (n + 2 units of roundoff
+    # of |x| |d_j|) moves a code by more than that: X and D scaled in
+    # opposite directions so far that an exactly orthogonal atom's code, 0,
+    # is computed as noise beyond the float range
+    with np.errstate(all="ignore"):
+        Xl, Dl = X.astype(np.longdouble), D.astype(np.longdouble)
+        x_norm = np.sqrt(np.sum(Xl * Xl, axis=1))
+        d_norm = np.sqrt(np.sum(Dl * Dl, axis=1))
+        d_min = np.min(d_norm[d_norm > 0], initial=np.longdouble(np.inf))
+        noise = ((n + 2) * np.longdouble(np.finfo(dt).eps)
+                 * np.max(x_norm, initial=0) / d_min)
+    may_refuse |= bool(noise > fmax * np.longdouble(1e-12))
     if Z0 is not None:
         # (with positive, the solver clips a warm start's negative entries)
         F0 = ref.objective_robust(X, D, lmbd, np.maximum(Z0, 0) if positive else Z0,
