@@ -163,6 +163,28 @@ def test_opposite_scalings_give_certified_codes_or_refuse(method, sx, sd, rel):
         np.testing.assert_array_equal(res.codes, 0.0)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_rounding_noise_beyond_the_float_range_is_refused_naming_its_sample(method):
+    # (found by the long fuzz) an atom of norm 1e-320 exactly orthogonal to
+    # a signal of norm 1e148: its exact code is 0, but c = x D^T may round to
+    # about eps |x| |d| (an FMA keeps the first product's rounding error),
+    # and the code of that noise, eps |x| / |d|, is beyond the largest float.
+    # At lmbd = 0 no certificate tells 0 from it: the call refuses, naming
+    # that sample only (the other one's c is negative: its positive code is
+    # exactly 0), or returns the exact codes, 0, certified
+    X = np.array([[1.21672864e148, 1.21672864e148],
+                  [-1.26542147e149, -6.23274463e148]])
+    D = np.array([[1e-320, -1e-320]])
+    try:
+        res = solve_lasso(X, D, 0.0, method=method, positive=True)
+    except FloatingPointError as exc:
+        assert "samples [0] overflow float64" in str(exc), str(exc)
+        assert "rescale X or D" in str(exc)
+        return
+    assert_certified(X, D, 0.0, 1e-8, res, positive=True)
+    np.testing.assert_array_equal(res.codes, 0.0)
+
+
 @pytest.mark.parametrize("sx, sd", [
     (1e20, 1.0), (1.0, 1e-20),           # codes ~ 1e20
     (1e30, 1.0),                         # gap ~ 1e60: inf in float32, never "converged"
