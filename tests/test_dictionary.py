@@ -638,6 +638,11 @@ def _expected_error(spec, X, D0):
                "lmbd": 0.0, "method": "batch", "batch_size": 1, "D0": "huge",
                "positive_code": False, "positive_dict": False, "dtype": "float32",
                "seed": 0})
+# ... and huge signals at a tiny lmbd (the check's own bound overflowed)
+@example(spec={"signals": "scaled_huge", "n_samples": 1, "n_features": 1, "n_atoms": 1,
+               "lmbd": 1e-12, "method": "batch", "batch_size": 1, "D0": "none",
+               "positive_code": False, "positive_dict": False, "dtype": "float64",
+               "seed": 0})
 def test_fuzz_learn_dictionary_bad_and_degenerate_input(spec):
     X, D0 = build_dictionary_problem(spec)
     expected = _expected_error(spec, X, D0)
@@ -674,10 +679,14 @@ def test_fuzz_learn_dictionary_bad_and_degenerate_input(spec):
         # condition 1.5e3 rounds the mean objective by 5e-11, mean ||x||^2 6.7),
         # and the check is off; at lmbd = 1e-12 the bound is as good as off
         # too, and the drawn lmbd of 0.1 and above carry the check
+        # (the bound is computed in long double: its square of ||x||^2 / lmbd
+        # leaves float64's range for huge signals; beyond long double's too,
+        # it is inf)
         obj = res.objective
-        xx = np.sum(X.astype(np.float64) ** 2, axis=1)
+        xx = np.sum(X.astype(np.longdouble) ** 2, axis=1)
         if spec["lmbd"] > 0:
-            l1_sq = np.mean((0.5 * xx / spec["lmbd"]) ** 2)
+            with np.errstate(over="ignore"):
+                l1_sq = np.mean((0.5 * xx / spec["lmbd"]) ** 2)
             slack = 1e-13 * 0.5 * np.mean(xx) + m * np.finfo(np.float64).eps * l1_sq
             assert np.all(np.diff(obj) <= 1e-12 * obj[:-1] + slack), np.diff(obj)
     assert res.n_reinit >= 0 and res.n_steps >= res.n_iter >= 1
