@@ -33,10 +33,20 @@ relative to the loss itself: the unsupervised loss carries the unknown offset
 min F_x, at large lmbd far above what training removes), and L-BFGS-B also
 when the projected gradient falls below ``tol`` times its initial size.
 
+The optimisers see the loss and gradient multiplied by a power of two that
+brings the stage's starting loss into [0.5, 1): the minimiser does not
+change, the scaling is exact, and neither optimiser's arithmetic under- or
+overflows on data of extreme scale (a loss of 1e-300 has squared gradients
+of 1e-600, which L-BFGS-B would take for 0). The history records the loss
+itself.
+
 The optimisers never leave the network with NaN or infinite parameters: a
 blow-up (a non-finite loss or gradient) makes the point unacceptable, and if
 the run still ends on one, the network is rolled back to the best finite
-point seen (or its start), with a TrainingWarning saying so.
+point seen (or its start), with a TrainingWarning saying so. An iteration is
+accepted only if its loss is finite and not above the last accepted one, so
+the history of a stage never rises and ends at the loss of the point the
+stage returns.
 """
 import warnings
 
@@ -60,27 +70,59 @@ class TrainingWarning(UserWarning):
 
 
 class _Objective:
-    """``evaluate`` at one depth, guarded: (inf, 0) for a non-finite point,
-    and the best finite point seen remembered."""
+    """``evaluate`` at one depth, guarded and scaled.
+
+    Returns (inf, 0) for a non-finite point, else the loss and gradient times
+    2**shift (see :meth:`calibrate`); remembers the loss itself of the last
+    finite evaluation and the best finite point seen.
+    """
 
     def __init__(self, evaluate, depth, lower):
         self.evaluate, self.depth, self.lower = evaluate, depth, lower
+        self.shift = 0
         self.best_f = np.inf
         self.best_x = None
+        self._last_x = None
+        self._last_loss = np.inf
 
     def project(self, x):
         return np.maximum(x, self.lower)
 
+    def calibrate(self, x0):
+        """Choose the scale at the start x0: 2**shift brings the loss into
+        [0.5, 1), unless that would take the largest gradient entry beyond
+        2**1000. Returns the scaled (loss, gradient) at x0."""
+        f, g = self(x0)             # shift 0: the loss itself
+        if np.isfinite(f) and f > 0:
+            shift = -int(np.frexp(f)[1])
+            g_max = float(np.max(np.abs(g), initial=0.0))
+            if g_max > 0:
+                shift = min(shift, 1000 - int(np.frexp(g_max)[1]))
+            self.shift = shift
+            f, g = float(np.ldexp(f, shift)), np.ldexp(g, shift)
+            self.best_f = f
+        return f, g
+
     def __call__(self, x):
-        """(loss, gradient) at x; (inf, 0) when non-finite."""
+        """Scaled (loss, gradient) at x; (inf, 0) when non-finite."""
         if not np.all(np.isfinite(x)):
             return np.inf, np.zeros_like(x)
         f, g = self.evaluate(x, self.depth)
-        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+        f_s, g_s = np.ldexp(f, self.shift), np.ldexp(g, self.shift)
+        if not (np.isfinite(f_s) and np.all(np.isfinite(g_s))):
             return np.inf, np.zeros_like(x)
-        if f < self.best_f:
-            self.best_f, self.best_x = f, x.copy()
-        return float(f), g
+        self._last_x, self._last_loss = x.copy(), float(f)
+        if f_s < self.best_f:
+            self.best_f, self.best_x = f_s, x.copy()
+        return float(f_s), g_s
+
+    def loss(self, x):
+        """The loss itself at x (inf when non-finite), evaluated only if x is
+        not the last point evaluated."""
+        if self._last_x is None or not np.array_equal(x, self._last_x):
+            if not np.isfinite(self(x)[0]):
+                return np.inf
+        return self._last_loss
 
 
 def _stalled(f0, f_prev, f, tol):
@@ -96,21 +138,20 @@ def _stalled(f0, f_prev, f, tol):
 
 def _lbfgs(obj, x0, max_iter, tol, history, verbose):
     x0 = obj.project(x0)
-    f0, g0 = obj(x0)
-    if not np.isfinite(f0):
+    f_scaled, g0 = obj.calibrate(x0)
+    if not np.isfinite(f_scaled):
         return x0
+    f0 = obj.loss(x0)
     history.append(f0)
-    last = {"x": x0.copy(), "f": f0}
-
-    def fun(x):
-        f, g = obj(x)
-        last["x"], last["f"] = x.copy(), f
-        return f, g
+    accepted = {"x": x0}
 
     def callback(xk):
-        f = last["f"] if np.array_equal(xk, last["x"]) else obj(xk)[0]
-        last["iterate"] = xk.copy()
-        history.append(float(f))
+        f = obj.loss(xk)
+        if not f <= history[-1]:
+            # non-finite, or above the last accepted loss: not accepted
+            raise StopIteration
+        accepted["x"] = xk.copy()
+        history.append(f)
         if verbose:
             print(f"[Lista.fit] lbfgs iteration {len(history) - 1}: loss {f:.10g}")
         if _stalled(f0, history[-2], f, tol):
@@ -120,38 +161,39 @@ def _lbfgs(obj, x0, max_iter, tol, history, verbose):
     # projected gradient at the start: the scale of the gradient test
     pg0 = float(np.max(np.abs(obj.project(x0 - g0) - x0))) if x0.size else 0.0
     try:
-        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                       callback=callback,
-                       options={"maxiter": max_iter, "ftol": 0.0, "gtol": tol * pg0})
+        minimize(obj, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                 callback=callback,
+                 options={"maxiter": max_iter, "ftol": 0.0, "gtol": tol * pg0})
     except StopIteration:        # scipy < 1.11 lets the callback's stop through
-        return last.get("iterate", x0)
-    return res.x
+        pass
+    # the last accepted iterate (L-BFGS-B's own result may be a rejected one)
+    return accepted["x"]
 
 
 def _gd(obj, x0, max_iter, tol, history, verbose):
     x = obj.project(x0)
-    f, g = obj(x)
-    if not np.isfinite(f):
+    f_scaled, g = obj.calibrate(x)
+    if not np.isfinite(f_scaled):
         return x
-    history.append(f)
-    f0 = f
+    f0 = obj.loss(x)
+    history.append(f0)
     rate = _GD_RATE0
     for it in range(max_iter):
         rate = min(4 * rate, _GD_RATE_MAX)
         while True:
             x_new = obj.project(x - rate * g)
             f_new, g_new = obj(x_new)
-            if np.isfinite(f_new) and f_new <= f:
+            if np.isfinite(f_new) and obj.loss(x_new) <= history[-1]:
                 break
             rate /= 2
             if rate < _GD_RATE_MIN:
                 return x
-        f_prev = f
-        x, f, g = x_new, f_new, g_new
-        history.append(f)
+        x, g = x_new, g_new
+        history.append(obj.loss(x))
         if verbose:
-            print(f"[Lista.fit] gd iteration {it + 1}: loss {f:.10g} (rate {rate:.3g})")
-        if _stalled(f0, f_prev, f, tol):
+            print(f"[Lista.fit] gd iteration {it + 1}: loss {history[-1]:.10g} "
+                  f"(rate {rate:.3g})")
+        if _stalled(f0, history[-2], history[-1], tol):
             break
     return x
 

@@ -1,4 +1,5 @@
 """Training of unfolded networks (Lista.fit, fastlista._training)."""
+import os
 import warnings
 
 import numpy as np
@@ -9,7 +10,7 @@ from fastlista import InvalidParameterError, solve_lasso
 from fastlista import Lista
 from fastlista import TrainingWarning
 from fastlista._networks._parameters import STEP_FLOOR
-from test_networks import lasso_F, make_problem, numpy_ista
+from test_networks import STEP_KEYS, lasso_F, make_problem, numpy_ista
 
 N_LAYERS = 6
 
@@ -186,6 +187,34 @@ def test_fit_validation(data):
         net.fit(X_train[:, :3])
 
 
+@pytest.mark.parametrize("parametrization", ["step", "coupled"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+@pytest.mark.parametrize("exponent", [-500, 500])
+def test_training_is_scale_equivariant(data, parametrization, optimizer, exponent):
+    """X and lmbd times 2**e give the same trained network and the history
+    times 4**e: the loss scales by 4**e, exactly, and the optimisers see it
+    scaled back to their working range. (Before, a loss near 1e-301 made
+    L-BFGS-B's squared gradients underflow, and gd's rate could not follow.)"""
+    X_train, _, D = data
+    X_train = X_train[:60]
+    lmbd = 0.3
+    nets = []
+    for e in (0, exponent):
+        net = Lista(D, np.ldexp(lmbd, e), 3, parametrization=parametrization)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TrainingWarning)
+            net.fit(np.ldexp(X_train, e), optimizer=optimizer, max_iter=15)
+        nets.append(net)
+    base, scaled = nets
+    assert len(base.loss_history_) > 3
+    assert_allclose(scaled.loss_history_, np.ldexp(base.loss_history_, 2 * exponent),
+                    rtol=1e-12)
+    assert base.loss_history_[-1] < 0.99 * base.loss_history_[0]
+    for p, q in zip(base.parameters, scaled.parameters):
+        for k in p:
+            assert_allclose(q[k], p[k], rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
 def test_training_is_not_stopped_by_the_loss_offset(data, optimizer):
     """At large lmbd, F* dwarfs what training removes: the stopping rule is
@@ -197,3 +226,274 @@ def test_training_is_not_stopped_by_the_loss_offset(data, optimizer):
     net.fit(X_train, optimizer=optimizer, max_iter=30)
     assert len(net.loss_history_) > 5
     assert gap_to_optimum(X_test, D, lmbd, net.transform(X_test)) < 0.1 * gap_ista
+
+
+# ---------------------------------------------------------------------------
+# fuzzing training (hypothesis): derandomised for CI, FASTLISTA_FUZZ=long
+# draws thousands of random examples (FASTLISTA_FUZZ_EXAMPLES=N overrides)
+# ---------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastlista import alista_weights  # noqa: E402
+
+settings.register_profile(
+    "fastlista-training-ci", derandomize=True, deadline=None, max_examples=60,
+    print_blob=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "fastlista-training-long", derandomize=False, deadline=None, max_examples=2000,
+    print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(settings.get_profile(
+    "fastlista-training-long" if os.environ.get("FASTLISTA_FUZZ") == "long"
+    else "fastlista-training-ci"),
+    **({"max_examples": int(os.environ["FASTLISTA_FUZZ_EXAMPLES"])}
+       if os.environ.get("FASTLISTA_FUZZ_EXAMPLES") else {}))
+
+# global scales (X, D): every L = ||D D^T||_2 within the network's range
+# (2**+-768, float32 2**+-96) but the last, which Lista refuses
+SCALES = {
+    "float64": [(1.0, 1.0), (1e-150, 1.0), (1e150, 1.0), (1.0, 1e-100),
+                (1.0, 1e100), (1e100, 1e-100), (1.0, 1e120)],
+    "float32": [(1.0, 1.0), (1e-20, 1.0), (1e20, 1.0), (1.0, 1e-10),
+                (1.0, 1e10), (1e10, 1e-10), (1.0, 1e16)],
+}
+HUGE_TARGET = {"float64": 1e150, "float32": 1e30}
+
+
+@st.composite
+def training_specs(draw):
+    """A training problem and run as plain values (printed on failure)."""
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    parametrization = draw(st.sampled_from(["step", "coupled", "alista", "lista"]))
+    return dict(
+        seed=draw(st.integers(0, 2**32 - 1)), dtype=dtype,
+        parametrization=parametrization,
+        n_samples=draw(st.integers(1, 12)), n_features=draw(st.integers(1, 6)),
+        n_atoms=draw(st.integers(1, 10)), n_layers=draw(st.integers(1, 4)),
+        dictionary=draw(st.sampled_from(["gaussian", "duplicated", "plus_minus",
+                                         "zero_atom"])),
+        scale=draw(st.sampled_from(SCALES[dtype])),
+        lmbd=draw(st.sampled_from([0.0, 1e-3, 0.3, 1.0, 3.0, "per_sample"])),
+        loss=draw(st.sampled_from(["unsupervised", "supervised", "semi-supervised"])),
+        target=draw(st.sampled_from(["gaussian", "zeros", "huge"])),
+        init=draw(st.sampled_from(["untrained", "perturbed", "diverging"])),
+        optimizer=draw(st.sampled_from(["lbfgs", "gd"])),
+        per_layer=draw(st.sampled_from(["oneshot", "recursive"])),
+        max_iter=draw(st.integers(1, 8)), tol=draw(st.sampled_from([0.0, 1e-8, 0.5])),
+        positive=draw(st.booleans()),
+        support_selection=None if parametrization == "step" else draw(
+            st.sampled_from([None, (1.2, 13), (50, 100)])),
+        n_jobs=draw(st.sampled_from([1, 2])),
+    )
+
+
+def build_training(spec):
+    """(X, D, lmbd, Z_target) of a spec (deterministic); None when X or D is
+    not finite in its dtype. lmbd is a float or one a sample."""
+    s = spec
+    rng = np.random.default_rng(s["seed"])
+    N, n, m = s["n_samples"], s["n_features"], s["n_atoms"]
+    D = rng.standard_normal((m, n))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    a, b = (int(v) for v in rng.choice(m, size=2, replace=m < 2))
+    if s["dictionary"] == "duplicated" and a != b:
+        D[b] = D[a]
+    elif s["dictionary"] == "plus_minus" and a != b:
+        D[b] = -D[a]
+    elif s["dictionary"] == "zero_atom":
+        D[a] = 0.0
+    Z = rng.standard_normal((N, m)) * (rng.random((N, m)) < 0.4)
+    X = Z @ D + 0.1 * rng.standard_normal((N, n))
+    sx, sd = s["scale"]
+    target = {"gaussian": rng.standard_normal((N, m)), "zeros": np.zeros((N, m)),
+              "huge": HUGE_TARGET[s["dtype"]] * rng.standard_normal((N, m))}[s["target"]]
+    with np.errstate(all="ignore"):
+        X, D = (X * sx).astype(s["dtype"]), (D * sd).astype(s["dtype"])
+        # codes scale as sx / sd
+        target = (target * (sx / sd if s["target"] == "gaussian" else 1.0)).astype(
+            s["dtype"])
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(D))
+            and np.all(np.isfinite(target))):
+        return None
+    C = X.astype(np.float64) @ D.astype(np.float64).T
+    lmbd_max = (np.max(C, axis=1, initial=0.0) if s["positive"]
+                else np.max(np.abs(C), axis=1, initial=0.0))
+    if s["lmbd"] == "per_sample":
+        lmbd = lmbd_max * rng.uniform(0.05, 1.2, size=N)
+    else:
+        lmbd = s["lmbd"] * float(lmbd_max.max())
+    if not np.all(np.isfinite(lmbd)):
+        return None
+    return X, D, lmbd, target
+
+
+def row_norms(A):
+    """2-norms of the rows of A, scaled: no square under- or overflows."""
+    scale = np.max(np.abs(A), axis=1, initial=0.0)
+    safe = np.where(scale > 0, scale, 1.0)[:, None]
+    return scale * np.sqrt(np.sum((A / safe) ** 2, axis=1))
+
+
+def network_loss_bound(net, X, lam, loss, S):
+    """The mean training loss of ``net`` on X, from a NumPy float64 forward
+    pass, and a bound on the rounding error of the network's own evaluation.
+
+    The bound follows each sample's forward error e_t (2-norm) through the
+    layers u_t = z_t A_t + x B_t, z_{t+1} = ST(u_t, s_t): soft-thresholding
+    is 1-Lipschitz in u and s, so e_{t+1} <= ||A_t||_2 e_t + ||d_t||, with d_t
+    the elementwise rounding bound of u_t as the kernels compute it
+    (z - alpha (z D - x) W^T, or z W_z + x W_x) and of the threshold. None
+    when the parameters use support selection (a selection is not
+    continuous in u) or when a value leaves the float64 range.
+    """
+    eps = float(np.finfo(net.dtype).eps)
+    tiny = float(np.finfo(net.dtype).smallest_subnormal)
+    N, n = X.shape
+    m = net.n_atoms
+    c = 2.0 * (n + m + 4)           # inner products of length n or m, both evaluations
+    X = X.astype(np.float64)
+    D = net.D.astype(np.float64)
+    par = net.parametrization
+    W_tilde = alista_weights(D) if par == "alista" else None
+    Z = np.zeros((N, m))
+    err = np.zeros(N)
+    with np.errstate(all="ignore"):
+        for p in net.parameters:
+            p = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
+            if par == "lista":
+                A, B = p["W_z"], p["W_x"]
+                U = Z @ A + X @ B
+                dU = c * eps * (np.abs(Z) @ np.abs(A) + np.abs(X) @ np.abs(B))
+                s = lam[:, None] * p["theta"]
+            else:
+                W = {"step": D, "coupled": p.get("W"), "alista": W_tilde}[par]
+                step = float(p["gamma"] if par == "alista" else p["alpha"])
+                thr = float(p["alpha"] if par == "step" else
+                            p["beta"] if par == "coupled" else p["theta"])
+                A = np.eye(m) - step * D @ W.T
+                U = Z - step * (Z @ D - X) @ W.T
+                dU = c * eps * (np.abs(Z) + step * (np.abs(Z) @ np.abs(D) + np.abs(X))
+                                @ np.abs(W).T)
+                s = (lam * thr)[:, None]
+            dU += eps * s + (n + m) * tiny
+            err = np.linalg.norm(A, 2) * err + row_norms(dU)
+            Z = np.maximum(U - s, 0) if net.positive else np.sign(U) * np.maximum(
+                np.abs(U) - s, 0)
+        normD = np.linalg.norm(D, 2)
+        if loss == "unsupervised":
+            R = X - Z @ D
+            f = 0.5 * np.sum(R * R, axis=1) + lam * np.abs(Z).sum(axis=1)
+            dR = row_norms(c * eps * (np.abs(Z) @ np.abs(D) + np.abs(X)))
+            df = ((row_norms(R) + normD * err) * (normD * err + dR)
+                  + lam * np.sqrt(m) * err)
+        else:
+            R = Z - S
+            f = 0.5 * np.sum(R * R, axis=1)
+            df = (row_norms(R) + err) * err
+        # the rounding of the loss's own sums
+        df += c * eps * np.abs(f) + (n + m) * tiny
+        value, bound = float(np.mean(f)), float(np.mean(df) + N * eps * np.mean(np.abs(f)))
+    if not (np.isfinite(value) and np.isfinite(bound)):
+        return None
+    return value, bound
+
+
+# found by this fuzz: on a loss of 1e-301, L-BFGS-B's squared gradients
+# underflowed; it stepped to the lower bound, where the loss was higher
+# (step), or to NaN, whose inf loss entered the history (coupled)
+_TINY_SUPERVISED = dict(
+    seed=0, dtype="float64", parametrization="step", n_samples=1, n_features=1,
+    n_atoms=1, n_layers=1, dictionary="gaussian", scale=(1e-150, 1.0), lmbd=0.0,
+    loss="supervised", target="gaussian", init="untrained", optimizer="lbfgs",
+    per_layer="oneshot", max_iter=1, tol=0.0, positive=False, support_selection=None,
+    n_jobs=1)
+
+
+@FUZZ
+@given(spec=training_specs())
+@example(spec=_TINY_SUPERVISED)
+@example(spec={**_TINY_SUPERVISED, "parametrization": "coupled"})
+def test_fuzz_training_never_ends_non_finite(spec):
+    """Lista.fit on any problem: a clear refusal, or finite parameters within
+    their bounds, a finite history that never rises (oneshot), and, unless it
+    warned of a roll-back, a last loss that is the loss of the returned
+    network (a NumPy forward pass within its rounding bound)."""
+    built = build_training(spec)
+    hypothesis.assume(built is not None)
+    X, D, lmbd, target = built
+    par = spec["parametrization"]
+    try:
+        net = Lista(D, float(np.max(lmbd, initial=0.0)), spec["n_layers"],
+                    parametrization=par, positive=spec["positive"],
+                    support_selection=spec["support_selection"], n_jobs=spec["n_jobs"])
+    except ValueError as exc:
+        # only an all-zero D, an L beyond the network's range and (ALISTA,
+        # whose weights need w_i . d_i = 1) a zero atom are refused
+        assert ("rescale D" in str(exc) or "all zeros" in str(exc)
+                or (par == "alista" and "zero atoms" in str(exc))), exc
+        event("D refused")
+        return
+    untrained = net.parameters
+    params = net.parameters
+    rng = np.random.default_rng(spec["seed"] ^ 0x7EA1)
+    for layer in params:
+        for k, v in layer.items():
+            if spec["init"] == "perturbed":
+                layer[k] = (v * rng.uniform(0.5, 1.5, size=v.shape) if k in STEP_KEYS
+                            else v + 0.05 * rng.standard_normal(v.shape) * np.abs(v).max())
+            elif spec["init"] == "diverging" and k in ("alpha", "gamma", "W_z"):
+                layer[k] = 5.0 * v          # far beyond the convergent 2 / L
+    net.set_parameters(params)
+    Z_target = target if spec["loss"] == "supervised" else None
+    lam = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (X.shape[0],))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            net.fit(X, loss=spec["loss"], Z_target=Z_target, optimizer=spec["optimizer"],
+                    max_iter=spec["max_iter"], tol=spec["tol"],
+                    per_layer=spec["per_layer"], lmbd=lmbd)
+        except FloatingPointError as exc:
+            # the targets of semi-supervised training are Lasso solutions,
+            # which solve_lasso refuses beyond the float range, naming the samples
+            assert spec["loss"] == "semi-supervised" and "rescale" in str(exc), exc
+            event("targets refused")
+            return
+    rolled_back = [w for w in caught if issubclass(w.category, TrainingWarning)]
+    event(f"rolled back: {bool(rolled_back)}")
+    for w in rolled_back:
+        assert "rolled" in str(w.message)
+
+    # finite parameters within their training bounds, accepted by set_parameters
+    for layer, start in zip(net.parameters, untrained):
+        for k, v in layer.items():
+            assert v.dtype == net.dtype and np.all(np.isfinite(v)), (k, v)
+            if k in STEP_KEYS:
+                floor = STEP_FLOOR * start[k].astype(np.float64)
+                assert np.all(v >= floor * (1 - 4 * np.finfo(net.dtype).eps)), (k, v)
+    Lista(D, net.lmbd, spec["n_layers"], parametrization=par,
+          positive=spec["positive"],
+          support_selection=spec["support_selection"]).set_parameters(net.parameters)
+
+    history = net.loss_history_
+    assert all(isinstance(h, float) and np.isfinite(h) for h in history), history
+    if spec["per_layer"] != "oneshot" or not history:
+        return
+    # both optimisers accept only points that do not raise the loss
+    for prev, h in zip(history, history[1:]):
+        assert h <= prev + 1e-12 * abs(prev), history
+    if rolled_back or spec["support_selection"] is not None:
+        return
+    S = None
+    if spec["loss"] == "supervised":
+        S = target.astype(np.float64)
+    elif spec["loss"] == "semi-supervised":
+        S = solve_lasso(X, D, lmbd, n_jobs=spec["n_jobs"],
+                        positive=spec["positive"]).codes.astype(np.float64)
+    reference = network_loss_bound(net, X, lam, spec["loss"], S)
+    event(f"loss checked against NumPy: {reference is not None}")
+    if reference is not None:
+        value, bound = reference
+        assert abs(history[-1] - value) <= bound, (history[-1], value, bound)

@@ -103,7 +103,9 @@ class Lista:
     loss_history_ : list of float
         Training loss before the first and after every accepted iteration of
         the last :meth:`fit` (for ``per_layer="recursive"`` the stages'
-        histories are concatenated, each at its own depth).
+        histories are concatenated, each at its own depth). An iteration is
+        accepted only at a finite loss not above the last accepted one, so
+        each stage's history is finite and never rises.
 
     Examples
     --------
