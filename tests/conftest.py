@@ -77,3 +77,27 @@ def cpu_flags():
             if line.startswith("flags"):
                 flags.update(line.split(":", 1)[1].split())
     return flags
+
+
+def fuzz_settings(name, long_examples, suppress=("too_slow", "data_too_large")):
+    """The hypothesis settings of a fuzz module.
+
+    By default the profile ``fastlista-{name}-ci``: derandomised, 60
+    examples a test, no example database (CI). With ``FASTLISTA_FUZZ=long``,
+    ``fastlista-{name}-long``: random, ``long_examples`` a test.
+    ``FASTLISTA_FUZZ_EXAMPLES=N`` overrides the number of examples. Every
+    test of the module takes the returned object as its decorator, so that
+    another module's ``load_profile`` never changes its budget.
+    """
+    from hypothesis import HealthCheck, settings
+    checks = [getattr(HealthCheck, c) for c in suppress]
+    settings.register_profile(
+        f"fastlista-{name}-ci", derandomize=True, deadline=None, max_examples=60,
+        print_blob=True, database=None, suppress_health_check=checks)
+    settings.register_profile(
+        f"fastlista-{name}-long", derandomize=False, deadline=None,
+        max_examples=long_examples, print_blob=True, suppress_health_check=checks)
+    mode = "long" if os.environ.get("FASTLISTA_FUZZ") == "long" else "ci"
+    examples = os.environ.get("FASTLISTA_FUZZ_EXAMPLES")
+    return settings(settings.get_profile(f"fastlista-{name}-{mode}"),
+                    **({"max_examples": int(examples)} if examples else {}))

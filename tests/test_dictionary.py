@@ -7,7 +7,6 @@ a known dictionary of ``tests/reference.py``; scikit-learn's
 runs on one thread (``n_jobs=1``) with fixed seeds: results are compared
 with references, never across thread counts.
 """
-import os
 import warnings
 
 import numpy as np
@@ -528,21 +527,12 @@ def test_degenerate_input_has_a_defined_result(case, method):
 # ---------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
+from hypothesis import event, example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-settings.register_profile(
-    "fastlista-dictionary-ci", derandomize=True, deadline=None, max_examples=60,
-    print_blob=True, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile(
-    "fastlista-dictionary-long", derandomize=False, deadline=None, max_examples=2000,
-    print_blob=True, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(settings.get_profile(
-    "fastlista-dictionary-long" if os.environ.get("FASTLISTA_FUZZ") == "long"
-    else "fastlista-dictionary-ci"),
-    **({"max_examples": int(os.environ["FASTLISTA_FUZZ_EXAMPLES"])}
-       if os.environ.get("FASTLISTA_FUZZ_EXAMPLES") else {}))
+from conftest import fuzz_settings  # noqa: E402
+
+FUZZ = fuzz_settings("dictionary", 2000)
 
 SIGNALS = ("gaussian", "zeros", "constant_rows", "duplicated_rows", "one_nonzero_row",
            "sparse_signals", "scaled_tiny", "scaled_huge", "nan", "inf")

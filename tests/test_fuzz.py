@@ -38,17 +38,17 @@ profile draws thousands of random examples a test::
 
 (``FASTLISTA_FUZZ_EXAMPLES=N`` overrides the number of examples a test.)
 """
-import os
 import warnings
 
 import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import reference as ref  # noqa: E402
+from conftest import fuzz_settings  # noqa: E402
 from contract import (assert_certified, assert_gap_matches,  # noqa: E402
                       assert_kkt_strongly_convex, assert_objective_consistent,
                       assert_same_optimum)
@@ -56,21 +56,7 @@ from fastlista import ConvergenceWarning, duality_gap, solve_lasso  # noqa: E402
 
 METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
 
-_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large,
-             HealthCheck.filter_too_much]
-settings.register_profile(
-    "fastlista-fuzz-ci", derandomize=True, deadline=None, max_examples=60,
-    print_blob=True, suppress_health_check=_SUPPRESS, database=None)
-settings.register_profile(
-    "fastlista-fuzz-long", derandomize=False, deadline=None, max_examples=3000,
-    print_blob=True, suppress_health_check=_SUPPRESS)
-_PROFILE = "fastlista-fuzz-long" if os.environ.get("FASTLISTA_FUZZ") == "long" \
-    else "fastlista-fuzz-ci"
-_EXAMPLES = os.environ.get("FASTLISTA_FUZZ_EXAMPLES")
-# an explicit settings object on every test: other modules' load_profile
-# never changes this file's budget
-FUZZ = settings(settings.get_profile(_PROFILE),
-                **({"max_examples": int(_EXAMPLES)} if _EXAMPLES else {}))
+FUZZ = fuzz_settings("fuzz", 3000, ("too_slow", "data_too_large", "filter_too_much"))
 
 
 # ---------------------------------------------------------------------------

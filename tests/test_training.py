@@ -1,5 +1,4 @@
 """Training of unfolded networks (Lista.fit, fastlista._training)."""
-import os
 import warnings
 
 import numpy as np
@@ -234,23 +233,13 @@ def test_training_is_not_stopped_by_the_loss_offset(data, optimizer):
 # ---------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
+from hypothesis import event, example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from conftest import fuzz_settings  # noqa: E402
 from fastlista import alista_weights  # noqa: E402
 
-settings.register_profile(
-    "fastlista-training-ci", derandomize=True, deadline=None, max_examples=60,
-    print_blob=True, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile(
-    "fastlista-training-long", derandomize=False, deadline=None, max_examples=2000,
-    print_blob=True, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(settings.get_profile(
-    "fastlista-training-long" if os.environ.get("FASTLISTA_FUZZ") == "long"
-    else "fastlista-training-ci"),
-    **({"max_examples": int(os.environ["FASTLISTA_FUZZ_EXAMPLES"])}
-       if os.environ.get("FASTLISTA_FUZZ_EXAMPLES") else {}))
+FUZZ = fuzz_settings("training", 2000)
 
 # global scales (X, D): every L = ||D D^T||_2 within the network's range
 # (2**+-768, float32 2**+-96) but the last, which Lista refuses
