@@ -335,8 +335,10 @@ def network_loss_bound(net, X, lam, loss, S):
     is 1-Lipschitz in u and s, so e_{t+1} <= ||A_t||_2 e_t + ||d_t||, with d_t
     the elementwise rounding bound of u_t as the kernels compute it
     (z - alpha (z D - x) W^T, or z W_z + x W_x) and of the threshold. None
-    when the parameters use support selection (a selection is not
-    continuous in u) or when a value leaves the float64 range.
+    when a value leaves the float64 range. Not for support selection (a
+    selection is not continuous in u). ALISTA's fixed W~ is
+    :func:`fastlista.alista_weights` (checked against the reference code's
+    projected gradient in ``test_networks.py``).
     """
     eps = float(np.finfo(net.dtype).eps)
     tiny = float(np.finfo(net.dtype).smallest_subnormal)
