@@ -472,9 +472,10 @@ def test_fuzz_training_never_ends_non_finite(spec):
     assert all(isinstance(h, float) and np.isfinite(h) for h in history), history
     if spec["per_layer"] != "oneshot" or not history:
         return
-    # both optimisers accept only points that do not raise the loss
+    # both optimisers accept an iteration only at a loss not above the last
+    # accepted one (compared exactly, as recorded)
     for prev, h in zip(history, history[1:]):
-        assert h <= prev + 1e-12 * abs(prev), history
+        assert h <= prev, history
     if rolled_back or spec["support_selection"] is not None:
         return
     S = None
