@@ -54,6 +54,10 @@ from ._parameters import alista_weights
 # chunk a block, 467 against 535 ms, its stored layers then staying in L2).
 # 256-row calls are tall enough on their own (one chunk a block: LISTA-CP
 # float32 509-526 ms, against 519-655 ms with 2 or 4 chunks of 128 rows).
+# Cutting those products into 32-row BLAS calls too (each then within
+# OpenBLAS's small-matrix kernels, which a 256 x 64 x 128 product is not)
+# gained nothing: LISTA-CP 0.98 x its time in float64, 0.995 x in float32
+# (benchmarks/compare_builds.py, 9 rounds, Zen 4), LISTA within noise.
 if BLAS_PACKS_SMALL_CALLS:
     _BLOCK_GEMM = 1 << 22
     _BLOCK_ELEMENTS = 256 * 256
