@@ -28,6 +28,22 @@ def _is_sparse(a):
     return hasattr(a, "tocsr") and hasattr(a, "nnz")
 
 
+def not_real_reason(arr, name):
+    """Why the values of ndarray ``arr`` are not real numbers, or None.
+
+    Complex values (a cast to float would drop their imaginary parts) and
+    bytes or strings (a cast would parse them as text) are refused wherever
+    fastlista takes an array of numbers; the message names ``name``.
+    """
+    if np.iscomplexobj(arr):
+        return f"Complex data not supported in {name}."
+    if arr.dtype.kind in "USV":
+        return (f"dtype='numeric' is not compatible with arrays of bytes/strings "
+                f"({name} has dtype {arr.dtype}). Convert your data to numeric "
+                "values explicitly instead.")
+    return None
+
+
 def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
                 min_samples=0, min_features=1):
     """Return ``a`` as a C-contiguous, finite float32/float64 array.
@@ -59,13 +75,9 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
             f"Sparse data was passed for {name}, but dense data is required. "
             "Use '.toarray()' to convert to a dense numpy array.")
     arr = np.asarray(a)
-    if np.iscomplexobj(arr):
-        raise ValueError(f"Complex data not supported in {name}.")
-    if arr.dtype.kind in "USV":
-        raise ValueError(
-            f"dtype='numeric' is not compatible with arrays of bytes/strings "
-            f"({name} has dtype {arr.dtype}). Convert your data to numeric "
-            "values explicitly instead.")
+    reason = not_real_reason(arr, name)
+    if reason is not None:
+        raise ValueError(reason)
     if dtype is None:
         dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     if arr.dtype == object:
@@ -242,11 +254,15 @@ def check_lmbd(lmbd, n_samples, func):
     if np.ndim(lmbd) == 0:
         return check_scalar(lmbd, "lmbd", func, low=0.0)
     try:
-        arr = np.asarray(lmbd, dtype=np.float64)
+        arr = np.asarray(lmbd)
+        # (complex and text are refused, not cast)
+        arr = None if not_real_reason(arr, "lmbd") else arr.astype(np.float64)
     except (TypeError, ValueError):
+        arr = None
+    if arr is None:
         raise InvalidParameterError(
             f"The 'lmbd' parameter of {func} must be a float >= 0 or an array of "
-            f"shape (n_samples,) = ({n_samples},) of them. Got {lmbd!r} instead.") from None
+            f"shape (n_samples,) = ({n_samples},) of them. Got {lmbd!r} instead.")
     if arr.shape != (n_samples,):
         raise InvalidParameterError(
             f"The 'lmbd' parameter of {func} must be a float or an array of shape "

@@ -608,6 +608,12 @@ def test_parameters_keys_shapes_and_copies():
     (lambda P: [{**P[0], "alpha": -1.0}] + P[1:], ">= 0"),
     (lambda P: [{**P[0], "beta": np.nan}] + P[1:], "NaN or infinity"),
     (lambda P: [{**P[0], "W": np.full_like(P[0]["W"], np.inf)}] + P[1:], "NaN or infinity"),
+    # complex and text are refused, not cast (a cast drops the imaginary part
+    # or parses the text)
+    (lambda P: [{**P[0], "alpha": P[0]["alpha"] + 0.5j}] + P[1:], r"Complex.*\['alpha'\]"),
+    (lambda P: [{**P[0], "W": P[0]["W"].astype(complex)}] + P[1:], r"Complex.*\['W'\]"),
+    (lambda P: [{**P[0], "beta": "0.1"}] + P[1:], r"strings.*\['beta'\]"),
+    (lambda P: [{**P[0], "beta": np.array(b"0.1")}] + P[1:], r"strings.*\['beta'\]"),
 ])
 def test_set_parameters_validation(mutate, match):
     _, D = make_problem()
@@ -710,6 +716,15 @@ def test_load_rejects_bad_files(tmp_path):
     cases["shape.npz"] = _npz_bytes(**{**arrays, "layer0_W": arrays["layer0_W"][:, :2]})
     cases["missing.npz"] = _npz_bytes(**{k: v for k, v in arrays.items() if k != "layer1_beta"})
     cases["negative.npz"] = _npz_bytes(**{**arrays, "layer0_alpha": np.array(-1.0)})
+    # values that a cast would change: refused, not converted
+    cases["complex.npz"] = _npz_bytes(**{**arrays, "layer0_alpha": np.array(0.1 + 0.5j)})
+    cases["text_lmbd.npz"] = _npz_bytes(**{**arrays, "lmbd": np.array("0.3")})
+    cases["float_layers.npz"] = _npz_bytes(**{**arrays, "n_layers": np.array(2.5)})
+    cases["text_positive.npz"] = _npz_bytes(**{**arrays, "positive": np.array("False")})
+    cases["text_selection.npz"] = _npz_bytes(**{**arrays,
+                                                "support_selection": np.array(["1", "5"])})
+    # a fit records finite losses only
+    cases["nan_history.npz"] = _npz_bytes(**{**arrays, "loss_history": np.array([1.0, np.nan])})
     cases["npy.npz"] = None
     for name, content in cases.items():
         path = tmp_path / name
@@ -728,6 +743,122 @@ def test_load_rejects_bad_files(tmp_path):
             with z.open(name) as f:
                 assert b"pickle" not in f.read(200).lower()
 
+
+
+# --------------------------------------------------------------------------
+# crafted files (hypothesis): derandomised for CI, FASTLISTA_FUZZ=long for
+# a long random run (conftest.fuzz_settings)
+# --------------------------------------------------------------------------
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st_  # noqa: E402
+
+from conftest import fuzz_settings  # noqa: E402
+
+CRAFT = fuzz_settings("persistence", 2000)
+# what replaces an entry's value v
+CRAFTS = ("nan", "inf", "negative", "zero", "huge", "float32", "int", "bool", "complex",
+          "text", "bytes", "empty", "scalar", "extra_axis", "transposed", "shorter")
+
+
+def _craft(kind, v):
+    """Entry value v (an ndarray read from a saved file) replaced by ``kind``."""
+    numeric = v.dtype.kind in "fiub"
+    f = v.astype(np.float64) if numeric else np.zeros(v.shape)
+    with np.errstate(all="ignore"):
+        if kind in ("nan", "inf"):
+            f = f.copy()
+            f.flat[:1] = np.nan if kind == "nan" else np.inf
+            return f
+        return {
+            "negative": lambda: -np.abs(f) - 1.0,
+            "zero": lambda: np.zeros_like(f),
+            "huge": lambda: f * 1e300 + 1e300,
+            "float32": lambda: f.astype(np.float32),
+            "int": lambda: np.round(3 * f).astype(np.int64),
+            "bool": lambda: f != 0,
+            "complex": lambda: f + 0.5j,
+            "text": lambda: v.astype(str),
+            "bytes": lambda: v.astype(str).astype(bytes),
+            "empty": lambda: np.zeros((0,)),
+            "scalar": lambda: np.array(1.0),
+            "extra_axis": lambda: v[np.newaxis],
+            "transposed": lambda: v.T,
+            "shorter": lambda: v.ravel()[:-1] if v.size else np.zeros(1),
+        }[kind]()
+
+
+def _forward(params, X, D, lmbd, parametrization, positive, W_alista):
+    """NumPy forward of the layers (layer_input, then the two- or one-sided
+    threshold), in float64; the largest |pre-activation| met."""
+    Z = np.zeros((X.shape[0], D.shape[0]))
+    scale = 0.0
+    for p in params:
+        U, s = layer_input(p, Z, X, D, lmbd, parametrization, W_alista)
+        Z = np.maximum(U - s, 0.0) if positive else st(U, s)
+        scale = max(scale, float(np.max(np.abs(U), initial=0.0)))
+    return Z, scale
+
+
+@CRAFT
+@given(parametrization=st_.sampled_from(PARAMETRIZATIONS),
+       dtype=st_.sampled_from([np.float64, np.float32]), n_layers=st_.integers(1, 3),
+       positive=st_.booleans(), entry=st_.integers(0, 10**6),
+       change=st_.sampled_from(("replace", "replace", "drop", "add")),
+       kind=st_.sampled_from(CRAFTS), seed=st_.integers(0, 2**32 - 1))
+def test_fuzz_load_crafted_files(tmp_path_factory, parametrization, dtype, n_layers,
+                                 positive, entry, change, kind, seed):
+    """A saved network with one entry replaced, dropped or added: Lista.load
+    refuses it with its ValueError, or returns exactly the network the file
+    holds (its values, cast to the network's dtype) computing the NumPy
+    forward of those values."""
+    X, D = make_problem(n_samples=9, n_atoms=7, n_features=5, seed=seed % 1000)
+    net = Lista(D.astype(dtype), 0.3, n_layers, parametrization=parametrization,
+                positive=positive)
+    net.set_parameters(perturbed(net, seed=seed))
+    net.loss_history_ = [2.0, 1.5]
+    path = tmp_path_factory.mktemp("craft") / "net.npz"
+    net.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    key = sorted(arrays)[entry % len(arrays)]
+    if change == "drop":
+        del arrays[key]
+    elif change == "add":
+        arrays[f"layer{n_layers}_{key}"] = arrays[key]
+    else:
+        arrays[key] = _craft(kind, arrays[key])
+    path.write_bytes(_npz_bytes(**arrays))
+    try:
+        back = Lista.load(path)
+    except ValueError as exc:
+        assert "is not a valid fastlista Lista file" in str(exc)
+        return
+    # accepted: every value is the file's, and valid
+    assert change == "replace"
+    assert back.parametrization == str(arrays["parametrization"])
+    assert back.n_layers == int(arrays["n_layers"]) and back.positive == bool(arrays["positive"])
+    assert back.lmbd == float(arrays["lmbd"]) and back.support_selection is None
+    np.testing.assert_array_equal(back.D, arrays["D"].astype(back.D.dtype))
+    assert back.loss_history_ == [float(v) for v in arrays["loss_history"]]
+    assert all(np.isfinite(back.loss_history_))
+    file_params = [{k: arrays[f"layer{t}_{k}"].astype(back.dtype) for k in layer}
+                   for t, layer in enumerate(back.parameters)]
+    for a, b in zip(back.parameters, file_params):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+            assert np.all(np.isfinite(a[k]))
+            if k in STEP_KEYS:
+                assert np.all(a[k] >= 0)
+    Xd = X.astype(back.dtype)
+    with np.errstate(all="ignore"):
+        ref, scale = _forward(file_params, Xd.astype(np.float64),
+                              back.D.astype(np.float64), back.lmbd, back.parametrization,
+                              back.positive, alista_weights(back.D).astype(np.float64))
+    if not (np.all(np.isfinite(ref)) and np.isfinite(scale)):
+        return                  # a forward beyond the float range (see test_degenerate)
+    rtol = 1e-10 if back.dtype == np.float64 else 1e-4
+    assert_allclose(back.transform(Xd), ref, rtol=rtol, atol=rtol * scale)
 
 # --------------------------------------------------------------------------
 # support selection (LISTA-CPSS, ALISTA-SS)
@@ -823,7 +954,8 @@ def test_support_selection_gradient_finite_differences(parametrization, loss, sh
 @pytest.mark.parametrize("bad, match", [
     ((0, 10), "0 < p <= p_max <= 100"), ((5, 2), "0 < p <= p_max <= 100"),
     ((5, 101), "0 < p <= p_max <= 100"), ((np.nan, 10), "0 < p <= p_max"),
-    ("1.2", "pair"), ((1.2,), "pair"), (5, "pair")])
+    ("1.2", "pair"), ((1.2,), "pair"), (5, "pair"), (("1", "5"), "pair"),
+    ((True, 5), "pair"), ((1 + 0j, 5), "pair")])
 def test_support_selection_validation(bad, match):
     X, D = make_problem()
     with pytest.raises(InvalidParameterError, match=match):

@@ -120,6 +120,9 @@ BAD_PARAMS = [
     (dict(lmbd="0.1"), r"'lmbd'"),
     (dict(lmbd=None), r"'lmbd'"),
     (dict(lmbd=np.array([0.1, 0.2])), r"'lmbd'"),
+    # one a sample, complex or text: refused, not cast
+    (dict(lmbd=np.full(5, 0.1) + 0.5j), r"'lmbd'"),
+    (dict(lmbd=np.full(5, "0.1")), r"'lmbd'"),
     (dict(method="lars"), r"'method'.*lars"),
     (dict(method="ISTA"), r"'method'"),
     (dict(method=None), r"'method'"),

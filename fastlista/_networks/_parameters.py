@@ -27,7 +27,7 @@ all of them; steps and thresholds are bounded below by STEP_FLOOR units.
 """
 import numpy as np
 
-from .._validation import InvalidParameterError, check_array
+from .._validation import InvalidParameterError, check_array, check_scalar, not_real_reason
 
 PARAMETRIZATIONS = ("step", "coupled", "alista", "lista")
 LOSSES = ("unsupervised", "supervised", "semi-supervised")
@@ -116,11 +116,13 @@ def check_support_selection(support_selection, parametrization, func):
     if support_selection is None:
         return None
     try:
-        p, p_max = (float(v) for v in support_selection)
+        # each a real number (check_scalar's rule: no bool, no text)
+        p, p_max = (check_scalar(v, "support_selection", func) for v in support_selection)
     except (TypeError, ValueError):
         raise InvalidParameterError(
             f"The 'support_selection' parameter of {func} must be None or a pair "
-            f"(p, p_max) of percents; got {support_selection!r}.") from None
+            f"(p, p_max) of percents, 0 < p <= p_max <= 100; got "
+            f"{support_selection!r}.") from None
     if not (np.isfinite(p) and np.isfinite(p_max) and 0 < p <= p_max <= 100):
         raise InvalidParameterError(
             f"The 'support_selection' parameter of {func} must satisfy "
@@ -206,10 +208,15 @@ def check_parameters(parameters, parametrization, n_layers, n_atoms, n_features,
         checked = {}
         for k in keys:
             try:
-                with np.errstate(over="ignore"):
-                    v = np.array(layer[k], dtype=dtype, order="C")
+                v = np.asarray(layer[k])
+                reason = not_real_reason(v, f"parameters[{t}][{k!r}]")
+                if reason is None:
+                    with np.errstate(over="ignore"):
+                        v = np.array(v, dtype=dtype, order="C")
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"parameters[{t}][{k!r}] is not numeric: {exc}") from None
+                reason = f"parameters[{t}][{k!r}] is not numeric: {exc}"
+            if reason is not None:
+                raise ValueError(reason)
             if v.shape != expected[k]:
                 raise ValueError(
                     f"parameters[{t}][{k!r}] must have shape {expected[k]}; got {v.shape}.")

@@ -6,10 +6,12 @@ and key (``layer{t}_{key}``) and the loss history. Loading checks the whole tabl
 declared number of layers before building anything, so that a crafted or
 truncated file fails fast with a ``ValueError``, and never unpickles.
 """
+import operator
 import os
 
 import numpy as np
 
+from .._validation import not_real_reason
 from ._parameters import KEYS, PARAMETRIZATIONS
 
 FORMAT = "fastlista.Lista"
@@ -18,7 +20,9 @@ FORMAT = "fastlista.Lista"
 FORMAT_VERSION = 2
 _HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_layers",
                      "D", "loss_history"})
-_OPTIONAL = frozenset({"positive", "support_selection"})
+#: the entries version 2 added: required in a version-2 file (without
+#: "positive", a non-negative network would load as a two-sided one)
+_HEADER_V2 = _HEADER | {"positive", "support_selection"}
 
 
 def save(net, path):
@@ -41,11 +45,13 @@ def save(net, path):
         np.savez(f, **arrays)
 
 
-def _scalar(f, key, kind):
+def _scalar(f, key, kind=None):
+    """The 0-d entry ``key``, as is (the constructor validates it) or through
+    ``kind``: ``operator.index`` for integers (no float, bool or text), ``str``."""
     v = f[key]
     if v.shape != ():
         raise ValueError(f"{key!r} must be a scalar; got shape {v.shape}")
-    return kind(v[()])
+    return v[()] if kind is None else kind(v[()])
 
 
 def load(cls, path):
@@ -60,20 +66,23 @@ def load(cls, path):
             missing = sorted(_HEADER - files)
             if missing:
                 raise ValueError(f"missing entries {missing}")
-            version = _scalar(f, "format_version", int)
+            version = _scalar(f, "format_version", operator.index)
             if version > FORMAT_VERSION or version < 1:
                 raise ValueError(
                     f"format version {version} is not supported (this fastlista "
                     f"reads version {FORMAT_VERSION})")
+            header = _HEADER_V2 if version >= 2 else _HEADER
+            missing = sorted(header - files)
+            if missing:
+                raise ValueError(f"missing entries {missing} (format version {version})")
             par = _scalar(f, "parametrization", str)
             if par not in PARAMETRIZATIONS:
                 raise ValueError(f"unknown parametrization {par!r}")
-            n_layers = _scalar(f, "n_layers", int)
+            n_layers = _scalar(f, "n_layers", operator.index)
             # the table of contents first: nothing is built for a file that
             # does not hold every layer it declares
             layers = {f"layer{t}_{k}" for t in range(min(n_layers, len(files)))
                       for k in KEYS[par]}
-            header = _HEADER | (_OPTIONAL & files)
             if n_layers < 1 or len(files) < len(header) + n_layers * len(KEYS[par]):
                 raise ValueError(f"declares n_layers={n_layers} but holds "
                                  f"{len(files) - len(header)} layer entries")
@@ -83,17 +92,22 @@ def load(cls, path):
             extra = files - header - layers
             if extra:
                 raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
-            positive = _scalar(f, "positive", bool) if "positive" in files else False
+            positive = _scalar(f, "positive") if version >= 2 else False
             selection = None
-            if "support_selection" in files and f["support_selection"].size:
-                selection = tuple(float(v) for v in f["support_selection"])
-            net = cls(f["D"], _scalar(f, "lmbd", float), n_layers, par, positive=positive,
+            if version >= 2 and f["support_selection"].size:
+                selection = tuple(f["support_selection"].tolist())
+            net = cls(f["D"], _scalar(f, "lmbd"), n_layers, par, positive=positive,
                       support_selection=selection)
             net.set_parameters([{k: f[f"layer{t}_{k}"] for k in KEYS[par]}
                                 for t in range(n_layers)])
             history = f["loss_history"]
-            if history.ndim != 1:
-                raise ValueError("loss_history must be one-dimensional")
+            reason = not_real_reason(history, "loss_history")
+            if reason is not None:
+                raise ValueError(reason)
+            # (a fit records finite losses only)
+            if history.ndim != 1 or not np.all(np.isfinite(history)):
+                raise ValueError("loss_history must be a one-dimensional array of "
+                                 "finite losses")
             net.loss_history_ = [float(v) for v in history]
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
