@@ -29,7 +29,8 @@ import numpy as np
 
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
-from ._validation import check_array, check_bool, check_lmbd, check_X_D
+from ._validation import (check_array, check_bool, check_lmbd, check_X_D,
+                          not_real_reason)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -481,8 +482,10 @@ def soft_thresholding(U, threshold, positive=False):
     # float32 stays float32 when the threshold does not ask for more precision
     single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
     dtype = np.float32 if single else np.float64
-    if np.iscomplexobj(U):
-        raise ValueError("Complex data not supported in U.")
+    for arr, name in ((U, "U"), (t, "threshold")):
+        reason = not_real_reason(arr, name)
+        if reason is not None:
+            raise ValueError(reason)
     U = np.ascontiguousarray(U, dtype=dtype)
     t = t.astype(dtype)
     if not np.all(np.isfinite(t)):

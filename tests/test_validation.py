@@ -210,6 +210,13 @@ def test_lipschitz_bad_dictionary_and_parameters():
 def test_soft_thresholding_bad_input():
     with pytest.raises(ValueError, match="[Cc]omplex"):
         soft_thresholding(np.ones(3) + 1j, 0.5)
+    # complex or text thresholds (and text codes) are refused, not cast
+    with pytest.raises(ValueError, match="Complex.*threshold"):
+        soft_thresholding(np.ones(3), 0.5 + 0.5j)
+    with pytest.raises(ValueError, match="strings.*threshold"):
+        soft_thresholding(np.ones(3), np.full(3, "0.5"))
+    with pytest.raises(ValueError, match="strings.*U"):
+        soft_thresholding(np.full(3, "1.0"), 0.5)
     with pytest.raises(ValueError, match="threshold"):
         soft_thresholding(np.ones((4, 3)), np.ones(4))     # does not broadcast
     with pytest.raises(ValueError, match="threshold"):
