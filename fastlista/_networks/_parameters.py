@@ -123,7 +123,7 @@ def check_support_selection(support_selection, parametrization, func):
             f"The 'support_selection' parameter of {func} must be None or a pair "
             f"(p, p_max) of percents, 0 < p <= p_max <= 100; got "
             f"{support_selection!r}.") from None
-    if not (np.isfinite(p) and np.isfinite(p_max) and 0 < p <= p_max <= 100):
+    if not 0 < p <= p_max <= 100:
         raise InvalidParameterError(
             f"The 'support_selection' parameter of {func} must satisfy "
             f"0 < p <= p_max <= 100; got {support_selection!r}.")
