@@ -64,7 +64,10 @@ class LassoResult:
     n_iter : ndarray of shape (n_samples,) or int
         Iterations run per sample (epochs over the working set for "cd").
     converged : ndarray of shape (n_samples,) or bool
-        Whether ``gap <= tol * 1/2 ||x||^2``.
+        Whether ``gap <= tol * 1/2 ||x||^2``, tested where the solver works:
+        with x and D scaled by exact powers of two, so that it holds where
+        the gap and ``1/2 ||x||^2`` underflow or overflow the dtype (``gap``
+        then reads 0 or inf).
     history : dict or None
         With ``record_history=True``, ``"objective"`` and ``"gap"`` arrays of
         shape (n_iter.max() + 1, n_samples) (or (n_iter + 1,) for one 1-D
@@ -208,9 +211,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
                 f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
     with kernel_threads(n_jobs, func) as n_threads:
         result = _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history,
-                        n_threads, positive)
-    if tol > 0 and not result.converged.all():
-        _warn_not_converged(result, X, tol, max_iter, func)
+                        n_threads, positive, warn=True)
     if is_1d:
         result.codes, result.gap = result.codes[0], result.gap[0]
         result.n_iter, result.converged = result.n_iter[0], result.converged[0]
@@ -221,30 +222,31 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     return result
 
 
-def _warn_not_converged(result, X, tol, max_iter, func):
-    bad = ~result.converged
-    xx = np.einsum("ij,ij->i", X[bad], X[bad], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rel = np.where(xx > 0, result.gap[bad] / (0.5 * xx), np.inf)
+def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method):
+    """The ConvergenceWarning of the samples that did not converge: ``rel``,
+    their relative gaps gap / (1/2 ||x||^2), and ``n_iter``, their iterations."""
     hint = "Increase max_iter, or use method='cd'."
-    if np.any(result.n_iter[bad] < max_iter):
+    if np.any(n_iter < max_iter):
         # stopped by the kernel, refused by the certificate: rounding
         hint = ("The codes' rounding limits their certificate: use a larger tol"
                 + (" (float32 codes cannot certify a relative gap much below 1e-6), "
-                   "or float64 data." if X.dtype == np.float32 else "."))
+                   "or float64 data." if dtype == np.float32 else "."))
     warnings.warn(
-        f"{int(bad.sum())} of {X.shape[0]} samples did not converge to tol={tol:.3e} "
-        f"in max_iter={max_iter} iterations of '{result.method}': largest relative "
+        f"{rel.size} of {n_samples} samples did not converge to tol={tol:.3e} "
+        f"in max_iter={max_iter} iterations of '{method}': largest relative "
         f"duality gap {float(np.max(rel)):.3e}. {hint}",
-        ConvergenceWarning, stacklevel=3)
+        ConvergenceWarning, stacklevel=4)
 
 
 def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
-           positive=False):
+           positive=False, warn=False):
     """Validated inputs → certified LassoResult (2-D), on n_threads threads.
 
     The problem is solved in scaled units (``Scaled``), then the codes are
-    brought back and certified from their returned values.
+    brought back and certified from their returned values. ``warn``: a
+    ConvergenceWarning when samples did not converge, with their relative
+    gaps taken in scaled units (where neither the gap nor 1/2 ||x||^2
+    underflows).
     """
     N, m = X.shape[0], D.shape[0]
     S = Scaled.of(X, D)
@@ -328,6 +330,11 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
         out_gap = S.energy_out(gap).astype(X.dtype)
+    if warn and tol > 0 and not converged.all():
+        # (x = 0 has gap 0 and converges: 1/2 ||x||^2 > 0 here)
+        bad = ~converged
+        _warn_not_converged(gap[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
+                            max_iter, method)
     history, step_sizes = None, None
     if record_history:
         history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)

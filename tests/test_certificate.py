@@ -147,6 +147,31 @@ def test_subnormal_signals_give_finite_certified_codes(method):
     assert res is not None
 
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_not_converged_warning_states_the_relative_gap_of_the_returned_codes(method):
+    # (found by an API fuzz) signals of a few subnormals: the codes round
+    # to the subnormal grid on their way out, and the certificate of the
+    # returned codes refuses them, in the solver's scaled units; their
+    # absolute gap (about 1e-646) is 0 in float64. The warning took gap /
+    # (1/2 ||x||^2) in float64, where both underflow: "relative duality gap
+    # inf". It now states the gap of the returned codes relative to F_x(0),
+    # here checked on the same signals and codes times 2^1074 (exact)
+    _, D = problem(seed=8)
+    X = np.ldexp(np.array([[1.0] * 8, [3.0, -1.0] * 4]), -1074)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        res = solve_lasso(X, D, 0.0, method=method, tol=1e-6)
+    bad = ~res.converged
+    assert bad.any()                     # the grid is too coarse for tol = 1e-6
+    assert np.all(res.gap == 0.0)
+    (w,) = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    stated = float(re.search(r"relative duality gap (\S+)\.", str(w.message)).group(1))
+    Xs, Zs = np.ldexp(X, 1074), np.ldexp(res.codes.astype(np.float64), 1074)
+    rel = ref.duality_gap(Xs, D, 0.0, Zs) / (0.5 * np.sum(Xs * Xs, axis=1))
+    assert np.all(rel[bad] > 1e-6)
+    assert stated == pytest.approx(rel[bad].max(), rel=1e-3)
+
 @pytest.mark.parametrize("sx, sd, rel", [
     (1e150, 1e-150, 0.3),                # codes ~ 1e300: representable
     (1e-150, 1e150, 0.3),                # codes ~ 1e-300
