@@ -112,7 +112,8 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
     if any(s > _BLAS_INT_MAX for s in arr.shape):
         raise ValueError(f"{name} has shape {arr.shape}: a dimension is too large "
                          "for 32-bit BLAS (at most 2**31 - 1).")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):    # beyond the dtype: inf, refused next
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     check_finite(arr, name)
     return arr
 

@@ -93,6 +93,16 @@ def test_solve_lasso_bad_Z0(Z0, pattern, method):
         solve_lasso(X, D, 0.1, method=method, Z0=Z0)
 
 
+def test_warm_start_beyond_float32_is_refused_without_a_cast_warning():
+    # a float64 warm start of a float32 problem is cast to float32: 1e300
+    # becomes inf, refused by name (the cast's RuntimeWarning, an error in
+    # this suite's settings, used to come first)
+    Z0 = _with(Z, (0, 5), 1e300)
+    with pytest.raises(ValueError, match=r"Z0 contains infinity or a value too large "
+                                         r"for dtype\('float32'\)"):
+        solve_lasso(X.astype(np.float32), D.astype(np.float32), 0.1, Z0=Z0)
+
+
 def test_solve_lasso_bad_Z0_for_1d_x():
     with pytest.raises(ValueError, match="Z0"):
         solve_lasso(X[0], D, 0.1, Z0=np.zeros(5))
