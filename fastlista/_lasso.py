@@ -330,10 +330,20 @@ def lasso_gradient(X, D, Z):
     Returns
     -------
     grad : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
+        In the dtype of the inputs; computed with x, D and z scaled by exact
+        powers of two (as the objective is), so that no intermediate term
+        overflows or underflows: inf only where the gradient itself
+        exceeds the float range.
     """
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     Z = _check_codes(Z, X, D)
-    out = (Z @ D - X) @ D.T
+    S = Scaled.of(X, D, Z)
+    Zs = S.codes_in(Z)
+    # (z D - x) D^T has the units of lmbd: 2**(ea + eb) times its scaled value
+    out = (Zs @ S.D - S.X) @ S.D.T
+    if not S.identity:
+        with np.errstate(over="ignore"):        # beyond the float range: inf
+            out = np.ldexp(out, S._shift(1, 1)[:, None]).astype(X.dtype)
     return _squeeze(out, is_1d)
 
 

@@ -138,6 +138,32 @@ def test_gradient_matches_finite_differences():
         assert_allclose(g[:, k], fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("a, b", [(1000, 0), (-1000, 0), (0, 500), (0, -500), (600, -300),
+                                  (-600, 300), (1015, 0), (-1060, 0)])
+def test_gradient_is_homogeneous_at_extreme_scales(a, b):
+    # g(x 2^a, D 2^b, z 2^(a-b)) = 2^(a+b) g(x, D, z), exactly in binary
+    # floating point, as long as no term leaves the float range: the
+    # reference is the NumPy gradient at scale 1, shifted
+    X, D = get_problem("under")
+    Z = _random_codes(X, D)
+    g0 = ref.gradient(X, D, Z)
+    g = lasso_gradient(np.ldexp(X, a), np.ldexp(D, b), np.ldexp(Z, a - b))
+    # (2^(a+b) g0 below the normal range rounds to the subnormal grid)
+    assert_allclose(g, np.ldexp(g0, a + b), rtol=1e-12,
+                    atol=float(np.ldexp(1.0, -1074)) * D.shape[1] * 4)
+
+
+def test_gradient_of_codes_whose_products_overflow():
+    # orthonormal atoms: z D has entries 1.5e308 sqrt(2) (beyond the float
+    # range) while the gradient z D D^T = z does not; a plain NumPy product
+    # returned inf
+    D = np.array([[1.0, 1.0], [1.0, -1.0]]) / np.sqrt(2)
+    Z = np.array([[1.5e308, 1.5e308], [1.5e308, -1.5e308]])
+    assert_allclose(lasso_gradient(np.zeros((2, 2)), D, Z), Z, rtol=1e-15)
+    # and where the gradient itself is beyond the range: inf, no warning
+    assert np.all(np.isinf(lasso_gradient(np.zeros((2, 2)), 2 * D, Z)))
+
+
 def test_objective_1d_gives_float():
     X, D = get_problem("under")
     Z = _random_codes(X, D)
