@@ -2,6 +2,7 @@
 that names the argument (Issue 2, "Bad input"). Messages are matched with
 loose patterns: the argument's name and the key words."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -278,3 +279,116 @@ def test_dictionary_shape_beyond_32_bit_lapack_workspace_is_refused(monkeypatch)
         with pytest.raises(ValueError, match=r"D has shape \(4, 4\): min\(n_atoms"):
             call()
     fastlista.solve_lasso(np.ones((2, 4)), D[:3], 0.1)      # min(3, 4) = 3: fine
+
+
+# --------------------------------------------------------------------------
+# any mix of argument kinds (hypothesis): derandomised for CI,
+# FASTLISTA_FUZZ=long for a long random run (conftest.fuzz_settings)
+# --------------------------------------------------------------------------
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import fuzz_settings  # noqa: E402
+from contract import assert_certified  # noqa: E402
+
+API = fuzz_settings("api", 3000)
+_ragged = np.empty(2, dtype=object)
+_ragged[:] = [[1.0, 2.0, 3.0, 4.0], [1.0]]
+# what a caller may pass for X (5 x 4), D (6 x 4), lmbd, method and the
+# rest: (valid kinds, invalid kinds)
+SIGNALS = ({
+    "float64": X, "float32": X.astype(np.float32), "list": X.tolist(), "1-D": X[0],
+    "no samples": X[:0], "int8": (10 * X).astype(np.int8), "float16": X.astype(np.float16),
+    "huge": np.full(X.shape, 1e308), "subnormal": np.full(X.shape, 5e-324),
+    "object": X.astype(object), "Fortran": np.asfortranarray(X), "reversed": X[:, ::-1],
+    "bool": X > 0, "zeros": np.zeros(X.shape),
+}, {
+    "no features": X[:, :0], "3-D": X[None], "scalar": np.float64(1.0), "text": "abc",
+    "None": None, "complex": X + 0j, "NaN": _with(X, (0, 0), np.nan), "ragged": _ragged,
+    "strings": X.astype(str),
+})
+DICTIONARIES = ({
+    "float64": D, "float32": D.astype(np.float32), "no atoms": D[:0],
+    "zeros": np.zeros(D.shape), "huge": np.full(D.shape, 1e200),
+    "tiny": np.full(D.shape, 1e-200), "int64": (10 * D).astype(np.int64),
+    "duplicated": np.vstack([D[:3], D[:3]]), "one zero atom": _with(D, 2, 0.0),
+}, {
+    "no features": D[:, :0], "fewer features": D[:, :3], "3-D": D[None], "1-D": D[0],
+    "complex": D + 0j, "inf": _with(D, (1, 1), np.inf), "transposed": D.T, "text": "x",
+})
+LMBDS = ({
+    "0.1": 0.1, "0": 0.0, "list": [0.1] * 5, "per sample": np.array([0.1, 0.2, 0.0, 1e3, 0.5]),
+    "1e308": 1e308, "subnormal": 5e-324, "float32": np.float32(0.1), "0-d": np.array(0.1),
+}, {
+    "negative": -1.0, "NaN": np.nan, "inf": np.inf, "text": "0.1", "None": None,
+    "4 samples": np.full(4, 0.1), "complex": np.full(5, 0.1) + 0j, "bool": True,
+    "column": np.full((5, 1), 0.1),
+})
+METHODS = ({m: m for m in ("auto", "ista", "fista", "oista", "backtracking", "cd")},
+           {"lars": "lars", "upper case": "ISTA", "None": None})
+EXTRAS = ({
+    "none": {}, "tol 0": dict(tol=0.0, max_iter=20), "one iteration": dict(max_iter=1),
+    "two threads": dict(n_jobs=2), "positive": dict(positive=True),
+    "warm zeros": dict(Z0=np.zeros((5, 6))), "warm 1e300": dict(Z0=np.full((5, 6), 1e300)),
+    "warm Z": dict(Z0=Z), "float32 tol, positive, negative warm start":
+        dict(tol=1e-5, positive=True, Z0=-Z),
+}, {
+    "tol < 0": dict(tol=-1.0), "no iteration": dict(max_iter=0), "no thread": dict(n_jobs=0),
+    "1.5 threads": dict(n_jobs=1.5), "positive text": dict(positive="yes"),
+    "warm shape": dict(Z0=np.zeros((5, 5))),
+    "warm NaN": dict(Z0=_with(np.zeros((5, 6)), (0, 0), np.nan)),
+    "tol NaN": dict(tol=np.nan), "2^40 iterations": dict(max_iter=2**40),
+})
+ARGUMENTS = {"X": SIGNALS, "D": DICTIONARIES, "lmbd": LMBDS, "method": METHODS,
+             "rest": EXTRAS}
+
+
+@st.composite
+def api_calls(draw):
+    """{argument: (kind, value)}, at most one argument of an invalid kind."""
+    bad = draw(st.sampled_from([None, None, *ARGUMENTS]))
+    call = {}
+    for name, (valid, invalid) in ARGUMENTS.items():
+        kinds = invalid if name == bad else valid
+        kind = draw(st.sampled_from(sorted(kinds)))
+        call[name] = (kind, kinds[kind])
+    return bad, call
+
+
+@API
+@given(drawn=api_calls())
+def test_fuzz_solve_lasso_refuses_by_name_or_certifies(drawn):
+    """Any mix of argument kinds: with an invalid argument, a ValueError or
+    TypeError naming it; with valid ones, codes whose certificate holds
+    (contract.assert_certified, against the long-double reference) or a
+    FloatingPointError naming samples (codes beyond the float range) —
+    never another exception, and never a RuntimeWarning (an error in this
+    suite)."""
+    bad, call = drawn
+    (x, Xa), (d, Da), (_, lm), (_, method), (_, kw) = (call[k] for k in ARGUMENTS)
+    # valid kinds that do not fit together: one sample or none against
+    # arrays of five rows, no atoms against a warm start of six
+    clash = (x in ("1-D", "no samples") and (np.ndim(lm) > 0 or "Z0" in kw)
+             or d == "no atoms" and "Z0" in kw)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fastlista.ConvergenceWarning)
+            res = solve_lasso(Xa, Da, lm, method=method, **kw)
+    except FloatingPointError as exc:
+        assert bad is None and "sample" in str(exc)
+        return
+    except (ValueError, TypeError) as exc:
+        assert bad is not None or clash, f"valid arguments refused: {exc}"
+        name = {"rest": next(iter(kw), "")}.get(bad, bad)
+        assert clash or name in str(exc) or "Complex" in str(exc), (
+            f"the error does not name {name!r}: {exc}")
+        return
+    assert bad is None, f"invalid {bad} accepted: {call[bad][0]}"
+    X2 = np.atleast_2d(np.asarray(Xa, dtype=np.float64))
+    if np.ndim(res.codes) == 1:
+        res = fastlista.LassoResult(res.codes[None], np.atleast_1d(res.gap),
+                                    np.atleast_1d(res.n_iter), np.atleast_1d(res.converged))
+    assert_certified(X2, np.asarray(Da, dtype=np.float64), np.asarray(lm, dtype=np.float64),
+                     kw.get("tol", 1e-8), res, dtype=res.codes.dtype,
+                     positive=kw.get("positive", False))
