@@ -63,13 +63,14 @@ def layer_input(p, Z, X, D, lmbd, parametrization, W_alista=None):
     return Z @ p["W_z"] + X @ p["W_x"], lmbd * p["theta"]
 
 
-def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None):
-    """Every layer's (pre-activation, threshold, output) of a network."""
+def numpy_forward(params, X, D, lmbd, parametrization, W_alista=None, positive=False):
+    """Every layer's (pre-activation, threshold, output) of a network (with
+    ``positive``, the one-sided threshold max(u - s, 0))."""
     Z = np.zeros((X.shape[0], D.shape[0]))
     layers = []
     for p in params:
         U, s = layer_input(p, Z, X, D, lmbd, parametrization, W_alista)
-        Z = st(U, s)
+        Z = np.maximum(U - s, 0.0) if positive else st(U, s)
         layers.append((U, s, Z))
     return layers
 
@@ -788,18 +789,6 @@ def _craft(kind, v):
         }[kind]()
 
 
-def _forward(params, X, D, lmbd, parametrization, positive, W_alista):
-    """NumPy forward of the layers (layer_input, then the two- or one-sided
-    threshold), in float64; the largest |pre-activation| met."""
-    Z = np.zeros((X.shape[0], D.shape[0]))
-    scale = 0.0
-    for p in params:
-        U, s = layer_input(p, Z, X, D, lmbd, parametrization, W_alista)
-        Z = np.maximum(U - s, 0.0) if positive else st(U, s)
-        scale = max(scale, float(np.max(np.abs(U), initial=0.0)))
-    return Z, scale
-
-
 @CRAFT
 @given(parametrization=st_.sampled_from(PARAMETRIZATIONS),
        dtype=st_.sampled_from([np.float64, np.float32]), n_layers=st_.integers(1, 3),
@@ -850,11 +839,16 @@ def test_fuzz_load_crafted_files(tmp_path_factory, parametrization, dtype, n_lay
             assert np.all(np.isfinite(a[k]))
             if k in STEP_KEYS:
                 assert np.all(a[k] >= 0)
-    Xd = X.astype(back.dtype)
+    # (a file may hold another valid network: D transposed, with scalar
+    # steps, is one over n_features atoms)
+    Xd = X.astype(back.dtype) if back.n_features == X.shape[1] else \
+        np.random.default_rng(seed).standard_normal((9, back.n_features)).astype(back.dtype)
     with np.errstate(all="ignore"):
-        ref, scale = _forward(file_params, Xd.astype(np.float64),
-                              back.D.astype(np.float64), back.lmbd, back.parametrization,
-                              back.positive, alista_weights(back.D).astype(np.float64))
+        layers = numpy_forward(file_params, Xd.astype(np.float64), back.D.astype(np.float64),
+                               back.lmbd, back.parametrization,
+                               alista_weights(back.D).astype(np.float64), back.positive)
+        ref = layers[-1][2]
+        scale = max(float(np.max(np.abs(U), initial=0.0)) for U, _, _ in layers)
     if not (np.all(np.isfinite(ref)) and np.isfinite(scale)):
         return                  # a forward beyond the float range (see test_degenerate)
     rtol = 1e-10 if back.dtype == np.float64 else 1e-4
