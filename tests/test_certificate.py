@@ -147,7 +147,6 @@ def test_subnormal_signals_give_finite_certified_codes(method):
     assert res is not None
 
 
-
 @pytest.mark.parametrize("method", METHODS)
 def test_not_converged_warning_states_the_relative_gap_of_the_returned_codes(method):
     # (found by an API fuzz) signals of a few subnormals: the codes round
@@ -171,6 +170,7 @@ def test_not_converged_warning_states_the_relative_gap_of_the_returned_codes(met
     rel = ref.duality_gap(Xs, D, 0.0, Zs) / (0.5 * np.sum(Xs * Xs, axis=1))
     assert np.all(rel[bad] > 1e-6)
     assert stated == pytest.approx(rel[bad].max(), rel=1e-3)
+
 
 @pytest.mark.parametrize("sx, sd, rel", [
     (1e150, 1e-150, 0.3),                # codes ~ 1e300: representable

@@ -745,7 +745,6 @@ def test_load_rejects_bad_files(tmp_path):
                 assert b"pickle" not in f.read(200).lower()
 
 
-
 # --------------------------------------------------------------------------
 # crafted files (hypothesis): derandomised for CI, FASTLISTA_FUZZ=long for
 # a long random run (conftest.fuzz_settings)
@@ -853,6 +852,7 @@ def test_fuzz_load_crafted_files(tmp_path_factory, parametrization, dtype, n_lay
         return                  # a forward beyond the float range (see test_degenerate)
     rtol = 1e-10 if back.dtype == np.float64 else 1e-4
     assert_allclose(back.transform(Xd), ref, rtol=rtol, atol=rtol * scale)
+
 
 # --------------------------------------------------------------------------
 # support selection (LISTA-CPSS, ALISTA-SS)
