@@ -104,7 +104,12 @@ def _float_dtype(dtype):
 # encode
 # ---------------------------------------------------------------------------
 
-def _encode_block(X, model):
+def _encode_block(X, model, n_atoms=None, dtype=None):
+    """Codes of one chunk; an empty chunk (a filtered array has them) gives
+    (0, n_atoms) codes of ``dtype`` without calling the model, which may
+    refuse 0 samples as scikit-learn's estimators do."""
+    if X.shape[0] == 0 and n_atoms is not None:
+        return np.empty((0, n_atoms), dtype=dtype)
     if isinstance(model, _LassoSettings):
         return model.codes(X)
     return np.asarray(model.transform(X))
@@ -216,10 +221,11 @@ def encode(model, X, n_jobs=1):
             f"model.transform returned shape {probe.shape} for one sample; expected "
             "(1, n_atoms).")
     n_atoms = probe.shape[1]
-    return da.map_blocks(_encode_block, X, _ship(model), dtype=probe.dtype,
+    return da.map_blocks(_encode_block, X, _ship(model), n_atoms, probe.dtype,
+                         dtype=probe.dtype,
                          chunks=(X.chunks[0], (n_atoms,)),
                          meta=np.empty((0, 0), dtype=probe.dtype),
-                         name="fastlista-encode")
+                         token="fastlista-encode")
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +345,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     args.append(lam)
     packed = da.map_blocks(_solve_block, *args, _ship(settings), m,
                            dtype=np.float64, chunks=(X.chunks[0], (m + 3,)),
-                           meta=np.empty((0, 0)), name="fastlista-solve-lasso")
+                           meta=np.empty((0, 0)), token="fastlista-solve-lasso")
     # the method "auto" resolves to, from a one-sample run on the client
     resolved = _solve(np.zeros((1, D.shape[1]), D.dtype), D, 0.0, method=method,
                       max_iter=1, n_jobs=1).method
@@ -482,7 +488,9 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         z_blocks = [None] * X.numblocks[0]
     l_blocks = [None] * X.numblocks[0] if lam is None else \
         lam.persist().to_delayed().ravel()
-    blocks = list(zip(X.to_delayed().ravel(), z_blocks, l_blocks))
+    # empty chunks (a filtered array has them) add nothing to the sums
+    blocks = [block for block, rows in zip(zip(X.to_delayed().ravel(), z_blocks,
+                                                l_blocks), X.chunks[0]) if rows]
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
                                   X.shape[0])
     net.loss_history_ = train(net, evaluate, optimizer=optimizer, max_iter=max_iter,

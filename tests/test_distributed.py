@@ -137,6 +137,67 @@ def test_encode_is_lazy_and_ships_the_model_once(client, data):
     assert counts[150] == counts[40] <= len(client.scheduler_info()["workers"])
 
 
+def test_outputs_of_different_calls_never_share_keys(client, data):
+    """Each call's graph has its own keys: results computed together, or one
+    persisted on the cluster before another is computed, are each their own
+    codes (a fixed key name made the second return the first's)."""
+    X, D = data
+    Xd, Xd_test = chunked(X[:300]), chunked(X[300:])
+    exact = {lmbd: fastlista.solve_lasso(X, D, lmbd, tol=1e-10).codes
+             for lmbd in (0.05, 0.5)}
+    encodings = [fd.encode({"D": D, "lmbd": lmbd, "tol": 1e-10}, Xd)
+                 for lmbd in (0.05, 0.5)]
+    assert encodings[0].name != encodings[1].name
+    for Z, lmbd in zip(dask.compute(*encodings), (0.05, 0.5)):
+        assert_allclose(Z, exact[lmbd][:300], rtol=1e-12, atol=1e-14)
+    # one persisted, the other computed after it
+    first = encodings[0].persist()
+    assert_allclose(encodings[1].compute(), exact[0.5][:300], rtol=1e-12, atol=1e-14)
+    assert_allclose(first.compute(), exact[0.05][:300], rtol=1e-12, atol=1e-14)
+    # one model, training and test signals computed together
+    net = Lista(D, 0.3, n_layers=4)
+    Z_train, Z_test = dask.compute(fd.encode(net, Xd), fd.encode(net, Xd_test))
+    assert_allclose(Z_train, net.transform(X[:300]), rtol=1e-12, atol=1e-14)
+    assert_allclose(Z_test, net.transform(X[300:]), rtol=1e-12, atol=1e-14)
+    # solve_lasso at two levels on the same chunks
+    results = [fd.solve_lasso(Xd, D, lmbd, tol=1e-10) for lmbd in (0.05, 0.5)]
+    codes = dask.compute(*(res.codes for res in results))
+    for Z, lmbd in zip(codes, (0.05, 0.5)):
+        assert_allclose(Z, exact[lmbd][:300], rtol=1e-12, atol=1e-14)
+
+
+def test_empty_chunks_are_encoded_and_skipped_in_training(client, data):
+    """A filtered dask array has chunks of 0 rows: their codes are (0, m),
+    whatever the model (estimators refuse 0 samples), and training ignores
+    them."""
+    X, D = data
+    X = X[:400]
+    Xd = da.from_array(X, chunks=((130, 0, 270, 0), (X.shape[1],)))
+    net = Lista(D, 0.3, n_layers=4)
+    models = [net, {"D": D, "lmbd": 0.3, "tol": 1e-10}]
+    expected = [net.transform(X), fastlista.solve_lasso(X, D, 0.3, tol=1e-10).codes]
+    if _has_sklearn():
+        from fastlista.estimators import LassoSparseCoder
+
+        models.append(LassoSparseCoder(D, alpha=0.3, tol=1e-10).fit(X[:5]))
+        expected.append(expected[1])
+    for model, Z_ref in zip(models, expected):
+        Z = fd.encode(model, Xd)
+        assert Z.chunks[0] == Xd.chunks[0]
+        assert_allclose(Z.compute(), Z_ref, rtol=1e-12, atol=1e-14)
+    local = Lista(D, 0.3, n_layers=4).fit(X, max_iter=10)
+    dist = fd.fit(Lista(D, 0.3, n_layers=4), Xd, max_iter=10)
+    assert_allclose(dist.loss_history_, local.loss_history_, rtol=1e-9)
+
+
+def _has_sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class _CountingModel:
     """A Lista wrapper that counts how often the client pickles it."""
 
