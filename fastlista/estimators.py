@@ -111,7 +111,11 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         X = check_array(X, dtype=Z.dtype, order="C", estimator=self)
         D = self._reconstruction_dictionary().astype(Z.dtype, copy=False)
         return -float(np.mean(lasso_objective(X, D, self._coding_alpha(), Z,
-                                              positive=bool(self.positive_code))))
+                                              positive=self._coding_positive())))
+
+    def _coding_positive(self):
+        """Whether transform's codes are constrained non-negative."""
+        return bool(self.positive_code)
 
     @property
     def _n_features_out(self):
@@ -440,6 +444,11 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
 
     def _coding_alpha(self):
         return self.network_.lmbd
+
+    def _coding_positive(self):
+        # the trained network's, as transform uses it (not a positive_code
+        # set after fit)
+        return self.network_.positive
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

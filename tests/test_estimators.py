@@ -297,6 +297,20 @@ def test_learned_coder_is_the_trained_network(parametrization):
     assert coder.n_iter_ == len(net.loss_history_) - 1 >= 1
 
 
+def test_learned_coder_score_is_that_of_the_fitted_network():
+    """score evaluates the codes transform returns, with the network's own
+    constraint: a positive_code set after fit (no refit) changes neither."""
+    X, D = problem(seed=8)
+    coder = LearnedSparseCoder(D, alpha=0.3, n_layers=4, max_iter=10).fit(X)
+    Z = coder.transform(X)
+    assert Z.min() < 0
+    expected = -mean_objective(X, D, 0.3, Z)
+    assert_allclose(coder.score(X), expected, rtol=1e-12)
+    coder.set_params(positive_code=True)
+    assert_allclose(coder.transform(X), Z, rtol=0, atol=0)
+    assert_allclose(coder.score(X), expected, rtol=1e-12)
+
+
 def test_learned_coder_beats_ista():
     """Trained step sizes give a lower objective than T plain ISTA steps."""
     X, D = problem(n_samples=200, seed=8, density=0.3)
