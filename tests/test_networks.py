@@ -574,6 +574,30 @@ def test_alista_weights_closed_form(shape):
         assert off_diagonal_norm(W + E, D) >= off_diagonal_norm(W, D) - 1e-12
 
 
+def test_alista_weights_of_a_rank_deficient_float32_dictionary():
+    """A rank-2 dictionary rounded to float32 has singular values of its
+    rounding (~1e-8) that float64's rank cut kept and inverted: weights of
+    ~1e8 and an untrained float32 network whose first layer's objective was
+    1e15 times the zero code's. The rank is D's at its own precision."""
+    rng = np.random.default_rng(0)
+    D_exact = rng.standard_normal((12, 2)) @ rng.standard_normal((2, 8)) / 3
+    D = D_exact.astype(np.float32)
+    X = rng.standard_normal((20, 8))
+    assert np.linalg.matrix_rank(D) == 2
+    # reference: the row-normalised (D^+)^T, with numpy's rank cut for float32
+    D64 = D.astype(np.float64)
+    P = np.linalg.pinv(D64, rcond=max(D.shape) * np.finfo(np.float32).eps)
+    W_ref = P.T / np.diag(D64 @ P)[:, None]
+    W = alista_weights(D)
+    assert W.dtype == np.float32
+    assert_allclose(W, W_ref, rtol=1e-5, atol=1e-6 * np.abs(W_ref).max())
+    # the untrained float32 network computes what the float64 one of the
+    # unrounded (exactly rank-2) dictionary does
+    objectives = [Lista(D_, 0.5, 3, parametrization="alista")
+                  .objective(X.astype(D_.dtype), per_layer=True) for D_ in (D, D_exact)]
+    assert_allclose(objectives[0], objectives[1], rtol=1e-4)
+
+
 def test_alista_weights_rejects_zero_atom():
     D = np.eye(3)
     D[1] = 0

@@ -18,7 +18,7 @@ from .._kernels import _unrolled
 from .._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from .._kernels._gemm import OWN_GEMM
 from .._threads import kernel_threads
-from ._parameters import alista_weights
+from ._parameters import analytic_weights64
 
 # Execution tuning. A block has as many rows as keep its GEMMs (rows x m x n
 # multiply-adds) within _BLOCK_GEMM, and every product is written
@@ -152,7 +152,7 @@ class Executor:
         key = np.dtype(dtype).str
         if key not in self._fixed:
             D64 = self.D.astype(np.float64)
-            W = D64 if self.parametrization == "step" else alista_weights(D64)
+            W = D64 if self.parametrization == "step" else analytic_weights64(self.D)
             M = D64 @ W.T
             MT = M if self.parametrization == "step" else np.ascontiguousarray(M.T)
             cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731

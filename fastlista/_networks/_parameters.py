@@ -77,7 +77,10 @@ def alista_weights(D):
     -------
     W : ndarray of shape (n_atoms, n_features)
         ``diag(W @ D.T) == 1`` with the smallest off-diagonal Frobenius norm,
-        of D's dtype (computed in float64).
+        of D's dtype (computed in float64). The rank of D is taken as
+        ``numpy.linalg.matrix_rank`` does, at the precision of D's dtype: the
+        singular values that a float32 dictionary's rounding adds to a
+        rank-deficient one are not inverted.
 
     Examples
     --------
@@ -91,20 +94,25 @@ def alista_weights(D):
     D = check_array(D, "D")
     if D.shape[0] == 0:
         raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
-    D64 = D.astype(np.float64)
-    zero = np.flatnonzero(~np.any(D64 != 0, axis=1))
+    return np.ascontiguousarray(analytic_weights64(D), dtype=D.dtype)
+
+
+def analytic_weights64(D):
+    """:func:`alista_weights` of a validated D, in float64 (the rank at the
+    precision of D's dtype)."""
+    zero = np.flatnonzero(~np.any(D != 0, axis=1))
     if zero.size:
         raise ValueError(
             f"D has zero atoms (rows {zero[:5].tolist()}): no weight satisfies "
             "w_i . d_i = 1 for them.")
+    D64 = D.astype(np.float64)
     # the SVD of D / max|D| (an exact power-of-two scaling would do too):
     # singular values of order 1 whatever the magnitude of D
     top = np.max(np.abs(D64))
     U, s, Vt = np.linalg.svd(D64 / top, full_matrices=False)
-    rank = int(np.sum(s > s[0] * max(D.shape) * np.finfo(np.float64).eps))
+    rank = int(np.sum(s > s[0] * max(D.shape) * np.finfo(D.dtype).eps))
     U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
-    W = (U / s) @ Vt / np.einsum("ij,ij->i", U, U)[:, None] / top
-    return np.ascontiguousarray(W, dtype=D.dtype)
+    return (U / s) @ Vt / np.einsum("ij,ij->i", U, U)[:, None] / top
 
 
 #: parametrizations with support selection (LISTA-CPSS, ALISTA-SS, LISTA-SS)
