@@ -376,6 +376,33 @@ def test_backtracking_steps_are_positive_and_adaptive():
     assert s.min() >= 0.1 / L
 
 
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("lmbd", [0.0, 1e-3])
+def test_backtracking_never_takes_a_refused_step(positive, lmbd):
+    """Atoms of norms 1e15 and 1e-15 next to unit atoms: while only the tiny
+    atom moves the step grows far above 1/L, and when the large one enters,
+    every trial of the line search is refused; the step taken is then 1/L
+    (it was the last refused trial, and the objective rose 25 orders of
+    magnitude)."""
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((4, 3))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    D[0] *= 1e15
+    D[1] *= 1e-15
+    X = rng.standard_normal((3, 3))
+    res = fastlista.backtracking_ista(X, D, lmbd, positive=positive, tol=0.0, max_iter=500,
+                                      record_history=True)
+    hist = res.history["objective"]
+    increase = np.diff(hist, axis=0)
+    assert np.all(increase <= 1e-12 * np.abs(hist[:-1])), (
+        f"objective increased by up to {increase.max():.3e}")
+    F = np.asarray(ref.objective_robust(X, D, lmbd, res.codes, positive=positive), float)
+    assert np.all(F <= 0.5 * np.sum(X * X, axis=1))
+    assert_allclose(hist[-1], F, rtol=1e-10)
+    steps = res.step_sizes[np.isfinite(res.step_sizes)]
+    assert np.all(steps >= 0.1 / ref.lipschitz(D))
+
+
 # --------------------------------------------------------------------------
 # lambda_max, degenerate inputs
 # --------------------------------------------------------------------------

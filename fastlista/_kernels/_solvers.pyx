@@ -22,6 +22,7 @@ per method:
   The next trial grows from t only when t was accepted on a positive
   curvature ||d D||^2 > 0: at a fixed point (d = 0), or along the null space
   of D, every step passes the test and would otherwise grow without bound.
+  After LS_MAX_TRIALS refused trials the step is 1/L, which passes.
 
 Samples are processed in blocks that stay in cache (fastlista's one block
 driver, _blocks.pxd); each block runs all its iterations before the next
@@ -480,7 +481,12 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             else:
                 step = w.aux[s] / ETA
                 ddD = 0
-                for trial in range(LS_MAX_TRIALS):
+                for trial in range(LS_MAX_TRIALS + 1):
+                    if trial == LS_MAX_TRIALS:
+                        # every trial refused (a step grown while only tiny
+                        # atoms moved, then a large one enters): 1/L, which
+                        # the test accepts (||d D||^2 <= L ||d||^2)
+                        step = 1 / L
                     thr = w.lmbd[s] * step
                     # d = z+ - z; accept when step ||d D||^2 <= ||d||^2
                     dd = 0
