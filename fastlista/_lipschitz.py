@@ -31,7 +31,9 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     ``max_iter`` is reached. Batched supports run in parallel (OpenMP). A
     power iteration cannot separate two top eigenvalues closer than about
     ``sqrt(tol)``: its estimate then lies between them. Dictionaries of any
-    magnitude are scaled by an exact power of two first.
+    magnitude are scaled by an exact power of two first, and a support whose
+    atoms are all smaller than 2^-300 times D's largest entry by the power
+    of two of its own atoms.
 
     Parameters
     ----------
@@ -82,12 +84,40 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
             f"support must have shape (n_atoms,) = ({m},) or (n_samples, {m}) "
             f"to match D {D.shape}; got support.shape={S.shape}.")
     with kernel_threads(n_jobs, func) as n_threads:
-        sc = Scaled.of(np.zeros((0, D.shape[1]), D.dtype), D)
-        L = support_lipschitz(sc.D, gram(sc.D, n_threads), np.atleast_2d(S), tol,
-                              max_iter, n_threads)
+        L = any_scale_support_lipschitz(D, np.atleast_2d(S), tol, max_iter, n_threads)
     with np.errstate(over="ignore"):
-        L = np.ldexp(L, 2 * sc.eb).astype(D.dtype)
+        L = L.astype(D.dtype)
     return float(L[0]) if S.ndim == 1 else L
+
+
+#: a support whose atoms are all below this, relative to D's largest entry,
+#: is computed on its own atoms: its squares (below 2^-600 in D's scaled
+#: units) would lose digits to, or entirely be, float64's underflow
+_OWN_SCALE = 2.0 ** -300
+
+
+def any_scale_support_lipschitz(D, S, tol, max_iter, n_threads):
+    """Unvalidated batched L_S (float64, inf beyond its range) of a 2-D
+    boolean support, whatever the magnitudes of D's atoms.
+
+    D is scaled by the exact power of two of its largest entry and the power
+    iteration runs on float64 copies of D and B, so that the squares of a
+    float32 dictionary's small atoms do not underflow float32. A support
+    whose atoms are all far smaller than D's largest (a unit atom next to
+    one of norm 1e170, say) gets the exact ``global_lipschitz`` of its own
+    atoms, scaled by their own power of two.
+    """
+    sc = Scaled.of(np.zeros((0, D.shape[1]), D.dtype), D)
+    D64 = sc.D.astype(np.float64)
+    L = support_lipschitz(D64, gram(D64, n_threads), S, tol, max_iter, n_threads)
+    with np.errstate(over="ignore"):
+        L = np.ldexp(L, 2 * sc.eb)
+    atom_max = np.max(np.abs(D64), axis=1, initial=0.0)
+    small = np.flatnonzero(np.max(S * atom_max, axis=1, initial=0.0) < _OWN_SCALE)
+    for i in small:
+        if S[i].any():
+            L[i] = global_lipschitz(D[S[i]])
+    return L
 
 
 def gram(D, n_threads):

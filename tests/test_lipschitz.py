@@ -152,6 +152,28 @@ def test_scale_equivariance(scale):
                     scale ** 2 * ref.lipschitz_support(D, S), rtol=1e-8)
 
 
+def test_supports_of_atoms_far_smaller_than_the_largest():
+    """L_S of atoms whose squares underflow next to D's largest: float32
+    atoms 1e23 times smaller (their Gram entries were formed in float32 and
+    lost), float64 atoms 1e170 times smaller (below float64's range once D is
+    scaled to its largest). Reference: the eigenvalues of the supports'
+    own Gram matrices."""
+    rng = np.random.default_rng(21)
+    unit = rng.standard_normal((3, 5))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    for big, dtype in ((1e23, np.float32), (1e170, np.float64)):
+        D = np.vstack([big * np.eye(5)[:1], unit]).astype(dtype)
+        S = np.array([[False, True, True, True], [False, False, True, False],
+                      [False, True, True, False], [False, False, False, False]])
+        expected = [np.linalg.eigvalsh(unit[s[1:]].astype(dtype).astype(np.float64)
+                                       @ unit[s[1:]].astype(dtype).astype(np.float64).T
+                                       )[-1] if s.any() else 0.0 for s in S]
+        assert_allclose(lipschitz(D, support=S), expected, rtol=RTOL[dtype])
+        assert_allclose(lipschitz(D, support=S[0]), expected[0], rtol=RTOL[dtype])
+        # with the large atom, L_S is its squared norm, beyond the dtype: inf
+        assert lipschitz(D, support=np.ones(4, bool)) == np.inf
+
+
 @pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-6])
 def test_nearly_degenerate_top_eigenvalue(delta):
     # top two singular values 1 and 1 - delta: a slow power iteration, whose
