@@ -222,11 +222,20 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     return result
 
 
-def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method):
+def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
+                        unused_atoms=()):
     """The ConvergenceWarning of the samples that did not converge: ``rel``,
-    their relative gaps gap / (1/2 ||x||^2), and ``n_iter``, their iterations."""
+    their relative gaps gap / (1/2 ||x||^2), and ``n_iter``, their iterations;
+    ``unused_atoms``: non-zero atoms given code 0 (their squared norms
+    underflow in D's scaled units)."""
     hint = "Increase max_iter, or use method='cd'."
-    if np.any(n_iter < max_iter):
+    if len(unused_atoms):
+        hint = (f"Atoms {list(unused_atoms[:10])} of D are too small next to its "
+                f"largest entry for {np.dtype(dtype).name} (their squared norms "
+                "underflow once D is scaled to it) and were given code 0: rescale "
+                "D's atoms to comparable norms"
+                + (", or use float64 data." if dtype == np.float32 else "."))
+    elif np.any(n_iter < max_iter):
         # stopped by the kernel, refused by the certificate: rounding
         hint = ("The codes' rounding limits their certificate: use a larger tol"
                 + (" (float32 codes cannot certify a relative gap much below 1e-6), "
@@ -333,8 +342,9 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     if warn and tol > 0 and not converged.all():
         # (x = 0 has gap 0 and converges: 1/2 ||x||^2 > 0 here)
         bad = ~converged
+        unused = np.flatnonzero(zero_atoms & np.any(D != 0, axis=1))
         _warn_not_converged(gap[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
-                            max_iter, method)
+                            max_iter, method, unused.tolist())
     history, step_sizes = None, None
     if record_history:
         history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)

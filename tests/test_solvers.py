@@ -681,6 +681,26 @@ def test_not_converged_warns_and_reports(method):
                     rtol=1e-6, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e25), (np.float64, 1e170)])
+def test_warning_names_atoms_too_small_for_the_dtype(dtype, big):
+    """A unit atom next to one of norm `big`: its squared norm underflows once
+    D is scaled to its largest entry, it gets code 0 (the optimum's is 4),
+    the certificate refuses, and the warning says why (not "increase
+    max_iter")."""
+    D = np.diag([big, 1.0]).astype(dtype)
+    X = np.array([[0.0, 5.0]], dtype=dtype)
+    with pytest.warns(ConvergenceWarning,
+                      match=r"Atoms \[1\] of D are too small next to its largest entry "
+                            rf"for {np.dtype(dtype).name}") as record:
+        res = solve_lasso(X, D, 1.0, max_iter=50)
+    assert "Increase max_iter" not in str(record[0].message)
+    assert not res.converged[0]
+    assert_array_equal(res.codes, [[0.0, 0.0]])
+    # the gap reported is that of the codes returned (8: P(0) = 12.5, and the
+    # dual point x scaled into the feasible set gives 4.5)
+    assert_allclose(res.gap, ref.duality_gap(X, D, 1.0, res.codes), rtol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["ista", "fista", "backtracking", "oista", "cd"])
 def test_convenience_functions(method):
     X, D = get_problem("over")
