@@ -240,10 +240,14 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
         hint = ("The codes' rounding limits their certificate: use a larger tol"
                 + (" (float32 codes cannot certify a relative gap much below 1e-6), "
                    "or float64 data." if dtype == np.float32 else "."))
+    if np.all(n_iter >= max_iter):
+        ran = f"in max_iter={max_iter} iterations of '{method}'"
+    else:
+        ran = (f"in at most {int(np.max(n_iter))} iterations of '{method}' "
+               f"(max_iter={max_iter})")
     warnings.warn(
         f"{rel.size} of {n_samples} samples did not converge to tol={tol:.3e} "
-        f"in max_iter={max_iter} iterations of '{method}': largest relative "
-        f"duality gap {float(np.max(rel)):.3e}. {hint}",
+        f"{ran}: largest relative duality gap {float(np.max(rel)):.3e}. {hint}",
         ConvergenceWarning, stacklevel=4)
 
 

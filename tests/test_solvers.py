@@ -681,6 +681,22 @@ def test_not_converged_warns_and_reports(method):
                     rtol=1e-6, atol=1e-14)
 
 
+def test_warning_states_the_iterations_run():
+    """float32 codes stopped by their rounding, long before max_iter: the
+    warning gives the iterations run and the reason, not "in max_iter"."""
+    X, D = get_problem("over", np.float32)
+    with pytest.warns(ConvergenceWarning) as record:
+        res = solve_lasso(X, D, 0.3, method="cd", tol=1e-10, max_iter=10000)
+    message = str(record[0].message)
+    assert res.n_iter.max() < 10000
+    assert (f"in at most {res.n_iter[~res.converged].max()} iterations of 'cd' "
+            "(max_iter=10000)") in message
+    assert "float32 codes cannot certify a relative gap much below 1e-6" in message
+    with pytest.warns(ConvergenceWarning, match="in max_iter=2 iterations of 'ista'"):
+        solve_lasso(X.astype(np.float64), D.astype(np.float64), 0.3, method="ista",
+                    max_iter=2)
+
+
 @pytest.mark.parametrize("dtype, big", [(np.float32, 1e25), (np.float64, 1e170)])
 def test_warning_names_atoms_too_small_for_the_dtype(dtype, big):
     """A unit atom next to one of norm `big`: its squared norm underflows once
