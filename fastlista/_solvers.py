@@ -270,6 +270,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # a zero atom (B_jj = 0, also when its squared norm underflows) is never
     # used: its code is 0, with or without a warm start
     zero_atoms = ~(np.diagonal(B) > 0)
+    start, F_start = None, 0.5 * xx
     if Z0 is None:
         Z = np.zeros((N, m), dtype=X.dtype)
     else:
@@ -282,6 +283,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         # slows the solve down: start those samples from 0
         primal0, _ = certify(S, lm, Z, n_threads, C, B, positive)
         Z[~(primal0 <= 0.5 * xx)] = 0
+        start, F_start = Z.copy(), np.minimum(primal0, 0.5 * xx)
 
     n_iter = np.zeros(N, dtype=np.intc)
     stop_gap = np.zeros(N)
@@ -326,6 +328,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         raise FloatingPointError(
             f"solve_lasso(method={method!r}) produced non-finite codes for samples "
             f"{bad[:10].tolist()}; this is a bug: please report it with the input.")
+    # codes worse than where they started (rounding can make the iterations
+    # climb: float32 warm starts of +-1e8 on duplicated atoms, whose products
+    # cancel) are not returned: the start is
+    worse = np.flatnonzero(primal > F_start)
+    if worse.size:
+        Z[worse] = 0 if start is None else start[worse]
+        primal[worse], gap[worse] = certify(
+            S.rows(worse), lm[worse], np.ascontiguousarray(Z[worse]), n_threads,
+            np.ascontiguousarray(C[worse]), B, positive)
     converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
 
     codes = S.codes_out(Z)

@@ -90,6 +90,28 @@ def test_huge_warm_start_gap_is_the_gap_of_the_codes(method, scale):
     check(X, D, 0.3, Z0=Z0, method=method, max_iter=2000)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_codes_are_never_worse_than_their_start(method):
+    # float32 warm start +-1e8 on a duplicated atom: z0 D = 0, F(z0) = F(0),
+    # but every product rounds at 1e8 eps32 ~ 6 and the iterations climbed
+    # to twice F(z0) (and six times); the start is returned instead
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((3, 6))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    D = np.vstack([d, d]).astype(np.float32)
+    X = rng.standard_normal((2, 6)).astype(np.float32)
+    Z0 = np.zeros((2, 6), np.float32)
+    Z0[:, 0], Z0[:, 3] = 1e8, -1e8
+    res = check(X, D, 0.0, Z0=Z0, method=method, max_iter=500)
+    F = np.asarray(ref.objective_robust(X, D, 0.0, res.codes), float)
+    F0 = np.asarray(ref.objective_robust(X, D, 0.0, Z0), float)
+    assert np.all(F <= F0 * (1 + 1e-6))
+    # and without a warm start, never worse than the zero code
+    res = check(X, D, 0.0, method=method, max_iter=500)
+    assert np.all(np.asarray(ref.objective_robust(X, D, 0.0, res.codes), float)
+                  <= half_sq_norms(X))
+
+
 # ---------------------------------------------------------------------------
 # 3. threads: per-sample results are the sample's own
 # ---------------------------------------------------------------------------
