@@ -313,6 +313,7 @@ DICTIONARIES = ({
     "zeros": np.zeros(D.shape), "huge": np.full(D.shape, 1e200),
     "tiny": np.full(D.shape, 1e-200), "int64": (10 * D).astype(np.int64),
     "duplicated": np.vstack([D[:3], D[:3]]), "one zero atom": _with(D, 2, 0.0),
+    "norms 1e15 to 1e-15": D * np.array([1e15, 1e-15, 1, 1, 1, 1])[:, None],
 }, {
     "no features": D[:, :0], "fewer features": D[:, :3], "3-D": D[None], "1-D": D[0],
     "complex": D + 0j, "inf": _with(D, (1, 1), np.inf), "transposed": D.T, "text": "x",
