@@ -558,33 +558,102 @@ class OnlineState:
     A and B (with scikit-learn's forgetting factor) and runs one pass of
     block coordinate descent, re-initialising unused atoms from the batch's
     worst reconstructed signals.
+
+    Units: D is scale-free; A and B are those of the signals times
+    ``2**-exponent`` (``lmbd`` is in the signals' own units, coded at
+    ``lmbd * 2**-exponent``), so that data of any magnitude is learned
+    without overflow or underflow and data scaled by a power of two gives
+    exactly the same atoms. A batch whose largest magnitude is within
+    ``2**+-SCALE_LIMIT`` of the state's units is coded in them (multiplied
+    by the exact power of two). A batch beyond it is handled exactly: when
+    it is the larger (or the statistics are still zero) the state moves to
+    its units (A and B multiplied by a power of two: the old statistics
+    shrink, and what underflows is below the rounding of their sum with the
+    new batch's); when it is the smaller it is coded in its own units and
+    its share of A and B scaled down to the state's (the same argument).
+
+    Parameters
+    ----------
+    D : array-like of shape (n_atoms, n_features)
+        The initial dictionary (copied, float64).
+    coder : _ExactCoder or _SlistaCoder
+        The code step (its ``lmbd`` is set for every batch, in its units).
+    lmbd : float
+        Regularisation level, in the units of the signals.
+    positive_dict : bool
+    n_passes : int
+        Passes of block coordinate descent a step.
+    exponent : int
+        The initial units (``scale_exponent``'s exponent of the data).
     """
 
-    def __init__(self, D, coder, lmbd, positive_dict, n_passes=ONLINE_PASSES):
+    def __init__(self, D, coder, lmbd, positive_dict, n_passes=ONLINE_PASSES, exponent=0):
         self.n_passes = n_passes
         self.D = np.array(D, dtype=np.float64, order="C")
         m, n = self.D.shape
         self.A = np.zeros((m, m))
         self.B = np.zeros((m, n))
-        self.coder, self.lmbd, self.positive_dict = coder, lmbd, positive_dict
+        self.exponent = int(exponent)
         self.n_steps = 0
         self.n_reinit = 0
+        self.configure(coder, lmbd, positive_dict)
 
-    def step(self, X):
-        """One mini-batch; returns the batch's summed objective."""
+    def configure(self, coder, lmbd, positive_dict):
+        """Code the next batches with ``coder`` at ``lmbd`` (the signals'
+        units) and constrain the atoms with ``positive_dict``; D, A, B and
+        the step count carry on (scikit-learn's partial_fit reads its
+        parameters on every call). With ``positive_dict`` the negative
+        entries of D are set to 0 (as ``start_dictionary`` does to D0): the
+        atoms the dictionary step leaves alone are non-negative too."""
+        self.coder, self.lmbd, self.positive_dict = coder, lmbd, positive_dict
+        if positive_dict:
+            np.maximum(self.D, 0.0, out=self.D)
+
+    def _units(self, top, dtype):
+        """The exponent of the units to code a batch in, from the exponent
+        ``top`` of its largest magnitude (None: an all-zero batch), moving
+        the state's units when the batch is the larger (see the class)."""
+        if top is None or abs(top - self.exponent) <= SCALE_LIMIT[dtype]:
+            return self.exponent
+        if top > self.exponent or not (self.A.any() or self.B.any()):
+            with np.errstate(under="ignore"):
+                self.A = np.ldexp(self.A, 2 * (self.exponent - top))
+                self.B = np.ldexp(self.B, 2 * (self.exponent - top))
+            self.exponent = top
+        return top
+
+    def step(self, X, exponent=0):
+        """One mini-batch, the signals ``X * 2**exponent`` (exact).
+
+        Returns the batch's summed objective, in the units of X (beyond the
+        float range: 0 or inf).
+        """
         b = X.shape[0]
+        top = magnitude_exponent(X)
+        e = self._units(None if top is None else top + exponent, X.dtype)
+        if e != exponent:
+            X = np.ldexp(X, exponent - e).astype(X.dtype, copy=False)
+        lmbd = self.coder.lmbd = lmbd_in_units(self.lmbd, e, X.dtype)
         D = self.D.astype(X.dtype)
         Z = self.coder.codes(X, D)
         R, rr = _residuals(X, D, Z)
-        objective = float((0.5 * rr + self.lmbd * _l1(Z)).sum())
+        objective = float((0.5 * rr + lmbd * _l1(Z)).sum())
         t = self.n_steps
         theta = b * (t + 1) if t < b - 1 else b * b + t + 1 - b
         beta = (theta + 1 - b) / (theta + 1)
         Z64 = Z.astype(np.float64, copy=False)
+        A_b = (Z64.T @ Z64) / b
+        B_b = (Z64.T @ X.astype(np.float64, copy=False)) / b
+        if e != self.exponent:
+            # a batch far below the statistics, coded in its own units: its
+            # share in theirs (what underflows is below their rounding)
+            with np.errstate(under="ignore"):
+                A_b = np.ldexp(A_b, 2 * (e - self.exponent))
+                B_b = np.ldexp(B_b, 2 * (e - self.exponent))
         self.A *= beta
-        self.A += (Z64.T @ Z64) / b
+        self.A += A_b
         self.B *= beta
-        self.B += (Z64.T @ X.astype(np.float64, copy=False)) / b
+        self.B += B_b
         diag = np.diagonal(self.A)
         threshold = REINIT_THRESHOLD * float(diag.mean())
         unused = ~(diag > threshold)
@@ -599,17 +668,24 @@ class OnlineState:
         update_dictionary(self.D, self.A, self.B, positive=self.positive_dict,
                           n_passes=self.n_passes, threshold=threshold)
         self.n_steps += 1
-        return objective
+        with np.errstate(over="ignore", under="ignore"):
+            return float(np.ldexp(objective, 2 * (e - exponent)))
 
 
 # ---------------------------------------------------------------------------
 # learn_dictionary
 # ---------------------------------------------------------------------------
 
-def make_coder(coder, lmbd, code_tol, code_max_iter, positive_code, n_jobs):
+def make_coder(coder, lmbd, code_tol, code_max_iter, positive_code, n_jobs, previous=None):
+    """The code step ``coder`` ("cd" or "slista"); ``previous``, the coder of
+    the earlier batches, passes on an SLISTA network's steps (its warm
+    start)."""
     if coder == "cd":
         return _ExactCoder(lmbd, code_tol, code_max_iter, positive_code, n_jobs)
-    return _SlistaCoder(lmbd, SLISTA_LAYERS, SLISTA_ITER, positive_code, n_jobs)
+    new = _SlistaCoder(lmbd, SLISTA_LAYERS, SLISTA_ITER, positive_code, n_jobs)
+    if isinstance(previous, _SlistaCoder):
+        new.relative_steps = previous.relative_steps
+    return new
 
 
 def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
@@ -733,14 +809,16 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
 
 def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, D0,
                   positive_code, positive_dict, coder, callback, progress, shuffle,
-                  code_tol, code_max_iter, dict_passes=None, names=None):
+                  code_tol, code_max_iter, dict_passes=None, names=None, need_init=True):
     """Validate learn_dictionary's arguments (``names`` renames them in the
-    messages: the estimators' n_components, alpha, dict_init); returns a dict
-    of the validated values."""
+    messages: the estimators' n_components, alpha, dict_init; ``need_init``
+    False: X need not hold n_atoms signals, for continuing a dictionary);
+    returns a dict of the validated values."""
     names = {"n_atoms": "n_atoms", "lmbd": "lmbd", "D0": "D0", "coder": "coder",
              **(names or {})}
     method = check_option(method, "method", func, METHODS)
-    X, n_atoms, lmbd, D0 = _check_inputs(X, n_atoms, lmbd, D0, func, names=names)
+    X, n_atoms, lmbd, D0 = _check_inputs(X, n_atoms, lmbd, D0, func, need_init=need_init,
+                                         names=names)
     max_iter = DEFAULT_MAX_ITER[method] if max_iter is None else \
         check_max_iter(max_iter, func)
     tol = DEFAULT_TOL[method] if tol is None else check_scalar(tol, "tol", func, low=0.0)
@@ -765,13 +843,37 @@ def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, 
         if dict_passes is None else check_max_iter(dict_passes, func, "dict_passes"))
 
 
+def magnitude_exponent(X):
+    """The exponent e of max|X| (``2**(e-1) <= max|X| < 2**e``), None when X
+    is all zero or empty."""
+    return exponent_of(float(np.max(np.abs(X))) if X.size else 0.0)
+
+
+def exponent_of(amax):
+    """The exponent e of ``amax`` > 0 (``2**(e-1) <= amax < 2**e``), or None."""
+    return int(np.frexp(amax)[1]) if amax > 0 else None
+
+
+def units_exponent(top, dtype):
+    """The units of data whose largest magnitude has exponent ``top`` (None:
+    all zero): 0 unless it leaves 2**+-SCALE_LIMIT, else ``top`` (the data
+    times ``2**-top`` has its largest magnitude in [1/2, 1))."""
+    return 0 if top is None or abs(top) <= SCALE_LIMIT[np.dtype(dtype)] else top
+
+
+def lmbd_in_units(lmbd, exponent, dtype):
+    """``lmbd * 2**-exponent``, the regularisation of data times
+    ``2**-exponent``; beyond the float range, the largest float of dtype:
+    the data in those units is within 2**+-SCALE_LIMIT, so both are above
+    every lmbd_max (all codes 0)."""
+    with np.errstate(over="ignore"):
+        return min(float(np.ldexp(lmbd, -exponent)), float(np.finfo(dtype).max))
+
+
 def scale_exponent(X):
     """(X / 2**e, e): e = 0 unless max|X| leaves 2**+-SCALE_LIMIT (exact)."""
-    amax = float(np.max(np.abs(X))) if X.size else 0.0
-    e = int(np.frexp(amax)[1]) if amax > 0 else 0
-    if abs(e) <= SCALE_LIMIT[X.dtype]:
-        return X, 0
-    return np.ldexp(X, -e).astype(X.dtype), e
+    e = units_exponent(magnitude_exponent(X), X.dtype)
+    return (X, 0) if e == 0 else (np.ldexp(X, -e).astype(X.dtype), e)
 
 
 def run(options, n_jobs, rng, func):
@@ -779,33 +881,49 @@ def run(options, n_jobs, rng, func):
     OnlineState of method "online" or None)."""
     o = options
     X, e = scale_exponent(o["X"])
-    lmbd = float(np.ldexp(o["lmbd"], -e))
+    lmbd = lmbd_in_units(o["lmbd"], e, X.dtype)
     with kernel_threads(n_jobs, func) as n_threads:
         D = start_dictionary(X, o["n_atoms"], o["D0"], rng, o["positive_dict"])
         code = make_coder(o["coder"], lmbd, o["code_tol"], o["code_max_iter"],
                           o["positive_code"], n_threads)
-        learn = _learn_online if o["method"] == "online" else _learn_batch
-        objective, n_iter, n_steps, n_reinit, converged, state = learn(
-            X, D, lmbd, code, o["max_iter"], o["tol"], o["batch_size"],
-            o["shuffle"], o["positive_dict"], rng, o["callback"], o["progress"],
-            o["dict_passes"])
+        if o["method"] == "online":
+            # the state keeps the units of X (later partial_fit batches come
+            # in the user's units: the state scales them)
+            state = OnlineState(D, code, o["lmbd"], o["positive_dict"], o["dict_passes"],
+                                exponent=e)
+            objective, n_iter, n_steps, n_reinit, converged = _learn_online(
+                X, e, state, o["max_iter"], o["tol"], o["batch_size"], o["shuffle"],
+                rng, o["callback"], o["progress"])
+        else:
+            objective, n_iter, n_steps, n_reinit, converged, state = _learn_batch(
+                X, e, D, lmbd, code, o["max_iter"], o["tol"], o["positive_dict"],
+                o["callback"], o["progress"], o["dict_passes"])
     D = _normalise(state.D.copy(), rng, o["positive_dict"])
-    with np.errstate(over="ignore"):        # beyond the float range: inf
-        objective = np.ldexp(np.asarray(objective, dtype=np.float64), 2 * e)
+    objective = in_units(objective, e)
     result = DictionaryResult(D.astype(X.dtype), objective, n_iter, n_steps, n_reinit,
                               converged, o["method"], o["coder"])
     return result, (state if o["method"] == "online" else None)
 
 
-def _notify(callback, iteration, step, D, objective, n_reinit):
+def in_units(objective, exponent):
+    """Objectives of the data times ``2**-exponent`` in the data's units
+    (float64; beyond the float range: inf)."""
+    with np.errstate(over="ignore"):
+        return np.ldexp(np.asarray(objective, dtype=np.float64), 2 * exponent)
+
+
+def _notify(callback, iteration, step, D, objective, n_reinit, exponent=0):
+    """Call the callback, the objectives (of data times ``2**-exponent``) in
+    the units of the data."""
     if callback is None:
         return False
     return bool(callback({"iteration": iteration, "step": step, "D": D.copy(),
-                          "objective": list(objective), "n_reinit": n_reinit}))
+                          "objective": in_units(objective, exponent).tolist(),
+                          "n_reinit": n_reinit}))
 
 
-def _learn_batch(X, D, lmbd, coder, max_iter, tol, batch_size, shuffle,
-                 positive_dict, rng, callback, progress, n_passes):
+def _learn_batch(X, e, D, lmbd, coder, max_iter, tol, positive_dict, callback, progress,
+                 n_passes):
     objective, n_reinit, converged, it = [], 0, False, 0
     Z = None
     bar = _Progress(progress, max_iter, "iter", "learn_dictionary(batch)")
@@ -817,7 +935,7 @@ def _learn_batch(X, D, lmbd, coder, max_iter, tol, batch_size, shuffle,
             n_reinit += n_new
             objective.append(value)
             bar.update(1, value)
-            if _notify(callback, it, it + 1, D, objective, n_reinit):
+            if _notify(callback, it, it + 1, D, objective, n_reinit, e):
                 break
             if n_new == 0 and _stalled(objective, tol):
                 converged = True
@@ -833,11 +951,11 @@ class _BatchState:
         self.D = D
 
 
-def _learn_online(X, D, lmbd, coder, max_iter, tol, batch_size, shuffle,
-                  positive_dict, rng, callback, progress, n_passes):
+def _learn_online(X, e, state, max_iter, tol, batch_size, shuffle, rng, callback,
+                  progress):
+    """Epochs of mini-batches of X (the data times ``2**-e``) through state."""
     n = X.shape[0]
     b = min(batch_size, n)
-    state = OnlineState(D, coder, lmbd, positive_dict, n_passes)
     per_epoch = -(-n // b)
     objective, converged, stop = [], False, False
     bar = _Progress(progress, max_iter * per_epoch, "batch", "learn_dictionary(online)")
@@ -848,10 +966,10 @@ def _learn_online(X, D, lmbd, coder, max_iter, tol, batch_size, shuffle,
             for start in range(0, n, b):
                 rows = slice(start, start + b)
                 Xb = X[rows] if order is None else X[np.sort(order[rows])]
-                total += state.step(Xb)
+                total += state.step(Xb, e)
                 bar.update(1)
                 if _notify(callback, epoch, state.n_steps, state.D, objective,
-                           state.n_reinit):
+                           state.n_reinit, e):
                     stop = True
                     break
             if stop:
@@ -864,4 +982,4 @@ def _learn_online(X, D, lmbd, coder, max_iter, tol, batch_size, shuffle,
     finally:
         bar.close()
     n_iter = -(-state.n_steps // per_epoch)     # epochs begun (the last maybe cut short)
-    return objective, n_iter, state.n_steps, state.n_reinit, converged, state
+    return objective, n_iter, state.n_steps, state.n_reinit, converged

@@ -541,12 +541,19 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     algorithm, its arithmetic and its defaults are those of the local batch
     method (one implementation, ``fastlista.dictionary``): on the same data
     and D0 the result equals the local one up to the rounding of the sums.
+    Like the local method, X whose largest magnitude leaves ``2**+-100``
+    (float32: ``2**+-30``) is scaled by an exact power of two (found in the
+    same pass over the chunks as the check for NaN, the chunks scaled where
+    they live), ``lmbd`` with it: the atoms are those of the scaled data,
+    the objective is in X's units.
 
     Parameters
     ----------
     X : dask array of shape (n_samples, n_features)
         Signals, chunked along samples (a NumPy array is wrapped).
-    n_atoms, lmbd, max_iter, tol, D0, positive_code, positive_dict, random_state, callback, progress, code_tol, code_max_iter, dict_passes
+    n_atoms, lmbd, max_iter, tol, D0, positive_code, positive_dict
+        As in :func:`fastlista.dictionary.learn_dictionary` (batch).
+    random_state, callback, progress, code_tol, code_max_iter, dict_passes
         As in :func:`fastlista.dictionary.learn_dictionary` (batch).
         Without D0 the initial atoms are the signals the local function
         would draw with the same ``random_state`` (fetched from the chunks).
@@ -615,10 +622,16 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     rng = check_random_state(random_state)
 
     X = X.persist()
-    # NaN and infinity are refused before any learning (one pass, on the workers)
-    finite = bool(da.isfinite(X).all().compute())
+    # NaN and infinity are refused before any learning, and X far from 1 is
+    # scaled by an exact power of two as the local method does (one pass, on
+    # the workers)
+    finite, amax = dask.compute(da.isfinite(X).all(), abs(X).max())
     if not finite:
         raise ValueError("Input X contains NaN or infinity.")
+    e = dl.units_exponent(dl.exponent_of(float(amax)), dtype)
+    if e != 0:
+        X = da.ldexp(X, -e).astype(dtype, copy=False).persist()
+    lmbd_e = dl.lmbd_in_units(lmbd, e, dtype)
     if D0 is None:
         D = dl.initial_dictionary(X, n_atoms, rng, positive_dict,
                                   rows=lambda idx: np.asarray(X[idx].compute()))
@@ -626,7 +639,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
         D = dl.start_dictionary(None, n_atoms, D0, rng, positive_dict)
     blocks = X.to_delayed().ravel()
     offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int)
-    settings = (lmbd, code_tol, code_max_iter, positive_code, n_jobs)
+    settings = (lmbd_e, code_tol, code_max_iter, positive_code, n_jobs)
     objective, n_reinit, converged = [], 0, False
     codes = [None] * len(blocks)
     bar = dl._Progress(progress, max_iter, "iter", "learn_dictionary(dask)")
@@ -640,12 +653,12 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             stats = dask.compute(_tree_reduce(
                 [dask.delayed(_second, pure=True)(p) for p in parts], operator.add))[0]
             codes = [dask.delayed(_first, pure=True)(p) for p in parts]
-            value, n_new = dl.batch_dictionary_step(D, stats, lmbd, positive_dict,
+            value, n_new = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
                                                     dict_passes)
             n_reinit += n_new
             objective.append(value)
             bar.update(1, value)
-            if dl._notify(callback, it, it + 1, D, objective, n_reinit):
+            if dl._notify(callback, it, it + 1, D, objective, n_reinit, e):
                 break
             if n_new == 0 and dl._stalled(objective, tol):
                 converged = True
@@ -653,7 +666,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     finally:
         bar.close()
     D = dl._normalise(D.copy(), rng, positive_dict)
-    return dl.DictionaryResult(D.astype(dtype), np.asarray(objective, dtype=np.float64),
+    return dl.DictionaryResult(D.astype(dtype), dl.in_units(objective, e),
                                len(objective), len(objective), n_reinit, converged,
                                "batch", "cd")
 

@@ -486,18 +486,24 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
             check_scalar(self.verbose, "verbose", name, low=0, integer=True)
         check_random_state(self.random_state)
 
-    def _options(self, X, **extra):
-        """learn_dictionary's validated options for X, in this estimator's names."""
+    def _options(self, X, state=None, **extra):
+        """learn_dictionary's validated options for X, in this estimator's
+        names; to continue ``state`` (an OnlineState), its number of atoms and
+        no initial dictionary."""
         name = type(self).__name__
-        n_components = X.shape[1] if self.n_components is None else self.n_components
+        if state is None:
+            n_components = X.shape[1] if self.n_components is None else self.n_components
+            D0 = self.dict_init
+        else:
+            n_components, D0 = state.D.shape[0], None
         return _dictionary.check_options(
             name, X, n_components, self.alpha, method=self._method,
-            max_iter=self.max_iter, tol=self.tol, D0=self.dict_init,
+            max_iter=self.max_iter, tol=self.tol, D0=D0,
             positive_code=self.positive_code, positive_dict=self.positive_dict,
             coder=self.fit_algorithm, callback=self._callback(), progress=False,
             code_tol=None, code_max_iter=self.transform_max_iter,
             names={"n_atoms": "n_components", "lmbd": "alpha", "D0": "dict_init",
-                   "coder": "fit_algorithm"}, **extra)
+                   "coder": "fit_algorithm"}, need_init=state is None, **extra)
 
     def _callback(self):
         """The user's callback, and the verbose printing, as one callback."""
@@ -541,8 +547,9 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         self._check_params()
         X = self._validate_X(X, reset=True)
         options = self._options(X)
-        result, state = _dictionary.run(options, self.n_jobs, check_random_state(self.random_state),
-                            type(self).__name__)
+        result, state = _dictionary.run(options, self.n_jobs,
+                                        check_random_state(self.random_state),
+                                        type(self).__name__)
         self._set_fitted(result, X)
         self._state = state
         return self
@@ -748,7 +755,9 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial dictionary (default: ``n_components`` signals drawn at
         random from the data, normalised).
-    transform_algorithm, transform_alpha, transform_tol, transform_max_iter, n_jobs, verbose, random_state, positive_code, positive_dict
+    transform_algorithm, transform_alpha, transform_tol, transform_max_iter
+        As in :class:`DictionaryLearning`.
+    n_jobs, verbose, random_state, positive_code, positive_dict
         As in :class:`DictionaryLearning`.
     callback : callable, default=None
         Called after every mini-batch with a dict (``"iteration"``: the
@@ -813,15 +822,29 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
     def _check_params(self):
         self._check_common()
 
-    def _options(self, X):
-        return super()._options(X, batch_size=self.batch_size, shuffle=self.shuffle)
+    def _options(self, X, state=None):
+        return super()._options(X, state, batch_size=self.batch_size, shuffle=self.shuffle)
 
     def partial_fit(self, X, y=None):
         """Update the dictionary with X as one mini-batch.
 
         The first call (without a previous ``fit``) initialises the
         dictionary from X (or ``dict_init``); later calls continue from the
-        current dictionary and statistics (those of ``fit`` too).
+        current dictionary and statistics (those of ``fit`` too). Every call
+        reads the current parameters (``alpha``, ``fit_algorithm``,
+        ``positive_code``, ``positive_dict``, ``transform_max_iter``,
+        ``n_jobs``), as scikit-learn's does: ``set_params`` between calls
+        takes effect at the next one (``positive_dict=True`` also sets the
+        negative entries of the atoms to 0).
+
+        X of any magnitude is learned exactly as X scaled by a power of two
+        into range would be: the statistics keep the units of the first data
+        (``fit``'s X, or the first batch), each batch is multiplied by the
+        exact power of two into them, and a batch far from them (beyond
+        ``2**+-100``, ``2**+-30`` for float32) moves them when it is the
+        larger or is coded in its own units when it is the smaller (its share
+        of the statistics scaled down: what underflows is below their
+        rounding). The atoms of X times a power of two are those of X.
 
         Parameters
         ----------
@@ -837,18 +860,22 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
         state = getattr(self, "_state", None)
         fitted = state is not None and hasattr(self, "components_")
         X = self._validate_X(X, reset=not fitted)
+        o = self._options(X, state if fitted else None)
         name = type(self).__name__
         with kernel_threads(self.n_jobs, name) as n_threads:
-            if not fitted:
-                o = self._options(X)
+            # the coder and the state's settings from the current parameters
+            coder = _dictionary.make_coder(o["coder"], o["lmbd"], o["code_tol"],
+                                           o["code_max_iter"], o["positive_code"], n_threads,
+                                           previous=state.coder if fitted else None)
+            if fitted:
+                state.configure(coder, o["lmbd"], o["positive_dict"])
+            else:
+                Xs, e = _dictionary.scale_exponent(X)
                 D = _dictionary.start_dictionary(
-                    X, o["n_atoms"], o["D0"], check_random_state(self.random_state),
+                    Xs, o["n_atoms"], o["D0"], check_random_state(self.random_state),
                     o["positive_dict"])
-                coder = _dictionary.make_coder(o["coder"], o["lmbd"], o["code_tol"],
-                                   o["code_max_iter"], o["positive_code"], n_threads)
                 state = _dictionary.OnlineState(D, coder, o["lmbd"], o["positive_dict"],
-                                                o["dict_passes"])
-            state.coder.n_jobs = n_threads
+                                                o["dict_passes"], exponent=e)
             state.step(X)
         self._state = state
         self.components_ = _dictionary._normalise(

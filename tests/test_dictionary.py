@@ -358,6 +358,93 @@ def test_callback_stops_and_sees_the_state():
     assert res.n_iter == 2 and res.objective.shape == (2,)
 
 
+@pytest.mark.parametrize("method", ["online", "batch"])
+def test_callback_sees_the_objective_in_the_units_of_x(method):
+    """X far from 1 is learned scaled by a power of two, but the callback's
+    objectives (like the result's) are those of X: the unscaled run's times
+    the square of the scale, exactly."""
+    X = np.random.RandomState(1).randn(300, 6)
+    seen = {}
+    for k in (0, -300):
+        calls = []
+        res = learn_dictionary(np.ldexp(X, k), 8, np.ldexp(0.5, k), method=method,
+                               batch_size=100, max_iter=3, tol=0, n_jobs=NJ,
+                               random_state=0,
+                               callback=lambda info: calls.append(info["objective"]))
+        seen[k] = calls[-1], res.objective
+    assert len(seen[0][0]) == 2 if method == "online" else 3
+    assert_array_equal(seen[-300][0], np.ldexp(seen[0][0], -600))
+    assert_array_equal(seen[-300][1], np.ldexp(seen[0][1], -600))
+
+
+def _online_state(D0, lmbd=0.3):
+    from fastlista.dictionary import OnlineState, make_coder
+
+    coder = make_coder("cd", lmbd, 1e-10, 10000, False, NJ)
+    return OnlineState(D0, coder, lmbd, False)
+
+
+def test_online_state_batches_far_from_its_units():
+    """Mini-batches whose magnitudes differ by more than one set of units can
+    hold (what partial_fit may be given): no RuntimeWarning, and the smaller
+    side's share of the statistics, below the rounding of the larger's in
+    real arithmetic, is dropped, so that
+
+    * zeros, then X * 2**-700: the atoms of zeros, then X (a zero batch
+      fixes no units);
+    * X1 and X2 at 2**600, then X3 at 2**-600: the atoms of the same with a
+      zero batch for X3 (its share is 2**-2400 of theirs);
+    * X1 and X2 at 2**-600, then X3 at 2**600: the atoms of the state of
+      the same D and step count with zero statistics, fed X3;
+
+    all three exactly (powers of two; the vanishing shares underflow to 0).
+    The last two at lmbd = 0 (least-squares codes): no lmbd suits batches
+    2**1200 apart. And a batch whose lmbd, in its units, leaves the float
+    range has codes 0 (lmbd above its lmbd_max), as a zero batch.
+    """
+    import copy
+
+    X, _, _ = ref.make_dictionary_problem(n_samples=300, n_features=10, n_atoms=12,
+                                          noise=0.05, seed=12)
+    X1, X2, X3 = X[:100], X[100:200], X[200:]
+    D0 = initial_dictionary(X, 12, np.random.RandomState(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tiny, unscaled = _online_state(D0, np.ldexp(0.3, -700)), _online_state(D0)
+        for state, scale in ((tiny, -700), (unscaled, 0)):
+            state.step(np.zeros_like(X1))
+            state.step(np.ldexp(X1, scale))
+        assert_array_equal(tiny.D, unscaled.D)
+        assert unscaled.n_reinit == 0 and not np.array_equal(unscaled.D, D0)
+
+        huge = _online_state(D0, 0.0)
+        huge.step(np.ldexp(X1, 600))
+        huge.step(np.ldexp(X2, 600))
+        zero = copy.deepcopy(huge)
+        huge.step(np.ldexp(X3, -600))
+        zero.step(np.zeros_like(X3))
+        assert_array_equal(huge.D, zero.D)
+        assert huge.n_reinit == zero.n_reinit == 0
+
+        small = _online_state(D0, 0.0)
+        small.step(np.ldexp(X1, -600))
+        small.step(np.ldexp(X2, -600))
+        fresh = copy.deepcopy(small)
+        fresh.A[:] = 0
+        fresh.B[:] = 0
+        small.step(np.ldexp(X3, 600))
+        fresh.step(np.ldexp(X3, 600))
+        assert_array_equal(small.D, fresh.D)
+        assert small.n_reinit == fresh.n_reinit == 0
+
+        strong = _online_state(D0, 1.0)
+        strong.step(X1)
+        zero = copy.deepcopy(strong)
+        assert strong.step(np.ldexp(X2, -1030)) == 0.0
+        zero.step(np.zeros_like(X2))
+        assert_array_equal(strong.D, zero.D)
+
+
 def test_progress_bar(capsys, monkeypatch):
     pytest.importorskip("tqdm")
     X = np.random.RandomState(2).randn(300, 6)

@@ -411,6 +411,29 @@ def test_learn_dictionary_equals_single_machine(client, with_D0):
     assert np.all(np.diff(res.objective) <= 1e-12 * res.objective[:-1])
 
 
+@pytest.mark.parametrize("k", [600, -600])
+def test_learn_dictionary_scaled_far_from_one_equals_single_machine(client, k):
+    """X far from 1 (beyond 2**+-100) is scaled by the exact power of two found
+    on the workers, as the local batch method scales it: the atoms equal the
+    local ones up to the rounding of the sums (1e-8; the local ones are
+    exactly those of the unscaled data), the objectives too (in X's units:
+    2**1200 times a mean objective overflows to inf in both). Unscaled, 2**600
+    fails on NaN atoms and 2**-600 learns other atoms (A = Z^T Z
+    underflows)."""
+    from fastlista.dictionary import learn_dictionary
+
+    X, _, _ = ref.make_dictionary_problem(n_samples=400, n_features=12, n_atoms=20,
+                                          noise=0.05, seed=41)
+    X = np.ldexp(X, k)
+    lmbd = float(np.ldexp(0.3, k))
+    res = fd.learn_dictionary(chunked(X, 100), 20, lmbd, max_iter=5, tol=0, random_state=0)
+    local = learn_dictionary(X, 20, lmbd, method="batch", max_iter=5, tol=0, random_state=0,
+                             n_jobs=1)
+    assert res.n_reinit == local.n_reinit
+    assert_allclose(res.D, local.D, rtol=0, atol=1e-8)
+    assert_allclose(res.objective, local.objective, rtol=1e-10)
+
+
 def test_learn_dictionary_messages(data):
     X, _ = data
     with pytest.raises(fastlista.InvalidParameterError, match="The 'n_atoms' parameter"):

@@ -594,6 +594,110 @@ def test_minibatch_partial_fit_is_the_online_algorithm(signals):
         fitted.partial_fit(X[:10, :11])
 
 
+def _minibatch_sequence(X, alpha, sequence):
+    """``fit`` on the first 400 signals and partial_fit on the other two
+    batches of 100 ("fit+partial"), or partial_fit on all six ("partial")."""
+    est = MiniBatchDictionaryLearning(n_components=16, alpha=alpha, max_iter=2,
+                                      batch_size=100, random_state=0, n_jobs=1)
+    start = 0
+    if sequence == "fit+partial":
+        est.fit(X[:400])
+        start = 400
+    for i in range(start, X.shape[0], 100):
+        est.partial_fit(X[i:i + 100])
+    return est
+
+
+@pytest.mark.parametrize("dtype,k,sequence", [
+    (np.float64, 120, "fit+partial"), (np.float64, -120, "fit+partial"),
+    (np.float32, 40, "fit+partial"), (np.float32, -40, "fit+partial"),
+    (np.float64, 600, "fit+partial"), (np.float64, -600, "fit+partial"),
+    (np.float64, 600, "partial"), (np.float64, -600, "partial")])
+def test_minibatch_learns_the_atoms_of_the_unscaled_data(signals, dtype, k, sequence):
+    """X times 2**k (alpha too) gives exactly the atoms of X: fit works in
+    the units of X scaled into range, and every later partial_fit batch is
+    scaled by the same exact power of two (2**+-120 and 2**+-40 float32:
+    fit scales, the batches alone would not; 2**+-600: both must). The
+    unscaled run is the reference (scaling by a power of two is exact)."""
+    X = signals[0].astype(dtype)
+    base = _minibatch_sequence(X, 0.3, sequence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        scaled = _minibatch_sequence(np.ldexp(X, k), np.ldexp(0.3, k), sequence)
+    assert scaled.components_.dtype == dtype
+    assert_array_equal(scaled.components_, base.components_)
+    assert (scaled.n_steps_, scaled.n_reinit_) == (base.n_steps_, base.n_reinit_)
+
+
+@pytest.mark.parametrize("change", [{"alpha": 0.6},
+                                    {"alpha": 0.15, "positive_code": True}])
+def test_minibatch_partial_fit_reads_its_parameters_on_every_call(change):
+    """set_params between partial_fit calls takes effect at the next call, as
+    in scikit-learn's MiniBatchDictionaryLearning (which reads alpha and
+    positive_code on every call): from the same D0, the same batches and the
+    same change after the first, the dictionaries agree to 1e-6 (its
+    coordinate descent's tolerance; measured 4e-8 and 6e-8). Ignoring the
+    change leaves them 0.15 and 0.25 apart."""
+    X, _, _ = ref.make_dictionary_problem(n_samples=400, n_features=20, n_atoms=30,
+                                          noise=0.05, seed=6)
+    D0 = initial_dictionary(X, 30, np.random.RandomState(1))
+    ours = MiniBatchDictionaryLearning(30, alpha=0.3, dict_init=D0, n_jobs=1)
+    theirs = SkMiniBatch(30, alpha=0.3, fit_algorithm="cd", dict_init=D0.copy(),
+                         transform_max_iter=100_000, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # scikit-learn's ConvergenceWarnings
+        for i in range(4):
+            if i == 1:
+                ours.set_params(**change)
+                theirs.set_params(**change)
+            ours.partial_fit(X[100 * i:100 * (i + 1)])
+            theirs.partial_fit(X[100 * i:100 * (i + 1)])
+    assert ours.n_steps_ == theirs.n_steps_ == 4 and ours.n_reinit_ == 0
+    assert_allclose(ours.components_, theirs.components_, atol=1e-6)
+
+
+def test_minibatch_positive_dict_set_between_partial_fits(signals):
+    """positive_dict=True after a first partial_fit: the next call projects the
+    atoms on the non-negative orthant (their negative entries set to 0, as
+    for a dict_init) and takes the constrained dictionary step. Reference:
+    the two steps of the online algorithm written out with the NumPy
+    reference solver and block coordinate descent of tests/reference.py
+    (scikit-learn's forgetting factor: 1/101 and 101/201 for batches of
+    100)."""
+    X, _ = signals
+    X1, X2 = X[:100], X[100:200]
+    D0 = initial_dictionary(X, 16, np.random.RandomState(2))
+    est = MiniBatchDictionaryLearning(16, alpha=0.3, dict_init=D0, n_jobs=1)
+    est.partial_fit(X1)
+    est.set_params(positive_dict=True)
+    est.partial_fit(X2)
+    Z1 = ref.solve_exact(X1, D0, 0.3)
+    A, B = Z1.T @ Z1 / 100, Z1.T @ X1 / 100
+    D1 = np.maximum(ref.dictionary_bcd(D0, A, B), 0)
+    Z2 = ref.solve_exact(X2, D1, 0.3)
+    A = A * 101 / 201 + Z2.T @ Z2 / 100
+    B = B * 101 / 201 + Z2.T @ X2 / 100
+    D2 = ref.dictionary_bcd(D1, A, B, positive=True)
+    assert est.n_reinit_ == 0 and np.all(est.components_ >= 0)
+    assert_allclose(est.components_, D2 / np.linalg.norm(D2, axis=1, keepdims=True),
+                    atol=1e-7)
+
+
+def test_minibatch_partial_fit_validates_and_applies_fit_algorithm(signals):
+    """fit_algorithm too is read on every partial_fit: a bad value is refused,
+    a new one codes the next batches."""
+    X, _ = signals
+    est = MiniBatchDictionaryLearning(16, alpha=0.3, random_state=0, n_jobs=1)
+    est.partial_fit(X[:100])
+    with pytest.raises(InvalidParameterError, match="The 'fit_algorithm' parameter of "
+                                                    "MiniBatchDictionaryLearning"):
+        est.set_params(fit_algorithm="lars").partial_fit(X[100:200])
+    est.set_params(fit_algorithm="slista").partial_fit(X[100:200])
+    assert est._state.coder.name == "slista"
+    est.set_params(fit_algorithm="cd").partial_fit(X[200:300])
+    assert est._state.coder.name == "cd" and est.n_steps_ == 3
+
+
 def test_dictionary_learners_float32_and_positive(signals):
     X, _ = signals
     X32 = np.abs(X).astype(np.float32)
