@@ -3,9 +3,11 @@
 The paper's simulated benchmark (Ablin et al., NeurIPS 2019, and its code
 ``adopty/datasets.py``): a Gaussian dictionary with unit-norm atoms, dense
 Gaussian codes, and signals scaled so that ``lambda_max(x) = ||x D^T||_inf = 1``
-for every sample. With that scaling, ``lmbd`` is directly a fraction of
-``lambda_max``: ``lmbd >= 1`` gives the zero code, ``lmbd = 0.8`` sparse codes
-and ``lmbd = 0.1`` dense ones.
+for every sample (to the rounding of that division: within a few units in the
+last place). With that scaling, ``lmbd`` is directly a fraction of
+``lambda_max``: ``lmbd`` above 1 gives the zero code (``lmbd = 1`` is on the
+boundary, to rounding), ``lmbd = 0.8`` sparse codes and ``lmbd = 0.1`` dense
+ones.
 
 :func:`make_digits_coding` builds the same kind of problem from the 8x8
 digit images that scikit-learn ships (no download).
@@ -70,8 +72,8 @@ def make_coding(n_samples=1000, n_atoms=256, n_features=64, random_state=None):
     The dictionary ``D`` has i.i.d. standard Gaussian entries and its rows
     (atoms) are scaled to unit norm. Each signal is ``x = z D`` with a dense
     standard Gaussian code ``z``, then divided by ``max_j |x D_j^T|`` so that
-    ``lambda_max(x) = 1``: the Lasso solution of every sample is 0 exactly
-    when ``lmbd >= 1``.
+    ``lambda_max(x) = 1`` (to rounding, a few units in the last place): the
+    Lasso solution of every sample is 0 for ``lmbd`` above 1.
 
     The generating codes are not returned: after the scaling they are not the
     Lasso solution of ``x`` for any ``lmbd``. This is an (unsupervised) Lasso
@@ -94,7 +96,8 @@ def make_coding(n_samples=1000, n_atoms=256, n_features=64, random_state=None):
     -------
     X : ndarray of shape (n_samples, n_features)
         Signals, one per row, float64, C-contiguous, with
-        ``np.abs(X @ D.T).max(axis=1) == 1``.
+        ``np.abs(X @ D.T).max(axis=1)`` equal to 1 within a few units in the
+        last place.
     D : ndarray of shape (n_atoms, n_features)
         Dictionary, one unit-norm atom per row, float64, C-contiguous.
 
@@ -150,7 +153,8 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
         Dimension n of the signals, >= 1.
     lmbd : float, default=0.8
         Regularisation level at which sparsity is measured, >= 0. Since
-        ``lambda_max = 1``, ``lmbd >= 1`` gives only zero solutions.
+        ``lambda_max = 1`` (to rounding), ``lmbd`` above 1 gives only zero
+        solutions.
     max_nnz : int or None, default=3
         Largest number of non-zeros allowed in a solution, in
         ``[min_nnz, n_atoms]``. ``None`` means ``n_atoms`` (no upper bound).
@@ -287,7 +291,8 @@ def make_digits_coding(n_samples=1000, n_atoms=256, random_state=None):
     -------
     X : ndarray of shape (n_samples, 64)
         Signals, one image per row, float64, C-contiguous, with
-        ``np.abs(X @ D.T).max(axis=1) == 1``.
+        ``np.abs(X @ D.T).max(axis=1)`` equal to 1 within a few units in the
+        last place.
     D : ndarray of shape (n_atoms, 64)
         Dictionary, one unit-norm image per row, float64, C-contiguous.
 
