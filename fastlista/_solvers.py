@@ -29,6 +29,9 @@ __all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
            "backtracking_ista", "coordinate_descent"]
 
 METHODS = ("auto", "ista", "fista", "backtracking", "oista", "cd")
+#: the relative gap to which the library solves Lasso problems it poses itself
+#: (targets, code steps): float32 codes cannot be certified much below 1e-7
+CERTIFIABLE_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-6}
 
 #: Iterative methods check the duality gap every GAP_FREQ iterations.
 GAP_FREQ = 10

@@ -48,6 +48,7 @@ accepted only if its loss is finite and not above the last accepted one, so
 the history of a stage never rises and ends at the loss of the point the
 stage returns.
 """
+import copy
 import warnings
 
 import numpy as np
@@ -203,7 +204,10 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     """Optimise ``net``'s parameters over ``evaluate``, rolling back blow-ups.
 
     ``oneshot`` is one stage on the output loss; ``recursive`` trains layers
-    1..k on the loss of layer k, k = 1..T, with ``max_iter`` split evenly.
+    1..k on the loss of layer k, k = 1..T, with ``max_iter`` split evenly
+    (stage k gets floor(k max_iter / T) - floor((k - 1) max_iter / T)
+    iterations: with max_iter < T, the stages that get none are skipped, and
+    the last always trains).
     A stage that ends on a non-finite loss returns to its best finite point
     (or its start), with a TrainingWarning.
 
@@ -231,8 +235,8 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     if per_layer == "oneshot":
         stages = [(n_layers, max_iter)]
     else:
-        split = np.diff(np.round(np.linspace(0, max_iter, n_layers + 1)).astype(int))
-        stages = [(k + 1, max(1, int(it))) for k, it in enumerate(split)]
+        split = np.diff(np.arange(n_layers + 1) * max_iter // n_layers)
+        stages = [(k + 1, int(it)) for k, it in enumerate(split) if it > 0]
     run = _lbfgs if optimizer == "lbfgs" else _gd
     history = []
     rolled_back = False
@@ -268,12 +272,18 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **opti
     net : Lista
         With new parameters and ``loss_history_``.
     """
-    data = net.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
-                             func="Lista.fit")
+    # the optimiser's trial points live on a shallow copy (its own list of
+    # layers): other threads using net meanwhile see its parameters before
+    # fit, until the trained ones replace them at once
+    work = copy.copy(net)
+    data = work.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
+                              func="Lista.fit")
 
     def evaluate(x, depth):
-        net.set_training_vector(x, depth)
-        return net.training_loss_and_grad(data, depth)
+        work.set_training_vector(x, depth)
+        return work.training_loss_and_grad(data, depth)
 
-    net.loss_history_ = train(net, evaluate, func="Lista.fit", **options)
+    history = train(work, evaluate, func="Lista.fit", **options)
+    net.set_training_vector(work.training_vector())
+    net.loss_history_ = history
     return net

@@ -51,7 +51,7 @@ import numpy as np
 from ._kernels import _dict
 from ._lipschitz import global_lipschitz
 from ._networks import Lista
-from ._solvers import solve_lasso
+from ._solvers import CERTIFIABLE_TOL, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (InvalidParameterError, check_array, check_bool,
                           check_max_iter, check_option, check_random_state,
@@ -71,7 +71,7 @@ DEFAULT_MAX_ITER = {"batch": 100, "online": 10}
 DEFAULT_TOL = {"batch": 1e-4, "online": 1e-3}
 #: Relative duality gap of the codes of coder="cd", per dtype (float32
 #: codes cannot be certified much below 1e-6).
-DEFAULT_CODE_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-6}
+DEFAULT_CODE_TOL = CERTIFIABLE_TOL
 #: Passes of block coordinate descent over the atoms per dictionary step
 #: (``dict_passes=None``). Online: one a mini-batch (Mairal et al., and
 #: scikit-learn's MiniBatchDictionaryLearning). Batch: the code step of all

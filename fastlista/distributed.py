@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 
 from ._networks import Lista
-from ._solvers import METHODS, LassoResult, solve_lasso as _solve
+from ._solvers import CERTIFIABLE_TOL, METHODS, LassoResult, solve_lasso as _solve
 from ._training import train
 from ._validation import (InvalidParameterError, _common_dtype, check_array,
                           check_bool, check_lmbd, check_max_iter, check_n_jobs,
@@ -466,19 +466,24 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         if lam is None:
             lam = _per_sample(np.full(X.shape[0], scalar), X, "lmbd", func)
 
-    if loss == "semi-supervised" and Z_target is None:
-        Z_target = solve_lasso(X, net.D, net.lmbd if lam is None else lam[:, 0],
-                               n_jobs=n_jobs, positive=net.positive).codes
-    if loss != "unsupervised":
-        if Z_target is None:
-            raise ValueError(
-                f"Z_target is required for loss={loss!r}: codes of shape "
-                f"(n_samples, n_atoms) = {(X.shape[0], net.n_atoms)}.")
+    if Z_target is not None:
+        # validated whatever the loss (unsupervised ignores it), as Lista.fit does
         Z_target = _as_samples_array(Z_target, "Z_target")
         if Z_target.shape != (X.shape[0], net.n_atoms):
             raise ValueError(
                 f"Z_target must have shape (n_samples, n_atoms) = "
                 f"{(X.shape[0], net.n_atoms)}; got Z_target.shape={Z_target.shape}.")
+    elif loss == "semi-supervised":
+        # certified to the relative gap the dtype's codes can reach
+        dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), net.D))
+        Z_target = solve_lasso(X, net.D, net.lmbd if lam is None else lam[:, 0],
+                               tol=CERTIFIABLE_TOL[dtype], n_jobs=n_jobs,
+                               positive=net.positive).codes
+    if loss != "unsupervised":
+        if Z_target is None:
+            raise ValueError(
+                f"Z_target is required for loss={loss!r}: codes of shape "
+                f"(n_samples, n_atoms) = {(X.shape[0], net.n_atoms)}.")
         Z_target = Z_target.rechunk((X.chunks[0], (net.n_atoms,)))
         X, Z_target = dask.persist(X, Z_target)
         z_blocks = Z_target.to_delayed().ravel()
@@ -493,8 +498,12 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
                                                 l_blocks), X.chunks[0]) if rows]
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
                                   X.shape[0])
-    net.loss_history_ = train(net, evaluate, optimizer=optimizer, max_iter=max_iter,
-                              tol=tol, per_layer=per_layer, verbose=verbose, func=func)
+    # the stages' results live on a copy until training ends (see Lista.fit)
+    work = copy.copy(net)
+    history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
+                    per_layer=per_layer, verbose=verbose, func=func)
+    net.set_training_vector(work.training_vector())
+    net.loss_history_ = history
     return net
 
 

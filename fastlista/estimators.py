@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from ._lasso import lasso_objective
 from . import dictionary as _dictionary
 from ._networks import LOSSES, PARAMETRIZATIONS, Lista
-from ._solvers import METHODS, solve_lasso
+from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
                           check_random_state, check_scalar)
@@ -580,7 +580,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         D = self.components_.astype(X.dtype, copy=False)
         tol = self.transform_tol
         if tol is None:
-            tol = 1e-6 if X.dtype == np.float32 else 1e-8
+            tol = CERTIFIABLE_TOL[X.dtype]
         return solve_lasso(X, D, self._transform_alpha(), method=self.transform_algorithm,
                            tol=tol, max_iter=self.transform_max_iter, n_jobs=self.n_jobs,
                            positive=self.positive_code).codes

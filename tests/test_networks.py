@@ -5,7 +5,9 @@ parametrization that keeps every pre-activation, the projected-gradient
 ALISTA weights of the reference code, and central finite differences; and,
 when torch is installed, autograd.
 """
+import copy
 import io
+import pickle
 import zipfile
 
 import numpy as np
@@ -598,6 +600,19 @@ def test_alista_weights_of_a_rank_deficient_float32_dictionary():
     assert_allclose(objectives[0], objectives[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda net: pickle.loads(pickle.dumps(net))])
+def test_copies_keep_the_dictionary_read_only(duplicate):
+    """lipschitz_ and the kernels' cached matrices derive from D: a deep copy
+    or an unpickled network keeps D read-only, as built (both came back
+    writeable, and c.D *= 2 left a network matching neither D)."""
+    X, D = make_problem()
+    net = Lista(D, 0.3, 3)
+    twin = duplicate(net)
+    with pytest.raises(ValueError, match="read-only"):
+        twin.D *= 2
+    assert_allclose(twin.transform(X), net.transform(X), rtol=0, atol=0)
+
+
 def test_alista_weights_rejects_zero_atom():
     D = np.eye(3)
     D[1] = 0
@@ -938,6 +953,17 @@ def test_support_selection_ties_go_to_the_earlier_atom():
     net = Lista(D, 0.1, 1, parametrization="coupled", support_selection=(50, 50))
     net.set_parameters([{"W": D, "alpha": np.array(1.0), "beta": np.array(1.0)}])
     assert_allclose(net.transform(X), [[0.5, -0.5, 0.4, -0.4]], rtol=1e-15)
+
+
+def test_positive_support_selection_ranks_by_value():
+    # as documented: a positive network selects the largest values, not
+    # magnitudes (u = x at alpha = 1: -1 is not selected, 0.5 passes
+    # unthresholded, -1 is thresholded to 0)
+    D = np.eye(2)
+    net = Lista(D, 0.1, 1, parametrization="coupled", support_selection=(50, 50),
+                positive=True)
+    net.set_parameters([{"W": D, "alpha": np.array(1.0), "beta": np.array(1.0)}])
+    assert_allclose(net.transform(np.array([[-1.0, 0.5]])), [[0.0, 0.5]], rtol=1e-15)
 
 
 @pytest.mark.parametrize("parametrization", SELECTING)

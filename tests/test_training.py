@@ -9,6 +9,7 @@ from fastlista import InvalidParameterError, solve_lasso
 from fastlista import Lista
 from fastlista import TrainingWarning
 from fastlista._networks._parameters import STEP_FLOOR
+import reference as ref
 from test_networks import STEP_KEYS, lasso_F, make_problem, numpy_ista
 
 N_LAYERS = 6
@@ -184,6 +185,75 @@ def test_fit_validation(data):
         net.fit(X_train, loss="supervised")
     with pytest.raises(ValueError, match="features"):
         net.fit(X_train[:, :3])
+    # a Z_target is validated whatever the loss (unsupervised ignores it)
+    with pytest.raises(ValueError, match="Input Z_target contains NaN"):
+        net.fit(X_train, Z_target=np.full((X_train.shape[0], D.shape[0]), np.nan))
+    with pytest.raises(ValueError, match="Z_target must have shape"):
+        net.loss_and_grad(X_train, Z_target=np.zeros((7, 2)))
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+@pytest.mark.parametrize("max_iter", [1, 3, 15])
+def test_recursive_keeps_the_iteration_budget(data, optimizer, max_iter):
+    """max_iter is the total over the stages, also below the number of
+    layers (every stage ran at least one iteration: 10 for max_iter = 1)."""
+    X_train, _, D = data
+    net = Lista(D, 0.6, 10)
+    net.fit(X_train, per_layer="recursive", optimizer=optimizer, max_iter=max_iter)
+    # the stages' histories, each its starting loss and one a iteration
+    n_stages = min(max_iter, 10)
+    assert n_stages + 1 <= len(net.loss_history_) <= n_stages + max_iter
+    # the last layer trains in every case (the deepest stage of each share)
+    assert abs(float(net.parameters[-1]["alpha"]) * net.lipschitz_ - 1) > 1e-6
+
+
+def test_semi_supervised_float32_targets_are_certified_without_warning(data):
+    """float32 targets are solved to the gap float32 codes certify (1e-6),
+    not to the float64 default that warned on every call."""
+    X_train, _, D = data
+    X32, D32 = X_train[:100].astype(np.float32), D.astype(np.float32)
+    net = Lista(D32, 0.3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, _ = net.loss_and_grad(X32, loss="semi-supervised")
+        net.fit(X32, loss="semi-supervised", max_iter=3)
+    # the loss towards the exact solutions (long double reference), within
+    # the targets' tolerance
+    Z_exact = ref.solve_exact(X32.astype(np.float64), D32.astype(np.float64), 0.3)
+    Z_T = Lista(D32, 0.3, 3).transform(X32).astype(np.float64)
+    expected = np.mean(0.5 * np.sum((Z_T - Z_exact) ** 2, axis=1))
+    assert_allclose(loss, expected, rtol=1e-3)
+
+
+def test_transform_during_fit_sees_the_network_before_or_after(data):
+    """Threads transforming a network while another fits it get the codes of
+    the network before fit or after it, never of an optimiser's trial
+    point (they did: 202 of 221 outputs in one run)."""
+    import threading
+
+    X_train, X_test, D = data
+    net = Lista(D, 0.3, N_LAYERS, parametrization="coupled", n_jobs=1)
+    before = net.transform(X_test)
+    outputs, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            outputs.append(net.transform(X_test))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        net.fit(X_train, max_iter=30)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    after = net.transform(X_test)
+    assert not np.allclose(before, after)
+    for Z in outputs:
+        assert (np.allclose(Z, before, rtol=1e-12, atol=1e-14)
+                or np.allclose(Z, after, rtol=1e-12, atol=1e-14))
 
 
 @pytest.mark.parametrize("parametrization", ["step", "coupled"])

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._lasso import lasso_objective
 from .._lipschitz import global_lipschitz
-from .._solvers import solve_lasso
+from .._solvers import CERTIFIABLE_TOL, solve_lasso
 from .._threads import kernel_threads
 from .._training import fit_network
 from .._validation import (check_array, check_bool, check_dictionary_shape,
@@ -91,9 +91,10 @@ class Lista:
         et al., 2019), in percent, 0 < p <= p_max <= 100, for the
         ``coupled``, ``alista`` and ``lista`` parametrizations: at layer t
         (from 1), for each sample, the ``ceil(min(p t, p_max) n_atoms /
-        100)`` entries of largest magnitude of the pre-activation pass
-        unthresholded (ties to the earlier atom), the others are
-        soft-thresholded. Their papers use (1.2, 13). The layers then always
+        100)`` entries of largest magnitude of the pre-activation (of largest
+        value for a ``positive`` network, whose negative entries are 0
+        anyway) pass unthresholded (ties to the earlier atom), the others
+        are soft-thresholded. Their papers use (1.2, 13). The layers then always
         run their dense paths.
 
     Attributes
@@ -206,6 +207,12 @@ class Lista:
                                           self.n_layers, self.n_atoms,
                                           self.n_features, self.dtype)
         return self
+
+    def __setstate__(self, state):
+        # pickle and deepcopy rebuild D writeable; lipschitz_ and the
+        # kernels' cached matrices are derived from it: read-only, as built
+        self.__dict__.update(state)
+        self.D.setflags(write=False)
 
     def _with_n_jobs(self, n_jobs):
         """A shallow copy running on ``n_jobs`` threads (shares the parameters
@@ -330,22 +337,29 @@ class Lista:
             raise ValueError("X must contain at least one sample.")
         loss = check_option(loss, "loss", func, P.LOSSES)
         lam, lmbd = self._lmbd(lmbd, X.shape[0], func)
+        # a Z_target given is validated whatever the loss (unsupervised
+        # ignores it)
+        S = None if Z_target is None else self._check_target(Z_target, X)
         if loss == "unsupervised":
             return TrainingData(X, lam, loss, None)
-        if loss == "semi-supervised" and Z_target is None:
-            Z_target = solve_lasso(X, D, lmbd, n_jobs=self.n_jobs,
-                                   positive=self.positive).codes
-        if Z_target is None:
+        if loss == "semi-supervised" and S is None:
+            # certified to the relative gap the dtype's codes can reach
+            S = solve_lasso(X, D, lmbd, tol=CERTIFIABLE_TOL[X.dtype],
+                            n_jobs=self.n_jobs, positive=self.positive).codes
+        if S is None:
             raise ValueError(
                 f"Z_target is required for loss={loss!r}: codes of shape "
                 f"(n_samples, n_atoms) = {(X.shape[0], self.n_atoms)}.")
+        return TrainingData(X, lam, "supervised", S)
+
+    def _check_target(self, Z_target, X):
         S = check_array(Z_target, "Z_target", dtype=X.dtype, allow_1d=True,
                         min_features=0)
         if S.shape != (X.shape[0], self.n_atoms):
             raise ValueError(
                 f"Z_target must have shape (n_samples, n_atoms) = "
                 f"{(X.shape[0], self.n_atoms)}; got Z_target.shape={S.shape}.")
-        return TrainingData(X, lam, "supervised", S)
+        return S
 
     def _layout(self, depth):
         return P.VectorLayout(self.parametrization,
@@ -460,9 +474,11 @@ class Lista:
             Training signals.
         loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
             See :meth:`loss_and_grad`; ``semi-supervised`` computes the
-            targets once with :func:`fastlista.solve_lasso`.
+            targets once with :func:`fastlista.solve_lasso` (to a relative
+            gap of 1e-8, 1e-6 in float32).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
-            Target codes (required for ``supervised``).
+            Target codes (required for ``supervised``; validated but not
+            used with ``unsupervised``).
         optimizer : {"lbfgs", "gd"}, default="lbfgs"
             ``lbfgs``: scipy's L-BFGS-B, with bounds keeping step sizes and
             threshold factors at or above 1e-6 times their untrained values
@@ -472,8 +488,10 @@ class Lista:
             with backtracking when the loss rises).
         max_iter : int, default=100
             Iterations (in total, split evenly over the stages of
-            ``per_layer="recursive"``). The many-parameter networks (lista,
-            coupled) can overfit a small training set with many iterations.
+            ``per_layer="recursive"``; with fewer iterations than layers,
+            the deepest stage of each share trains, the others are skipped).
+            The many-parameter networks (lista, coupled) can overfit a small
+            training set with many iterations.
         tol : float, default=1e-8
             Stop when an iteration decreases the loss by at most ``tol``
             times the decrease achieved since the start (relative to the
@@ -496,6 +514,12 @@ class Lista:
             The parameters never end NaN or infinite: on a blow-up the
             optimiser rolls back to the last good point with a
             :class:`fastlista.TrainingWarning`.
+
+        Notes
+        -----
+        The optimiser's trial points live on a private copy: other threads
+        calling :meth:`transform` on this network while it trains see its
+        parameters before ``fit``, then the trained ones, never a trial point.
         """
         return fit_network(self, X, loss=loss, Z_target=Z_target, lmbd=lmbd,
                            optimizer=optimizer, max_iter=max_iter, tol=tol,
