@@ -333,8 +333,11 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             f"{bad[:10].tolist()}; this is a bug: please report it with the input.")
     # codes worse than where they started (rounding can make the iterations
     # climb: float32 warm starts of +-1e8 on duplicated atoms, whose products
-    # cancel) are not returned: the start is
+    # cancel) are not returned: the start is (rows still at their start,
+    # screened ones among them, differ from it by the rounding of F only)
     worse = np.flatnonzero(primal > F_start)
+    first = np.zeros((worse.size, m), X.dtype) if start is None else start[worse]
+    worse = worse[np.any(Z[worse] != first, axis=1)]
     if worse.size:
         Z[worse] = 0 if start is None else start[worse]
         primal[worse], gap[worse] = certify(
