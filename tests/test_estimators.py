@@ -782,3 +782,233 @@ def test_dictionary_learner_in_pipeline_and_grid_search(digits):
                   for tr, te in KFold(2).split(X[:300])]
         manual.append(np.mean(scores))
     assert_allclose(search.cv_results_["mean_test_score"], manual, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# fuzz: partial_fit sequences at any magnitude (hypothesis, derandomised for
+# CI; FASTLISTA_FUZZ=long for a long random run, conftest.fuzz_settings)
+# ---------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import event, example, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import fastlista  # noqa: E402
+from conftest import fuzz_settings  # noqa: E402
+
+MINIBATCH_FUZZ = fuzz_settings("minibatch", 2000)
+#: The documented units threshold (docs/dictionary.md, "Units"): a batch more
+#: than 2**+-100 (float32 2**+-30) from the state's units moves them or is
+#: coded in its own. Written out, not read from fastlista.dictionary.
+UNITS_LIMIT = {np.dtype(np.float64): 100, np.dtype(np.float32): 30}
+#: Per dtype: the largest |k| of a batch scaled by 2**k, the largest |c| of
+#: the common extra scaling 2**c, and the largest spread of the magnitudes of
+#: the data (and alpha) for which exact equivariance is asserted whatever the
+#: units (see the test). The drawn signals are multiples of 2**-6 below 4 in
+#: magnitude (at most 8 significant bits), so 2**(k + c) times them is exact
+#: and normal: float64 up to 2**(+-900 + 2), float32 2**(-126) .. 2**122.
+MINIBATCH_RANGES = {np.dtype(np.float64): (700, 200, 200),
+                    np.dtype(np.float32): (100, 20, 60)}
+N_FEATURES_FUZZ = 5
+
+
+@st.composite
+def minibatch_sequences(draw):
+    """A MiniBatchDictionaryLearning run: optionally ``fit``, then 1 to 5
+    ``partial_fit`` batches, each of signals times 2**k (k near 0, near the
+    units threshold from 1 or from the previous batch's magnitude, or
+    anywhere in range), some all zero, some after a ``set_params``."""
+    dtype = np.dtype(draw(st.sampled_from(["float64", "float32"])))
+    limit = UNITS_LIMIT[dtype]
+    far, shift, _ = MINIBATCH_RANGES[dtype]
+    # the signals' largest magnitude is mostly in [2, 4) (exponent 2):
+    # k = +-limit + [-5, 2] puts it just inside or just beyond 2**+-limit
+    near_limit = st.tuples(st.sampled_from([-limit, limit]), st.integers(-5, 2)).map(sum)
+
+    def exponent(previous):
+        k = draw(st.one_of(st.integers(-3, 3), near_limit,
+                           near_limit.map(lambda d: previous + d),
+                           st.integers(-far, far)))
+        return int(np.clip(k, -far, far))
+
+    n_atoms = draw(st.integers(4, 6))
+    calls, previous = [], 0
+    if draw(st.booleans()):
+        previous = exponent(previous)
+        calls.append(dict(method="fit", n=draw(st.integers(6, 20)), k=previous,
+                          zero=draw(st.integers(0, 6)) == 0, change={}))
+    for _ in range(draw(st.integers(1, 5))):
+        previous = exponent(previous)
+        change = {}
+        if calls:
+            kind = draw(st.sampled_from(["none", "none", "alpha", "positive_code",
+                                         "positive_dict"]))
+            if kind == "alpha":
+                change = {"alpha": (draw(st.sampled_from([0.0, 0.05, 0.2, 1.0])),
+                                    draw(st.integers(0, len(calls) - 1)))}
+            elif kind != "none":
+                change = {kind: draw(st.booleans())}
+        calls.append(dict(method="partial_fit", n=draw(st.integers(3, 20)), k=previous,
+                          zero=draw(st.integers(0, 5)) == 0, change=change))
+    dict_init = draw(st.sampled_from(["none", "random", "zero_atom"]))
+    if calls[0]["n"] < n_atoms and dict_init == "none":
+        dict_init = "random"        # the first data initialises the atoms otherwise
+    return dict(
+        dtype=dtype, n_atoms=n_atoms, calls=calls, dict_init=dict_init,
+        # alpha relative to the magnitude of one of the calls' data
+        alpha=(draw(st.sampled_from([0.0, 0.05, 0.2, 1.0])),
+               draw(st.integers(0, len(calls) - 1))),
+        positive_code=draw(st.booleans()), positive_dict=draw(st.booleans()),
+        max_iter=draw(st.integers(1, 2)), batch_size=draw(st.integers(3, 8)),
+        c=draw(st.one_of(st.integers(-3, 3), st.integers(-shift, shift))),
+        seed=draw(st.integers(0, 2**16)))
+
+
+def _minibatch_signals(spec):
+    """The unscaled signals of every call (multiples of 2**-6, |x| < 4)."""
+    rng = np.random.RandomState(spec["seed"])
+    out = []
+    for call in spec["calls"]:
+        X = np.clip(np.round(64 * rng.standard_normal((call["n"], N_FEATURES_FUZZ))) / 64,
+                    -3.75, 3.75)
+        out.append(0 * X if call["zero"] else X)
+    return out
+
+
+def _run_minibatch_sequence(spec, signals, c):
+    """The calls of spec with every signal times 2**(k + c) and every alpha
+    times 2**c. Returns the estimator."""
+    dtype, ks = spec["dtype"], [call["k"] for call in spec["calls"]]
+
+    def alpha(rel_ref):
+        rel, ref = rel_ref
+        return float(np.ldexp(rel, ks[ref] + c))
+
+    dict_init = None
+    if spec["dict_init"] != "none":
+        dict_init = np.random.RandomState(spec["seed"] + 1).standard_normal(
+            (spec["n_atoms"], N_FEATURES_FUZZ))
+        if spec["dict_init"] == "zero_atom":
+            dict_init[0] = 0
+    est = MiniBatchDictionaryLearning(
+        spec["n_atoms"], alpha=alpha(spec["alpha"]), max_iter=spec["max_iter"], tol=0,
+        batch_size=spec["batch_size"], dict_init=dict_init, random_state=spec["seed"],
+        positive_code=spec["positive_code"], positive_dict=spec["positive_dict"], n_jobs=1)
+    for call, X in zip(spec["calls"], signals):
+        change = dict(call["change"])
+        if "alpha" in change:
+            change["alpha"] = alpha(change["alpha"])
+        est.set_params(**change)
+        Xs = np.ldexp(X, call["k"] + c).astype(dtype)
+        # the test's own premise: the scaled signals are exact
+        assert_array_equal(np.ldexp(Xs.astype(np.float64), -(call["k"] + c)), X)
+        getattr(est, call["method"])(Xs)
+    return est
+
+
+def _equivariance_case(spec, signals):
+    """Why the run scaled by 2**c must give exactly the atoms of the
+    unscaled run (None: the documented rules do not guarantee it).
+
+    The units rules (docs/dictionary.md) decide from the magnitude exponent
+    t of each batch against the absolute threshold 2**+-L: the state takes
+    the units of the first data (0 when |t| <= L, else t) and moves or
+    codes a batch in its own units only relative to them. So:
+
+    * "same units": when the first non-zero data is beyond 2**+-L in both
+      runs (or c = 0, or all data is zero), the scaled run's units are the
+      unscaled run's plus c at every step, every batch is scaled into them
+      to the same bits, alpha too: the same computation, the same atoms.
+    * "within 2**+-S": otherwise the runs' units differ (one run works in 0,
+      the other in t + c), and every batch is coded on data (and alpha)
+      differing by an exact power of two, and the statistics are moved by
+      different powers of two. That is exact (the documented "X times a
+      power of two gives exactly the atoms of X", on which the deterministic
+      test above rests: its unscaled run codes X, the scaled one X / 4) as
+      long as no value leaves the normal range: guaranteed when the
+      magnitudes of all the data and of alpha lie within 2**S of each
+      other (float64: the statistics are then moved by at most 2**(-2 (S
+      + L + 2)) = 2**-604, far from 2**-1022; float32: alpha in the units
+      stays within 2**+-(S + L + 5) = 2**+-95 of 1, inside float32's normal
+      range, and the statistics are float64).
+    * beyond (batches 2**S apart or more in runs of different units): a
+      share of the statistics scaled far down may underflow, or become
+      subnormal, at a different point in the two runs; the documentation
+      only says what underflows is below the rounding of the statistics,
+      not that the bits agree. Not checked.
+    """
+    dtype, c = spec["dtype"], spec["c"]
+    limit = UNITS_LIMIT[dtype]
+    tops = [int(np.frexp(np.max(np.abs(X)))[1]) + call["k"]
+            for call, X in zip(spec["calls"], signals) if X.any()]
+    if c == 0 or not tops:
+        return "same units"
+    if abs(tops[0]) > limit and abs(tops[0] + c) > limit:
+        return "same units"
+    ks = [call["k"] for call in spec["calls"]]
+    alphas = [spec["alpha"]] + [call["change"]["alpha"] for call in spec["calls"]
+                                if "alpha" in call["change"]]
+    exps = tops + [int(np.frexp(rel)[1]) + ks[ref] for rel, ref in alphas if rel > 0]
+    if max(exps) - min(exps) <= MINIBATCH_RANGES[dtype][2]:
+        return "within 2**+-S"
+    return None
+
+
+@MINIBATCH_FUZZ
+@given(spec=minibatch_sequences())
+# units moved in one run only: the unscaled run's batches (largest
+# magnitudes 2**1 and 2**99, exponents 2 and 100) both stay in units 0; the
+# scaled run's second (exponent 101) moves them to 2**101, its statistics
+# rescaled by 2**-202 (found by the long fuzz against a state that moved its
+# units without rescaling the statistics)
+@example(spec=dict(
+    dtype=np.dtype(np.float64), n_atoms=4,
+    calls=[dict(method="partial_fit", n=3, k=0, zero=False, change={}),
+           dict(method="partial_fit", n=3, k=98, zero=False, change={}),
+           dict(method="partial_fit", n=3, k=0, zero=True, change={})],
+    dict_init="random", alpha=(0.0, 0), positive_code=False, positive_dict=False,
+    max_iter=1, batch_size=3, c=1, seed=0))
+def test_fuzz_minibatch_partial_fit_at_any_magnitude(spec):
+    """Sequences of fit and partial_fit calls whose batches lie anywhere in
+    the float range (near 1, near the 2**+-100 (float32 2**+-30) units
+    threshold, or far: 2**+-700, float32 2**+-100), with all-zero batches,
+    dict_init or not, and set_params of alpha, positive_code and
+    positive_dict between calls (docs/reliability.md, "Dictionary
+    learning"):
+
+    1. no RuntimeWarning, no exception; finite atoms of unit norm (every
+       row: zero atoms are replaced by random unit atoms), non-negative when
+       the last call had positive_dict, in the dtype of the data;
+    2. the same calls with every signal and alpha times 2**c give exactly
+       the same atoms, whenever the documented rules guarantee it (see
+       _equivariance_case)."""
+    dtype, c = spec["dtype"], spec["c"]
+    signals = _minibatch_signals(spec)
+    # steps: fit's max_iter (<= 2: tol=0 cannot stop it earlier) epochs of
+    # ceil(n / batch_size) mini-batches, and one a partial_fit
+    n_steps = sum(spec["max_iter"] * -(-call["n"] // spec["batch_size"])
+                  if call["method"] == "fit" else 1 for call in spec["calls"])
+    runs = []
+    for shift in (0, c):
+        with warnings.catch_warnings():
+            # a code may stop short of its certificate (ConvergenceWarning: its
+            # rounding, at an alpha far below the data); never a RuntimeWarning
+            # (overflow, underflow, invalid value)
+            warnings.simplefilter("ignore", fastlista.ConvergenceWarning)
+            warnings.simplefilter("error", RuntimeWarning)
+            est = _run_minibatch_sequence(spec, signals, shift)
+        D = est.components_
+        assert D.dtype == dtype and D.shape == (spec["n_atoms"], N_FEATURES_FUZZ)
+        assert np.all(np.isfinite(D))
+        norms = np.linalg.norm(D.astype(np.float64), axis=1)
+        assert_allclose(norms, 1, rtol=0, atol=1e-6 if dtype == np.float32 else 1e-12)
+        if est.positive_dict:
+            assert np.all(D >= 0)
+        assert est.n_steps_ == n_steps
+        runs.append(est)
+    base, scaled = runs
+    case = _equivariance_case(spec, signals)
+    event(f"{dtype.name}, equivariance: {case or 'not guaranteed, not checked'}")
+    if case is not None:
+        assert_array_equal(scaled.components_, base.components_)
+        assert (scaled.n_steps_, scaled.n_reinit_) == (base.n_steps_, base.n_reinit_)
