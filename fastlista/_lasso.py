@@ -477,7 +477,8 @@ def soft_thresholding(U, threshold, positive=False):
     Returns
     -------
     out : ndarray of the shape of ``U``
-        float32 if ``U`` and ``threshold`` are float32, float64 otherwise.
+        float32 if ``U`` is float32 and ``threshold`` float32 or a scalar
+        (rounded to float32), float64 otherwise.
 
     Examples
     --------
@@ -496,7 +497,7 @@ def soft_thresholding(U, threshold, positive=False):
         reason = not_real_reason(arr, name)
         if reason is not None:
             raise ValueError(reason)
-    U = np.ascontiguousarray(U, dtype=dtype)
+    U = np.asarray(U, dtype=dtype, order="C")      # (0-d stays 0-d)
     t = t.astype(dtype)
     if not np.all(np.isfinite(t)):
         raise ValueError("Input threshold contains NaN or infinity.")

@@ -108,6 +108,21 @@ def test_soft_thresholding_non_contiguous_and_lists():
     assert_array_equal(soft_thresholding([-2.0, 0.5, 3.0], 1.0), [-1.0, 0.0, 2.0])
 
 
+def test_soft_thresholding_keeps_the_shape_and_documented_dtype():
+    # a scalar U gives a 0-d array (it came back of shape (1,)); a float32 U
+    # stays float32 with a scalar threshold of any dtype (rounded to
+    # float32), and becomes float64 with a float64 array of thresholds
+    out = soft_thresholding(3.0, 1.0)
+    assert out.shape == () and out == 2.0
+    out = soft_thresholding(np.float32(-3.0), np.float64(1.0))
+    assert out.shape == () and out.dtype == np.float32 and out == -2.0
+    U = np.array([1.5, -0.25], np.float32)
+    assert soft_thresholding(U, np.float64(1.0)).dtype == np.float32
+    out = soft_thresholding(U, np.array([1.0, 0.125]))
+    assert out.dtype == np.float64
+    assert_array_equal(out, ref.soft_thresholding(U.astype(np.float64), np.array([1.0, 0.125])))
+
+
 # --------------------------------------------------------------------------
 # objective, gradient, lambda_max
 # --------------------------------------------------------------------------
