@@ -336,7 +336,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # cancel) are not returned: the start is (rows still at their start,
     # screened ones among them, differ from it by the rounding of F only)
     worse = np.flatnonzero(primal > F_start)
-    first = np.zeros((worse.size, m), X.dtype) if start is None else start[worse]
+    first = 0 if start is None else start[worse]
     worse = worse[np.any(Z[worse] != first, axis=1)]
     if worse.size:
         Z[worse] = 0 if start is None else start[worse]
