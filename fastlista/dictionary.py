@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._kernels import _dict
+from ._lasso import _top_exponent
 from ._lipschitz import global_lipschitz
 from ._networks import Lista
 from ._solvers import CERTIFIABLE_TOL, solve_lasso
@@ -69,9 +70,6 @@ CODERS = ("cd", "slista")
 #: (each signal's objective when its batch was coded) does.
 DEFAULT_MAX_ITER = {"batch": 100, "online": 10}
 DEFAULT_TOL = {"batch": 1e-4, "online": 1e-3}
-#: Relative duality gap of the codes of coder="cd", per dtype (float32
-#: codes cannot be certified much below 1e-6).
-DEFAULT_CODE_TOL = CERTIFIABLE_TOL
 #: Passes of block coordinate descent over the atoms per dictionary step
 #: (``dict_passes=None``). Online: one a mini-batch (Mairal et al., and
 #: scikit-learn's MiniBatchDictionaryLearning). Batch: the code step of all
@@ -836,7 +834,7 @@ def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, 
         coder=check_option(coder, names["coder"], func, CODERS),
         callback=callback, progress=check_bool(progress, "progress", func),
         shuffle=check_bool(shuffle, "shuffle", func),
-        code_tol=DEFAULT_CODE_TOL[X.dtype] if code_tol is None else
+        code_tol=CERTIFIABLE_TOL[X.dtype] if code_tol is None else
         check_scalar(code_tol, "code_tol", func, low=0.0),
         code_max_iter=check_max_iter(code_max_iter, func, "code_max_iter"),
         dict_passes=(ONLINE_PASSES if method == "online" else BATCH_PASSES)
@@ -846,12 +844,7 @@ def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, 
 def magnitude_exponent(X):
     """The exponent e of max|X| (``2**(e-1) <= max|X| < 2**e``), None when X
     is all zero or empty."""
-    return exponent_of(float(np.max(np.abs(X))) if X.size else 0.0)
-
-
-def exponent_of(amax):
-    """The exponent e of ``amax`` > 0 (``2**(e-1) <= amax < 2**e``), or None."""
-    return int(np.frexp(amax)[1]) if amax > 0 else None
+    return int(_top_exponent(X)) if X.size and X.any() else None
 
 
 def units_exponent(top, dtype):

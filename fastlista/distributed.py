@@ -617,7 +617,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     positive_code = check_bool(positive_code, "positive_code", func)
     positive_dict = check_bool(positive_dict, "positive_dict", func)
     progress = check_bool(progress, "progress", func)
-    code_tol = dl.DEFAULT_CODE_TOL[dtype] if code_tol is None else \
+    code_tol = CERTIFIABLE_TOL[dtype] if code_tol is None else \
         check_scalar(code_tol, "code_tol", func, low=0.0)
     code_max_iter = check_max_iter(code_max_iter, func, "code_max_iter")
     dict_passes = dl.BATCH_PASSES if dict_passes is None else \
@@ -637,7 +637,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     finite, amax = dask.compute(da.isfinite(X).all(), abs(X).max())
     if not finite:
         raise ValueError("Input X contains NaN or infinity.")
-    e = dl.units_exponent(dl.exponent_of(float(amax)), dtype)
+    e = dl.units_exponent(dl.magnitude_exponent(np.asarray(amax)), dtype)
     if e != 0:
         X = da.ldexp(X, -e).astype(dtype, copy=False).persist()
     lmbd_e = dl.lmbd_in_units(lmbd, e, dtype)
