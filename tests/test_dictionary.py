@@ -372,7 +372,7 @@ def test_callback_sees_the_objective_in_the_units_of_x(method):
                                random_state=0,
                                callback=lambda info: calls.append(info["objective"]))
         seen[k] = calls[-1], res.objective
-    assert len(seen[0][0]) == 2 if method == "online" else 3
+    assert len(seen[0][0]) == (2 if method == "online" else 3)
     assert_array_equal(seen[-300][0], np.ldexp(seen[0][0], -600))
     assert_array_equal(seen[-300][1], np.ldexp(seen[0][1], -600))
 
