@@ -689,9 +689,13 @@ def test_minibatch_partial_fit_validates_and_applies_fit_algorithm(signals):
     X, _ = signals
     est = MiniBatchDictionaryLearning(16, alpha=0.3, random_state=0, n_jobs=1)
     est.partial_fit(X[:100])
+    before = est.components_.copy()
     with pytest.raises(InvalidParameterError, match="The 'fit_algorithm' parameter of "
                                                     "MiniBatchDictionaryLearning"):
         est.set_params(fit_algorithm="lars").partial_fit(X[100:200])
+    # the refused call changed nothing
+    assert_array_equal(est.components_, before)
+    assert est.n_steps_ == 1 and est._state.n_steps == 1
     est.set_params(fit_algorithm="slista").partial_fit(X[100:200])
     assert est._state.coder.name == "slista"
     est.set_params(fit_algorithm="cd").partial_fit(X[200:300])
