@@ -5,6 +5,7 @@ the loopback interface, closed by the fixture's finaliser. Every result is
 compared with the single-machine one (``Lista.transform``, ``Lista.fit``,
 ``fastlista.solve_lasso``, the estimators' ``transform``).
 """
+import importlib.util
 import os
 import sys
 
@@ -191,11 +192,7 @@ def test_empty_chunks_are_encoded_and_skipped_in_training(client, data):
 
 
 def _has_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("sklearn") is not None
 
 
 class _CountingModel:
