@@ -29,7 +29,7 @@ import numpy as np
 
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
-from ._validation import (check_array, check_bool, check_lmbd, check_X_D,
+from ._validation import (_common_dtype, as_array, check_array, check_bool, check_lmbd, check_X_D,
                           not_real_reason)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
@@ -44,13 +44,25 @@ _LMBD_CAP = 1e300
 
 
 def _check_codes(Z, X, D, name="Z"):
-    """Validate codes against a validated (X, D): returns a 2-D array."""
+    """Validate codes against a validated (X, D): returns a 2-D array in
+    their dtype (for a warm start, which rounding cannot make wrong)."""
     Z = check_array(Z, name, dtype=X.dtype, allow_1d=True, min_features=0)
     if Z.shape != (X.shape[0], D.shape[0]):
         raise ValueError(
             f"{name} must have shape (n_samples, n_atoms) = {(X.shape[0], D.shape[0])} "
             f"to match X {X.shape} and D {D.shape}; got {name}.shape={Z.shape}.")
     return Z
+
+
+def _check_evaluated(X, D, Z):
+    """Validate codes to evaluate, with their problem: ``X, D, Z, is_1d`` in
+    the common dtype of the three (float64 codes of a float32 problem are
+    evaluated in float64, never rounded to float32 first)."""
+    Z = as_array(Z, "Z")
+    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    if _common_dtype(X, Z) != X.dtype:
+        X, D = X.astype(np.float64), D.astype(np.float64)
+    return X, D, _check_codes(Z, X, D), is_1d
 
 
 def _squeeze(out, is_1d):
@@ -309,10 +321,9 @@ def lasso_objective(X, D, lmbd, Z, positive=False):
     0.375
     """
     func = "lasso_objective"
-    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    X, D, Z, is_1d = _check_evaluated(X, D, Z)
     lmbd = check_lmbd(lmbd, X.shape[0], func)
     positive = check_bool(positive, "positive", func)
-    Z = _check_codes(Z, X, D)
     with np.errstate(over="ignore"):
         out = _terms(X, D, lmbd, Z, positive, func)[0].astype(X.dtype)
     return _squeeze(out, is_1d)
@@ -335,8 +346,7 @@ def lasso_gradient(X, D, Z):
         overflows or underflows: inf only where the gradient itself
         exceeds the float range.
     """
-    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
-    Z = _check_codes(Z, X, D)
+    X, D, Z, is_1d = _check_evaluated(X, D, Z)
     S = Scaled.of(X, D, Z)
     Zs = S.codes_in(Z)
     # (z D - x) D^T has the units of lmbd: 2**(ea + eb) times its scaled value
@@ -446,10 +456,9 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     0.0
     """
     func = "duality_gap"
-    X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
+    X, D, Z, is_1d = _check_evaluated(X, D, Z)
     lmbd = check_lmbd(lmbd, X.shape[0], func)
     positive = check_bool(positive, "positive", func)
-    Z = _check_codes(Z, X, D)
     with np.errstate(over="ignore"):
         out = _terms(X, D, lmbd, Z, positive, func)[1].astype(X.dtype)
     return _squeeze(out, is_1d)

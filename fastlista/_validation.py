@@ -28,6 +28,17 @@ def _is_sparse(a):
     return hasattr(a, "tocsr") and hasattr(a, "nnz")
 
 
+def as_array(a, name):
+    """``np.asarray(a)``, naming ``a`` when it is not array-like (a ragged
+    list); sparse matrices and arrays pass through unchanged."""
+    if isinstance(a, np.ndarray) or _is_sparse(a):
+        return a
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+
+
 def not_real_reason(arr, name):
     """Why the values of ndarray ``arr`` are not real numbers, or None.
 
@@ -74,7 +85,7 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
         raise TypeError(
             f"Sparse data was passed for {name}, but dense data is required. "
             "Use '.toarray()' to convert to a dense numpy array.")
-    arr = np.asarray(a)
+    arr = as_array(a, name)
     reason = not_real_reason(arr, name)
     if reason is not None:
         raise ValueError(reason)
@@ -172,6 +183,7 @@ def check_X_D(X, D, *, allow_1d=True, allow_no_atoms=False):
     is_1d : bool
         Whether ``X`` was 1-D (callers return 1-D results then).
     """
+    X, D = as_array(X, "X"), as_array(D, "D")
     is_1d = np.ndim(X) == 1 and allow_1d
     dtype = _common_dtype(X, D)
     D = check_dictionary_shape(check_array(D, "D", dtype=dtype, min_features=1))
@@ -252,12 +264,15 @@ def check_lmbd(lmbd, n_samples, func):
         A float for a scalar (or 0-d array), else a C-contiguous float64
         array (validated: finite, >= 0, of the right shape).
     """
-    if np.ndim(lmbd) == 0:
-        return check_scalar(lmbd, "lmbd", func, low=0.0)
     try:
         arr = np.asarray(lmbd)
+    except (TypeError, ValueError):         # ragged
+        arr = None
+    if arr is not None and arr.ndim == 0:
+        return check_scalar(lmbd, "lmbd", func, low=0.0)
+    try:
         # (complex and text are refused, not cast)
-        arr = None if not_real_reason(arr, "lmbd") else arr.astype(np.float64)
+        arr = None if arr is None or not_real_reason(arr, "lmbd") else arr.astype(np.float64)
     except (TypeError, ValueError):
         arr = None
     if arr is None:

@@ -267,6 +267,45 @@ def test_duality_gap_zero_at_sklearn_optimum():
                     ref.objective(X, D, lmbd, get_exact("under", lmbd)), rtol=1e-7)
 
 
+def test_float64_codes_of_a_float32_problem_are_evaluated_in_float64():
+    # codes 2e-8 off the optimum (0.5, 0) of x = (1, 0), D = I, lmbd = 0.5:
+    # rounded to float32 they would be the optimum, with gap 0
+    X, D = np.array([[1.0, 0.0]], np.float32), np.eye(2, dtype=np.float32)
+    Z = np.array([[0.5 + 2e-8, 0.0]])
+    # r = x - zD has |r D^T|_inf = 0.5 - 2e-8 <= lmbd: the dual point is r,
+    # gap = 1/2 |r|^2 + lmbd |z|_1 - (<x, r> - 1/2 |r|^2) = delta / 2 + delta^2
+    # for z = 0.5 + delta
+    z = Z[0, 0]
+    r = 1.0 - z
+    expected_gap = 0.5 * r * r + 0.5 * z - (r - 0.5 * r * r)
+    assert_allclose(expected_gap, 1e-8, rtol=1e-7)
+    gap = duality_gap(X, D, 0.5, Z)
+    assert gap.dtype == np.float64
+    assert_allclose(gap, [expected_gap], rtol=1e-7)
+    assert_allclose(gap, ref.duality_gap(X.astype(np.float64), D, 0.5, Z), rtol=1e-7)
+    obj = lasso_objective(X, D, 0.5, Z)
+    assert obj.dtype == np.float64
+    assert_allclose(obj, [0.5 * r * r + 0.5 * z], rtol=1e-15)
+    grad = lasso_gradient(X, D, Z)
+    assert grad.dtype == np.float64
+    assert_allclose(grad, [[z - 1.0, 0.0]], rtol=1e-15)
+    # a finite float64 code beyond float32's range is a valid code to evaluate
+    assert_allclose(lasso_objective(X, D, 0.5, [[1e39, 0.0]]), [0.5e78], rtol=1e-12)
+    # float32 codes keep a float32 problem in float32
+    assert duality_gap(X, D, 0.5, Z.astype(np.float32)).dtype == np.float32
+
+
+def test_ragged_arrays_are_refused_by_name():
+    D = np.eye(2)
+    X, Z, ragged = np.ones((2, 2)), np.zeros((2, 2)), [[1.0, 2.0], [3.0]]
+    for call, message in [(lambda: lasso_objective(ragged, D, 0.1, Z), "^X could not"),
+                          (lambda: lasso_objective(X, ragged, 0.1, Z), "^D could not"),
+                          (lambda: duality_gap(X, D, 0.1, ragged), "^Z could not"),
+                          (lambda: fastlista.solve_lasso(X, D, ragged), "'lmbd' parameter")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_toolkit_on_empty_batch():
     _, D = get_problem("under")
     X = np.zeros((0, D.shape[1]))
