@@ -53,7 +53,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     -------
     L : float or ndarray of shape (n_samples,)
         ``L`` (support None), ``L_S`` (1-D support) or one ``L_S`` per row
-        of a 2-D support (in D's dtype; inf beyond its range). An empty
+        of a 2-D support, rounded to D's dtype (inf beyond its range; a
+        float holds a float32 value exactly). An empty
         support, or a dictionary without atoms, gives 0.0.
 
     Examples
@@ -73,7 +74,9 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     m = D.shape[0]
     if support is None:
         with kernel_threads(n_jobs, func):
-            return global_lipschitz(D)
+            L = global_lipschitz(D)
+        with np.errstate(over="ignore"):
+            return float(D.dtype.type(L))
     S = np.asarray(support)
     if S.dtype != bool:
         raise ValueError(

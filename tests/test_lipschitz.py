@@ -199,3 +199,15 @@ def test_input_layouts():
     assert_allclose(lipschitz(D.tolist(), support=S.tolist()), expected, rtol=1e-8)
     # float32 dictionary gives the float32 constant, close to float64
     assert_allclose(lipschitz(D.astype(np.float32), support=S), expected, rtol=1e-4)
+
+
+def test_global_and_support_L_are_both_rounded_to_float32():
+    # the documented dtype rule holds for the global L too: lipschitz(D)
+    # equals lipschitz(D, every atom) for a float32 D, inf beyond its range
+    D = np.diag(np.array([1e20, 3e19], np.float32))
+    assert lipschitz(D) == np.inf
+    assert lipschitz(D, support=[True, True]) == np.inf
+    d = np.array([[1.1, 0.3, -0.2]], np.float32)
+    expected = float(np.float32(np.sum(d.astype(np.float64) ** 2)))
+    assert lipschitz(d) == expected
+    assert lipschitz(d, support=[True]) == expected
