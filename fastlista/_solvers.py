@@ -132,13 +132,16 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         A sample stops when its duality gap is <= ``tol * 1/2 ||x||^2``. The
         stopping gap costs O(n_atoms) per sample from the gradient already at
         hand and is checked every 10 iterations (every outer loop for "cd").
-        With ``tol=0`` every sample runs exactly ``max_iter`` iterations.
+        With ``tol=0`` every sample runs exactly ``max_iter`` iterations
+        (none when D has no non-zero atom: the codes are 0, ``n_iter`` 0).
         float32 codes cannot be certified much below their own rounding
         (a relative gap of about 1e-7): use ``tol >= 1e-6`` with float32.
     max_iter : int, default=10000
         Maximum number of iterations (epochs over the working set for "cd").
     Z0 : array-like of shape (n_samples, n_atoms) or (n_atoms,), default=None
-        Warm start (zeros by default). The codes of zero atoms are set to 0,
+        Warm start (zeros by default), cast to the dtype of X and D (a
+        float64 warm start of a float32 problem gives float32 codes). The
+        codes of zero atoms are set to 0,
         and a sample whose warm start has a larger objective than the zero
         code (``F_x(z0) > 1/2 ||x||^2``) starts from 0 instead.
     record_history : bool, default=False
@@ -199,14 +202,15 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     max_iter = check_max_iter(max_iter, func)
     record_history = check_bool(record_history, "record_history", func)
     Z0 = None if Z0 is None else _check_codes(Z0, X, D, name="Z0")
-    if method == "auto":
-        method = AUTO_METHOD
     N = X.shape[0]
+    resolved = AUTO_METHOD if method == "auto" else method
+    if record_history and resolved == "cd":
+        raise InvalidParameterError(
+            f"record_history=True is not available for method={method!r} in {func} "
+            "(coordinate descent); use an iterative method ('ista', 'fista', 'oista', "
+            "'backtracking').")
+    method = resolved
     if record_history:
-        if method == "cd":
-            raise InvalidParameterError(
-                f"record_history=True is not available for method='cd' in {func}; "
-                "use an iterative method ('ista', 'fista', 'oista', 'backtracking').")
         n_bytes = 3 * (max_iter + 1) * N * X.dtype.itemsize
         if n_bytes > MAX_HISTORY_BYTES:
             raise ValueError(
@@ -296,10 +300,11 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
     # with the same c = x D^T as the kernels, so the test is consistent).
     active = np.arange(N, dtype=np.intc)
+    screened = np.zeros(N, dtype=bool)
     if tol > 0 and N:
-        zero = lm >= correlation_max(C, positive)
-        Z[zero] = 0
-        active = np.flatnonzero(~zero).astype(np.intc)
+        screened = lm >= correlation_max(C, positive)
+        Z[screened] = 0
+        active = np.flatnonzero(~screened).astype(np.intc)
     run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap,
                   positive)
     run(active, tol, max_iter)
@@ -333,9 +338,10 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             f"{bad[:10].tolist()}; this is a bug: please report it with the input.")
     # codes worse than where they started (rounding can make the iterations
     # climb: float32 warm starts of +-1e8 on duplicated atoms, whose products
-    # cancel) are not returned: the start is (rows still at their start,
-    # screened ones among them, differ from it by the rounding of F only)
-    worse = np.flatnonzero(primal > F_start)
+    # cancel) are not returned: the start is (rows still at their start
+    # differ from it by the rounding of F only; screened rows are exactly 0,
+    # the solution, even where rounding puts F(z0) an ulp below F(0))
+    worse = np.flatnonzero((primal > F_start) & ~screened)
     first = 0 if start is None else start[worse]
     worse = worse[np.any(Z[worse] != first, axis=1)]
     if worse.size:
@@ -374,9 +380,12 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
 
 def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap, positive):
     """run(rows, tol, max_iter): the method's kernel on some rows, in place."""
-    m = S.D.shape[0]
-    if m == 0:
-        return lambda rows, tol, max_iter: None
+    if not np.diagonal(B).any():
+        # no atom, or D = 0: the objective is lmbd ||z||_1 + const, minimised
+        # at 0, with no iteration to run
+        def run(rows, tol, max_iter):
+            Z[rows] = 0
+        return run
     if method == "cd":
         def run(rows, tol, max_iter):
             _cd.coordinate_descent(C, B, xx, lm, Z, rows, max_iter, tol, positive,
@@ -390,10 +399,6 @@ def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap, posit
 
     def run(rows, tol, max_iter):
         if not rows.size:
-            return
-        if L == 0:
-            # D == 0: the objective is lmbd ||z||_1 + const, minimised at 0
-            Z[rows] = 0
             return
         _solvers.prox_grad(method, S.X, S.D, DT, B, C, xx, lm, L, Z, rows, max_iter,
                            tol, positive, GAP_FREQ, n_threads, BLOCK_SIZE, record, *hist, n_iter,

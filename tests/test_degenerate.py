@@ -69,6 +69,14 @@ def test_all_zero_dictionary(method, rng):
     np.testing.assert_array_equal(res.codes, 0.0)
     assert np.isfinite(res.gap).all()
     assert lipschitz(np.zeros((6, 5))) == 0.0
+    # no iteration to run, whatever tol (the documented exception to tol=0
+    # running max_iter iterations), for every method alike
+    for D in (np.zeros((6, 5)), np.zeros((0, 5))):
+        res = solve_lasso(X, D, 0.3, method=method, tol=0, max_iter=7)
+        np.testing.assert_array_equal(res.n_iter, 0)
+        np.testing.assert_array_equal(res.codes, 0.0)
+        # r D^T = 0 <= lmbd: the dual point x makes the zero code's gap 0
+        np.testing.assert_array_equal(res.gap, 0.0)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -82,6 +90,17 @@ def test_lmbd_at_lambda_max_gives_exact_zeros(method, rng):
         below = solve_lasso(X[i], D, lm[i] * (1 - 1e-3), method=method, tol=1e-12)
         assert np.any(below.codes != 0)
     assert np.all(solve_lasso(X, D, lm.max(), method=method).codes == 0.0)
+    # a warm start a hair from 0 on the most correlated atom: the solution is
+    # still exactly 0, even where rounding puts F(z0) an ulp below F(0)
+    C = X @ D.T
+    top = np.abs(C).argmax(axis=1)
+    rows = np.arange(5)
+    for eps in (1e-12, 1e-9):
+        Z0 = np.zeros((5, 20))
+        Z0[rows, top] = np.sign(C[rows, top]) * eps
+        res = solve_lasso(X, D, lm, method=method, Z0=Z0)
+        np.testing.assert_array_equal(res.codes, 0.0)
+        np.testing.assert_array_equal(res.gap, 0.0)
 
 
 @pytest.mark.parametrize("method", METHODS)

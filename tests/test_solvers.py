@@ -254,6 +254,14 @@ def test_tol_zero_runs_exactly_max_iter(method):
                     rtol=1e-6, atol=1e-14)
 
 
+@pytest.mark.parametrize("method", ["cd", "auto"])
+def test_record_history_is_refused_for_coordinate_descent_by_the_name_given(method):
+    X, D = get_problem("over")
+    with pytest.raises(fastlista.InvalidParameterError,
+                       match=f"record_history=True is not available for method='{method}'"):
+        solve_lasso(X, D, 0.3, method=method, record_history=True)
+
+
 def test_ista_trajectory_matches_reference():
     X, D = get_problem("over")
     lmbd, T = 0.3, 30
