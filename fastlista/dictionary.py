@@ -961,14 +961,17 @@ def _learn_online(X, e, state, max_iter, tol, batch_size, shuffle, rng, callback
                 Xb = X[rows] if order is None else X[np.sort(order[rows])]
                 total += state.step(Xb, e)
                 bar.update(1)
+                if start + b >= n:
+                    # the epoch is complete: the callback of its last batch
+                    # sees its objective
+                    objective.append(total / n)
+                    bar.update(0, objective[-1])
                 if _notify(callback, epoch, state.n_steps, state.D, objective,
                            state.n_reinit, e):
                     stop = True
                     break
             if stop:
                 break
-            objective.append(total / n)
-            bar.update(0, objective[-1])
             if _stalled(objective, tol):
                 converged = True
                 break

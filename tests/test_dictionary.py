@@ -353,6 +353,13 @@ def test_callback_stops_and_sees_the_state():
     assert len(calls) == 3 and res.n_steps == 3 and res.n_iter == 1
     assert res.objective.shape == (0,) and not res.converged
     assert calls[0]["D"].shape == (8, 6) and calls[0]["iteration"] == 0
+    # the callback of an epoch's last batch sees that epoch's objective
+    calls = []
+    res = learn_dictionary(X, 8, 0.5, method="online", batch_size=50, max_iter=2, tol=0,
+                           callback=lambda info: calls.append(info), n_jobs=NJ,
+                           random_state=0)
+    assert [len(c["objective"]) for c in calls] == [0] * 7 + [1] + [1] * 7 + [2]
+    assert_array_equal(calls[-1]["objective"], res.objective)
     res = learn_dictionary(X, 8, 0.5, method="batch", max_iter=5, n_jobs=NJ,
                            callback=lambda info: info["iteration"] == 1, random_state=0)
     assert res.n_iter == 2 and res.objective.shape == (2,)
@@ -372,7 +379,8 @@ def test_callback_sees_the_objective_in_the_units_of_x(method):
                                random_state=0,
                                callback=lambda info: calls.append(info["objective"]))
         seen[k] = calls[-1], res.objective
-    assert len(seen[0][0]) == (2 if method == "online" else 3)
+    # the last call comes after the last epoch or iteration: it sees all three
+    assert len(seen[0][0]) == 3
     assert_array_equal(seen[-300][0], np.ldexp(seen[0][0], -600))
     assert_array_equal(seen[-300][1], np.ldexp(seen[0][1], -600))
 

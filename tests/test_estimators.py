@@ -760,6 +760,17 @@ def test_dictionary_learners_verbose_and_callback(signals, capsys):
                                       callback=lambda info: info["step"] == 4,
                                       random_state=0, n_jobs=1).fit(X)
     assert est.n_steps_ == 4 and est.n_iter_ == 1
+    # one line an epoch, printed when the epoch ends (3 epochs of 2 batches)
+    est = MiniBatchDictionaryLearning(n_components=8, alpha=0.3, max_iter=3, tol=0,
+                                      batch_size=X.shape[0] // 2 + 1, verbose=True,
+                                      random_state=0, n_jobs=1).fit(X)
+    lines = capsys.readouterr().out.splitlines()
+    assert est.n_steps_ == 6 and len(est.objective_) == 3
+    assert [line.split(" mean objective")[0] for line in lines] == [
+        f"[MiniBatchDictionaryLearning] iteration {k}:" for k in (1, 2, 3)]
+    assert [f"({2 * k} dictionary steps" in line for k, line in zip((1, 2, 3), lines)] == [True] * 3
+    assert [float(line.split("mean objective ")[1].split()[0]) for line in lines] == \
+        pytest.approx(est.objective_, rel=1e-9)
 
 
 def test_dictionary_learner_in_pipeline_and_grid_search(digits):
