@@ -568,7 +568,8 @@ def test_alista_weights_closed_form(shape):
     assert_allclose(np.diag(W @ D.T), 1.0, rtol=1e-12)
     W_pgd = alista_weights_pgd(D)
     assert_allclose(np.diag(W_pgd @ D.T), 1.0, rtol=1e-10)
-    assert off_diagonal_norm(W, D) <= off_diagonal_norm(W_pgd, D) * (1 + 1e-8)
+    # (with fewer atoms than features both are 0 up to rounding: 1e-12)
+    assert off_diagonal_norm(W, D) <= off_diagonal_norm(W_pgd, D) * (1 + 1e-8) + 1e-12
     # optimality: no feasible perturbation (keeping w_i . d_i = 1) lowers it
     for _ in range(20):
         E = rng.standard_normal(shape) * 1e-3
@@ -611,6 +612,52 @@ def test_copies_keep_the_dictionary_read_only(duplicate):
     with pytest.raises(ValueError, match="read-only"):
         twin.D *= 2
     assert_allclose(twin.transform(X), net.transform(X), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ratio", [1e-4, 1e-8, 1e-12, 1e-14, 1e-17, 1e-30])
+def test_alista_weights_of_an_atom_far_smaller_than_the_others(ratio, dtype):
+    """An atom far below the others kept its weight only to eps / ratio
+    (the constraint off by 1e-2 at 1e-14), and one below the rank cut got
+    NaN weights. Reference: the closed form w_i = G^-1 d_i / (d_i . G^-1 d_i),
+    G = D^T D, solved directly: G is well conditioned, as the other atoms
+    span the features."""
+    if dtype == np.float32 and ratio < 1e-30:
+        pytest.skip("below float32's range")
+    rng = np.random.default_rng(5)
+    D = rng.standard_normal((6, 4))
+    D[2] *= ratio
+    D = D.astype(dtype)
+    D64 = D.astype(np.float64)
+    G = D64.T @ D64
+    Y = np.linalg.solve(G, D64.T).T
+    W_ref = Y / np.einsum("ij,ij->i", Y, D64)[:, None]
+    W = alista_weights(D)
+    assert W.dtype == dtype
+    eps = np.finfo(dtype).eps
+    # row by row, relatively to the row (G's condition number is about 30)
+    err = np.abs(W - W_ref).max(axis=1) / np.abs(W_ref).max(axis=1)
+    assert np.all(err <= 1e3 * eps)
+    assert_allclose(np.einsum("ij,ij->i", W.astype(np.float64), D64), 1.0, rtol=50 * eps)
+    # a diagonal dictionary: the exact weights are 1 / d_ii
+    d = np.array([1.0, ratio, 3.0], dtype)
+    assert_allclose(alista_weights(np.diag(d)), np.diag(1 / d.astype(np.float64)),
+                    rtol=4 * eps, atol=0)
+    assert np.isfinite(Lista(np.diag(d), 0.1, 2, "alista").transform(np.ones((1, 3), dtype))).all()
+
+
+def test_alista_weights_beyond_the_dtype_are_refused_by_atom():
+    D = np.diag([1.0, 1e-38, 2.0]).astype(np.float32)      # weight 1e38 fits
+    assert_allclose(alista_weights(D)[1, 1], 1e38, rtol=1e-6)
+    D = np.diag([1.0, 1e-39, 2.0]).astype(np.float32)      # 1e39 does not
+    with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) of D overflow float32"):
+        alista_weights(D)
+    D = np.diag([1e-160, 1e-310, 2e-160])                  # 1e310 does not fit
+    with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) of D overflow float64"):
+        alista_weights(D)
+    D = np.diag([1.0, 1e-310, 2.0])                        # norms 2^1030 apart
+    with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) more than 2\^500"):
+        alista_weights(D)
 
 
 def test_alista_weights_rejects_zero_atom():

@@ -26,6 +26,7 @@ steps and thresholds, 1/L for W_x, 1 for W and W_z), so that one rate suits
 all of them; steps and thresholds are bounded below by STEP_FLOOR units.
 """
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from .._validation import InvalidParameterError, check_array, check_scalar, not_real_reason
 
@@ -64,9 +65,12 @@ def alista_weights(D):
         w_i = G^+ d_i / (d_i^T G^+ d_i),
 
     (components of w_i in the null space of D change neither the objective
-    nor the constraint; the minimum-norm choice is taken). With the thin SVD
-    D = U S V^T: G^+ d_i = V S^{-1} u_i and d_i^T G^+ d_i = ||u_i||^2, so
-    W~ = diag(1 / ||u_i||^2) U S^{-1} V^T, a row-normalised (D^+)^T.
+    nor the constraint; the minimum-norm choice is taken): a row-normalised
+    (D^+)^T. It is computed on the atoms' own scales, so that an atom far
+    smaller than the others keeps its weight to full precision: with
+    D = diag(lam) A, A's rows of unit norm, A = U S V^T (thin SVD) and
+    diag(lam) U = Q R (thin QR), every w_i is parallel to
+    V S^{-1} R^{-1} q_i, scaled to w_i . d_i = 1.
 
     Parameters
     ----------
@@ -77,10 +81,12 @@ def alista_weights(D):
     -------
     W : ndarray of shape (n_atoms, n_features)
         ``diag(W @ D.T) == 1`` with the smallest off-diagonal Frobenius norm,
-        of D's dtype (computed in float64). The rank of D is taken as
-        ``numpy.linalg.matrix_rank`` does, at the precision of D's dtype: the
-        singular values that a float32 dictionary's rounding adds to a
-        rank-deficient one are not inverted.
+        of D's dtype (computed in float64). The rank of D is that of its
+        atoms normalised (each atom's rounding is relative to its own norm),
+        taken as ``numpy.linalg.matrix_rank`` does at the precision of D's
+        dtype: the singular values that a float32 dictionary's rounding adds
+        to a rank-deficient one are not inverted, and an atom a million
+        times smaller than the others is not mistaken for rounding.
 
     Examples
     --------
@@ -94,7 +100,13 @@ def alista_weights(D):
     D = check_array(D, "D")
     if D.shape[0] == 0:
         raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
-    return np.ascontiguousarray(analytic_weights64(D), dtype=D.dtype)
+    with np.errstate(over="ignore"):
+        return _finite_weights(np.ascontiguousarray(analytic_weights64(D), dtype=D.dtype))
+
+
+#: atoms' norms may span 2^500 in alista_weights (B = diag(lam) U keeps
+#: its squares within float64's range)
+_ATOM_RANGE = 500
 
 
 def analytic_weights64(D):
@@ -105,14 +117,44 @@ def analytic_weights64(D):
         raise ValueError(
             f"D has zero atoms (rows {zero[:5].tolist()}): no weight satisfies "
             "w_i . d_i = 1 for them.")
-    D64 = D.astype(np.float64)
-    # the SVD of D / max|D| (an exact power-of-two scaling would do too):
-    # singular values of order 1 whatever the magnitude of D
-    top = np.max(np.abs(D64))
-    U, s, Vt = np.linalg.svd(D64 / top, full_matrices=False)
+    # D = diag(lam) A with A's rows of unit norm, lam = 2^e * nrm kept as
+    # exponents: no square under- or overflows, whatever the atoms' norms
+    e = np.frexp(np.max(np.abs(D), axis=1).astype(np.float64))[1]
+    A = np.ldexp(D.astype(np.float64), -e[:, None])
+    nrm = np.sqrt(np.einsum("ij,ij->i", A, A))
+    A /= nrm[:, None]
+    U, s, Vt = np.linalg.svd(A, full_matrices=False)
     rank = int(np.sum(s > s[0] * max(D.shape) * np.finfo(D.dtype).eps))
     U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
-    return (U / s) @ Vt / np.einsum("ij,ij->i", U, U)[:, None] / top
+    # On the rank-r D = diag(lam) U S V^T, w = V S^{-1} y turns row i into
+    # min ||B y||^2 s.t. b_i . y = 1 with B = diag(lam) U: y parallel to
+    # (B^T B)^{-1} b_i = R^{-1} q_i for B = Q R, Q = B R^{-1} (from R, each q_i
+    # to its own relative precision). lam only up to a common power of two.
+    lam = np.ldexp(nrm, e - e.max())
+    tiny = np.flatnonzero(lam < 2.0 ** -_ATOM_RANGE)
+    if tiny.size:
+        # (B's squares would underflow, and with them the rank of B)
+        raise ValueError(
+            f"D has atoms (rows {tiny[:5].tolist()}) more than 2^{_ATOM_RANGE} times "
+            "smaller in norm than its largest: rescale the atoms.")
+    B = lam[:, None] * U
+    R = np.linalg.qr(B, mode="r")
+    Q = solve_triangular(R, B.T, trans="T").T
+    W = (solve_triangular(R, Q.T).T / s) @ Vt
+    # w_i . d_i = 1, d_i = 2^e_i nrm_i a_i: divided by its computed value
+    W /= np.einsum("ij,ij->i", W, A)[:, None] * nrm[:, None]
+    return _finite_weights(np.ldexp(W, -e[:, None]))
+
+
+def _finite_weights(W):
+    """W, or a ValueError naming the atoms whose weights (about 1/||d_i||)
+    overflow W's dtype."""
+    big = np.flatnonzero(~np.isfinite(W).all(axis=1))
+    if big.size:
+        raise ValueError(
+            f"the ALISTA weights of atoms (rows {big[:5].tolist()}) of D overflow "
+            f"{W.dtype} (w_i . d_i = 1 needs |w_i| >= 1/|d_i|); rescale the atoms.")
+    return W
 
 
 #: parametrizations with support selection (LISTA-CPSS, ALISTA-SS, LISTA-SS)
