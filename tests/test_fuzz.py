@@ -328,11 +328,12 @@ def test_thread_counts_agree_within_certified_gaps(p, method):
         assert_same_optimum(p.X, p.D, p.lmbd, res1, res2)
 
 
-def candidate_codes(p, kind):
+def candidate_codes(p, kind, dtype=None):
     """Codes whose gap is checked: the reference solution, its negative,
     random (signed or non-negative, dense or 20 % sparse, at the solution's
     scale), huge (overflowing the dtype's squares) or the problem's warm
-    start, in the problem's dtype; drawn from the problem's seed."""
+    start, in ``dtype`` (default: the problem's); drawn from the problem's
+    seed."""
     rng = np.random.default_rng(p.spec["seed"] + 1)
     N, m = p.X.shape[0], p.D.shape[0]
     with np.errstate(all="ignore"):
@@ -349,16 +350,19 @@ def candidate_codes(p, kind):
                 Z = np.abs(Z)
             if kind.startswith("sparse"):
                 Z = Z * (rng.random((N, m)) < 0.2)
-        return np.asarray(Z).astype(p.X.dtype)
+        return np.asarray(Z).astype(dtype or p.X.dtype)
 
 
 @FUZZ
 @given(p=problems(), codes=st.sampled_from(["reference", "flipped", "random", "sparse",
-                                            "huge", "warm"]))
-def test_duality_gap_matches_reference(p, codes):
-    Z = candidate_codes(p, codes)
+                                            "huge", "warm"]),
+       float64_codes=st.booleans())
+def test_duality_gap_matches_reference(p, codes, float64_codes):
+    # float64 codes of a float32 problem are evaluated in float64, unrounded
+    Z = candidate_codes(p, codes, np.float64 if float64_codes else None)
     assume(np.all(np.isfinite(Z)))
     gap = duality_gap(p.X, p.D, p.lmbd, Z)
+    assert gap.dtype == (np.float64 if float64_codes else p.X.dtype)
     assert np.all(gap >= 0)
     assert_gap_matches(p.X, p.D, p.lmbd, Z, gap, what="duality_gap")
 
