@@ -21,9 +21,11 @@ weighted sum of per-chunk losses:
   blow-ups) runs on the client.
 
 Every function uses the current scheduler: a ``distributed.Client`` when one
-is active, otherwise dask's default (threads). Each task runs ``n_jobs``
-threads (1 by default): dask already runs one task per worker thread, and
-more would oversubscribe the cores.
+is active, otherwise dask's default (threads). A lazy result built while a
+client is active refers to the model scattered to that client's workers:
+compute it on that client. Each task runs ``n_jobs`` threads (1 by
+default): dask already runs one task per worker thread, and more would
+oversubscribe the cores.
 """
 import copy
 import operator
@@ -34,6 +36,7 @@ import numpy as np
 
 from ._networks import Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, LassoResult, solve_lasso as _solve
+from ._threads import kernel_threads
 from ._training import train
 from ._validation import (InvalidParameterError, _common_dtype, check_array,
                           check_bool, check_lmbd, check_max_iter, check_n_jobs,
@@ -154,7 +157,7 @@ def _settings_from_dict(model, n_jobs):
             f"'D', 'lmbd', {', '.join(repr(k) for k in sorted(allowed))}.")
     D = check_array(D, "D")
     lmbd = check_scalar(lmbd, "lmbd", "encode", low=0.0)
-    if kwargs.get("n_jobs") is None:
+    if "n_jobs" not in kwargs:
         kwargs["n_jobs"] = n_jobs
     check_n_jobs(kwargs["n_jobs"], "encode")
     return _LassoSettings(D, lmbd, kwargs)
@@ -232,16 +235,31 @@ def encode(model, X, n_jobs=1):
 # solve_lasso
 # ---------------------------------------------------------------------------
 
-def _solve_block(X, Z0, lam, settings, m):
+def _solve_block(X, Z0, lam, settings, m, block_info=None):
     """Codes, gap, n_iter and converged of one chunk, packed in float64 columns
     (``lam``: the chunk's column of per-sample lmbd, or None)."""
     D = settings.D
     if D.dtype != X.dtype:
         dt = _common_dtype(X, D)
         X, D = X.astype(dt, copy=False), D.astype(dt, copy=False)
-    lmbd = settings.lmbd if lam is None else np.ascontiguousarray(lam[:, 0])
-    res = _solve(X, D, lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
-                 **settings.kwargs)
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    lmbd = settings.lmbd
+    if lam is not None:
+        # a dask lmbd is seen chunk by chunk: its samples named in X's numbering
+        lmbd = np.ascontiguousarray(lam[:, 0])
+        bad = np.flatnonzero(~(np.isfinite(lmbd) & (lmbd >= 0)))
+        if bad.size:
+            raise InvalidParameterError(
+                "The 'lmbd' parameter of fastlista.distributed.solve_lasso must be "
+                f">= 0 and finite; samples {(start + bad[:5]).tolist()} hold "
+                f"{lmbd[bad[:5]].tolist()}.")
+    try:
+        res = _solve(X, D, lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
+                     **settings.kwargs)
+    except FloatingPointError as exc:
+        raise FloatingPointError(
+            f"{exc} (sample numbers counted from the chunk starting at sample "
+            f"{start} of X)") from None
     out = np.empty((X.shape[0], m + 3))
     out[:, :m] = res.codes
     out[:, m] = res.gap
@@ -491,8 +509,13 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     else:
         X = X.persist()
         z_blocks = [None] * X.numblocks[0]
-    l_blocks = [None] * X.numblocks[0] if lam is None else \
-        lam.persist().to_delayed().ravel()
+    if lam is None:
+        l_blocks = [None] * X.numblocks[0]
+    else:
+        # (held until training ends: a persisted collection no variable refers
+        # to is released by a distributed client, and its keys with it)
+        lam = lam.persist()
+        l_blocks = lam.to_delayed().ravel()
     # empty chunks (a filtered array has them) add nothing to the sums
     blocks = [block for block, rows in zip(zip(X.to_delayed().ravel(), z_blocks,
                                                 l_blocks), X.chunks[0]) if rows]
@@ -513,7 +536,6 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
 
 def _dictionary_chunk(X, Z_prev, D, settings, offset):
     """The code step of one chunk: (codes, CodeStats), on a worker."""
-    from ._threads import kernel_threads
     from .dictionary import code_stats, make_coder
 
     lmbd, code_tol, code_max_iter, positive_code, n_jobs = settings
@@ -662,8 +684,11 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             stats = dask.compute(_tree_reduce(
                 [dask.delayed(_second, pure=True)(p) for p in parts], operator.add))[0]
             codes = [dask.delayed(_first, pure=True)(p) for p in parts]
-            value, n_new = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
-                                                    dict_passes)
+            # the dictionary step (on the client) under the same budget as the
+            # local method's
+            with kernel_threads(n_jobs, func):
+                value, n_new = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
+                                                        dict_passes)
             n_reinit += n_new
             objective.append(value)
             bar.update(1, value)

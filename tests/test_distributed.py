@@ -264,6 +264,17 @@ def test_solve_lasso_messages(data):
         fd.solve_lasso(chunked(X), D, -1.0)
     with pytest.raises(ValueError, match="2-D dask array"):
         fd.solve_lasso(da.ones(5), D, 0.3)
+    # a dask lmbd is checked chunk by chunk, its samples named as X numbers them
+    lam = np.full(X.shape[0], 0.3)
+    lam[[265, 301]] = [np.nan, -1.0]          # in the chunk of rows 260-389
+    with pytest.raises(fastlista.InvalidParameterError, match=r"samples \[265, 301\]"):
+        fd.solve_lasso(chunked(X), D, da.from_array(lam, chunks=100)).codes.compute()
+    # a solution beyond the float range: the chunk's numbering is stated
+    Xs = X.copy()
+    Xs[263] *= 1e200
+    with pytest.raises(FloatingPointError,
+                       match=r"samples \[3\].*chunk starting at sample 260 of X"):
+        fd.solve_lasso(chunked(Xs), D * 1e-200, 0.3).codes.compute()
 
 
 # ---------------------------------------------------------------------------
@@ -311,6 +322,20 @@ def test_fit_equals_single_machine(client, data, parametrization, loss, per_laye
                             atol=1e-9 * np.abs(theirs[k]).max())
     if loss == "unsupervised":
         assert net.objective(X) < Lista(D, lmbd, T, parametrization).objective(X)
+
+
+def test_fit_with_per_sample_lmbd_on_a_client_equals_single_machine(client, data):
+    """The persisted lmbd column stays referenced while training: a client
+    released a temporary one at once, and the first evaluation lost it."""
+    X, D = data
+    lam = 0.1 + 0.3 * np.random.default_rng(3).random(X.shape[0])
+    local = Lista(D, 0.2, 3).fit(X, max_iter=5, lmbd=lam)
+    for lmbd in (lam, da.from_array(lam, chunks=170), 0.3):
+        net = fd.fit(Lista(D, 0.2, 3), chunked(X), max_iter=5, lmbd=lmbd)
+        expected = Lista(D, 0.2, 3).fit(X, max_iter=5, lmbd=0.3) \
+            if isinstance(lmbd, float) else local
+        assert_allclose(net.loss_history_, expected.loss_history_, rtol=1e-9)
+        assert_allclose(net.training_vector(), expected.training_vector(), rtol=1e-6)
 
 
 def test_fit_gradient_is_the_single_machine_gradient(client, data):

@@ -298,6 +298,26 @@ def test_dask_tasks_run_one_thread_by_default(kernel_calls):
     assert kernel_calls and all(c[1] == 1 for c in kernel_calls), kernel_calls[:5]
 
 
+def test_dask_solver_settings_n_jobs_none_takes_every_core(kernel_calls):
+    """An explicit ``"n_jobs": None`` in encode's settings overrides the
+    argument (None: every core), as a missing key does not."""
+    pytest.importorskip("dask")
+    import dask
+    import dask.array as da
+    from fastlista import distributed
+    from fastlista._validation import check_n_jobs
+
+    X, D = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=7)
+    Xd = da.from_array(X, chunks=(50, -1))
+    with dask.config.set(scheduler="synchronous"):
+        distributed.encode({"D": D, "lmbd": 0.3, "n_jobs": None}, Xd).compute()
+        every_core = {c[1] for c in kernel_calls}
+        kernel_calls.clear()
+        distributed.encode({"D": D, "lmbd": 0.3}, Xd, n_jobs=1).compute()
+    assert every_core == {check_n_jobs(None, "test")}
+    assert {c[1] for c in kernel_calls} == {1}
+
+
 def test_blas_thread_limit_is_safe_across_threads():
     """Overlapping limits from 8 threads restore the original BLAS threads."""
     pytest.importorskip("sklearn")
@@ -386,18 +406,25 @@ def test_dask_dictionary_learning_runs_one_thread_a_task(kernel_calls, monkeypat
 
     from fastlista import dictionary
 
-    real_residuals = dictionary._residuals
+    from fastlista._kernels import _dict
+
+    real_residuals, real_bcd = dictionary._residuals, _dict.bcd
 
     def residuals(*args):                # the NumPy products of a chunk's statistics
         kernel_calls.append(("residuals (NumPy)", 1, max(blas_threads())))
         return real_residuals(*args)
 
+    def bcd(*args):                      # the dictionary step, on the client
+        kernel_calls.append(("bcd", 1, max(blas_threads())))
+        return real_bcd(*args)
+
     monkeypatch.setattr(dictionary, "_residuals", residuals)
+    monkeypatch.setattr(_dict, "bcd", bcd)
     set_blas_threads(2)
     X, _ = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=9)
     with dask.config.set(scheduler="synchronous"):
         distributed.learn_dictionary(da.from_array(X, chunks=(50, -1)), 12, 0.3,
                                      max_iter=2, random_state=0)
-    assert any(c[0] == "residuals (NumPy)" for c in kernel_calls)
+    assert {c[0] for c in kernel_calls} >= {"residuals (NumPy)", "bcd"}
     assert kernel_calls and all(c[1] * c[2] == 1 for c in kernel_calls), kernel_calls[:5]
     assert set(blas_threads()) == {2}
