@@ -17,6 +17,7 @@ NeurIPS 2018) and ALISTA (Liu et al., ICLR 2019): its rows, its NMSE against
 a NumPy recomputation, and its data generator.
 """
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -116,6 +117,17 @@ def test_learned_steps_band_matches_numpy_eigvalsh(steps_result):
             inv.append(1 / np.linalg.eigvalsh(D[idx] @ D[idx].T)[-1])
     np.testing.assert_allclose(t["inv_LS_median_x_L"][layer - 1], np.median(inv) * L,
                                rtol=1e-6)
+    # each quantile column holds the quantile its name gives, in percent
+    named = {}
+    for col in t:
+        m = re.fullmatch(r"inv_LS_q(\d+(?:\.\d+)?)_x_L", col)
+        if m:
+            named[float(m.group(1))] = t[col][layer - 1]
+    assert sorted(named) == [0.0, 9.5, 19.0, 28.5, 38.0, 47.5, 57.0, 66.5, 76.0, 85.5,
+                             95.0]
+    for percent, value in named.items():
+        np.testing.assert_allclose(value, np.quantile(inv, percent / 100) * L, rtol=1e-6,
+                                   err_msg=f"{percent} % quantile")
 
 
 # ----------------------------------------------------- dictionary distance
@@ -138,6 +150,28 @@ def test_dictionary_distance_decreases_with_depth(per_layer, factor):
     fro = res.table["alphaW_minus_betaD_fro"]
     assert s["fro_last_quarter"] < s["fro_first_quarter"]
     assert np.all(fro >= 0)
+
+
+# --------------------------------------------------------- learning curves
+def test_samples_within_25_percent_of_the_best():
+    # the best gap (1.0, at 20 samples) is not the largest size's (1.3)
+    sizes, gaps = (10, 20, 40), (1.5, 1.0, 1.3)
+    assert E._fewest_samples_within(sizes, gaps, 0.25) == 20
+    assert E._fewest_samples_within(sizes, (2.0, 1.25, 1.0), 0.25) == 20
+    assert E._fewest_samples_within(sizes, (1.26, 1.1, 1.0), 0.25) == 20
+    assert E._fewest_samples_within(sizes, (np.nan, 1.0, 1.2), 0.25) == 20
+    assert E._fewest_samples_within(sizes, (np.nan,) * 3, 0.25) is None
+
+
+def test_learning_curves_summary_against_the_table():
+    res = E.run("learning-curves", "tiny", train_sizes=(10, 30, 100))
+    t = res.table
+    for lab in ("LISTA-CP", "SLISTA"):
+        med = [np.median(t["test_gap"][(t["method"] == lab) & (t["n_train"] == n)])
+               for n in (10, 30, 100)]
+        assert list(res.summary[f"{lab}: median test gap by n_train"].values()) == med
+        expected = next(n for n, g in zip((10, 30, 100), med) if g <= 1.25 * min(med))
+        assert res.summary[f"{lab}: samples to come within 25% of its best"] == expected
 
 
 # --------------------------------------------------------- Lipschitz law
@@ -307,6 +341,19 @@ def test_layerwise_training_on_one_set_is_per_layer_recursive():
         for a, b in zip(net.parameters, ref.parameters):
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k])
+
+
+# ------------------------------------------------------------------ seeds
+def test_iterative_seeds_wrap_around_at_2_32():
+    kw = dict(n_features=20, n_atoms=40, lmbds=(0.8,), n_seeds=3, n_repeats=1)
+    top = E.iterative_comparison(random_state=2**32 - 2, **kw).table
+    low = E.iterative_comparison(random_state=0, **kw).table
+    assert list(dict.fromkeys(top["seed"])) == [2**32 - 2, 2**32 - 1, 0]
+    # seed 0's signal is the one of a run from seed 0
+    for m in ("ISTA", "FISTA", "OISTA"):
+        a = top["n_iter"][(top["seed"] == 0) & (top["method"] == m)]
+        b = low["n_iter"][(low["seed"] == 0) & (low["method"] == m)]
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------ plumbing

@@ -322,6 +322,16 @@ def _median_or_none(values):
 QUANTILES = np.linspace(0, 0.95, 11)
 
 
+def _quantile_column(q):
+    """The ``steps`` column of the quantile ``q`` of 1/L_S: its exact percent.
+
+    ``_quantile_column(0.095)`` is ``"inv_LS_q09.5_x_L"``: percent with one
+    decimal (every quantile of :data:`QUANTILES` is a multiple of 0.5 %),
+    zero-padded so that the names sort in quantile order.
+    """
+    return f"inv_LS_q{100 * q:04.1f}_x_L"
+
+
 def _step_band(net, D, X, L):
     """Per layer: 1/L_S of each sample's support at the layer's output."""
     T = net.n_layers
@@ -356,7 +366,9 @@ def learned_steps(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
     property of what gradient descent learns, not of every minimiser.
 
     Table: one row per layer with the learned step, the quantiles of 1/L_S
-    (all in units of 1/L), the fraction of samples with
+    (all in units of 1/L; columns named by the exact quantile in percent,
+    ``inv_LS_q00.0_x_L``, ``inv_LS_q09.5_x_L``, ..., ``inv_LS_q95.0_x_L``),
+    the fraction of samples with
     ``1/L_S <= step <= 2/L_S`` and the mean support size.
     """
     X, D = make_coding(n_train + n_test, n_atoms, n_features, random_state=random_state)
@@ -373,7 +385,7 @@ def learned_steps(n_features=10, n_atoms=20, n_train=1000, n_test=1000,
     med = np.nanmedian(inv_ls, axis=1)
     table = {"layer": np.arange(1, n_layers + 1), "step_x_L": step}
     for qi, qq in zip(QUANTILES, q):
-        table[f"inv_LS_q{int(round(qi * 100)):02d}_x_L"] = qq
+        table[_quantile_column(qi)] = qq
     table["inv_LS_median_x_L"] = med
     table["fraction_in_band"] = in_band_frac
     table["mean_support_size"] = size
@@ -896,8 +908,9 @@ def iterative_comparison(n_features=100, n_atoms=200, lmbds=(0.1, 0.4, 0.8),
                          progress=None, random_state=0):
     """Fig E.2: iterations and time for ISTA, FISTA and OISTA to reach F* + eps.
 
-    One ``make_coding`` signal per seed (seeds ``random_state``,
-    ``random_state + 1``, ...). The number of iterations to reach
+    One ``make_coding`` signal per seed: seeds ``random_state``,
+    ``random_state + 1``, ..., modulo 2**32 (the seeds past 2**32 - 1 wrap
+    around to 0, 1, ...). The number of iterations to reach
     ``F <= F* + eps`` is read from the recorded objective; the time is that of
     a fresh single-threaded run of exactly that many iterations (best of
     ``n_repeats``), so it includes the per-call overhead (validation,
@@ -906,7 +919,8 @@ def iterative_comparison(n_features=100, n_atoms=200, lmbds=(0.1, 0.4, 0.8),
     """
     methods = ("ista", "fista", "oista")
     rows = {"lmbd": [], "seed": [], "method": [], "n_iter": [], "time": []}
-    jobs = [(lm, s) for lm in lmbds for s in range(random_state, random_state + n_seeds)]
+    seeds = [(random_state + k) % 2**32 for k in range(n_seeds)]
+    jobs = [(lm, s) for lm in lmbds for s in seeds]
     for lm, seed in _progress(progress, jobs, "problems", total=len(jobs)):
         X, D = make_coding(1, n_atoms, n_features, random_state=seed)
         Fstar = float(_optimal_objective(X, D, lm)[0])
@@ -963,7 +977,10 @@ def learning_curves(n_features=5, n_atoms=10, n_total=30000,
     Signals come from ``make_coding``: the first ``max(train_sizes)`` form
     the training pool and the rest the test set. Repeat 0 trains on the
     first n signals of the pool (as the paper), further repeats on random
-    subsets; the table has one row per (method, size, repeat).
+    subsets; the table has one row per (method, size, repeat). ``summary``
+    gives, per network, the median test gap of each size and the fewest
+    training samples whose median test gap is within 25 % of its best (the
+    lowest over the sizes).
     """
     train_sizes = sorted(set(int(s) for s in train_sizes))
     n_pool = max(train_sizes)
@@ -992,16 +1009,40 @@ def learning_curves(n_features=5, n_atoms=10, n_total=30000,
                                                  & (table["n_train"] == n)]))
                for n in train_sizes]
         summary[f"{lab}: median test gap by n_train"] = dict(zip(map(str, train_sizes), med))
-        # fewest training samples giving a test gap within 25 % of the one
-        # reached with the most samples
-        ok = [n for n, g in zip(train_sizes, med) if g <= 1.25 * med[-1]]
-        summary[f"{lab}: samples to come within 25% of its best"] = ok[0] if ok else None
+        summary[f"{lab}: samples to come within 25% of its best"] = \
+            _fewest_samples_within(train_sizes, med, 0.25)
     settings = dict(n_features=n_features, n_atoms=n_atoms, n_total=n_total,
                     train_sizes=train_sizes, n_layers=n_layers, lmbd=lmbd,
                     max_iter=max_iter, per_layer=per_layer, networks=list(networks),
                     n_repeats=n_repeats, optimizer=optimizer, random_state=random_state)
     return ExperimentResult("learning-curves", table, summary, settings,
                             curves={"ista_gap": ista_gap})
+
+
+def _fewest_samples_within(train_sizes, gaps, tol):
+    """The fewest training samples whose test gap is within ``tol`` of the best.
+
+    Parameters
+    ----------
+    train_sizes : sequence of int
+        Increasing training sizes.
+    gaps : sequence of float
+        The (median) test gap reached with each size.
+    tol : float
+        Relative tolerance: a gap ``g`` qualifies if ``g <= (1 + tol) *
+        min(gaps)``, the best gap over every size (not necessarily the
+        largest size's).
+
+    Returns
+    -------
+    n : int or None
+        The first size that qualifies (None if no gap is finite).
+    """
+    finite = [g for g in gaps if np.isfinite(g)]
+    if not finite:
+        return None
+    best = min(finite)
+    return next(int(n) for n, g in zip(train_sizes, gaps) if g <= (1 + tol) * best)
 
 
 # ---------------------------------------------------------------------------
