@@ -6,8 +6,13 @@
     fastlista reproduce FIGURE [--quick] [--out DIR] [--seed N]
     fastlista bench [--small] [--json FILE] [--report-only]
 
-Every command takes ``--help``. Bad arguments exit with status 2 and a
-message that names the argument (argparse's convention).
+Every command takes ``--help``. Exit status (see :data:`EXIT_STATUS`):
+0 on success; 2 for bad arguments, with a message that names the argument
+(argparse's convention), among them an ``--out`` where an output file cannot
+be written (checked before any computation); 1 when the run fails (an
+output file that cannot be written after all, not enough memory for the
+sizes asked); 130 when interrupted (Ctrl-C). Errors are reported in one
+message, without a Python traceback.
 
 The reproduction (:mod:`fastlista.paper`) is imported inside the commands
 only: ``import fastlista`` and ``fastlista --help`` load neither the
@@ -29,6 +34,14 @@ __all__ = ["main", "build_parser"]
 #: Output directory of every command, relative to the current directory.
 DEFAULT_OUT = "fastlista_results"
 SEED_MAX = 2**32 - 1
+#: Largest --n-atoms, --n-features, --n-train and --n-test of ``demo``.
+SIZE_MAX = 10**9
+#: The exit statuses, as ``fastlista --help`` lists them.
+EXIT_STATUS = (
+    "exit status: 0 success; 2 bad arguments, including an --out where an output "
+    "file cannot be written (checked before computing); 1 the run failed (an output "
+    "file could not be written, not enough memory for the sizes asked); 130 "
+    "interrupted (Ctrl-C).")
 QUICK = "under 2 minutes on 2 cores"
 
 
@@ -87,11 +100,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _common(p, default_seed_help):
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help="directory for the CSV and PNG files (created if needed)")
+                   help="directory for the CSV, JSON and PNG files (created if "
+                        "needed; exit status 2 before computing if one of them "
+                        "cannot be written there)")
     p.add_argument("--seed", type=_int_in(0, SEED_MAX), default=None,
                    help=f"random seed ({default_seed_help})")
     p.add_argument("--no-plot", action="store_true",
-                   help="write the CSV only (no matplotlib needed)")
+                   help="write the CSV and JSON only, no PNG (no matplotlib needed); "
+                        "the PNG of the same name left in --out by an earlier run is "
+                        "removed, so that no figure of other data remains")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -105,7 +122,7 @@ def build_parser():
         description=_desc("Fast CPU sparse coding with learned step sizes: run the "
                           "demo, reproduce the figures of Ablin et al. (NeurIPS 2019), "
                           "run the benchmarks. `fastlista COMMAND --help` describes "
-                          "each command."),
+                          "each command.", EXIT_STATUS),
         formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"fastlista {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -119,18 +136,22 @@ def build_parser():
             "LISTA-CP and ALISTA networks, and print the held-out F - F* after each "
             "layer against ISTA and FISTA, with the learned SLISTA steps against 1/L "
             "and the median 1/L_S of the codes' supports. Writes demo.csv, demo.json "
-            "and demo.png into --out. About a minute on 2 cores with the defaults."))
+            "and demo.png into --out. About a minute on 2 cores with the defaults. "
+            f"The sizes --n-atoms, --n-features, --n-train and --n-test are at most "
+            f"{SIZE_MAX}; a run that needs more memory than the machine has stops "
+            "with exit status 1.", EXIT_STATUS))
     demo.add_argument("--dataset", choices=("simulated", "digits"), default="simulated",
                       help="simulated: Gaussian dictionary and dense Gaussian codes "
                            "(the paper's); digits: 8x8 digit images of scikit-learn")
     demo.add_argument("--lmbd", type=_lmbd, default=0.8,
                       help="regularisation, relative to lambda_max = 1")
-    demo.add_argument("--n-atoms", type=_int_in(1), default=256, help="atoms m")
-    demo.add_argument("--n-features", type=_int_in(1), default=64,
+    demo.add_argument("--n-atoms", type=_int_in(1, SIZE_MAX), default=256,
+                      help="atoms m")
+    demo.add_argument("--n-features", type=_int_in(1, SIZE_MAX), default=64,
                       help="features n (simulated only; digits have 64)")
-    demo.add_argument("--n-train", type=_int_in(1), default=None,
+    demo.add_argument("--n-train", type=_int_in(1, SIZE_MAX), default=None,
                       help="training signals (default: 1000)")
-    demo.add_argument("--n-test", type=_int_in(1), default=None,
+    demo.add_argument("--n-test", type=_int_in(1, SIZE_MAX), default=None,
                       help="held-out signals (default: 1000; digits: the images left, "
                            "541 with 256 atoms and 1000 training signals)")
     demo.add_argument("--n-layers", type=_int_in(1, 1000), default=20, help="layers T")
@@ -140,12 +161,12 @@ def build_parser():
 
     rep = sub.add_parser(
         "reproduce", formatter_class=_Formatter,
-        help="reproduce one figure of the paper (CSV + PNG)",
+        help="reproduce one figure of the paper (CSV, JSON and PNG)",
         description=_desc(
             "Reproduce a figure of Ablin et al. (NeurIPS 2019). Writes FIGURE.csv "
             "(the data), FIGURE.json (key numbers and settings) and FIGURE.png into "
             "--out and prints the key numbers. Without --quick the paper's settings "
-            f"are used (some take hours); --quick ends in {QUICK}.")
+            f"are used (some take hours); --quick ends in {QUICK}.", EXIT_STATUS)
         + "\n\nfigures:\n"
         + "\n".join(f"  {k:<21}{f.title}" for k, f in FIGURES.items())
         + "\n  all                  every figure in turn")
@@ -161,7 +182,9 @@ def build_parser():
             "Run `pytest benchmarks --benchmark-only --benchmark-json=FILE` from a "
             "source checkout (benchmarks/ is not installed with the package) and "
             "print the ratio table of benchmarks/report.py. Needs the test extra "
-            "(pytest-benchmark). The full suite takes several minutes."))
+            "(pytest-benchmark). The full suite takes several minutes. Exits with "
+            "status 2 for bad arguments, 130 when interrupted, and with the status "
+            "of pytest or report.py when they fail."))
     bench.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                        help="directory of the JSON file")
     bench.add_argument("--json", metavar="FILE", default=None,
@@ -198,6 +221,10 @@ def _progress_bar():
     return progress
 
 
+class _RunError(Exception):
+    """A failure of a command reported as one message, with exit status 1."""
+
+
 def _outdir(path, parser):
     out = Path(path)
     try:
@@ -209,19 +236,62 @@ def _outdir(path, parser):
     return out
 
 
+def _outputs(out, name):
+    """The CSV, JSON and PNG files of the result ``name`` in the directory ``out``."""
+    return tuple(out / f"{name}.{ext}" for ext in ("csv", "json", "png"))
+
+
+def _check_outputs(out, names, no_plot, parser):
+    """Exit with status 2, before any computation, if an output cannot be written.
+
+    The files of every result in ``names`` (their PNG only without
+    ``no_plot``) must not be directories nor read-only files; the directory
+    ``out`` itself was checked by :func:`_outdir`.
+    """
+    for name in names:
+        csv_path, json_path, png_path = _outputs(out, name)
+        for path in (csv_path, json_path) + (() if no_plot else (png_path,)):
+            if path.is_dir():
+                parser.error(f"argument --out: cannot write {str(path)!r}: it is a "
+                             "directory (remove it or choose another --out)")
+            if path.exists() and not os.access(path, os.W_OK):
+                parser.error(f"argument --out: cannot write {str(path)!r}: the file "
+                             "is read-only")
+
+
 def _write(result, out, no_plot):
-    """``<name>.csv``, ``<name>.json`` and ``<name>.png`` of ``result`` into ``out``."""
-    stem = out / result.name
-    csv_path = stem.with_suffix(".csv")
-    result.to_csv(csv_path)
-    result.to_json(stem.with_suffix(".json"))
-    written = [csv_path]
+    """Write the CSV, JSON and PNG of ``result`` into ``out``; the list of files.
+
+    Without a PNG (``no_plot``, or matplotlib missing), the PNG of the same
+    name of an earlier run is removed, so that no figure of other data stays
+    beside the new CSV. An ``OSError`` while writing or removing a file
+    raises :class:`_RunError`, which names the file and those written.
+    """
+    csv_path, json_path, png_path = _outputs(out, result.name)
+    written = []
+
+    def attempt(what, path, action):
+        try:
+            action(path)
+        except OSError as exc:
+            done = f" (written: {', '.join(map(str, written))})" if written else ""
+            raise _RunError(f"cannot {what} {path}: {exc.strerror or exc}{done}") \
+                from None
+
+    attempt("write", csv_path, result.to_csv)
+    written.append(csv_path)
+    attempt("write", json_path, result.to_json)
+    written.append(json_path)
     if not no_plot:
         from .paper.plots import plot
         try:
-            written.append(plot(result, stem.with_suffix(".png")))
+            attempt("write", png_path, lambda path: plot(result, path))
+            written.append(png_path)
         except ImportError as exc:
             print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
+    if png_path not in written and (png_path.is_file() or png_path.is_symlink()):
+        attempt("remove", png_path, Path.unlink)
+        print(f"removed {png_path} (the figure of an earlier run)")
     return written
 
 
@@ -264,6 +334,7 @@ def _cmd_demo(args, parser):
         if args.dataset == "simulated":
             kwargs["n_features"] = min(args.n_features, 16)
     out = _outdir(args.out, parser)
+    _check_outputs(out, ("demo",), args.no_plot, parser)
     print(f"fastlista demo: {kwargs['dataset']} problem, {kwargs['n_atoms']} atoms x "
           f"{kwargs['n_features'] if args.dataset == 'simulated' else 64} features, "
           f"lmbd = {kwargs['lmbd']}, {kwargs['n_train']} training and "
@@ -288,6 +359,7 @@ def _cmd_reproduce(args, parser):
     mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
     out = _outdir(args.out, parser)
     figures = tuple(FIGURES) if args.figure == "all" else (args.figure,)
+    _check_outputs(out, figures, args.no_plot, parser)
     progress = _progress_bar()
     for fig in figures:
         print(f"fastlista reproduce {fig} ({mode} settings): {FIGURES[fig].title}",
@@ -304,18 +376,19 @@ def _cmd_reproduce(args, parser):
 
 
 def _find_checkout(explicit=None):
-    """The repository root holding benchmarks/ (None outside a checkout)."""
+    """The repository root holding benchmarks/, absolute (None outside a checkout)."""
     candidates = [Path(explicit)] if explicit else [
         Path.cwd(), Path(__file__).resolve().parent.parent]
     for root in candidates:
         if (root / "benchmarks" / "conftest.py").is_file():
-            return root
+            return root.resolve()
     return None
 
 
 def _cmd_bench(args, parser):
     out = _outdir(args.out, parser)
-    json_path = Path(args.json) if args.json else out / "benchmarks.json"
+    # absolute: pytest and report.py run in the checkout, not in this directory
+    json_path = (Path(args.json) if args.json else out / "benchmarks.json").resolve()
     root = _find_checkout(args.checkout)
     if root is None:
         where = args.checkout or f"{Path.cwd()} or {Path(__file__).resolve().parent.parent}"
@@ -328,7 +401,7 @@ def _cmd_bench(args, parser):
     report = root / "benchmarks" / "report.py"
     if not args.report_only:
         cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only",
-               f"--benchmark-json={json_path.resolve()}", "-p", "no:cacheprovider"]
+               f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
         env = dict(os.environ)
         # benchmark the fastlista this command runs, not the source tree of the
         # checkout (`python -m pytest` puts the current directory first on
@@ -376,12 +449,49 @@ def _cmd_bench(args, parser):
 COMMANDS = {"demo": _cmd_demo, "reproduce": _cmd_reproduce, "bench": _cmd_bench}
 
 
+def _memory_context(args):
+    """The sizes a run of ``args`` asked for, for the out-of-memory message."""
+    if args.command == "demo":
+        return "the sizes " + ", ".join(
+            f"--{name.replace('_', '-')} {getattr(args, name)}"
+            for name in ("n_atoms", "n_features", "n_train", "n_test", "n_layers"))
+    if args.command == "reproduce":
+        mode = "tiny" if args.tiny else ("quick" if args.quick else "paper")
+        return f"the {mode} settings of {args.figure}"
+    return "this run"
+
+
 def main(argv=None):
-    """Entry point of the ``fastlista`` command; returns the exit status."""
+    """Entry point of the ``fastlista`` command.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 when the run fails (an output that cannot be
+        written, not enough memory), 130 when interrupted; bad arguments
+        exit with status 2 (``SystemExit``, from argparse). Failures are
+        reported as one message on stderr, without a traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
-    return COMMANDS[args.command](args, sub)
+    try:
+        return COMMANDS[args.command](args, sub)
+    except KeyboardInterrupt:
+        print(f"fastlista {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as exc:
+        print(f"fastlista {args.command}: not enough memory for "
+              f"{_memory_context(args)}: {exc}", file=sys.stderr)
+        return 1
+    except _RunError as exc:
+        print(f"fastlista {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

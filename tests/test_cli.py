@@ -2,8 +2,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,7 +95,10 @@ def test_python_m_fastlista_entry_point(tmp_path):
     (["demo", "--lmbd", "abc"], "argument --lmbd: expected a number"),
     (["demo", "--n-layers", "0"], "argument --n-layers: must be an integer in [1, 1000]"),
     (["demo", "--n-train", "2.5"], "argument --n-train: expected an integer"),
-    (["demo", "--n-atoms", "-3"], "argument --n-atoms: must be an integer >= 1"),
+    (["demo", "--n-atoms", "-3"], "argument --n-atoms: must be an integer in [1, 1000000000]"),
+    (["demo", "--n-atoms", str(10**12)],
+     "argument --n-atoms: must be an integer in [1, 1000000000], got 1000000000000"),
+    (["demo", "--n-test", str(2**64)], "argument --n-test: must be an integer in [1, "),
     (["demo", "--max-iter", "0"], "argument --max-iter"),
     (["demo", "--dataset", "mnist"], "argument --dataset: invalid choice"),
     (["demo", "--dataset", "digits", "--n-features", "32"], "digits images have 64 pixels"),
@@ -125,6 +130,120 @@ def test_unwritable_out_exits_2(tmp_path, capsys):
         cli.main(["reproduce", "lipschitz-law", "--tiny", "--out", str(blocker / "sub")])
     assert exc.value.code == 2
     assert "argument --out: cannot create directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------- outputs and failures
+@pytest.mark.parametrize("argv, blocker", [
+    (["demo", "--tiny"], "demo.csv"),
+    (["demo", "--tiny"], "demo.png"),
+    (["reproduce", "lipschitz-law", "--tiny"], "lipschitz-law.json"),
+    # every figure of "all" is checked before the first one is computed
+    (["reproduce", "all", "--tiny"], "networks.png"),
+])
+def test_output_path_that_is_a_directory_exits_2_before_computing(argv, blocker,
+                                                                   tmp_path, capsys):
+    (tmp_path / blocker).mkdir()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + ["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert f"argument --out: cannot write '{tmp_path / blocker}': it is a directory" in err
+    # nothing was computed nor written
+    assert out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [blocker]
+
+
+def test_png_directory_is_left_alone_with_no_plot(tmp_path, capsys):
+    (tmp_path / "lipschitz-law.png").mkdir()
+    status, _, _ = run(["reproduce", "lipschitz-law", "--tiny", "--no-plot", "--out",
+                        str(tmp_path)], capsys)
+    assert status == 0
+    assert (tmp_path / "lipschitz-law.png").is_dir()
+    assert (tmp_path / "lipschitz-law.csv").is_file()
+
+
+def test_failed_write_exits_1_with_a_message(tmp_path, capsys):
+    # a dangling link passes the checks made before computing, and fails
+    # when the PNG is written
+    (tmp_path / "demo.png").symlink_to(tmp_path / "missing" / "demo.png")
+    status, out, err = run(["demo", "--tiny", "--out", str(tmp_path)], capsys)
+    assert status == 1
+    assert err.strip().splitlines() == [
+        f"fastlista demo: cannot write {tmp_path / 'demo.png'}: No such file or directory "
+        f"(written: {tmp_path / 'demo.csv'}, {tmp_path / 'demo.json'})"]
+    assert "wrote" not in out
+
+
+def test_no_plot_lists_every_file_and_removes_the_stale_png(tmp_path, capsys):
+    stale = tmp_path / "lipschitz-law.png"
+    stale.write_bytes(b"\x89PNG of an earlier run")
+    status, out, _ = run(["reproduce", "lipschitz-law", "--tiny", "--no-plot", "--out",
+                          str(tmp_path)], capsys)
+    assert status == 0
+    assert not stale.exists()
+    assert f"removed {stale} (the figure of an earlier run)" in out
+    assert (f"wrote {tmp_path / 'lipschitz-law.csv'}, {tmp_path / 'lipschitz-law.json'}  ("
+            in out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lipschitz-law.csv",
+                                                          "lipschitz-law.json"]
+
+
+def test_no_plot_help_names_every_file_written(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--no-plot write the CSV and JSON only, no PNG" in help_text
+    assert "is removed" in help_text
+
+
+def test_wrote_line_lists_csv_json_and_png(tmp_path, capsys, matplotlib):
+    status, out, _ = run(["reproduce", "lipschitz-law", "--tiny", "--out", str(tmp_path)],
+                         capsys)
+    assert status == 0
+    stem = tmp_path / "lipschitz-law"
+    assert f"wrote {stem}.csv, {stem}.json, {stem}.png  (" in out
+
+
+def test_out_of_memory_is_a_message_naming_the_sizes(tmp_path, capsys, monkeypatch):
+    from fastlista.paper import experiments as E
+
+    def demo(**kwargs):
+        n = kwargs["n_atoms"]
+        raise MemoryError(f"Unable to allocate for an array with shape ({n}, 64)")
+
+    monkeypatch.setattr(E, "demo", demo)
+    status, _, err = run(["demo", "--n-atoms", "1000000000", "--no-plot", "--out",
+                          str(tmp_path)], capsys)
+    assert status == 1
+    assert err.strip().splitlines() == [
+        "fastlista demo: not enough memory for the sizes --n-atoms 1000000000, "
+        "--n-features 64, --n-train 1000, --n-test 1000, --n-layers 20: "
+        "Unable to allocate for an array with shape (1000000000, 64)"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
+def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
+    # the paper's settings of dictionary-distance train for over a minute:
+    # interrupted once the run has started
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastlista", "reproduce", "dictionary-distance",
+         "--no-plot", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=SUB_ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("fastlista reproduce dictionary-distance"), first
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "fastlista reproduce: interrupted"
+    assert "Traceback" not in err
+    assert not (tmp_path / "dictionary-distance.csv").exists()
 
 
 # ------------------------------------------------------------------------- demo
@@ -184,6 +303,26 @@ def test_reproduce_all_tiny(tmp_path, capsys):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_reproduce_iterative_largest_seed(tmp_path, capsys):
+    # the tiny preset has two seeds: from the largest, they wrap around to 0
+    status, _, _ = run(["reproduce", "iterative", "--tiny", "--no-plot", "--seed",
+                        str(cli.SEED_MAX), "--out", str(tmp_path / "max")], capsys)
+    assert status == 0
+    cols, rows = read_csv(tmp_path / "max" / "iterative.csv")
+    seed, n_iter = cols.index("seed"), cols.index("n_iter")
+    assert sorted({int(r[seed]) for r in rows}) == [0, 2**32 - 1]
+    # the signal of seed 0 is the one a run from seed 0 draws
+    run(["reproduce", "iterative", "--tiny", "--no-plot", "--seed", "0",
+         "--out", str(tmp_path / "zero")], capsys)
+    _, ref = read_csv(tmp_path / "zero" / "iterative.csv")
+
+    def iterations(rows, s):
+        return [(r[0], r[2], r[n_iter]) for r in rows if int(r[seed]) == s]
+
+    assert iterations(rows, 0) == iterations(ref, 0)
+    assert iterations(rows, 2**32 - 1) != iterations(ref, 0)
+
+
 def test_reproduce_seed_changes_the_data(tmp_path, capsys):
     run(["reproduce", "lipschitz-law", "--tiny", "--no-plot", "--out", str(tmp_path / "a")],
         capsys)
@@ -198,6 +337,14 @@ def test_reproduce_seed_changes_the_data(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ bench
+BENCH = {"benchmarks": [
+    {"group": "g", "name": "ours", "stats": {"median": 0.002},
+     "extra_info": {"role": "ours", "label": "fast"}},
+    {"group": "g", "name": "ref", "stats": {"median": 0.004},
+     "extra_info": {"role": "reference", "label": "numpy", "target_ratio": 1.0}},
+]}
+
+
 def test_bench_outside_a_checkout(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     status, out, err = run(["bench", "--out", str(tmp_path), "--checkout", str(tmp_path)],
@@ -210,19 +357,37 @@ def test_bench_outside_a_checkout(tmp_path, capsys, monkeypatch):
 def test_bench_report_only(tmp_path, capsys):
     if not (REPO / "benchmarks" / "report.py").is_file():
         pytest.skip("not a source checkout")
-    bench = {"benchmarks": [
-        {"group": "g", "name": "ours", "stats": {"median": 0.002},
-         "extra_info": {"role": "ours", "label": "fast"}},
-        {"group": "g", "name": "ref", "stats": {"median": 0.004},
-         "extra_info": {"role": "reference", "label": "numpy", "target_ratio": 1.0}},
-    ]}
     path = tmp_path / "b.json"
-    path.write_text(json.dumps(bench))
+    path.write_text(json.dumps(BENCH))
     status = cli.main(["bench", "--report-only", "--json", str(path), "--out",
                        str(tmp_path), "--checkout", str(REPO)])
     assert status == 0
     out = capsys.readouterr().out
     assert "ratio table" in out
+
+
+@pytest.mark.parametrize("json_arg, out_arg", [
+    ("b.json", "results"),                   # a relative --json
+    (None, "results"),                       # the default DIR/benchmarks.json
+])
+def test_bench_report_only_relative_paths(json_arg, out_arg, tmp_path, capfd,
+                                          monkeypatch):
+    if not (REPO / "benchmarks" / "report.py").is_file():
+        pytest.skip("not a source checkout")
+    # report.py runs in the checkout: the relative paths are this directory's
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / (json_arg or Path(out_arg, "benchmarks.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(BENCH))
+    argv = ["bench", "--report-only", "--out", out_arg, "--checkout", str(REPO)]
+    status = cli.main(argv + (["--json", json_arg] if json_arg else []))
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    assert f"ratio table (median of ours / median of reference) from {path}:" in out
+    # the row of report.py: 2 ms against 4 ms, ratio 0.5, within the target 1
+    row = next(line for line in out.splitlines() if line.startswith("g "))
+    assert row.split() == ["g", "fast", "numpy", "2", "ms", "4", "ms", "0.500", "<=", "1",
+                           "ok"]
 
 
 def test_bench_tiny_runs_the_suite(tmp_path):
