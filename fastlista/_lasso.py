@@ -29,8 +29,8 @@ import numpy as np
 
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
-from ._validation import (_common_dtype, as_array, check_array, check_bool, check_lmbd, check_X_D,
-                          not_real_reason)
+from ._validation import (_common_dtype, as_array, check_array, check_bool, check_lmbd,
+                          check_X_D, not_real_reason)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -44,8 +44,9 @@ _LMBD_CAP = 1e300
 
 
 def _check_codes(Z, X, D, name="Z"):
-    """Validate codes against a validated (X, D): returns a 2-D array in
-    their dtype (for a warm start, which rounding cannot make wrong)."""
+    """Validate codes against a validated (X, D): a 2-D array cast to their
+    dtype (for warm starts, whose rounding does no harm; codes to evaluate
+    go through :func:`_check_evaluated`)."""
     Z = check_array(Z, name, dtype=X.dtype, allow_1d=True, min_features=0)
     if Z.shape != (X.shape[0], D.shape[0]):
         raise ValueError(
