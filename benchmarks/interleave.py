@@ -52,9 +52,10 @@ class Case:
     """One comparison: ``ratio = median over rounds of ours / reference``.
 
     ``check`` (optional) is a string printed beside the ratio: what was
-    compared between the two (loss, gradients) and whether it agreed; a
-    string starting with "MISMATCH" marks the row (a callable: called after
-    the rounds, on what they computed). ``rounds`` and ``prime``
+    compared between the two (codes, loss, gradients, on calls made before
+    the rounds) and whether it agreed; a string starting with "MISMATCH"
+    fails the row, whatever its ratio (a callable: called after the rounds,
+    on what they computed). ``rounds`` and ``prime``
     override :func:`run`'s for this case (a reference of minutes).
     """
 
@@ -111,8 +112,10 @@ def run(cases, n_rounds=7, prime=2, pause=0.2, verbose=False):
         q1, q3 = np.percentile(ratios, [25, 75])
         ratio = float(np.median(ratios))
         check = case.check() if callable(case.check) else case.check
+        mismatch = str(check).startswith("MISMATCH")
         row = dict(name=case.name, ratio=ratio, target=case.target,
-                   ok=None if case.target is None else ratio <= case.target,
+                   ok=False if mismatch else None if case.target is None
+                   else ratio <= case.target,
                    ours=float(np.median(t_ours)), reference=float(np.median(t_ref)),
                    spread=(float(q1), float(q3)), check=check,
                    rounds=len(ratios))
@@ -134,9 +137,8 @@ def format_rows(rows, header=True):
                    f"{'ours':>10s} {'reference':>10s}")
     for r in rows:
         target = "" if r["target"] is None else f"<= {r['target']:.3g}"
-        ok = {None: "", True: "ok", False: "MISS"}[r["ok"]]
-        if str(r["check"]).startswith("MISMATCH"):
-            ok = (ok + " MISMATCH").strip()
+        ok = "MISMATCH" if str(r["check"]).startswith("MISMATCH") else \
+            {None: "", True: "ok", False: "MISS"}[r["ok"]]
         spread = f"{r['spread'][0]:.3f}-{r['spread'][1]:.3f}"
         out.append(f"{r['name']:52s} {r['ratio']:7.3f} {spread:>13s} {target:>8s} "
                    f"{_fmt_time(r['ours']):>10s} {_fmt_time(r['reference']):>10s}  {ok}"
@@ -149,7 +151,10 @@ def main(interleaved, default_rounds, argv=None):
     """The command line of a suite's runner: ``python FILE [n_rounds] [-k
     SUBSTRING] [--threads N]``, then ``interleaved(n_rounds, small, keyword,
     verbose=True, threads=N)`` between a header (the package, the rounds,
-    the load average) and the load average at the end."""
+    the load average) and the load average at the end. Returns the exit
+    status: 1 if a comparison's check found a mismatch (the two sides did
+    not compute the same thing), else 0 (a ratio above its target is a
+    measurement, not a failure)."""
     import argparse
     import os
 
@@ -170,6 +175,7 @@ def main(interleaved, default_rounds, argv=None):
           + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     print(format_rows([], header=True), flush=True)
     with blas_threads(args.threads):
-        interleaved(args.n_rounds, is_small, args.keyword, verbose=True,
-                    threads=args.threads)
+        rows = interleaved(args.n_rounds, is_small, args.keyword, verbose=True,
+                           threads=args.threads)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return int(any(str(r["check"]).startswith("MISMATCH") for r in rows))

@@ -18,11 +18,18 @@ Within each benchmark group, every entry whose ``extra_info["role"]`` is
 * a reference may carry ``target_ratio`` (the largest acceptable time ratio;
   with ``target_rows="marginal"`` it applies to the marginal rows only, the
   per-call rows being shown without a target) and ``compare``:
-  ``{metric: {"kind": "ratio" | "rel_diff" | "value", "max": value}}`` to
-  compare numbers stored in both entries' ``extra_info`` (for example the
-  mean objective, "no worse than the reference", or the mean iteration
-  count); ``"value"`` checks a number the reference entry measured itself
-  (for example the relative difference of its gradients from ours).
+  ``{metric: {"kind": "ratio" | "rel_diff" | "abs_rel_diff" | "value",
+  "max": value}}`` to compare numbers stored in both entries' ``extra_info``:
+  ``"rel_diff"`` is one-sided, (ours - reference) / |reference| (the mean
+  objective "no worse than the reference"), ``"abs_rel_diff"`` its absolute
+  value (two results that must agree, such as a loss), ``"ratio"`` ours /
+  reference (the mean iteration count); ``"value"`` checks a number the
+  reference entry measured itself (for example the relative difference of
+  its gradients from ours). A compared number that is missing fails.
+
+A time ratio that is not positive (a marginal whose larger k ran faster:
+noise) fails its target; an "ours" entry whose group has no reference in
+the file (a reference skipped, e.g. without torch) is listed as such.
 
 Only the standard library is used, so the report runs anywhere.
 """
@@ -82,8 +89,9 @@ def _compare_metric(kind, ours_value, ref_value):
         return None
     if kind == "ratio":
         return ours_value / ref_value if ref_value else float("inf")
-    if kind == "rel_diff":
-        return (ours_value - ref_value) / max(abs(ref_value), 1e-300)
+    if kind in ("rel_diff", "abs_rel_diff"):
+        diff = (ours_value - ref_value) / max(abs(ref_value), 1e-300)
+        return abs(diff) if kind == "abs_rel_diff" else diff
     raise ValueError(f"unknown comparison kind {kind!r}")
 
 
@@ -115,6 +123,11 @@ def compute_ratios(benchmarks):
         benches = groups[group]
         refs = [b for b in benches if b.get("extra_info", {}).get("role") == "reference"]
         for label, med, ob, marginal in _ours_entries(benches):
+            if not refs:
+                rows.append(dict(group=group, ours=label,
+                                 reference="(no reference in this run)", ours_median=med,
+                                 reference_median=None, ratio=None, target_ratio=None,
+                                 ok=None, metrics=[]))
             for rb in refs:
                 rinfo = rb.get("extra_info", {})
                 rmed = _median(rb)
@@ -125,7 +138,8 @@ def compute_ratios(benchmarks):
                 row = dict(group=group, ours=label, reference=_label(rb),
                            ours_median=med, reference_median=rmed, ratio=ratio,
                            target_ratio=target,
-                           ok=None if (target is None or ratio is None) else ratio <= target,
+                           ok=None if (target is None or ratio is None)
+                           else 0 < ratio <= target,
                            metrics=[])
                 for name, spec in (rinfo.get("compare") or {}).items():
                     kind = spec.get("kind", "ratio")
@@ -135,7 +149,7 @@ def compute_ratios(benchmarks):
                     mx = spec.get("max")
                     row["metrics"].append(dict(
                         name=name, kind=kind, ours=ov, reference=rv, value=value, max=mx,
-                        ok=None if (mx is None or value is None) else value <= mx))
+                        ok=None if mx is None else value is not None and value <= mx))
                 rows.append(row)
     return rows
 
@@ -174,7 +188,8 @@ def format_table(rows, markdown=False):
                       "" if r["target_ratio"] is None else f"<= {r['target_ratio']:.3g}",
                       _fmt_ok(r["ok"])])
         for m in r["metrics"]:
-            what = {"ratio": "ratio", "rel_diff": "rel. diff"}.get(m["kind"], "value")
+            what = {"ratio": "ratio", "rel_diff": "rel. diff",
+                    "abs_rel_diff": "|rel. diff|"}.get(m["kind"], "value")
             lines.append(["", f"  {m['name']}: {_fmt_num(m['ours'])}",
                           f"{_fmt_num(m['reference'])}", "", "",
                           f"{what} {_fmt_num(m['value'])}",
@@ -212,8 +227,7 @@ def main(argv=None):
         if len(args.json) > 1:
             print(f"\n{path}")
         if not rows:
-            print("no (ours, reference) pairs with timings found "
-                  "(was the run made with --benchmark-disable?)")
+            print(f"no timed 'ours' entries in {path}")
             continue
         print(format_table(rows, markdown=args.markdown))
     return status

@@ -127,8 +127,19 @@ def _torch_check(ref, net, tnet, X, benchmark):
 
 def _compare(ref, dtype):
     loss_tol, grad_tol = ref.RTOL[np.dtype(dtype)]
-    return {"loss": {"kind": "rel_diff", "max": loss_tol},
+    return {"loss": {"kind": "abs_rel_diff", "max": loss_tol},
             "grad_rel_diff": {"kind": "value", "max": grad_tol}}
+
+
+def _torch_codes_check(ref, net, tnet, X):
+    """The relative difference of torch's codes from ours and its bound (the
+    gradients' bound of ``ref.RTOL``); a mismatch fails the test."""
+    codes_rel = ref.code_difference(net.transform(X), tnet.transform(X))
+    tol = ref.RTOL[np.dtype(X.dtype)][1]
+    assert codes_rel <= tol, (
+        f"torch and fastlista compute different codes ({X.dtype}): {codes_rel:.3g} "
+        f"(<= {tol:g})")
+    return codes_rel, tol
 
 
 # ------------------------------------------------------------ SLISTA forward
@@ -154,8 +165,11 @@ def test_slista_forward_torch(benchmark, problems, info, lmbd, dtype):
     net = _network(problem, lmbd)
     tnet = ref.TorchLista(D, lmbd, net.parameters, "step", dtype=X.dtype)
     benchmark.group = _group("slista-forward", lmbd, dtype)
+    codes_rel, tol = _torch_codes_check(ref, net, tnet, X)
     info(benchmark, problem, role="reference", lmbd=lmbd, n_layers=N_LAYERS,
-         label="torch autograd reference (no_grad)", target_ratio=FORWARD_TARGET[lmbd])
+         label="torch autograd reference (no_grad)", target_ratio=FORWARD_TARGET[lmbd],
+         codes_rel_diff=codes_rel,
+         compare={"codes_rel_diff": {"kind": "value", "max": tol}})
     Z = _run(benchmark, tnet.transform, X, rounds=5, warmup_rounds=TORCH_PRIME)
     benchmark.extra_info.update(_codes_info(Z))
 
@@ -233,7 +247,7 @@ def test_slista_loss_and_grad_dtype(benchmark, problems, info, dtype):
          lmbd=lmbd, n_layers=N_LAYERS,
          label=f"fastlista Lista(step).loss_and_grad, {dtype}",
          **({} if dtype == "float32" else {"target_ratio": DTYPE_TARGET,
-                                           "compare": {"loss": {"kind": "rel_diff",
+                                           "compare": {"loss": {"kind": "abs_rel_diff",
                                                                 "max": 1e-6}}}))
     loss, _ = _run(benchmark, net.loss_and_grad, X)
     benchmark.extra_info["loss"] = loss
@@ -372,13 +386,19 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                 return None
             net, tnet = nets[key], tnets[key]
             check = ""
-            if method == "loss_and_grad" and (keyword is None or keyword in name):
+            loss_tol, grad_tol = ref.RTOL[np.dtype(dtype)]
+            if keyword is not None and keyword not in name:
+                pass                            # not run: nothing to check
+            elif method == "loss_and_grad":
                 loss_rel, grad_rel = ref.differences(net.loss_and_grad(X),
                                                      tnet.loss_and_grad(X))
-                loss_tol, grad_tol = ref.RTOL[np.dtype(dtype)]
                 bad = loss_rel > loss_tol or grad_rel > grad_tol
                 check = (("MISMATCH " if bad else "")
                          + f"loss {loss_rel:.1e}, grads {grad_rel:.1e}")
+            else:
+                codes_rel = ref.code_difference(net.transform(X), tnet.transform(X))
+                check = ("MISMATCH " if codes_rel > grad_tol else "") + \
+                    f"codes {codes_rel:.1e}"
             return Case(name, timer(getattr(net, method), X),
                         timer(getattr(tnet, method), X), target, check)
 
@@ -496,4 +516,4 @@ if __name__ == "__main__":
     sys.path.insert(0, BENCH_DIR)
     import interleave
 
-    interleave.main(interleaved, default_rounds=7)
+    sys.exit(interleave.main(interleaved, default_rounds=7))

@@ -345,4 +345,4 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import interleave
 
-    interleave.main(interleaved, default_rounds=5)
+    sys.exit(interleave.main(interleaved, default_rounds=5))

@@ -122,4 +122,4 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import interleave
 
-    interleave.main(interleaved, default_rounds=7)
+    sys.exit(interleave.main(interleaved, default_rounds=7))
