@@ -421,13 +421,18 @@ def _cmd_bench(args, parser):
         if keyword:
             cmd += ["-k", keyword]
         print("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
+        # a JSON of an earlier run must not pass for this one's (pytest writes
+        # none when every selected benchmark is skipped)
+        json_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         status = subprocess.call(cmd, cwd=root, env=env)
         print(f"benchmarks ran in {time.perf_counter() - t0:.0f} s (pytest exit status "
               f"{status})", flush=True)
-        if status not in (0, 1) or not json_path.is_file():
-            print("fastlista bench: the benchmark run failed (is pytest-benchmark "
-                  "installed? pip install '.[test]')", file=sys.stderr)
+        if not json_path.is_file():
+            why = ("no benchmark ran (all deselected or skipped)" if status in (0, 5)
+                   else "is pytest-benchmark installed? pip install '.[test]'")
+            print(f"fastlista bench: no timings were written to {json_path} ({why})",
+                  file=sys.stderr)
             return status or 1
     elif not json_path.is_file():
         parser.error(f"argument --report-only: {str(json_path)!r} does not exist "
@@ -443,6 +448,11 @@ def _cmd_bench(args, parser):
             return rc
     else:
         print(f"no {report} found: the timings are in {json_path}")
+    if not args.report_only and status:
+        # the table of the timings that ran, then pytest's failure (a check of
+        # a benchmark failed: the two sides did not compute the same thing)
+        print(f"fastlista bench: pytest failed (exit status {status})", file=sys.stderr)
+        return status
     return 0
 
 
