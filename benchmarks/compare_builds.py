@@ -94,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=3,
                         help="timed calls of each case in each process")
     args = parser.parse_args(argv)
+    if not all("=" in b for b in args.builds):
+        parser.error(f"builds must be NAME=PATH; got {args.builds}")
     builds = dict(b.split("=", 1) for b in args.builds)
     if len(builds) < 2:
         parser.error("give at least two builds, NAME=PATH")

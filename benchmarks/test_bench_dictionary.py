@@ -364,9 +364,15 @@ def interleaved(n_rounds=3, small=False):
         times.setdefault(key, []).append(time.perf_counter() - t)
         return out
 
+    def in_turn(items, r):
+        # every other round in reverse: ours and the reference take turns
+        # at going first
+        items = list(items)
+        return items if r % 2 == 0 else items[::-1]
+
     learned = {}
     for r in range(n_rounds):
-        for label, (role, learn) in ONLINE.items():
+        for label, (role, learn) in in_turn(ONLINE.items(), r):
             est = timed(label, lambda: learn(X))
             quality.setdefault(label, []).append(exact_objective(X_test, est.components_))
             if r == 0 and "(cd)" in label:
@@ -374,13 +380,15 @@ def interleaved(n_rounds=3, small=False):
         label = "fastlista MiniBatchDictionaryLearning(slista), 1 epoch"
         est = timed(label, lambda: SLISTA[label][1](X))
         quality.setdefault(label, []).append(exact_objective(X_test, est.components_))
-        for label, (role, learn) in BATCH.items():
+        for label, (role, learn) in in_turn(BATCH.items(), r):
             est = timed(label, lambda: learn(Xb))
             quality.setdefault(label, []).append(exact_objective(Xb, est.components_))
         for by, D in learned.items():
-            timed(f"solve_lasso, D by {by}", lambda: encode_ours(X_test, D))
-            timed(f"solve_lasso n_jobs=1, D by {by}", lambda: encode_ours(X_test, D, 1))
-            timed(f"sparse_encode, D by {by}", lambda: encode_theirs(X_test, D))
+            for key, encode in in_turn([
+                    (f"solve_lasso, D by {by}", lambda: encode_ours(X_test, D)),
+                    (f"solve_lasso n_jobs=1, D by {by}", lambda: encode_ours(X_test, D, 1)),
+                    (f"sparse_encode, D by {by}", lambda: encode_theirs(X_test, D))], r):
+                timed(key, encode)
     rows = []
 
     def add(name, ours, ref, target, limit=None):

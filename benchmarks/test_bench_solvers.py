@@ -335,8 +335,14 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=No
                     t[k] = min(t[k], time.perf_counter() - t0)
                 return (t[k2] - t[k1]) / (k2 - k1)
 
+            # the marginal is one iteration's cost only if tol=0 ran exactly k
+            ran = {k: np.unique(fastlista.solve_lasso(
+                X, D, ITER_LMBD, method="ista", tol=0, max_iter=k, Z0=Z0,
+                n_jobs=threads).n_iter).tolist() for k in (k1, k2)}
+            check = ("" if all(ran[k] == [k] for k in ran) else "MISMATCH ") + \
+                f"iterations run {ran[k1]}, {ran[k2]}"
             cases.append(Case(name, marginal, repeated(gemm_pair(X, D, Z0), k2 - k1),
-                              ITER_TARGET))
+                              ITER_TARGET, check))
     return interleave.run(cases, n_rounds, prime=1, verbose=verbose)
 
 
