@@ -164,10 +164,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     result : LassoResult
         ``codes``, ``gap``, ``n_iter``, ``converged``, ``history``,
         ``step_sizes``. ``gap`` is the duality gap of the returned codes,
-        computed from them in double precision (the same computation as
-        :func:`fastlista.duality_gap`), and ``converged`` compares that gap
-        with ``tol``: the certificate never relies on the solver's own
-        bookkeeping.
+        computed from them in double precision (the computation of
+        :func:`fastlista.duality_gap`, from the correlations x D^T and the
+        Gram matrix the solver has at hand: equal to it to rounding), and
+        ``converged`` compares that gap with ``tol``: the certificate never
+        relies on the solver's own bookkeeping.
 
     Raises
     ------
