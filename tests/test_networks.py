@@ -652,11 +652,21 @@ def test_alista_weights_beyond_the_dtype_are_refused_by_atom():
     D = np.diag([1.0, 1e-39, 2.0]).astype(np.float32)      # 1e39 does not
     with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) of D overflow float32"):
         alista_weights(D)
-    D = np.diag([1e-160, 1e-310, 2e-160])                  # 1e310 does not fit
+    D = np.diag([1.0, 1e-310, 2.0])                        # 1e310 does not fit
     with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) of D overflow float64"):
         alista_weights(D)
-    D = np.diag([1.0, 1e-310, 2.0])                        # norms 2^1030 apart
-    with pytest.raises(ValueError, match=r"atoms \(rows \[1\]\) more than 2\^500"):
+    # dependent atoms: the norms weigh the off-diagonal terms, and within
+    # 2^26 the weights are those of the closed form ...
+    D = np.array([[1.0, 0.0], [1e-6, 0.0], [0.0, 1.0]])
+    # row 0: min (w.d_1)^2 + (w.d_2)^2 with w.d_0 = 1: w = (1, 0), and the
+    # same direction for row 1, scaled to w.d_1 = 1; row 2: (0, 1)
+    assert_allclose(alista_weights(D), [[1.0, 0.0], [1e6, 0.0], [0.0, 1.0]], rtol=1e-15)
+    # ... a direction carried only by atoms beyond it, below the largest
+    # atoms' rounding: refused
+    # (a small atom inside the span of larger ones is determined at any
+    # ratio: test_alista_weights_of_an_atom_far_smaller_than_the_others)
+    D = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1e-9]])
+    with pytest.raises(ValueError, match=r"linearly dependent .*\(among rows \[2\]\)"):
         alista_weights(D)
 
 
@@ -1063,3 +1073,66 @@ def test_support_selection_is_saved(tmp_path):
     back = Lista.load(tmp_path / "ss.npz")
     assert back.support_selection == (1.2, 13)
     assert_allclose(back.transform(X), net.transform(X), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------
+# alista_weights (hypothesis): any rank, atoms of any relative scale
+# --------------------------------------------------------------------------
+ALISTA_FUZZ = fuzz_settings("alista-weights", 3000)
+
+
+def _min_off_diagonal_objective(D, i):
+    """min ||D w||^2 s.t. d_i . w = 1, by least squares on w = d_i / ||d_i||^2
+    + N y with N an orthonormal basis of the complement of d_i (independent
+    of alista_weights' factorisations)."""
+    d = D[i]
+    w0 = d / (d @ d)
+    Q, _ = np.linalg.qr(np.column_stack([d, np.eye(D.shape[1])]))
+    N = Q[:, 1:D.shape[1]]
+    if N.shape[1] == 0:
+        return float(np.sum((D @ w0) ** 2))
+    # singular values of D N at D's rounding (relative to ||D||, not to
+    # ||D N||, which may be rounding itself) are cut
+    U, sv, Vt = np.linalg.svd(D @ N, full_matrices=False)
+    keep = sv > max(D.shape) * np.finfo(np.float64).eps * np.linalg.norm(D, 2)
+    y = Vt[keep].T @ ((U[:, keep].T @ -(D @ w0)) / sv[keep])
+    return float(np.sum((D @ (w0 + N @ y)) ** 2))
+
+
+@ALISTA_FUZZ
+@given(seed=st_.integers(0, 2**31), m=st_.integers(1, 9), n=st_.integers(1, 9),
+       deficient=st_.booleans(), spread=st_.sampled_from([0, 10, 40]),
+       dtype=st_.sampled_from([np.float64, np.float32]))
+def test_fuzz_alista_weights_meet_their_constraint_at_any_rank_and_scale(
+        seed, m, n, deficient, spread, dtype):
+    """Exactly rank-deficient dictionaries (integer products), atoms scaled by
+    exact powers of two up to 2^±spread: unit constraints to the dtype's
+    rounding of the products; where the scales leave the off-diagonal
+    products computable (spread 0 and 10, float64), an objective no larger
+    than a least-squares minimiser's."""
+    rng = np.random.default_rng(seed)
+    r = int(rng.integers(1, min(m, n) + 1)) if deficient else min(m, n)
+    D = (rng.integers(-3, 4, (m, r)) @ rng.integers(-3, 4, (r, n))).astype(np.float64)
+    D[~np.any(D != 0, axis=1)] = np.eye(m, n)[~np.any(D != 0, axis=1)] + 1  # no zero atom
+    D = np.ldexp(D, rng.integers(-spread, spread + 1, m)[:, None]).astype(dtype)
+    # the documented refusal: dependent atoms, and a direction carried only
+    # by atoms more than 2^26 below the largest norm
+    norms = np.linalg.norm(D.astype(np.float64), axis=1)
+    A = D.astype(np.float64) / norms[:, None]
+    cut = np.linalg.svd(A, compute_uv=False)[0] * max(m, n) * np.finfo(dtype).eps
+    rank = np.linalg.matrix_rank(A, tol=cut)
+    large = norms >= norms.max() * 2.0 ** -26
+    if rank < m and np.linalg.matrix_rank(A[large], tol=cut) < rank:
+        with pytest.raises(ValueError, match="linearly dependent"):
+            alista_weights(D)
+        return
+    W = alista_weights(D)
+    assert W.dtype == dtype and np.isfinite(W).all()
+    W64, D64 = W.astype(np.float64), D.astype(np.float64)
+    eps = np.finfo(dtype).eps
+    terms = np.einsum("ij,ij->i", np.abs(W64), np.abs(D64))
+    assert np.all(np.abs(np.einsum("ij,ij->i", W64, D64) - 1) <= 64 * eps * terms)
+    if dtype == np.float64 and spread <= 10:
+        for i in range(m):
+            ours = float(np.sum((D64 @ W64[i]) ** 2))
+            assert ours <= _min_off_diagonal_objective(D64, i) * (1 + 1e-7) + 1e-9

@@ -66,11 +66,17 @@ def alista_weights(D):
 
     (components of w_i in the null space of D change neither the objective
     nor the constraint; the minimum-norm choice is taken): a row-normalised
-    (D^+)^T. It is computed on the atoms' own scales, so that an atom far
-    smaller than the others keeps its weight to full precision: with
-    D = diag(lam) A, A's rows of unit norm, A = U S V^T (thin SVD) and
-    diag(lam) U = Q R (thin QR), every w_i is parallel to
-    V S^{-1} R^{-1} q_i, scaled to w_i . d_i = 1.
+    (D^+)^T. It is computed on the atoms' own scales, D = diag(lam) A with
+    A's rows of unit norm and A = U S V^T (thin SVD):
+
+    * atoms linearly independent (rank n_atoms): w_i . d_j = 0 for every
+      j != i, whatever the norms, and W~ = diag(1 / lam) (A^+)^T, with rows
+      scaled to w_i . d_i = 1; an atom far smaller than the others keeps its
+      weight to full precision;
+    * dependent atoms: the norms weigh the off-diagonal terms, and w_i is
+      parallel to V S^{-1} R^{-1} q_i for diag(lam) U = Q R (Householder,
+      rows sorted by decreasing norm: row-wise backward stable, Cox &
+      Higham 1998).
 
     Parameters
     ----------
@@ -88,6 +94,16 @@ def alista_weights(D):
         to a rank-deficient one are not inverted, and an atom a million
         times smaller than the others is not mistaken for rounding.
 
+    Raises
+    ------
+    ValueError
+        If D has a zero atom (no weight meets its constraint), if some
+        weight overflows D's dtype, or if D's atoms are linearly dependent
+        and some direction is carried only by atoms more than 2^26 times
+        smaller than the largest: the rounding of the largest atoms
+        (relative 2^-52) would reach them and their weights would not be
+        determined (normalise the atoms first).
+
     Examples
     --------
     >>> import numpy as np
@@ -104,9 +120,10 @@ def alista_weights(D):
         return _finite_weights(np.ascontiguousarray(analytic_weights64(D), dtype=D.dtype))
 
 
-#: atoms' norms may span 2^500 in alista_weights (B = diag(lam) U keeps
-#: its squares within float64's range)
-_ATOM_RANGE = 500
+#: with dependent atoms, alista_weights needs every direction carried by
+#: atoms within 2^26 of the largest norm: the rounding of the largest (2^-52
+#: of their norm) stays 2^-26 below them
+_DEPENDENT_RANGE = 26
 
 
 def analytic_weights64(D):
@@ -126,21 +143,34 @@ def analytic_weights64(D):
     U, s, Vt = np.linalg.svd(A, full_matrices=False)
     rank = int(np.sum(s > s[0] * max(D.shape) * np.finfo(D.dtype).eps))
     U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
-    # On the rank-r D = diag(lam) U S V^T, w = V S^{-1} y turns row i into
-    # min ||B y||^2 s.t. b_i . y = 1 with B = diag(lam) U: y parallel to
-    # (B^T B)^{-1} b_i = R^{-1} q_i for B = Q R, Q = B R^{-1} (from R, each q_i
-    # to its own relative precision). lam only up to a common power of two.
-    lam = np.ldexp(nrm, e - e.max())
-    tiny = np.flatnonzero(lam < 2.0 ** -_ATOM_RANGE)
-    if tiny.size:
-        # (B's squares would underflow, and with them the rank of B)
-        raise ValueError(
-            f"D has atoms (rows {tiny[:5].tolist()}) more than 2^{_ATOM_RANGE} times "
-            "smaller in norm than its largest: rescale the atoms.")
-    B = lam[:, None] * U
-    R = np.linalg.qr(B, mode="r")
-    Q = solve_triangular(R, B.T, trans="T").T
-    W = (solve_triangular(R, Q.T).T / s) @ Vt
+    if rank == D.shape[0]:
+        # independent atoms: (A^+)^T, whose rows meet w_i . a_j = 0 (j != i)
+        W = (U / s) @ Vt
+    else:
+        # On the rank-r D = diag(lam) U S V^T, w = V S^{-1} y turns row i
+        # into min ||B y||^2 s.t. b_i . y = 1 with B = diag(lam) U: y parallel
+        # to (B^T B)^{-1} b_i = R^{-1} q_i for B = Q R (lam up to a common
+        # power of two)
+        lam = np.ldexp(nrm, e - e.max())
+        small = lam < lam.max() * 2.0 ** -_DEPENDENT_RANGE
+        if small.any():
+            # a direction carried only by atoms below the largest atoms'
+            # rounding: the weights are not determined by the atoms
+            cut = s[0] * max(D.shape) * np.finfo(D.dtype).eps
+            sv = np.linalg.svd(A[~small], compute_uv=False)
+            if np.sum(sv > cut) < rank:
+                raise ValueError(
+                    f"D's atoms are linearly dependent and some of their directions "
+                    f"are carried only by atoms more than 2^{_DEPENDENT_RANGE} times "
+                    f"smaller than the largest (among rows "
+                    f"{np.flatnonzero(small)[:5].tolist()}): the rounding of the "
+                    "largest atoms reaches them and their ALISTA weights are not "
+                    "determined; normalise the atoms.")
+        order = np.argsort(-lam, kind="stable")
+        Q_sorted, R = np.linalg.qr(lam[order, None] * U[order])
+        Q = np.empty_like(Q_sorted)
+        Q[order] = Q_sorted
+        W = (solve_triangular(R, Q.T).T / s) @ Vt
     # w_i . d_i = 1, d_i = 2^e_i nrm_i a_i: divided by its computed value
     W /= np.einsum("ij,ij->i", W, A)[:, None] * nrm[:, None]
     return _finite_weights(np.ldexp(W, -e[:, None]))
