@@ -21,7 +21,10 @@ gradient)`` function: the network's ``training_loss_and_grad`` on local data
 
 * ``lbfgs``: :func:`scipy.optimize.minimize` (L-BFGS-B), within the
   network's bounds (step sizes and threshold factors at or above a small
-  positive floor).
+  positive floor, or at or above their value at the start where that is
+  below the floor: the start is always feasible, so that the first entry
+  of the history is the loss of the network handed in and training never
+  ends above it).
 * ``gd``: full-batch gradient descent with the adaptive rate of the
   reference code: x4 after each accepted step, halved (backtracking from the
   last accepted point) while the loss rises; it stops when the rate falls
@@ -242,8 +245,9 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     rolled_back = False
     start = net.training_vector(n_layers)
     for depth, n_iter in stages:
-        obj = _Objective(evaluate, depth, net.training_bounds(depth))
         x0 = net.training_vector(depth)
+        # (a parameter set below the floor keeps its own value as bound)
+        obj = _Objective(evaluate, depth, np.minimum(net.training_bounds(depth), x0))
         x = run(obj, x0, n_iter, tol, history, verbose)
         f, _ = obj(x)
         if not np.isfinite(f):
@@ -254,7 +258,14 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     if not np.all(np.isfinite(net.training_vector(n_layers))):
         net.set_training_vector(start, n_layers)
         rolled_back = True
-    if rolled_back:
+    if rolled_back and not history:
+        warnings.warn(
+            f"{func}: the loss or gradient of the network handed in is not finite "
+            "(signals too large for the dtype's range, whose squares overflow, or "
+            "diverging steps): nothing was trained, and the parameters were rolled "
+            "back to those handed in.", TrainingWarning,
+            stacklevel=3)
+    elif rolled_back:
         warnings.warn(
             f"{func} met a non-finite loss or gradient (diverging steps?) and rolled "
             "the parameters back to the last finite point.", TrainingWarning,

@@ -564,3 +564,37 @@ def test_fuzz_training_never_ends_non_finite(spec):
     if reference is not None:
         value, bound = reference
         assert abs(history[-1] - value) <= bound, (history[-1], value, bound)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+def test_parameters_set_below_the_floor_are_a_feasible_start(optimizer):
+    """A threshold factor set to 0 (allowed) was raised to the training floor
+    before the first evaluation: the history started at the floor's loss, not
+    the network's, and fit returned a network worse than its input. The
+    start is now feasible: history[0] is the input's loss, never exceeded."""
+    rng = np.random.RandomState(0)
+    D, X = rng.randn(8, 5), rng.randn(40, 5)
+    params = Lista(D, 1e7, 2, "coupled").parameters
+    for p in params:
+        p["beta"] = np.array(0.0)               # no thresholding at all
+    net = Lista(D, 1e7, 2, "coupled").set_parameters(params)
+    # the network's own output as target: its loss is exactly 0, the optimum
+    S = net.transform(X)
+    assert net.loss_and_grad(X, loss="supervised", Z_target=S)[0] == 0.0
+    net.fit(X, loss="supervised", Z_target=S, optimizer=optimizer)
+    assert net.loss_history_[0] == 0.0
+    assert net.loss_and_grad(X, loss="supervised", Z_target=S)[0] == 0.0
+    assert all(float(p["beta"]) == 0.0 for p in net.parameters)
+
+
+def test_a_start_whose_loss_overflows_is_named_and_left_unchanged():
+    """Signals of 2^511: the training loss (their squares) overflows before
+    any step; the warning says so instead of blaming diverging steps."""
+    rng = np.random.RandomState(11)
+    D, X = rng.randn(10, 6), rng.randn(40, 6)
+    net = Lista(D, 0.3 * 2.0 ** 511, 3)
+    before = net.training_vector()
+    with pytest.warns(TrainingWarning, match="network handed in is not finite"):
+        net.fit(X * 2.0 ** 511, max_iter=5)
+    assert net.loss_history_ == []
+    assert np.array_equal(net.training_vector(), before)
