@@ -124,9 +124,8 @@ def path(request, monkeypatch):
 
 def test_avx2_gather_only_where_the_cpu_runs_it(monkeypatch):
     """The sparse rows' AVX2 kernel (_gather_avx2.h) runs only on a CPU with
-    AVX2 and FMA, by default only where the AVX2 clones run (no AVX-512, or
-    a build capped at x86-64-v3); forcing it elsewhere is refused, never
-    executed."""
+    AVX2 and FMA, by default wherever it runs in a build with the AVX2
+    clones; forcing it elsewhere is refused, never executed."""
     if _unrolled.GATHER_V3:
         assert _unrolled.GATHER_V3_RUNS
     flags = cpu_flags()

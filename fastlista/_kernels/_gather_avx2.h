@@ -45,9 +45,11 @@
    (FASTLISTA_ISA=x86-64-v2 or baseline), the debug and sanitized builds
    included; fl_gather_v3_runs() says whether the running CPU can execute
    it, fl_gather_v3_default() whether the networks use it unless told
-   otherwise (the optimised build, on a CPU without AVX-512 or in a build
-   capped at x86-64-v3; where AVX-512 runs, the portable kernel's v4
-   clone is used, whose speed against this one was never measured).
+   otherwise: in the optimised build, wherever it runs. On AVX-512 too:
+   on AMD Zen 4 the networks' forward pass at lmbd = 0.8 runs with it in
+   0.92-0.93 of its time through the portable kernel's AVX-512 clone,
+   loss_and_grad in 0.95-0.96 (float32 and float64, interleaved, 7
+   rounds), and identically at lmbd = 0.3, where few rows are sparse.
    Elsewhere the _v3 names are the portable kernels and both functions
    return 0. */
 #include <stdint.h>
@@ -67,11 +69,7 @@ static inline int fl_gather_v3_runs(void) {
 
 static inline int fl_gather_v3_default(void) {
 #if defined(FL_AVX2_CLONE)
-#  if defined(FL_ISA_LEVEL) && FL_ISA_LEVEL == 3
     return fl_gather_v3_runs();
-#  else
-    return fl_gather_v3_runs() && !fl_cpu_avx512f();
-#  endif
 #else
     return 0;
 #endif
