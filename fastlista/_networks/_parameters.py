@@ -172,8 +172,10 @@ def analytic_weights64(D):
         Q[order] = Q_sorted
         W = (solve_triangular(R, Q.T).T / s) @ Vt
     # w_i . d_i = 1, d_i = 2^e_i nrm_i a_i: divided by its computed value
-    W /= np.einsum("ij,ij->i", W, A)[:, None] * nrm[:, None]
-    return _finite_weights(np.ldexp(W, -e[:, None]))
+    # (0 for an atom whose norm underflows next to the largest: refused below)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        W /= np.einsum("ij,ij->i", W, A)[:, None] * nrm[:, None]
+        return _finite_weights(np.ldexp(W, -e[:, None]))
 
 
 def _finite_weights(W):
