@@ -334,8 +334,11 @@ def test_fit_with_per_sample_lmbd_on_a_client_equals_single_machine(client, data
         net = fd.fit(Lista(D, 0.2, 3), chunked(X), max_iter=5, lmbd=lmbd)
         expected = Lista(D, 0.2, 3).fit(X, max_iter=5, lmbd=0.3) \
             if isinstance(lmbd, float) else local
+        # (chunked sums round differently: the tolerances of
+        # test_fit_equals_single_machine, which L-BFGS's amplification fits)
         assert_allclose(net.loss_history_, expected.loss_history_, rtol=1e-9)
-        assert_allclose(net.training_vector(), expected.training_vector(), rtol=1e-6)
+        x, x_ref = net.training_vector(), expected.training_vector()
+        assert_allclose(x, x_ref, rtol=1e-4, atol=1e-9 * np.abs(x_ref).max())
 
 
 def test_fit_gradient_is_the_single_machine_gradient(client, data):
