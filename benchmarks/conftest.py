@@ -26,7 +26,7 @@ Every benchmark records in ``extra_info``:
 * ``calls_per_round``: how many units of work (iterations) one benchmarked
   call performs; reported times are divided by it;
 * on ``"reference"`` entries, ``target_ratio``: the largest acceptable
-  ``median(ours) / median(reference)`` against that reference (the issues'
+  ``median(ours) / median(reference)`` against that reference (the project's
   targets; ``target_rows="marginal"`` applies it to the marginal row only),
   and ``compare`` (numbers recorded beside the timings; see ``report.py``).
 

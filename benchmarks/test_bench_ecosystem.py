@@ -1,4 +1,4 @@
-"""Benchmarks of the ecosystem layer (issue 5): threads, Dask, scikit-learn.
+"""Benchmarks of the ecosystem layer: threads, Dask, scikit-learn.
 
 Each group times fastlista (``role="ours"``) beside its reference in the same
 run; ``benchmarks/report.py`` prints median(ours) / median(reference):

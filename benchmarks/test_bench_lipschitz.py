@@ -2,7 +2,7 @@
 
 * ``lipschitz-support lmbd=0.8``: the batched ``lipschitz(D, support=S)``
   for the N supports of the Lasso solutions at lmbd = 0.8 vs a per-sample
-  ``numpy.linalg.eigvalsh`` loop on ``B[S, S]``: >= 20x faster (issue 2),
+  ``numpy.linalg.eigvalsh`` loop on ``B[S, S]``: >= 20x faster (target),
   same values to 1e-6 relative (asserted);
 * ``lipschitz-full``: ``lipschitz(D)`` vs ``eigvalsh(D @ D.T)[-1]`` (context).
 """

@@ -2,9 +2,9 @@
 
 Each group times a fastlista function (``role="ours"``) and its reference
 (``role="reference"``) in the same run; ``benchmarks/report.py`` turns a JSON
-of the run into ratios. Targets are those of issue 2 ("Performance") and of
-the float32 / AVX2 issue, in float64 and float32 (the paper's problem cast
-to float32; the float32 groups carry " float32" in their name):
+of the run into ratios. The targets (docs/benchmarks.md) hold in float64 and
+float32 (the paper's problem cast to float32; the float32 groups carry
+" float32" in their name):
 
 * ``exact-solve lmbd=...``: ``solve_lasso`` (default method, tol 1e-8;
   float32: tol 1e-5, about the float32 certificate's floor) vs scikit-learn
@@ -103,7 +103,7 @@ def test_exact_solve_fastlista(benchmark, problems, info, lmbd, dtype):
     assert np.all(res.converged), "the certified gaps must meet tol"
 
 
-# scikit-learn on float32 data: its float32 coordinate descent (the issue's
+# scikit-learn on float32 data: its float32 coordinate descent (the float32
 # reference), and, for context, on the same data cast to float64. Its float32
 # solver cannot reach its own stopping rule on many samples (its gap is
 # computed in float32) and runs them to max_iter: minutes a call, one round.
@@ -169,7 +169,7 @@ def test_ista_iteration_fastlista(benchmark, problems, info, warm_starts, k, dty
     n_iter = np.asarray(res.n_iter)
     benchmark.extra_info["n_iter_mean"] = float(n_iter.mean())
     # per-iteration times are the call time / k: only valid if tol=0 runs
-    # exactly max_iter iterations (issue 2)
+    # exactly max_iter iterations
     assert np.all(n_iter == k), f"tol=0 ran {np.unique(n_iter)} iterations, not {k}"
 
 

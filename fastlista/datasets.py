@@ -185,7 +185,7 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
     (with Gaussian atoms, uniqueness holds with probability 1 for
     ``lmbd > 0``), so ``min_nnz > n_features`` can never be met. With the
     default ``n_atoms=256, n_features=64`` and ``lmbd=0.8``, the median
-    number of non-zeros is about 3 and roughly 60 % of the candidates pass
+    number of non-zeros is about 3 and about half of the candidates pass
     the default filter ``1 <= nnz <= 3``.
 
     Examples

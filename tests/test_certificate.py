@@ -3,7 +3,7 @@
 ``solve_lasso`` returns a ``LassoResult`` whose ``gap`` is the duality gap of
 the returned codes and whose ``converged[i]`` means ``gap[i] <= tol * 1/2
 ||x_i||^2``. One small, deterministic test per defect found by an
-adversarial pass (issue "Certified or refused"), each checking the intended
+adversarial pass, each checking the intended
 contract (``contract.py``) against the independent long-double reference
 gap (``reference.gap_terms_robust``): finite codes (or a
 ``FloatingPointError`` naming the sample), ``gap`` equal to the gap of the

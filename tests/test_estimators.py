@@ -524,7 +524,7 @@ def test_sklearn_estimator_checks_dictionary_learning(estimator, check):
 
 def test_dictionary_learners_use_sklearn_parameter_names():
     """Every parameter scikit-learn's estimators share with ours means the
-    same thing; the names the issue lists are all there."""
+    same thing; scikit-learn's names are all there."""
     listed = {"n_components", "alpha", "max_iter", "tol", "fit_algorithm",
               "transform_algorithm", "transform_alpha", "positive_code", "positive_dict",
               "dict_init", "random_state", "n_jobs", "verbose", "callback"}

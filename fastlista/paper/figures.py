@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["Figure", "FIGURES", "MODES"]
 
 #: The settings of every figure: the paper's (the experiment's defaults, the
-#: authors' settings), a reduced run (under 2 minutes on 2 cores) and a
+#: authors' settings), a reduced run (under 2 minutes on 2 idle cores) and a
 #: smoke run of a few seconds (the hidden ``--tiny`` option).
 MODES = ("paper", "quick", "tiny")
 
