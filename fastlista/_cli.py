@@ -42,7 +42,7 @@ EXIT_STATUS = (
     "file cannot be written (checked before computing); 1 the run failed (an output "
     "file could not be written, not enough memory for the sizes asked); 130 "
     "interrupted (Ctrl-C).")
-QUICK = "under 2 minutes on 2 cores"
+QUICK = "under 2 minutes on 2 idle cores"
 
 
 # ---------------------------------------------------------------------------
@@ -183,8 +183,9 @@ def build_parser():
             "source checkout (benchmarks/ is not installed with the package) and "
             "print the ratio table of benchmarks/report.py. Needs the test extra "
             "(pytest-benchmark). The full suite takes several minutes. Exits with "
-            "status 2 for bad arguments, 130 when interrupted, and with the status "
-            "of pytest or report.py when they fail."))
+            "status 2 for bad arguments (a --checkout DIR without benchmarks/ too), "
+            "1 when no source checkout is found, 130 when interrupted, and with the "
+            "status of pytest or report.py when they fail."))
     bench.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                        help="directory of the JSON file")
     bench.add_argument("--json", metavar="FILE", default=None,
@@ -366,7 +367,7 @@ def _cmd_reproduce(args, parser):
               flush=True)
         if mode == "paper" and FIGURES[fig].slow:
             print("note: the paper's settings of this figure take long (hours for "
-                  "'networks'); --quick runs a reduced version in under 2 minutes.",
+                  "'networks'); --quick runs a reduced version in under 2 minutes on 2 idle cores.",
                   flush=True)
         result = E.run(fig, mode, random_state=args.seed, progress=progress)
         print(E.format_summary(result.summary))
@@ -397,7 +398,7 @@ def _cmd_bench(args, parser):
               "command from the root of a fastlista source checkout (git clone the "
               "repository, `pip install -e '.[test]'`), or pass --checkout DIR.",
               file=sys.stderr)
-        return 1
+        return 2 if args.checkout else 1
     report = root / "benchmarks" / "report.py"
     if not args.report_only:
         cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only",

@@ -346,10 +346,11 @@ BENCH = {"benchmarks": [
 
 
 def test_bench_outside_a_checkout(tmp_path, capsys, monkeypatch):
+    # a --checkout DIR without benchmarks/ is a bad argument: status 2
     monkeypatch.chdir(tmp_path)
     status, out, err = run(["bench", "--out", str(tmp_path), "--checkout", str(tmp_path)],
                            capsys)
-    assert status == 1
+    assert status == 2
     assert "no benchmarks/ directory found" in err
     assert "source checkout" in err
 
