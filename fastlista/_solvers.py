@@ -231,13 +231,20 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
 
 def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
-                        unused_atoms=()):
+                        unused_atoms=(), lmbd_zero=False):
     """The ConvergenceWarning of the samples that did not converge: ``rel``,
     their relative gaps gap / (1/2 ||x||^2), and ``n_iter``, their iterations;
     ``unused_atoms``: non-zero atoms given code 0 (their squared norms
-    underflow in D's scaled units)."""
-    hint = "Increase max_iter, or use method='cd'."
-    if len(unused_atoms):
+    underflow in D's scaled units); ``lmbd_zero``: every such sample has
+    lmbd = 0."""
+    hint = "Increase max_iter" + ("." if method == "cd" else ", or use method='cd'.")
+    if lmbd_zero:
+        # the dual point is the residual scaled into |theta D^T| <= 0: theta = 0
+        hint = ("At lmbd=0 the duality gap is 1/2 ||x - z D||^2, which is 0 only "
+                "when x lies in the span of the atoms: such least-squares codes "
+                "cannot be certified. Use lmbd > 0, or tol=0 to run max_iter "
+                "iterations without a warning.")
+    elif len(unused_atoms):
         hint = (f"Atoms {list(unused_atoms[:10])} of D are too small next to its "
                 f"largest entry for {np.dtype(dtype).name} (their squared norms "
                 "underflow once D is scaled to it) and were given code 0: rescale "
@@ -372,7 +379,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         bad = ~converged
         unused = np.flatnonzero(zero_atoms & np.any(D != 0, axis=1))
         _warn_not_converged(gap[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
-                            max_iter, method, unused.tolist())
+                            max_iter, method, unused.tolist(), bool(np.all(lm[bad] == 0)))
     history, step_sizes = None, None
     if record_history:
         history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)

@@ -705,6 +705,35 @@ def test_warning_states_the_iterations_run():
                     max_iter=2)
 
 
+def test_warning_at_lmbd_zero_says_least_squares_codes_cannot_be_certified():
+    """At lmbd = 0 with x outside the span of the atoms the gap is 1/2 ||r||^2
+    (README): the warning says so, instead of "increase max_iter", and the
+    codes are the least-squares ones (numpy.linalg.lstsq)."""
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((3, 6))
+    X = rng.standard_normal((2, 6))
+    with pytest.warns(ConvergenceWarning, match="At lmbd=0 the duality gap") as record:
+        res = solve_lasso(X, D, 0.0, max_iter=2000)
+    assert "Increase max_iter" not in str(record[0].message)
+    Z_ls = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    assert_allclose(res.codes, Z_ls, rtol=1e-6, atol=1e-9)
+    assert_allclose(res.gap, 0.5 * np.sum((X - Z_ls @ D) ** 2, axis=1), rtol=1e-6)
+    # tol=0: max_iter iterations, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve_lasso(X, D, 0.0, tol=0, max_iter=50)
+
+
+def test_warning_of_cd_does_not_suggest_cd():
+    X, D = get_problem()
+    lmbd = 0.1 * lambda_max(X, D)
+    with pytest.warns(ConvergenceWarning, match="iterations of 'cd'") as record:
+        solve_lasso(X, D, lmbd, method="cd", max_iter=1)
+    assert str(record[0].message).endswith("Increase max_iter.")
+    with pytest.warns(ConvergenceWarning, match=r"Increase max_iter, or use method='cd'\."):
+        solve_lasso(X, D, lmbd, method="ista", max_iter=1)
+
+
 @pytest.mark.parametrize("dtype, big", [(np.float32, 1e25), (np.float64, 1e170)])
 def test_warning_names_atoms_too_small_for_the_dtype(dtype, big):
     """A unit atom next to one of norm `big`: its squared norm underflows once
