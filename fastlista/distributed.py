@@ -7,7 +7,7 @@ Samples are independent, so a dask array chunked along samples (rows) is
 encoded chunk by chunk, and a training loss (a mean over samples) is a
 weighted sum of per-chunk losses:
 
-* :func:`encode` runs a model (a :class:`~fastlista.networks.Lista`, a
+* :func:`encode` runs a model (a :class:`~fastlista.Lista`, a
   scikit-learn style transformer such as
   :class:`~fastlista.estimators.LearnedSparseCoder`, or Lasso solver
   settings) on every chunk: lazily, in one ``map_blocks``, with the model
@@ -169,7 +169,7 @@ def encode(model, X, n_jobs=1):
     Parameters
     ----------
     model : Lista, transformer or dict
-        * a :class:`~fastlista.networks.Lista` (codes of the network),
+        * a :class:`~fastlista.Lista` (codes of the network),
         * any fitted object with a ``transform`` method, such as
           :class:`~fastlista.estimators.LearnedSparseCoder` or
           :class:`~fastlista.estimators.LassoSparseCoder`,
@@ -332,8 +332,6 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     func = "fastlista.distributed.solve_lasso"
     X = _as_samples_array(X)
     D = check_array(D, "D")
-    if D.shape[0] == 0:
-        raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
     if X.shape[1] != D.shape[1]:
         raise ValueError(
             f"X has {X.shape[1]} features, but D has {D.shape[1]} features "

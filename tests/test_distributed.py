@@ -256,6 +256,18 @@ def test_solve_lasso_float32_and_warm_start(client, data):
     assert_same_optimum(X, D, 0.3, warm, fastlista.solve_lasso(X, D, 0.3, tol=1e-10))
 
 
+def test_solve_lasso_without_atoms_is_defined_like_the_local_one(client):
+    """No atoms: (n, 0) codes and the gap 0 (the dual point x itself is
+    feasible), as fastlista.solve_lasso gives (docs/reliability.md)."""
+    X = np.arange(12.0).reshape(4, 3)
+    res = fd.solve_lasso(chunked(X), np.zeros((0, 3)), 0.5)
+    codes, gap, n_iter, converged = dask.compute(res.codes, res.gap, res.n_iter,
+                                                 res.converged)
+    assert codes.shape == (4, 0)
+    assert_array_equal(gap, 0.0)
+    assert_array_equal(n_iter, 0) and converged.all()
+
+
 def test_solve_lasso_messages(data):
     X, D = data
     with pytest.raises(ValueError, match="X has 19 features, but D has 20 features"):
