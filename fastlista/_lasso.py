@@ -29,8 +29,8 @@ import numpy as np
 
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
-from ._validation import (_common_dtype, as_array, check_array, check_bool, check_lmbd,
-                          check_X_D, not_real_reason)
+from ._validation import (_common_dtype, as_array, check_array, check_bool, check_dense,
+                          check_lmbd, check_X_D, not_real_reason)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -499,16 +499,23 @@ def soft_thresholding(U, threshold, positive=False):
     array([0., 0., 2.])
     """
     positive = check_bool(positive, "positive", "soft_thresholding")
-    U, t = np.asarray(U), np.asarray(threshold)
-    # float32 stays float32 when the threshold does not ask for more precision
-    single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
-    dtype = np.float32 if single else np.float64
+    # (in native byte order: '>f4' is float32)
+    U = as_array(check_dense(U, "U"), "U")
+    t = as_array(check_dense(threshold, "threshold"), "threshold")
     for arr, name in ((U, "U"), (t, "threshold")):
         reason = not_real_reason(arr, name)
         if reason is not None:
             raise ValueError(reason)
-    U = np.asarray(U, dtype=dtype, order="C")      # (0-d stays 0-d)
-    t = t.astype(dtype)
+    # float32 stays float32 when the threshold does not ask for more precision
+    single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
+    dtype = np.float32 if single else np.float64
+    try:
+        U = np.asarray(U, dtype=dtype, order="C")      # (0-d stays 0-d)
+        t = t.astype(dtype)
+    except OverflowError:           # an int beyond the float range (object arrays)
+        name = "U" if U.dtype == object else "threshold"    # the one not converted
+        raise ValueError(f"Input {name} contains a value too large for "
+                         f"dtype('{np.dtype(dtype).name}').") from None
     if not np.all(np.isfinite(t)):
         raise ValueError("Input threshold contains NaN or infinity.")
     if np.any(t < 0):

@@ -28,15 +28,54 @@ def _is_sparse(a):
     return hasattr(a, "tocsr") and hasattr(a, "nnz")
 
 
+def check_dense(a, name):
+    """Refuse a scipy.sparse ``a``, naming it."""
+    if _is_sparse(a):
+        raise TypeError(
+            f"Sparse data was passed for {name}, but dense data is required. "
+            "Use '.toarray()' to convert to a dense numpy array.")
+    return a
+
+
+def native_byte_order(a):
+    """``a`` converted once to native byte order (C order) when it is a
+    numeric ndarray in the other one; anything else unchanged.
+
+    ``np.dtype('>f4') == np.float32`` is False: without this, big-endian
+    float32 would take the float64 path of every dtype test downstream.
+    """
+    if isinstance(a, np.ndarray) and a.dtype.kind in "biufc" and not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="), order="C")
+    return a
+
+
 def as_array(a, name):
-    """``np.asarray(a)``, naming ``a`` when it is not array-like (a ragged
-    list); sparse matrices and arrays pass through unchanged."""
-    if isinstance(a, np.ndarray) or _is_sparse(a):
+    """``np.asarray(a)`` in native byte order, naming ``a`` when it is not
+    array-like (a ragged list); sparse matrices pass through unchanged."""
+    if _is_sparse(a):
         return a
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    return native_byte_order(a)
+
+
+def short_repr(value, limit=80):
+    """``repr(value)`` cut to about ``limit`` characters (an int of 10**400
+    has 401 digits; beyond 4300, Python refuses to print it at all)."""
     try:
-        return np.asarray(a)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+        r = repr(value)
+    except ValueError:
+        bits = f" of {value.bit_length()} bits" if isinstance(value, int) else ""
+        return f"<{type(value).__name__}{bits}>"
+    return r if len(r) <= limit else f"{r[:limit - 20]}...{r[-15:]}"
+
+
+#: what an object array may hold: the values of a numeric dtype (a bool
+#: array is numeric input too)
+_REAL_ELEMENTS = (numbers.Real, np.bool_)
 
 
 def not_real_reason(arr, name):
@@ -44,7 +83,9 @@ def not_real_reason(arr, name):
 
     Complex values (a cast to float would drop their imaginary parts) and
     bytes or strings (a cast would parse them as text) are refused wherever
-    fastlista takes an array of numbers; the message names ``name``.
+    fastlista takes an array of numbers, in an object array too (its
+    elements must be real numbers: int, float, bool or their NumPy types);
+    the message names ``name``.
     """
     if np.iscomplexobj(arr):
         return f"Complex data not supported in {name}."
@@ -52,6 +93,12 @@ def not_real_reason(arr, name):
         return (f"dtype='numeric' is not compatible with arrays of bytes/strings "
                 f"({name} has dtype {arr.dtype}). Convert your data to numeric "
                 "values explicitly instead.")
+    if arr.dtype == object:
+        for v in arr.flat:
+            if not isinstance(v, _REAL_ELEMENTS):
+                return (f"{name} is an object array holding a {type(v).__name__} "
+                        f"({short_repr(v)}), not a real number. Convert your data "
+                        "to numeric values explicitly instead.")
     return None
 
 
@@ -81,11 +128,7 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
         C-contiguous, finite, of the resolved dtype. It is the input itself
         when that already qualifies (kernels never write to their inputs).
     """
-    if _is_sparse(a):
-        raise TypeError(
-            f"Sparse data was passed for {name}, but dense data is required. "
-            "Use '.toarray()' to convert to a dense numpy array.")
-    arr = as_array(a, name)
+    arr = as_array(check_dense(a, name), name)        # (native byte order)
     reason = not_real_reason(arr, name)
     if reason is not None:
         raise ValueError(reason)
@@ -96,6 +139,9 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
             arr = arr.astype(dtype)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from None
+        except OverflowError:               # an int beyond the float range
+            raise ValueError(f"Input {name} contains infinity or a value too large for "
+                             f"dtype('{np.dtype(dtype).name}').") from None
     if ndim == 2 and allow_1d and arr.ndim == 1:
         arr = arr[np.newaxis, :]
     if arr.ndim != ndim:
@@ -204,7 +250,8 @@ def _common_dtype(*arrays):
         dt = getattr(a, "dtype", None)
         if dt is None:
             dt = np.asarray(a).dtype
-        dtypes.append(dt)
+        # ('>f4' is float32 too: compared in native byte order)
+        dtypes.append(np.dtype(dt).newbyteorder("="))
     if all(dt == np.float32 for dt in dtypes):
         return np.float32
     return np.float64
@@ -231,7 +278,8 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     constraint = (f"{kind} in the range {'[' if low_closed and low is not None else '('}"
                   f"{lo}, {hi}{']' if high_closed and high is not None else ')'}")
     bad = InvalidParameterError(
-        f"The '{name}' parameter of {func} must be {constraint}. Got {value!r} instead.")
+        f"The '{name}' parameter of {func} must be {constraint}. Got "
+        f"{short_repr(value)} instead.")
     if isinstance(value, (bool, np.bool_)):
         raise bad
     if integer:
@@ -245,7 +293,12 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
                 value = value.item()
             else:
                 raise bad
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:               # an int (or Fraction) of 10**400
+            raise InvalidParameterError(
+                f"{bad} It is beyond the float range (at most "
+                f"{np.finfo(np.float64).max:.4g}).") from None
         if not np.isfinite(value):
             raise bad
     if low is not None and (value < low or (value == low and not low_closed)):
@@ -275,10 +328,14 @@ def check_lmbd(lmbd, n_samples, func):
         arr = None if arr is None or not_real_reason(arr, "lmbd") else arr.astype(np.float64)
     except (TypeError, ValueError):
         arr = None
+    except OverflowError:                   # ints beyond the float range
+        raise InvalidParameterError(
+            f"The 'lmbd' parameter of {func} must hold finite floats >= 0; got values "
+            f"beyond the float range (at most {np.finfo(np.float64).max:.4g}).") from None
     if arr is None:
         raise InvalidParameterError(
             f"The 'lmbd' parameter of {func} must be a float >= 0 or an array of "
-            f"shape (n_samples,) = ({n_samples},) of them. Got {lmbd!r} instead.")
+            f"shape (n_samples,) = ({n_samples},) of them. Got {short_repr(lmbd)} instead.")
     if arr.shape != (n_samples,):
         raise InvalidParameterError(
             f"The 'lmbd' parameter of {func} must be a float or an array of shape "
@@ -302,12 +359,15 @@ def check_bool(value, name, func):
 
 
 def check_option(value, name, func, options):
-    """Validate a string option."""
+    """Validate a string option; returns it as a Python str (a numpy.str_,
+    from a NumPy array of options such as a GridSearchCV grid, is a str
+    subclass that the kernels' ``str`` arguments refuse)."""
     if not isinstance(value, str) or value not in options:
         raise InvalidParameterError(
             f"The '{name}' parameter of {func} must be a str among "
-            f"{{{', '.join(repr(o) for o in sorted(options))}}}. Got {value!r} instead.")
-    return value
+            f"{{{', '.join(repr(o) for o in sorted(options))}}}. Got "
+            f"{short_repr(value)} instead.")
+    return str(value)
 
 
 def n_cpus():

@@ -31,7 +31,7 @@ from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
-                          check_random_state, check_scalar)
+                          check_random_state, check_scalar, native_byte_order)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -53,7 +53,9 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
 
     def _check_dictionary(self, dtype=None):
         """The dictionary as a C-contiguous finite float array (not copied)."""
-        D = check_array(self.dictionary, dtype=list(_FLOATS) if dtype is None else dtype,
+        # (scikit-learn's dtype list takes '>f4' for "not float32": made native first)
+        D = check_array(native_byte_order(self.dictionary),
+                        dtype=list(_FLOATS) if dtype is None else dtype,
                         order="C", input_name="dictionary", estimator=self)
         return D
 
@@ -65,8 +67,10 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
                 "(n_atoms, n_features)).")
 
     def _validate_X(self, X, reset):
-        """X validated by scikit-learn (float32 kept, C order)."""
-        return _validate_data(self, X, reset=reset, dtype=list(_FLOATS), order="C")
+        """X validated by scikit-learn (float32 kept, big-endian float32 too,
+        C order)."""
+        return _validate_data(self, native_byte_order(X), reset=reset, dtype=list(_FLOATS),
+                              order="C")
 
     def inverse_transform(self, X):
         """Reconstruct signals from codes: ``X @ D``.

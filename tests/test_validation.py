@@ -2,10 +2,12 @@
 that names the argument (Issue 2, "Bad input"). Messages are matched with
 loose patterns: the argument's name and the key words."""
 import os
+import re
 import warnings
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 import fastlista
 from fastlista import (InvalidParameterError, duality_gap, lambda_max, lasso_gradient,
@@ -279,6 +281,194 @@ def test_dictionary_shape_beyond_32_bit_lapack_workspace_is_refused(monkeypatch)
         with pytest.raises(ValueError, match=r"D has shape \(4, 4\): min\(n_atoms"):
             call()
     fastlista.solve_lasso(np.ones((2, 4)), D[:3], 0.1)      # min(3, 4) = 3: fine
+
+
+# --------------------------------------------------------------------------
+# byte order, NumPy strings, text in object arrays, ints beyond the float
+# range, sparse thresholds
+# --------------------------------------------------------------------------
+def _unit_atoms(A):
+    return A / np.linalg.norm(A, axis=1, keepdims=True)
+
+
+_BE_D = _unit_atoms(rng.standard_normal((8, 6)))
+_BE_X = rng.standard_normal((7, 8)) @ _BE_D
+_BE_Z = rng.standard_normal((7, 8))
+# rank 3: its float32 rounding adds singular values that only a rank taken at
+# float32 precision leaves alone (at float64's, ALISTA's weights reach 1e8)
+_BE_RANK3 = _unit_atoms(rng.standard_normal((8, 3)) @ rng.standard_normal((3, 6)))
+
+
+def _be_estimator(name, dt):
+    from fastlista.estimators import LassoSparseCoder, LearnedSparseCoder
+    if name == "LassoSparseCoder":
+        return LassoSparseCoder(_BE_D.astype(dt), alpha=0.3, tol=1e-5).fit_transform(
+            _BE_X.astype(dt))
+    if name == "LearnedSparseCoder":
+        coder = LearnedSparseCoder(_BE_D.astype(dt), alpha=0.3, n_layers=2, max_iter=3,
+                                   random_state=0).fit(_BE_X.astype(dt))
+        return coder.transform(_BE_X.astype(dt))
+    coder = LassoSparseCoder(_BE_D, alpha=0.3).fit(_BE_X)       # inverse_transform
+    return coder.inverse_transform(_BE_Z.astype(dt))
+
+
+BIG_ENDIAN_CALLS = {
+    "solve_lasso": lambda dt: solve_lasso(_BE_X.astype(dt), _BE_D.astype(dt), 0.3,
+                                          tol=1e-5).codes,
+    "solve_lasso Z0": lambda dt: solve_lasso(_BE_X.astype(np.float32), _BE_D.astype(np.float32),
+                                             0.3, tol=1e-5, Z0=_BE_Z.astype(dt)).codes,
+    "lambda_max": lambda dt: lambda_max(_BE_X.astype(dt), _BE_D.astype(dt)),
+    "duality_gap": lambda dt: duality_gap(_BE_X.astype(np.float32), _BE_D.astype(np.float32),
+                                          0.3, _BE_Z.astype(dt)),
+    "soft_thresholding": lambda dt: soft_thresholding(_BE_Z.astype(dt), 0.5),
+    "soft_thresholding threshold": lambda dt: soft_thresholding(
+        _BE_Z.astype(np.float32), np.full(8, 0.5, dtype=dt)),
+    "Lista": lambda dt: fastlista.Lista(_BE_D.astype(dt), 0.3, 3).transform(_BE_X.astype(dt)),
+    "alista_weights": lambda dt: fastlista.alista_weights(_BE_RANK3.astype(dt)),
+    "LassoSparseCoder": lambda dt: _be_estimator("LassoSparseCoder", dt),
+    "LearnedSparseCoder": lambda dt: _be_estimator("LearnedSparseCoder", dt),
+    "inverse_transform": lambda dt: _be_estimator("inverse_transform", dt),
+}
+
+
+@pytest.mark.parametrize("call", BIG_ENDIAN_CALLS.values(), ids=BIG_ENDIAN_CALLS.keys())
+def test_big_endian_float32_is_float32(call):
+    """'>f4' is float32 in another byte order: the results of '<f4' input,
+    bit for bit, in float32 (np.dtype('>f4') == np.float32 is False, and
+    used to send it down the float64 path)."""
+    pytest.importorskip("sklearn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastlista.ConvergenceWarning)
+        little, big = np.asarray(call("<f4")), np.asarray(call(">f4"))
+    assert big.dtype == little.dtype == np.float32
+    assert big.tobytes() == little.tobytes()
+
+
+def test_big_endian_lipschitz_is_the_float32_value():
+    # a float32 dictionary's L is a float32 value: '>f4' gives the same one
+    L = lipschitz(_BE_D.astype(">f4"))
+    assert L == lipschitz(_BE_D.astype(np.float32)) and float(np.float32(L)) == L
+
+
+def test_alista_weights_of_big_endian_float32_take_its_rank_at_float32_precision():
+    W = fastlista.alista_weights(_BE_RANK3.astype(">f4"))
+    assert np.abs(W).max() < 10           # float64's rank: weights of about 1e8
+    assert np.allclose(np.diag(W.astype(np.float64) @ _BE_RANK3.T), 1.0, atol=1e-5)
+
+
+def test_options_given_as_numpy_strings():
+    """A NumPy array of option names (a GridSearchCV grid) holds numpy.str_:
+    the same codes as the Python str (the kernels' ``str`` arguments used to
+    refuse it with a TypeError)."""
+    for method in np.array(["ista", "fista", "oista", "backtracking", "cd", "auto"]):
+        assert type(method) is np.str_
+        got = solve_lasso(X, D, 0.1, method=method, max_iter=5, tol=0.0)
+        want = solve_lasso(X, D, 0.1, method=str(method), max_iter=5, tol=0.0)
+        assert got.codes.tobytes() == want.codes.tobytes()
+    assert type(fastlista._validation.check_option(np.str_("ista"), "method", "f",
+                                                   ("ista",))) is str
+
+
+def test_estimator_options_given_as_numpy_strings():
+    pytest.importorskip("sklearn")
+    from fastlista.estimators import DictionaryLearning, LassoSparseCoder
+    method = np.str_("fista")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastlista.ConvergenceWarning)
+        got = LassoSparseCoder(D, alpha=0.1, method=method, max_iter=5, tol=0.0)
+        want = LassoSparseCoder(D, alpha=0.1, method="fista", max_iter=5, tol=0.0)
+        assert got.fit_transform(X).tobytes() == want.fit_transform(X).tobytes()
+        dl = DictionaryLearning(3, alpha=0.1, max_iter=2, random_state=0,
+                                transform_algorithm=method, transform_max_iter=5,
+                                transform_tol=0.0).fit(X)
+        codes = dl.transform(X)
+        dl.set_params(transform_algorithm="fista")
+        assert codes.tobytes() == dl.transform(X).tobytes()
+
+
+def _text(a):
+    """What a CSV reader may give: an object array of str."""
+    return np.array(np.asarray(a).astype(str), dtype=object)
+
+
+OBJECT_TEXT = {
+    "X": (lambda: solve_lasso(_text(X), D, 0.1), "X"),
+    "D": (lambda: solve_lasso(X, _text(D), 0.1), "D"),
+    "lmbd": (lambda: solve_lasso(X, D, _text(np.full(5, 0.1))), "'lmbd'"),
+    "Z0": (lambda: solve_lasso(X, D, 0.1, Z0=_text(np.zeros((5, 6)))), "Z0"),
+    "duality_gap Z": (lambda: duality_gap(X, D, 0.1, _text(Z)), "Z"),
+    "lasso_objective Z": (lambda: lasso_objective(X, D, 0.1, _text(Z)), "Z"),
+    "soft_thresholding U": (lambda: soft_thresholding(_text([1.5, -2.0]), 1.0), "U"),
+    "soft_thresholding threshold": (lambda: soft_thresholding([1.5, -2.0], _text(1.0)),
+                                    "threshold"),
+    "Lista D": (lambda: fastlista.Lista(_text(D), 0.1, 1), "D"),
+    "set_parameters": (lambda: fastlista.Lista(D, 0.1, 1).set_parameters(
+        [{"alpha": _text(0.01)}]), r"parameters\[0\]\['alpha'\]"),
+    "lipschitz": (lambda: lipschitz(_text(D)), "D"),
+    "None in X": (lambda: solve_lasso(np.full(X.shape, None), D, 0.1), "X"),
+}
+
+
+@pytest.mark.parametrize("call, name", OBJECT_TEXT.values(), ids=OBJECT_TEXT.keys())
+def test_object_arrays_of_text_are_refused_by_name(call, name):
+    """Text is refused, not parsed, in an object array as in a str array."""
+    with pytest.raises((ValueError, TypeError), match=name) as info:
+        call()
+    assert "could not convert" not in str(info.value)
+
+
+def test_object_arrays_of_numbers_are_accepted():
+    # int, float, bool and NumPy scalars: the values of the float64 array
+    Xo = X.astype(object)
+    Xo[0, :3] = [1, True, np.float32(0.5)]
+    want = X.copy()
+    want[0, :3] = [1.0, 1.0, 0.5]
+    got = solve_lasso(Xo, D.astype(object), np.full(5, 0.1).astype(object))
+    assert got.codes.tobytes() == solve_lasso(want, D, np.full(5, 0.1)).codes.tobytes()
+    assert soft_thresholding(Xo, 0.5).tobytes() == soft_thresholding(want, 0.5).tobytes()
+
+
+BIG = 10**400       # a Python int beyond the float range
+BIG_INTS = {
+    "solve_lasso lmbd": (lambda: solve_lasso(X, D, BIG), "'lmbd'"),
+    "solve_lasso lmbd list": (lambda: solve_lasso(X, D, [BIG] * 5), "'lmbd'"),
+    "solve_lasso tol": (lambda: solve_lasso(X, D, 0.1, tol=BIG), "'tol'"),
+    "duality_gap lmbd": (lambda: duality_gap(X, D, BIG, Z), "'lmbd'"),
+    "lipschitz tol": (lambda: lipschitz(D, np.ones(6, bool), tol=BIG), "'tol'"),
+    "Lista lmbd": (lambda: fastlista.Lista(D, BIG, 2), "'lmbd'"),
+    "set_parameters": (lambda: fastlista.Lista(D, 0.1, 1).set_parameters([{"alpha": BIG}]),
+                       r"parameters\[0\]\['alpha'\]"),
+    "learn_dictionary lmbd": (lambda: __import__("fastlista.dictionary").dictionary
+                              .learn_dictionary(X, 2, BIG), "'lmbd'"),
+    "X": (lambda: solve_lasso([[BIG, 0, 0, 0]], D, 0.1), "X"),
+    "soft_thresholding threshold": (lambda: soft_thresholding([1.0], BIG), "threshold"),
+    "max_iter of 5000 digits": (lambda: solve_lasso(X, D, 0.1, max_iter=10**5000),
+                                "'max_iter'"),
+}
+
+
+@pytest.mark.parametrize("call, name", BIG_INTS.values(), ids=BIG_INTS.keys())
+def test_int_beyond_the_float_range_is_refused_by_name(call, name):
+    """ValueError naming the argument, not a bare OverflowError."""
+    with pytest.raises(ValueError, match=name) as info:
+        call()
+    assert re.search(r"range|too large", str(info.value))
+
+
+def test_estimator_alpha_beyond_the_float_range_is_refused_by_name():
+    pytest.importorskip("sklearn")
+    from fastlista.estimators import LassoSparseCoder
+    with pytest.raises(InvalidParameterError, match="'alpha'.*float range"):
+        LassoSparseCoder(D, alpha=BIG).fit(X)
+
+
+@pytest.mark.parametrize("U, threshold, name", [
+    (sparse.csr_matrix(np.eye(3)), 0.5, "U"),
+    (np.eye(3), sparse.csr_matrix(np.full((3, 3), 0.5)), "threshold"),
+], ids=["U", "threshold"])
+def test_soft_thresholding_refuses_sparse_by_name(U, threshold, name):
+    with pytest.raises(TypeError, match=f"Sparse data was passed for {name}"):
+        soft_thresholding(U, threshold)
 
 
 # --------------------------------------------------------------------------

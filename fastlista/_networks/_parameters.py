@@ -297,6 +297,9 @@ def check_parameters(parameters, parametrization, n_layers, n_atoms, n_features,
                         v = np.array(v, dtype=dtype, order="C")
             except (TypeError, ValueError) as exc:
                 reason = f"parameters[{t}][{k!r}] is not numeric: {exc}"
+            except OverflowError:           # an int beyond the float range
+                reason = (f"parameters[{t}][{k!r}] contains a value too large for "
+                          f"{np.dtype(dtype).name}.")
             if reason is not None:
                 raise ValueError(reason)
             if v.shape != expected[k]:
