@@ -37,8 +37,8 @@ the exact minimiser over d_k (with ``positive_dict``, over the non-negative
 part of the ball). An atom that is no longer used (``A_kk = 0`` in batch
 mode, where exact codes are exactly 0; ``A_kk <= 1e-6 mean(diag A)`` online)
 is re-initialised to the normalised residual ``x - z D`` of the worst
-reconstructed signal (of the batch, distinct signals for distinct atoms);
-the result counts them.
+reconstructed signal (of the batch, distinct signals for distinct atoms, of
+equally bad signals the lowest-indexed); the result counts them.
 
 Threads: a call runs at most ``n_jobs`` threads (the code step's kernels);
 the NumPy products of the statistics run with BLAS held to one thread.
@@ -107,7 +107,8 @@ class DictionaryResult:
     objective : ndarray of shape (n_iter,)
         Mean objective ``1/2 ||x - z D||^2 + lmbd ||z||_1`` over the signals,
         per iteration. Batch: after each iteration's dictionary step, with
-        that iteration's codes (non-increasing). Online: per epoch, each
+        that iteration's codes (non-increasing; from the residuals, in
+        float64). Online: per epoch, each
         signal's objective when its mini-batch was coded (with the
         dictionary of that time): the online estimate of the objective.
     n_iter : int
@@ -118,7 +119,8 @@ class DictionaryResult:
         Atoms re-initialised (unused atoms replaced by the residual of the
         worst reconstructed signal), in total.
     converged : bool
-        Whether learning stopped on ``tol`` (not ``max_iter`` or a callback).
+        Whether learning stopped on ``tol`` (not ``max_iter`` or a callback;
+        never with ``tol=0``).
     method : str
     coder : str
     """
@@ -214,15 +216,23 @@ def reinitialise(D, unused, residuals, *, positive=False):
     return done
 
 
-def _worst(norms, k, offset=0):
-    """Indices of the k largest ``norms`` (ties by index), largest first."""
-    k = min(k, norms.shape[0])
+def _worst(norms, k):
+    """Indices of the k largest ``norms``, largest first; of equal norms the
+    lowest indices, first (deterministic: the merge of chunks in
+    ``CodeStats.__add__`` keeps the same signals as one pass over all)."""
+    n = norms.shape[0]
+    k = min(k, n)
     if k == 0:
         return np.empty(0, dtype=np.intp)
-    idx = np.argpartition(-norms, k - 1)[:k] if k < norms.shape[0] else \
-        np.arange(norms.shape[0])
-    order = np.lexsort((idx + offset, -norms[idx]))
-    return idx[order]
+    if k < n:
+        # every norm above the k-th largest is in; of those equal to it, the
+        # first (np.argpartition would keep an arbitrary subset of a tie)
+        kth = np.partition(norms, n - k)[n - k]
+        above = np.flatnonzero(norms > kth)
+        idx = np.concatenate([above, np.flatnonzero(norms == kth)[:k - above.size]])
+    else:
+        idx = np.arange(n)
+    return idx[np.lexsort((idx, -norms[idx]))]
 
 
 def row_norms(D):
@@ -336,18 +346,19 @@ class _SlistaCoder:
 class CodeStats:
     """Sufficient statistics of coded signals (float64), summed over them.
 
-    ``A = Z^T Z``, ``B = Z^T X``, ``l1 = sum |Z|``, ``xx = sum ||x||^2``,
-    ``objective`` = sum of the signals' objectives with the dictionary they
-    were coded with, ``worst`` the residuals ``x - z D`` of the worst
-    reconstructed signals (worst first) and ``worst_norms`` their squared
-    norms and ``worst_index`` their indices (for merging chunks).
+    ``A = Z^T Z``, ``B = Z^T X``, ``objective`` = sum of the signals'
+    objectives (with the dictionary they were coded with), ``previous`` =
+    sum of the objectives of the warm-start codes with that dictionary (the
+    previous batch iteration's, see ``code_stats``; NaN without a warm
+    start), ``worst`` the residuals ``x - z D`` of the worst reconstructed
+    signals (worst first, ties by index), ``worst_norms`` their squared norms
+    and ``worst_index`` their indices (for merging chunks).
     """
 
     A: np.ndarray
     B: np.ndarray
-    l1: float
-    xx: float
     objective: float
+    previous: float
     n_samples: int
     worst: np.ndarray = field(default=None)
     worst_norms: np.ndarray = field(default=None)
@@ -360,9 +371,11 @@ class CodeStats:
         norms = np.concatenate([self.worst_norms, other.worst_norms])
         index = np.concatenate([self.worst_index, other.worst_index])
         k = max(self.n_worst, other.n_worst)
+        # worst first, ties by index: _worst's order over all the signals
         order = np.lexsort((index, -norms))[:k]
-        return CodeStats(self.A + other.A, self.B + other.B, self.l1 + other.l1,
-                         self.xx + other.xx, self.objective + other.objective,
+        return CodeStats(self.A + other.A, self.B + other.B,
+                         self.objective + other.objective,
+                         self.previous + other.previous,
                          self.n_samples + other.n_samples, W[order], norms[order],
                          index[order], k)
 
@@ -377,13 +390,30 @@ def _l1(Z):
     return np.abs(Z).sum(axis=1, dtype=np.float64)
 
 
-def code_stats(X, D, lmbd, coder, Z_prev=None, n_worst=0, offset=0):
+def signal_objectives(X, D, Z, lmbd):
+    """Every signal's ``1/2 ||x - z D||^2 + lmbd ||z||_1`` (float64), with the
+    residuals R (float64) and their squared norms.
+
+    From the residuals, in float64 whatever X's dtype (D is the float64
+    dictionary): the form ``1/2 ||x||^2 - <z, x D^T> + 1/2 z D D^T z^T`` of
+    the statistics cancels when ||x - z D|| is far below ||x|| (signals far
+    from 0: at an offset of 1e7, relative errors of 6e-8, false increases of
+    the batch history).
+    """
+    R, rr = _residuals(X.astype(np.float64, copy=False), D,
+                       Z.astype(np.float64, copy=False))
+    return 0.5 * rr + lmbd * _l1(Z), R, rr
+
+
+def code_stats(X, D, lmbd, coder, Z_prev=None, n_worst=0, offset=0, f_prev=None):
     """The code step of a set of signals, and its statistics.
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features)
-    D : ndarray of shape (n_atoms, n_features), in X's dtype
+    D : ndarray of shape (n_atoms, n_features), float64
+        The dictionary (the coder gets it in X's dtype; the objectives, the
+        residuals and the statistics are taken with D itself, in float64).
     coder : _ExactCoder or _SlistaCoder
     Z_prev : ndarray of shape (n_samples, n_atoms), default=None
         The previous codes: the warm start, and kept for every signal whose
@@ -392,52 +422,50 @@ def code_stats(X, D, lmbd, coder, Z_prev=None, n_worst=0, offset=0):
         How many worst-reconstructed residuals to keep.
     offset : int
         Index of X's first signal in the whole data (ties between chunks).
+    f_prev : ndarray of shape (n_samples,), default=None
+        ``signal_objectives(X, D, Z_prev, lmbd)`` when the caller has it
+        (else computed here).
 
     Returns
     -------
     Z : ndarray of shape (n_samples, n_atoms)
     stats : CodeStats
+        ``stats.previous`` is the sum of ``f_prev``: the objective of the
+        previous batch iteration's codes with D, its history entry.
     """
-    Z = coder.codes(X, D, Z_prev)
-    R, rr = _residuals(X, D, Z)
-    f = 0.5 * rr + lmbd * _l1(Z)
+    Z = coder.codes(X, D.astype(X.dtype), Z_prev)
+    f, R, rr = signal_objectives(X, D, Z, lmbd)
+    previous = np.nan
     if Z_prev is not None:
-        R0, rr0 = _residuals(X, D, Z_prev)
-        f0 = 0.5 * rr0 + lmbd * _l1(Z_prev)
-        worse = f > f0
+        if f_prev is None:
+            f_prev = signal_objectives(X, D, Z_prev, lmbd)[0]
+        previous = float(f_prev.sum())
+        worse = f > f_prev
         if worse.any():
-            Z[worse], R[worse], rr[worse], f[worse] = (Z_prev[worse], R0[worse],
-                                                       rr0[worse], f0[worse])
+            Z[worse] = Z_prev[worse]
+            _, R[worse], rr[worse] = signal_objectives(X[worse], D, Z_prev[worse], lmbd)
+            f[worse] = f_prev[worse]
     Z64 = Z.astype(np.float64, copy=False)
-    idx = _worst(rr, n_worst, offset)
+    idx = _worst(rr, n_worst)
     stats = CodeStats(
         A=Z64.T @ Z64, B=Z64.T @ X.astype(np.float64, copy=False),
-        l1=float(_l1(Z).sum()),
-        xx=float(np.einsum("ij,ij->", X, X, dtype=np.float64)),
-        objective=float(f.sum()), n_samples=X.shape[0],
-        worst=R[idx].astype(np.float64), worst_norms=rr[idx], worst_index=idx + offset,
-        n_worst=n_worst)
+        objective=float(f.sum()), previous=previous, n_samples=X.shape[0],
+        worst=R[idx], worst_norms=rr[idx], worst_index=idx + offset, n_worst=n_worst)
     return Z, stats
 
 
-def objective_from_stats(D, stats, lmbd):
-    """Mean objective of the coded signals with the dictionary D, from their
-    statistics: ``(1/2 sum||x||^2 - <B, D> + 1/2 <A, D D^T> + lmbd sum|z|) / n``."""
-    total = (0.5 * stats.xx - float(np.sum(stats.B * D))
-             + 0.5 * float(np.sum(stats.A * (D @ D.T))) + lmbd * stats.l1)
-    return max(total, 0.0) / max(stats.n_samples, 1)
-
-
-def batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes=BATCH_PASSES):
+def batch_dictionary_step(D, stats, positive_dict, n_passes=BATCH_PASSES):
     """The batch dictionary step: re-initialise unused atoms, then
     ``n_passes`` passes of block coordinate descent. In place on D (float64).
 
-    Returns (objective after the step, number of atoms re-initialised)."""
+    Returns the number of atoms re-initialised. (The objective of the
+    codes with the new D is the next pass's ``signal_objectives``: from the
+    residuals, not from the statistics.)"""
     unused = ~(np.diagonal(stats.A) > 0)
     n_new = reinitialise(D, unused, stats.worst, positive=positive_dict) \
         if unused.any() else 0
     update_dictionary(D, stats.A, stats.B, positive=positive_dict, n_passes=n_passes)
-    return objective_from_stats(D, stats, lmbd), n_new
+    return n_new
 
 
 # ---------------------------------------------------------------------------
@@ -541,8 +569,11 @@ class _Progress:
 
 
 def _stalled(objective, tol):
-    """The stopping test: the last decrease is at most tol times the value."""
-    return len(objective) >= 2 and objective[-2] - objective[-1] <= tol * objective[-1]
+    """The stopping test: the last decrease is at most tol times the value.
+    tol = 0 never stops (it runs max_iter iterations: a tie or an increase,
+    which the online objective can have, is no reason to stop then)."""
+    return (tol > 0 and len(objective) >= 2
+            and objective[-2] - objective[-1] <= tol * objective[-1])
 
 
 # ---------------------------------------------------------------------------
@@ -918,14 +949,18 @@ def _notify(callback, iteration, step, D, objective, n_reinit, exponent=0):
 def _learn_batch(X, e, D, lmbd, coder, max_iter, tol, positive_dict, callback, progress,
                  n_passes):
     objective, n_reinit, converged, it = [], 0, False, 0
-    Z = None
+    Z, f = None, None
     bar = _Progress(progress, max_iter, "iter", "learn_dictionary(batch)")
     try:
         for it in range(max_iter):
-            Z, stats = code_stats(X, D.astype(X.dtype), lmbd, coder, Z,
-                                  n_worst=D.shape[0])
-            value, n_new = batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes)
+            Z, stats = code_stats(X, D, lmbd, coder, Z, n_worst=D.shape[0], f_prev=f)
+            n_new = batch_dictionary_step(D, stats, positive_dict, n_passes)
             n_reinit += n_new
+            # the iteration's objective, its codes with the new D, from the
+            # residuals (one GEMM): also the next code step's warm-start
+            # objectives, which it would compute otherwise
+            f = signal_objectives(X, D, Z, lmbd)[0]
+            value = float(f.sum()) / X.shape[0]
             objective.append(value)
             bar.update(1, value)
             if _notify(callback, it, it + 1, D, objective, n_reinit, e):

@@ -533,15 +533,34 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
 # ---------------------------------------------------------------------------
 
 def _dictionary_chunk(X, Z_prev, D, settings, offset):
-    """The code step of one chunk: (codes, CodeStats), on a worker."""
+    """The code step of one chunk: (codes, CodeStats), on a worker. Its
+    ``previous`` is the objective of Z_prev with D: the previous iteration's
+    (see learn_dictionary)."""
     from .dictionary import code_stats, make_coder
 
     lmbd, code_tol, code_max_iter, positive_code, n_jobs = settings
     # the NumPy products of the statistics too run under the task's budget
     with kernel_threads(n_jobs, "fastlista.distributed.learn_dictionary") as n_threads:
         coder = make_coder("cd", lmbd, code_tol, code_max_iter, positive_code, n_threads)
-        return code_stats(X, D.astype(X.dtype), lmbd, coder, Z_prev,
-                          n_worst=D.shape[0], offset=offset)
+        return code_stats(X, D, lmbd, coder, Z_prev, n_worst=D.shape[0], offset=offset)
+
+
+def _dictionary_objective_chunk(X, Z, D, settings):
+    """The summed objective of one chunk's codes Z with D, on a worker (the
+    last iteration's, which no later code step evaluates)."""
+    from .dictionary import signal_objectives
+
+    with kernel_threads(settings[-1], "fastlista.distributed.learn_dictionary"):
+        return float(signal_objectives(X, D, Z, settings[0])[0].sum())
+
+
+def _scan_chunk(X):
+    """(no NaN or infinity, exponent of max|X| or None) of one chunk, on a
+    worker; an empty chunk is (True, None)."""
+    from .dictionary import magnitude_exponent
+
+    finite = bool(np.isfinite(X).all())
+    return finite, (magnitude_exponent(X) if finite else None)
 
 
 def _first(part):
@@ -570,6 +589,12 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     algorithm, its arithmetic and its defaults are those of the local batch
     method (one implementation, ``fastlista.dictionary``): on the same data
     and D0 the result equals the local one up to the rounding of the sums.
+    An iteration's objective (its codes with the new D, from the residuals)
+    comes from the next pass, whose chunks evaluate their warm start, the
+    last one's from an extra pass: the callback and the ``tol`` test of an
+    iteration run after the next code step (a stop discards that step: D
+    and the history are the local method's). Chunks of 0 rows (a filtered
+    array's) are allowed.
     Like the local method, X whose largest magnitude leaves ``2**+-100``
     (float32: ``2**+-30``) is scaled by an exact power of two (found in the
     same pass over the chunks as the check for NaN, the chunks scaled where
@@ -653,11 +678,14 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     X = X.persist()
     # NaN and infinity are refused before any learning, and X far from 1 is
     # scaled by an exact power of two as the local method does (one pass, on
-    # the workers)
-    finite, amax = dask.compute(da.isfinite(X).all(), abs(X).max())
-    if not finite:
+    # the workers; a chunk at a time: dask's max refuses empty chunks, which
+    # a filtered array has)
+    scans = dask.compute(*[dask.delayed(_scan_chunk, pure=True)(b)
+                           for b in X.to_delayed().ravel()])
+    if not all(finite for finite, _ in scans):
         raise ValueError("Input X contains NaN or infinity.")
-    e = dl.units_exponent(dl.magnitude_exponent(np.asarray(amax)), dtype)
+    tops = [top for _, top in scans if top is not None]
+    e = dl.units_exponent(max(tops) if tops else None, dtype)
     if e != 0:
         X = da.ldexp(X, -e).astype(dtype, copy=False).persist()
     lmbd_e = dl.lmbd_in_units(lmbd, e, dtype)
@@ -671,8 +699,22 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     settings = (lmbd_e, code_tol, code_max_iter, positive_code, n_jobs)
     objective, n_reinit, converged = [], 0, False
     codes = [None] * len(blocks)
+    n = X.shape[0]
     bar = dl._Progress(progress, max_iter, "iter", "learn_dictionary(dask)")
+
+    def record(it, total, n_new):
+        """Iteration it's objective (its codes with the current D) known: the
+        progress bar, the callback and the stopping test. True stops."""
+        nonlocal converged
+        objective.append(total / n)
+        bar.update(1, objective[-1])
+        if dl._notify(callback, it, it + 1, D, objective, n_reinit, e):
+            return True
+        converged = n_new == 0 and dl._stalled(objective, tol)
+        return converged
+
     try:
+        n_new = 0
         for it in range(max_iter):
             D_ref = _ship(D.copy())
             parts = [dask.delayed(_dictionary_chunk, pure=False)(xb, zb, D_ref, settings,
@@ -681,20 +723,26 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             parts = dask.persist(*parts)
             stats = dask.compute(_tree_reduce(
                 [dask.delayed(_second, pure=True)(p) for p in parts], operator.add))[0]
+            # the pass evaluated the previous iteration's codes with D (the
+            # warm start's objective, from the residuals): that iteration's
+            # entry, as the local method has it after its dictionary step
+            # (a stop discards this pass's codes: D is the one to return)
+            if it > 0 and record(it - 1, stats.previous, n_new):
+                break
             codes = [dask.delayed(_first, pure=True)(p) for p in parts]
             # the dictionary step (on the client) under the same budget as the
             # local method's
             with kernel_threads(n_jobs, func):
-                value, n_new = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
-                                                        dict_passes)
+                n_new = dl.batch_dictionary_step(D, stats, positive_dict, dict_passes)
             n_reinit += n_new
-            objective.append(value)
-            bar.update(1, value)
-            if dl._notify(callback, it, it + 1, D, objective, n_reinit, e):
-                break
-            if n_new == 0 and dl._stalled(objective, tol):
-                converged = True
-                break
+        else:
+            # the last iteration's entry: one pass over its codes with the final D
+            D_ref = _ship(D.copy())
+            total = dask.compute(_tree_reduce(
+                [dask.delayed(_dictionary_objective_chunk, pure=False)(xb, zb, D_ref,
+                                                                       settings)
+                 for xb, zb in zip(blocks, codes)], operator.add))[0]
+            record(max_iter - 1, total, n_new)
     finally:
         bar.close()
     D = dl._normalise(D.copy(), rng, positive_dict)

@@ -85,7 +85,8 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         X_original : ndarray of shape (n_samples, n_features)
             ``X @ dictionary``, in the dtype of the codes.
         """
-        Z = check_array(X, dtype=list(_FLOATS), input_name="X", estimator=self)
+        Z = check_array(native_byte_order(X), dtype=list(_FLOATS), input_name="X",
+                        estimator=self)
         D = self._reconstruction_dictionary()
         if Z.shape[1] != D.shape[0]:
             raise ValueError(
@@ -632,7 +633,7 @@ class DictionaryLearning(_DictionaryLearningBase):
         dictionary step each).
     tol : float, default=1e-4
         Stop when an iteration lowers the mean objective by at most ``tol``
-        times its value.
+        times its value. 0 runs ``max_iter`` iterations.
     fit_algorithm : {"cd", "slista"}, default="cd"
         The code step: ``"cd"`` exact codes (coordinate descent, certified),
         ``"slista"`` a re-trained SLISTA network (approximate, see
@@ -747,8 +748,9 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
     tol : float, default=1e-3
         Stop at the end of an epoch whose mean objective (every signal's
         objective when its mini-batch was coded) is at most ``tol`` times
-        its value below the previous epoch's. (scikit-learn's ``tol``
-        watches the change of the dictionary between mini-batches instead.)
+        its value below the previous epoch's; 0 runs ``max_iter`` epochs.
+        (scikit-learn's ``tol`` watches the change of the dictionary between
+        mini-batches instead.)
     fit_algorithm : {"cd", "slista"}, default="cd"
         The code step: ``"cd"`` exact codes, ``"slista"`` a SLISTA network
         re-trained on every mini-batch (approximate codes).

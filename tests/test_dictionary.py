@@ -152,6 +152,42 @@ def test_batch_objective_never_increases(case):
         assert np.all(res.D >= 0)
 
 
+def test_batch_history_is_the_objective_of_its_codes_and_dictionaries():
+    """objective[t] is F(Z_t, D_{t+1}), evaluated from the residuals: signals
+    at an offset of 1e7 varying by ~3, where the statistics' form 1/2||x||^2
+    - <B, D> + 1/2 <A, D D^T> cancels (it read 6e-8 off, an increase of
+    +0.115 and a tol=0 run stopped after 5 of 8 iterations). Reference: the
+    codes of every iteration (caught on their way out of the code step) and
+    the callback's dictionaries, in long double arithmetic."""
+    from fastlista import dictionary
+
+    rng = np.random.RandomState(0)
+    X = 1e7 + rng.randn(200, 8) @ rng.randn(8, 8)
+    lmbd, codes, dicts = 0.5, [], []
+    real = dictionary.code_stats
+
+    def spy(*args, **kwargs):
+        Z, stats = real(*args, **kwargs)
+        codes.append(Z.copy())
+        return Z, stats
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dictionary, "code_stats", spy)
+        res = learn_dictionary(X, 10, lmbd, method="batch", max_iter=8, tol=0,
+                               random_state=0, n_jobs=NJ,
+                               callback=lambda info: dicts.append(info["D"]))
+    assert res.n_iter == len(codes) == len(dicts) == 8 and not res.converged
+    L = np.longdouble
+    expected = []
+    for Z, D in zip(codes, dicts):
+        R = X.astype(L) - Z.astype(L) @ D.astype(L)
+        expected.append(np.mean(0.5 * np.sum(R * R, axis=1)
+                                + L(lmbd) * np.sum(np.abs(Z.astype(L)), axis=1)))
+    expected = np.array(expected, dtype=L)
+    # measured 2.3e-16
+    assert np.all(np.abs(res.objective - expected) <= 1e-13 * expected)
+    assert np.all(np.diff(res.objective) <= 1e-12 * res.objective[:-1])
+
+
 # ---------------------------------------------------------------------------
 # recovery of a known dictionary
 # ---------------------------------------------------------------------------
@@ -283,6 +319,28 @@ def test_unused_atom_becomes_the_worst_residual():
     assert_allclose(unit_norms(res.D), 1, rtol=1e-12)
 
 
+def test_tied_worst_residuals_are_the_lowest_indices():
+    """Of equally bad signals the lowest-indexed re-initialise the atoms (the
+    Dask chunks merge by index: both must agree). +-1 signals (||x||^2 = 8
+    for all) at a lmbd above every lambda_max: every code is 0, every atom
+    unused, re-initialised to x / ||x|| of signals 0, 1, 2, 3 (the old
+    selection took 136, 18, 37, 116)."""
+    from fastlista.dictionary import _worst
+
+    assert_array_equal(_worst(np.ones(300), 4), [0, 1, 2, 3])
+    norms = np.array([1.0, 3, 2, 3, 2, 2, 0, 3, 2])
+    assert_array_equal(_worst(norms, 5), [1, 3, 7, 2, 4])
+    assert_array_equal(_worst(norms, 9), [1, 3, 7, 2, 4, 5, 8, 0, 6])
+    rng = np.random.RandomState(0)
+    X = rng.choice([-1.0, 1.0], size=(300, 8))
+    D0 = np.linalg.qr(rng.randn(8, 8))[0][:4]
+    for method in ("batch", "online"):
+        res = learn_dictionary(X, 4, 100.0, method=method, D0=D0, max_iter=2, tol=0,
+                               batch_size=300, shuffle=False, n_jobs=NJ)
+        assert res.n_reinit >= 4
+        assert_allclose(res.D, X[:4] / np.sqrt(8), rtol=0, atol=1e-15)
+
+
 def test_online_counts_reinitialised_atoms():
     """Atoms no signal uses (D0 with a zero atom and atoms orthogonal to all
     the signals) are re-initialised from the batch's worst residuals, and
@@ -363,6 +421,35 @@ def test_callback_stops_and_sees_the_state():
     res = learn_dictionary(X, 8, 0.5, method="batch", max_iter=5, n_jobs=NJ,
                            callback=lambda info: info["iteration"] == 1, random_state=0)
     assert res.n_iter == 2 and res.objective.shape == (2,)
+
+
+def test_tol_zero_runs_max_iter_iterations():
+    """tol=0 never stops early, on a tie or an increase of the objective (an
+    online epoch can be worse than the one before; all-zero signals tie at
+    0) and is never converged; the estimators pass it on."""
+    X = np.random.RandomState(4).randn(120, 6)
+    res = learn_dictionary(X, 12, 0.5, method="online", max_iter=15, tol=0,
+                           batch_size=10, random_state=4, n_jobs=NJ)
+    assert res.n_iter == res.objective.size == 15 and not res.converged
+    assert np.any(np.diff(res.objective) >= 0)          # an epoch that did not improve
+    zeros = np.zeros((20, 4))
+    for method in ("batch", "online"):
+        res = learn_dictionary(zeros, 3, 0.1, method=method, max_iter=10, tol=0,
+                               random_state=0, n_jobs=NJ)
+        assert res.n_iter == 10 and not res.converged
+        assert_array_equal(res.objective, 0)
+        # tol > 0: the tie stops (converged) at the second iteration
+        res = learn_dictionary(zeros, 3, 0.1, method=method, max_iter=10, tol=1e-4,
+                               random_state=0, n_jobs=NJ)
+        assert res.n_iter == 2 and res.converged
+    pytest.importorskip("sklearn")
+    from fastlista.estimators import DictionaryLearning, MiniBatchDictionaryLearning
+
+    est = MiniBatchDictionaryLearning(12, alpha=0.5, max_iter=15, tol=0, batch_size=10,
+                                      random_state=4, n_jobs=NJ).fit(X)
+    assert est.n_iter_ == 15
+    assert DictionaryLearning(3, alpha=0.1, max_iter=10, tol=0, random_state=0,
+                              n_jobs=NJ).fit(zeros).n_iter_ == 10
 
 
 @pytest.mark.parametrize("method", ["online", "batch"])
