@@ -22,8 +22,37 @@ value and leave BLAS limited for good. The limit is therefore
 reference-counted: the first of overlapping calls sets it to one thread, the
 last exit restores the original. Every fastlista call asks for the same
 limit (one thread), so overlapping calls never contend.
+
+GNU OpenMP (libgomp) keeps, for each thread that started a team, a pool of
+worker threads, and that pool does not survive ``fork()``: in the child,
+the forking thread's next team waits forever for workers that only exist in
+the parent (multiprocessing's "fork" start method, PyTorch DataLoader
+workers). The pool belongs to the thread, so the tracking is per thread: a
+thread records when :func:`kernel_threads` grants it two or more OpenMP
+threads (a team may then have started), and in a child forked from such a
+thread (or from a thread already so restricted) that thread runs the
+kernels on one thread, whatever ``n_jobs``, and its OpenMP default team
+size (``omp_get_max_threads``, which ``soft_thresholding`` uses) is set to
+one. Threads the child starts get pools of their own and run ``n_jobs``
+threads; "spawn" and "forkserver" children start afresh. Not recorded: a
+team that ``soft_thresholding`` (outside kernel_threads) or another
+library started on the same libgomp.
+
+An explicit ``n_jobs >= 2`` in the restricted thread warns once a process
+(RuntimeWarning): the caller asked for threads, and gets a call up to
+``n_jobs`` times slower for a reason only they can remove (another start
+method, workers started before the first parallel call, or the call made
+from a thread the child starts). ``None`` and negative ``n_jobs`` ask for
+"every core this thread can use", which there is one thread: no warning,
+since a DataLoader worker calling with the defaults does nothing wrong.
+Results do not change beyond what any change of thread count may change
+(within the method's tolerance).
 """
+import contextlib
+import os
+import sys
 import threading
+import warnings
 from contextlib import contextmanager
 
 from ._validation import check_n_jobs
@@ -34,6 +63,68 @@ _lock = threading.Lock()
 _depth = 0
 _limiter = None
 _controller = None
+# per thread: .granted, kernel_threads granted this thread >= 2 OpenMP
+# threads (its libgomp pool may exist); .pool_lost, this is the thread a
+# fork() copied from a thread that had (or had itself lost) a pool
+_local = threading.local()
+_pool_lost_warned = False
+_omp_set_num_threads = None     # libgomp's, as the kernels link it (ctypes)
+
+
+def _note_team():
+    """This thread may start an OpenMP team (kernel_threads granted >= 2)."""
+    global _omp_set_num_threads
+    _local.granted = True
+    if _omp_set_num_threads is None:
+        # resolved here, in the parent: through the kernels' own dependencies
+        # (dlsym on their handle), so it is the libgomp they run on
+        try:
+            import ctypes
+            from ._kernels import _prox
+            _omp_set_num_threads = ctypes.CDLL(_prox.__file__).omp_set_num_threads
+        except (ImportError, OSError, AttributeError):
+            _omp_set_num_threads = False
+
+
+def _after_fork_in_child():
+    """In a fork()ed child: restrict the forking thread if its pool is lost."""
+    global _lock, _pool_lost_warned
+    _lock = threading.Lock()        # a parent thread may have held it at fork
+    _pool_lost_warned = False
+    if getattr(_local, "granted", False) or getattr(_local, "pool_lost", False):
+        _local.granted = False
+        _local.pool_lost = True
+        if _omp_set_num_threads:
+            _omp_set_num_threads(1)     # this thread's default team size only
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _warn_pool_lost(n_jobs, func):
+    global _pool_lost_warned
+    if _pool_lost_warned:
+        return
+    _pool_lost_warned = True
+    warnings.warn(
+        f"{func}: n_jobs={n_jobs} runs on one thread here: this process was created "
+        "by fork() from a thread that had run OpenMP threads, and GNU OpenMP's "
+        "thread pool does not survive fork (a parallel call would wait forever). "
+        "Start the worker processes with the 'spawn' or 'forkserver' method, or "
+        "before the first parallel fastlista call, or call from a thread the "
+        "child starts, to run n_jobs threads. (Warned once a process.)",
+        RuntimeWarning, stacklevel=_caller_level())
+
+
+def _caller_level():
+    """The stacklevel, for the caller of warnings.warn, of the first frame
+    outside fastlista (and contextlib, which runs kernel_threads)."""
+    inside = (os.path.dirname(os.path.abspath(__file__)), contextlib.__file__)
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _threadpoolctl():
@@ -113,11 +204,19 @@ def kernel_threads(n_jobs, func):
     ------
     n_threads : int
         OpenMP threads the kernels may use; BLAS runs one thread meanwhile
-        (or, without threadpoolctl, ``n_threads`` is 1).
+        (or, without threadpoolctl, ``n_threads`` is 1). 1 in the thread of
+        a fork()ed child whose OpenMP pool stayed in the parent (module
+        docstring); an explicit ``n_jobs >= 2`` there warns once.
     """
     n = check_n_jobs(n_jobs, func)
     if _threadpoolctl() is None:
         yield 1
         return
+    if n > 1 and getattr(_local, "pool_lost", False):
+        if n_jobs is not None and n_jobs > 0:
+            _warn_pool_lost(n_jobs, func)
+        n = 1
+    if n > 1:
+        _note_team()
     with blas_thread_limit(1):
         yield n

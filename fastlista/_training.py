@@ -16,8 +16,10 @@ only through its training interface (documented on :class:`fastlista.Lista`):
 the first ``depth`` layers, in units where the untrained values are O(1),
 and its lower bounds — and through an ``evaluate(x, depth) -> (loss,
 gradient)`` function: the network's ``training_loss_and_grad`` on local data
-(:func:`fit_network`), or a sum over the chunks of a dask array
-(``fastlista.distributed.fit``). It runs an optimiser:
+(:func:`fit_network`, which runs the whole fit, optimiser included, under
+the network's ``n_jobs`` budget of :func:`fastlista._threads.kernel_threads`),
+or a sum over the chunks of a dask array (``fastlista.distributed.fit``). It
+runs an optimiser:
 
 * ``lbfgs``: :func:`scipy.optimize.minimize` (L-BFGS-B), within the
   network's bounds (step sizes and threshold factors at or above a small
@@ -57,6 +59,7 @@ import warnings
 import numpy as np
 from scipy.optimize import minimize
 
+from ._threads import kernel_threads
 from ._validation import check_max_iter, check_option, check_scalar
 
 __all__ = ["TrainingWarning", "fit_network", "train", "OPTIMIZERS", "PER_LAYER"]
@@ -287,14 +290,18 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **opti
     # layers): other threads using net meanwhile see its parameters before
     # fit, until the trained ones replace them at once
     work = copy.copy(net)
-    data = work.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
-                              func="Lista.fit")
+    # the whole call under the network's thread budget, the optimiser's own
+    # BLAS work included (the kernels' budgets nest in it: same n_jobs, and
+    # the BLAS limit is reference-counted)
+    with kernel_threads(net.n_jobs, "Lista.fit"):
+        data = work.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
+                                  func="Lista.fit")
 
-    def evaluate(x, depth):
-        work.set_training_vector(x, depth)
-        return work.training_loss_and_grad(data, depth)
+        def evaluate(x, depth):
+            work.set_training_vector(x, depth)
+            return work.training_loss_and_grad(data, depth)
 
-    history = train(work, evaluate, func="Lista.fit", **options)
+        history = train(work, evaluate, func="Lista.fit", **options)
     net.set_training_vector(work.training_vector())
     net.loss_history_ = history
     return net

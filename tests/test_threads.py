@@ -9,18 +9,28 @@
   main thread runs a GIL-holding C call of the same length (``sum(range(n))``,
   which never releases the GIL; measured ~3e6/s against 0/s).
 * The threading policy: in every kernel of a call, OpenMP threads x BLAS
-  threads <= n_jobs (a spy on every kernel entry point), dask tasks run one
-  thread, and the BLAS limit is restored whatever the interleaving of
-  concurrent calls.
+  threads <= n_jobs (a spy on every kernel entry point), and BLAS runs one
+  thread outside the kernels too (Lista's initial layer, Lista.fit's
+  optimiser); dask tasks run one thread, and the BLAS limit is restored
+  whatever the interleaving of concurrent calls.
+* fork(): a child forked from a thread that ran a 2-thread call runs that
+  thread's calls on one thread (GNU OpenMP's pool stays in the parent; a
+  team would wait forever) and returns certified results within 60 s, or
+  the test fails and kills it; a child forked from a thread that never did
+  keeps n_jobs threads.
 """
+import multiprocessing
 import sys
 import threading
 import time
+import types
+import warnings
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+import contract
 import reference as ref
 import fastlista
 from fastlista import Lista
@@ -256,12 +266,45 @@ def kernel_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def outside_kernel_calls(kernel_calls, monkeypatch):
+    """Also record the BLAS threads of the work fastlista does outside its
+    kernels: Lista's initial layer (lista: the GEMM D D^T) and Lista.fit's
+    optimiser (L-BFGS-B's entry and every objective evaluation, both
+    optimisers), as (name, 1 thread, BLAS threads)."""
+    from fastlista import _training
+    from fastlista._networks import _parameters
+
+    real_minimize, real_initial = _training.minimize, _parameters.initial_layer
+    real_objective = _training._Objective.__call__
+
+    def minimize(*args, **kwargs):
+        kernel_calls.append(("minimize", 1, max(blas_threads())))
+        return real_minimize(*args, **kwargs)
+
+    def objective(self, x):
+        kernel_calls.append(("objective", 1, max(blas_threads())))
+        return real_objective(self, x)
+
+    def initial_layer(*args):
+        kernel_calls.append(("initial_layer", 1, max(blas_threads())))
+        return real_initial(*args)
+
+    monkeypatch.setattr(_training, "minimize", minimize)
+    monkeypatch.setattr(_training._Objective, "__call__", objective)
+    monkeypatch.setattr(_parameters, "initial_layer", initial_layer)
+    return kernel_calls
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_a_call_never_runs_more_than_n_jobs_threads(kernel_calls, n_jobs):
-    """OpenMP threads x BLAS threads <= n_jobs in every kernel of every call."""
+def test_a_call_never_runs_more_than_n_jobs_threads(outside_kernel_calls, n_jobs):
+    """OpenMP threads x BLAS threads <= n_jobs in every kernel of every call,
+    and BLAS held to one thread outside the kernels (network construction,
+    the optimiser of fit) as inside."""
     pytest.importorskip("sklearn")
     from fastlista.estimators import LassoSparseCoder, LearnedSparseCoder
 
+    kernel_calls = outside_kernel_calls
     set_blas_threads(2)          # a BLAS that would take both cores if let
     X, D = ref.make_problem(n_samples=400, n_features=16, n_atoms=32, seed=6)
     for method in ("cd", "ista", "fista", "oista", "backtracking"):
@@ -271,12 +314,17 @@ def test_a_call_never_runs_more_than_n_jobs_threads(kernel_calls, n_jobs):
         net = Lista(D, 0.3, 3, parametrization=p, n_jobs=n_jobs)
         net.fit(X, max_iter=2)
         net.transform(X, refine_tol=1e-6)
+    Lista(D, 0.3, 3, parametrization="lista", n_jobs=n_jobs).fit(
+        X, max_iter=2, optimizer="gd")
     LassoSparseCoder(D, alpha=0.3, n_jobs=n_jobs).fit_transform(X)
     LearnedSparseCoder(D, alpha=0.3, n_layers=3, max_iter=2, n_jobs=n_jobs).fit(X).transform(X)
     seen = {name for name, _, _ in kernel_calls}
-    assert seen == {name for _, name, _ in KERNELS}
+    assert seen == {name for _, name, _ in KERNELS} | {"minimize", "objective",
+                                                       "initial_layer"}
     over = [c for c in kernel_calls if c[1] * c[2] > n_jobs]
     assert not over, over[:5]
+    blas = [c for c in kernel_calls if c[2] != 1]
+    assert not blas, blas[:5]
     assert set(blas_threads()) == {2}               # and BLAS is given back
 
 
@@ -428,3 +476,109 @@ def test_dask_dictionary_learning_runs_one_thread_a_task(kernel_calls, monkeypat
     assert {c[0] for c in kernel_calls} >= {"residuals (NumPy)", "bcd"}
     assert kernel_calls and all(c[1] * c[2] == 1 for c in kernel_calls), kernel_calls[:5]
     assert set(blas_threads()) == {2}
+
+
+# ---------------------------------------------------------------------------
+# fork(): GNU OpenMP's thread pool stays in the parent
+# ---------------------------------------------------------------------------
+
+FORK = "fork" in multiprocessing.get_all_start_methods()
+FORK_TIMEOUT = 60
+
+
+def _child_main(conn, work):
+    """In the forked child: send ("ok", work(), RuntimeWarnings) or ("error", ...)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = work()
+        conn.send(("ok", out, [str(w.message) for w in caught
+                               if issubclass(w.category, RuntimeWarning)]))
+    except BaseException as exc:  # pragma: no cover - reported by the parent
+        conn.send(("error", repr(exc), []))
+    finally:
+        conn.close()
+
+
+def run_in_forked_child(work, timeout=FORK_TIMEOUT):
+    """work() in a child forked from the calling thread: (result, warnings).
+
+    A child that sends nothing within ``timeout`` seconds hangs: it is killed
+    and the test fails (it never blocks the suite).
+    """
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(send, work), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not recv.poll(timeout):
+            pytest.fail(f"the forked child sent nothing in {timeout} s: it hangs "
+                        "(killed)")
+        try:
+            status, out, warned = recv.recv()
+        except EOFError:
+            pytest.fail(f"the forked child died (exit code {child.join(5) or child.exitcode})")
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        recv.close()
+    assert status == "ok", out
+    return out, warned
+
+
+def _granted(n_jobs):
+    from fastlista._threads import kernel_threads
+
+    with kernel_threads(n_jobs, "test") as n:
+        return n
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_forked_child_after_an_openmp_team_runs_one_thread_and_does_not_hang():
+    X, D = ref.make_problem(n_samples=2000, n_features=32, n_atoms=64, seed=10)
+    lmbd, tol = 0.3, 1e-8
+    # a 2-thread OpenMP team in this thread (2000 samples: 8 blocks): its
+    # libgomp pool does not survive fork
+    parent = fastlista.solve_lasso(X, D, lmbd, tol=tol, n_jobs=2)
+
+    def work():
+        out = {}
+        for n_jobs in (None, 2, 2):      # None: no warning; 2: warned once
+            res = fastlista.solve_lasso(X, D, lmbd, tol=tol, n_jobs=n_jobs)
+            out[n_jobs] = (res.codes, res.gap, res.converged)
+        out["granted"] = _granted(2), _granted(None)
+        # a thread the child starts has a pool of its own: n_jobs threads
+        new = {}
+        t = threading.Thread(target=lambda: new.update(
+            granted=_granted(2),
+            codes=fastlista.solve_lasso(X, D, lmbd, tol=tol, n_jobs=2).codes))
+        t.start()
+        t.join()
+        out["new thread"] = new
+        return out
+
+    out, warned = run_in_forked_child(work)
+    assert out["granted"] == (1, 1)
+    assert out["new thread"]["granted"] == 2
+    assert len(warned) == 1 and "n_jobs=2 runs on one thread" in warned[0], warned
+    contract.assert_certified(X, D, lmbd, tol, parent)
+    for n_jobs in (None, 2):
+        res = types.SimpleNamespace(codes=out[n_jobs][0], gap=out[n_jobs][1],
+                                    converged=out[n_jobs][2])
+        contract.assert_certified(X, D, lmbd, tol, res)
+        # thread counts differ: equal within the certified gaps (codes are
+        # never compared across thread counts)
+        contract.assert_same_optimum(X, D, lmbd, parent, res)
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_forked_child_of_a_thread_without_openmp_team_keeps_n_jobs():
+    """The restriction follows the thread that forks: forked from a thread
+    that never ran a multi-thread call, the child runs n_jobs threads."""
+    X, D = ref.make_problem(n_samples=2000, n_features=32, n_atoms=64, seed=10)
+    fastlista.solve_lasso(X, D, 0.3, n_jobs=2)      # the main thread has a pool
+    # forked from a new thread (run_threaded re-raises its failures)
+    out = run_threaded(lambda: run_in_forked_child(lambda: _granted(2)), [()])[0]
+    assert out == (2, [])

@@ -160,7 +160,8 @@ class Lista:
                 M = self._exec.fixed_matrices(np.float64)[2]
                 gamma0 = 1.0 / float(np.linalg.norm(M, 2))
         self._units = P.units(self.parametrization, L, gamma0)
-        layer = P.initial_layer(self.parametrization, self.D, L, gamma0)
+        with kernel_threads(n_jobs, "Lista"):        # lista's D D^T is a GEMM
+            layer = P.initial_layer(self.parametrization, self.D, L, gamma0)
         self._params = [{k: v.copy() for k, v in layer.items()}
                         for _ in range(self.n_layers)]
 
