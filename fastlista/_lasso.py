@@ -432,6 +432,15 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     2 z.c + z B z``), at any scale; the same computation certifies every
     result of :func:`fastlista.solve_lasso`.
 
+    The dual point is feasible in exact arithmetic, not only for the
+    rounded correlations: ``max_j |r.d_j|`` is the computed maximum raised
+    by a bound on its rounding, and where that bound reaches ``lmbd`` the
+    candidate atoms' correlations are recomputed by a compensated dot
+    product (to about twice double precision). So ``F_x(z) - min F_x <=
+    gap`` holds up to the rounding of the two objectives (a relative 1e-16
+    of their terms), also where ``lmbd`` is near the rounding of the
+    correlations.
+
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features) or (n_features,)

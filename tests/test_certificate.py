@@ -14,6 +14,7 @@ scales raise ``ValueError`` naming the argument.
 import re
 import tracemalloc
 import warnings
+from fractions import Fraction as Fr
 
 import numpy as np
 import pytest
@@ -444,3 +445,48 @@ def test_extreme_network_parameters_never_give_non_finite_codes(key, value):
         assert "sample" in str(exc)
         return
     assert np.all(np.isfinite(Z)), "transform returned non-finite codes"
+
+
+def _exact_gap(x, D, lmbd, z, positive=False):
+    """The gap of ``reference.gap_terms_robust`` in rational arithmetic
+    (exact)."""
+    x = [Fr(float(v)) for v in x]
+    z = [Fr(float(v)) for v in z]
+    D = [[Fr(float(v)) for v in row] for row in D]
+    lam = Fr(float(lmbd))
+    r = [x[i] - sum(z[j] * D[j][i] for j in range(len(D))) for i in range(len(x))]
+    c = [sum(r[i] * d[i] for i in range(len(x))) for d in D]
+    s = max([lam] + (c if positive else [abs(v) for v in c]))
+    ratio = lam / s
+    xr, rr = sum(a * b for a, b in zip(x, r)), sum(v * v for v in r)
+    return (rr / 2 + lam * sum(abs(v) for v in z)) - (ratio * xr - ratio * ratio * rr / 2)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_gap_of_a_dual_point_feasible_for_the_exact_correlations(positive):
+    """x almost orthogonal to the atoms (x D^T ~ 1e-17 ||x|| against a
+    rounding of ~1e-16) and lmbd half the exact largest correlation: the
+    dual point must divide by that exact correlation, not by the rounded
+    one (which put it outside the feasible set and certified z = 0 with
+    gap 0, or gave a gap off by orders of magnitude). The code z = 0 has an
+    exact residual (r = x), so the gap equals the exact one (fractions) to
+    the rounding of the objectives."""
+    rng = np.random.default_rng(7)
+    n, m = 16, 4
+    for _ in range(20):
+        D = rng.standard_normal((m, n))
+        x = rng.standard_normal(n)
+        # x orthogonal to the atoms in floating point: the exact
+        # correlations are left at the rounding of the projection
+        x -= np.linalg.lstsq(D.T, x, rcond=None)[0] @ D
+        c = [sum(Fr(float(a)) * Fr(float(b)) for a, b in zip(x, d)) for d in D]
+        top = max(c) if positive else max(abs(v) for v in c)
+        if not top > 0:
+            continue
+        lmbd = float(top) / 2
+        Z = np.zeros(m)
+        gap = duality_gap(x, D, lmbd, Z, positive=positive)
+        expected = float(_exact_gap(x, D, lmbd, Z, positive))
+        # (1/2 ||x||^2 (1 - lmbd / top)^2, a quarter of 1/2 ||x||^2)
+        assert expected > 0.1 * float(x @ x)
+        np.testing.assert_allclose(gap, expected, rtol=1e-12)

@@ -14,17 +14,44 @@ far from the optimum. r D^T is one GEMM, or, for a very sparse z, c - z B from a
 and B = D D^T (float64 data only: there c carries no more rounding than
 r D^T), a gather of the rows of B for the non-zeros instead of a GEMM.
 
+The gap is that of a dual point feasible for the exact correlations r D^T,
+not only for the computed g: an upper bound of the exact gap of the codes up
+to the rounding of the objectives themselves. With e ||d_j|| a bound on the
+rounding of g_j (u = 2^-53, the unit roundoff of double):
+
+* g = fl(r D^T), any order of the n products (FMA or not):
+  |g_j - r.d_j| <= gamma_n ||r|| ||d_j||, and e = (2 n + 8) u ||r||;
+* g = c - z B with k non-zeros (c = fl(x D^T), B = fl(D D^T), r the
+  gathered fl(x - z D)): the rounding of c, of B, of the gather and of r
+  add up to at most (2 n + 2 k + 8) u ||d_j|| (||x|| + sum_k |z_k| ||d_k||).
+
+(n + 4 and n + k + 4 would do; the factor 2 covers the rounding of the norms
+themselves.) Atoms whose |g_j| + e ||d_j|| stays below lmbd cannot change s
+= max(lmbd, max_j |r.d_j|); when some reach it (at the optimum the active
+atoms have |g_j| = lmbd), fl_certified_gmax (_simd.h) recomputes the
+candidates among them by a compensated dot product, to about twice double
+precision, and s is their largest with its (tiny) error bound. The gap is
+then the exact gap of the codes up to the objectives' rounding, also where
+lmbd is near the rounding of the correlations (x almost orthogonal to the
+atoms, lmbd ~ 1e-10 lambda_max), where g alone would certify a code whose
+exact gap is far above tol.
+
 This kernel is behind fastlista.duality_gap and fastlista.lasso_objective,
 and certifies every result of fastlista.solve_lasso.
 """
 import numpy as np
 from cython cimport floating
+from libc.math cimport fabs, sqrt
 from libc.stdlib cimport free, malloc
 
 from ._blas cimport gemm
 from ._blocks cimport run_blocks
 from ._gap cimport lasso_gap
-from ._simd cimport fl_d_gap_sums, fl_d_gather, fl_s_gap_sums
+from ._simd cimport fl_certified_gmax, fl_d_gap_sums, fl_d_gather, fl_s_gap_sums
+
+
+#: The unit roundoff of double, 2^-53.
+cdef double ROUNDOFF = 1.1102230246251565e-16
 
 
 cdef struct CertifyWork:
@@ -40,6 +67,8 @@ cdef struct CertifyCtx:
     const void *X   # (N, n) floating
     const void *Z   # (N, m) floating
     const double *D  # (m, n) D in double
+    const double *dn    # (m,) the atoms' norms ||d_j||
+    double dmax         # max_j ||d_j||
     const double *C  # (N, m) X D^T (float64 data) or NULL
     const double *B  # (m, m) D D^T when C is given
     const double *lmbd  # (N,)
@@ -62,7 +91,8 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
     cdef double *r
     cdef double *g
     cdef double sums[4]
-    cdef double lz
+    cdef double lz, gmax, e, xn, wz
+    cdef Py_ssize_t kz
     cdef bint sparse_r, sparse_g
 
     # x in double
@@ -127,7 +157,29 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
         # lmbd ||z||_1, or the caller's value of it (computed where its
         # factors could leave the float range)
         lz = c.lz[start + i] if c.lz != NULL else c.lmbd[start + i] * sums[2]
-        c.gap[start + i] = lasso_gap(sums[0], sums[1], lz, sums[3],
+        # the correlation bound (module docstring); a NaN gmax stays NaN
+        gmax = sums[3]
+        if m and gmax == gmax:
+            if sparse_r and sparse_g:
+                z = Zb + i * m
+                xn = 0
+                wz = 0
+                kz = 0
+                for j in range(n):
+                    xn += Xd[i * n + j] * Xd[i * n + j]
+                for j in range(m):
+                    if z[j] != 0:
+                        kz += 1
+                        wz += fabs(z[j]) * c.dn[j]
+                e = (2 * n + 2 * kz + 8) * ROUNDOFF * (sqrt(xn) + wz)
+            else:
+                e = (2 * n + 8) * ROUNDOFF * sqrt(sums[0])
+            # (below lmbd no exact correlation changes s = max(lmbd, gmax);
+            # at lmbd = 0 the dual point is 0 whatever they are)
+            if gmax + e * c.dmax >= c.lmbd[start + i] and c.lmbd[start + i] > 0:
+                gmax = fl_certified_gmax(n, m, w.R + i * n, c.D, w.G + i * m, c.dn, e,
+                                         c.lmbd[start + i], c.positive)
+        c.gap[start + i] = lasso_gap(sums[0], sums[1], lz, gmax,
                                      c.lmbd[start + i], &c.primal[start + i])
 
 
@@ -182,6 +234,10 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     c.X = &X[0, 0]
     c.Z = &Z[0, 0] if m else NULL
     c.D = &D[0, 0] if m else NULL
+    norms = np.sqrt(np.einsum("ij,ij->i", D, D)) if m else np.zeros(1)
+    cdef double[::1] dnv = norms
+    c.dn = &dnv[0]
+    c.dmax = float(norms.max())
     c.C = &C[0, 0] if C.shape[0] == N and floating is double and m else NULL
     c.B = &B[0, 0] if c.C != NULL else NULL
     c.lmbd = &lmbd[0]

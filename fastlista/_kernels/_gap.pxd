@@ -11,7 +11,10 @@
 # range at extreme scales where the product does not.)
 #
 # The dual point theta = r / s, s = max(lmbd, gmax), is feasible
-# (||theta D^T||_inf <= 1, or (theta D^T)_j <= 1 for positive codes), and
+# (||theta D^T||_inf <= 1, or (theta D^T)_j <= 1 for positive codes) when
+# gmax bounds the exact correlations: the certificate (_certify.pyx) passes
+# the computed max plus a bound on its rounding, the solvers' stopping tests
+# the computed max itself. Then
 #
 #     P(z)     = 1/2 rr + lz
 #     D(theta) = 1/2 ||x||^2 - 1/2 ||x - lmbd theta||^2

@@ -411,6 +411,101 @@ static FL_SIMD void NAME(Py_ssize_t n, const double *__restrict x,           \
 
 FL_DEFINE_GAP_SUMS(double, fl_d_gap_sums)
 FL_DEFINE_GAP_SUMS(float, fl_s_gap_sums)
+/* Contraction of a*b + c into one FMA (GCC's default, across statements
+   too) would break the error-free transformations of fl_dot2: off there. */
+#if defined(__GNUC__) && !defined(__clang__)
+#  define FL_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#  define FL_NO_CONTRACT
+#endif
+#include <math.h>
+
+/* x.y to about twice the working precision: Dot2 (Ogita, Rump & Oishi,
+   "Accurate sum and dot product", 2005) in 8 independent lanes, the lanes
+   then added by the same error-free transformations:
+
+       TwoProduct  p = fl(a b),  e = fma(a, b, -p):      a b = p + e exactly
+       TwoSum      t = fl(s + p), z = t - s,
+                   q = (s - (t - z)) + (p - z):           s + p = t + q exactly
+
+   The high parts are summed in s, the errors q + e in c. Whatever the order
+   of the additions (lanes, then across), the q are the exact errors of a
+   floating-point sum of the 2n parts, and with u = 2^-53 and eta the
+   smallest subnormal (TwoProduct is exact unless a b underflows)
+
+       |s + c - x.y| <= gamma_2n^2 sum_i |x_i y_i| + n eta,
+
+   the result being fl(s + c), whose own error a last TwoSum gives exactly.
+   *bound receives twice their sum (the sum is computed rounded): |result -
+   x.y| <= *bound. */
+static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restrict x,
+                                             const double *__restrict y,
+                                             double *__restrict bound) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tot = 0, cc = 0, aa = 0;
+    Py_ssize_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        _Pragma("omp simd")
+        for (int l = 0; l < 8; l++) {
+            double p = x[j + l] * y[j + l];
+            double e = fma(x[j + l], y[j + l], -p);
+            double t = s[l] + p, z = t - s[l];
+            c[l] += ((s[l] - (t - z)) + (p - z)) + e;
+            s[l] = t;
+            a[l] += fabs(p);
+        }
+    }
+    for (; j < n; j++) {
+        double p = x[j] * y[j];
+        double e = fma(x[j], y[j], -p);
+        double t = s[0] + p, z = t - s[0];
+        c[0] += ((s[0] - (t - z)) + (p - z)) + e;
+        s[0] = t;
+        a[0] += fabs(p);
+    }
+    for (int l = 0; l < 8; l++) {
+        double t = tot + s[l], z = t - tot;
+        cc += ((tot - (t - z)) + (s[l] - z)) + c[l];
+        tot = t;
+        aa += a[l];
+    }
+    double res = tot + cc, z = res - tot;
+    double last = (tot - (res - z)) + (cc - z);
+    *bound = 2 * (fabs(last) + 4 * (double) n * (double) n * 1.2325951644078309e-32 * aa
+                  + (double) n * 4.9406564584124654e-324);
+    return res;
+}
+
+/* The certificate's correlation: a value no exact |r.d_j| exceeds (positive
+   codes: no exact r.d_j, and at least 0), within a few ulps of the largest,
+   so that r / max(lmbd, it) is exactly dual feasible. g holds the computed
+   correlations (g = r D^T, D of shape (m, n) row-major), e dn_j a bound on
+   |g_j - r.d_j| (dn: the atoms' norms). An atom whose bound
+   cannot reach low = max(lmbd, max_j (|g_j| - e dn_j)) is not the largest
+   (nor above lmbd); the others are recomputed by fl_dot2 and taken with its
+   error bound (their sum rounded: exact up to a relative u, far below the
+   rounding of the objectives the gap is computed from). */
+static FL_SIMD double fl_certified_gmax(Py_ssize_t n, Py_ssize_t m, const double *__restrict r,
+                                        const double *__restrict D,
+                                        const double *__restrict g,
+                                        const double *__restrict dn, double e,
+                                        double lmbd, int positive) {
+    double low = lmbd, best = 0, v, a, bound;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        v = (positive ? g[j] : fabs(g[j])) - e * dn[j];
+        low = v > low ? v : low;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) {
+        v = (positive ? g[j] : fabs(g[j])) + e * dn[j];
+        if (!(v >= low))
+            continue;
+        a = fl_dot2(n, r, D + j * n, &bound);
+        a = (positive ? a : fabs(a)) + bound;
+        best = a > best ? a : best;
+    }
+    return best;
+}
 /* Whether any of z[:n] is not finite (NaN or +-inf): all exponent bits
    set. Integer operations only, so that the loop vectorizes. */
 #define FL_DEFINE_NONFINITE(T, U, EXP, NAME)                                   \
