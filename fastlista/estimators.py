@@ -112,7 +112,9 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         -------
         score : float
         """
-        Z = self.transform(X)
+        # (an array whatever set_output makes transform return: a DataFrame
+        # with transform="pandas")
+        Z = np.asarray(self.transform(X))
         X = check_array(X, dtype=Z.dtype, order="C", estimator=self)
         D = self._reconstruction_dictionary().astype(Z.dtype, copy=False)
         return -float(np.mean(lasso_objective(X, D, self._coding_alpha(), Z,

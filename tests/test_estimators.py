@@ -1027,3 +1027,27 @@ def test_fuzz_minibatch_partial_fit_at_any_magnitude(spec):
     if case is not None:
         assert_array_equal(scaled.components_, base.components_)
         assert (scaled.n_steps_, scaled.n_reinit_) == (base.n_steps_, base.n_reinit_)
+
+
+@pytest.mark.parametrize("make", [
+    lambda D: LassoSparseCoder(D, alpha=0.3),
+    lambda D: LearnedSparseCoder(D, alpha=0.3, n_layers=3, max_iter=5),
+    lambda D: DictionaryLearning(n_components=8, alpha=0.3, max_iter=3, random_state=0),
+    lambda D: MiniBatchDictionaryLearning(n_components=8, alpha=0.3, max_iter=2,
+                                          batch_size=20, random_state=0)])
+def test_score_with_pandas_output(make):
+    """set_output(transform="pandas") (scikit-learn's API, pandas installed
+    by the test extra) changes what transform returns, not score: it was an
+    AttributeError, and GridSearchCV scored every candidate NaN."""
+    pd = pytest.importorskip("pandas")
+    X, D = problem(seed=11)
+    est = make(D).fit(X)
+    expected = est.score(X)
+    # (the coders' dictionary is D, the learners' components_)
+    atoms = getattr(est, "components_", D)
+    assert_allclose(expected, -mean_objective(X, atoms, 0.3, est.transform(X)), rtol=1e-12)
+    est.set_output(transform="pandas")
+    assert isinstance(est.transform(X), pd.DataFrame)
+    assert est.score(X) == expected
+    search = GridSearchCV(clone(est), {"alpha": [0.2, 0.3]}, cv=2).fit(X)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
