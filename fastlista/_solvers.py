@@ -52,9 +52,12 @@ RETRY_FACTOR = 16
 RETRIES = 2
 
 
-@dataclass
+@dataclass(eq=False)
 class LassoResult:
     """Solutions of a batch of Lasso problems, with their certificates.
+
+    Results compare by identity, as NumPy arrays cannot be compared to one
+    bool; compare their fields (``np.array_equal(a.codes, b.codes)``).
 
     Attributes
     ----------

@@ -2,6 +2,7 @@
 did not compute: NumPy ISTA / OISTA / coordinate descent (tests/reference.py),
 scikit-learn's sparse_encode(algorithm="lasso_cd"), the KKT conditions and
 the duality gap (as defined in fastlista.duality_gap's docstring)."""
+import copy
 import functools
 import warnings
 
@@ -833,3 +834,13 @@ def test_newton_step_triangular_solves_match_scipy(ld_extra):
                         atol=1e-12 * np.abs(v).max(initial=0))
         assert_allclose(bwd, solve_triangular(L, v, lower=True, trans="T"),
                         rtol=1e-12, atol=1e-12 * np.abs(v).max(initial=0))
+
+
+def test_results_compare_by_identity():
+    """== of two results (a dataclass of arrays) raised 'The truth value of
+    an array ... is ambiguous'; they compare by identity, as documented."""
+    X, D = get_problem()
+    res = solve_lasso(X[:3], D, 0.3)
+    twin = copy.deepcopy(res)
+    assert res == res and not (res == twin) and res != twin
+    assert_array_equal(twin.codes, res.codes)
