@@ -544,6 +544,7 @@ def soft_thresholding(U, threshold, positive=False):
     if t.size == 0:
         t = np.zeros(1, dtype)
     out = np.empty_like(U)
-    _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1),
-                            positive)
+    with kernel_threads(None, "soft_thresholding") as n_threads:
+        _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1),
+                                positive, n_threads)
     return out

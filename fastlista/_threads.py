@@ -31,11 +31,10 @@ workers). The pool belongs to the thread, so the tracking is per thread: a
 thread records when :func:`kernel_threads` grants it two or more OpenMP
 threads (a team may then have started), and in a child forked from such a
 thread (or from a thread already so restricted) that thread runs the
-kernels on one thread, whatever ``n_jobs``, and its OpenMP default team
-size (``omp_get_max_threads``, which ``soft_thresholding`` uses) is set to
-one. Threads the child starts get pools of their own and run ``n_jobs``
-threads; "spawn" and "forkserver" children start afresh. Not recorded: a
-team that ``soft_thresholding`` (outside kernel_threads) or another
+kernels on one thread, whatever ``n_jobs`` (every fastlista kernel takes
+its team size from kernel_threads, none from OpenMP's default). Threads the
+child starts get pools of their own and run ``n_jobs`` threads; "spawn"
+and "forkserver" children start afresh. Not recorded: a team another
 library started on the same libgomp.
 
 An explicit ``n_jobs >= 2`` in the restricted thread warns once a process
@@ -68,22 +67,6 @@ _controller = None
 # fork() copied from a thread that had (or had itself lost) a pool
 _local = threading.local()
 _pool_lost_warned = False
-_omp_set_num_threads = None     # libgomp's, as the kernels link it (ctypes)
-
-
-def _note_team():
-    """This thread may start an OpenMP team (kernel_threads granted >= 2)."""
-    global _omp_set_num_threads
-    _local.granted = True
-    if _omp_set_num_threads is None:
-        # resolved here, in the parent: through the kernels' own dependencies
-        # (dlsym on their handle), so it is the libgomp they run on
-        try:
-            import ctypes
-            from ._kernels import _prox
-            _omp_set_num_threads = ctypes.CDLL(_prox.__file__).omp_set_num_threads
-        except (ImportError, OSError, AttributeError):
-            _omp_set_num_threads = False
 
 
 def _after_fork_in_child():
@@ -94,8 +77,6 @@ def _after_fork_in_child():
     if getattr(_local, "granted", False) or getattr(_local, "pool_lost", False):
         _local.granted = False
         _local.pool_lost = True
-        if _omp_set_num_threads:
-            _omp_set_num_threads(1)     # this thread's default team size only
 
 
 if hasattr(os, "register_at_fork"):
@@ -217,6 +198,6 @@ def kernel_threads(n_jobs, func):
             _warn_pool_lost(n_jobs, func)
         n = 1
     if n > 1:
-        _note_team()
+        _local.granted = True       # this thread may start an OpenMP team
     with blas_thread_limit(1):
         yield n

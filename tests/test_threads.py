@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 import contract
 import reference as ref
@@ -294,6 +294,24 @@ def outside_kernel_calls(kernel_calls, monkeypatch):
     monkeypatch.setattr(_training._Objective, "__call__", objective)
     monkeypatch.setattr(_parameters, "initial_layer", initial_layer)
     return kernel_calls
+
+
+def test_distributed_fit_runs_its_optimiser_within_n_jobs(outside_kernel_calls):
+    """distributed.fit's optimiser runs on the client: BLAS at one thread
+    there too (it took the whole pool), its tasks' kernels within n_jobs."""
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    from fastlista import distributed
+    set_blas_threads(2)
+    X, D = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=6)
+    with dask.config.set(scheduler="synchronous"):
+        distributed.fit(Lista(D, 0.3, 3), da.from_array(X, chunks=50), max_iter=2)
+    seen = [c for c in outside_kernel_calls if c[0] in ("minimize", "objective")]
+    assert {c[0] for c in seen} == {"minimize", "objective"}
+    assert all(c[2] == 1 for c in seen), seen
+    assert not [c for c in outside_kernel_calls if c[1] * c[2] > 1]
+    assert set(blas_threads()) == {2}
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
@@ -571,6 +589,27 @@ def test_forked_child_after_an_openmp_team_runs_one_thread_and_does_not_hang():
         # thread counts differ: equal within the certified gaps (codes are
         # never compared across thread counts)
         contract.assert_same_optimum(X, D, lmbd, parent, res)
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_forked_child_after_soft_thresholding_alone_does_not_hang():
+    """soft_thresholding of more than 2^16 values runs a team too: it takes
+    its size from kernel_threads, so a child forked from a thread that only
+    ran it is restricted as well (it took OpenMP's default, untracked, and
+    the child's next call waited forever). Values against NumPy."""
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal(1 << 18)
+    expected = np.sign(U) * np.maximum(np.abs(U) - 0.5, 0)
+
+    def parent_then_child():
+        # in a fresh thread: its only team is soft_thresholding's
+        assert_array_equal(fastlista.soft_thresholding(U, 0.5), expected)
+        return run_in_forked_child(lambda: (fastlista.soft_thresholding(U, 0.5),
+                                            _granted(None)))
+
+    (codes, granted), warned = run_threaded(parent_then_child, [()])[0]
+    assert granted == 1 and warned == []
+    assert_array_equal(codes, expected)
 
 
 @pytest.mark.skipif(not FORK, reason="no fork start method on this platform")

@@ -1382,11 +1382,6 @@ cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
     net_block(<float *> NULL, <NetCtx *> ctx, tid, start, nb)
 
 
-def max_threads():
-    """OpenMP's thread budget (OMP_NUM_THREADS or the cores)."""
-    return openmp.omp_get_max_threads()
-
-
 cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
     return (k + 7) // 8 * 8
 
