@@ -100,7 +100,9 @@ def _as_samples_array(X, name="X"):
 
 
 def _float_dtype(dtype):
-    return np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+    """float32 for float32 data in either byte order ('>f4' too), else float64."""
+    return np.dtype(np.float32 if np.dtype(dtype).newbyteorder("=") == np.float32
+                    else np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -519,10 +521,13 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
                                                 l_blocks), X.chunks[0]) if rows]
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
                                   X.shape[0])
-    # the stages' results live on a copy until training ends (see Lista.fit)
+    # the stages' results live on a copy until training ends (see Lista.fit);
+    # the optimiser runs here, its BLAS work within n_jobs (with a local
+    # scheduler the tasks run in this process meanwhile)
     work = copy.copy(net)
-    history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
-                    per_layer=per_layer, verbose=verbose, func=func)
+    with kernel_threads(n_jobs, func):
+        history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
+                        per_layer=per_layer, verbose=verbose, func=func)
     net.set_training_vector(work.training_vector())
     net.loss_history_ = history
     return net

@@ -268,6 +268,18 @@ def test_solve_lasso_without_atoms_is_defined_like_the_local_one(client):
     assert_array_equal(n_iter, 0) and converged.all()
 
 
+def test_solve_lasso_big_endian_float32_is_float32(client, data):
+    """'>f4' chunks are float32 data (the local solver's rule): float32 codes
+    equal to those of '<f4' chunks, not float64 ones."""
+    X, D = data
+    X32, D32 = X.astype(np.float32), D.astype(np.float32)
+    res = fd.solve_lasso(chunked(X32.astype(">f4")), D32.astype(">f4"), 0.3, tol=1e-5)
+    native = fd.solve_lasso(chunked(X32), D32, 0.3, tol=1e-5)
+    codes, expected = dask.compute(res.codes, native.codes)
+    assert res.codes.dtype == codes.dtype == np.float32
+    assert_array_equal(codes, expected)
+
+
 def test_solve_lasso_messages(data):
     X, D = data
     with pytest.raises(ValueError, match="X has 19 features, but D has 20 features"):
