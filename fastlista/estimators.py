@@ -569,7 +569,11 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
 
         ``min_z 1/2 ||x - z D||^2 + transform_alpha ||z||_1`` for every row x,
         by :func:`fastlista.solve_lasso` with ``transform_algorithm``, to a
-        relative duality gap ``transform_tol``.
+        relative duality gap ``transform_tol``. At ``transform_alpha=0`` the
+        least-squares codes ``fit`` uses at ``alpha=0`` (of minimum norm, or
+        non-negative least squares with ``positive_code``): there the Lasso's
+        gap is 1/2 ||x - z D||^2, which no solver brings to 0 unless x lies
+        in the span of the atoms.
 
         Parameters
         ----------
@@ -585,6 +589,8 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         self._check_params()
         X = self._validate_X(X, reset=False)
         D = self.components_.astype(X.dtype, copy=False)
+        if self._transform_alpha() == 0:
+            return _dictionary.least_squares_codes(X, D, self.positive_code)
         tol = self.transform_tol
         if tol is None:
             tol = CERTIFIABLE_TOL[X.dtype]

@@ -1051,3 +1051,24 @@ def test_score_with_pandas_output(make):
     assert est.score(X) == expected
     search = GridSearchCV(clone(est), {"alpha": [0.2, 0.3]}, cv=2).fit(X)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+@pytest.mark.parametrize("cls", [DictionaryLearning, MiniBatchDictionaryLearning])
+@pytest.mark.parametrize("positive", [False, True])
+def test_transform_at_alpha_zero_gives_the_least_squares_codes(cls, positive):
+    """transform_alpha=0: the least-squares codes fit uses at alpha=0
+    (numpy.linalg.lstsq, or scipy's nnls with positive_code), without a
+    ConvergenceWarning; it ran solve_lasso to its max_iter and warned."""
+    from scipy.optimize import nnls
+    X, _ = problem(n_samples=40, n_features=12, seed=3)
+    est = cls(n_components=6, alpha=0.2, max_iter=2, random_state=0,
+              positive_code=positive, transform_alpha=0.0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Z = est.transform(X)
+    D = est.components_
+    if positive:
+        expected = np.array([nnls(D.T, x)[0] for x in X])
+    else:
+        expected = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    assert_allclose(Z, expected, rtol=1e-9, atol=1e-12)
