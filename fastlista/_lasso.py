@@ -544,7 +544,10 @@ def soft_thresholding(U, threshold, positive=False):
     if t.size == 0:
         t = np.zeros(1, dtype)
     out = np.empty_like(U)
-    with kernel_threads(None, "soft_thresholding") as n_threads:
+    # threads only pay off beyond a few hundred kB: below, one (and no team
+    # that a fork() would have to account for)
+    n_jobs = None if U.size > 1 << 16 else 1
+    with kernel_threads(n_jobs, "soft_thresholding", blas=False) as n_threads:
         _prox.soft_thresholding(U.reshape(-1), np.ascontiguousarray(t), out.reshape(-1),
                                 positive, n_threads)
     return out

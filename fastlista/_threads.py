@@ -64,19 +64,36 @@ _limiter = None
 _controller = None
 # per thread: .granted, kernel_threads granted this thread >= 2 OpenMP
 # threads (its libgomp pool may exist); .pool_lost, this is the thread a
-# fork() copied from a thread that had (or had itself lost) a pool
+# fork() copied from a thread that had (or had itself lost) a pool; .depth,
+# this thread's entries in the BLAS limit (of _depth, all threads')
 _local = threading.local()
 _pool_lost_warned = False
 
 
 def _after_fork_in_child():
-    """In a fork()ed child: restrict the forking thread if its pool is lost."""
-    global _lock, _pool_lost_warned
+    """In a fork()ed child: restrict the forking thread if its pool is lost,
+    and take back the BLAS limit of calls other threads were in at fork."""
+    global _lock, _depth, _limiter, _pool_lost_warned
     _lock = threading.Lock()        # a parent thread may have held it at fork
     _pool_lost_warned = False
     if getattr(_local, "granted", False) or getattr(_local, "pool_lost", False):
         _local.granted = False
         _local.pool_lost = True
+    # threadpoolctl's OpenBLAS lock, held by another parent thread at fork,
+    # would stay held for good (its controlling thread does not exist here)
+    tpc = sys.modules.get("threadpoolctl")
+    state = getattr(getattr(tpc, "OpenBLASController", None), "_SHARED_STATE", None)
+    if state is not None:
+        state.lock = threading.Lock()
+        state.controlling_thread = None
+    # only the forking thread's calls go on in the child: a limit entered by
+    # other threads alone would never be left, BLAS held to one thread for good
+    own = getattr(_local, "depth", 0)
+    if _depth and not own and _limiter is not None:
+        _limiter.restore_original_limits()
+        _release_blas_control()
+        _limiter = None
+    _depth = own
 
 
 if hasattr(os, "register_at_fork"):
@@ -90,7 +107,8 @@ def _warn_pool_lost(n_jobs, func):
     _pool_lost_warned = True
     warnings.warn(
         f"{func}: n_jobs={n_jobs} runs on one thread here: this process was created "
-        "by fork() from a thread that had run OpenMP threads, and GNU OpenMP's "
+        "by fork() from a thread that had run fastlista calls on two or more OpenMP "
+        "threads, and GNU OpenMP's "
         "thread pool does not survive fork (a parallel call would wait forever). "
         "Start the worker processes with the 'spawn' or 'forkserver' method, or "
         "before the first parallel fastlista call, or call from a thread the "
@@ -157,10 +175,12 @@ def blas_thread_limit(n_threads):
             _limiter = controller.limit(limits=int(n_threads), user_api="blas")
             _release_blas_control()
         _depth += 1
+        _local.depth = getattr(_local, "depth", 0) + 1
     try:
         yield
     finally:
         with _lock:
+            _local.depth -= 1
             _depth -= 1
             if _depth == 0:
                 _release_blas_control(force=True)
@@ -170,7 +190,7 @@ def blas_thread_limit(n_threads):
 
 
 @contextmanager
-def kernel_threads(n_jobs, func):
+def kernel_threads(n_jobs, func, blas=True):
     """The thread budget of one call: yields the kernels' OpenMP threads.
 
     Parameters
@@ -180,17 +200,22 @@ def kernel_threads(n_jobs, func):
         all but one, k > 0 at most k).
     func : str
         The public function, for error messages.
+    blas : bool, default=True
+        Whether the kernels call BLAS. False (soft-thresholding) leaves BLAS
+        alone: no limit to set and restore, which would cost a tiny call
+        more than its work.
 
     Yields
     ------
     n_threads : int
-        OpenMP threads the kernels may use; BLAS runs one thread meanwhile
-        (or, without threadpoolctl, ``n_threads`` is 1). 1 in the thread of
-        a fork()ed child whose OpenMP pool stayed in the parent (module
-        docstring); an explicit ``n_jobs >= 2`` there warns once.
+        OpenMP threads the kernels may use; with ``blas``, BLAS runs one
+        thread meanwhile (or, without threadpoolctl, ``n_threads`` is 1). 1
+        in the thread of a fork()ed child whose OpenMP pool stayed in the
+        parent (module docstring); an explicit ``n_jobs >= 2`` there warns
+        once.
     """
     n = check_n_jobs(n_jobs, func)
-    if _threadpoolctl() is None:
+    if blas and _threadpoolctl() is None:
         yield 1
         return
     if n > 1 and getattr(_local, "pool_lost", False):
@@ -199,5 +224,8 @@ def kernel_threads(n_jobs, func):
         n = 1
     if n > 1:
         _local.granted = True       # this thread may start an OpenMP team
+    if not blas:
+        yield n
+        return
     with blas_thread_limit(1):
         yield n

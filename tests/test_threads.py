@@ -621,3 +621,65 @@ def test_forked_child_of_a_thread_without_openmp_team_keeps_n_jobs():
     # forked from a new thread (run_threaded re-raises its failures)
     out = run_threaded(lambda: run_in_forked_child(lambda: _granted(2)), [()])[0]
     assert out == (2, [])
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_forked_child_of_a_thread_that_ran_only_single_thread_calls_keeps_n_jobs():
+    """A soft_thresholding of a few values runs one thread (no team): a child
+    forked from its thread is not restricted (it was, with a warning saying
+    the thread had run OpenMP threads)."""
+    def parent_then_child():
+        fastlista.soft_thresholding(np.ones(10), 0.5)
+        return run_in_forked_child(lambda: _granted(2))
+
+    assert run_threaded(parent_then_child, [()])[0] == (2, [])
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_fork_while_another_thread_is_in_a_call_gives_the_child_its_blas_back():
+    """Another thread is inside a call (BLAS held to one thread) when this one
+    forks: in the child that call never ends, and BLAS stayed at one thread
+    for good; the child now starts with the original limit, which its own
+    calls restore."""
+    from fastlista._threads import kernel_threads
+
+    set_blas_threads(2)
+    inside, done = threading.Event(), threading.Event()
+
+    def in_a_call():
+        with kernel_threads(1, "test"):
+            inside.set()
+            done.wait(FORK_TIMEOUT)
+
+    t = threading.Thread(target=in_a_call)
+    t.start()
+    try:
+        assert inside.wait(FORK_TIMEOUT)
+        assert set(blas_threads()) == {1}
+
+        def child():
+            first = set(blas_threads())
+            fastlista.solve_lasso(np.ones((3, 4)), np.eye(4), 0.5, n_jobs=1)
+            return first, set(blas_threads())
+
+        out, warned = run_in_forked_child(child)
+    finally:
+        done.set()
+        t.join()
+    assert out == ({2}, {2}) and warned == []
+    assert set(blas_threads()) == {2}
+
+
+@pytest.mark.skipif(not FORK, reason="no fork start method on this platform")
+def test_fork_while_another_thread_holds_threadpoolctls_lock_does_not_hang():
+    """threadpoolctl (>= 3.8) guards OpenBLAS's limit with a class-level lock;
+    held by another thread at fork, it stayed held in the child, whose first
+    call waited forever (killed after FORK_TIMEOUT s here)."""
+    state = getattr(threadpoolctl.OpenBLASController, "_SHARED_STATE", None)
+    if state is None:
+        pytest.skip("threadpoolctl without a shared OpenBLAS lock")
+    X = np.ones((3, 4))
+    with state.lock:            # as another thread inside threadpoolctl would
+        out, warned = run_in_forked_child(
+            lambda: fastlista.solve_lasso(X, np.eye(4), 0.5, n_jobs=1).codes)
+    assert_allclose(out, np.full((3, 4), 0.5))

@@ -9,11 +9,8 @@ from ._prox cimport threshold
 def soft_thresholding(const floating[::1] u, const floating[::1] t,
                       floating[::1] out, bint positive, int n_threads):
     """out[i] = ST(u[i], t[i % len(t)]) for flat arrays (len(t) >= 1), on
-    up to n_threads threads."""
+    n_threads threads."""
     cdef Py_ssize_t i, n = u.shape[0], p = t.shape[0]
-    # threads only pay off beyond a few hundred kB
-    if n <= 1 << 16:
-        n_threads = 1
     with nogil:
         if p == 1:
             for i in prange(n, num_threads=n_threads, schedule="static"):
