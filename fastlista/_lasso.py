@@ -30,7 +30,7 @@ import numpy as np
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
 from ._validation import (_common_dtype, as_array, check_array, check_bool, check_dense,
-                          check_lmbd, check_X_D, not_real_reason)
+                          check_lmbd, check_real, check_X_D)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -512,9 +512,7 @@ def soft_thresholding(U, threshold, positive=False):
     U = as_array(check_dense(U, "U"), "U")
     t = as_array(check_dense(threshold, "threshold"), "threshold")
     for arr, name in ((U, "U"), (t, "threshold")):
-        reason = not_real_reason(arr, name)
-        if reason is not None:
-            raise ValueError(reason)
+        check_real(arr, name)
     # float32 stays float32 when the threshold does not ask for more precision
     single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
     dtype = np.float32 if single else np.float64

@@ -93,13 +93,36 @@ def not_real_reason(arr, name):
         return (f"dtype='numeric' is not compatible with arrays of bytes/strings "
                 f"({name} has dtype {arr.dtype}). Convert your data to numeric "
                 "values explicitly instead.")
-    if arr.dtype == object:
-        for v in arr.flat:
-            if not isinstance(v, _REAL_ELEMENTS):
-                return (f"{name} is an object array holding a {type(v).__name__} "
-                        f"({short_repr(v)}), not a real number. Convert your data "
-                        "to numeric values explicitly instead.")
+    kind = _foreign_element(arr)
+    if kind is not None:
+        v = next(v for v in arr.flat if type(v) is kind)
+        return (f"{name} is an object array holding a {kind.__name__} ({short_repr(v)}), "
+                "where float()'s argument must be a real number (a string or any "
+                "other object is not a number here). Convert your data to numeric "
+                "values explicitly instead.")
     return None
+
+
+def _foreign_element(arr):
+    """The type of an element of an object array that is not a real number,
+    or None (one isinstance test a type, not an element: an ABC's is slow)."""
+    if arr.dtype != object:
+        return None
+    for kind in set(map(type, arr.flat)):
+        if not issubclass(kind, _REAL_ELEMENTS):
+            return kind
+    return None
+
+
+def check_real(arr, name):
+    """Refuse values of ndarray ``arr`` that are not real numbers
+    (:func:`not_real_reason`), as ``float()`` would: ValueError for complex
+    values and text, TypeError for other objects (a dict, None, a list)."""
+    reason = not_real_reason(arr, name)
+    if reason is not None:
+        kind = _foreign_element(arr)
+        other = kind is not None and not issubclass(kind, (str, bytes))
+        raise (TypeError if other else ValueError)(reason)
 
 
 def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
@@ -129,14 +152,13 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
         when that already qualifies (kernels never write to their inputs).
     """
     arr = as_array(check_dense(a, name), name)        # (native byte order)
-    reason = not_real_reason(arr, name)
-    if reason is not None:
-        raise ValueError(reason)
+    check_real(arr, name)
     if dtype is None:
         dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     if arr.dtype == object:
         try:
-            arr = arr.astype(dtype)
+            with np.errstate(over="ignore"):     # (beyond the dtype: inf, refused below)
+                arr = arr.astype(dtype)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from None
         except OverflowError:               # an int beyond the float range
@@ -354,20 +376,23 @@ def check_bool(value, name, func):
     """A bool (Python or NumPy)."""
     if not isinstance(value, (bool, np.bool_)):
         raise InvalidParameterError(
-            f"The '{name}' parameter of {func} must be a bool. Got {value!r} instead.")
+            f"The '{name}' parameter of {func} must be a bool. Got {short_repr(value)} "
+            "instead.")
     return bool(value)
 
 
 def check_option(value, name, func, options):
-    """Validate a string option; returns it as a Python str (a numpy.str_,
-    from a NumPy array of options such as a GridSearchCV grid, is a str
-    subclass that the kernels' ``str`` arguments refuse)."""
+    """Validate a string option; returns the matching entry of ``options``,
+    a Python str: a str subclass equal to it (a numpy.str_ from a NumPy
+    array of options such as a GridSearchCV grid, a ``(str, Enum)`` member)
+    is refused by the kernels' ``str`` arguments, and ``str()`` of an Enum
+    member is its name."""
     if not isinstance(value, str) or value not in options:
         raise InvalidParameterError(
             f"The '{name}' parameter of {func} must be a str among "
             f"{{{', '.join(repr(o) for o in sorted(options))}}}. Got "
             f"{short_repr(value)} instead.")
-    return str(value)
+    return next(o for o in options if o == value)
 
 
 def n_cpus():
@@ -408,4 +433,5 @@ def check_random_state(seed):
         return np.random.RandomState(seed)
     if isinstance(seed, np.random.RandomState):
         return seed
-    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
+    raise ValueError(f"{short_repr(seed)} cannot be used to seed a numpy.random.RandomState "
+                     "instance")

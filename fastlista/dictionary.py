@@ -56,7 +56,7 @@ from ._solvers import CERTIFIABLE_TOL, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (InvalidParameterError, check_array, check_bool,
                           check_max_iter, check_option, check_random_state,
-                          check_scalar)
+                          check_scalar, short_repr)
 
 __all__ = ["learn_dictionary", "DictionaryResult"]
 
@@ -856,7 +856,7 @@ def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, 
     if callback is not None and not callable(callback):
         raise InvalidParameterError(
             f"The 'callback' parameter of {func} must be a callable or None. "
-            f"Got {callback!r} instead.")
+            f"Got {short_repr(callback)} instead.")
     return dict(
         X=X, n_atoms=n_atoms, lmbd=lmbd, D0=D0, method=method, max_iter=max_iter,
         tol=tol, batch_size=batch_size,

@@ -40,7 +40,7 @@ from ._threads import kernel_threads
 from ._training import train
 from ._validation import (InvalidParameterError, _common_dtype, check_array,
                           check_bool, check_lmbd, check_max_iter, check_n_jobs,
-                          check_option, check_scalar)
+                          check_option, check_scalar, not_real_reason, short_repr)
 
 __all__ = ["encode", "solve_lasso", "fit"]
 
@@ -90,6 +90,15 @@ def _as_samples_array(X, name="X"):
         raise ValueError(
             f"{name} must be a 2-D dask array of shape (n_samples, n_features); "
             f"got {X.ndim}-D with shape {X.shape}.")
+    # the rule for arrays of numbers, on the dtype (the chunks are lazy): a
+    # cast would drop imaginary parts or parse text
+    reason = not_real_reason(np.empty(0, X.dtype), name)
+    if reason is None and X.dtype == object:
+        reason = (f"{name} is a dask array of dtype object, whose elements cannot be "
+                  "checked without computing it. Convert it to a numeric dtype "
+                  f"explicitly ({name}.astype(float)).")
+    if reason is not None:
+        raise ValueError(reason)
     if any(np.isnan(c) for c in X.shape):
         raise ValueError(
             f"{name} has unknown chunk sizes (shape {X.shape}); call "
@@ -676,7 +685,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     if callback is not None and not callable(callback):
         raise InvalidParameterError(
             f"The 'callback' parameter of {func} must be a callable or None. "
-            f"Got {callback!r} instead.")
+            f"Got {short_repr(callback)} instead.")
     from ._validation import check_random_state
     rng = check_random_state(random_state)
 

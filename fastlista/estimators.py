@@ -31,7 +31,8 @@ from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
-                          check_random_state, check_scalar, native_byte_order)
+                          check_random_state, check_scalar, native_byte_order,
+                          check_real)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -48,16 +49,32 @@ _FLOATS = (np.float64, np.float32)
 # shared validation
 # ---------------------------------------------------------------------------
 
+def _as_floats(arr, name, estimator):
+    """An array scikit-learn validated with ``dtype=None``, as float64 or
+    float32 under fastlista's rule for arrays of numbers: an object array
+    only of real numbers (scikit-learn's cast would parse text; other
+    objects give TypeError, as scikit-learn's checks expect), an int beyond
+    the float range refused by name."""
+    check_real(arr, name)
+    try:
+        with np.errstate(over="ignore"):     # (beyond float64: inf, refused)
+            return check_array(arr, dtype=list(_FLOATS), order="C", input_name=name,
+                               estimator=estimator)
+    except OverflowError:
+        raise ValueError(f"Input {name} contains infinity or a value too large for "
+                         "dtype('float64').") from None
+
+
 class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
     """Validation and reconstruction shared by the two coders."""
 
     def _check_dictionary(self, dtype=None):
         """The dictionary as a C-contiguous finite float array (not copied)."""
         # (scikit-learn's dtype list takes '>f4' for "not float32": made native first)
-        D = check_array(native_byte_order(self.dictionary),
-                        dtype=list(_FLOATS) if dtype is None else dtype,
-                        order="C", input_name="dictionary", estimator=self)
-        return D
+        D = _as_floats(check_array(native_byte_order(self.dictionary), dtype=None,
+                                   input_name="dictionary", estimator=self),
+                       "dictionary", self)
+        return D if dtype is None else D.astype(dtype, copy=False)
 
     def _check_features(self, X, D):
         if X.shape[1] != D.shape[1]:
@@ -69,8 +86,8 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
     def _validate_X(self, X, reset):
         """X validated by scikit-learn (float32 kept, big-endian float32 too,
         C order)."""
-        return _validate_data(self, native_byte_order(X), reset=reset, dtype=list(_FLOATS),
-                              order="C")
+        return _as_floats(_validate_data(self, native_byte_order(X), reset=reset,
+                                         dtype=None), "X", self)
 
     def inverse_transform(self, X):
         """Reconstruct signals from codes: ``X @ D``.
@@ -85,8 +102,8 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         X_original : ndarray of shape (n_samples, n_features)
             ``X @ dictionary``, in the dtype of the codes.
         """
-        Z = check_array(native_byte_order(X), dtype=list(_FLOATS), input_name="X",
-                        estimator=self)
+        Z = _as_floats(check_array(native_byte_order(X), dtype=None, input_name="X",
+                                   estimator=self), "X", self)
         D = self._reconstruction_dictionary()
         if Z.shape[1] != D.shape[0]:
             raise ValueError(

@@ -591,3 +591,19 @@ def test_learn_dictionary_messages(data):
     X_nan[3, 2] = np.nan
     with pytest.raises(ValueError, match="Input X contains NaN"):
         fd.learn_dictionary(chunked(X_nan), 5, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, "<U8", object])
+def test_dask_arrays_that_are_not_real_numbers_are_refused(dtype):
+    """Complex chunks lost their imaginary parts (a ComplexWarning) and text
+    was parsed, in solve_lasso and learn_dictionary; refused by name, as
+    locally. (An object dask array cannot be checked without computing it.)"""
+    from fastlista.distributed import learn_dictionary
+    X = np.arange(12.0).reshape(4, 3)
+    bad = da.from_array(X.astype(dtype) if dtype != object else X.astype(object),
+                        chunks=2)
+    D = np.eye(3)
+    for call in (lambda: fd.solve_lasso(bad, D, 0.5),
+                 lambda: learn_dictionary(bad, 2, 0.1, max_iter=1)):
+        with pytest.raises(ValueError, match="X"):
+            call()

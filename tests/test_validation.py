@@ -462,6 +462,76 @@ def test_estimator_alpha_beyond_the_float_range_is_refused_by_name():
         LassoSparseCoder(D, alpha=BIG).fit(X)
 
 
+def _estimator_inputs():
+    """(estimator factory, the argument a bad value goes into)."""
+    from fastlista.estimators import (DictionaryLearning, LassoSparseCoder,
+                                      LearnedSparseCoder, MiniBatchDictionaryLearning)
+    return [(lambda: DictionaryLearning(n_components=3, max_iter=2), "X"),
+            (lambda: MiniBatchDictionaryLearning(n_components=3, max_iter=1), "X"),
+            (lambda: LassoSparseCoder(D, alpha=0.1), "X"),
+            (lambda: LearnedSparseCoder(D, alpha=0.1, n_layers=2, max_iter=1), "X"),
+            (lambda: None, "dictionary")]
+
+
+@pytest.mark.parametrize("bad", ["text", "huge int"])
+@pytest.mark.parametrize("case", range(5))
+def test_estimators_apply_the_rule_for_object_arrays(case, bad):
+    """The estimators (scikit-learn's validation) parsed text in object
+    arrays and raised a bare OverflowError on an int beyond the float range;
+    they refuse both by name, as every function does."""
+    pytest.importorskip("sklearn")
+    from fastlista.estimators import LassoSparseCoder
+    make, name = _estimator_inputs()[case]
+    value = "1.5" if bad == "text" else 10**400
+    arr = (X if name == "X" else D).astype(object)
+    arr[0, 0] = value
+    match = "holding a str" if bad == "text" else "too large"
+    with pytest.raises(ValueError, match=f"{name}.*{match}|{match}.*{name}|Input {name}"):
+        if name == "X":
+            make().fit(arr)
+        else:
+            LassoSparseCoder(arr, alpha=0.1).fit(X)
+    # object arrays of numbers are data
+    if name == "X":
+        make().fit(X.astype(object))
+
+
+def test_option_given_as_a_str_enum_member():
+    """A (str, Enum) member equal to an option is that option (str() of it
+    is its name: 'Method.CD' reached the kernels' table, a KeyError)."""
+    import enum
+
+    class Method(str, enum.Enum):
+        CD = "cd"
+        ISTA = "ista"
+
+    for member in Method:
+        res = fastlista.solve_lasso(X, D, 0.1, method=member, tol=0, max_iter=50)
+        assert res.method == member.value and type(res.method) is str
+        plain = fastlista.solve_lasso(X, D, 0.1, method=member.value, tol=0, max_iter=50)
+        assert np.array_equal(res.codes, plain.codes)
+
+
+def test_huge_int_in_messages_is_shortened():
+    """A 5000-digit int cannot be repr()ed (Python's limit of 4300 digits):
+    the messages naming it raised that ValueError instead of their own."""
+    huge = 10**5000
+    with pytest.raises(InvalidParameterError, match="'positive'.*must be a bool"):
+        fastlista.solve_lasso(X, D, 0.1, positive=huge)
+    from fastlista.dictionary import learn_dictionary
+    with pytest.raises(InvalidParameterError, match="callback"):
+        learn_dictionary(X, 3, 0.1, callback=huge)
+
+
+def test_object_array_beyond_float64_is_refused_without_a_warning():
+    arr = X.astype(object)
+    arr[0, 0] = np.longdouble("1e400")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            fastlista.solve_lasso(arr, D, 0.1)
+
+
 @pytest.mark.parametrize("U, threshold, name", [
     (sparse.csr_matrix(np.eye(3)), 0.5, "U"),
     (np.eye(3), sparse.csr_matrix(np.full((3, 3), 0.5)), "threshold"),
@@ -592,3 +662,13 @@ def test_fuzz_solve_lasso_refuses_by_name_or_certifies(drawn):
     assert_certified(X2, np.asarray(Da, dtype=np.float64), np.asarray(lm, dtype=np.float64),
                      kw.get("tol", 1e-8), res, dtype=res.codes.dtype,
                      positive=kw.get("positive", False))
+
+
+@pytest.mark.parametrize("value", [{"foo": "bar"}, None, [1.0]])
+def test_object_arrays_of_other_objects_raise_type_error(value):
+    """As float() does (and scikit-learn's checks expect of the estimators):
+    text is a ValueError, any other non-number a TypeError, naming X."""
+    arr = X.astype(object)
+    arr[0, 0] = value
+    with pytest.raises(TypeError, match=f"X is an object array holding a {type(value).__name__}"):
+        fastlista.solve_lasso(arr, D, 0.1)
