@@ -66,6 +66,16 @@ def _check_evaluated(X, D, Z):
     return X, D, _check_codes(Z, X, D), is_1d
 
 
+def round_up(values, dtype):
+    """float64 ``values`` in ``dtype``, rounded up where the cast to nearest
+    went below: a bound from above (a duality gap) stays one in float32."""
+    out = values.astype(dtype)
+    if out.dtype != values.dtype:
+        low = out < values
+        out[low] = np.nextafter(out[low], np.inf)
+    return out
+
+
 def _squeeze(out, is_1d):
     return out[0] if is_1d else out
 
@@ -456,7 +466,8 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     -------
     gap : ndarray of shape (n_samples,) or float
         Non-negative (negative rounding errors are clipped to 0), in the
-        dtype of the inputs; inf when the gap exceeds the float range.
+        dtype of the inputs (float32: rounded up from double, so that it
+        stays a bound); inf when the gap exceeds the float range.
 
     Examples
     --------
@@ -470,7 +481,7 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     lmbd = check_lmbd(lmbd, X.shape[0], func)
     positive = check_bool(positive, "positive", func)
     with np.errstate(over="ignore"):
-        out = _terms(X, D, lmbd, Z, positive, func)[1].astype(X.dtype)
+        out = round_up(_terms(X, D, lmbd, Z, positive, func)[1], X.dtype)
     return _squeeze(out, is_1d)
 
 

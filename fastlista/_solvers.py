@@ -18,7 +18,8 @@ import numpy as np
 from ._kernels import _cd, _solvers
 from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from ._kernels._gemm import OWN_GEMM
-from ._lasso import Scaled, _check_codes, certify, correlation_max, correlations
+from ._lasso import (Scaled, _check_codes, certify, correlation_max, correlations,
+                     round_up)
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
 from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
@@ -376,7 +377,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B, positive)
             converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
-        out_gap = S.energy_out(gap).astype(X.dtype)
+        out_gap = round_up(S.energy_out(gap), X.dtype)
     if warn and tol > 0 and not converged.all():
         # (x = 0 has gap 0 and converges: 1/2 ||x||^2 > 0 here)
         bad = ~converged

@@ -490,3 +490,35 @@ def test_gap_of_a_dual_point_feasible_for_the_exact_correlations(positive):
         # (1/2 ||x||^2 (1 - lmbd / top)^2, a quarter of 1/2 ||x||^2)
         assert expected > 0.1 * float(x @ x)
         np.testing.assert_allclose(gap, expected, rtol=1e-12)
+
+
+def test_float32_gap_is_rounded_up_from_double():
+    """One atom, x parallel to it and z = 0: the double gap is F(0) - F*
+    exactly (to its rounding); the float32 gap was that value rounded to
+    nearest, below the suboptimality half the time. Rounded up, it stays a
+    bound (exact F* in fractions)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        d = rng.standard_normal(5).astype(np.float32)
+        x = (np.float32(rng.uniform(0.5, 2)) * d).astype(np.float32)
+        c = abs(sum(Fr(float(a)) * Fr(float(b)) for a, b in zip(x, d)))
+        lmbd = np.float32(float(c) * rng.uniform(0.2, 0.9))
+        dd = sum(Fr(float(b)) ** 2 for b in d)
+        suboptimality = (c - Fr(float(lmbd))) ** 2 / (2 * dd)
+        gap = duality_gap(x, d[None], lmbd, np.zeros(1, np.float32))
+        assert gap.dtype == np.float32
+        assert Fr(float(gap)) >= suboptimality * (1 - Fr(1, 10**15))
+
+
+@pytest.mark.parametrize("n", [2**16, 2**20])
+def test_gap_sums_stay_accurate_with_many_features(n):
+    """||r||^2 and <x, r> of a million features: plain lane sums drifted by
+    (n/8) u (gaps 5e-14 to 4e-13 of 1/2 ||x||^2 below F(0) - F*, exact here:
+    one atom d = x, z = 0); compensated, they stay at the double rounding."""
+    v = 0.9
+    x = np.full(n, v)
+    c = n * Fr(v) * Fr(v)
+    lmbd = float(c) / 2
+    suboptimality = (c - Fr(lmbd)) ** 2 / (2 * c)
+    gap = duality_gap(x, x[None], lmbd, np.zeros(1))
+    assert abs(Fr(float(gap)) - suboptimality) <= Fr(1, 10**15) * c / 2
