@@ -109,10 +109,11 @@ def duality_gap(X, D, lmbd, Z):
     for i in range(X.shape[0]):
         x, z, lm = X[i], Z[i], lms[i]
         r = x - z @ D
-        scale = max(lm, np.max(np.abs(D @ r)))
-        theta = r / scale if scale > 0 else np.zeros_like(r)
+        corr = np.max(np.abs(D @ r), initial=0.0)
+        # u = lm theta: r itself when corr <= lm (lm = 0 included), else scaled
+        u = r if corr <= lm else r * (lm / corr)
         primal = 0.5 * r @ r + lm * np.sum(np.abs(z))
-        dual = 0.5 * x @ x - 0.5 * np.sum((x - lm * theta) ** 2)
+        dual = 0.5 * x @ x - 0.5 * np.sum((x - u) ** 2)
         gaps[i] = primal - dual
     return gaps
 
@@ -351,14 +352,17 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None, positive=False):
 
     With ``c_rel`` (a relative accuracy of the correlations ``c = r D^T``,
     computed by any method from terms of size T max_j ||d_j||), a fourth
-    array: how much the gap may move when c is off by ``c_rel T max||d_j||``.
+    array: how much the gap may move when c is off by ``c_rel T max||d_j||``
+    (at lmbd = 0: the difference of the two branches, u = r or u = 0, when
+    the largest correlation is within that rounding of 0).
     The dual point divides by ``max(lmbd, ||c||_inf)``: when lmbd is near or
     below the rounding of c (x almost orthogonal to the atoms, lmbd ~ 0)
     no floating-point computation determines the gap better than that::
 
         (||x|| ||r|| + ||r||^2) min(1, 2 c_rel T max||d_j|| / max(lmbd, ||c||_inf))
 
-    (0 when lmbd = 0: the dual point is then 0 whatever c).
+    (the dual variable u = lmbd theta is r itself when ||c||_inf <= lmbd,
+    lmbd = 0 included).
 
     ``lmbd`` is a scalar or one value a sample. With ``positive`` (codes
     constrained >= 0) the dual constraint is one-sided: ``theta = r /
@@ -389,12 +393,11 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None, positive=False):
                 corr = max(np.max(Ds @ r), ld(0)) if m else ld(0)
             else:
                 corr = np.max(np.abs(Ds @ r)) if m else ld(0)
+            # u = lam r / max(lam, corr): r itself when corr <= lam (lam = 0
+            # included: r is then dual feasible), else scaled into the set
             scale = max(lam, corr)
-            if scale > 0:
-                ratio = lam / scale
-                dual = ratio * (x @ r) - ld(0.5) * ratio * ratio * rr
-            else:
-                dual = ld(0)
+            ratio = ld(1) if corr <= lam else lam / scale
+            dual = ratio * (x @ r) - ld(0.5) * ratio * ratio * rr if ratio > 0 else ld(0)
             g = p - dual
             g = g if not g < 0 else ld(0)
             if positive and np.any(z < 0):
@@ -404,6 +407,11 @@ def gap_terms_robust(X, D, lmbd, Z, c_rel=None, positive=False):
             if c_rel is not None and lam > 0:
                 e = min(ld(1), 2 * ld(c_rel) * T * dmax / scale)
                 sens[i] = np.ldexp((np.sqrt(x @ x) * np.sqrt(rr) + rr) * e, 2 * ex)
+            elif c_rel is not None and corr <= 2 * ld(c_rel) * T * dmax:
+                # lam = 0 and no correlation above its rounding: whether u = r
+                # is feasible (ratio 1) or only u = 0 (ratio 0) is the sign of
+                # a rounding error; the gap is one of the two
+                sens[i] = np.ldexp(abs(x @ r - ld(0.5) * rr), 2 * ex)
             primal[i], gap[i], size[i] = (np.ldexp(v, 2 * ex) for v in (p, g, s))
     if c_rel is not None:
         return primal, gap, size, sens
@@ -513,8 +521,8 @@ def duality_gap_batch(X, D, lmbd, Z, positive=False):
             corr = np.maximum(np.max(C, axis=1, initial=ld(-np.inf)), ld(0))
         else:
             corr = np.max(np.abs(C), axis=1, initial=ld(0))
-        scale = np.maximum(lm, corr)
-        ratio = np.where(scale > 0, lm / np.where(scale > 0, scale, 1), ld(0))
+        # r itself when corr <= lm (lm = 0 included), else scaled into the set
+        ratio = np.where(corr <= lm, ld(1), lm / np.where(corr > 0, corr, 1))
         dual = ratio * np.sum(X * R, axis=1) - ld(0.5) * ratio * ratio * rr
         gap = np.maximum(primal - dual, ld(0))
         if positive:

@@ -388,9 +388,10 @@ def test_load_checks_the_layers_exist_before_building_them(tmp_path):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", METHODS)
-def test_zero_lambda_with_x_orthogonal_to_the_atoms_reports_half_norm_gap(method):
-    # x orthogonal to every atom: z = 0 is optimal and the gap is 1/2 ||x||^2
-    # (x is not in the span of the atoms: nothing is certified at tol < 1)
+def test_zero_lambda_with_x_orthogonal_to_the_atoms_is_certified(method):
+    # x orthogonal to every atom: z = 0 is the least-squares optimum, and the
+    # dual variable u = r = x is feasible (x D^T = 0): gap 0, certified (it
+    # was 1/2 ||x||^2, the dual taken as 0 at lmbd = 0, and refused)
     rng = np.random.default_rng(17)
     D = np.zeros((4, 6))
     D[:, :3] = rng.standard_normal((4, 3))
@@ -399,8 +400,8 @@ def test_zero_lambda_with_x_orthogonal_to_the_atoms_reports_half_norm_gap(method
     X[1, 4] = 2.0                        # X[2] = 0: gap 0, certified
     res = check(X, D, 0.0, method=method)
     np.testing.assert_array_equal(res.codes, 0.0)
-    np.testing.assert_allclose(res.gap, 0.5 * np.sum(X * X, axis=1), rtol=1e-12)
-    np.testing.assert_array_equal(res.converged, [False, False, True])
+    np.testing.assert_array_equal(res.gap, 0.0)
+    np.testing.assert_array_equal(res.converged, [True, True, True])
     assert_gap_matches(X, D, 0.0, res.codes, duality_gap(X, D, 0.0, res.codes))
 
 

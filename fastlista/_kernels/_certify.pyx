@@ -185,9 +185,8 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
                 e = (2 * n + 2 * kz + 8) * ROUNDOFF * (sqrt(xn) + wz)
             else:
                 e = (2 * n + 8) * ROUNDOFF * sqrt(sums[0])
-            # (below lmbd no exact correlation changes s = max(lmbd, gmax);
-            # at lmbd = 0 the dual point is 0 whatever they are)
-            if gmax + e * c.dmax >= c.lmbd[start + i] and c.lmbd[start + i] > 0:
+            # (below lmbd no exact correlation changes s = max(lmbd, gmax))
+            if gmax + e * c.dmax >= c.lmbd[start + i]:
                 gmax = fl_certified_gmax(n, m, w.R + i * n, c.D, w.G + i * m, c.dn, e,
                                          c.lmbd[start + i], c.positive)
         c.gap[start + i] = lasso_gap(sums[0], sums[1], lz, gmax,

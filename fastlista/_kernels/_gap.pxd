@@ -20,6 +20,12 @@
 #     D(theta) = 1/2 ||x||^2 - 1/2 ||x - lmbd theta||^2
 #              = (lmbd / s) xr - 1/2 (lmbd / s)^2 rr
 #     gap      = P(z) - D(theta) >= 0,   0 exactly at the optimum.
+#
+# The dual variable u = lmbd theta = r lmbd / s is r itself when gmax <=
+# lmbd, also at lmbd = 0 (then u = r is feasible when r is orthogonal to the
+# atoms, or, for positive codes, has no positive correlation: z is then
+# optimal, with gap 0), and r scaled down to the feasible set otherwise (0
+# at lmbd = 0: the gap is 1/2 ||r||^2).
 
 
 cdef inline double lasso_gap(double rr, double xr, double lz, double gmax,
@@ -27,14 +33,14 @@ cdef inline double lasso_gap(double rr, double xr, double lz, double gmax,
     """Duality gap from the four sums; the primal objective in primal[0].
 
     Rounding may make the difference slightly negative: clipped to 0. A NaN
-    (from non-finite codes) stays NaN, never 0. At lmbd = 0 the dual is 0
-    and the gap is 1/2 ||r||^2.
+    (from non-finite codes) stays NaN, never 0.
     """
-    cdef double s, ratio, dual = 0, gap
+    cdef double ratio, dual = 0, gap
     primal[0] = 0.5 * rr + lz
-    s = lmbd if lmbd >= gmax else gmax          # NaN gmax gives NaN
-    ratio = lmbd / s if lmbd != 0 else 0
-    if ratio != 0:                              # (0 also when s overflowed)
+    # lmbd / max(lmbd, gmax), 1 when gmax <= lmbd (lmbd = 0 included);
+    # a NaN gmax gives NaN
+    ratio = 1 if gmax <= lmbd else lmbd / gmax
+    if ratio != 0:                              # (0 when gmax overflowed)
         dual = ratio * (xr - 0.5 * ratio * rr)
     gap = primal[0] - dual
     if gap < 0:

@@ -433,17 +433,19 @@ FL_DEFINE_GAP_SUMS(float, fl_s_gap_sums)
    floating-point sum of the 2n parts, and with u = 2^-53 and eta the
    smallest subnormal (TwoProduct is exact unless a b underflows)
 
-       |s + c - x.y| <= gamma_2n^2 sum_i |x_i y_i| + n eta,
+       |s + c - x.y| <= gamma_2n^2 sum_i |x_i y_i| + n eta
 
+   (the last term only when some product fell below the normal range),
    the result being fl(s + c), whose own error a last TwoSum gives exactly.
    *bound receives twice their sum (the sum is computed rounded): |result -
    x.y| <= *bound. */
 static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restrict x,
                                              const double *__restrict y,
                                              double *__restrict bound) {
+    const double tiny = 2.2250738585072014e-308;      /* the smallest normal */
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    double tot = 0, cc = 0, aa = 0;
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, under[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tot = 0, cc = 0, aa = 0, uu = 0;
     Py_ssize_t j = 0;
     for (; j + 8 <= n; j += 8) {
         _Pragma("omp simd")
@@ -454,6 +456,8 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
             c[l] += ((s[l] - (t - z)) + (p - z)) + e;
             s[l] = t;
             a[l] += fabs(p);
+            /* a product below the normals may have lost bits */
+            under[l] += (fabs(p) < tiny && x[j + l] != 0 && y[j + l] != 0) ? 1.0 : 0.0;
         }
     }
     for (; j < n; j++) {
@@ -463,17 +467,19 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
         c[0] += ((s[0] - (t - z)) + (p - z)) + e;
         s[0] = t;
         a[0] += fabs(p);
+        under[0] += (fabs(p) < tiny && x[j] != 0 && y[j] != 0) ? 1.0 : 0.0;
     }
     for (int l = 0; l < 8; l++) {
         double t = tot + s[l], z = t - tot;
         cc += ((tot - (t - z)) + (s[l] - z)) + c[l];
         tot = t;
         aa += a[l];
+        uu += under[l];
     }
     double res = tot + cc, z = res - tot;
     double last = (tot - (res - z)) + (cc - z);
     *bound = 2 * (fabs(last) + 4 * (double) n * (double) n * 1.2325951644078309e-32 * aa
-                  + (double) n * 4.9406564584124654e-324);
+                  + (double) n * (uu > 0 ? 4.9406564584124654e-324 : 0));
     return res;
 }
 
