@@ -10,6 +10,8 @@ from cython cimport floating
 
 from scipy.linalg.cython_lapack cimport dsyevr
 
+from ._simd cimport fl_dot_dd, fl_dot_sd
+
 
 # up to this support size, L_S comes from repeated squaring of B_SS
 cdef enum:
@@ -188,12 +190,10 @@ cdef inline double support_lipschitz(
 
     for it in range(max_iter):
         if gram:
-            # w = B_SS v
+            # w = B_SS v (vectorised rows: the inline loop's reduction ran
+            # scalar, 4 times slower in OISTA at lmbd = 0.1)
             for a in range(k):
-                acc = 0
-                for b in range(k):
-                    acc = acc + work[a * k + b] * v[b]
-                w[a] = acc
+                w[a] = fl_dot_dd(k, work + a * k, v)
         else:
             # u = v D_S (n,), then w = D_S u (k,)
             for b in range(n):
@@ -204,10 +204,10 @@ cdef inline double support_lipschitz(
                     work[b] += v[a] * da[b]
             for a in range(k):
                 da = D + <Py_ssize_t> idx[a] * n
-                acc = 0
-                for b in range(n):
-                    acc += da[b] * work[b]
-                w[a] = acc
+                if floating is double:
+                    w[a] = fl_dot_dd(n, da, work)
+                else:
+                    w[a] = fl_dot_sd(n, da, work)
         # Rayleigh quotient theta = v^T B_SS v, and ||w|| scaled by max |w_a|
         # (no underflow or overflow of w_a^2 for tiny or huge dictionaries)
         theta = 0

@@ -411,6 +411,27 @@ static FL_SIMD void NAME(Py_ssize_t n, const double *__restrict x,           \
 
 FL_DEFINE_GAP_SUMS(double, fl_d_gap_sums)
 FL_DEFINE_GAP_SUMS(float, fl_s_gap_sums)
+/* x.y in double, in simd lanes (their order of additions is fixed for a
+   given build): a plain C loop's reduction cannot be vectorised without
+   reassociation, and ran one multiply-add at a time. */
+static FL_SIMD double fl_dot_dd(Py_ssize_t n, const double *__restrict x,
+                                const double *__restrict y) {
+    double acc = 0;
+    _Pragma("omp simd reduction(+:acc)")
+    for (Py_ssize_t j = 0; j < n; j++)
+        acc += x[j] * y[j];
+    return acc;
+}
+
+static FL_SIMD double fl_dot_sd(Py_ssize_t n, const float *__restrict x,
+                                const double *__restrict y) {
+    double acc = 0;
+    _Pragma("omp simd reduction(+:acc)")
+    for (Py_ssize_t j = 0; j < n; j++)
+        acc += (double) x[j] * y[j];
+    return acc;
+}
+
 /* Contraction of a*b + c into one FMA (GCC's default, across statements
    too) would break the error-free transformations of fl_dot2: off there. */
 #if defined(__GNUC__) && !defined(__clang__)

@@ -56,6 +56,8 @@ cdef extern from "_simd.h":
     void fl_s_gap_sums(Py_ssize_t n, const double *x, const double *r, Py_ssize_t m,
                        const float *z, const double *g, int positive,
                        double *out) noexcept nogil
+    double fl_dot_dd(Py_ssize_t n, const double *x, const double *y) noexcept nogil
+    double fl_dot_sd(Py_ssize_t n, const float *x, const double *y) noexcept nogil
     double fl_dot2(Py_ssize_t n, const double *x, const double *y,
                    double *bound) noexcept nogil
     double fl_certified_gmax(Py_ssize_t n, Py_ssize_t m, const double *r, const double *D,
