@@ -30,11 +30,12 @@ themselves.) Atoms whose |g_j| + e ||d_j|| stays below lmbd cannot change s
 = max(lmbd, max_j |r.d_j|); when some reach it (at the optimum the active
 atoms have |g_j| = lmbd), fl_certified_gmax (_simd.h) recomputes the
 candidates among them by a compensated dot product, to about twice double
-precision, and s is their largest with its (tiny) error bound. The gap is
-then the exact gap of the codes up to the objectives' rounding, also where
-lmbd is near the rounding of the correlations (x almost orthogonal to the
-atoms, lmbd ~ 1e-10 lambda_max), where g alone would certify a code whose
-exact gap is far above tol.
+precision, and s is their largest with its error bound (tiny, but larger
+than the actual error for ill-conditioned products: it errs on the safe
+side). The gap is then an upper bound of F(z) - F* up to the objectives'
+rounding, also where lmbd is near the rounding of the correlations (x
+almost orthogonal to the atoms, lmbd ~ 1e-10 lambda_max), where g alone
+gave a dual point outside the feasible set.
 
 This kernel is behind fastlista.duality_gap and fastlista.lasso_objective,
 and certifies every result of fastlista.solve_lasso.
