@@ -194,26 +194,37 @@ def _candidate_atom(r, positive):
     return r / norm
 
 
-def reinitialise(D, unused, residuals, *, positive=False):
+def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False):
     """Replace unused atoms by the normalised residuals, worst first.
 
-    ``residuals`` are rows ``x - z D`` sorted worst first; each replaces one
-    unused atom (in increasing atom order); a zero residual is skipped.
-    Returns the number of atoms replaced.
+    ``residuals`` are rows ``r = x - z D`` sorted worst first; each replaces
+    one unused atom (in increasing atom order), if its code would use it.
+    With the other codes fixed, the new atom ``a`` takes the code
+    ``|<r, a>| - lmbd`` (``lmbd`` in the residuals' units) and lowers its
+    signal's objective by ``min_c 1/2||r - c a||^2 + lmbd |c| - 1/2||r||^2 =
+    1/2 (|<r, a>| - lmbd)_+^2``. A residual whose code is at most
+    ``min_code`` is skipped: with ``|<r, a>| <= lmbd`` the atom could not
+    enter the code, and would be replaced again at every step (as when λ is
+    above λ_max, or fewer signals than atoms are reconstructed to a
+    residual of norm λ). Returns the number of atoms replaced and the sum
+    of their gains (inf beyond the float range).
     """
     atoms = np.flatnonzero(unused)
-    done = 0
+    done, total = 0, np.float64(0.0)
     rows = iter(residuals)
     for k in atoms:
         for r in rows:
             atom = _candidate_atom(r, positive)
-            if atom is not None:
+            code = -np.inf if atom is None else abs(float(np.dot(r, atom))) - lmbd
+            if code > min_code:
                 D[k] = atom
                 done += 1
+                with np.errstate(over="ignore"):
+                    total += 0.5 * np.float64(code) ** 2
                 break
         else:
             break
-    return done
+    return done, float(total)
 
 
 def _worst(norms, k):
@@ -454,18 +465,36 @@ def code_stats(X, D, lmbd, coder, Z_prev=None, n_worst=0, offset=0, f_prev=None)
     return Z, stats
 
 
-def batch_dictionary_step(D, stats, positive_dict, n_passes=BATCH_PASSES):
-    """The batch dictionary step: re-initialise unused atoms, then
-    ``n_passes`` passes of block coordinate descent. In place on D (float64).
+def batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes=BATCH_PASSES):
+    """The batch dictionary step: re-initialise unused atoms (``lmbd``: the
+    codes' penalty, in the signals' units), then ``n_passes`` passes of
+    block coordinate descent. In place on D (float64).
 
-    Returns the number of atoms re-initialised. (The objective of the
-    codes with the new D is the next pass's ``signal_objectives``: from the
-    residuals, not from the statistics.)"""
+    An atom is not re-initialised from a residual whose code, ``|<r, a>| -
+    lmbd``, would be at most ``sqrt(eps) lmbd``: 0 (the atom would stay
+    unused) up to the rounding of the residual.
+
+    Returns the number of atoms re-initialised and the mean gain they
+    promise (``reinitialise``'s, over the signals): the stopping test waits
+    for it. (The objective of the codes with the new D is the next pass's
+    ``signal_objectives``: from the residuals, not from the statistics.)"""
     unused = ~(np.diagonal(stats.A) > 0)
-    n_new = reinitialise(D, unused, stats.worst, positive=positive_dict) \
-        if unused.any() else 0
+    n_new, gain = 0, 0.0
+    if unused.any():
+        n_new, gain = reinitialise(D, unused, stats.worst, lmbd,
+                                   min_code=np.sqrt(np.finfo(np.float64).eps) * lmbd,
+                                   positive=positive_dict)
     update_dictionary(D, stats.A, stats.B, positive=positive_dict, n_passes=n_passes)
-    return n_new
+    return n_new, gain / stats.n_samples
+
+
+def batch_stop(objective, tol, gain):
+    """The batch stopping test: the last decrease is at most ``tol`` times
+    the value (``_stalled``), and so is the mean ``gain`` that the atoms
+    just re-initialised promise (their codes are only made in the next code
+    step; an atom that could not lower the objective by more than that is
+    no reason to go on)."""
+    return _stalled(objective, tol) and gain <= tol * objective[-1]
 
 
 # ---------------------------------------------------------------------------
@@ -516,7 +545,7 @@ def start_dictionary(X, n_atoms, D0, rng, positive=False):
     return D
 
 
-def _check_inputs(X, n_atoms, lmbd, D0, func, need_init=True, names=None):
+def _check_inputs(X, n_atoms, lmbd, D0, func, names=None):
     """Validated X (2-D float32/float64), n_atoms, lmbd and D0 (float64, atoms
     of norm > 1 projected on the ball, or None)."""
     names = names or {"n_atoms": "n_atoms", "lmbd": "lmbd", "D0": "D0"}
@@ -534,11 +563,6 @@ def _check_inputs(X, n_atoms, lmbd, D0, func, need_init=True, names=None):
         norms = row_norms(D0)
         big = norms > 1
         D0[big] /= norms[big, None]
-    elif need_init and X.shape[0] < n_atoms:
-        raise ValueError(
-            f"X has n_samples={X.shape[0]}, fewer than {na}={n_atoms}: the initial "
-            f"dictionary is drawn from the signals ({na} distinct samples); pass {nd}, "
-            "or learn fewer atoms.")
     return X, n_atoms, lmbd, D0
 
 
@@ -687,8 +711,14 @@ class OnlineState:
         threshold = REINIT_THRESHOLD * float(diag.mean())
         unused = ~(diag > threshold)
         if unused.any():
+            # a new atom whose code c (|<r, a>| - lmbd, the others fixed)
+            # would leave it unused by the same test, c^2 / b <= threshold,
+            # is not made (A in the state's units, the residuals in the batch's)
+            with np.errstate(over="ignore", under="ignore"):
+                min_code = float(np.ldexp(np.sqrt(b * threshold), self.exponent - e))
             idx = _worst(rr, int(unused.sum()))
-            replaced = reinitialise(self.D, unused, R[idx], positive=self.positive_dict)
+            replaced, _ = reinitialise(self.D, unused, R[idx], lmbd, min_code=min_code,
+                                       positive=self.positive_dict)
             self.n_reinit += replaced
             # their statistics are stale: forget them
             self.A[unused] = 0
@@ -751,7 +781,8 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
         times its value (checked after every iteration; online, on the
         epochs' online objective, see :class:`DictionaryResult`). Default
         1e-4 batch, 1e-3 online. 0 runs ``max_iter`` iterations. A batch
-        iteration that re-initialised atoms never stops the learning.
+        iteration stops only when the atoms it re-initialised promise a
+        mean gain of at most ``tol`` times the objective too.
     batch_size : int, default=256
         Signals per mini-batch (online); the last batch of an epoch may be
         smaller. Ignored in batch mode.
@@ -807,9 +838,9 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
     Raises
     ------
     ValueError
-        For n_atoms or batch_size below 1, NaN or infinity in X or D0, a D0
-        that is not (n_atoms, n_features), or, without D0, fewer signals
-        than atoms (``fastlista.InvalidParameterError`` is a ValueError).
+        For n_atoms or batch_size below 1, NaN or infinity in X or D0, or a
+        D0 that is not (n_atoms, n_features)
+        (``fastlista.InvalidParameterError`` is a ValueError).
 
     Examples
     --------
@@ -838,16 +869,14 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
 
 def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, D0,
                   positive_code, positive_dict, coder, callback, progress, shuffle,
-                  code_tol, code_max_iter, dict_passes=None, names=None, need_init=True):
+                  code_tol, code_max_iter, dict_passes=None, names=None):
     """Validate learn_dictionary's arguments (``names`` renames them in the
-    messages: the estimators' n_components, alpha, dict_init; ``need_init``
-    False: X need not hold n_atoms signals, for continuing a dictionary);
-    returns a dict of the validated values."""
+    messages: the estimators' n_components, alpha, dict_init); returns a dict
+    of the validated values."""
     names = {"n_atoms": "n_atoms", "lmbd": "lmbd", "D0": "D0", "coder": "coder",
              **(names or {})}
     method = check_option(method, "method", func, METHODS)
-    X, n_atoms, lmbd, D0 = _check_inputs(X, n_atoms, lmbd, D0, func, need_init=need_init,
-                                         names=names)
+    X, n_atoms, lmbd, D0 = _check_inputs(X, n_atoms, lmbd, D0, func, names=names)
     max_iter = DEFAULT_MAX_ITER[method] if max_iter is None else \
         check_max_iter(max_iter, func)
     tol = DEFAULT_TOL[method] if tol is None else check_scalar(tol, "tol", func, low=0.0)
@@ -954,7 +983,7 @@ def _learn_batch(X, e, D, lmbd, coder, max_iter, tol, positive_dict, callback, p
     try:
         for it in range(max_iter):
             Z, stats = code_stats(X, D, lmbd, coder, Z, n_worst=D.shape[0], f_prev=f)
-            n_new = batch_dictionary_step(D, stats, positive_dict, n_passes)
+            n_new, gain = batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes)
             n_reinit += n_new
             # the iteration's objective, its codes with the new D, from the
             # residuals (one GEMM): also the next code step's warm-start
@@ -965,7 +994,7 @@ def _learn_batch(X, e, D, lmbd, coder, max_iter, tol, positive_dict, callback, p
             bar.update(1, value)
             if _notify(callback, it, it + 1, D, objective, n_reinit, e):
                 break
-            if n_new == 0 and _stalled(objective, tol):
+            if batch_stop(objective, tol, gain):
                 converged = True
                 break
     finally:

@@ -664,11 +664,6 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
         D0 = D0.copy()
         norms = dl.row_norms(D0)
         D0[norms > 1] /= norms[norms > 1, None]
-    elif X.shape[0] < n_atoms:
-        raise ValueError(
-            f"X has n_samples={X.shape[0]}, fewer than n_atoms={n_atoms}: the initial "
-            "dictionary is drawn from the signals (n_atoms distinct samples); pass D0, "
-            "or learn fewer atoms.")
     max_iter = dl.DEFAULT_MAX_ITER["batch"] if max_iter is None else \
         check_max_iter(max_iter, func)
     tol = dl.DEFAULT_TOL["batch"] if tol is None else check_scalar(tol, "tol", func,
@@ -716,7 +711,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     n = X.shape[0]
     bar = dl._Progress(progress, max_iter, "iter", "learn_dictionary(dask)")
 
-    def record(it, total, n_new):
+    def record(it, total, gain):
         """Iteration it's objective (its codes with the current D) known: the
         progress bar, the callback and the stopping test. True stops."""
         nonlocal converged
@@ -724,11 +719,11 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
         bar.update(1, objective[-1])
         if dl._notify(callback, it, it + 1, D, objective, n_reinit, e):
             return True
-        converged = n_new == 0 and dl._stalled(objective, tol)
+        converged = dl.batch_stop(objective, tol, gain)
         return converged
 
     try:
-        n_new = 0
+        gain = 0.0
         for it in range(max_iter):
             D_ref = _ship(D.copy())
             parts = [dask.delayed(_dictionary_chunk, pure=False)(xb, zb, D_ref, settings,
@@ -741,13 +736,14 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             # warm start's objective, from the residuals): that iteration's
             # entry, as the local method has it after its dictionary step
             # (a stop discards this pass's codes: D is the one to return)
-            if it > 0 and record(it - 1, stats.previous, n_new):
+            if it > 0 and record(it - 1, stats.previous, gain):
                 break
             codes = [dask.delayed(_first, pure=True)(p) for p in parts]
             # the dictionary step (on the client) under the same budget as the
             # local method's
             with kernel_threads(n_jobs, func):
-                n_new = dl.batch_dictionary_step(D, stats, positive_dict, dict_passes)
+                n_new, gain = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
+                                                       dict_passes)
             n_reinit += n_new
         else:
             # the last iteration's entry: one pass over its codes with the final D
@@ -756,7 +752,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
                 [dask.delayed(_dictionary_objective_chunk, pure=False)(xb, zb, D_ref,
                                                                        settings)
                  for xb, zb in zip(blocks, codes)], operator.add))[0]
-            record(max_iter - 1, total, n_new)
+            record(max_iter - 1, total, gain)
     finally:
         bar.close()
     D = dl._normalise(D.copy(), rng, positive_dict)

@@ -527,7 +527,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
             coder=self.fit_algorithm, callback=self._callback(), progress=False,
             code_tol=None, code_max_iter=self.transform_max_iter,
             names={"n_atoms": "n_components", "lmbd": "alpha", "D0": "dict_init",
-                   "coder": "fit_algorithm"}, need_init=state is None, **extra)
+                   "coder": "fit_algorithm"}, **extra)
 
     def _callback(self):
         """The user's callback, and the verbose printing, as one callback."""

@@ -322,9 +322,10 @@ def test_unused_atom_becomes_the_worst_residual():
 def test_tied_worst_residuals_are_the_lowest_indices():
     """Of equally bad signals the lowest-indexed re-initialise the atoms (the
     Dask chunks merge by index: both must agree). +-1 signals (||x||^2 = 8
-    for all) at a lmbd above every lambda_max: every code is 0, every atom
-    unused, re-initialised to x / ||x|| of signals 0, 1, 2, 3 (the old
-    selection took 136, 18, 37, 116)."""
+    for all) at lmbd = 2.7, above every |x . d| of D0 (at most 2.597): every
+    code is 0, every atom unused, re-initialised to x / ||x|| of signals 0,
+    1, 2, 3 (the old selection took 136, 18, 37, 116). Each pays: the new
+    atom's correlation with its signal is ||x|| = 2.83 > lmbd."""
     from fastlista.dictionary import _worst
 
     assert_array_equal(_worst(np.ones(300), 4), [0, 1, 2, 3])
@@ -334,11 +335,48 @@ def test_tied_worst_residuals_are_the_lowest_indices():
     rng = np.random.RandomState(0)
     X = rng.choice([-1.0, 1.0], size=(300, 8))
     D0 = np.linalg.qr(rng.randn(8, 8))[0][:4]
+    assert np.abs(X @ D0.T).max() < 2.7 < np.sqrt(8)
     for method in ("batch", "online"):
-        res = learn_dictionary(X, 4, 100.0, method=method, D0=D0, max_iter=2, tol=0,
+        res = learn_dictionary(X, 4, 2.7, method=method, D0=D0, max_iter=2, tol=0,
                                batch_size=300, shuffle=False, n_jobs=NJ)
         assert res.n_reinit >= 4
         assert_allclose(res.D, X[:4] / np.sqrt(8), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", ["batch", "online"])
+def test_fewer_signals_than_atoms(method):
+    """5 signals, 8 atoms: the initial dictionary holds every normalised
+    signal (and 3 random unit atoms), which is already optimal: each signal
+    on its own atom, at code ||x|| - lmbd, costs lmbd ||x|| - lmbd^2 / 2 (the
+    closed form, for lmbd < min ||x||). Learning keeps it and stops; no
+    atom is re-initialised (a residual of norm lmbd gains nothing). Before,
+    such X was refused, and later re-initialisations went on for good."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(5, 6)
+    lmbd = 0.1
+    norms = np.linalg.norm(X, axis=1)
+    res = learn_dictionary(X, 8, lmbd, method=method, max_iter=50, batch_size=5,
+                           code_tol=1e-14, n_jobs=NJ, random_state=0)
+    assert res.converged and res.n_iter <= 3 and res.n_reinit == 0
+    assert_allclose(res.objective[-1], np.mean(lmbd * norms - lmbd ** 2 / 2), rtol=1e-9)
+    assert_allclose(unit_norms(res.D), 1, rtol=1e-12)
+    # every signal's direction is an atom
+    assert_allclose(np.abs(X / norms[:, None] @ res.D.T).max(axis=1), 1, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["batch", "online"])
+def test_no_reinitialisation_above_lambda_max(method):
+    """lmbd above every ||x||: no code can use any atom (not even x / ||x||),
+    so re-initialising gains nothing. Learning stops at once with the
+    closed-form objective 1/2 mean ||x||^2. Before, the batch method
+    re-initialised every atom at every iteration: 100 iterations, 1000
+    re-initialisations, converged False."""
+    rng = np.random.RandomState(0)
+    X = 0.05 * rng.randn(200, 8)
+    assert np.linalg.norm(X, axis=1).max() < 0.5
+    res = learn_dictionary(X, 10, 0.5, method=method, n_jobs=NJ, random_state=0)
+    assert res.converged and res.n_iter == 2 and res.n_reinit == 0
+    assert_allclose(res.objective, 0.5 * np.mean(np.sum(X ** 2, axis=1)), rtol=1e-12)
 
 
 def test_online_counts_reinitialised_atoms():
@@ -603,7 +641,6 @@ def _X(n=50, p=6):
     (dict(n_jobs=0), "'n_jobs' parameter"),
     (dict(callback=3), "'callback' parameter"),
     (dict(random_state="seed"), "cannot be used to seed"),
-    (dict(X=_X(5)), "X has n_samples=5, fewer than n_atoms=8"),
     (dict(X=np.where(np.eye(50, 6) == 1, np.nan, _X())), "Input X contains NaN"),
     (dict(X=np.where(np.eye(50, 6) == 1, np.inf, _X())), "Input X contains infinity"),
     (dict(X=np.ones(6)), "Expected 2D array"),
@@ -796,8 +833,6 @@ def _expected_error(spec, X, D0):
         return "Input X"
     if D0 is not None and (D0.shape != (m, p) or not np.all(np.isfinite(D0))):
         return "D0"
-    if D0 is None and n < m:
-        return "n_atoms"
     if spec["batch_size"] < 1:
         return "batch_size"
     return None
@@ -862,3 +897,9 @@ def test_fuzz_learn_dictionary_bad_and_degenerate_input(spec):
             slack = 1e-13 * 0.5 * np.mean(xx) + m * np.finfo(np.float64).eps * l1_sq
             assert np.all(np.diff(obj) <= 1e-12 * obj[:-1] + slack), np.diff(obj)
     assert res.n_reinit >= 0 and res.n_steps >= res.n_iter >= 1
+    if spec["lmbd"] > 1.01 * np.linalg.norm(X.astype(np.float64), axis=1).max():
+        # no code can use any atom, not even a residual's x / ||x||: nothing
+        # to re-initialise, and every objective is 1/2 mean ||x||^2
+        assert res.n_reinit == 0
+        assert_allclose(res.objective, 0.5 * np.mean(np.sum(X.astype(np.float64) ** 2, 1)),
+                        rtol=1e-6)

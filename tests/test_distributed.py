@@ -533,19 +533,20 @@ def test_learn_dictionary_history_and_stops_equal_single_machine(client, stop):
 def test_learn_dictionary_breaks_ties_like_the_local_method(client):
     """Equally bad signals: the lowest indices re-initialise the atoms, in
     every chunk and in the merge of chunks alike. +-1 signals (||x||^2 = 8
-    for all) at a lmbd above every lambda_max: every atom is re-initialised,
-    to x / ||x|| of signals 0, 1, 2, 3, which the chunks (2, 98, 200) split
-    (the old selection: other signals locally and on Dask, 0.7 apart)."""
+    for all) at lmbd = 2.7, above every |x . d| of D0: every atom is
+    re-initialised, to x / ||x|| of signals 0, 1, 2, 3, which the chunks
+    (2, 98, 200) split (the old selection: other signals locally and on
+    Dask, 0.7 apart)."""
     from fastlista.dictionary import learn_dictionary
 
     rng = np.random.RandomState(0)
     X = rng.choice([-1.0, 1.0], size=(300, 8))
     D0 = np.linalg.qr(rng.randn(8, 8))[0][:4]
     Xd = da.from_array(X, chunks=((2, 98, 200), (8,)))
-    res = fd.learn_dictionary(Xd, 4, 100.0, D0=D0, max_iter=3, tol=0)
-    local = learn_dictionary(X, 4, 100.0, method="batch", D0=D0, max_iter=3, tol=0,
+    res = fd.learn_dictionary(Xd, 4, 2.7, D0=D0, max_iter=1, tol=0)
+    local = learn_dictionary(X, 4, 2.7, method="batch", D0=D0, max_iter=1, tol=0,
                              n_jobs=1)
-    assert res.n_reinit == local.n_reinit == 12
+    assert res.n_reinit == local.n_reinit == 4
     assert_allclose(res.D, X[:4] / np.sqrt(8), rtol=0, atol=1e-15)
     assert_allclose(local.D, X[:4] / np.sqrt(8), rtol=0, atol=1e-15)
 
@@ -577,6 +578,24 @@ def test_learn_dictionary_with_empty_chunks_equals_single_machine(client, k):
         assert_allclose(res.objective, local.objective, rtol=1e-10)
 
 
+def test_learn_dictionary_fewer_signals_than_atoms_equals_single_machine(client):
+    """5 signals for 8 atoms, in chunks of 2: the initial dictionary takes
+    every signal and 3 random atoms, as locally; the result is the local one,
+    which is optimal (each signal on its own atom: lmbd ||x|| - lmbd^2 / 2)."""
+    from fastlista.dictionary import learn_dictionary
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(5, 6)
+    res = fd.learn_dictionary(da.from_array(X, chunks=(2, 6)), 8, 0.1, max_iter=20,
+                              random_state=0)
+    local = learn_dictionary(X, 8, 0.1, method="batch", max_iter=20, random_state=0,
+                             n_jobs=1)
+    assert res.converged and local.converged and res.n_iter == local.n_iter
+    assert_allclose(res.D, local.D, rtol=0, atol=1e-8)
+    norms = np.linalg.norm(X, axis=1)
+    assert_allclose(res.objective[-1], np.mean(0.1 * norms - 0.005), rtol=1e-8)
+
+
 def test_learn_dictionary_messages(data):
     X, _ = data
     with pytest.raises(fastlista.InvalidParameterError, match="The 'n_atoms' parameter"):
@@ -585,8 +604,6 @@ def test_learn_dictionary_messages(data):
         fd.learn_dictionary(chunked(X), 5, -1.0)
     with pytest.raises(ValueError, match=r"D0 must have shape \(n_atoms, n_features\)"):
         fd.learn_dictionary(chunked(X), 5, 0.3, D0=np.ones((5, 3)))
-    with pytest.raises(ValueError, match="fewer than n_atoms=700"):
-        fd.learn_dictionary(chunked(X), 700, 0.3)
     X_nan = X.copy()
     X_nan[3, 2] = np.nan
     with pytest.raises(ValueError, match="Input X contains NaN"):

@@ -594,6 +594,33 @@ def test_minibatch_partial_fit_is_the_online_algorithm(signals):
         fitted.partial_fit(X[:10, :11])
 
 
+def test_minibatch_first_batch_smaller_than_n_components():
+    """A stream whose first batch has 3 signals for 8 atoms (scikit-learn
+    accepts it too). The initial dictionary holds the 3 normalised signals;
+    the exact codes put each signal on its own atom at ||x|| - alpha (every
+    other correlation of the residual alpha x / ||x|| is at most alpha), and
+    the dictionary step leaves that atom at x / ||x||: closed forms."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 6)
+    alpha = 0.1
+    est = MiniBatchDictionaryLearning(n_components=8, alpha=alpha, random_state=0,
+                                      transform_tol=1e-14, n_jobs=1)
+    est.partial_fit(X[:3])
+    norms = np.linalg.norm(X[:3], axis=1)
+    cos = X[:3] / norms[:, None] @ est.components_.T
+    own = np.abs(cos).argmax(axis=1)
+    assert_allclose(np.abs(cos[np.arange(3), own]), 1, rtol=1e-12)
+    assert est.n_reinit_ == 0
+    Z = est.transform(X[:3])
+    expected = np.zeros((3, 8))
+    expected[np.arange(3), own] = np.sign(cos[np.arange(3), own]) * (norms - alpha)
+    assert_allclose(Z, expected, rtol=1e-9, atol=1e-12)
+    # and the stream goes on
+    est.partial_fit(X[3:])
+    assert est.n_steps_ == 2
+    assert_allclose(np.linalg.norm(est.components_, axis=1), 1, rtol=1e-6)
+
+
 def _minibatch_sequence(X, alpha, sequence):
     """``fit`` on the first 400 signals and partial_fit on the other two
     batches of 100 ("fit+partial"), or partial_fit on all six ("partial")."""
@@ -739,9 +766,6 @@ def test_dictionary_learners_messages(signals):
         with pytest.raises(ValueError, match=r"dict_init must have shape \(n_components, "
                                              r"n_features\) = \(5, 12\)"):
             cls(n_components=5, dict_init=np.ones((5, 3))).fit(X)
-        with pytest.raises(ValueError, match="X has n_samples=3, fewer than "
-                                             "n_components=5"):
-            cls(n_components=5).fit(X[:3])
         with pytest.raises(NotFittedError):
             cls().transform(X)
     with pytest.raises(InvalidParameterError, match="The 'batch_size' parameter"):
