@@ -412,6 +412,42 @@ def test_blas_thread_limit_is_safe_across_threads():
     assert blas_threads() == before
 
 
+@pytest.mark.parametrize("where", [1, 2, 3, 4])
+def test_interrupt_while_setting_the_blas_limit_leaves_no_limit(monkeypatch, where):
+    """Ctrl-C (SIGINT, raised here at a fixed point) while a call sets or
+    restores the BLAS limit: the KeyboardInterrupt reaches the caller, and
+    BLAS keeps its threads. The limit is set between the first and second
+    call of ``_release_blas_control`` (entry) and restored between the third
+    and fourth (exit); a signal raised in the second or the third landed
+    between those statements, and left BLAS at one thread for good (as
+    random interrupts of a loop of calls did)."""
+    import signal
+
+    from fastlista import _threads
+
+    X, D = ref.make_problem(n_samples=20, n_features=8, n_atoms=16, seed=1)
+    set_blas_threads(2)
+    before = blas_threads()
+    real, seen = _threads._release_blas_control, []
+
+    def release(force=False):
+        real(force)
+        seen.append(force)
+        if len(seen) == where:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(_threads, "_release_blas_control", release)
+    with pytest.raises(KeyboardInterrupt):
+        fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+    monkeypatch.undo()
+    assert seen == [True, False, True, False] and _threads._depth == 0
+    assert blas_threads() == before
+    # and the next calls start from the real limits again
+    res = fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+    contract.assert_certified(X, D, 0.3, 1e-8, res)
+    assert blas_threads() == before
+
+
 def test_concurrent_prox_grad_restores_blas_threads():
     X, D = ref.make_problem(n_samples=2000, n_features=32, n_atoms=64, seed=8)
     # start from 2 BLAS threads (an earlier overlap may have left 1)
