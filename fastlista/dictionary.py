@@ -43,6 +43,7 @@ equally bad signals the lowest-indexed); the result counts them.
 Threads: a call runs at most ``n_jobs`` threads (the code step's kernels);
 the NumPy products of the statistics run with BLAS held to one thread.
 """
+import copy
 import warnings
 from dataclasses import dataclass, field
 
@@ -661,6 +662,12 @@ class OnlineState:
         self.coder, self.lmbd, self.positive_dict = coder, lmbd, positive_dict
         if positive_dict:
             np.maximum(self.D, 0.0, out=self.D)
+
+    def copy(self):
+        """A copy whose steps leave this state alone (its arrays copied)."""
+        new = copy.copy(self)
+        new.A, new.B, new.D = self.A.copy(), self.B.copy(), self.D.copy()
+        return new
 
     def _units(self, top, dtype):
         """The exponent of the units to code a batch in, from the exponent

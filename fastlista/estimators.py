@@ -899,6 +899,9 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
                                            o["code_max_iter"], o["positive_code"], n_threads,
                                            previous=state.coder if fitted else None)
             if fitted:
+                # the step works on a copy: a call that fails or is
+                # interrupted leaves the fitted state as it was
+                state = state.copy()
                 state.configure(coder, o["lmbd"], o["positive_dict"])
             else:
                 Xs, e = _dictionary.scale_exponent(X)
@@ -908,12 +911,12 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
                 state = _dictionary.OnlineState(D, coder, o["lmbd"], o["positive_dict"],
                                                 o["dict_passes"], exponent=e)
             state.step(X)
-        self._state = state
-        self.components_ = _dictionary._normalise(
+        components = _dictionary._normalise(
             state.D.copy(), positive=state.positive_dict).astype(X.dtype)
-        self.n_components_ = state.D.shape[0]
-        self.n_steps_ = int(state.n_steps)
-        self.n_reinit_ = int(state.n_reinit)
+        # one C call sets them all: no KeyboardInterrupt can land in between
+        vars(self).update(_state=state, components_=components,
+                          n_components_=state.D.shape[0], n_steps_=int(state.n_steps),
+                          n_reinit_=int(state.n_reinit))
         return self
 
 

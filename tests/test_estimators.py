@@ -621,6 +621,40 @@ def test_minibatch_first_batch_smaller_than_n_components():
     assert_allclose(np.linalg.norm(est.components_, axis=1), 1, rtol=1e-6)
 
 
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, MemoryError])
+def test_minibatch_partial_fit_interrupted_leaves_the_estimator_as_it_was(monkeypatch, exc):
+    """An exception in the middle of a partial_fit step (raised here by the
+    dictionary step, after the statistics took the batch in): the estimator
+    keeps its fitted state bit for bit, and a retry of the batch gives what
+    one uninterrupted call gives. Before, A and B had taken the batch (in
+    place) and D had not: the retry counted the batch twice."""
+    from fastlista import dictionary as _dictionary
+
+    rng = np.random.RandomState(3)
+    X = rng.randn(90, 6)
+    kwargs = dict(n_components=8, alpha=0.2, random_state=0, n_jobs=1)
+    est = MiniBatchDictionaryLearning(**kwargs).partial_fit(X[:30])
+    ref_est = MiniBatchDictionaryLearning(**kwargs).partial_fit(X[:30]).partial_fit(X[30:60])
+    before = {k: np.copy(v) for k, v in vars(est._state).items() if isinstance(v, np.ndarray)}
+    attrs = (est.components_.copy(), est.n_steps_, est.n_reinit_, est._state.n_steps)
+
+    def failing(*args, **kw):
+        raise exc()
+
+    monkeypatch.setattr(_dictionary, "update_dictionary", failing)
+    with pytest.raises(exc):
+        est.partial_fit(X[30:60])
+    monkeypatch.undo()
+    for k, v in before.items():
+        assert_array_equal(getattr(est._state, k), v)
+    assert_array_equal(est.components_, attrs[0])
+    assert (est.n_steps_, est.n_reinit_, est._state.n_steps) == attrs[1:]
+    est.partial_fit(X[30:60])
+    assert_array_equal(est.components_, ref_est.components_)
+    assert_array_equal(est._state.A, ref_est._state.A)
+    assert est.n_steps_ == ref_est.n_steps_ == 2
+
+
 def _minibatch_sequence(X, alpha, sequence):
     """``fit`` on the first 400 signals and partial_fit on the other two
     batches of 100 ("fit+partial"), or partial_fit on all six ("partial")."""
