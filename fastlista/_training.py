@@ -18,15 +18,18 @@ and its lower bounds — and through an ``evaluate(x, depth) -> (loss,
 gradient)`` function: the network's ``training_loss_and_grad`` on local data
 (:func:`fit_network`, which runs the whole fit, optimiser included, under
 the network's ``n_jobs`` budget of :func:`fastlista._threads.kernel_threads`),
-or a sum over the chunks of a dask array (``fastlista.distributed.fit``). It
+or a sum over the chunks of a dask array (``fastlista.distributed.fit``).
+``evaluate`` computes on a network of its own: the one handed to
+:func:`train` changes only when a stage ends on an accepted iterate. It
 runs an optimiser:
 
 * ``lbfgs``: :func:`scipy.optimize.minimize` (L-BFGS-B), within the
   network's bounds (step sizes and threshold factors at or above a small
   positive floor, or at or above their value at the start where that is
   below the floor: the start is always feasible, so that the first entry
-  of the history is the loss of the network handed in and training never
-  ends above it).
+  of the history is the loss of the network handed in, as the training
+  vector holds it (dividing by a unit and multiplying back can move a
+  parameter by an ulp), and training never ends above it).
 * ``gd``: full-batch gradient descent with the adaptive rate of the
   reference code: x4 after each accepted step, halved (backtracking from the
   last accepted point) while the loss rises; it stops when the rate falls
@@ -45,13 +48,16 @@ overflows on data of extreme scale (a loss of 1e-300 has squared gradients
 of 1e-600, which L-BFGS-B would take for 0). The history records the loss
 itself.
 
-The optimisers never leave the network with NaN or infinite parameters: a
-blow-up (a non-finite loss or gradient) makes the point unacceptable, and if
-the run still ends on one, the network is rolled back to the best finite
-point seen (or its start), with a TrainingWarning saying so. An iteration is
-accepted only if its loss is finite and not above the last accepted one, so
-the history of a stage never rises and ends at the loss of the point the
-stage returns.
+An iteration is accepted only if its loss and gradient are finite and its
+loss is not above the last accepted one, so the history of a stage never
+rises. A stage sets the network to its last accepted iterate, the very
+point whose loss ends its history; a stage that accepts none leaves the
+network as it found it, bit for bit (not the round trip of its parameters
+through the training vector). The optimisers never leave the network with
+NaN or infinite parameters: a stage whose start has a non-finite loss or
+gradient trains nothing, and one whose last iterate does not fit the
+network's dtype (a parameter overflows it) is rolled back to its start,
+its history cut back to its first entry, with a TrainingWarning saying so.
 """
 import copy
 import warnings
@@ -81,14 +87,12 @@ class _Objective:
 
     Returns (inf, 0) for a non-finite point, else the loss and gradient times
     2**shift (see :meth:`calibrate`); remembers the loss itself of the last
-    finite evaluation and the best finite point seen.
+    finite evaluation.
     """
 
     def __init__(self, evaluate, depth, lower):
         self.evaluate, self.depth, self.lower = evaluate, depth, lower
         self.shift = 0
-        self.best_f = np.inf
-        self.best_x = None
         self._last_x = None
         self._last_loss = np.inf
 
@@ -107,7 +111,6 @@ class _Objective:
                 shift = min(shift, 1000 - int(np.frexp(g_max)[1]))
             self.shift = shift
             f, g = float(np.ldexp(f, shift)), np.ldexp(g, shift)
-            self.best_f = f
         return f, g
 
     def __call__(self, x):
@@ -119,8 +122,6 @@ class _Objective:
         if not (np.isfinite(f_s) and np.all(np.isfinite(g_s))):
             return np.inf, np.zeros_like(x)
         self._last_x, self._last_loss = x.copy(), float(f)
-        if f_s < self.best_f:
-            self.best_f, self.best_x = f_s, x.copy()
         return float(f_s), g_s
 
     def loss(self, x):
@@ -214,15 +215,22 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     (stage k gets floor(k max_iter / T) - floor((k - 1) max_iter / T)
     iterations: with max_iter < T, the stages that get none are skipped, and
     the last always trains).
-    A stage that ends on a non-finite loss returns to its best finite point
-    (or its start), with a TrainingWarning.
+    Each stage sets ``net`` once, to its last accepted iterate; a stage that
+    accepts none leaves ``net`` untouched, so that a fit that accepts
+    nothing returns the parameters handed in, bit for bit. A stage whose
+    start is not finite trains nothing, and one whose last iterate does not
+    fit the network's dtype is rolled back to its start, with a
+    TrainingWarning.
 
     Parameters
     ----------
     net : object with the training interface of :class:`fastlista.Lista`
+        Set only through ``set_training_vector``, and a shallow copy of it
+        (``copy.copy``) must set its own parameters, not ``net``'s.
     evaluate : callable
         ``evaluate(x, depth) -> (mean loss, flat gradient)`` at the flat
-        vector x of the first ``depth`` layers.
+        vector x of the first ``depth`` layers, computed on a network other
+        than ``net``.
     optimizer, max_iter, tol, per_layer, verbose
         As in :meth:`fastlista.Lista.fit` (validated here).
     func : str
@@ -246,32 +254,47 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     run = _lbfgs if optimizer == "lbfgs" else _gd
     history = []
     rolled_back = False
-    start = net.training_vector(n_layers)
     for depth, n_iter in stages:
-        x0 = net.training_vector(depth)
+        # a parameter beyond the range of its unit makes an inf entry, and
+        # the stage a start that is not finite
+        with np.errstate(over="ignore"):
+            x0 = net.training_vector(depth)
         # (a parameter set below the floor keeps its own value as bound)
         obj = _Objective(evaluate, depth, np.minimum(net.training_bounds(depth), x0))
+        first = len(history)
         x = run(obj, x0, n_iter, tol, history, verbose)
-        f, _ = obj(x)
-        if not np.isfinite(f):
-            # roll back to the best finite point of this stage (or its start)
-            x = obj.best_x if obj.best_x is not None else x0
+        # the history holds the stage's starting loss if it was finite, then
+        # one entry an accepted iteration
+        rolled_back |= len(history) == first
+        if len(history) <= first + 1 or np.array_equal(x, x0):
+            # nothing accepted, or steps that came back to the start (a zero
+            # gradient): net keeps the stage's start, bit for bit
+            continue
+        # x is the last accepted iterate, evaluated at exactly the parameters
+        # it sets; they must also be finite in the network's dtype (tried on
+        # a shallow copy, which sets its own list of layers)
+        trained = copy.copy(net)
+        trained.set_training_vector(x, depth)
+        with np.errstate(over="ignore"):
+            fits = np.all(np.isfinite(trained.training_vector(depth)))
+        if not fits:
+            # back to the stage's start, whose loss is its first entry
+            del history[first + 1:]
             rolled_back = True
+            continue
         net.set_training_vector(x, depth)
-    if not np.all(np.isfinite(net.training_vector(n_layers))):
-        net.set_training_vector(start, n_layers)
-        rolled_back = True
     if rolled_back and not history:
         warnings.warn(
             f"{func}: the loss or gradient of the network handed in is not finite "
             "(signals too large for the dtype's range, whose squares overflow, or "
             "diverging steps): nothing was trained, and the parameters were rolled "
-            "back to those handed in.", TrainingWarning,
+            "back to those handed in, bit for bit.", TrainingWarning,
             stacklevel=3)
     elif rolled_back:
         warnings.warn(
-            f"{func} met a non-finite loss or gradient (diverging steps?) and rolled "
-            "the parameters back to the last finite point.", TrainingWarning,
+            f"{func} met a non-finite loss, gradient or parameter (diverging steps?) "
+            "and rolled the parameters back to a finite point: the start of the "
+            "stage that met it.", TrainingWarning,
             stacklevel=3)
     return [float(v) for v in history]
 
@@ -286,22 +309,26 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **opti
     net : Lista
         With new parameters and ``loss_history_``.
     """
-    # the optimiser's trial points live on a shallow copy (its own list of
-    # layers): other threads using net meanwhile see its parameters before
-    # fit, until the trained ones replace them at once
-    work = copy.copy(net)
+    # shallow copies, each setting its own list of layers: the optimiser's
+    # trial points live on one, the stages' results on the other, so that
+    # other threads using net meanwhile see its parameters before fit, until
+    # the trained ones replace them at once
+    trial, work = copy.copy(net), copy.copy(net)
     # the whole call under the network's thread budget, the optimiser's own
     # BLAS work included (the kernels' budgets nest in it: same n_jobs, and
     # the BLAS limit is reference-counted)
     with kernel_threads(net.n_jobs, "Lista.fit"):
-        data = work.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
-                                  func="Lista.fit")
+        data = trial.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
+                                   func="Lista.fit")
 
         def evaluate(x, depth):
-            work.set_training_vector(x, depth)
-            return work.training_loss_and_grad(data, depth)
+            trial.set_training_vector(x, depth)
+            return trial.training_loss_and_grad(data, depth)
 
         history = train(work, evaluate, func="Lista.fit", **options)
-    net.set_training_vector(work.training_vector())
+    # the arrays themselves (validated, in the network's dtype), not their
+    # round trip through the training vector: untrained layers stay bit for
+    # bit those handed in
+    net.set_parameters(work.parameters)
     net.loss_history_ = history
     return net

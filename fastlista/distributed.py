@@ -537,7 +537,9 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     with kernel_threads(n_jobs, func):
         history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
                         per_layer=per_layer, verbose=verbose, func=func)
-    net.set_training_vector(work.training_vector())
+    # the arrays themselves, not their round trip through the training
+    # vector (untrained layers stay bit for bit those handed in)
+    net.set_parameters(work.parameters)
     net.loss_history_ = history
     return net
 

@@ -348,6 +348,29 @@ def test_fit_equals_single_machine(client, data, parametrization, loss, per_laye
         assert net.objective(X) < Lista(D, lmbd, T, parametrization).objective(X)
 
 
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
+def test_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(client, data,
+                                                                    parametrization):
+    """lmbd 100 times lambda_max: every code and gradient is 0, no step
+    moves, and the parameters handed in come back bit for bit (values off
+    their untrained ones, v + u |v|: before, their round trip through the
+    training units moved some by an ulp)."""
+    X, D = data
+    lmbd = 100 * float(np.max(np.abs(X @ D.T)))
+    net = Lista(D, lmbd, 3, parametrization=parametrization)
+    rng = np.random.default_rng(5)
+    params = net.parameters
+    for layer in params:
+        for k, v in layer.items():
+            layer[k] = v + rng.uniform(-0.5, 0.5, size=v.shape) * np.abs(v)
+    net.set_parameters(params)
+    start = net.parameters
+    fd.fit(net, da.from_array(X, chunks=(150, 20)), max_iter=5)
+    for layer, handed in zip(net.parameters, start):
+        for k in handed:
+            assert_array_equal(layer[k], handed[k], strict=True)
+
+
 def test_fit_with_per_sample_lmbd_on_a_client_equals_single_machine(client, data):
     """The persisted lmbd column stays referenced while training: a client
     released a temporary one at once, and the first evaluation lost it."""

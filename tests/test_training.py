@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from fastlista import ConvergenceWarning, InvalidParameterError, solve_lasso
 from fastlista import Lista
@@ -598,3 +598,117 @@ def test_a_start_whose_loss_overflows_is_named_and_left_unchanged():
         net.fit(X * 2.0 ** 511, max_iter=5)
     assert net.loss_history_ == []
     assert np.array_equal(net.training_vector(), before)
+
+
+def perturbed_network(parametrization, D, lmbd, n_layers, seed, dtype=np.float64):
+    """A network whose every parameter entry v is moved to v + u |v|, u
+    uniform in [-0.5, 0.5]: values that dividing by a training unit and
+    multiplying back need not give back (unlike v times a factor, whose
+    round trip mostly is exact)."""
+    net = Lista(D.astype(dtype), lmbd, n_layers, parametrization=parametrization,
+                n_jobs=1)
+    rng = np.random.default_rng(seed)
+    params = net.parameters
+    for layer in params:
+        for k, v in layer.items():
+            layer[k] = v + rng.uniform(-0.5, 0.5, size=v.shape) * np.abs(v)
+    return net.set_parameters(params)
+
+
+def assert_same_parameters(got, expected):
+    """The same layers, key by key, bit for bit (and of the same shapes and
+    dtypes)."""
+    assert len(got) == len(expected)
+    for layer, start in zip(got, expected):
+        assert layer.keys() == start.keys()
+        for k in start:
+            assert_array_equal(layer[k], start[k], strict=True)
+
+
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+@pytest.mark.parametrize("per_layer", ["oneshot", "recursive"])
+@pytest.mark.parametrize("case", ["loss_overflows", "zero_gradient"])
+def test_a_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(
+        parametrization, optimizer, per_layer, case):
+    """A fit whose every step is refused, or that cannot move, returns the
+    parameters handed in, bit for bit (it returned their round trip through
+    the training units, an ulp away, while its warning said they were rolled
+    back to those handed in), with a history that is their loss.
+
+    ``loss_overflows``: signals of 1e200, whose squares overflow: no stage
+    has a finite start, nothing is trained, and the warning says so.
+    ``zero_gradient``: lmbd far above lmbd_max, every code is 0 near the
+    network handed in, and the gradient exactly 0: no iteration moves."""
+    rng = np.random.default_rng(5)
+    D = rng.standard_normal((9, 5))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((30, 5))
+    lmbd_max = float(np.max(np.abs(X @ D.T)))
+    lmbd = 0.3 * lmbd_max if case == "loss_overflows" else 100 * lmbd_max
+    net = perturbed_network(parametrization, D, lmbd, 8, seed=7)
+    before = net.parameters
+    if case == "loss_overflows":
+        X = X * 1e200
+        with pytest.warns(TrainingWarning, match="rolled back to those handed in"):
+            net.fit(X, optimizer=optimizer, per_layer=per_layer, max_iter=16)
+        assert net.loss_history_ == []
+    else:
+        loss_in, grads = net.loss_and_grad(X)
+        assert all(np.all(g == 0) for layer in grads for g in layer.values())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TrainingWarning)
+            net.fit(X, optimizer=optimizer, per_layer=per_layer, max_iter=16)
+        # every stage's loss is the loss of the network handed in (the
+        # codes are 0 at every depth)
+        assert net.loss_history_ and all(h == loss_in for h in net.loss_history_)
+    assert_same_parameters(net.parameters, before)
+
+
+def test_a_start_beyond_the_range_of_the_training_units_is_left_bit_for_bit():
+    """A step of 1e300 in a network whose unit is 2**-602 (L = 2**602) is
+    beyond the float64 range in training units: training starts on an
+    infinite vector and trains nothing. fit set the network to that vector
+    times the unit, an infinite step, and warned of rolling it back to the
+    parameters handed in."""
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((12, 6))
+    D *= 2.0 ** 300 / np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((4, 6)) * 2.0 ** 300
+    net = Lista(D, 0.3 * 2.0 ** 600, 3, n_jobs=1)
+    params = net.parameters
+    params[0]["alpha"] = np.array(1e300)
+    net.set_parameters(params)
+    before = net.parameters
+    with pytest.warns(TrainingWarning, match="rolled back to those handed in"):
+        net.fit(X, max_iter=3)
+    assert net.loss_history_ == []
+    assert_same_parameters(net.parameters, before)
+
+
+def test_an_iterate_beyond_the_dtype_rolls_its_stage_back_to_its_start(monkeypatch):
+    """A float32 network whose accepted iterate is finite in training units
+    but whose steps overflow float32: the stage is rolled back to its start,
+    bit for bit, and its history to its first entry, the loss of that start
+    (the history kept the loss of the discarded iterate). The objective is
+    a stand-in, finite even at infinite steps, whose gradient drives gd to
+    steps of 1e300 units."""
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((6, 4))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((10, 4)).astype(np.float32)
+    net = perturbed_network("step", D, 0.3, 3, seed=1, dtype=np.float32)
+    L = net.lipschitz_
+
+    def overflowing(self, data, depth=None):
+        depth = self.n_layers if depth is None else depth
+        alphas = np.array([float(p["alpha"]) for p in self._params[:depth]])
+        return 1.0 / (1.0 + L * alphas.sum()), np.full(depth, -1e300)
+
+    monkeypatch.setattr(Lista, "training_loss_and_grad", overflowing)
+    before = net.parameters
+    alphas = np.array([float(p["alpha"]) for p in before], dtype=np.float64)
+    with pytest.warns(TrainingWarning, match="start of the stage"):
+        net.fit(X, optimizer="gd", max_iter=5)
+    assert net.loss_history_ == [1.0 / (1.0 + L * alphas.sum())]
+    assert_same_parameters(net.parameters, before)
