@@ -6,8 +6,12 @@ ALISTA weights of the reference code, and central finite differences; and,
 when torch is installed, autograd.
 """
 import copy
+import errno
 import io
+import os
 import pickle
+import stat
+import sys
 import zipfile
 
 import numpy as np
@@ -838,6 +842,141 @@ def test_load_rejects_bad_files(tmp_path):
         for name in z.namelist():
             with z.open(name) as f:
                 assert b"pickle" not in f.read(200).lower()
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(),
+                                   OSError(errno.ENOSPC, "No space left on device")],
+                         ids=["interrupt", "disk-full"])
+def test_failed_save_leaves_the_old_file_as_it_was(tmp_path, monkeypatch, error):
+    """A save that fails while writing (an interrupt, a full disk) leaves the
+    file it was replacing byte for byte, no file where there was none and no
+    temporary file; the next save replaces the file."""
+    X, D = make_problem()
+    old = Lista(D, 0.3, 3, parametrization="step")
+    old.set_parameters(perturbed(old, seed=3))
+    path = tmp_path / "model.npz"
+    old.save(path)
+    data = path.read_bytes()
+    codes = Lista.load(path).transform(X)
+    new = Lista(D, 0.3, 8, parametrization="lista")      # a larger archive
+    new.set_parameters(perturbed(new, seed=4))
+    savez = np.savez
+
+    def savez_failing_midway(file, **arrays):
+        # half the entries reach the file, then the error
+        savez(file, **dict(list(arrays.items())[: len(arrays) // 2]))
+        raise error
+
+    monkeypatch.setattr(np, "savez", savez_failing_midway)
+    with pytest.raises(type(error)):
+        new.save(path)
+    with pytest.raises(type(error)):
+        new.save(tmp_path / "other.npz")
+    monkeypatch.undo()
+    assert path.read_bytes() == data
+    np.testing.assert_array_equal(Lista.load(path).transform(X), codes)
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+    new.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+    back = Lista.load(path)
+    assert back.parametrization == "lista"
+    for a, b in zip(back.parameters, new.parameters):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes, links and devices")
+def test_save_writes_the_path_as_open_wb_does(tmp_path):
+    """A new file gets the mode of open(path, "wb") (0o666 less the umask), a
+    replaced file keeps its mode, a symbolic link's file is replaced and the
+    link stays (a dangling one included), a device is written in place, and
+    a directory or a missing directory raises open's error."""
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2)
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    umask = os.umask(0o027)
+    try:
+        net.save(tmp_path / "new.npz")
+        with open(tmp_path / "reference", "wb"):
+            pass
+    finally:
+        os.umask(umask)
+    assert mode(tmp_path / "new.npz") == mode(tmp_path / "reference") == 0o640
+    os.chmod(tmp_path / "new.npz", 0o604)
+    net.save(os.fsencode(tmp_path / "new.npz"))
+    assert mode(tmp_path / "new.npz") == 0o604
+    (tmp_path / "link.npz").symlink_to("new.npz")
+    (tmp_path / "dangling.npz").symlink_to("target.npz")
+    for name, target in (("link.npz", "new.npz"), ("dangling.npz", "target.npz")):
+        net.save(str(tmp_path / name))
+        assert (tmp_path / name).is_symlink()
+        assert Lista.load(tmp_path / target).n_layers == 2
+    net.save(os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    with pytest.raises(IsADirectoryError):
+        net.save(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        net.save(tmp_path / "missing" / "net.npz")
+    assert sorted(os.listdir(tmp_path)) == ["dangling.npz", "link.npz", "new.npz",
+                                            "reference", "target.npz"]
+
+
+def test_load_refuses_entries_a_cast_would_change(tmp_path):
+    """An entry whose cast (to the network's dtype, float32 here; to float64
+    for D, lmbd, support_selection and the loss history) would change a value
+    is refused naming it; entries a cast keeps exactly load exactly."""
+    _, D = make_problem()
+    net = Lista(D.astype(np.float32), 0.3, 2, parametrization="coupled",
+                support_selection=(10.0, 50.0))
+    net.set_parameters(perturbed(net, seed=5))
+    net.loss_history_ = [2.0, 1.5]
+    good = tmp_path / "good.npz"
+    net.save(good)
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+    big = 2**53 + 1                         # an integer float64 rounds
+    D_int = np.round(4 * D).astype(np.int64)
+    D_int[0, 0] = big
+    changed = {
+        "layer0_alpha": np.array(0.1),      # float64 in a float32 network
+        "layer1_beta": np.array(1e-50),     # a non-zero step that float32 makes 0
+        "layer0_W": arrays["layer0_W"].astype(np.float64) + 2.0**-40,
+        "D": D_int,
+        "lmbd": np.array(big),
+        "loss_history": np.array([big, 1]),
+    }
+    if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant:
+        changed["support_selection"] = np.array([10, 50], dtype=np.longdouble) + \
+            np.longdouble(2)**-55
+    for key, value in changed.items():
+        path = tmp_path / f"{key}.npz"
+        np.savez(path, **{**arrays, key: value})
+        with pytest.raises(ValueError, match=rf"not a valid fastlista Lista file: "
+                                             rf"entry '{key}' holds .* represents exactly"):
+            Lista.load(path)
+    exact = {
+        "layer0_alpha": np.array(0.5),      # float64, a float32 value
+        "layer1_beta": arrays["layer1_beta"].astype(">f4"),
+        "layer1_W": arrays["layer1_W"].astype(np.float64),
+        "lmbd": np.array(3),
+        "loss_history": np.array([2, 1], dtype=np.int32),
+        "support_selection": np.array([10, 50], dtype=np.float32),
+    }
+    path = tmp_path / "exact.npz"
+    np.savez(path, **{**arrays, **exact})
+    back = Lista.load(path)
+    assert back.dtype == np.float32
+    assert back.lmbd == 3.0 and back.loss_history_ == [2.0, 1.0]
+    assert back.support_selection == (10.0, 50.0)
+    np.testing.assert_array_equal(back.D, arrays["D"])
+    file = {**arrays, **exact}
+    for t, layer in enumerate(back.parameters):
+        for k, v in layer.items():
+            assert v.dtype == np.float32
+            np.testing.assert_array_equal(v, file[f"layer{t}_{k}"])
 
 
 # --------------------------------------------------------------------------

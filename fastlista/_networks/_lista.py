@@ -513,8 +513,9 @@ class Lista:
         -------
         self : Lista
             The parameters never end NaN or infinite: on a blow-up the
-            optimiser rolls back to the last good point with a
-            :class:`fastlista.TrainingWarning`.
+            training stage that met it is rolled back to its start, with a
+            :class:`fastlista.TrainingWarning`. A fit that accepts no
+            iteration leaves the parameters handed in, bit for bit.
 
         Notes
         -----
@@ -570,6 +571,11 @@ class Lista:
         parametrization, the parameters and ``loss_history_``; it is written
         to exactly ``path`` (no suffix is added). ``n_jobs`` is a setting of
         the running process and is not saved.
+
+        The save is atomic: the archive is written to a new file in the same
+        directory and renamed over ``path`` once complete, so a save that
+        fails (a full disk, Ctrl-C) leaves the file that was there as it was.
+        The directory must be writable.
         """
         _save(self, path)
 
@@ -582,7 +588,9 @@ class Lista:
         ValueError
             If the file is truncated, not a ``.npz`` archive, not a fastlista
             network, of a newer format version, or internally inconsistent
-            (checked before anything is built).
+            (checked before anything is built), or if an entry holds a value
+            the network's dtype would round (a file that loads is loaded
+            exactly).
         """
         return _load(cls, path)
 

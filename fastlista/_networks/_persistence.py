@@ -2,12 +2,18 @@
 
 The archive holds a format tag and version, D, lmbd, the parametrization,
 the number of layers, whether codes are non-negative, one entry per layer
-and key (``layer{t}_{key}``) and the loss history. Loading checks the whole table of contents against the
-declared number of layers before building anything, so that a crafted or
-truncated file fails fast with a ``ValueError``, and never unpickles.
+and key (``layer{t}_{key}``) and the loss history. Saving replaces a file
+only with a complete archive. Loading checks the whole table of contents
+against the declared number of layers before building anything, so that a
+crafted or truncated file fails fast with a ``ValueError``, never unpickles,
+and refuses any entry a cast would change: a file it accepts is loaded
+exactly.
 """
+import contextlib
 import operator
 import os
+import stat
+import tempfile
 
 import numpy as np
 
@@ -23,10 +29,36 @@ _HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_l
 #: the entries version 2 added: required in a version-2 file (without
 #: "positive", a non-negative network would load as a two-sided one)
 _HEADER_V2 = _HEADER | {"positive", "support_selection"}
+#: opening for writing, in binary mode where the C runtime has a text mode
+_WRITE = os.O_WRONLY | getattr(os, "O_BINARY", 0)
 
 
 def save(net, path):
-    """Write ``net`` to exactly ``path`` (no suffix is added)."""
+    """Write ``net`` to exactly ``path`` (no suffix is added), atomically.
+
+    The archive is written to a new file in the target's directory, flushed
+    to disk, then renamed over the target: a save that fails (a full disk,
+    an interrupt, an error while writing) leaves the file at ``path`` as it
+    was, no file where there was none, and no temporary file. Otherwise
+    ``path`` is opened as by ``open(path, "wb")``: symbolic links are
+    followed (the file they point to is replaced, the links stay), a new
+    file gets the mode ``open`` gives it (0o666 less the umask), a replaced
+    file keeps its mode, and a device or a pipe is written in place.
+
+    Parameters
+    ----------
+    net : Lista
+        The network.
+    path : str, bytes or os.PathLike
+        The file to write.
+
+    Raises
+    ------
+    IsADirectoryError, FileNotFoundError, PermissionError
+        As ``open(path, "wb")``: ``path`` is a directory, its directory does
+        not exist, or the file is not writable. PermissionError too when the
+        file's directory is not writable (the new archive is written there).
+    """
     arrays = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
@@ -41,8 +73,41 @@ def save(net, path):
     for t, layer in enumerate(net.parameters):
         for k, v in layer.items():
             arrays[f"layer{t}_{k}"] = v
-    with open(os.fspath(path), "wb") as f:
-        np.savez(f, **arrays)
+    path = os.fspath(path)
+    # open(path, "wb") without its truncation: its errors, its symbolic links
+    # and, for a new file, its mode as the kernel sets it (umask applied)
+    try:
+        fd = os.open(path, _WRITE | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+    except FileExistsError:
+        fd = os.open(path, _WRITE | os.O_CREAT, 0o666)
+        created = False
+    with os.fdopen(fd, "wb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):    # a device or a pipe: nothing to replace
+            np.savez(f, **arrays)
+            return
+    target = os.fsdecode(os.path.realpath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastlista-save-", suffix=".tmp",
+                                   dir=os.path.dirname(target))
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, target)
+    except BaseException:
+        # the target is untouched until os.replace; a file this save created
+        # is removed while it is still the empty one opened above
+        with contextlib.suppress(OSError):
+            if tmp is not None:
+                os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            if created and os.path.samestat(os.stat(target), st):
+                os.unlink(target)
+        raise
 
 
 def _scalar(f, key, kind=None):
@@ -52,6 +117,31 @@ def _scalar(f, key, kind=None):
     if v.shape != ():
         raise ValueError(f"{key!r} must be a scalar; got shape {v.shape}")
     return v[()] if kind is None else kind(v[()])
+
+
+def _check_exact(key, stored, loaded):
+    """Refuse the entry ``key`` unless ``loaded``, the network's copy of the
+    file's ``stored`` values, holds them exactly.
+
+    A cast c = fl(v) rounds to nearest, and c = v exactly when casting c back
+    to v's dtype gives v: a float c is exact in any wider float, and fl of an
+    integer (or bool) is an integer that truncation returns unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming ``key``, its first value the cast changes and what it became.
+    """
+    stored = np.asarray(stored)
+    loaded = np.asarray(loaded)
+    with np.errstate(invalid="ignore", over="ignore"):   # (out of range: changed)
+        changed = np.flatnonzero(loaded.astype(stored.dtype) != stored)
+    if changed.size:
+        i = changed[0]
+        raise ValueError(
+            f"entry {key!r} holds {stored.flat[i]} ({stored.dtype}), which loads as "
+            f"{float(loaded.flat[i])!r} ({loaded.dtype}): expected values that "
+            f"{loaded.dtype} represents exactly")
 
 
 def load(cls, path):
@@ -93,14 +183,22 @@ def load(cls, path):
             if extra:
                 raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
             positive = _scalar(f, "positive") if version >= 2 else False
+            # the entries the network casts: D to its dtype (float32 or
+            # float64), the layers to that dtype, lmbd, support_selection and
+            # the loss history to float64
+            entries = {key: f[key] for key in ("D", "lmbd", "loss_history")}
             selection = None
             if version >= 2 and f["support_selection"].size:
-                selection = tuple(f["support_selection"].tolist())
-            net = cls(f["D"], _scalar(f, "lmbd"), n_layers, par, positive=positive,
+                entries["support_selection"] = f["support_selection"]
+                selection = tuple(entries["support_selection"].tolist())
+            net = cls(entries["D"], _scalar(f, "lmbd"), n_layers, par, positive=positive,
                       support_selection=selection)
-            net.set_parameters([{k: f[f"layer{t}_{k}"] for k in KEYS[par]}
+            for t in range(n_layers):
+                for k in KEYS[par]:
+                    entries[f"layer{t}_{k}"] = f[f"layer{t}_{k}"]
+            net.set_parameters([{k: entries[f"layer{t}_{k}"] for k in KEYS[par]}
                                 for t in range(n_layers)])
-            history = f["loss_history"]
+            history = entries["loss_history"]
             reason = not_real_reason(history, "loss_history")
             if reason is not None:
                 raise ValueError(reason)
@@ -109,6 +207,13 @@ def load(cls, path):
                 raise ValueError("loss_history must be a one-dimensional array of "
                                  "finite losses")
             net.loss_history_ = [float(v) for v in history]
+            loaded = {"D": net.D, "lmbd": net.lmbd, "loss_history": net.loss_history_,
+                      "support_selection": net.support_selection}
+            for t, layer in enumerate(net.parameters):
+                for k, v in layer.items():
+                    loaded[f"layer{t}_{k}"] = v
+            for key, stored in entries.items():
+                _check_exact(key, stored, loaded[key])
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # zip, npy, key and validation errors alike
