@@ -8,6 +8,7 @@ a K-term dot product; each call on B itself and on B's panels packed once
 """
 import numpy as np
 import pytest
+from numpy.lib.stride_tricks import as_strided
 
 from fastlista._kernels import _gemm
 
@@ -193,3 +194,66 @@ def test_gemm_step_rejects_long_sums():
     with pytest.raises(ValueError, match="K = 257"):
         _gemm.gemm_step(np.ones((2, 257)), np.ones((257, 3)), 1.0, np.zeros(2), False,
                         np.zeros((2, 3)))
+
+
+def repeated_rows(A, n_rows):
+    """A view of n_rows copies of A's first row (row stride 0)."""
+    return as_strided(A, shape=(n_rows, A.shape[1]), strides=(0, A.strides[1]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+@pytest.mark.parametrize("layout", ["repeated", "reversed"])
+def test_gemm_reads_repeated_and_reversed_rows_where_they_are(layout, dtype, packed):
+    # row stride 0 (every row the same) or negative: _gemm.h addresses row i
+    # of an input at i ld with a signed ld, so it reads the view's entries
+    rng = np.random.default_rng(2)
+    A0 = rng.standard_normal((7, 19)).astype(dtype)
+    B0 = rng.standard_normal((19, 11)).astype(dtype)
+    if layout == "repeated":
+        A, B = repeated_rows(A0, 7), repeated_rows(B0, 19)
+    else:
+        A, B = A0[::-1], B0[::-1]
+    a, b = np.array(A), np.array(B)
+    C = np.full((7, 11), np.nan, dtype)
+    _gemm.gemm(1.0, A, B, 0.0, C, packed=packed)
+    assert np.all(np.abs(C - a.astype(float) @ b) <= bound(1.0, a, b, 0.0, C))
+    thr = np.full(7, 0.1, dtype)
+    Z = rng.standard_normal((7, 11)).astype(dtype)
+    expected = step_reference(a, b, 0.5, thr, False, Z)
+    u = np.finfo(dtype).eps / 2
+    err = 23 * u * (np.abs(Z) + 0.5 * (np.abs(a).astype(float) @ np.abs(b)) + 0.1)
+    Z2 = Z[::-1].copy()[::-1]                     # the output reversed too
+    _gemm.gemm_step(A, B, 0.5, thr, False, Z2, packed=packed)
+    assert np.all(np.abs(Z2 - expected) <= err)
+
+
+@pytest.mark.parametrize("step", [False, True], ids=["gemm", "gemm_step"])
+def test_gemm_refuses_what_its_int_leading_dimensions_cannot_address(step):
+    # a row stride that is not a whole number of elements, rows of an
+    # output that overlap (they would be written in turn), and a single
+    # row with a gap between its entries: refused, never misread
+    buf = np.arange(6, dtype=np.float64)
+    misaligned = as_strided(buf, shape=(2, 2), strides=(12, 8))
+    eye = np.eye(2)
+
+    def call(A, B, C):
+        if step:
+            return _gemm.gemm_step(A, B, 1.0, np.zeros(len(A)), False, C)
+        return _gemm.gemm(1.0, A, B, 0.0, C)
+
+    with pytest.raises(ValueError, match="row stride of 12 bytes is not a multiple"):
+        call(misaligned, eye, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="row stride of 12 bytes is not a multiple"):
+        call(eye, misaligned, np.zeros((2, 2)))
+    out = "Z" if step else "C"
+    with pytest.raises(ValueError, match=f"{out}'s rows overlap"):
+        call(eye, eye, repeated_rows(np.zeros((1, 2)), 2))
+    with pytest.raises(ValueError, match=f"{out}'s rows overlap"):
+        call(eye, eye, as_strided(np.zeros(3), shape=(2, 2), strides=(8, 8)))
+    with pytest.raises(ValueError, match="A needs unit stride"):
+        call(np.arange(6.0).reshape(1, 6)[:, ::2], np.eye(3), np.zeros((1, 3)))
+    if step:
+        with pytest.raises(ValueError, match="sg's rows overlap"):
+            _gemm.gemm_step(eye, eye, 1.0, np.zeros(2), False, np.zeros((2, 2)),
+                            repeated_rows(np.zeros((1, 2), np.int8), 2))

@@ -99,7 +99,8 @@ rc=0
 {
     "$py" -m pytest -q -p no:cacheprovider --capture=sys \
         tests/test_lasso.py tests/test_lipschitz.py tests/test_solvers.py \
-        tests/test_gemm.py tests/test_properties.py tests/test_degenerate.py tests/test_networks.py \
+        tests/test_gemm.py tests/test_large_indices.py tests/test_properties.py \
+        tests/test_degenerate.py tests/test_networks.py \
         tests/test_training.py tests/test_certificate.py tests/test_variants.py \
         tests/test_fuzz.py tests/test_dictionary.py &&
     "$py" tools/memcheck_smoke.py

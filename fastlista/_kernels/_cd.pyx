@@ -35,6 +35,7 @@ start: no coordinate step ever divides by B_jj = 0.
 """
 import numpy as np
 from cython cimport floating
+from libc.limits cimport INT_MAX
 from libc.math cimport fabs, hypot, sqrt
 from libc.stdlib cimport free, malloc
 
@@ -591,15 +592,18 @@ def triangular_solves(const double[:, ::1] LT, const double[::1] v):
     -------
     forward, backward : ndarray of shape (k,)
     """
-    cdef int k = <int> LT.shape[0], ld = <int> LT.shape[1], j
+    cdef Py_ssize_t k = LT.shape[0], ld = LT.shape[1], j
     if ld < k or v.shape[0] != k:
         raise ValueError(f"LT must be (k, ld >= k) and v (k,), got "
                          f"({LT.shape[0]}, {LT.shape[1]}) and ({v.shape[0]},)")
+    if ld > INT_MAX:
+        raise ValueError(f"LT has shape ({k}, {ld}): its leading dimension is beyond "
+                         f"the solves' 32-bit int (at most 2**31 - 1)")
     dinv = np.array([1 / LT[j, j] for j in range(k)], dtype=np.float64)
     fwd = np.array(v, dtype=np.float64)
     bwd = np.array(v, dtype=np.float64)
     cdef double[::1] dv = dinv, fv = fwd, bv = bwd
     if k > 0:
-        fl_lower_solve(k, ld, &LT[0, 0], &dv[0], &fv[0])
-        fl_lower_t_solve(k, ld, &LT[0, 0], &dv[0], &bv[0])
+        fl_lower_solve(<int> k, <int> ld, &LT[0, 0], &dv[0], &fv[0])
+        fl_lower_t_solve(<int> k, <int> ld, &LT[0, 0], &dv[0], &bv[0])
     return fwd, bwd

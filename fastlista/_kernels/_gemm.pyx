@@ -30,6 +30,7 @@ With AVX-512, OpenBLAS multiplies small matrices without copying them,
 and the networks and the solvers keep calling it.
 """
 from cython cimport floating
+from libc.limits cimport INT_MAX
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
 from ._gemm cimport (FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_pack,
@@ -42,6 +43,54 @@ import numpy as np
 #: through _gemm.h: BLAS would pack every call, and the AVX2 + FMA code of
 #: _gemm.h runs on this CPU.
 OWN_GEMM = bool(BLAS_PACKS_SMALL_CALLS and fl_gemm_vectorized())
+
+
+# _gemm.h indexes with C ints, and a loop over a dimension s of it reaches
+# s - 1 + its step before it stops (6 rows, 16 columns, or a K panel of
+# FL_GEMM_KC = 256): every dimension stays FL_GEMM_KC below INT_MAX.
+cdef Py_ssize_t _MAX_DIM = INT_MAX - FL_GEMM_KC
+
+
+cdef int _dim(str fn, str name, Py_ssize_t size) except -1:
+    """size as the C int of _gemm.h's loops, or ValueError."""
+    if size > _MAX_DIM:
+        raise ValueError(f"{fn}: {name} = {size} is beyond the 32-bit dimensions of "
+                         f"_gemm.h (at most 2**31 - 1 - {FL_GEMM_KC})")
+    return <int> size
+
+
+cdef int _ld(str fn, str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t row_stride,
+             Py_ssize_t col_stride, Py_ssize_t itemsize, bint output) except? -1:
+    """The leading dimension ld, in elements, under which _gemm.h addresses
+    entry (i, j) of a (rows, cols) operand at i ld + j, exactly where the
+    view holds it (i row_stride + j col_stride bytes); ValueError where no
+    C int ld does.
+
+    A row must be contiguous (col_stride = itemsize where cols > 1) and the
+    row stride a whole number of elements, |ld| <= INT_MAX. The kernels'
+    offsets are signed (ptrdiff_t): an input may repeat or reverse its rows
+    (ld = 0 or ld < 0), while an output's rows must not overlap
+    (|ld| >= cols). With at most one row, or nothing to address, ld is
+    never applied: 1.
+    """
+    cdef Py_ssize_t ld
+    if rows == 0 or cols == 0:
+        return 1
+    if cols > 1 and col_stride != itemsize:
+        raise ValueError(f"{fn}: {name} needs unit stride along its rows")
+    if rows == 1:
+        return 1
+    if row_stride % itemsize != 0:
+        raise ValueError(f"{fn}: {name}'s row stride of {row_stride} bytes is not a "
+                         f"multiple of its itemsize {itemsize}")
+    ld = row_stride // itemsize
+    if ld > INT_MAX or ld < -INT_MAX:
+        raise ValueError(f"{fn}: {name}'s row stride of {ld} elements is beyond the "
+                         f"32-bit leading dimension of _gemm.h (|ld| <= 2**31 - 1)")
+    if output and (ld if ld >= 0 else -ld) < cols:
+        raise ValueError(f"{fn}: {name}'s rows overlap (row stride of {ld} elements, "
+                         f"rows of {cols})")
+    return <int> ld
 
 
 cdef _packed(const floating *B, int K, int N, int ldb):
@@ -59,7 +108,7 @@ cdef _packed(const floating *B, int K, int N, int ldb):
 def pack(const floating[:, ::1] B):
     """B (K, N, C-contiguous) with its panels packed for _gemm.h: a new 1-d
     array of its dtype, which the packed calls read in place of B."""
-    cdef int K = <int> B.shape[0], N = <int> B.shape[1]
+    cdef int K = _dim("pack", "K", B.shape[0]), N = _dim("pack", "N", B.shape[1])
     return _packed(&B[0, 0] if K > 0 and N > 0 else <const floating *> NULL, K, N,
                    max(1, N))
 
@@ -69,34 +118,35 @@ def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
     """C = alpha A B + beta C in place through _gemm.h, whatever the CPU.
 
     The kernels' own entry point, for the tests: A (M, K), B (K, N) and
-    C (M, N) of one dtype (alpha and beta are rounded to it), each with unit stride along its rows (a slice
-    of a wider C-ordered array gives a leading dimension beyond its width).
-    ``packed``: B's panels packed first (own_gemm_pack), then read from there.
+    C (M, N) of one dtype (alpha and beta are rounded to it), each with unit
+    stride along its rows (a slice of a wider C-ordered array gives a
+    leading dimension beyond its width; A and B may also repeat or reverse
+    their rows, C's rows must be distinct). ``packed``: B's panels packed
+    first (own_gemm_pack), then read from there. ValueError where the C ints
+    of _gemm.h cannot address the operands exactly (see _dim and _ld).
     """
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    cdef Py_ssize_t item = sizeof(floating)
     if B.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
         raise ValueError(f"gemm: shapes {(M, K)} @ {(B.shape[0], N)} into "
                          f"{(C.shape[0], C.shape[1])}")
-    for name, a in (("A", A), ("B", B), ("C", C)):
-        if a.shape[0] > 1 and a.shape[1] > 1 and a.strides[1] != sizeof(floating):
-            raise ValueError(f"gemm: {name} needs unit stride along its rows")
-    cdef int lda = max(1, A.strides[0] // sizeof(floating))
-    cdef int ldb = max(1, B.strides[0] // sizeof(floating))
-    cdef int ldc = max(1, C.strides[0] // sizeof(floating))
-    if M == 0 or N == 0:
+    cdef int m = _dim("gemm", "M", M), n = _dim("gemm", "N", N), k = _dim("gemm", "K", K)
+    cdef int lda = _ld("gemm", "A", M, K, A.strides[0], A.strides[1], item, False)
+    cdef int ldb = _ld("gemm", "B", K, N, B.strides[0], B.strides[1], item, False)
+    cdef int ldc = _ld("gemm", "C", M, N, C.strides[0], C.strides[1], item, True)
+    if m == 0 or n == 0:
         return
     cdef floating[::1] bp
     if packed:
-        bp = _packed(&B[0, 0] if K > 0 else <const floating *> NULL, <int> K, <int> N,
-                     ldb)
+        bp = _packed(&B[0, 0] if k > 0 else <const floating *> NULL, k, n, ldb)
         with nogil:
-            own_gemm_packed_from(<int> M, <int> N, <int> K, <floating> alpha,
-                                 &A[0, 0] if K > 0 else NULL, lda, &bp[0],
-                                 <floating> beta, &C[0, 0], ldc, &C[0, 0], ldc)
+            own_gemm_packed_from(m, n, k, <floating> alpha, &A[0, 0] if k > 0 else NULL,
+                                 lda, &bp[0], <floating> beta, &C[0, 0], ldc, &C[0, 0],
+                                 ldc)
         return
     with nogil:
-        own_gemm(<int> M, <int> N, <int> K, <floating> alpha, &A[0, 0] if K > 0 else NULL, lda,
-                 &B[0, 0] if K > 0 else NULL, ldb, <floating> beta, &C[0, 0], ldc)
+        own_gemm(m, n, k, <floating> alpha, &A[0, 0] if k > 0 else NULL, lda,
+                 &B[0, 0] if k > 0 else NULL, ldb, <floating> beta, &C[0, 0], ldc)
 
 
 def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr,
@@ -105,9 +155,10 @@ def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr
     """Z[i] <- ST(Z[i] - step (A B)[i], thr[i]) in place through _gemm.h
     (one-sided if positive), the signs of the result into sg if given;
     returns the non-zeros of the new Z (NaN counted). For the tests, as gemm:
-    A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8; ``packed`` as
-    in gemm."""
+    A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8 (Z's and
+    sg's rows distinct); ``packed`` as in gemm."""
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    cdef Py_ssize_t item = sizeof(floating)
     if B.shape[0] != K or Z.shape[0] != M or Z.shape[1] != N or thr.shape[0] != M:
         raise ValueError(f"gemm_step: shapes {(M, K)} @ {(B.shape[0], N)} into "
                          f"{(Z.shape[0], Z.shape[1])}, {thr.shape[0]} thresholds")
@@ -115,31 +166,26 @@ def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr
         raise ValueError(f"gemm_step: K = {K} > {FL_GEMM_KC}")
     if sg is not None and (sg.shape[0] != M or sg.shape[1] != N):
         raise ValueError("gemm_step: sg must have Z's shape")
-    for name, a in (("A", A), ("B", B), ("Z", Z)):
-        if a.shape[0] > 1 and a.shape[1] > 1 and a.strides[1] != sizeof(floating):
-            raise ValueError(f"gemm_step: {name} needs unit stride along its rows")
-    if sg is not None and M > 1 and N > 1 and sg.strides[1] != 1:
-        raise ValueError("gemm_step: sg needs unit stride along its rows")
-    cdef int lda = max(1, A.strides[0] // sizeof(floating))
-    cdef int ldb = max(1, B.strides[0] // sizeof(floating))
-    cdef int ldz = max(1, Z.strides[0] // sizeof(floating))
-    cdef int ldsg = max(1, sg.strides[0]) if sg is not None else 0
-    cdef signed char *sgp = &sg[0, 0] if sg is not None and M > 0 and N > 0 else NULL
+    cdef int m = _dim("gemm_step", "M", M), n = _dim("gemm_step", "N", N), k = <int> K
+    cdef int lda = _ld("gemm_step", "A", M, K, A.strides[0], A.strides[1], item, False)
+    cdef int ldb = _ld("gemm_step", "B", K, N, B.strides[0], B.strides[1], item, False)
+    cdef int ldz = _ld("gemm_step", "Z", M, N, Z.strides[0], Z.strides[1], item, True)
+    cdef int ldsg = (_ld("gemm_step", "sg", M, N, sg.strides[0], sg.strides[1], 1, True)
+                     if sg is not None else 0)
+    cdef signed char *sgp = &sg[0, 0] if sg is not None and m > 0 and n > 0 else NULL
     cdef Py_ssize_t nnz
-    if M == 0 or N == 0:
+    if m == 0 or n == 0:
         return 0
     cdef floating[::1] bp
     if packed:
-        bp = _packed(&B[0, 0] if K > 0 else <const floating *> NULL, <int> K, <int> N,
-                     ldb)
+        bp = _packed(&B[0, 0] if k > 0 else <const floating *> NULL, k, n, ldb)
         with nogil:
-            nnz = own_gemm_packed_step(<int> M, <int> N, <int> K,
-                                       &A[0, 0] if K > 0 else NULL, lda, &bp[0],
-                                       <floating> step, &thr[0], positive, &Z[0, 0],
-                                       ldz, sgp, ldsg)
+            nnz = own_gemm_packed_step(m, n, k, &A[0, 0] if k > 0 else NULL, lda,
+                                       &bp[0], <floating> step, &thr[0], positive,
+                                       &Z[0, 0], ldz, sgp, ldsg)
         return nnz
     with nogil:
-        nnz = own_gemm_step(<int> M, <int> N, <int> K, &A[0, 0] if K > 0 else NULL, lda,
-                            &B[0, 0] if K > 0 else NULL, ldb, <floating> step,
+        nnz = own_gemm_step(m, n, k, &A[0, 0] if k > 0 else NULL, lda,
+                            &B[0, 0] if k > 0 else NULL, ldb, <floating> step,
                             &thr[0], positive, &Z[0, 0], ldz, sgp, ldsg)
     return nnz

@@ -62,6 +62,7 @@ elementwise work is in the C micro-kernels below.
 """
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
+from libc.limits cimport INT_MAX
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 cimport openmp
@@ -218,6 +219,23 @@ cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating 
         gemm(False, False, <int> k, N, K, alpha, A + r * lda, lda, B, ldb, beta,
              C + r * ldc, ldc)
         r += k
+
+
+cdef inline double long_dot(Py_ssize_t size, const floating *x,
+                            const floating *y) noexcept nogil:
+    """<x, y> over size entries, a block's rows x features or rows x atoms.
+
+    <x, y> = sum_c <x_c, y_c> over consecutive chunks x_c of at most INT_MAX
+    entries, each one BLAS dot (whose count is a C int): for size <= INT_MAX
+    that is the single BLAS dot of all entries.
+    """
+    cdef Py_ssize_t k = min(size, <Py_ssize_t> INT_MAX), c
+    cdef double out = dot(<int> k, x, y)
+    while k < size:
+        c = min(size - k, <Py_ssize_t> INT_MAX)
+        out += dot(<int> c, x + k, y + k)
+        k += c
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +513,7 @@ cdef double block_objective(Dims *d, const floating *X, const floating *D,
             for j in range(i * m, (i + 1) * m):
                 l1 += Z[j] if Z[j] > 0 else -Z[j]
         out += lam[i] * l1
-    return 0.5 * dot(d.nb * d.n, R, R) + out
+    return 0.5 * long_dot(d.nb * d.n, R, R) + out
 
 
 cdef double block_loss(Dims *d, int loss, const floating *X, const floating *D,
@@ -591,7 +609,7 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
             for p in range(ptr[i], ptr[i + 1]):
                 out += val[p] * V[i * d.m + idx[p]]
         return out
-    return dot(d.nb * d.m, val, V)
+    return long_dot(d.nb * d.m, val, V)
 
 
 # ---------------------------------------------------------------------------
@@ -979,7 +997,7 @@ cdef void residual_backward_block(
         if d.shared and fmt[t] != FMT_SIGN:
             # (dense w) d a_t = -(<z_t, V> - <w, c>) with V = w M^T, through
             # M^T (m < 2 n) or through P = w W and V = P D^T
-            da[t] += dot(nb * m, G, C)
+            da[t] += long_dot(nb * m, G, C)
             if need_v:
                 if d.gram:
                     row_gemm(d, m, m, 1, G, m, MT, m, 0, V, m)
@@ -1002,7 +1020,7 @@ cdef void residual_backward_block(
                 if not d.shared:
                     gemm(True, False, m, n, nb, -a, G, m, Rt, n, 1,
                          &dW[<Py_ssize_t> t * m * n], n)
-            da[t] -= dot(nb * n, P, Rt)
+            da[t] -= long_dot(nb * n, P, Rt)
             if need_v:
                 row_gemm(d, m, n, 1, P, n, DT, m, 0, V, m)
 

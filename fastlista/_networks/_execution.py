@@ -91,11 +91,17 @@ def plan(n_rows, n_atoms, n_features, n_layers, n_threads, weight_grads=False):
     the blocks are balanced so that every thread gets as many rows; a GEMM
     call takes at most ``gemm_rows`` rows of a block. ``weight_grads``: the
     call accumulates the gradients of weight matrices (taller blocks).
+    A GEMM chunk's codes (rows x atoms) take at most _BLOCK_ELEMENTS
+    entries, its residuals (rows x features) at most _BLOCK_GEMM, or one row.
     """
     chunk = min(_BLOCK_GEMM // max(n_atoms * n_features, 1),
                 _BLOCK_ELEMENTS // max(n_atoms, 1))
     if chunk < 8:
-        chunk = max(1, _BLOCK_ELEMENTS // max(n_atoms, 1))
+        # a chunk's GEMM beyond _BLOCK_GEMM multiply-adds: its rows bounded by
+        # the codes' budget, and by the residuals' r = z D - x (their
+        # workspaces, and element counts well within a C int)
+        chunk = max(1, min(_BLOCK_ELEMENTS // max(n_atoms, 1),
+                           _BLOCK_GEMM // max(n_features, 1)))
     block = chunk * (_WEIGHT_GRAD_CHUNKS if weight_grads else 1)
     work = float(n_rows) * n_layers * n_atoms * n_features
     if work < _THREAD_WORK or n_rows < 2 * 16:
