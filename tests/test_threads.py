@@ -448,6 +448,66 @@ def test_interrupt_while_setting_the_blas_limit_leaves_no_limit(monkeypatch, whe
     assert blas_threads() == before
 
 
+class _Stop(Exception):
+    """What the test's SIGINT handler raises."""
+
+
+def test_a_kernel_answers_sigint_between_its_blocks(monkeypatch):
+    """SIGINT while a long solve runs in its kernel (no GIL, where Python
+    cannot run handlers): the kernel runs the handler between its blocks,
+    skips the blocks not started, and its caller raises what the handler
+    raised. Before, the handler ran only once all blocks were done.
+
+    Deterministic: the interrupting thread waits for the kernel's call, and
+    the main thread keeps the GIL (switch interval of 100 s) until the
+    kernel releases it, so the signal arrives inside the kernel. Each of the
+    125 blocks of 32 samples runs 3000 ISTA iterations (about 3 s in all
+    here); the blocks not started keep n_iter = -1."""
+    import _thread
+    import signal
+
+    from fastlista import _solvers
+
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((128, 32))
+    X = rng.standard_normal((4000, 32))
+    real, started, seen = _solvers._solvers.prox_grad, threading.Event(), []
+
+    def prox_grad(*args):
+        n_iter = args[21]
+        n_iter[:] = -1
+        seen.append(n_iter)
+        started.set()
+        return real(*args)
+
+    def interrupt():
+        started.wait()
+        _thread.interrupt_main()
+
+    def handler(signum, frame):
+        raise _Stop
+
+    monkeypatch.setattr(_solvers._solvers, "prox_grad", prox_grad)
+    previous = signal.signal(signal.SIGINT, handler)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100)
+    thread = threading.Thread(target=interrupt)
+    try:
+        thread.start()
+        with pytest.raises(_Stop), warnings.catch_warnings():
+            warnings.simplefilter("ignore", fastlista.ConvergenceWarning)
+            fastlista.solve_lasso(X, D, 0.1, method="ista", tol=0, max_iter=3000, n_jobs=2)
+    finally:
+        sys.setswitchinterval(interval)
+        signal.signal(signal.SIGINT, previous)
+        thread.join()
+    n_iter = seen[0]
+    assert n_iter.shape == (4000,) and np.count_nonzero(n_iter == -1) >= 32
+    # and the next call is whole
+    res = fastlista.solve_lasso(X[:50], D, 0.1, n_jobs=2)
+    contract.assert_certified(X[:50], D, 0.1, 1e-8, res)
+
+
 def test_concurrent_prox_grad_restores_blas_threads():
     X, D = ref.make_problem(n_samples=2000, n_features=32, n_atoms=64, seed=8)
     # start from 2 BLAS threads (an earlier overlap may have left 1)

@@ -8,37 +8,120 @@
 #
 # that runs rows [start, start + nb) with the workspace of thread tid (the
 # kernel's context struct holds one workspace per thread). The loop below
-# writes nothing but its own loop variable: every variable a kernel writes
-# in parallel is a local of its block function, per-thread by construction.
+# writes nothing but its own loop variable and the stop flag below: every
+# variable a kernel writes in parallel is a local of its block function,
+# per-thread by construction.
+#
+# Ctrl-C. A kernel holds no GIL, so Python cannot run its signal handlers
+# until the kernel returns: a long solve answered SIGINT only at its end
+# (a minute later, say). The calling thread, when it is the main thread
+# (the only one that runs handlers), asks Python with the GIL between its
+# blocks, at most every CHECK_NS: a handler that raises (KeyboardInterrupt)
+# sets the stop flag, the blocks not yet started are skipped, and the
+# kernel's caller raises that exception once the team is done (its outputs
+# are then partial, and not returned). A check costs a GIL acquisition, so
+# the other threads only read the flag.
 from cython.parallel cimport prange, threadid
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals()
+
+cdef extern from *:
+    """
+    /* the stop flag, written by the calling thread, read by the team */
+    static inline int fl_flag_load(const int *p)
+    { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void fl_flag_store(int *p, int v)
+    { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    """
+    int fl_flag_load(const int *p) noexcept nogil
+    void fl_flag_store(int *p, int v) noexcept nogil
 
 ctypedef void (*BlockFn)(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil
+
+# nanoseconds between two checks for signals (the latency of Ctrl-C, beyond
+# the block running when it comes)
+cdef enum:
+    CHECK_NS = 50000000
+
+
+cdef struct Signals:
+    bint check          # the calling thread runs Python's handlers
+    int stop            # a handler raised: skip the blocks not started
+    long long next_ns   # the time of the next check
+
+
+cdef inline bint in_main_thread():
+    """Whether the calling thread is Python's main thread (with the GIL)."""
+    import threading
+    return threading.get_ident() == threading.main_thread().ident
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long> ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline bint _stopped(Signals *sig, int tid) noexcept nogil:
+    """Whether to skip the next block: the calling thread (tid 0) runs the
+    pending signal handlers first, at most every CHECK_NS."""
+    cdef long long t
+    cdef int r
+    if tid == 0 and sig.check:
+        t = _now_ns()
+        if t >= sig.next_ns:
+            sig.next_ns = t + CHECK_NS
+            with gil:
+                r = PyErr_CheckSignals()
+            if r != 0:
+                fl_flag_store(&sig.stop, 1)
+    return fl_flag_load(&sig.stop) != 0
+
+
+cdef inline int raise_interrupt() except -1:
+    """Raise the exception a signal handler left set (after run_blocks
+    returned 1)."""
+    return -1
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t n_rows, int nb_max) noexcept nogil:
     return (n_rows + nb_max - 1) // nb_max
 
 
-cdef inline void run_blocks(Py_ssize_t n_rows, int nb_max, int n_threads,
-                            bint dynamic, BlockFn fn, void *ctx) noexcept nogil:
+cdef inline int run_blocks(Py_ssize_t n_rows, int nb_max, int n_threads,
+                           bint dynamic, BlockFn fn, void *ctx,
+                           bint check) noexcept nogil:
     """fn(ctx, tid, start, nb) for every block, blocks over n_threads threads.
 
     ``dynamic``: blocks go to whichever thread is free (work that varies
     from block to block, the solvers); otherwise a static schedule (a
     block's thread depends only on the thread count, so that per-thread
     accumulators sum to the same result at every call: the networks).
+    ``check``: the caller is the main thread (``in_main_thread()``), which
+    runs signal handlers between its blocks. Returns 1 when a handler
+    raised: the remaining blocks were skipped, and the caller must raise
+    (``raise_interrupt()``, with the GIL); else 0.
     """
     cdef Py_ssize_t b, nbl = n_blocks(n_rows, nb_max)
+    cdef Signals sig
+    sig.check, sig.stop, sig.next_ns = check, 0, 0
     if nbl == 0:
-        return
+        return 0
     if n_threads <= 1 or nbl == 1:
         for b in range(nbl):
+            if _stopped(&sig, 0):
+                break
             fn(ctx, 0, b * nb_max, <int> min(<Py_ssize_t> nb_max, n_rows - b * nb_max))
     elif dynamic:
         for b in prange(nbl, num_threads=n_threads, schedule="dynamic"):
-            fn(ctx, threadid(), b * nb_max,
-               <int> min(<Py_ssize_t> nb_max, n_rows - b * nb_max))
+            if not _stopped(&sig, threadid()):
+                fn(ctx, threadid(), b * nb_max,
+                   <int> min(<Py_ssize_t> nb_max, n_rows - b * nb_max))
     else:
         for b in prange(nbl, num_threads=n_threads, schedule="static"):
-            fn(ctx, threadid(), b * nb_max,
-               <int> min(<Py_ssize_t> nb_max, n_rows - b * nb_max))
+            if not _stopped(&sig, threadid()):
+                fn(ctx, threadid(), b * nb_max,
+                   <int> min(<Py_ssize_t> nb_max, n_rows - b * nb_max))
+    return sig.stop

@@ -39,7 +39,7 @@ from libc.limits cimport INT_MAX
 from libc.math cimport fabs, hypot, sqrt
 from libc.stdlib cimport free, malloc
 
-from ._blocks cimport run_blocks
+from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
 from ._prox cimport sign, threshold
 from ._simd cimport fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve, fl_lower_t_solve, fl_s_sub_axpy
@@ -569,10 +569,13 @@ def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
     c.n_iter = &n_iter[0]
     c.gap_out = &gap_out[0]
     c.work = work
+    cdef bint check = in_main_thread(), stopped
     try:
         with nogil:
-            run_blocks(n_active, BLOCK, n_threads, True,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(n_active, BLOCK, n_threads, True,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
     finally:
         free(work)
 

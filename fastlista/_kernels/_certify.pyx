@@ -46,7 +46,7 @@ from libc.math cimport fabs, sqrt
 from libc.stdlib cimport free, malloc
 
 from ._blas cimport gemm
-from ._blocks cimport run_blocks
+from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
 from ._simd cimport (fl_certified_gmax, fl_d_gap_sums, fl_d_gather, fl_dot2,
                      fl_s_gap_sums)
@@ -259,9 +259,12 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     c.m = m
     c.positive = positive
     c.work = work
+    cdef bint check = in_main_thread(), stopped
     try:
         with nogil:
-            run_blocks(N, nb_max, n_threads, False,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(N, nb_max, n_threads, False,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
     finally:
         free(work)

@@ -5,7 +5,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from ._blocks cimport run_blocks
+from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
 
 
@@ -127,10 +127,13 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     c.tol = tol
     c.max_iter = max_iter
     c.work = work
+    cdef bint check = in_main_thread(), stopped
     try:
         with nogil:
-            run_blocks(N, BLOCK, n_threads, True,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(N, BLOCK, n_threads, True,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
     finally:
         free(work)
     return out_arr

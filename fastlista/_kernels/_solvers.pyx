@@ -49,7 +49,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from ._blas cimport gemm, axpy, dot
-from ._blocks cimport run_blocks
+from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
@@ -626,10 +626,13 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     c.n_iter = &n_iter[0]
     c.gap_out = &gap_out[0]
     c.work = work
+    cdef bint check = in_main_thread(), stopped
     try:
         with nogil:
-            run_blocks(n_active, block_size, n_threads, True,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(n_active, block_size, n_threads, True,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
     finally:
         free(work)
 
@@ -676,6 +679,9 @@ def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
     c.C = &C[0, 0]
     c.n = X.shape[1]
     c.m = D.shape[0]
+    cdef bint check = in_main_thread(), stopped
     with nogil:
-        run_blocks(N, block_size, n_threads, False,
-                   _corr_d if floating is double else _corr_s, &c)
+        stopped = run_blocks(N, block_size, n_threads, False,
+                             _corr_d if floating is double else _corr_s, &c, check)
+    if stopped:
+        raise_interrupt()

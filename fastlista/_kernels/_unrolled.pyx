@@ -71,7 +71,7 @@ import threading
 
 import numpy as np
 
-from ._blocks cimport run_blocks
+from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_d_gather_set, fl_s_gather_set,
                      fl_d_gather_st_compact, fl_s_gather_st_compact,
@@ -1648,6 +1648,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("forward: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
+    cdef bint check, stopped
     cdef Packed *pk = NULL
     try:
         for t in range(c.n_threads):
@@ -1665,9 +1666,12 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
+        check = in_main_thread()
         with nogil:
-            run_blocks(N, <int> c.nb_max, c.n_threads, False,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(N, <int> c.nb_max, c.n_threads, False,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
     finally:
         free(work)
         free(pk)
@@ -1702,6 +1706,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
+    cdef bint check, stopped
     cdef Packed *pk = NULL
     try:
         for t in range(c.n_threads):
@@ -1724,9 +1729,12 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = NULL
+        check = in_main_thread()
         with nogil:
-            run_blocks(N, <int> c.nb_max, c.n_threads, False,
-                       _block_d if floating is double else _block_s, &c)
+            stopped = run_blocks(N, <int> c.nb_max, c.n_threads, False,
+                                 _block_d if floating is double else _block_s, &c, check)
+        if stopped:
+            raise_interrupt()
         for t in range(c.n_threads):
             total += work[t].loss
     finally:
