@@ -992,7 +992,8 @@ from conftest import fuzz_settings  # noqa: E402
 CRAFT = fuzz_settings("persistence", 2000)
 # what replaces an entry's value v
 CRAFTS = ("nan", "inf", "negative", "zero", "huge", "float32", "int", "bool", "complex",
-          "text", "bytes", "empty", "scalar", "extra_axis", "transposed", "shorter")
+          "text", "bytes", "empty", "scalar", "extra_axis", "transposed", "shorter",
+          "rounded")
 
 
 def _craft(kind, v):
@@ -1019,6 +1020,8 @@ def _craft(kind, v):
             "extra_axis": lambda: v[np.newaxis],
             "transposed": lambda: v.T,
             "shorter": lambda: v.ravel()[:-1] if v.size else np.zeros(1),
+            # float64 values a float32 network would round
+            "rounded": lambda: f * (1 + 2.0 ** -40) + 2.0 ** -70,
         }[kind]()
 
 
@@ -1032,8 +1035,8 @@ def test_fuzz_load_crafted_files(tmp_path_factory, parametrization, dtype, n_lay
                                  positive, entry, change, kind, seed):
     """A saved network with one entry replaced, dropped or added: Lista.load
     refuses it with its ValueError, or returns exactly the network the file
-    holds (its values, cast to the network's dtype) computing the NumPy
-    forward of those values."""
+    holds (its values, which the network's dtype represents exactly)
+    computing the NumPy forward of those values."""
     X, D = make_problem(n_samples=9, n_atoms=7, n_features=5, seed=seed % 1000)
     net = Lista(D.astype(dtype), 0.3, n_layers, parametrization=parametrization,
                 positive=positive)
@@ -1066,6 +1069,11 @@ def test_fuzz_load_crafted_files(tmp_path_factory, parametrization, dtype, n_lay
     assert all(np.isfinite(back.loss_history_))
     file_params = [{k: arrays[f"layer{t}_{k}"].astype(back.dtype) for k in layer}
                    for t, layer in enumerate(back.parameters)]
+    # loaded exactly: no value the cast to the network's dtype rounded
+    for t, layer in enumerate(file_params):
+        for k, v in layer.items():
+            stored = arrays[f"layer{t}_{k}"]
+            np.testing.assert_array_equal(v.astype(stored.dtype), stored)
     for a, b in zip(back.parameters, file_params):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
