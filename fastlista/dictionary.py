@@ -195,13 +195,15 @@ def _candidate_atom(r, positive):
     return r / norm
 
 
-def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False):
+def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False,
+                 positive_code=False):
     """Replace unused atoms by the normalised residuals, worst first.
 
     ``residuals`` are rows ``r = x - z D`` sorted worst first; each replaces
     one unused atom (in increasing atom order), if its code would use it.
     With the other codes fixed, the new atom ``a`` takes the code
-    ``|<r, a>| - lmbd`` (``lmbd`` in the residuals' units) and lowers its
+    ``|<r, a>| - lmbd`` (``lmbd`` in the residuals' units; with
+    ``positive_code``, ``<r, a> - lmbd``: a code >= 0) and lowers its
     signal's objective by ``min_c 1/2||r - c a||^2 + lmbd |c| - 1/2||r||^2 =
     1/2 (|<r, a>| - lmbd)_+^2``. A residual whose code is at most
     ``min_code`` is skipped: with ``|<r, a>| <= lmbd`` the atom could not
@@ -216,7 +218,10 @@ def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False):
     for k in atoms:
         for r in rows:
             atom = _candidate_atom(r, positive)
-            code = -np.inf if atom is None else abs(float(np.dot(r, atom))) - lmbd
+            if atom is None:
+                continue
+            corr = float(np.dot(r, atom))
+            code = (corr if positive_code else abs(corr)) - lmbd
             if code > min_code:
                 D[k] = atom
                 done += 1
@@ -466,14 +471,16 @@ def code_stats(X, D, lmbd, coder, Z_prev=None, n_worst=0, offset=0, f_prev=None)
     return Z, stats
 
 
-def batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes=BATCH_PASSES):
+def batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes=BATCH_PASSES, *,
+                          positive_code=False, dtype=np.float64):
     """The batch dictionary step: re-initialise unused atoms (``lmbd``: the
     codes' penalty, in the signals' units), then ``n_passes`` passes of
     block coordinate descent. In place on D (float64).
 
     An atom is not re-initialised from a residual whose code, ``|<r, a>| -
-    lmbd``, would be at most ``sqrt(eps) lmbd``: 0 (the atom would stay
-    unused) up to the rounding of the residual.
+    lmbd`` (``<r, a> - lmbd`` with ``positive_code``), would be at most
+    ``sqrt(eps) lmbd``, eps that of the signals' ``dtype``: 0 (the atom
+    would stay unused) up to the rounding of the codes.
 
     Returns the number of atoms re-initialised and the mean gain they
     promise (``reinitialise``'s, over the signals): the stopping test waits
@@ -483,8 +490,8 @@ def batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes=BATCH_PASSES):
     n_new, gain = 0, 0.0
     if unused.any():
         n_new, gain = reinitialise(D, unused, stats.worst, lmbd,
-                                   min_code=np.sqrt(np.finfo(np.float64).eps) * lmbd,
-                                   positive=positive_dict)
+                                   min_code=np.sqrt(np.finfo(dtype).eps) * lmbd,
+                                   positive=positive_dict, positive_code=positive_code)
     update_dictionary(D, stats.A, stats.B, positive=positive_dict, n_passes=n_passes)
     return n_new, gain / stats.n_samples
 
@@ -725,7 +732,8 @@ class OnlineState:
                 min_code = float(np.ldexp(np.sqrt(b * threshold), self.exponent - e))
             idx = _worst(rr, int(unused.sum()))
             replaced, _ = reinitialise(self.D, unused, R[idx], lmbd, min_code=min_code,
-                                       positive=self.positive_dict)
+                                       positive=self.positive_dict,
+                                       positive_code=self.coder.positive)
             self.n_reinit += replaced
             # their statistics are stale: forget them
             self.A[unused] = 0
@@ -990,7 +998,9 @@ def _learn_batch(X, e, D, lmbd, coder, max_iter, tol, positive_dict, callback, p
     try:
         for it in range(max_iter):
             Z, stats = code_stats(X, D, lmbd, coder, Z, n_worst=D.shape[0], f_prev=f)
-            n_new, gain = batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes)
+            n_new, gain = batch_dictionary_step(D, stats, lmbd, positive_dict, n_passes,
+                                                positive_code=coder.positive,
+                                                dtype=X.dtype)
             n_reinit += n_new
             # the iteration's objective, its codes with the new D, from the
             # residuals (one GEMM): also the next code step's warm-start

@@ -744,8 +744,9 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             # the dictionary step (on the client) under the same budget as the
             # local method's
             with kernel_threads(n_jobs, func):
-                n_new, gain = dl.batch_dictionary_step(D, stats, lmbd_e, positive_dict,
-                                                       dict_passes)
+                n_new, gain = dl.batch_dictionary_step(
+                    D, stats, lmbd_e, positive_dict, dict_passes,
+                    positive_code=positive_code, dtype=dtype)
             n_reinit += n_new
         else:
             # the last iteration's entry: one pass over its codes with the final D

@@ -364,6 +364,26 @@ def test_fewer_signals_than_atoms(method):
     assert_allclose(np.abs(X / norms[:, None] @ res.D.T).max(axis=1), 1, rtol=1e-9)
 
 
+@pytest.mark.parametrize("case", ["float32", "positive"])
+def test_no_reinitialisation_no_code_could_use(case):
+    """float32: 4 signals, 12 atoms, each signal on its own atom leaves a
+    residual of norm lmbd up to the rounding of float32 codes (1e-7 ||x||),
+    which re-initialised atoms at every iteration (all 100 at tol = 1e-14,
+    the seeds below). positive: signals <= 0 with non-negative codes and
+    atoms: no code can be non-zero, and the atoms of (-r)_+ could never be
+    used (800 re-initialisations in 100 iterations). Both stop at once."""
+    if case == "float32":
+        runs = [(np.random.default_rng(seed).standard_normal((4, 10)).astype(np.float32),
+                 12, dict(tol=1e-14)) for seed in range(20)]
+    else:
+        X = -np.abs(np.random.default_rng(0).standard_normal((200, 10)))
+        runs = [(X, 8, dict(positive_code=True, positive_dict=True))]
+    for X, m, kwargs in runs:
+        res = learn_dictionary(X, m, 0.1, method="batch", random_state=0, n_jobs=NJ,
+                               **kwargs)
+        assert res.converged and res.n_iter == 2 and res.n_reinit == 0
+
+
 @pytest.mark.parametrize("method", ["batch", "online"])
 def test_no_reinitialisation_above_lambda_max(method):
     """lmbd above every ||x||: no code can use any atom (not even x / ||x||),
