@@ -48,11 +48,15 @@ Results do not change beyond what any change of thread count may change
 (within the method's tolerance).
 
 Setting and restoring the BLAS limit must not be cut in half: a
-KeyboardInterrupt landing between the Python statements that set the
-limits, or count the entries, left BLAS at one thread for the rest of the
-process (NumPy's own BLAS included). In the main thread, where Python
-raises it, SIGINT is held back over those few statements and delivered
-right after them, to whatever handler was installed.
+KeyboardInterrupt (or any exception a signal handler raises) landing
+between the Python statements that set the limits, or count the calls
+inside them, left BLAS at one thread for the rest of the process (NumPy's
+own BLAS included). So every library's original thread count is saved
+before it is changed, each call is one token in a list (its own entry and
+exit are one list operation each), and the exit of the last call restores
+every saved count, finishing that work when an exception lands in it and
+raising the exception afterwards. The only window left is a second signal
+within the microseconds of that exit.
 """
 import contextlib
 import os
@@ -61,23 +65,22 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-try:
-    import _signal
-except ImportError:         # not CPython: the public module, slower
-    import signal as _signal
-
 from ._validation import check_n_jobs
 
 __all__ = ["kernel_threads", "blas_thread_limit"]
 
 _lock = threading.Lock()
-_depth = 0
-_limiter = None
+# one token per call inside the BLAS limit (all threads); the limit is in
+# force while it is not empty
+_calls = []
+# (library controller, its thread count before the limit), saved before it
+# is changed; emptied as they are restored
+_saved = []
 _controller = None
 # per thread: .granted, kernel_threads granted this thread >= 2 OpenMP
 # threads (its libgomp pool may exist); .pool_lost, this is the thread a
-# fork() copied from a thread that had (or had itself lost) a pool; .depth,
-# this thread's entries in the BLAS limit (of _depth, all threads')
+# fork() copied from a thread that had (or had itself lost) a pool;
+# .tokens, this thread's calls inside the BLAS limit (of _calls)
 _local = threading.local()
 _pool_lost_warned = False
 
@@ -85,7 +88,7 @@ _pool_lost_warned = False
 def _after_fork_in_child():
     """In a fork()ed child: restrict the forking thread if its pool is lost,
     and take back the BLAS limit of calls other threads were in at fork."""
-    global _lock, _depth, _limiter, _pool_lost_warned
+    global _lock, _pool_lost_warned
     _lock = threading.Lock()        # a parent thread may have held it at fork
     _pool_lost_warned = False
     if getattr(_local, "granted", False) or getattr(_local, "pool_lost", False):
@@ -100,12 +103,10 @@ def _after_fork_in_child():
         state.controlling_thread = None
     # only the forking thread's calls go on in the child: a limit entered by
     # other threads alone would never be left, BLAS held to one thread for good
-    own = getattr(_local, "depth", 0)
-    if _depth and not own and _limiter is not None:
-        _limiter.restore_original_limits()
-        _release_blas_control()
-        _limiter = None
-    _depth = own
+    own = list(getattr(_local, "tokens", ()))
+    if not own:
+        _restore_limits()
+    _calls[:] = own
 
 
 if hasattr(os, "register_at_fork"):
@@ -169,35 +170,48 @@ def _release_blas_control(force=False):
         pass
 
 
-class _SigintHeld:
-    """Run the body whole: a SIGINT that arrives meanwhile is delivered when
-    it ends (to the handler installed before). Only the main thread runs
-    Python's signal handlers, so only there is anything held; nothing is
-    either where the handler is not a Python callable (one installed from C
-    could not be put back).
+def _restore_limits():
+    """Put back every saved thread count, last saved first (each stays
+    saved until it is back: an interrupted restore is finished by the next
+    one)."""
+    if not _saved:
+        return
+    _release_blas_control(force=True)
+    while _saved:
+        lib, n = _saved[-1]
+        lib.set_num_threads(n)
+        _saved.pop()
+    _release_blas_control()
 
-    The C functions of ``_signal`` (what ``signal`` wraps) cost 0.3 us a
-    swap; ``signal.signal``'s enum conversions, 3.3 us.
-    """
-    __slots__ = ("previous", "received")
 
-    def __enter__(self):
-        self.previous, self.received = None, False
-        if threading.get_ident() == threading.main_thread().ident:
-            previous = _signal.getsignal(_signal.SIGINT)
-            if callable(previous):
-                _signal.signal(_signal.SIGINT, self._hold)
-                self.previous = previous
+def _limit(controller, n_threads):
+    """Limit every BLAS library to n_threads, each saved before it changes."""
+    _release_blas_control(force=True)
+    for lib in controller.select(user_api="blas").lib_controllers:
+        _saved.append((lib, lib.num_threads))
+        lib.set_num_threads(n_threads)
+    _release_blas_control()
 
-    def _hold(self, signum, frame):
-        self.received = True
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            _signal.signal(_signal.SIGINT, self.previous)
-            if self.received:
-                _signal.raise_signal(_signal.SIGINT)
-        return False
+def _leave(token):
+    """The exit of the call ``token``: the last call out restores the
+    counts. Run to its end whatever exception lands in it (raised after)."""
+    pending = None
+    while True:
+        try:
+            with _lock:
+                if token in _calls:
+                    _calls.remove(token)
+                tokens = getattr(_local, "tokens", [])
+                if token in tokens:
+                    tokens.remove(token)
+                if not _calls:
+                    _restore_limits()
+            break
+        except BaseException as exc:    # a signal handler's: finish, then raise
+            pending = pending or exc
+    if pending is not None:
+        raise pending
 
 
 @contextmanager
@@ -205,36 +219,27 @@ def blas_thread_limit(n_threads):
     """Hold BLAS to ``n_threads`` threads, safely across Python threads.
 
     ``n_threads=None`` leaves BLAS alone; without threadpoolctl the context
-    does nothing. Overlapping entries run under the first one's limit. The
-    limit is set and restored whole, whatever the interrupts (see the
-    module docstring).
+    does nothing. Overlapping entries run under the first one's limit. An
+    exception landing anywhere in the entry or the exit (Ctrl-C) leaves no
+    limit behind (see the module docstring).
     """
-    global _depth, _limiter
     controller = None if n_threads is None else _threadpoolctl()
     if controller is None:
         yield
         return
-    entered = False
+    token = object()
     try:
-        with _SigintHeld(), _lock:
-            if _depth == 0:
-                _release_blas_control(force=True)
-                _limiter = controller.limit(limits=int(n_threads), user_api="blas")
-                _release_blas_control()
-            _depth += 1
-            _local.depth = getattr(_local, "depth", 0) + 1
-            entered = True
+        with _lock:
+            if not _calls:
+                _restore_limits()       # what an interrupted exit left
+                _limit(controller, int(n_threads))
+            _calls.append(token)
+            if not hasattr(_local, "tokens"):
+                _local.tokens = []
+            _local.tokens.append(token)
         yield
     finally:
-        if entered:
-            with _SigintHeld(), _lock:
-                _local.depth -= 1
-                _depth -= 1
-                if _depth == 0:
-                    _release_blas_control(force=True)
-                    _limiter.restore_original_limits()
-                    _release_blas_control()
-                    _limiter = None
+        _leave(token)
 
 
 @contextmanager
