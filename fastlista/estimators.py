@@ -18,8 +18,11 @@ Both follow scikit-learn's conventions: parameters stored untouched by
 trailing underscore (``components_``, ``n_components_``, ``n_features_in_``);
 float32 inputs give float32 codes; the validation messages are
 scikit-learn's. They work inside :class:`~sklearn.pipeline.Pipeline` and
-:class:`~sklearn.model_selection.GridSearchCV`.
+:class:`~sklearn.model_selection.GridSearchCV`. A ``fit`` or
+``partial_fit`` that raises (bad input, Ctrl-C) leaves the estimator as it
+was.
 """
+import functools
 import numpy as np
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin,
                           TransformerMixin)
@@ -48,6 +51,22 @@ _FLOATS = (np.float64, np.float32)
 # ---------------------------------------------------------------------------
 # shared validation
 # ---------------------------------------------------------------------------
+
+def _all_or_nothing(method):
+    """A fitting method that raises (bad input, an exception of the
+    training, Ctrl-C) leaves the estimator's attributes as they were
+    (``n_features_in_``, set by the validation, included)."""
+    @functools.wraps(method)
+    def fitting(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+    return fitting
+
 
 def _as_floats(arr, name, estimator):
     """An array scikit-learn validated with ``dtype=None``, as float64 or
@@ -226,6 +245,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         check_n_jobs(self.n_jobs, name)
         return alpha
 
+    @_all_or_nothing
     def fit(self, X, y=None):
         """Validate the parameters, the dictionary and X (nothing is learned).
 
@@ -389,6 +409,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         check_bool(self.positive_code, "positive_code", name)
         return alpha
 
+    @_all_or_nothing
     def fit(self, X, y=None):
         """Train the network on X.
 
@@ -555,6 +576,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         self.n_steps_ = int(result.n_steps)
         self.n_reinit_ = int(result.n_reinit)
 
+    @_all_or_nothing
     def fit(self, X, y=None):
         """Learn the dictionary from X.
 
@@ -856,6 +878,7 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
     def _options(self, X, state=None):
         return super()._options(X, state, batch_size=self.batch_size, shuffle=self.shuffle)
 
+    @_all_or_nothing
     def partial_fit(self, X, y=None):
         """Update the dictionary with X as one mini-batch.
 

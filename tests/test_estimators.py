@@ -1130,3 +1130,68 @@ def test_transform_at_alpha_zero_gives_the_least_squares_codes(cls, positive):
     else:
         expected = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
     assert_allclose(Z, expected, rtol=1e-9, atol=1e-12)
+
+
+def _fitted_state(est):
+    """The estimator's attributes, arrays copied (to compare after a call)."""
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(est).items()}
+
+
+def _assert_same_state(est, before):
+    after = vars(est)
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        if isinstance(v, np.ndarray):
+            assert_array_equal(after[k], v)
+        elif k not in ("_state", "network_"):
+            assert after[k] == v or after[k] is v, k
+        else:
+            assert after[k] is v, k
+
+
+@pytest.mark.parametrize("name", ["LassoSparseCoder", "LearnedSparseCoder",
+                                  "DictionaryLearning", "MiniBatchDictionaryLearning"])
+def test_a_fit_that_raises_leaves_the_estimator_as_it_was(monkeypatch, name):
+    """A fitted estimator (10 features) fit again on 12-feature signals, the
+    fit raising after the validation reset n_features_in_ (a dictionary of
+    10 features for the coders; a KeyboardInterrupt from the callback, or
+    from the training, for the learners): every attribute is as before, and
+    transform works as before. Before, n_features_in_ said 12 beside a
+    10-feature dictionary, and transform refused both inputs."""
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.standard_normal((300, 10)), rng.standard_normal((300, 12))
+    D = rng.standard_normal((8, 10))
+    make = {
+        "LassoSparseCoder": lambda: LassoSparseCoder(D, alpha=0.1),
+        "LearnedSparseCoder": lambda: LearnedSparseCoder(D, alpha=0.1, n_layers=3,
+                                                         max_iter=3),
+        "DictionaryLearning": lambda: DictionaryLearning(8, alpha=0.1, max_iter=3,
+                                                         random_state=0, n_jobs=1),
+        "MiniBatchDictionaryLearning": lambda: MiniBatchDictionaryLearning(
+            8, alpha=0.1, max_iter=2, random_state=0, n_jobs=1),
+    }[name]
+    est = make().fit(X1)
+    Z = est.transform(X1[:5])
+    before = _fitted_state(est)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if name == "LearnedSparseCoder":
+        # the coder's dictionary has 10 features: fit on 12 refuses them after
+        # the validation; so does a fit on 10 whose training is interrupted
+        monkeypatch.setattr(fastlista.Lista, "fit", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            est.fit(X1)
+        _assert_same_state(est, before)
+    if name in ("LassoSparseCoder", "LearnedSparseCoder"):
+        with pytest.raises(ValueError, match="12 features"):
+            est.fit(X2)
+    else:
+        est.set_params(callback=interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            est.fit(X2)
+        est.set_params(callback=None)
+        before["callback"] = None
+    _assert_same_state(est, before)
+    assert_array_equal(est.transform(X1[:5]), Z)
