@@ -867,11 +867,18 @@ def test_failed_save_leaves_the_old_file_as_it_was(tmp_path, monkeypatch, error)
         savez(file, **dict(list(arrays.items())[: len(arrays) // 2]))
         raise error
 
+    if sys.platform != "win32":
+        # a dangling symbolic link: its target is a new path too
+        (tmp_path / "link.npz").symlink_to("linked.npz")
     monkeypatch.setattr(np, "savez", savez_failing_midway)
     with pytest.raises(type(error)):
         new.save(path)
     with pytest.raises(type(error)):
         new.save(tmp_path / "other.npz")
+    if sys.platform != "win32":
+        with pytest.raises(type(error)):
+            new.save(tmp_path / "link.npz")
+        (tmp_path / "link.npz").unlink()
     monkeypatch.undo()
     assert path.read_bytes() == data
     np.testing.assert_array_equal(Lista.load(path).transform(X), codes)

@@ -43,7 +43,10 @@ def save(net, path):
     ``path`` is opened as by ``open(path, "wb")``: symbolic links are
     followed (the file they point to is replaced, the links stay), a new
     file gets the mode ``open`` gives it (0o666 less the umask), a replaced
-    file keeps its mode, and a device or a pipe is written in place.
+    file keeps its mode, and a device or a pipe is written in place. Unlike
+    ``open``, the file is replaced rather than rewritten: other hard links
+    to it keep the old archive, and the new file belongs to the user who
+    saves it.
 
     Parameters
     ----------
@@ -80,8 +83,9 @@ def save(net, path):
         fd = os.open(path, _WRITE | os.O_CREAT | os.O_EXCL, 0o666)
         created = True
     except FileExistsError:
+        # (a dangling symbolic link "exists" for O_EXCL: its target is new)
+        created = os.path.islink(path) and not os.path.exists(path)
         fd = os.open(path, _WRITE | os.O_CREAT, 0o666)
-        created = False
     with os.fdopen(fd, "wb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):    # a device or a pipe: nothing to replace
