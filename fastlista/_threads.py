@@ -193,11 +193,17 @@ def _limit(controller, n_threads):
     _release_blas_control()
 
 
+#: attempts of an exit that exceptions cut (a signal handler's lands once;
+#: an error that recurs is raised after these)
+_EXIT_ATTEMPTS = 8
+
+
 def _leave(token):
     """The exit of the call ``token``: the last call out restores the
-    counts. Run to its end whatever exception lands in it (raised after)."""
+    counts. Run to its end whatever exception lands in it (raised after;
+    every step is idempotent, so an attempt cut short is taken again)."""
     pending = None
-    while True:
+    for _ in range(_EXIT_ATTEMPTS):
         try:
             with _lock:
                 if token in _calls:

@@ -453,6 +453,32 @@ def test_interrupt_while_setting_the_blas_limit_leaves_no_limit(monkeypatch, whe
     assert blas_threads() == before
 
 
+def test_an_exit_that_keeps_failing_raises_and_does_not_hang(monkeypatch):
+    """An error that recurs at every attempt of the exit (not a one-off
+    interrupt) is raised after a bounded number of attempts; the next call
+    restores the counts that exit left."""
+    from fastlista import _threads
+
+    X, D = ref.make_problem(n_samples=20, n_features=8, n_atoms=16, seed=1)
+    set_blas_threads(2)
+    before = blas_threads()
+    attempts = []
+
+    def broken():
+        attempts.append(1)
+        raise RuntimeError("restore failed")
+
+    monkeypatch.setattr(_threads, "_restore_limits", broken)
+    with pytest.raises(RuntimeError, match="restore failed"):
+        fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+    monkeypatch.undo()
+    # (one at the entry, which restores what an earlier exit left, then the
+    # exit's attempts)
+    assert len(attempts) == 1 + _threads._EXIT_ATTEMPTS and not _threads._calls
+    fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+    assert blas_threads() == before and not _threads._saved
+
+
 class _Stop(Exception):
     """What the test's SIGINT handler raises."""
 
