@@ -492,8 +492,9 @@ def test_a_kernel_answers_sigint_between_its_blocks(monkeypatch):
     Deterministic: the interrupting thread waits for the kernel's call, and
     the main thread keeps the GIL (switch interval of 100 s) until the
     kernel releases it, so the signal arrives inside the kernel. Each of the
-    125 blocks of 32 samples runs 3000 ISTA iterations (about 3 s in all
-    here); the blocks not started keep n_iter = -1."""
+    250 blocks of 32 samples runs 3000 ISTA iterations (about 6 s in all
+    here, where the check stops it within 50 ms of the signal and the blocks
+    then running); the blocks not started keep n_iter = -1."""
     import _thread
     import signal
 
@@ -501,7 +502,7 @@ def test_a_kernel_answers_sigint_between_its_blocks(monkeypatch):
 
     rng = np.random.default_rng(0)
     D = rng.standard_normal((128, 32))
-    X = rng.standard_normal((4000, 32))
+    X = rng.standard_normal((8000, 32))
     real, started, seen = _solvers._solvers.prox_grad, threading.Event(), []
 
     def prox_grad(*args):
@@ -533,7 +534,7 @@ def test_a_kernel_answers_sigint_between_its_blocks(monkeypatch):
         signal.signal(signal.SIGINT, previous)
         thread.join()
     n_iter = seen[0]
-    assert n_iter.shape == (4000,) and np.count_nonzero(n_iter == -1) >= 32
+    assert n_iter.shape == (8000,) and np.count_nonzero(n_iter == -1) >= 32
     # and the next call is whole
     res = fastlista.solve_lasso(X[:50], D, 0.1, n_jobs=2)
     contract.assert_certified(X[:50], D, 0.1, 1e-8, res)
