@@ -934,12 +934,13 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
                 state = _dictionary.OnlineState(D, coder, o["lmbd"], o["positive_dict"],
                                                 o["dict_passes"], exponent=e)
             state.step(X)
-        components = _dictionary._normalise(
+        # (an exception from here on is undone too: _all_or_nothing)
+        self._state = state
+        self.components_ = _dictionary._normalise(
             state.D.copy(), positive=state.positive_dict).astype(X.dtype)
-        # one C call sets them all: no KeyboardInterrupt can land in between
-        vars(self).update(_state=state, components_=components,
-                          n_components_=state.D.shape[0], n_steps_=int(state.n_steps),
-                          n_reinit_=int(state.n_reinit))
+        self.n_components_ = state.D.shape[0]
+        self.n_steps_ = int(state.n_steps)
+        self.n_reinit_ = int(state.n_reinit)
         return self
 
 
