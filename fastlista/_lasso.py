@@ -404,22 +404,22 @@ def lambda_max(X, D, positive=False):
     return _squeeze(out, is_1d)
 
 
-def correlations(S, n_threads):
-    """C = X D^T in scaled units, the data of every solve, in the dtype of X.
+def correlations(S, n_threads, double=False):
+    """C = X D^T in scaled units, the data of every solve, in the dtype of X
+    (in float64 with ``double``).
 
     float32 data are multiplied in double (their products are exact there)
-    and rounded once: a correlation that is exactly 0 stays 0, where a
-    float32 GEMM's fused multiply-adds could leave a residue, which an atom
-    of tiny norm would amplify into a huge code.
+    and rounded once, unless ``double``: a correlation that is exactly 0
+    stays 0, where a float32 GEMM's fused multiply-adds could leave a
+    residue, which an atom of tiny norm would amplify into a huge code.
     """
     N, m = S.X.shape[0], S.D.shape[0]
+    C = np.empty((N, m))
     if S.X.dtype == np.float64:
-        C = np.empty((N, m))
         _solvers.correlations(S.X, S.D, C, n_threads)
         return C
-    C = np.empty((N, m))
     _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads)
-    return C.astype(np.float32)
+    return C if double else C.astype(np.float32)
 
 
 def correlation_max(C, positive):

@@ -284,11 +284,19 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     S = Scaled.of(X, D)
     lm = S.lmbd(lmbd)
     xx = np.einsum("ij,ij->i", S.X, S.X, dtype=np.float64)
-    C = correlations(S, n_threads)
-    B = gram(S.D, n_threads)
-    # a zero atom (B_jj = 0, also when its squared norm underflows) is never
-    # used: its code is 0, with or without a warm start
-    zero_atoms = ~(np.diagonal(B) > 0)
+    # coordinate descent computes in double, and takes its data C and B in
+    # double too: for float32 data the exact products of their entries,
+    # summed in double (rounded to float32, C and B moved the optimum by
+    # more than float32 codes resolve, and the certificate refused them)
+    double = method == "cd"
+    C = correlations(S, n_threads, double)
+    B = gram(S.D.astype(np.float64, copy=False) if double else S.D, n_threads)
+    # a zero atom (B_jj = 0, also when its squared norm underflows X's dtype)
+    # is never used: its code is 0, with or without a warm start
+    zero_atoms = ~(np.diagonal(B).astype(X.dtype) > 0)
+    if double and zero_atoms.any():
+        B[zero_atoms] = 0
+        B[:, zero_atoms] = 0
     start, F_start = None, 0.5 * xx
     if Z0 is None:
         Z = np.zeros((N, m), dtype=X.dtype)

@@ -25,7 +25,12 @@ optimality, and the working sets rank atoms by g_j). Three devices make it fast:
   loop (as do an epoch that changes nothing and MAX_INNER epochs, after
   which W grows); the full gap (O(m nnz) to refresh g) ends the outer loop.
 
-Computations run in double precision whatever the storage dtype; the dense
+Computations run in double precision, and so do the data C and B whatever
+the codes' storage dtype: for float32 signals they are the exact products of
+the widened float32 entries, summed in double. (C and B rounded to float32
+moved the problem's optimum by more than float32 codes can resolve: at
+small lmbd, a third of the samples stopped at twice the certifiable
+relative gap of 1e-6.) The dense
 inner loops (a coordinate step's g <- g - d B_j, the gradient refreshes, the
 factor's triangular solves, the gap's sums) are C row kernels of _simd.h,
 compiled for each vector unit. Atoms with
@@ -42,7 +47,7 @@ from libc.stdlib cimport free, malloc
 from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
 from ._prox cimport sign, threshold
-from ._simd cimport fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve, fl_lower_t_solve, fl_s_sub_axpy
+from ._simd cimport fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve, fl_lower_t_solve
 
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
@@ -315,7 +320,7 @@ cdef void refresh_gradient(int w, const double *z, const double *c,
             fl_d_sub_axpy(w, za, Bw + a * w, g)
 
 
-cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
+cdef int cd_sample(const double *c_full, const double *B, int m, double xx,
                    double lmbd, double *z_full, int max_epochs, double tol_abs,
                    double *g_full, double *score, int *cand, int *W, int wmax,
                    double *z, double *g, double *c, double *Bw, bint positive,
@@ -328,7 +333,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
     cdef int j, a, b, q, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, status, inner
     cdef double gap, d, znew, bjj, za
     cdef bint sign_changed, changed, polished, moved
-    cdef const floating *Bj
+    cdef const double *Bj
     cdef double *Ba
 
     for j in range(m):
@@ -345,11 +350,7 @@ cdef int cd_sample(const floating *c_full, const floating *B, int m, double xx,
             za = z_full[j]
             if za != 0:
                 nnz += 1
-                Bj = B + <Py_ssize_t> j * m
-                if floating is double:
-                    fl_d_sub_axpy(m, za, Bj, g_full)
-                else:
-                    fl_s_sub_axpy(m, za, Bj, g_full)
+                fl_d_sub_axpy(m, za, B + <Py_ssize_t> j * m, g_full)
         gap = gap_from(m, z_full, g_full, score, xx, lmbd, positive)
         if (tol_abs > 0 and gap <= tol_abs) or epochs >= max_epochs:
             gap_out[0] = gap
@@ -459,8 +460,8 @@ cdef struct CDWork:
 
 
 cdef struct CDCtx:
-    const void *C      # (N, m) x D^T
-    const void *B      # (m, m) D D^T
+    const double *C    # (N, m) x D^T
+    const double *B    # (m, m) D D^T
     const double *xx   # (N,) ||x||^2
     const double *lmbd  # (N,)
     void *Z            # (N, m) in: start, out: codes
@@ -485,8 +486,7 @@ cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
         Zr = <floating *> c.Z + r * m
         for j in range(m):
             w.z_full[j] = Zr[j]
-        c.n_iter[r] = cd_sample(<const floating *> c.C + r * m,
-                                <const floating *> c.B, <int> m, c.xx[r], c.lmbd[r],
+        c.n_iter[r] = cd_sample(c.C + r * m, c.B, <int> m, c.xx[r], c.lmbd[r],
                                 w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
                                 w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
                                 w.c, w.Bw, c.positive, &w.factor, &gap)
@@ -503,15 +503,15 @@ cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
     cd_block(<float *> NULL, <CDCtx *> ctx, tid, start, nb)
 
 
-def coordinate_descent(const floating[:, ::1] C, const floating[:, ::1] B,
+def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
                        const double[::1] xx, const double[::1] lmbd,
                        floating[:, ::1] Z, const int[::1] active, int max_iter,
                        double tol, bint positive, int n_features, int n_threads,
                        int[::1] n_iter, double[::1] gap_out):
     """Solve the rows ``active`` of the batch in place in Z.
 
-    C = X D^T (N, m), B = D D^T (m, m), xx = ||x||^2 and lmbd per sample
-    (N,); with ``positive`` the codes are constrained >= 0. A sample stops
+    C = X D^T (N, m) and B = D D^T (m, m) in double, whatever the dtype of
+    Z (N, m); xx = ||x||^2 and lmbd per sample (N,); with ``positive`` the codes are constrained >= 0. A sample stops
     when its gap is <= tol * xx / 2 (never for tol = 0)
     or after max_iter epochs; gap_out receives that stopping gap.
     """

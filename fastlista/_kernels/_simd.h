@@ -566,8 +566,8 @@ static FL_SIMD Py_ssize_t NAME(Py_ssize_t n, const T *__restrict z) {        \
 FL_DEFINE_COUNT_NONZERO(double, uint64_t, fl_d_count_nonzero)
 FL_DEFINE_COUNT_NONZERO(float, uint32_t, fl_s_count_nonzero)
 
-/* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double
-   whatever the storage dtype of the Gram matrix TB:
+/* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double (its
+   Gram matrix too, whatever the codes' dtype):
 
    y <- y - a x               (a coordinate step: g <- g - d B_j; the
                                gradient from the support: g <- g - z_j B_j)
@@ -584,15 +584,11 @@ FL_DEFINE_COUNT_NONZERO(float, uint32_t, fl_s_count_nonzero)
    then solves the block's triangle. A solve a column at a time waited on
    a division, or on a horizontal sum, for every unknown; the unknowns of
    a block wait on four multiplications by dinv. */
-#define FL_DEFINE_AXPY(TB, NAME)                                               \
-static FL_SIMD void NAME(int n, double a, const TB *__restrict x,            \
-                         double *__restrict y) {                             \
-    for (int j = 0; j < n; j++)                                               \
-        y[j] -= a * (double) x[j];                                            \
+static FL_SIMD void fl_d_sub_axpy(int n, double a, const double *__restrict x,
+                                  double *__restrict y) {
+    for (int j = 0; j < n; j++)
+        y[j] -= a * x[j];
 }
-
-FL_DEFINE_AXPY(double, fl_d_sub_axpy)
-FL_DEFINE_AXPY(float, fl_s_sub_axpy)
 
 static FL_SIMD void fl_lower_solve(int k, int ld, const double *__restrict L,
                                    const double *__restrict dinv,

@@ -68,7 +68,6 @@ cdef extern from "_simd.h":
     Py_ssize_t fl_d_count_nonzero(Py_ssize_t n, const double *z) noexcept nogil
     Py_ssize_t fl_s_count_nonzero(Py_ssize_t n, const float *z) noexcept nogil
     void fl_d_sub_axpy(int n, double a, const double *x, double *y) noexcept nogil
-    void fl_s_sub_axpy(int n, double a, const float *x, double *y) noexcept nogil
     void fl_lower_solve(int k, int ld, const double *L, const double *dinv,
                         double *v) noexcept nogil
     void fl_lower_t_solve(int k, int ld, const double *L, const double *dinv,
