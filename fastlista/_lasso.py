@@ -424,9 +424,11 @@ def correlations(S, n_threads, double=False):
 
 def correlation_max(C, positive):
     """lambda_max from C = X D^T: ||c||_inf, or max(c)_+ for positive codes."""
-    if positive:
-        return np.maximum(C.max(axis=1, initial=0.0), 0.0)
-    return np.abs(C).max(axis=1, initial=0.0)
+    top = C.max(axis=1, initial=0.0)
+    if not positive:
+        # max(max c, -min c): two reads of C, where |C| wrote a copy of it
+        np.maximum(top, -C.min(axis=1, initial=0.0), out=top)
+    return top + 0.0        # -0.0 (all correlations -0.0) reads as 0.0
 
 
 def duality_gap(X, D, lmbd, Z, positive=False):
