@@ -512,9 +512,11 @@ def batch_stop(objective, tol, gain):
 def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
     """n_atoms distinct signals of X drawn at random, normalised (float64).
 
-    Signals without a usable direction (zero, or no positive part with
-    ``positive``) are passed over; if too few remain, the rest are random
-    Gaussian unit atoms (from ``rng``). ``rows(indices)`` returns those rows
+    Zero signals are passed over; with ``positive`` an atom is the positive
+    part of its signal, or of its negation when the signal has no positive
+    entry. If too few atoms result,
+    the rest are random non-negative (``positive``) or Gaussian unit atoms
+    (from ``rng``). ``rows(indices)`` returns those rows
     of X as an array (default ``X[indices]``; the Dask version fetches them).
     """
     n, p = X.shape
