@@ -514,10 +514,10 @@ def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
 
     Zero signals are passed over; with ``positive`` an atom is the positive
     part of its signal, or of its negation when the signal has no positive
-    entry. If too few atoms result,
-    the rest are random non-negative (``positive``) or Gaussian unit atoms
-    (from ``rng``). ``rows(indices)`` returns those rows
-    of X as an array (default ``X[indices]``; the Dask version fetches them).
+    entry. If too few atoms result, the rest are random non-negative
+    (``positive``) or Gaussian unit atoms (from ``rng``). ``rows(indices)``
+    returns those rows of X as an array (default ``X[indices]``; the Dask
+    version fetches them).
     """
     n, p = X.shape
     rows = (lambda idx: X[idx]) if rows is None else rows
