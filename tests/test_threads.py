@@ -811,3 +811,35 @@ def test_fork_while_another_thread_holds_threadpoolctls_lock_does_not_hang():
         out, warned = run_in_forked_child(
             lambda: fastlista.solve_lasso(X, np.eye(4), 0.5, n_jobs=1).codes)
     assert_allclose(out, np.full((3, 4), 0.5))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_repeated_calls_at_a_fixed_n_jobs_are_bit_identical(dtype):
+    """The same call with the same n_jobs gives the same bits, whatever ran
+    in between: samples are solved by one thread each, and the networks'
+    blocks go to threads by a static schedule, their gradient sums added in
+    thread order (docs/reliability.md, "Threads"). Only results of
+    different thread counts may differ, by rounding."""
+    X, D = ref.make_problem(n_samples=300, n_features=20, n_atoms=40)
+    X, D = X.astype(dtype), D.astype(dtype)
+    X_other = X[:37, ::-1].copy()
+    tol = 1e-8 if dtype == np.float64 else 1e-6
+
+    def calls():
+        out = [fastlista.solve_lasso(X, D, 0.1, method=m, tol=tol, n_jobs=2).codes
+               for m in ("cd", "fista")]
+        for kind in ("step", "coupled"):
+            net = Lista(D, 0.1, 8, parametrization=kind, n_jobs=2)
+            loss, grads = net.loss_and_grad(X)
+            out += [np.array(loss)] + [g for layer in grads for g in layer.values()]
+            net.fit(X, max_iter=5)
+            out += [p for layer in net.parameters for p in layer.values()]
+        # something else in between: another shape, another thread count
+        fastlista.solve_lasso(X_other, D[:, ::-1], 0.3, tol=tol, n_jobs=1)
+        Lista(D[:, ::-1], 0.3, 3, n_jobs=1).loss_and_grad(X_other)
+        return out
+
+    first, second = calls(), calls()
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert_array_equal(a, b)
