@@ -350,7 +350,10 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
     n_jobs : int or None, default=None
         Threads of ``fit`` and ``transform``: at most ``n_jobs`` run at any
         time (the network's OpenMP threads, BLAS held to one thread
-        meanwhile). None uses every core; -1 too; -2 all but one.
+        meanwhile). None uses every core; -1 too; -2 all but one. The
+        gradients' sums depend on the thread count by rounding, which
+        training can carry into the learned weights: to reproduce a fit on
+        another machine, give ``n_jobs`` explicitly.
     positive_code : bool, default=False
         A network of non-negative codes (one-sided thresholds), trained and
         refined for the Lasso constrained to ``z >= 0``.

@@ -81,7 +81,10 @@ class Lista:
     n_jobs : int or None, default=None
         Threads of every call (OpenMP threads over blocks of samples, BLAS
         held to one thread meanwhile): at most ``n_jobs``. None uses every
-        core; -1 too, -2 all but one.
+        core; -1 too, -2 all but one. A call repeated at the same
+        ``n_jobs`` gives the same bits; the gradients' sums depend on the
+        thread count by rounding, which ``fit`` can carry into the learned
+        parameters (to reproduce a fit on another machine, give ``n_jobs``).
     positive : bool, default=False
         Non-negative codes: every layer's threshold is one-sided,
         ``max(u - lmbd theta, 0)``, for the Lasso constrained to ``z >= 0``
