@@ -151,7 +151,15 @@ class Executor:
         selection runs the dense paths only; with one W for all layers, a
         sparse layer starts a run of up to ``_unrolled.SPARSE_RUN`` sparse
         layers)."""
-        return _SPARSE_DENSITY if self.ks is None else 0.0
+        if self.ks is not None:
+            return 0.0
+        m, n = self.D.shape
+        if self.parametrization in ("step", "alista") and not self.gram():
+            # a sparse row gathers k rows of M (k m flops), where the dense
+            # path gathers k rows of D and multiplies by W^T (k n + m n):
+            # on tall dictionaries the gather wins only below n / (m - n)
+            return min(_SPARSE_DENSITY, n / (m - n))
+        return _SPARSE_DENSITY
 
     def fixed_matrices(self, dtype):
         """W, W^T, M = D W^T and M^T of the shared-W parametrizations."""
