@@ -288,9 +288,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # double too: for float32 data the exact products of their entries,
     # summed in double (rounded to float32, C and B moved the optimum by
     # more than float32 codes resolve, and the certificate refused them)
+    # (the other methods iterate in X's dtype: their float32 B is the double
+    # D D^T rounded once, as C is; accumulated in float32, its error of 5e-7
+    # moved their stopping gap, and a fifth of the samples stopped at tol =
+    # 1e-6 were refused by the certificate)
     double = method == "cd"
     C = correlations(S, n_threads, double)
-    B = gram(S.D.astype(np.float64, copy=False) if double else S.D, n_threads)
+    B = gram(S.D.astype(np.float64, copy=False), n_threads)
+    if not double:
+        B = B.astype(X.dtype, copy=False)
     # a zero atom (B_jj = 0, also when its squared norm underflows X's dtype)
     # is never used: its code is 0, with or without a warm start
     zero_atoms = ~(np.diagonal(B).astype(X.dtype) > 0)
