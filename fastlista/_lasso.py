@@ -359,12 +359,15 @@ def lasso_gradient(X, D, Z):
     """
     X, D, Z, is_1d = _check_evaluated(X, D, Z)
     S = Scaled.of(X, D, Z)
-    Zs = S.codes_in(Z)
+    # in double, rounded once to the inputs' dtype (float32 products summed
+    # in float32 were off by 1e-6 relatively at 100 features, 5e-6 at 1e5)
+    Zs, Ds, Xs = (np.asarray(a, dtype=np.float64) for a in (S.codes_in(Z), S.D, S.X))
     # (z D - x) D^T has the units of lmbd: 2**(ea + eb) times its scaled value
-    out = (Zs @ S.D - S.X) @ S.D.T
-    if not S.identity:
-        with np.errstate(over="ignore"):        # beyond the float range: inf
-            out = np.ldexp(out, S._shift(1, 1)[:, None]).astype(X.dtype)
+    out = (Zs @ Ds - Xs) @ Ds.T
+    with np.errstate(over="ignore"):            # beyond the float range: inf
+        if not S.identity:
+            out = np.ldexp(out, S._shift(1, 1)[:, None])
+        out = out.astype(X.dtype, copy=False)
     return _squeeze(out, is_1d)
 
 
