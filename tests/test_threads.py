@@ -245,7 +245,7 @@ def test_gil_released_during_kernel(kernel):
 KERNELS = [("_solvers", "correlations", 3), ("_solvers", "prox_grad", 15),
            ("_cd", "coordinate_descent", 10), ("_certify", "certify", 10),
            ("_lipschitz", "lipschitz_supports", 5), ("_unrolled", "forward", 6),
-           ("_unrolled", "loss_and_grad", 9)]
+           ("_unrolled", "loss_and_grad", 11)]
 
 
 @pytest.fixture

@@ -627,6 +627,11 @@ cdef double stored_dot(Dims *d, int fmt, const int *ptr, const int *idx,
 #: problem ISTA's codes grow sparser with depth after the first layer
 #: (77 -> 33 % dense at lmbd = 0.1, 39 -> 14 % at 0.3).
 SPARSE_RUN = 32
+#: A float32 network's weight gradients are summed over this many blocks in
+#: float32, then added into double accumulators: the float32 partial sums
+#: carry the rounding of a few blocks, not of the whole batch, and the
+#: flushes cost a pass over the gradient every FLUSH_BLOCKS blocks.
+cdef int FLUSH_BLOCKS = 8
 
 
 cdef Py_ssize_t sparse_rows_forward(
@@ -1300,6 +1305,9 @@ cdef struct NetWork:
     double *dthr    # (T m,) training: d threshold per atom
     void *dW        # coupled (T m n) / lista d W_z (T m m)
     void *dWxT      # lista: d W_x^T (T m n)
+    double *dW64    # float32 networks: dW and dWxT flushed into double,
+    double *dWxT64  # every FLUSH_BLOCKS blocks (else NULL)
+    int n_partial   # blocks summed in dW, dWxT since the last flush
     double loss     # training: summed loss of the thread's blocks
 
 
@@ -1322,6 +1330,7 @@ cdef struct NetCtx:
     double rho
     double inv_n    # 1 / N
     unsigned char *bad  # (N,) forward: 1 where the code is not finite
+    Py_ssize_t n_dw, n_dwx  # entries of a thread's dW and dWxT
     NetWork *work
 
 
@@ -1390,6 +1399,20 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
             <floating *> w.C, <floating *> w.G, <floating *> w.V, <floating *> w.P,
             Rst, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.da, w.dthr,
             NULL if p.shared else <floating *> w.dW)
+    if w.dW64 != NULL:
+        w.n_partial += 1
+        if w.n_partial == FLUSH_BLOCKS:
+            flush_partial(<floating *> w.dW, w.dW64, c.n_dw)
+            flush_partial(<floating *> w.dWxT, w.dWxT64, c.n_dwx)
+            w.n_partial = 0
+
+
+cdef void flush_partial(floating *acc, double *total, Py_ssize_t size) noexcept nogil:
+    """total += acc; acc = 0 (acc may be NULL when size is 0)."""
+    cdef Py_ssize_t k
+    for k in range(size):
+        total[k] += acc[k]
+        acc[k] = 0
 
 
 cdef void _block_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
@@ -1679,7 +1702,8 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
 
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
-                  floating[:, ::1] dW, floating[:, ::1] dWxT, int n_threads,
+                  floating[:, ::1] dW, floating[:, ::1] dWxT, double[:, ::1] dW64,
+                  double[:, ::1] dWxT64, int n_threads,
                   int block_size, int gemm_rows, double rho, bint own_gemm,
                   bint gather_v3):
     """Summed loss of the output of p's T layers, and per-thread gradients.
@@ -1688,7 +1712,13 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     per thread: da (n_threads, T), dthr (n_threads, T m: per atom, the caller
     sums over atoms for a scalar threshold), dW (n_threads, T m n) for
     coupled and (n_threads, T m m) = d W_z for lista, dWxT (n_threads, T m n)
-    = d W_x^T for lista; the caller zeroes and sums them. S holds the target
+    = d W_x^T for lista; the caller zeroes and sums them. A float32
+    network's weight gradients are summed in dW and dWxT over at most
+    FLUSH_BLOCKS blocks, then added into dW64 and dWxT64 (double, of their
+    shapes; (n_threads, 0) for float64): the gradient is the sum of both.
+    Summed over every block in float32, its error grew with the number of
+    blocks (2e-5 relatively for 1000 copies of one batch, whose exact
+    gradient is that batch's). S holds the target
     codes of the supervised loss. own_gemm, gather_v3 and gemm_rows: as in
     forward.
     """
@@ -1705,6 +1735,11 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
+    if (dW64.shape[1] not in (0, dW.shape[1]) or dWxT64.shape[1] not in (0, dWxT.shape[1])
+            or (dW64.shape[1] > 0 and dW64.shape[0] < dW.shape[0])
+            or (dWxT64.shape[1] > 0 and dWxT64.shape[0] < dWxT.shape[0])):
+        raise ValueError("loss_and_grad: dW64 and dWxT64 must be empty or of the "
+                         "shapes of dW and dWxT")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
     cdef bint check, stopped
     cdef Packed *pk = NULL
@@ -1715,6 +1750,9 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
             work[t].dthr = &dthr[t, 0]
             work[t].dW = &dW[t, 0] if dW.shape[1] > 0 else NULL
             work[t].dWxT = &dWxT[t, 0] if dWxT.shape[1] > 0 else NULL
+            work[t].dW64 = &dW64[t, 0] if dW64.shape[1] > 0 else NULL
+            work[t].dWxT64 = &dWxT64[t, 0] if dWxT64.shape[1] > 0 else NULL
+            work[t].n_partial = 0
             work[t].loss = 0
         c.X = &X[0, 0]
         c.Z = NULL
@@ -1729,6 +1767,8 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = NULL
+        c.n_dw = dW.shape[1]
+        c.n_dwx = dWxT.shape[1]
         check = in_main_thread()
         with nogil:
             stopped = run_blocks(N, <int> c.nb_max, c.n_threads, False,

@@ -263,15 +263,26 @@ class Executor:
             s_w, s_wx = sizes.get(p, (0, 0))
             dW = np.zeros((n_threads, s_w), dtype=X.dtype)
             dWxT = np.zeros((n_threads, s_wx), dtype=X.dtype)
+            # float32 weight gradients: partial sums of a few blocks, added
+            # into these in double by the kernel
+            wide = X.dtype != np.float64
+            dW64 = np.zeros((n_threads, s_w if wide else 0))
+            dWxT64 = np.zeros((n_threads, s_wx if wide else 0))
             S = np.empty((0, 0), X.dtype) if S is None else S
             total = _unrolled.loss_and_grad(X, params, lmbd, LOSS_CODES[loss], S,
-                                            da, dthr, dW, dWxT, n_threads, block, chunk,
-                                            self.rho, _OWN_GEMM, _GATHER_V3)
+                                            da, dthr, dW, dWxT, dW64, dWxT64, n_threads,
+                                            block, chunk, self.rho, _OWN_GEMM, _GATHER_V3)
         dthr = dthr.sum(axis=0).reshape(T, m)
+
+        def total_of(acc, acc64):
+            """A weight gradient: the threads' sums (and their flushed parts)."""
+            if wide:
+                return acc.sum(axis=0, dtype=np.float64) + acc64.sum(axis=0)
+            return acc.sum(axis=0)
+
         if p == "lista":
-            grads = {"W_z": dW.sum(axis=0, dtype=np.float64).reshape(T, m, m),
-                     "W_x": dWxT.sum(axis=0, dtype=np.float64).reshape(T, m, n)
-                     .transpose(0, 2, 1),
+            grads = {"W_z": total_of(dW, dW64).reshape(T, m, m),
+                     "W_x": total_of(dWxT, dWxT64).reshape(T, m, n).transpose(0, 2, 1),
                      "theta": dthr}
         else:
             da = da.sum(axis=0)
@@ -280,6 +291,6 @@ class Executor:
             elif p == "alista":
                 grads = {"gamma": da, "theta": dthr.sum(axis=1)}
             else:
-                grads = {"W": dW.sum(axis=0, dtype=np.float64).reshape(T, m, n),
+                grads = {"W": total_of(dW, dW64).reshape(T, m, n),
                          "alpha": da, "beta": dthr.sum(axis=1)}
         return total / N, grads
