@@ -79,7 +79,12 @@ class LassoResult:
         With ``record_history=True``, ``"objective"`` and ``"gap"`` arrays of
         shape (n_iter.max() + 1, n_samples) (or (n_iter + 1,) for one 1-D
         sample): the values at iterations 0, 1, ...; a sample that stopped
-        keeps its last value, which is its certificate.
+        keeps its last value, which is its certificate. The others are the
+        kernel's, from ``c = x D^T`` and ``g = c - z D D^T`` in the data's
+        dtype: float32 ones carry float32's rounding of those (up to 1e-4
+        relatively where the residual is small against x, enough for
+        ISTA's recorded objective to rise); record float64 problems for
+        curves below that.
     step_sizes : ndarray or None
         With ``record_history=True`` and method "oista" or "backtracking",
         the step used at each iteration, shape (n_iter.max(), n_samples)
