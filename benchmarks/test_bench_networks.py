@@ -22,6 +22,10 @@ float32 ones carry " float32" in their name):
 * ``coupled-loss_and_grad lmbd=0.1``: LISTA-CP, vs torch, <= 1/3;
 * ``slista-loss_and_grad float32/float64 lmbd=0.1``: the float32 network vs
   the float64 one, <= 0.6;
+* ``slista-forward tall 4096x64 lmbd=0.5``: ``Lista.transform`` (10 layers)
+  on a tall dictionary (4096 atoms of 64 features: codes 3-9 % dense, whose
+  M = D D^T takes 128 MiB) vs a NumPy unrolled ISTA of the same layers,
+  ratio <= 1; the codes must agree (rtol 1e-9);
 * ``slista-peak-memory lmbd=0.8``: peak extra resident memory of one
   ``loss_and_grad`` call, ours vs torch's, each in a fresh subprocess
   (recorded in ``extra_info["peak_extra_mb"]``; the times of that group
@@ -76,6 +80,10 @@ GRAD_TARGET = {0.1: 1 / 4, 0.8: 1 / 15}
 COUPLED_TARGET = 1 / 3
 GEMM_FLOOR_TARGET = 0.8
 DTYPE_TARGET = 0.6          # float32 / float64 time, SLISTA loss_and_grad lmbd=0.1
+TALL = (4096, 64)           # atoms x features of the tall dictionary
+TALL_LMBD = 0.5
+TALL_LAYERS = 10
+TALL_TARGET = 1.0           # Lista.transform / NumPy unrolled ISTA
 DTYPES = ["float64", "float32"]
 TORCH_PRIME = 2             # untimed torch calls before the timed ones
 
@@ -202,6 +210,57 @@ def gemm_floor(X, D, Z):
         return U
 
     return gemm_pairs
+
+
+# ------------------------------------------------ SLISTA on a tall dictionary
+def tall_problem(small):
+    """(X, D): make_coding with TALL's atoms and features, lambda_max = 1."""
+    from fastlista.datasets import make_coding
+
+    X, D = make_coding(128 if small else 512, *TALL, random_state=0)
+    return X, D
+
+
+def numpy_ista(X, D, lmbd, n_layers):
+    """A NumPy unrolled ISTA with steps 1/L from z_0 = 0 (a function to
+    time): the untrained SLISTA network's layers."""
+    L = np.linalg.norm(D, 2) ** 2
+    DT = D.T
+
+    def layers():
+        Z = np.zeros((X.shape[0], D.shape[0]), X.dtype)
+        for _ in range(n_layers):
+            U = Z - ((Z @ D - X) @ DT) / L
+            Z = np.sign(U) * np.maximum(np.abs(U) - lmbd / L, 0.0)
+        return Z
+
+    return layers
+
+
+@pytest.fixture(scope="module")
+def tall():
+    from interleave import small_problems
+
+    return tall_problem(small_problems())
+
+
+@pytest.mark.parametrize("side", ["ours", "numpy"])
+def test_slista_forward_tall(benchmark, tall, info, side):
+    X, D = tall
+    net = Lista(D, TALL_LMBD, TALL_LAYERS)
+    reference = numpy_ista(X, D, TALL_LMBD, TALL_LAYERS)
+    benchmark.group = f"slista-forward tall {TALL[0]}x{TALL[1]} lmbd={TALL_LMBD}"
+    if side == "ours":
+        info(benchmark, tall, role="ours", lmbd=TALL_LMBD, n_layers=TALL_LAYERS,
+             label="fastlista Lista(step).transform")
+        Z = _run(benchmark, net.transform, X, rounds=5)
+    else:
+        info(benchmark, tall, role="reference", lmbd=TALL_LMBD, n_layers=TALL_LAYERS,
+             label="NumPy unrolled ISTA", target_ratio=TALL_TARGET)
+        Z = _run(benchmark, reference, rounds=5)
+    np.testing.assert_allclose(net.transform(X), reference(), rtol=1e-9,
+                               atol=1e-12 * np.abs(Z).max())
+    benchmark.extra_info.update(_codes_info(Z))
 
 
 # ------------------------------------------------------- SLISTA loss and grad
@@ -452,6 +511,14 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                           timer(nets["step", 0.8].transform, X),
                           timer(with_setting(_unrolled, "SPARSE_RUN", 1,
                                              nets["step", 0.8].transform), X)))
+    Xt, Dt = tall_problem(small)
+    tall_net = Lista(Dt, TALL_LMBD, TALL_LAYERS, n_jobs=threads)
+    agree = np.allclose(tall_net.transform(Xt), numpy_ista(Xt, Dt, TALL_LMBD, TALL_LAYERS)(),
+                        rtol=1e-9, atol=1e-12)
+    cases.append(Case(f"SLISTA forward {TALL_LMBD}, {TALL[0]} x {TALL[1]} / NumPy ISTA",
+                      timer(tall_net.transform, Xt),
+                      timer(numpy_ista(Xt, Dt, TALL_LMBD, TALL_LAYERS)), TALL_TARGET,
+                      check="codes agree" if agree else "MISMATCH: codes differ"))
     X32, D32 = X64.astype(np.float32), D64.astype(np.float32)
     cases.append(Case("SLISTA loss_and_grad 0.1 float32 / float64",
                       timer(Lista(D32, 0.1, N_LAYERS, n_jobs=threads).loss_and_grad, X32),
