@@ -399,11 +399,14 @@ def lambda_max(X, D, positive=False):
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     positive = check_bool(positive, "positive", "lambda_max")
     S = Scaled.of(X, D)
-    # x D^T with the solvers' own arithmetic, so that lmbd = lambda_max gives
-    # exactly zero codes there
+    # x D^T in double (exact products of float32 data), its max rounded up
+    # to X's dtype: no solver, whether it iterates on the double
+    # correlations or on their float32 rounding (never above the rounded-up
+    # max), then finds a non-zero code at lmbd = lambda_max
     with kernel_threads(None, "lambda_max") as n_threads:
-        C = correlations(S, n_threads)
-    out = S.lambda_out(correlation_max(C, positive)).astype(S.X.dtype, copy=False)
+        C = correlations(S, n_threads, double=True)
+    with np.errstate(over="ignore"):            # beyond float32's range: inf
+        out = round_up(S.lambda_out(correlation_max(C, positive)), S.X.dtype)
     return _squeeze(out, is_1d)
 
 

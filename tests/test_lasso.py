@@ -336,3 +336,22 @@ def test_float32_gradient_is_the_double_gradient_rounded_once():
     expected = ref.gradient(X, D, Z)
     scale = np.abs(expected).max()
     assert_allclose(g, expected, rtol=2.0 ** -24, atol=1e-12 * scale)
+
+
+def test_float32_lambda_max_is_rounded_up_and_gives_zero_codes():
+    """lambda_max of float32 data is the exact max |x D^T| rounded up, the
+    smallest float32 lmbd whose solution is 0 (it was rounded to nearest,
+    half the time below), and every method then returns exactly zero codes,
+    also when it iterates without screening (tol=0)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        D = rng.standard_normal((20, 7)).astype(np.float32)
+        X = rng.standard_normal((25, 7)).astype(np.float32)
+        lm = lambda_max(X, D)
+        assert lm.dtype == np.float32
+        exact = np.abs(X.astype(np.float64) @ D.astype(np.float64).T).max(axis=1)
+        assert np.all(lm >= exact)
+        assert np.all(np.nextafter(lm, np.float32(0)) < exact)
+        for method in ("cd", "ista", "fista", "backtracking", "oista"):
+            res = fastlista.solve_lasso(X, D, lm, method=method, tol=0, max_iter=20)
+            assert not np.any(res.codes), method

@@ -464,8 +464,9 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     else:
                         fl_s_st_step(m, zs, gs, <float> step, <float> thr)
             elif method == FISTA and w.Zd != NULL:
-                fista_step_double(w.Zd + s * m, w.Yd + s * m, gs, w.rowd, m, 1 / L,
-                                  w.lmbd[s] / L, c.positive, &w.aux[s])
+                step = 1 / L
+                fista_step_double(w.Zd + s * m, w.Yd + s * m, gs, w.rowd, m, step,
+                                  w.lmbd[s] * step, c.positive, &w.aux[s])
                 ys = Yb + s * m
                 for j in range(m):
                     zs[j] = <floating> w.Zd[s * m + j]
