@@ -1309,3 +1309,23 @@ def test_float32_weight_gradients_do_not_drift_with_the_batch_size(parametrizati
     got = np.stack([layer[key] for layer in grads])
     want = np.stack([layer[key] for layer in expected])
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_kernel_refuses_half_given_double_accumulators():
+    """The private loss_and_grad flushes dW and dWxT together: a full dW64
+    beside an empty dWxT64 (a float32 LISTA) is refused, where it passed a
+    per-array check and a flush then wrote through a null pointer."""
+    rng = np.random.default_rng(0)
+    m, n, T = 6, 4, 2
+    D = rng.standard_normal((m, n)).astype(np.float32)
+    net = Lista(D, 0.1, T, parametrization="lista")
+    X = rng.standard_normal((40, n)).astype(np.float32)
+    params = net._exec.params(net._params, T, np.float32)
+    dW = np.zeros((1, T * m * m), np.float32)
+    dWxT = np.zeros((1, T * m * n), np.float32)
+    with pytest.raises(ValueError, match="must both be empty or both"):
+        _unrolled.loss_and_grad(
+            X, params, np.full(40, 0.1), execution.LOSS_CODES["unsupervised"],
+            np.empty((0, 0), np.float32), np.zeros((1, 0)), np.zeros((1, T * m)), dW,
+            dWxT, np.zeros((1, T * m * m)), np.zeros((1, 0)), 1, 4, 4, net._exec.rho,
+            execution._OWN_GEMM, execution._GATHER_V3)

@@ -1399,7 +1399,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
             <floating *> w.C, <floating *> w.G, <floating *> w.V, <floating *> w.P,
             Rst, w.fmt, w.ptr, w.idx, val, <floating *> w.wv, w.da, w.dthr,
             NULL if p.shared else <floating *> w.dW)
-    if w.dW64 != NULL:
+    if w.dW64 != NULL or w.dWxT64 != NULL:
         w.n_partial += 1
         if w.n_partial == FLUSH_BLOCKS:
             flush_partial(<floating *> w.dW, w.dW64, c.n_dw)
@@ -1735,11 +1735,12 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
     if gather_v3 and not GATHER_V3_RUNS:
         raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
-    if (dW64.shape[1] not in (0, dW.shape[1]) or dWxT64.shape[1] not in (0, dWxT.shape[1])
-            or (dW64.shape[1] > 0 and dW64.shape[0] < dW.shape[0])
-            or (dWxT64.shape[1] > 0 and dWxT64.shape[0] < dWxT.shape[0])):
-        raise ValueError("loss_and_grad: dW64 and dWxT64 must be empty or of the "
-                         "shapes of dW and dWxT")
+    # (both empty, or both of the shapes of dW and dWxT: a flush writes both)
+    if ((dW64.shape[1] > 0 or dWxT64.shape[1] > 0)
+            and (dW64.shape[1] != dW.shape[1] or dWxT64.shape[1] != dWxT.shape[1]
+                 or dW64.shape[0] < dW.shape[0] or dWxT64.shape[0] < dWxT.shape[0])):
+        raise ValueError("loss_and_grad: dW64 and dWxT64 must both be empty or both "
+                         "of the shapes of dW and dWxT")
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
     cdef bint check, stopped
     cdef Packed *pk = NULL
