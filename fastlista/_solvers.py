@@ -338,6 +338,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         active = np.flatnonzero(~screened).astype(np.intc)
     run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap,
                   positive)
+    if method != "cd" and zero_atoms.any():
+        # the proximal-gradient kernels step every atom: a zero atom's
+        # correlation (not 0 when only its squared norm underflows) gives it
+        # a code, which is set back to 0 after every run
+        step_all, zero_cols = run, np.flatnonzero(zero_atoms)
+
+        def run(rows, tol, max_iter):
+            step_all(rows, tol, max_iter)
+            Z[np.ix_(rows, zero_cols)] = 0
     run(active, tol, max_iter)
 
     primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
@@ -451,8 +460,10 @@ def _history(hist, n_iter, N, xx, primal, gap, method, S):
             for t in range(1, T):
                 h[t] = np.where(np.isnan(h[t]) | (t > n_iter), h[t - 1], h[t])
     dtype = hist[0].dtype
-    history = {"objective": S.energy_out(obj_h.T).T.astype(dtype),
-               "gap": S.energy_out(gap_h.T).T.astype(dtype)}
+    # gaps rounded up, as LassoResult.gap is: the last one is the certificate
+    with np.errstate(over="ignore"):
+        history = {"objective": S.energy_out(obj_h.T).T.astype(dtype),
+                   "gap": round_up(S.energy_out(gap_h.T).T, dtype)}
     step_sizes = None
     if method in ("oista", "backtracking"):
         with np.errstate(over="ignore"):

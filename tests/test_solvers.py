@@ -910,3 +910,32 @@ def test_float32_fista_reaches_the_certifiable_tolerance_on_correlated_atoms():
     assert res.codes.dtype == np.float32 and res.converged.all()
     gap = ref.duality_gap_robust(X, D, lmbd, res.codes)
     assert np.all(gap <= 1e-6 * 0.5 * np.einsum("ij,ij->i", X, X, dtype=np.float64))
+
+
+@pytest.mark.parametrize("method", ["ista", "fista", "backtracking", "oista", "cd"])
+def test_float32_atom_whose_square_underflows_gets_code_zero(method):
+    """An atom whose squared norm underflows float32 is a zero atom: its code
+    is 0 for every method (the proximal-gradient kernels gave it codes of
+    1e-25 from its correlation, which does not underflow)."""
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((4, 6))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    D[1] = D[0] * 1e-24
+    X = rng.standard_normal((3, 6)).astype(np.float32)
+    D = D.astype(np.float32)
+    for lmbd in (0.0, 1e-30, 1e-3):
+        res = solve_lasso(X, D, lmbd, method=method, tol=0, max_iter=2000)
+        assert np.all(res.codes[:, 1] == 0)
+        assert_allclose(res.gap, ref.duality_gap_robust(X, D, lmbd, res.codes),
+                        rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ista", "fista"])
+def test_last_recorded_gap_is_the_certificate_rounded_up(method):
+    """history["gap"][-1] is res.gap bit for bit in float32 (it was rounded to
+    nearest, an ulp below the certificate for half the samples)."""
+    X, D = get_problem("under", np.float32)
+    res = solve_lasso(X, D, 0.3, method=method, tol=1e-5, max_iter=5000,
+                      record_history=True)
+    last = res.history["gap"][res.n_iter, np.arange(X.shape[0])]
+    assert_array_equal(last, res.gap)
