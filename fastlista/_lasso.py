@@ -386,8 +386,9 @@ def lambda_max(X, D, positive=False):
     Returns
     -------
     lmbd_max : ndarray of shape (n_samples,) or float
-        ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``):
-        for ``lmbd >= lmbd_max`` the Lasso solution is exactly 0.
+        ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``),
+        in X's dtype, rounded up: for ``lmbd >= lmbd_max`` the Lasso solution
+        is exactly 0, and every solver returns exactly zero codes.
 
     Examples
     --------
