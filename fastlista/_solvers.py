@@ -289,14 +289,13 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     S = Scaled.of(X, D)
     lm = S.lmbd(lmbd)
     xx = np.einsum("ij,ij->i", S.X, S.X, dtype=np.float64)
-    # coordinate descent computes in double, and takes its data C and B in
-    # double too: for float32 data the exact products of their entries,
-    # summed in double (rounded to float32, C and B moved the optimum by
-    # more than float32 codes resolve, and the certificate refused them)
-    # (the other methods iterate in X's dtype: their float32 B is the double
-    # D D^T rounded once, as C is; accumulated in float32, its error of 5e-7
-    # moved their stopping gap, and a fifth of the samples stopped at tol =
-    # 1e-6 were refused by the certificate)
+    # D D^T (and for coordinate descent X D^T) in double: for float32 data
+    # the exact products of their entries, summed in double. Coordinate
+    # descent computes in double and keeps them so (rounded to float32, they
+    # moved the optimum by more than float32 codes resolve); the other
+    # methods iterate in X's dtype and take them rounded once (accumulated in
+    # float32, B's error of 5e-7 moved their stopping gap below the
+    # certificate's)
     double = method == "cd"
     C = correlations(S, n_threads, double)
     B = gram(S.D.astype(np.float64, copy=False), n_threads)
