@@ -59,8 +59,10 @@ def gap_allowance(X, D, lmbd, Z, dtype=np.float64, positive=False):
     long double, for a gap stored in ``dtype``."""
     F, g_ref, size, sens = ref.gap_terms_robust(X, D, lmbd, Z, c_rel=C_REL,
                                                 positive=positive)
+    # sens: the gap may be the other branch's (lmbd ~ the rounding of the
+    # correlations), itself stored to GAP_RTOL like g_ref
     with np.errstate(all="ignore"):
-        allowed = GAP_RTOL * g_ref + GAP_SIZE_TOL * size + sens + \
+        allowed = GAP_RTOL * (g_ref + sens) + GAP_SIZE_TOL * size + sens + \
             LD(np.finfo(dtype).smallest_subnormal)
     return F, g_ref, allowed, size
 

@@ -405,6 +405,53 @@ def test_zero_lambda_with_x_orthogonal_to_the_atoms_is_certified(method):
     assert_gap_matches(X, D, 0.0, res.codes, duality_gap(X, D, 0.0, res.codes))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_lambda_with_products_cancelling_exactly_is_certified(method, dtype):
+    # x = d_1 x d_2 (cross product) is orthogonal to both atoms, by products
+    # that do not vanish but cancel exactly (integers): z = 0 is optimal and
+    # its gap is 0. The error bound of the compensated dot products was
+    # a worst case (n^2 u^2 sum |x_i y_i|), never 0: u = r stayed unproven
+    # and the gap was 1/2 ||x||^2 (27 here for X[0]), not converged.
+    D = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=dtype)
+    X = np.array([[-3.0, 6.0, -3.0], [-6e20, 12e20, -6e20], [0.0, 0.0, 0.0]],
+                 dtype=dtype)
+    assert all(sum(Fr(float(a)) * Fr(float(b)) for a, b in zip(x, d)) == 0
+               for x in X for d in D)
+    res = check(X, D, 0.0, method=method)
+    np.testing.assert_array_equal(res.codes, 0.0)
+    np.testing.assert_array_equal(res.gap, 0.0)
+    np.testing.assert_array_equal(res.converged, [True, True, True])
+    np.testing.assert_array_equal(duality_gap(X, D, 0.0, res.codes), 0.0)
+
+
+@pytest.mark.parametrize("n", [5, 12, 40, 300])
+def test_zero_lambda_gap_is_zero_only_for_exactly_orthogonal_x(n):
+    """The other side of the bound: at lmbd = 0 and z = 0 the gap is 0 only
+    when x D^T = 0 exactly, else 1/2 ||x||^2 (u = r is feasible or not).
+    Products 1, 2^-a, 2^-b, -1, -2^-a (b > a + 53, each pair's exponents
+    split between x and d, at random places among zeros, scaled by a power
+    of two) sum to 2^-b exactly; the compensated dot product gets 0, its
+    error terms 2^-a and 2^-b having been added with rounding. Its bound
+    must see that rounding: these x are never certified orthogonal."""
+    rng = np.random.default_rng(n)
+    for _ in range(100):
+        a = int(rng.integers(54, 120))
+        b = a + int(rng.integers(54, 120))
+        scale = float(2.0 ** rng.integers(-200, 200))
+        e = np.array([0, a, b, 0, a])
+        ex = rng.integers(0, e + 1)                  # 2^-e = 2^-ex 2^-(e - ex)
+        x, d = np.zeros(n), np.zeros(n)
+        where = rng.choice(n, size=5, replace=False)
+        x[where] = np.array([1, 1, 1, -1, -1]) * 2.0 ** -ex * scale
+        d[where] = 2.0 ** -(e - ex)
+        assert sum(Fr(float(u)) * Fr(float(v)) for u, v in zip(x, d)) == \
+            Fr(2) ** -b * Fr(scale)
+        half = float(sum(Fr(float(u)) ** 2 for u in x) / 2)
+        gap = float(duality_gap(x, d[None], 0.0, np.zeros(1)))
+        assert gap == pytest.approx(half, rel=1e-12), (a, b, where)
+
+
 # ---------------------------------------------------------------------------
 # 10. sizes and scales beyond the kernels' range: ValueError naming the argument
 # ---------------------------------------------------------------------------

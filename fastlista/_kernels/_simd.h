@@ -449,21 +449,28 @@ static FL_SIMD double fl_dot_sd(Py_ssize_t n, const float *__restrict x,
        TwoSum      t = fl(s + p), z = t - s,
                    q = (s - (t - z)) + (p - z):           s + p = t + q exactly
 
-   The high parts are summed in s, the errors q + e in c. Whatever the order
-   of the additions (lanes, then across), the q are the exact errors of a
-   floating-point sum of the 2n parts, and with u = 2^-53 and eta the
-   smallest subnormal (TwoProduct is exact unless a b underflows)
+   The high parts are summed in s, the errors q + e in c. Then x.y = tot +
+   E exactly, tot the lanes' high parts added by TwoSum and E the sum of the
+   K = 2 n + 8 error terms (the q and e of every element, the q of every
+   lane merge); cc is E added in floating point, in some order, and the
+   result res = fl(tot + cc) has its own error `last` from one more TwoSum.
+   With u = 2^-53 and eta the smallest subnormal (TwoProduct is exact
+   unless its error e falls below the normal range: |a b| < 2^-969), the a
+   posteriori bound
 
-       |s + c - x.y| <= gamma_2n^2 sum_i |x_i y_i| + n eta
+       |res - x.y| <= |last| + gamma_K sum |error terms| + n eta
 
-   (the last term only when some product fell below the normal range),
-   the result being fl(s + c), whose own error a last TwoSum gives exactly.
-   *bound receives twice their sum (the sum is computed rounded): |result -
-   x.y| <= *bound. */
+   (the last term only when some product came that near the subnormals)
+   is within a small factor of the paper's, gamma_2n^2 sum_i |x_i y_i|
+   (|q| <= u |t| and |e| <= u |p|), and is 0 when every transformation was
+   exact: x.y = 0 by products that cancel exactly (an x orthogonal to an
+   atom with integer entries, say) is then certified 0, not merely tiny.
+   *bound receives twice it (the bound is computed rounded, and gamma_K =
+   K u / (1 - K u)): |result - x.y| <= *bound. */
 static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restrict x,
                                              const double *__restrict y,
                                              double *__restrict bound) {
-    const double tiny = 2.2250738585072014e-308;      /* the smallest normal */
+    const double tiny = 0x1p-969;       /* u |p| below it: e may be subnormal */
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, under[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tot = 0, cc = 0, aa = 0, uu = 0;
@@ -474,10 +481,11 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
             double p = x[j + l] * y[j + l];
             double e = fma(x[j + l], y[j + l], -p);
             double t = s[l] + p, z = t - s[l];
-            c[l] += ((s[l] - (t - z)) + (p - z)) + e;
+            double q = (s[l] - (t - z)) + (p - z);
+            c[l] += q + e;
             s[l] = t;
-            a[l] += fabs(p);
-            /* a product below the normals may have lost bits */
+            a[l] += fabs(q) + fabs(e);
+            /* a product this small may have lost bits of e */
             under[l] += (fabs(p) < tiny && x[j + l] != 0 && y[j + l] != 0) ? 1.0 : 0.0;
         }
     }
@@ -485,21 +493,23 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
         double p = x[j] * y[j];
         double e = fma(x[j], y[j], -p);
         double t = s[0] + p, z = t - s[0];
-        c[0] += ((s[0] - (t - z)) + (p - z)) + e;
+        double q = (s[0] - (t - z)) + (p - z);
+        c[0] += q + e;
         s[0] = t;
-        a[0] += fabs(p);
+        a[0] += fabs(q) + fabs(e);
         under[0] += (fabs(p) < tiny && x[j] != 0 && y[j] != 0) ? 1.0 : 0.0;
     }
     for (int l = 0; l < 8; l++) {
         double t = tot + s[l], z = t - tot;
-        cc += ((tot - (t - z)) + (s[l] - z)) + c[l];
+        double q = (tot - (t - z)) + (s[l] - z);
+        cc += q + c[l];
         tot = t;
-        aa += a[l];
+        aa += a[l] + fabs(q);
         uu += under[l];
     }
     double res = tot + cc, z = res - tot;
     double last = (tot - (res - z)) + (cc - z);
-    *bound = 2 * (fabs(last) + 4 * (double) n * (double) n * 1.2325951644078309e-32 * aa
+    *bound = 2 * (fabs(last) + (2 * (double) n + 8) * 1.1102230246251565e-16 * aa
                   + (double) n * (uu > 0 ? 4.9406564584124654e-324 : 0));
     return res;
 }
