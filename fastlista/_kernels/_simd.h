@@ -449,22 +449,24 @@ static FL_SIMD double fl_dot_sd(Py_ssize_t n, const float *__restrict x,
        TwoSum      t = fl(s + p), z = t - s,
                    q = (s - (t - z)) + (p - z):           s + p = t + q exactly
 
-   The high parts are summed in s, the errors q + e in c. Then x.y = tot +
-   E exactly, tot the lanes' high parts added by TwoSum and E the sum of the
-   K = 2 n + 8 error terms (the q and e of every element, the q of every
-   lane merge); cc is E added in floating point, in some order, and the
-   result res = fl(tot + cc) has its own error `last` from one more TwoSum.
-   With u = 2^-53 and eta the smallest subnormal (TwoProduct is exact
-   unless its error e falls below the normal range: |a b| < 2^-969), the a
-   posteriori bound
+   The high parts are summed in s, the errors w = fl(q + e) in c. Then
+   x.y = tot + E exactly, tot the lanes' high parts added by TwoSum and E
+   the sum of every q + e and of the 8 lane merges' own q; cc is E added
+   in floating point (w = (q + e)(1 + delta), |delta| <= u, then the n + 8
+   terms summed in some order), and the result res = fl(tot + cc) has its
+   own error `last` from one more TwoSum. With u = 2^-53, K = 2 n + 8 and
+   eta the smallest subnormal (TwoProduct is exact unless its error e
+   falls below the normal range: |a b| < 2^-969), the a posteriori bound
 
-       |res - x.y| <= |last| + gamma_K sum |error terms| + n eta
+       |res - x.y| <= |last| + gamma_K (sum |w| + sum |q of the merges|)
+                      + n eta
 
    (the last term only when some product came that near the subnormals)
    is within a small factor of the paper's, gamma_2n^2 sum_i |x_i y_i|
    (|q| <= u |t| and |e| <= u |p|), and is 0 when every transformation was
    exact: x.y = 0 by products that cancel exactly (an x orthogonal to an
    atom with integer entries, say) is then certified 0, not merely tiny.
+   (w = 0 only if q + e = 0 exactly: a sum rounds to 0 only when it is 0.)
    *bound receives twice it (the bound is computed rounded, and gamma_K =
    K u / (1 - K u)): |result - x.y| <= *bound. */
 static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restrict x,
@@ -481,10 +483,10 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
             double p = x[j + l] * y[j + l];
             double e = fma(x[j + l], y[j + l], -p);
             double t = s[l] + p, z = t - s[l];
-            double q = (s[l] - (t - z)) + (p - z);
-            c[l] += q + e;
+            double w = ((s[l] - (t - z)) + (p - z)) + e;
+            c[l] += w;
             s[l] = t;
-            a[l] += fabs(q) + fabs(e);
+            a[l] += fabs(w);
             /* a product this small may have lost bits of e */
             under[l] += (fabs(p) < tiny && x[j + l] != 0 && y[j + l] != 0) ? 1.0 : 0.0;
         }
@@ -493,10 +495,10 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
         double p = x[j] * y[j];
         double e = fma(x[j], y[j], -p);
         double t = s[0] + p, z = t - s[0];
-        double q = (s[0] - (t - z)) + (p - z);
-        c[0] += q + e;
+        double w = ((s[0] - (t - z)) + (p - z)) + e;
+        c[0] += w;
         s[0] = t;
-        a[0] += fabs(q) + fabs(e);
+        a[0] += fabs(w);
         under[0] += (fabs(p) < tiny && x[j] != 0 && y[j] != 0) ? 1.0 : 0.0;
     }
     for (int l = 0; l < 8; l++) {
