@@ -405,13 +405,13 @@ def lambda_max(X, D, positive=False):
     # correlations or on their float32 rounding (never above the rounded-up
     # max), then finds a non-zero code at lmbd = lambda_max
     with kernel_threads(None, "lambda_max") as n_threads:
-        C = correlations(S, n_threads, double=True)
+        _, top = correlations(S, n_threads, double=True, positive=positive)
     with np.errstate(over="ignore"):            # beyond float32's range: inf
-        out = round_up(S.lambda_out(correlation_max(C, positive)), S.X.dtype)
+        out = round_up(S.lambda_out(top), S.X.dtype)
     return _squeeze(out, is_1d)
 
 
-def correlations(S, n_threads, double=False):
+def correlations(S, n_threads, double=False, positive=None):
     """C = X D^T in scaled units, the data of every solve, in the dtype of X
     (in float64 with ``double``).
 
@@ -419,23 +419,27 @@ def correlations(S, n_threads, double=False):
     and rounded once, unless ``double``: a correlation that is exactly 0
     stays 0, where a float32 GEMM's fused multiply-adds could leave a
     residue, which an atom of tiny norm would amplify into a huge code.
+
+    With ``positive`` (True or False) returns ``(C, top)``, ``top`` (N,) the
+    lambda_max of each row in scaled units: ``max_j |C_ij|``, or ``max(0,
+    max_j C_ij)`` for positive codes, +0.0 when no entry exceeds 0. It is
+    taken from the double products block by block while the block is in
+    cache, in C's dtype (rounding is monotone: the max of the rounded C is
+    the rounded max).
     """
     N, m = S.X.shape[0], S.D.shape[0]
     C = np.empty((N, m))
+    top = None if positive is None else np.empty(N)
+    kw = {} if positive is None else dict(top=top, positive=positive)
     if S.X.dtype == np.float64:
-        _solvers.correlations(S.X, S.D, C, n_threads)
-        return C
-    _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads)
-    return C if double else C.astype(np.float32)
-
-
-def correlation_max(C, positive):
-    """lambda_max from C = X D^T: ||c||_inf, or max(c)_+ for positive codes."""
-    top = C.max(axis=1, initial=0.0)
-    if not positive:
-        # max(max c, -min c): two reads of C, where |C| wrote a copy of it
-        np.maximum(top, -C.min(axis=1, initial=0.0), out=top)
-    return top + 0.0        # -0.0 (all correlations -0.0) reads as 0.0
+        _solvers.correlations(S.X, S.D, C, n_threads, **kw)
+    else:
+        _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C,
+                              n_threads, **kw)
+        if not double:
+            C = C.astype(np.float32)
+            top = None if top is None else top.astype(np.float32)
+    return C if top is None else (C, top)
 
 
 def duality_gap(X, D, lmbd, Z, positive=False):

@@ -18,8 +18,7 @@ import numpy as np
 from ._kernels import _cd, _solvers
 from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from ._kernels._gemm import OWN_GEMM
-from ._lasso import (Scaled, _check_codes, certify, correlation_max, correlations,
-                     round_up)
+from ._lasso import Scaled, _check_codes, certify, correlations, round_up
 from ._lipschitz import global_lipschitz, gram
 from ._threads import kernel_threads
 from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
@@ -297,7 +296,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # float32, B's error of 5e-7 moved their stopping gap below the
     # certificate's)
     double = method == "cd"
-    C = correlations(S, n_threads, double)
+    C, top = correlations(S, n_threads, double, positive)
     B = gram(S.D.astype(np.float64, copy=False), n_threads)
     if not double:
         B = B.astype(X.dtype, copy=False)
@@ -332,7 +331,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     active = np.arange(N, dtype=np.intc)
     screened = np.zeros(N, dtype=bool)
     if tol > 0 and N:
-        screened = lm >= correlation_max(C, positive)
+        screened = lm >= top
         Z[screened] = 0
         active = np.flatnonzero(~screened).astype(np.intc)
     run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap,

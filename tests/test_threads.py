@@ -258,9 +258,9 @@ def kernel_calls(monkeypatch):
         mod = importlib.import_module(f"fastlista._kernels.{module}")
         real = getattr(mod, name)
 
-        def spy(*args, _real=real, _pos=pos, _name=name):
+        def spy(*args, _real=real, _pos=pos, _name=name, **kwargs):
             calls.append((_name, args[_pos], max(blas_threads())))
-            return _real(*args)
+            return _real(*args, **kwargs)
 
         monkeypatch.setattr(mod, name, spy)
     return calls

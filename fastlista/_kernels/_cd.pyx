@@ -319,7 +319,7 @@ cdef void refresh_gradient(int w, const double *z, const double *c,
             fl_d_sub_axpy(w, za, Bw + a * w, g)
 
 
-cdef int cd_sample(const double *c_full, const double *B, int m, double xx,
+cdef int cd_sample(const double *c_full, const double *B, const double *Bd, int m, double xx,
                    double lmbd, double *z_full, int max_epochs, double tol_abs,
                    double *g_full, double *score, int *cand, int *W, int wmax,
                    double *z, double *g, double *c, double *Bw, bint positive,
@@ -328,6 +328,7 @@ cdef int cd_sample(const double *c_full, const double *B, int m, double xx,
 
     Outer loop on all m atoms (gradient, gap, working set W of at most wmax
     atoms), inner epochs on the compact copies z, g, c (w,) and Bw (w, w).
+    Bd (m,) is the diagonal of B, contiguous.
     """
     cdef int j, a, b, q, w, nnz, n_cand, p_ws = MIN_WS, epochs = 0, status, inner
     cdef double gap, d, znew, bjj, za
@@ -336,21 +337,20 @@ cdef int cd_sample(const double *c_full, const double *B, int m, double xx,
     cdef double *Ba
 
     for j in range(m):
-        if not B[<Py_ssize_t> j * m + j] > 0:
+        if not Bd[j] > 0:
             z_full[j] = 0           # a zero atom is never used
     f.k = 0
     while True:
         # full negative gradient g = c - z B from the support
         for j in range(m):
             g_full[j] = c_full[j]
-            score[j] = c_full[j]        # c in double for gap_from
         nnz = 0
         for j in range(m):
             za = z_full[j]
             if za != 0:
                 nnz += 1
                 fl_d_sub_axpy(m, za, B + <Py_ssize_t> j * m, g_full)
-        gap = gap_from(m, z_full, g_full, score, xx, lmbd, positive)
+        gap = gap_from(m, z_full, g_full, c_full, xx, lmbd, positive)
         if (tol_abs > 0 and gap <= tol_abs) or epochs >= max_epochs:
             gap_out[0] = gap
             return epochs
@@ -365,7 +365,7 @@ cdef int cd_sample(const double *c_full, const double *B, int m, double xx,
             if z_full[j] != 0 and w < wmax:
                 W[w] = j
                 w += 1
-            elif B[<Py_ssize_t> j * m + j] > 0:
+            elif Bd[j] > 0:
                 cand[n_cand] = j
                 # (positive codes: only g_j > lmbd violates)
                 score[n_cand] = g_full[j] if positive else fabs(g_full[j])
@@ -461,6 +461,7 @@ cdef struct CDWork:
 cdef struct CDCtx:
     const double *C    # (N, m) x D^T
     const double *B    # (m, m) D D^T
+    const double *Bd   # (m,) its diagonal
     const double *xx   # (N,) ||x||^2
     const double *lmbd  # (N,)
     void *Z            # (N, m) in: start, out: codes
@@ -485,7 +486,7 @@ cdef void cd_block(floating *tag, CDCtx *c, int tid, Py_ssize_t start,
         Zr = <floating *> c.Z + r * m
         for j in range(m):
             w.z_full[j] = Zr[j]
-        c.n_iter[r] = cd_sample(c.C + r * m, c.B, <int> m, c.xx[r], c.lmbd[r],
+        c.n_iter[r] = cd_sample(c.C + r * m, c.B, c.Bd, <int> m, c.xx[r], c.lmbd[r],
                                 w.z_full, c.max_iter, c.tol * 0.5 * c.xx[r],
                                 w.g_full, w.score, w.cand, w.W, c.wmax, w.z, w.g,
                                 w.c, w.Bw, c.positive, &w.factor, &gap)
@@ -555,8 +556,11 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
         work[t].factor.dinv = &dv[t, o[9]]
         work[t].factor.y = &dv[t, o[7]]
         work[t].factor.mark = &mv[t, 0]
+    bdiag = np.array([B[j, j] for j in range(m)], dtype=np.float64)
+    cdef double[::1] bd = bdiag
     c.C = &C[0, 0]
     c.B = &B[0, 0]
+    c.Bd = &bd[0]
     c.xx = &xx[0]
     c.lmbd = &lmbd[0]
     c.Z = &Z[0, 0]

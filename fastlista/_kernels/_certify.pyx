@@ -48,8 +48,8 @@ from libc.stdlib cimport free, malloc
 from ._blas cimport gemm
 from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
-from ._simd cimport (fl_certified_gmax, fl_d_gap_sums, fl_d_gather, fl_dot2,
-                     fl_s_gap_sums)
+from ._simd cimport (fl_certified_gmax, fl_d_count_nonzero, fl_d_gap_sums,
+                     fl_d_gather, fl_dot2, fl_s_count_nonzero, fl_s_gap_sums)
 
 
 #: The unit roundoff of double, 2^-53.
@@ -85,7 +85,7 @@ cdef struct CertifyCtx:
 cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
                         int nb) noexcept nogil:
     cdef CertifyWork *w = &c.work[tid]
-    cdef Py_ssize_t n = c.n, m = c.m, i, j, k, nnz = 0
+    cdef Py_ssize_t n = c.n, m = c.m, i, j, k, nnz
     cdef const floating *Xb = <const floating *> c.X + start * n
     cdef const floating *Zb = <const floating *> c.Z + start * m
     cdef const floating *z
@@ -104,8 +104,10 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
         Xd = w.X
         for j in range(nb * n):
             Xd[j] = Xb[j]
-    for j in range(nb * m):
-        nnz += Zb[j] != 0
+    if floating is double:
+        nnz = fl_d_count_nonzero(nb * m, Zb)
+    else:
+        nnz = fl_s_count_nonzero(nb * m, Zb)
     # A gather of rows runs at about a quarter of GEMM speed: r = x - z D
     # gathers k rows of D (2 k n flops) against a GEMM's 2 m n, and, when
     # C and B are given, g = c - z B gathers k rows of B (2 k m) against the

@@ -545,6 +545,25 @@ static FL_SIMD double fl_certified_gmax(Py_ssize_t n, Py_ssize_t m, const double
     }
     return best;
 }
+/* lambda_max of one row c of C = X D^T: max_j |c_j|, or max(max_j c_j, 0)
+   for positive codes (+0, never -0, when no entry exceeds 0). A max is
+   exact whatever the order: OpenMP simd lanes. */
+static FL_SIMD double fl_d_corr_max(Py_ssize_t n, const double *__restrict c,
+                                    int positive) {
+    double acc = 0;
+    if (positive) {
+        _Pragma("omp simd reduction(max:acc)")
+        for (Py_ssize_t j = 0; j < n; j++)
+            acc = c[j] > acc ? c[j] : acc;
+    } else {
+        _Pragma("omp simd reduction(max:acc)")
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double v = fabs(c[j]);
+            acc = v > acc ? v : acc;
+        }
+    }
+    return acc;
+}
 /* Whether any of z[:n] is not finite (NaN or +-inf): all exponent bits
    set. Integer operations only, so that the loop vectorizes. */
 #define FL_DEFINE_NONFINITE(T, U, EXP, NAME)                                   \

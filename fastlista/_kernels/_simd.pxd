@@ -63,6 +63,7 @@ cdef extern from "_simd.h":
     double fl_certified_gmax(Py_ssize_t n, Py_ssize_t m, const double *r, const double *D,
                              const double *g, const double *dn, double e,
                              double lmbd, int positive) noexcept nogil
+    double fl_d_corr_max(Py_ssize_t n, const double *c, int positive) noexcept nogil
     int fl_d_nonfinite(Py_ssize_t n, const double *z) noexcept nogil
     int fl_s_nonfinite(Py_ssize_t n, const float *z) noexcept nogil
     Py_ssize_t fl_d_count_nonzero(Py_ssize_t n, const double *z) noexcept nogil

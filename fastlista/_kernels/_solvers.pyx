@@ -54,8 +54,8 @@ from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
-from ._simd cimport (fl_d_count_nonzero, fl_s_count_nonzero, fl_d_pst_step,
-                     fl_d_st_step, fl_s_pst_step, fl_s_st_step)
+from ._simd cimport (fl_d_corr_max, fl_d_count_nonzero, fl_s_count_nonzero,
+                     fl_d_pst_step, fl_d_st_step, fl_s_pst_step, fl_s_st_step)
 
 from . import _gemm
 
@@ -692,16 +692,24 @@ cdef struct CorrCtx:
     const void *X
     const void *D
     void *C
+    double *top         # (N,) row maxima of C, or NULL
     Py_ssize_t n, m
+    bint positive
 
 
 cdef void corr_block(floating *tag, CorrCtx *c, int tid, Py_ssize_t start,
                      int nb) noexcept nogil:
+    cdef Py_ssize_t i
     # C_blk = X_blk D^T
     gemm(False, True, nb, <int> c.m, <int> c.n, 1,
          <const floating *> c.X + start * c.n, <int> c.n,
          <const floating *> c.D, <int> c.n, 0,
          <floating *> c.C + start * c.m, <int> c.m)
+    # lambda_max of each row, read while the block is in cache
+    if floating is double:
+        if c.top != NULL:
+            for i in range(start, start + nb):
+                c.top[i] = fl_d_corr_max(c.m, <double *> c.C + i * c.m, c.positive)
 
 
 cdef void _corr_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
@@ -713,21 +721,29 @@ cdef void _corr_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
 
 
 def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
-                 floating[:, ::1] C, int n_threads, int block_size=256):
+                 floating[:, ::1] C, int n_threads, int block_size=256,
+                 double[::1] top=None, bint positive=False):
     """C = X D^T by blocks of rows, OpenMP over blocks (BLAS single-threaded).
 
     The products run on the same threads as the solver kernels that follow,
     rather than on BLAS's own pool, whose idle workers would busy-wait on the
-    cores the kernels need.
+    cores the kernels need. With ``top`` (N,) (double C only), also each
+    row's lambda_max: max_j |C_ij|, or max(max_j C_ij, 0) with ``positive``.
     """
     cdef CorrCtx c
     cdef Py_ssize_t N = X.shape[0]
+    if top is not None and (floating is not double or top.shape[0] != N):
+        raise ValueError("top needs a double C and one entry a row")
+    if top is not None and D.shape[0] == 0:
+        top[:] = 0
     if N == 0 or D.shape[0] == 0:
         return
     n_threads = max(1, min(n_threads, (N + block_size - 1) // block_size))
     c.X = &X[0, 0]
     c.D = &D[0, 0]
     c.C = &C[0, 0]
+    c.top = &top[0] if top is not None else NULL
+    c.positive = positive
     c.n = X.shape[1]
     c.m = D.shape[0]
     cdef bint check = in_main_thread(), stopped
