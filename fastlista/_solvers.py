@@ -308,7 +308,12 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         B[:, zero_atoms] = 0
     start, F_start = None, 0.5 * xx
     if Z0 is None:
-        Z = np.zeros((N, m), dtype=X.dtype)
+        # zeroed by writes here, not np.zeros: calloc's fresh pages map the
+        # shared zero page, which the kernels' threads first read, then
+        # write, each write a copy-on-write fault whose TLB flush
+        # interrupts the other threads (a fifth of a solve at lmbd = 0.8)
+        Z = np.empty((N, m), dtype=X.dtype)
+        Z.fill(0)
     else:
         with np.errstate(over="ignore"):     # beyond float32: inf, replaced below
             Z = np.array(S.codes_in(Z0), dtype=X.dtype, order="C")
