@@ -472,7 +472,7 @@ static FL_SIMD double fl_dot_sd(Py_ssize_t n, const float *__restrict x,
 static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restrict x,
                                              const double *__restrict y,
                                              double *__restrict bound) {
-    const double tiny = 0x1p-969;       /* u |p| below it: e may be subnormal */
+    const double tiny = 0x1p-969;  /* |p| below it: e (~ u |p|) may be subnormal */
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, under[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tot = 0, cc = 0, aa = 0, uu = 0;
