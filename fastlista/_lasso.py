@@ -411,35 +411,31 @@ def lambda_max(X, D, positive=False):
     return _squeeze(out, is_1d)
 
 
-def correlations(S, n_threads, double=False, positive=None):
-    """C = X D^T in scaled units, the data of every solve, in the dtype of X
-    (in float64 with ``double``).
+def correlations(S, n_threads, double, positive):
+    """``(C, top)``: C = X D^T in scaled units, the data of every solve, in
+    the dtype of X (in float64 with ``double``), and ``top`` (N,) the
+    lambda_max of each row, ``max_j |C_ij|`` (``max(0, max_j C_ij)`` with
+    ``positive``; +0.0 when no entry exceeds 0), in C's dtype.
 
     float32 data are multiplied in double (their products are exact there)
     and rounded once, unless ``double``: a correlation that is exactly 0
     stays 0, where a float32 GEMM's fused multiply-adds could leave a
     residue, which an atom of tiny norm would amplify into a huge code.
-
-    With ``positive`` (True or False) returns ``(C, top)``, ``top`` (N,) the
-    lambda_max of each row in scaled units: ``max_j |C_ij|``, or ``max(0,
-    max_j C_ij)`` for positive codes, +0.0 when no entry exceeds 0. It is
-    taken from the double products block by block while the block is in
-    cache, in C's dtype (rounding is monotone: the max of the rounded C is
+    ``top`` is taken from the double products block by block while the
+    block is in cache (rounding is monotone: the max of the rounded C is
     the rounded max).
     """
     N, m = S.X.shape[0], S.D.shape[0]
     C = np.empty((N, m))
-    top = None if positive is None else np.empty(N)
-    kw = {} if positive is None else dict(top=top, positive=positive)
+    top = np.empty(N)
     if S.X.dtype == np.float64:
-        _solvers.correlations(S.X, S.D, C, n_threads, **kw)
-    else:
-        _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C,
-                              n_threads, **kw)
-        if not double:
-            C = C.astype(np.float32)
-            top = None if top is None else top.astype(np.float32)
-    return C if top is None else (C, top)
+        _solvers.correlations(S.X, S.D, C, n_threads, top=top, positive=positive)
+        return C, top
+    _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads,
+                          top=top, positive=positive)
+    if double:
+        return C, top
+    return C.astype(np.float32), top.astype(np.float32)
 
 
 def duality_gap(X, D, lmbd, Z, positive=False):

@@ -556,8 +556,7 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
         work[t].factor.dinv = &dv[t, o[9]]
         work[t].factor.y = &dv[t, o[7]]
         work[t].factor.mark = &mv[t, 0]
-    bdiag = np.array([B[j, j] for j in range(m)], dtype=np.float64)
-    cdef double[::1] bd = bdiag
+    cdef double[::1] bd = np.diagonal(np.asarray(B)).copy()
     c.C = &C[0, 0]
     c.B = &B[0, 0]
     c.Bd = &bd[0]
