@@ -431,9 +431,10 @@ def test_zero_lambda_gap_is_zero_only_for_exactly_orthogonal_x(n):
     when x D^T = 0 exactly, else 1/2 ||x||^2 (u = r is feasible or not).
     Products 1, 2^-a, 2^-b, -1, -2^-a (b > a + 53, each pair's exponents
     split between x and d, at random places among zeros, scaled by a power
-    of two) sum to 2^-b exactly; the compensated dot product gets 0, its
-    error terms 2^-a and 2^-b having been added with rounding. Its bound
-    must see that rounding: these x are never certified orthogonal."""
+    of two) sum to 2^-b exactly. Where the compensated dot product gets 0
+    (its error terms 2^-a and 2^-b added with rounding in one lane; the
+    test failed with that rounding left out of the bound), its bound must
+    see it: these x are never certified orthogonal."""
     rng = np.random.default_rng(n)
     for _ in range(100):
         a = int(rng.integers(54, 120))
