@@ -39,10 +39,13 @@ instead, and ``SLISTA forward 0.1 / panels copied every block`` and
 ``SLISTA loss_and_grad 0.1 / panels copied every block``: the same calls
 with the parameter matrices' panels copied by every product, not packed
 once a call (``fastlista._kernels._unrolled.PACK_OPERANDS = False``), both
-without a target; where the sparse layers' rows run through the
-AVX2 kernel (``fastlista._kernels._unrolled.GATHER_V3``), ``SLISTA forward
-0.8 / portable gather`` and ``SLISTA loss_and_grad 0.8 / portable gather``:
-the same calls through the portable row kernel, without a target;
+without a target; where the sparse layers' rows run through a kernel
+written by hand (``fastlista._kernels._unrolled.GATHER``: AVX-512 or AVX2),
+``SLISTA forward 0.8 / portable gather`` and ``SLISTA loss_and_grad 0.8 /
+portable gather``: the same calls through the portable row kernel, and
+where that kernel is the AVX-512 one, ``SLISTA forward 0.8 / AVX2 gather``
+and ``SLISTA loss_and_grad 0.8 / AVX2 gather``: through the AVX2 kernel,
+without a target;
 ``SLISTA forward 0.8 / one layer a run``: the forward with its sparse
 layers run one layer at a time over the block
 (``fastlista._kernels._unrolled.SPARSE_RUN = 1``), not row by row over
@@ -493,15 +496,18 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                                      getattr(nets["step", 0.1], method)),
                                         X)))
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
-        if _unrolled.GATHER_V3:
-            # where the sparse layers' rows run through _gather_avx2.h: the
-            # same calls through the portable kernel (no target: what the
-            # kernel buys)
+        # where the sparse layers' rows run through a kernel written by hand:
+        # the same calls through the portable kernel, and through the AVX2
+        # one where the default is AVX-512 (no target: what the kernel buys)
+        others = [(_unrolled.GATHER_PORTABLE, "portable")] * (
+            _unrolled.GATHER != _unrolled.GATHER_PORTABLE) + [
+            (_unrolled.GATHER_AVX2, "AVX2")] * (_unrolled.GATHER == _unrolled.GATHER_AVX512)
+        for kernel, label in others:
             for method, name in [("transform", "forward"), ("loss_and_grad",
                                                           "loss_and_grad")]:
-                cases.append(Case(f"SLISTA {name} 0.8 / portable gather" + sfx,
+                cases.append(Case(f"SLISTA {name} 0.8 / {label} gather" + sfx,
                                   timer(getattr(nets["step", 0.8], method), X),
-                                  timer(with_setting(execution, "_GATHER_V3", False,
+                                  timer(with_setting(execution, "_GATHER", kernel,
                                                      getattr(nets["step", 0.8], method)),
                                         X)))
         # the sparse layers of the forward pass run row by row, SPARSE_RUN
@@ -553,7 +559,7 @@ def with_setting(module, name, value, method):
     """``method`` with ``module.name`` set to ``value`` during each call:
     the networks' dense products in BLAS (``execution._OWN_GEMM``), their
     panels copied by every product (``_unrolled.PACK_OPERANDS``), the sparse
-    rows through the portable kernel (``execution._GATHER_V3``), the sparse
+    rows through another kernel (``execution._GATHER``), the sparse
     layers one at a time over the block (``_unrolled.SPARSE_RUN = 1``)."""
     def call(*args):
         default = getattr(module, name)

@@ -99,7 +99,8 @@ def perturbed(net, seed=0, scale=0.3):
     return params
 
 
-@pytest.fixture(params=["mixed", "dense", "dense-blas", "sparse", "sparse-portable"])
+@pytest.fixture(params=["mixed", "dense", "dense-blas", "sparse", "sparse-avx2",
+                        "sparse-portable"])
 def path(request, monkeypatch):
     """Force the dense GEMM path, the sparse gather path, or let density choose.
 
@@ -108,38 +109,80 @@ def path(request, monkeypatch):
     ragged last GEMM chunk and the per-thread gradient accumulators are
     exercised. The dense products run through fastlista's GEMM (_gemm.h),
     or BLAS for "dense-blas" and the sparse paths; the sparse layers' rows
-    through the AVX2 kernel (_gather_avx2.h) where the CPU runs it, or for
-    "sparse-portable" through the portable kernel, whatever the CPU would
-    choose. The sparse layers run row by row in runs of SPARSE_RUN layers,
+    through the widest kernel written by hand that the CPU runs (AVX-512,
+    _gather_avx512.h, or AVX2, _gather_avx2.h), for "sparse-avx2" through
+    the AVX2 one where the CPU runs it, for "sparse-portable" through the
+    portable kernel, whatever the CPU would choose. The sparse layers run row by row in runs of SPARSE_RUN layers,
     3 for "sparse-portable" (so that runs end within the networks' depths).
     """
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "dense-blas": 0.0,
-           "sparse": 1.1, "sparse-portable": 1.1}[request.param]
+           "sparse": 1.1, "sparse-avx2": 1.1, "sparse-portable": 1.1}[request.param]
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
     monkeypatch.setattr(execution, "_OWN_GEMM", request.param in ("mixed", "dense"))
-    monkeypatch.setattr(execution, "_GATHER_V3", _unrolled.GATHER_V3_RUNS
-                        and request.param != "sparse-portable")
+    kernels = _unrolled.GATHER_KERNELS
+    monkeypatch.setattr(execution, "_GATHER", {
+        "sparse-portable": _unrolled.GATHER_PORTABLE,
+        "sparse-avx2": _unrolled.GATHER_AVX2 if _unrolled.GATHER_AVX2 in kernels
+        else _unrolled.GATHER_PORTABLE}.get(request.param, max(kernels)))
     if request.param == "sparse-portable":
         monkeypatch.setattr(_unrolled, "SPARSE_RUN", 3)
     return request.param
 
 
-def test_avx2_gather_only_where_the_cpu_runs_it(monkeypatch):
-    """The sparse rows' AVX2 kernel (_gather_avx2.h) runs only on a CPU with
-    AVX2 and FMA, by default wherever it runs in a build with the AVX2
-    clones; forcing it elsewhere is refused, never executed."""
-    if _unrolled.GATHER_V3:
-        assert _unrolled.GATHER_V3_RUNS
+def test_hand_gather_kernels_only_where_the_cpu_runs_them(monkeypatch):
+    """The sparse rows' kernels written for AVX2 (_gather_avx2.h: AVX2, FMA,
+    BMI1, BMI2) and AVX-512 (_gather_avx512.h: AVX-512F besides) run only
+    on a CPU with those instructions; the default is one of them, or the
+    portable kernel; forcing a kernel the CPU lacks is refused, never
+    executed."""
+    kernels = _unrolled.GATHER_KERNELS
+    assert _unrolled.GATHER_PORTABLE in kernels and _unrolled.GATHER in kernels
     flags = cpu_flags()
-    if flags is not None and _unrolled.GATHER_V3_RUNS:
+    if flags is not None and _unrolled.GATHER_AVX2 in kernels:
         assert {"avx2", "fma", "bmi1", "bmi2"} <= flags
-    if not _unrolled.GATHER_V3_RUNS:
-        D = np.eye(3, 4)
-        monkeypatch.setattr(execution, "_GATHER_V3", True)
-        with pytest.raises(ValueError, match="gather_v3"):
+    if flags is not None and _unrolled.GATHER_AVX512 in kernels:
+        assert {"avx512f", "avx2", "fma", "bmi1", "bmi2"} <= flags
+        assert _unrolled.GATHER_AVX2 in kernels
+    D = np.eye(3, 4)
+    for missing in ({_unrolled.GATHER_AVX2, _unrolled.GATHER_AVX512, 7} - set(kernels)):
+        monkeypatch.setattr(execution, "_GATHER", missing)
+        with pytest.raises(ValueError, match=f"gather={missing}"):
             Lista(D, 0.1, 2).transform(np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_atoms", [5, 16, 37, 256, 301])
+@pytest.mark.parametrize("positive", [False, True])
+def test_avx512_and_avx2_gathers_agree_bit_for_bit(n_atoms, dtype, positive, monkeypatch):
+    """The AVX-512 kernel of the sparse rows performs the AVX2 kernel's
+    operations in the same order: the same codes to the last bit, on rows
+    shorter than a vector, with a ragged last vector, and gathering more
+    than eight atoms (the supports of lmbd = 0.05 lmbd_max); both match a
+    NumPy forward pass within float tolerance; perturbed (trained-like)
+    steps, one a layer."""
+    kernels = _unrolled.GATHER_KERNELS
+    if not {_unrolled.GATHER_AVX2, _unrolled.GATHER_AVX512} <= set(kernels):
+        pytest.skip("the CPU (or this build) runs no AVX-512 gather kernel")
+    X, D = make_problem(n_samples=23, n_atoms=n_atoms, n_features=6, seed=n_atoms)
+    D = D.astype(dtype).astype(np.float64)
+    lmbd = 0.05 * float(np.abs(X @ D.T).max())
+    net = Lista(D.astype(dtype), lmbd, 6, positive=positive)
+    net.set_parameters(perturbed(net, seed=n_atoms))
+    monkeypatch.setattr(execution, "_SPARSE_DENSITY", 1.1)
+    monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (1, 8, 5))
+    codes = {}
+    for kernel in (_unrolled.GATHER_AVX2, _unrolled.GATHER_AVX512):
+        monkeypatch.setattr(execution, "_GATHER", kernel)
+        codes[kernel] = net.transform(X.astype(dtype))
+    np.testing.assert_array_equal(codes[_unrolled.GATHER_AVX512],
+                                  codes[_unrolled.GATHER_AVX2])
+    layers = numpy_forward(net.parameters, X.astype(dtype), D, lmbd, "step",
+                           positive=positive)
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    assert_allclose(codes[_unrolled.GATHER_AVX512], layers[-1][2], rtol=rtol, atol=atol)
+    assert np.count_nonzero(layers[-2][2], axis=1).max() > min(8, n_atoms - 1)
 
 
 def test_blas_call_heights_follow_the_cpu():
@@ -233,11 +276,12 @@ def test_rows_gathering_many_atoms_match_numpy(dtype, positive, path):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n_atoms", [3, 6])
+@pytest.mark.parametrize("n_atoms", [3, 6, 12])
 def test_rows_shorter_than_a_vector_match_numpy(n_atoms, dtype, path):
-    """Sparse layers of fewer atoms than one AVX2 vector holds (8 entries in
-    float32, 4 in float64), where the row kernels add the steps' diagonal
-    terms entry by entry; perturbed (trained-like) steps, one a layer."""
+    """Sparse layers of fewer atoms than one vector holds (AVX2: 8 entries
+    in float32, 4 in float64; AVX-512: 16 and 8), where the AVX2 kernel
+    adds the steps' diagonal terms entry by entry and the AVX-512 one under
+    a mask; perturbed (trained-like) steps, one a layer."""
     X, D = make_problem(n_samples=30, n_atoms=n_atoms, n_features=4, seed=6)
     lmbd = 0.1
     net = Lista(D.astype(dtype), lmbd, 5, parametrization="step")
@@ -1328,4 +1372,4 @@ def test_kernel_refuses_half_given_double_accumulators():
             X, params, np.full(40, 0.1), execution.LOSS_CODES["unsupervised"],
             np.empty((0, 0), np.float32), np.zeros((1, 0)), np.zeros((1, T * m)), dW,
             dWxT, np.zeros((1, T * m * m)), np.zeros((1, 0)), 1, 4, 4, net._exec.rho,
-            execution._OWN_GEMM, execution._GATHER_V3)
+            execution._OWN_GEMM, execution._GATHER)

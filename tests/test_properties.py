@@ -149,14 +149,14 @@ def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed, own_gemm
 @given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),
        n_features=st.integers(1, 12), rel_lmbd=st.sampled_from([0.95, 0.6, 0.2]),
        dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans(),
-       own_gemm=st.booleans(), gather_v3=st.booleans())
+       own_gemm=st.booleans(), gather=st.sampled_from(_unrolled.GATHER_KERNELS))
 @settings(max_examples=40)
 def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtype,
-                                       positive, own_gemm, gather_v3):
+                                       positive, own_gemm, gather):
     # an untrained SLISTA network is ISTA with step 1/L: its sparse layers
     # threshold and compact rows of any length (one span of the row kernels
-    # is 256 atoms, one word of the AVX2 kernel's flags 64) through the AVX2
-    # kernel (where the CPU runs it) or the portable one, its dense ones go
+    # is 256 atoms, one word of the hand kernels' flags 64) through each
+    # kernel the CPU runs (portable, AVX2, AVX-512), its dense ones go
     # through GEMMs (fastlista's or BLAS's)
     rng = np.random.default_rng(seed)
     D = rng.standard_normal((n_atoms, n_features))
@@ -165,13 +165,13 @@ def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtyp
     lmbd = rel_lmbd * float(np.abs(X @ D.T).max())
     net = Lista(D.astype(dtype), lmbd, 4, parametrization="step", positive=positive)
     Z_ref, _ = ref.ista(X, D, lmbd, n_iter=4, positive=positive)
-    default = execution._OWN_GEMM, execution._GATHER_V3
+    default = execution._OWN_GEMM, execution._GATHER
     execution._OWN_GEMM = own_gemm
-    execution._GATHER_V3 = gather_v3 and _unrolled.GATHER_V3_RUNS
+    execution._GATHER = gather
     try:
         Z = net.transform(X.astype(dtype))
     finally:
-        execution._OWN_GEMM, execution._GATHER_V3 = default
+        execution._OWN_GEMM, execution._GATHER = default
     assert Z.dtype == dtype
     tol = 1e-8 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(Z, Z_ref, rtol=tol, atol=tol * np.abs(Z_ref).max())
@@ -233,13 +233,13 @@ def test_reference_chain_rule_is_finite_differences(loss, positive):
        loss=st.sampled_from(["unsupervised", "supervised"]),
        dtype=st.sampled_from([np.float64, np.float32]),
        rho=st.sampled_from([None, 0.5, 1.1]), own_gemm=st.booleans(),
-       pack=st.booleans(), gather_v3=st.booleans(),
+       pack=st.booleans(), gather=st.sampled_from(_unrolled.GATHER_KERNELS),
        run=st.sampled_from([1, 2, 3, 32]), block=st.sampled_from([1, 3, 16]),
        n_threads=st.sampled_from([1, 2]))
 @settings(max_examples=80)
 def test_shared_weight_networks_match_numpy_chain_rule(
         seed, n_atoms, n_features, n_samples, n_layers, rel_lmbd, parametrization,
-        positive, per_sample, tiny_step, loss, dtype, rho, own_gemm, pack, gather_v3,
+        positive, per_sample, tiny_step, loss, dtype, rho, own_gemm, pack, gather,
         run, block, n_threads):
     # Networks with one W for all layers (SLISTA, ALISTA) take their sparse
     # layers row by row in runs of SPARSE_RUN layers, which follow each
@@ -281,12 +281,12 @@ def test_shared_weight_networks_match_numpy_chain_rule(
     S = rng.standard_normal((n_samples, n_atoms)) * 0.2
 
     saved = (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
-             execution._GATHER_V3, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS)
+             execution._GATHER, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS)
     execution.plan = lambda *shape, **kw: (n_threads, block, 5)
     if rho is not None:
         execution._SPARSE_DENSITY = rho
     execution._OWN_GEMM = own_gemm
-    execution._GATHER_V3 = gather_v3 and _unrolled.GATHER_V3_RUNS
+    execution._GATHER = gather
     _unrolled.SPARSE_RUN = run
     _unrolled.PACK_OPERANDS = pack
     try:
@@ -295,7 +295,7 @@ def test_shared_weight_networks_match_numpy_chain_rule(
                     if dtype == np.float64 else (None, None))
     finally:
         (execution.plan, execution._SPARSE_DENSITY, execution._OWN_GEMM,
-         execution._GATHER_V3, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS) = saved
+         execution._GATHER, _unrolled.SPARSE_RUN, _unrolled.PACK_OPERANDS) = saved
 
     assert Z.dtype == dtype
     margins = _relative_margins(layers, positive)

@@ -70,20 +70,22 @@ def main():
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
                 # every layer dense (codes kept as signs) through either
                 # GEMM (_gemm.h or BLAS), then every layer sparse (CSR
-                # rows, run row by row) through the AVX2 row kernel (where
-                # the CPU runs it), and through the portable one in runs
-                # of 3 layers: the same gradients
-                for rho, own, v3, run in ((0.0, True, False, 32), (0.0, False, False, 32),
-                                          (1.1, False, _unrolled.GATHER_V3_RUNS, 32),
-                                          (1.1, False, False, 3)):
+                # rows, run row by row) through each row kernel the CPU
+                # runs (under valgrind: its CPU's), the portable one also
+                # in runs of 3 layers: the same gradients
+                cases = [(0.0, True, _unrolled.GATHER_PORTABLE, 32),
+                         (0.0, False, _unrolled.GATHER_PORTABLE, 32)]
+                cases += [(1.1, False, kernel, 32) for kernel in _unrolled.GATHER_KERNELS]
+                cases += [(1.1, False, _unrolled.GATHER_PORTABLE, 3)]
+                for rho, own, kernel, run in cases:
                     saved = (networks._SPARSE_DENSITY, networks._OWN_GEMM,
-                             networks._GATHER_V3, _unrolled.SPARSE_RUN)
-                    (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
-                     _unrolled.SPARSE_RUN) = rho, own, v3, run
+                             networks._GATHER, _unrolled.SPARSE_RUN)
+                    (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER,
+                     _unrolled.SPARSE_RUN) = rho, own, kernel, run
                     try:
                         _, other = net.loss_and_grad(X)
                     finally:
-                        (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER_V3,
+                        (networks._SPARSE_DENSITY, networks._OWN_GEMM, networks._GATHER,
                          _unrolled.SPARSE_RUN) = saved
                     for layer, layer_other in zip(grads, other):
                         for k, g in layer.items():

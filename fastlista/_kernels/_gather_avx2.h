@@ -44,12 +44,13 @@
    with GCC or Clang, in every build but one capped below that level
    (FASTLISTA_ISA=x86-64-v2 or baseline), the debug and sanitized builds
    included; fl_gather_v3_runs() says whether the running CPU can execute
-   it, fl_gather_v3_default() whether the networks use it unless told
-   otherwise: in the optimised build, wherever it runs. On AVX-512 too:
-   on AMD Zen 4 the networks' forward pass at lmbd = 0.8 runs with it in
-   0.92-0.93 of its time through the portable kernel's AVX-512 clone,
-   loss_and_grad in 0.95-0.96 (float32 and float64, interleaved, 7
-   rounds), and identically at lmbd = 0.3, where few rows are sparse.
+   it, fl_gather_v3_default() whether the networks may use it unless told
+   otherwise: in the optimised build, wherever it runs, unless the
+   AVX-512 kernel (_gather_avx512.h, the same values bit for bit) runs
+   there too. Against the portable kernel's AVX-512 clone, on AMD Zen 4:
+   the networks' forward pass at lmbd = 0.8 runs with it in 0.92-0.93 of
+   its time, loss_and_grad in 0.95-0.96 (float32 and float64, interleaved,
+   7 rounds), and identically at lmbd = 0.3, where few rows are sparse.
    Elsewhere the _v3 names are the portable kernels and both functions
    return 0. */
 #include <stdint.h>

@@ -99,3 +99,27 @@ cdef extern from "_gather_avx2.h":
                                    float alpha, float delta, const float *A, int m,
                                    float *src, float *y, float a, float s,
                                    int *oidx, float *oval) noexcept nogil
+
+
+# The same row by hand in AVX-512 (_gather_avx512.h): the _v4 kernels are
+# the _v3 ones in builds without that code; call them only where
+# fl_gather_v4_runs() is 1.
+cdef extern from "_gather_avx512.h":
+    int fl_gather_v4_runs() noexcept nogil
+    int fl_gather_v4_default() noexcept nogil
+    int fl_d_gather_st_compact_v4(int k, const int *idx, const double *coef,
+                                  double alpha, double delta, const double *A, int m,
+                                  double *src, double *y, double a, double s,
+                                  int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_st_compact_v4(int k, const int *idx, const float *coef,
+                                  float alpha, float delta, const float *A, int m,
+                                  float *src, float *y, float a, float s,
+                                  int *oidx, float *oval) noexcept nogil
+    int fl_d_gather_pst_compact_v4(int k, const int *idx, const double *coef,
+                                   double alpha, double delta, const double *A, int m,
+                                   double *src, double *y, double a, double s,
+                                   int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_pst_compact_v4(int k, const int *idx, const float *coef,
+                                   float alpha, float delta, const float *A, int m,
+                                   float *src, float *y, float a, float s,
+                                   int *oidx, float *oval) noexcept nogil

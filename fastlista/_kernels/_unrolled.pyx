@@ -84,7 +84,10 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_d_count_nonzero, fl_s_count_nonzero,
                      fl_gather_v3_runs, fl_gather_v3_default,
                      fl_d_gather_st_compact_v3, fl_s_gather_st_compact_v3,
-                     fl_d_gather_pst_compact_v3, fl_s_gather_pst_compact_v3)
+                     fl_d_gather_pst_compact_v3, fl_s_gather_pst_compact_v3,
+                     fl_gather_v4_runs, fl_gather_v4_default,
+                     fl_d_gather_st_compact_v4, fl_s_gather_st_compact_v4,
+                     fl_d_gather_pst_compact_v4, fl_s_gather_pst_compact_v4)
 
 
 from ._blas cimport axpy, dot, gemm
@@ -107,12 +110,23 @@ cdef enum:
 
 LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 
-# The sparse layers' rows by hand in AVX2 (_gather_avx2.h): whether the
-# running CPU can execute that kernel in this build, and whether the
-# networks use it by default (the optimised build on a CPU without
-# AVX-512, or one capped at x86-64-v3)
-GATHER_V3_RUNS = bool(fl_gather_v3_runs())
-GATHER_V3 = bool(fl_gather_v3_default())
+# The kernels of the sparse layers' rows, by the x86-64 level they are
+# written for: the portable one (0, _simd.h, vectorised by the compiler for
+# the running CPU), by hand in AVX2 (3, _gather_avx2.h) and in AVX-512 (4,
+# _gather_avx512.h); all compute the same values up to rounding, 3 and 4
+# bit for bit the same. GATHER_KERNELS: those the running CPU executes in
+# this build; GATHER: the networks' default, the widest of them in the
+# optimised build (the portable one in the debug build, whose tests force
+# each).
+cdef enum:
+    KERNEL_PORTABLE = 0
+    KERNEL_AVX2 = 3
+    KERNEL_AVX512 = 4
+GATHER_PORTABLE, GATHER_AVX2, GATHER_AVX512 = KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_AVX512
+GATHER_KERNELS = ((GATHER_PORTABLE,) + ((GATHER_AVX2,) if fl_gather_v3_runs() else ())
+                  + ((GATHER_AVX512,) if fl_gather_v4_runs() else ()))
+GATHER = (GATHER_AVX512 if fl_gather_v4_default() else
+          GATHER_AVX2 if fl_gather_v3_default() else GATHER_PORTABLE)
 
 
 cdef struct Packed:
@@ -132,7 +146,7 @@ cdef struct Dims:
     bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
     const Packed *pk    # (n_pk,) the parameter matrices packed for _gemm.h
     int n_pk
-    bint gather_v3  # sparse rows through _gather_avx2.h (the CPU runs it)
+    int gather      # kernel of the sparse rows (GATHER_KERNELS: the CPU runs it)
     int run         # layers a sparse shared-W block runs row by row (SPARSE_RUN)
     int *plan       # (T + 1,) plan[t]: layer t's input was sparse in the
                     # thread's previous block (0 before its first block)
@@ -168,7 +182,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.own_gemm = False
     d.pk = NULL
     d.n_pk = 0
-    d.gather_v3 = False
+    d.gather = KERNEL_PORTABLE
     d.run = 1
     d.plan = NULL
     d.m = m
@@ -261,14 +275,20 @@ cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
                                       const floating *M, int m, floating *c,
                                       floating *u, floating a, floating s,
                                       int *idx, floating *val, bint positive,
-                                      bint v3) noexcept nogil:
+                                      int gather) noexcept nogil:
     """u <- a ST(c - sum_q vz[q] (M - I / a)[iz[q], :], s) (one-sided for
     positive codes), its CSR row in idx/val, in one pass for k <= 8;
-    returns nnz. c is patched for the pass and restored exactly. v3:
-    through the AVX2 kernel (_gather_avx2.h), else the portable one."""
+    returns nnz. c is patched for the pass and restored exactly. gather:
+    the kernel (KERNEL_AVX512, KERNEL_AVX2, else the portable one)."""
     cdef floating delta = -1 / a
     if floating is double:
-        if v3:
+        if gather == KERNEL_AVX512:
+            if positive:
+                return fl_d_gather_pst_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a,
+                                                  s, idx, val)
+            return fl_d_gather_st_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                             idx, val)
+        if gather == KERNEL_AVX2:
             if positive:
                 return fl_d_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
                                                   s, idx, val)
@@ -279,7 +299,13 @@ cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
                                            idx, val)
         return fl_d_gather_st_compact(k, iz, vz, -1, delta, M, m, c, u, a, s, idx, val)
     else:
-        if v3:
+        if gather == KERNEL_AVX512:
+            if positive:
+                return fl_s_gather_pst_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a,
+                                                  s, idx, val)
+            return fl_s_gather_st_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a, s,
+                                             idx, val)
+        if gather == KERNEL_AVX2:
             if positive:
                 return fl_s_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
                                                   s, idx, val)
@@ -701,7 +727,7 @@ cdef Py_ssize_t sparse_rows_forward(
                 vo = &vb[(t - t0) % 2 * m]
             kn = gather_st_compact_row(k, iz, vz, M, <int> m, &C[i * m], u, a,
                                        <floating> (lam[i] * thr[t]) / a, io, vo,
-                                       d.positive, d.gather_v3)
+                                       d.positive, d.gather)
             if store or t == t1 - 1:
                 po[i + 1] = po[i] + kn
             d.plan[t + 1] += kn
@@ -1325,7 +1351,7 @@ cdef struct NetCtx:
     bint own_gemm       # dense products through _gemm.h
     const Packed *pk    # (n_pk,) parameter matrices packed for _gemm.h
     int n_pk
-    bint gather_v3      # sparse rows through _gather_avx2.h
+    int gather          # kernel of the sparse rows (GATHER_KERNELS)
     int run             # SPARSE_RUN
     double rho
     double inv_n    # 1 / N
@@ -1348,7 +1374,7 @@ cdef void net_block(floating *tag, NetCtx *c, int tid, Py_ssize_t start,
     d.own_gemm = c.own_gemm
     d.pk = c.pk
     d.n_pk = c.n_pk
-    d.gather_v3 = c.gather_v3
+    d.gather = c.gather
     d.run = c.run
     d.plan = w.plan
     if p.ks != NULL:
@@ -1648,18 +1674,25 @@ def _pack_buffer(dtype, Py_ssize_t n):
     return raw[skip:skip + n]
 
 
+def _check_gather(name, gather):
+    """Refuse a sparse-row kernel the running CPU (or this build) lacks."""
+    if gather not in GATHER_KERNELS:
+        raise ValueError(f"{name}: gather={gather!r} is not a kernel this CPU runs in "
+                         f"this build (GATHER_KERNELS: {GATHER_KERNELS})")
+
+
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
             int n_threads, int block_size, int gemm_rows, double rho,
-            bint own_gemm, bint gather_v3):
+            bint own_gemm, int gather):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
     Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
     accumulates the summed objective of every layer's output per thread;
     bad[i] = 1 where the code of row i is not finite. The dense products
     run through _gemm.h (own_gemm) or BLAS, gemm_rows rows a call; the
-    sparse layers' rows through _gather_avx2.h (gather_v3: only where
-    GATHER_V3_RUNS) or the portable kernel.
+    sparse layers' rows through the kernel numbered gather (GATHER_KERNELS:
+    0 portable, 3 AVX2, 4 AVX-512; only one the CPU runs).
     """
     cdef Py_ssize_t N = X.shape[0], t
     cdef NetCtx c
@@ -1668,8 +1701,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         return
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("forward: X and the parameters differ in dtype")
-    if gather_v3 and not GATHER_V3_RUNS:
-        raise ValueError("forward: gather_v3 on a CPU (or build) without its AVX2 kernel")
+    _check_gather("forward", gather)
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
     cdef bint check, stopped
     cdef Packed *pk = NULL
@@ -1685,7 +1717,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.rho = rho
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
-        c.gather_v3 = gather_v3
+        c.gather = gather
         pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
@@ -1705,7 +1737,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
                   floating[:, ::1] dW, floating[:, ::1] dWxT, double[:, ::1] dW64,
                   double[:, ::1] dWxT64, int n_threads,
                   int block_size, int gemm_rows, double rho, bint own_gemm,
-                  bint gather_v3):
+                  int gather):
     """Summed loss of the output of p's T layers, and per-thread gradients.
 
     The gradients are those of the MEAN loss (G_T carries 1/N), accumulated
@@ -1719,7 +1751,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     Summed over every block in float32, its error grew with the number of
     blocks (2e-5 relatively for 1000 copies of one batch, whose exact
     gradient is that batch's). S holds the target
-    codes of the supervised loss. own_gemm, gather_v3 and gemm_rows: as in
+    codes of the supervised loss. own_gemm, gather and gemm_rows: as in
     forward.
     """
     cdef Py_ssize_t N = X.shape[0], t
@@ -1733,8 +1765,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         return 0.0
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
-    if gather_v3 and not GATHER_V3_RUNS:
-        raise ValueError("loss_and_grad: gather_v3 on a CPU (or build) without its AVX2 kernel")
+    _check_gather("loss_and_grad", gather)
     # (both empty, or both of the shapes of dW and dWxT: a flush writes both)
     if ((dW64.shape[1] > 0 or dWxT64.shape[1] > 0)
             and (dW64.shape[1] != dW.shape[1] or dWxT64.shape[1] != dWxT.shape[1]
@@ -1764,7 +1795,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.rho = rho
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
-        c.gather_v3 = gather_v3
+        c.gather = gather
         pk = _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = NULL

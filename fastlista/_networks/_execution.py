@@ -74,11 +74,13 @@ _THREAD_WORK = 2e7
 # float32, 0.95 in float64); the weight gradients' products (inner
 # dimension: the block's rows) stay in BLAS.
 _OWN_GEMM = OWN_GEMM
-# The sparse layers' gather-threshold-compact rows run through the AVX2
-# kernel of _kernels/_gather_avx2.h on the CPUs that run the AVX2 clones
-# (float32 forward at lmbd = 0.8 on Zen 3 in 0.79-0.81 of its time through
-# the portable kernel: benchmarks/test_bench_networks.py, "portable gather")
-_GATHER_V3 = _unrolled.GATHER_V3
+# The sparse layers' gather-threshold-compact rows run through the widest
+# kernel written by hand that the CPU runs (_unrolled.GATHER: AVX-512 in
+# _kernels/_gather_avx512.h, else AVX2 in _kernels/_gather_avx2.h; float32
+# forward at lmbd = 0.8 on Zen 3 in 0.79-0.81 of its time through the
+# portable kernel with AVX2: benchmarks/test_bench_networks.py, "portable
+# gather" and "AVX2 gather")
+_GATHER = _unrolled.GATHER
 
 #: loss name -> the kernels' loss code
 LOSS_CODES = _unrolled.LOSSES
@@ -232,7 +234,7 @@ class Executor:
             params = self.params(layers, depth, X.dtype)
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
             _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block, chunk,
-                              self.rho, _OWN_GEMM, _GATHER_V3)
+                              self.rho, _OWN_GEMM, _GATHER)
         rows = np.flatnonzero(bad)
         if rows.size:
             raise FloatingPointError(
@@ -271,7 +273,7 @@ class Executor:
             S = np.empty((0, 0), X.dtype) if S is None else S
             total = _unrolled.loss_and_grad(X, params, lmbd, LOSS_CODES[loss], S,
                                             da, dthr, dW, dWxT, dW64, dWxT64, n_threads,
-                                            block, chunk, self.rho, _OWN_GEMM, _GATHER_V3)
+                                            block, chunk, self.rho, _OWN_GEMM, _GATHER)
         dthr = dthr.sum(axis=0).reshape(T, m)
 
         def total_of(acc, acc64):
