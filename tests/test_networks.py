@@ -112,8 +112,9 @@ def path(request, monkeypatch):
     through the widest kernel written by hand that the CPU runs (AVX-512,
     _gather_avx512.h, or AVX2, _gather_avx2.h), for "sparse-avx2" through
     the AVX2 one where the CPU runs it, for "sparse-portable" through the
-    portable kernel, whatever the CPU would choose. The sparse layers run row by row in runs of SPARSE_RUN layers,
-    3 for "sparse-portable" (so that runs end within the networks' depths).
+    portable kernel, whatever the CPU would choose. The sparse layers run
+    row by row in runs of SPARSE_RUN layers, 3 for "sparse-portable" (so
+    that runs end within the networks' depths).
     """
     rho = {"mixed": execution._SPARSE_DENSITY, "dense": 0.0, "dense-blas": 0.0,
            "sparse": 1.1, "sparse-avx2": 1.1, "sparse-portable": 1.1}[request.param]
