@@ -200,7 +200,9 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
 def check_finite(arr, name):
     """Raise ValueError if ``arr`` holds NaN or infinity."""
     with np.errstate(all="ignore"):
-        suspicious = arr.size and not np.isfinite(arr.sum(dtype=np.float64))
+        # summed in arr's own dtype: a float32 array is not cast to float64
+        # first (a second pass over it on every call)
+        suspicious = arr.size and not np.isfinite(arr.sum())
     if suspicious:
         # the cheap sum test has false positives only on overflow: refine
         if np.isnan(arr).any():

@@ -245,6 +245,17 @@ def test_huge_finite_values_are_valid():
     Dh = np.full((3, 4), 1e-10)
     assert np.all(np.isfinite(lambda_max(Xh, Dh)))
     assert np.allclose(lambda_max(Xh, Dh), 4e298)
+    # float32 inputs are summed in float32 by the finiteness test: values
+    # whose float32 sum overflows (while a float64 one would not) are valid,
+    # and a non-finite one among them is still named
+    Xs = np.full((5, 4), 3e37, np.float32)
+    Ds = np.full((3, 4), 1e-3, np.float32)
+    assert np.allclose(lambda_max(Xs, Ds), 1.2e35, rtol=1e-6)
+    for bad, word in ((np.nan, "NaN"), (np.inf, "infinity")):
+        Xb = Xs.copy()
+        Xb[2, 1] = bad
+        with pytest.raises(ValueError, match=f"Input X contains {word}"):
+            lambda_max(Xb, Ds)
 
 
 def test_public_surface():
