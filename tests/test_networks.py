@@ -153,6 +153,37 @@ def test_hand_gather_kernels_only_where_the_cpu_runs_them(monkeypatch):
             Lista(D, 0.1, 2).transform(np.ones((2, 4)))
 
 
+def test_default_gather_kernel_follows_the_dictionary_size(monkeypatch):
+    """By default the sparse rows take the AVX-512 kernel where the CPU
+    runs it, except for dictionaries of fewer than
+    _AVX512_GATHER_MIN_ATOMS atoms (its fixed cost a row outweighs its
+    wider vectors there), which take the AVX2 one; a forced kernel is
+    taken whatever the size; a network call hands the kernel its rule
+    picks for its own dictionary."""
+    lo = execution._AVX512_GATHER_MIN_ATOMS
+    default = _unrolled.GATHER
+    small = _unrolled.GATHER_AVX2 if default == _unrolled.GATHER_AVX512 else default
+    assert execution._GATHER is None
+    assert [execution.gather_kernel(m) for m in (1, lo - 1, lo, 4 * lo)] == \
+        [small, small, default, default]
+    monkeypatch.setattr(execution, "_GATHER", _unrolled.GATHER_PORTABLE)
+    assert execution.gather_kernel(4 * lo) == _unrolled.GATHER_PORTABLE
+    monkeypatch.setattr(execution, "_GATHER", None)
+    seen = []
+    forward = _unrolled.forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(_unrolled, "forward", spy)
+    rng = np.random.default_rng(0)
+    for m in (lo - 1, lo):
+        D = rng.standard_normal((m, 5))
+        Lista(D, 0.5, 2).transform(rng.standard_normal((3, 5)))
+    assert seen == [small, default]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n_atoms", [5, 16, 37, 256, 301])
 @pytest.mark.parametrize("positive", [False, True])
@@ -1373,4 +1404,4 @@ def test_kernel_refuses_half_given_double_accumulators():
             X, params, np.full(40, 0.1), execution.LOSS_CODES["unsupervised"],
             np.empty((0, 0), np.float32), np.zeros((1, 0)), np.zeros((1, T * m)), dW,
             dWxT, np.zeros((1, T * m * m)), np.zeros((1, 0)), 1, 4, 4, net._exec.rho,
-            execution._OWN_GEMM, execution._GATHER)
+            execution._OWN_GEMM, execution.gather_kernel(m))

@@ -79,8 +79,32 @@ _OWN_GEMM = OWN_GEMM
 # _kernels/_gather_avx512.h, else AVX2 in _kernels/_gather_avx2.h; float32
 # forward at lmbd = 0.8 on Zen 3 in 0.79-0.81 of its time through the
 # portable kernel with AVX2: benchmarks/test_bench_networks.py, "portable
-# gather" and "AVX2 gather")
-_GATHER = _unrolled.GATHER
+# gather" and "AVX2 gather"). None: that default, except that dictionaries
+# of fewer than _AVX512_GATHER_MIN_ATOMS atoms take the AVX2 kernel (see
+# gather_kernel); an integer forces that kernel (tests, benchmarks).
+_GATHER = None
+#: The AVX-512 row kernel adds the steps' diagonal terms to whole 64-byte
+#: vectors of c (stored, then loaded by the pass) at a fixed cost a row
+#: that the AVX2 kernel pays at about half: on the Intel AVX-512 machine of
+#: docs/benchmarks.md, an untrained SLISTA forward at lmbd = 0.8 (20000
+#: samples, one thread) took through it 1.35 / 1.26 (float32 / float64) of
+#: its time through the AVX2 kernel with 32 atoms, 1.17 / 1.00 with 64,
+#: 0.95 / 0.87 with 128; with 256 (the paper shape, 10000 samples, two
+#: threads) 0.86-0.90 / 0.82-0.88 (benchmarks/test_bench_networks.py).
+_AVX512_GATHER_MIN_ATOMS = 128
+
+
+def gather_kernel(n_atoms):
+    """The sparse rows' kernel for a dictionary of ``n_atoms`` atoms: the
+    forced one (``_GATHER`` not None), else the default, AVX2 instead of
+    AVX-512 below ``_AVX512_GATHER_MIN_ATOMS`` atoms where the CPU runs
+    both."""
+    if _GATHER is not None:
+        return _GATHER
+    if (_unrolled.GATHER == _unrolled.GATHER_AVX512
+            and n_atoms < _AVX512_GATHER_MIN_ATOMS):
+        return _unrolled.GATHER_AVX2
+    return _unrolled.GATHER
 
 #: loss name -> the kernels' loss code
 LOSS_CODES = _unrolled.LOSSES
@@ -234,7 +258,7 @@ class Executor:
             params = self.params(layers, depth, X.dtype)
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
             _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block, chunk,
-                              self.rho, _OWN_GEMM, _GATHER)
+                              self.rho, _OWN_GEMM, gather_kernel(m))
         rows = np.flatnonzero(bad)
         if rows.size:
             raise FloatingPointError(
@@ -273,7 +297,8 @@ class Executor:
             S = np.empty((0, 0), X.dtype) if S is None else S
             total = _unrolled.loss_and_grad(X, params, lmbd, LOSS_CODES[loss], S,
                                             da, dthr, dW, dWxT, dW64, dWxT64, n_threads,
-                                            block, chunk, self.rho, _OWN_GEMM, _GATHER)
+                                            block, chunk, self.rho, _OWN_GEMM,
+                                            gather_kernel(m))
         dthr = dthr.sum(axis=0).reshape(T, m)
 
         def total_of(acc, acc64):
