@@ -41,8 +41,12 @@
    below x86-64-v4 (FASTLISTA_ISA), the debug and sanitized builds
    included; fl_gather_v4_runs() says whether the running CPU can execute
    it, fl_gather_v4_default() whether the networks use it unless told
-   otherwise: in the optimised build, wherever it runs. Elsewhere the _v4
-   names are the _v3 ones and both functions return 0. */
+   otherwise: in the optimised build, wherever it runs, for dictionaries
+   of at least 128 atoms (fastlista/_networks/_execution.py: below that,
+   its fixed cost a row, the diagonal terms' stores and loads of whole
+   64-byte vectors, outweighs its wider vectors, and the AVX2 kernel
+   runs). Elsewhere the _v4 names are the _v3 ones and both functions
+   return 0. */
 #include <stdint.h>
 #include "_gather_avx2.h"
 
