@@ -18,7 +18,10 @@ float32 (the paper's problem cast to float32; the float32 groups carry
   1e-10: <= 0.35x the iterations and <= 0.6x the time.
 
 ``python benchmarks/test_bench_solvers.py N`` times the exact solves and the
-ISTA iteration interleaved with their references (``interleave.py``).
+ISTA iteration interleaved with their references (``interleave.py``), and,
+without a target, ``one sample a call, 0.1 / D D^T not kept``: 100 calls of
+``solve_lasso`` on one sample each with one dictionary, against the same
+calls without the Gram matrix kept from the previous call.
 """
 import os
 import sys
@@ -294,7 +297,7 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=No
     against the mean of 20 GEMM pairs. ``keyword`` keeps the comparisons whose name contains it.
     """
     import interleave
-    from interleave import Case, repeated
+    from interleave import Case, repeated, timer
 
     from fastlista.datasets import make_coding
 
@@ -343,7 +346,27 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=No
                 f"iterations run {ran[k1]}, {ran[k2]}"
             cases.append(Case(name, marginal, repeated(gemm_pair(X, D, Z0), k2 - k1),
                               ITER_TARGET, check))
+        name = f"one sample a call, 0.1 / D D^T not kept {dtype}"
+        if keyword is None or keyword in name:
+            cases.append(Case(name, timer(one_sample_calls(X[:100], D, tol=tol)),
+                              timer(one_sample_calls(X[:100], D, tol=tol,
+                                                     keep_gram=False))))
     return interleave.run(cases, n_rounds, prime=1, verbose=verbose)
+
+
+def one_sample_calls(X, D, lmbd=0.1, tol=1e-8, keep_gram=True):
+    """A pipeline's calls: ``solve_lasso`` on each row of X in turn, one
+    dictionary. ``keep_gram=False`` drops the Gram matrix that solve_lasso
+    keeps from the previous call on the same dictionary (no target: what
+    keeping it buys)."""
+    from fastlista import _lipschitz
+
+    def calls():
+        for i in range(X.shape[0]):
+            if not keep_gram:
+                _lipschitz._last_gram = None
+            fastlista.solve_lasso(X[i:i + 1], D, lmbd, tol=tol)
+    return calls
 
 
 if __name__ == "__main__":

@@ -130,6 +130,41 @@ def gram(D, n_threads):
     return B
 
 
+#: shared_gram keeps the last Gram matrix it computed when it and its
+#: dictionary take at most this many bytes each (a float64 B of up to 724
+#: atoms): a pipeline coding one sample a call with one dictionary spent
+#: most of a call on D D^T (0.3-0.5 ms of a 0.8 ms solve_lasso call on the
+#: paper's 256 x 64 dictionary).
+_SHARED_GRAM_BYTES = 1 << 22
+#: (n_threads, a read-only copy of D, its read-only B), or None
+_last_gram = None
+
+
+def shared_gram(D, n_threads):
+    """B = D D^T as :func:`gram`, reused from the previous call.
+
+    The previous call's B is returned (the same read-only array) when
+    ``D`` holds the same bits as that call's dictionary (compared with a
+    copy taken then, so that a dictionary changed in place since is seen)
+    and ``n_threads`` is the same (the kernels' rounding may depend on
+    it): the result is what :func:`gram` computes, whatever was called
+    before. Callers must not write to B.
+    """
+    global _last_gram
+    last = _last_gram
+    if (last is not None and last[0] == n_threads and last[1].shape == D.shape
+            and last[1].dtype == D.dtype
+            and np.array_equal(last[1].view(np.uint64), D.view(np.uint64))):
+        return last[2]
+    B = gram(D, n_threads)
+    if B.nbytes <= _SHARED_GRAM_BYTES and D.nbytes <= _SHARED_GRAM_BYTES:
+        D_copy = D.copy()
+        D_copy.flags.writeable = False
+        B.flags.writeable = False
+        _last_gram = (n_threads, D_copy, B)
+    return B
+
+
 def global_lipschitz(D):
     """Unvalidated exact L = ||D||_2^2 (float, inf beyond the float range).
 

@@ -19,7 +19,7 @@ from ._kernels import _cd, _solvers
 from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from ._kernels._gemm import OWN_GEMM
 from ._lasso import Scaled, _check_codes, certify, correlations, round_up
-from ._lipschitz import global_lipschitz, gram
+from ._lipschitz import global_lipschitz, shared_gram
 from ._threads import kernel_threads
 from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
                           check_lmbd, check_max_iter, check_option, check_scalar,
@@ -297,13 +297,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # certificate's)
     double = method == "cd"
     C, top = correlations(S, n_threads, double, positive)
-    B = gram(S.D.astype(np.float64, copy=False), n_threads)
+    # (read-only, shared with the previous call on the same dictionary)
+    B = shared_gram(S.D.astype(np.float64, copy=False), n_threads)
     if not double:
         B = B.astype(X.dtype, copy=False)
     # a zero atom (B_jj = 0, also when its squared norm underflows X's dtype)
     # is never used: its code is 0, with or without a warm start
     zero_atoms = ~(np.diagonal(B).astype(X.dtype) > 0)
     if double and zero_atoms.any():
+        B = B.copy()
         B[zero_atoms] = 0
         B[:, zero_atoms] = 0
     start, F_start = None, 0.5 * xx

@@ -939,3 +939,53 @@ def test_last_recorded_gap_is_the_certificate_rounded_up(method):
                       record_history=True)
     last = res.history["gap"][res.n_iter, np.arange(X.shape[0])]
     assert_array_equal(last, res.gap)
+
+
+def test_gram_is_reused_only_for_the_same_dictionary_bits(monkeypatch):
+    """solve_lasso keeps the last dictionary's D D^T: the same read-only
+    array again for a dictionary of the same bits and thread count,
+    computed anew for any other (a changed entry, 0.0 against -0.0,
+    another thread count), and never kept beyond its size cap."""
+    from fastlista import _lipschitz
+
+    monkeypatch.setattr(_lipschitz, "_last_gram", None)
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((30, 8))
+    D[0, 0] = 0.0
+    B = _lipschitz.shared_gram(D, 1)
+    assert_allclose(B, D @ D.T, rtol=1e-13, atol=1e-13)
+    assert not B.flags.writeable
+    assert _lipschitz.shared_gram(D.copy(), 1) is B
+    assert _lipschitz.shared_gram(D, 2) is not B
+    B = _lipschitz.shared_gram(D, 1)
+    negative_zero = D.copy()
+    negative_zero[0, 0] = -0.0
+    assert _lipschitz.shared_gram(negative_zero, 1) is not B
+    changed = D.copy()
+    changed[3, 5] += 1.0
+    assert_allclose(_lipschitz.shared_gram(changed, 1), changed @ changed.T,
+                    rtol=1e-13, atol=1e-13)
+    monkeypatch.setattr(_lipschitz, "_SHARED_GRAM_BYTES", 100)
+    assert _lipschitz.shared_gram(D, 1) is not _lipschitz.shared_gram(D, 1)
+
+
+@pytest.mark.parametrize("method", ["cd", "fista"])
+def test_solve_lasso_sees_a_dictionary_changed_in_place(method, monkeypatch):
+    """A dictionary changed in place between two calls (as dictionary
+    learning does) is solved with its new Gram matrix: the codes equal,
+    bit for bit, those of a call that kept nothing from the previous one,
+    and match the NumPy reference solution."""
+    from fastlista import _lipschitz
+
+    X, D = ref.make_problem(n_samples=40, n_features=12, n_atoms=25)
+    lmbd = 0.2 * float(ref.lambda_max(X, D).max())
+    solve_lasso(X, D, lmbd, method=method, tol=1e-10)
+    D *= 1.5
+    D[2] = -D[7]
+    again = solve_lasso(X, D, lmbd, method=method, tol=1e-10)
+    monkeypatch.setattr(_lipschitz, "_last_gram", None)
+    fresh = solve_lasso(X, D, lmbd, method=method, tol=1e-10)
+    assert_array_equal(again.codes, fresh.codes)
+    Z_ref = ref.solve_exact(X, D, lmbd)
+    assert_allclose(ref.objective(X, D, lmbd, again.codes), ref.objective(X, D, lmbd, Z_ref),
+                    rtol=1e-8)
