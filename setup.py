@@ -118,7 +118,8 @@ extensions = [
         + isa_macros,
         depends=["fastlista/_kernels/_simd.h", "fastlista/_kernels/_gemm.h",
                  "fastlista/_kernels/_gather_avx2.h",
-                 "fastlista/_kernels/_gather_avx512.h"] + CONFIG_STAMP,
+                 "fastlista/_kernels/_gather_avx512.h",
+                 "fastlista/_kernels/_gather.h"] + CONFIG_STAMP,
         extra_compile_args=opt + openmp_compile,
         extra_link_args=openmp_link + (sanitize if SANITIZE else []),
     )

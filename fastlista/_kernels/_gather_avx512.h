@@ -29,12 +29,11 @@
      first, exactly, as the AVX2 kernel does with m >= W.
 
    A row of more than eight gathers adds the terms to y after its first
-   pass instead. Measured on an Intel Xeon with AVX-512 (two FMA units a
-   core), replaying rows of the paper problem's float32 layers (256
-   atoms, supports of 1 to 7 atoms kept across 30 layers, so that the
-   gathered rows of A stay in L1): 58 ns a row, against 75 ns through the
-   AVX2 kernel and 79 ns through the portable kernel's AVX-512 clone
-   (float64: 93, 123 and 114 ns).
+   pass instead. On an Intel Xeon with AVX-512 (two FMA units a core) the
+   paper problem's SLISTA forward at lmbd = 0.8 runs through it in
+   0.82-0.88 (float64) and 0.86-0.90 (float32) of its time through the
+   AVX2 kernel (benchmarks/test_bench_networks.py, "AVX2 gather", two
+   runs).
 
    Compiled for AVX-512F (with AVX2, FMA, BMI1 and BMI2) by a target
    attribute, on x86-64 with GCC or Clang, in every build not capped
@@ -97,16 +96,6 @@ static inline int fl_gather_v4_default(void) {
         MASK = _mm512_cmp_##X##_mask(v, zero, _CMP_NEQ_UQ);               \
     }
 
-/* The CSR entries of the non-zeros flagged in w, entries J0 + [0, 64) */
-#define FL_V4_COMPACT(w, J0)                                               \
-    while (w) {                                                           \
-        int jj = (J0) + __builtin_ctzll(w);                               \
-        w &= w - 1;                                                       \
-        oidx[nnz] = jj;                                                   \
-        oval[nnz] = y[jj];                                                \
-        nnz++;                                                            \
-    }
-
 /* The diagonal term dc_[p] added to the vector of src at dst_[p] that
    holds entry j = idx[p] (saved in save_[p]): a whole vector when
    m >= W, the row's m entries under a mask when m < W */
@@ -134,8 +123,9 @@ static inline int fl_gather_v4_default(void) {
 /* One pass over the m entries, 64 at a time: the vectors of a whole word
    of flags unroll (their masks shift by constants); the last, partial
    word goes vector by vector, its last m % W entries under the tail
-   mask. With patch, src's vectors holding idx[0..R) get the diagonal
-   terms dc_ for the pass. */
+   mask; FL_V3_COMPACT (_gather_avx2.h) visits the flags' set bits.
+   With patch, src's vectors holding idx[0..R) get the diagonal terms dc_
+   for the pass. */
 #define FL_V4_PASS(V, X, W, MT, VOP, R)                                    \
     {                                                                     \
         V cv_[8], save_[8];                                               \
@@ -158,7 +148,7 @@ static inline int fl_gather_v4_default(void) {
                           FL_V4_STORE)                                      \
                 w |= (uint64_t) mask_ << (v_ * (W));                      \
             }                                                             \
-            FL_V4_COMPACT(w, j0)                                          \
+            FL_V3_COMPACT(w, j0)                                          \
         }                                                                 \
         if (j0 < m) {                                                     \
             uint64_t w = 0;                                               \
@@ -175,7 +165,7 @@ static inline int fl_gather_v4_default(void) {
                           FL_V4_STORE_TAIL)                                  \
                 w |= (uint64_t) (mask_ & tail) << j;                      \
             }                                                             \
-            FL_V4_COMPACT(w, j0)                                          \
+            FL_V3_COMPACT(w, j0)                                          \
         }                                                                 \
         if (patch) {                                                      \
             _Pragma("GCC unroll 8")                                       \

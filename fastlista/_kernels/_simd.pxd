@@ -16,18 +16,6 @@ cdef extern from "_simd.h":
                          const double *A, int p, double *u) noexcept nogil
     void fl_s_gather_set(int k, const int *idx, const float *coef, float alpha,
                          const float *A, int p, float *u) noexcept nogil
-    int fl_d_gather_st_compact(int k, const int *idx, const double *coef, double alpha,
-                               double delta, const double *A, int m, double *src, double *y,
-                               double a, double s, int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_st_compact(int k, const int *idx, const float *coef, float alpha,
-                               float delta, const float *A, int m, float *src, float *y,
-                               float a, float s, int *oidx, float *oval) noexcept nogil
-    int fl_d_gather_pst_compact(int k, const int *idx, const double *coef, double alpha,
-                                double delta, const double *A, int m, double *src, double *y,
-                                double a, double s, int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_pst_compact(int k, const int *idx, const float *coef, float alpha,
-                                float delta, const float *A, int m, float *src, float *y,
-                                float a, float s, int *oidx, float *oval) noexcept nogil
     Py_ssize_t fl_d_st_step(Py_ssize_t n, double *z, const double *u, double a,
                             double s) noexcept nogil
     Py_ssize_t fl_s_st_step(Py_ssize_t n, float *z, const float *u, float a,
@@ -77,49 +65,24 @@ cdef extern from "_simd.h":
                         int positive, double *out) noexcept nogil
 
 
-# The sparse layers' gather-threshold-compact row by hand in AVX2
-# (_gather_avx2.h): the _v3 kernels are the portable ones in builds without
-# that code; call them only where fl_gather_v3_runs() is 1.
-cdef extern from "_gather_avx2.h":
+# The sparse layers' gather-threshold-compact row through the kernel of an
+# x86-64 level (_gather.h): call a level only where the CPU runs it
+# (fl_gather_v3_runs: AVX2, fl_gather_v4_runs: AVX-512); the _default
+# functions say whether the optimised build uses it unless told otherwise.
+cdef extern from "_gather.h":
+    enum:
+        FL_GATHER_PORTABLE
+        FL_GATHER_AVX2
+        FL_GATHER_AVX512
     int fl_gather_v3_runs() noexcept nogil
     int fl_gather_v3_default() noexcept nogil
-    int fl_d_gather_st_compact_v3(int k, const int *idx, const double *coef,
-                                  double alpha, double delta, const double *A, int m,
-                                  double *src, double *y, double a, double s,
-                                  int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_st_compact_v3(int k, const int *idx, const float *coef,
-                                  float alpha, float delta, const float *A, int m,
-                                  float *src, float *y, float a, float s,
-                                  int *oidx, float *oval) noexcept nogil
-    int fl_d_gather_pst_compact_v3(int k, const int *idx, const double *coef,
-                                   double alpha, double delta, const double *A, int m,
-                                   double *src, double *y, double a, double s,
-                                   int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_pst_compact_v3(int k, const int *idx, const float *coef,
-                                   float alpha, float delta, const float *A, int m,
-                                   float *src, float *y, float a, float s,
-                                   int *oidx, float *oval) noexcept nogil
-
-
-# The same row by hand in AVX-512 (_gather_avx512.h): the _v4 kernels are
-# the _v3 ones in builds without that code; call them only where
-# fl_gather_v4_runs() is 1.
-cdef extern from "_gather_avx512.h":
     int fl_gather_v4_runs() noexcept nogil
     int fl_gather_v4_default() noexcept nogil
-    int fl_d_gather_st_compact_v4(int k, const int *idx, const double *coef,
-                                  double alpha, double delta, const double *A, int m,
-                                  double *src, double *y, double a, double s,
-                                  int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_st_compact_v4(int k, const int *idx, const float *coef,
-                                  float alpha, float delta, const float *A, int m,
-                                  float *src, float *y, float a, float s,
-                                  int *oidx, float *oval) noexcept nogil
-    int fl_d_gather_pst_compact_v4(int k, const int *idx, const double *coef,
-                                   double alpha, double delta, const double *A, int m,
-                                   double *src, double *y, double a, double s,
-                                   int *oidx, double *oval) noexcept nogil
-    int fl_s_gather_pst_compact_v4(int k, const int *idx, const float *coef,
-                                   float alpha, float delta, const float *A, int m,
-                                   float *src, float *y, float a, float s,
-                                   int *oidx, float *oval) noexcept nogil
+    int fl_d_gather_row(int level, int positive, int k, const int *idx,
+                        const double *coef, double alpha, double delta,
+                        const double *A, int m, double *src, double *y, double a,
+                        double s, int *oidx, double *oval) noexcept nogil
+    int fl_s_gather_row(int level, int positive, int k, const int *idx,
+                        const float *coef, float alpha, float delta,
+                        const float *A, int m, float *src, float *y, float a,
+                        float s, int *oidx, float *oval) noexcept nogil

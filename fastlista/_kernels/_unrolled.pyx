@@ -74,20 +74,16 @@ import numpy as np
 from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_d_gather_set, fl_s_gather_set,
-                     fl_d_gather_st_compact, fl_s_gather_st_compact,
-                     fl_d_gather_pst_compact, fl_s_gather_pst_compact,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
                      fl_s_scaled_st_compact, fl_d_scaled_pst_compact,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
                      fl_d_pst_step, fl_s_pst_step, fl_d_st_step_sign,
                      fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign,
                      fl_d_count_nonzero, fl_s_count_nonzero,
+                     FL_GATHER_PORTABLE, FL_GATHER_AVX2, FL_GATHER_AVX512,
                      fl_gather_v3_runs, fl_gather_v3_default,
-                     fl_d_gather_st_compact_v3, fl_s_gather_st_compact_v3,
-                     fl_d_gather_pst_compact_v3, fl_s_gather_pst_compact_v3,
                      fl_gather_v4_runs, fl_gather_v4_default,
-                     fl_d_gather_st_compact_v4, fl_s_gather_st_compact_v4,
-                     fl_d_gather_pst_compact_v4, fl_s_gather_pst_compact_v4)
+                     fl_d_gather_row, fl_s_gather_row)
 
 
 from ._blas cimport axpy, dot, gemm
@@ -110,19 +106,16 @@ cdef enum:
 
 LOSSES = {"unsupervised": LOSS_UNSUPERVISED, "supervised": LOSS_SUPERVISED}
 
-# The kernels of the sparse layers' rows, by the x86-64 level they are
-# written for: the portable one (0, _simd.h, vectorised by the compiler for
-# the running CPU), by hand in AVX2 (3, _gather_avx2.h) and in AVX-512 (4,
-# _gather_avx512.h); all compute the same values up to rounding, 3 and 4
+# The kernels of the sparse layers' rows (_gather.h), by the x86-64 level
+# they are written for: the portable one (0, _simd.h, vectorised by the
+# compiler for the running CPU), by hand in AVX2 (3, _gather_avx2.h) and in
+# AVX-512 (4, _gather_avx512.h); all compute the same values up to rounding, 3 and 4
 # bit for bit the same. GATHER_KERNELS: those the running CPU executes in
 # this build; GATHER: the networks' default, the widest of them in the
 # optimised build (the portable one in the debug build, whose tests force
 # each).
-cdef enum:
-    KERNEL_PORTABLE = 0
-    KERNEL_AVX2 = 3
-    KERNEL_AVX512 = 4
-GATHER_PORTABLE, GATHER_AVX2, GATHER_AVX512 = KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_AVX512
+GATHER_PORTABLE, GATHER_AVX2, GATHER_AVX512 = (FL_GATHER_PORTABLE, FL_GATHER_AVX2,
+                                               FL_GATHER_AVX512)
 GATHER_KERNELS = ((GATHER_PORTABLE,) + ((GATHER_AVX2,) if fl_gather_v3_runs() else ())
                   + ((GATHER_AVX512,) if fl_gather_v4_runs() else ()))
 GATHER = (GATHER_AVX512 if fl_gather_v4_default() else
@@ -182,7 +175,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.own_gemm = False
     d.pk = NULL
     d.n_pk = 0
-    d.gather = KERNEL_PORTABLE
+    d.gather = FL_GATHER_PORTABLE
     d.run = 1
     d.plan = NULL
     d.m = m
@@ -279,42 +272,13 @@ cdef inline int gather_st_compact_row(int k, const int *iz, const floating *vz,
     """u <- a ST(c - sum_q vz[q] (M - I / a)[iz[q], :], s) (one-sided for
     positive codes), its CSR row in idx/val, in one pass for k <= 8;
     returns nnz. c is patched for the pass and restored exactly. gather:
-    the kernel (KERNEL_AVX512, KERNEL_AVX2, else the portable one)."""
+    the kernel's level (_gather.h)."""
     cdef floating delta = -1 / a
     if floating is double:
-        if gather == KERNEL_AVX512:
-            if positive:
-                return fl_d_gather_pst_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a,
-                                                  s, idx, val)
-            return fl_d_gather_st_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                             idx, val)
-        if gather == KERNEL_AVX2:
-            if positive:
-                return fl_d_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
-                                                  s, idx, val)
-            return fl_d_gather_st_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                             idx, val)
-        if positive:
-            return fl_d_gather_pst_compact(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                           idx, val)
-        return fl_d_gather_st_compact(k, iz, vz, -1, delta, M, m, c, u, a, s, idx, val)
-    else:
-        if gather == KERNEL_AVX512:
-            if positive:
-                return fl_s_gather_pst_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a,
-                                                  s, idx, val)
-            return fl_s_gather_st_compact_v4(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                             idx, val)
-        if gather == KERNEL_AVX2:
-            if positive:
-                return fl_s_gather_pst_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a,
-                                                  s, idx, val)
-            return fl_s_gather_st_compact_v3(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                             idx, val)
-        if positive:
-            return fl_s_gather_pst_compact(k, iz, vz, -1, delta, M, m, c, u, a, s,
-                                           idx, val)
-        return fl_s_gather_st_compact(k, iz, vz, -1, delta, M, m, c, u, a, s, idx, val)
+        return fl_d_gather_row(gather, positive, k, iz, vz, -1, delta, M, m, c, u, a, s,
+                               idx, val)
+    return fl_s_gather_row(gather, positive, k, iz, vz, -1, delta, M, m, c, u, a, s,
+                           idx, val)
 
 
 cdef inline Py_ssize_t st_step_row(Py_ssize_t m, floating *z, const floating *u,
