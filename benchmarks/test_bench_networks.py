@@ -49,7 +49,10 @@ without a target;
 ``SLISTA forward 0.8 / one layer a run``: the forward with its sparse
 layers run one layer at a time over the block
 (``fastlista._kernels._unrolled.SPARSE_RUN = 1``), not row by row over
-several, without a target; and ``fused step with signs / plain product``:
+several, without a target; where the CPU runs the AVX-512 row kernel,
+``SLISTA forward 0.8, m x m/4, AVX-512 / AVX2 gather`` for m = 32, 64 and
+128: the forward on those dictionaries through the AVX-512 kernel against
+the AVX2 one, without a target; and ``fused step with signs / plain product``:
 the training forward's gradient step, fused into the product u = r D^T of
 one 256-row block, against that product alone (what the epilogue costs).
 
@@ -84,6 +87,7 @@ COUPLED_TARGET = 1 / 3
 GEMM_FLOOR_TARGET = 0.8
 DTYPE_TARGET = 0.6          # float32 / float64 time, SLISTA loss_and_grad lmbd=0.1
 TALL = (4096, 64)           # atoms x features of the tall dictionary
+SMALL_ATOMS = (32, 64, 128)  # dictionaries of m atoms, m / 4 features
 TALL_LMBD = 0.5
 TALL_LAYERS = 10
 TALL_TARGET = 1.0           # Lista.transform / NumPy unrolled ISTA
@@ -499,9 +503,11 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
         # where the sparse layers' rows run through a kernel written by hand:
         # the same calls through the portable kernel, and through the AVX2
         # one where the default is AVX-512 (no target: what the kernel buys)
-        others = [(_unrolled.GATHER_PORTABLE, "portable")] * (
-            _unrolled.GATHER != _unrolled.GATHER_PORTABLE) + [
-            (_unrolled.GATHER_AVX2, "AVX2")] * (_unrolled.GATHER == _unrolled.GATHER_AVX512)
+        others = []
+        if _unrolled.GATHER != _unrolled.GATHER_PORTABLE:
+            others.append((_unrolled.GATHER_PORTABLE, "portable"))
+        if _unrolled.GATHER == _unrolled.GATHER_AVX512:
+            others.append((_unrolled.GATHER_AVX2, "AVX2"))
         for kernel, label in others:
             for method, name in [("transform", "forward"), ("loss_and_grad",
                                                           "loss_and_grad")]:
@@ -517,6 +523,21 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                           timer(nets["step", 0.8].transform, X),
                           timer(with_setting(_unrolled, "SPARSE_RUN", 1,
                                              nets["step", 0.8].transform), X)))
+        if _unrolled.GATHER_AVX512 in _unrolled.GATHER_KERNELS:
+            # the AVX-512 row kernel against the AVX2 one on smaller
+            # dictionaries (no target: where execution._AVX512_GATHER_MIN_ATOMS
+            # comes from)
+            for m_small in SMALL_ATOMS:
+                Xs, Ds = make_coding(X.shape[0], m_small, m_small // 4, random_state=0)
+                Xs, Ds = Xs.astype(dtype), Ds.astype(dtype)
+                net_s = Lista(Ds, 0.8, N_LAYERS, n_jobs=threads)
+                cases.append(Case(
+                    f"SLISTA forward 0.8, {m_small} x {m_small // 4}, AVX-512 / AVX2 "
+                    f"gather" + sfx,
+                    timer(with_setting(execution, "_GATHER", _unrolled.GATHER_AVX512,
+                                       net_s.transform), Xs),
+                    timer(with_setting(execution, "_GATHER", _unrolled.GATHER_AVX2,
+                                       net_s.transform), Xs)))
     Xt, Dt = tall_problem(small)
     tall_net = Lista(Dt, TALL_LMBD, TALL_LAYERS, n_jobs=threads)
     agree = np.allclose(tall_net.transform(Xt), numpy_ista(Xt, Dt, TALL_LMBD, TALL_LAYERS)(),

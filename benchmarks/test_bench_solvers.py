@@ -19,9 +19,9 @@ float32 (the paper's problem cast to float32; the float32 groups carry
 
 ``python benchmarks/test_bench_solvers.py N`` times the exact solves and the
 ISTA iteration interleaved with their references (``interleave.py``), and,
-without a target, ``one sample a call, 0.1 / D D^T not kept``: 100 calls of
-``solve_lasso`` on one sample each with one dictionary, against the same
-calls without the Gram matrix kept from the previous call.
+without a target, ``one sample a call, 0.1 / D D^T not kept`` (and 0.8):
+100 calls of ``solve_lasso`` on one sample each with one dictionary,
+against the same calls without the Gram matrix kept from the previous call.
 """
 import os
 import sys
@@ -346,11 +346,12 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=No
                 f"iterations run {ran[k1]}, {ran[k2]}"
             cases.append(Case(name, marginal, repeated(gemm_pair(X, D, Z0), k2 - k1),
                               ITER_TARGET, check))
-        name = f"one sample a call, 0.1 / D D^T not kept {dtype}"
-        if keyword is None or keyword in name:
-            cases.append(Case(name, timer(one_sample_calls(X[:100], D, tol=tol)),
-                              timer(one_sample_calls(X[:100], D, tol=tol,
-                                                     keep_gram=False))))
+        for lmbd in (0.1, 0.8):
+            name = f"one sample a call, {lmbd} / D D^T not kept {dtype}"
+            if keyword is None or keyword in name:
+                cases.append(Case(name, timer(one_sample_calls(X[:100], D, lmbd, tol)),
+                                  timer(one_sample_calls(X[:100], D, lmbd, tol,
+                                                         keep_gram=False))))
     return interleave.run(cases, n_rounds, prime=1, verbose=verbose)
 
 

@@ -132,9 +132,9 @@ def gram(D, n_threads):
 
 #: shared_gram keeps the last Gram matrix it computed when it and its
 #: dictionary take at most this many bytes each (a float64 B of up to 724
-#: atoms): a pipeline coding one sample a call with one dictionary spent
-#: most of a call on D D^T (0.3-0.5 ms of a 0.8 ms solve_lasso call on the
-#: paper's 256 x 64 dictionary).
+#: atoms): one-sample solve_lasso calls on the paper's 256 x 64 dictionary
+#: take 0.53-0.64 of their time without it (benchmarks/test_bench_solvers.py,
+#: "one sample a call").
 _SHARED_GRAM_BYTES = 1 << 22
 #: (n_threads, a read-only copy of D, its read-only B), or None
 _last_gram = None

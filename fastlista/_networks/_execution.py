@@ -85,12 +85,12 @@ _OWN_GEMM = OWN_GEMM
 _GATHER = None
 #: The AVX-512 row kernel adds the steps' diagonal terms to whole 64-byte
 #: vectors of c (stored, then loaded by the pass) at a fixed cost a row
-#: that the AVX2 kernel pays at about half: on the Intel AVX-512 machine of
-#: docs/benchmarks.md, an untrained SLISTA forward at lmbd = 0.8 (20000
-#: samples, one thread) took through it 1.35 / 1.26 (float32 / float64) of
-#: its time through the AVX2 kernel with 32 atoms, 1.17 / 1.00 with 64,
-#: 0.95 / 0.87 with 128; with 256 (the paper shape, 10000 samples, two
-#: threads) 0.86-0.90 / 0.82-0.88 (benchmarks/test_bench_networks.py).
+#: above the AVX2 kernel's: on the Intel AVX-512 machine of
+#: docs/benchmarks.md, an untrained SLISTA forward at lmbd = 0.8 through it
+#: took (float64 / float32) 1.23 / 1.29 of its time through the AVX2 kernel
+#: with 32 atoms, 0.96 / 1.11 with 64, 0.91 / 1.01 with 128
+#: (benchmarks/test_bench_networks.py 15 -k "AVX-512 / AVX2" --threads 1),
+#: and 0.82-0.88 / 0.86-0.90 with the paper's 256 ("AVX2 gather").
 _AVX512_GATHER_MIN_ATOMS = 128
 
 
