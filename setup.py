@@ -117,6 +117,7 @@ extensions = [
         + ([("FL_NO_CLONES", "1")] if DEBUG or SANITIZE else [])
         + isa_macros,
         depends=["fastlista/_kernels/_simd.h", "fastlista/_kernels/_gemm.h",
+                 "fastlista/_kernels/_gemm_avx512.h",
                  "fastlista/_kernels/_gather_avx2.h",
                  "fastlista/_kernels/_gather_avx512.h",
                  "fastlista/_kernels/_gather.h"] + CONFIG_STAMP,

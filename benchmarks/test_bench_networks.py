@@ -32,10 +32,13 @@ float32 ones carry " float32" in their name):
   include the interpreter start and mean nothing).
 
 The interleaved runs (below) add, where the networks' dense layers multiply
-through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: no
-AVX-512, AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
+through fastlista's GEMM (``fastlista._kernels._gemm.OWN_GEMM``: AVX-512,
+or no AVX-512 and AVX2 and FMA), ``SLISTA forward 0.1 / through BLAS`` and
 ``SLISTA loss_and_grad 0.1 / through BLAS``: the same calls with BLAS
-instead, and ``SLISTA forward 0.1 / panels copied every block`` and
+instead, where that GEMM is its 64-byte tile (AVX-512) ``SLISTA forward
+0.1 / 32-byte GEMM tile`` and ``SLISTA loss_and_grad 0.1 / 32-byte GEMM
+tile``: the same calls through its 32-byte tile, and ``SLISTA forward 0.1
+/ panels copied every block`` and
 ``SLISTA loss_and_grad 0.1 / panels copied every block``: the same calls
 with the parameter matrices' panels copied by every product, not packed
 once a call (``fastlista._kernels._unrolled.PACK_OPERANDS = False``), both
@@ -76,7 +79,7 @@ import pytest
 
 import fastlista
 from fastlista import Lista
-from fastlista._kernels import _unrolled
+from fastlista._kernels import _gemm, _unrolled
 from fastlista._kernels._gemm import OWN_GEMM
 from fastlista._networks import _execution as execution
 
@@ -499,6 +502,15 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
                                   timer(with_setting(_unrolled, "PACK_OPERANDS", False,
                                                      getattr(nets["step", 0.1], method)),
                                         X)))
+            if OWN_GEMM == _gemm.GEMM_AVX512:
+                # the 64-byte tile against the 32-byte one (same bits)
+                for method, name in [("transform", "forward"), ("loss_and_grad",
+                                                              "loss_and_grad")]:
+                    cases.append(Case(
+                        f"SLISTA {name} 0.1 / 32-byte GEMM tile" + sfx,
+                        timer(getattr(nets["step", 0.1], method), X),
+                        timer(with_setting(execution, "_OWN_GEMM", _gemm.GEMM_AVX2,
+                                           getattr(nets["step", 0.1], method)), X)))
             cases.append(fused_step_case(X, D, nets["step", 0.1], sfx))
         # where the sparse layers' rows run through a kernel written by hand:
         # the same calls through the portable kernel, and through the AVX2
@@ -558,11 +570,10 @@ def interleaved(n_rounds=7, small=False, keyword=None, verbose=False, threads=No
 def fused_step_case(X, D, net, sfx):
     """The forward's fused gradient step on one 256-row block (threshold,
     non-zero count and signs in the epilogue of u = r D^T) against the plain
-    product at the same shape, both through _gemm.h on one thread: what the
-    epilogue costs (no target; 1 would be free)."""
+    product at the same shape, both through the register tile of _gemm.h
+    that the networks use, on one thread: what the epilogue costs (no
+    target; 1 would be free)."""
     from interleave import Case, repeated
-
-    from fastlista._kernels import _gemm
 
     Z = np.ascontiguousarray(net.transform(X[:256]))
     R = Z @ D - X[:256]
@@ -571,9 +582,11 @@ def fused_step_case(X, D, net, sfx):
     sg = np.empty(Z.shape, np.int8)
     step = float(net.parameters[-1]["alpha"])       # SLISTA: ST(z - a u, a lmbd)
     thr = np.full(len(Z), step * net.lmbd, Z.dtype)
+    level = OWN_GEMM                    # the tile the networks multiply with
     return Case("fused step with signs / plain product, 256 x 64 x 256" + sfx,
-                repeated(_gemm.gemm_step, 50, R, WT, step, thr, False, Z, sg),
-                repeated(_gemm.gemm, 50, 1.0, R, WT, 0.0, U))
+                repeated(_gemm.gemm_step, 50, R, WT, step, thr, False, Z, sg, False,
+                         level),
+                repeated(_gemm.gemm, 50, 1.0, R, WT, 0.0, U, False, level))
 
 
 def with_setting(module, name, value, method):

@@ -13,6 +13,11 @@ import reference as ref  # noqa: E402
 LMBDS = (0.05, 0.3, 0.8)
 METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
 
+# ids of the levels of fastlista._kernels._gemm.GEMM_KERNELS (who multiplies
+# the solvers' and networks' dense blocks): BLAS, _gemm.h's 32- and 64-byte
+# register tiles
+GEMM_IDS = {0: "blas", 3: "tile32", 4: "tile64"}.get
+
 # seeded problems: under- and over-complete dictionaries, a batch of several
 # blocks of samples, and sparse codes on a larger dictionary
 PROBLEMS = {

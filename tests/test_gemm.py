@@ -1,10 +1,13 @@
 """fastlista's row-major GEMM (_kernels/_gemm.h) against NumPy.
 
 The networks' dense layers multiply through it where BLAS would pack every
-call (``_kernels._gemm.OWN_GEMM``); here it is called directly, whatever the
-CPU, and compared with a float64 NumPy product within the rounding bound of
-a K-term dot product; each call on B itself and on B's panels packed once
-(``packed=True``: the networks pack their parameter matrices once a call).
+call or the CPU has AVX-512 (``_kernels._gemm.OWN_GEMM``); here it is called
+directly, whatever the CPU, and compared with a float64 NumPy product
+within the rounding bound of a K-term dot product; each call on B itself
+and on B's panels packed once (``packed=True``: the networks pack their
+parameter matrices once a call), through each register tile the CPU runs
+(``level``: the 32-byte tile of _gemm.h, the 64-byte one of
+_gemm_avx512.h), which must also agree with each other bit for bit.
 """
 import numpy as np
 import pytest
@@ -13,6 +16,16 @@ from numpy.lib.stride_tricks import as_strided
 from fastlista._kernels import _gemm
 
 from conftest import cpu_flags
+
+#: the register tiles this CPU runs, as the ``level`` of the test entry points
+TILES = [level for level in _gemm.GEMM_KERNELS if level != _gemm.GEMM_BLAS]
+TILE_IDS = {_gemm.GEMM_AVX2: "tile32", _gemm.GEMM_AVX512: "tile64"}
+
+
+@pytest.fixture(params=TILES, ids=[TILE_IDS[t] for t in TILES])
+def level(request):
+    """Each register tile of _gemm.h the CPU runs."""
+    return request.param
 
 
 def bound(alpha, A, B, beta, C0):
@@ -26,7 +39,7 @@ def bound(alpha, A, B, beta, C0):
     return (K + 2) * u * scale + np.finfo(A.dtype).tiny
 
 
-def check(M, N, K, alpha, beta, dtype, packed):
+def check(M, N, K, alpha, beta, dtype, packed, level):
     """One product on slices of wider arrays (leading dimensions beyond the
     widths); the columns of C beyond N are left as they were."""
     rng = np.random.default_rng(0)
@@ -36,7 +49,7 @@ def check(M, N, K, alpha, beta, dtype, packed):
     C0 = C.copy()
     if beta == 0:
         C[:, :N] = np.nan          # never read
-    _gemm.gemm(alpha, A[:, :K], B[:, :N], beta, C[:, :N], packed=packed)
+    _gemm.gemm(alpha, A[:, :K], B[:, :N], beta, C[:, :N], packed=packed, level=level)
     a, b = A[:, :K].astype(float), B[:, :N].astype(float)
     expected = alpha * (a @ b) + (beta * C0[:, :N].astype(float) if beta != 0 else 0)
     assert np.all(np.abs(C[:, :N] - expected)
@@ -47,18 +60,20 @@ def check(M, N, K, alpha, beta, dtype, packed):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, N, K", [
     (1, 1, 1), (7, 3, 5), (6, 16, 256), (6, 8, 64), (13, 17, 300), (5, 33, 600),
-    (250, 64, 256), (250, 256, 64), (11, 40, 257), (3, 1, 513)])
+    (250, 64, 256), (250, 256, 64), (11, 40, 257), (3, 1, 513), (19, 48, 70)])
 @pytest.mark.parametrize("alpha, beta", [(1, 0), (-0.5, 1), (1, -1), (1.5, 0.25)])
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
-def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype, packed):
-    # full and partial register tiles (6 rows, 2 vectors of columns), K cut
-    # into panels of 256, and the four (alpha, beta) the kernels use
-    check(M, N, K, alpha, beta, dtype, packed)
+def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype, packed, level):
+    # full and partial register tiles (32-byte tile: 6 rows, 2 vectors of
+    # columns; 64-byte tile: 12, then 4, then 1-3 rows, two panels or an odd
+    # last one, full or partial), K cut into panels of 256, and the four
+    # (alpha, beta) the kernels use
+    check(M, N, K, alpha, beta, dtype, packed, level)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, N, K", [(7, 3, 5), (13, 17, 300), (5, 33, 600), (250, 64, 256)])
-def test_packed_gemm_computes_what_the_plain_one_does(M, N, K, dtype):
+def test_packed_gemm_computes_what_the_plain_one_does(M, N, K, dtype, level):
     # the packed panels hold B's entries where the plain call copies them
     # (zero beyond column N), so both sum the same products in one order
     rng = np.random.default_rng(K)
@@ -66,30 +81,33 @@ def test_packed_gemm_computes_what_the_plain_one_does(M, N, K, dtype):
     B = rng.standard_normal((K, N + 3)).astype(dtype)[:, :N]
     C1 = rng.standard_normal((M, N)).astype(dtype)
     C2 = C1.copy()
-    _gemm.gemm(-0.5, A, B, 1.0, C1)
-    _gemm.gemm(-0.5, A, B, 1.0, C2, packed=True)
+    _gemm.gemm(-0.5, A, B, 1.0, C1, level=level)
+    _gemm.gemm(-0.5, A, B, 1.0, C2, packed=True, level=level)
     np.testing.assert_array_equal(C2, C1)
     if K <= 256:
         thr = rng.uniform(0, 1, M).astype(dtype)
         Z1 = rng.standard_normal((M, N)).astype(dtype)
         Z2 = Z1.copy()
-        assert (_gemm.gemm_step(A, B, 0.3, thr, False, Z1)
-                == _gemm.gemm_step(A, B, 0.3, thr, False, Z2, packed=True))
+        assert (_gemm.gemm_step(A, B, 0.3, thr, False, Z1, level=level)
+                == _gemm.gemm_step(A, B, 0.3, thr, False, Z2, packed=True, level=level))
         np.testing.assert_array_equal(Z2, Z1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
-def test_gemm_degenerate_shapes(dtype, packed):
+def test_gemm_degenerate_shapes(dtype, packed, level):
     # K = 0: C = beta C (0 where beta = 0, even over NaN); M or N = 0: nothing
     C = np.full((3, 4), np.nan, dtype)
-    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 0.0, C, packed)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 0.0, C, packed,
+               level)
     np.testing.assert_array_equal(C, 0)
     C = np.arange(12, dtype=dtype).reshape(3, 4)
-    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 2.0, C, packed)
+    _gemm.gemm(1.0, np.empty((3, 0), dtype), np.empty((0, 4), dtype), 2.0, C, packed,
+               level)
     np.testing.assert_array_equal(C, 2 * np.arange(12).reshape(3, 4))
     C = np.empty((0, 4), dtype)
-    _gemm.gemm(1.0, np.empty((0, 5), dtype), np.ones((5, 4), dtype), 0.0, C, packed)
+    _gemm.gemm(1.0, np.empty((0, 5), dtype), np.ones((5, 4), dtype), 0.0, C, packed,
+               level)
     with pytest.raises(ValueError, match="shapes"):
         _gemm.gemm(1.0, np.ones((3, 5), dtype), np.ones((4, 4), dtype), 0.0,
                    np.ones((3, 4), dtype))
@@ -97,7 +115,7 @@ def test_gemm_degenerate_shapes(dtype, packed):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
-def test_gemm_propagates_non_finite_values(dtype, packed):
+def test_gemm_propagates_non_finite_values(dtype, packed, level):
     # as BLAS: a NaN or inf in a row of A (or in C, with beta != 0) reaches
     # that row of C, and no other
     rng = np.random.default_rng(1)
@@ -107,23 +125,76 @@ def test_gemm_propagates_non_finite_values(dtype, packed):
     A[7, 3] = np.inf
     C = rng.standard_normal((9, 18)).astype(dtype)
     C[4, 5] = np.nan
-    _gemm.gemm(1.0, A, B, 1.0, C, packed)
+    _gemm.gemm(1.0, A, B, 1.0, C, packed, level)
     assert np.isnan(C[2]).all() and not np.isfinite(C[7]).any()
     assert np.isnan(C[4, 5]) and np.isfinite(np.delete(C[4], 5)).all()
     assert np.isfinite(C[[0, 1, 3, 5, 6, 8]]).all()
 
 
-def test_own_gemm_only_where_blas_packs_and_avx2_runs():
-    """The networks use _gemm.h only on a CPU without AVX-512 (BLAS packs
-    small calls) with AVX2 and FMA (its vector code runs)."""
+def test_own_gemm_where_its_tiles_beat_blas():
+    """The networks use _gemm.h's 64-byte tile wherever it runs (compiled,
+    on a CPU with AVX-512F, AVX2 and FMA), its 32-byte tile on a CPU without
+    AVX-512 (BLAS packs small calls) with AVX2 and FMA (its vector code
+    runs), BLAS elsewhere; the test entry points refuse a tile the CPU does
+    not run."""
     flags = cpu_flags()
+    tile64 = _gemm.GEMM_AVX512 in _gemm.GEMM_KERNELS
+    assert _gemm.GEMM_BLAS in _gemm.GEMM_KERNELS and _gemm.GEMM_AVX2 in _gemm.GEMM_KERNELS
     if flags is None:
-        assert not _gemm.OWN_GEMM
+        assert not tile64 and _gemm.OWN_GEMM == _gemm.GEMM_BLAS
         return
-    if _gemm.OWN_GEMM:
+    if tile64:
+        assert {"avx512f", "avx2", "fma"} <= flags
+        assert _gemm.OWN_GEMM == _gemm.GEMM_AVX512
+    elif _gemm.OWN_GEMM:
+        assert _gemm.OWN_GEMM == _gemm.GEMM_AVX2
         assert {"avx2", "fma"} <= flags and "avx512f" not in flags
     if "avx512f" in flags:
-        assert not _gemm.OWN_GEMM
+        assert _gemm.OWN_GEMM != _gemm.GEMM_AVX2
+    A, B = np.ones((2, 3)), np.ones((3, 2))
+    for bad in (_gemm.GEMM_BLAS, 7) + (() if tile64 else (_gemm.GEMM_AVX512,)):
+        with pytest.raises(ValueError, match=f"level={bad} is not a tile"):
+            _gemm.gemm(1.0, A, B, 0.0, np.zeros((2, 2)), level=bad)
+        with pytest.raises(ValueError, match=f"level={bad} is not a tile"):
+            _gemm.gemm_step(A, B, 1.0, np.zeros(2), False, np.zeros((2, 2)), level=bad)
+
+
+@pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
+                    reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
+    # the same sums in the same order (each entry from zero, its k in order,
+    # one FMA a term) and the same epilogues: equal bits, on every row and
+    # column remainder of both tiles, K over one panel of 256, negative
+    # zeros, NaN and inf, both thresholds, signs and counts
+    rng = np.random.default_rng(11)
+    for M, N, K in [(1, 1, 1), (3, 5, 7), (12, 16, 64), (19, 48, 70), (32, 64, 256),
+                    (32, 256, 64), (29, 40, 300), (17, 33, 513), (50, 8, 3)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        B = rng.standard_normal((K, N)).astype(dtype)
+        A[rng.random((M, K)) < 0.3] = 0
+        A[0, 0] = -0.0
+        if M > 2 and K > 1:
+            A[1, 1], A[2, 0] = np.nan, np.inf
+        C0 = rng.standard_normal((M, N)).astype(dtype)
+        for alpha, beta in [(1, 0), (-0.5, 1), (1, -1), (1.5, 0.25)]:
+            C1, C2 = C0.copy(), C0.copy()
+            _gemm.gemm(alpha, A, B, beta, C1, packed, _gemm.GEMM_AVX2)
+            _gemm.gemm(alpha, A, B, beta, C2, packed, _gemm.GEMM_AVX512)
+            np.testing.assert_array_equal(C2.view(np.uint8), C1.view(np.uint8))
+        if K > 256:
+            continue
+        thr = rng.uniform(0, 2, M).astype(dtype)
+        for positive in (False, True):
+            Z1, Z2 = C0.copy(), C0.copy()
+            s1, s2 = np.zeros((M, N), np.int8), np.ones((M, N), np.int8)
+            n1 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z1, s1, packed, _gemm.GEMM_AVX2)
+            n2 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z2, s2, packed,
+                                 _gemm.GEMM_AVX512)
+            assert n1 == n2
+            np.testing.assert_array_equal(Z2.view(np.uint8), Z1.view(np.uint8))
+            np.testing.assert_array_equal(s2, s1)
 
 
 def step_reference(A, B, step, thr, positive, Z):
@@ -139,7 +210,7 @@ def step_reference(A, B, step, thr, positive, Z):
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 19, 5), (13, 32, 64), (250, 256, 64),
                                      (6, 40, 256), (5, 3, 0)])
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
-def test_gemm_step_matches_numpy(M, N, K, positive, dtype, packed):
+def test_gemm_step_matches_numpy(M, N, K, positive, dtype, packed, level):
     # the forward's fused gradient step: Z <- OP(Z - step A B, thr) with each
     # row's threshold, the non-zeros counted and the signs written
     rng = np.random.default_rng(M + N + K)
@@ -151,7 +222,7 @@ def test_gemm_step_matches_numpy(M, N, K, positive, dtype, packed):
     expected = step_reference(A, B, step, thr, positive, Z)
     sg = np.full((M, N), 7, np.int8)
     Z0 = Z.copy()
-    nnz = _gemm.gemm_step(A, B, step, thr, positive, Z, sg, packed)
+    nnz = _gemm.gemm_step(A, B, step, thr, positive, Z, sg, packed, level)
     # within the rounding of the product, the step and the threshold
     u = np.finfo(dtype).eps / 2
     err = (K + 4) * u * (np.abs(Z0) + step * (np.abs(A).astype(float) @ np.abs(B))
@@ -162,12 +233,12 @@ def test_gemm_step_matches_numpy(M, N, K, positive, dtype, packed):
     np.testing.assert_array_equal(sg, np.sign(Z).astype(np.int8))
     # and without signs, the same codes
     Z2 = Z0.copy()
-    assert _gemm.gemm_step(A, B, step, thr, positive, Z2, packed=packed) == nnz
+    assert _gemm.gemm_step(A, B, step, thr, positive, Z2, packed=packed, level=level) == nnz
     np.testing.assert_array_equal(Z2, Z)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_step_zero_and_infinite_thresholds_and_nan(dtype):
+def test_gemm_step_zero_and_infinite_thresholds_and_nan(dtype, level):
     # thr = 0 keeps every entry (ST(v, 0) = v), thr = inf zeroes its row;
     # NaN in a row of A is a non-zero with sign -1 (as the row kernels of
     # _simd.h count it), and stays in its row
@@ -181,7 +252,7 @@ def test_gemm_step_zero_and_infinite_thresholds_and_nan(dtype):
     expected = Z.astype(float) - 0.5 * (A.astype(float) @ B)
     err = 18 * np.finfo(dtype).eps * (np.abs(Z) + 0.5 * (np.abs(A).astype(float) @ np.abs(B)))
     sg = np.zeros((8, 24), np.int8)
-    nnz = _gemm.gemm_step(A, B, 0.5, thr, False, Z, sg)
+    nnz = _gemm.gemm_step(A, B, 0.5, thr, False, Z, sg, level=level)
     assert np.isnan(Z[3]).all() and (sg[3] == -1).all()
     np.testing.assert_array_equal(Z[5], 0)
     ok = [0, 1, 2, 4, 6, 7]
@@ -204,7 +275,8 @@ def repeated_rows(A, n_rows):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
 @pytest.mark.parametrize("layout", ["repeated", "reversed"])
-def test_gemm_reads_repeated_and_reversed_rows_where_they_are(layout, dtype, packed):
+def test_gemm_reads_repeated_and_reversed_rows_where_they_are(layout, dtype, packed,
+                                                             level):
     # row stride 0 (every row the same) or negative: _gemm.h addresses row i
     # of an input at i ld with a signed ld, so it reads the view's entries
     rng = np.random.default_rng(2)
@@ -216,7 +288,7 @@ def test_gemm_reads_repeated_and_reversed_rows_where_they_are(layout, dtype, pac
         A, B = A0[::-1], B0[::-1]
     a, b = np.array(A), np.array(B)
     C = np.full((7, 11), np.nan, dtype)
-    _gemm.gemm(1.0, A, B, 0.0, C, packed=packed)
+    _gemm.gemm(1.0, A, B, 0.0, C, packed=packed, level=level)
     assert np.all(np.abs(C - a.astype(float) @ b) <= bound(1.0, a, b, 0.0, C))
     thr = np.full(7, 0.1, dtype)
     Z = rng.standard_normal((7, 11)).astype(dtype)
@@ -224,7 +296,7 @@ def test_gemm_reads_repeated_and_reversed_rows_where_they_are(layout, dtype, pac
     u = np.finfo(dtype).eps / 2
     err = 23 * u * (np.abs(Z) + 0.5 * (np.abs(a).astype(float) @ np.abs(b)) + 0.1)
     Z2 = Z[::-1].copy()[::-1]                     # the output reversed too
-    _gemm.gemm_step(A, B, 0.5, thr, False, Z2, packed=packed)
+    _gemm.gemm_step(A, B, 0.5, thr, False, Z2, packed=packed, level=level)
     assert np.all(np.abs(Z2 - expected) <= err)
 
 

@@ -20,7 +20,7 @@ from numpy.testing import assert_allclose
 
 import fastlista._networks._execution as execution
 from fastlista import InvalidParameterError, Lista, alista_weights
-from fastlista._kernels import _unrolled
+from fastlista._kernels import _gemm, _unrolled
 
 from conftest import cpu_flags
 
@@ -107,8 +107,10 @@ def path(request, monkeypatch):
     Also forces blocks of 16 rows, multiplied 5 rows a BLAS call (and 2
     threads for "mixed"), so that several blocks, a ragged last block, a
     ragged last GEMM chunk and the per-thread gradient accumulators are
-    exercised. The dense products run through fastlista's GEMM (_gemm.h),
-    or BLAS for "dense-blas" and the sparse paths; the sparse layers' rows
+    exercised. The dense products run through fastlista's GEMM (_gemm.h):
+    its widest register tile the CPU runs for "dense" (64 bytes with
+    AVX-512, _gemm_avx512.h), its 32-byte tile for "mixed"; through BLAS
+    for "dense-blas" and the sparse paths. The sparse layers' rows
     through the widest kernel written by hand that the CPU runs (AVX-512,
     _gather_avx512.h, or AVX2, _gather_avx2.h), for "sparse-avx2" through
     the AVX2 one where the CPU runs it, for "sparse-portable" through the
@@ -121,7 +123,9 @@ def path(request, monkeypatch):
     n_threads = 2 if request.param == "mixed" else 1
     monkeypatch.setattr(execution, "_SPARSE_DENSITY", rho)
     monkeypatch.setattr(execution, "plan", lambda *shape, **kw: (n_threads, 16, 5))
-    monkeypatch.setattr(execution, "_OWN_GEMM", request.param in ("mixed", "dense"))
+    monkeypatch.setattr(execution, "_OWN_GEMM", {
+        "mixed": _gemm.GEMM_AVX2, "dense": max(_gemm.GEMM_KERNELS)}.get(request.param,
+                                                                         _gemm.GEMM_BLAS))
     kernels = _unrolled.GATHER_KERNELS
     monkeypatch.setattr(execution, "_GATHER", {
         "sparse-portable": _unrolled.GATHER_PORTABLE,

@@ -120,8 +120,8 @@ def test_support_lipschitz_bounded_and_monotone(seed, m, n):
 
 @pytest.mark.parametrize("shape", [(48, 12), (20, 16)])
 @pytest.mark.parametrize("rel_lmbd", [0.9, 0.3, 0.01])
-@given(seed=st.integers(0, 2**32 - 1), own_gemm=st.booleans(), positive=st.booleans(),
-       dtype=st.sampled_from([np.float64, np.float32]))
+@given(seed=st.integers(0, 2**32 - 1), own_gemm=st.sampled_from(_gemm.GEMM_KERNELS),
+       positive=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]))
 @settings(max_examples=15)
 def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed, own_gemm,
                                                  positive, dtype):
@@ -149,7 +149,8 @@ def test_sparse_and_dense_paths_match_numpy_ista(rel_lmbd, shape, seed, own_gemm
 @given(seed=st.integers(0, 2**32 - 1), n_atoms=st.integers(1, 600),
        n_features=st.integers(1, 12), rel_lmbd=st.sampled_from([0.95, 0.6, 0.2]),
        dtype=st.sampled_from([np.float64, np.float32]), positive=st.booleans(),
-       own_gemm=st.booleans(), gather=st.sampled_from(_unrolled.GATHER_KERNELS))
+       own_gemm=st.sampled_from(_gemm.GEMM_KERNELS),
+       gather=st.sampled_from(_unrolled.GATHER_KERNELS))
 @settings(max_examples=40)
 def test_network_rows_match_numpy_ista(seed, n_atoms, n_features, rel_lmbd, dtype,
                                        positive, own_gemm, gather):
@@ -232,7 +233,7 @@ def test_reference_chain_rule_is_finite_differences(loss, positive):
        per_sample=st.booleans(), tiny_step=st.sampled_from([None, 1e-20, 1e-300]),
        loss=st.sampled_from(["unsupervised", "supervised"]),
        dtype=st.sampled_from([np.float64, np.float32]),
-       rho=st.sampled_from([None, 0.5, 1.1]), own_gemm=st.booleans(),
+       rho=st.sampled_from([None, 0.5, 1.1]), own_gemm=st.sampled_from(_gemm.GEMM_KERNELS),
        pack=st.booleans(), gather=st.sampled_from(_unrolled.GATHER_KERNELS),
        run=st.sampled_from([1, 2, 3, 32]), block=st.sampled_from([1, 3, 16]),
        n_threads=st.sampled_from([1, 2]))

@@ -7,7 +7,7 @@ import numpy as np
 
 import fastlista as fl
 from fastlista import _solvers as solvers
-from fastlista._kernels import _unrolled
+from fastlista._kernels import _gemm, _unrolled
 from fastlista._networks import _execution as networks
 
 
@@ -37,8 +37,8 @@ def main():
         fl.solve_lasso(X[0], D, lmbd, method="ista", max_iter=50, tol=0)
         assert not fl.solve_lasso(X, D, 1e9).codes.any()
         fl.solve_lasso(X[:5], D, 0.0, method="fista", max_iter=20, tol=0)
-        # the solvers' block gradients through either GEMM (_gemm.h or
-        # BLAS): at a small lmbd the iterates stay dense, and ISTA through
+        # the solvers' block gradients through each GEMM (BLAS, _gemm.h's
+        # tiles the CPU runs): at a small lmbd the iterates stay dense, and ISTA through
         # _gemm.h steps inside the second product; against a NumPy ISTA
         X64, D64 = X.astype(np.float64), D.astype(np.float64)
         L = np.linalg.eigvalsh(D64 @ D64.T)[-1]
@@ -47,7 +47,7 @@ def main():
             for _ in range(20):
                 U = Z_np - (Z_np @ D64 - X64) @ D64.T / L
                 Z_np = np.sign(U) * np.maximum(np.abs(U) - rel * lmbd / L, 0)
-            for own in (True, False):
+            for own in _gemm.GEMM_KERNELS:
                 saved, solvers._OWN_GEMM = solvers._OWN_GEMM, own
                 try:
                     Z = fl.solve_lasso(X, D, rel * lmbd, method="ista", max_iter=20,
@@ -68,13 +68,13 @@ def main():
                 loss, grads = net.loss_and_grad(X)
                 assert np.isfinite(loss)
                 assert all(np.all(np.isfinite(g)) for layer in grads for g in layer.values())
-                # every layer dense (codes kept as signs) through either
-                # GEMM (_gemm.h or BLAS), then every layer sparse (CSR
+                # every layer dense (codes kept as signs) through each
+                # GEMM (BLAS, _gemm.h's tiles), then every layer sparse (CSR
                 # rows, run row by row) through each row kernel the CPU
                 # runs (under valgrind: its CPU's), the portable one also
                 # in runs of 3 layers: the same gradients
-                cases = [(0.0, True, _unrolled.GATHER_PORTABLE, 32),
-                         (0.0, False, _unrolled.GATHER_PORTABLE, 32)]
+                cases = [(0.0, own, _unrolled.GATHER_PORTABLE, 32)
+                         for own in _gemm.GEMM_KERNELS]
                 cases += [(1.1, False, kernel, 32) for kernel in _unrolled.GATHER_KERNELS]
                 cases += [(1.1, False, _unrolled.GATHER_PORTABLE, 3)]
                 for rho, own, kernel, run in cases:
@@ -100,23 +100,26 @@ def main():
 
 
 def _gemm_kernels(rng):
-    """_gemm.h on partial tiles, K cut in two panels, and the fused step."""
-    from fastlista._kernels import _gemm
-
+    """_gemm.h on partial tiles, K cut in two panels, and the fused step,
+    through each register tile the CPU runs (32 and 64 bytes), on B and on
+    its packed panels."""
+    tiles = [level for level in _gemm.GEMM_KERNELS if level != _gemm.GEMM_BLAS]
     for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-3)):
-        A = rng.standard_normal((13, 300)).astype(dtype)
-        B = rng.standard_normal((300, 19)).astype(dtype)
-        C = np.full((13, 19), np.nan, dtype)
-        _gemm.gemm(1.0, A, B, 0.0, C)
-        np.testing.assert_allclose(C, A.astype(float) @ B, rtol=tol, atol=tol * 20)
-        Z = rng.standard_normal((13, 19)).astype(dtype)
-        thr = np.full(13, 0.5, dtype)
-        V = Z.astype(float) - 0.1 * (A[:, :64].astype(float) @ B[:64])
-        expected = np.sign(V) * np.maximum(np.abs(V) - 0.5, 0)
-        sg = np.zeros((13, 19), np.int8)
-        _gemm.gemm_step(A[:, :64], B[:64], 0.1, thr, False, Z, sg)
-        np.testing.assert_allclose(Z, expected, rtol=tol, atol=tol * 20)
-        np.testing.assert_array_equal(sg, np.sign(Z))
+        for level in tiles:
+            for packed in (False, True):
+                A = rng.standard_normal((13, 300)).astype(dtype)
+                B = rng.standard_normal((300, 19)).astype(dtype)
+                C = np.full((13, 19), np.nan, dtype)
+                _gemm.gemm(1.0, A, B, 0.0, C, packed, level)
+                np.testing.assert_allclose(C, A.astype(float) @ B, rtol=tol, atol=tol * 20)
+                Z = rng.standard_normal((13, 19)).astype(dtype)
+                thr = np.full(13, 0.5, dtype)
+                V = Z.astype(float) - 0.1 * (A[:, :64].astype(float) @ B[:64])
+                expected = np.sign(V) * np.maximum(np.abs(V) - 0.5, 0)
+                sg = np.zeros((13, 19), np.int8)
+                _gemm.gemm_step(A[:, :64], B[:64], 0.1, thr, False, Z, sg, packed, level)
+                np.testing.assert_allclose(Z, expected, rtol=tol, atol=tol * 20)
+                np.testing.assert_array_equal(sg, np.sign(Z))
 
 
 def _dictionary_step(rng):

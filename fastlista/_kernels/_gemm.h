@@ -1,4 +1,4 @@
-/* fastlista: row-major GEMM for the networks' block products on AVX2. */
+/* fastlista: row-major GEMM for the networks' and solvers' block products. */
 #ifndef FASTLISTA_GEMM_H
 #define FASTLISTA_GEMM_H
 /* C = alpha A B + beta C, all row-major: A (M x K, the block's rows), B
@@ -8,7 +8,10 @@
    of every call into its panel layouts, and scales C by beta in a pass of
    its own; on the networks' products (a block of 256 rows times a 256 x 64
    or 64 x 256 matrix) the copies took 13 % of a float32 forward pass and
-   the beta pass 4 % (perf, AMD Zen 3). Here only
+   the beta pass 4 % (perf, AMD Zen 3); with AVX-512, OpenBLAS's
+   small-matrix kernels do not pack, but run no faster than the 32-byte
+   tile below, and the 64-byte tile of _gemm_avx512.h (the same sums in the
+   same order) beats both (docs/benchmarks.md). Here only
    B is copied, one panel of 2 W columns at a time (W: lanes of a 32-byte
    vector) into a buffer on the stack that stays in L1, and A is read in
    place: its rows are the natural streams of the register tile.
@@ -27,7 +30,8 @@
    64 rows; Zen 3). P##_gemm_pack copies all of B's panels, once, into
    the layout below, and the P##_gemm_packed_* calls read them from
    there; the plain calls still copy each panel as they go. Packed layout
-   (the same for every ISA: the vectors are 32 bytes in all clones): with
+   (the same for every ISA and both tiles: the vectors are 32 bytes in all
+   clones, and the 64-byte tile of _gemm_avx512.h reads two panels): with
    Np = N rounded up to NR, the panel of rows [kb, kb + kc) and columns
    [j0, j0 + NR) is kc x NR, row-major, at kb Np + j0 kc, zero beyond
    column N; P##_gemm_packed_size(N, K) = K Np entries.
@@ -54,6 +58,7 @@
     }
 
 #if defined(__GNUC__) || defined(__clang__)
+#define FL_GEMM_VECTOR_EXTENSIONS 1
 
 typedef float fl_s_vec __attribute__((vector_size(32)));
 typedef double fl_d_vec __attribute__((vector_size(32)));
@@ -345,10 +350,44 @@ static ptrdiff_t P##_gemm_step_core(int M, int N, int K, const T *A,       \
 }
 #endif
 
+FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
+FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
+
+#include "_gemm_avx512.h"   /* the same tile at 64 bytes: P##_gemm_*core_v4 */
+
+/* The tile a call runs, by x86-64 level: FL_GEMM_AVX512 the 64-byte tile
+   of _gemm_avx512.h (where compiled; call it only where fl_gemm_v4_runs()),
+   any other level the 32-byte tile above (its widest clone the CPU runs).
+   Both give the same bits. */
+enum { FL_GEMM_AVX2 = 3, FL_GEMM_AVX512 = 4 };
+#ifdef FL_GEMM_HAVE_V4
+#  define FL_GEMM_V4_CALL(level, call)                                     \
+    if ((level) == FL_GEMM_AVX512) { call; }
+#else
+#  define FL_GEMM_V4_CALL(level, call)
+#endif
+
 /* The calls, on B itself or on its panels packed by P##_gemm_pack:
    C = alpha A B + beta C0 (P##_gemm_from), C = alpha A B + beta C
-   (P##_gemm), the fused gradient step (P##_gemm_step). */
+   (P##_gemm), the fused gradient step (P##_gemm_step); level as above. */
 #define FL_DEFINE_GEMM_CALLS(T, P)                                         \
+static inline void P##_gemm_run(int level, int M, int N, int K, T alpha,   \
+                                const T *A, int lda, const T *B, int ldb, \
+                                const T *BP, T beta, const T *C0,         \
+                                int ldc0, T *C, int ldc) {                \
+    FL_GEMM_V4_CALL(level, P##_gemm_core_v4(M, N, K, alpha, A, lda, B,    \
+                    ldb, BP, beta, C0, ldc0, C, ldc); return)             \
+    P##_gemm_core(M, N, K, alpha, A, lda, B, ldb, BP, beta, C0, ldc0, C, ldc); \
+}                                                                         \
+static inline ptrdiff_t P##_gemm_step_run(int level, int M, int N, int K, \
+        const T *A, int lda, const T *B, int ldb, const T *BP, T step,    \
+        const T *thr, int positive, T *Z, int ldz, signed char *sg,       \
+        int ldsg) {                                                       \
+    FL_GEMM_V4_CALL(level, return P##_gemm_step_core_v4(M, N, K, A, lda,  \
+                    B, ldb, BP, step, thr, positive, Z, ldz, sg, ldsg))   \
+    return P##_gemm_step_core(M, N, K, A, lda, B, ldb, BP, step, thr,     \
+                              positive, Z, ldz, sg, ldsg);                \
+}                                                                         \
 static inline ptrdiff_t P##_gemm_packed_size(int N, int K) {              \
     const int NR = FL_GEMM_NR(T);                                         \
     return (ptrdiff_t) (N + NR - 1) / NR * NR * (K > 0 ? K : 0);          \
@@ -365,42 +404,44 @@ static void P##_gemm_pack(int N, int K, const T *B, int ldb, T *BP) {     \
         }                                                                 \
     }                                                                     \
 }                                                                         \
-static inline void P##_gemm_from(int M, int N, int K, T alpha, const T *A, \
-                                 int lda, const T *B, int ldb, T beta,    \
-                                 const T *C0, int ldc0, T *C, int ldc) {  \
-    P##_gemm_core(M, N, K, alpha, A, lda, B, ldb, NULL, beta, C0, ldc0, C, ldc); \
+static inline void P##_gemm_from(int level, int M, int N, int K, T alpha, \
+                                 const T *A, int lda, const T *B, int ldb, \
+                                 T beta, const T *C0, int ldc0, T *C,     \
+                                 int ldc) {                               \
+    P##_gemm_run(level, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C0, ldc0, \
+                 C, ldc);                                                 \
 }                                                                         \
-static inline void P##_gemm_packed_from(int M, int N, int K, T alpha,     \
-                                        const T *A, int lda, const T *BP, \
-                                        T beta, const T *C0, int ldc0,    \
-                                        T *C, int ldc) {                  \
-    P##_gemm_core(M, N, K, alpha, A, lda, NULL, 0, BP, beta, C0, ldc0, C, ldc); \
+static inline void P##_gemm_packed_from(int level, int M, int N, int K,  \
+                                        T alpha, const T *A, int lda,     \
+                                        const T *BP, T beta, const T *C0, \
+                                        int ldc0, T *C, int ldc) {        \
+    P##_gemm_run(level, M, N, K, alpha, A, lda, NULL, 0, BP, beta, C0, ldc0, \
+                 C, ldc);                                                 \
 }                                                                         \
-static inline void P##_gemm(int M, int N, int K, T alpha, const T *A,     \
-                            int lda, const T *B, int ldb, T beta, T *C,   \
-                            int ldc) {                                    \
-    P##_gemm_core(M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc, C, ldc); \
+static inline void P##_gemm(int level, int M, int N, int K, T alpha,      \
+                            const T *A, int lda, const T *B, int ldb,     \
+                            T beta, T *C, int ldc) {                      \
+    P##_gemm_run(level, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc, \
+                 C, ldc);                                                 \
 }                                                                         \
-static inline ptrdiff_t P##_gemm_step(int M, int N, int K, const T *A,     \
-                                      int lda, const T *B, int ldb,       \
-                                      T step, const T *thr, int positive, \
-                                      T *Z, int ldz, signed char *sg,     \
-                                      int ldsg) {                         \
-    return P##_gemm_step_core(M, N, K, A, lda, B, ldb, NULL, step, thr,   \
-                              positive, Z, ldz, sg, ldsg);                \
+static inline ptrdiff_t P##_gemm_step(int level, int M, int N, int K,    \
+                                      const T *A, int lda, const T *B,    \
+                                      int ldb, T step, const T *thr,      \
+                                      int positive, T *Z, int ldz,        \
+                                      signed char *sg, int ldsg) {        \
+    return P##_gemm_step_run(level, M, N, K, A, lda, B, ldb, NULL, step,  \
+                             thr, positive, Z, ldz, sg, ldsg);            \
 }                                                                         \
-static inline ptrdiff_t P##_gemm_packed_step(int M, int N, int K,         \
-                                             const T *A, int lda,         \
+static inline ptrdiff_t P##_gemm_packed_step(int level, int M, int N,    \
+                                             int K, const T *A, int lda,  \
                                              const T *BP, T step,         \
                                              const T *thr, int positive,  \
                                              T *Z, int ldz,               \
                                              signed char *sg, int ldsg) { \
-    return P##_gemm_step_core(M, N, K, A, lda, NULL, 0, BP, step, thr,    \
-                              positive, Z, ldz, sg, ldsg);                \
+    return P##_gemm_step_run(level, M, N, K, A, lda, NULL, 0, BP, step,   \
+                             thr, positive, Z, ldz, sg, ldsg);            \
 }
 
-FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
-FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
 FL_DEFINE_GEMM_CALLS(float, fl_s)
 FL_DEFINE_GEMM_CALLS(double, fl_d)
 

@@ -4,70 +4,78 @@ from cython cimport floating
 
 cdef extern from "_gemm.h":
     int FL_GEMM_KC
-    void fl_s_gemm_from(int M, int N, int K, float alpha, const float *A, int lda,
+    int FL_GEMM_AVX2
+    int FL_GEMM_AVX512
+    void fl_s_gemm_from(int level, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, const float *C0,
                         int ldc0, float *C, int ldc) noexcept nogil
-    void fl_d_gemm_from(int M, int N, int K, double alpha, const double *A, int lda,
+    void fl_d_gemm_from(int level, int M, int N, int K, double alpha, const double *A, int lda,
                         const double *B, int ldb, double beta, const double *C0,
                         int ldc0, double *C, int ldc) noexcept nogil
-    Py_ssize_t fl_s_gemm_step(int M, int N, int K, const float *A, int lda,
+    Py_ssize_t fl_s_gemm_step(int level, int M, int N, int K, const float *A, int lda,
                               const float *B, int ldb, float step, const float *thr,
                               int positive, float *Z, int ldz, signed char *sg,
                               int ldsg) noexcept nogil
-    Py_ssize_t fl_d_gemm_step(int M, int N, int K, const double *A, int lda,
+    Py_ssize_t fl_d_gemm_step(int level, int M, int N, int K, const double *A, int lda,
                               const double *B, int ldb, double step,
                               const double *thr, int positive, double *Z, int ldz,
                               signed char *sg, int ldsg) noexcept nogil
-    void fl_s_gemm(int M, int N, int K, float alpha, const float *A, int lda,
+    void fl_s_gemm(int level, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C,
                    int ldc) noexcept nogil
-    void fl_d_gemm(int M, int N, int K, double alpha, const double *A, int lda,
+    void fl_d_gemm(int level, int M, int N, int K, double alpha, const double *A, int lda,
                    const double *B, int ldb, double beta, double *C,
                    int ldc) noexcept nogil
     Py_ssize_t fl_s_gemm_packed_size(int N, int K) noexcept nogil
     Py_ssize_t fl_d_gemm_packed_size(int N, int K) noexcept nogil
     void fl_s_gemm_pack(int N, int K, const float *B, int ldb, float *BP) noexcept nogil
     void fl_d_gemm_pack(int N, int K, const double *B, int ldb, double *BP) noexcept nogil
-    void fl_s_gemm_packed_from(int M, int N, int K, float alpha, const float *A,
+    void fl_s_gemm_packed_from(int level, int M, int N, int K, float alpha, const float *A,
                                int lda, const float *BP, float beta, const float *C0,
                                int ldc0, float *C, int ldc) noexcept nogil
-    void fl_d_gemm_packed_from(int M, int N, int K, double alpha, const double *A,
+    void fl_d_gemm_packed_from(int level, int M, int N, int K, double alpha, const double *A,
                                int lda, const double *BP, double beta,
                                const double *C0, int ldc0, double *C,
                                int ldc) noexcept nogil
-    Py_ssize_t fl_s_gemm_packed_step(int M, int N, int K, const float *A, int lda,
+    Py_ssize_t fl_s_gemm_packed_step(int level, int M, int N, int K, const float *A, int lda,
                                      const float *BP, float step, const float *thr,
                                      int positive, float *Z, int ldz, signed char *sg,
                                      int ldsg) noexcept nogil
-    Py_ssize_t fl_d_gemm_packed_step(int M, int N, int K, const double *A, int lda,
+    Py_ssize_t fl_d_gemm_packed_step(int level, int M, int N, int K, const double *A, int lda,
                                      const double *BP, double step,
                                      const double *thr, int positive, double *Z,
                                      int ldz, signed char *sg, int ldsg) noexcept nogil
     int fl_gemm_vectorized() noexcept nogil
+    int fl_gemm_v4_runs() noexcept nogil
 
 
-cdef inline void own_gemm(int M, int N, int K, floating alpha, const floating *A,
+# Each call takes the tile's level first: FL_GEMM_AVX512 runs the 64-byte
+# tile of _gemm_avx512.h (only where fl_gemm_v4_runs()), any other level the
+# 32-byte tile of _gemm.h; both compute the same bits (see _gemm.pyx,
+# GEMM_KERNELS).
+
+cdef inline void own_gemm(int level, int M, int N, int K, floating alpha, const floating *A,
                           int lda, const floating *B, int ldb, floating beta,
                           floating *C, int ldc) noexcept nogil:
     """C[M, N] = alpha A[M, K] B[K, N] + beta C, row-major (beta = 0: C unread)."""
     if floating is float:
-        fl_s_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        fl_s_gemm(level, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
-        fl_d_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        fl_d_gemm(level, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
 
-cdef inline void own_gemm_from(int M, int N, int K, floating alpha, const floating *A,
+cdef inline void own_gemm_from(int level, int M, int N, int K, floating alpha, const floating *A,
                                int lda, const floating *B, int ldb, floating beta,
                                const floating *C0, int ldc0, floating *C,
                                int ldc) noexcept nogil:
     """C[M, N] = alpha A[M, K] B[K, N] + beta C0 (C0 unread where beta = 0)."""
     if floating is float:
-        fl_s_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C0, ldc0, C, ldc)
+        fl_s_gemm_from(level, M, N, K, alpha, A, lda, B, ldb, beta, C0, ldc0, C, ldc)
     else:
-        fl_d_gemm_from(M, N, K, alpha, A, lda, B, ldb, beta, C0, ldc0, C, ldc)
+        fl_d_gemm_from(level, M, N, K, alpha, A, lda, B, ldb, beta, C0, ldc0, C, ldc)
 
 
-cdef inline Py_ssize_t own_gemm_step(int M, int N, int K, const floating *A, int lda,
+cdef inline Py_ssize_t own_gemm_step(int level, int M, int N, int K, const floating *A, int lda,
                                      const floating *B, int ldb, floating step,
                                      const floating *thr, bint positive, floating *Z,
                                      int ldz, signed char *sg, int ldsg) noexcept nogil:
@@ -75,9 +83,9 @@ cdef inline Py_ssize_t own_gemm_step(int M, int N, int K, const floating *A, int
     M rows, their signs into sg unless NULL; returns the non-zeros (NaN
     counted). Needs K <= FL_GEMM_KC."""
     if floating is float:
-        return fl_s_gemm_step(M, N, K, A, lda, B, ldb, step, thr, positive, Z, ldz,
+        return fl_s_gemm_step(level, M, N, K, A, lda, B, ldb, step, thr, positive, Z, ldz,
                               sg, ldsg)
-    return fl_d_gemm_step(M, N, K, A, lda, B, ldb, step, thr, positive, Z, ldz, sg,
+    return fl_d_gemm_step(level, M, N, K, A, lda, B, ldb, step, thr, positive, Z, ldz, sg,
                           ldsg)
 
 
@@ -101,25 +109,25 @@ cdef inline void own_gemm_pack(int N, int K, const floating *B, int ldb,
         fl_d_gemm_pack(N, K, B, ldb, BP)
 
 
-cdef inline void own_gemm_packed_from(int M, int N, int K, floating alpha,
+cdef inline void own_gemm_packed_from(int level, int M, int N, int K, floating alpha,
                                       const floating *A, int lda, const floating *BP,
                                       floating beta, const floating *C0, int ldc0,
                                       floating *C, int ldc) noexcept nogil:
     """own_gemm_from with B packed in BP."""
     if floating is float:
-        fl_s_gemm_packed_from(M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
+        fl_s_gemm_packed_from(level, M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
     else:
-        fl_d_gemm_packed_from(M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
+        fl_d_gemm_packed_from(level, M, N, K, alpha, A, lda, BP, beta, C0, ldc0, C, ldc)
 
 
-cdef inline Py_ssize_t own_gemm_packed_step(int M, int N, int K, const floating *A,
+cdef inline Py_ssize_t own_gemm_packed_step(int level, int M, int N, int K, const floating *A,
                                             int lda, const floating *BP, floating step,
                                             const floating *thr, bint positive,
                                             floating *Z, int ldz, signed char *sg,
                                             int ldsg) noexcept nogil:
     """own_gemm_step with B packed in BP."""
     if floating is float:
-        return fl_s_gemm_packed_step(M, N, K, A, lda, BP, step, thr, positive, Z, ldz,
+        return fl_s_gemm_packed_step(level, M, N, K, A, lda, BP, step, thr, positive, Z, ldz,
                                      sg, ldsg)
-    return fl_d_gemm_packed_step(M, N, K, A, lda, BP, step, thr, positive, Z, ldz, sg,
+    return fl_d_gemm_packed_step(level, M, N, K, A, lda, BP, step, thr, positive, Z, ldz, sg,
                                  ldsg)

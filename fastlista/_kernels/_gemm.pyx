@@ -27,22 +27,40 @@ the NumPy GEMM pair (medians of 5 rounds): 0.98 through BLAS, 0.84 through
 ``_gemm.h`` in float64; 1.08 and 0.84 in float32.
 
 With AVX-512, OpenBLAS multiplies small matrices without copying them,
-and the networks and the solvers keep calling it.
+but no faster than ``_gemm.h``'s 32-byte tile: both leave half of each
+FMA unit's width unused. There the products run through the same tile at
+64 bytes (``_gemm_avx512.h``; same operations in the same order, same
+bits). On an Intel Xeon with AVX-512, the paper shape at lmbd = 0.1
+through it and through BLAS, alternating
+(``benchmarks/test_bench_networks.py 11 -k "through BLAS"``), ours / BLAS:
+see docs/benchmarks.md, "fastlista's GEMM in AVX-512".
 """
 from cython cimport floating
 from libc.limits cimport INT_MAX
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
-from ._gemm cimport (FL_GEMM_KC, fl_gemm_vectorized, own_gemm, own_gemm_pack,
-                     own_gemm_packed_from, own_gemm_packed_size,
-                     own_gemm_packed_step, own_gemm_step)
+from ._gemm cimport (FL_GEMM_AVX2, FL_GEMM_AVX512, FL_GEMM_KC, fl_gemm_v4_runs,
+                     fl_gemm_vectorized, own_gemm, own_gemm_pack, own_gemm_packed_from,
+                     own_gemm_packed_size, own_gemm_packed_step, own_gemm_step)
 
 import numpy as np
 
-#: The networks' dense layers and the solvers' block gradients multiply
-#: through _gemm.h: BLAS would pack every call, and the AVX2 + FMA code of
-#: _gemm.h runs on this CPU.
-OWN_GEMM = bool(BLAS_PACKS_SMALL_CALLS and fl_gemm_vectorized())
+#: Who multiplies the networks' dense layers and the solvers' block
+#: gradients, by level: BLAS (0), _gemm.h's 32-byte tile (3, in the widest
+#: clone the CPU runs) or its 64-byte tile (4, _gemm_avx512.h).
+GEMM_BLAS = 0
+GEMM_AVX2 = FL_GEMM_AVX2
+GEMM_AVX512 = FL_GEMM_AVX512
+#: The levels this CPU and build run: BLAS and the 32-byte tile everywhere
+#: (the plain loops where the compiler has no vector extensions), the
+#: 64-byte tile where it is compiled and the CPU executes AVX-512F.
+GEMM_KERNELS = ((GEMM_BLAS, GEMM_AVX2)
+                + ((GEMM_AVX512,) if fl_gemm_v4_runs() else ()))
+#: The default level: the 64-byte tile where it runs; the 32-byte one where
+#: BLAS would pack every call and the AVX2 + FMA code runs; else BLAS.
+OWN_GEMM = (GEMM_AVX512 if fl_gemm_v4_runs() else
+            GEMM_AVX2 if BLAS_PACKS_SMALL_CALLS and fl_gemm_vectorized() else
+            GEMM_BLAS)
 
 
 # _gemm.h indexes with C ints, and a loop over a dimension s of it reaches
@@ -93,6 +111,15 @@ cdef int _ld(str fn, str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t row_
     return <int> ld
 
 
+cdef int _level(str fn, int level) except -1:
+    """level, a tile of _gemm.h this CPU runs, or ValueError."""
+    if level not in GEMM_KERNELS or level == GEMM_BLAS:
+        raise ValueError(f"{fn}: level={level} is not a tile of _gemm.h this CPU "
+                         f"runs (expected one of "
+                         f"{[k for k in GEMM_KERNELS if k != GEMM_BLAS]})")
+    return level
+
+
 cdef _packed(const floating *B, int K, int N, int ldb):
     """The panels of B (K, N, leading dimension ldb; NULL when empty) as
     _gemm.h packs them, in a new 1-d array (at least one entry)."""
@@ -114,7 +141,7 @@ def pack(const floating[:, ::1] B):
 
 
 def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
-         floating[:, :] C, bint packed=False):
+         floating[:, :] C, bint packed=False, int level=GEMM_AVX2):
     """C = alpha A B + beta C in place through _gemm.h, whatever the CPU.
 
     The kernels' own entry point, for the tests: A (M, K), B (K, N) and
@@ -122,8 +149,10 @@ def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
     stride along its rows (a slice of a wider C-ordered array gives a
     leading dimension beyond its width; A and B may also repeat or reverse
     their rows, C's rows must be distinct). ``packed``: B's panels packed
-    first (own_gemm_pack), then read from there. ValueError where the C ints
-    of _gemm.h cannot address the operands exactly (see _dim and _ld).
+    first (own_gemm_pack), then read from there. ``level``: the tile
+    (GEMM_AVX2 or GEMM_AVX512, one of GEMM_KERNELS). ValueError where the C
+    ints of _gemm.h cannot address the operands exactly (see _dim and _ld),
+    or for a tile this CPU does not run.
     """
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef Py_ssize_t item = sizeof(floating)
@@ -134,29 +163,30 @@ def gemm(double alpha, floating[:, :] A, floating[:, :] B, double beta,
     cdef int lda = _ld("gemm", "A", M, K, A.strides[0], A.strides[1], item, False)
     cdef int ldb = _ld("gemm", "B", K, N, B.strides[0], B.strides[1], item, False)
     cdef int ldc = _ld("gemm", "C", M, N, C.strides[0], C.strides[1], item, True)
+    _level("gemm", level)
     if m == 0 or n == 0:
         return
     cdef floating[::1] bp
     if packed:
         bp = _packed(&B[0, 0] if k > 0 else <const floating *> NULL, k, n, ldb)
         with nogil:
-            own_gemm_packed_from(m, n, k, <floating> alpha, &A[0, 0] if k > 0 else NULL,
-                                 lda, &bp[0], <floating> beta, &C[0, 0], ldc, &C[0, 0],
-                                 ldc)
+            own_gemm_packed_from(level, m, n, k, <floating> alpha,
+                                 &A[0, 0] if k > 0 else NULL, lda, &bp[0],
+                                 <floating> beta, &C[0, 0], ldc, &C[0, 0], ldc)
         return
     with nogil:
-        own_gemm(m, n, k, <floating> alpha, &A[0, 0] if k > 0 else NULL, lda,
+        own_gemm(level, m, n, k, <floating> alpha, &A[0, 0] if k > 0 else NULL, lda,
                  &B[0, 0] if k > 0 else NULL, ldb, <floating> beta, &C[0, 0], ldc)
 
 
 def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr,
               bint positive, floating[:, :] Z, signed char[:, :] sg=None,
-              bint packed=False):
+              bint packed=False, int level=GEMM_AVX2):
     """Z[i] <- ST(Z[i] - step (A B)[i], thr[i]) in place through _gemm.h
     (one-sided if positive), the signs of the result into sg if given;
     returns the non-zeros of the new Z (NaN counted). For the tests, as gemm:
     A (M, K) with K <= 256, B (K, N), Z (M, N), sg (M, N) int8 (Z's and
-    sg's rows distinct); ``packed`` as in gemm."""
+    sg's rows distinct); ``packed`` and ``level`` as in gemm."""
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef Py_ssize_t item = sizeof(floating)
     if B.shape[0] != K or Z.shape[0] != M or Z.shape[1] != N or thr.shape[0] != M:
@@ -174,18 +204,19 @@ def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr
                      if sg is not None else 0)
     cdef signed char *sgp = &sg[0, 0] if sg is not None and m > 0 and n > 0 else NULL
     cdef Py_ssize_t nnz
+    _level("gemm_step", level)
     if m == 0 or n == 0:
         return 0
     cdef floating[::1] bp
     if packed:
         bp = _packed(&B[0, 0] if k > 0 else <const floating *> NULL, k, n, ldb)
         with nogil:
-            nnz = own_gemm_packed_step(m, n, k, &A[0, 0] if k > 0 else NULL, lda,
-                                       &bp[0], <floating> step, &thr[0], positive,
-                                       &Z[0, 0], ldz, sgp, ldsg)
+            nnz = own_gemm_packed_step(level, m, n, k, &A[0, 0] if k > 0 else NULL,
+                                       lda, &bp[0], <floating> step, &thr[0],
+                                       positive, &Z[0, 0], ldz, sgp, ldsg)
         return nnz
     with nogil:
-        nnz = own_gemm_step(m, n, k, &A[0, 0] if k > 0 else NULL, lda,
+        nnz = own_gemm_step(level, m, n, k, &A[0, 0] if k > 0 else NULL, lda,
                             &B[0, 0] if k > 0 else NULL, ldb, <floating> step,
                             &thr[0], positive, &Z[0, 0], ldz, sgp, ldsg)
     return nnz

@@ -127,7 +127,7 @@ cdef struct ProxCtx:
     int max_iter, gap_freq
     double tol
     bint positive   # codes constrained >= 0
-    bint own_gemm   # the GEMM forms through _gemm.h (else BLAS)
+    int own_gemm    # the GEMM forms through _gemm.h at this level (0: BLAS)
     bint record
     void *hist_obj  # (max_iter + 1, N) when record
     void *hist_gap
@@ -174,11 +174,11 @@ cdef int gradient_form(const floating *P, int nb, Py_ssize_t m,
 
 cdef inline void block_residual(const floating *P, int nb, const floating *Xb,
                                 const floating *D, const floating *Dp, Py_ssize_t m,
-                                Py_ssize_t n, bint own, floating *R) noexcept nogil:
-    """R[:nb] = P[:nb] D - X[:nb] (through _gemm.h with own, on D's packed
-    panels Dp)."""
+                                Py_ssize_t n, int own, floating *R) noexcept nogil:
+    """R[:nb] = P[:nb] D - X[:nb] (through _gemm.h's tile of level own, on D's
+    packed panels Dp; own = 0: BLAS)."""
     if own:
-        own_gemm_packed_from(nb, <int> n, <int> m, 1, P, <int> m, Dp, -1, Xb,
+        own_gemm_packed_from(own, nb, <int> n, <int> m, 1, P, <int> m, Dp, -1, Xb,
                              <int> n, R, <int> n)
     else:
         memcpy(R, Xb, nb * n * sizeof(floating))
@@ -190,13 +190,13 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
                          const floating *Cb, const floating *D,
                          const floating *DT, const floating *B,
                          const floating *Dp, const floating *DTp,
-                         const floating *Bp, Py_ssize_t m, Py_ssize_t n, bint own,
+                         const floating *Bp, Py_ssize_t m, Py_ssize_t n, int own,
                          floating *R, floating *G) noexcept nogil:
     """G[:nb] = P[:nb] B - C[:nb], by the cheapest of three forms.
 
     The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
     multiplies these small blocks without packing the operands; ``own``
-    runs them through _gemm.h instead, on the panels of D, D^T and B packed
+    (a level of _gemm.GEMM_KERNELS, 0: BLAS) runs them through _gemm.h instead, on the panels of D, D^T and B packed
     once a solve (Dp, DTp, Bp: every iteration of every block multiplies by
     the same three matrices).
     """
@@ -217,7 +217,7 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
     elif form == FORM_GRAM:
         # G = P B - C
         if own:
-            own_gemm_packed_from(nb, <int> m, <int> m, 1, P, <int> m, Bp, -1, Cb,
+            own_gemm_packed_from(own, nb, <int> m, <int> m, 1, P, <int> m, Bp, -1, Cb,
                                  <int> m, G, <int> m)
         else:
             memcpy(G, Cb, nb * m * sizeof(floating))
@@ -227,8 +227,8 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
         # R = P D - X, then G = R D^T
         block_residual(P, nb, Xb, D, Dp, m, n, own, R)
         if own:
-            own_gemm_packed_from(nb, <int> m, <int> n, 1, R, <int> n, DTp, 0, NULL,
-                                 <int> m, G, <int> m)
+            own_gemm_packed_from(own, nb, <int> m, <int> n, 1, R, <int> n, DTp, 0,
+                                 NULL, <int> m, G, <int> m)
         else:
             gemm(False, False, nb, <int> m, <int> n, 1, R, <int> n, DT, <int> m, 0, G,
                  <int> m)
@@ -391,10 +391,10 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             step = 1 / L
             for s in range(nb):
                 thr_b[s] = <floating> (w.lmbd[s] * step)
-            block_residual(Zb, nb, Xb, D, Dp, m, n, True, R)
+            block_residual(Zb, nb, Xb, D, Dp, m, n, c.own_gemm, R)
             # the step counts the non-zeros of the new z: the next
             # iteration's choice of form needs no pass of its own
-            znnz = own_gemm_packed_step(nb, <int> m, <int> n, R, <int> n, DTp,
+            znnz = own_gemm_packed_step(c.own_gemm, nb, <int> m, <int> n, R, <int> n, DTp,
                                         <floating> step, thr_b, c.positive, Zb,
                                         <int> m, NULL, 0)
             it = it + 1
@@ -569,15 +569,15 @@ def prox_grad(str method_name, const floating[:, ::1] X,
               double tol, bint positive, int gap_freq, int n_threads,
               int block_size, bint record, floating[:, ::1] hist_obj, floating[:, ::1] hist_gap,
               floating[:, ::1] hist_step, int[::1] n_iter, double[::1] gap_out,
-              bint own_gemm=False):
+              int own_gemm=0):
     """Solve the samples ``active`` in place in Z (see the module docstring).
 
     xx = ||x||^2 and lmbd are per sample (N,). With ``positive`` the codes
     are constrained >= 0 (one-sided threshold). ``hist_*`` are (max_iter + 1,
     N) arrays when ``record`` (else (1, 1)). Writes ``n_iter`` and
     ``gap_out`` (the stopping gap) for the active samples. ``own_gemm``: the
-    GEMM forms of the gradient through _gemm.h (and ISTA's fused step)
-    instead of BLAS.
+    GEMM forms of the gradient through _gemm.h's tile of that level
+    (_gemm.GEMM_KERNELS; and ISTA's fused step), 0 through BLAS.
     """
     cdef ProxCtx c
     cdef Py_ssize_t m = D.shape[0], n = D.shape[1], N = X.shape[0]

@@ -136,7 +136,7 @@ cdef struct Dims:
     Py_ssize_t nb       # rows of this block
     Py_ssize_t nb_max   # rows of a full block (stride of the stored layers)
     Py_ssize_t chunk    # rows of one BLAS call (row_gemm)
-    bint own_gemm   # row_gemm multiplies through _gemm.h, not BLAS
+    int own_gemm    # row_gemm multiplies through _gemm.h at this level (0: BLAS)
     const Packed *pk    # (n_pk,) the parameter matrices packed for _gemm.h
     int n_pk
     int gather      # kernel of the sparse rows (GATHER_KERNELS: the CPU runs it)
@@ -172,7 +172,7 @@ cdef inline Dims make_dims(Py_ssize_t nb, Py_ssize_t nb_max, Py_ssize_t m,
     d.nb = nb
     d.nb_max = nb_max
     d.chunk = nb_max
-    d.own_gemm = False
+    d.own_gemm = 0
     d.pk = NULL
     d.n_pk = 0
     d.gather = FL_GATHER_PORTABLE
@@ -216,10 +216,10 @@ cdef inline void row_gemm(Dims *d, int N, int K, floating alpha, const floating 
     if d.own_gemm:
         BP = packed_of(d, B, N, K, ldb)
         if BP != NULL:
-            own_gemm_packed_from(<int> d.nb, N, K, alpha, A, lda, BP, beta, C, ldc,
-                                 C, ldc)
+            own_gemm_packed_from(d.own_gemm, <int> d.nb, N, K, alpha, A, lda, BP, beta,
+                                 C, ldc, C, ldc)
         else:
-            own_gemm(<int> d.nb, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+            own_gemm(d.own_gemm, <int> d.nb, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
     while r < d.nb:
         k = min(d.chunk, d.nb - r)
@@ -476,11 +476,11 @@ cdef void residual_rows(Dims *d, const floating *X, const floating *D,
     elif d.own_gemm:
         BP = packed_of(d, D, <int> n, <int> m, <int> n)
         if BP != NULL:
-            own_gemm_packed_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, BP, -1,
-                                 X, <int> n, R, <int> n)
+            own_gemm_packed_from(d.own_gemm, <int> nb, <int> n, <int> m, 1, Z,
+                                 <int> m, BP, -1, X, <int> n, R, <int> n)
         else:
-            own_gemm_from(<int> nb, <int> n, <int> m, 1, Z, <int> m, D, <int> n, -1,
-                          X, <int> n, R, <int> n)
+            own_gemm_from(d.own_gemm, <int> nb, <int> n, <int> m, 1, Z, <int> m, D,
+                          <int> n, -1, X, <int> n, R, <int> n)
     else:
         memcpy(R, X, nb * n * sizeof(floating))
         row_gemm(d, n, m, 1, Z, m, D, n, -1, R, n)
@@ -812,11 +812,13 @@ cdef void residual_forward_block(
                 u[i] = <floating> (lam[i] * thr[t])
             BP = packed_of(d, WTt, <int> m, <int> n, <int> m)
             if BP != NULL:
-                nnz = own_gemm_packed_step(<int> nb, <int> m, <int> n, Rt, <int> n, BP,
-                                           a, u, d.positive, z, <int> m, sg, <int> m)
+                nnz = own_gemm_packed_step(d.own_gemm, <int> nb, <int> m, <int> n, Rt,
+                                           <int> n, BP, a, u, d.positive, z, <int> m,
+                                           sg, <int> m)
             else:
-                nnz = own_gemm_step(<int> nb, <int> m, <int> n, Rt, <int> n, WTt,
-                                    <int> m, a, u, d.positive, z, <int> m, sg, <int> m)
+                nnz = own_gemm_step(d.own_gemm, <int> nb, <int> m, <int> n, Rt, <int> n,
+                                    WTt, <int> m, a, u, d.positive, z, <int> m, sg,
+                                    <int> m)
         for i in range(0 if fused else nb):
             if d.ks != NULL and d.ks[t] > 0:
                 for j in range(m):
@@ -1312,7 +1314,7 @@ cdef struct NetCtx:
     bint rst        # training keeps r_t (dense layers store their signs)
     Py_ssize_t nb_max
     Py_ssize_t chunk    # rows of one BLAS call
-    bint own_gemm       # dense products through _gemm.h
+    int own_gemm        # dense products through _gemm.h at this level (0: BLAS)
     const Packed *pk    # (n_pk,) parameter matrices packed for _gemm.h
     int n_pk
     int gather          # kernel of the sparse rows (GATHER_KERNELS)
@@ -1648,13 +1650,14 @@ def _check_gather(name, gather):
 def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
             floating[:, ::1] Z_out, double[:, ::1] obj, unsigned char[::1] bad,
             int n_threads, int block_size, int gemm_rows, double rho,
-            bint own_gemm, int gather):
+            int own_gemm, int gather):
     """Codes z_T of every row of X (into Z_out) through the T layers of p.
 
     Row i's thresholds are lmbd[i] * thr. obj, of shape (n_threads, T) or (0, 0),
     accumulates the summed objective of every layer's output per thread;
     bad[i] = 1 where the code of row i is not finite. The dense products
-    run through _gemm.h (own_gemm) or BLAS, gemm_rows rows a call; the
+    run through _gemm.h's tile of level own_gemm (_gemm.GEMM_KERNELS) or,
+    with 0, through BLAS, gemm_rows rows a call; the
     sparse layers' rows through the kernel numbered gather (GATHER_KERNELS:
     0 portable, 3 AVX2, 4 AVX-512; only one the CPU runs).
     """
@@ -1700,7 +1703,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
                   const floating[:, ::1] S, double[:, ::1] da, double[:, ::1] dthr,
                   floating[:, ::1] dW, floating[:, ::1] dWxT, double[:, ::1] dW64,
                   double[:, ::1] dWxT64, int n_threads,
-                  int block_size, int gemm_rows, double rho, bint own_gemm,
+                  int block_size, int gemm_rows, double rho, int own_gemm,
                   int gather):
     """Summed loss of the output of p's T layers, and per-thread gradients.
 
