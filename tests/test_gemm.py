@@ -65,7 +65,7 @@ def check(M, N, K, alpha, beta, dtype, packed, level):
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
 def test_gemm_matches_numpy(M, N, K, alpha, beta, dtype, packed, level):
     # full and partial register tiles (32-byte tile: 6 rows, 2 vectors of
-    # columns; 64-byte tile: 12, then 4, then 1-3 rows, two panels or an odd
+    # columns; 64-byte tile: 12, then 8, 4, 1-3 rows, two panels or an odd
     # last one, full or partial), K cut into panels of 256, and the four
     # (alpha, beta) the kernels use
     check(M, N, K, alpha, beta, dtype, packed, level)
@@ -170,7 +170,7 @@ def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
     # zeros, NaN and inf, both thresholds, signs and counts
     rng = np.random.default_rng(11)
     for M, N, K in [(1, 1, 1), (3, 5, 7), (12, 16, 64), (19, 48, 70), (32, 64, 256),
-                    (32, 256, 64), (29, 40, 300), (17, 33, 513), (50, 8, 3)]:
+                    (32, 256, 64), (29, 40, 300), (17, 33, 513), (50, 8, 3), (23, 24, 9)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         B = rng.standard_normal((K, N)).astype(dtype)
         A[rng.random((M, K)) < 0.3] = 0
