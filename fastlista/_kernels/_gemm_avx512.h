@@ -151,8 +151,9 @@ typedef int64_t fl_d_ivec64 __attribute__((vector_size(64)));
 
 /* Every row tile of a panel pair (or of the last, odd panel): i runs
    over the rows 12 at a time, then 8 and 4 rows at most once each (16
-   and 8 accumulators: a block of 32 rows is 12 + 12 + 8, where two tiles
-   of 4 rows took 3-5 % more time), then the 1-3 left */
+   and 8 accumulators), then the 1-3 left: a block of 32 rows is
+   12 + 12 + 8, not 12 + 12 + 4 + 4, whose 4-row tiles' 8 independent
+   sums barely cover the latency of two FMA units */
 #define FL_GEMM_ROWS_V4(T, V, P, NV, EPI, EPI64)                           \
     {                                                                     \
         int i = 0;                                                        \
