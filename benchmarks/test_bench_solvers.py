@@ -21,8 +21,14 @@ float32 (the paper's problem cast to float32; the float32 groups carry
 ISTA iteration interleaved with their references (``interleave.py``), and,
 without a target, ``one sample a call, 0.1 / D D^T not kept`` (and 0.8):
 100 calls of ``solve_lasso`` on one sample each with one dictionary,
-against the same calls without the Gram matrix kept from the previous call.
+against the same calls without the Gram matrix kept from the previous call;
+where the block products run through fastlista's GEMM
+(``fastlista._kernels._gemm.OWN_GEMM``), ``ISTA iteration 0.1 / through
+BLAS``: the marginal iteration against the same through BLAS, and where
+that GEMM is its 64-byte tile (AVX-512), ``ISTA iteration 0.1 / 32-byte
+GEMM tile``: against the same through its 32-byte tile.
 """
+import functools
 import os
 import sys
 import time
@@ -31,6 +37,7 @@ import numpy as np
 import pytest
 
 import fastlista
+from fastlista._kernels._gemm import GEMM_AVX2, GEMM_AVX512, GEMM_BLAS, OWN_GEMM
 
 EXACT_TOL = {"float64": 1e-8, "float32": 1e-5}
 # ISTA iterations per benchmarked call: two counts, so that the report can
@@ -322,30 +329,51 @@ def interleaved(n_rounds=5, small=False, keyword=None, verbose=False, threads=No
                                          else name + " (sklearn in float64)",
                                          X, D, lmbd, tol, solver_dtype, target,
                                          threads))
-        name = f"ISTA iteration 0.1 (marginal 5->25) / GEMM pair {dtype}"
-        if keyword is None or keyword in name:
-            Z0 = warm_start(X, D)
-            k1, k2 = ISTA_K
+        k1, k2 = ISTA_K
 
-            def marginal(X=X, D=D, Z0=Z0):
-                # the faster of two calls of each length: a difference of
-                # two noisy times is noisier still
-                t = {k1: np.inf, k2: np.inf}
+        def marginal(X, D, Z0, gemm=None):
+            # the faster of two calls of each length: a difference of two
+            # noisy times is noisier still; gemm: _solvers._OWN_GEMM for
+            # the calls (None: the default)
+            t = {k1: np.inf, k2: np.inf}
+            default = fastlista._solvers._OWN_GEMM
+            if gemm is not None:
+                fastlista._solvers._OWN_GEMM = gemm
+            try:
                 for k in (k1, k2, k1, k2):
                     t0 = time.perf_counter()
                     fastlista.solve_lasso(X, D, ITER_LMBD, method="ista", tol=0,
                                           max_iter=k, Z0=Z0, n_jobs=threads)
                     t[k] = min(t[k], time.perf_counter() - t0)
-                return (t[k2] - t[k1]) / (k2 - k1)
+            finally:
+                fastlista._solvers._OWN_GEMM = default
+            return (t[k2] - t[k1]) / (k2 - k1)
 
+        name = f"ISTA iteration 0.1 (marginal 5->25) / GEMM pair {dtype}"
+        if keyword is None or keyword in name:
+            Z0 = warm_start(X, D)
             # the marginal is one iteration's cost only if tol=0 ran exactly k
             ran = {k: np.unique(fastlista.solve_lasso(
                 X, D, ITER_LMBD, method="ista", tol=0, max_iter=k, Z0=Z0,
                 n_jobs=threads).n_iter).tolist() for k in (k1, k2)}
             check = ("" if all(ran[k] == [k] for k in ran) else "MISMATCH ") + \
                 f"iterations run {ran[k1]}, {ran[k2]}"
-            cases.append(Case(name, marginal, repeated(gemm_pair(X, D, Z0), k2 - k1),
-                              ITER_TARGET, check))
+            cases.append(Case(name, functools.partial(marginal, X, D, Z0),
+                              repeated(gemm_pair(X, D, Z0), k2 - k1), ITER_TARGET, check))
+        # where the block products run through _gemm.h: the same iterations
+        # through BLAS, and through its 32-byte tile where the default is the
+        # 64-byte one (no target: what the tiles buy)
+        others = []
+        if OWN_GEMM:
+            others.append((GEMM_BLAS, "through BLAS"))
+        if OWN_GEMM == GEMM_AVX512:
+            others.append((GEMM_AVX2, "32-byte GEMM tile"))
+        for level, label in others:
+            name = f"ISTA iteration 0.1 (marginal 5->25) / {label} {dtype}"
+            if keyword is None or keyword in name:
+                Z0 = warm_start(X, D)
+                cases.append(Case(name, functools.partial(marginal, X, D, Z0),
+                                  functools.partial(marginal, X, D, Z0, level)))
         for lmbd in (0.1, 0.8):
             name = f"one sample a call, {lmbd} / D D^T not kept {dtype}"
             if keyword is None or keyword in name:

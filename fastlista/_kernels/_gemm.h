@@ -9,9 +9,9 @@
    its own; on the networks' products (a block of 256 rows times a 256 x 64
    or 64 x 256 matrix) the copies took 13 % of a float32 forward pass and
    the beta pass 4 % (perf, AMD Zen 3); with AVX-512, OpenBLAS's
-   small-matrix kernels do not pack, but run no faster than the 32-byte
-   tile below, and the 64-byte tile of _gemm_avx512.h (the same sums in the
-   same order) beats both (docs/benchmarks.md). Here only
+   small-matrix kernels do not pack, and run faster than the 32-byte tile
+   below, but slower than the same tile at 64 bytes (_gemm_avx512.h: the
+   same sums in the same order; docs/benchmarks.md). Here only
    B is copied, one panel of 2 W columns at a time (W: lanes of a 32-byte
    vector) into a buffer on the stack that stays in L1, and A is read in
    place: its rows are the natural streams of the register tile.

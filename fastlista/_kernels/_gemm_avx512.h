@@ -20,9 +20,13 @@
    NR) through _gemm.h's, on the vector's two 32-byte halves.
 
    Why: on an Intel Xeon with AVX-512 (two FMA units a core) _gemm.h's
-   32-byte tile, in its x86-64-v4 clone, leaves half of each FMA unused,
-   and OpenBLAS's small-matrix kernels ran the networks' 32-row products
-   no faster than it (docs/benchmarks.md, "fastlista's GEMM in AVX-512").
+   32-byte tile, in its x86-64-v4 clone, leaves half of each FMA unit's
+   width unused; OpenBLAS's small-matrix kernels ran the networks' 32-row
+   products faster than it, and slower than this tile: SLISTA's calls at
+   lmbd = 0.1 take 0.80-0.92 of their time through BLAS here, 0.66-0.68
+   of their time through the 32-byte tile (benchmarks/test_bench_networks.py,
+   "through BLAS" and "32-byte GEMM tile"; docs/benchmarks.md,
+   "fastlista's GEMM in AVX-512").
 
    Compiled for AVX-512F (with AVX2 and FMA) by a target attribute, on
    x86-64 with GCC or Clang, in every build not capped below x86-64-v4
