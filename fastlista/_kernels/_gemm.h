@@ -21,7 +21,8 @@
    broadcasts of A[i, k] (loads, not shuffles: the FMA ports stay free),
    for 12 FMAs. Each accumulator sums its k in order, one FMA a term (the
    AVX2 and AVX-512 clones; the baseline one rounds a product and a sum).
-   K is cut into panels of at most FL_GEMM_KC, beta applies to the first. The dense layers' gradient step is fused into the product
+   K is cut into panels of at most FL_GEMM_KC, beta applies to the first.
+   The dense layers' gradient step is fused into the product
    (P##_gemm_step): each tile is thresholded as it is stored.
 
    Packed once: B is a parameter matrix, the same for every block of rows

@@ -196,9 +196,10 @@ cdef void block_gradient(const floating *P, int nb, const floating *Xb,
 
     The products are untransposed (DT = D^T): an AVX-512 OpenBLAS
     multiplies these small blocks without packing the operands; ``own``
-    (a level of _gemm.GEMM_KERNELS, 0: BLAS) runs them through _gemm.h instead, on the panels of D, D^T and B packed
-    once a solve (Dp, DTp, Bp: every iteration of every block multiplies by
-    the same three matrices).
+    (a level of _gemm.GEMM_KERNELS; 0: BLAS) runs them through that tile of
+    _gemm.h instead, on the panels of D, D^T and B packed once a solve (Dp,
+    DTp, Bp: every iteration of every block multiplies by the same three
+    matrices).
     """
     cdef Py_ssize_t i, j
     cdef floating p
@@ -394,8 +395,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             block_residual(Zb, nb, Xb, D, Dp, m, n, c.own_gemm, R)
             # the step counts the non-zeros of the new z: the next
             # iteration's choice of form needs no pass of its own
-            znnz = own_gemm_packed_step(c.own_gemm, nb, <int> m, <int> n, R, <int> n, DTp,
-                                        <floating> step, thr_b, c.positive, Zb,
+            znnz = own_gemm_packed_step(c.own_gemm, nb, <int> m, <int> n, R, <int> n,
+                                        DTp, <floating> step, thr_b, c.positive, Zb,
                                         <int> m, NULL, 0)
             it = it + 1
             continue
