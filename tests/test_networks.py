@@ -452,7 +452,13 @@ def fd_gradient_errors(net, params, grads, loss_at, seed):
     of every key of every layer, each moved by 1e-6 of its scale (its
     magnitude, at least 1/L for steps and thresholds, else 1). ``loss_at()``
     is the loss at the network's current parameters. A list of (t, key,
-    index, fd, g, |fd - g| / max(|g|, 1e-3)); the network is left at params."""
+    index, fd, g, err), err = 1e-6 |fd - g| / tol with tol = 1e-6 max(|g|,
+    1e-3) + 16 eps max(|loss(p + h)|, |loss(p - h)|) / h: err <= 1e-6 where
+    fd is within 1e-6 relative of g, or within what rounding a few ulps of
+    the two losses moves a difference over 2 h (eps: float64's; the
+    kernels' rounding differs with the GEMM that runs, and alone put an
+    entry of a gradient of 6e-4 at 1.06e-6 relative). The network is left
+    at params."""
     rng = np.random.default_rng(seed)
     L = net.lipschitz_
     out = []
@@ -476,7 +482,9 @@ def fd_gradient_errors(net, params, grads, loss_at, seed):
                 net.set_parameters(params)
                 fd = (values[0] - values[1]) / (2 * h)
                 g = float(grads[t][k].ravel()[i])
-                out.append((t, k, int(i), fd, g, abs(fd - g) / max(abs(g), 1e-3)))
+                tol = (1e-6 * max(abs(g), 1e-3)
+                       + 16 * np.finfo(np.float64).eps * max(map(abs, values)) / h)
+                out.append((t, k, int(i), fd, g, 1e-6 * abs(fd - g) / tol))
     return out
 
 
