@@ -206,9 +206,10 @@ def gil_holding_control(seconds):
     return lambda: sum(range(n))
 
 
-def _kernels():
-    # each call takes 0.1-0.3 s on one core
-    X, D = ref.make_problem(n_samples=2000, n_features=64, n_atoms=128, seed=5)
+def _kernels(scale=1):
+    # each call takes 0.05-0.3 s on one core at scale 1 (the samples grow
+    # with scale)
+    X, D = ref.make_problem(n_samples=2000 * scale, n_features=64, n_atoms=128, seed=5)
     net = Lista(D, 0.2, n_layers=40)
     return {
         "solve_lasso-cd": lambda: fastlista.solve_lasso(
@@ -216,16 +217,33 @@ def _kernels():
         "solve_lasso-ista": lambda: fastlista.solve_lasso(
             X, D, 0.2, method="ista", tol=0.0, max_iter=60, n_jobs=1),
         "Lista.transform": lambda: net.transform(X),
-        "Lista.loss_and_grad": lambda: net.loss_and_grad(X[:1000]),
+        "Lista.loss_and_grad": lambda: net.loss_and_grad(X[:1000 * scale]),
     }
+
+
+def long_call(kernel, seconds=0.2):
+    """The call ``kernel`` of :func:`_kernels` on a batch large enough that
+    one call on one thread takes at least ``seconds`` (doubling the samples
+    up to 32 times the base batch): a faster kernel or machine must not
+    leave too short a call to measure."""
+    scale = 1
+    while True:
+        call = _kernels(scale)[kernel]
+        call()                              # warm up (imports, caches)
+        with threadpoolctl.threadpool_limits(1):
+            t0 = time.perf_counter()
+            call()
+            elapsed = time.perf_counter() - t0
+        if elapsed >= seconds or scale >= 32:
+            return call
+        scale *= 2
 
 
 @pytest.mark.skipif(FREE_THREADED, reason="without a GIL both calls let the counter run")
 @pytest.mark.parametrize("kernel", ["solve_lasso-cd", "solve_lasso-ista",
                                     "Lista.transform", "Lista.loss_and_grad"])
 def test_gil_released_during_kernel(kernel):
-    call = _kernels()[kernel]
-    call()                                  # warm up (imports, caches)
+    call = long_call(kernel)
     # one OpenMP and one BLAS thread, so the counter has a core of its own
     with threadpoolctl.threadpool_limits(1):
         released, seconds = heartbeat_rate(call)
