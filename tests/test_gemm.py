@@ -159,6 +159,37 @@ def test_own_gemm_where_its_tiles_beat_blas():
             _gemm.gemm_step(A, B, 1.0, np.zeros(2), False, np.zeros((2, 2)), level=bad)
 
 
+def test_kernels_refuse_a_gemm_the_cpu_lacks(monkeypatch):
+    # the networks' and solvers' kernels take the level from their callers:
+    # one the CPU or build lacks (the 64-byte tile without AVX-512 would be
+    # an illegal instruction) is a ValueError naming it, never run
+    import fastlista
+    from fastlista import _solvers
+    from fastlista._networks import _execution
+
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((12, 6))
+    X = rng.standard_normal((5, 6))
+    bad = [7] + ([] if _gemm.GEMM_AVX512 in _gemm.GEMM_KERNELS else [_gemm.GEMM_AVX512])
+    for level in bad:
+        monkeypatch.setattr(_execution, "_OWN_GEMM", level)
+        monkeypatch.setattr(_solvers, "_OWN_GEMM", level)
+        net = fastlista.Lista(D, 0.1, 2)
+        with pytest.raises(ValueError, match=f"forward: own_gemm={level} is not a GEMM"):
+            net.transform(X)
+        with pytest.raises(ValueError, match=f"loss_and_grad: own_gemm={level} is not"):
+            net.loss_and_grad(X)
+        with pytest.raises(ValueError, match=f"prox_grad: own_gemm={level} is not"):
+            fastlista.solve_lasso(X, D, 0.1, method="ista", max_iter=3, tol=0)
+    # every level the CPU runs is taken, and computes what BLAS computes
+    monkeypatch.setattr(_execution, "_OWN_GEMM", _gemm.GEMM_BLAS)
+    expected = fastlista.Lista(D, 0.1, 2).transform(X)
+    for level in _gemm.GEMM_KERNELS:
+        monkeypatch.setattr(_execution, "_OWN_GEMM", level)
+        np.testing.assert_allclose(fastlista.Lista(D, 0.1, 2).transform(X), expected,
+                                   rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
                     reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -115,6 +115,15 @@ cdef int _ld(str fn, str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t row_
     return <int> ld
 
 
+def check_level(name, level):
+    """Refuse a level (who multiplies: BLAS or a tile of _gemm.h) the running
+    CPU or this build lacks: the kernels' entry points take one, and the
+    64-byte tile on a CPU without AVX-512 would be an illegal instruction."""
+    if level not in GEMM_KERNELS:
+        raise ValueError(f"{name}: own_gemm={level!r} is not a GEMM this CPU runs in "
+                         f"this build (GEMM_KERNELS: {GEMM_KERNELS})")
+
+
 cdef int _level(str fn, int level) except -1:
     """level, a tile of _gemm.h this CPU runs, or ValueError."""
     if level not in GEMM_KERNELS or level == GEMM_BLAS:

@@ -585,6 +585,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     cdef Py_ssize_t n_active = active.shape[0], r = min(m, n)
     cdef Py_ssize_t bm = <Py_ssize_t> block_size * m, bn = <Py_ssize_t> block_size * n
     cdef int method = METHODS[method_name], t
+    _gemm.check_level("prox_grad", own_gemm)
     if n_active == 0:
         return
     n_threads = max(1, min(n_threads, (n_active + block_size - 1) // block_size))

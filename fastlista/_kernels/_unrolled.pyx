@@ -92,6 +92,8 @@ from ._gemm cimport (FL_GEMM_KC, fl_d_gemm_pack, fl_d_gemm_packed_size,
                      own_gemm_packed_from, own_gemm_packed_step, own_gemm_step)
 from ._prox cimport sign, threshold
 
+from ._gemm import check_level
+
 
 # storage formats of a stored layer
 cdef enum:
@@ -1669,6 +1671,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("forward: X and the parameters differ in dtype")
     _check_gather("forward", gather)
+    check_level("forward", own_gemm)
     cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
     cdef bint check, stopped
     cdef Packed *pk = NULL
@@ -1733,6 +1736,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
     if p.dtype.itemsize != sizeof(floating):
         raise ValueError("loss_and_grad: X and the parameters differ in dtype")
     _check_gather("loss_and_grad", gather)
+    check_level("loss_and_grad", own_gemm)
     # (both empty, or both of the shapes of dW and dWxT: a flush writes both)
     if ((dW64.shape[1] > 0 or dWxT64.shape[1] > 0)
             and (dW64.shape[1] != dW.shape[1] or dWxT64.shape[1] != dWxT.shape[1]
