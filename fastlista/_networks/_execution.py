@@ -72,10 +72,11 @@ _THREAD_WORK = 2e7
 # would pack every call and the CPU has AVX2 and FMA (_kernels/_gemm.pyx:
 # SLISTA forward at lmbd = 0.1 on Zen 3 in 0.82 of its time through BLAS in
 # float32, 0.95 in float64), and through its 64-byte tile where the CPU has
-# AVX-512 (on an Intel Xeon: 0.74-0.84 of the time through BLAS, the same
-# calls in float64 and float32; benchmarks/test_bench_networks.py "through
-# BLAS"); the weight gradients' products (inner dimension: the block's
-# rows) stay in BLAS. An integer: _kernels._gemm's level (GEMM_KERNELS).
+# AVX-512 (on an Intel Xeon, SLISTA forward and loss_and_grad at lmbd = 0.1
+# in 0.80-0.92 of their time through BLAS, float64 and float32:
+# benchmarks/test_bench_networks.py 5, "through BLAS"); the weight
+# gradients' products (inner dimension: the block's rows) stay in BLAS. An
+# integer: _kernels._gemm's level (GEMM_KERNELS), checked by the kernels.
 _OWN_GEMM = OWN_GEMM
 # The sparse layers' gather-threshold-compact rows run through the widest
 # kernel written by hand that the CPU runs (_unrolled.GATHER: AVX-512 in
