@@ -28,7 +28,7 @@
    "through BLAS" and "32-byte GEMM tile"; docs/benchmarks.md,
    "fastlista's GEMM in AVX-512").
 
-   Compiled for AVX-512F (with AVX2 and FMA) by a target attribute, on
+   Compiled for AVX-512F (with AVX2, FMA and POPCNT) by a target attribute, on
    x86-64 with GCC or Clang, in every build not capped below x86-64-v4
    (FASTLISTA_ISA); fl_gemm_v4_runs() says whether the running CPU
    executes it. Elsewhere FL_GEMM_HAVE_V4 is undefined and _gemm.h's
@@ -36,14 +36,15 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
     && !(defined(FL_ISA_LEVEL) && FL_ISA_LEVEL < 4) && defined(FL_GEMM_VECTOR_EXTENSIONS)
 #define FL_GEMM_HAVE_V4 1
-#define FL_GEMM_V4_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define FL_GEMM_V4_TARGET __attribute__((target("avx512f,avx2,fma,popcnt")))
 #define FL_GEMM_MR_V4 12
+#include <immintrin.h>
 
-/* The running CPU executes AVX-512F, AVX2 and FMA */
+/* The running CPU executes AVX-512F, AVX2, FMA and POPCNT */
 static inline int fl_gemm_v4_runs(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
-        && __builtin_cpu_supports("fma");
+        && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
 }
 
 typedef float fl_s_vec64 __attribute__((vector_size(64)));
@@ -85,26 +86,62 @@ typedef int64_t fl_d_ivec64 __attribute__((vector_size(64)));
         }                                                                 \
         memcpy(c, &o, sizeof o);                                          \
     }
-#define FL_GEMM_EPI64_STEP(T, V, P, r, acc, VOP)                           \
+/* The fused step's epilogue on a full panel, in AVX-512F intrinsics (the
+   operations of _gemm.h's FL_GEMM_EPI_STEP on the two halves at once, the
+   same values): o = OP64(z - step acc, thr[i + r]) stored to z, where
+   OP64 is the soft-threshold v - max(min(v, s), -s) (min and max return
+   their second operand for a NaN, as FL_VST's selects do) or the
+   one-sided max(0, v - s); two comparisons with 0 give the masks of the
+   positive lanes and of the negative or NaN ones, whose union counts the
+   non-zeros (a popcount added to tail: a vector count would hold one of
+   the 32 registers the tile needs, and the compiler then spills a panel
+   vector in the k loop) and which set the signs (1, -1, 0; NaN -1),
+   narrowed from 32- or 64-bit lanes to one byte a lane (vpmovdb,
+   vpmovqb) when sg is given. */
+#define FL_GEMM64_ST(X, v, vs)                                             \
+    _mm512_sub_##X(v, _mm512_max_##X(_mm512_min_##X(v, vs),              \
+                                     _mm512_sub_##X(_mm512_setzero_##X(), vs)))
+#define FL_GEMM64_PST(X, v, vs)                                            \
+    _mm512_max_##X(_mm512_setzero_##X(), _mm512_sub_##X(v, vs))
+/* the signs of the lanes, 1 on kp, -1 on kn, 0 elsewhere, one byte a lane
+   at g */
+#define FL_GEMM64_SIGNS_fl_s(g, kp, kn)                                    \
+    {                                                                     \
+        __m512i s_ = _mm512_maskz_mov_epi32(kp, _mm512_set1_epi32(1));    \
+        s_ = _mm512_mask_mov_epi32(s_, kn, _mm512_set1_epi32(-1));        \
+        _mm_storeu_si128((__m128i *) (g), _mm512_cvtepi32_epi8(s_));      \
+    }
+#define FL_GEMM64_SIGNS_fl_d(g, kp, kn)                                    \
+    {                                                                     \
+        __m512i s_ = _mm512_maskz_mov_epi64(kp, _mm512_set1_epi64(1));    \
+        s_ = _mm512_mask_mov_epi64(s_, kn, _mm512_set1_epi64(-1));        \
+        _mm_storel_epi64((__m128i *) (g), _mm512_cvtepi64_epi8(s_));      \
+    }
+/* VT, KT: the intrinsics' vector and mask types, X their suffix */
+#define FL_GEMM_EPI64_STEP(T, P, X, VT, KT, r, acc, OP64)                  \
     {                                                                     \
         T *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                        \
-        const P##_vec64 vs = FL_SPLAT64_##P(thr[i + r]);                  \
         P##_vec64 zv;                                                     \
         memcpy(&zv, z, sizeof zv);                                        \
-        P##_vec64 o = VOP(P##_ivec64, P##_vec64, zv - vstep64 * (acc), vs); \
-        memcpy(z, &o, sizeof o);                                          \
-        n64 -= (P##_ivec64) (o != (P##_vec64){0});       /* NaN != 0 */   \
-        if (sg != NULL) {                                                 \
-            V lo_, hi_;                                                   \
-            FL_HALVES_##P(o, lo_, hi_)                                    \
-            FL_STORE_SIGNS(T, P##_ivec, P, lo_, hi_,                      \
-                           sg + (ptrdiff_t) (i + r) * ldsg + j0)          \
-        }                                                                 \
+        const VT v = (VT) (zv - vstep64 * (acc));                         \
+        const VT o = OP64(X, v, _mm512_set1_##X(thr[i + r]));             \
+        _mm512_storeu_##X(z, o);                                          \
+        const KT kp = _mm512_cmp_##X##_mask(o, _mm512_setzero_##X(),      \
+                                            _CMP_GT_OQ);                  \
+        const KT kn = _mm512_cmp_##X##_mask(o, _mm512_setzero_##X(),      \
+                                            _CMP_NGE_UQ);                 \
+        tail += __builtin_popcount((unsigned) kp | (unsigned) kn);        \
+        if (sg != NULL)                                                   \
+            FL_GEMM64_SIGNS_##P(sg + (ptrdiff_t) (i + r) * ldsg + j0, kp, kn) \
     }
+#define FL_GEMM_EPI64_STEP_fl_s(r, acc, OP64)                              \
+    FL_GEMM_EPI64_STEP(float, fl_s, ps, __m512, __mmask16, r, acc, OP64)
+#define FL_GEMM_EPI64_STEP_fl_d(r, acc, OP64)                              \
+    FL_GEMM_EPI64_STEP(double, fl_d, pd, __m512d, __mmask8, r, acc, OP64)
 #define FL_GEMM_EPI64_STEP_ST(T, V, P, r, acc)                             \
-    FL_GEMM_EPI64_STEP(T, V, P, r, acc, FL_VST)
+    FL_GEMM_EPI64_STEP_##P(r, acc, FL_GEMM64_ST)
 #define FL_GEMM_EPI64_STEP_PST(T, V, P, r, acc)                            \
-    FL_GEMM_EPI64_STEP(T, V, P, r, acc, FL_VPST)
+    FL_GEMM_EPI64_STEP_##P(r, acc, FL_GEMM64_PST)
 
 /* Row i + r's 64-byte vector acc of the panel at column jq (nq columns):
    the 64-byte epilogue EPI64 on a full panel, else _gemm.h's EPI on its
@@ -240,7 +277,6 @@ static FL_GEMM_V4_TARGET ptrdiff_t P##_gemm_step_core_v4(                 \
     enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
     T Bs[2 * FL_GEMM_KC * NR] __attribute__((aligned(64)));               \
     P##_ivec n0 = {0}, n1 = {0};                                          \
-    P##_ivec64 n64 = {0};                                                 \
     ptrdiff_t tail = 0;                                                   \
     const V vstep = FL_SPLAT_##P(step);                                   \
     const P##_vec64 vstep64 = FL_SPLAT64_##P(step);                       \
@@ -258,7 +294,6 @@ static FL_GEMM_V4_TARGET ptrdiff_t P##_gemm_step_core_v4(                 \
     }                                                                     \
     ptrdiff_t nnz = tail;                                                 \
     for (int j = 0; j < W; j++) nnz += (ptrdiff_t) n0[j] + (ptrdiff_t) n1[j]; \
-    for (int j = 0; j < NR; j++) nnz += (ptrdiff_t) n64[j];               \
     return nnz;                                                           \
 }
 
