@@ -4,9 +4,10 @@
 /* P##_gemm_core_v4 and P##_gemm_step_core_v4 compute what P##_gemm_core
    and P##_gemm_step_core (_gemm.h) compute, with the same operations in
    the same order: each entry of C sums its k in order, one FMA a term,
-   from zero, and the epilogues (alpha, beta, the fused step's threshold,
-   non-zeros and signs) are the same vector expressions. Their results are
-   the 32-byte tile's, bit for bit.
+   from zero, and the epilogues compute the same values (alpha and beta
+   by the same vector expressions; the fused step's threshold, non-zeros
+   and signs in AVX-512F intrinsics, below). Their results are the
+   32-byte tile's, bit for bit.
 
    What changes is the tile: 64-byte vectors (16 floats, 8 doubles), two
    of them across, so that a tile spans two of _gemm.h's packed panels
