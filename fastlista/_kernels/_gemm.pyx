@@ -32,12 +32,12 @@ unit's width unused. There the products run through the same tile at 64
 bytes (``_gemm_avx512.h``; same operations in the same order, same bits).
 On an Intel Xeon with AVX-512, the paper shape at lmbd = 0.1, the same
 calls through it and through BLAS, alternating
-(``benchmarks/test_bench_networks.py 5``, "through BLAS"), ours / BLAS:
-SLISTA forward 0.80 in float64 and float32, ``loss_and_grad`` 0.81 and
-0.92; a dense ISTA iteration 0.83 and 0.78
-(``benchmarks/test_bench_solvers.py 7 -k "ISTA iteration"``); through
-the 32-byte tile instead, 0.66-0.72 (docs/benchmarks.md, "fastlista's
-GEMM in AVX-512").
+(three runs of ``benchmarks/test_bench_networks.py 5``, "through BLAS"),
+ours / BLAS: SLISTA forward 0.70-0.93 in float64 and 0.72-0.80 in
+float32, ``loss_and_grad`` 0.77-0.83 and 0.80-0.83; a dense ISTA
+iteration 0.75 and 0.80 (``benchmarks/test_bench_solvers.py 3``); through
+the 32-byte tile instead, 0.64-0.72 (docs/benchmarks.md, "The fused
+step's epilogue in AVX-512").
 """
 from cython cimport floating
 from libc.limits cimport INT_MAX

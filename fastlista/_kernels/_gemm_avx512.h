@@ -24,10 +24,10 @@
    32-byte tile, in its x86-64-v4 clone, leaves half of each FMA unit's
    width unused; OpenBLAS's small-matrix kernels ran the networks' 32-row
    products faster than it, and slower than this tile: SLISTA's calls at
-   lmbd = 0.1 take 0.80-0.92 of their time through BLAS here, 0.66-0.68
-   of their time through the 32-byte tile (benchmarks/test_bench_networks.py,
-   "through BLAS" and "32-byte GEMM tile"; docs/benchmarks.md,
-   "fastlista's GEMM in AVX-512").
+   lmbd = 0.1 take 0.70-0.93 of their time through BLAS here, 0.64-0.70
+   of their time through the 32-byte tile (three runs of
+   benchmarks/test_bench_networks.py 5, "through BLAS" and "32-byte GEMM
+   tile"; docs/benchmarks.md, "The fused step's epilogue in AVX-512").
 
    Compiled for AVX-512F (with AVX2, FMA and POPCNT) by a target attribute, on
    x86-64 with GCC or Clang, in every build not capped below x86-64-v4

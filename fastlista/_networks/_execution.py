@@ -73,8 +73,8 @@ _THREAD_WORK = 2e7
 # SLISTA forward at lmbd = 0.1 on Zen 3 in 0.82 of its time through BLAS in
 # float32, 0.95 in float64), and through its 64-byte tile where the CPU has
 # AVX-512 (on an Intel Xeon, SLISTA forward and loss_and_grad at lmbd = 0.1
-# in 0.80-0.92 of their time through BLAS, float64 and float32:
-# benchmarks/test_bench_networks.py 5, "through BLAS"); the weight
+# in 0.70-0.93 of their time through BLAS, float64 and float32: three runs
+# of benchmarks/test_bench_networks.py 5, "through BLAS"); the weight
 # gradients' products (inner dimension: the block's rows) stay in BLAS. An
 # integer: _kernels._gemm's level (GEMM_KERNELS), checked by the kernels.
 _OWN_GEMM = OWN_GEMM
