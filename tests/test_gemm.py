@@ -15,14 +15,13 @@ from numpy.lib.stride_tricks import as_strided
 
 from fastlista._kernels import _gemm
 
-from conftest import cpu_flags
+from conftest import GEMM_IDS, cpu_flags
 
 #: the register tiles this CPU runs, as the ``level`` of the test entry points
 TILES = [level for level in _gemm.GEMM_KERNELS if level != _gemm.GEMM_BLAS]
-TILE_IDS = {_gemm.GEMM_AVX2: "tile32", _gemm.GEMM_AVX512: "tile64"}
 
 
-@pytest.fixture(params=TILES, ids=[TILE_IDS[t] for t in TILES])
+@pytest.fixture(params=TILES, ids=GEMM_IDS)
 def level(request):
     """Each register tile of _gemm.h the CPU runs."""
     return request.param
@@ -196,7 +195,7 @@ def test_kernels_refuse_a_gemm_the_cpu_lacks(monkeypatch):
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
 def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
     # the same sums in the same order (each entry from zero, its k in order,
-    # one FMA a term) and the same epilogues: equal bits, on every row and
+    # one FMA a term) and epilogues of the same values: equal bits, on every row and
     # column remainder of both tiles, K over one panel of 256, negative
     # zeros, NaN and inf, both thresholds, signs and counts
     rng = np.random.default_rng(11)
