@@ -221,23 +221,82 @@ def test_avx512_and_avx2_gathers_agree_bit_for_bit(n_atoms, dtype, positive, mon
     assert np.count_nonzero(layers[-2][2], axis=1).max() > min(8, n_atoms - 1)
 
 
-def test_blas_call_heights_follow_the_cpu():
-    """The AVX-512 probe agrees with the kernel's list of CPU flags, and the
-    paper shape's GEMM calls have the heights README.md gives: 32 rows where
-    OpenBLAS multiplies small matrices without packing them, 256 elsewhere."""
-    from fastlista._kernels._cpu import BLAS_PACKS_SMALL_CALLS
-    flags = cpu_flags()
-    if flags is not None:
-        assert BLAS_PACKS_SMALL_CALLS == ("avx512f" not in flags)
-    for weight_grads in (False, True):
-        n_threads, block, chunk = execution.plan(10000, 256, 64, 30, 2, weight_grads)
-        assert n_threads == 2
-        # blocks balanced over the threads: 40 of 250 rows, 314 of 32 (or
-        # 80 of 125 for weight gradients, four 32-row chunks a block)
-        if BLAS_PACKS_SMALL_CALLS:
-            assert (block, chunk) == (250, 256)
-        else:
-            assert (block, chunk) == ((125 if weight_grads else 32), 32)
+def scipy_openblas_core():
+    """The kernel set of SciPy's OpenBLAS as threadpoolctl reads it, or None."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+    for lib in threadpoolctl.threadpool_info():
+        if (lib.get("internal_api") == "openblas" and "scipy.libs" in lib["filepath"]
+                and "64_" not in lib["filepath"]):
+            return lib.get("architecture")
+    return None
+
+
+def expected_heights(packs_small_calls, own_gemm):
+    """The paper shape's (block, chunk) rows of README.md, for SLISTA and for
+    training with weight gradients: 32-row calls through OpenBLAS's
+    small-matrix kernels and through the 64-byte tile (blocks balanced over
+    two threads: 314 of 32 rows, or 80 of 125 with four chunks of 32 for
+    weight gradients), 256-row ones where BLAS packs every call (40 of 250)."""
+    if packs_small_calls and own_gemm != _gemm.GEMM_AVX512:
+        return (250, 256), (250, 256)
+    return (32, 32), (125, 32)
+
+
+def plans():
+    return tuple(execution.plan(10000, 256, 64, 30, 2, w)[1:] for w in (False, True))
+
+
+def test_call_heights_follow_who_multiplies():
+    """BLAS_PACKS_SMALL_CALLS follows the kernel set SciPy's OpenBLAS runs
+    (read by threadpoolctl; the CPU's flag where there is none), and the
+    networks' and solvers' blocks have the heights the plans give for it."""
+    from fastlista import _solvers
+    from fastlista._kernels import _cpu
+    core = scipy_openblas_core()
+    if core is not None:
+        assert _cpu.BLAS_CORE == core
+        assert _cpu.BLAS_PACKS_SMALL_CALLS == (
+            core not in ("SkylakeX", "Cooperlake", "SapphireRapids"))
+    elif cpu_flags() is not None:
+        assert _cpu.BLAS_PACKS_SMALL_CALLS == ("avx512f" not in cpu_flags())
+    assert plans() == expected_heights(_cpu.BLAS_PACKS_SMALL_CALLS, _gemm.OWN_GEMM)
+    blas_small = _gemm.OWN_GEMM == _gemm.GEMM_BLAS and not _cpu.BLAS_PACKS_SMALL_CALLS
+    assert _solvers.BLOCK_SIZE == (32 if blas_small else 128)
+
+
+def test_openblas_told_to_run_avx2_kernels_gets_tall_calls(tmp_path):
+    """Under OPENBLAS_CORETYPE=Haswell (OpenBLAS's AVX2 kernels, which pack
+    every call) the plans take tall blocks, except through the 64-byte tile."""
+    if scipy_openblas_core() is None:
+        pytest.skip("SciPy's BLAS is not an OpenBLAS that names its kernels")
+    code = ("from fastlista._kernels import _cpu, _gemm\n"
+            "from fastlista import _solvers\n"
+            "from fastlista._networks import _execution as e\n"
+            "print(_cpu.BLAS_CORE, _cpu.BLAS_PACKS_SMALL_CALLS, _gemm.OWN_GEMM,\n"
+            "      _solvers.BLOCK_SIZE, *(e.plan(10000, 256, 64, 30, 2, w)[1:]\n"
+            "                             for w in (False, True)), sep=';')")
+    import ast
+    import subprocess
+
+    import fastlista
+    # the fastlista this test imported, from a directory that cannot shadow it
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(
+               fastlista.__file__)))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    core, packs, own, block, *heights = proc.stdout.split(";")
+    assert (core, packs) == ("Haswell", "True")
+    # the 64-byte tile where it runs; else the 32-byte one, or BLAS where
+    # this build has no vector code for it
+    if _gemm.OWN_GEMM == _gemm.GEMM_AVX512:
+        assert int(own) == _gemm.GEMM_AVX512
+    else:
+        assert int(own) in (_gemm.GEMM_AVX2, _gemm.GEMM_BLAS)
+    assert int(block) == 128
+    assert [ast.literal_eval(h) for h in heights] == list(expected_heights(True, int(own)))
 
 
 # --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._kernels import _unrolled
 from .._kernels._cpu import BLAS_PACKS_SMALL_CALLS
-from .._kernels._gemm import OWN_GEMM
+from .._kernels._gemm import GEMM_AVX512, OWN_GEMM
 from .._threads import kernel_threads
 from ._parameters import analytic_weights64
 
@@ -58,7 +58,14 @@ from ._parameters import analytic_weights64
 # OpenBLAS's small-matrix kernels, which a 256 x 64 x 128 product is not)
 # gained nothing: LISTA-CP 0.98 x its time in float64, 0.995 x in float32
 # (benchmarks/compare_builds.py, 9 rounds, Zen 4), LISTA within noise.
-if BLAS_PACKS_SMALL_CALLS:
+# Through the 64-byte tile of _gemm.h, which packs each parameter matrix
+# once a call, the small blocks stay, whatever BLAS does: float64 SLISTA
+# loss_and_grad at lmbd = 0.1 takes 1.10 x its time on 256-row blocks, the
+# forward and float32 the same (Intel Xeon with AVX-512 under
+# OPENBLAS_CORETYPE=Haswell, 7 rounds alternating); the 32-byte tile keeps
+# the tall ones (forward 0.93-0.95 x, loss_and_grad 1.01-1.03 x, same
+# machine, x86-64-v3 build).
+if BLAS_PACKS_SMALL_CALLS and OWN_GEMM != GEMM_AVX512:
     _BLOCK_GEMM = 1 << 22
     _BLOCK_ELEMENTS = 256 * 256
     _WEIGHT_GRAD_CHUNKS = 1
