@@ -15,14 +15,15 @@ calls returns its own figure). Before the rounds each timer runs ``prime``
 times untimed: the first calls of a process page-fault their buffers (torch
 in float32 most of all) and load the BLAS kernels of a new dtype.
 
-Only NumPy and the standard library are used.
+Only NumPy and the standard library are used (and, by ``main``, fastlista
+and torch where installed, to say what runs).
 """
 import time
 
 import numpy as np
 
-__all__ = ["Case", "blas_threads", "timer", "repeated", "run", "format_rows", "main",
-           "small_problems"]
+__all__ = ["Case", "avx2_env", "blas_threads", "timer", "repeated", "run", "format_rows",
+           "main", "small_problems"]
 
 
 def small_problems():
@@ -147,16 +148,72 @@ def format_rows(rows, header=True):
     return "\n".join(out)
 
 
+#: Set in the environment of a run that ``--avx2`` started (see avx2_env).
+AVX2_MARK = "FASTLISTA_BENCH_AVX2"
+
+
+def avx2_env():
+    """The environment in which the libraries that pick their kernels when
+    they load pick their AVX2 ones, as on a CPU without AVX-512: OpenBLAS
+    (NumPy's and SciPy's; and so fastlista's plans, which ask SciPy's),
+    MKL, torch's own kernels and oneDNN, and NumPy's dispatched loops (the
+    AVX-512 targets this NumPy was built with)."""
+    import os
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__ as dispatch
+    except ImportError:                 # NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_dispatch__ as dispatch
+    wide = [t for t in dispatch if "512" in t or t == "X86_V4"]
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", MKL_ENABLE_INSTRUCTIONS="AVX2",
+               ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    env[AVX2_MARK] = "1"
+    if wide:
+        env["NPY_DISABLE_CPU_FEATURES"] = " ".join(wide)
+    return env
+
+
+def avx2_machine():
+    """What runs in this process, checked to be AVX2 (a run of ``--avx2``):
+    a description for the header, or SystemExit naming what is not."""
+    from fastlista._kernels import _cpu, _gemm, _unrolled
+
+    wide = []
+    if _gemm.GEMM_AVX512 in _gemm.GEMM_KERNELS or \
+            _unrolled.GATHER_AVX512 in _unrolled.GATHER_KERNELS:
+        wide.append("fastlista's AVX-512 kernels (build it with "
+                    "FASTLISTA_ISA=x86-64-v3, see README.md)")
+    if _cpu.BLAS_CORE is None or _cpu.BLAS_CORE.lower() in _cpu.SMALL_MATRIX_CORES:
+        wide.append(f"SciPy's BLAS (OpenBLAS core {_cpu.BLAS_CORE})")
+    parts = [f"SciPy's OpenBLAS {_cpu.BLAS_CORE}"]
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        capability = torch.backends.cpu.get_cpu_capability()
+        if "512" in capability:
+            wide.append(f"torch ({capability})")
+        parts.append(f"torch {capability}")
+    if wide:
+        raise SystemExit("--avx2: still AVX-512 here: " + "; ".join(wide))
+    return "AVX2 machine: " + ", ".join(parts)
+
+
 def main(interleaved, default_rounds, argv=None):
     """The command line of a suite's runner: ``python FILE [n_rounds] [-k
-    SUBSTRING] [--threads N]``, then ``interleaved(n_rounds, small, keyword,
-    verbose=True, threads=N)`` between a header (the package, the rounds,
-    the load average) and the load average at the end. Returns the exit
-    status: 1 if a comparison's check found a mismatch (the two sides did
-    not compute the same thing), else 0 (a ratio above its target is a
-    measurement, not a failure)."""
+    SUBSTRING] [--threads N] [--avx2]``, then ``interleaved(n_rounds, small,
+    keyword, verbose=True, threads=N)`` between a header (the package, the
+    rounds, the load average) and the load average at the end. ``--avx2``
+    runs it again in a new process whose libraries take their AVX2 kernels
+    (``avx2_env``; fastlista must be a ``FASTLISTA_ISA=x86-64-v3`` build):
+    on an AVX-512 machine, every side of every ratio then runs the code it
+    runs on an AVX2 one. Returns the exit status: 1 if a comparison's check
+    found a mismatch (the two sides did not compute the same thing), else 0
+    (a ratio above its target is a measurement, not a failure)."""
     import argparse
     import os
+    import sys
 
     import fastlista
 
@@ -167,11 +224,24 @@ def main(interleaved, default_rounds, argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="run every side on this many threads (default: the "
                              "default pools; 1 is steadier on a loaded machine)")
+    parser.add_argument("--avx2", action="store_true",
+                        help="run as on a CPU without AVX-512: OpenBLAS, MKL, torch "
+                             "and NumPy on their AVX2 kernels (needs a "
+                             "FASTLISTA_ISA=x86-64-v3 build)")
     args = parser.parse_args(argv)
+    machine = ""
+    if args.avx2:
+        if os.environ.get(AVX2_MARK) != "1":
+            # the libraries read their switches when they load: a new process
+            sys.stdout.flush()
+            argv = sys.argv[1:] if argv is None else list(argv)
+            os.execve(sys.executable, [sys.executable, sys.argv[0], *argv], avx2_env())
+        machine = ", " + avx2_machine()
     is_small = small_problems()
     print(f"fastlista {os.path.dirname(fastlista.__file__)}, {args.n_rounds} rounds"
           + (", small" if is_small else "")
           + (f", {args.threads} thread(s)" if args.threads else "")
+          + machine
           + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     print(format_rows([], header=True), flush=True)
     with blas_threads(args.threads):

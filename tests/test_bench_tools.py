@@ -157,3 +157,51 @@ def test_bench_never_reports_a_stale_json(tmp_path):
     assert "no timings were written" in proc.stderr
     assert "stale-ours" not in proc.stdout
     assert not (out / "benchmarks.json").exists()
+
+
+def test_avx2_env_asks_every_library_for_its_avx2_kernels(tmp_path):
+    """--avx2's environment takes each library that picks its kernels when it
+    loads to its AVX2 ones, and a process started in it runs them: SciPy's
+    OpenBLAS, which fastlista's plans follow (as threadpoolctl reads it
+    where it is installed), and NumPy's dispatched loops."""
+    env = interleave.avx2_env()
+    assert env["OPENBLAS_CORETYPE"] == "Haswell"
+    assert env["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert env[interleave.AVX2_MARK] == "1"
+    code = ("import numpy as np\n"
+            "from fastlista._kernels import _cpu\n"
+            "try:\n"
+            "    from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+            "except ImportError:\n"
+            "    from numpy.core._multiarray_umath import __cpu_features__ as f\n"
+            "print(_cpu.BLAS_CORE, _cpu.BLAS_PACKS_SMALL_CALLS, sep=';')\n"
+            "print(*sorted(t for t in f if f[t]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={**env, "PYTHONPATH": SUB_ENV_PATH},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    blas, numpy_features = proc.stdout.splitlines()
+    # NumPy's AVX-512 targets, disabled
+    assert not set(env.get("NPY_DISABLE_CPU_FEATURES", "").split()) & set(
+        numpy_features.split())
+    core, packs = blas.split(";")
+    if core != "None":                  # SciPy's BLAS is an OpenBLAS that says
+        assert (core, packs) == ("Haswell", "True")
+
+
+def test_avx2_run_refuses_a_build_with_avx512_kernels(tmp_path):
+    """On a CPU with AVX-512F, ``--avx2`` on a build that is not capped at
+    x86-64-v3 says so and runs nothing (its figures would not be AVX2's)."""
+    from conftest import cpu_flags
+    from fastlista._kernels import _gemm
+    if _gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS:
+        pytest.skip("this build or CPU has no AVX-512 GEMM to refuse")
+    assert "avx512f" in (cpu_flags() or ())
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "test_bench_solvers.py"), "1", "-k",
+         "no such comparison", "--avx2"], capture_output=True, text=True,
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": SUB_ENV_PATH}, timeout=300)
+    assert proc.returncode != 0
+    assert "--avx2: still AVX-512 here: fastlista's AVX-512 kernels" in proc.stderr
+    assert "comparison" not in proc.stdout          # no table started
