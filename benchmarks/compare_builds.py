@@ -9,9 +9,9 @@ fresh process (the builds never share one), the two alternating, and each
 process times every case ``--calls`` times (median). The report is the
 median over rounds of each case's time, and new ÷ old for the last two
 builds given. The cases are the paper's shape (64 features × 256 atoms ×
-10 000 signals of ``make_coding``, seed 0): exact solves, a few ISTA
-iterations, OISTA and FISTA to a tolerance, and 30-layer networks' forward
-and ``loss_and_grad``; only the public API of the first release is used, so
+10 000 signals of ``make_coding``, seed 0; some cases take only its first
+1 or 32 signals): exact solves, a few ISTA iterations, OISTA and FISTA to
+a tolerance, and 30-layer networks' forward and ``loss_and_grad``; only the public API of the first release is used, so
 that any two versions compare.
 """
 import argparse
@@ -54,6 +54,19 @@ CASES = {
     "LISTA-CP loss_and_grad 0.1 float32": ("loss_and_grad", {"lmbd": 0.1,
                                                              "parametrization": "coupled",
                                                              "dtype": "float32"}),
+    # calls of one block (no panels packed once a call): small batches
+    "SLISTA forward 0.1, 1 sample": ("forward", {"lmbd": 0.1, "parametrization": "step",
+                                                 "n_samples": 1}),
+    "SLISTA forward 0.1, 32 samples": ("forward", {"lmbd": 0.1, "parametrization": "step",
+                                                   "n_samples": 32}),
+    "SLISTA forward 0.1, 32 samples float32": ("forward", {"lmbd": 0.1,
+                                                           "parametrization": "step",
+                                                           "n_samples": 32,
+                                                           "dtype": "float32"}),
+    "SLISTA loss_and_grad 0.1, 32 samples": ("loss_and_grad", {"lmbd": 0.1,
+                                                               "parametrization": "step",
+                                                               "n_samples": 32}),
+    "exact solve 0.1, 1 sample": ("solve", {"lmbd": 0.1, "n_samples": 1}),
 }
 
 # run in a fresh interpreter with the build's directory first on sys.path
@@ -70,7 +83,7 @@ out = {"path": fastlista.__file__}
 for name, (kind, kw) in cases.items():
     kw = dict(kw)
     lmbd, dtype = kw.pop("lmbd"), kw.pop("dtype", "float64")
-    X, D = X64.astype(dtype), D64.astype(dtype)
+    X, D = X64[:kw.pop("n_samples", len(X64))].astype(dtype), D64.astype(dtype)
     if kind == "solve":
         run = lambda: fastlista.solve_lasso(X, D, lmbd, **kw)
     else:
@@ -120,11 +133,11 @@ def main(argv=None):
             for k in cases:
                 times[b][k].append(result[k])
     old, new = list(builds)[-2:]
-    print(f"{'case':36s} " + " ".join(f"{b:>10s}" for b in builds)
+    print(f"{'case':42s} " + " ".join(f"{b:>10s}" for b in builds)
           + f" {new + ' / ' + old:>14s}")
     for k in cases:
         med = {b: float(np.median(times[b][k])) for b in builds}
-        print(f"{k:36s} " + " ".join(f"{med[b] * 1e3:8.1f}ms" for b in builds)
+        print(f"{k:42s} " + " ".join(f"{med[b] * 1e3:8.1f}ms" for b in builds)
               + f" {med[new] / med[old]:14.3f}")
 
 

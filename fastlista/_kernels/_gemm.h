@@ -49,13 +49,20 @@
 #define FL_GEMM_NR(T) ((int) (64 / sizeof(T)))
 
 /* B[kb:kb + kc, j0:j0 + nc] into the panel at Bs, zero-padded to NR
-   columns */
+   columns. A full row of a panel is one copy of 64 bytes: as a loop of
+   nc entries (nc unknown to the compiler) GCC copied them one at a time
+   in the 64-byte tile's function, and those copies took as long as the
+   product of a 32-row block (its 32 FMAs a cycle against one copy). */
 #define FL_GEMM_PACK(T, Bs)                                                \
     for (int k = 0; k < kc; k++) {                                        \
         const T *b = B + (ptrdiff_t) (kb + k) * ldb + j0;                 \
         T *p = (Bs) + (ptrdiff_t) k * NR;                                 \
-        for (int j = 0; j < nc; j++) p[j] = b[j];                         \
-        for (int j = nc; j < NR; j++) p[j] = 0;                           \
+        if (nc == NR) {                                                   \
+            memcpy(p, b, sizeof(T) * (size_t) NR);                        \
+        } else {                                                          \
+            for (int j = 0; j < nc; j++) p[j] = b[j];                     \
+            for (int j = nc; j < NR; j++) p[j] = 0;                       \
+        }                                                                 \
     }
 
 #if defined(__GNUC__) || defined(__clang__)
