@@ -1,4 +1,4 @@
-"""The running CPU, as the plans of the blocked kernels need it.
+"""The running CPU and BLAS, as the plans of the blocked kernels need them.
 
 The solvers and the networks multiply a block of rows by a fixed matrix
 (D, D^T, W_t^T) in every BLAS call. OpenBLAS, the BLAS of NumPy's and
