@@ -11,8 +11,9 @@ median over rounds of each case's time, and new ÷ old for the last two
 builds given. The cases are the paper's shape (64 features × 256 atoms ×
 10 000 signals of ``make_coding``, seed 0; some cases take only its first
 1 or 32 signals): exact solves, a few ISTA iterations, OISTA and FISTA to
-a tolerance, and 30-layer networks' forward and ``loss_and_grad``; only the public API of the first release is used, so
-that any two versions compare.
+a tolerance, and 30-layer networks' forward and ``loss_and_grad``; only
+the public API of the first release is used, so that any two versions
+compare.
 """
 import argparse
 import json
@@ -66,6 +67,15 @@ CASES = {
     "SLISTA loss_and_grad 0.1, 32 samples": ("loss_and_grad", {"lmbd": 0.1,
                                                                "parametrization": "step",
                                                                "n_samples": 32}),
+    "SLISTA loss_and_grad 0.1, 1 sample": ("loss_and_grad", {"lmbd": 0.1,
+                                                             "parametrization": "step",
+                                                             "n_samples": 1}),
+    "LISTA-CP forward 0.1, 1 sample": ("forward", {"lmbd": 0.1,
+                                                   "parametrization": "coupled",
+                                                   "n_samples": 1}),
+    "LISTA-CP loss_and_grad 0.1, 32 samples": ("loss_and_grad", {"lmbd": 0.1,
+                                                                 "parametrization": "coupled",
+                                                                 "n_samples": 32}),
     "exact solve 0.1, 1 sample": ("solve", {"lmbd": 0.1, "n_samples": 1}),
 }
 

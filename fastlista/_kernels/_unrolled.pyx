@@ -1574,22 +1574,31 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
     c.n_pk are set, and the table returned (the caller frees it), or NULL
     and nothing packed.
 
-    Only when the products go through _gemm.h and the batch takes several
-    blocks: every block then reads the same panels, where the unpacked
-    calls copy each of them again (9-12 % of the time of a 256-row block's
-    product on Zen 3; _gemm.h). The buffer is cached as the workspaces are
-    (``keep`` receives it).
+    Only when the products go through _gemm.h, and only the matrices read
+    more than once a call: every one where the batch takes several blocks
+    (each block reads the same panels, where the unpacked calls copy each
+    of them again: 9-12 % of the time of a 256-row block's product on Zen
+    3; _gemm.h), and in a call of one block the matrices that every layer
+    shares (D, and W, M of the shared-W parametrizations): the block reads
+    them once a layer, and unpacked, a batch of one sample spent most of
+    its time copying them (SLISTA forward at lmbd = 0.1 on 1 sample, float64,
+    60 % of its samples in the products' copies, Intel Xeon with AVX-512).
+    A layer's own matrix, read once by a single block, is copied as it goes.
+    The buffer is cached as the workspaces are (``keep`` receives it).
     """
     cdef bint single = params.dtype == np.float32
     cdef Py_ssize_t total = 0, size, l, item = params.dtype.itemsize
     cdef Packed *pk
     cdef int q = 0, K, Nc
     cdef size_t src, dst
-    if not (PACK_OPERANDS and c.own_gemm and N > c.nb_max):
+    cdef bint one_block = N <= c.nb_max
+    if not (PACK_OPERANDS and c.own_gemm):
         return NULL
     specs = []
     seen = set()
     for name, layers, K, Nc in _operands(params, train):
+        if one_block and (layers > 1 or params.c.T < 2):
+            continue    # read once (or twice, training) by the one block
         arr = params.arrays[name]
         if arr is None or arr.size == 0 or (arr.ctypes.data, K, Nc) in seen:
             continue    # (one copy of an array passed twice: SLISTA's M = M^T)
