@@ -61,10 +61,10 @@ from ._parameters import analytic_weights64
 # Through the 64-byte tile of _gemm.h, which packs each parameter matrix
 # once a call, the small blocks stay, whatever BLAS does: float64 SLISTA
 # loss_and_grad at lmbd = 0.1 takes 1.10 x its time on 256-row blocks, the
-# forward and float32 the same (Intel Xeon with AVX-512 under
-# OPENBLAS_CORETYPE=Haswell, 7 rounds alternating); the 32-byte tile keeps
-# the tall ones (forward 0.93-0.95 x, loss_and_grad 1.01-1.03 x, same
-# machine, x86-64-v3 build).
+# forward and float32 the same (Intel Xeon with AVX-512, 7 rounds
+# alternating); the 32-byte tile keeps the tall ones (forward 0.93-0.95 x,
+# loss_and_grad 1.01-1.03 x, same machine, x86-64-v3 build under
+# OPENBLAS_CORETYPE=Haswell).
 if BLAS_PACKS_SMALL_CALLS and OWN_GEMM != GEMM_AVX512:
     _BLOCK_GEMM = 1 << 22
     _BLOCK_ELEMENTS = 256 * 256
