@@ -118,6 +118,7 @@ extensions = [
         + isa_macros,
         depends=["fastlista/_kernels/_simd.h", "fastlista/_kernels/_gemm.h",
                  "fastlista/_kernels/_gemm_avx512.h",
+                 "fastlista/_kernels/_gemm_avx2.h",
                  "fastlista/_kernels/_gather_avx2.h",
                  "fastlista/_kernels/_gather_avx512.h",
                  "fastlista/_kernels/_gather.h"] + CONFIG_STAMP,

@@ -189,6 +189,30 @@ def test_kernels_refuse_a_gemm_the_cpu_lacks(monkeypatch):
                                    rtol=1e-12, atol=1e-14)
 
 
+def tile_cases(dtype, seed):
+    """(A, B, C0) on every row and column remainder of both tiles, K up to
+    two panels of 256, with negative zeros, NaN and inf in A."""
+    rng = np.random.default_rng(seed)
+    for M, N, K in [(1, 1, 1), (3, 5, 7), (12, 16, 64), (19, 48, 70), (32, 64, 256),
+                    (32, 256, 64), (29, 40, 300), (17, 33, 513), (50, 8, 3), (23, 24, 9)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        B = rng.standard_normal((K, N)).astype(dtype)
+        A[rng.random((M, K)) < 0.3] = 0
+        A[0, 0] = -0.0
+        if M > 2 and K > 1:
+            A[1, 1], A[2, 0] = np.nan, np.inf
+        yield A, B, rng.standard_normal((M, N)).astype(dtype)
+
+
+def step_thresholds(M, dtype, seed):
+    """Thresholds of a fused step: random, with a zero one (its -0 and +0
+    lanes) where there are two rows or more."""
+    thr = np.random.default_rng(seed).uniform(0, 2, M).astype(dtype)
+    if M > 1:
+        thr[1] = 0
+    return thr
+
+
 @pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
                     reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -198,16 +222,8 @@ def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
     # one FMA a term) and epilogues of the same values: equal bits, on every row and
     # column remainder of both tiles, K over one panel of 256, negative
     # zeros, NaN and inf, both thresholds, signs and counts
-    rng = np.random.default_rng(11)
-    for M, N, K in [(1, 1, 1), (3, 5, 7), (12, 16, 64), (19, 48, 70), (32, 64, 256),
-                    (32, 256, 64), (29, 40, 300), (17, 33, 513), (50, 8, 3), (23, 24, 9)]:
-        A = rng.standard_normal((M, K)).astype(dtype)
-        B = rng.standard_normal((K, N)).astype(dtype)
-        A[rng.random((M, K)) < 0.3] = 0
-        A[0, 0] = -0.0
-        if M > 2 and K > 1:
-            A[1, 1], A[2, 0] = np.nan, np.inf
-        C0 = rng.standard_normal((M, N)).astype(dtype)
+    for A, B, C0 in tile_cases(dtype, 11):
+        M, K = A.shape
         for alpha, beta in [(1, 0), (-0.5, 1), (1, -1), (1.5, 0.25)]:
             C1, C2 = C0.copy(), C0.copy()
             _gemm.gemm(alpha, A, B, beta, C1, packed, _gemm.GEMM_AVX2)
@@ -215,16 +231,49 @@ def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
             np.testing.assert_array_equal(C2.view(np.uint8), C1.view(np.uint8))
         if K > 256:
             continue
-        thr = rng.uniform(0, 2, M).astype(dtype)
+        thr = step_thresholds(M, dtype, M + K)
         for positive in (False, True):
             Z1, Z2 = C0.copy(), C0.copy()
-            s1, s2 = np.zeros((M, N), np.int8), np.ones((M, N), np.int8)
+            s1, s2 = np.zeros(C0.shape, np.int8), np.ones(C0.shape, np.int8)
             n1 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z1, s1, packed, _gemm.GEMM_AVX2)
             n2 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z2, s2, packed,
                                  _gemm.GEMM_AVX512)
             assert n1 == n2
             np.testing.assert_array_equal(Z2.view(np.uint8), Z1.view(np.uint8))
             np.testing.assert_array_equal(s2, s1)
+
+
+@pytest.mark.skipif(not _gemm.AVX2_EPILOGUE,
+                    reason="the AVX2 epilogue is not compiled or the CPU lacks AVX2")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_avx2_step_epilogue_equals_the_vector_extension_one_bit_for_bit(dtype, packed):
+    # _gemm_avx2.h's epilogue of the 32-byte tile's fused step against
+    # _gemm.h's: the same values, counts and signs, bit for bit (NaN, inf,
+    # -0, a zero threshold, both thresholds, every remainder)
+    for A, B, C0 in tile_cases(dtype, 12):
+        M, K = A.shape
+        if K > 256:
+            continue
+        thr = step_thresholds(M, dtype, M + K)
+        for positive in (False, True):
+            out = []
+            for on in (True, False):
+                Z, sg = C0.copy(), np.full(C0.shape, 7, np.int8)
+                previous = _gemm.use_avx2_epilogue(on)
+                try:
+                    n = _gemm.gemm_step(A, B, 0.3, thr, positive, Z, sg, packed,
+                                        _gemm.GEMM_AVX2)
+                finally:
+                    _gemm.use_avx2_epilogue(previous)
+                out.append((n, Z, sg))
+            (n1, Z1, s1), (n2, Z2, s2) = out
+            assert n1 == n2
+            np.testing.assert_array_equal(Z1.view(np.uint8), Z2.view(np.uint8))
+            np.testing.assert_array_equal(s1, s2)
+            # and against the definition, entry by entry
+            assert n1 == np.count_nonzero(Z1)
+            np.testing.assert_array_equal(s1, np.where(Z1 > 0, 1, np.where(Z1 >= 0, 0, -1)))
 
 
 def step_reference(A, B, step, thr, positive, Z):

@@ -362,17 +362,25 @@ FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
 
 #include "_gemm_avx512.h"   /* the same tile at 64 bytes: P##_gemm_*core_v4 */
+#include "_gemm_avx2.h"     /* the step's epilogue in AVX2: P##_gemm_step_core_v3 */
 
 /* The tile a call runs, by x86-64 level: FL_GEMM_AVX512 the 64-byte tile
    of _gemm_avx512.h (where compiled; call it only where fl_gemm_v4_runs()),
-   any other level the 32-byte tile above (its widest clone the CPU runs).
-   Both give the same bits. */
+   any other level the 32-byte tile above (its widest clone the CPU runs;
+   its fused step through the epilogue of _gemm_avx2.h where the CPU runs
+   that). All give the same bits. */
 enum { FL_GEMM_AVX2 = 3, FL_GEMM_AVX512 = 4 };
 #ifdef FL_GEMM_HAVE_V4
 #  define FL_GEMM_V4_CALL(level, call)                                     \
     if ((level) == FL_GEMM_AVX512) { call; }
 #else
 #  define FL_GEMM_V4_CALL(level, call)
+#endif
+#ifdef FL_GEMM_HAVE_V3
+#  define FL_GEMM_V3_CALL(level, call)                                     \
+    if ((level) == FL_GEMM_AVX2 && fl_gemm_v3_epilogue && fl_gemm_v3_runs()) { call; }
+#else
+#  define FL_GEMM_V3_CALL(level, call)
 #endif
 
 /* The calls, on B itself or on its panels packed by P##_gemm_pack:
@@ -392,6 +400,8 @@ static inline ptrdiff_t P##_gemm_step_run(int level, int M, int N, int K, \
         const T *thr, int positive, T *Z, int ldz, signed char *sg,       \
         int ldsg) {                                                       \
     FL_GEMM_V4_CALL(level, return P##_gemm_step_core_v4(M, N, K, A, lda,  \
+                    B, ldb, BP, step, thr, positive, Z, ldz, sg, ldsg))   \
+    FL_GEMM_V3_CALL(level, return P##_gemm_step_core_v3(M, N, K, A, lda,  \
                     B, ldb, BP, step, thr, positive, Z, ldz, sg, ldsg))   \
     return P##_gemm_step_core(M, N, K, A, lda, B, ldb, BP, step, thr,     \
                               positive, Z, ldz, sg, ldsg);                \

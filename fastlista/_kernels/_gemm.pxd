@@ -47,11 +47,14 @@ cdef extern from "_gemm.h":
                                      int ldz, signed char *sg, int ldsg) noexcept nogil
     int fl_gemm_vectorized() noexcept nogil
     int fl_gemm_v4_runs() noexcept nogil
+    int fl_gemm_v3_runs() noexcept nogil
+    int fl_gemm_v3_epilogue
 
 
 # Each call takes the tile's level first: FL_GEMM_AVX512 runs the 64-byte
 # tile of _gemm_avx512.h (only where fl_gemm_v4_runs()), any other level the
-# 32-byte tile of _gemm.h; both compute the same bits (see _gemm.pyx,
+# 32-byte tile of _gemm.h (its fused step's epilogue from _gemm_avx2.h where
+# fl_gemm_v3_runs()); all compute the same bits (see _gemm.pyx,
 # GEMM_KERNELS).
 
 cdef inline void own_gemm(int level, int M, int N, int K, floating alpha, const floating *A,

@@ -43,7 +43,8 @@ from cython cimport floating
 from libc.limits cimport INT_MAX
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
-from ._gemm cimport (FL_GEMM_AVX2, FL_GEMM_AVX512, FL_GEMM_KC, fl_gemm_v4_runs,
+from ._gemm cimport (FL_GEMM_AVX2, FL_GEMM_AVX512, FL_GEMM_KC, fl_gemm_v3_epilogue,
+                     fl_gemm_v3_runs, fl_gemm_v4_runs,
                      fl_gemm_vectorized, own_gemm, own_gemm_pack, own_gemm_packed_from,
                      own_gemm_packed_size, own_gemm_packed_step, own_gemm_step)
 
@@ -65,6 +66,23 @@ GEMM_KERNELS = ((GEMM_BLAS, GEMM_AVX2)
 OWN_GEMM = (GEMM_AVX512 if fl_gemm_v4_runs() else
             GEMM_AVX2 if BLAS_PACKS_SMALL_CALLS and fl_gemm_vectorized() else
             GEMM_BLAS)
+
+
+#: Whether this CPU runs the AVX2 epilogue of the 32-byte tile's fused step
+#: (_gemm_avx2.h), which the level-3 steps then take (the same bits as
+#: _gemm.h's).
+AVX2_EPILOGUE = bool(fl_gemm_v3_runs())
+
+
+def use_avx2_epilogue(bint on):
+    """Whether this module's level-3 ``gemm_step`` calls take the AVX2
+    epilogue where the CPU runs it (``on``, the default) or _gemm.h's
+    vector-extension one: the tests compare the two bit for bit. Returns
+    the previous setting; the kernels' own calls are not affected."""
+    global fl_gemm_v3_epilogue
+    previous = bool(fl_gemm_v3_epilogue)
+    fl_gemm_v3_epilogue = on
+    return previous
 
 
 # _gemm.h indexes with C ints, and a loop over a dimension s of it reaches
