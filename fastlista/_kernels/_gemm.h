@@ -239,6 +239,37 @@ typedef signed char fl_d_bytes __attribute__((vector_size(8)));
 #define FL_GEMM_EPI_STEP_PST(T, V, P, r, acc0, acc1)                       \
     FL_GEMM_EPI_STEP(T, V, P, r, acc0, acc1, P##_ivec, FL_VPST, P##_pst)
 
+/* The body of a fused-step function (P##_gemm_step_core, and
+   _gemm_avx2.h's P##_gemm_step_core_v3 with its own epilogues EPI_ST and
+   EPI_PST): every panel of B, every row tile, the non-zeros summed from
+   the epilogues' vector counters n0, n1 and scalar count tail. */
+#define FL_GEMM_STEP_BODY(T, V, P, EPI_ST, EPI_PST)                        \
+    {                                                                     \
+    enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
+    T Bs[FL_GEMM_KC * NR] __attribute__((aligned(32)));                   \
+    P##_ivec n0 = {0}, n1 = {0};                                          \
+    ptrdiff_t tail = 0;                                                   \
+    const V vstep = FL_SPLAT_##P(step);                                   \
+    const int kb = 0, kc = K;                                             \
+    for (int j0 = 0; j0 < N; j0 += NR) {                                  \
+        const int nc = N - j0 < NR ? N - j0 : NR;                         \
+        const T *Bp = Bs;                                                 \
+        if (BP != NULL)                                                   \
+            Bp = BP + (ptrdiff_t) j0 * kc;                                \
+        else                                                              \
+            FL_GEMM_PACK(T, Bs)                                           \
+        const T *a = A;                                                   \
+        if (positive) {                                                   \
+            FL_GEMM_ROWS(T, V, P, EPI_PST)                                \
+        } else {                                                          \
+            FL_GEMM_ROWS(T, V, P, EPI_ST)                                 \
+        }                                                                 \
+    }                                                                     \
+    ptrdiff_t nnz = tail;                                                 \
+    for (int j = 0; j < W; j++) nnz += (ptrdiff_t) n0[j] + (ptrdiff_t) n1[j]; \
+    return nnz;                                                           \
+    }
+
 #define FL_DEFINE_GEMM(T, V, P)                                            \
 /* C = alpha A B + beta C0 (row-major; see the top of the file); C0 may   \
    be C, and is not read where beta = 0. B's panels are read from BP      \
@@ -286,31 +317,8 @@ static FL_SIMD ptrdiff_t P##_gemm_step_core(int M, int N, int K, const T *A, \
                                             const T *BP, T step,          \
                                             const T *thr, int positive,   \
                                             T *Z, int ldz, signed char *sg, \
-                                            int ldsg) {                   \
-    enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
-    T Bs[FL_GEMM_KC * NR] __attribute__((aligned(32)));                   \
-    P##_ivec n0 = {0}, n1 = {0};                                          \
-    ptrdiff_t tail = 0;                                                   \
-    const V vstep = FL_SPLAT_##P(step);                                   \
-    const int kb = 0, kc = K;                                             \
-    for (int j0 = 0; j0 < N; j0 += NR) {                                  \
-        const int nc = N - j0 < NR ? N - j0 : NR;                         \
-        const T *Bp = Bs;                                                 \
-        if (BP != NULL)                                                   \
-            Bp = BP + (ptrdiff_t) j0 * kc;                                \
-        else                                                              \
-            FL_GEMM_PACK(T, Bs)                                           \
-        const T *a = A;                                                   \
-        if (positive) {                                                   \
-            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI_STEP_PST)                   \
-        } else {                                                          \
-            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI_STEP_ST)                    \
-        }                                                                 \
-    }                                                                     \
-    ptrdiff_t nnz = tail;                                                 \
-    for (int j = 0; j < W; j++) nnz += (ptrdiff_t) n0[j] + (ptrdiff_t) n1[j]; \
-    return nnz;                                                           \
-}
+                                            int ldsg)                     \
+    FL_GEMM_STEP_BODY(T, V, P, FL_GEMM_EPI_STEP_ST, FL_GEMM_EPI_STEP_PST)
 
 #else
 /* Without GNU C's vector extensions: plain loops of the same semantics,

@@ -130,34 +130,13 @@ static int fl_gemm_v3_epilogue = 1;
     FL_GEMM_EPI32_STEP_##P(r, acc0, acc1, FL_GEMM32_PST, FL_VPST, P##_pst)
 
 #define FL_DEFINE_GEMM_V3(T, V, P)                                         \
-/* P##_gemm_step_core with the epilogue above */                          \
+/* P##_gemm_step_core with the epilogue above (its vector counters, used \
+   by _gemm.h's epilogue on full panels only, stay zero) */              \
 static FL_GEMM_V3_TARGET ptrdiff_t P##_gemm_step_core_v3(                 \
         int M, int N, int K, const T *A, int lda, const T *B, int ldb,    \
         const T *BP, T step, const T *thr, int positive, T *Z, int ldz,   \
-        signed char *sg, int ldsg) {                                      \
-    enum { W = (int) (sizeof(V) / sizeof(T)), NR = 2 * W };               \
-    T Bs[FL_GEMM_KC * NR] __attribute__((aligned(32)));                   \
-    P##_ivec n0 = {0}, n1 = {0};        /* (partial panels: unused) */    \
-    ptrdiff_t tail = 0;                                                   \
-    const V vstep = FL_SPLAT_##P(step);                                   \
-    const int kb = 0, kc = K;                                             \
-    for (int j0 = 0; j0 < N; j0 += NR) {                                  \
-        const int nc = N - j0 < NR ? N - j0 : NR;                         \
-        const T *Bp = Bs;                                                 \
-        if (BP != NULL)                                                   \
-            Bp = BP + (ptrdiff_t) j0 * kc;                                \
-        else                                                              \
-            FL_GEMM_PACK(T, Bs)                                           \
-        const T *a = A;                                                   \
-        if (positive) {                                                   \
-            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI32_STEP_PST)                 \
-        } else {                                                          \
-            FL_GEMM_ROWS(T, V, P, FL_GEMM_EPI32_STEP_ST)                  \
-        }                                                                 \
-    }                                                                     \
-    (void) n0; (void) n1;                                                 \
-    return tail;                                                          \
-}
+        signed char *sg, int ldsg)                                        \
+    FL_GEMM_STEP_BODY(T, V, P, FL_GEMM_EPI32_STEP_ST, FL_GEMM_EPI32_STEP_PST)
 
 FL_DEFINE_GEMM_V3(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM_V3(double, fl_d_vec, fl_d)
