@@ -197,7 +197,8 @@ def test_avx2_run_refuses_a_build_with_avx512_kernels(tmp_path):
     from fastlista._kernels import _gemm
     if _gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS:
         pytest.skip("this build or CPU has no AVX-512 GEMM to refuse")
-    assert "avx512f" in (cpu_flags() or ())
+    if cpu_flags() is not None:
+        assert "avx512f" in cpu_flags()
     proc = subprocess.run(
         [sys.executable, str(BENCH_DIR / "test_bench_solvers.py"), "1", "-k",
          "no such comparison", "--avx2"], capture_output=True, text=True,

@@ -213,6 +213,21 @@ def step_thresholds(M, dtype, seed):
     return thr
 
 
+def fused_step(A, B, thr, positive, Z0, packed, level):
+    """(non-zeros, codes, signs) of gemm_step at a step of 0.3 from codes Z0
+    (signs preset to 7: every one written is checked)."""
+    Z, sg = Z0.copy(), np.full(Z0.shape, 7, np.int8)
+    n = _gemm.gemm_step(A, B, 0.3, thr, positive, Z, sg, packed, level)
+    return n, Z, sg
+
+
+def assert_same_step(got, want):
+    """Two fused steps' counts, codes (bit for bit) and signs equal."""
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1].view(np.uint8), want[1].view(np.uint8))
+    np.testing.assert_array_equal(got[2], want[2])
+
+
 @pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
                     reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -233,14 +248,8 @@ def test_64_byte_tile_equals_the_32_byte_tile_bit_for_bit(dtype, packed):
             continue
         thr = step_thresholds(M, dtype, M + K)
         for positive in (False, True):
-            Z1, Z2 = C0.copy(), C0.copy()
-            s1, s2 = np.zeros(C0.shape, np.int8), np.ones(C0.shape, np.int8)
-            n1 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z1, s1, packed, _gemm.GEMM_AVX2)
-            n2 = _gemm.gemm_step(A, B, 0.3, thr, positive, Z2, s2, packed,
-                                 _gemm.GEMM_AVX512)
-            assert n1 == n2
-            np.testing.assert_array_equal(Z2.view(np.uint8), Z1.view(np.uint8))
-            np.testing.assert_array_equal(s2, s1)
+            assert_same_step(fused_step(A, B, thr, positive, C0, packed, _gemm.GEMM_AVX512),
+                             fused_step(A, B, thr, positive, C0, packed, _gemm.GEMM_AVX2))
 
 
 @pytest.mark.skipif(not _gemm.AVX2_EPILOGUE,
@@ -259,18 +268,13 @@ def test_avx2_step_epilogue_equals_the_vector_extension_one_bit_for_bit(dtype, p
         for positive in (False, True):
             out = []
             for on in (True, False):
-                Z, sg = C0.copy(), np.full(C0.shape, 7, np.int8)
                 previous = _gemm.use_avx2_epilogue(on)
                 try:
-                    n = _gemm.gemm_step(A, B, 0.3, thr, positive, Z, sg, packed,
-                                        _gemm.GEMM_AVX2)
+                    out.append(fused_step(A, B, thr, positive, C0, packed, _gemm.GEMM_AVX2))
                 finally:
                     _gemm.use_avx2_epilogue(previous)
-                out.append((n, Z, sg))
-            (n1, Z1, s1), (n2, Z2, s2) = out
-            assert n1 == n2
-            np.testing.assert_array_equal(Z1.view(np.uint8), Z2.view(np.uint8))
-            np.testing.assert_array_equal(s1, s2)
+            assert_same_step(*out)
+            n1, Z1, s1 = out[0]
             # and against the definition, entry by entry
             assert n1 == np.count_nonzero(Z1)
             np.testing.assert_array_equal(s1, np.where(Z1 > 0, 1, np.where(Z1 >= 0, 0, -1)))

@@ -5,12 +5,14 @@ parametrization that keeps every pre-activation, the projected-gradient
 ALISTA weights of the reference code, and central finite differences; and,
 when torch is installed, autograd.
 """
+import ast
 import copy
 import errno
 import io
 import os
 import pickle
 import stat
+import subprocess
 import sys
 import zipfile
 
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+import fastlista
 import fastlista._networks._execution as execution
 from fastlista import InvalidParameterError, Lista, alista_weights
 from fastlista._kernels import _gemm, _unrolled
@@ -276,10 +279,6 @@ def test_openblas_told_to_run_avx2_kernels_gets_tall_calls(tmp_path):
             "print(_cpu.BLAS_CORE, _cpu.BLAS_PACKS_SMALL_CALLS, _gemm.OWN_GEMM,\n"
             "      _solvers.BLOCK_SIZE, *(e.plan(10000, 256, 64, 30, 2, w)[1:]\n"
             "                             for w in (False, True)), sep=';')")
-    import ast
-    import subprocess
-
-    import fastlista
     # the fastlista this test imported, from a directory that cannot shadow it
     env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell",
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(
