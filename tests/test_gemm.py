@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from fastlista._kernels import _gemm
+from fastlista._kernels import _gemm, _unrolled
 
 from conftest import GEMM_IDS, cpu_flags
 
@@ -90,6 +90,36 @@ def test_packed_gemm_computes_what_the_plain_one_does(M, N, K, dtype, level):
         assert (_gemm.gemm_step(A, B, 0.3, thr, False, Z1, level=level)
                 == _gemm.gemm_step(A, B, 0.3, thr, False, Z2, packed=True, level=level))
         np.testing.assert_array_equal(Z2, Z1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, cols", [(0, 0), (1, 1), (3, 5), (2, 17), (4, 16), (2, 1001)])
+def test_kernel_buffers_start_on_64_bytes(rows, cols, dtype):
+    # workspaces and packed panels: every row on a cache line's boundary,
+    # at least the columns asked, a whole number of 64-byte lines a row
+    item = np.dtype(dtype).itemsize
+    a = _gemm.aligned_empty(rows, cols, dtype)
+    assert a.dtype == dtype and a.shape[0] == rows and cols <= a.shape[1] < cols + 64 // item
+    if a.size:
+        assert a.strides == (a.shape[1] * item, item) and a.strides[0] % 64 == 0
+        assert a.ctypes.data % 64 == 0
+    # the packed panels: K rows of N rounded up to a panel (64 bytes),
+    # zero beyond column N, as the unpacked calls copy them
+    B = np.arange(1, rows * cols + 1, dtype=dtype).reshape(rows, cols)
+    P = _gemm.pack(B)
+    nr = 64 // item
+    width = -(-cols // nr) * nr
+    assert P.ctypes.data % 64 == 0 and P.size == max(1, rows * width)
+    if rows and cols:
+        panels = P.reshape(width // nr, rows, nr).transpose(1, 0, 2).reshape(rows, width)
+        np.testing.assert_array_equal(panels[:, :cols], B)
+        assert not panels[:, cols:].any()
+    # the networks' per-thread workspaces: each thread's row, and each
+    # buffer in it (offsets of 16 entries), on 64 bytes
+    fws, _ = _unrolled._workspaces(dtype, rows + 1, cols + 1, 1)
+    assert fws.ctypes.data % 64 == 0 and fws.strides[0] % 64 == 0
+    offsets, _ = _unrolled._layout(rows + 1, cols + 1, 3, 2, True, True, 1)
+    assert all(offset % 16 == 0 for offset in offsets.values() if offset != offsets["total"])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -151,11 +151,30 @@ cdef int _level(str fn, int level) except -1:
     return level
 
 
+def aligned_empty(Py_ssize_t rows, Py_ssize_t cols, dtype):
+    """An uninitialized (rows, cols') array of ``dtype``, cols' >= cols the
+    least multiple of 64 bytes, whose rows start on 64-byte boundaries.
+
+    The kernels' workspaces and packed matrices live in such rows: a
+    64-byte vector (_gemm_avx512.h's tile, the row kernels' AVX-512
+    clones) read from them never straddles two cache lines. NumPy
+    aligns its arrays to 16 bytes only, and a row of an odd number of
+    floats shifts the next thread's row by 4 bytes.
+    """
+    cdef Py_ssize_t item = np.dtype(dtype).itemsize, per = max(1, 64 // item)
+    cols = (max(cols, 0) + per - 1) // per * per
+    raw = np.empty(max(rows, 0) * cols + per, dtype=dtype)
+    skip = (-raw.ctypes.data % 64) // item
+    return raw[skip:skip + max(rows, 0) * cols].reshape(max(rows, 0), cols)
+
+
 cdef _packed(const floating *B, int K, int N, int ldb):
     """The panels of B (K, N, leading dimension ldb; NULL when empty) as
-    _gemm.h packs them, in a new 1-d array (at least one entry)."""
-    BP = np.full(max(1, own_gemm_packed_size(<floating *> NULL, N, K)), np.nan,
-                 dtype=np.float32 if floating is float else np.float64)
+    _gemm.h packs them, in a new 1-d array (at least one entry), 64-byte
+    aligned."""
+    cdef Py_ssize_t size = max(1, own_gemm_packed_size(<floating *> NULL, N, K))
+    BP = aligned_empty(1, size, np.float32 if floating is float else np.float64)[0, :size]
+    BP.fill(np.nan)
     cdef floating[::1] bp = BP
     if K > 0 and N > 0:
         with nogil:

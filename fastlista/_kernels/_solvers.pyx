@@ -605,11 +605,14 @@ def prox_grad(str method_name, const floating[:, ::1] X,
               r * r if oista else 0, 26 * r if oista else 0,
               bm if wide else 0, bm if wide else 0, m if wide else 0]
     isizes = [10 * r if oista else 0, block_size, m]
+    # each workspace starts on 64 bytes, as do the threads' rows
+    # (_gemm.aligned_empty: its vectors never straddle two cache lines)
+    fsizes, dsizes = ([-(-size // 16) * 16 for size in s] for s in (fsizes, dsizes))
     foff, doff, ioff = (np.concatenate([[0], np.cumsum(s)]).astype(np.intp)
                         for s in (fsizes, dsizes, isizes))
     # (one spare column: an empty workspace's pointer stays inside its row)
-    fws = np.empty((n_threads, sum(fsizes) + 1), dtype)
-    dws = np.empty((n_threads, sum(dsizes) + 1))
+    fws = _gemm.aligned_empty(n_threads, sum(fsizes) + 1, dtype)
+    dws = _gemm.aligned_empty(n_threads, sum(dsizes) + 1, np.float64)
     iws = np.empty((n_threads, sum(isizes) + 1), np.intc)
     ubs = np.empty((n_threads, block_size), np.uint8)
     cdef floating[:, ::1] fv = fws

@@ -92,7 +92,7 @@ from ._gemm cimport (FL_GEMM_KC, fl_d_gemm_pack, fl_d_gemm_packed_size,
                      own_gemm_packed_from, own_gemm_packed_step, own_gemm_step)
 from ._prox cimport sign, threshold
 
-from ._gemm import check_level
+from ._gemm import aligned_empty, check_level
 
 
 # storage formats of a stored layer
@@ -1417,30 +1417,33 @@ cdef void _block_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
     net_block(<float *> NULL, <NetCtx *> ctx, tid, start, nb)
 
 
-cdef Py_ssize_t _round8(Py_ssize_t k) noexcept nogil:
-    return (k + 7) // 8 * 8
+cdef Py_ssize_t _round16(Py_ssize_t k) noexcept nogil:
+    """k rounded up to 16 entries (64 bytes of float32): the workspaces'
+    offsets keep the 64-byte alignment of their rows (aligned_empty)."""
+    return (k + 15) // 16 * 16
 
 
 def _layout(Py_ssize_t nb_max, Py_ssize_t m, Py_ssize_t n, int T, bint store,
             bint rst, int kmax):
     """Offsets of the per-thread floating and int workspaces."""
-    cdef Py_ssize_t block = _round8(nb_max * m)
-    cdef Py_ssize_t rows = _round8(nb_max * n)
+    cdef Py_ssize_t block = _round16(nb_max * m)
+    cdef Py_ssize_t rows = _round16(nb_max * n)
     cdef int slots = T + 1 if store else 2
     f = {}
     off = 0
     for name, size in [("Z", block), ("U", block), ("G", block), ("V", block),
                        ("C", block), ("wv", block), ("R", rows), ("P", rows),
-                       ("Rst", _round8(T * nb_max * n) if rst else 0),
-                       ("rowv", _round8(2 * m)),
+                       ("Rst", _round16(T * nb_max * n) if rst else 0),
+                       ("rowv", _round16(2 * m)),
                        ("val", slots * block)]:
         f[name] = off
         off += size
     f["total"] = off + 1
-    i = {"fmt": 0, "ptr": _round8(slots), "idx": _round8(slots) + _round8(slots * (nb_max + 1))}
+    i = {"fmt": 0, "ptr": _round16(slots),
+         "idx": _round16(slots) + _round16(slots * (nb_max + 1))}
     i["rowi"] = i["idx"] + slots * block
-    i["plan"] = i["rowi"] + _round8(2 * m)
-    i["sel"] = i["plan"] + _round8(T + 1)
+    i["plan"] = i["rowi"] + _round16(2 * m)
+    i["sel"] = i["plan"] + _round16(T + 1)
     i["total"] = i["sel"] + slots * nb_max * kmax + 1
     return f, i
 
@@ -1474,7 +1477,7 @@ def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
             or iws.shape[1] < n_int):
         cache.pop(key, None)
         rows = max(n_threads, 0 if fws is None else fws.shape[0])
-        fws = np.empty((rows, max(n_float, 0 if fws is None else fws.shape[1])), dtype=dtype)
+        fws = aligned_empty(rows, max(n_float, 0 if fws is None else fws.shape[1]), dtype)
         iws = np.empty((rows, max(n_int, 0 if iws is None else iws.shape[1])), dtype=np.intc)
         if fws.nbytes + iws.nbytes <= WORKSPACE_CACHE_BYTES:
             cache[key] = (fws, iws)
@@ -1636,19 +1639,17 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
 
 
 def _pack_buffer(dtype, Py_ssize_t n):
-    """A 64-byte aligned float array of at least n entries, cached between
-    the calls of one Python thread as the workspaces are."""
+    """A 64-byte aligned float array of n entries, cached between the calls
+    of one Python thread as the workspaces are."""
     cache = _cache()
     key = "pack" + np.dtype(dtype).char
-    raw = cache.get(key)
-    item = np.dtype(dtype).itemsize
-    if raw is None or raw.size < n + 64 // item:
+    buf = cache.get(key)
+    if buf is None or buf.size < n:
         cache.pop(key, None)
-        raw = np.empty(n + 64 // item, dtype=dtype)
-        if raw.nbytes <= WORKSPACE_CACHE_BYTES:
-            cache[key] = raw
-    skip = (-raw.ctypes.data % 64) // item
-    return raw[skip:skip + n]
+        buf = aligned_empty(1, n, dtype)[0]
+        if buf.nbytes <= WORKSPACE_CACHE_BYTES:
+            cache[key] = buf
+    return buf[:n]
 
 
 def _check_gather(name, gather):
