@@ -32,12 +32,10 @@ cdef extern from "_simd.h":
                                   double a, double s, signed char *sg) noexcept nogil
     Py_ssize_t fl_s_pst_step_sign(Py_ssize_t n, float *z, const float *u,
                                   float a, float s, signed char *sg) noexcept nogil
-    void fl_d_back_sign(int nb, int m, double *G, const double *V,
-                        const signed char *sg, double a, double lmbd,
-                        double *dthr) noexcept nogil
-    void fl_s_back_sign(int nb, int m, float *G, const float *V,
-                        const signed char *sg, float a, float lmbd,
-                        double *dthr) noexcept nogil
+    void fl_d_back_sign(int m, double *g, const double *v, const signed char *sg,
+                        double a, double lmbd, double *acc) noexcept nogil
+    void fl_s_back_sign(int m, float *g, const float *v, const signed char *sg,
+                        float a, float lmbd, float *acc) noexcept nogil
     void fl_d_gap_sums(Py_ssize_t n, const double *x, const double *r, Py_ssize_t m,
                        const double *z, const double *g, int positive,
                        double *out) noexcept nogil
@@ -56,6 +54,8 @@ cdef extern from "_simd.h":
     int fl_s_nonfinite(Py_ssize_t n, const float *z) noexcept nogil
     Py_ssize_t fl_d_count_nonzero(Py_ssize_t n, const double *z) noexcept nogil
     Py_ssize_t fl_s_count_nonzero(Py_ssize_t n, const float *z) noexcept nogil
+    double fl_d_abs_sum(Py_ssize_t n, const double *z) noexcept nogil
+    double fl_s_abs_sum(Py_ssize_t n, const float *z) noexcept nogil
     void fl_d_sub_axpy(int n, double a, const double *x, double *y) noexcept nogil
     void fl_lower_solve(int k, int ld, const double *L, const double *dinv,
                         double *v) noexcept nogil

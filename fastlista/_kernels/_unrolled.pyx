@@ -79,7 +79,7 @@ from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_s_scaled_pst_compact, fl_d_st_step, fl_s_st_step,
                      fl_d_pst_step, fl_s_pst_step, fl_d_st_step_sign,
                      fl_s_st_step_sign, fl_d_pst_step_sign, fl_s_pst_step_sign,
-                     fl_d_count_nonzero, fl_s_count_nonzero,
+                     fl_d_count_nonzero, fl_s_count_nonzero, fl_d_abs_sum, fl_s_abs_sum,
                      FL_GATHER_PORTABLE, FL_GATHER_AVX2, FL_GATHER_AVX512,
                      fl_gather_v3_runs, fl_gather_v3_default,
                      fl_gather_v4_runs, fl_gather_v4_default,
@@ -452,6 +452,13 @@ cdef inline Py_ssize_t count_nonzero(Py_ssize_t size, const floating *z) noexcep
     return fl_s_count_nonzero(size, z)
 
 
+cdef inline double abs_sum(Py_ssize_t size, const floating *z) noexcept nogil:
+    """||z[:size]||_1 in double (_simd.h)."""
+    if floating is double:
+        return fl_d_abs_sum(size, z)
+    return fl_s_abs_sum(size, z)
+
+
 cdef inline void store_layer(Dims *d, floating *Z, Py_ssize_t nnz,
                              int *fmt, int *ptr, int *idx, floating *val) noexcept nogil:
     """Store the block's code z: CSR when sparse, a dense copy otherwise."""
@@ -493,18 +500,14 @@ cdef double block_objective(Dims *d, const floating *X, const floating *D,
                             const int *idx, const floating *val, const double *lam,
                             floating *R) noexcept nogil:
     """sum_i 1/2 ||x_i - z_i D||^2 + lmbd_i ||z_i||_1 over the block."""
-    cdef Py_ssize_t i, j, m = d.m
-    cdef double l1, out = 0
+    cdef Py_ssize_t i, m = d.m
+    cdef double out = 0
     residual_rows(d, X, D, Z, fmt, ptr, idx, val, R)
     for i in range(d.nb):
-        l1 = 0
         if fmt == FMT_CSR:
-            for j in range(ptr[i], ptr[i + 1]):
-                l1 += val[j] if val[j] > 0 else -val[j]
+            out += lam[i] * abs_sum(ptr[i + 1] - ptr[i], &val[ptr[i]])
         else:
-            for j in range(i * m, (i + 1) * m):
-                l1 += Z[j] if Z[j] > 0 else -Z[j]
-        out += lam[i] * l1
+            out += lam[i] * abs_sum(m, &Z[i * m])
     return 0.5 * long_dot(d.nb * d.n, R, R) + out
 
 
@@ -947,8 +950,8 @@ cdef void residual_backward_block(
         floating *dW) noexcept nogil:
     """Back-propagate G = d loss / d z_T through the T stored layers.
 
-    Accumulates d a_t in da[t], d thr_t in dthr[t m:], and (coupled) d W_t
-    in dW[t m n:]. G is overwritten.
+    Accumulates d a_t in da[t], d thr_t in dthr[t m:] (per atom), and
+    (coupled) d W_t in dW[t m n:]. G is overwritten.
     """
     cdef Py_ssize_t nb = d.nb, m = d.m, n = d.n, i
     cdef int t, t_lo
@@ -1026,14 +1029,20 @@ cdef void residual_backward_block(
         if need_v and fmt[t] == FMT_SIGN:
             # one pass: d z_t = w - a V, masked by supp(z_t) into the w of
             # layer t - 1, with its d thr
+            # (float32: d thr_{t-1} summed over the block's rows in wv, a
+            # scratch row here, then added into dthr in double)
             sg = <const signed char *> &val[t * cap]
-            for i in range(nb):
-                if floating is double:
-                    fl_d_back_sign(1, m, &G[i * m], &V[i * m], &sg[i * m], a,
+            if floating is double:
+                for i in range(nb):
+                    fl_d_back_sign(<int> m, &G[i * m], &V[i * m], &sg[i * m], a,
                                    lam[i], &dthr[(t - 1) * m])
-                else:
-                    fl_s_back_sign(1, m, &G[i * m], &V[i * m], &sg[i * m], a,
-                                   <float> lam[i], &dthr[(t - 1) * m])
+            else:
+                memset(wv, 0, m * sizeof(floating))
+                for i in range(nb):
+                    fl_s_back_sign(<int> m, &G[i * m], &V[i * m], &sg[i * m], a,
+                                   <float> lam[i], wv)
+                for p in range(m):
+                    dthr[(t - 1) * m + p] += wv[p]
             masked = True
         elif need_v:
             # d z_t = w - a V
