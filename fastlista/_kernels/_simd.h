@@ -54,6 +54,25 @@
 #  define FL_SIMD
 #endif
 
+/* |x|: the sign bit cleared (NaN stays NaN). Written x < 0 ? -x : x, GCC
+   kept a branch on the sign and no vectors in the loops below that sum
+   it in double (a code's signs are a coin toss to the branch predictor). */
+static inline double fl_d_abs(double x) {
+    uint64_t b;
+    memcpy(&b, &x, sizeof b);
+    b &= ~(uint64_t) 0 >> 1;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+static inline float fl_s_abs(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    b &= ~(uint32_t) 0 >> 1;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
 /* Of a non-zero word *w holding 8 flag bytes (each 0 or 1, as read from
    memory): the position in memory of the first byte set, which is then
    cleared. On a little-endian machine the first byte is the lowest: a
@@ -389,7 +408,7 @@ FL_DEFINE_SIGN(float, uint32_t, fl_s)
    with g = r D^T. Reductions in simd lanes (OpenMP simd: the order of the
    additions is that of the lanes, fixed for a given build). A NaN in r or z
    reaches rr or l1; g = r D^T holds one only if they do. */
-#define FL_DEFINE_GAP_SUMS(TZ, NAME)                                           \
+#define FL_DEFINE_GAP_SUMS(TZ, ABS, NAME)                                      \
 static FL_SIMD void NAME(Py_ssize_t n, const double *__restrict x,           \
                          const double *__restrict r, Py_ssize_t m,           \
                          const TZ *__restrict z, const double *__restrict g, \
@@ -403,14 +422,14 @@ static FL_SIMD void NAME(Py_ssize_t n, const double *__restrict x,           \
     _Pragma("omp simd reduction(+:l1) reduction(max:gmax)")                   \
     for (Py_ssize_t j = 0; j < m; j++) {                                      \
         double v = positive ? g[j] : (g[j] < 0 ? -g[j] : g[j]);              \
-        l1 += (double) (z[j] < 0 ? -z[j] : z[j]);                             \
+        l1 += (double) ABS(z[j]);                                             \
         gmax = v > gmax ? v : gmax;                                           \
     }                                                                         \
     out[0] = rr; out[1] = xr; out[2] = l1; out[3] = gmax;                     \
 }
 
-FL_DEFINE_GAP_SUMS(double, fl_d_gap_sums)
-FL_DEFINE_GAP_SUMS(float, fl_s_gap_sums)
+FL_DEFINE_GAP_SUMS(double, fl_d_abs, fl_d_gap_sums)
+FL_DEFINE_GAP_SUMS(float, fl_s_abs, fl_s_gap_sums)
 /* x.y in double, in simd lanes (their order of additions is fixed for a
    given build): a plain C loop's reduction cannot be vectorised without
    reassociation, and ran one multiply-add at a time. */
@@ -598,27 +617,20 @@ FL_DEFINE_COUNT_NONZERO(double, uint64_t, fl_d_count_nonzero)
 FL_DEFINE_COUNT_NONZERO(float, uint32_t, fl_s_count_nonzero)
 
 /* ||z||_1 = sum_j |z_j| in double, in simd lanes (their order of additions
-   fixed for a given build; NaN propagates). |z_j| clears the sign bit: as
-   z_j < 0 ? -z_j : z_j GCC kept a branch on each entry's sign and no
-   vectors, and the l1 term of a block's objective took 2 % of a float32
-   SLISTA loss_and_grad at lmbd = 0.1 (a code's signs are a coin toss to
-   the branch predictor). */
-#define FL_DEFINE_ABS_SUM(T, U, NAME)                                          \
+   fixed for a given build; NaN propagates). With the branch of
+   z < 0 ? -z : z, the l1 term of a block's objective took 2 % of a
+   float32 SLISTA loss_and_grad at lmbd = 0.1. */
+#define FL_DEFINE_ABS_SUM(T, ABS, NAME)                                        \
 static FL_SIMD double NAME(Py_ssize_t n, const T *__restrict z) {            \
     double acc = 0;                                                           \
     _Pragma("omp simd reduction(+:acc)")                                      \
-    for (Py_ssize_t j = 0; j < n; j++) {                                      \
-        U b; T a;                                                             \
-        memcpy(&b, &z[j], sizeof b);                                          \
-        b &= ~(U) 0 >> 1;                                                     \
-        memcpy(&a, &b, sizeof a);                                             \
-        acc += (double) a;                                                    \
-    }                                                                         \
+    for (Py_ssize_t j = 0; j < n; j++)                                        \
+        acc += (double) ABS(z[j]);                                            \
     return acc;                                                               \
 }
 
-FL_DEFINE_ABS_SUM(double, uint64_t, fl_d_abs_sum)
-FL_DEFINE_ABS_SUM(float, uint32_t, fl_s_abs_sum)
+FL_DEFINE_ABS_SUM(double, fl_d_abs, fl_d_abs_sum)
+FL_DEFINE_ABS_SUM(float, fl_s_abs, fl_s_abs_sum)
 
 /* Dense level-1/2 pieces of coordinate descent (_cd.pyx), in double (its
    Gram matrix too, whatever the codes' dtype):
