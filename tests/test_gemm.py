@@ -245,9 +245,14 @@ def step_thresholds(M, dtype, seed):
 
 def fused_step(A, B, thr, positive, Z0, packed, level):
     """(non-zeros, codes, signs) of gemm_step at a step of 0.3 from codes Z0
-    (signs preset to 7: every one written is checked)."""
+    (signs preset to 7: every one written is checked); the same step
+    without signs (the forward's, which counts with other comparisons)
+    gives the same count and codes."""
     Z, sg = Z0.copy(), np.full(Z0.shape, 7, np.int8)
     n = _gemm.gemm_step(A, B, 0.3, thr, positive, Z, sg, packed, level)
+    Z1 = Z0.copy()
+    assert _gemm.gemm_step(A, B, 0.3, thr, positive, Z1, None, packed, level) == n
+    np.testing.assert_array_equal(Z1.view(np.uint8), Z.view(np.uint8))
     return n, Z, sg
 
 
