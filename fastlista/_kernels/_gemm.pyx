@@ -162,10 +162,11 @@ def aligned_empty(Py_ssize_t rows, Py_ssize_t cols, dtype):
     floats shifts the next thread's row by 4 bytes.
     """
     cdef Py_ssize_t item = np.dtype(dtype).itemsize, per = max(1, 64 // item)
+    rows = max(rows, 0)
     cols = (max(cols, 0) + per - 1) // per * per
-    raw = np.empty(max(rows, 0) * cols + per, dtype=dtype)
+    raw = np.empty(rows * cols + per, dtype=dtype)
     skip = (-raw.ctypes.data % 64) // item
-    return raw[skip:skip + max(rows, 0) * cols].reshape(max(rows, 0), cols)
+    return raw[skip:skip + rows * cols].reshape(rows, cols)
 
 
 cdef _packed(const floating *B, int K, int N, int ldb):

@@ -54,24 +54,21 @@
 #  define FL_SIMD
 #endif
 
-/* |x|: the sign bit cleared (NaN stays NaN). Written x < 0 ? -x : x, GCC
-   kept a branch on the sign and no vectors in the loops below that sum
-   it in double (a code's signs are a coin toss to the branch predictor). */
-static inline double fl_d_abs(double x) {
-    uint64_t b;
-    memcpy(&b, &x, sizeof b);
-    b &= ~(uint64_t) 0 >> 1;
-    memcpy(&x, &b, sizeof x);
-    return x;
+/* |x|: the sign bit cleared (NaN stays NaN; U the unsigned integer of T's
+   width). Written x < 0 ? -x : x, GCC kept a branch on the sign and no
+   vectors in the loops below that sum it in double (a code's signs are a
+   coin toss to the branch predictor). */
+#define FL_DEFINE_ABS(T, U, NAME)                                              \
+static inline T NAME(T x) {                                                   \
+    U b;                                                                      \
+    memcpy(&b, &x, sizeof b);                                                 \
+    b &= ~(U) 0 >> 1;                                                         \
+    memcpy(&x, &b, sizeof x);                                                 \
+    return x;                                                                 \
 }
 
-static inline float fl_s_abs(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    b &= ~(uint32_t) 0 >> 1;
-    memcpy(&x, &b, sizeof x);
-    return x;
-}
+FL_DEFINE_ABS(double, uint64_t, fl_d_abs)
+FL_DEFINE_ABS(float, uint32_t, fl_s_abs)
 
 /* Of a non-zero word *w holding 8 flag bytes (each 0 or 1, as read from
    memory): the position in memory of the first byte set, which is then
