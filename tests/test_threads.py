@@ -440,7 +440,7 @@ def test_interrupt_while_setting_the_blas_limit_leaves_no_limit(monkeypatch, whe
     between those statements, and left BLAS at one thread for good (as
     random interrupts of a loop of calls did). The SIGINT handler is
     Python's own throughout (nothing swaps it: a handler installed from C,
-    which Python cannot see, stays)."""
+    which Python cannot see, stays), installed by the test itself."""
     import signal
 
     from fastlista import _threads
@@ -457,11 +457,17 @@ def test_interrupt_while_setting_the_blas_limit_leaves_no_limit(monkeypatch, whe
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(_threads, "_release_blas_control", release)
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
-    monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is handler
+    # Python's own handler, whatever this process started with: a process
+    # started with SIGINT ignored (a background job of a shell without job
+    # control, nohup) has SIG_IGN instead, and raise_signal would do nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(seen) >= where and seen[:2] == [True, False][:len(seen[:2])]
     assert not _threads._calls and not _threads._saved
     assert blas_threads() == before
