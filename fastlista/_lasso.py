@@ -387,8 +387,12 @@ def lambda_max(X, D, positive=False):
     -------
     lmbd_max : ndarray of shape (n_samples,) or float
         ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``),
-        in X's dtype, rounded up: for ``lmbd >= lmbd_max`` the Lasso solution
-        is exactly 0, and every solver returns exactly zero codes.
+        in X's dtype, rounded up: a bound from above of the exact value,
+        within a few ulps of it (the largest correlations are recomputed to
+        about twice double precision where their rounding could matter,
+        as when the products cancel), and never below what the solvers
+        compute. For ``lmbd >= lmbd_max`` the Lasso solution is exactly 0,
+        and every solver returns exactly zero codes.
 
     Examples
     --------
@@ -400,22 +404,28 @@ def lambda_max(X, D, positive=False):
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     positive = check_bool(positive, "positive", "lambda_max")
     S = Scaled.of(X, D)
-    # x D^T in double (exact products of float32 data), its max rounded up
-    # to X's dtype: no solver, whether it iterates on the double
-    # correlations or on their float32 rounding (never above the rounded-up
-    # max), then finds a non-zero code at lmbd = lambda_max
+    # x D^T in double (exact products of float32 data), its max certified
+    # (at least every exact |x.d_j|, and at least the computed max) and
+    # rounded up to X's dtype: the solution is 0 at lmbd = lambda_max, and
+    # no solver, whether it iterates on the double correlations or on their
+    # float32 rounding (never above the rounded-up max), finds a non-zero
+    # code there
     with kernel_threads(None, "lambda_max") as n_threads:
-        _, top = correlations(S, n_threads, double=True, positive=positive)
+        _, top = correlations(S, n_threads, double=True, positive=positive,
+                              certified=True)
     with np.errstate(over="ignore"):            # beyond float32's range: inf
         out = round_up(S.lambda_out(top), S.X.dtype)
     return _squeeze(out, is_1d)
 
 
-def correlations(S, n_threads, double, positive):
+def correlations(S, n_threads, double, positive, certified=False):
     """``(C, top)``: C = X D^T in scaled units, the data of every solve, in
     the dtype of X (in float64 with ``double``), and ``top`` (N,) the
     lambda_max of each row, ``max_j |C_ij|`` (``max(0, max_j C_ij)`` with
-    ``positive``; +0.0 when no entry exceeds 0), in C's dtype.
+    ``positive``; +0.0 when no entry exceeds 0), in C's dtype; with
+    ``certified``, raised where needed to a value no exact ``|x.d_j|``
+    (``x.d_j``) exceeds, within a few ulps of the largest (products that
+    cancel, as 1e16 + 1 - 1e16, lose every digit of C_ij).
 
     float32 data are multiplied in double (their products are exact there)
     and rounded once, unless ``double``: a correlation that is exactly 0
@@ -429,10 +439,11 @@ def correlations(S, n_threads, double, positive):
     C = np.empty((N, m))
     top = np.empty(N)
     if S.X.dtype == np.float64:
-        _solvers.correlations(S.X, S.D, C, n_threads, top=top, positive=positive)
+        _solvers.correlations(S.X, S.D, C, n_threads, top=top, positive=positive,
+                              certified=certified)
         return C, top
     _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads,
-                          top=top, positive=positive)
+                          top=top, positive=positive, certified=certified)
     if double:
         return C, top
     return C.astype(np.float32), top.astype(np.float32)

@@ -1,5 +1,7 @@
 """The Lasso toolkit (objective, gradient, lambda_max, duality gap, prox)
 against the plain NumPy formulas of tests/reference.py and sklearn."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -336,6 +338,48 @@ def test_float32_gradient_is_the_double_gradient_rounded_once():
     expected = ref.gradient(X, D, Z)
     scale = np.abs(expected).max()
     assert_allclose(g, expected, rtol=2.0 ** -24, atol=1e-12 * scale)
+
+
+def _exact_lambda_max(x, D, positive=False):
+    """max_j |x.d_j| (max(max_j x.d_j, 0) with ``positive``) in rational
+    arithmetic, from the float entries as they are."""
+    dots = [sum(Fraction(float(a)) * Fraction(float(b)) for a, b in zip(x, d)) for d in D]
+    return max(dots + [Fraction(0)]) if positive else max(abs(v) for v in dots)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_float64_lambda_max_bounds_the_exact_value(positive):
+    """lambda_max of float64 data is at least the exact max |x.d_j| and
+    within a few ulps of it; it was the rounded x D^T, below the exact value
+    about half the time, and 0 for x.d = 1e16 + 1 - 1e16 (exactly 1), so
+    that the solution at lmbd = lambda_max was not 0. Exact values stay
+    exact (the doctest's 4.0, and 0 for orthogonal x)."""
+    rng = np.random.default_rng(3)
+    below = 0
+    for _ in range(20):
+        D = rng.standard_normal((9, 6))
+        X = rng.standard_normal((4, 6))
+        lm = lambda_max(X, D, positive=positive)
+        for x, v in zip(X, lm):
+            exact = _exact_lambda_max(x, D, positive)
+            assert Fraction(float(v)) >= exact
+            assert float(v) <= float(exact) * (1 + 8 * 2.0 ** -52) + 1e-300
+        rounded = np.abs(X @ D.T).max(axis=1) if not positive else \
+            np.maximum((X @ D.T).max(axis=1), 0)
+        below += np.count_nonzero(rounded < lm)
+    assert below > 0            # the check sees the values rounding lowers
+    # cancellation: every digit of the double dot product is lost
+    x, D = np.array([1e16, 1.0, -1e16]), np.array([[1.0, 1.0, 1.0]])
+    lm = lambda_max(x, D, positive=positive)
+    assert 1.0 <= lm <= 1.0 + 1e-14
+    assert lambda_max(-x, D, positive=True) == 0.0
+    assert lambda_max(np.array([[3.0, -4.0]]), np.eye(2), positive=positive)[0] == \
+        (3.0 if positive else 4.0)
+    assert lambda_max(np.array([1.0, -1.0]), np.array([[2.0, 2.0]]), positive=positive) == 0.0
+    # and the solution there is 0: its gap, in exact arithmetic, is 0 for
+    # the zero code when lmbd >= |x.d| (here 1/2 ||x||^2 - dual, dual at x)
+    res = fastlista.solve_lasso(x, D, lm, positive=positive)
+    assert not np.any(res.codes) and res.converged
 
 
 def test_float32_lambda_max_is_rounded_up_and_gives_zero_codes():

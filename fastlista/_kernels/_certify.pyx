@@ -48,12 +48,8 @@ from libc.stdlib cimport free, malloc
 from ._blas cimport gemm
 from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
-from ._simd cimport (fl_certified_gmax, fl_d_count_nonzero, fl_d_gap_sums,
+from ._simd cimport (FL_ROUNDOFF, fl_certified_gmax, fl_d_count_nonzero, fl_d_gap_sums,
                      fl_d_gather, fl_dot2, fl_s_count_nonzero, fl_s_gap_sums)
-
-
-#: The unit roundoff of double, 2^-53.
-cdef double ROUNDOFF = 1.1102230246251565e-16
 
 
 cdef struct CertifyWork:
@@ -185,9 +181,9 @@ cdef void certify_block(floating *tag, CertifyCtx *c, int tid, Py_ssize_t start,
                     if z[j] != 0:
                         kz += 1
                         wz += fabs(z[j]) * c.dn[j]
-                e = (2 * n + 2 * kz + 8) * ROUNDOFF * (sqrt(xn) + wz)
+                e = (2 * n + 2 * kz + 8) * FL_ROUNDOFF * (sqrt(xn) + wz)
             else:
-                e = (2 * n + 8) * ROUNDOFF * sqrt(sums[0])
+                e = (2 * n + 8) * FL_ROUNDOFF * sqrt(sums[0])
             # (below lmbd no exact correlation changes s = max(lmbd, gmax))
             if gmax + e * c.dmax >= c.lmbd[start + i]:
                 gmax = fl_certified_gmax(n, m, w.R + i * n, c.D, w.G + i * m, c.dn, e,

@@ -457,6 +457,9 @@ static FL_SIMD double fl_dot_sd(Py_ssize_t n, const float *__restrict x,
 #endif
 #include <math.h>
 
+/* The unit roundoff of double, u = 2^-53. */
+#define FL_ROUNDOFF 1.1102230246251565e-16
+
 /* x.y to about twice the working precision: Dot2 (Ogita, Rump & Oishi,
    "Accurate sum and dot product", 2005) in 8 independent lanes, the lanes
    then added by the same error-free transformations:
@@ -527,7 +530,7 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
     }
     double res = tot + cc, z = res - tot;
     double last = (tot - (res - z)) + (cc - z);
-    *bound = 2 * (fabs(last) + (2 * (double) n + 8) * 1.1102230246251565e-16 * aa
+    *bound = 2 * (fabs(last) + (2 * (double) n + 8) * FL_ROUNDOFF * aa
                   + (double) n * (uu > 0 ? 4.9406564584124654e-324 : 0));
     return res;
 }
@@ -539,25 +542,61 @@ static FL_SIMD FL_NO_CONTRACT double fl_dot2(Py_ssize_t n, const double *__restr
    |g_j - r.d_j| (dn: the atoms' norms). An atom whose bound
    cannot reach low = max(lmbd, max_j (|g_j| - e dn_j)) is not the largest
    (nor above lmbd); the others are recomputed by fl_dot2 and taken with its
-   error bound (their sum rounded: exact up to a relative u, far below the
-   rounding of the objectives the gap is computed from). */
+   error bound, their sum rounded up (the next double above it, unless the
+   bound is 0: fl_dot2 was then exact), so that the value is an upper bound
+   also when the bound is below half an ulp of the dot product. */
 static FL_SIMD double fl_certified_gmax(Py_ssize_t n, Py_ssize_t m, const double *__restrict r,
                                         const double *__restrict D,
                                         const double *__restrict g,
                                         const double *__restrict dn, double e,
                                         double lmbd, int positive) {
     double low = lmbd, best = 0, v, a, bound;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        v = (positive ? g[j] : fabs(g[j])) - e * dn[j];
-        low = v > low ? v : low;
+    /* (a max is exact in any order: simd lanes, not a chain of maxsd) */
+    if (positive) {
+        _Pragma("omp simd reduction(max:low)")
+        for (Py_ssize_t j = 0; j < m; j++) {
+            double w = g[j] - e * dn[j];
+            low = w > low ? w : low;
+        }
+    } else {
+        _Pragma("omp simd reduction(max:low)")
+        for (Py_ssize_t j = 0; j < m; j++) {
+            double w = fabs(g[j]) - e * dn[j];
+            low = w > low ? w : low;
+        }
     }
-    for (Py_ssize_t j = 0; j < m; j++) {
-        v = (positive ? g[j] : fabs(g[j])) + e * dn[j];
-        if (!(v >= low))
-            continue;
-        a = fl_dot2(n, r, D + j * n, &bound);
-        a = (positive ? a : fabs(a)) + bound;
-        best = a > best ? a : best;
+    /* the candidates, usually one or two: a chunk of 32 atoms whose
+       largest bound (simd lanes) is below low has none */
+    for (Py_ssize_t j0 = 0; j0 < m; j0 += 32) {
+        Py_ssize_t j1 = j0 + 32 < m ? j0 + 32 : m;
+        if (j1 - j0 == 32) {
+            double hi = 0;
+            if (positive) {
+                _Pragma("omp simd reduction(max:hi)")
+                for (int l = 0; l < 32; l++) {
+                    double w = g[j0 + l] + e * dn[j0 + l];
+                    hi = w > hi ? w : hi;
+                }
+            } else {
+                _Pragma("omp simd reduction(max:hi)")
+                for (int l = 0; l < 32; l++) {
+                    double w = fabs(g[j0 + l]) + e * dn[j0 + l];
+                    hi = w > hi ? w : hi;
+                }
+            }
+            if (!(hi >= low))
+                continue;
+        }
+        for (Py_ssize_t j = j0; j < j1; j++) {
+            v = (positive ? g[j] : fabs(g[j])) + e * dn[j];
+            if (!(v >= low))
+                continue;
+            a = fl_dot2(n, r, D + j * n, &bound);
+            a = positive ? a : fabs(a);
+            if (bound > 0)
+                a = nextafter(a + bound, INFINITY);
+            best = a > best ? a : best;
+        }
     }
     return best;
 }

@@ -1,5 +1,6 @@
 # Vectorised row micro-kernels (C, _simd.h), shared by the kernels.
 cdef extern from "_simd.h":
+    double FL_ROUNDOFF          # the unit roundoff of double, 2^-53
     int fl_d_scaled_st_compact(int m, double *y, double a, double s,
                                int *idx, double *val) noexcept nogil
     int fl_s_scaled_st_compact(int m, float *y, float a, float s,

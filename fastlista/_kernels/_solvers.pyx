@@ -54,7 +54,7 @@ from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
-from ._simd cimport (fl_d_corr_max, fl_d_count_nonzero, fl_s_count_nonzero,
+from ._simd cimport (FL_ROUNDOFF, fl_certified_gmax, fl_d_corr_max, fl_d_count_nonzero, fl_s_count_nonzero,
                      fl_d_pst_step, fl_d_st_step, fl_s_pst_step, fl_s_st_step)
 
 from . import _gemm
@@ -698,23 +698,45 @@ cdef struct CorrCtx:
     const void *D
     void *C
     double *top         # (N,) row maxima of C, or NULL
+    const double *dn    # (m,) the atoms' norms to certify top with, or NULL
     Py_ssize_t n, m
     bint positive
 
 
 cdef void corr_block(floating *tag, CorrCtx *c, int tid, Py_ssize_t start,
                      int nb) noexcept nogil:
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
+    cdef const double *x
+    cdef const double *g
+    cdef double xn, e, best
     # C_blk = X_blk D^T
     gemm(False, True, nb, <int> c.m, <int> c.n, 1,
          <const floating *> c.X + start * c.n, <int> c.n,
          <const floating *> c.D, <int> c.n, 0,
          <floating *> c.C + start * c.m, <int> c.m)
-    # lambda_max of each row, read while the block is in cache
+    # lambda_max of each row, read while the block is in cache: the largest
+    # computed |c_j|. Certified (dn given), it is raised to a value no exact
+    # |x.d_j| exceeds. Whatever the order of its n products, |c_j - x.d_j|
+    # <= gamma_n ||x|| ||d_j|| <= e ||d_j|| with e = (2 n + 8) u ||x|| (the
+    # factor 2 covers the rounding of the norms); the atoms whose c_j can
+    # come that near the largest are recomputed to about twice double
+    # precision with their error bound (fl_certified_gmax), which
+    # cancellation in x.d_j needs: fl(1e16 + 1 - 1e16) = 0.
     if floating is double:
         if c.top != NULL:
             for i in range(start, start + nb):
-                c.top[i] = fl_d_corr_max(c.m, <double *> c.C + i * c.m, c.positive)
+                g = <const double *> c.C + i * c.m
+                c.top[i] = fl_d_corr_max(c.m, g, c.positive)
+                if c.dn == NULL:
+                    continue
+                x = <const double *> c.X + i * c.n
+                xn = 0
+                for j in range(c.n):
+                    xn += x[j] * x[j]
+                e = (2 * c.n + 8) * FL_ROUNDOFF * sqrt(xn)
+                best = fl_certified_gmax(c.n, c.m, x, <const double *> c.D, g, c.dn, e,
+                                         0.0, c.positive)
+                c.top[i] = max(c.top[i], best)
 
 
 cdef void _corr_d(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
@@ -727,16 +749,19 @@ cdef void _corr_s(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil:
 
 def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
                  floating[:, ::1] C, int n_threads, int block_size=256,
-                 double[::1] top=None, bint positive=False):
+                 double[::1] top=None, bint positive=False, bint certified=False):
     """C = X D^T by blocks of rows, OpenMP over blocks (BLAS single-threaded).
 
     The products run on the same threads as the solver kernels that follow,
     rather than on BLAS's own pool, whose idle workers would busy-wait on the
     cores the kernels need. With ``top`` (N,) (double C only), also each
-    row's lambda_max: max_j |C_ij|, or max(max_j C_ij, 0) with ``positive``.
+    row's lambda_max: max_j |C_ij|, or max(max_j C_ij, 0) with ``positive``;
+    ``certified``, at least that and at least every exact |x.d_j| (x.d_j),
+    within a few ulps of the largest.
     """
     cdef CorrCtx c
     cdef Py_ssize_t N = X.shape[0]
+    cdef double[::1] dn
     if top is not None and (floating is not double or top.shape[0] != N):
         raise ValueError("top needs a double C and one entry a row")
     if top is not None and D.shape[0] == 0:
@@ -748,6 +773,10 @@ def correlations(const floating[:, ::1] X, const floating[:, ::1] D,
     c.D = &D[0, 0]
     c.C = &C[0, 0]
     c.top = &top[0] if top is not None else NULL
+    c.dn = NULL
+    if top is not None and certified:
+        dn = np.sqrt(np.einsum("ij,ij->i", D, D))
+        c.dn = &dn[0]
     c.positive = positive
     c.n = X.shape[1]
     c.m = D.shape[0]
