@@ -46,7 +46,8 @@ from libc.stdlib cimport free, malloc
 from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
 from ._gap cimport lasso_gap
 from ._prox cimport sign, threshold
-from ._simd cimport fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve, fl_lower_t_solve
+from ._simd cimport (FL_ROUNDOFF, fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve,
+                     fl_lower_t_solve)
 
 cdef int MIN_WS = 10
 cdef int WS_MAX = 1024
@@ -143,6 +144,7 @@ cdef struct Factor:
     double *L           # (kmax, kmax) column-major, lower: L[i, j] = L[j kmax + i]
     double *dinv        # (kmax,) 1 / L[j, j]
     double *y           # (wmax,) solves
+    double *u           # (wmax,) B v along a dependent direction v
     unsigned char *mark  # (wmax,) support marks, kept zero between calls
 
 
@@ -206,17 +208,28 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     along +-v, the way that lowers ||z||_1 (linear on the orthant), until
     the first coordinate reaches 0, which is dropped (the support reduction
     of homotopy methods). Coordinate descent on a dependent support would
-    zigzag for thousands of epochs instead.
+    zigzag for thousands of epochs instead. A nearly dependent atom (pivot
+    below 1e-12 B_aa: atoms 1e-6 apart) changes the residual a little
+    along v: the objective there is F(z + t v) = F(z) + t sl + t^2 kap / 2,
+    sl = lmbd d||z + t v||_1/dt - (c - z B).v and kap = v B v, and z moves
+    the way sl says, to the line's minimum |sl| / kap when it comes before
+    the first crossing. (Choosing by the l1 slope alone, about 0 for two
+    atoms of the same sign, sent z the wrong way as often as not: on two
+    atoms 1e-6 apart coordinate descent then stalled for good at a
+    relative gap near 1e-7, dropping the atom the optimum keeps.)
 
     Returns 1 when the Newton solution keeps the signs (z is then the optimum
     of the problem restricted to S), 2 when z moved (to the first sign
     crossing of the Newton step, or by a reduction) and dropped that
-    coordinate, 0 when nothing was done (an empty support, or a dependent
-    atom beyond what the factor can hold).
+    coordinate, 3 when z moved to the minimum along a nearly dependent
+    direction (nothing dropped), 0 when nothing was done (an empty support,
+    a dependent atom beyond what the factor can hold, or a direction that
+    does not lower F).
     """
-    cdef int a, q, i, km = f.kmax, dep = -1, first = -1, status
-    cdef double acc, t = 1, ta, slope, piv
+    cdef int a, b, q, i, km = f.kmax, dep = -1, first = -1, status
+    cdef double acc, t = 1, ta, slope, piv, kap
     cdef double *y = f.y
+    cdef double *u = f.u
     # the factor follows the support: removals, then appended atoms
     for a in range(w):
         f.mark[a] = z[a] != 0
@@ -258,10 +271,22 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     if dep >= 0:
         # y = (L L^T)^{-1} B_{S, a} = L^{-T} l
         backward_solve(f, f.k, y)
-        # v = e_a - sum_q y_q e_{S_q}; slope = d ||z + t v||_1 / dt
-        slope = sign(z[dep])
+        # v = e_a - sum_q y_q e_{S_q}, u = B v (Bw symmetric: rows),
+        # kap = v.u; slope = dF(z + t v)/dt = lmbd d||z + t v||_1/dt - c.v
+        # + z.u (the factor may hold only part of the support: z.u is over
+        # all of it)
+        for b in range(w):
+            u[b] = Bw[dep * w + b]
         for q in range(f.k):
-            slope -= y[q] * sign(z[f.S[q]])
+            fl_d_sub_axpy(w, y[q], Bw + f.S[q] * w, u)
+        kap = u[dep]
+        slope = lmbd * sign(z[dep]) - c[dep]
+        for q in range(f.k):
+            kap -= y[q] * u[f.S[q]]
+            slope -= y[q] * (lmbd * sign(z[f.S[q]]) - c[f.S[q]])
+        for b in range(w):
+            if z[b] != 0:
+                slope += z[b] * u[b]
         t = -1 if slope > 0 else 1
         # the first coordinate to reach 0 along t v
         ta = -z[dep] / t
@@ -274,13 +299,22 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
                 if 0 <= acc < ta:
                     ta = acc
                     first = f.S[q]
-        if ta >= 1e308:
+        # (kap within its rounding, about 2 k u B_aa, is that of a dependent
+        # atom: the residual does not change along v, and z goes on to the
+        # crossing, as it did)
+        status = 2
+        if kap > 4 * (f.k + 1) * FL_ROUNDOFF * Bw[dep * w + dep] and fabs(slope) / kap < ta:
+            # the line's minimum comes first
+            ta = fabs(slope) / kap
+            status = 3
+        if ta >= 1e308 or ta == 0:
             return 0
         z[dep] += t * ta
         for q in range(f.k):
             z[f.S[q]] -= t * ta * y[q]
-        z[first] = 0
-        return 2
+        if status == 2:
+            z[first] = 0
+        return status
     if f.k == 0:
         return 0
     # Newton: L L^T z' = c_S - lmbd sign(z_S)
@@ -526,7 +560,7 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
     # there; the working set is capped at WS_MAX atoms (B_WW in cache)
     wmax = <int> min(m, WS_MAX)
     kmax = max(1, min(wmax, n_features))
-    sizes = [m, m, m, wmax, wmax, wmax, wmax * wmax, wmax, kmax * kmax, kmax]
+    sizes = [m, m, m, wmax, wmax, wmax, wmax * wmax, wmax, kmax * kmax, kmax, wmax]
     off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
     dws = np.empty((n_threads, sum(sizes) + 1))
     iws = np.empty((n_threads, 3 * m + wmax + 1), np.intc)
@@ -555,6 +589,7 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
         work[t].factor.L = &dv[t, o[8]]
         work[t].factor.dinv = &dv[t, o[9]]
         work[t].factor.y = &dv[t, o[7]]
+        work[t].factor.u = &dv[t, o[10]]
         work[t].factor.mark = &mv[t, 0]
     cdef double[::1] bd = np.diagonal(np.asarray(B)).copy()
     c.C = &C[0, 0]
