@@ -141,6 +141,8 @@ cdef struct Factor:
     int k               # their number
     int kmax            # the most atoms it can hold (min(wmax, n_features))
     bint rank_cap       # kmax = n_features: a kmax + 1-th atom depends on S
+    int n_features
+    double xnorm        # ||x|| of the sample being solved
     double *L           # (kmax, kmax) column-major, lower: L[i, j] = L[j kmax + i]
     double *dinv        # (kmax,) 1 / L[j, j]
     double *y           # (wmax,) solves
@@ -211,12 +213,13 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     zigzag for thousands of epochs instead. A nearly dependent atom (pivot
     below 1e-12 B_aa: atoms 1e-6 apart) changes the residual a little
     along v: the objective there is F(z + t v) = F(z) + t sl + t^2 kap / 2,
-    sl = lmbd d||z + t v||_1/dt - (c - z B).v and kap = v B v, and z moves
-    the way sl says, to the line's minimum |sl| / kap when it comes before
-    the first crossing. (Choosing by the l1 slope alone, about 0 for two
-    atoms of the same sign, sent z the wrong way as often as not: on two
-    atoms 1e-6 apart coordinate descent then stalled for good at a
-    relative gap near 1e-7, dropping the atom the optimum keeps.)
+    sl = lmbd d||z + t v||_1/dt - (c - z B).v and kap = v B v, and when
+    the second term of sl exceeds its rounding, z moves the way sl says,
+    to the line's minimum |sl| / kap when it comes before the first
+    crossing. (Choosing by the l1 slope alone, about 0 for two atoms of the
+    same sign, sent z the wrong way as often as not: on two atoms 1e-6
+    apart coordinate descent then stalled for good at a relative gap near
+    1e-7, dropping the atom the optimum keeps.)
 
     Returns 1 when the Newton solution keeps the signs (z is then the optimum
     of the problem restricted to S), 2 when z moved (to the first sign
@@ -227,7 +230,8 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     does not lower F).
     """
     cdef int a, b, q, i, km = f.kmax, dep = -1, first = -1, status
-    cdef double acc, t = 1, ta, slope, piv, kap
+    cdef double acc, t = 1, ta, slope, piv, kap, nv, err, l1, sm, zd
+    cdef bint near
     cdef double *y = f.y
     cdef double *u = f.u
     # the factor follows the support: removals, then appended atoms
@@ -271,22 +275,42 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
     if dep >= 0:
         # y = (L L^T)^{-1} B_{S, a} = L^{-T} l
         backward_solve(f, f.k, y)
-        # v = e_a - sum_q y_q e_{S_q}, u = B v (Bw symmetric: rows),
-        # kap = v.u; slope = dF(z + t v)/dt = lmbd d||z + t v||_1/dt - c.v
-        # + z.u (the factor may hold only part of the support: z.u is over
-        # all of it)
+        # v = e_a - sum_q y_q e_{S_q} and u = B v (Bw symmetric: rows). Along
+        # v the residual changes by t v D, ||v D||^2 = kap = v.u, and
+        #     dF(z + t v)/dt = lmbd l1 + sm,  l1 = d||z + t v||_1/dt,
+        #     sm = -(x - z D).(v D) = -c.v + z.u
+        # (z.u over the whole support: the factor may hold only part of it).
+        # B's entries are rounded (gamma_n ||d_i|| ||d_j||), and so are u,
+        # kap and sm, to about e nv^2 and e nv (||x|| + sum_b |z_b| ||d_b||),
+        # e = (n + k + w + 2) u, nv = ||d_a|| + sum_q |y_q| ||d_{S_q}||. A
+        # smooth slope within its rounding is a dependent atom's (sm = 0,
+        # kap = 0): z goes, by l1, to the first crossing (following the
+        # rounding instead sent z along v without bound). Beyond it, sm
+        # counts, and z stops at the line's minimum |slope| / kap when that
+        # comes first (kap taken at its rounding's upper end: a step no
+        # longer than the exact minimum's lowers F).
         for b in range(w):
             u[b] = Bw[dep * w + b]
         for q in range(f.k):
             fl_d_sub_axpy(w, y[q], Bw + f.S[q] * w, u)
+        err = (f.n_features + f.k + w + 2) * FL_ROUNDOFF
         kap = u[dep]
-        slope = lmbd * sign(z[dep]) - c[dep]
+        nv = sqrt(Bw[dep * w + dep])
+        l1 = sign(z[dep])
+        sm = -c[dep]
         for q in range(f.k):
             kap -= y[q] * u[f.S[q]]
-            slope -= y[q] * (lmbd * sign(z[f.S[q]]) - c[f.S[q]])
+            nv += fabs(y[q]) * sqrt(Bw[f.S[q] * w + f.S[q]])
+            l1 -= y[q] * sign(z[f.S[q]])
+            sm += y[q] * c[f.S[q]]
+        zd = 0
         for b in range(w):
             if z[b] != 0:
-                slope += z[b] * u[b]
+                sm += z[b] * u[b]
+                zd += fabs(z[b]) * sqrt(Bw[b * w + b])
+        near = fabs(sm) > 2 * err * nv * (f.xnorm + zd)
+        slope = lmbd * l1 + sm if near else l1
+        kap = max(kap, 0.0) + 2 * err * nv * nv
         t = -1 if slope > 0 else 1
         # the first coordinate to reach 0 along t v
         ta = -z[dep] / t
@@ -299,11 +323,8 @@ cdef int newton_polish(int w, double *z, const double *c, const double *Bw,
                 if 0 <= acc < ta:
                     ta = acc
                     first = f.S[q]
-        # (kap within its rounding, about 2 k u B_aa, is that of a dependent
-        # atom: the residual does not change along v, and z goes on to the
-        # crossing, as it did)
         status = 2
-        if kap > 4 * (f.k + 1) * FL_ROUNDOFF * Bw[dep * w + dep] and fabs(slope) / kap < ta:
+        if near and fabs(slope) / kap < ta:
             # the line's minimum comes first
             ta = fabs(slope) / kap
             status = 3
@@ -374,6 +395,7 @@ cdef int cd_sample(const double *c_full, const double *B, const double *Bd, int 
         if not Bd[j] > 0:
             z_full[j] = 0           # a zero atom is never used
     f.k = 0
+    f.xnorm = sqrt(xx)
     while True:
         # full negative gradient g = c - z B from the support
         for j in range(m):
@@ -586,6 +608,7 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
         work[t].factor.k = 0
         work[t].factor.kmax = kmax
         work[t].factor.rank_cap = kmax == n_features
+        work[t].factor.n_features = n_features
         work[t].factor.L = &dv[t, o[8]]
         work[t].factor.dinv = &dv[t, o[9]]
         work[t].factor.y = &dv[t, o[7]]
