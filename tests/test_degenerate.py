@@ -147,6 +147,27 @@ def test_unreachable_float32_tol_stops_with_warning(rng):
     assert (res.n_iter == 300).all()
 
 
+def test_atoms_of_norms_twenty_orders_apart_warn_to_rescale_them():
+    """An atom of norm 1e20 next to atoms of norm ~1: the rounding of
+    x - z D on its coordinate (u |z_j d_j|, about 1e-16), times its norm,
+    exceeds lmbd, and no iteration certifies the codes. The warning says
+    so, where it advised "Increase max_iter" after max_iter epochs."""
+    rng = np.random.RandomState(0)
+    D = rng.randn(4, 4)
+    D[0] = 0
+    D[0, 0] = 1e20
+    X = rng.randn(1, 4)
+    X[:, 0] = 0
+    lmbd = 0.1 * float(ref.lambda_max(X, D)[0])
+    with pytest.warns(ConvergenceWarning, match=r"norms span 1\.\de\+20.*rescale D's atoms"):
+        res = solve_lasso(X, D, lmbd, max_iter=200)
+    assert not res.converged[0] and res.n_iter[0] == 200
+    assert np.isfinite(res.codes).all() and res.gap[0] > 1e-8 * 0.5 * float(X[0] @ X[0])
+    # atoms of comparable norms keep the advice to iterate longer
+    with pytest.warns(ConvergenceWarning, match="Increase max_iter"):
+        solve_lasso(rng.randn(3, 6), rng.randn(10, 6), 0.01, method="ista", max_iter=2)
+
+
 @pytest.mark.parametrize("scale", [1e-150, 1e-30, 1e30, 1e150])
 def test_scale_equivariance_of_solvers_and_networks(scale, rng):
     # code(a X, a lmbd) = a code(X, lmbd): never silently wrong at extremes
