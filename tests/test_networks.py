@@ -981,6 +981,10 @@ def test_load_rejects_bad_files(tmp_path):
             path.write_bytes(content)
         with pytest.raises(ValueError, match="not a valid fastlista Lista file"):
             Lista.load(path)
+    # the error names what is missing (it said "declares n_layers=2 but holds
+    # 5 layer entries")
+    with pytest.raises(ValueError, match=r"missing entries \['layer1_beta'\] of its 2"):
+        Lista.load(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError):
         Lista.load(tmp_path / "nowhere.npz")
     # no pickles are written

@@ -174,15 +174,16 @@ def load(cls, path):
                 raise ValueError(f"unknown parametrization {par!r}")
             n_layers = _scalar(f, "n_layers", operator.index)
             # the table of contents first: nothing is built for a file that
-            # does not hold every layer it declares
-            layers = {f"layer{t}_{k}" for t in range(min(n_layers, len(files)))
-                      for k in KEYS[par]}
-            if n_layers < 1 or len(files) < len(header) + n_layers * len(KEYS[par]):
+            # does not hold every layer it declares (and no name is listed
+            # for more layers than the file has entries)
+            if n_layers < 1 or n_layers > len(files):
                 raise ValueError(f"declares n_layers={n_layers} but holds "
                                  f"{len(files) - len(header)} layer entries")
+            layers = {f"layer{t}_{k}" for t in range(n_layers) for k in KEYS[par]}
             missing = sorted(layers - files)
             if missing:
-                raise ValueError(f"missing entries {missing[:5]}")
+                raise ValueError(f"missing entries {missing[:5]} of its {n_layers} "
+                                 f"{par!r} layers")
             extra = files - header - layers
             if extra:
                 raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
