@@ -260,12 +260,6 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
     lmbd = 0; ``norm_span``: the largest atom norm over the smallest
     non-zero one."""
     hint = "Increase max_iter" + ("." if method == "cd" else ", or use method='cd'.")
-    if norm_span > NORM_SPAN_HINT:
-        hint = (f"The atoms' norms span {norm_span:.1e} (largest / smallest): the "
-                "rounding of x - z D at the largest atoms' scale, times their norm, "
-                "can exceed lmbd, and no more iterations then certify the codes; "
-                "rescale D's atoms to comparable norms (each code scales inversely "
-                "with its atom's norm).")
     if lmbd_zero:
         # the dual point is the residual scaled into |theta D^T| <= 0: theta = 0
         hint = ("At lmbd=0 the duality gap is 1/2 ||x - z D||^2, which is 0 only "
@@ -278,6 +272,13 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
                 "underflow once D is scaled to it) and were given code 0: rescale "
                 "D's atoms to comparable norms"
                 + (", or use float64 data." if dtype == np.float32 else "."))
+    elif norm_span > NORM_SPAN_HINT:
+        # (whether the kernel ran to max_iter or stopped on its own gap)
+        hint = (f"The atoms' norms span {norm_span:.1e} (largest / smallest): the "
+                "rounding of x - z D at the largest atoms' scale, times their norm, "
+                "can exceed lmbd, and no more iterations then certify the codes; "
+                "rescale D's atoms to comparable norms (each code scales inversely "
+                "with its atom's norm).")
     elif np.any(n_iter < max_iter):
         # stopped by the kernel, refused by the certificate: rounding
         hint = ("The codes' rounding limits their certificate: use a larger tol"

@@ -151,7 +151,9 @@ def test_atoms_of_norms_twenty_orders_apart_warn_to_rescale_them():
     """An atom of norm 1e20 next to atoms of norm ~1: the rounding of
     x - z D on its coordinate (u |z_j d_j|, about 1e-16), times its norm,
     exceeds lmbd, and no iteration certifies the codes. The warning says
-    so, where it advised "Increase max_iter" after max_iter epochs."""
+    so, where it advised "Increase max_iter" after max_iter epochs (or,
+    built without optimisation, where the kernel's own gap stopped it
+    early, blamed the codes' rounding)."""
     rng = np.random.RandomState(0)
     D = rng.randn(4, 4)
     D[0] = 0
@@ -161,7 +163,7 @@ def test_atoms_of_norms_twenty_orders_apart_warn_to_rescale_them():
     lmbd = 0.1 * float(ref.lambda_max(X, D)[0])
     with pytest.warns(ConvergenceWarning, match=r"norms span 1\.\de\+20.*rescale D's atoms"):
         res = solve_lasso(X, D, lmbd, max_iter=200)
-    assert not res.converged[0] and res.n_iter[0] == 200
+    assert not res.converged[0]
     assert np.isfinite(res.codes).all() and res.gap[0] > 1e-8 * 0.5 * float(X[0] @ X[0])
     # atoms of comparable norms keep the advice to iterate longer
     with pytest.warns(ConvergenceWarning, match="Increase max_iter"):
