@@ -285,6 +285,41 @@ def test_training_is_scale_equivariant(data, parametrization, optimizer, exponen
             assert_allclose(q[k], p[k], rtol=1e-12, atol=0)
 
 
+#: how each key scales when D and lmbd are scaled by s (codes by 1/s)
+D_SCALING = {"alpha": -2, "beta": -2, "gamma": 0, "theta": -2, "W": 1, "W_x": -1, "W_z": 0}
+
+
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+@pytest.mark.parametrize("exponent", [-100, -3, 40])
+def test_training_is_invariant_to_the_scale_of_d(data, parametrization, optimizer,
+                                                 exponent):
+    """D and lmbd times 2**e pose the same problems (codes times 2**-e, the
+    same losses): training gives the same history and every parameter
+    scaled by its power of 2**e, to rounding (the untrained losses of
+    "step" at 2**40 differ by an ulp). The training vector held W in
+    units of 1 and W_x in units of 1/L: on D / 2**100 W sat at 1e-30 beside
+    steps of 1, and coupled and lista training accepted no step, silently
+    (found by the adversarial pass at D / 1e30)."""
+    X_train, _, D = data
+    X_train = X_train[:60]
+    nets = []
+    for e in (0, exponent):
+        net = Lista(np.ldexp(D, e), np.ldexp(0.3, e), 3, parametrization=parametrization)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TrainingWarning)
+            net.fit(X_train, optimizer=optimizer, max_iter=15)
+        nets.append(net)
+    base, scaled = nets
+    assert len(base.loss_history_) > 3
+    assert base.loss_history_[-1] < 0.99 * base.loss_history_[0]
+    assert_allclose(scaled.loss_history_, base.loss_history_, rtol=1e-9)
+    for p, q in zip(base.parameters, scaled.parameters):
+        for k in p:
+            expected = np.ldexp(p[k], D_SCALING[k] * exponent)
+            assert_allclose(q[k], expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
 def test_training_is_not_stopped_by_the_loss_offset(data, optimizer):
     """At large lmbd, F* dwarfs what training removes: the stopping rule is

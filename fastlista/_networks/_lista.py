@@ -162,7 +162,7 @@ class Lista:
             with kernel_threads(n_jobs, "Lista"):
                 M = self._exec.fixed_matrices(np.float64)[2]
                 gamma0 = 1.0 / float(np.linalg.norm(M, 2))
-        self._units = P.units(self.parametrization, L, gamma0)
+        self._units = P.units(self.parametrization, L, gamma0, P.atom_unit(self.D))
         with kernel_threads(n_jobs, "Lista"):        # lista's D D^T is a GEMM
             layer = P.initial_layer(self.parametrization, self.D, L, gamma0)
         self._params = [{k: v.copy() for k, v in layer.items()}
@@ -376,8 +376,10 @@ class Lista:
 
         A float64 vector, layer after layer and key after key (the order of
         :attr:`parameters`), each divided by its unit: the untrained value
-        of a step or threshold factor, 1/L for ``W_x``, 1 for ``W`` and
-        ``W_z``, so that every entry of an untrained network is O(1).
+        of a step or threshold factor, for ``W`` the power of two nearest
+        the largest atom norm r, for ``W_x`` that over L, 1 for ``W_z``, so
+        that the entries of an untrained network are O(1) at any scale of
+        D, and training on D and lmbd scaled together is the same.
         """
         depth = self.n_layers if depth is None else depth
         return self._layout(depth).pack(self._params)

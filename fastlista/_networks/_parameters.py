@@ -22,8 +22,9 @@ for atoms of norm below about 0.7).
 This module also defines the flat parameter vector of training (the
 training interface of :class:`fastlista.Lista`): the parameters of layers
 0..depth-1, key after key, each divided by its unit (the untrained value of
-steps and thresholds, 1/L for W_x, 1 for W and W_z), so that one rate suits
-all of them; steps and thresholds are bounded below by STEP_FLOOR units.
+steps and thresholds; for W and W_x the scales of their untrained values,
+D and D^T / L; 1 for W_z), so that one rate suits all of them at any scale
+of D; steps and thresholds are bounded below by STEP_FLOOR units.
 """
 import numpy as np
 from scipy.linalg import solve_triangular
@@ -233,12 +234,33 @@ def shapes(parametrization, n_atoms, n_features):
             "W": (m, n), "W_z": (m, m), "W_x": (n, m)}
 
 
-def units(parametrization, L, gamma0):
-    """The unit of each key in the flat training vector (its untrained scale)."""
+def units(parametrization, L, gamma0, d_unit):
+    """The unit of each key in the flat training vector: its untrained
+    scale, so that scaling D by s (and lmbd by s: the same problem, codes
+    scaled by 1/s) scales every unit as its key and leaves the vector, its
+    gradient and hence training unchanged. Steps and threshold factors:
+    their untrained values (1/L, as 1/s^2). W, untrained D: ``d_unit``,
+    the power of two nearest the largest atom norm (``atom_unit``); W_x,
+    untrained D^T / L: d_unit / L; W_z = I - D D^T / L: 1. For atoms of
+    norm about 1 these are 1 and 1/L, the units W and W_x always had:
+    then, at any other scale of D, W sat far from the steps (at 1e-30 for
+    D / 1e30, beside steps of 1), and coupled and lista training accepted
+    no step, silently."""
     inv_L = 1.0 / L
-    return {"alpha": inv_L, "beta": inv_L, "theta": inv_L, "W_x": inv_L,
+    return {"alpha": inv_L, "beta": inv_L, "theta": inv_L, "W_x": d_unit * inv_L,
             "gamma": gamma0 if parametrization == "alista" else inv_L,
-            "W": 1.0, "W_z": 1.0}
+            "W": d_unit, "W_z": 1.0}
+
+
+def atom_unit(D):
+    """The power of two nearest the largest atom norm of D, 2**round(log2 r)
+    from the exact exponent of r (np.frexp): it scales exactly with D by
+    powers of two."""
+    r = float(np.max(np.sqrt(np.einsum("ij,ij->i", D, D, dtype=np.float64)), initial=0.0))
+    if not r > 0:
+        return 1.0
+    mant, e = np.frexp(r)               # r = mant 2**e, mant in [1/2, 1)
+    return float(np.ldexp(1.0, int(e) - (1 if mant < np.sqrt(0.5) else 0)))
 
 
 def initial_layer(parametrization, D, L, gamma0):
