@@ -284,11 +284,16 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
             continue
         net.set_training_vector(x, depth)
     if rolled_back and not history:
+        L = getattr(net, "lipschitz_", None)
+        here = "" if L is None else f", here L = {L:.3g}"
         warnings.warn(
             f"{func}: the loss or gradient of the network handed in is not finite "
-            "(signals too large for the dtype's range, whose squares overflow, or "
+            "(signals too large for the dtype's range, whose squares overflow; a "
+            "dictionary too large for it, as the backward pass multiplies the "
+            f"signals by about ||D||^3 = L^1.5{here}; or "
             "diverging steps): nothing was trained, and the parameters were rolled "
-            "back to those handed in, bit for bit.", TrainingWarning,
+            "back to those handed in, bit for bit. Rescale X or D (unit-norm "
+            "atoms), or use float64.", TrainingWarning,
             stacklevel=3)
     elif rolled_back:
         warnings.warn(

@@ -622,6 +622,38 @@ def test_parameters_set_below_the_floor_are_a_feasible_start(optimizer):
     assert all(float(p["beta"]) == 0.0 for p in net.parameters)
 
 
+@pytest.mark.parametrize("exponent", [44, 46])
+@pytest.mark.parametrize("parametrization", ["step", "coupled"])
+def test_float32_dictionary_near_the_range_trains_or_names_the_overflow(exponent,
+                                                                        parametrization):
+    """float32 atoms of norm 2**44 and 2**46 (L near 2**90 and 2**94, within
+    the network's range of 2**96): the backward pass multiplies the signals
+    by about L^1.5, beyond float32 at 2**46. Training runs at 2**44 and rolls
+    back at 2**46 with a warning that names the dictionary's scale (it blamed
+    the signals' squares), and neither leaks NumPy's RuntimeWarnings from
+    the gradient's sums (it did: "invalid value encountered in reduce")."""
+    rng = np.random.RandomState(25)
+    D = rng.randn(8, 5)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.randn(20, 5).astype(np.float32)
+    lmbd = 0.2 * float(ref.lambda_max(X, D).max())
+    net = Lista(np.ldexp(D, exponent).astype(np.float32), np.ldexp(lmbd, exponent), 4,
+                parametrization=parametrization)
+    before = net.training_vector()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, max_iter=10)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], \
+        [str(w.message) for w in caught]
+    if exponent == 44:
+        assert len(net.loss_history_) > 1
+        assert np.all(np.isfinite(net.training_vector()))
+    else:
+        (w,) = [w for w in caught if issubclass(w.category, TrainingWarning)]
+        assert "L^1.5, here L = 1.97e+28" in str(w.message)
+        assert net.loss_history_ == [] and np.array_equal(net.training_vector(), before)
+
+
 def test_a_start_whose_loss_overflows_is_named_and_left_unchanged():
     """Signals of 2^511: the training loss (their squares) overflows before
     any step; the warning says so instead of blaming diverging steps."""

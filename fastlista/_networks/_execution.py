@@ -310,7 +310,6 @@ class Executor:
                                             da, dthr, dW, dWxT, dW64, dWxT64, n_threads,
                                             block, chunk, self.rho, _OWN_GEMM,
                                             gather_kernel(m))
-        dthr = dthr.sum(axis=0).reshape(T, m)
 
         def total_of(acc, acc64):
             """A weight gradient: the threads' sums (and their flushed parts)."""
@@ -318,17 +317,21 @@ class Executor:
                 return acc.sum(axis=0, dtype=np.float64) + acc64.sum(axis=0)
             return acc.sum(axis=0)
 
-        if p == "lista":
-            grads = {"W_z": total_of(dW, dW64).reshape(T, m, m),
-                     "W_x": total_of(dWxT, dWxT64).reshape(T, m, n).transpose(0, 2, 1),
-                     "theta": dthr}
-        else:
-            da = da.sum(axis=0)
-            if p == "step":
-                grads = {"alpha": da + dthr.sum(axis=1)}
-            elif p == "alista":
-                grads = {"gamma": da, "theta": dthr.sum(axis=1)}
+        # (sums of terms that overflowed are inf or NaN, returned as they
+        # are, without NumPy's warnings: the caller decides)
+        with np.errstate(over="ignore", invalid="ignore"):
+            dthr = dthr.sum(axis=0).reshape(T, m)
+            if p == "lista":
+                grads = {"W_z": total_of(dW, dW64).reshape(T, m, m),
+                         "W_x": total_of(dWxT, dWxT64).reshape(T, m, n).transpose(0, 2, 1),
+                         "theta": dthr}
             else:
-                grads = {"W": total_of(dW, dW64).reshape(T, m, n),
-                         "alpha": da, "beta": dthr.sum(axis=1)}
+                da = da.sum(axis=0)
+                if p == "step":
+                    grads = {"alpha": da + dthr.sum(axis=1)}
+                elif p == "alista":
+                    grads = {"gamma": da, "theta": dthr.sum(axis=1)}
+                else:
+                    grads = {"W": total_of(dW, dW64).reshape(T, m, n),
+                             "alpha": da, "beta": dthr.sum(axis=1)}
         return total / N, grads

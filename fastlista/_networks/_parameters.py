@@ -392,6 +392,7 @@ class VectorLayout:
     def pack_gradients(self, grads):
         """Flat gradient (in units) of stacked gradients key -> (depth, *shape)."""
         g = np.empty(self.size)
-        for t, k, shape, off, size, unit in self.items:
-            g[off:off + size] = np.asarray(grads[k][t], dtype=np.float64).ravel() * unit
+        with np.errstate(over="ignore", invalid="ignore"):     # (inf stays inf)
+            for t, k, shape, off, size, unit in self.items:
+                g[off:off + size] = np.asarray(grads[k][t], dtype=np.float64).ravel() * unit
         return g
