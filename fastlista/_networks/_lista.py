@@ -262,7 +262,10 @@ class Lista:
             If set, continue from the network's output with
             :func:`fastlista.solve_lasso` until every sample's duality gap is
             <= ``refine_tol * 1/2 ||x||^2``: a certified solution,
-            warm-started by the network.
+            warm-started by the network (a ConvergenceWarning names the
+            samples that do not get there). ``refine_tol=0`` is
+            solve_lasso's ``tol=0``: its max_iter iterations, no stopping
+            test and no warning.
 
         Returns
         -------
