@@ -1359,7 +1359,10 @@ def test_support_selection_gradient_finite_differences(parametrization, loss, sh
     ((0, 10), "0 < p <= p_max <= 100"), ((5, 2), "0 < p <= p_max <= 100"),
     ((5, 101), "0 < p <= p_max <= 100"), ((np.nan, 10), "0 < p <= p_max"),
     ("1.2", "pair"), ((1.2,), "pair"), (5, "pair"), (("1", "5"), "pair"),
-    ((True, 5), "pair"), ((1 + 0j, 5), "pair")])
+    ((True, 5), "pair"), ((1 + 0j, 5), "pair"),
+    # a mapping or a set has no order (a dict {1.2: 0, 13: 0} was read as its
+    # keys, silently)
+    ({1.2: 0, 13: 0}, "pair"), ({1.2, 13}, "pair")])
 def test_support_selection_validation(bad, match):
     X, D = make_problem()
     with pytest.raises(InvalidParameterError, match=match):

@@ -199,6 +199,9 @@ def check_support_selection(support_selection, parametrization, func):
     if support_selection is None:
         return None
     try:
+        if isinstance(support_selection, (str, bytes)) or hasattr(support_selection, "keys") \
+                or isinstance(support_selection, (set, frozenset)):
+            raise TypeError      # no order (a dict's keys, a set) or text
         # each a real number (check_scalar's rule: no bool, no text)
         p, p_max = (check_scalar(v, "support_selection", func) for v in support_selection)
     except (TypeError, ValueError):
