@@ -66,7 +66,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ._threads import kernel_threads
-from ._validation import check_bool, check_max_iter, check_option, check_scalar
+from ._validation import check_max_iter, check_option, check_scalar, check_verbose
 
 __all__ = ["TrainingWarning", "fit_network", "train", "OPTIMIZERS", "PER_LAYER"]
 
@@ -245,7 +245,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     per_layer = check_option(per_layer, "per_layer", func, PER_LAYER)
     max_iter = check_max_iter(max_iter, func)
     tol = check_scalar(tol, "tol", func, low=0.0)
-    verbose = check_bool(verbose, "verbose", func)
+    verbose = check_verbose(verbose, func)
     n_layers = net.n_layers
     if per_layer == "oneshot":
         stages = [(n_layers, max_iter)]

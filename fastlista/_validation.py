@@ -383,6 +383,14 @@ def check_bool(value, name, func):
     return bool(value)
 
 
+def check_verbose(value, func, name="verbose"):
+    """A bool, or an int >= 0 (scikit-learn's verbosity levels); text and
+    other truthy objects are refused."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return check_scalar(value, name, func, low=0, integer=True)
+
+
 def check_option(value, name, func, options):
     """Validate a string option; returns the matching entry of ``options``,
     a Python str: a str subclass equal to it (a numpy.str_ from a NumPy

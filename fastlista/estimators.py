@@ -34,8 +34,8 @@ from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
-                          check_random_state, check_scalar, native_byte_order,
-                          check_real)
+                          check_random_state, check_scalar, check_verbose,
+                          native_byte_order, check_real)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -530,8 +530,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         check_max_iter(self.transform_max_iter, name, "transform_max_iter")
         check_n_jobs(self.n_jobs, name)
         check_bool(self.positive_code, "positive_code", name)
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            check_scalar(self.verbose, "verbose", name, low=0, integer=True)
+        check_verbose(self.verbose, name)
         check_random_state(self.random_state)
 
     def _options(self, X, state=None, **extra):

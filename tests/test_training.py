@@ -181,9 +181,11 @@ def test_fit_validation(data):
         net.fit(X_train, max_iter=0)
     with pytest.raises(InvalidParameterError, match="tol"):
         net.fit(X_train, tol=-1.0)
-    # (a text was taken as True)
+    # (a text was taken as True; levels are ints >= 0, as scikit-learn's)
     with pytest.raises(InvalidParameterError, match="'verbose' parameter of Lista.fit"):
         net.fit(X_train, verbose="x")
+    with pytest.raises(InvalidParameterError, match="'verbose' parameter of Lista.fit"):
+        net.fit(X_train, verbose=-1)
     with pytest.raises(ValueError, match="Z_target"):
         net.fit(X_train, loss="supervised")
     with pytest.raises(ValueError, match="features"):

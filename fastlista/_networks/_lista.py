@@ -510,8 +510,8 @@ class Lista:
         per_layer : {"oneshot", "recursive"}, default="oneshot"
             ``oneshot`` trains all layers on the output loss; ``recursive``
             trains layers 1..k on the loss of layer k's output, k = 1..T.
-        verbose : bool, default=False
-            Print the loss at every iteration.
+        verbose : bool or int >= 0, default=False
+            Print the loss at every iteration (any level above 0).
         lmbd : float or array-like of shape (n_samples,), default=None
             The training samples' regularisation levels (None: the
             network's): a network keeps one set of parameters, its
