@@ -290,9 +290,9 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         warnings.warn(
             f"{func}: the loss or gradient of the network handed in is not finite "
             "(signals too large for the dtype's range, whose squares overflow; a "
-            "dictionary too large for it, as the backward pass multiplies the "
-            f"signals by about ||D||^3 = L^1.5{here}; or "
-            "diverging steps): nothing was trained, and the parameters were rolled "
+            "dictionary so large that the backward pass's products leave it"
+            f"{here}; or diverging steps): nothing was trained, and the parameters "
+            "were rolled "
             "back to those handed in, bit for bit. Rescale X or D (unit-norm "
             "atoms), or use float64.", TrainingWarning,
             stacklevel=3)

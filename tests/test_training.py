@@ -632,8 +632,8 @@ def test_parameters_set_below_the_floor_are_a_feasible_start(optimizer):
 def test_float32_dictionary_near_the_range_trains_or_names_the_overflow(exponent,
                                                                         parametrization):
     """float32 atoms of norm 2**44 and 2**46 (L near 2**90 and 2**94, within
-    the network's range of 2**96): the backward pass multiplies the signals
-    by about L^1.5, beyond float32 at 2**46. Training runs at 2**44 and rolls
+    the network's range of 2**96): at 2**46 the backward pass's products
+    leave float32's range. Training runs at 2**44 and rolls
     back at 2**46 with a warning that names the dictionary's scale (it blamed
     the signals' squares), and neither leaks NumPy's RuntimeWarnings from
     the gradient's sums (it did: "invalid value encountered in reduce")."""
@@ -655,7 +655,7 @@ def test_float32_dictionary_near_the_range_trains_or_names_the_overflow(exponent
         assert np.all(np.isfinite(net.training_vector()))
     else:
         (w,) = [w for w in caught if issubclass(w.category, TrainingWarning)]
-        assert "L^1.5, here L = 1.97e+28" in str(w.message)
+        assert "backward pass's products leave it, here L = 1.97e+28" in str(w.message)
         assert net.loss_history_ == [] and np.array_equal(net.training_vector(), before)
 
 

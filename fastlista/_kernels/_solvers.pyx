@@ -54,8 +54,9 @@ from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
-from ._simd cimport (FL_ROUNDOFF, fl_certified_gmax, fl_d_corr_max, fl_d_count_nonzero, fl_s_count_nonzero,
-                     fl_d_pst_step, fl_d_st_step, fl_s_pst_step, fl_s_st_step)
+from ._simd cimport (FL_ROUNDOFF, fl_certified_gmax, fl_d_corr_max, fl_d_count_nonzero,
+                     fl_s_count_nonzero, fl_d_pst_step, fl_d_st_step, fl_s_pst_step,
+                     fl_s_st_step)
 
 from . import _gemm
 
