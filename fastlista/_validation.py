@@ -433,15 +433,25 @@ def check_n_jobs(n_jobs, func):
     return n_jobs
 
 
-def check_random_state(seed):
-    """Turn ``seed`` into a ``np.random.RandomState`` (sklearn's contract)."""
+def check_random_state(seed, func=None):
+    """Turn ``seed`` into a ``np.random.RandomState`` (sklearn's contract).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming ``random_state`` (and ``func`` when given) and what is
+        accepted: None, an int in [0, 2**32 - 1] or a RandomState (a
+        ``numpy.random.Generator`` is not one).
+    """
     if seed is None or seed is np.random:
         return np.random.mtrand._rand
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        if not 0 <= seed <= 2**32 - 1:
-            raise ValueError("Seed must be between 0 and 2**32 - 1")
-        return np.random.RandomState(seed)
-    if isinstance(seed, np.random.RandomState):
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
+        if 0 <= seed <= 2**32 - 1:
+            return np.random.RandomState(seed)
+    elif isinstance(seed, np.random.RandomState):
         return seed
-    raise ValueError(f"{short_repr(seed)} cannot be used to seed a numpy.random.RandomState "
-                     "instance")
+    of = "" if func is None else f" of {func}"
+    raise InvalidParameterError(
+        f"The 'random_state' parameter{of} must be None, an int in [0, 2**32 - 1] or a "
+        f"numpy.random.RandomState instance; {short_repr(seed)} cannot be used to seed a "
+        "numpy.random.RandomState.")

@@ -32,10 +32,31 @@ _MIN_CANDIDATES = 100           # a batch is never smaller than this
 _MAX_CANDIDATE_FACTOR = 50      # never draw more than 50 * n_samples + 1000 in all
 
 
-def _check_sizes(func, n_samples, n_atoms, n_features):
+#: the largest array NumPy can address, in bytes
+_MAX_BYTES = np.iinfo(np.intp).max
+
+
+def _check_sizes(func, n_samples, n_atoms, n_features, n_rows=None):
+    """Validate the sizes, and refuse those of an array of float64 beyond
+    what NumPy can address, naming them: D (n_atoms, n_features), then the
+    codes (n_rows, n_atoms) and the signals (n_rows, n_features) drawn, with
+    ``n_rows`` signals drawn at once (n_samples when None)."""
     n_samples = check_scalar(n_samples, "n_samples", func, low=1, integer=True)
     n_atoms = check_scalar(n_atoms, "n_atoms", func, low=1, integer=True)
     n_features = check_scalar(n_features, "n_features", func, low=1, integer=True)
+    sizes = dict(n_samples=n_samples, n_atoms=n_atoms, n_features=n_features)
+    rows = n_samples if n_rows is None else n_rows(n_samples)
+    for what, names, shape in (
+            ("the dictionary D", ("n_atoms", "n_features"), (n_atoms, n_features)),
+            ("the codes drawn", ("n_samples", "n_atoms"), (rows, n_atoms)),
+            ("the signals drawn", ("n_samples", "n_features"), (rows, n_features))):
+        n_bytes = 8 * math.prod(shape)
+        if n_bytes > _MAX_BYTES:
+            given = " and ".join(f"{name}={sizes[name]}" for name in names)
+            raise InvalidParameterError(
+                f"{func}: {given} give {what} the shape {shape} of float64, "
+                f"{n_bytes:.3g} bytes, beyond the largest array NumPy can address "
+                f"({_MAX_BYTES + 1:.3g} bytes); ask for smaller sizes.")
     return n_samples, n_atoms, n_features
 
 
@@ -120,7 +141,7 @@ def make_coding(n_samples=1000, n_atoms=256, n_features=64, random_state=None):
     """
     n_samples, n_atoms, n_features = _check_sizes(
         "make_coding", n_samples, n_atoms, n_features)
-    rng = check_random_state(random_state)
+    rng = check_random_state(random_state, "make_coding")
     D = _draw_dictionary(rng, n_atoms, n_features)
     X = _draw_signals(rng, n_samples, D)
     return X, D
@@ -201,7 +222,10 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
     True
     """
     func = "make_sparse_coding"
-    n_samples, n_atoms, n_features = _check_sizes(func, n_samples, n_atoms, n_features)
+    # (the first batch of candidates: 2 n_samples, at least _MIN_CANDIDATES)
+    n_samples, n_atoms, n_features = _check_sizes(
+        func, n_samples, n_atoms, n_features,
+        n_rows=lambda n: max(2 * n, _MIN_CANDIDATES))
     lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
     if max_nnz is None:
         max_nnz = n_atoms
@@ -211,7 +235,7 @@ def make_sparse_coding(n_samples=1000, n_atoms=256, n_features=64, lmbd=0.8,
         raise InvalidParameterError(
             f"The 'min_nnz' parameter of {func} must be <= max_nnz; got "
             f"min_nnz={min_nnz} > max_nnz={max_nnz}.")
-    rng = check_random_state(random_state)
+    rng = check_random_state(random_state, func)
 
     D = _draw_dictionary(rng, n_atoms, n_features)
 
@@ -322,7 +346,7 @@ def make_digits_coding(n_samples=1000, n_atoms=256, random_state=None):
             f"{func}: n_samples + n_atoms = {n_samples} + {n_atoms} = "
             f"{n_samples + n_atoms} exceeds the {N_DIGITS} images of "
             "sklearn.datasets.load_digits; ask for fewer samples or atoms.")
-    rng = check_random_state(random_state)
+    rng = check_random_state(random_state, func)
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - sklearn is a test extra

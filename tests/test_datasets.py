@@ -144,6 +144,60 @@ def test_make_coding_bad_random_state(seed):
         make_coding(n_samples=3, n_atoms=4, n_features=2, random_state=seed)
 
 
+@pytest.mark.parametrize("seed", [np.random.default_rng(0), 1.0, "abc", -1, 2**32])
+@pytest.mark.parametrize("func", ["make_coding", "make_sparse_coding", "make_digits_coding"])
+def test_bad_random_state_names_the_argument(func, seed):
+    """The message names random_state, the function and what is accepted (it
+    was NumPy's "Generator(PCG64) ... cannot be used to seed a
+    numpy.random.RandomState instance", or "Seed must be between 0 and
+    2**32 - 1")."""
+    from fastlista import datasets
+    kwargs = dict(n_samples=3, n_atoms=4)
+    if func != "make_digits_coding":
+        kwargs["n_features"] = 2
+    with pytest.raises(InvalidParameterError,
+                       match=rf"'random_state' parameter of {func} must be None, an int in "
+                             r"\[0, 2\*\*32 - 1\] or a numpy.random.RandomState instance"):
+        getattr(datasets, func)(random_state=seed, **kwargs)
+
+
+@pytest.mark.parametrize("func", [make_coding, make_sparse_coding])
+@pytest.mark.parametrize("sizes", [
+    dict(n_samples=2**63), dict(n_samples=2**62), dict(n_atoms=2**61),
+    dict(n_features=2**61), dict(n_samples=2**31, n_atoms=2**31),
+])
+def test_sizes_beyond_any_array_name_the_sizes(func, sizes):
+    """Sizes whose arrays no machine can address are refused naming them (it
+    was NumPy's "Maximum allowed dimension exceeded"), before anything is
+    drawn."""
+    kwargs = dict(dict(n_samples=3, n_atoms=4, n_features=2), **sizes)
+    with pytest.raises(InvalidParameterError, match=rf"^{func.__name__}: .* beyond the "
+                                                    r"largest array") as info:
+        func(**kwargs)
+    for name, value in sizes.items():
+        assert f"{name}={value}" in str(info.value)
+
+
+def test_existing_seeds_draw_what_they_drew():
+    """The argument check changed no draw: an int, a RandomState and None
+    (the global RandomState) give the draws of np.random.RandomState."""
+    X, D = make_coding(n_samples=3, n_atoms=4, n_features=2, random_state=7)
+    rng = np.random.RandomState(7)
+    D_ref = rng.standard_normal((4, 2))
+    D_ref /= np.linalg.norm(D_ref, axis=1, keepdims=True)
+    np.testing.assert_array_equal(D, D_ref)
+    Z = rng.standard_normal((3, 4)) @ D_ref
+    np.testing.assert_array_equal(X, Z / np.abs(Z @ D_ref.T).max(axis=1, keepdims=True))
+    np.testing.assert_array_equal(
+        make_coding(3, 4, 2, random_state=np.random.RandomState(7))[0], X)
+    state = np.random.get_state()
+    try:
+        np.random.seed(7)
+        np.testing.assert_array_equal(make_coding(3, 4, 2)[0], X)
+    finally:
+        np.random.set_state(state)
+
+
 # ---------------------------------------------------------- make_sparse_coding
 SMALL = dict(n_atoms=32, n_features=8)
 

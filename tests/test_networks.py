@@ -1081,6 +1081,120 @@ def test_save_writes_the_path_as_open_wb_does(tmp_path):
                                             "reference", "target.npz"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX symbolic links")
+def test_save_creates_a_new_path_only_with_the_complete_archive(tmp_path, monkeypatch):
+    """While the archive is being written, a new path (a dangling symbolic
+    link's target too) does not exist and an existing file holds its old
+    bytes: a reader never sees an empty or partial archive. A save that
+    fails after writing (the rename refused) leaves no file and no
+    temporary behind. (Saving created an empty placeholder at a new path
+    before writing, to learn open's mode.)"""
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2)
+    old = tmp_path / "old.npz"
+    net.save(old)
+    old_bytes = old.read_bytes()
+    (tmp_path / "dangling.npz").symlink_to("linked.npz")
+    savez = np.savez
+    seen = []
+
+    def savez_checking_the_target(file, **arrays):
+        seen.append((target, os.path.lexists(target),
+                     old.read_bytes() == old_bytes, sorted(os.listdir(tmp_path))))
+        savez(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez_checking_the_target)
+    for name, target in (("new.npz", tmp_path / "new.npz"),
+                         ("dangling.npz", tmp_path / "linked.npz"),
+                         ("old.npz", old)):
+        net.save(tmp_path / name)
+    monkeypatch.undo()
+    assert [(t, exists, same) for t, exists, same, _ in seen] == [
+        (tmp_path / "new.npz", False, True),
+        (tmp_path / "linked.npz", False, True),
+        (old, True, True)]
+    # the archive was written to one temporary file beside the target
+    for _, _, _, names in seen:
+        assert len([n for n in names if n.endswith(".tmp")]) == 1
+    for name in ("new.npz", "linked.npz", "old.npz"):
+        assert Lista.load(tmp_path / name).n_layers == 2
+
+    def replace_failing(src, dst):
+        raise OSError(errno.EIO, "Input/output error")
+
+    before = sorted(os.listdir(tmp_path))
+    monkeypatch.setattr(os, "replace", replace_failing)
+    for name in ("other.npz", "old.npz"):
+        with pytest.raises(OSError, match="Input/output error"):
+            net.save(tmp_path / name)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_save_errors_name_the_path_as_open_does(tmp_path):
+    """A missing directory or a directory path raise open's error, naming
+    the path asked for (not a temporary file), and leave nothing behind."""
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2)
+    for path, error in ((tmp_path / "missing" / "net.npz", FileNotFoundError),
+                        (tmp_path, IsADirectoryError),
+                        (str(tmp_path / "new.npz") + os.sep, IsADirectoryError)):
+        with pytest.raises(error) as info:
+            net.save(path)
+        assert os.fspath(info.value.filename) == os.fspath(path)
+        with pytest.raises(error):
+            open(path, "wb")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("key, value", [
+    ("n_layers", np.array(2.0)), ("n_layers", np.array(3.5)), ("n_layers", np.array("2")),
+    ("n_layers", np.array(True)), ("n_layers", np.array(2 + 0j)),
+    ("format_version", np.array(2.0)), ("format_version", np.array(True)),
+    ("format_version", np.array("2")),
+])
+def test_load_names_an_integer_entry_that_is_not_an_integer(tmp_path, key, value):
+    """n_layers and format_version must be integers: anything else is refused
+    naming the entry, its value and what was expected (the message was
+    "'numpy.float64' object cannot be interpreted as an integer")."""
+    _, D = make_problem()
+    good = tmp_path / "good.npz"
+    Lista(D, 0.3, 2).save(good)
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+    path = tmp_path / "crafted.npz"
+    np.savez(path, **{**arrays, key: value})
+    with pytest.raises(ValueError, match=rf"not a valid fastlista Lista file: entry '{key}' "
+                                         rf"holds .* \({value.dtype}\): expected an integer"):
+        Lista.load(path)
+
+
+def test_load_refuses_a_file_object_with_one_clean_error(tmp_path):
+    """load takes a path (str, bytes or os.PathLike), as save does: a file
+    object is a TypeError naming the argument, not an error raised while
+    handling another."""
+    _, D = make_problem()
+    path = tmp_path / "net.npz"
+    Lista(D, 0.3, 2).save(path)
+    with open(path, "rb") as f:
+        with pytest.raises(TypeError, match="'path'.*str, bytes or os.PathLike") as info:
+            Lista.load(f)
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert Lista.load(os.fsencode(path)).n_layers == 2
+
+
+@pytest.mark.parametrize("seed", [np.random.default_rng(0), 1.0, "seed", -1, 2**32])
+def test_bad_random_state_is_named(seed):
+    """The message names the argument and what is accepted (it was NumPy's
+    "Generator(PCG64) ... cannot be used to seed a numpy.random.RandomState
+    instance")."""
+    _, D = make_problem()
+    with pytest.raises(InvalidParameterError,
+                       match=r"'random_state' parameter of Lista must be None, an int in "
+                             r"\[0, 2\*\*32 - 1\] or a numpy.random.RandomState"):
+        Lista(D, 0.3, 2, random_state=seed)
+
+
 def test_load_refuses_entries_a_cast_would_change(tmp_path):
     """An entry whose cast (to the network's dtype, float32 here; to float64
     for D, lmbd, support_selection and the loss history) would change a value

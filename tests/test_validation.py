@@ -543,6 +543,29 @@ def test_object_array_beyond_float64_is_refused_without_a_warning():
             fastlista.solve_lasso(arr, D, 0.1)
 
 
+@pytest.mark.parametrize("seed", [np.random.default_rng(0), 1.0, "seed", True, -1, 2**32,
+                                  10**400],
+                         ids=["Generator", "float", "str", "bool", "-1", "2**32", "10**400"])
+def test_bad_random_state_names_the_argument(seed):
+    """Every caller's random_state error names the argument and what is
+    accepted (the function too when the caller gives it); the words NumPy
+    used ("cannot be used to seed") stay. It was "Seed must be between 0 and
+    2**32 - 1" or "Generator(PCG64) ... cannot be used to seed ..."."""
+    from fastlista._validation import check_random_state
+    accepted = (r"must be None, an int in \[0, 2\*\*32 - 1\] or a numpy.random.RandomState "
+                r"instance; .* cannot be used to seed a numpy.random.RandomState")
+    with pytest.raises(InvalidParameterError, match=r"^The 'random_state' parameter " + accepted):
+        check_random_state(seed)
+    with pytest.raises(InvalidParameterError,
+                       match=r"^The 'random_state' parameter of f " + accepted):
+        check_random_state(seed, "f")
+    rs = np.random.RandomState(3)
+    assert check_random_state(rs) is rs
+    assert check_random_state(None) is np.random.mtrand._rand
+    assert check_random_state(np.int64(5)).randint(2**31) == \
+        np.random.RandomState(5).randint(2**31)
+
+
 @pytest.mark.parametrize("U, threshold, name", [
     (sparse.csr_matrix(np.eye(3)), 0.5, "U"),
     (np.eye(3), sparse.csr_matrix(np.full((3, 3), 0.5)), "threshold"),

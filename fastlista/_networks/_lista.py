@@ -136,7 +136,7 @@ class Lista:
                                      high=2**31 - 1, integer=True)
         self.parametrization = check_option(parametrization, "parametrization",
                                             "Lista", P.PARAMETRIZATIONS)
-        check_random_state(random_state)
+        check_random_state(random_state, "Lista")
         check_n_jobs(n_jobs, "Lista")
         self.n_jobs = n_jobs
         self.positive = check_bool(positive, "positive", "Lista")

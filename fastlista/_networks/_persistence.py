@@ -10,14 +10,14 @@ and refuses any entry a cast would change: a file it accepts is loaded
 exactly.
 """
 import contextlib
-import operator
+import errno
 import os
+import secrets
 import stat
-import tempfile
 
 import numpy as np
 
-from .._validation import not_real_reason
+from .._validation import not_real_reason, short_repr
 from ._parameters import KEYS, PARAMETRIZATIONS
 
 FORMAT = "fastlista.Lista"
@@ -37,16 +37,19 @@ def save(net, path):
     """Write ``net`` to exactly ``path`` (no suffix is added), atomically.
 
     The archive is written to a new file in the target's directory, flushed
-    to disk, then renamed over the target: a save that fails (a full disk,
-    an interrupt, an error while writing) leaves the file at ``path`` as it
-    was, no file where there was none, and no temporary file. Otherwise
-    ``path`` is opened as by ``open(path, "wb")``: symbolic links are
-    followed (the file they point to is replaced, the links stay), a new
-    file gets the mode ``open`` gives it (0o666 less the umask), a replaced
-    file keeps its mode, and a device or a pipe is written in place. Unlike
-    ``open``, the file is replaced rather than rewritten: other hard links
-    to it keep the old archive, and the new file belongs to the user who
-    saves it.
+    to disk, then renamed over the target: nothing is created at a new
+    ``path`` before (a reader never finds it empty or partial), and a save
+    that fails (a full disk, an interrupt, an error while writing) leaves
+    the file at ``path`` as it was, no file where there was none, and no
+    temporary file (only a process killed outright, by SIGKILL or a power
+    loss, can leave its ``.fastlista-save-*.tmp`` beside the target; never
+    a partial target). Otherwise ``path`` is treated as by
+    ``open(path, "wb")``: symbolic links are followed (the file they point
+    to is replaced, the links stay), a new file gets the mode ``open`` gives
+    it (0o666 less the umask), a replaced file keeps its mode, and a device
+    or a pipe is written in place. Unlike ``open``, the file is replaced
+    rather than rewritten: other hard links to it keep the old archive, and
+    the new file belongs to the user who saves it.
 
     Parameters
     ----------
@@ -77,50 +80,89 @@ def save(net, path):
         for k, v in layer.items():
             arrays[f"layer{t}_{k}"] = v
     path = os.fspath(path)
-    # open(path, "wb") without its truncation: its errors, its symbolic links
-    # and, for a new file, its mode as the kernel sets it (umask applied)
+    # open(path, "wb") without creating or truncating anything: its errors,
+    # its symbolic links, a device or a pipe written in place
     try:
-        fd = os.open(path, _WRITE | os.O_CREAT | os.O_EXCL, 0o666)
-        created = True
-    except FileExistsError:
-        # (a dangling symbolic link "exists" for O_EXCL: its target is new)
-        created = os.path.islink(path) and not os.path.exists(path)
-        fd = os.open(path, _WRITE | os.O_CREAT, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):    # a device or a pipe: nothing to replace
-            np.savez(f, **arrays)
-            return
+        fd = os.open(path, _WRITE)
+    except FileNotFoundError:
+        # a new file (or a dangling symbolic link's new target): it appears
+        # only when the complete archive is renamed onto it
+        st = None
+        if not os.path.basename(path):      # "dir/name/": open's error
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+    else:
+        with os.fdopen(fd, "wb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):    # a device or a pipe: nothing to replace
+                np.savez(f, **arrays)
+                return
     target = os.fsdecode(os.path.realpath(path))
+    directory = os.path.dirname(target)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastlista-save-", suffix=".tmp",
-                                   dir=os.path.dirname(target))
+        try:
+            # a new file's mode as open gives it (0o666 less the umask); a
+            # replaced file's copy private until it gets that file's mode
+            fd, tmp = _new_file(directory, 0o666 if st is None else 0o600)
+        except OSError as exc:
+            # for a new file, open's error creating it in that directory
+            raise OSError(exc.errno, exc.strerror, path if st is None else directory) from None
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
         os.replace(tmp, target)
     except BaseException:
-        # the target is untouched until os.replace; a file this save created
-        # is removed while it is still the empty one opened above
+        # nothing at the target changed before os.replace
         with contextlib.suppress(OSError):
             if tmp is not None:
                 os.unlink(tmp)
-        with contextlib.suppress(OSError):
-            if created and os.path.samestat(os.stat(target), st):
-                os.unlink(target)
         raise
+
+
+def _new_file(directory, mode):
+    """Create a new file in ``directory`` for writing, with ``mode`` less the
+    umask (and the directory's default ACL, as ``open`` creates files).
+
+    Returns
+    -------
+    fd : int
+    name : str
+    """
+    for _ in range(100):
+        name = os.path.join(directory, f".fastlista-save-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(name, _WRITE | os.O_CREAT | os.O_EXCL, mode), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
 
 
 def _scalar(f, key, kind=None):
     """The 0-d entry ``key``, as is (the constructor validates it) or through
-    ``kind``: ``operator.index`` for integers (no float, bool or text), ``str``."""
+    ``kind``: ``str``."""
     v = f[key]
     if v.shape != ():
         raise ValueError(f"{key!r} must be a scalar; got shape {v.shape}")
     return v[()] if kind is None else kind(v[()])
+
+
+def _integer(f, key):
+    """The 0-d entry ``key``, of an integer dtype (no float, bool, complex or
+    text, whatever its value), as an int.
+
+    Raises
+    ------
+    ValueError
+        Naming ``key``, its value and dtype, and what was expected.
+    """
+    v = _scalar(f, key)
+    if not isinstance(v, np.integer):       # (np.bool_ is not an np.integer)
+        raise ValueError(f"entry {key!r} holds {short_repr(v.item())} ({v.dtype}): "
+                         "expected an integer")
+    return int(v)
 
 
 def _check_exact(key, stored, loaded):
@@ -149,9 +191,29 @@ def _check_exact(key, stored, loaded):
 
 
 def load(cls, path):
-    """Read a network written by :func:`save` (``cls`` builds it)."""
+    """Read a network written by :func:`save` (``cls`` builds it).
+
+    Parameters
+    ----------
+    path : str, bytes or os.PathLike
+        The file to read (a file name, as :func:`save` takes: not a file
+        object).
+
+    Raises
+    ------
+    TypeError
+        ``path`` is not a str, bytes or os.PathLike.
+    FileNotFoundError, IsADirectoryError, PermissionError
+        As ``open(path, "rb")``.
+    ValueError
+        The file is not a valid network (naming the entry at fault).
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"The 'path' parameter of Lista.load must be a str, bytes or "
+                        f"os.PathLike (a file name); got {type(path).__name__}.")
+    path = os.fspath(path)
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
+        with np.load(path, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
             files = set(f.files)
@@ -160,7 +222,7 @@ def load(cls, path):
             missing = sorted(_HEADER - files)
             if missing:
                 raise ValueError(f"missing entries {missing}")
-            version = _scalar(f, "format_version", operator.index)
+            version = _integer(f, "format_version")
             if version > FORMAT_VERSION or version < 1:
                 raise ValueError(
                     f"format version {version} is not supported (this fastlista "
@@ -172,7 +234,7 @@ def load(cls, path):
             par = _scalar(f, "parametrization", str)
             if par not in PARAMETRIZATIONS:
                 raise ValueError(f"unknown parametrization {par!r}")
-            n_layers = _scalar(f, "n_layers", operator.index)
+            n_layers = _integer(f, "n_layers")
             # the table of contents first: nothing is built for a file that
             # does not hold every layer it declares (and no name is listed
             # for more layers than the file has entries)
@@ -222,6 +284,5 @@ def load(cls, path):
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # zip, npy, key and validation errors alike
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a valid fastlista Lista file: {exc}") from exc
+        raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
     return net
