@@ -11,15 +11,33 @@ Every command takes ``--help``. Exit status (see :data:`EXIT_STATUS`):
 (argparse's convention), among them an ``--out`` where an output file cannot
 be written (checked before any computation); 1 when the run fails (an
 output file that cannot be written after all, not enough memory for the
-sizes asked); 130 when interrupted (Ctrl-C). Errors are reported in one
-message, without a Python traceback.
+sizes asked, a standard output that cannot be written: a full disk); 130
+when interrupted (Ctrl-C); 141 (128 + SIGPIPE, as a shell reports a command
+that SIGPIPE ended) without a message when the reader of the standard
+output went away (``| head``). Errors are reported in one message, without
+a Python traceback; only a Ctrl-C before :func:`main` runs (while Python
+starts and imports ``fastlista``, about half a second) gives Python's own
+traceback and status.
+
+The files of a result are written before its summary is printed, each to a
+temporary file beside it; once all are complete they are renamed over the
+files of an earlier run (a Ctrl-C there is held until the last rename), so
+that an interrupted or failed run leaves either all of a result's files new
+or none. (Where the Ctrl-C cannot be held, under another SIGINT handler or
+outside the main thread, an interrupt between two renames is reported with
+the files replaced and those left.)
 
 The reproduction (:mod:`fastlista.paper`) is imported inside the commands
 only: ``import fastlista`` and ``fastlista --help`` load neither the
 experiments nor matplotlib.
 """
 import argparse
+import contextlib
+import errno
 import os
+import secrets
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -40,8 +58,9 @@ SIZE_MAX = 10**9
 EXIT_STATUS = (
     "exit status: 0 success; 2 bad arguments, including an --out where an output "
     "file cannot be written (checked before computing); 1 the run failed (an output "
-    "file could not be written, not enough memory for the sizes asked); 130 "
-    "interrupted (Ctrl-C).")
+    "file could not be written, not enough memory for the sizes asked, a standard "
+    "output that cannot be written); 130 interrupted (Ctrl-C); 141 the reader of the "
+    "standard output went away (| head).")
 QUICK = "under 2 minutes on 2 idle cores"
 
 
@@ -78,6 +97,16 @@ def _lmbd(text):
 _lmbd.__name__ = "lmbd"
 
 
+def _nonempty(hint):
+    """A path that is not empty (``Path("")`` would be the current directory)."""
+    def parse(text):
+        if not text:
+            raise argparse.ArgumentTypeError(f"must not be empty ({hint})")
+        return text
+    parse.__name__ = "path"
+    return parse
+
+
 # ---------------------------------------------------------------------------
 # the parser
 # ---------------------------------------------------------------------------
@@ -99,7 +128,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _common(p, default_seed_help):
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+    p.add_argument("--out", type=_nonempty("--out . is the current directory"),
+                   default=DEFAULT_OUT, metavar="DIR",
                    help="directory for the CSV, JSON and PNG files (created if "
                         "needed; exit status 2 before computing if one of them "
                         "cannot be written there)")
@@ -183,12 +213,17 @@ def build_parser():
             "source checkout (benchmarks/ is not installed with the package) and "
             "print the ratio table of benchmarks/report.py. Needs the test extra "
             "(pytest-benchmark). The full suite takes several minutes. Exits with "
-            "status 2 for bad arguments (a --checkout DIR without benchmarks/ too), "
-            "1 when no source checkout is found, 130 when interrupted, and with the "
-            "status of pytest or report.py when they fail."))
-    bench.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+            "status 2 for bad arguments (a --checkout DIR without benchmarks/ too, "
+            "and a --json FILE that is a directory or whose directory does not exist "
+            "or is not writable, checked before the suite runs), 1 when no source "
+            "checkout is found, 130 when interrupted, 141 when the reader of the "
+            "standard output went away, and with the status of pytest or report.py "
+            "when they fail."))
+    bench.add_argument("--out", type=_nonempty("--out . is the current directory"),
+                       default=DEFAULT_OUT, metavar="DIR",
                        help="directory of the JSON file")
-    bench.add_argument("--json", metavar="FILE", default=None,
+    bench.add_argument("--json", type=_nonempty("without --json: DIR/benchmarks.json"),
+                       metavar="FILE", default=None,
                        help="benchmark JSON to write (default DIR/benchmarks.json)")
     bench.add_argument("--report-only", action="store_true",
                        help="do not run the suite: print the table of an existing --json")
@@ -226,6 +261,66 @@ class _RunError(Exception):
     """A failure of a command reported as one message, with exit status 1."""
 
 
+class _Interrupted(KeyboardInterrupt):
+    """A Ctrl-C while the files of a result were written: says what is on disk."""
+
+
+class _StdoutError(Exception):
+    """The standard output could not be written (its reader went away, a full
+    disk); the ``OSError`` is the ``__cause__``."""
+
+
+def _say(*args, **kwargs):
+    """``print`` to the standard output; an ``OSError`` raises :class:`_StdoutError`."""
+    try:
+        print(*args, **kwargs)
+    except OSError as exc:
+        raise _StdoutError(exc) from exc
+
+
+def _silence_stdout():
+    """Point the standard output's descriptor at the null device.
+
+    What is left in its buffer then goes nowhere when the interpreter flushes
+    it at exit, instead of failing again ("Exception ignored ... BrokenPipeError").
+    """
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no descriptor (captured, None)
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C back until the end of the block, then raise it.
+
+    Only where Python's own handler is installed and this is the main thread;
+    elsewhere the block runs as it is (an interrupt there is reported by what
+    it stopped).
+    """
+    pending = []
+    previous = None
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(1))
+    except ValueError:                  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def _outdir(path, parser):
     out = Path(path)
     try:
@@ -246,7 +341,9 @@ def _check_outputs(out, names, no_plot, parser):
     """Exit with status 2, before any computation, if an output cannot be written.
 
     The files of every result in ``names`` (their PNG only without
-    ``no_plot``) must not be directories nor read-only files; the directory
+    ``no_plot``) must not be directories nor read-only files, and the
+    directory of the file a symbolic link points to must be writable (each
+    file is written beside its target, then renamed over it); the directory
     ``out`` itself was checked by :func:`_outdir`.
     """
     for name in names:
@@ -258,42 +355,126 @@ def _check_outputs(out, names, no_plot, parser):
             if path.exists() and not os.access(path, os.W_OK):
                 parser.error(f"argument --out: cannot write {str(path)!r}: the file "
                              "is read-only")
+            where = Path(os.path.realpath(path)).parent
+            if path.is_symlink() and where.is_dir() and not os.access(where, os.W_OK):
+                parser.error(f"argument --out: cannot write {str(path)!r}: the directory "
+                             f"{str(where)!r} of the file it links to is not writable")
 
 
-def _write(result, out, no_plot):
-    """Write the CSV, JSON and PNG of ``result`` into ``out``; the list of files.
+def _temporary(target):
+    """A new empty file beside ``target``, of its suffix (the PNG's format is
+    read from it) and of the mode ``open(target, "w")`` gives: the target's
+    if it is a file, 0o666 less the umask for a new one."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.stem}-{secrets.token_hex(4)}.partial"
+                               f"{target.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if target.is_file():
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        return tmp
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
-    Without a PNG (``no_plot``, or matplotlib missing), the PNG of the same
-    name of an earlier run is removed, so that no figure of other data stays
-    beside the new CSV. An ``OSError`` while writing or removing a file
-    raises :class:`_RunError`, which names the file and those written.
+
+def _sync(path):
+    """Flush the written file ``path`` to disk before it replaces another."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(result, out, no_plot, written):
+    """Write the CSV, JSON and PNG of ``result`` into ``out``; the lines to print.
+
+    Each file is first written to a new temporary file beside its target
+    (symbolic links are followed), and only once all are complete are they
+    renamed over the files of an earlier run, with a Ctrl-C held back until
+    the last rename: a failure or an interrupt while writing leaves those
+    files as they were, and no temporary file. Without a PNG (``no_plot``,
+    or matplotlib missing), the PNG of the same name of an earlier run is
+    removed, so that no figure of other data stays beside the new CSV.
+
+    An ``OSError`` raises :class:`_RunError` and an interrupt
+    :class:`_Interrupted`, whose messages say which files were replaced.
+    The paths written are appended to the list ``written``.
     """
     csv_path, json_path, png_path = _outputs(out, result.name)
-    written = []
-
-    def attempt(what, path, action):
-        try:
-            action(path)
-        except OSError as exc:
-            done = f" (written: {', '.join(map(str, written))})" if written else ""
-            raise _RunError(f"cannot {what} {path}: {exc.strerror or exc}{done}") \
-                from None
-
-    attempt("write", csv_path, result.to_csv)
-    written.append(csv_path)
-    attempt("write", json_path, result.to_json)
-    written.append(json_path)
+    writers = [(csv_path, result.to_csv), (json_path, result.to_json)]
     if not no_plot:
         from .paper.plots import plot
+        writers.append((png_path, lambda path: plot(result, path)))
+    kept = f"none was replaced, those in {out} are as they were"
+    staged = []                         # (path, its temporary file, the target)
+    done, removed = [], []              # the paths replaced, the stale PNG removed
+
+    def progress():
+        if not done and not removed:
+            return kept
+        left = [str(p) for p, _, _ in staged if p not in done]
+        return "; ".join(
+            [f"removed {p}, the figure of an earlier run" for p in removed]
+            + (["replaced " + ", ".join(map(str, done))] if done else [])
+            + (["not replaced (as they were) " + ", ".join(left)] if left else []))
+
+    try:
         try:
-            attempt("write", png_path, lambda path: plot(result, path))
-            written.append(png_path)
-        except ImportError as exc:
-            print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
-    if png_path not in written and (png_path.is_file() or png_path.is_symlink()):
-        attempt("remove", png_path, Path.unlink)
-        print(f"removed {png_path} (the figure of an earlier run)")
-    return written
+            for path, writer in writers:
+                try:
+                    target = Path(os.path.realpath(path))
+                    tmp = _temporary(target)
+                    staged.append((path, tmp, target))
+                    writer(tmp)
+                    _sync(tmp)
+                except OSError as exc:
+                    raise _RunError(f"cannot write {path}: {exc.strerror or exc} ({kept})") \
+                        from None
+                except ImportError as exc:
+                    if path != png_path:
+                        raise
+                    print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
+                    with contextlib.suppress(OSError):
+                        os.unlink(staged.pop()[1])
+        except KeyboardInterrupt:
+            raise _Interrupted(f"while writing the files of {result.name}: {kept}") \
+                from None
+        stale = None
+        if png_path not in [p for p, _, _ in staged] and (png_path.is_file()
+                                                          or png_path.is_symlink()):
+            stale = png_path
+        try:
+            with _sigint_held():
+                if stale is not None:
+                    try:
+                        os.unlink(stale)
+                    except OSError as exc:
+                        raise _RunError(f"cannot remove {stale}: {exc.strerror or exc} "
+                                        f"({kept})") from None
+                    removed.append(stale)
+                for path, tmp, target in staged:
+                    try:
+                        os.replace(tmp, target)
+                    except OSError as exc:
+                        raise _RunError(f"cannot replace {path}: {exc.strerror or exc} "
+                                        f"({progress()})") from None
+                    done.append(path)
+        except KeyboardInterrupt:
+            if len(done) < len(staged):
+                raise _Interrupted(f"while replacing the files of {result.name}: "
+                                   f"{progress()}") from None
+            note = "".join(f" (removed {p}, the figure of an earlier run)" for p in removed)
+            raise _Interrupted(f"after writing {', '.join(map(str, done))}{note}") from None
+    finally:
+        written.extend(done)
+        for path, tmp, _ in staged:
+            if path not in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    return [f"removed {p} (the figure of an earlier run)" for p in removed]
 
 
 # ---------------------------------------------------------------------------
@@ -336,20 +517,25 @@ def _cmd_demo(args, parser):
             kwargs["n_features"] = min(args.n_features, 16)
     out = _outdir(args.out, parser)
     _check_outputs(out, ("demo",), args.no_plot, parser)
-    print(f"fastlista demo: {kwargs['dataset']} problem, {kwargs['n_atoms']} atoms x "
-          f"{kwargs['n_features'] if args.dataset == 'simulated' else 64} features, "
-          f"lmbd = {kwargs['lmbd']}, {kwargs['n_train']} training and "
-          f"{kwargs['n_test']} held-out signals, {kwargs['n_layers']} layers",
-          flush=True)
+    _say(f"fastlista demo: {kwargs['dataset']} problem, {kwargs['n_atoms']} atoms x "
+         f"{kwargs['n_features'] if args.dataset == 'simulated' else 64} features, "
+         f"lmbd = {kwargs['lmbd']}, {kwargs['n_train']} training and "
+         f"{kwargs['n_test']} held-out signals, {kwargs['n_layers']} layers",
+         flush=True)
     result = E.demo(progress=_progress_bar(), **kwargs)
-    print()
-    print("Held-out F - F* (mean over signals) after each layer / iteration; "
-          "steps in units of 1/L:")
-    print(E.format_demo_table(result))
-    print()
-    print(E.format_summary(result.summary))
-    files = _write(result, out, args.no_plot)
-    print(f"\nwrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)")
+    # the files first: a standard output that fails loses the printout only
+    written = len(args.files_written)
+    notes = _write(result, out, args.no_plot, args.files_written)
+    _say()
+    _say("Held-out F - F* (mean over signals) after each layer / iteration; "
+         "steps in units of 1/L:")
+    _say(E.format_demo_table(result))
+    _say()
+    _say(E.format_summary(result.summary))
+    for note in notes:
+        _say(note)
+    files = args.files_written[written:]
+    _say(f"\nwrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)")
     return 0
 
 
@@ -363,16 +549,20 @@ def _cmd_reproduce(args, parser):
     _check_outputs(out, figures, args.no_plot, parser)
     progress = _progress_bar()
     for fig in figures:
-        print(f"fastlista reproduce {fig} ({mode} settings): {FIGURES[fig].title}",
-              flush=True)
+        _say(f"fastlista reproduce {fig} ({mode} settings): {FIGURES[fig].title}",
+             flush=True)
         if mode == "paper" and FIGURES[fig].slow:
-            print("note: the paper's settings of this figure take long (hours for "
-                  "'networks'); --quick runs a reduced version in under 2 minutes on 2 idle cores.",
-                  flush=True)
+            _say("note: the paper's settings of this figure take long (hours for "
+                 f"'networks'); --quick runs a reduced version in {QUICK}.", flush=True)
         result = E.run(fig, mode, random_state=args.seed, progress=progress)
-        print(E.format_summary(result.summary))
-        files = _write(result, out, args.no_plot)
-        print(f"wrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)\n", flush=True)
+        # the files first: a standard output that fails loses the printout only
+        written = len(args.files_written)
+        notes = _write(result, out, args.no_plot, args.files_written)
+        _say(E.format_summary(result.summary))
+        for note in notes:
+            _say(note)
+        files = args.files_written[written:]
+        _say(f"wrote {', '.join(map(str, files))}  ({result.elapsed:.1f} s)\n", flush=True)
     return 0
 
 
@@ -390,6 +580,22 @@ def _cmd_bench(args, parser):
     out = _outdir(args.out, parser)
     # absolute: pytest and report.py run in the checkout, not in this directory
     json_path = (Path(args.json) if args.json else out / "benchmarks.json").resolve()
+    # checked before the suite runs (pytest-benchmark would fail only at its end)
+    if json_path.is_dir():
+        parser.error(f"argument --json: {str(json_path)!r} is a directory (give the path "
+                     "of a JSON file)")
+    if args.report_only:
+        if not json_path.is_file():
+            parser.error(f"argument --report-only: {str(json_path)!r} does not exist "
+                         "(give the JSON of a previous run with --json FILE)")
+    else:
+        parent = json_path.parent
+        why = (None if parent.is_dir() and os.access(parent, os.W_OK)
+               else "is not writable" if parent.is_dir()
+               else "is not a directory" if parent.exists() else "does not exist")
+        if why:
+            parser.error(f"argument --json: cannot write {str(json_path)!r}: the "
+                         f"directory {str(parent)!r} {why}")
     root = _find_checkout(args.checkout)
     if root is None:
         where = args.checkout or f"{Path.cwd()} or {Path(__file__).resolve().parent.parent}"
@@ -421,34 +627,31 @@ def _cmd_bench(args, parser):
                     "--benchmark-warmup=off", "-q"]
         if keyword:
             cmd += ["-k", keyword]
-        print("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
+        _say("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
         # a JSON of an earlier run must not pass for this one's (pytest writes
         # none when every selected benchmark is skipped)
         json_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         status = subprocess.call(cmd, cwd=root, env=env)
-        print(f"benchmarks ran in {time.perf_counter() - t0:.0f} s (pytest exit status "
-              f"{status})", flush=True)
+        _say(f"benchmarks ran in {time.perf_counter() - t0:.0f} s (pytest exit status "
+             f"{status})", flush=True)
         if not json_path.is_file():
             why = ("no benchmark ran (all deselected or skipped)" if status in (0, 5)
                    else "is pytest-benchmark installed? pip install '.[test]'")
             print(f"fastlista bench: no timings were written to {json_path} ({why})",
                   file=sys.stderr)
             return status or 1
-    elif not json_path.is_file():
-        parser.error(f"argument --report-only: {str(json_path)!r} does not exist "
-                     "(give the JSON of a previous run with --json FILE)")
     if report.is_file():
         cmd = [sys.executable, str(report), str(json_path)]
         if args.markdown:
             cmd.append("--markdown")
-        print(f"\nratio table (median of ours / median of reference) from {json_path}:",
-              flush=True)
+        _say(f"\nratio table (median of ours / median of reference) from {json_path}:",
+             flush=True)
         rc = subprocess.call(cmd, cwd=root)
         if rc:
             return rc
     else:
-        print(f"no {report} found: the timings are in {json_path}")
+        _say(f"no {report} found: the timings are in {json_path}")
     if not args.report_only and status:
         # the table of the timings that ran, then pytest's failure (a check of
         # a benchmark failed: the two sides did not compute the same thing)
@@ -484,25 +687,57 @@ def main(argv=None):
     -------
     status : int
         0 on success, 1 when the run fails (an output that cannot be
-        written, not enough memory), 130 when interrupted; bad arguments
-        exit with status 2 (``SystemExit``, from argparse). Failures are
-        reported as one message on stderr, without a traceback.
+        written, not enough memory, a standard output that cannot be
+        written), 130 when interrupted, 141 when the reader of the standard
+        output went away; bad arguments exit with status 2 (``SystemExit``,
+        from argparse). Failures are reported as one message on stderr,
+        without a traceback.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]
+    args = None
+    written = []                        # the files written, for the messages
     try:
-        return COMMANDS[args.command](args, sub)
-    except KeyboardInterrupt:
-        print(f"fastlista {args.command}: interrupted", file=sys.stderr)
+        # in the try: a Ctrl-C while the parser is built ends as any other
+        # (one before main runs, while Python imports fastlista, cannot)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            # the text of --help or --version: a failure to write it is
+            # reported here, not by the interpreter's last flush
+            _say(end="", flush=True)
+            raise
+        args.files_written = written
+        sub = parser._subparsers._group_actions[0].choices[args.command]
+        status = COMMANDS[args.command](args, sub)
+        _say(end="", flush=True)        # what is buffered fails here, not at exit
+        return status
+    except KeyboardInterrupt as exc:
+        # what is on disk: this result's files (_Interrupted), earlier ones
+        detail = f" {exc}" if isinstance(exc, _Interrupted) else ""
+        if written and not detail:
+            detail = f" (written: {', '.join(map(str, written))})"
+        print(f"{_prog(args)}: interrupted{detail}", file=sys.stderr)
         return 130
     except MemoryError as exc:
-        print(f"fastlista {args.command}: not enough memory for "
-              f"{_memory_context(args)}: {exc}", file=sys.stderr)
+        context = _memory_context(args) if args is not None else "this run"
+        print(f"{_prog(args)}: not enough memory for {context}: {exc}", file=sys.stderr)
         return 1
     except _RunError as exc:
-        print(f"fastlista {args.command}: {exc}", file=sys.stderr)
+        print(f"{_prog(args)}: {exc}", file=sys.stderr)
         return 1
+    except _StdoutError as exc:
+        _silence_stdout()
+        error = exc.__cause__
+        if isinstance(error, BrokenPipeError):
+            return 141                  # the reader went away: nothing to tell it
+        files = f" (written: {', '.join(map(str, written))})" if written else ""
+        print(f"{_prog(args)}: cannot write to standard output: "
+              f"{error.strerror or error}{files}", file=sys.stderr)
+        return 1
+
+
+def _prog(args):
+    return "fastlista" if args is None else f"fastlista {args.command}"
 
 
 if __name__ == "__main__":  # pragma: no cover

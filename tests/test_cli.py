@@ -1,5 +1,7 @@
 """The ``fastlista`` command line: every command in its tiny mode, bad arguments."""
 import csv
+import errno
+import io
 import json
 import os
 import signal
@@ -111,8 +113,11 @@ def test_python_m_fastlista_entry_point(tmp_path):
     (["reproduce", "oista", "--seed", "x"], "argument --seed: expected an integer"),
     (["reproduce", "oista", "--bogus"], "unrecognized arguments: --bogus"),
     (["bench", "--report-only", "--json", "/nonexistent/b.json"], "does not exist"),
+    # an empty --out is not the current directory (--out . is)
+    (["reproduce", "oista", "--out", ""], "argument --out: must not be empty"),
 ])
-def test_bad_arguments_exit_2(argv, message, capsys, tmp_path):
+def test_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)         # where an argument accepted by mistake writes
     if argv and argv[0] in ("demo", "bench"):
         argv = argv + ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exc:
@@ -164,14 +169,16 @@ def test_png_directory_is_left_alone_with_no_plot(tmp_path, capsys):
 
 def test_failed_write_exits_1_with_a_message(tmp_path, capsys):
     # a dangling link passes the checks made before computing, and fails
-    # when the PNG is written
+    # when the PNG is written: no file is replaced unless all were written
     (tmp_path / "demo.png").symlink_to(tmp_path / "missing" / "demo.png")
     status, out, err = run(["demo", "--tiny", "--out", str(tmp_path)], capsys)
     assert status == 1
     assert err.strip().splitlines() == [
         f"fastlista demo: cannot write {tmp_path / 'demo.png'}: No such file or directory "
-        f"(written: {tmp_path / 'demo.csv'}, {tmp_path / 'demo.json'})"]
+        f"(none was replaced, those in {tmp_path} are as they were)"]
     assert "wrote" not in out
+    # no CSV nor JSON without their PNG, no temporary file
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]
 
 
 def test_no_plot_lists_every_file_and_removes_the_stale_png(tmp_path, capsys):
@@ -244,6 +251,219 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path):
     assert err.strip().splitlines()[-1] == "fastlista reproduce: interrupted"
     assert "Traceback" not in err
     assert not (tmp_path / "dictionary-distance.csv").exists()
+
+
+# ------------------------------------------ standard output, interrupts, staging
+class _ClosedAfterFirstLine(io.TextIOBase):
+    """A standard output whose reader goes away after the first line (``| head -1``)."""
+
+    def __init__(self, error):
+        self.text, self.error = "", error
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if "\n" in self.text:
+            raise self.error
+        self.text += s
+        return len(s)
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), 141, None),
+    (OSError(errno.ENOSPC, "No space left on device"), 1,
+     "fastlista reproduce: cannot write to standard output: No space left on device"),
+])
+def test_failed_stdout_after_the_first_line_keeps_the_results(error, status, message,
+                                                              tmp_path, capsys,
+                                                              monkeypatch):
+    # the files are written before the summary is printed: a reader that
+    # went away loses the printout, never the results
+    stdout = _ClosedAfterFirstLine(error)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = cli.main(["reproduce", "lipschitz-law", "--tiny", "--no-plot", "--out",
+                     str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == status
+    assert stdout.text.startswith("fastlista reproduce lipschitz-law (tiny settings)")
+    stem = tmp_path / "lipschitz-law"
+    if message is None:
+        assert err == ""                  # a closed pipe ends the run quietly
+    else:
+        assert err.splitlines() == [f"{message} (written: {stem}.csv, {stem}.json)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lipschitz-law.csv",
+                                                          "lipschitz-law.json"]
+    assert read_csv(f"{stem}.csv")[1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes and /dev/full")
+@pytest.mark.parametrize("stdout, argv, unbuffered", [
+    ("closed", ["reproduce", "lipschitz-law", "--tiny", "--no-plot"], False),
+    ("closed", ["reproduce", "lipschitz-law", "--tiny", "--no-plot"], True),
+    # (unbuffered, argparse ignores the failure of --help's text: status 0)
+    ("closed", ["--help"], False),
+    ("/dev/full", ["reproduce", "lipschitz-law", "--tiny", "--no-plot"], False),
+    ("/dev/full", ["reproduce", "lipschitz-law", "--tiny", "--no-plot"], True),
+])
+def test_closed_or_full_stdout_gives_no_traceback(stdout, argv, unbuffered, tmp_path):
+    env = {k: v for k, v in SUB_ENV.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    if stdout == "closed":
+        # a pipe whose reader is gone before the command starts
+        read_end, fd = os.pipe()
+        os.close(read_end)
+    elif os.path.exists(stdout):
+        fd = os.open(stdout, os.O_WRONLY)
+    else:
+        pytest.skip(f"no {stdout}")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastlista", *argv],
+                              stdout=fd, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=env, timeout=120)
+    finally:
+        os.close(fd)
+    if stdout == "closed":
+        assert (proc.returncode, proc.stderr) == (141, "")
+    else:
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            "fastlista reproduce: cannot write to standard output: No space left on device"]
+
+
+def run_interrupted(argv, capsys):
+    """:func:`run`, failing the test (not ending the session) on a KeyboardInterrupt."""
+    try:
+        return run(argv, capsys)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+
+
+def _old_outputs(out, name):
+    """The CSV, JSON and PNG an earlier run left in ``out``; their contents."""
+    old = {}
+    for ext in ("csv", "json", "png"):
+        path = out / f"{name}.{ext}"
+        path.write_text(f"{ext} of an earlier run")
+        old[path.name] = path.read_text()
+    return old
+
+
+def _contents(out):
+    return {p.name: p.read_text(errors="replace") for p in sorted(out.iterdir())}
+
+
+@pytest.fixture
+def sigint():
+    """Python's own Ctrl-C handler, whatever the process was started with."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield lambda: signal.raise_signal(signal.SIGINT)
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_writing_leaves_the_earlier_files_as_they_were(tmp_path, capsys,
+                                                                     monkeypatch,
+                                                                     sigint):
+    from fastlista.paper.experiments import ExperimentResult
+
+    old = _old_outputs(tmp_path, "lipschitz-law")
+    # Ctrl-C once the CSV is written, while the JSON is
+    monkeypatch.setattr(ExperimentResult, "to_json", lambda self, path: sigint())
+    status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
+                                        "--out", str(tmp_path)], capsys)
+    assert status == 130
+    assert err.splitlines()[-1] == (
+        "fastlista reproduce: interrupted while writing the files of lipschitz-law: "
+        f"none was replaced, those in {tmp_path} are as they were")
+    # every file as the earlier run left it (its PNG too, despite --no-plot),
+    # and no temporary file
+    assert _contents(tmp_path) == old
+    assert "wrote" not in out
+
+
+def test_ctrl_c_while_the_files_are_renamed_is_held_until_they_all_are(tmp_path, capsys,
+                                                                        monkeypatch,
+                                                                        sigint):
+    _old_outputs(tmp_path, "lipschitz-law")
+    replace = os.replace
+
+    def replace_and_interrupt(src, dst):
+        sigint()
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_and_interrupt)
+    status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
+                                        "--out", str(tmp_path)], capsys)
+    stem = tmp_path / "lipschitz-law"
+    assert status == 130
+    assert err.splitlines()[-1] == (f"fastlista reproduce: interrupted after writing "
+                                    f"{stem}.csv, {stem}.json (removed {stem}.png, the "
+                                    "figure of an earlier run)")
+    assert sorted(_contents(tmp_path)) == ["lipschitz-law.csv", "lipschitz-law.json"]
+    assert read_csv(f"{stem}.csv")[1]
+    assert json.loads(Path(f"{stem}.json").read_text())["settings"]["mode"] == "tiny"
+
+
+def test_interrupt_between_two_renames_names_the_files_replaced(tmp_path, capsys,
+                                                                monkeypatch):
+    # where Ctrl-C cannot be held back (a handler of the embedding program):
+    # the message names the files replaced and those left
+    old = _old_outputs(tmp_path, "lipschitz-law")
+    replace, calls = os.replace, []
+
+    def replace_once(src, dst):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_once)
+    status, _, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--out",
+                                      str(tmp_path)], capsys)
+    stem = tmp_path / "lipschitz-law"
+    assert status == 130
+    assert err.splitlines()[-1] == (
+        "fastlista reproduce: interrupted while replacing the files of lipschitz-law: "
+        f"replaced {stem}.csv; not replaced (as they were) {stem}.json, {stem}.png")
+    contents = _contents(tmp_path)
+    assert sorted(contents) == ["lipschitz-law.csv", "lipschitz-law.json",
+                                "lipschitz-law.png"]
+    assert contents["lipschitz-law.csv"] != old["lipschitz-law.csv"]
+    assert contents["lipschitz-law.json"] == old["lipschitz-law.json"]
+
+
+def test_ctrl_c_after_a_figure_names_the_files_written(tmp_path, capsys, monkeypatch,
+                                                      sigint):
+    from fastlista.paper import experiments as E
+
+    first, second = list(FIGURES)[:2]
+    run_figure = E.run
+
+    def run_first_only(fig, *args, **kwargs):
+        if fig != first:
+            sigint()
+        return run_figure(fig, *args, **kwargs)
+
+    monkeypatch.setattr(E, "run", run_first_only)
+    status, out, err = run_interrupted(["reproduce", "all", "--tiny", "--no-plot", "--out",
+                                        str(tmp_path)], capsys)
+    stem = tmp_path / first
+    assert status == 130
+    assert err.splitlines()[-1] == (
+        f"fastlista reproduce: interrupted (written: {stem}.csv, {stem}.json)")
+    assert f"fastlista reproduce {second}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first}.csv", f"{first}.json"]
+
+
+def test_ctrl_c_while_building_the_parser_exits_130(capsys, monkeypatch, sigint):
+    def build_parser():
+        sigint()
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    status, out, err = run_interrupted(["demo", "--tiny"], capsys)
+    assert status == 130
+    assert (out, err) == ("", "fastlista: interrupted\n")
 
 
 # ------------------------------------------------------------------------- demo
@@ -389,6 +609,38 @@ def test_bench_report_only_relative_paths(json_arg, out_arg, tmp_path, capfd,
     row = next(line for line in out.splitlines() if line.startswith("g "))
     assert row.split() == ["g", "fast", "numpy", "2", "ms", "4", "ms", "0.500", "<=", "1",
                            "ok"]
+
+
+@pytest.mark.parametrize("json_arg, report_only, message", [
+    ("jsondir", False, "argument --json: {path!r} is a directory"),
+    ("jsondir", True, "argument --json: {path!r} is a directory"),
+    ("missing/sub/b.json", False,
+     "argument --json: cannot write {path!r}: the directory {parent!r} does not exist"),
+    ("", False, "argument --json: must not be empty"),
+])
+def test_bench_json_is_checked_before_the_suite_runs(json_arg, report_only, message,
+                                                     tmp_path, capsys, monkeypatch):
+    def call(*args, **kwargs):
+        raise AssertionError("the suite ran")
+
+    monkeypatch.setattr(subprocess, "call", call)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jsondir").mkdir()
+    path = (tmp_path / json_arg).resolve()
+    argv = ["bench", "--json", json_arg, "--out", str(tmp_path), "--checkout", str(REPO)]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + (["--report-only"] if report_only else []))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: fastlista bench" in err
+    assert message.format(path=str(path), parent=str(path.parent)) in err
+
+
+def test_bench_empty_out_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--report-only", "--out", "", "--checkout", str(REPO)])
+    assert exc.value.code == 2
+    assert "argument --out: must not be empty" in capsys.readouterr().err
 
 
 def test_bench_tiny_runs_the_suite(tmp_path):
