@@ -35,6 +35,8 @@ CASES = {
     "25 ISTA iterations 0.1": ("solve", {"lmbd": 0.1, "method": "ista", "tol": 0.0,
                                          "max_iter": 25}),
     "OISTA to 1e-10, 0.8": ("solve", {"lmbd": 0.8, "method": "oista", "tol": 1e-10}),
+    "OISTA to 1e-6, 0.1": ("solve", {"lmbd": 0.1, "method": "oista", "tol": 1e-6,
+                                     "n_samples": 200}),
     "FISTA to 1e-8, 0.8": ("solve", {"lmbd": 0.8, "method": "fista", "tol": 1e-8}),
     "SLISTA forward 0.1": ("forward", {"lmbd": 0.1, "parametrization": "step"}),
     "SLISTA forward 0.8": ("forward", {"lmbd": 0.8, "parametrization": "step"}),

@@ -137,7 +137,12 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         * "oista": oracle ISTA (Ablin et al. 2019): step 1/L_S of the
           sample's current support S, kept when the new support stays in S,
           else 1/L. L_S comes from a warm-started power iteration, recomputed
-          only when the support changes.
+          only when the support changes (a bracket by repeated squaring up
+          to 16 atoms). A power iteration can settle on a smaller eigenvalue
+          (from a start nearly orthogonal to the top eigenvector), so the
+          curvature d B d^T of each step d taken on 1/L_S is checked against
+          L_S ||d||^2 at the next gradient: above it, the sample's L_S comes
+          from LAPACK from then on.
         * "cd": coordinate descent on the Gram matrix with working sets and a
           Newton polish on the support (exact once the signs are right).
         * "auto": the fastest exact method, currently "cd".

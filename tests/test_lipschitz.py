@@ -211,3 +211,85 @@ def test_global_and_support_L_are_both_rounded_to_float32():
     expected = float(np.float32(np.sum(d.astype(np.float64) ** 2)))
     assert lipschitz(d) == expected
     assert lipschitz(d, support=[True]) == expected
+
+
+def _kernel_start_vector(k):
+    """The power iteration's start vector over atoms 0..k-1 (a splitmix64
+    hash of the atom index, as in ``_lipschitz.pxd``): the adversary's view."""
+    mask = (1 << 64) - 1
+    v = np.empty(k)
+    for a in range(k):
+        h = (a + 0x9E3779B97F4A7C15) & mask
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+        h ^= h >> 31
+        u = (h >> 11) / 9007199254740992.0
+        v[a] = (0.5 + u) if h & 1 else -(0.5 + u)
+    return v / np.linalg.norm(v)
+
+
+def _dictionary_of_gram(B):
+    """A square D with D D^T = B (B symmetric PSD)."""
+    ev, V = np.linalg.eigh(B)
+    return (V * np.sqrt(np.maximum(ev, 0))) @ V.T
+
+
+@pytest.mark.parametrize("k, l2", [(3, 0.9), (4, 0.85), (8, 0.7), (16, 0.55)])
+def test_duplicated_atoms_do_not_hide_the_top_eigenvalue(k, l2):
+    # atom 0 (squared norm l2) is orthogonal to k - 1 copies of one atom of
+    # squared norm 1 / (k - 1): L_S = 1, spread over columns of small
+    # diagonal, while e_0 is an exact eigenvector of a larger diagonal;
+    # repeated squaring stopped on it (l2) when two quotients agreed
+    D = np.zeros((k, 2))
+    D[0, 0] = np.sqrt(l2)
+    D[1:, 1] = np.sqrt(1.0 / (k - 1))
+    expected = np.linalg.eigvalsh(D @ D.T)[-1]
+    for tol in (1e-6, 1e-10, 1e-15):
+        assert_allclose(lipschitz(D, support=np.ones(k, bool), tol=tol), expected, rtol=1e-13)
+
+
+def test_equal_top_eigenvalues_of_a_tiny_support():
+    # 15 atoms of squared norm 2/15 evenly spread over a plane (eigenvalues
+    # 1 and 1) and an atom of squared norm 0.61 orthogonal to it, the
+    # largest diagonal: the squaring's quotients agreed at 0.61, while
+    # trace(B^p)^(1/p) stays above 1
+    angle = np.pi * np.arange(15) / 15
+    D = np.zeros((16, 3))
+    D[0, 2] = np.sqrt(0.61)
+    D[1:, 0] = np.sqrt(2 / 15) * np.cos(angle)
+    D[1:, 1] = np.sqrt(2 / 15) * np.sin(angle)
+    expected = np.linalg.eigvalsh(D @ D.T)[-1]
+    for tol in (1e-6, 1e-10, 1e-15):
+        assert_allclose(lipschitz(D, support=np.ones(16, bool), tol=tol), expected,
+                        rtol=1e-12)
+    # max_iter too small for the bracket to close (equal eigenvalues close
+    # it slowly): LAPACK
+    assert_allclose(lipschitz(D, support=np.ones(16, bool), max_iter=4), expected,
+                    rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [17, 50, 200])
+def test_a_first_step_that_barely_moves_is_not_convergence(k):
+    # orthonormal atoms, one of them sqrt(1 + 1e-4) long: L_S = 1 + 1e-4 with
+    # every other eigenvalue 1. The power iteration stopped after its first
+    # step (whose ratio of differences was taken against theta_0 itself) at
+    # 1 + 4e-7, for an eigengap far above sqrt(tol)
+    for long in (0, 7, k - 1):
+        D = np.eye(k)
+        D[long, long] = np.sqrt(1 + 1e-4)
+        assert_allclose(lipschitz(D, support=np.ones(k, bool)), 1 + 1e-4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("c", [0.0, 1e-12, 1e-7, 1e-3])
+def test_top_eigenvector_nearly_orthogonal_to_the_start_vector(c):
+    # B_SS = I + 9 q q^T with q at angle arccos(c) to the kernel's start
+    # vector: a power iteration from it stays near 1 while L_S = 10
+    k = 20
+    v0 = _kernel_start_vector(k)
+    w = np.random.default_rng(3).standard_normal(k)
+    w -= (w @ v0) * v0
+    w /= np.linalg.norm(w)
+    q = c * v0 + np.sqrt(1 - c * c) * w
+    D = _dictionary_of_gram(np.eye(k) + 9 * np.outer(q, q))
+    S = np.ones((2, k), bool)
+    assert_allclose(lipschitz(D, support=S), 10.0, rtol=1e-12)

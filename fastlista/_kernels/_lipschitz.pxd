@@ -4,13 +4,13 @@
 # Everything runs in double whatever the storage dtype (B_SS and D_S are
 # widened on the fly): a float32 iteration stalls at its rounding level,
 # where a stop test can mistake a slow climb towards L_S for convergence.
-from libc.math cimport sqrt, fabs, hypot, NAN
+from libc.math cimport sqrt, fabs, hypot, exp, log, ldexp, NAN
 from libc.stdint cimport uint64_t
 from cython cimport floating
 
 from scipy.linalg.cython_lapack cimport dsyevr
 
-from ._simd cimport fl_dot_dd, fl_dot_sd
+from ._simd cimport FL_ROUNDOFF, fl_dot_dd, fl_dot_sd
 
 
 # up to this support size, L_S comes from repeated squaring of B_SS
@@ -18,20 +18,33 @@ cdef enum:
     TINY = 16
 
 
-cdef inline double squaring_lipschitz(const double *A, int k, double *v,
-                                      double tol) noexcept nogil:
-    """Largest eigenvalue of a tiny PSD matrix A (k <= TINY) by squaring.
+cdef inline double squaring_lipschitz(const double *A, int k, double *v, double tol,
+                                      int max_iter, bint *bracketed) noexcept nogil:
+    """Largest eigenvalue L of a tiny PSD matrix A (k <= TINY), bracketed.
 
-    M_s = A^(2^s) / trace: its column of largest diagonal is the power
-    iteration after 2^s steps, so the Rayleigh quotient of A on it converges
-    quadratically in s (a power iteration of 2^s steps for k^3 s flops).
-    Stops when two quotients differ by <= tol (relatively), after at least
-    2 squarings. v (k,) receives the unit top eigenvector.
+    Repeated squaring: M_s = A^p / trace(A^p), p = 2^s. Below L: the
+    Rayleigh quotient theta of A on the column of M_s of largest diagonal
+    (p power steps from that basis vector; converges quadratically in s).
+    Above L: trace(A^p)^(1/p) = (sum_i lambda_i^p)^(1/p) >= L, which is
+    trace(A) prod_j t_j^(2^-j), t_j = trace(M_{j-1}^2) in [1/k, 1] (the
+    normaliser of the j-th square; products of logs, no overflow). Stops
+    when up - theta <= tol theta + the rounding of both (4 (k^2 + 2) ulps
+    of up: the rounding of a square perturbs log trace by k^2 u at most,
+    and the 2^-j weights keep the sum below that), ``bracketed`` set; after
+    the squarings that stay within ``max_iter`` power steps (2^s <=
+    max_iter), ``bracketed`` cleared. The bracket is what makes theta
+    trustworthy: a start column that is an exact eigenvector of a smaller
+    eigenvalue (duplicated atoms spread the top one over many columns of
+    small diagonal) gives equal quotients from one squaring to the next,
+    while the upper bound stays above. v (k,) receives the unit vector of
+    theta.
     """
     cdef double M[TINY * TINY]
     cdef double T[TINY * TINY]
-    cdef double theta = 0, theta_old = 0, acc, num, den = 1, tr, big
+    cdef double theta = 0, acc, num, den = 1, tr, big, up, log_up = 0
+    cdef double slack = 4.0 * (k * k + 2) * FL_ROUNDOFF
     cdef int a, b, c, s, jmax = 0
+    bracketed[0] = True
     # start from A / trace(A): the iterates stay of order 1 (no underflow)
     tr = 0
     for a in range(k):
@@ -50,10 +63,9 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
             if M[a * k + a] > big:
                 big = M[a * k + a]
                 jmax = a
-        if not big > 0:
-            for a in range(k):
-                v[a] = 1.0 if a == 0 else 0.0
-            return 0
+        if not big > 0:                 # NaN entries
+            bracketed[0] = False
+            break
         num = 0
         den = 0
         for a in range(k):
@@ -63,22 +75,26 @@ cdef inline double squaring_lipschitz(const double *A, int k, double *v,
             num = num + M[a * k + jmax] * acc
             den = den + M[a * k + jmax] * M[a * k + jmax]
         theta = num / den
-        if s >= 2 and fabs(theta - theta_old) <= tol * theta:
+        up = tr * exp(log_up)
+        if up - theta <= tol * theta + slack * up:
             break
-        theta_old = theta
+        if s >= 62 or (<long long> 1 << (s + 1)) > max_iter:
+            bracketed[0] = False
+            break
         # M <- M M / trace(M M), symmetric: the upper triangle, mirrored
-        tr = 0
+        big = 0
         for a in range(k):
             for b in range(a, k):
                 acc = 0
                 for c in range(k):
                     acc = acc + M[a * k + c] * M[b * k + c]
                 T[a * k + b] = acc
-            tr = tr + T[a * k + a]
-        tr = 1 / tr
+            big = big + T[a * k + a]
+        log_up = log_up + ldexp(log(big), -(s + 1))
+        big = 1 / big
         for a in range(k):
             for b in range(a, k):
-                M[a * k + b] = T[a * k + b] * tr
+                M[a * k + b] = T[a * k + b] * big
                 M[b * k + a] = M[a * k + b]
     den = sqrt(den)
     for a in range(k):
@@ -120,13 +136,20 @@ cdef inline double support_lipschitz(
     converged : out, whether the tolerance was met within max_iter (it may
         not be when the two top eigenvalues nearly coincide).
 
-    Exact for k <= 2, repeated squaring of B_SS for k <= TINY. Otherwise
-    iterates on B_SS (k^2 per step) when k < 2 n, else on D_S through
-    u = v D_S, w = u D_S^T (2 k n per step).
+    Exact for k <= 2; bracketed by repeated squaring of B_SS for k <= TINY
+    (``converged`` cleared when the bracket did not close within max_iter
+    power steps). Otherwise iterates on B_SS (k^2 per step) when k < 2 n,
+    else on D_S through u = v D_S, w = u D_S^T (2 k n per step).
     The Rayleigh quotients theta_t converge geometrically, theta_t -> L_S
     with errors shrinking by a ratio r each step; with d_t = |theta_t -
     theta_{t-1}| and r ~ d_t / d_{t-1}, the remaining error is about
-    d_t r / (1 - r). Stops when both d_t and that estimate are <= tol * theta.
+    d_t r / (1 - r). Stops when both d_t and that estimate are <= tol * theta
+    (from the third quotient on). A power iteration's quotient is a lower
+    bound, not a certificate: from a start vector nearly orthogonal to the
+    top eigenvector it settles on a smaller eigenvalue for a while, and no
+    stopping rule on the quotients sees it. ``converged`` is cleared when
+    theta ends below the largest B_aa (a quotient it must exceed); OISTA,
+    the one caller, also checks the curvature of each step it takes.
     """
     cdef Py_ssize_t a, b, it
     cdef double theta = 0, theta_old = 0, nv, half, p, q, r
@@ -164,11 +187,17 @@ cdef inline double support_lipschitz(
 
     cdef bint gram = k < 2 * n
     cdef double A[TINY * TINY]
+    cdef double dmax = 0
     if k <= TINY:
         for a in range(k):
             for b in range(k):
                 A[a * k + b] = B[<Py_ssize_t> idx[a] * m + idx[b]]
-        return squaring_lipschitz(A, k, v, tol)
+        return squaring_lipschitz(A, k, v, tol, max_iter, converged)
+    # L_S >= max_a B_aa (the quotient of a basis vector): a floor that no
+    # start vector can hide
+    for a in range(k):
+        if B[<Py_ssize_t> idx[a] * m + idx[a]] > dmax:
+            dmax = B[<Py_ssize_t> idx[a] * m + idx[a]]
     if gram:
         # B_SS = B[S][:, S]
         for a in range(k):
@@ -226,9 +255,13 @@ cdef inline double support_lipschitz(
         for a in range(k):
             v[a] = w[a] / nv
         diff = fabs(theta - theta_old)
-        if it > 0 and diff <= tol * theta:
+        # from it = 2 on: diff_old is then a difference of two quotients
+        # (at it = 1 it is theta_0 itself, and the ratio meant nothing: a
+        # first step that moved theta by less than tol stopped the iteration)
+        if it > 1 and diff <= tol * theta:
             ratio = diff / diff_old if diff_old > 0 else 0
             if ratio < 1 and diff * ratio <= tol * theta * (1 - ratio):
+                converged[0] = theta >= dmax * (1 - tol)
                 return theta
         theta_old = theta
         diff_old = diff

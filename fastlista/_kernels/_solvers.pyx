@@ -77,6 +77,12 @@ cdef int LS_MAX_TRIALS = 100
 # OISTA's power iteration: relative tolerance and iterations
 cdef double LS_TOL = 1e-8
 cdef int LS_MAX_ITER = 1000
+# OISTA's curvature test of a step on 1/L_S: d B d^T above L_S ||d||^2 by
+# more than this (relatively, beyond the rounding of the gradients) means
+# the power iteration underestimated L_S
+cdef double CURV_TOL = 1e-6
+# the unit roundoff of float32, 2^-24
+cdef double ROUNDOFF_F = 5.960464477539063e-08
 
 
 cdef struct ProxWork:
@@ -104,6 +110,14 @@ cdef struct ProxWork:
     int *orig       # (nb_max,) the batch row of each slot
     int *idx        # (m,) OISTA: atoms of the support
     unsigned char *fresh    # (nb_max,) OISTA: L_S in aux is that of supp(z)
+    unsigned char *pending  # (nb_max,) OISTA: the last step, on 1/L_S, awaits
+                            # its curvature test
+    unsigned char *exact    # (nb_max,) OISTA: L_S by LAPACK (a test failed)
+    double *Dz      # (nb_max, m) OISTA: d = z+ - z of the last step, on
+    int *Didx       # (nb_max, m) the entries that changed,
+    int *Dn         # (nb_max,) Dn[s] of them
+    double *curv    # (nb_max, 3) OISTA: d.g(z), ||d||^2, and the scale of
+                    # the rounding of d.g(z)
     double *Zd      # (nb_max, m) float32 FISTA: z and y in double (Z and Y
     double *Yd      # (nb_max, m) hold them rounded, for the products)
     double *rowd    # (m,) float32 FISTA: the candidate z+ in double
@@ -269,8 +283,9 @@ cdef double oista_lipschitz(floating *tag, ProxCtx *c, ProxWork *w, int s,
                             const floating *z) noexcept nogil:
     """L_S of slot s's support, warm-started from its last eigenvector.
 
-    LAPACK when the power iteration does not converge; 0 when LAPACK fails
-    (the caller then steps by 1/L).
+    LAPACK when the power iteration does not converge, and for a slot
+    whose curvature test failed; 0 when LAPACK fails (the caller then steps
+    by 1/L).
     """
     cdef Py_ssize_t m = c.m, j
     cdef int k = 0
@@ -283,18 +298,48 @@ cdef double oista_lipschitz(floating *tag, ProxCtx *c, ProxWork *w, int s,
             k = k + 1
     if k == 0:
         return 0
-    for j in range(k):
-        w.v[j] = V[w.idx[j]]
-        has_warm = has_warm or w.v[j] != 0
-    Ls = support_lipschitz(<const floating *> c.B, <const floating *> c.D, m, c.n,
-                           w.idx, k, w.v, w.w, w.lwork, has_warm, LS_TOL,
-                           LS_MAX_ITER, &converged)
+    converged = False
+    if not w.exact[s]:
+        for j in range(k):
+            w.v[j] = V[w.idx[j]]
+            has_warm = has_warm or w.v[j] != 0
+        Ls = support_lipschitz(<const floating *> c.B, <const floating *> c.D, m, c.n,
+                               w.idx, k, w.v, w.w, w.lwork, has_warm, LS_TOL,
+                               LS_MAX_ITER, &converged)
     if not converged:
         Ls = exact_lipschitz(<const floating *> c.B, <const floating *> c.D, m, c.n,
                              w.idx, k, w.A, w.lapack, w.iwork)
-    for j in range(k):
-        V[w.idx[j]] = w.v[j]
+    if not w.exact[s]:
+        for j in range(k):
+            V[w.idx[j]] = w.v[j]
     return Ls if isfinite(Ls) and Ls > 0 else 0
+
+
+cdef bint oista_curvature_fails(floating *tag, ProxWork *w, int s, const floating *g,
+                                const floating *cs, Py_ssize_t m, double eps) noexcept nogil:
+    """Whether slot s's last step, z <- z + d on 1/L_S, exposes L_S as low.
+
+    With g the gradient at z + d: d (g - g(z)) = d B d^T <= L_S ||d||^2,
+    since d is supported in S. A power iteration that settled on a smaller
+    eigenvalue gives an L_S that some step's curvature exceeds (steps on
+    too large a step size grow along the missed top eigenvector, so the
+    next step shows it). d is kept compact (its Dn[s] entries that changed,
+    Didx / Dz), with d.g(z), ||d||^2 and their rounding scale in curv.
+    Rounding: the gradients' entries are exact to about (m + n) u (|c_j| +
+    |(z B)_j|); ``eps`` is that factor, (m + n + 8) u.
+    """
+    cdef const int *di = w.Didx + s * m
+    cdef const double *d = w.Dz + s * m
+    cdef const double *cv = w.curv + 3 * s
+    cdef double q = 0, e = cv[2]
+    cdef int i
+    cdef Py_ssize_t j
+    for i in range(w.Dn[s]):
+        j = di[i]
+        q = q + d[i] * g[j]
+        e = e + fabs(d[i]) * (fabs(<double> cs[j]) + fabs(<double> g[j] + cs[j]))
+    q = q - cv[0]
+    return q > w.aux[s] * cv[1] * (1 + CURV_TOL) + eps * e
 
 
 cdef void fista_step_double(double *z, double *y, const floating *g, double *row,
@@ -332,6 +377,11 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef bint check, done, inside, shrunk
     cdef double obj, gap, step, thr, t_new, beta, restart, dd, ddD, L = c.L
     cdef floating u
+    cdef int nd
+    cdef double dg, de, ud
+    cdef int *di
+    cdef double *dz
+    cdef const floating *cs
     cdef floating *Zb = <floating *> w.Z
     cdef floating *Xb = <floating *> w.X
     cdef floating *Cb = <floating *> w.C
@@ -378,6 +428,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             for j in range(m):
                 w.V[s * m + j] = 0
             w.fresh[s] = 0                  # L_S (in aux) not computed yet
+            w.pending[s] = 0
+            w.exact[s] = 0
         elif method == BACKTRACKING:
             w.aux[s] = 1 / L                # last step accepted on curvature
 
@@ -440,7 +492,13 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                             move_row(w.Yd, m, last, s, sizeof(double))
                     if method == OISTA:
                         move_row(w.V, m, last, s, sizeof(double))
+                        move_row(w.Dz, m, last, s, sizeof(double))
+                        move_row(w.Didx, m, last, s, sizeof(int))
+                        w.Dn[s] = w.Dn[last]
+                        move_row(w.curv, 3, last, s, sizeof(double))
                         w.fresh[s] = w.fresh[last]
+                        w.pending[s] = w.pending[last]
+                        w.exact[s] = w.exact[last]
                     w.aux[s] = w.aux[last]
                     w.lmbd[s] = w.lmbd[last]
                     w.xx[s] = w.xx[last]
@@ -494,6 +552,13 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         ys[j] = row[j] + beta * (row[j] - zs[j])
                 memcpy(zs, row, m * sizeof(floating))
             elif method == OISTA:
+                if w.pending[s]:
+                    w.pending[s] = 0
+                    if oista_curvature_fails(tag, w, s, gs, Cb + s * m, m,
+                                             (m + n + 8) * (FL_ROUNDOFF if floating is double
+                                                            else ROUNDOFF_F)):
+                        w.exact[s] = 1
+                        w.fresh[s] = 0
                 step = 1 / L
                 if not w.fresh[s]:
                     w.aux[s] = oista_lipschitz(tag, c, w, s, zs)
@@ -503,14 +568,37 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 thr = w.lmbd[s] * step
                 inside = True
                 shrunk = False
+                # d = z+ - z on the entries that change, for the curvature
+                # test (d.g(z), ||d||^2 and the rounding scale of d.g)
+                nd = 0
+                dg = 0
+                dd = 0
+                de = 0
+                di = w.Didx + s * m
+                dz = w.Dz + s * m
+                cs = Cb + s * m
                 for j in range(m):
                     row[j] = threshold(<floating> (zs[j] - step * gs[j]),
                                             <floating> thr, c.positive)
-                    if row[j] != 0 and zs[j] == 0:
-                        inside = False
-                    elif row[j] == 0 and zs[j] != 0:
-                        shrunk = True
+                    if row[j] != zs[j]:
+                        if zs[j] == 0:
+                            inside = False
+                        elif row[j] == 0:
+                            shrunk = True
+                        ud = <double> row[j] - zs[j]
+                        di[nd] = <int> j
+                        dz[nd] = ud
+                        nd = nd + 1
+                        dg = dg + ud * gs[j]
+                        dd = dd + ud * ud
+                        de = de + fabs(ud) * (fabs(<double> cs[j]) + fabs(<double> gs[j] + cs[j]))
                 if inside:
+                    if w.aux[s] > 0 and not w.exact[s] and dd > 0:
+                        w.Dn[s] = nd
+                        w.curv[3 * s] = dg
+                        w.curv[3 * s + 1] = dd
+                        w.curv[3 * s + 2] = de
+                        w.pending[s] = 1
                     memcpy(zs, row, m * sizeof(floating))
                     if shrunk:
                         w.fresh[s] = 0
@@ -604,8 +692,10 @@ def prox_grad(str method_name, const floating[:, ::1] X,
               m if oista else 0, m if oista else 0,
               max(min(m, 2 * n) ** 2, n) if oista else 0,
               r * r if oista else 0, 26 * r if oista else 0,
-              bm if wide else 0, bm if wide else 0, m if wide else 0]
-    isizes = [10 * r if oista else 0, block_size, m]
+              bm if wide else 0, bm if wide else 0, m if wide else 0,
+              bm if oista else 0, 3 * block_size if oista else 0]
+    isizes = [10 * r if oista else 0, block_size, m, bm if oista else 0,
+              block_size if oista else 0]
     # each workspace starts on 64 bytes, as do the threads' rows
     # (_gemm.aligned_empty: its vectors never straddle two cache lines)
     fsizes, dsizes = ([-(-size // 16) * 16 for size in s] for s in (fsizes, dsizes))
@@ -615,7 +705,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     fws = _gemm.aligned_empty(n_threads, sum(fsizes) + 1, dtype)
     dws = _gemm.aligned_empty(n_threads, sum(dsizes) + 1, np.float64)
     iws = np.empty((n_threads, sum(isizes) + 1), np.intc)
-    ubs = np.empty((n_threads, block_size), np.uint8)
+    ubs = np.empty((n_threads, 3 * block_size), np.uint8)
     cdef floating[:, ::1] fv = fws
     cdef double[:, ::1] dv = dws
     cdef int[:, ::1] iv = iws
@@ -648,9 +738,15 @@ def prox_grad(str method_name, const floating[:, ::1] X,
         work[t].orig = &iv[t, io[1]]
         work[t].idx = &iv[t, io[2]]
         work[t].fresh = &uv[t, 0]
+        work[t].pending = &uv[t, block_size]
+        work[t].exact = &uv[t, 2 * block_size]
         work[t].Zd = &dv[t, do[9]] if wide else NULL
         work[t].Yd = &dv[t, do[10]] if wide else NULL
         work[t].rowd = &dv[t, do[11]] if wide else NULL
+        work[t].Dz = &dv[t, do[12]]
+        work[t].Didx = &iv[t, io[3]]
+        work[t].Dn = &iv[t, io[4]]
+        work[t].curv = &dv[t, do[13]]
     c.method = method
     c.X = &X[0, 0]
     c.D = &D[0, 0]
