@@ -454,10 +454,13 @@ def duality_gap(X, D, lmbd, Z, positive=False):
 
     With ``r = x - z D`` and the dual point ``theta = r / max(lmbd,
     ||r D^T||_inf)`` (feasible: ``||theta D^T||_inf <= 1``), the gap is
-    ``F_x(z) - (0.5 ||x||^2 - 0.5 ||x - lmbd theta||^2)``. It bounds
-    ``F_x(z) - min F_x`` from above and is 0 at the optimum. For codes
-    constrained >= 0 the dual constraint is one-sided, ``(theta D^T)_j <=
-    1``, and ``theta = r / max(lmbd, max_j (r D^T)_j)``. Computed in double
+    ``F_x(z) - (0.5 ||x||^2 - 0.5 ||x - lmbd theta||^2)``, where ``lmbd
+    theta = r min(1, lmbd / ||r D^T||_inf)`` (r itself when that norm is at
+    most lmbd, lmbd = 0 included). It bounds ``F_x(z) - min F_x`` from
+    above and is 0 at the optimum. For codes constrained >= 0 the dual
+    constraint is one-sided, ``(theta D^T)_j <= 1``, and ``||r D^T||_inf``
+    is replaced by ``max_j (r D^T)_j`` (r itself when that maximum is at
+    most lmbd, negative ones included). Computed in double
     precision whatever the dtype (r formed directly, never from ``||x||^2 -
     2 z.c + z B z``), at any scale; the same computation certifies every
     result of :func:`fastlista.solve_lasso`.

@@ -82,6 +82,9 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
         with np.errstate(over="ignore"):
             return float(D.dtype.type(L))
     S = np.asarray(support)
+    if S.size == 0 and S.dtype != bool:
+        # an empty list (NumPy's float64 []): no atom to mistake for a flag
+        S = S.astype(bool)
     if S.dtype != bool:
         raise ValueError(
             f"support must be a boolean array of shape (n_atoms,) = ({m},) or "

@@ -85,10 +85,11 @@ class LassoResult:
         sample): the values at iterations 0, 1, ...; a sample that stopped
         keeps its last value, which is its certificate. The others are the
         kernel's, from ``c = x D^T`` and ``g = c - z D D^T`` in the data's
-        dtype: float32 ones carry float32's rounding of those (up to 1e-4
-        relatively where the residual is small against x, enough for
-        ISTA's recorded objective to rise); record float64 problems for
-        curves below that.
+        dtype: float32 ones carry float32's rounding of those, an absolute
+        error of a few float32 ulps of 1/2 ||x||^2 (1e-4 of the objective
+        once it is below 1e-3 of 1/2 ||x||^2, 7 % of it at 5e-7: enough
+        for ISTA's recorded objective to rise); record float64 problems
+        for curves below that.
     step_sizes : ndarray or None
         With ``record_history=True`` and method "oista" or "backtracking",
         the step used at each iteration, shape (n_iter.max(), n_samples)

@@ -80,6 +80,10 @@ def test_empty_support_is_zero():
     assert out.shape == (3,) and np.all(out == 0.0)
     # no supports at all
     assert lipschitz(D, support=np.zeros((0, m), bool)).shape == (0,)
+    # a dictionary without atoms, its support an empty list (NumPy's float64
+    # []): refused as "not a boolean array" before
+    assert lipschitz(np.zeros((0, 3)), support=[]) == 0.0
+    assert_allclose(lipschitz(np.zeros((0, 3)), support=np.zeros((2, 0))), [0.0, 0.0])
 
 
 def test_single_atom_is_squared_norm():
