@@ -297,3 +297,19 @@ def test_top_eigenvector_nearly_orthogonal_to_the_start_vector(c):
     D = _dictionary_of_gram(np.eye(k) + 9 * np.outer(q, q))
     S = np.ones((2, k), bool)
     assert_allclose(lipschitz(D, support=S), 10.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("m", [3, 16, 17, 40, 100])
+def test_lapack_on_a_multiple_top_eigenvalue_stays_in_its_workspace(m):
+    # B_SS = I (every eigenvalue 1): LAPACK's dstebz stores every eigenvalue
+    # of the interval it brackets before keeping the one asked for, and the
+    # kernel gave it room for one: lipschitz(eye(20), ..., max_iter=1)
+    # wrote 1.0 over the stack and crashed the interpreter (SIGSEGV); the
+    # supports over 16 atoms now always go to LAPACK
+    D = np.eye(m)
+    for max_iter in (1, 10000):
+        assert_allclose(lipschitz(D, support=np.ones((3, m), bool), max_iter=max_iter),
+                        1.0, rtol=1e-14)
+    D2 = np.vstack([D, D])                  # each eigenvalue of B twice: 2
+    assert_allclose(lipschitz(D2, support=np.ones((2, 2 * m), bool), max_iter=1), 2.0,
+                    rtol=1e-14)

@@ -3,7 +3,8 @@
 Each property is checked on generated inputs against an identity or an
 independent NumPy computation: soft-thresholding identities, ISTA never
 increasing the objective, the duality gap bounding F - F*, L_S <= L and its
-monotonicity in S, the sparse and dense gradient paths of the solvers and
+monotonicity in S, L_S against eigvalsh on spectra built to fool an
+eigenvalue iteration, the sparse and dense gradient paths of the solvers and
 of the unfolded networks against a NumPy ISTA, float32 against float64.
 """
 import numpy as np
@@ -116,6 +117,52 @@ def test_support_lipschitz_bounded_and_monotone(seed, m, n):
     for mask, value in ((S, L_S), (T, L_T)):
         expected = np.linalg.eigvalsh(B[np.ix_(mask, mask)])[-1] if mask.any() else 0.0
         assert value == pytest.approx(expected, rel=1e-7, abs=1e-12)
+
+
+@st.composite
+def structured_dictionaries(draw):
+    """Dictionaries whose B_SS has the spectra that fool an eigenvalue
+    iteration: duplicated atoms (the top eigenvector spread over columns of
+    small diagonal), equal or clustered top singular values, one atom a
+    hair longer than orthonormal others, and plain random ones."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["duplicated", "clustered", "spike", "random"]))
+    m = draw(st.integers(1, 40))
+    if kind == "duplicated":
+        n = draw(st.integers(1, 6))
+        base = rng.standard_normal((draw(st.integers(1, 4)), n))
+        D = base[rng.integers(0, len(base), m)] * rng.choice([-1.0, 1.0], (m, 1))
+        D *= rng.choice([1.0, rng.uniform(0.1, 1.0)], (m, 1))
+    elif kind == "clustered":
+        n = draw(st.integers(2, 12))
+        r = min(m, n)
+        gap = draw(st.sampled_from([0.0, 1e-12, 1e-9, 1e-6, 1e-3]))
+        sv = np.sort(rng.uniform(0.1, 0.9, r))[::-1]
+        sv[:2] = [1.0, 1.0 - gap][:min(r, 2)]
+        U, _ = np.linalg.qr(rng.standard_normal((m, m)))
+        V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        D = (U[:, :r] * sv) @ V[:, :r].T
+    elif kind == "spike":
+        n = m
+        D = np.eye(m)
+        D[rng.integers(m)] *= np.sqrt(1 + draw(st.sampled_from([1e-8, 1e-4, 0.5])))
+    else:
+        n = draw(st.integers(1, 12))
+        D = rng.standard_normal((m, n))
+    S = rng.random((3, m)) < draw(st.sampled_from([0.2, 0.6, 1.0]))
+    return D, S
+
+
+@given(structured_dictionaries())
+def test_support_lipschitz_is_the_top_eigenvalue_of_any_spectrum(case):
+    # every path (closed forms, the squaring bracket up to 16 atoms, LAPACK
+    # beyond) against eigvalsh, to the default tol of 1e-10 (and rounding)
+    D, S = case
+    B = D @ D.T
+    expected = [np.linalg.eigvalsh(B[np.ix_(s, s)])[-1] if s.any() else 0.0 for s in S]
+    scale = max(np.max(np.diag(B)), 1e-300)
+    np.testing.assert_allclose(lipschitz(D, support=S), expected, rtol=1e-9,
+                               atol=1e-13 * scale)
 
 
 @pytest.mark.parametrize("shape", [(48, 12), (20, 16)])

@@ -275,14 +275,18 @@ cdef inline double exact_lipschitz(
     """Largest eigenvalue of B_SS by LAPACK dsyevr, on the smaller Gram.
 
     B_SS = D_S D_S^T (k x k) and D_S^T D_S (n x n) share their non-zero
-    eigenvalues. A holds min(k, n)^2 values, work 26 min(k, n), iwork
-    10 min(k, n). NaN when LAPACK reports a failure (info != 0).
+    eigenvalues. A holds min(k, n)^2 values, work 27 min(k, n) (the
+    eigenvalues W, then LAPACK's 26 min(k, n)), iwork 10 min(k, n). W has
+    the matrix's order, not one entry for the one eigenvalue asked: dstebz
+    stores every eigenvalue of the interval it brackets before discarding
+    the others, all of them for a multiple top eigenvalue (an identity B_SS
+    wrote 1.0 over the stack). NaN when LAPACK reports a failure (info != 0).
     """
     cdef int r = k if k <= n else <int> n, il, n_found = 0, info = 0
     cdef int lwork = 26 * r, liwork = 10 * r, ldz = 1
     cdef int isuppz[2]
     cdef char jobz = b'N', rng = b'I', uplo = b'L'
-    cdef double vl = 0, vu = 0, abstol = 0, top = 0, zz = 0
+    cdef double vl = 0, vu = 0, abstol = 0, zz = 0
     cdef Py_ssize_t a, b, j
     cdef const floating *da
     if k == 0:
@@ -302,7 +306,7 @@ cdef inline double exact_lipschitz(
                     A[b * n + j] += <double> da[b] * da[j]
     il = r
     dsyevr(&jobz, &rng, &uplo, &r, A, &r, &vl, &vu, &il, &il, &abstol,
-           &n_found, &top, &zz, &ldz, isuppz, work, &lwork, iwork, &liwork, &info)
+           &n_found, work, &zz, &ldz, isuppz, work + r, &lwork, iwork, &liwork, &info)
     if info != 0 or n_found != 1:
         return NAN
-    return top
+    return work[0]

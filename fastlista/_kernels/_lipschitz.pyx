@@ -36,7 +36,7 @@ cdef struct LipWork:
     double *v       # (m,) eigenvector estimate
     double *w       # (m,)
     double *A       # LAPACK fallback: min(m, n)^2
-    double *lwork   # 26 min(m, n)
+    double *lwork   # 27 min(m, n)
     int *iwork      # 10 min(m, n)
 
 
@@ -107,7 +107,7 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
         return out_arr
     n_threads = max(1, min(n_threads, N // MIN_PER_THREAD))
     iw = np.empty((n_threads, m + 10 * r), dtype=np.intc)
-    fw = np.empty((n_threads, 2 * m + r * r + 26 * r))
+    fw = np.empty((n_threads, 2 * m + r * r + 27 * r))
     cdef int[:, ::1] iv = iw
     cdef double[:, ::1] fv = fw
     cdef double[::1] out = out_arr

@@ -105,7 +105,7 @@ cdef struct ProxWork:
     double *w       # (m,)
     double *lwork   # power iteration workspace max(min(m, 2n)^2, n)
     double *A       # LAPACK: min(m, n)^2
-    double *lapack  # LAPACK: 26 min(m, n)
+    double *lapack  # LAPACK: 27 min(m, n)
     int *iwork      # LAPACK: 10 min(m, n)
     int *orig       # (nb_max,) the batch row of each slot
     int *idx        # (m,) OISTA: atoms of the support
@@ -691,7 +691,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     dsizes = [block_size, block_size, block_size, bm if oista else 0,
               m if oista else 0, m if oista else 0,
               max(min(m, 2 * n) ** 2, n) if oista else 0,
-              r * r if oista else 0, 26 * r if oista else 0,
+              r * r if oista else 0, 27 * r if oista else 0,
               bm if wide else 0, bm if wide else 0, m if wide else 0,
               bm if oista else 0, 3 * block_size if oista else 0]
     isizes = [10 * r if oista else 0, block_size, m, bm if oista else 0,
