@@ -26,6 +26,11 @@ def main():
         B = (D @ D.T).astype(np.float64)
         expected = [np.linalg.eigvalsh(B[np.ix_(s, s)])[-1] if s.any() else 0.0 for s in S]
         np.testing.assert_allclose(fl.lipschitz(D, support=S), expected, rtol=1e-3, atol=1e-6)
+        # LAPACK on a multiple top eigenvalue (every eigenvalue of its interval
+        # is stored), below and above the squaring's 16 atoms
+        for m in (5, 20):
+            assert np.allclose(fl.lipschitz(np.eye(m, dtype=dtype), np.ones((2, m), bool),
+                                            max_iter=1), 1.0)
         tol = 1e-5 if dtype == np.float32 else 1e-6   # certifiable in the dtype
         Z_cd = fl.solve_lasso(X, D, lmbd, method="cd", tol=tol).codes
         for method in ("ista", "fista", "oista", "backtracking"):
