@@ -117,8 +117,11 @@ def any_scale_support_lipschitz(D, S, tol, max_iter, n_threads):
     one of norm 1e170, say) gets the exact ``global_lipschitz`` of its own
     atoms, scaled by their own power of two.
     """
-    sc = Scaled.of(np.zeros((0, D.shape[1]), D.dtype), D)
-    D64 = sc.D.astype(np.float64)
+    # (in double before the scaling: a float32 atom far below the largest
+    # became subnormal or 0 once scaled in float32)
+    D64 = D.astype(np.float64)
+    sc = Scaled.of(np.zeros((0, D.shape[1])), D64)
+    D64 = sc.D
     L = support_lipschitz(D64, gram(D64, n_threads), S, tol, max_iter, n_threads)
     with np.errstate(over="ignore"):
         L = np.ldexp(L, 2 * sc.eb)
@@ -183,11 +186,17 @@ def global_lipschitz(D):
     """
     if D.shape[0] == 0:
         return 0.0
-    sc = Scaled.of(np.zeros((0, D.shape[1]), D.dtype), D)
-    D = sc.D.astype(np.float64, copy=False)
+    D = D.astype(np.float64, copy=False)
+    sc = Scaled.of(np.zeros((0, D.shape[1])), D)
+    D = sc.D
     G = D @ D.T if D.shape[0] <= D.shape[1] else D.T @ D
-    r = G.shape[0]
-    top = max(eigh(G, eigvals_only=True, subset_by_index=[r - 1, r - 1])[0], 0.0)
+    # every eigenvalue (LAPACK's dsterf): the top one alone, by bisection
+    # (subset_by_index; 0.6 x the time at r = 256, 0.4 x at 1024), fails on
+    # a top eigenvalue repeated to rounding in a basis that is not the
+    # canonical one (D = [I; DCT], a union of orthonormal bases, gave
+    # "Internal Error" to every proximal method), and OpenBLAS's LAPACK
+    # writes one int before its workspace when it does
+    top = max(eigh(G, eigvals_only=True)[-1], 0.0)
     with np.errstate(over="ignore"):
         return float(np.ldexp(top, 2 * sc.eb))
 

@@ -167,6 +167,10 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         Record the objective and gap of every sample at every iteration (and
         the step sizes of "oista" and "backtracking"); memory
         (max_iter + 1) x n_samples per record. Not available for "cd".
+        The history is one run: a sample whose stopping gap met ``tol``
+        while the certificate of its codes, computed afterwards, missed it
+        by their rounding is not run on (without the history it is, with a
+        tighter stop, within ``max_iter``), and is returned not converged.
     n_jobs : int or None, default=None
         Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
         kernels, BLAS held to one thread meanwhile when threadpoolctl is

@@ -313,3 +313,56 @@ def test_lapack_on_a_multiple_top_eigenvalue_stays_in_its_workspace(m):
     D2 = np.vstack([D, D])                  # each eigenvalue of B twice: 2
     assert_allclose(lipschitz(D2, support=np.ones((2, 2 * m), bool), max_iter=1), 2.0,
                     rtol=1e-14)
+
+
+def _unions_of_orthonormal_bases(n):
+    """[I; DCT] and [DCT; Q] (Q a random orthonormal basis): D^T D = 2 I, so
+    the top eigenvalue of B = D D^T is 2, n times, in a basis that is not
+    the canonical one."""
+    from scipy.fft import dct
+
+    identity = np.eye(n)
+    cosine = dct(identity, norm="ortho", axis=0)
+    Q, _ = np.linalg.qr(np.random.default_rng(n).standard_normal((n, n)))
+    return np.vstack([identity, cosine]), np.vstack([cosine, Q])
+
+
+@pytest.mark.parametrize("n", [4, 16, 31, 64])
+def test_a_union_of_orthonormal_bases(n):
+    # LAPACK's bisection for the top eigenvalue alone (dstebz) failed on the
+    # n-fold eigenvalue 2: scipy's eigh(subset_by_index) raised "Internal
+    # Error" (lipschitz(D), and every proximal method with it), the kernel's
+    # dsyevr returned NaN (FloatingPointError), and wrote one int before its
+    # workspace (L_S 1.8 for 1 when that int was a support's atom index)
+    for D in _unions_of_orthonormal_bases(n):
+        assert_allclose(lipschitz(D), 2.0, rtol=1e-13)
+        S = np.ones((2, 2 * n), bool)
+        S[1, ::3] = False
+        expected = [np.linalg.eigvalsh(D[s] @ D[s].T)[-1] for s in S]
+        assert_allclose(lipschitz(D, support=S), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [8, 17, 40])
+def test_a_repeated_top_eigenvalue_in_a_rotated_basis(k):
+    # B_SS = Q diag(0.5, 1, ..., 1) Q^T: the top eigenvalue k - 1 times
+    for seed in range(20):
+        Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((k, k)))
+        lam = np.ones(k)
+        lam[0] = 0.5
+        D = (Q * np.sqrt(lam)) @ Q.T
+        for max_iter in (1, 10000):
+            assert_allclose(lipschitz(D, support=np.ones((2, k), bool), max_iter=max_iter),
+                            1.0, rtol=1e-12)
+
+
+def test_float32_atoms_far_below_the_largest_keep_their_digits():
+    # the power-of-two scaling ran in float32, before the cast to double:
+    # next to an atom of 1e30, atoms of 1e-13 became subnormal (L_S 16 %
+    # off) or 0
+    D = np.array([[1e30, 0.0], [1.2345e-13, 0.0], [0.0, 3.3e-15], [1.7e-13, 0.9e-13]],
+                 dtype=np.float32)
+    D64 = D.astype(np.float64)
+    for S in ([0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 1]):
+        S = np.array(S, bool)
+        expected = np.float32(np.linalg.eigvalsh(D64[S] @ D64[S].T)[-1])
+        assert_allclose(lipschitz(D, support=S), expected, rtol=1e-6, atol=0)

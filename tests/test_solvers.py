@@ -374,6 +374,22 @@ def test_oista_steps(kind):
     assert res.n_iter.sum() < r_ista.n_iter.sum()
 
 
+@pytest.mark.parametrize("method", ["ista", "fista", "backtracking", "oista"])
+def test_a_union_of_orthonormal_bases_is_solved(method):
+    # D = [I; DCT]: the top eigenvalue of D D^T is 2, n times; LAPACK's
+    # bisection for it alone failed, and every proximal method raised
+    # LinAlgError ("Internal Error") from the global L
+    from test_lipschitz import _unions_of_orthonormal_bases
+
+    for D in _unions_of_orthonormal_bases(16):
+        X = np.random.default_rng(1).standard_normal((5, 16))
+        lmbd = 0.2 * ref.lambda_max(X, D)
+        res = solve_lasso(X, D, lmbd, method=method, tol=1e-8, max_iter=50000)
+        assert res.converged.all()
+        gaps = ref.duality_gap(X, D, lmbd, res.codes)
+        assert np.all(gaps <= 1e-8 * 0.5 * np.sum(X * X, axis=1) * 1.01)
+
+
 def _oista_adversary(seed):
     """A square D whose B_SS (every atom) has its top eigenvector exactly
     orthogonal to the power iteration's start vector, L_S >= 2.2 times the
