@@ -124,11 +124,28 @@ def structured_dictionaries(draw):
     """Dictionaries whose B_SS has the spectra that fool an eigenvalue
     iteration: duplicated atoms (the top eigenvector spread over columns of
     small diagonal), equal or clustered top singular values, one atom a
-    hair longer than orthonormal others, and plain random ones."""
+    hair longer than orthonormal others, a top eigenvalue repeated in a
+    rotated basis, unions of orthonormal bases (LAPACK's bisection failed on
+    the last two), and plain random ones."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["duplicated", "clustered", "spike", "random"]))
+    kind = draw(st.sampled_from(["duplicated", "clustered", "spike", "rotated", "union",
+                                 "random"]))
     m = draw(st.integers(1, 40))
-    if kind == "duplicated":
+    if kind == "rotated":
+        # the top eigenvalue repeated in a basis that is not the canonical one
+        n = m
+        Q, _ = np.linalg.qr(rng.standard_normal((m, m)))
+        lam = np.ones(m)
+        lam[rng.random(m) < 0.3] = rng.uniform(0.0, 1.0)
+        D = (Q * np.sqrt(lam)) @ Q.T
+    elif kind == "union":
+        # orthonormal bases stacked: D^T D = p I
+        from scipy.fft import dct
+
+        n = max(m // 2, 1)
+        D = np.vstack([np.eye(n), dct(np.eye(n), norm="ortho", axis=0)])
+        m = D.shape[0]
+    elif kind == "duplicated":
         n = draw(st.integers(1, 6))
         base = rng.standard_normal((draw(st.integers(1, 4)), n))
         D = base[rng.integers(0, len(base), m)] * rng.choice([-1.0, 1.0], (m, 1))
