@@ -114,7 +114,7 @@ cdef struct ProxWork:
                             # its curvature test
     unsigned char *exact    # (nb_max,) OISTA: L_S by LAPACK (a test failed)
     double *Dz      # (nb_max, m) OISTA: d = z+ - z of the last step, on
-    int *Didx       # (nb_max, m) the entries that changed,
+    int *Didx       # (nb_max, m) the atoms of the support of the slot's L_S,
     int *Dn         # (nb_max,) Dn[s] of them
     double *curv    # (nb_max, 3) OISTA: d.g(z), ||d||^2, and the scale of
                     # the rounding of d.g(z)
@@ -296,6 +296,9 @@ cdef double oista_lipschitz(floating *tag, ProxCtx *c, ProxWork *w, int s,
         if z[j] != 0:
             w.idx[k] = <int> j
             k = k + 1
+    # S, for the curvature test of the steps taken on this L_S
+    memcpy(w.Didx + s * m, w.idx, k * sizeof(int))
+    w.Dn[s] = k
     if k == 0:
         return 0
     converged = False
@@ -323,8 +326,9 @@ cdef bint oista_curvature_fails(floating *tag, ProxWork *w, int s, const floatin
     since d is supported in S. A power iteration that settled on a smaller
     eigenvalue gives an L_S that some step's curvature exceeds (steps on
     too large a step size grow along the missed top eigenvector, so the
-    next step shows it). d is kept compact (its Dn[s] entries that changed,
-    Didx / Dz), with d.g(z), ||d||^2 and their rounding scale in curv.
+    next step shows it). d is kept on S (the Dn[s] atoms Didx of the slot's
+    L_S, d's values in Dz), with d.g(z), ||d||^2 and their rounding scale in
+    curv.
     Rounding: the gradients' entries are exact to about (m + n) u (|c_j| +
     |(z B)_j|); ``eps`` is that factor, (m + n + 8) u.
     """
@@ -568,37 +572,36 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 thr = w.lmbd[s] * step
                 inside = True
                 shrunk = False
-                # d = z+ - z on the entries that change, for the curvature
-                # test (d.g(z), ||d||^2 and the rounding scale of d.g)
-                nd = 0
-                dg = 0
-                dd = 0
-                de = 0
-                di = w.Didx + s * m
-                dz = w.Dz + s * m
-                cs = Cb + s * m
                 for j in range(m):
                     row[j] = threshold(<floating> (zs[j] - step * gs[j]),
                                             <floating> thr, c.positive)
-                    if row[j] != zs[j]:
-                        if zs[j] == 0:
-                            inside = False
-                        elif row[j] == 0:
-                            shrunk = True
-                        ud = <double> row[j] - zs[j]
-                        di[nd] = <int> j
-                        dz[nd] = ud
-                        nd = nd + 1
-                        dg = dg + ud * gs[j]
-                        dd = dd + ud * ud
-                        de = de + fabs(ud) * (fabs(<double> cs[j]) + fabs(<double> gs[j] + cs[j]))
+                    if row[j] != 0 and zs[j] == 0:
+                        inside = False
+                    elif row[j] == 0 and zs[j] != 0:
+                        shrunk = True
                 if inside:
-                    if w.aux[s] > 0 and not w.exact[s] and dd > 0:
-                        w.Dn[s] = nd
+                    if w.aux[s] > 0 and not w.exact[s]:
+                        # d = z+ - z on S = supp(z) (the atoms of the last
+                        # L_S, kept in Didx): d.g(z), ||d||^2 and the
+                        # rounding scale of d.g, for the curvature test
+                        dg = 0
+                        dd = 0
+                        de = 0
+                        di = w.Didx + s * m
+                        dz = w.Dz + s * m
+                        cs = Cb + s * m
+                        for nd in range(w.Dn[s]):
+                            j = di[nd]
+                            ud = <double> row[j] - zs[j]
+                            dz[nd] = ud
+                            dg = dg + ud * gs[j]
+                            dd = dd + ud * ud
+                            de = de + fabs(ud) * (fabs(<double> cs[j])
+                                                  + fabs(<double> gs[j] + cs[j]))
                         w.curv[3 * s] = dg
                         w.curv[3 * s + 1] = dd
                         w.curv[3 * s + 2] = de
-                        w.pending[s] = 1
+                        w.pending[s] = dd > 0
                     memcpy(zs, row, m * sizeof(floating))
                     if shrunk:
                         w.fresh[s] = 0
