@@ -29,9 +29,9 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     squarings) and stops when the two agree to ``tol`` relatively (or to
     their rounding, about ``|S|^2`` ulps), with LAPACK when the bracket has
     not closed within ``max_iter`` power steps (``2^s <= max_iter``);
-    larger supports go to LAPACK (on the smaller of ``B_SS`` and
-    ``D_S^T D_S``), exact, and faster there than a power iteration, whose
-    quotients no stopping rule can certify. Every value is thus within
+    larger supports go to LAPACK (every eigenvalue of the smaller of
+    ``B_SS`` and ``D_S^T D_S``), exact, in about the time of a power
+    iteration or less, whose quotients no stopping rule can certify. Every value is thus within
     ``tol`` of ``L_S``, whatever the spectrum (equal or clustered top
     eigenvalues included). Batched supports run in parallel (OpenMP).
     Dictionaries of any magnitude are scaled by an exact power of two
