@@ -17,7 +17,8 @@ that SIGPIPE ended) without a message when the reader of the standard
 output went away (``| head``). Errors are reported in one message, without
 a Python traceback; only a Ctrl-C before :func:`main` runs (while Python
 starts and imports ``fastlista``, about half a second) gives Python's own
-traceback and status.
+traceback and status, and one after it returned (while Python shuts down,
+every file complete) ends the process by SIGINT without a message.
 
 The files of a result are written before its summary is printed, each to a
 temporary file beside it; once all are complete they are renamed over the
@@ -25,7 +26,8 @@ files of an earlier run (a Ctrl-C there is held until the last rename), so
 that an interrupted or failed run leaves either all of a result's files new
 or none. (Where the Ctrl-C cannot be held, under another SIGINT handler or
 outside the main thread, an interrupt between two renames is reported with
-the files replaced and those left.)
+the files replaced and those left.) A device or a FIFO (a link to
+``/dev/null``) is written in place, after the renames, never replaced.
 
 The reproduction (:mod:`fastlista.paper`) is imported inside the commands
 only: ``import fastlista`` and ``fastlista --help`` load neither the
@@ -363,8 +365,8 @@ def _check_outputs(out, names, no_plot, parser):
 
 def _temporary(target):
     """A new empty file beside ``target``, of its suffix (the PNG's format is
-    read from it) and of the mode ``open(target, "w")`` gives: the target's
-    if it is a file, 0o666 less the umask for a new one."""
+    read from it), created with 0o666 less the umask (the mode ``open``
+    gives a new file: see :func:`_keep_mode` for a replaced one)."""
     for _ in range(100):
         tmp = target.with_name(f".{target.stem}-{secrets.token_hex(4)}.partial"
                                f"{target.suffix}")
@@ -373,19 +375,34 @@ def _temporary(target):
         except FileExistsError:
             continue
         os.close(fd)
-        if target.is_file():
-            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         return tmp
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
 
 def _sync(path):
     """Flush the written file ``path`` to disk before it replaces another."""
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_WRONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _keep_mode(tmp, target):
+    """Give ``tmp`` the mode of the file ``target`` it replaces (after it is
+    written and synced: a write-only or read-only mode would refuse that)."""
+    if target.is_file():
+        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+
+
+def _in_place(target):
+    """Whether ``target`` exists and is not a regular file (a device, a
+    FIFO): written in place as ``open(target, "w")`` does, never replaced
+    (a link to /dev/null run as root would replace the device)."""
+    try:
+        return not stat.S_ISREG(os.stat(target).st_mode)
+    except OSError:
+        return False
 
 
 def _write(result, out, no_plot, written):
@@ -410,6 +427,7 @@ def _write(result, out, no_plot, written):
         writers.append((png_path, lambda path: plot(result, path)))
     kept = f"none was replaced, those in {out} are as they were"
     staged = []                         # (path, its temporary file, the target)
+    in_place = []                       # (path, writer): devices and FIFOs
     done, removed = [], []              # the paths replaced, the stale PNG removed
 
     def progress():
@@ -426,13 +444,22 @@ def _write(result, out, no_plot, written):
             for path, writer in writers:
                 try:
                     target = Path(os.path.realpath(path))
-                    tmp = _temporary(target)
-                    staged.append((path, tmp, target))
+                    if _in_place(target):
+                        in_place.append((path, writer))
+                        continue
+                    # (a Ctrl-C between the temporary's creation and its
+                    # record would leave it behind)
+                    with _sigint_held():
+                        tmp = _temporary(target)
+                        staged.append((path, tmp, target))
                     writer(tmp)
                     _sync(tmp)
-                except OSError as exc:
-                    raise _RunError(f"cannot write {path}: {exc.strerror or exc} ({kept})") \
-                        from None
+                    _keep_mode(tmp, target)
+                except (OSError, ValueError) as exc:
+                    # (ValueError: matplotlib refuses the format of a link's
+                    # target, fig.txt say)
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                    raise _RunError(f"cannot write {path}: {why} ({kept})") from None
                 except ImportError as exc:
                     if path != png_path:
                         raise
@@ -443,8 +470,8 @@ def _write(result, out, no_plot, written):
             raise _Interrupted(f"while writing the files of {result.name}: {kept}") \
                 from None
         stale = None
-        if png_path not in [p for p, _, _ in staged] and (png_path.is_file()
-                                                          or png_path.is_symlink()):
+        if (png_path not in [p for p, _, _ in staged] + [p for p, _ in in_place]
+                and (png_path.is_file() or png_path.is_symlink())):
             stale = png_path
         try:
             with _sigint_held():
@@ -468,6 +495,20 @@ def _write(result, out, no_plot, written):
                                    f"{progress()}") from None
             note = "".join(f" (removed {p}, the figure of an earlier run)" for p in removed)
             raise _Interrupted(f"after writing {', '.join(map(str, done))}{note}") from None
+        # devices and FIFOs last, outside the held Ctrl-C (a FIFO without a
+        # reader blocks, as open would)
+        for path, writer in in_place:
+            try:
+                writer(path)
+            except ImportError as exc:
+                if path != png_path:
+                    raise
+                print(f"fastlista: no PNG written: {exc}", file=sys.stderr)
+                continue
+            except (OSError, ValueError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise _RunError(f"cannot write {path}: {why} ({progress()})") from None
+            done.append(path)
     finally:
         written.extend(done)
         for path, tmp, _ in staged:
@@ -584,6 +625,10 @@ def _cmd_bench(args, parser):
     if json_path.is_dir():
         parser.error(f"argument --json: {str(json_path)!r} is a directory (give the path "
                      "of a JSON file)")
+    if json_path.exists() and not json_path.is_file():
+        # (a device or a FIFO: nothing to read the table from, and never replaced)
+        parser.error(f"argument --json: {str(json_path)!r} is not a regular file (give "
+                     "the path of a JSON file)")
     if args.report_only:
         if not json_path.is_file():
             parser.error(f"argument --report-only: {str(json_path)!r} does not exist "
@@ -607,8 +652,13 @@ def _cmd_bench(args, parser):
         return 2 if args.checkout else 1
     report = root / "benchmarks" / "report.py"
     if not args.report_only:
+        # pytest writes a new file beside the JSON, renamed over it once
+        # written: a JSON of an earlier run stays until then, and never
+        # passes for this one's (pytest writes none when every selected
+        # benchmark is skipped)
+        fresh = json_path.with_name(f".{json_path.stem}-{secrets.token_hex(4)}.partial.json")
         cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only",
-               f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
+               f"--benchmark-json={fresh}", "-p", "no:cacheprovider"]
         env = dict(os.environ)
         # benchmark the fastlista this command runs, not the source tree of the
         # checkout (`python -m pytest` puts the current directory first on
@@ -628,14 +678,20 @@ def _cmd_bench(args, parser):
         if keyword:
             cmd += ["-k", keyword]
         _say("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
-        # a JSON of an earlier run must not pass for this one's (pytest writes
-        # none when every selected benchmark is skipped)
-        json_path.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        status = subprocess.call(cmd, cwd=root, env=env)
+        written = False
+        try:
+            status = subprocess.call(cmd, cwd=root, env=env)
+            if fresh.is_file():
+                _keep_mode(fresh, json_path)
+                os.replace(fresh, json_path)
+                written = True
+        finally:
+            with contextlib.suppress(OSError):
+                fresh.unlink()
         _say(f"benchmarks ran in {time.perf_counter() - t0:.0f} s (pytest exit status "
              f"{status})", flush=True)
-        if not json_path.is_file():
+        if not written:
             why = ("no benchmark ran (all deselected or skipped)" if status in (0, 5)
                    else "is pytest-benchmark installed? pip install '.[test]'")
             print(f"fastlista bench: no timings were written to {json_path} ({why})",

@@ -156,7 +156,10 @@ def test_bench_never_reports_a_stale_json(tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no timings were written" in proc.stderr
     assert "stale-ours" not in proc.stdout
-    assert not (out / "benchmarks.json").exists()
+    # the earlier run's JSON is kept as it was (pytest writes beside it, and
+    # only a complete JSON replaces it), never read for this run's table
+    assert json.loads((out / "benchmarks.json").read_text()) == stale
+    assert sorted(p.name for p in out.iterdir()) == ["benchmarks.json"]
 
 
 def test_avx2_env_asks_every_library_for_its_avx2_kernels(tmp_path):

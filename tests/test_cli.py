@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -456,6 +457,70 @@ def test_ctrl_c_after_a_figure_names_the_files_written(tmp_path, capsys, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first}.csv", f"{first}.json"]
 
 
+def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monkeypatch,
+                                                        sigint):
+    # the interrupt landed between the temporary's creation and its record
+    # (seen once in 185 real SIGINTs): a .partial file stayed in --out
+    old = _old_outputs(tmp_path, "lipschitz-law")
+    temporary = cli._temporary
+
+    def temporary_then_interrupt(target):
+        tmp = temporary(target)
+        sigint()
+        return tmp
+
+    monkeypatch.setattr(cli, "_temporary", temporary_then_interrupt)
+    status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
+                                        "--out", str(tmp_path)], capsys)
+    assert status == 130
+    assert "none was replaced" in err.splitlines()[-1]
+    assert _contents(tmp_path) == old
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_or_device_target_is_written_in_place(tmp_path, capsys):
+    # the files were written beside a link's target and renamed over it: a
+    # link to a FIFO (or, run as root, to /dev/null) replaced the node by a
+    # regular file
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lipschitz-law.csv").symlink_to(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    status, stdout, err = run(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
+                               "--out", str(out)], capsys)
+    reader.join(timeout=60)
+    assert status == 0, err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert (out / "lipschitz-law.csv").is_symlink()
+    # the reader got the whole CSV: a header and rows of numbers
+    rows = list(csv.reader(io.StringIO(received[0])))
+    assert len(rows) > 1 and all(len(r) == len(rows[0]) for r in rows)
+    assert (out / "lipschitz-law.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["lipschitz-law.csv",
+                                                     "lipschitz-law.json"]
+
+
+def test_a_figure_linked_to_a_format_matplotlib_refuses_is_a_message(tmp_path, capsys,
+                                                                     matplotlib):
+    # demo.png -> fig.txt: matplotlib's ValueError ("Format 'txt' is not
+    # supported") escaped as a traceback
+    (tmp_path / "lipschitz-law.png").symlink_to(tmp_path / "fig.txt")
+    status, out, err = run(["reproduce", "lipschitz-law", "--tiny", "--out", str(tmp_path)],
+                           capsys)
+    assert status == 1
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        f"fastlista reproduce: cannot write {tmp_path / 'lipschitz-law.png'}: ")
+    assert "none was replaced" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lipschitz-law.png"]
+
+
 def test_ctrl_c_while_building_the_parser_exits_130(capsys, monkeypatch, sigint):
     def build_parser():
         sigint()
@@ -617,6 +682,10 @@ def test_bench_report_only_relative_paths(json_arg, out_arg, tmp_path, capfd,
     ("missing/sub/b.json", False,
      "argument --json: cannot write {path!r}: the directory {parent!r} does not exist"),
     ("", False, "argument --json: must not be empty"),
+    # a FIFO (a device alike): its path was unlinked before the suite ran
+    # (as root, --json /dev/null deleted the device)
+    ("fifo", False, "argument --json: {path!r} is not a regular file"),
+    ("fifo", True, "argument --json: {path!r} is not a regular file"),
 ])
 def test_bench_json_is_checked_before_the_suite_runs(json_arg, report_only, message,
                                                      tmp_path, capsys, monkeypatch):
@@ -626,6 +695,10 @@ def test_bench_json_is_checked_before_the_suite_runs(json_arg, report_only, mess
     monkeypatch.setattr(subprocess, "call", call)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "jsondir").mkdir()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+    elif json_arg == "fifo":
+        pytest.skip("no FIFOs")
     path = (tmp_path / json_arg).resolve()
     argv = ["bench", "--json", json_arg, "--out", str(tmp_path), "--checkout", str(REPO)]
     with pytest.raises(SystemExit) as exc:
@@ -634,6 +707,8 @@ def test_bench_json_is_checked_before_the_suite_runs(json_arg, report_only, mess
     err = capsys.readouterr().err
     assert "usage: fastlista bench" in err
     assert message.format(path=str(path), parent=str(path.parent)) in err
+    if json_arg == "fifo":
+        assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
 
 
 def test_bench_empty_out_exits_2(tmp_path, capsys):

@@ -42,8 +42,9 @@ def save(net, path):
     that fails (a full disk, an interrupt, an error while writing) leaves
     the file at ``path`` as it was, no file where there was none, and no
     temporary file (only a process killed outright, by SIGKILL or a power
-    loss, can leave its ``.fastlista-save-*.tmp`` beside the target; never
-    a partial target). Otherwise ``path`` is treated as by
+    loss, can leave its ``.fastlista-save-*.tmp`` beside the target, or a
+    KeyboardInterrupt landing in the few bytecodes between the
+    temporary's creation and its record; never a partial target). Otherwise ``path`` is treated as by
     ``open(path, "wb")``: symbolic links are followed (the file they point
     to is replaced, the links stay), a new file gets the mode ``open`` gives
     it (0o666 less the umask), a replaced file keeps its mode, and a device
