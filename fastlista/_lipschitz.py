@@ -31,9 +31,9 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     not closed within ``max_iter`` power steps (``2^s <= max_iter``);
     larger supports go to LAPACK (every eigenvalue of the smaller of
     ``B_SS`` and ``D_S^T D_S``), exact, in about the time of a power
-    iteration or less, whose quotients no stopping rule can certify. Every value is thus within
-    ``tol`` of ``L_S``, whatever the spectrum (equal or clustered top
-    eigenvalues included). Batched supports run in parallel (OpenMP).
+    iteration or less, whose quotients no stopping rule can certify. Every
+    value is thus within ``tol`` of ``L_S``, whatever the spectrum (equal
+    or clustered top eigenvalues included). Batched supports run in parallel (OpenMP).
     Dictionaries of any magnitude are scaled by an exact power of two
     first, and a support whose atoms are all smaller than 2^-300 times D's
     largest entry by the power of two of its own atoms.
@@ -110,9 +110,9 @@ def any_scale_support_lipschitz(D, S, tol, max_iter, n_threads):
     """Unvalidated batched L_S (float64, inf beyond its range) of a 2-D
     boolean support, whatever the magnitudes of D's atoms.
 
-    D is scaled by the exact power of two of its largest entry and the power
-    iteration runs on float64 copies of D and B, so that the squares of a
-    float32 dictionary's small atoms do not underflow float32. A support
+    D is widened to float64, then scaled by the exact power of two of its
+    largest entry, and the kernel runs on it and its B, so that the squares
+    of a float32 dictionary's small atoms do not underflow float32. A support
     whose atoms are all far smaller than D's largest (a unit atom next to
     one of norm 1e170, say) gets the exact ``global_lipschitz`` of its own
     atoms, scaled by their own power of two.

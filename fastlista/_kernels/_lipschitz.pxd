@@ -1,5 +1,6 @@
-# Support-aware power iteration for L_S = largest eigenvalue of B_SS, with
-# B = D D^T and S a set of atoms. Header-only: OISTA inlines it.
+# L_S = largest eigenvalue of B_SS, with B = D D^T and S a set of atoms:
+# closed forms, the bracket of repeated squaring, a warm-startable power
+# iteration and LAPACK. Header-only: OISTA inlines it.
 #
 # Everything runs in double whatever the storage dtype (B_SS and D_S are
 # widened on the fly): a float32 iteration stalls at its rounding level,
@@ -121,7 +122,7 @@ cdef inline double support_lipschitz(
         const floating *B, const floating *D, Py_ssize_t m, Py_ssize_t n,
         const int *idx, int k, double *v, double *w, double *work,
         bint warm, double tol, int max_iter, bint *converged) noexcept nogil:
-    """Largest eigenvalue of B_SS, S = idx[:k], by power iteration.
+    """Largest eigenvalue of B_SS, S = idx[:k], iteratively.
 
     Parameters
     ----------
@@ -149,7 +150,8 @@ cdef inline double support_lipschitz(
     top eigenvector it settles on a smaller eigenvalue for a while, and no
     stopping rule on the quotients sees it. ``converged`` is cleared when
     theta ends below the largest B_aa (a quotient it must exceed); OISTA,
-    the one caller, also checks the curvature of each step it takes.
+    the one caller of the power iteration (the batched L_S take LAPACK
+    beyond TINY atoms), also checks the curvature of each step it takes.
     """
     cdef Py_ssize_t a, b, it
     cdef double theta = 0, theta_old = 0, nv, half, p, q, r
@@ -267,27 +269,6 @@ cdef inline double support_lipschitz(
         diff_old = diff
     converged[0] = False
     return theta
-
-
-cdef inline void _fill_gram(const floating *B, const floating *D, Py_ssize_t m,
-                            Py_ssize_t n, const int *idx, int k, double *A) noexcept nogil:
-    """A = B_SS (k x k) when k <= n, else the lower triangle of the
-    column-major D_S^T D_S (n x n)."""
-    cdef Py_ssize_t a, b, j
-    cdef const floating *da
-    if k <= n:
-        for a in range(k):
-            for b in range(k):
-                A[a * k + b] = B[<Py_ssize_t> idx[a] * m + idx[b]]
-    else:
-        for a in range(<Py_ssize_t> n * n):
-            A[a] = 0
-        for a in range(k):
-            # D_S^T D_S += d_a^T d_a
-            da = D + <Py_ssize_t> idx[a] * n
-            for b in range(n):
-                for j in range(b, n):
-                    A[b * n + j] += <double> da[b] * da[j]
 
 
 cdef inline double exact_lipschitz(

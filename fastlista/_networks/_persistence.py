@@ -43,12 +43,12 @@ def save(net, path):
     the file at ``path`` as it was, no file where there was none, and no
     temporary file (only a process killed outright, by SIGKILL or a power
     loss, can leave its ``.fastlista-save-*.tmp`` beside the target, or a
-    KeyboardInterrupt landing in the few bytecodes between the
-    temporary's creation and its record; never a partial target). Otherwise ``path`` is treated as by
-    ``open(path, "wb")``: symbolic links are followed (the file they point
-    to is replaced, the links stay), a new file gets the mode ``open`` gives
-    it (0o666 less the umask), a replaced file keeps its mode, and a device
-    or a pipe is written in place. Unlike ``open``, the file is replaced
+    KeyboardInterrupt landing in the few bytecodes between the temporary's
+    creation and its record; never a partial target). Otherwise ``path`` is
+    treated as by ``open(path, "wb")``: symbolic links are followed (the
+    file they point to is replaced, the links stay), a new file gets the
+    mode ``open`` gives it (0o666 less the umask), a replaced file keeps its
+    mode, and a device or a pipe is written in place. Unlike ``open``, the file is replaced
     rather than rewritten: other hard links to it keep the old archive, and
     the new file belongs to the user who saves it.
 
