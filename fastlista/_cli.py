@@ -35,7 +35,6 @@ experiments nor matplotlib.
 """
 import argparse
 import contextlib
-import errno
 import os
 import secrets
 import signal
@@ -47,6 +46,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from ._files import new_file
 from .datasets import N_DIGITS
 
 __all__ = ["main", "build_parser"]
@@ -367,16 +367,9 @@ def _temporary(target):
     """A new empty file beside ``target``, of its suffix (the PNG's format is
     read from it), created with 0o666 less the umask (the mode ``open``
     gives a new file: see :func:`_keep_mode` for a replaced one)."""
-    for _ in range(100):
-        tmp = target.with_name(f".{target.stem}-{secrets.token_hex(4)}.partial"
-                               f"{target.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
+    fd, tmp = new_file(target.parent, f".{target.stem}-", f".partial{target.suffix}", 0o666)
+    os.close(fd)
+    return Path(tmp)
 
 
 def _sync(path):

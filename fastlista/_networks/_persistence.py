@@ -12,11 +12,11 @@ exactly.
 import contextlib
 import errno
 import os
-import secrets
 import stat
 
 import numpy as np
 
+from .._files import new_file
 from .._validation import not_real_reason, short_repr
 from ._parameters import KEYS, PARAMETRIZATIONS
 
@@ -104,7 +104,8 @@ def save(net, path):
         try:
             # a new file's mode as open gives it (0o666 less the umask); a
             # replaced file's copy private until it gets that file's mode
-            fd, tmp = _new_file(directory, 0o666 if st is None else 0o600)
+            fd, tmp = new_file(directory, ".fastlista-save-", ".tmp",
+                                   0o666 if st is None else 0o600)
         except OSError as exc:
             # for a new file, open's error creating it in that directory
             raise OSError(exc.errno, exc.strerror, path if st is None else directory) from None
@@ -121,24 +122,6 @@ def save(net, path):
             if tmp is not None:
                 os.unlink(tmp)
         raise
-
-
-def _new_file(directory, mode):
-    """Create a new file in ``directory`` for writing, with ``mode`` less the
-    umask (and the directory's default ACL, as ``open`` creates files).
-
-    Returns
-    -------
-    fd : int
-    name : str
-    """
-    for _ in range(100):
-        name = os.path.join(directory, f".fastlista-save-{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(name, _WRITE | os.O_CREAT | os.O_EXCL, mode), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
 
 
 def _scalar(f, key, kind=None):
