@@ -332,8 +332,8 @@ def test_a_union_of_orthonormal_bases(n):
     # LAPACK's bisection for the top eigenvalue alone (dstebz) failed on the
     # n-fold eigenvalue 2: scipy's eigh(subset_by_index) raised "Internal
     # Error" (lipschitz(D), and every proximal method with it), the kernel's
-    # dsyevr returned NaN (FloatingPointError), and wrote one int before its
-    # workspace (L_S 1.8 for 1 when that int was a support's atom index)
+    # dsyevr returned NaN (FloatingPointError), and OpenBLAS's LAPACK wrote
+    # one int before its workspace on that failure
     for D in _unions_of_orthonormal_bases(n):
         assert_allclose(lipschitz(D), 2.0, rtol=1e-13)
         S = np.ones((2, 2 * n), bool)
