@@ -1138,13 +1138,39 @@ def test_save_errors_name_the_path_as_open_does(tmp_path):
     net = Lista(D, 0.3, 2)
     for path, error in ((tmp_path / "missing" / "net.npz", FileNotFoundError),
                         (tmp_path, IsADirectoryError),
-                        (str(tmp_path / "new.npz") + os.sep, IsADirectoryError)):
+                        (str(tmp_path / "new.npz") + os.sep, IsADirectoryError),
+                        (str(tmp_path / "missing" / "new") + os.sep, FileNotFoundError)):
         with pytest.raises(error) as info:
             net.save(path)
         assert os.fspath(info.value.filename) == os.fspath(path)
         with pytest.raises(error):
             open(path, "wb")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX paths and symbolic links")
+def test_save_and_load_raise_open_s_error_for_every_unusable_path(tmp_path, monkeypatch):
+    """save raises what open(path, "wb") raises, load what open(path, "rb")
+    raises (load reported the last three as "not a valid fastlista Lista
+    file", save("") an IsADirectoryError and save("file/") a
+    NotADirectoryError), and neither creates anything."""
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_bytes(b"x")
+    os.symlink("loop2", tmp_path / "loop1")
+    os.symlink("loop1", tmp_path / "loop2")
+    before = sorted(os.listdir(tmp_path))
+    for path in ("", "file/", "file/x", "loop1", "loop1/", "x" * 300):
+        for act, reference in ((net.save, lambda p: open(p, "wb")),
+                               (Lista.load, lambda p: open(p, "rb"))):
+            with pytest.raises(OSError) as expected:
+                reference(path)
+            with pytest.raises(OSError) as got:
+                act(path)
+            assert type(got.value) is type(expected.value), (act, path)
+            assert got.value.errno == expected.value.errno, (act, path)
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 @pytest.mark.parametrize("key, value", [

@@ -593,6 +593,9 @@ class Lista:
 
         Raises
         ------
+        OSError
+            As ``open(path, "rb")`` (FileNotFoundError, PermissionError, ...):
+            the file cannot be opened or read.
         ValueError
             If the file is truncated, not a ``.npz`` archive, not a fastlista
             network, of a newer format version, or internally inconsistent

@@ -61,10 +61,13 @@ def save(net, path):
 
     Raises
     ------
-    IsADirectoryError, FileNotFoundError, PermissionError
-        As ``open(path, "wb")``: ``path`` is a directory, its directory does
-        not exist, or the file is not writable. PermissionError too when the
-        file's directory is not writable (the new archive is written there).
+    OSError
+        As ``open(path, "wb")``: IsADirectoryError (``path`` is a directory
+        or ends with a separator), FileNotFoundError (its directory does not
+        exist, or ``path`` is empty), PermissionError (the file is not
+        writable), NotADirectoryError, a loop of symbolic links (ELOOP), a
+        name too long. PermissionError too when the file's directory is not
+        writable (the new archive is written there).
     """
     arrays = {
         "format": np.array(FORMAT),
@@ -81,16 +84,22 @@ def save(net, path):
         for k, v in layer.items():
             arrays[f"layer{t}_{k}"] = v
     path = os.fspath(path)
+    if path and not os.path.basename(path):
+        # "name/": open(path, "wb") refuses it (EISDIR) once "name"'s own
+        # directory resolves, whatever "name" is; otherwise os.open's error
+        parent = os.path.dirname(path.rstrip(os.sep if isinstance(path, str) else b"/"))
+        if os.path.isdir(parent or os.curdir):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     # open(path, "wb") without creating or truncating anything: its errors,
     # its symbolic links, a device or a pipe written in place
     try:
         fd = os.open(path, _WRITE)
     except FileNotFoundError:
+        if not os.path.basename(path):      # "" or "missing/name/": open's error
+            raise
         # a new file (or a dangling symbolic link's new target): it appears
         # only when the complete archive is renamed onto it
         st = None
-        if not os.path.basename(path):      # "dir/name/": open's error
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
     else:
         with os.fdopen(fd, "wb") as f:
             st = os.fstat(f.fileno())
@@ -187,8 +196,10 @@ def load(cls, path):
     ------
     TypeError
         ``path`` is not a str, bytes or os.PathLike.
-    FileNotFoundError, IsADirectoryError, PermissionError
-        As ``open(path, "rb")``.
+    OSError
+        As ``open(path, "rb")``: FileNotFoundError, IsADirectoryError,
+        PermissionError, NotADirectoryError, a loop of symbolic links
+        (ELOOP), a name too long, or an error reading the file.
     ValueError
         The file is not a valid network (naming the entry at fault).
     """
@@ -265,8 +276,10 @@ def load(cls, path):
                     loaded[f"layer{t}_{k}"] = v
             for key, stored in entries.items():
                 _check_exact(key, stored, loaded[key])
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
+    except OSError as exc:
+        if exc.errno is not None:           # open's errors: the file, not its contents
+            raise
+        raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
     except Exception as exc:  # zip, npy, key and validation errors alike
         raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
     return net
