@@ -342,32 +342,68 @@ def _outputs(out, name):
 def _check_outputs(out, names, no_plot, parser):
     """Exit with status 2, before any computation, if an output cannot be written.
 
-    The files of every result in ``names`` (their PNG only without
-    ``no_plot``) must not be directories nor read-only files, and the
-    directory of the file a symbolic link points to must be writable (each
-    file is written beside its target, then renamed over it); the directory
-    ``out`` itself was checked by :func:`_outdir`.
+    Each file of every result in ``names`` (its PNG only without
+    ``no_plot``) is tried as :func:`_write` will write it: a directory or a
+    read-only file is refused; a device or a FIFO is written in place; any
+    other path is followed through its symbolic links (a loop of links, or
+    a link through a regular file, is refused as ``open`` refuses it), a
+    temporary file is created and removed beside its target, and the target
+    must be a file this user may replace. The directory ``out`` itself was
+    checked by :func:`_outdir`.
     """
     for name in names:
         csv_path, json_path, png_path = _outputs(out, name)
         for path in (csv_path, json_path) + (() if no_plot else (png_path,)):
-            if path.is_dir():
-                parser.error(f"argument --out: cannot write {str(path)!r}: it is a "
-                             "directory (remove it or choose another --out)")
-            if path.exists() and not os.access(path, os.W_OK):
-                parser.error(f"argument --out: cannot write {str(path)!r}: the file "
-                             "is read-only")
-            where = Path(os.path.realpath(path)).parent
-            if path.is_symlink() and where.is_dir() and not os.access(where, os.W_OK):
-                parser.error(f"argument --out: cannot write {str(path)!r}: the directory "
-                             f"{str(where)!r} of the file it links to is not writable")
+            why = _cannot_write(path)
+            if why is not None:
+                parser.error(f"argument --out: cannot write {str(path)!r}: {why}")
+
+
+def _cannot_write(path):
+    """Why :func:`_write` could not write ``path``, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None                       # a new file, or a link to one
+    except OSError as exc:              # a loop of links, a link through a file
+        return exc.strerror or str(exc)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return "it is a directory (remove it or choose another --out)"
+        if not os.access(path, os.W_OK):
+            return "the file is read-only"
+        if not stat.S_ISREG(st.st_mode):
+            return None                 # a device or a FIFO: written in place
+    target = Path(os.path.realpath(path))
+    try:
+        with _sigint_held():            # (no probe left behind by a Ctrl-C)
+            os.unlink(_temporary(target))
+    except OSError as exc:
+        return f"{exc.strerror or exc} (creating a file in {str(target.parent)!r})"
+    if st is not None and not _may_replace(target, st):
+        return (f"it belongs to another user, in the sticky directory "
+                f"{str(target.parent)!r}")
+    return None
+
+
+def _may_replace(target, st):
+    """Whether a file renamed over ``target`` (of status ``st``) may replace
+    it: in a sticky directory only the file's or the directory's owner (or
+    root) may."""
+    where = os.stat(target.parent)
+    if not where.st_mode & stat.S_ISVTX:
+        return True
+    return os.geteuid() in (0, st.st_uid, where.st_uid)
 
 
 def _temporary(target):
     """A new empty file beside ``target``, of its suffix (the PNG's format is
     read from it), created with 0o666 less the umask (the mode ``open``
-    gives a new file: see :func:`_keep_mode` for a replaced one)."""
-    fd, tmp = new_file(target.parent, f".{target.stem}-", f".partial{target.suffix}", 0o666)
+    gives a new file: see :func:`_keep_mode` for a replaced one). A long
+    name keeps its first 25 characters, so that the temporary's fits where
+    the target's does."""
+    stem = target.stem if len(os.fsencode(target.stem)) <= 100 else target.stem[:25]
+    fd, tmp = new_file(target.parent, f".{stem}-", f".partial{target.suffix}", 0o666)
     os.close(fd)
     return Path(tmp)
 

@@ -168,18 +168,131 @@ def test_png_directory_is_left_alone_with_no_plot(tmp_path, capsys):
     assert (tmp_path / "lipschitz-law.csv").is_file()
 
 
-def test_failed_write_exits_1_with_a_message(tmp_path, capsys):
-    # a dangling link passes the checks made before computing, and fails
-    # when the PNG is written: no file is replaced unless all were written
-    (tmp_path / "demo.png").symlink_to(tmp_path / "missing" / "demo.png")
+def test_failed_write_exits_1_with_a_message(tmp_path, capsys, monkeypatch):
+    # a disk that fills while the PNG is flushed: no file is replaced
+    # unless all were written
+    sync = cli._sync
+
+    def full_disk_at_the_png(path):
+        if str(path).endswith(".png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        sync(path)
+
+    monkeypatch.setattr(cli, "_sync", full_disk_at_the_png)
+    earlier = tmp_path / "demo.csv"
+    earlier.write_text("an earlier run")
     status, out, err = run(["demo", "--tiny", "--out", str(tmp_path)], capsys)
     assert status == 1
     assert err.strip().splitlines() == [
-        f"fastlista demo: cannot write {tmp_path / 'demo.png'}: No such file or directory "
+        f"fastlista demo: cannot write {tmp_path / 'demo.png'}: No space left on device "
         f"(none was replaced, those in {tmp_path} are as they were)"]
     assert "wrote" not in out
-    # no CSV nor JSON without their PNG, no temporary file
-    assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]
+    # no JSON nor new CSV without their PNG, no temporary file
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.csv"]
+    assert earlier.read_text() == "an earlier run"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symbolic links")
+@pytest.mark.parametrize("link, why", [
+    # each passed the checks made before computing: the first two failed
+    # with status 1 after it, the loop was replaced by a regular file
+    ("missing/demo.png", "No such file or directory (creating a file in '{tmp}/missing')"),
+    ("file/demo.png", "Not a directory"),
+    ("loop", "Too many levels of symbolic links"),
+])
+def test_an_output_that_open_refuses_exits_2_before_computing(link, why, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "demo.png")
+    if link != "loop":
+        (tmp_path / "demo.png").unlink(missing_ok=True)
+        (tmp_path / "demo.png").symlink_to(tmp_path / link)
+    else:
+        (tmp_path / "demo.png").symlink_to(tmp_path / "loop")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--tiny", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1].endswith(
+        f"argument --out: cannot write '{tmp_path / 'demo.png'}': "
+        + why.format(tmp=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if link == "loop":
+        assert (tmp_path / "demo.png").is_symlink()
+
+
+def test_a_linked_output_with_a_long_name_is_written(tmp_path, capsys):
+    # the temporary file beside a link's target took the target's name and
+    # 24 more characters: a name that fits failed with "File name too long"
+    # after the computation
+    target = tmp_path / ("r" * 240 + ".csv")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "lipschitz-law.csv").symlink_to(target)
+    status, _, err = run(["reproduce", "lipschitz-law", "--tiny", "--no-plot", "--out",
+                          str(tmp_path / "out")], capsys)
+    assert status == 0, err
+    header, rows = read_csv(target)
+    assert rows and all(len(r) == len(header) for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", target.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root to act as another user")
+def test_another_user_s_file_in_a_sticky_directory_exits_2_before_computing():
+    # /tmp-like: the rename over a file of root's, by another user, fails
+    # (EPERM); it did so after the computation. The check runs in a child
+    # that drops to user "nobody" (65534), sharing this process's modules
+    # (pytest's tmp_path is private to root: a directory of the system's
+    # temporary directory instead).
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="fastlista-sticky-"))
+    try:
+        _check_sticky(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _check_sticky(top):
+    sticky = top / "shared"
+    sticky.mkdir()
+    os.chmod(top, 0o755)
+    os.chmod(sticky, 0o1777)
+    (sticky / "demo.csv").write_text("root's")
+    os.chmod(sticky / "demo.csv", 0o666)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: never returns
+        code = 99
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            if not os.access(sticky, os.W_OK | os.X_OK):
+                code = 97                           # a parent nobody may enter
+                raise SystemExit
+            sys.stderr = io.StringIO()
+            try:
+                cli.main(["demo", "--tiny", "--no-plot", "--out", str(sticky)])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+            os.write(write_end, sys.stderr.getvalue().encode())
+        finally:
+            os._exit(code if isinstance(code, int) else 98)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        err = f.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(wait_status) == 97:
+        pytest.skip(f"user nobody cannot enter {sticky}")
+    assert os.waitstatus_to_exitcode(wait_status) == 2, err
+    assert err.splitlines()[-1].endswith(
+        f"argument --out: cannot write '{sticky / 'demo.csv'}': it belongs to another "
+        f"user, in the sticky directory '{sticky}'")
+    assert sorted(p.name for p in sticky.iterdir()) == ["demo.csv"]
+    assert (sticky / "demo.csv").read_text() == "root's"
 
 
 def test_no_plot_lists_every_file_and_removes_the_stale_png(tmp_path, capsys):
@@ -463,6 +576,32 @@ def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monke
     # (seen once in 185 real SIGINTs): a .partial file stayed in --out
     old = _old_outputs(tmp_path, "lipschitz-law")
     temporary = cli._temporary
+    calls = []
+
+    def temporary_then_interrupt(target):
+        tmp = temporary(target)
+        calls.append(target)
+        # the checks before computing create (and remove) one for the CSV
+        # and one for the JSON; the third is the write's
+        if len(calls) == 3:
+            sigint()
+        return tmp
+
+    monkeypatch.setattr(cli, "_temporary", temporary_then_interrupt)
+    status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
+                                        "--out", str(tmp_path)], capsys)
+    assert status == 130
+    assert len(calls) == 3
+    assert "none was replaced" in err.splitlines()[-1]
+    assert _contents(tmp_path) == old
+
+
+def test_ctrl_c_while_an_output_is_checked_leaves_no_file(tmp_path, capsys, monkeypatch,
+                                                         sigint):
+    # the checks before computing create a temporary beside each target and
+    # remove it: an interrupt between the two must not leave it there
+    old = _old_outputs(tmp_path, "lipschitz-law")
+    temporary = cli._temporary
 
     def temporary_then_interrupt(target):
         tmp = temporary(target)
@@ -473,7 +612,8 @@ def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monke
     status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
                                         "--out", str(tmp_path)], capsys)
     assert status == 130
-    assert "none was replaced" in err.splitlines()[-1]
+    assert err.splitlines()[-1] == "fastlista reproduce: interrupted"
+    assert out == ""
     assert _contents(tmp_path) == old
 
 
