@@ -971,6 +971,9 @@ def test_newton_step_triangular_solves_match_scipy(ld_extra):
             LT[j, j:k] = L[j:, j]
         v = rng.standard_normal(k)
         fwd, bwd = triangular_solves(LT, v)
+        if k == 0:                  # (SciPy 1.10's trtrs refuses an empty system)
+            assert fwd.shape == bwd.shape == (0,)
+            continue
         assert_allclose(fwd, solve_triangular(L, v, lower=True), rtol=1e-12,
                         atol=1e-12 * np.abs(v).max(initial=0))
         assert_allclose(bwd, solve_triangular(L, v, lower=True, trans="T"),
