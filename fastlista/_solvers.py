@@ -93,7 +93,7 @@ class LassoResult:
     step_sizes : ndarray or None
         With ``record_history=True`` and method "oista" or "backtracking",
         the step used at each iteration, shape (n_iter.max(), n_samples)
-        (NaN after a sample stopped).
+        (NaN after a sample stopped; 0 for a step OISTA undid).
     method : str
         The method that ran ("auto" resolved).
     """
@@ -142,8 +142,9 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
           to 16 atoms). A power iteration can settle on a smaller eigenvalue
           (from a start nearly orthogonal to the top eigenvector), so the
           curvature d B d^T of each step d taken on 1/L_S is checked against
-          L_S ||d||^2 at the next gradient: above it, the sample's L_S comes
-          from LAPACK from then on.
+          L_S ||d||^2 at the next gradient: above it, the step is undone
+          (its objective may have risen; the history records the step as
+          0) and the sample's L_S comes from LAPACK from then on.
         * "cd": coordinate descent on the Gram matrix with working sets and a
           Newton polish on the support (exact once the signs are right).
         * "auto": the fastest exact method, currently "cd".

@@ -15,7 +15,10 @@ per method:
   descent lemma holds on the face of S with constant L_S); otherwise 1/L.
   L_S comes from a warm-started power iteration, recomputed only when the
   support changes; when it does not converge, from LAPACK; when LAPACK
-  fails, the step is 1/L.
+  fails, the step is 1/L. Each step d on a power iteration's L_S is checked
+  at the next gradient (d B d^T <= L_S ||d||^2); a step that fails is
+  undone (z and its gradient restored) before that iteration's gap, and the
+  sample steps on LAPACK's L_S from then on.
 * backtracking: a step per sample, tried at t_prev / eta and shrunk by eta
   until 1/2 ||d D||^2 <= ||d||^2 / (2 t), d = z+ - z (the quadratic upper
   bound of Beck & Teboulle, 2009, written exactly for this quadratic f).
@@ -113,7 +116,7 @@ cdef struct ProxWork:
     unsigned char *pending  # (nb_max,) OISTA: the last step, on 1/L_S, awaits
                             # its curvature test
     unsigned char *exact    # (nb_max,) OISTA: L_S by LAPACK (a test failed)
-    double *Dz      # (nb_max, m) OISTA: d = z+ - z of the last step, on
+    double *Dz      # (nb_max, m) OISTA: z before the last step, on
     int *Didx       # (nb_max, m) the atoms of the support of the slot's L_S,
     int *Dn         # (nb_max,) Dn[s] of them
     double *curv    # (nb_max, 3) OISTA: d.g(z), ||d||^2, and the scale of
@@ -121,6 +124,8 @@ cdef struct ProxWork:
     double *Zd      # (nb_max, m) float32 FISTA: z and y in double (Z and Y
     double *Yd      # (nb_max, m) hold them rounded, for the products)
     double *rowd    # (m,) float32 FISTA: the candidate z+ in double
+    void *Gold      # (nb_max, m) OISTA: the gradient at z before the last
+                    # step (restored with z when the step is undone)
 
 
 cdef struct ProxCtx:
@@ -318,30 +323,32 @@ cdef double oista_lipschitz(floating *tag, ProxCtx *c, ProxWork *w, int s,
     return Ls if isfinite(Ls) and Ls > 0 else 0
 
 
-cdef bint oista_curvature_fails(floating *tag, ProxWork *w, int s, const floating *g,
-                                const floating *cs, Py_ssize_t m, double eps) noexcept nogil:
-    """Whether slot s's last step, z <- z + d on 1/L_S, exposes L_S as low.
+cdef bint oista_curvature_fails(floating *tag, ProxWork *w, int s, const floating *z,
+                                const floating *g, const floating *cs, Py_ssize_t m,
+                                double eps) noexcept nogil:
+    """Whether slot s's last step, to z = z0 + d on 1/L_S, exposes L_S as low.
 
-    With g the gradient at z + d: d (g - g(z)) = d B d^T <= L_S ||d||^2,
+    With g the gradient at z: d (g - g(z0)) = d B d^T <= L_S ||d||^2,
     since d is supported in S. A power iteration that settled on a smaller
     eigenvalue gives an L_S that some step's curvature exceeds (steps on
     too large a step size grow along the missed top eigenvector, so the
-    next step shows it). d is kept on S (the Dn[s] atoms Didx of the slot's
-    L_S, d's values in Dz), with d.g(z), ||d||^2 and their rounding scale in
-    curv.
+    next step shows it). z0 is kept on S (the Dn[s] atoms Didx of the
+    slot's L_S, z0's values in Dz: d = z - z0 is the step's own d, bit for
+    bit), with d.g(z0), ||d||^2 and their rounding scale in curv.
     Rounding: the gradients' entries are exact to about (m + n) u (|c_j| +
     |(z B)_j|); ``eps`` is that factor, (m + n + 8) u.
     """
     cdef const int *di = w.Didx + s * m
-    cdef const double *d = w.Dz + s * m
+    cdef const double *z0 = w.Dz + s * m
     cdef const double *cv = w.curv + 3 * s
-    cdef double q = 0, e = cv[2]
+    cdef double q = 0, e = cv[2], d
     cdef int i
     cdef Py_ssize_t j
     for i in range(w.Dn[s]):
         j = di[i]
-        q = q + d[i] * g[j]
-        e = e + fabs(d[i]) * (fabs(<double> cs[j]) + fabs(<double> g[j] + cs[j]))
+        d = <double> z[j] - z0[i]
+        q = q + d * g[j]
+        e = e + fabs(d) * (fabs(<double> cs[j]) + fabs(<double> g[j] + cs[j]))
     q = q - cv[0]
     return q > w.aux[s] * cv[1] * (1 + CURV_TOL) + eps * e
 
@@ -413,6 +420,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef floating *zs
     cdef floating *gs
     cdef floating *ys
+    cdef floating *Gold = <floating *> w.Gold
 
     for s in range(nb):
         w.orig[s] = c.active[start + s]
@@ -459,6 +467,26 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
             continue
         znnz = -1       # Zb (and nb) change below
         block_gradient(P, nb, Xb, Cb, D, DT, B, Dp, DTp, Bp, m, n, c.own_gemm, R, G)
+        if method == OISTA:
+            for s in range(nb):
+                if not w.pending[s]:
+                    continue
+                w.pending[s] = 0
+                zs = Zb + s * m
+                if oista_curvature_fails(tag, w, s, zs, G + s * m, Cb + s * m, m,
+                                         (m + n + 8) * (FL_ROUNDOFF if floating is double
+                                                        else ROUNDOFF_F)):
+                    # the step was too long for this support: undo it (z0
+                    # and its gradient, exactly), and take L_S from LAPACK
+                    di = w.Didx + s * m
+                    dz = w.Dz + s * m
+                    for nd in range(w.Dn[s]):
+                        zs[di[nd]] = <floating> dz[nd]
+                    memcpy(G + s * m, Gold + s * m, m * sizeof(floating))
+                    w.exact[s] = 1
+                    w.fresh[s] = 0
+                    if c.record:                # (z moved by none of it)
+                        hstep[<Py_ssize_t> (it - 1) * N + w.orig[s]] = 0
         if check:
             Gp = G
             if method == FISTA and it > 0:
@@ -497,6 +525,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     if method == OISTA:
                         move_row(w.V, m, last, s, sizeof(double))
                         move_row(w.Dz, m, last, s, sizeof(double))
+                        move_row(Gold, m, last, s, sizeof(floating))
                         move_row(w.Didx, m, last, s, sizeof(int))
                         w.Dn[s] = w.Dn[last]
                         move_row(w.curv, 3, last, s, sizeof(double))
@@ -556,13 +585,6 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         ys[j] = row[j] + beta * (row[j] - zs[j])
                 memcpy(zs, row, m * sizeof(floating))
             elif method == OISTA:
-                if w.pending[s]:
-                    w.pending[s] = 0
-                    if oista_curvature_fails(tag, w, s, gs, Cb + s * m, m,
-                                             (m + n + 8) * (FL_ROUNDOFF if floating is double
-                                                            else ROUNDOFF_F)):
-                        w.exact[s] = 1
-                        w.fresh[s] = 0
                 step = 1 / L
                 if not w.fresh[s]:
                     w.aux[s] = oista_lipschitz(tag, c, w, s, zs)
@@ -582,7 +604,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 if inside:
                     if w.aux[s] > 0 and not w.exact[s]:
                         # d = z+ - z on S = supp(z) (the atoms of the last
-                        # L_S, kept in Didx): d.g(z), ||d||^2 and the
+                        # L_S, kept in Didx): z on S and its gradient, to
+                        # undo the step, and d.g(z), ||d||^2 and the
                         # rounding scale of d.g, for the curvature test
                         dg = 0
                         dd = 0
@@ -593,7 +616,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         for nd in range(w.Dn[s]):
                             j = di[nd]
                             ud = <double> row[j] - zs[j]
-                            dz[nd] = ud
+                            dz[nd] = zs[j]
                             dg = dg + ud * gs[j]
                             dd = dd + ud * ud
                             de = de + fabs(ud) * (fabs(<double> cs[j])
@@ -602,6 +625,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         w.curv[3 * s + 1] = dd
                         w.curv[3 * s + 2] = de
                         w.pending[s] = dd > 0
+                        memcpy(Gold + s * m, gs, m * sizeof(floating))
                     memcpy(zs, row, m * sizeof(floating))
                     if shrunk:
                         w.fresh[s] = 0
@@ -685,7 +709,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     fista, oista = method == FISTA, method == OISTA
     # per-thread workspaces: (name, size) in the storage dtype and in double
     fsizes = [bm, bn, bm, bm, bn, bm if fista else 0, bm if fista else 0, m, n,
-              block_size if method == ISTA else 0]
+              block_size if method == ISTA else 0, bm if oista else 0]
     # float32 FISTA keeps its iterates z and y in double: stored in float32
     # they stalled on correlated atoms (relative gaps of 1e-5 after 5e4
     # iterations, where float64 certifies 1e-6 within 9e3 and the float32
@@ -750,6 +774,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
         work[t].Didx = &iv[t, io[3]]
         work[t].Dn = &iv[t, io[4]]
         work[t].curv = &dv[t, do[13]]
+        work[t].Gold = &fv[t, fo[10]]
     c.method = method
     c.X = &X[0, 0]
     c.D = &D[0, 0]
