@@ -262,6 +262,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 NORM_SPAN_HINT = 1e12
 
 
+#: The relative gap float32 codes certify on most problems (their rounding
+#: floor is about 1e-7): a float32 tol below it may be unreachable.
+F32_CERTIFIABLE = 1e-6
+
+
 def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
                         unused_atoms=(), lmbd_zero=False, norm_span=1.0):
     """The ConvergenceWarning of the samples that did not converge: ``rel``,
@@ -290,8 +295,11 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
                 "can exceed lmbd, and no more iterations then certify the codes; "
                 "rescale D's atoms to comparable norms (each code scales inversely "
                 "with its atom's norm).")
-    elif np.any(n_iter < max_iter):
-        # stopped by the kernel, refused by the certificate: rounding
+    elif np.any(n_iter < max_iter) or (dtype == np.float32 and tol < F32_CERTIFIABLE
+                                       and np.max(rel) < 10 * F32_CERTIFIABLE):
+        # stopped by the kernel, refused by the certificate: rounding; or
+        # float32 iterations that ran out near float32's floor, where more
+        # of them (or "cd") would not certify tol either
         hint = ("The codes' rounding limits their certificate: use a larger tol"
                 + (" (float32 codes cannot certify a relative gap much below 1e-6), "
                    "or float64 data." if dtype == np.float32 else "."))

@@ -21,7 +21,9 @@ class InvalidParameterError(ValueError, TypeError):
 
 
 class ConvergenceWarning(UserWarning):
-    """A solver stopped at ``max_iter`` before reaching its tolerance."""
+    """A solver stopped before reaching its tolerance: at ``max_iter``, or
+    ("cd") where its iterations no longer lowered the gap; the message says
+    which, and what would help."""
 
 
 def _is_sparse(a):
