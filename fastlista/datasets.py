@@ -17,12 +17,13 @@ All arrays follow the library's conventions: ``D`` has shape
 ``(n_samples, n_features)`` (one signal per row); both are float64 and
 C-contiguous.
 """
+import decimal
 import math
 
 import numpy as np
 
 from ._solvers import solve_lasso
-from ._validation import InvalidParameterError, check_random_state, check_scalar
+from ._validation import InvalidParameterError, check_random_state, check_scalar, short_repr
 
 __all__ = ["make_coding", "make_sparse_coding", "make_digits_coding"]
 
@@ -34,6 +35,12 @@ _MAX_CANDIDATE_FACTOR = 50      # never draw more than 50 * n_samples + 1000 in 
 
 #: the largest array NumPy can address, in bytes
 _MAX_BYTES = np.iinfo(np.intp).max
+
+
+def _sci(n):
+    """The int ``n`` in scientific notation, whatever its size (``:.3g``
+    converts it to a float first: OverflowError beyond 1.8e308)."""
+    return f"{decimal.Decimal(n):.3g}"
 
 
 def _check_sizes(func, n_samples, n_atoms, n_features, n_rows=None):
@@ -52,11 +59,12 @@ def _check_sizes(func, n_samples, n_atoms, n_features, n_rows=None):
             ("the signals drawn", ("n_samples", "n_features"), (rows, n_features))):
         n_bytes = 8 * math.prod(shape)
         if n_bytes > _MAX_BYTES:
-            given = " and ".join(f"{name}={sizes[name]}" for name in names)
+            given = " and ".join(f"{name}={short_repr(sizes[name])}" for name in names)
             raise InvalidParameterError(
-                f"{func}: {given} give {what} the shape {shape} of float64, "
-                f"{n_bytes:.3g} bytes, beyond the largest array NumPy can address "
-                f"({_MAX_BYTES + 1:.3g} bytes); ask for smaller sizes.")
+                f"{func}: {given} give {what} the shape "
+                f"({', '.join(map(short_repr, shape))}) of float64, {_sci(n_bytes)} bytes, "
+                f"beyond the largest array NumPy can address ({_sci(_MAX_BYTES + 1)} "
+                "bytes); ask for smaller sizes.")
     return n_samples, n_atoms, n_features
 
 
