@@ -151,7 +151,8 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     tol : float, default=1e-8
         A sample stops when its duality gap is <= ``tol * 1/2 ||x||^2``. The
         stopping gap costs O(n_atoms) per sample from the gradient already at
-        hand and is checked every 10 iterations (every outer loop for "cd").
+        hand and is checked every 10 iterations (every outer loop for "cd";
+        every iteration with ``record_history=True``).
         With ``tol=0`` every sample runs exactly ``max_iter`` iterations
         (none when D has no non-zero atom: the codes are 0, ``n_iter`` 0).
         float32 codes cannot be certified much below their own rounding
@@ -168,10 +169,14 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         Record the objective and gap of every sample at every iteration (and
         the step sizes of "oista" and "backtracking"); memory
         (max_iter + 1) x n_samples per record. Not available for "cd".
-        The history is one run: a sample whose stopping gap met ``tol``
-        while the certificate of its codes, computed afterwards, missed it
-        by their rounding is not run on (without the history it is, with a
-        tighter stop, within ``max_iter``), and is returned not converged.
+        The stopping gap is then checked at every iteration (not every 10),
+        so a sample stops at the first iteration that meets ``tol``: its
+        codes and ``n_iter`` can differ from those of the same call without
+        the history (both certified). The history is one run: a sample
+        whose stopping gap met ``tol`` while the certificate of its codes,
+        computed afterwards, missed it by their rounding is not run on
+        (without the history it is, with a tighter stop, within
+        ``max_iter``), and is returned not converged.
     n_jobs : int or None, default=None
         Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
         kernels, BLAS held to one thread meanwhile when threadpoolctl is

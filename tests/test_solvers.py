@@ -304,6 +304,27 @@ def test_fista_faster_than_ista_and_both_converge_to_same_point():
 # history and step sizes
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ITERATIVE)
+def test_history_checks_the_stop_at_every_iteration(method):
+    """Documented: the stopping gap is checked every 10 iterations, and at
+    every one with record_history=True (which the docstring did not say):
+    a recorded sample stops at the first iteration whose gap meets tol, the
+    same call without the history at a multiple of 10. (Not compared sample
+    by sample: samples leave their block at other iterations, and the
+    rounding of the block's products, which FISTA amplifies, differs.)"""
+    X, D = get_problem("under")
+    lmbd, tol = 0.3, 1e-7
+    scale = _half_sq_norm(X)
+    recorded = _solve(X, D, lmbd, method, tol=tol, max_iter=50000, record_history=True)
+    plain = _solve(X, D, lmbd, method, tol=tol, max_iter=50000)
+    gaps = recorded.history["gap"]
+    cols = np.arange(X.shape[0])
+    assert np.all(gaps[recorded.n_iter, cols] <= tol * scale)
+    assert np.all(gaps[recorded.n_iter - 1, cols] > tol * scale)
+    assert np.all(plain.n_iter % 10 == 0)
+    assert np.any(recorded.n_iter % 10 != 0)
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
 def test_history_ends_at_the_codes(method):
     X, D = get_problem("under")
     lmbd = 0.3
