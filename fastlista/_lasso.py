@@ -318,7 +318,7 @@ def lasso_objective(X, D, lmbd, Z, positive=False):
 
     Returns
     -------
-    objective : ndarray of shape (n_samples,) or float
+    objective : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D x
         ``0.5 * ||x - z D||^2 + lmbd * ||z||_1`` for each row, computed in
         double precision, in the dtype of the inputs (inf when the value
         exceeds the float range).
@@ -385,7 +385,7 @@ def lambda_max(X, D, positive=False):
 
     Returns
     -------
-    lmbd_max : ndarray of shape (n_samples,) or float
+    lmbd_max : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D X
         ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``),
         in X's dtype, rounded up: a bound from above of the exact value,
         within a few ulps of it (the largest correlations are recomputed to
@@ -487,7 +487,7 @@ def duality_gap(X, D, lmbd, Z, positive=False):
 
     Returns
     -------
-    gap : ndarray of shape (n_samples,) or float
+    gap : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D x
         Non-negative (negative rounding errors are clipped to 0), in the
         dtype of the inputs (float32: rounded up from double, so that it
         stays a bound); inf when the gap exceeds the float range.

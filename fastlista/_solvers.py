@@ -68,10 +68,10 @@ class LassoResult:
     ----------
     codes : ndarray of shape (n_samples, n_atoms) or (n_atoms,)
         The solutions, of the dtype of the inputs.
-    gap : ndarray of shape (n_samples,) or float
+    gap : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D x
         Duality gap of each returned code (an upper bound on ``F_x(z) - min
         F_x``): ``duality_gap(X, D, lmbd, codes)``, computed in double
-        precision from the returned codes themselves.
+        precision from the returned codes themselves, in their dtype.
     n_iter : ndarray of shape (n_samples,) or int
         Iterations run per sample (epochs over the working set for "cd").
     converged : ndarray of shape (n_samples,) or bool
@@ -251,7 +251,7 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
                         n_threads, positive, warn=True)
     if is_1d:
         result.codes, result.gap = result.codes[0], result.gap[0]
-        result.n_iter, result.converged = result.n_iter[0], result.converged[0]
+        result.n_iter, result.converged = int(result.n_iter[0]), bool(result.converged[0])
         if result.history is not None:
             result.history = {k: h[:, 0] for k, h in result.history.items()}
         if result.step_sizes is not None:

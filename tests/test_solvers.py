@@ -823,6 +823,25 @@ def test_warm_start_at_the_solution_stops_at_once(method):
     assert_allclose(r1.codes, Zs[2], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_sample_results_are_the_documented_scalars(dtype):
+    """A 1-D x gives n_iter an int and converged a bool, as documented (they
+    were NumPy scalars: json.dumps refused converged), and the gap, the
+    objective, lambda_max and the duality gap NumPy scalars of its dtype."""
+    import json
+
+    X, D = get_problem("under", dtype)
+    res = solve_lasso(X[0], D, 0.3, tol=1e-5)
+    assert type(res.n_iter) is int and type(res.converged) is bool
+    assert json.loads(json.dumps({"converged": res.converged, "n_iter": res.n_iter})) == \
+        {"converged": True, "n_iter": res.n_iter}
+    for value in (res.gap, lasso_objective(X[0], D, 0.3, res.codes),
+                  fastlista.lambda_max(X[0], D), fastlista.duality_gap(X[0], D, 0.3, res.codes)):
+        assert isinstance(value, np.generic) and value.dtype == dtype
+    assert_allclose(float(lasso_objective(X[0], D, 0.3, res.codes)),
+                    ref.objective(X[:1], D, 0.3, res.codes[None])[0], rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_warm_start_is_used(method):
     X, D = get_problem("over")
