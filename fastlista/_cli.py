@@ -35,6 +35,7 @@ experiments nor matplotlib.
 """
 import argparse
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -46,7 +47,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from ._files import new_file
+from ._files import link_target, may_replace, new_file
 from .datasets import N_DIGITS
 
 __all__ = ["main", "build_parser"]
@@ -345,11 +346,12 @@ def _check_outputs(out, names, no_plot, parser):
     Each file of every result in ``names`` (its PNG only without
     ``no_plot``) is tried as :func:`_write` will write it: a directory or a
     read-only file is refused; a device or a FIFO is written in place; any
-    other path is followed through its symbolic links (a loop of links, or
-    a link through a regular file, is refused as ``open`` refuses it), a
-    temporary file is created and removed beside its target, and the target
-    must be a file this user may replace. The directory ``out`` itself was
-    checked by :func:`_outdir`.
+    other path is followed through its symbolic links as ``open`` follows
+    them (a loop of links, or a link through a regular file, is refused as
+    ``open`` refuses it), a temporary file is created and removed beside
+    its target, and the target must be a file this user may replace. With
+    ``no_plot``, a PNG of an earlier run must be one this user may remove.
+    The directory ``out`` itself was checked by :func:`_outdir`.
     """
     for name in names:
         csv_path, json_path, png_path = _outputs(out, name)
@@ -357,6 +359,12 @@ def _check_outputs(out, names, no_plot, parser):
             why = _cannot_write(path)
             if why is not None:
                 parser.error(f"argument --out: cannot write {str(path)!r}: {why}")
+        if no_plot and (png_path.is_symlink() or png_path.is_file()):
+            st = os.lstat(png_path)
+            if not may_replace(png_path, st):
+                parser.error(f"argument --out: cannot remove {str(png_path)!r}, the figure "
+                             "of an earlier run (--no-plot removes it): it belongs to "
+                             f"another user, in the sticky directory {str(out)!r}")
 
 
 def _cannot_write(path):
@@ -374,38 +382,37 @@ def _cannot_write(path):
             return "the file is read-only"
         if not stat.S_ISREG(st.st_mode):
             return None                 # a device or a FIFO: written in place
-    target = Path(os.path.realpath(path))
+    try:
+        target = link_target(path)
+    except OSError as exc:
+        return exc.strerror
+    if not os.path.basename(target):    # a link to "name/": open's EISDIR
+        return f"{os.strerror(errno.EISDIR)} (the link's target {target!r})"
     try:
         with _sigint_held():            # (no probe left behind by a Ctrl-C)
             os.unlink(_temporary(target))
     except OSError as exc:
-        return f"{exc.strerror or exc} (creating a file in {str(target.parent)!r})"
-    if st is not None and not _may_replace(target, st):
+        where = os.path.dirname(target) or os.curdir
+        return f"{exc.strerror or exc} (creating a file in {where!r})"
+    if st is not None and not may_replace(target, st):
         return (f"it belongs to another user, in the sticky directory "
-                f"{str(target.parent)!r}")
+                f"{os.path.dirname(target) or os.curdir!r}")
     return None
 
 
-def _may_replace(target, st):
-    """Whether a file renamed over ``target`` (of status ``st``) may replace
-    it: in a sticky directory only the file's or the directory's owner (or
-    root) may."""
-    where = os.stat(target.parent)
-    if not where.st_mode & stat.S_ISVTX:
-        return True
-    return os.geteuid() in (0, st.st_uid, where.st_uid)
-
-
 def _temporary(target):
-    """A new empty file beside ``target``, of its suffix (the PNG's format is
-    read from it), created with 0o666 less the umask (the mode ``open``
-    gives a new file: see :func:`_keep_mode` for a replaced one). A long
-    name keeps its first 25 characters, so that the temporary's fits where
-    the target's does."""
-    stem = target.stem if len(os.fsencode(target.stem)) <= 100 else target.stem[:25]
-    fd, tmp = new_file(target.parent, f".{stem}-", f".partial{target.suffix}", 0o666)
+    """A new empty file beside the path ``target`` (a str, as
+    :func:`link_target` gives it), created with 0o666 less the umask (the
+    mode ``open`` gives a new file: see :func:`_keep_mode` for a replaced
+    one), named after it: a long name keeps its first 25 characters, so
+    that the temporary's fits where the target's does."""
+    name = os.path.basename(target)
+    if len(os.fsencode(name)) > 100:
+        name = name[:25]
+    fd, tmp = new_file(os.path.dirname(target) or os.curdir, f".{name}-", ".partial",
+                       0o666)
     os.close(fd)
-    return Path(tmp)
+    return tmp
 
 
 def _sync(path):
@@ -420,8 +427,8 @@ def _sync(path):
 def _keep_mode(tmp, target):
     """Give ``tmp`` the mode of the file ``target`` it replaces (after it is
     written and synced: a write-only or read-only mode would refuse that)."""
-    if target.is_file():
-        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+    if os.path.isfile(target):
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
 
 
 def _in_place(target):
@@ -472,7 +479,7 @@ def _write(result, out, no_plot, written):
         try:
             for path, writer in writers:
                 try:
-                    target = Path(os.path.realpath(path))
+                    target = link_target(path)
                     if _in_place(target):
                         in_place.append((path, writer))
                         continue
@@ -485,8 +492,7 @@ def _write(result, out, no_plot, written):
                     _sync(tmp)
                     _keep_mode(tmp, target)
                 except (OSError, ValueError) as exc:
-                    # (ValueError: matplotlib refuses the format of a link's
-                    # target, fig.txt say)
+                    # (ValueError: a writer that refuses its file)
                     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                     raise _RunError(f"cannot write {path}: {why} ({kept})") from None
                 except ImportError as exc:

@@ -106,3 +106,51 @@ def fuzz_settings(name, long_examples, suppress=("too_slow", "data_too_large")):
     examples = os.environ.get("FASTLISTA_FUZZ_EXAMPLES")
     return settings(settings.get_profile(f"fastlista-{name}-{mode}"),
                     **({"max_examples": int(examples)} if examples else {}))
+
+
+@pytest.fixture
+def sticky_dir():
+    """A /tmp-like directory (mode 1777, owned by root) and ``as_nobody``,
+    which runs a function as user "nobody" (65534) in a forked child that
+    shares this process's modules: ``as_nobody(action)`` returns what
+    ``action()`` returned, an int and a str. Root only (to act as another
+    user); pytest's tmp_path is private to root, so the directory is made
+    in the system's temporary directory."""
+    import shutil
+    import tempfile
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    top = tempfile.mkdtemp(prefix="fastlista-sticky-")
+    shared = os.path.join(top, "shared")
+    os.mkdir(shared)
+    os.chmod(top, 0o755)
+    os.chmod(shared, 0o1777)
+
+    def as_nobody(action):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                # the child: never returns
+            code = 99
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                if not os.access(shared, os.W_OK | os.X_OK):
+                    code = 97                       # a parent nobody may enter
+                else:
+                    code, text = action()
+                    os.write(write_end, text.encode())
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            text = f.read().decode()
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code == 97:
+            pytest.skip(f"user nobody cannot enter {shared}")
+        return code, text
+
+    try:
+        yield shared, as_nobody
+    finally:
+        shutil.rmtree(top)

@@ -972,6 +972,11 @@ def test_load_rejects_bad_files(tmp_path):
     # a fit records finite losses only
     cases["nan_history.npz"] = _npz_bytes(**{**arrays, "loss_history": np.array([1.0, np.nan])})
     cases["npy.npz"] = None
+    # the zip's central directory one byte off: zipfile's seek raises OSError
+    # EINVAL, which load passed on as an error of open's
+    end = data.rfind(b"PK\x05\x06")
+    offset = int.from_bytes(data[end + 16:end + 20], "little") + 1
+    cases["index.npz"] = data[:end + 16] + offset.to_bytes(4, "little") + data[end + 20:]
     for name, content in cases.items():
         path = tmp_path / name
         if content is None:
@@ -1146,6 +1151,46 @@ def test_save_errors_name_the_path_as_open_does(tmp_path):
         with pytest.raises(error):
             open(path, "wb")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symbolic links")
+def test_save_follows_a_dangling_link_as_open_does(tmp_path):
+    # "missing/../file": os.path.realpath resolved it lexically to "file",
+    # an existing file that save then replaced; open(path, "wb") fails
+    (tmp_path / "file").write_text("x")
+    os.symlink(f"{tmp_path}/missing/../file", tmp_path / "net.npz")
+    _, D = make_problem()
+    with pytest.raises(FileNotFoundError):
+        open(tmp_path / "net.npz", "wb")
+    with pytest.raises(FileNotFoundError):
+        Lista(D, 0.1, 2).save(tmp_path / "net.npz")
+    assert (tmp_path / "file").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "net.npz"]
+
+
+def test_save_over_another_user_s_file_in_a_sticky_directory(sticky_dir):
+    """open(path, "wb") rewrites another user's 0o666 file in a sticky
+    directory; save, which renames a new file over it, cannot: it raised
+    EPERM naming its temporary file (already removed). It names the path."""
+    shared, as_nobody = sticky_dir
+    path = os.path.join(shared, "net.npz")
+    with open(path, "wb") as f:
+        f.write(b"root's")
+    os.chmod(path, 0o666)
+    _, D = make_problem()
+    net = Lista(D, 0.3, 2)
+
+    def save():
+        try:
+            net.save(path)
+        except PermissionError as exc:
+            return 1, f"{exc.errno} {exc.filename}"
+        return 0, ""
+
+    assert as_nobody(save) == (1, f"{errno.EPERM} {path}")
+    assert os.listdir(shared) == ["net.npz"]
+    with open(path, "rb") as f:
+        assert f.read() == b"root's"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX paths and symbolic links")

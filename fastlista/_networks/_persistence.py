@@ -16,7 +16,7 @@ import stat
 
 import numpy as np
 
-from .._files import new_file
+from .._files import link_target, may_replace, new_file
 from .._validation import not_real_reason, short_repr
 from ._parameters import KEYS, PARAMETRIZATIONS
 
@@ -67,7 +67,8 @@ def save(net, path):
         exist, or ``path`` is empty), PermissionError (the file is not
         writable), NotADirectoryError, a loop of symbolic links (ELOOP), a
         name too long. PermissionError too when the file's directory is not
-        writable (the new archive is written there).
+        writable (the new archive is written there), or when the file is
+        another user's in a sticky directory (it cannot be replaced).
     """
     arrays = {
         "format": np.array(FORMAT),
@@ -106,8 +107,14 @@ def save(net, path):
             if not stat.S_ISREG(st.st_mode):    # a device or a pipe: nothing to replace
                 np.savez(f, **arrays)
                 return
-    target = os.fsdecode(os.path.realpath(path))
-    directory = os.path.dirname(target)
+    # the file open would write, its links followed as open follows them
+    target = os.fsdecode(link_target(path))
+    if not os.path.basename(target):        # a link to "name/": open's error
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if st is not None and not may_replace(target, st):
+        raise PermissionError(errno.EPERM, "it belongs to another user, in a sticky "
+                              "directory: the new archive cannot be renamed over it", path)
+    directory = os.path.dirname(target) or os.curdir
     tmp = None
     try:
         try:
@@ -199,87 +206,87 @@ def load(cls, path):
     OSError
         As ``open(path, "rb")``: FileNotFoundError, IsADirectoryError,
         PermissionError, NotADirectoryError, a loop of symbolic links
-        (ELOOP), a name too long, or an error reading the file.
+        (ELOOP), a name too long.
     ValueError
-        The file is not a valid network (naming the entry at fault).
+        The file is not a valid network (naming the entry at fault), or
+        reading it failed.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"The 'path' parameter of Lista.load must be a str, bytes or "
                         f"os.PathLike (a file name); got {type(path).__name__}.")
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            files = set(f.files)
-            if "format" not in files or str(f["format"][()]) != FORMAT:
-                raise ValueError(f"no {FORMAT!r} format tag")
-            missing = sorted(_HEADER - files)
-            if missing:
-                raise ValueError(f"missing entries {missing}")
-            version = _integer(f, "format_version")
-            if version > FORMAT_VERSION or version < 1:
-                raise ValueError(
-                    f"format version {version} is not supported (this fastlista "
-                    f"reads version {FORMAT_VERSION})")
-            header = _HEADER_V2 if version >= 2 else _HEADER
-            missing = sorted(header - files)
-            if missing:
-                raise ValueError(f"missing entries {missing} (format version {version})")
-            par = _scalar(f, "parametrization", str)
-            if par not in PARAMETRIZATIONS:
-                raise ValueError(f"unknown parametrization {par!r}")
-            n_layers = _integer(f, "n_layers")
-            # the table of contents first: nothing is built for a file that
-            # does not hold every layer it declares (and no name is listed
-            # for more layers than the file has entries)
-            if n_layers < 1 or n_layers > len(files):
-                raise ValueError(f"declares n_layers={n_layers} but holds "
-                                 f"{len(files) - len(header)} layer entries")
-            layers = {f"layer{t}_{k}" for t in range(n_layers) for k in KEYS[par]}
-            missing = sorted(layers - files)
-            if missing:
-                raise ValueError(f"missing entries {missing[:5]} of its {n_layers} "
-                                 f"{par!r} layers")
-            extra = files - header - layers
-            if extra:
-                raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
-            positive = _scalar(f, "positive") if version >= 2 else False
-            # the entries the network casts: D to its dtype (float32 or
-            # float64), the layers to that dtype, lmbd, support_selection and
-            # the loss history to float64
-            entries = {key: f[key] for key in ("D", "lmbd", "loss_history")}
-            selection = None
-            if version >= 2 and f["support_selection"].size:
-                entries["support_selection"] = f["support_selection"]
-                selection = tuple(entries["support_selection"].tolist())
-            net = cls(entries["D"], _scalar(f, "lmbd"), n_layers, par, positive=positive,
-                      support_selection=selection)
-            for t in range(n_layers):
-                for k in KEYS[par]:
-                    entries[f"layer{t}_{k}"] = f[f"layer{t}_{k}"]
-            net.set_parameters([{k: entries[f"layer{t}_{k}"] for k in KEYS[par]}
-                                for t in range(n_layers)])
-            history = entries["loss_history"]
-            reason = not_real_reason(history, "loss_history")
-            if reason is not None:
-                raise ValueError(reason)
-            # (a fit records finite losses only)
-            if history.ndim != 1 or not np.all(np.isfinite(history)):
-                raise ValueError("loss_history must be a one-dimensional array of "
-                                 "finite losses")
-            net.loss_history_ = [float(v) for v in history]
-            loaded = {"D": net.D, "lmbd": net.lmbd, "loss_history": net.loss_history_,
-                      "support_selection": net.support_selection}
-            for t, layer in enumerate(net.parameters):
-                for k, v in layer.items():
-                    loaded[f"layer{t}_{k}"] = v
-            for key, stored in entries.items():
-                _check_exact(key, stored, loaded[key])
-    except OSError as exc:
-        if exc.errno is not None:           # open's errors: the file, not its contents
-            raise
-        raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
-    except Exception as exc:  # zip, npy, key and validation errors alike
-        raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
+    # open's errors as they are; whatever reading the archive raises, the
+    # contents' (a corrupt zip index raises OSError EINVAL, say)
+    with open(path, "rb") as file:
+        try:
+            with np.load(file, allow_pickle=False) as f:
+                if not isinstance(f, np.lib.npyio.NpzFile):
+                    raise ValueError("not an .npz archive")
+                files = set(f.files)
+                if "format" not in files or str(f["format"][()]) != FORMAT:
+                    raise ValueError(f"no {FORMAT!r} format tag")
+                missing = sorted(_HEADER - files)
+                if missing:
+                    raise ValueError(f"missing entries {missing}")
+                version = _integer(f, "format_version")
+                if version > FORMAT_VERSION or version < 1:
+                    raise ValueError(
+                        f"format version {version} is not supported (this fastlista "
+                        f"reads version {FORMAT_VERSION})")
+                header = _HEADER_V2 if version >= 2 else _HEADER
+                missing = sorted(header - files)
+                if missing:
+                    raise ValueError(f"missing entries {missing} (format version {version})")
+                par = _scalar(f, "parametrization", str)
+                if par not in PARAMETRIZATIONS:
+                    raise ValueError(f"unknown parametrization {par!r}")
+                n_layers = _integer(f, "n_layers")
+                # the table of contents first: nothing is built for a file that
+                # does not hold every layer it declares (and no name is listed
+                # for more layers than the file has entries)
+                if n_layers < 1 or n_layers > len(files):
+                    raise ValueError(f"declares n_layers={n_layers} but holds "
+                                     f"{len(files) - len(header)} layer entries")
+                layers = {f"layer{t}_{k}" for t in range(n_layers) for k in KEYS[par]}
+                missing = sorted(layers - files)
+                if missing:
+                    raise ValueError(f"missing entries {missing[:5]} of its {n_layers} "
+                                     f"{par!r} layers")
+                extra = files - header - layers
+                if extra:
+                    raise ValueError(f"unexpected entries {sorted(extra)[:5]}")
+                positive = _scalar(f, "positive") if version >= 2 else False
+                # the entries the network casts: D to its dtype (float32 or
+                # float64), the layers to that dtype, lmbd, support_selection and
+                # the loss history to float64
+                entries = {key: f[key] for key in ("D", "lmbd", "loss_history")}
+                selection = None
+                if version >= 2 and f["support_selection"].size:
+                    entries["support_selection"] = f["support_selection"]
+                    selection = tuple(entries["support_selection"].tolist())
+                net = cls(entries["D"], _scalar(f, "lmbd"), n_layers, par, positive=positive,
+                          support_selection=selection)
+                for t in range(n_layers):
+                    for k in KEYS[par]:
+                        entries[f"layer{t}_{k}"] = f[f"layer{t}_{k}"]
+                net.set_parameters([{k: entries[f"layer{t}_{k}"] for k in KEYS[par]}
+                                    for t in range(n_layers)])
+                history = entries["loss_history"]
+                reason = not_real_reason(history, "loss_history")
+                if reason is not None:
+                    raise ValueError(reason)
+                # (a fit records finite losses only)
+                if history.ndim != 1 or not np.all(np.isfinite(history)):
+                    raise ValueError("loss_history must be a one-dimensional array of "
+                                     "finite losses")
+                net.loss_history_ = [float(v) for v in history]
+                loaded = {"D": net.D, "lmbd": net.lmbd, "loss_history": net.loss_history_,
+                          "support_selection": net.support_selection}
+                for t, layer in enumerate(net.parameters):
+                    for k, v in layer.items():
+                        loaded[f"layer{t}_{k}"] = v
+                for key, stored in entries.items():
+                    _check_exact(key, stored, loaded[key])
+        except Exception as exc:  # zip, npy, key and validation errors alike
+            raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
     return net

@@ -48,7 +48,9 @@ def _figure(nrows=1, ncols=1, figsize=(6.0, 4.0), **kw):
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=DPI)
+    # PNG whatever the name (the command line writes a temporary file
+    # before renaming it onto a link's target, of any name)
+    fig.savefig(path, dpi=DPI, format="png")
     return path
 
 
