@@ -128,8 +128,15 @@ def sticky_dir():
     os.chmod(shared, 0o1777)
 
     def as_nobody(action):
+        import warnings
+
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # (Python 3.12+ warns on a fork of a process with threads: the
+            # child runs no thread pool, only os calls and this module's
+            # Python, and exits at once)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:                                # the child: never returns
             code = 99
             try:
