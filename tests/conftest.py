@@ -1,4 +1,5 @@
 """Shared fixtures: seeded small problems, cached reference solutions."""
+import contextlib
 import functools
 import os
 import sys
@@ -53,6 +54,46 @@ def _exact(kind, lmbd, seed):
 def get_exact(kind, lmbd, seed=0):
     """Reference solution (NumPy coordinate descent, gap <= 1e-15 0.5||x||^2)."""
     return _exact(kind, lmbd, seed).copy()
+
+
+#: the coordinate descent tolerance scikit-learn >= 1.8 gives the Lasso of
+#: sparse_encode(algorithm="lasso_cd") (hard-coded, not a parameter)
+SPARSE_ENCODE_LASSO_TOL = 1e-8
+
+
+@contextlib.contextmanager
+def sklearn_sparse_encode_tol(tol=SPARSE_ENCODE_LASSO_TOL):
+    """scikit-learn's ``sparse_encode(algorithm="lasso_cd")`` -- hence
+    ``SparseCoder`` and ``MiniBatchDictionaryLearning``, which code through
+    it -- at coordinate descent tolerance ``tol`` on any version.
+
+    scikit-learn >= 1.8 builds that ``Lasso`` with ``tol=1e-8``; earlier
+    versions (1.7.2 is the newest for Python 3.10) build it without ``tol``,
+    i.e. at ``Lasso``'s default 1e-4: a duality gap up to 1e-4 ||x||^2
+    (measured: 1e-4 of 1/2 ||x||^2 on 1.7.2, 1e-8 on 1.9.1). Neither version
+    exposes the tolerance, so within this context a ``Lasso`` that
+    ``sklearn.decomposition._dict_learning`` builds without ``tol`` gets
+    ``tol``; one built with a ``tol`` (>= 1.8) is left alone.
+
+    Yields the list of the tolerances of the ``Lasso`` objects built in the
+    context: a test asserts that it is not empty and holds only ``tol`` (so
+    it fails, rather than compares with codes of another accuracy, if a
+    version codes otherwise)."""
+    from sklearn.decomposition import _dict_learning
+
+    lasso = _dict_learning.Lasso
+    built = []
+
+    def with_tol(*args, **kwargs):
+        kwargs.setdefault("tol", tol)
+        built.append(kwargs["tol"])
+        return lasso(*args, **kwargs)
+
+    _dict_learning.Lasso = with_tol
+    try:
+        yield built
+    finally:
+        _dict_learning.Lasso = lasso
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
