@@ -652,6 +652,16 @@ def _find_checkout(explicit=None):
     return None
 
 
+#: pytest's main, run by ``python -c`` without the current directory that
+#: ``-c`` (and ``-m``) put first on sys.path (PYTHONSAFEPATH, which drops
+#: it, is Python >= 3.11 only)
+_PYTEST_MAIN = ("import sys\n"
+                "if sys.path[:1] == ['']:\n"
+                "    del sys.path[0]\n"
+                "import pytest\n"
+                "raise SystemExit(pytest.console_main())")
+
+
 def _cmd_bench(args, parser):
     out = _outdir(args.out, parser)
     # absolute: pytest and report.py run in the checkout, not in this directory
@@ -692,14 +702,13 @@ def _cmd_bench(args, parser):
         # passes for this one's (pytest writes none when every selected
         # benchmark is skipped)
         fresh = json_path.with_name(f".{json_path.stem}-{secrets.token_hex(4)}.partial.json")
-        cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only",
+        cmd = [sys.executable, "-c", _PYTEST_MAIN, "benchmarks", "--benchmark-only",
                f"--benchmark-json={fresh}", "-p", "no:cacheprovider"]
         env = dict(os.environ)
         # benchmark the fastlista this command runs, not the source tree of the
-        # checkout (`python -m pytest` puts the current directory first on
-        # sys.path, where the kernels may not be built): no cwd on sys.path
-        # (Python >= 3.11), and this package's parent first on PYTHONPATH
-        env["PYTHONSAFEPATH"] = "1"
+        # checkout (where the kernels may not be built): no current directory
+        # on sys.path (_PYTEST_MAIN), and this package's parent first on
+        # PYTHONPATH
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).resolve().parent.parent)]
             + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -712,7 +721,7 @@ def _cmd_bench(args, parser):
                     "--benchmark-warmup=off", "-q"]
         if keyword:
             cmd += ["-k", keyword]
-        _say("fastlista bench: " + " ".join(cmd[2:]) + f"  (in {root})", flush=True)
+        _say("fastlista bench: pytest " + " ".join(cmd[3:]) + f"  (in {root})", flush=True)
         t0 = time.perf_counter()
         written = False
         try:
