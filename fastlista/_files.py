@@ -10,7 +10,8 @@ import os
 import secrets
 import stat
 
-_WRITE = os.O_WRONLY | getattr(os, "O_BINARY", 0)
+#: opening for writing, in binary mode where the C runtime has a text mode
+WRITE = os.O_WRONLY | getattr(os, "O_BINARY", 0)
 
 
 def new_file(directory, prefix, suffix, mode):
@@ -36,7 +37,7 @@ def new_file(directory, prefix, suffix, mode):
     for _ in range(100):
         path = os.path.join(directory, f"{prefix}{secrets.token_hex(4)}{suffix}")
         try:
-            return os.open(path, _WRITE | os.O_CREAT | os.O_EXCL, mode), path
+            return os.open(path, WRITE | os.O_CREAT | os.O_EXCL, mode), path
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)

@@ -33,7 +33,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
     ``B_SS`` and ``D_S^T D_S``), exact, in about the time of a power
     iteration or less, whose quotients no stopping rule can certify. Every
     value is thus within ``tol`` of ``L_S``, whatever the spectrum (equal
-    or clustered top eigenvalues included). Batched supports run in parallel (OpenMP).
+    or clustered top eigenvalues included). Batched supports run in
+    parallel (OpenMP).
     Dictionaries of any magnitude are scaled by an exact power of two
     first, and a support whose atoms are all smaller than 2^-300 times D's
     largest entry by the power of two of its own atoms.

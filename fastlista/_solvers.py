@@ -143,8 +143,9 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
           (from a start nearly orthogonal to the top eigenvector), so the
           curvature d B d^T of each step d taken on 1/L_S is checked against
           L_S ||d||^2 at the next gradient: above it, the step is undone
-          (its objective may have risen; the history records the step as
-          0) and the sample's L_S comes from LAPACK from then on.
+          (z and its gradient restored, so that the objective never rises;
+          the history records the step as 0) and the sample's L_S comes
+          from LAPACK from then on.
         * "cd": coordinate descent on the Gram matrix with working sets and a
           Newton polish on the support (exact once the signs are right).
         * "auto": the fastest exact method, currently "cd".

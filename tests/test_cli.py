@@ -553,10 +553,19 @@ def test_ctrl_c_after_a_figure_names_the_files_written(tmp_path, capsys, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first}.csv", f"{first}.json"]
 
 
-def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monkeypatch,
-                                                        sigint):
-    # the interrupt landed between the temporary's creation and its record
-    # (seen once in 185 real SIGINTs): a .partial file stayed in --out
+@pytest.mark.parametrize("at, message", [
+    # the checks before computing create (and remove) a temporary for the
+    # CSV and one for the JSON: an interrupt between the two must not leave
+    # it there
+    (1, "fastlista reproduce: interrupted"),
+    # the third is the write's: the interrupt landed between its creation
+    # and its record (seen once in 185 real SIGINTs), and a .partial file
+    # stayed in --out
+    (3, "fastlista reproduce: interrupted while writing the files of lipschitz-law: "
+        "none was replaced, those in {out} are as they were"),
+])
+def test_ctrl_c_while_a_temporary_is_created_leaves_none(at, message, tmp_path, capsys,
+                                                        monkeypatch, sigint):
     old = _old_outputs(tmp_path, "lipschitz-law")
     temporary = cli._temporary
     calls = []
@@ -564,9 +573,7 @@ def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monke
     def temporary_then_interrupt(target):
         tmp = temporary(target)
         calls.append(target)
-        # the checks before computing create (and remove) one for the CSV
-        # and one for the JSON; the third is the write's
-        if len(calls) == 3:
+        if len(calls) == at:
             sigint()
         return tmp
 
@@ -574,29 +581,9 @@ def test_ctrl_c_while_a_temporary_is_created_leaves_none(tmp_path, capsys, monke
     status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
                                         "--out", str(tmp_path)], capsys)
     assert status == 130
-    assert len(calls) == 3
-    assert "none was replaced" in err.splitlines()[-1]
-    assert _contents(tmp_path) == old
-
-
-def test_ctrl_c_while_an_output_is_checked_leaves_no_file(tmp_path, capsys, monkeypatch,
-                                                         sigint):
-    # the checks before computing create a temporary beside each target and
-    # remove it: an interrupt between the two must not leave it there
-    old = _old_outputs(tmp_path, "lipschitz-law")
-    temporary = cli._temporary
-
-    def temporary_then_interrupt(target):
-        tmp = temporary(target)
-        sigint()
-        return tmp
-
-    monkeypatch.setattr(cli, "_temporary", temporary_then_interrupt)
-    status, out, err = run_interrupted(["reproduce", "lipschitz-law", "--tiny", "--no-plot",
-                                        "--out", str(tmp_path)], capsys)
-    assert status == 130
-    assert err.splitlines()[-1] == "fastlista reproduce: interrupted"
-    assert out == ""
+    assert len(calls) == at
+    assert err.splitlines()[-1] == message.format(out=tmp_path)
+    assert "wrote" not in out
     assert _contents(tmp_path) == old
 
 

@@ -595,7 +595,8 @@ class Lista:
         ------
         OSError
             As ``open(path, "rb")`` (FileNotFoundError, PermissionError, ...):
-            the file cannot be opened or read.
+            the file cannot be opened (an error while reading it is a
+            ValueError).
         ValueError
             If the file is truncated, not a ``.npz`` archive, not a fastlista
             network, of a newer format version, or internally inconsistent

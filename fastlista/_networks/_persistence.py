@@ -16,7 +16,7 @@ import stat
 
 import numpy as np
 
-from .._files import link_target, may_replace, new_file
+from .._files import WRITE, link_target, may_replace, new_file
 from .._validation import not_real_reason, short_repr
 from ._parameters import KEYS, PARAMETRIZATIONS
 
@@ -29,8 +29,6 @@ _HEADER = frozenset({"format", "format_version", "parametrization", "lmbd", "n_l
 #: the entries version 2 added: required in a version-2 file (without
 #: "positive", a non-negative network would load as a two-sided one)
 _HEADER_V2 = _HEADER | {"positive", "support_selection"}
-#: opening for writing, in binary mode where the C runtime has a text mode
-_WRITE = os.O_WRONLY | getattr(os, "O_BINARY", 0)
 
 
 def save(net, path):
@@ -48,9 +46,9 @@ def save(net, path):
     treated as by ``open(path, "wb")``: symbolic links are followed (the
     file they point to is replaced, the links stay), a new file gets the
     mode ``open`` gives it (0o666 less the umask), a replaced file keeps its
-    mode, and a device or a pipe is written in place. Unlike ``open``, the file is replaced
-    rather than rewritten: other hard links to it keep the old archive, and
-    the new file belongs to the user who saves it.
+    mode, and a device or a pipe is written in place. Unlike ``open``, the
+    file is replaced rather than rewritten: other hard links to it keep the
+    old archive, and the new file belongs to the user who saves it.
 
     Parameters
     ----------
@@ -94,7 +92,7 @@ def save(net, path):
     # open(path, "wb") without creating or truncating anything: its errors,
     # its symbolic links, a device or a pipe written in place
     try:
-        fd = os.open(path, _WRITE)
+        fd = os.open(path, WRITE)
     except FileNotFoundError:
         if not os.path.basename(path):      # "" or "missing/name/": open's error
             raise
@@ -121,7 +119,7 @@ def save(net, path):
             # a new file's mode as open gives it (0o666 less the umask); a
             # replaced file's copy private until it gets that file's mode
             fd, tmp = new_file(directory, ".fastlista-save-", ".tmp",
-                                   0o666 if st is None else 0o600)
+                               0o666 if st is None else 0o600)
         except OSError as exc:
             # for a new file, open's error creating it in that directory
             raise OSError(exc.errno, exc.strerror, path if st is None else directory) from None
