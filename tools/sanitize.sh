@@ -10,7 +10,7 @@
 # (in place or installed) is left as it is; it is removed after a clean run
 # and kept, with the sanitizer logs, after a failing one (SANITIZE_KEEP=1
 # keeps it always). Needs the build requirements installed
-# (pip install "Cython>=3.0" "setuptools>=77") and the test extras.
+# (pip install "Cython>=3.0,<3.3" "setuptools>=77") and the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,7 +27,7 @@ esac
 libasan=$("$cc" -print-file-name=libasan.so)
 libubsan=$("$cc" -print-file-name=libubsan.so)
 [ -e "$libasan" ] && [ -e "$libubsan" ] || die2 "libasan/libubsan of $cc not found"
-"$py" - <<'EOF' || die2 'pip install "Cython>=3.0" "setuptools>=77" first'
+"$py" - <<'EOF' || die2 'pip install "Cython>=3.0,<3.3" "setuptools>=77" first'
 import Cython, numpy, scipy, setuptools
 assert int(setuptools.__version__.split(".")[0]) >= 77, setuptools.__version__
 EOF
