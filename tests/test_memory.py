@@ -112,3 +112,44 @@ def test_lista_transform_and_gradient_do_not_leak(tiny):
         assert net.loss_and_grad(X)[0] == loss_ref
 
     assert _growth(call) < RSS_BOUND
+
+
+# ---------------------------------------------------------------------------
+# out of memory: every allocation of a kernel call failed in turn
+# ---------------------------------------------------------------------------
+
+_FAULT_CASES = ["cd", "ista", "fista", "oista", "backtracking", "duality_gap", "lipschitz",
+                "step_forward", "coupled_gradient", "lista_gradient", "dictionary_step"]
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="needs _testcapi")
+@pytest.mark.parametrize("case", _FAULT_CASES)
+def test_a_kernel_call_out_of_memory_raises_and_frees_its_work_table(case):
+    # tests/allocation_faults.py, in a child (a crash must not end the
+    # suite): every Python allocation inside the kernel fails in turn. Each
+    # failed call raises: MemoryError, or where the failure is not checked
+    # by its own code, NumPy's SystemError ("NULL object passed to
+    # Py_BuildValue", from ndarray.ctypes) or Cython's TypeError (its fused
+    # functions' dispatch: "No matching signature found"). It frees its
+    # work table (leaked when the failure came between the table's
+    # allocation and the try that frees it), and corrupts nothing: Cython
+    # 3.3 compiles a list comprehension whose append fails into a second
+    # decref of the item, and its build crashed here (pyproject.toml keeps
+    # Cython < 3.3)
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("_testcapi")
+    import fastlista
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastlista.__file__)))
+    run = subprocess.run([sys.executable, "allocation_faults.py", case, "2"],
+                         capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["faults"].get("MemoryError", 0) >= 10, out
+    assert set(out["faults"]) <= {"MemoryError", "SystemError", "TypeError"}, out
+    assert out["tables"] == 0, out
+    assert out["same"], out

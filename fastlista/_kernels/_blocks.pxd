@@ -21,7 +21,9 @@
 # kernel's caller raises that exception once the team is done (its outputs
 # are then partial, and not returned). A check costs a GIL acquisition, so
 # the other threads only read the flag.
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cython.parallel cimport prange, threadid
+from libc.stdint cimport uintptr_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from *:
@@ -48,6 +50,37 @@ cdef extern from *:
     int fl_check_signals() noexcept nogil
 
 ctypedef void (*BlockFn)(void *ctx, int tid, Py_ssize_t start, int nb) noexcept nogil
+
+
+# Work tables: the only memory the kernels allocate themselves (a kernel's
+# per-thread table of pointers into its NumPy workspaces, the dictionary
+# step's one vector). A table comes from Python's raw allocator (malloc;
+# callable without the GIL, and failed on purpose by the tests' allocation
+# faults) and is registered with tracemalloc in its own domain, so that the
+# tests can check that none outlives its call, also when the call raised
+# (tests/test_memory.py).
+cdef extern from "Python.h":
+    int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size) nogil
+    int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr) nogil
+
+# the tracemalloc domain of the tables (_solvers.TABLE_DOMAIN for Python)
+cdef enum:
+    TABLE_DOMAIN = 0x464c
+
+
+cdef inline void *table_alloc(size_t n, size_t size) noexcept nogil:
+    """n zeroed entries of size bytes, or NULL when memory is out."""
+    cdef void *p = PyMem_RawCalloc(n, size)
+    if p != NULL:
+        PyTraceMalloc_Track(TABLE_DOMAIN, <uintptr_t> p, n * size)
+    return p
+
+
+cdef inline void table_free(void *p) noexcept nogil:
+    """Free a table_alloc table (NULL: nothing)."""
+    if p != NULL:
+        PyTraceMalloc_Untrack(TABLE_DOMAIN, <uintptr_t> p)
+        PyMem_RawFree(p)
 
 # nanoseconds between two checks for signals (the latency of Ctrl-C, beyond
 # the block running when it comes)

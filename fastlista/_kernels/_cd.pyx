@@ -41,9 +41,9 @@ import numpy as np
 from cython cimport floating
 from libc.limits cimport INT_MAX
 from libc.math cimport fabs, hypot, sqrt
-from libc.stdlib cimport free, malloc
 
-from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
+from ._blocks cimport (in_main_thread, raise_interrupt, run_blocks, table_alloc,
+                      table_free)
 from ._gap cimport lasso_gap
 from ._prox cimport sign, threshold
 from ._simd cimport (FL_ROUNDOFF, fl_cd_gap_sums, fl_d_sub_axpy, fl_lower_solve,
@@ -591,29 +591,6 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
     cdef int[:, ::1] iv = iws
     cdef unsigned char[:, ::1] mv = mws
     cdef Py_ssize_t[::1] o = off
-    cdef CDWork *work = <CDWork *> malloc(n_threads * sizeof(CDWork))
-    if work == NULL:
-        raise MemoryError()
-    for t in range(n_threads):
-        work[t].z_full = &dv[t, o[0]]
-        work[t].g_full = &dv[t, o[1]]
-        work[t].score = &dv[t, o[2]]
-        work[t].z = &dv[t, o[3]]
-        work[t].g = &dv[t, o[4]]
-        work[t].c = &dv[t, o[5]]
-        work[t].Bw = &dv[t, o[6]]
-        work[t].cand = &iv[t, 0]
-        work[t].W = &iv[t, m]
-        work[t].factor.S = &iv[t, 2 * m]
-        work[t].factor.k = 0
-        work[t].factor.kmax = kmax
-        work[t].factor.rank_cap = kmax == n_features
-        work[t].factor.n_features = n_features
-        work[t].factor.L = &dv[t, o[8]]
-        work[t].factor.dinv = &dv[t, o[9]]
-        work[t].factor.y = &dv[t, o[7]]
-        work[t].factor.u = &dv[t, o[10]]
-        work[t].factor.mark = &mv[t, 0]
     cdef double[::1] bd = np.diagonal(np.asarray(B)).copy()
     c.C = &C[0, 0]
     c.B = &B[0, 0]
@@ -629,16 +606,40 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
     c.tol = tol
     c.n_iter = &n_iter[0]
     c.gap_out = &gap_out[0]
-    c.work = work
     cdef bint check = in_main_thread(), stopped
+    # (allocated right before the try whose finally frees it)
+    cdef CDWork *work = <CDWork *> table_alloc(n_threads, sizeof(CDWork))
+    if work == NULL:
+        raise MemoryError()
     try:
+        for t in range(n_threads):
+            work[t].z_full = &dv[t, o[0]]
+            work[t].g_full = &dv[t, o[1]]
+            work[t].score = &dv[t, o[2]]
+            work[t].z = &dv[t, o[3]]
+            work[t].g = &dv[t, o[4]]
+            work[t].c = &dv[t, o[5]]
+            work[t].Bw = &dv[t, o[6]]
+            work[t].cand = &iv[t, 0]
+            work[t].W = &iv[t, m]
+            work[t].factor.S = &iv[t, 2 * m]
+            work[t].factor.k = 0
+            work[t].factor.kmax = kmax
+            work[t].factor.rank_cap = kmax == n_features
+            work[t].factor.n_features = n_features
+            work[t].factor.L = &dv[t, o[8]]
+            work[t].factor.dinv = &dv[t, o[9]]
+            work[t].factor.y = &dv[t, o[7]]
+            work[t].factor.u = &dv[t, o[10]]
+            work[t].factor.mark = &mv[t, 0]
+        c.work = work
         with nogil:
             stopped = run_blocks(n_active, BLOCK, n_threads, True,
                                  _block_d if floating is double else _block_s, &c, check)
         if stopped:
             raise_interrupt()
     finally:
-        free(work)
+        table_free(work)
 
 
 def triangular_solves(const double[:, ::1] LT, const double[::1] v):

@@ -43,10 +43,10 @@ and certifies every result of fastlista.solve_lasso.
 import numpy as np
 from cython cimport floating
 from libc.math cimport fabs, sqrt
-from libc.stdlib cimport free, malloc
 
 from ._blas cimport gemm
-from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
+from ._blocks cimport (in_main_thread, raise_interrupt, run_blocks, table_alloc,
+                      table_free)
 from ._gap cimport lasso_gap
 from ._simd cimport (FL_ROUNDOFF, fl_certified_gmax, fl_d_count_nonzero, fl_d_gap_sums,
                      fl_d_gather, fl_dot2, fl_s_count_nonzero, fl_s_gap_sums)
@@ -230,16 +230,6 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     iw = np.empty((n_threads, m + 1), dtype=np.intc)
     cdef double[:, ::1] Xv = Xw, Zv = Zw, Rv = Rw, Gv = Gw, cv = cw
     cdef int[:, ::1] iv = iw
-    cdef CertifyWork *work = <CertifyWork *> malloc(n_threads * sizeof(CertifyWork))
-    if work == NULL:
-        raise MemoryError()
-    for t in range(n_threads):
-        work[t].X = &Xv[t, 0]
-        work[t].Z = &Zv[t, 0]
-        work[t].R = &Rv[t, 0]
-        work[t].G = &Gv[t, 0]
-        work[t].coef = &cv[t, 0]
-        work[t].idx = &iv[t, 0]
     c.X = &X[0, 0]
     c.Z = &Z[0, 0] if m else NULL
     c.D = &D[0, 0] if m else NULL
@@ -256,13 +246,24 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     c.n = n
     c.m = m
     c.positive = positive
-    c.work = work
     cdef bint check = in_main_thread(), stopped
+    # (allocated right before the try whose finally frees it)
+    cdef CertifyWork *work = <CertifyWork *> table_alloc(n_threads, sizeof(CertifyWork))
+    if work == NULL:
+        raise MemoryError()
     try:
+        for t in range(n_threads):
+            work[t].X = &Xv[t, 0]
+            work[t].Z = &Zv[t, 0]
+            work[t].R = &Rv[t, 0]
+            work[t].G = &Gv[t, 0]
+            work[t].coef = &cv[t, 0]
+            work[t].idx = &iv[t, 0]
+        c.work = work
         with nogil:
             stopped = run_blocks(N, nb_max, n_threads, False,
                                  _block_d if floating is double else _block_s, &c, check)
         if stopped:
             raise_interrupt()
     finally:
-        free(work)
+        table_free(work)

@@ -9,9 +9,9 @@
 # 10 us of interpreter overhead per atom (fastlista/dictionary.py, _bcd,
 # has the measurement).
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
 
 from ._blas cimport gemv
+from ._blocks cimport table_alloc, table_free
 
 
 def bcd(double[:, ::1] D, const double[:, ::1] A, const double[:, ::1] B,
@@ -25,7 +25,7 @@ def bcd(double[:, ::1] D, const double[:, ::1] A, const double[:, ::1] B,
     if m == 0 or n == 0 or n_act == 0:
         return
     with nogil:
-        u = <double *> malloc(n * sizeof(double))
+        u = <double *> table_alloc(n, sizeof(double))
         if u == NULL:
             with gil:
                 raise MemoryError()
@@ -52,4 +52,4 @@ def bcd(double[:, ::1] D, const double[:, ::1] A, const double[:, ::1] B,
                 else:
                     for j in range(n):
                         D[k, j] = u[j]
-        free(u)
+        table_free(u)

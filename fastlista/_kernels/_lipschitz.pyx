@@ -2,10 +2,10 @@
 import numpy as np
 from cython cimport floating
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
+from ._blocks cimport (in_main_thread, raise_interrupt, run_blocks, table_alloc,
+                      table_free)
 from ._lipschitz cimport TINY, exact_lipschitz, support_lipschitz
 
 
@@ -111,16 +111,6 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     cdef int[:, ::1] iv = iw
     cdef double[:, ::1] fv = fw
     cdef double[::1] out = out_arr
-    cdef LipWork *work = <LipWork *> malloc(n_threads * sizeof(LipWork))
-    if work == NULL:
-        raise MemoryError()
-    for t in range(n_threads):
-        work[t].idx = &iv[t, 0]
-        work[t].iwork = &iv[t, m]
-        work[t].v = &fv[t, 0]
-        work[t].w = &fv[t, m]
-        work[t].A = &fv[t, 2 * m]
-        work[t].lwork = &fv[t, 2 * m + r * r]
     c.B = &B[0, 0]
     c.D = &D[0, 0]
     c.support = &support[0, 0]
@@ -129,14 +119,25 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     c.n = n
     c.tol = tol
     c.max_iter = max_iter
-    c.work = work
     cdef bint check = in_main_thread(), stopped
+    # (allocated right before the try whose finally frees it)
+    cdef LipWork *work = <LipWork *> table_alloc(n_threads, sizeof(LipWork))
+    if work == NULL:
+        raise MemoryError()
     try:
+        for t in range(n_threads):
+            work[t].idx = &iv[t, 0]
+            work[t].iwork = &iv[t, m]
+            work[t].v = &fv[t, 0]
+            work[t].w = &fv[t, m]
+            work[t].A = &fv[t, 2 * m]
+            work[t].lwork = &fv[t, 2 * m + r * r]
+        c.work = work
         with nogil:
             stopped = run_blocks(N, BLOCK, n_threads, True,
                                  _block_d if floating is double else _block_s, &c, check)
         if stopped:
             raise_interrupt()
     finally:
-        free(work)
+        table_free(work)
     return out_arr

@@ -48,11 +48,11 @@ A NaN gap never stops a sample.
 import numpy as np
 from cython cimport floating
 from libc.math cimport fabs, sqrt, isfinite
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from ._blas cimport gemm, axpy, dot
-from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
+from ._blocks cimport (TABLE_DOMAIN as _TABLE_DOMAIN, in_main_thread, raise_interrupt,
+                      run_blocks, table_alloc, table_free)
 from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
@@ -71,6 +71,10 @@ cdef enum:
 
 METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA,
            "backtracking": BACKTRACKING}
+
+#: The tracemalloc domain in which every kernel registers its work tables
+#: (_blocks.pxd): none is left there once a call has returned or raised.
+TABLE_DOMAIN = _TABLE_DOMAIN
 
 # A gather of rows of B runs at roughly a quarter of GEMM speed.
 cdef double SPARSE_PENALTY = 4.0
@@ -738,43 +742,6 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     cdef int[:, ::1] iv = iws
     cdef unsigned char[:, ::1] uv = ubs
     cdef Py_ssize_t[::1] fo = foff, do = doff, io = ioff
-    cdef ProxWork *work = <ProxWork *> malloc(n_threads * sizeof(ProxWork))
-    if work == NULL:
-        raise MemoryError()
-    for t in range(n_threads):
-        work[t].Z = &fv[t, fo[0]]
-        work[t].X = &fv[t, fo[1]]
-        work[t].C = &fv[t, fo[2]]
-        work[t].G = &fv[t, fo[3]]
-        work[t].R = &fv[t, fo[4]]
-        work[t].Y = &fv[t, fo[5]]
-        work[t].Gz = &fv[t, fo[6]]
-        work[t].row = &fv[t, fo[7]]
-        work[t].dD = &fv[t, fo[8]]
-        work[t].thr = &fv[t, fo[9]]
-        work[t].aux = &dv[t, do[0]]
-        work[t].lmbd = &dv[t, do[1]]
-        work[t].xx = &dv[t, do[2]]
-        work[t].V = &dv[t, do[3]]
-        work[t].v = &dv[t, do[4]]
-        work[t].w = &dv[t, do[5]]
-        work[t].lwork = &dv[t, do[6]]
-        work[t].A = &dv[t, do[7]]
-        work[t].lapack = &dv[t, do[8]]
-        work[t].iwork = &iv[t, io[0]]
-        work[t].orig = &iv[t, io[1]]
-        work[t].idx = &iv[t, io[2]]
-        work[t].fresh = &uv[t, 0]
-        work[t].pending = &uv[t, block_size]
-        work[t].exact = &uv[t, 2 * block_size]
-        work[t].Zd = &dv[t, do[9]] if wide else NULL
-        work[t].Yd = &dv[t, do[10]] if wide else NULL
-        work[t].rowd = &dv[t, do[11]] if wide else NULL
-        work[t].Dz = &dv[t, do[12]]
-        work[t].Didx = &iv[t, io[3]]
-        work[t].Dn = &iv[t, io[4]]
-        work[t].curv = &dv[t, do[13]]
-        work[t].Gold = &fv[t, fo[10]]
     c.method = method
     c.X = &X[0, 0]
     c.D = &D[0, 0]
@@ -806,16 +773,54 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     c.hist_step = &hist_step[0, 0]
     c.n_iter = &n_iter[0]
     c.gap_out = &gap_out[0]
-    c.work = work
     cdef bint check = in_main_thread(), stopped
+    # (allocated right before the try whose finally frees it)
+    cdef ProxWork *work = <ProxWork *> table_alloc(n_threads, sizeof(ProxWork))
+    if work == NULL:
+        raise MemoryError()
     try:
+        for t in range(n_threads):
+            work[t].Z = &fv[t, fo[0]]
+            work[t].X = &fv[t, fo[1]]
+            work[t].C = &fv[t, fo[2]]
+            work[t].G = &fv[t, fo[3]]
+            work[t].R = &fv[t, fo[4]]
+            work[t].Y = &fv[t, fo[5]]
+            work[t].Gz = &fv[t, fo[6]]
+            work[t].row = &fv[t, fo[7]]
+            work[t].dD = &fv[t, fo[8]]
+            work[t].thr = &fv[t, fo[9]]
+            work[t].aux = &dv[t, do[0]]
+            work[t].lmbd = &dv[t, do[1]]
+            work[t].xx = &dv[t, do[2]]
+            work[t].V = &dv[t, do[3]]
+            work[t].v = &dv[t, do[4]]
+            work[t].w = &dv[t, do[5]]
+            work[t].lwork = &dv[t, do[6]]
+            work[t].A = &dv[t, do[7]]
+            work[t].lapack = &dv[t, do[8]]
+            work[t].iwork = &iv[t, io[0]]
+            work[t].orig = &iv[t, io[1]]
+            work[t].idx = &iv[t, io[2]]
+            work[t].fresh = &uv[t, 0]
+            work[t].pending = &uv[t, block_size]
+            work[t].exact = &uv[t, 2 * block_size]
+            work[t].Zd = &dv[t, do[9]] if wide else NULL
+            work[t].Yd = &dv[t, do[10]] if wide else NULL
+            work[t].rowd = &dv[t, do[11]] if wide else NULL
+            work[t].Dz = &dv[t, do[12]]
+            work[t].Didx = &iv[t, io[3]]
+            work[t].Dn = &iv[t, io[4]]
+            work[t].curv = &dv[t, do[13]]
+            work[t].Gold = &fv[t, fo[10]]
+        c.work = work
         with nogil:
             stopped = run_blocks(n_active, block_size, n_threads, True,
                                  _block_d if floating is double else _block_s, &c, check)
         if stopped:
             raise_interrupt()
     finally:
-        free(work)
+        table_free(work)
 
 
 cdef struct CorrCtx:

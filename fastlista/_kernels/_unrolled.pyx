@@ -63,7 +63,6 @@ elementwise work is in the C micro-kernels below.
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.limits cimport INT_MAX
-from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 cimport openmp
 
@@ -71,7 +70,8 @@ import threading
 
 import numpy as np
 
-from ._blocks cimport in_main_thread, raise_interrupt, run_blocks
+from ._blocks cimport (in_main_thread, raise_interrupt, run_blocks, table_alloc,
+                      table_free)
 from ._simd cimport (fl_d_back_sign, fl_s_back_sign, fl_d_gather, fl_s_gather,
                      fl_d_gather_set, fl_s_gather_set,
                      fl_d_nonfinite, fl_s_nonfinite, fl_d_scaled_st_compact,
@@ -1493,13 +1493,15 @@ def _workspaces(dtype, int n_threads, Py_ssize_t n_float, Py_ssize_t n_int):
     return fws, iws
 
 
-cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
-                       int block_size, int gemm_rows, bint train, bint rst,
-                       list keep) except NULL:
-    """Block plan and per-thread workspaces of one call, in c (returned).
+cdef int _prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
+                  int block_size, int gemm_rows, bint train, bint rst,
+                  list keep) except -1:
+    """Block plan and per-thread workspaces of one call, in c.
 
     ``keep`` receives the arrays the workspaces live in (alive for the call);
-    c.n_threads the threads used (at most one a block).
+    c.n_threads the threads used (at most one a block). c.work holds the
+    table of workspaces from its allocation on: the caller, which set it to
+    NULL, frees it, also when this raises.
     """
     cdef const NetParams *p = &params.c
     cdef Py_ssize_t nb_max = min(block_size, max(N, 1)), t
@@ -1513,9 +1515,10 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     cdef size_t fbase = fws.ctypes.data, ibase = iws.ctypes.data
     cdef size_t fstride = fws.strides[0], istride = iws.strides[0]
     cdef size_t item = fws.itemsize, iitem = iws.itemsize
-    cdef NetWork *work = <NetWork *> calloc(n_threads, sizeof(NetWork))
+    cdef NetWork *work = <NetWork *> table_alloc(n_threads, sizeof(NetWork))
     if work == NULL:
         raise MemoryError()
+    c.work = work
     for t in range(n_threads):
         f = fbase + t * fstride
         work[t].Z = <void *> <size_t> (f + fo["Z"] * item)
@@ -1543,10 +1546,8 @@ cdef NetWork *_prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     c.nb_max = nb_max
     c.chunk = max(1, min(gemm_rows, nb_max))
     c.n_threads = n_threads
-    c.work = work
-    c.pk = NULL
     c.n_pk = 0
-    return work
+    return 0
 
 
 #: Whether the calls that multiply several blocks through _gemm.h pack their
@@ -1580,11 +1581,11 @@ def _operands(Params params, bint train):
     return out
 
 
-cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
-                            list keep) except? NULL:
-    """Pack the call's parameter matrices for _gemm.h, once: c.pk and
-    c.n_pk are set, and the table returned (the caller frees it), or NULL
-    and nothing packed.
+cdef int _pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
+                        list keep) except -1:
+    """Pack the call's parameter matrices for _gemm.h, once: c.pk (from its
+    allocation on; the caller, which set it to NULL, frees it, also when
+    this raises) and c.n_pk are set, or nothing packed.
 
     Only when the products go through _gemm.h, and only the matrices read
     more than once a call: every one where the batch takes several blocks
@@ -1605,7 +1606,7 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
     cdef size_t src, dst
     cdef bint one_block = N <= c.nb_max
     if not (PACK_OPERANDS and c.own_gemm):
-        return NULL
+        return 0
     specs = []
     seen = set()
     for name, layers, K, Nc in _operands(params, train):
@@ -1621,12 +1622,13 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
         total += layers * size
     count = sum(spec[1] for spec in specs)
     if count == 0:
-        return NULL
+        return 0
     buf = _pack_buffer(params.dtype, total)
     keep.append(buf)
-    pk = <Packed *> calloc(count, sizeof(Packed))
+    pk = <Packed *> table_alloc(count, sizeof(Packed))
     if pk == NULL:
         raise MemoryError()
+    c.pk = pk
     dst = buf.ctypes.data
     for src, layers, K, Nc, size in specs:
         for l in range(layers):
@@ -1642,9 +1644,8 @@ cdef Packed *_pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
                     fl_d_gemm_pack(Nc, K, <const double *> pk[q].B, Nc, <double *> dst)
             dst += size * item
             q += 1
-    c.pk = pk
     c.n_pk = q
-    return pk
+    return 0
 
 
 def _pack_buffer(dtype, Py_ssize_t n):
@@ -1691,12 +1692,13 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         raise ValueError("forward: X and the parameters differ in dtype")
     _check_gather("forward", gather)
     check_level("forward", own_gemm)
-    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
     cdef bint check, stopped
-    cdef Packed *pk = NULL
+    c.work = NULL
+    c.pk = NULL
     try:
+        _prepare(&c, p, N, n_threads, block_size, gemm_rows, False, False, keep)
         for t in range(c.n_threads):
-            work[t].obj = &obj[t, 0] if obj.shape[0] > 0 else NULL
+            c.work[t].obj = &obj[t, 0] if obj.shape[0] > 0 else NULL
         c.X = &X[0, 0]
         c.Z = &Z_out[0, 0]
         c.S = NULL
@@ -1707,7 +1709,7 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather = gather
-        pk = _pack_operands(&c, p, N, c.loss != 0, keep)
+        _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = &bad[0]
         check = in_main_thread()
@@ -1717,8 +1719,8 @@ def forward(const floating[:, ::1] X, Params p, const double[::1] lmbd,
         if stopped:
             raise_interrupt()
     finally:
-        free(work)
-        free(pk)
+        table_free(c.work)
+        table_free(c.pk)
 
 
 def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, int loss,
@@ -1762,10 +1764,13 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
                  or dW64.shape[0] < dW.shape[0] or dWxT64.shape[0] < dWxT.shape[0])):
         raise ValueError("loss_and_grad: dW64 and dWxT64 must both be empty or both "
                          "of the shapes of dW and dWxT")
-    cdef NetWork *work = _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
     cdef bint check, stopped
-    cdef Packed *pk = NULL
+    cdef NetWork *work
+    c.work = NULL
+    c.pk = NULL
     try:
+        _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
+        work = c.work
         for t in range(c.n_threads):
             work[t].obj = NULL
             work[t].da = &da[t, 0] if da.shape[1] > 0 else NULL
@@ -1786,7 +1791,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         c.run = SPARSE_RUN
         c.own_gemm = own_gemm
         c.gather = gather
-        pk = _pack_operands(&c, p, N, c.loss != 0, keep)
+        _pack_operands(&c, p, N, c.loss != 0, keep)
         c.inv_n = 1.0 / N
         c.bad = NULL
         c.n_dw = dW.shape[1]
@@ -1800,6 +1805,6 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         for t in range(c.n_threads):
             total += work[t].loss
     finally:
-        free(work)
-        free(pk)
+        table_free(c.work)
+        table_free(c.pk)
     return total
