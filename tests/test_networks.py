@@ -1194,6 +1194,26 @@ def test_save_over_another_user_s_file_in_a_sticky_directory(sticky_dir):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX paths and symbolic links")
+def test_load_passes_memory_error_on(tmp_path, monkeypatch):
+    """Memory running out while a good file is read is a MemoryError: it
+    was reported as "not a valid fastlista Lista file", and a user told so
+    may delete a good model."""
+    from fastlista._networks import _persistence
+
+    D = np.random.RandomState(0).randn(6, 4)
+    path = tmp_path / "net.npz"
+    Lista(D, 0.2, 3).save(path)
+
+    def out_of_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(_persistence, "_check_exact", out_of_memory)
+    with pytest.raises(MemoryError):
+        Lista.load(path)
+    monkeypatch.undo()
+    assert Lista.load(path).n_layers == 3
+
+
 def test_save_and_load_raise_open_s_error_for_every_unusable_path(tmp_path, monkeypatch):
     """save raises what open(path, "wb") raises, load what open(path, "rb")
     raises (load reported the last three as "not a valid fastlista Lista

@@ -603,6 +603,9 @@ class Lista:
             (checked before anything is built), or if an entry holds a value
             the network's dtype would round (a file that loads is loaded
             exactly).
+        MemoryError
+            When memory runs out while the file is read (not a verdict on
+            the file).
         """
         return _load(cls, path)
 

@@ -285,6 +285,8 @@ def load(cls, path):
                         loaded[f"layer{t}_{k}"] = v
                 for key, stored in entries.items():
                     _check_exact(key, stored, loaded[key])
+        except MemoryError:
+            raise               # (the file may be good: no verdict on it)
         except Exception as exc:  # zip, npy, key and validation errors alike
             raise ValueError(f"{path!r} is not a valid fastlista Lista file: {exc}") from exc
     return net
