@@ -62,8 +62,10 @@ def _all_or_nothing(method):
         try:
             return method(self, *args, **kwargs)
         except BaseException:
-            vars(self).clear()
-            vars(self).update(before)
+            # the copy becomes the attributes' dict: no allocation (clearing
+            # and refilling the dict needed one, and with memory still out
+            # left the estimator without attributes, its parameters too)
+            self.__dict__ = before
             raise
     return fitting
 

@@ -7,6 +7,7 @@ lambda), the plain NumPy ISTA of ``tests/reference.py``, and, for the
 learned coder, a :class:`fastlista.Lista` trained directly.
 """
 import pickle
+import sys
 import warnings
 from pathlib import Path
 
@@ -661,6 +662,36 @@ def test_minibatch_partial_fit_interrupted_leaves_the_estimator_as_it_was(monkey
     assert_array_equal(est.components_, ref_est.components_)
     assert_array_equal(est._state.A, ref_est._state.A)
     assert est.n_steps_ == ref_est.n_steps_ == 2
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="needs _testcapi")
+def test_a_failed_fit_restores_the_attributes_while_memory_is_still_out(monkeypatch):
+    """The rollback of a failed fit allocates nothing: it restored the
+    attributes by clearing the estimator's dict and refilling it, which
+    needs a new table, and with memory still out (the next allocations
+    failing) left the estimator with no attributes at all, its parameters
+    included (get_params and transform then raised AttributeError)."""
+    testcapi = pytest.importorskip("_testcapi")
+    rng = np.random.RandomState(0)
+    D, X = rng.randn(8, 5), rng.randn(20, 5)
+    est = LassoSparseCoder(D, alpha=0.1).fit(X)
+    before = dict(vars(est))
+
+    def out_of_memory(self, *args, **kwargs):
+        testcapi.set_nomemory(0, 64)      # the next 64 allocations fail
+        raise MemoryError
+
+    monkeypatch.setattr(LassoSparseCoder, "_check_params", out_of_memory)
+    try:
+        est.fit(X)
+    except MemoryError:
+        pass
+    finally:
+        testcapi.remove_mem_hooks()
+    monkeypatch.undo()
+    assert vars(est).keys() == before.keys()
+    assert all(vars(est)[k] is v for k, v in before.items())
+    assert_array_equal(est.transform(X), LassoSparseCoder(D, alpha=0.1).transform(X))
 
 
 def _minibatch_sequence(X, alpha, sequence):
