@@ -100,6 +100,19 @@ def test_soft_thresholding_array_threshold(dt):
     assert_array_equal(soft_thresholding(U, t_full), ref.soft_thresholding(U, t_full))
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_soft_thresholding_in_threaded_blocks(dt):
+    """Beyond 2^16 values the kernel cuts the flat array into blocks of
+    32768 over threads: a period of thresholds (257 atoms) that no block
+    boundary respects, and a length that is no multiple of a block."""
+    rng = np.random.default_rng(11)
+    U = (2 * rng.standard_normal((401, 257))).astype(dt)
+    for t in (dt(0.3), rng.random(257).astype(dt), rng.random((401, 257)).astype(dt)):
+        for positive in (False, True):
+            assert_array_equal(soft_thresholding(U, t, positive=positive),
+                               ref.soft_thresholding(U, t, positive))
+
+
 def test_soft_thresholding_non_contiguous_and_lists():
     rng = np.random.default_rng(6)
     big = rng.standard_normal((20, 30))
