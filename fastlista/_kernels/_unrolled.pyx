@@ -1765,22 +1765,20 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         raise ValueError("loss_and_grad: dW64 and dWxT64 must both be empty or both "
                          "of the shapes of dW and dWxT")
     cdef bint check, stopped
-    cdef NetWork *work
     c.work = NULL
     c.pk = NULL
     try:
         _prepare(&c, p, N, n_threads, block_size, gemm_rows, True, rst, keep)
-        work = c.work
         for t in range(c.n_threads):
-            work[t].obj = NULL
-            work[t].da = &da[t, 0] if da.shape[1] > 0 else NULL
-            work[t].dthr = &dthr[t, 0]
-            work[t].dW = &dW[t, 0] if dW.shape[1] > 0 else NULL
-            work[t].dWxT = &dWxT[t, 0] if dWxT.shape[1] > 0 else NULL
-            work[t].dW64 = &dW64[t, 0] if dW64.shape[1] > 0 else NULL
-            work[t].dWxT64 = &dWxT64[t, 0] if dWxT64.shape[1] > 0 else NULL
-            work[t].n_partial = 0
-            work[t].loss = 0
+            c.work[t].obj = NULL
+            c.work[t].da = &da[t, 0] if da.shape[1] > 0 else NULL
+            c.work[t].dthr = &dthr[t, 0]
+            c.work[t].dW = &dW[t, 0] if dW.shape[1] > 0 else NULL
+            c.work[t].dWxT = &dWxT[t, 0] if dWxT.shape[1] > 0 else NULL
+            c.work[t].dW64 = &dW64[t, 0] if dW64.shape[1] > 0 else NULL
+            c.work[t].dWxT64 = &dWxT64[t, 0] if dWxT64.shape[1] > 0 else NULL
+            c.work[t].n_partial = 0
+            c.work[t].loss = 0
         c.X = &X[0, 0]
         c.Z = NULL
         c.S = &S[0, 0] if loss == LOSS_SUPERVISED else NULL
@@ -1803,7 +1801,7 @@ def loss_and_grad(const floating[:, ::1] X, Params p, const double[::1] lmbd, in
         if stopped:
             raise_interrupt()
         for t in range(c.n_threads):
-            total += work[t].loss
+            total += c.work[t].loss
     finally:
         table_free(c.work)
         table_free(c.pk)
