@@ -22,6 +22,13 @@ rely on it. Such a build loads only into a process that has the ASan
 runtime loaded first: tools/sanitize.sh builds a copy and runs the kernel
 tests on it.
 
+``FASTLISTA_SANITIZE=thread`` builds them with ThreadSanitizer instead
+(-O1 -g, FL_NO_CLONES as above), with FL_TSAN defined: the block driver
+(_blocks.pxd) then tells ThreadSanitizer where each OpenMP region starts
+and ends, which it cannot see in libgomp. Such a build loads only into a
+process that has the TSan runtime loaded first: ``tools/sanitize.sh
+--thread`` builds a copy and runs the threaded tests on it.
+
 ``FASTLISTA_ISA=x86-64-v3`` caps the per-ISA clones of the C row kernels
 (_simd.h) at that x86-64 microarchitecture level: with x86-64-v3 they are
 compiled for AVX2 + FMA and for the baseline only, with no AVX-512
@@ -43,9 +50,13 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTLISTA_DEBUG", "0") not in ("", "0")
-SANITIZE = os.environ.get("FASTLISTA_SANITIZE", "0") not in ("", "0")
+SANITIZE_MODE = os.environ.get("FASTLISTA_SANITIZE", "0").strip().lower()
+if SANITIZE_MODE not in ("", "0", "1", "thread"):
+    sys.exit(f"FASTLISTA_SANITIZE={SANITIZE_MODE!r}: expected 0, 1 or thread")
+SANITIZE = SANITIZE_MODE not in ("", "0")
+TSAN = SANITIZE_MODE == "thread"
 if SANITIZE and sys.platform != "linux":
-    sys.exit("FASTLISTA_SANITIZE=1 is supported with GCC on Linux only")
+    sys.exit("FASTLISTA_SANITIZE is supported with GCC on Linux only")
 # the widest clone of the row kernels: FL_ISA_LEVEL in _simd.h (0: no clones)
 ISA_LEVELS = {"auto": None, "x86-64-v4": 4, "x86-64-v3": 3, "x86-64-v2": 2,
               "baseline": 0}
@@ -78,6 +89,8 @@ if sys.platform == "win32":
 # is slower for no more reports, -O2 and up can fold away checked code)
 sanitize = ["-fsanitize=address,undefined,float-cast-overflow",
             "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+if TSAN:
+    sanitize = ["-fsanitize=thread", "-fno-omit-frame-pointer"]
 if SANITIZE:
     opt = ["-O1", "-g", "-fno-wrapv"] + sanitize
 
@@ -88,7 +101,7 @@ isa_macros = ([] if ISA_LEVELS[ISA] is None
 def _config_stamp():
     """A file whose contents (and so mtime) change with the build switches."""
     path = os.path.join("build", "fastlista-build-config.txt")
-    text = (f"FASTLISTA_DEBUG={int(DEBUG)} FASTLISTA_SANITIZE={int(SANITIZE)} "
+    text = (f"FASTLISTA_DEBUG={int(DEBUG)} FASTLISTA_SANITIZE={SANITIZE_MODE or 0} "
             f"FASTLISTA_ISA={ISA}\n")
     try:
         with open(path) as f:
@@ -106,7 +119,8 @@ def _config_stamp():
 
 
 CONFIG_STAMP = _config_stamp()
-KERNELS = ["_cpu", "_gemm", "_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled", "_dict"]
+KERNELS = ["_cpu", "_gemm", "_prox", "_certify", "_lipschitz", "_solvers", "_cd", "_unrolled",
+           "_dict"]
 
 extensions = [
     Extension(
@@ -115,6 +129,7 @@ extensions = [
         include_dirs=[np.get_include(), "fastlista/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")]
         + ([("FL_NO_CLONES", "1")] if DEBUG or SANITIZE else [])
+        + ([("FL_TSAN", "1")] if TSAN else [])
         + isa_macros,
         depends=["fastlista/_kernels/_simd.h", "fastlista/_kernels/_gemm.h",
                  "fastlista/_kernels/_gemm_avx512.h",
@@ -127,6 +142,13 @@ extensions = [
     )
     for name in KERNELS
 ]
+if TSAN:
+    # the block driver's canary, which tools/sanitize.sh --thread runs first
+    extensions.append(Extension(
+        "fastlista._kernels._tsan_canary", ["tools/tsan_canary.pyx"],
+        include_dirs=["."], define_macros=[("FL_TSAN", "1")],
+        extra_compile_args=opt + openmp_compile,
+        extra_link_args=openmp_link + sanitize))
 
 setup(
     ext_modules=cythonize(
