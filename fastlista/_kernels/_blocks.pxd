@@ -90,11 +90,13 @@ cdef enum:
     TABLE_DOMAIN = 0x464c
 
 
-cdef inline void *table_alloc(size_t n, size_t size) noexcept nogil:
-    """n zeroed entries of size bytes, or NULL when memory is out."""
+cdef inline void *table_alloc(size_t n, size_t size) except NULL nogil:
+    """n zeroed entries of size bytes; MemoryError when memory is out."""
     cdef void *p = PyMem_RawCalloc(n, size)
-    if p != NULL:
-        PyTraceMalloc_Track(TABLE_DOMAIN, <uintptr_t> p, n * size)
+    if p == NULL:
+        with gil:
+            raise MemoryError()
+    PyTraceMalloc_Track(TABLE_DOMAIN, <uintptr_t> p, n * size)
     return p
 
 

@@ -609,8 +609,6 @@ def coordinate_descent(const double[:, ::1] C, const double[:, ::1] B,
     cdef bint check = in_main_thread(), stopped
     # (allocated right before the try whose finally frees it)
     cdef CDWork *work = <CDWork *> table_alloc(n_threads, sizeof(CDWork))
-    if work == NULL:
-        raise MemoryError()
     try:
         for t in range(n_threads):
             work[t].z_full = &dv[t, o[0]]

@@ -249,8 +249,6 @@ def certify(const floating[:, ::1] X, const floating[:, ::1] Z,
     cdef bint check = in_main_thread(), stopped
     # (allocated right before the try whose finally frees it)
     cdef CertifyWork *work = <CertifyWork *> table_alloc(n_threads, sizeof(CertifyWork))
-    if work == NULL:
-        raise MemoryError()
     try:
         for t in range(n_threads):
             work[t].X = &Xv[t, 0]

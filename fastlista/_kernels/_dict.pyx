@@ -26,9 +26,6 @@ def bcd(double[:, ::1] D, const double[:, ::1] A, const double[:, ::1] B,
         return
     with nogil:
         u = <double *> table_alloc(n, sizeof(double))
-        if u == NULL:
-            with gil:
-                raise MemoryError()
         for p in range(n_passes):
             for i in range(n_act):
                 k = atoms[i]

@@ -122,8 +122,6 @@ def lipschitz_supports(const floating[:, ::1] B, const floating[:, ::1] D,
     cdef bint check = in_main_thread(), stopped
     # (allocated right before the try whose finally frees it)
     cdef LipWork *work = <LipWork *> table_alloc(n_threads, sizeof(LipWork))
-    if work == NULL:
-        raise MemoryError()
     try:
         for t in range(n_threads):
             work[t].idx = &iv[t, 0]

@@ -776,8 +776,6 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     cdef bint check = in_main_thread(), stopped
     # (allocated right before the try whose finally frees it)
     cdef ProxWork *work = <ProxWork *> table_alloc(n_threads, sizeof(ProxWork))
-    if work == NULL:
-        raise MemoryError()
     try:
         for t in range(n_threads):
             work[t].Z = &fv[t, fo[0]]

@@ -1516,8 +1516,6 @@ cdef int _prepare(NetCtx *c, Params params, Py_ssize_t N, int n_threads,
     cdef size_t fstride = fws.strides[0], istride = iws.strides[0]
     cdef size_t item = fws.itemsize, iitem = iws.itemsize
     cdef NetWork *work = <NetWork *> table_alloc(n_threads, sizeof(NetWork))
-    if work == NULL:
-        raise MemoryError()
     c.work = work
     for t in range(n_threads):
         f = fbase + t * fstride
@@ -1626,8 +1624,6 @@ cdef int _pack_operands(NetCtx *c, Params params, Py_ssize_t N, bint train,
     buf = _pack_buffer(params.dtype, total)
     keep.append(buf)
     pk = <Packed *> table_alloc(count, sizeof(Packed))
-    if pk == NULL:
-        raise MemoryError()
     c.pk = pk
     dst = buf.ctypes.data
     for src, layers, K, Nc, size in specs:
