@@ -17,7 +17,9 @@ Both follow scikit-learn's conventions: parameters stored untouched by
 ``__init__``, validated in ``fit``/``transform``; fitted attributes with a
 trailing underscore (``components_``, ``n_components_``, ``n_features_in_``);
 float32 inputs give float32 codes; the validation messages are
-scikit-learn's. They work inside :class:`~sklearn.pipeline.Pipeline` and
+scikit-learn's (for ``dictionary`` and ``y``, fastlista's, in the same
+wording and naming the argument). They work inside
+:class:`~sklearn.pipeline.Pipeline` and
 :class:`~sklearn.model_selection.GridSearchCV`. A ``fit`` or
 ``partial_fit`` that raises (bad input, Ctrl-C) leaves the estimator as it
 was.
@@ -36,6 +38,7 @@ from ._threads import kernel_threads
 from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
                           check_random_state, check_scalar, check_verbose,
                           native_byte_order, check_real)
+from ._validation import check_array as check_float_array  # (sklearn's is check_array)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -90,11 +93,10 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
     """Validation and reconstruction shared by the two coders."""
 
     def _check_dictionary(self, dtype=None):
-        """The dictionary as a C-contiguous finite float array (not copied)."""
-        # (scikit-learn's dtype list takes '>f4' for "not float32": made native first)
-        D = _as_floats(check_array(native_byte_order(self.dictionary), dtype=None,
-                                   input_name="dictionary", estimator=self),
-                       "dictionary", self)
+        """The dictionary as a C-contiguous finite float array (not copied),
+        validated by fastlista's rule, whose messages name ``dictionary``
+        (scikit-learn's name no argument for a 1-D or complex array)."""
+        D = check_float_array(self.dictionary, "dictionary", min_samples=1)
         return D if dtype is None else D.astype(dtype, copy=False)
 
     def _check_features(self, X, D):
@@ -333,7 +335,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         Regularisation level lambda (absolute, >= 0); the network's
         thresholds are ``alpha`` times learned factors.
     n_layers : int, default=10
-        Number of layers (ISTA iterations unfolded).
+        Number of layers (ISTA iterations unfolded), at most 2**31 - 1.
     parametrization : {"step", "coupled", "alista", "lista"}, default="step"
         What each layer learns: ``step`` one step size (SLISTA, Ablin et al.
         2019), ``coupled`` LISTA-CP, ``alista`` ALISTA, ``lista`` LISTA.
@@ -403,7 +405,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
     def _check_params(self):
         name = type(self).__name__
         alpha = check_scalar(self.alpha, "alpha", name, low=0.0)
-        check_scalar(self.n_layers, "n_layers", name, low=1, integer=True)
+        check_scalar(self.n_layers, "n_layers", name, low=1, high=2**31 - 1, integer=True)
         check_option(self.parametrization, "parametrization", name, PARAMETRIZATIONS)
         check_option(self.loss, "loss", name, LOSSES)
         check_max_iter(self.max_iter, name)
@@ -440,8 +442,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
                 raise ValueError(
                     "loss='supervised' requires target codes: pass y of shape "
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])} to fit.")
-            Z_target = check_array(y, dtype=X.dtype, order="C", input_name="y",
-                                   estimator=self)
+            # fastlista's rule, as Lista.fit's for Z_target: text refused, not
+            # parsed; messages naming y (1-D, complex, beyond the float range)
+            Z_target = check_float_array(y, "y", dtype=X.dtype)
             if Z_target.shape != (X.shape[0], D.shape[0]):
                 raise ValueError(
                     "With loss='supervised', y must be the target codes, of shape "

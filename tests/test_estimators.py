@@ -358,6 +358,83 @@ def test_learned_coder_supervised():
         LearnedSparseCoder(D, loss="supervised").fit(X, np.arange(len(X)))
 
 
+def _y_holding(value):
+    """Target codes of ``problem()``'s shape, as an object array holding ``value``."""
+    y = np.zeros((60, 30), dtype=object)
+    y[0, 0] = value
+    return y
+
+
+BAD_TARGETS = {
+    "text in an object array": (lambda: _y_holding("1.5"), "y is an object array holding a str"),
+    "str array": (lambda: np.zeros((60, 30)).astype(str), r"bytes/strings \(y has dtype"),
+    "int beyond the float range": (lambda: _y_holding(10**400),
+                                   r"Input y contains infinity or a value too large"),
+    "complex": (lambda: np.zeros((60, 30)) + 1j, "Complex data not supported in y"),
+    "1-D": (lambda: np.zeros(60), r"Expected 2D array for y, got 1D array"),
+}
+
+
+@pytest.mark.parametrize("make_y, message", BAD_TARGETS.values(), ids=BAD_TARGETS.keys())
+def test_learned_coder_refuses_bad_target_codes_by_name(make_y, message):
+    """y went through scikit-learn's validation: text was parsed as numbers,
+    an int beyond the float range raised a bare OverflowError, and a 1-D or
+    complex y gave messages naming no argument. It follows fastlista's rule,
+    as Lista.fit's Z_target, with messages naming y."""
+    X, D = problem(seed=10)
+    coder = LearnedSparseCoder(D, n_layers=2, max_iter=3, loss="supervised")
+    with pytest.raises(ValueError, match=message) as info:
+        coder.fit(X, make_y())
+    assert "could not convert" not in str(info.value)
+    assert not hasattr(coder, "network_")
+
+
+def test_learned_coder_object_target_codes_of_numbers_are_data():
+    """An object array of real numbers (int, bool, float) is the float array
+    of its values."""
+    X, D = problem(seed=10)
+    S = lasso_oracle(X, D, 0.3)
+    S_object = S.astype(object)
+    S_object[0, :2] = [int(S[0, 0]), bool(S[0, 1])]
+    S_float = S.copy()
+    S_float[0, :2] = [int(S[0, 0]), bool(S[0, 1])]
+    fitted = [LearnedSparseCoder(D, alpha=0.3, n_layers=3, max_iter=5, loss="supervised",
+                                 n_jobs=1).fit(X, y) for y in (S_object, S_float)]
+    assert fitted[0].loss_history_ == fitted[1].loss_history_
+    assert_array_equal(fitted[0].transform(X), fitted[1].transform(X))
+
+
+def test_learned_coder_n_layers_beyond_what_lista_accepts_names_the_estimator():
+    """n_layers = 2**31 was refused by Lista, against the estimator's own
+    range [1, inf); the estimator states the real range itself."""
+    X, D = problem(seed=12)
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'n_layers' parameter of LearnedSparseCoder must be an "
+                             r"int in the range \[1, 2147483647\]\. Got 2147483648 "
+                             r"instead\."):
+        LearnedSparseCoder(D, n_layers=2**31).fit(X)
+
+
+BAD_DICTIONARIES = {
+    "1-D": (lambda D: D[0], r"Expected 2D array for dictionary, got 1D array"),
+    "complex": (lambda D: D + 1j, "Complex data not supported in dictionary"),
+    "scalar": (lambda D: D[0, 0], r"Expected 2D array for dictionary, got scalar"),
+    "no atoms": (lambda D: D[:0], r"Found array with 0 sample\(s\).* required for "
+                                  r"dictionary"),
+}
+
+
+@pytest.mark.parametrize("cls", [LassoSparseCoder, LearnedSparseCoder])
+@pytest.mark.parametrize("bad, message", BAD_DICTIONARIES.values(),
+                         ids=BAD_DICTIONARIES.keys())
+def test_coders_name_a_bad_dictionary(cls, bad, message):
+    """A 1-D, scalar or complex dictionary gave scikit-learn's messages,
+    which name no argument; they name the dictionary."""
+    X, D = problem(seed=5)
+    with pytest.raises(ValueError, match=message):
+        cls(bad(D)).fit(X)
+
+
 def test_learned_coder_float32():
     X, D = problem(seed=11)
     c64 = LearnedSparseCoder(D, alpha=0.3, n_layers=5, max_iter=20).fit(X)
