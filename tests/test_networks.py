@@ -1687,3 +1687,44 @@ def test_kernel_refuses_half_given_double_accumulators():
             np.empty((0, 0), np.float32), np.zeros((1, 0)), np.zeros((1, T * m)), dW,
             dWxT, np.zeros((1, T * m * m)), np.zeros((1, 0)), 1, 4, 4, net._exec.rho,
             execution._OWN_GEMM, execution.gather_kernel(m))
+
+
+@pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
+@pytest.mark.parametrize("exponent", [-80, 70])
+def test_float32_signals_far_from_one_train_on_their_own_loss(parametrization, exponent):
+    """float32 signals of 2**-80 (1e-24, ordinary float32 numbers) made the
+    kernels' squares underflow: SLISTA's loss came out at 27 % of its value,
+    its gradients 0, and fit returned a network whose objective had risen,
+    without a warning; at 2**70 the squares overflow. Every layer is
+    homogeneous in (x, lmbd), and the batch runs in units where max|X| is
+    near 1: codes, losses and gradients are those of the unit-scale batch
+    times 2**e and 4**e, exactly, and the loss is the NumPy reference's."""
+    import reference as ref
+
+    rng = np.random.RandomState(0)
+    D = rng.randn(20, 10)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.randn(60, 10).astype(np.float32)
+    lmbd = 0.3 * float(np.max(np.abs(X @ D.T)))
+    X_e = np.ldexp(X, exponent)
+    net = Lista(D.astype(np.float32), lmbd, 3, parametrization=parametrization)
+    scaled = copy.deepcopy(net)
+    scaled.lmbd = np.ldexp(lmbd, exponent)
+    assert_allclose(scaled.transform(X_e), np.ldexp(net.transform(X), exponent),
+                    rtol=0, atol=0)
+    f, g = net.training_loss_and_grad(net.training_data(X))
+    f_e, g_e = scaled.training_loss_and_grad(scaled.training_data(X_e))
+    assert f_e == np.ldexp(f, 2 * exponent)
+    assert_allclose(g_e, np.ldexp(g, 2 * exponent), rtol=0, atol=0)
+    assert np.any(g != 0)
+    if parametrization == "step":
+        alpha = np.array([float(p["alpha"]) for p in net.parameters])
+        D32 = D.astype(np.float32)
+        f_ref, _, _ = ref.residual_network_grad(X, D32, D32, alpha, alpha, lmbd)
+        assert_allclose(f_e, np.ldexp(f_ref, 2 * exponent), rtol=1e-5)
+    # and fit lowers the objective the signals really have (at unit scale,
+    # in float64: at 2**70 it is beyond float32's range)
+    before = np.mean(ref.objective(X, D, lmbd, net.transform(X)))
+    scaled.fit(X_e, max_iter=10)
+    Z = np.ldexp(scaled.transform(X_e).astype(np.float64), -exponent)
+    assert np.mean(ref.objective(X, D, lmbd, Z)) < 0.99 * before

@@ -15,6 +15,7 @@ OpenMP threads with their own workspaces and gradient accumulators.
 import numpy as np
 
 from .._kernels import _unrolled
+from .._lasso import SCALE_LIMIT, _shift, _top_exponent
 from .._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from .._kernels._gemm import GEMM_AVX512, OWN_GEMM
 from .._threads import kernel_threads
@@ -119,6 +120,28 @@ def gather_kernel(n_atoms):
 
 #: loss name -> the kernels' loss code
 LOSS_CODES = _unrolled.LOSSES
+
+
+def batch_scale(X, lmbd, S=None):
+    """(X, lmbd, S, e): the batch in units of 2**e, where max|X| is within
+    2**+-SCALE_LIMIT (e = 0, the inputs themselves, when it already is).
+
+    Every layer is positively homogeneous in (x, lmbd) (the thresholds are
+    lmbd times a factor; the targets are codes, which scale as x): codes
+    scale by 2**e and the losses and gradients by 2**(2 e), exactly
+    (``np.ldexp``). In those units the kernels' squares and products of
+    float32 signals of 1e-24 neither underflow (their loss came out 4x too
+    small and their gradients 0) nor do those of large ones overflow.
+    """
+    e = int(_shift(_top_exponent(X), SCALE_LIMIT[X.dtype]))
+    if e == 0:
+        return X, lmbd, S, 0
+    with np.errstate(under="ignore"):
+        X = np.ldexp(X, -e).astype(X.dtype, copy=False)
+        lmbd = np.ldexp(lmbd, -e)
+        if S is not None:
+            S = np.ldexp(S, -e).astype(S.dtype, copy=False)
+    return X, lmbd, S, e
 
 
 def plan(n_rows, n_atoms, n_features, n_layers, n_threads, weight_grads=False):
@@ -260,6 +283,7 @@ class Executor:
             If the codes of some samples are not finite (parameters that
             make the layers overflow), naming the samples.
         """
+        X, lmbd, _, e = batch_scale(X, lmbd)
         N, (m, n) = X.shape[0], self.D.shape
         T = depth
         Z = np.empty((N, m), dtype=X.dtype)
@@ -270,6 +294,11 @@ class Executor:
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
             _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block, chunk,
                               self.rho, _OWN_GEMM, gather_kernel(m))
+        if e:
+            with np.errstate(over="ignore", under="ignore"):
+                Z = np.ldexp(Z, e).astype(X.dtype, copy=False)
+                obj = np.ldexp(obj, 2 * e)
+            bad |= ~np.isfinite(Z).all(axis=1)
         rows = np.flatnonzero(bad)
         if rows.size:
             raise FloatingPointError(
@@ -287,6 +316,7 @@ class Executor:
         shape (depth, *shape). Non-finite values are returned as they are
         (the caller decides).
         """
+        X, lmbd, S, e = batch_scale(X, lmbd, S)
         N, (m, n) = X.shape[0], self.D.shape
         T = depth
         p = self.parametrization
@@ -334,4 +364,7 @@ class Executor:
                 else:
                     grads = {"W": total_of(dW, dW64).reshape(T, m, n),
                              "alpha": da, "beta": dthr.sum(axis=1)}
+            if e:
+                total = np.ldexp(total, 2 * e)
+                grads = {k: np.ldexp(g, 2 * e) for k, g in grads.items()}
         return total / N, grads
