@@ -1728,3 +1728,20 @@ def test_float32_signals_far_from_one_train_on_their_own_loss(parametrization, e
     scaled.fit(X_e, max_iter=10)
     Z = np.ldexp(scaled.transform(X_e).astype(np.float64), -exponent)
     assert np.mean(ref.objective(X, D, lmbd, Z)) < 0.99 * before
+
+
+@pytest.mark.parametrize("flag", ["no", "False", 1, None, np.array([True])])
+def test_objective_per_layer_must_be_a_bool(flag):
+    # any truthy value gave the per-layer objectives, as every other flag of
+    # the API refuses
+    rng = np.random.RandomState(0)
+    D = rng.randn(8, 5)
+    X = rng.randn(4, 5)
+    net = Lista(D, 0.1, 3)
+    with pytest.raises(InvalidParameterError, match="'per_layer' parameter of objective "
+                                                    "must be a bool"):
+        net.objective(X, per_layer=flag)
+    # numpy bools are bools: the per-layer values, the last one the output's
+    per_layer = net.objective(X, per_layer=np.bool_(True))
+    assert per_layer.shape == (3,)
+    assert_allclose(per_layer[-1], net.objective(X, per_layer=np.bool_(False)), rtol=1e-12)

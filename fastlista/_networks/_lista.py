@@ -308,6 +308,7 @@ class Lista:
         X, D, _ = self._check_X(X)
         if X.shape[0] == 0:
             raise ValueError("X must contain at least one sample.")
+        per_layer = check_bool(per_layer, "per_layer", "objective")
         lam, lmbd = self._lmbd(lmbd, X.shape[0], "objective")
         Z, obj = self._exec.forward(self._params, self.n_layers, X, lam,
                                     self.n_jobs, per_layer=per_layer)
