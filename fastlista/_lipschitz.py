@@ -12,8 +12,8 @@ from scipy.linalg import eigh
 from ._kernels import _lipschitz, _solvers
 from ._lasso import Scaled
 from ._threads import kernel_threads
-from ._validation import (check_array, check_dictionary_shape, check_max_iter,
-                          check_scalar)
+from ._validation import (as_array, check_array, check_dense, check_dictionary_shape,
+                          check_max_iter, check_scalar)
 
 __all__ = ["lipschitz"]
 
@@ -82,7 +82,7 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
             L = global_lipschitz(D)
         with np.errstate(over="ignore"):
             return float(D.dtype.type(L))
-    S = np.asarray(support)
+    S = as_array(check_dense(support, "support"), "support")
     if S.size == 0 and S.dtype != bool:
         # an empty list (NumPy's float64 []): no atom to mistake for a flag
         S = S.astype(bool)

@@ -401,17 +401,22 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     run(active, tol, max_iter)
 
     primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
+    # the largest gap each sample may certify (0 for tol = 0); with a tol
+    # near the float range, it or RETRY_FACTOR times it is inf: every finite
+    # gap is within it, as it is within the exact product
+    with np.errstate(over="ignore"):
+        target = tol * 0.5 * xx
+        retry_target = RETRY_FACTOR * target
     if tol > 0 and not record_history:
         # the stopping gap and the certificate differ by rounding: a sample
         # stopped on the first and refused by the second runs on, with a
         # tighter stop, within its budget of iterations (a miss beyond
         # RETRY_FACTOR x tol is the codes' own rounding, float32's: no
         # tighter stop can help)
-        target = tol * 0.5 * xx
         for attempt in range(1, RETRIES + 1):
             budget = max_iter - n_iter
             again = np.flatnonzero((stop_gap <= target) & ~(gap <= target)
-                                   & (gap <= RETRY_FACTOR * target) & (budget > 0))
+                                   & (gap <= retry_target) & (budget > 0))
             if not again.size:
                 break
             done = n_iter[again]
@@ -440,7 +445,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         primal[worse], gap[worse] = certify(
             S.rows(worse), lm[worse], np.ascontiguousarray(Z[worse]), n_threads,
             np.ascontiguousarray(C[worse]), B, positive)
-    converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
+    converged = gap <= target
 
     codes = S.codes_out(Z)
     if not S.identity:
@@ -454,7 +459,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         # underflowed on the way out)
         if not np.array_equal(S.codes_in(codes), Z):
             primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B, positive)
-            converged = gap <= tol * 0.5 * xx if tol > 0 else gap <= 0
+            converged = gap <= target
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
         out_gap = round_up(S.energy_out(gap), X.dtype)
     if warn and tol > 0 and not converged.all():

@@ -78,16 +78,22 @@ def short_repr(value, limit=80):
 #: what an object array may hold: the values of a numeric dtype (a bool
 #: array is numeric input too)
 _REAL_ELEMENTS = (numbers.Real, np.bool_)
+#: dates and durations: NumPy stores them as counts of a time unit (days,
+#: seconds, ...; a date's since 1970), and ``np.timedelta64`` is even a
+#: ``numbers.Integral``, but those counts are not the numbers a caller means
+#: (a missing value, NaT, counts as -2**63)
+_TIME_TYPES = (np.datetime64, np.timedelta64)
 
 
 def not_real_reason(arr, name):
     """Why the values of ndarray ``arr`` are not real numbers, or None.
 
-    Complex values (a cast to float would drop their imaginary parts) and
-    bytes or strings (a cast would parse them as text) are refused wherever
-    fastlista takes an array of numbers, in an object array too (its
-    elements must be real numbers: int, float, bool or their NumPy types);
-    the message names ``name``.
+    Complex values (a cast to float would drop their imaginary parts),
+    bytes or strings (a cast would parse them as text) and dates or
+    durations (a cast would take their counts of a time unit) are refused
+    wherever fastlista takes an array of numbers, in an object array too
+    (its elements must be real numbers: int, float, bool or their NumPy
+    types); the message names ``name``.
     """
     if np.iscomplexobj(arr):
         return f"Complex data not supported in {name}."
@@ -95,6 +101,11 @@ def not_real_reason(arr, name):
         return (f"dtype='numeric' is not compatible with arrays of bytes/strings "
                 f"({name} has dtype {arr.dtype}). Convert your data to numeric "
                 "values explicitly instead.")
+    if arr.dtype.kind in "mM":
+        return (f"dtype='numeric' is not compatible with arrays of dates or durations "
+                f"({name} has dtype {arr.dtype}), whose values would be taken as counts "
+                "of their time unit. Convert your data to numeric values explicitly "
+                "instead.")
     kind = _foreign_element(arr)
     if kind is not None:
         v = next(v for v in arr.flat if type(v) is kind)
@@ -106,12 +117,13 @@ def not_real_reason(arr, name):
 
 
 def _foreign_element(arr):
-    """The type of an element of an object array that is not a real number,
-    or None (one isinstance test a type, not an element: an ABC's is slow)."""
+    """The type of an element of an object array that is not a real number
+    (a date or duration is not one), or None (one issubclass test a type,
+    not an element: an ABC's is slow)."""
     if arr.dtype != object:
         return None
     for kind in set(map(type, arr.flat)):
-        if not issubclass(kind, _REAL_ELEMENTS):
+        if not issubclass(kind, _REAL_ELEMENTS) or issubclass(kind, _TIME_TYPES):
             return kind
     return None
 
@@ -119,11 +131,13 @@ def _foreign_element(arr):
 def check_real(arr, name):
     """Refuse values of ndarray ``arr`` that are not real numbers
     (:func:`not_real_reason`), as ``float()`` would: ValueError for complex
-    values and text, TypeError for other objects (a dict, None, a list)."""
+    values and text, TypeError for dates, durations and other objects (a
+    dict, None, a list)."""
     reason = not_real_reason(arr, name)
     if reason is not None:
         kind = _foreign_element(arr)
-        other = kind is not None and not issubclass(kind, (str, bytes))
+        other = (arr.dtype.kind in "mM"
+                 or kind is not None and not issubclass(kind, (str, bytes)))
         raise (TypeError if other else ValueError)(reason)
 
 
@@ -162,7 +176,8 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
             with np.errstate(over="ignore"):     # (beyond the dtype: inf, refused below)
                 arr = arr.astype(dtype)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from None
+            raise type(exc)(
+                f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from None
         except OverflowError:               # an int beyond the float range
             raise ValueError(f"Input {name} contains infinity or a value too large for "
                              f"dtype('{np.dtype(dtype).name}').") from None
@@ -296,7 +311,8 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     ------
     InvalidParameterError
         "The '{name}' parameter of {func} must be {constraint}. Got {value!r}
-        instead." NaN and infinity are always rejected for real parameters.
+        instead." NaN and infinity are always rejected for real parameters,
+        and bools, dates and durations for every parameter.
     """
     kind = "an int" if integer else "a float"
     lo = "-inf" if low is None else (repr(low) if integer else repr(float(low)))
@@ -306,7 +322,7 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     bad = InvalidParameterError(
         f"The '{name}' parameter of {func} must be {constraint}. Got "
         f"{short_repr(value)} instead.")
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, *_TIME_TYPES)):
         raise bad
     if integer:
         try:
@@ -334,6 +350,17 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     return value
 
 
+def _holds_bool(value, arr):
+    """Whether ``value`` (as ndarray ``arr``) holds a bool: ``arr`` is a bool
+    array, or a bool is an element of an object array or of a list or
+    tuple (which NumPy casts to its other elements' type)."""
+    if arr.dtype.kind == "b":
+        return True
+    items = arr.flat if arr.dtype == object else value if isinstance(value, (list, tuple)) \
+        else ()
+    return not {bool, np.bool_}.isdisjoint(map(type, items))
+
+
 def check_lmbd(lmbd, n_samples, func):
     """A regularisation level: a float >= 0, or one per sample.
 
@@ -342,6 +369,12 @@ def check_lmbd(lmbd, n_samples, func):
     lmbd : float or ndarray of shape (n_samples,)
         A float for a scalar (or 0-d array), else a C-contiguous float64
         array (validated: finite, >= 0, of the right shape).
+
+    Raises
+    ------
+    InvalidParameterError
+        For any other value; in an array as for a scalar, bools, complex
+        values, text, dates and durations are refused, not cast.
     """
     try:
         arr = np.asarray(lmbd)
@@ -350,8 +383,8 @@ def check_lmbd(lmbd, n_samples, func):
     if arr is not None and arr.ndim == 0:
         return check_scalar(lmbd, "lmbd", func, low=0.0)
     try:
-        # (complex and text are refused, not cast)
-        arr = None if arr is None or not_real_reason(arr, "lmbd") else arr.astype(np.float64)
+        arr = None if (arr is None or not_real_reason(arr, "lmbd")
+                       or _holds_bool(lmbd, arr)) else arr.astype(np.float64)
     except (TypeError, ValueError):
         arr = None
     except OverflowError:                   # ints beyond the float range

@@ -468,3 +468,83 @@ def test_variant_strongly_convex_codes_satisfy_the_kkt_conditions(p, method, n_j
     assert_certified(p.X, p.D, p.lmbd, p.tol, res, positive=p.positive)
     assert_kkt_strongly_convex(p.X, p.D, p.lmbd, res.codes, res.gap, mu,
                                positive=p.positive)
+
+
+# ---------------------------------------------------------------------------
+# dates and durations: refused, naming the argument, wherever numbers are taken
+# ---------------------------------------------------------------------------
+
+def _time_calls():
+    """{(function, argument): (shape of the argument or None for a scalar,
+    call(value))}, every other argument valid (5 samples, 6 atoms, 4
+    features)."""
+    import fastlista as fl
+    rng = np.random.default_rng(0)
+    X, D, Z = (rng.standard_normal(s) for s in ((5, 4), (6, 4), (5, 6)))
+    calls = {}
+    for func in (fl.duality_gap, fl.lasso_objective):
+        calls[func.__name__, "X"] = ((5, 4), lambda v, f=func: f(v, D, 0.1, Z))
+        calls[func.__name__, "D"] = ((6, 4), lambda v, f=func: f(X, v, 0.1, Z))
+        calls[func.__name__, "Z"] = ((5, 6), lambda v, f=func: f(X, D, 0.1, v))
+        calls[func.__name__, "lmbd"] = ((5,), lambda v, f=func: f(X, D, v, Z))
+    calls.update({
+        ("solve_lasso", "X"): ((5, 4), lambda v: solve_lasso(v, D, 0.1)),
+        ("solve_lasso", "D"): ((6, 4), lambda v: solve_lasso(X, v, 0.1)),
+        ("solve_lasso", "lmbd"): ((5,), lambda v: solve_lasso(X, D, v)),
+        ("solve_lasso", "Z0"): ((5, 6), lambda v: solve_lasso(X, D, 0.1, Z0=v)),
+        ("solve_lasso", "tol"): (None, lambda v: solve_lasso(X, D, 0.1, tol=v)),
+        ("solve_lasso", "max_iter"): (None, lambda v: solve_lasso(X, D, 0.1, max_iter=v)),
+        ("lambda_max", "X"): ((5, 4), lambda v: fl.lambda_max(v, D)),
+        ("lambda_max", "D"): ((6, 4), lambda v: fl.lambda_max(X, v)),
+        ("lasso_gradient", "X"): ((5, 4), lambda v: fl.lasso_gradient(v, D, Z)),
+        ("lasso_gradient", "Z"): ((5, 6), lambda v: fl.lasso_gradient(X, D, v)),
+        ("soft_thresholding", "U"): ((5, 6), lambda v: fl.soft_thresholding(v, 0.1)),
+        ("soft_thresholding", "threshold"): ((6,), lambda v: fl.soft_thresholding(Z, v)),
+        ("lipschitz", "D"): ((6, 4), lambda v: fl.lipschitz(v)),
+        ("lipschitz", "tol"): (None, lambda v: fl.lipschitz(D, np.ones(6, bool), tol=v)),
+    })
+    return calls
+
+
+TIME_CALLS = _time_calls()
+
+
+@st.composite
+def time_arguments(draw):
+    """(function, argument, value): dates or durations (of a drawn unit,
+    with a NaT or not) as a datetime64 / timedelta64 array, an object array
+    or a list of their NumPy scalars, or one scalar (0-d array or not)."""
+    key = draw(st.sampled_from(sorted(TIME_CALLS)))
+    shape, _ = TIME_CALLS[key]
+    kind = draw(st.sampled_from(["datetime64", "timedelta64"]))
+    unit = draw(st.sampled_from(["D", "h", "s", "ms", "ns"]))
+    size = 1 if shape is None else int(np.prod(shape))
+    start = draw(st.integers(0, 10**6))
+    values = np.arange(start, start + size).astype(f"{kind}[{unit}]")
+    if draw(st.booleans()):
+        values[draw(st.integers(0, size - 1))] = np.array("NaT", values.dtype)
+    if shape is None:
+        value = values[0] if draw(st.booleans()) else values.reshape(())
+    else:
+        value = values.reshape(shape)
+        form = draw(st.sampled_from(["array", "object", "list"]))
+        if form != "array":
+            obj = np.empty(shape, dtype=object)
+            obj.flat[:] = list(value.flat)
+            value = obj if form == "object" else obj.tolist()
+    return key, value
+
+
+@FUZZ
+@given(drawn=time_arguments())
+def test_fuzz_dates_and_durations_are_refused_by_name(drawn):
+    """NumPy takes a date as its count of days (or seconds...) since 1970, a
+    duration as its count of units, and a missing NaT as -2**63: none is a
+    number fastlista may use. Each is refused by a TypeError
+    (``InvalidParameterError`` for a parameter) that names the argument."""
+    (func, name), value = drawn
+    with pytest.raises(TypeError) as info:
+        TIME_CALLS[func, name][1](value)
+    message = str(info.value)
+    assert (f"({name} has dtype" in message or f"{name} is an object array" in message
+            or f"'{name}' parameter" in message), message

@@ -366,3 +366,16 @@ def test_float32_atoms_far_below_the_largest_keep_their_digits():
         S = np.array(S, bool)
         expected = np.float32(np.linalg.eigvalsh(D64[S] @ D64[S].T)[-1])
         assert_allclose(lipschitz(D, support=S), expected, rtol=1e-6, atol=0)
+
+
+def test_support_is_refused_by_the_rule_for_array_arguments():
+    """A scipy.sparse support is refused as sparse (it was "got dtype
+    object"), and a ragged one names support (it was NumPy's message)."""
+    from scipy import sparse
+    D = np.eye(4)
+    for S in (sparse.csr_matrix(np.ones((2, 4), bool)), sparse.coo_matrix(np.ones((1, 4), bool))):
+        with pytest.raises(TypeError, match="^Sparse data was passed for support, but dense "
+                                            "data is required"):
+            lipschitz(D, support=S)
+    with pytest.raises(ValueError, match="^support could not be converted to an array"):
+        lipschitz(D, support=[[True] * 4, [True]])

@@ -1144,3 +1144,52 @@ def test_solve_lasso_sees_a_dictionary_changed_in_place(method, monkeypatch):
     Z_ref = ref.solve_exact(X, D, lmbd)
     assert_allclose(ref.objective(X, D, lmbd, again.codes), ref.objective(X, D, lmbd, Z_ref),
                     rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_tol_near_the_float_range_gives_no_runtime_warning(method, dtype):
+    """Any finite tol >= 0 is valid: one whose gap bound tol * 1/2 ||x||^2
+    (or the retry bound, 16 times it) leaves the float range is inf, within
+    which every finite gap lies; no RuntimeWarning (an overflow in a
+    multiply), and the codes of a tol that does not overflow (every tol
+    beyond every gap stops at the first check)."""
+    # (1/2 ||x||^2 in the solver's scaled units is 0.7 to 2.2 here: the
+    # bound overflows for some samples, only its retry bound for others)
+    X, D = get_problem("under", dtype)
+    iterative = method not in ("cd", "auto")
+    plain = solve_lasso(X, D, 0.1, method=method, tol=1e300)
+    for tol in (1e308, np.finfo(np.float64).max):
+        for record_history in (False, True) if iterative else (False,):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                res = solve_lasso(X, D, 0.1, method=method, tol=tol,
+                                  record_history=record_history)
+                warm = solve_lasso(X, D, 0.1, method=method, tol=tol, Z0=plain.codes)
+            assert res.converged.all() and warm.converged.all()
+            assert np.isfinite(res.gap).all()
+            assert_array_equal(res.codes, plain.codes)
+
+
+LMBD_BOOLS = {
+    "bool array": np.array([True, False] * 5),
+    "list of bools": [True, False] * 5,
+    "bools among floats": [True] + [0.1] * 9,
+    "object array": np.array([np.True_] + [0.1] * 9, dtype=object),
+}
+
+
+@pytest.mark.parametrize("lmbd", LMBD_BOOLS.values(), ids=LMBD_BOOLS.keys())
+def test_lmbd_holding_bools_is_refused_as_lmbd_true_is(lmbd):
+    """A bool is not a regularisation level, alone or one per sample (NumPy
+    casts True to 1.0); bool signals and dictionaries stay numeric input."""
+    X, D = get_problem("under")
+    X = X[:10]
+    for func in (lambda lm: solve_lasso(X, D, lm),
+                 lambda lm: fastlista.duality_gap(X, D, lm, np.zeros((10, D.shape[0]))),
+                 lambda lm: lasso_objective(X, D, lm, np.zeros((10, D.shape[0])))):
+        for value in (True, lmbd):
+            with pytest.raises(fastlista.InvalidParameterError, match="'lmbd' parameter"):
+                func(value)
+    res = solve_lasso(X > 0, D > 0, 0.1)
+    assert_array_equal(res.codes, solve_lasso((X > 0) * 1.0, (D > 0) * 1.0, 0.1).codes)
