@@ -97,6 +97,35 @@ def _shift(e, limit):
     return np.where(np.abs(e - 1) > limit, e - 1, 0)
 
 
+def check_atom_range(D, eb):
+    """Raise ValueError when a non-zero atom of D, scaled by 2**-eb, has its
+    largest entry below 2**(minexp + nmant) (float64: 2**-970, float32:
+    2**-103).
+
+    Below that, its entries are subnormal or 0 and its products with the
+    residual lose their digits: an atom 1e400 times smaller than the largest
+    became all 0, and the solvers returned codes 0 certified with a gap of
+    0 where F - F* was 80 % of 1/2 ||x||^2. An atom down to the limit keeps
+    its largest entry normal, and its entries below 2**-nmant of that are
+    rounded by at most its own relative precision.
+    """
+    info = np.finfo(D.dtype)
+    floor = int(info.minexp) + int(info.nmant)
+    eatom = _top_exponent(D, axis=1)
+    bad = np.any(D != 0, axis=1) & (eatom - eb - 1 < floor)
+    if bad.any():
+        top = np.abs(D).max(axis=1)
+        i = int(np.flatnonzero(bad)[np.argmin(top[bad])])
+        raise ValueError(
+            f"D's atoms span too wide a range of magnitudes for {D.dtype}: its "
+            f"largest entry is {top.max():.3g} and atom {i}'s largest is {top[i]:.3g}. "
+            f"Codes are solved and certified at one scale of D, at which that atom "
+            f"would fall below 2**{floor}, where {D.dtype} keeps no full precision; "
+            f"the span allowed is about 2**{eatom.max() - eb - 1 - floor}. Rescale the "
+            f"atoms (unit norm, say: codes scale inversely)"
+            + (" or pass D in float64." if D.dtype == np.float32 else "."))
+
+
 @dataclass
 class Scaled:
     """A problem in scaled units: x 2**-ea_i, D 2**-eb, lmbd 2**-(ea_i + eb),
@@ -122,9 +151,13 @@ class Scaled:
     eb: int
 
     @classmethod
-    def of(cls, X, D, Z=None, lmbd=None):
+    def of(cls, X, D, Z=None, lmbd=None, check_atoms=True):
         """The scaling of (X, D), or, with codes Z and their lmbd to certify,
         of the whole objective.
+
+        ``check_atoms``: refuse a D whose non-zero atoms span more than one
+        scale holds (``check_atom_range``); ``lipschitz``, which computes
+        small atoms' supports at their own scale, does without.
 
         With codes, each sample's unit is the largest of max|x|, max_j |z_j|
         max|d_j| (the largest term of r = x - z D: a huge warm start, or a
@@ -139,6 +172,8 @@ class Scaled:
         ex = _top_exponent(X, axis=1)
         ed = int(_top_exponent(D))
         eb = int(_shift(ed, limit))
+        if check_atoms:
+            check_atom_range(D, eb)
         if Z is None or not Z.size:
             ea = _shift(ex, limit)
         else:

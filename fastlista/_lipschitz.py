@@ -121,7 +121,7 @@ def any_scale_support_lipschitz(D, S, tol, max_iter, n_threads):
     # (in double before the scaling: a float32 atom far below the largest
     # became subnormal or 0 once scaled in float32)
     D64 = D.astype(np.float64)
-    sc = Scaled.of(np.zeros((0, D.shape[1])), D64)
+    sc = Scaled.of(np.zeros((0, D.shape[1])), D64, check_atoms=False)
     D64 = sc.D
     L = support_lipschitz(D64, gram(D64, n_threads), S, tol, max_iter, n_threads)
     with np.errstate(over="ignore"):
@@ -188,7 +188,7 @@ def global_lipschitz(D):
     if D.shape[0] == 0:
         return 0.0
     D = D.astype(np.float64, copy=False)
-    sc = Scaled.of(np.zeros((0, D.shape[1])), D)
+    sc = Scaled.of(np.zeros((0, D.shape[1])), D, check_atoms=False)
     D = sc.D
     G = D @ D.T if D.shape[0] <= D.shape[1] else D.T @ D
     # every eigenvalue (LAPACK's dsterf): the top one alone, by bisection

@@ -202,6 +202,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 
     Raises
     ------
+    ValueError
+        If D's non-zero atoms span more magnitudes than one scale of D holds
+        (their largest entries more than about 2**970 apart in float64,
+        2**103 in float32): a small atom would lose its digits, and its code
+        its certificate. The message names the atom.
     FloatingPointError
         If some code is not finite: its solution lies beyond the float range
         (X and D scaled in opposite directions by 1e200, say), or a kernel

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from fastlista import (ConvergenceWarning, duality_gap, lambda_max, lasso_objective,
-                       lipschitz, solve_lasso)
+from fastlista import (ConvergenceWarning, duality_gap, lambda_max, lasso_gradient,
+                       lasso_objective, lipschitz, solve_lasso)
 
 METHODS = ["cd", "ista", "fista", "oista", "backtracking"]
 
@@ -203,3 +203,70 @@ def test_scale_equivariance_of_solvers_and_networks(scale, rng):
     net = Lista(D, lmbd, 8)
     np.testing.assert_allclose(net.transform(scale * X, lmbd=scale * lmbd) / scale,
                                net.transform(X), rtol=1e-9, atol=1e-12 * np.abs(Z).max())
+
+
+
+@pytest.mark.parametrize("dtype, e", [(np.float64, 600), (np.float32, 70)])
+def test_atoms_spanning_more_than_one_scale_are_refused(dtype, e):
+    """Atoms of norms 2**-e and 2**e: once D was scaled for its largest
+    entry, the small atom was 0 (float64) or subnormal (float32). At
+    1e-200 next to 1e200 every method returned the small atom's code 0
+    with a gap of 0, converged, where the closed form (orthogonal atoms:
+    z_j = ST(x d_j, lmbd) / |d_j|^2) puts F - F* at 2/9, 36 % of
+    1/2 ||x||^2. Every function that works at one scale of D refuses it,
+    naming the atom."""
+    D = np.zeros((3, 2), dtype)
+    D[0, 0] = np.ldexp(1.0, -e)
+    D[1, 1] = np.ldexp(1.0, e)
+    X = np.array([[1.0, 0.5]], dtype)
+    lmbd = float(np.ldexp(1.0, -e)) / 3
+    Z = np.zeros((1, 3), dtype)
+    calls = [lambda: lambda_max(X, D), lambda: duality_gap(X, D, lmbd, Z),
+             lambda: lasso_objective(X, D, lmbd, Z), lambda: lasso_gradient(X, D, Z)]
+    calls += [lambda method=method: solve_lasso(X, D, lmbd, method=method)
+              for method in ["auto"] + METHODS]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"D's atoms span .* atom 0's largest"):
+            call()
+    # lipschitz computes a small atom's support at its own scale: exact
+    assert lipschitz(D, np.array([True, False, False])) == float(np.ldexp(1.0, -2 * e))
+
+
+@pytest.mark.parametrize("dtype, e_small", [(np.float64, -900), (np.float64, -20),
+                                            (np.float32, -90), (np.float32, -10)])
+@pytest.mark.parametrize("method", ["auto"] + METHODS)
+def test_atoms_spanning_up_to_the_limit_keep_an_honest_certificate(dtype, e_small, method):
+    """Orthogonal atoms of norms 2**e_small and 1 (and a zero atom), within
+    the span one scale holds: z_j = ST(x d_j, lmbd) / |d_j|^2. The gap
+    bounds F - F* (both in rational arithmetic), and a converged code is
+    the closed form. A sample left unconverged is warned about: the
+    proximal-gradient methods' condition number is the span squared, and
+    at 2**-900 the small atom's squared norm underflows."""
+    from fractions import Fraction
+
+    a = np.ldexp(1.0, e_small)
+    D = np.zeros((3, 2), dtype)
+    D[0, 0] = a
+    D[1, 1] = 1.0
+    X = np.array([[1.0, 0.5]], dtype)
+    lmbd = a / 2
+    z_star = np.array([np.ldexp(1.0, -e_small - 1), 0.5 - lmbd, 0.0])   # (a - a/2) / a^2
+    tol = 1e-8 if dtype == np.float64 else 1e-6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = solve_lasso(X, D, lmbd, method=method, tol=tol)
+
+    def F(z):
+        fa, fl = Fraction(float(a)), Fraction(float(lmbd))
+        z = [Fraction(float(v)) for v in z]
+        return ((1 - fa * z[0]) ** 2 + (Fraction(1, 2) - z[1]) ** 2) / 2 + fl * sum(map(abs, z))
+
+    assert Fraction(float(res.gap[0])) >= F(res.codes[0]) - F(z_star)
+    if res.converged[0]:
+        np.testing.assert_allclose(res.codes[0], z_star, rtol=10 * tol)
+    else:
+        assert any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    # a signal on the small atom alone: lambda_max is |x d_0| = a
+    lm = lambda_max(np.array([[1.0, 0.0]], dtype), D)[0]
+    assert lm >= a
+    np.testing.assert_allclose(lm, a, rtol=1e-6)
