@@ -587,7 +587,7 @@ def soft_thresholding(U, threshold, positive=False):
     dtype = np.float32 if single else np.float64
     try:
         U = np.asarray(U, dtype=dtype, order="C")      # (0-d stays 0-d)
-        t = t.astype(dtype)
+        t = t.astype(np.float64)
     except OverflowError:           # an int beyond the float range (object arrays)
         name = "U" if U.dtype == object else "threshold"    # the one not converted
         raise ValueError(f"Input {name} contains a value too large for "
@@ -596,6 +596,9 @@ def soft_thresholding(U, threshold, positive=False):
         raise ValueError("Input threshold contains NaN or infinity.")
     if np.any(t < 0):
         raise ValueError("threshold must be non-negative.")
+    # a threshold above float32's range (1e39 for float32 U) is its largest
+    # value: every finite u is within it, and inf - it is inf, as inf - 1e39
+    t = np.minimum(t, np.finfo(dtype).max).astype(dtype)
     try:
         shape = np.broadcast_shapes(U.shape, t.shape)
     except ValueError:

@@ -123,6 +123,23 @@ def test_soft_thresholding_non_contiguous_and_lists():
     assert_array_equal(soft_thresholding([-2.0, 0.5, 3.0], 1.0), [-1.0, 0.0, 2.0])
 
 
+@pytest.mark.parametrize("positive", [False, True])
+def test_float32_soft_thresholding_above_float32s_range(positive):
+    """A finite threshold beyond float32's range (1e39) for float32 U raised
+    "Input threshold contains NaN or infinity" after a cast-overflow
+    RuntimeWarning. Every finite u is within it: 0; inf stays inf (inf - 1e39),
+    NaN stays NaN, as in float64."""
+    import warnings
+
+    U = np.array([1.0, -3e38, 3e38, np.inf, -np.inf, np.nan], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = soft_thresholding(U, 1e39, positive=positive)
+    assert out.dtype == np.float32
+    expected = ref.soft_thresholding(U.astype(np.float64), 1e39, positive)
+    assert_array_equal(out, expected.astype(np.float32))
+
+
 def test_soft_thresholding_keeps_the_shape_and_documented_dtype():
     # a scalar U gives a 0-d array (it came back of shape (1,)); a float32 U
     # stays float32 with a scalar threshold of any dtype (rounded to
