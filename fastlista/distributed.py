@@ -303,6 +303,13 @@ def _check_lmbd_column(lmbd, X, func):
         return check_scalar(lmbd, "lmbd", func, low=0.0), None
     if not isinstance(lmbd, da.Array):
         lmbd = check_lmbd(lmbd, X.shape[0], func)
+    elif lmbd.dtype.kind not in "fiu":
+        # the rule for lmbd arrays, on the dtype (the chunks are lazy): bools,
+        # complex values, text, dates and objects are refused, not cast
+        raise InvalidParameterError(
+            f"The 'lmbd' parameter of {func} must be a float >= 0 or an array of shape "
+            f"(n_samples,) = ({X.shape[0]},) of them. Got a dask array of dtype "
+            f"{lmbd.dtype} instead.")
     return None, _per_sample(lmbd, X, "lmbd", func)
 
 

@@ -7,6 +7,7 @@ compared with the single-machine one (``Lista.transform``, ``Lista.fit``,
 """
 import importlib.util
 import os
+import re
 import sys
 
 import numpy as np
@@ -293,6 +294,14 @@ def test_solve_lasso_messages(data):
     lam[[265, 301]] = [np.nan, -1.0]          # in the chunk of rows 260-389
     with pytest.raises(fastlista.InvalidParameterError, match=r"samples \[265, 301\]"):
         fd.solve_lasso(chunked(X), D, da.from_array(lam, chunks=100)).codes.compute()
+    # a dask lmbd of a dtype no lmbd array may have is refused at once, by
+    # name, as a NumPy one is (bools were cast to 0 and 1 on the workers)
+    for bad in (lam > 0, lam.astype(complex), lam.astype(str), lam.astype("m8[s]"),
+                lam.astype(object)):
+        dtype = re.escape(str(bad.dtype))
+        with pytest.raises(fastlista.InvalidParameterError,
+                           match=rf"The 'lmbd' parameter.*dask array of dtype {dtype} "):
+            fd.solve_lasso(chunked(X), D, da.from_array(bad, chunks=100))
     # a solution beyond the float range: the chunk's numbering is stated
     Xs = X.copy()
     Xs[263] *= 1e200
@@ -640,7 +649,7 @@ def test_dask_arrays_that_are_not_real_numbers_are_refused(dtype):
     locally. (An object dask array cannot be checked without computing it.)"""
     from fastlista.distributed import learn_dictionary
     X = np.arange(12.0).reshape(4, 3)
-    bad = da.from_array(X.astype(dtype) if dtype != object else X.astype(object),
+    bad = da.from_array(X.astype(dtype) if dtype is not object else X.astype(object),
                         chunks=2)
     D = np.eye(3)
     for call in (lambda: fd.solve_lasso(bad, D, 0.5),
