@@ -30,7 +30,7 @@ import numpy as np
 from ._kernels import _certify, _prox, _solvers
 from ._threads import kernel_threads
 from ._validation import (_common_dtype, as_array, check_array, check_bool, check_dense,
-                          check_lmbd, check_real, check_X_D)
+                          check_lmbd, check_real, check_X_D, holds_bool, short_repr)
 
 __all__ = ["lasso_objective", "lasso_gradient", "lambda_max", "duality_gap",
            "soft_thresholding"]
@@ -582,6 +582,10 @@ def soft_thresholding(U, threshold, positive=False):
     t = as_array(check_dense(threshold, "threshold"), "threshold")
     for arr, name in ((U, "U"), (t, "threshold")):
         check_real(arr, name)
+    if holds_bool(threshold, t):
+        # a parameter, as lmbd: True is not a threshold of 1
+        raise ValueError(f"threshold must be non-negative real numbers; got "
+                         f"{short_repr(threshold)}, which holds a bool.")
     # float32 stays float32 when the threshold does not ask for more precision
     single = U.dtype == np.float32 and (t.dtype == np.float32 or t.ndim == 0)
     dtype = np.float32 if single else np.float64

@@ -350,7 +350,7 @@ def check_scalar(value, name, func, *, low=None, high=None, low_closed=True,
     return value
 
 
-def _holds_bool(value, arr):
+def holds_bool(value, arr):
     """Whether ``value`` (as ndarray ``arr``) holds a bool: ``arr`` is a bool
     array, or a bool is an element of an object array or of a list or
     tuple (which NumPy casts to its other elements' type)."""
@@ -384,7 +384,7 @@ def check_lmbd(lmbd, n_samples, func):
         return check_scalar(lmbd, "lmbd", func, low=0.0)
     try:
         arr = None if (arr is None or not_real_reason(arr, "lmbd")
-                       or _holds_bool(lmbd, arr)) else arr.astype(np.float64)
+                       or holds_bool(lmbd, arr)) else arr.astype(np.float64)
     except (TypeError, ValueError):
         arr = None
     except OverflowError:                   # ints beyond the float range

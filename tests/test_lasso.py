@@ -140,6 +140,16 @@ def test_float32_soft_thresholding_above_float32s_range(positive):
     assert_array_equal(out, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("threshold", [True, np.bool_(False), [True, False],
+                                       np.array([0.5, True], dtype=object)])
+def test_soft_thresholding_refuses_bool_thresholds(threshold):
+    # a threshold is a parameter, as lmbd (which refuses bools): True was
+    # taken as 1; bool signals U stay data, as bool X is
+    with pytest.raises(ValueError, match="threshold must be non-negative real numbers.*bool"):
+        soft_thresholding(np.ones((3, 2)), threshold)
+    assert_array_equal(soft_thresholding(np.array([True, False]), 0.25), [0.75, 0.0])
+
+
 def test_soft_thresholding_keeps_the_shape_and_documented_dtype():
     # a scalar U gives a 0-d array (it came back of shape (1,)); a float32 U
     # stays float32 with a scalar threshold of any dtype (rounded to
