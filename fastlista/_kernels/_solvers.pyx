@@ -35,9 +35,10 @@ driver, _blocks.pxd); each block runs all its iterations before the next
   * a gather of the rows of B of the non-zeros of P    (2 m nnz(P) flops),
 whichever is cheapest. Where BLAS would pack the operands of every call
 (AVX2 OpenBLAS) the two GEMM forms run through fastlista's own GEMM
-(_gemm.h, as the networks' dense layers do), and an ISTA iteration that
-checks no gap takes its step as the second product stores each tile:
-z <- ST(z - (R D^T) / L, lmbd / L), G never written. Every `gap_freq`
+(_gemm.h, as the networks' dense layers do), and a float64 ISTA iteration
+that checks no gap takes its step as the second product stores each tile:
+z <- ST(z - (R D^T) / L, lmbd / L), G never written (float32 ISTA and FISTA
+keep their iterates in double, rounded to float32 for the products). Every `gap_freq`
 iterations the duality gap of each sample is computed from the gradient at
 z in O(m) (_gap.pxd; no extra product for ISTA, OISTA and backtracking; one
 for FISTA, whose gradient is at y), and a sample whose gap is
@@ -125,8 +126,9 @@ cdef struct ProxWork:
     int *Dn         # (nb_max,) Dn[s] of them
     double *curv    # (nb_max, 3) OISTA: d.g(z), ||d||^2, and the scale of
                     # the rounding of d.g(z)
-    double *Zd      # (nb_max, m) float32 FISTA: z and y in double (Z and Y
-    double *Yd      # (nb_max, m) hold them rounded, for the products)
+    double *Zd      # (nb_max, m) float32 ISTA and FISTA: z (and FISTA's y)
+    double *Yd      # (nb_max, m) in double (Z and Y hold them rounded, for
+                    # the products)
     double *rowd    # (m,) float32 FISTA: the candidate z+ in double
     void *Gold      # (nb_max, m) OISTA: the gradient at z before the last
                     # step (restored with z when the step is undone)
@@ -381,6 +383,19 @@ cdef void fista_step_double(double *z, double *y, const floating *g, double *row
     memcpy(z, row, m * sizeof(double))
 
 
+cdef void ista_step_double(double *z, const floating *g, floating *zs, Py_ssize_t m,
+                           double step, double thr, bint positive) noexcept nogil:
+    """One ISTA step in double from a gradient g at zs (z rounded to the
+    storage dtype for its product): z <- ST(z - step g, thr), zs its
+    rounding."""
+    cdef Py_ssize_t j
+    cdef double v
+    for j in range(m):
+        v = threshold(z[j] - step * g[j], thr, positive)
+        z[j] = v
+        zs[j] = <floating> v
+
+
 cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                       int nb) noexcept nogil:
     """Run the samples active[start:start + nb] to convergence, in place."""
@@ -433,12 +448,14 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
         memcpy(Cb + s * m, C + <Py_ssize_t> w.orig[s] * m, m * sizeof(floating))
         w.lmbd[s] = c.lmbd[w.orig[s]]
         w.xx[s] = c.xx[w.orig[s]]
+        if w.Zd != NULL:
+            for j in range(m):
+                w.Zd[s * m + j] = Zb[s * m + j]
         if method == FISTA:
             memcpy(Yb + s * m, Zb + s * m, m * sizeof(floating))
             w.aux[s] = 1                    # momentum t_k
-            if w.Zd != NULL:
+            if w.Yd != NULL:
                 for j in range(m):
-                    w.Zd[s * m + j] = Zb[s * m + j]
                     w.Yd[s * m + j] = Zb[s * m + j]
         elif method == OISTA:
             for j in range(m):
@@ -452,7 +469,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     while True:
         P = Yb if method == FISTA else Zb
         check = c.record or it == c.max_iter or (c.tol > 0 and it % c.gap_freq == 0)
-        if (method == ISTA and not check and c.own_gemm and n <= FL_GEMM_KC
+        if (method == ISTA and w.Zd == NULL and not check and c.own_gemm
+                and n <= FL_GEMM_KC
                 and (form_for(znnz, nb, m, n) if znnz >= 0
                      else gradient_form(Zb, nb, m, n)) == FORM_RESIDUAL):
             # R = Z D - X, then z <- ST(z - (R D^T) / L, lmbd / L) taken on
@@ -521,10 +539,11 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     move_row(G, m, last, s, sizeof(floating))
                     if Gp != G:
                         move_row(Gp, m, last, s, sizeof(floating))
+                    if w.Zd != NULL:
+                        move_row(w.Zd, m, last, s, sizeof(double))
                     if method == FISTA:
                         move_row(Yb, m, last, s, sizeof(floating))
-                        if w.Zd != NULL:
-                            move_row(w.Zd, m, last, s, sizeof(double))
+                        if w.Yd != NULL:
                             move_row(w.Yd, m, last, s, sizeof(double))
                     if method == OISTA:
                         move_row(w.V, m, last, s, sizeof(double))
@@ -546,7 +565,11 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
         for s in range(nb):
             zs = Zb + s * m
             gs = G + s * m
-            if method == ISTA:
+            if method == ISTA and w.Zd != NULL:
+                step = 1 / L
+                ista_step_double(w.Zd + s * m, gs, zs, m, step, w.lmbd[s] * step,
+                                 c.positive)
+            elif method == ISTA:
                 # z <- ST(z - g / L, lmbd / L), vectorised
                 step = 1 / L
                 thr = w.lmbd[s] * step
@@ -717,13 +740,19 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     # float32 FISTA keeps its iterates z and y in double: stored in float32
     # they stalled on correlated atoms (relative gaps of 1e-5 after 5e4
     # iterations, where float64 certifies 1e-6 within 9e3 and the float32
-    # iterates rounded from double within 1e-7)
-    wide = fista and floating is float
+    # iterates rounded from double within 1e-7). So does float32 ISTA: each
+    # step's rounding of z to float32 walks it along the support's flat
+    # directions, which ISTA contracts by only 1 - mu / L a step (on
+    # Gaussian 40 x 20 atoms at lmbd = 0.2, 54 % of the samples certified
+    # 1e-6 after 3e4 iterations, 96 % with z in double, where float64 takes
+    # them). Its fused step (below), which writes z in float32, is left to
+    # float64
+    wide = (fista or method == ISTA) and floating is float
     dsizes = [block_size, block_size, block_size, bm if oista else 0,
               m if oista else 0, m if oista else 0,
               max(min(m, 2 * n) ** 2, n) if oista else 0,
               r * r if oista else 0, 27 * r if oista else 0,
-              bm if wide else 0, bm if wide else 0, m if wide else 0,
+              bm if wide else 0, bm if wide and fista else 0, m if wide and fista else 0,
               bm if oista else 0, 3 * block_size if oista else 0]
     isizes = [10 * r if oista else 0, block_size, m, bm if oista else 0,
               block_size if oista else 0]
@@ -804,8 +833,8 @@ def prox_grad(str method_name, const floating[:, ::1] X,
             work[t].pending = &uv[t, block_size]
             work[t].exact = &uv[t, 2 * block_size]
             work[t].Zd = &dv[t, do[9]] if wide else NULL
-            work[t].Yd = &dv[t, do[10]] if wide else NULL
-            work[t].rowd = &dv[t, do[11]] if wide else NULL
+            work[t].Yd = &dv[t, do[10]] if wide and fista else NULL
+            work[t].rowd = &dv[t, do[11]] if wide and fista else NULL
             work[t].Dz = &dv[t, do[12]]
             work[t].Didx = &iv[t, io[3]]
             work[t].Dn = &iv[t, io[4]]
