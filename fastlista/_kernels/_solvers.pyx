@@ -37,10 +37,10 @@ whichever is cheapest. Where BLAS would pack the operands of every call
 (AVX2 OpenBLAS) the two GEMM forms run through fastlista's own GEMM
 (_gemm.h, as the networks' dense layers do), and a float64 ISTA iteration
 that checks no gap takes its step as the second product stores each tile:
-z <- ST(z - (R D^T) / L, lmbd / L), G never written (float32 ISTA and FISTA
-keep their iterates in double, rounded to float32 for the products). Every `gap_freq`
-iterations the duality gap of each sample is computed from the gradient at
-z in O(m) (_gap.pxd; no extra product for ISTA, OISTA and backtracking; one
+z <- ST(z - (R D^T) / L, lmbd / L), G never written (float32 ISTA, FISTA
+and OISTA keep their iterates in double, rounded to float32 for the
+products). Every `gap_freq` iterations the duality gap of each sample is
+computed from the gradient at z in O(m) (_gap.pxd; no extra product for ISTA, OISTA and backtracking; one
 for FISTA, whose gradient is at y), and a sample whose gap is
 <= tol * 1/2 ||x||^2 leaves its block. That gap only decides when to stop:
 the result is certified afterwards from the returned codes (_certify.pyx).
@@ -126,10 +126,10 @@ cdef struct ProxWork:
     int *Dn         # (nb_max,) Dn[s] of them
     double *curv    # (nb_max, 3) OISTA: d.g(z), ||d||^2, and the scale of
                     # the rounding of d.g(z)
-    double *Zd      # (nb_max, m) float32 ISTA and FISTA: z (and FISTA's y)
+    double *Zd      # (nb_max, m) float32 ISTA, FISTA, OISTA: z (and FISTA's y)
     double *Yd      # (nb_max, m) in double (Z and Y hold them rounded, for
                     # the products)
-    double *rowd    # (m,) float32 FISTA: the candidate z+ in double
+    double *rowd    # (m,) float32 FISTA and OISTA: the candidate z+ in double
     void *Gold      # (nb_max, m) OISTA: the gradient at z before the last
                     # step (restored with z when the step is undone)
 
@@ -421,6 +421,10 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     cdef floating *Gz = <floating *> w.Gz
     cdef floating *row = <floating *> w.row
     cdef floating *dD = <floating *> w.dD
+    # OISTA's iterate and candidate in double: float64's own arrays, float32's
+    # copies in Zd and rowd (zs, row hold them rounded, for the products)
+    cdef double *zd
+    cdef double *rowd = <double *> row if floating is double else w.rowd
     cdef floating *thr_b = <floating *> w.thr
     cdef floating *Z = <floating *> c.Z
     cdef const floating *X = <const floating *> c.X
@@ -504,6 +508,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     dz = w.Dz + s * m
                     for nd in range(w.Dn[s]):
                         zs[di[nd]] = <floating> dz[nd]
+                        if w.Zd != NULL:
+                            w.Zd[s * m + di[nd]] = dz[nd]
                     memcpy(G + s * m, Gold + s * m, m * sizeof(floating))
                     w.exact[s] = 1
                     w.fresh[s] = 0
@@ -612,6 +618,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         ys[j] = row[j] + beta * (row[j] - zs[j])
                 memcpy(zs, row, m * sizeof(floating))
             elif method == OISTA:
+                zd = <double *> zs if floating is double else w.Zd + s * m
                 step = 1 / L
                 if not w.fresh[s]:
                     w.aux[s] = oista_lipschitz(tag, c, w, s, zs)
@@ -622,11 +629,10 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                 inside = True
                 shrunk = False
                 for j in range(m):
-                    row[j] = threshold(<floating> (zs[j] - step * gs[j]),
-                                            <floating> thr, c.positive)
-                    if row[j] != 0 and zs[j] == 0:
+                    rowd[j] = threshold(zd[j] - step * gs[j], thr, c.positive)
+                    if rowd[j] != 0 and zd[j] == 0:
                         inside = False
-                    elif row[j] == 0 and zs[j] != 0:
+                    elif rowd[j] == 0 and zd[j] != 0:
                         shrunk = True
                 if inside:
                     if w.aux[s] > 0 and not w.exact[s]:
@@ -642,8 +648,8 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         cs = Cb + s * m
                         for nd in range(w.Dn[s]):
                             j = di[nd]
-                            ud = <double> row[j] - zs[j]
-                            dz[nd] = zs[j]
+                            ud = rowd[j] - zd[j]
+                            dz[nd] = zd[j]
                             dg = dg + ud * gs[j]
                             dd = dd + ud * ud
                             de = de + fabs(ud) * (fabs(<double> cs[j])
@@ -653,7 +659,7 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         w.curv[3 * s + 2] = de
                         w.pending[s] = dd > 0
                         memcpy(Gold + s * m, gs, m * sizeof(floating))
-                    memcpy(zs, row, m * sizeof(floating))
+                    memcpy(zd, rowd, m * sizeof(double))
                     if shrunk:
                         w.fresh[s] = 0
                 else:
@@ -661,9 +667,11 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                     step = 1 / L
                     thr = w.lmbd[s] * step
                     for j in range(m):
-                        zs[j] = threshold(<floating> (zs[j] - step * gs[j]),
-                                               <floating> thr, c.positive)
+                        zd[j] = threshold(zd[j] - step * gs[j], thr, c.positive)
                     w.fresh[s] = 0
+                if floating is float:
+                    for j in range(m):
+                        zs[j] = <floating> zd[j]
             else:
                 step = w.aux[s] / ETA
                 ddD = 0
@@ -745,14 +753,15 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     # directions, which ISTA contracts by only 1 - mu / L a step (on
     # Gaussian 40 x 20 atoms at lmbd = 0.2, 54 % of the samples certified
     # 1e-6 after 3e4 iterations, 96 % with z in double, where float64 takes
-    # them). Its fused step (below), which writes z in float32, is left to
-    # float64
-    wide = (fista or method == ISTA) and floating is float
+    # them), and OISTA, whose steps on 1/L_S stay on a support. ISTA's fused
+    # step (below), which writes z in float32, is left to float64
+    wide = (fista or oista or method == ISTA) and floating is float
     dsizes = [block_size, block_size, block_size, bm if oista else 0,
               m if oista else 0, m if oista else 0,
               max(min(m, 2 * n) ** 2, n) if oista else 0,
               r * r if oista else 0, 27 * r if oista else 0,
-              bm if wide else 0, bm if wide and fista else 0, m if wide and fista else 0,
+              bm if wide else 0, bm if wide and fista else 0,
+              m if wide and (fista or oista) else 0,
               bm if oista else 0, 3 * block_size if oista else 0]
     isizes = [10 * r if oista else 0, block_size, m, bm if oista else 0,
               block_size if oista else 0]
@@ -834,7 +843,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
             work[t].exact = &uv[t, 2 * block_size]
             work[t].Zd = &dv[t, do[9]] if wide else NULL
             work[t].Yd = &dv[t, do[10]] if wide and fista else NULL
-            work[t].rowd = &dv[t, do[11]] if wide and fista else NULL
+            work[t].rowd = &dv[t, do[11]] if wide and (fista or oista) else NULL
             work[t].Dz = &dv[t, do[12]]
             work[t].Didx = &iv[t, io[3]]
             work[t].Dn = &iv[t, io[4]]
