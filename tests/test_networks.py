@@ -1712,6 +1712,8 @@ def test_float32_signals_far_from_one_train_on_their_own_loss(parametrization, e
     scaled.lmbd = np.ldexp(lmbd, exponent)
     assert_allclose(scaled.transform(X_e), np.ldexp(net.transform(X), exponent),
                     rtol=0, atol=0)
+    assert_allclose(scaled.objective(X_e, per_layer=True),
+                    np.ldexp(net.objective(X, per_layer=True), 2 * exponent), rtol=0, atol=0)
     f, g = net.training_loss_and_grad(net.training_data(X))
     f_e, g_e = scaled.training_loss_and_grad(scaled.training_data(X_e))
     assert f_e == np.ldexp(f, 2 * exponent)
