@@ -1747,3 +1747,84 @@ def test_objective_per_layer_must_be_a_bool(flag):
     per_layer = net.objective(X, per_layer=np.bool_(True))
     assert per_layer.shape == (3,)
     assert_allclose(per_layer[-1], net.objective(X, per_layer=np.bool_(False)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, big, small", [(np.float32, 1e30, 1e-15),
+                                               (np.float64, 1e250, 1e-100)])
+def test_a_sample_codes_the_same_beside_any_other(dtype, big, small):
+    """Codes run each sample at its own scale: one exponent for the batch
+    (its largest sample's) sent a tiny sample beside a huge one to 0."""
+    rng = np.random.RandomState(0)
+    D = rng.randn(8, 5).astype(dtype)
+    x = rng.randn(1, 5)
+    X = np.vstack([x * big, x * small]).astype(dtype)
+    for parametrization in ("step", "coupled", "alista", "lista"):
+        net = Lista(D, 0.1, 5, parametrization=parametrization)
+        alone = net.transform(X[1:], lmbd=[0.1 * small])
+        assert np.any(alone != 0)
+        np.testing.assert_array_equal(net.transform(X, lmbd=[0.1 * big, 0.1 * small])[1:],
+                                      alone)
+
+
+def test_networks_far_from_one_keep_large_targets_and_lmbd():
+    """The batch's unit for its sums follows the targets when tiny signals
+    come with large target codes (their scaling overflowed: loss inf and a
+    RuntimeWarning, where the true loss is 3.7e20), and a lmbd scaled
+    beyond 1e300 is clipped there (inf thresholds gave objectives NaN):
+    the codes are 0 at any lmbd above lambda_max."""
+    import warnings
+
+    import reference as ref
+
+    rng = np.random.RandomState(0)
+    D = rng.randn(8, 5).astype(np.float32)
+    X = (rng.randn(4, 5) * 1e-30).astype(np.float32)
+    S = (rng.randn(4, 8) * 1e10).astype(np.float32)
+    net = Lista(D, 1e-31, 3)
+    alpha = np.array([float(p["alpha"]) for p in net.parameters])
+    f_ref, d_alpha, d_thr = ref.residual_network_grad(X, D, D, alpha, alpha, 1e-31,
+                                                      loss="supervised", S=S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f, g = net.loss_and_grad(X, "supervised", S)
+    assert_allclose(f, f_ref, rtol=1e-6)
+    assert_allclose([float(p["alpha"]) for p in g], d_alpha + d_thr, rtol=1e-4)
+    # float64 signals of 1e-290 at lmbd = 1e20: codes 0, objective 1/2 ||x||^2
+    X64 = rng.randn(4, 5) * 1e-290
+    net = Lista(D.astype(np.float64), 0.1, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.all(net.transform(X64, lmbd=1e20) == 0)
+        assert_allclose(net.objective(X64, per_layer=True, lmbd=1e20),
+                        np.full(3, np.mean(0.5 * np.sum(X64 ** 2, axis=1))), rtol=1e-14)
+        f, g = net.loss_and_grad(X64, lmbd=1e20)
+    assert_allclose(f, np.mean(0.5 * np.sum(X64 ** 2, axis=1)), rtol=1e-14)
+
+
+def test_float32_network_values_beyond_float32_range():
+    """A float32 network's gradient beyond float32's range came back as
+    -inf with "overflow encountered in cast": it is refused as a non-finite
+    one. Its mean objective beyond float32's range is a float (it was inf
+    from the float32 objectives' mean), the float64 reference's."""
+    import warnings
+
+    import reference as ref
+
+    rng = np.random.RandomState(1)
+    D = rng.randn(7, 5).astype(np.float32)
+    net = Lista(D, 0.1, 3)
+    X = (rng.randn(6, 5) * 4e19).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FloatingPointError, match=r"gradients of \[.*\] are not finite "
+                                                     "in float32"):
+            net.loss_and_grad(X, lmbd=4e18)
+    D = rng.randn(5, 4)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.randn(4, 4)
+    X = (X / np.abs(X).max() * 1e38).astype(np.float32)
+    net = Lista(D.astype(np.float32), 0.1, 3)
+    Z = net.transform(X, lmbd=1e36).astype(np.float64)
+    expected = np.mean(ref.objective(X, D.astype(np.float32), 1e36, Z))
+    assert np.isfinite(expected) and expected > 1e75
+    assert_allclose(net.objective(X, lmbd=1e36), expected, rtol=1e-12)

@@ -15,7 +15,7 @@ OpenMP threads with their own workspaces and gradient accumulators.
 import numpy as np
 
 from .._kernels import _unrolled
-from .._lasso import SCALE_LIMIT, _shift, _top_exponent
+from .._lasso import _LMBD_CAP, SCALE_LIMIT, _shift, _top_exponent
 from .._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from .._kernels._gemm import GEMM_AVX512, OWN_GEMM
 from .._threads import kernel_threads
@@ -122,25 +122,44 @@ def gather_kernel(n_atoms):
 LOSS_CODES = _unrolled.LOSSES
 
 
-def batch_scale(X, lmbd, S=None):
-    """(X, lmbd, S, e): the batch in units of 2**e, where max|X| is within
-    2**+-SCALE_LIMIT (e = 0, the inputs themselves, when it already is).
+def scale_units(X, lmbd, S=None, per_sample=True):
+    """(X, lmbd, S, e): the batch in units of 2**e, exactly (``np.ldexp``).
 
     Every layer is positively homogeneous in (x, lmbd) (the thresholds are
-    lmbd times a factor; the targets are codes, which scale as x): codes
-    scale by 2**e and the losses and gradients by 2**(2 e), exactly
-    (``np.ldexp``). In those units the kernels' squares and products of
-    float32 signals of 1e-24 neither underflow (their loss came out 4x too
-    small and their gradients 0) nor do those of large ones overflow.
+    lmbd times a factor; the targets are codes, which scale as x), sample by
+    sample: codes scale by 2**e and losses and gradients by 2**(2 e). In
+    those units the kernels' squares and products of float32 signals of
+    1e-24 neither underflow (their loss came out at 27 % of its value and
+    their gradients 0) nor do those of large ones overflow.
+
+    ``per_sample``: e of shape (n_samples,), each sample's max|x| brought
+    within 2**+-SCALE_LIMIT (codes only: a tiny sample beside a huge one
+    keeps its digits). Otherwise one e for the batch, whose sums (losses,
+    gradients) the largest samples make: max|X| within 2**+-SCALE_LIMIT,
+    unless that takes the targets S beyond it (tiny signals, large target
+    codes), when e brings max|S| down to it and X no further. e = 0 (the
+    inputs themselves) where the data are already within the limit. A
+    lmbd scaled beyond _LMBD_CAP is clipped to it: above every lambda_max
+    of the scaled data, the codes (0) and the objective are the same.
     """
-    e = int(_shift(_top_exponent(X), SCALE_LIMIT[X.dtype]))
-    if e == 0:
-        return X, lmbd, S, 0
-    with np.errstate(under="ignore"):
-        X = np.ldexp(X, -e).astype(X.dtype, copy=False)
-        lmbd = np.ldexp(lmbd, -e)
+    limit = SCALE_LIMIT[X.dtype]
+    if per_sample:
+        e = _shift(_top_exponent(X, axis=1), limit)
+        if not e.any():
+            return X, lmbd, S, 0
+        col = e[:, None]
+    else:
+        e = int(_shift(_top_exponent(X), limit))
+        if S is not None and S.size and np.any(S != 0):
+            e = max(e, int(_top_exponent(S)) - limit)
+        if e == 0:
+            return X, lmbd, S, 0
+        col = e
+    with np.errstate(over="ignore", under="ignore"):
+        X = np.ldexp(X, -col).astype(X.dtype, copy=False)
+        lmbd = np.minimum(np.ldexp(lmbd, -e), _LMBD_CAP)
         if S is not None:
-            S = np.ldexp(S, -e).astype(S.dtype, copy=False)
+            S = np.ldexp(S, -col).astype(S.dtype, copy=False)
     return X, lmbd, S, e
 
 
@@ -283,7 +302,8 @@ class Executor:
             If the codes of some samples are not finite (parameters that
             make the layers overflow), naming the samples.
         """
-        X, lmbd, _, e = batch_scale(X, lmbd)
+        # per-layer objectives are sums over samples: one unit for the batch
+        X, lmbd, _, e = scale_units(X, lmbd, per_sample=not per_layer)
         N, (m, n) = X.shape[0], self.D.shape
         T = depth
         Z = np.empty((N, m), dtype=X.dtype)
@@ -294,10 +314,10 @@ class Executor:
             obj = np.zeros((n_threads, T) if per_layer else (0, 0))
             _unrolled.forward(X, params, lmbd, Z, obj, bad, n_threads, block, chunk,
                               self.rho, _OWN_GEMM, gather_kernel(m))
-        if e:
+        if np.any(e):
             with np.errstate(over="ignore", under="ignore"):
-                Z = np.ldexp(Z, e).astype(X.dtype, copy=False)
-                obj = np.ldexp(obj, 2 * e)
+                Z = np.ldexp(Z, e if per_layer else e[:, None]).astype(X.dtype, copy=False)
+                obj = np.ldexp(obj, 2 * e) if per_layer else obj
             bad |= ~np.isfinite(Z).all(axis=1)
         rows = np.flatnonzero(bad)
         if rows.size:
@@ -316,7 +336,7 @@ class Executor:
         shape (depth, *shape). Non-finite values are returned as they are
         (the caller decides).
         """
-        X, lmbd, S, e = batch_scale(X, lmbd, S)
+        X, lmbd, S, e = scale_units(X, lmbd, S, per_sample=False)
         N, (m, n) = X.shape[0], self.D.shape
         T = depth
         p = self.parametrization

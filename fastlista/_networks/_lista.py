@@ -314,7 +314,10 @@ class Lista:
                                     self.n_jobs, per_layer=per_layer)
         if per_layer:
             return obj / X.shape[0]
-        return float(np.mean(lasso_objective(X, D, lmbd, Z, positive=self.positive)))
+        # (in double: a float32 objective beyond float32's range is a float)
+        return float(np.mean(lasso_objective(X.astype(np.float64), D.astype(np.float64),
+                                             lmbd, Z.astype(np.float64),
+                                             positive=self.positive)))
 
     # -- gradients ---------------------------------------------------------
 
@@ -462,14 +465,18 @@ class Lista:
         value, grads = self._exec.loss_and_grad(self._params, self.n_layers, data.X,
                                                 data.lmbd, data.loss, data.targets,
                                                 self.n_jobs)
+        # in the network's dtype: a float32 network's gradient beyond
+        # float32's range is refused as a non-finite one
+        with np.errstate(over="ignore"):
+            grads = {k: g.astype(self.dtype) for k, g in grads.items()}
         bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(value) or bad:
             raise FloatingPointError(
                 f"Lista.loss_and_grad: the loss ({value!r}) or the gradients of "
-                f"{bad or 'no key'} are not finite: the network's parameters make the "
-                "layers overflow (steps far above 2 / L?).")
-        return value, [{k: np.asarray(grads[k][t], dtype=self.dtype).copy()
-                        for k in P.KEYS[self.parametrization]}
+                f"{bad or 'no key'} are not finite in {self.dtype}: the network's "
+                "parameters make the layers overflow (steps far above 2 / L?), or the "
+                "data's scale does (float64 data reach further).")
+        return value, [{k: grads[k][t].copy() for k in P.KEYS[self.parametrization]}
                        for t in range(self.n_layers)]
 
     # -- training ----------------------------------------------------------
