@@ -591,7 +591,8 @@ def soft_thresholding(U, threshold, positive=False):
     dtype = np.float32 if single else np.float64
     try:
         U = np.asarray(U, dtype=dtype, order="C")      # (0-d stays 0-d)
-        t = t.astype(np.float64)
+        with np.errstate(over="ignore"):    # (a long double beyond it: inf, refused)
+            t = t.astype(np.float64)
     except OverflowError:           # an int beyond the float range (object arrays)
         name = "U" if U.dtype == object else "threshold"    # the one not converted
         raise ValueError(f"Input {name} contains a value too large for "

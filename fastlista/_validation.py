@@ -383,8 +383,10 @@ def check_lmbd(lmbd, n_samples, func):
     if arr is not None and arr.ndim == 0:
         return check_scalar(lmbd, "lmbd", func, low=0.0)
     try:
-        arr = None if (arr is None or not_real_reason(arr, "lmbd")
-                       or holds_bool(lmbd, arr)) else arr.astype(np.float64)
+        # (a long double beyond float64's range: inf, refused below)
+        with np.errstate(over="ignore"):
+            arr = None if (arr is None or not_real_reason(arr, "lmbd")
+                           or holds_bool(lmbd, arr)) else arr.astype(np.float64)
     except (TypeError, ValueError):
         arr = None
     except OverflowError:                   # ints beyond the float range

@@ -448,3 +448,20 @@ def test_float32_lambda_max_is_rounded_up_and_gives_zero_codes():
         for method in ("cd", "ista", "fista", "backtracking", "oista"):
             res = fastlista.solve_lasso(X, D, lm, method=method, tol=0, max_iter=20)
             assert not np.any(res.codes), method
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
+                    reason="long double is double here")
+def test_long_doubles_beyond_float64_are_refused_without_a_warning():
+    # an lmbd array or a threshold of 1e400 leaked "overflow encountered in
+    # cast" before its refusal
+    import warnings
+
+    X, D = get_problem("under", np.float64)
+    big = np.longdouble("1e400")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(fastlista.InvalidParameterError, match="'lmbd' parameter"):
+            fastlista.solve_lasso(X[:3], D, np.array([big] * 3))
+        with pytest.raises(ValueError, match="threshold contains NaN or infinity"):
+            soft_thresholding(X, big)
