@@ -309,7 +309,12 @@ def _check_lmbd_column(lmbd, X, func):
         raise InvalidParameterError(
             f"The 'lmbd' parameter of {func} must be a float >= 0 or an array of shape "
             f"(n_samples,) = ({X.shape[0]},) of them. Got a dask array of dtype "
-            f"{lmbd.dtype} instead.")
+            f"{lmbd.dtype} instead"
+            + (" (its elements cannot be checked without computing it: convert it "
+               "with lmbd.astype(float))." if lmbd.dtype == object else "."))
+    elif lmbd.ndim == 0:
+        # one lazy value for every sample, checked on the workers as they are
+        lmbd = da.broadcast_to(lmbd, (X.shape[0],))
     return None, _per_sample(lmbd, X, "lmbd", func)
 
 

@@ -302,6 +302,10 @@ def test_solve_lasso_messages(data):
         with pytest.raises(fastlista.InvalidParameterError,
                            match=rf"The 'lmbd' parameter.*dask array of dtype {dtype} "):
             fd.solve_lasso(chunked(X), D, da.from_array(bad, chunks=100))
+    # a 0-d dask lmbd is every sample's, as a 0-d NumPy one (it was refused
+    # for its shape)
+    codes = fd.solve_lasso(chunked(X), D, da.from_array(np.array(0.3))).codes.compute()
+    assert_array_equal(codes, fd.solve_lasso(chunked(X), D, 0.3).codes.compute())
     # a solution beyond the float range: the chunk's numbering is stated
     Xs = X.copy()
     Xs[263] *= 1e200
