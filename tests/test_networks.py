@@ -1753,7 +1753,9 @@ def test_objective_per_layer_must_be_a_bool(flag):
                                                (np.float64, 1e250, 1e-100)])
 def test_a_sample_codes_the_same_beside_any_other(dtype, big, small):
     """Codes run each sample at its own scale: one exponent for the batch
-    (its largest sample's) sent a tiny sample beside a huge one to 0."""
+    (its largest sample's) sent a tiny sample beside a huge one to 0. (The
+    batch of two and the sample alone may take different kernel paths:
+    compared within the dtype's rounding, not bit for bit.)"""
     rng = np.random.RandomState(0)
     D = rng.randn(8, 5).astype(dtype)
     x = rng.randn(1, 5)
@@ -1762,8 +1764,10 @@ def test_a_sample_codes_the_same_beside_any_other(dtype, big, small):
         net = Lista(D, 0.1, 5, parametrization=parametrization)
         alone = net.transform(X[1:], lmbd=[0.1 * small])
         assert np.any(alone != 0)
-        np.testing.assert_array_equal(net.transform(X, lmbd=[0.1 * big, 0.1 * small])[1:],
-                                      alone)
+        assert_allclose(net.transform(X, lmbd=[0.1 * big, 0.1 * small])[1:], alone,
+                        rtol=1e-4 if dtype == np.float32 else 1e-12,
+                        atol=1e-4 * np.abs(alone).max() if dtype == np.float32
+                        else 1e-12 * np.abs(alone).max())
 
 
 def test_networks_far_from_one_keep_large_targets_and_lmbd():
