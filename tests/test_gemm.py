@@ -383,6 +383,96 @@ def test_gemm_step_rejects_long_sums():
     with pytest.raises(ValueError, match="K = 257"):
         _gemm.gemm_step(np.ones((2, 257)), np.ones((257, 3)), 1.0, np.zeros(2), False,
                         np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="K = 257"):
+        _gemm.gemm_step_wide(np.ones((2, 257), np.float32), np.ones((257, 3), np.float32),
+                             1.0, np.zeros(2), False, np.zeros((2, 3)),
+                             np.zeros((2, 3), np.float32))
+
+
+def wide_step(A, B, lam, positive, Zd0, packed, level, step=0.3):
+    """(non-zeros, Zd, Z) of gemm_step_wide from Zd0, Z preset to NaN (every
+    entry it writes is checked)."""
+    Zd, Z = Zd0.copy(), np.full(Zd0.shape, np.nan, np.float32)
+    n = _gemm.gemm_step_wide(A, B, step, lam, positive, Zd, Z, packed, level)
+    return n, Zd, Z
+
+
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 19, 5), (13, 32, 64), (250, 256, 64),
+                                     (6, 40, 256), (29, 40, 70), (5, 3, 0)])
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_gemm_step_wide_is_the_double_step_of_the_float32_product(M, N, K, positive,
+                                                                  packed, level):
+    # float32 ISTA's fused step: its iterate Zd in double, the product in
+    # float32, Zd <- OP(Zd - step A B, step lam) in double, Z its rounding
+    rng = np.random.default_rng(M + N + K + 1)
+    A = rng.standard_normal((M, K + 1)).astype(np.float32)[:, :K]
+    B = rng.standard_normal((K, N + 2)).astype(np.float32)[:, :N]
+    Zd0 = rng.standard_normal((M, N)) / 3
+    lam = rng.uniform(0, 1.5, M)
+    step = 0.3
+    n, Zd, Z = wide_step(A, B, lam, positive, Zd0, packed, level, step)
+    # against NumPy in float64, within the rounding of the float32 product
+    u32, u64 = np.finfo(np.float32).eps / 2, np.finfo(np.float64).eps / 2
+    AB = np.abs(A).astype(float) @ np.abs(B).astype(float)
+    err = step * (K + 2) * u32 * AB + 4 * u64 * (np.abs(Zd0) + step * AB + step * lam[:, None])
+    expected = step_reference(A, B, step, step * lam, positive, Zd0)
+    assert np.all(np.abs(Zd - expected) <= err)
+    # against the unfused step from the tile's own float32 product (gemm:
+    # the same sums in the same order), within two roundings of double
+    G = np.zeros((M, N), np.float32)
+    _gemm.gemm(1.0, A, B, 0.0, G, packed, level)
+    V = Zd0 - step * G.astype(float)
+    s = step * lam[:, None]
+    unfused = np.maximum(V - s, 0) if positive else np.sign(V) * np.maximum(np.abs(V) - s, 0)
+    assert np.all(np.abs(Zd - unfused)
+                  <= 4 * u64 * (np.abs(Zd0) + step * np.abs(G).astype(float) + s))
+    # Z is Zd rounded to float32, the count Zd's non-zeros, exactly
+    np.testing.assert_array_equal(Z, Zd.astype(np.float32))
+    assert n == np.count_nonzero(Zd)
+
+
+def test_gemm_step_wide_zero_and_infinite_thresholds_and_nan(level):
+    # lam = 0 keeps every entry, lam = inf zeroes its row; NaN in a row of A
+    # is a NaN row of Zd and Z, counted as non-zeros
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((8, 16)).astype(np.float32)
+    B = rng.standard_normal((16, 40)).astype(np.float32)
+    A[3, 2] = np.nan
+    Zd0 = rng.standard_normal((8, 40))
+    lam = np.zeros(8)
+    lam[5] = np.inf
+    n, Zd, Z = wide_step(A, B, lam, False, Zd0, False, level, step=0.5)
+    assert np.isnan(Zd[3]).all() and np.isnan(Z[3]).all()
+    np.testing.assert_array_equal(Zd[5], 0)
+    np.testing.assert_array_equal(Z[5], 0)
+    ok = [0, 1, 2, 4, 6, 7]
+    AB = np.abs(A[ok]).astype(float) @ np.abs(B).astype(float)
+    expected = Zd0[ok] - 0.5 * (A[ok].astype(float) @ B.astype(float))
+    assert np.all(np.abs(Zd[ok] - expected)
+                  <= 9 * np.finfo(np.float32).eps * AB + 1e-15 * np.abs(Zd0[ok]))
+    assert n == np.count_nonzero(Zd)
+
+
+@pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
+                    reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_64_byte_wide_step_equals_the_32_byte_one_bit_for_bit(packed):
+    # the float32 step with z in double: the same sums, the same double
+    # epilogue (widened by a conversion, thresholds by min and max against
+    # selects), every remainder, NaN and inf in A, a zero threshold
+    for A, B, C0 in tile_cases(np.float32, 13):
+        M, K = A.shape
+        if K > 256:
+            continue
+        lam = step_thresholds(M, np.float64, M + K)
+        Zd0 = C0.astype(np.float64) / 3
+        for positive in (False, True):
+            n4, Zd4, Z4 = wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX512)
+            n3, Zd3, Z3 = wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2)
+            assert n4 == n3
+            np.testing.assert_array_equal(Zd4.view(np.uint8), Zd3.view(np.uint8))
+            np.testing.assert_array_equal(Z4.view(np.uint8), Z3.view(np.uint8))
 
 
 def repeated_rows(A, n_rows):

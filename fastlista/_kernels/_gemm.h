@@ -270,6 +270,67 @@ typedef signed char fl_d_bytes __attribute__((vector_size(8)));
     return nnz;                                                           \
     }
 
+/* The float32 tile's fused step with the iterate in double (float32 ISTA
+   keeps z in double, Zd, and multiplies its rounding Z): for row i + r,
+   v = Zd - step acc, acc (the float32 sums) widened to double exactly,
+   o = OP(v, step lam[i + r]) (ST, or PST if positive: the double
+   thresholds) stored to Zd and its rounding to float to Z, the non-zeros
+   of o (NaN included) counted lane by lane in nw. Each 8-float vector of
+   the tile is two 4-double vectors, taken by quarter q of the 16 columns.
+   Entry by entry the operations of the unfused step (a float32 product
+   into G, then z <- OP(z - step g, lam step) in double). */
+typedef float fl_s_half __attribute__((vector_size(16)));
+#ifdef FL_SHUFFLE_BYTES
+#  define FL_WIDEN_LO(v)                                                   \
+    __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), fl_d_vec)
+#  define FL_WIDEN_HI(v)                                                   \
+    __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), fl_d_vec)
+#else
+#  define FL_WIDEN_LO(v)                                                   \
+    ({ fl_s_half h_; memcpy(&h_, &(v), sizeof h_);                        \
+       __builtin_convertvector(h_, fl_d_vec); })
+#  define FL_WIDEN_HI(v)                                                   \
+    ({ fl_s_half h_; memcpy(&h_, (const char *) &(v) + sizeof h_, sizeof h_); \
+       __builtin_convertvector(h_, fl_d_vec); })
+#endif
+#define FL_GEMM_WIDE_QUARTER(q, a, VOP)                                    \
+    {                                                                     \
+        fl_d_vec zq_, o_;                                                 \
+        memcpy(&zq_, zd + 4 * (q), sizeof zq_);                           \
+        o_ = VOP(fl_d_ivec, fl_d_vec, zq_ - vstepd * (a), vs);            \
+        memcpy(zd + 4 * (q), &o_, sizeof o_);                             \
+        nw -= (fl_d_ivec) (o_ != (fl_d_vec){0});      /* NaN != 0 */      \
+        fl_s_half f_ = __builtin_convertvector(o_, fl_s_half);            \
+        memcpy(z + 4 * (q), &f_, sizeof f_);                              \
+    }
+#define FL_GEMM_EPI_WSTEP(T, V, P, r, acc0, acc1, VOP, OP)                 \
+    {                                                                     \
+        double *zd = Zd + (ptrdiff_t) (i + r) * ldzd + j0;                \
+        float *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                    \
+        const double s = step * lam[i + r];                               \
+        if (nc == NR) {                                                   \
+            const fl_d_vec vs = FL_SPLAT_fl_d(s);                         \
+            FL_GEMM_WIDE_QUARTER(0, FL_WIDEN_LO(acc0), VOP)               \
+            FL_GEMM_WIDE_QUARTER(1, FL_WIDEN_HI(acc0), VOP)               \
+            FL_GEMM_WIDE_QUARTER(2, FL_WIDEN_LO(acc1), VOP)               \
+            FL_GEMM_WIDE_QUARTER(3, FL_WIDEN_HI(acc1), VOP)               \
+        } else {                                                          \
+            float o[NR];                                                  \
+            memcpy(o, &(acc0), sizeof(V));                                \
+            memcpy(o + W, &(acc1), sizeof(V));                            \
+            for (int j = 0; j < nc; j++) {                                \
+                const double v = OP(zd[j] - step * (double) o[j], s);     \
+                zd[j] = v;                                                \
+                z[j] = (float) v;                                         \
+                tail += v != 0;                                           \
+            }                                                             \
+        }                                                                 \
+    }
+#define FL_GEMM_EPI_WSTEP_ST(T, V, P, r, acc0, acc1)                       \
+    FL_GEMM_EPI_WSTEP(T, V, P, r, acc0, acc1, FL_VST, fl_d_st)
+#define FL_GEMM_EPI_WSTEP_PST(T, V, P, r, acc0, acc1)                      \
+    FL_GEMM_EPI_WSTEP(T, V, P, r, acc0, acc1, FL_VPST, fl_d_pst)
+
 #define FL_DEFINE_GEMM(T, V, P)                                            \
 /* C = alpha A B + beta C0 (row-major; see the top of the file); C0 may   \
    be C, and is not read where beta = 0. B's panels are read from BP      \
@@ -368,6 +429,73 @@ static ptrdiff_t P##_gemm_step_core(int M, int N, int K, const T *A,       \
 
 FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
+
+/* The body of a float32 fused step with z in double (fl_s_gemm_step_wide_core,
+   and _gemm_avx512.h's 64-byte one), as FL_GEMM_STEP_BODY with the
+   epilogues above */
+#define FL_GEMM_WSTEP_BODY(EPI_ST, EPI_PST)                                \
+    {                                                                     \
+    enum { W = 8, NR = 16 };                                              \
+    float Bs[FL_GEMM_KC * NR] __attribute__((aligned(32)));               \
+    fl_d_ivec nw = {0};                                                   \
+    ptrdiff_t tail = 0;                                                   \
+    const fl_d_vec vstepd = FL_SPLAT_fl_d(step);                          \
+    const int kb = 0, kc = K;                                             \
+    for (int j0 = 0; j0 < N; j0 += NR) {                                  \
+        const int nc = N - j0 < NR ? N - j0 : NR;                         \
+        const float *Bp = Bs;                                             \
+        if (BP != NULL)                                                   \
+            Bp = BP + (ptrdiff_t) j0 * kc;                                \
+        else                                                              \
+            FL_GEMM_PACK(float, Bs)                                       \
+        const float *a = A;                                               \
+        if (positive) {                                                   \
+            FL_GEMM_ROWS(float, fl_s_vec, fl_s, EPI_PST)                  \
+        } else {                                                          \
+            FL_GEMM_ROWS(float, fl_s_vec, fl_s, EPI_ST)                   \
+        }                                                                 \
+    }                                                                     \
+    ptrdiff_t nnz = tail;                                                 \
+    for (int j = 0; j < 4; j++) nnz += (ptrdiff_t) nw[j];                 \
+    return nnz;                                                           \
+    }
+
+/* The float32 gradient step with the iterate in double, fused into the
+   product: Zd[i] <- OP(Zd[i] - step (A B)[i], step lam[i]) in double
+   for the M rows (A B summed in float32 as P##_gemm_step sums it; OP: ST,
+   or the one-sided threshold if positive), Z[i] <- its rounding to
+   float; returns the non-zeros of the new Zd. Needs K <= FL_GEMM_KC. B's
+   panels as in P##_gemm_core. */
+#ifdef FL_GEMM_VECTOR_EXTENSIONS
+static FL_SIMD ptrdiff_t fl_s_gemm_step_wide_core(int M, int N, int K, const float *A,
+                                                 int lda, const float *B, int ldb,
+                                                 const float *BP, double step,
+                                                 const double *lam, int positive,
+                                                 double *Zd, int ldzd, float *Z,
+                                                 int ldz)
+    FL_GEMM_WSTEP_BODY(FL_GEMM_EPI_WSTEP_ST, FL_GEMM_EPI_WSTEP_PST)
+#else
+static ptrdiff_t fl_s_gemm_step_wide_core(int M, int N, int K, const float *A, int lda,
+                                          const float *B, int ldb, const float *BP,
+                                          double step, const double *lam,
+                                          int positive, double *Zd, int ldzd,
+                                          float *Z, int ldz) {
+    ptrdiff_t nnz = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = 0;
+            double *zd = Zd + (ptrdiff_t) i * ldzd + j, v;
+            for (int k = 0; k < K; k++)
+                acc += A[(ptrdiff_t) i * lda + k] * fl_s_b_at(B, ldb, BP, N, K, k, j);
+            v = positive ? fl_d_pst(*zd - step * (double) acc, step * lam[i])
+                         : fl_d_st(*zd - step * (double) acc, step * lam[i]);
+            *zd = v;
+            Z[(ptrdiff_t) i * ldz + j] = (float) v;
+            nnz += v != 0;
+        }
+    return nnz;
+}
+#endif
 
 #include "_gemm_avx512.h"   /* the same tile at 64 bytes: P##_gemm_*core_v4 */
 #include "_gemm_avx2.h"     /* the step's epilogue in AVX2: P##_gemm_step_core_v3 */
@@ -470,6 +598,32 @@ static inline ptrdiff_t P##_gemm_packed_step(int level, int M, int N,    \
 
 FL_DEFINE_GEMM_CALLS(float, fl_s)
 FL_DEFINE_GEMM_CALLS(double, fl_d)
+
+/* The float32 step with z in double (fl_s_gemm_step_wide_core), on B itself
+   or on its panels packed by fl_s_gemm_pack; level as above */
+static inline ptrdiff_t fl_s_gemm_step_wide_run(int level, int M, int N, int K,
+        const float *A, int lda, const float *B, int ldb, const float *BP,
+        double step, const double *lam, int positive, double *Zd, int ldzd,
+        float *Z, int ldz) {
+    FL_GEMM_V4_CALL(level, return fl_s_gemm_step_wide_core_v4(M, N, K, A, lda, B,
+                    ldb, BP, step, lam, positive, Zd, ldzd, Z, ldz))
+    return fl_s_gemm_step_wide_core(M, N, K, A, lda, B, ldb, BP, step, lam,
+                                    positive, Zd, ldzd, Z, ldz);
+}
+static inline ptrdiff_t fl_s_gemm_step_wide(int level, int M, int N, int K,
+        const float *A, int lda, const float *B, int ldb, double step,
+        const double *lam, int positive, double *Zd, int ldzd, float *Z,
+        int ldz) {
+    return fl_s_gemm_step_wide_run(level, M, N, K, A, lda, B, ldb, NULL, step,
+                                   lam, positive, Zd, ldzd, Z, ldz);
+}
+static inline ptrdiff_t fl_s_gemm_packed_step_wide(int level, int M, int N, int K,
+        const float *A, int lda, const float *BP, double step,
+        const double *lam, int positive, double *Zd, int ldzd, float *Z,
+        int ldz) {
+    return fl_s_gemm_step_wide_run(level, M, N, K, A, lda, NULL, 0, BP, step,
+                                   lam, positive, Zd, ldzd, Z, ldz);
+}
 
 /* 1 if the calls above run their x86-64-v3 clone (AVX2 and FMA: a GCC 12+
    build with that clone, on a CPU that has both), the code they were

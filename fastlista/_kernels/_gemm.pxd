@@ -45,6 +45,19 @@ cdef extern from "_gemm.h":
                                      const double *BP, double step,
                                      const double *thr, int positive, double *Z,
                                      int ldz, signed char *sg, int ldsg) noexcept nogil
+    # float32 with the iterate in double (float32 ISTA's z): Zd[i] <- OP(Zd[i]
+    # - step (A B)[i], step lam[i]) in double, A B summed in float32 as in
+    # fl_s_gemm_step, Z[i] <- its rounding to float; returns the non-zeros of
+    # the new Zd (NaN counted). Needs K <= FL_GEMM_KC; BP: B packed by
+    # fl_s_gemm_pack.
+    Py_ssize_t fl_s_gemm_step_wide(int level, int M, int N, int K, const float *A, int lda,
+                                   const float *B, int ldb, double step, const double *lam,
+                                   int positive, double *Zd, int ldzd, float *Z,
+                                   int ldz) noexcept nogil
+    Py_ssize_t fl_s_gemm_packed_step_wide(int level, int M, int N, int K, const float *A,
+                                          int lda, const float *BP, double step,
+                                          const double *lam, int positive, double *Zd,
+                                          int ldzd, float *Z, int ldz) noexcept nogil
     int fl_gemm_vectorized() noexcept nogil
     int fl_gemm_v4_runs() noexcept nogil
     int fl_gemm_v3_runs() noexcept nogil
@@ -134,3 +147,4 @@ cdef inline Py_ssize_t own_gemm_packed_step(int level, int M, int N, int K, cons
                                      sg, ldsg)
     return fl_d_gemm_packed_step(level, M, N, K, A, lda, BP, step, thr, positive, Z, ldz, sg,
                                  ldsg)
+

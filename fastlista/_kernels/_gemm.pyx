@@ -24,7 +24,9 @@ SLISTA forward 0.82 in float32 and 0.95 in float64, ``loss_and_grad``
 In the solvers, the marginal dense ISTA iteration at lmbd = 0.1 on the
 paper shape (``benchmarks/test_bench_solvers.py -k "GEMM pair"``), against
 the NumPy GEMM pair (medians of 5 rounds): 0.98 through BLAS, 0.84 through
-``_gemm.h`` in float64; 1.08 and 0.84 in float32.
+``_gemm.h`` in float64; 1.08 and 0.84 in float32. float32 ISTA has since
+kept its iterate in double: its fused step (``gemm_step_wide``) widens
+each float32 tile of R D^T to double as it is stored, and steps there.
 
 With AVX-512, OpenBLAS multiplies small matrices without copying them,
 and faster than ``_gemm.h``'s 32-byte tile, which leaves half of each FMA
@@ -44,7 +46,8 @@ from libc.limits cimport INT_MAX
 
 from ._cpu import BLAS_PACKS_SMALL_CALLS
 from ._gemm cimport (FL_GEMM_AVX2, FL_GEMM_AVX512, FL_GEMM_KC, fl_gemm_v3_epilogue,
-                     fl_gemm_v3_runs, fl_gemm_v4_runs,
+                     fl_gemm_v3_runs, fl_gemm_v4_runs, fl_s_gemm_packed_step_wide,
+                     fl_s_gemm_step_wide,
                      fl_gemm_vectorized, own_gemm, own_gemm_pack, own_gemm_packed_from,
                      own_gemm_packed_size, own_gemm_packed_step, own_gemm_step)
 
@@ -270,4 +273,48 @@ def gemm_step(floating[:, :] A, floating[:, :] B, double step, floating[::1] thr
         nnz = own_gemm_step(level, m, n, k, &A[0, 0] if k > 0 else NULL, lda,
                             &B[0, 0] if k > 0 else NULL, ldb, <floating> step,
                             &thr[0], positive, &Z[0, 0], ldz, sgp, ldsg)
+    return nnz
+
+
+def gemm_step_wide(float[:, :] A, float[:, :] B, double step, const double[::1] lam,
+                   bint positive, double[:, :] Zd, float[:, :] Z, bint packed=False,
+                   int level=GEMM_AVX2):
+    """The float32 step with the iterate in double, through _gemm.h:
+    Zd[i] <- ST(Zd[i] - step (A B)[i], step lam[i]) in double in place (one-
+    sided if positive), A B summed in float32 as ``gemm_step`` sums it,
+    Z[i] <- Zd[i] rounded to float32; returns the non-zeros of the new Zd
+    (NaN counted). For the tests: A (M, K) with K <= 256 and B (K, N)
+    float32, lam (M,) and Zd (M, N) float64, Z (M, N) float32 (Zd's and Z's
+    rows distinct); ``packed`` and ``level`` as in gemm."""
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    if (B.shape[0] != K or Zd.shape[0] != M or Zd.shape[1] != N or Z.shape[0] != M
+            or Z.shape[1] != N or lam.shape[0] != M):
+        raise ValueError(f"gemm_step_wide: shapes {(M, K)} @ {(B.shape[0], N)} into "
+                         f"{(Zd.shape[0], Zd.shape[1])} and {(Z.shape[0], Z.shape[1])}, "
+                         f"{lam.shape[0]} lambdas")
+    if K > FL_GEMM_KC:
+        raise ValueError(f"gemm_step_wide: K = {K} > {FL_GEMM_KC}")
+    cdef int m = _dim("gemm_step_wide", "M", M), n = _dim("gemm_step_wide", "N", N)
+    cdef int k = <int> K
+    cdef int lda = _ld("gemm_step_wide", "A", M, K, A.strides[0], A.strides[1], 4, False)
+    cdef int ldb = _ld("gemm_step_wide", "B", K, N, B.strides[0], B.strides[1], 4, False)
+    cdef int ldzd = _ld("gemm_step_wide", "Zd", M, N, Zd.strides[0], Zd.strides[1], 8,
+                        True)
+    cdef int ldz = _ld("gemm_step_wide", "Z", M, N, Z.strides[0], Z.strides[1], 4, True)
+    cdef Py_ssize_t nnz
+    _level("gemm_step_wide", level)
+    if m == 0 or n == 0:
+        return 0
+    cdef float[::1] bp
+    if packed:
+        bp = _packed(&B[0, 0] if k > 0 else <const float *> NULL, k, n, ldb)
+        with nogil:
+            nnz = fl_s_gemm_packed_step_wide(level, m, n, k, &A[0, 0] if k > 0 else NULL,
+                                             lda, &bp[0], step, &lam[0], positive,
+                                             &Zd[0, 0], ldzd, &Z[0, 0], ldz)
+        return nnz
+    with nogil:
+        nnz = fl_s_gemm_step_wide(level, m, n, k, &A[0, 0] if k > 0 else NULL, lda,
+                                  &B[0, 0] if k > 0 else NULL, ldb, step, &lam[0],
+                                  positive, &Zd[0, 0], ldzd, &Z[0, 0], ldz)
     return nnz

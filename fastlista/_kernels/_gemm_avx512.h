@@ -144,6 +144,41 @@ typedef int64_t fl_d_ivec64 __attribute__((vector_size(64)));
 #define FL_GEMM_EPI64_STEP_PST(T, V, P, r, acc)                            \
     FL_GEMM_EPI64_STEP_##P(r, acc, FL_GEMM64_PST)
 
+/* The float32 step with z in double (_gemm.h's FL_GEMM_EPI_WSTEP) on a
+   full panel: row i + r's 16 sums widened to two vectors of 8 doubles
+   (exactly), o = OP64(Zd - step acc, step lam[i + r]) stored to Zd and,
+   rounded to float, to Z; the non-zeros (o != 0, NaN included: an
+   unordered-or-unequal comparison) counted by a popcount into tail */
+#define FL_GEMM_EPI64_WSTEP(r, acc, OP64)                                  \
+    {                                                                     \
+        double *zd = Zd + (ptrdiff_t) (i + r) * ldzd + j0;                \
+        float *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                    \
+        const __m512d vs = _mm512_set1_pd(step * lam[i + r]);             \
+        const __m512 a_ = (__m512) (acc);                                 \
+        const fl_d_vec64 d0_ = (fl_d_vec64) _mm512_cvtps_pd(              \
+            _mm512_castps512_ps256(a_));                                  \
+        const fl_d_vec64 d1_ = (fl_d_vec64) _mm512_cvtps_pd(_mm256_castpd_ps( \
+            _mm512_extractf64x4_pd(_mm512_castps_pd(a_), 1)));            \
+        fl_d_vec64 z0_, z1_;                                              \
+        memcpy(&z0_, zd, sizeof z0_);                                     \
+        memcpy(&z1_, zd + 8, sizeof z1_);                                 \
+        const __m512d o0 = OP64(pd, (__m512d) (z0_ - vstepd64 * d0_), vs); \
+        const __m512d o1 = OP64(pd, (__m512d) (z1_ - vstepd64 * d1_), vs); \
+        _mm512_storeu_pd(zd, o0);                                         \
+        _mm512_storeu_pd(zd + 8, o1);                                     \
+        _mm256_storeu_ps(z, _mm512_cvtpd_ps(o0));                         \
+        _mm256_storeu_ps(z + 8, _mm512_cvtpd_ps(o1));                     \
+        const __mmask8 k0 = _mm512_cmp_pd_mask(o0, _mm512_setzero_pd(),   \
+                                               _CMP_NEQ_UQ);              \
+        const __mmask8 k1 = _mm512_cmp_pd_mask(o1, _mm512_setzero_pd(),   \
+                                               _CMP_NEQ_UQ);              \
+        tail += __builtin_popcount((unsigned) k0 | (unsigned) k1 << 8);   \
+    }
+#define FL_GEMM_EPI64_WSTEP_ST(T, V, P, r, acc)                            \
+    FL_GEMM_EPI64_WSTEP(r, acc, FL_GEMM64_ST)
+#define FL_GEMM_EPI64_WSTEP_PST(T, V, P, r, acc)                           \
+    FL_GEMM_EPI64_WSTEP(r, acc, FL_GEMM64_PST)
+
 /* Row i + r's 64-byte vector acc of the panel at column jq (nq columns):
    the 64-byte epilogue EPI64 on a full panel, else _gemm.h's EPI on its
    halves (which handles the partial panel) */
@@ -300,6 +335,37 @@ static FL_GEMM_V4_TARGET ptrdiff_t P##_gemm_step_core_v4(                 \
 
 FL_DEFINE_GEMM_V4(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM_V4(double, fl_d_vec, fl_d)
+
+/* fl_s_gemm_step_wide_core (_gemm.h), 64-byte tile; a partial panel
+   through _gemm.h's epilogue (whose vector counter nw stays zero here) */
+static FL_GEMM_V4_TARGET ptrdiff_t fl_s_gemm_step_wide_core_v4(
+        int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+        const float *BP, double step, const double *lam, int positive,
+        double *Zd, int ldzd, float *Z, int ldz) {
+    enum { W = 8, NR = 16 };
+    float Bs[2 * FL_GEMM_KC * NR] __attribute__((aligned(64)));
+    fl_d_ivec nw = {0};
+    ptrdiff_t tail = 0;
+    const fl_d_vec vstepd = FL_SPLAT_fl_d(step);
+    const fl_d_vec64 vstepd64 = FL_SPLAT64_fl_d(step);
+    const int kb = 0, kc = K;
+    const ptrdiff_t Np = 0;                 /* one K panel: kb Np = 0 */
+    for (int jp = 0; jp < N; jp += 2 * NR) {
+        const int nc0 = N - jp < NR ? N - jp : NR;
+        const int nc1 = N - jp - NR < NR ? N - jp - NR : NR;
+        FL_GEMM_PANELS_V4(float)
+        const float *a = A;
+        if (positive)
+            FL_GEMM_PAIR_V4(float, fl_s_vec, fl_s, FL_GEMM_EPI_WSTEP_PST,
+                            FL_GEMM_EPI64_WSTEP_PST)
+        else
+            FL_GEMM_PAIR_V4(float, fl_s_vec, fl_s, FL_GEMM_EPI_WSTEP_ST,
+                            FL_GEMM_EPI64_WSTEP_ST)
+    }
+    ptrdiff_t nnz = tail;
+    for (int j = 0; j < 4; j++) nnz += (ptrdiff_t) nw[j];
+    return nnz;
+}
 
 #else
 static inline int fl_gemm_v4_runs(void) { return 0; }

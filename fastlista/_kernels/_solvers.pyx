@@ -55,7 +55,8 @@ from libc.string cimport memcpy
 from ._blas cimport gemm, axpy, dot
 from ._blocks cimport (TABLE_DOMAIN as _TABLE_DOMAIN, in_main_thread, raise_interrupt,
                       run_blocks, table_alloc, table_free)
-from ._gemm cimport FL_GEMM_KC, own_gemm_packed_from, own_gemm_packed_step
+from ._gemm cimport (FL_GEMM_KC, fl_s_gemm_packed_step_wide, own_gemm_packed_from,
+                     own_gemm_packed_step)
 from ._gap cimport lasso_gap
 from ._prox cimport threshold
 from ._lipschitz cimport support_lipschitz, exact_lipschitz
@@ -105,7 +106,7 @@ cdef struct ProxWork:
     void *Gz        # (nb_max, m) FISTA: gradient at z, for the gap
     void *row       # (m,) the candidate z+
     void *dD        # (n,) backtracking: d D
-    void *thr       # (nb_max,) ISTA's fused step: each slot's lmbd / L
+    void *thr       # (nb_max,) float64 ISTA's fused step: each slot's lmbd / L
     double *aux     # (nb_max,) FISTA momentum, OISTA L_S, backtracking step
     double *lmbd    # (nb_max,) each slot's lmbd
     double *xx      # (nb_max,) each slot's ||x||^2
@@ -474,22 +475,28 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
     while True:
         P = Yb if method == FISTA else Zb
         check = c.record or it == c.max_iter or (c.tol > 0 and it % c.gap_freq == 0)
-        if (method == ISTA and w.Zd == NULL and not check and c.own_gemm
-                and n <= FL_GEMM_KC
+        if (method == ISTA and not check and c.own_gemm and n <= FL_GEMM_KC
                 and (form_for(znnz, nb, m, n) if znnz >= 0
                      else gradient_form(Zb, nb, m, n)) == FORM_RESIDUAL):
             # R = Z D - X, then z <- ST(z - (R D^T) / L, lmbd / L) taken on
             # each tile of R D^T as _gemm.h stores it (G is not written):
             # the step of the loop below, one pass over the block less
             step = 1 / L
-            for s in range(nb):
-                thr_b[s] = <floating> (w.lmbd[s] * step)
             block_residual(Zb, nb, Xb, D, Dp, m, n, c.own_gemm, R)
             # the step counts the non-zeros of the new z: the next
             # iteration's choice of form needs no pass of its own
-            znnz = own_gemm_packed_step(c.own_gemm, nb, <int> m, <int> n, R, <int> n,
-                                        DTp, <floating> step, thr_b, c.positive, Zb,
-                                        <int> m, NULL, 0)
+            if floating is float:
+                # float32: the step of ista_step_double, z in double (Zd),
+                # its rounding into Zb for the next product
+                znnz = fl_s_gemm_packed_step_wide(c.own_gemm, nb, <int> m, <int> n, R,
+                                                  <int> n, DTp, step, w.lmbd, c.positive,
+                                                  w.Zd, <int> m, Zb, <int> m)
+            else:
+                for s in range(nb):
+                    thr_b[s] = w.lmbd[s] * step
+                znnz = own_gemm_packed_step(c.own_gemm, nb, <int> m, <int> n, R, <int> n,
+                                            DTp, step, thr_b, c.positive, Zb, <int> m,
+                                            NULL, 0)
             it = it + 1
             continue
         znnz = -1       # Zb (and nb) change below
@@ -745,7 +752,8 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     fista, oista = method == FISTA, method == OISTA
     # per-thread workspaces: (name, size) in the storage dtype and in double
     fsizes = [bm, bn, bm, bm, bn, bm if fista else 0, bm if fista else 0, m, n,
-              block_size if method == ISTA else 0, bm if oista else 0]
+              block_size if method == ISTA and floating is double else 0,
+              bm if oista else 0]
     # float32 FISTA keeps its iterates z and y in double: stored in float32
     # they stalled on correlated atoms (relative gaps of 1e-5 after 5e4
     # iterations, where float64 certifies 1e-6 within 9e3 and the float32
@@ -755,7 +763,7 @@ def prox_grad(str method_name, const floating[:, ::1] X,
     # Gaussian 40 x 20 atoms at lmbd = 0.2, 49 of 100 samples certified
     # 1e-6 in 1e4 iterations, 77 with z in double, as in float64), and
     # OISTA (188 of 200 in 1e5; 196 in double, 198 in float64). ISTA's fused
-    # step (below), which writes z in float32, is left to float64
+    # step takes its step in double there (_gemm.h: fl_s_gemm_step_wide)
     wide = (fista or oista or method == ISTA) and floating is float
     dsizes = [block_size, block_size, block_size, bm if oista else 0,
               m if oista else 0, m if oista else 0,
