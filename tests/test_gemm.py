@@ -454,6 +454,31 @@ def test_gemm_step_wide_zero_and_infinite_thresholds_and_nan(level):
     assert n == np.count_nonzero(Zd)
 
 
+@pytest.mark.skipif(not _gemm.AVX2_EPILOGUE,
+                    reason="the AVX2 epilogue is not compiled or the CPU lacks AVX2")
+@pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])
+def test_avx2_wide_step_epilogue_equals_the_vector_extension_one_bit_for_bit(packed):
+    # _gemm_avx2.h's epilogue of the float32 step with z in double against
+    # _gemm.h's: the same codes in double and float32 and the same count
+    for A, B, C0 in tile_cases(np.float32, 14):
+        M, K = A.shape
+        if K > 256:
+            continue
+        lam = step_thresholds(M, np.float64, M + K)
+        Zd0 = C0.astype(np.float64) / 3
+        for positive in (False, True):
+            out = []
+            for on in (True, False):
+                previous = _gemm.use_avx2_epilogue(on)
+                try:
+                    out.append(wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2))
+                finally:
+                    _gemm.use_avx2_epilogue(previous)
+            assert out[0][0] == out[1][0] == np.count_nonzero(out[0][1])
+            for got, want in zip(out[0][1:], out[1][1:]):
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 @pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
                     reason="the 64-byte tile is not compiled or the CPU lacks AVX-512")
 @pytest.mark.parametrize("packed", [False, True], ids=["B", "packed"])

@@ -607,6 +607,8 @@ static inline ptrdiff_t fl_s_gemm_step_wide_run(int level, int M, int N, int K,
         float *Z, int ldz) {
     FL_GEMM_V4_CALL(level, return fl_s_gemm_step_wide_core_v4(M, N, K, A, lda, B,
                     ldb, BP, step, lam, positive, Zd, ldzd, Z, ldz))
+    FL_GEMM_V3_CALL(level, return fl_s_gemm_step_wide_core_v3(M, N, K, A, lda, B,
+                    ldb, BP, step, lam, positive, Zd, ldzd, Z, ldz))
     return fl_s_gemm_step_wide_core(M, N, K, A, lda, B, ldb, BP, step, lam,
                                     positive, Zd, ldzd, Z, ldz);
 }

@@ -2,6 +2,7 @@
 #ifndef FASTLISTA_GEMM_AVX2_H
 #define FASTLISTA_GEMM_AVX2_H
 /* P##_gemm_step_core_v3 computes what P##_gemm_step_core (_gemm.h)
+   computes, and fl_s_gemm_step_wide_core_v3 what fl_s_gemm_step_wide_core
    computes, with the same tile and the same operations in the same order,
    the epilogue of a full panel written in AVX2 intrinsics: the same values,
    bit for bit (tests/test_gemm.py).
@@ -140,6 +141,57 @@ static FL_GEMM_V3_TARGET ptrdiff_t P##_gemm_step_core_v3(                 \
 
 FL_DEFINE_GEMM_V3(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM_V3(double, fl_d_vec, fl_d)
+
+/* The float32 step with z in double (_gemm.h's FL_GEMM_EPI_WSTEP) on a
+   full panel, in AVX2: each 8-float vector of row i + r widened to two
+   vectors of 4 doubles (exactly), o = OP32(Zd - step acc, step lam[i + r])
+   stored to Zd and, rounded to float, to Z; the non-zeros (o != 0, NaN
+   included: an unordered-or-unequal comparison) counted by one popcount
+   of the four comparisons' masks into tail. A partial panel through
+   _gemm.h's epilogue. */
+#define FL_GEMM32_WIDE_QUARTER(q, d, OP32, mask)                           \
+    {                                                                     \
+        fl_d_vec zq_;                                                     \
+        memcpy(&zq_, zd + 4 * (q), sizeof zq_);                           \
+        const __m256d o_ = OP32(pd, (__m256d) (zq_ - vstepd * (fl_d_vec) (d)), vs); \
+        _mm256_storeu_pd(zd + 4 * (q), o_);                               \
+        _mm_storeu_ps(z + 4 * (q), _mm256_cvtpd_ps(o_));                  \
+        mask |= (unsigned) _mm256_movemask_pd(                            \
+            _mm256_cmp_pd(o_, _mm256_setzero_pd(), _CMP_NEQ_UQ)) << 4 * (q); \
+    }
+#define FL_GEMM_EPI32_WSTEP(T, V, P, r, acc0, acc1, OP32, VOP, OP)         \
+    {                                                                     \
+        if (nc == NR) {                                                   \
+            double *zd = Zd + (ptrdiff_t) (i + r) * ldzd + j0;            \
+            float *z = Z + (ptrdiff_t) (i + r) * ldz + j0;                \
+            const __m256d vs = _mm256_set1_pd(step * lam[i + r]);         \
+            const __m256 a0_ = (__m256) (acc0), a1_ = (__m256) (acc1);    \
+            unsigned m_ = 0;                                              \
+            FL_GEMM32_WIDE_QUARTER(0, _mm256_cvtps_pd(_mm256_castps256_ps128(a0_)), \
+                                   OP32, m_)                              \
+            FL_GEMM32_WIDE_QUARTER(1, _mm256_cvtps_pd(_mm256_extractf128_ps(a0_, 1)), \
+                                   OP32, m_)                              \
+            FL_GEMM32_WIDE_QUARTER(2, _mm256_cvtps_pd(_mm256_castps256_ps128(a1_)), \
+                                   OP32, m_)                              \
+            FL_GEMM32_WIDE_QUARTER(3, _mm256_cvtps_pd(_mm256_extractf128_ps(a1_, 1)), \
+                                   OP32, m_)                              \
+            tail += __builtin_popcount(m_);                               \
+        } else {                                                          \
+            FL_GEMM_EPI_WSTEP(T, V, P, r, acc0, acc1, VOP, OP)            \
+        }                                                                 \
+    }
+#define FL_GEMM_EPI32_WSTEP_ST(T, V, P, r, acc0, acc1)                     \
+    FL_GEMM_EPI32_WSTEP(T, V, P, r, acc0, acc1, FL_GEMM32_ST, FL_VST, fl_d_st)
+#define FL_GEMM_EPI32_WSTEP_PST(T, V, P, r, acc0, acc1)                    \
+    FL_GEMM_EPI32_WSTEP(T, V, P, r, acc0, acc1, FL_GEMM32_PST, FL_VPST, fl_d_pst)
+
+/* fl_s_gemm_step_wide_core with the epilogue above (its vector counter,
+   used by _gemm.h's epilogue on full panels only, stays zero) */
+static FL_GEMM_V3_TARGET ptrdiff_t fl_s_gemm_step_wide_core_v3(
+        int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+        const float *BP, double step, const double *lam, int positive,
+        double *Zd, int ldzd, float *Z, int ldz)
+    FL_GEMM_WSTEP_BODY(FL_GEMM_EPI32_WSTEP_ST, FL_GEMM_EPI32_WSTEP_PST)
 
 #else
 static inline int fl_gemm_v3_runs(void) { return 0; }
