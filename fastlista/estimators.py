@@ -30,7 +30,7 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin,
                           TransformerMixin)
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._lasso import lasso_objective
+from ._lasso import check_atom_span, lasso_objective
 from . import dictionary as _dictionary
 from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
@@ -267,6 +267,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=True)
         D = self._check_dictionary()
         self._check_features(X, D)
+        check_atom_span(D.astype(X.dtype, copy=False), "dictionary")
         self.components_ = D
         self.n_components_ = D.shape[0]
         return self
@@ -293,6 +294,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         D = self._check_dictionary(dtype=X.dtype)
         self._check_features(X, D)
+        check_atom_span(D, "dictionary")
         result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
                              max_iter=self.max_iter, n_jobs=self.n_jobs,
                              positive=self.positive_code)

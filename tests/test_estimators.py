@@ -242,6 +242,26 @@ def test_lasso_coder_messages():
         LassoSparseCoder(np.full_like(D, np.nan)).fit(X)
 
 
+def test_lasso_coder_names_a_dictionary_whose_atoms_span_too_wide_a_range():
+    """A dictionary one scale cannot hold (an atom 1e-35 of the largest,
+    beyond float32's 2**-103, within float64's 2**-970) is refused as the
+    solvers refuse such a D, naming ``dictionary`` (the message said "D's
+    atoms"): by fit for float32 data, by transform for float32 data after
+    a fit on float64."""
+    X, D = problem(seed=6)
+    D = D.copy()
+    D[1] *= 1e-35
+    coder = LassoSparseCoder(D, alpha=0.3).fit(X)        # float64: within its span
+    Z = coder.transform(X)
+    # the tiny atom's code is on its own scale: 1e35 times a unit atom's
+    assert_allclose(Z, lasso_oracle(X, D, 0.3), rtol=1e-6, atol=1e-9 * np.abs(Z).max())
+    X32 = X.astype(np.float32)
+    for call in (lambda: LassoSparseCoder(D, alpha=0.3).fit(X32), lambda: coder.transform(X32)):
+        with pytest.raises(ValueError, match=r"^dictionary's atoms span too wide a range "
+                                             r"of magnitudes for float32.*atom 1's largest"):
+            call()
+
+
 def test_lasso_coder_in_pipeline(digits):
     X, y, D = digits
     Xtr, ytr, Xte, yte = X[:800], y[:800], X[800:], y[800:]
