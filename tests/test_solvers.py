@@ -191,14 +191,17 @@ def test_ista_from_dense_codes_to_sparse_matches_numpy(own_gemm, dtype, monkeypa
 
 @pytest.mark.parametrize("own_gemm", [k for k in GEMM_KERNELS if k], ids=GEMM_IDS)
 @pytest.mark.parametrize("positive", [False, True], ids=["signed", "positive"])
-def test_fused_ista_step_is_the_unfused_one(own_gemm, positive, dtype, monkeypatch):
+@pytest.mark.parametrize("n_atoms", [96, 90])
+def test_fused_ista_step_is_the_unfused_one(own_gemm, positive, n_atoms, dtype, monkeypatch):
     """With fastlista's GEMM, an ISTA iteration that checks no gap takes its
     step as the tiles of R D^T are stored (float32: in double, as float32
     ISTA keeps z); one that checks its gap (every one, with
     record_history) takes it from G in a pass of its own. The two runs,
-    iterate for iterate, end within the rounding of the codes' dtype."""
+    iterate for iterate, end within the rounding of the codes' dtype (90
+    atoms: a partial panel of 10 columns after five full ones)."""
     monkeypatch.setattr(fastlista._solvers, "_OWN_GEMM", own_gemm)
-    X, D = _residual_form_problem(dtype)
+    X, D = ref.make_problem(300, 16, n_atoms, seed=5)
+    X, D = X.astype(dtype), D.astype(dtype)
     lm = np.random.default_rng(2).uniform(0.02, 0.08, X.shape[0]).astype(dtype)
     runs = [solve_lasso(X, D, lm, method="ista", tol=0.0, max_iter=40, positive=positive,
                         record_history=record) for record in (False, True)]
