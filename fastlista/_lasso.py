@@ -97,10 +97,11 @@ def _shift(e, limit):
     return np.where(np.abs(e - 1) > limit, e - 1, 0)
 
 
-def check_atom_range(D, eb, name="D"):
+def check_atom_range(D, eb, name="D", widen="D"):
     """Raise ValueError when a non-zero atom of D, scaled by 2**-eb, has its
     largest entry below 2**(minexp + nmant) (float64: 2**-970, float32:
-    2**-103); the message calls D ``name``.
+    2**-103); the message calls D ``name``, and advises float32 callers to
+    pass ``widen`` in float64 (the argument whose dtype sets the solve's).
 
     Below that, its entries are subnormal or 0 and its products with the
     residual lose their digits: an atom 1e400 times smaller than the largest
@@ -119,18 +120,19 @@ def check_atom_range(D, eb, name="D"):
         raise ValueError(
             f"{name}'s atoms span too wide a range of magnitudes for {D.dtype}: its "
             f"largest entry is {top.max():.3g} and atom {i}'s largest is {top[i]:.3g}. "
-            f"Codes are solved and certified at one scale of D, at which that atom "
+            f"Codes are solved and certified at one scale of {name}, at which that atom "
             f"would fall below 2**{floor}, where {D.dtype} keeps no full precision; "
             f"the span allowed is about 2**{eatom.max() - eb - 1 - floor}. Rescale the "
             f"atoms (unit norm, say: codes scale inversely)"
-            + (" or pass D in float64." if D.dtype == np.float32 else "."))
+            + (f" or pass {widen} in float64." if D.dtype == np.float32 else "."))
 
 
-def check_atom_span(D, name="D"):
+def check_atom_span(D, name="D", widen="D"):
     """``check_atom_range`` at the scale ``Scaled.of`` gives D (D's dtype
     that of the data): where a public function takes D under another
-    name, the error names it."""
-    check_atom_range(D, int(_shift(int(_top_exponent(D)), SCALE_LIMIT[D.dtype])), name)
+    name, the error names it (``name``, ``widen``)."""
+    check_atom_range(D, int(_shift(int(_top_exponent(D)), SCALE_LIMIT[D.dtype])), name,
+                     widen)
 
 
 @dataclass

@@ -267,7 +267,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=True)
         D = self._check_dictionary()
         self._check_features(X, D)
-        check_atom_span(D.astype(X.dtype, copy=False), "dictionary")
+        check_atom_span(D.astype(X.dtype, copy=False), "dictionary", widen="X")
         self.components_ = D
         self.n_components_ = D.shape[0]
         return self
@@ -294,7 +294,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         D = self._check_dictionary(dtype=X.dtype)
         self._check_features(X, D)
-        check_atom_span(D, "dictionary")
+        check_atom_span(D, "dictionary", widen="X")
         result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
                              max_iter=self.max_iter, n_jobs=self.n_jobs,
                              positive=self.positive_code)

@@ -147,4 +147,3 @@ cdef inline Py_ssize_t own_gemm_packed_step(int level, int M, int N, int K, cons
                                      sg, ldsg)
     return fl_d_gemm_packed_step(level, M, N, K, A, lda, BP, step, thr, positive, Z, ldz, sg,
                                  ldsg)
-
