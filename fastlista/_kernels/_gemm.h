@@ -23,7 +23,9 @@
    AVX2 and AVX-512 clones; the baseline one rounds a product and a sum).
    K is cut into panels of at most FL_GEMM_KC, beta applies to the first.
    The dense layers' gradient step is fused into the product
-   (P##_gemm_step): each tile is thresholded as it is stored.
+   (P##_gemm_step): each tile is thresholded as it is stored; float32
+   ISTA's, whose iterate is in double, widens each tile to double first
+   (fl_s_gemm_step_wide).
 
    Packed once: B is a parameter matrix, the same for every block of rows
    of a call, and the copy of its panels is the same each time (at 256 x
@@ -431,8 +433,8 @@ FL_DEFINE_GEMM(float, fl_s_vec, fl_s)
 FL_DEFINE_GEMM(double, fl_d_vec, fl_d)
 
 /* The body of a float32 fused step with z in double (fl_s_gemm_step_wide_core,
-   and _gemm_avx512.h's 64-byte one), as FL_GEMM_STEP_BODY with the
-   epilogues above */
+   and _gemm_avx2.h's fl_s_gemm_step_wide_core_v3 with its own epilogues),
+   as FL_GEMM_STEP_BODY with the epilogues above */
 #define FL_GEMM_WSTEP_BODY(EPI_ST, EPI_PST)                                \
     {                                                                     \
     enum { W = 8, NR = 16 };                                              \
