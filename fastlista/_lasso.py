@@ -127,12 +127,17 @@ def check_atom_range(D, eb, name="D", widen="D"):
             + (f" or pass {widen} in float64." if D.dtype == np.float32 else "."))
 
 
+def _dictionary_exponent(D, limit):
+    """eb: D in units of 2**eb has its largest entry within 2**+-limit (0
+    where it already is)."""
+    return int(_shift(int(_top_exponent(D)), limit))
+
+
 def check_atom_span(D, name="D", widen="D"):
     """``check_atom_range`` at the scale ``Scaled.of`` gives D (D's dtype
     that of the data): where a public function takes D under another
     name, the error names it (``name``, ``widen``)."""
-    check_atom_range(D, int(_shift(int(_top_exponent(D)), SCALE_LIMIT[D.dtype])), name,
-                     widen)
+    check_atom_range(D, _dictionary_exponent(D, SCALE_LIMIT[D.dtype]), name, widen)
 
 
 @dataclass
@@ -179,8 +184,7 @@ class Scaled:
         """
         limit = SCALE_LIMIT[X.dtype]
         ex = _top_exponent(X, axis=1)
-        ed = int(_top_exponent(D))
-        eb = int(_shift(ed, limit))
+        eb = _dictionary_exponent(D, limit)
         if check_atoms:
             check_atom_range(D, eb)
         if Z is None or not Z.size:
