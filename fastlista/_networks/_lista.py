@@ -468,7 +468,7 @@ class Lista:
         # in the network's dtype: a float32 network's gradient beyond
         # float32's range is refused as a non-finite one
         with np.errstate(over="ignore"):
-            grads = {k: g.astype(self.dtype) for k, g in grads.items()}
+            grads = {k: g.astype(self.dtype, copy=False) for k, g in grads.items()}
         bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
         if not np.isfinite(value) or bad:
             raise FloatingPointError(
