@@ -81,8 +81,8 @@ def use_avx2_epilogue(bint on):
     """Whether this module's level-3 ``gemm_step`` and ``gemm_step_wide``
     calls take the AVX2 epilogue where the CPU runs it (``on``, the
     default) or _gemm.h's vector-extension one: the tests compare the two
-    bit for bit. Returns
-    the previous setting; the kernels' own calls are not affected."""
+    bit for bit. Returns the previous setting; the kernels' own calls are
+    not affected."""
     global fl_gemm_v3_epilogue
     previous = bool(fl_gemm_v3_epilogue)
     fl_gemm_v3_epilogue = on

@@ -35,17 +35,17 @@ driver, _blocks.pxd); each block runs all its iterations before the next
   * a gather of the rows of B of the non-zeros of P    (2 m nnz(P) flops),
 whichever is cheapest. Where BLAS would pack the operands of every call
 (AVX2 OpenBLAS) the two GEMM forms run through fastlista's own GEMM
-(_gemm.h, as the networks' dense layers do), and a float64 ISTA iteration
-that checks no gap takes its step as the second product stores each tile:
+(_gemm.h, as the networks' dense layers do), and an ISTA iteration that
+checks no gap takes its step as the second product stores each tile:
 z <- ST(z - (R D^T) / L, lmbd / L), G never written (float32 ISTA, FISTA
 and OISTA keep their iterates in double, rounded to float32 for the
-products). Every `gap_freq` iterations the duality gap of each sample is
-computed from the gradient at z in O(m) (_gap.pxd; no extra product for
-ISTA, OISTA and backtracking; one for FISTA, whose gradient is at y), and
-a sample whose gap is
-<= tol * 1/2 ||x||^2 leaves its block. That gap only decides when to stop:
-the result is certified afterwards from the returned codes (_certify.pyx).
-A NaN gap never stops a sample.
+products: float32 ISTA's step widens each tile to double). Every
+`gap_freq` iterations the duality gap of each sample is computed from the
+gradient at z in O(m) (_gap.pxd; no extra product for ISTA, OISTA and
+backtracking; one for FISTA, whose gradient is at y), and a sample whose
+gap is <= tol * 1/2 ||x||^2 leaves its block. That gap only decides when
+to stop: the result is certified afterwards from the returned codes
+(_certify.pyx). A NaN gap never stops a sample.
 """
 import numpy as np
 from cython cimport floating
