@@ -397,6 +397,26 @@ def wide_step(A, B, lam, positive, Zd0, packed, level, step=0.3):
     return n, Zd, Z
 
 
+def wide_cases(seed):
+    """(A, B, lam, Zd0, positive) for the step with z in double: tile_cases
+    within one panel (K <= 256), a zero threshold, both thresholds."""
+    for A, B, C0 in tile_cases(np.float32, seed):
+        M, K = A.shape
+        if K > 256:
+            continue
+        lam = step_thresholds(M, np.float64, M + K)
+        for positive in (False, True):
+            yield A, B, lam, C0.astype(np.float64) / 3, positive
+
+
+def assert_same_wide_step(got, want):
+    """Two wide steps' counts, double codes and float32 codes (bit for bit)
+    equal."""
+    assert got[0] == want[0]
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+
+
 @pytest.mark.parametrize("positive", [False, True])
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 19, 5), (13, 32, 64), (250, 256, 64),
                                      (6, 40, 256), (29, 40, 70), (5, 3, 0)])
@@ -460,23 +480,16 @@ def test_gemm_step_wide_zero_and_infinite_thresholds_and_nan(level):
 def test_avx2_wide_step_epilogue_equals_the_vector_extension_one_bit_for_bit(packed):
     # _gemm_avx2.h's epilogue of the float32 step with z in double against
     # _gemm.h's: the same codes in double and float32 and the same count
-    for A, B, C0 in tile_cases(np.float32, 14):
-        M, K = A.shape
-        if K > 256:
-            continue
-        lam = step_thresholds(M, np.float64, M + K)
-        Zd0 = C0.astype(np.float64) / 3
-        for positive in (False, True):
-            out = []
-            for on in (True, False):
-                previous = _gemm.use_avx2_epilogue(on)
-                try:
-                    out.append(wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2))
-                finally:
-                    _gemm.use_avx2_epilogue(previous)
-            assert out[0][0] == out[1][0] == np.count_nonzero(out[0][1])
-            for got, want in zip(out[0][1:], out[1][1:]):
-                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    for A, B, lam, Zd0, positive in wide_cases(14):
+        out = []
+        for on in (True, False):
+            previous = _gemm.use_avx2_epilogue(on)
+            try:
+                out.append(wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2))
+            finally:
+                _gemm.use_avx2_epilogue(previous)
+        assert out[0][0] == np.count_nonzero(out[0][1])
+        assert_same_wide_step(*out)
 
 
 @pytest.mark.skipif(_gemm.GEMM_AVX512 not in _gemm.GEMM_KERNELS,
@@ -486,18 +499,9 @@ def test_64_byte_wide_step_equals_the_32_byte_one_bit_for_bit(packed):
     # the float32 step with z in double: the same sums, the same double
     # epilogue (widened by a conversion, thresholds by min and max against
     # selects), every remainder, NaN and inf in A, a zero threshold
-    for A, B, C0 in tile_cases(np.float32, 13):
-        M, K = A.shape
-        if K > 256:
-            continue
-        lam = step_thresholds(M, np.float64, M + K)
-        Zd0 = C0.astype(np.float64) / 3
-        for positive in (False, True):
-            n4, Zd4, Z4 = wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX512)
-            n3, Zd3, Z3 = wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2)
-            assert n4 == n3
-            np.testing.assert_array_equal(Zd4.view(np.uint8), Zd3.view(np.uint8))
-            np.testing.assert_array_equal(Z4.view(np.uint8), Z3.view(np.uint8))
+    for A, B, lam, Zd0, positive in wide_cases(13):
+        assert_same_wide_step(wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX512),
+                              wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2))
 
 
 def repeated_rows(A, n_rows):
