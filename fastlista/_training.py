@@ -46,7 +46,14 @@ brings the stage's starting loss into [0.5, 1): the minimiser does not
 change, the scaling is exact, and neither optimiser's arithmetic under- or
 overflows on data of extreme scale (a loss of 1e-300 has squared gradients
 of 1e-600, which L-BFGS-B would take for 0). The history records the loss
-itself.
+itself. Data so small that their loss falls below the smallest double
+(float64 signals below about 1e-160) are trained on in units where it does
+not: the kernels' layers are homogeneous in (x, lmbd), so :func:`fit_network`
+trains on the data times 2**-e (e < 0; ``TrainingData.exponent``), whose
+loss is the data's times 4**-e, exactly, and the network it returns is the
+one trained on data of ordinary scale; its history holds the losses times
+4**e, the loss itself rounded to float64 (subnormal or 0 there). (They
+trained nothing: every loss and gradient was 0.)
 
 An iteration is accepted only if its loss and gradient are finite and its
 loss is not above the last accepted one, so the history of a stage never
@@ -86,12 +93,13 @@ class _Objective:
     """``evaluate`` at one depth, guarded and scaled.
 
     Returns (inf, 0) for a non-finite point, else the loss and gradient times
-    2**shift (see :meth:`calibrate`); remembers the loss itself of the last
-    finite evaluation.
+    2**shift (see :meth:`calibrate`); remembers the loss of the last finite
+    evaluation (``evaluate``'s, times 2**-loss_exponent the loss itself).
     """
 
-    def __init__(self, evaluate, depth, lower):
+    def __init__(self, evaluate, depth, lower, loss_exponent):
         self.evaluate, self.depth, self.lower = evaluate, depth, lower
+        self.loss_exponent = loss_exponent
         self.shift = 0
         self._last_x = None
         self._last_loss = np.inf
@@ -125,8 +133,8 @@ class _Objective:
         return float(f_s), g_s
 
     def loss(self, x):
-        """The loss itself at x (inf when non-finite), evaluated only if x is
-        not the last point evaluated."""
+        """``evaluate``'s loss at x (inf when non-finite), evaluated only if x
+        is not the last point evaluated."""
         if self._last_x is None or not np.array_equal(x, self._last_x):
             if not np.isfinite(self(x)[0]):
                 return np.inf
@@ -161,7 +169,8 @@ def _lbfgs(obj, x0, max_iter, tol, history, verbose):
         accepted["x"] = xk.copy()
         history.append(f)
         if verbose:
-            print(f"[Lista.fit] lbfgs iteration {len(history) - 1}: loss {f:.10g}")
+            print(f"[Lista.fit] lbfgs iteration {len(history) - 1}: "
+                  f"loss {np.ldexp(f, obj.loss_exponent):.10g}")
         if _stalled(f0, history[-2], f, tol):
             raise StopIteration
 
@@ -199,7 +208,8 @@ def _gd(obj, x0, max_iter, tol, history, verbose):
         x, g = x_new, g_new
         history.append(obj.loss(x))
         if verbose:
-            print(f"[Lista.fit] gd iteration {it + 1}: loss {history[-1]:.10g} "
+            print(f"[Lista.fit] gd iteration {it + 1}: "
+                  f"loss {np.ldexp(history[-1], obj.loss_exponent):.10g} "
                   f"(rate {rate:.3g})")
         if _stalled(f0, history[-2], history[-1], tol):
             break
@@ -207,7 +217,7 @@ def _gd(obj, x0, max_iter, tol, history, verbose):
 
 
 def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
-          per_layer="oneshot", verbose=False, func="Lista.fit"):
+          per_layer="oneshot", verbose=False, func="Lista.fit", loss_exponent=0):
     """Optimise ``net``'s parameters over ``evaluate``, rolling back blow-ups.
 
     ``oneshot`` is one stage on the output loss; ``recursive`` trains layers
@@ -235,6 +245,10 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         As in :meth:`fastlista.Lista.fit` (validated here).
     func : str
         The public caller, for error and warning messages.
+    loss_exponent : int, default=0
+        ``evaluate`` computes the loss and gradient times 2**-loss_exponent
+        (data in units of a power of two): the history records its losses
+        times 2**loss_exponent, the loss itself (rounded to float64).
 
     Returns
     -------
@@ -261,7 +275,8 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         with np.errstate(over="ignore"):
             x0 = net.training_vector(depth)
         # (a parameter set below the floor keeps its own value as bound)
-        obj = _Objective(evaluate, depth, np.minimum(net.training_bounds(depth), x0))
+        obj = _Objective(evaluate, depth, np.minimum(net.training_bounds(depth), x0),
+                         loss_exponent)
         first = len(history)
         x = run(obj, x0, n_iter, tol, history, verbose)
         # the history holds the stage's starting loss if it was finite, then
@@ -302,7 +317,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
             "and rolled the parameters back to a finite point: the start of the "
             "stage that met it.", TrainingWarning,
             stacklevel=3)
-    return [float(v) for v in history]
+    return [float(v) for v in np.ldexp(history, loss_exponent)]
 
 
 def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **options):
@@ -326,12 +341,15 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **opti
     with kernel_threads(net.n_jobs, "Lista.fit"):
         data = trial.training_data(X, loss=loss, Z_target=Z_target, lmbd=lmbd,
                                    func="Lista.fit")
+        # data whose loss would underflow, in units where it does not
+        e = data.exponent()
+        data = data.scaled(e)
 
         def evaluate(x, depth):
             trial.set_training_vector(x, depth)
             return trial.training_loss_and_grad(data, depth)
 
-        history = train(work, evaluate, func="Lista.fit", **options)
+        history = train(work, evaluate, func="Lista.fit", loss_exponent=2 * e, **options)
     # the arrays themselves (validated, in the network's dtype), not their
     # round trip through the training vector: untrained layers stay bit for
     # bit those handed in

@@ -34,7 +34,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._networks import Lista
+from ._networks import Lista, TrainingData
 from ._solvers import CERTIFIABLE_TOL, METHODS, LassoResult, solve_lasso as _solve
 from ._threads import kernel_threads
 from ._training import train
@@ -400,8 +400,9 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
 # fit
 # ---------------------------------------------------------------------------
 
-def _chunk_loss_grad(net, x, depth, X, loss, Z_target, lam):
-    """Summed (not mean) loss and flat gradient of one chunk at a depth.
+def _chunk_loss_grad(net, x, depth, X, loss, Z_target, lam, e):
+    """Summed (not mean) loss and flat gradient of one chunk at a depth, on
+    the chunk's data times 2**-e (the whole array's training units).
 
     Runs on a worker, on a private copy of the network (the worker's copy is
     shared by the tasks it runs, maybe on several threads). Returns
@@ -410,10 +411,28 @@ def _chunk_loss_grad(net, x, depth, X, loss, Z_target, lam):
     local = copy.copy(net)
     local.set_training_vector(x, depth)
     data = local.training_data(X, loss, Z_target, None if lam is None else lam[:, 0],
-                               func="fastlista.distributed.fit")
+                               func="fastlista.distributed.fit").scaled(e)
     value, grad = local.training_loss_and_grad(data, depth)
     n = data.n_samples
     return n * float(value), n * grad
+
+
+def _extremes(*chunks):
+    """The largest and smallest entry of each chunk (None: skipped)."""
+    return [(np.max(c), np.min(c)) for c in chunks if c is not None]
+
+
+def _training_exponent(blocks, net, X_dtype):
+    """The e of :meth:`TrainingData.exponent` for the whole array, from the
+    extremes of its (non-empty) chunks of X and the targets, computed once:
+    every chunk trains on its data times 2**-e, as :meth:`Lista.fit` does
+    on local data."""
+    dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X_dtype)), net.D))
+    parts = dask.compute(*[dask.delayed(_extremes, pure=True)(xb, zb)
+                           for xb, zb, _ in blocks])
+    X_ext = np.array([part[0] for part in parts], dtype=dtype)
+    S_ext = np.array([part[1] for part in parts if len(part) > 1], dtype=dtype)
+    return TrainingData(X_ext, None, "supervised", S_ext if S_ext.size else None).exponent()
 
 
 def _add(a, b):
@@ -431,8 +450,9 @@ def _tree_reduce(parts, add):
     return parts[0]
 
 
-def _chunked_objective(net_ref, blocks, loss, n_samples):
-    """evaluate(x, depth) -> (mean loss, flat gradient) over chunked data.
+def _chunked_objective(net_ref, blocks, loss, n_samples, e):
+    """evaluate(x, depth) -> (mean loss, flat gradient) over chunked data, in
+    units of 2**e (see ``_chunk_loss_grad``).
 
     ``blocks`` holds the delayed chunks of X with those of the targets and of
     the per-sample lmbd (or None); each chunk's sums are computed next to it,
@@ -441,7 +461,7 @@ def _chunked_objective(net_ref, blocks, loss, n_samples):
     """
     def evaluate(x, depth):
         parts = [dask.delayed(_chunk_loss_grad, pure=True)(net_ref, x, depth, xb, loss,
-                                                           zb, lb)
+                                                           zb, lb, e)
                  for xb, zb, lb in blocks]
         total, grad = dask.compute(_tree_reduce(parts, _add))[0]
         return total / n_samples, grad / n_samples
@@ -540,15 +560,17 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     # empty chunks (a filtered array has them) add nothing to the sums
     blocks = [block for block, rows in zip(zip(X.to_delayed().ravel(), z_blocks,
                                                 l_blocks), X.chunks[0]) if rows]
+    e = _training_exponent(blocks, net, X.dtype)
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
-                                  X.shape[0])
+                                  X.shape[0], e)
     # the stages' results live on a copy until training ends (see Lista.fit);
     # the optimiser runs here, its BLAS work within n_jobs (with a local
     # scheduler the tasks run in this process meanwhile)
     work = copy.copy(net)
     with kernel_threads(n_jobs, func):
         history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
-                        per_layer=per_layer, verbose=verbose, func=func)
+                        per_layer=per_layer, verbose=verbose, func=func,
+                        loss_exponent=2 * e)
     # the arrays themselves, not their round trip through the training
     # vector (untrained layers stay bit for bit those handed in)
     net.set_parameters(work.parameters)

@@ -361,6 +361,27 @@ def test_fit_equals_single_machine(client, data, parametrization, loss, per_laye
         assert net.objective(X) < Lista(D, lmbd, T, parametrization).objective(X)
 
 
+@pytest.mark.parametrize("loss", ["unsupervised", "supervised"])
+def test_fit_trains_signals_whose_loss_is_below_the_smallest_double(client, data, loss):
+    """Signals and lmbd times 2**-560: the loss (about 4**-560) is below the
+    smallest double. The chunks train in the units of the whole array, as
+    Lista.fit does: the network trained on the data at scale 1, and the
+    history its losses times 4**-560, here 0 (it trained nothing: every
+    loss and gradient was 0)."""
+    X, D = data
+    e, lmbd, T, it = -560, 0.3, 4, 10
+    Z_target = ref.solve_exact(X, D, lmbd) if loss == "supervised" else None
+    local = Lista(D, lmbd, T).fit(X, loss=loss, Z_target=Z_target, max_iter=it)
+    Zd = None if Z_target is None else da.from_array(np.ldexp(Z_target, e), chunks=(300, 40))
+    net = fd.fit(Lista(D, np.ldexp(lmbd, e), T), chunked(np.ldexp(X, e), 150), loss=loss,
+                 Z_target=Zd, max_iter=it)
+    assert len(net.loss_history_) == len(local.loss_history_) > 3
+    assert net.loss_history_ == np.ldexp(local.loss_history_, 2 * e).tolist()
+    alphas = [float(p["alpha"]) for p in net.parameters]
+    assert_allclose(alphas, [float(p["alpha"]) for p in local.parameters], rtol=1e-6)
+    assert not np.allclose(alphas, [float(p["alpha"]) for p in Lista(D, lmbd, T).parameters])
+
+
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
 def test_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(client, data,
                                                                     parametrization):
@@ -407,7 +428,7 @@ def test_fit_gradient_is_the_single_machine_gradient(client, data):
     net = Lista(D, 0.3, 4, parametrization="lista")
     Xp = chunked(X, 170).persist()          # referenced: its chunks stay on the workers
     blocks = list(zip(Xp.to_delayed().ravel(), [None] * 4, [None] * 4))
-    evaluate = fd._chunked_objective(fd._ship(net), blocks, "unsupervised", X.shape[0])
+    evaluate = fd._chunked_objective(fd._ship(net), blocks, "unsupervised", X.shape[0], 0)
     for depth in (2, 4):
         x = net.training_vector(depth)
         value, grad = evaluate(x, depth)

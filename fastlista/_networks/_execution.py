@@ -142,25 +142,39 @@ def scale_units(X, lmbd, S=None, per_sample=True):
     lmbd scaled beyond _LMBD_CAP is clipped to it: above every lambda_max
     of the scaled data, the codes (0) and the objective are the same.
     """
-    limit = SCALE_LIMIT[X.dtype]
     if per_sample:
-        e = _shift(_top_exponent(X, axis=1), limit)
+        e = _shift(_top_exponent(X, axis=1), SCALE_LIMIT[X.dtype])
         if not e.any():
             return X, lmbd, S, 0
-        col = e[:, None]
     else:
-        e = int(_shift(_top_exponent(X), limit))
-        if S is not None and S.size and np.any(S != 0):
-            e = max(e, int(_top_exponent(S)) - limit)
+        e = batch_exponent(X, S)
         if e == 0:
             return X, lmbd, S, 0
-        col = e
+    return (*to_units(X, lmbd, S, e), e)
+
+
+def batch_exponent(X, S=None):
+    """The one exponent e of a batch in :func:`scale_units` (``per_sample``
+    False): max|X| brought within 2**+-SCALE_LIMIT, unless that takes the
+    targets S beyond it. Only the extremes count: X and S may be any arrays
+    holding their largest and smallest entries."""
+    limit = SCALE_LIMIT[X.dtype]
+    e = int(_shift(_top_exponent(X), limit))
+    if S is not None and S.size and np.any(S != 0):
+        e = max(e, int(_top_exponent(S)) - limit)
+    return e
+
+
+def to_units(X, lmbd, S, e):
+    """(X, lmbd, S) times 2**-e, exactly (e an int, or one a sample), with
+    lmbd clipped to _LMBD_CAP (see :func:`scale_units`); S may be None."""
+    col = e[:, None] if np.ndim(e) else e
     with np.errstate(over="ignore", under="ignore"):
         X = np.ldexp(X, -col).astype(X.dtype, copy=False)
         lmbd = np.minimum(np.ldexp(lmbd, -e), _LMBD_CAP)
         if S is not None:
             S = np.ldexp(S, -col).astype(S.dtype, copy=False)
-    return X, lmbd, S, e
+    return X, lmbd, S
 
 
 def plan(n_rows, n_atoms, n_features, n_layers, n_threads, weight_grads=False):

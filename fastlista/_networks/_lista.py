@@ -28,7 +28,7 @@ from .._validation import (check_array, check_bool, check_dictionary_shape,
                            check_lmbd, check_n_jobs, check_option,
                            check_random_state, check_scalar, check_X_D)
 from . import _parameters as P
-from ._execution import Executor
+from ._execution import Executor, batch_exponent, to_units
 from ._persistence import load as _load, save as _save
 
 #: A network's L = ||D D^T||_2 must lie within 2**+-(max exponent * 3/4) of
@@ -56,6 +56,23 @@ class TrainingData:
     @property
     def n_samples(self):
         return self.X.shape[0]
+
+    def exponent(self):
+        """The e <= 0 of the units where training runs on these data: the
+        batch's exponent of the kernels' scaling where it is negative (data
+        so small that their loss, times 4**e, would fall below the smallest
+        double or into its subnormals), else 0 (the loss itself, finite
+        wherever it is representable)."""
+        return min(batch_exponent(self.X, self.targets), 0)
+
+    def scaled(self, e):
+        """These data times 2**-e, exactly (lmbd clipped as the kernels
+        clip it): the loss and gradient of a network on them are its loss
+        and gradient on these, times 4**-e."""
+        if not e:
+            return self
+        X, lmbd, S = to_units(self.X, self.lmbd, self.targets, e)
+        return TrainingData(X, lmbd, self.loss, S)
 
 
 class Lista:
@@ -109,7 +126,10 @@ class Lista:
         the last :meth:`fit` (for ``per_layer="recursive"`` the stages'
         histories are concatenated, each at its own depth). An iteration is
         accepted only at a finite loss not above the last accepted one, so
-        each stage's history is finite and never rises.
+        each stage's history is finite and never rises. float64 signals so
+        small (below about 1e-160) that the loss falls below the smallest
+        double train as at scale 1 (in units of a power of two), and their
+        history holds the loss itself: 0, or subnormal.
 
     Examples
     --------
