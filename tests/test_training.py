@@ -362,10 +362,11 @@ from fastlista import alista_weights  # noqa: E402
 FUZZ = fuzz_settings("training", 2000)
 
 # global scales (X, D): every L = ||D D^T||_2 within the network's range
-# (2**+-768, float32 2**+-96) but the last, which Lista refuses
+# (2**+-768, float32 2**+-96) but the last, which Lista refuses; float64
+# signals of 1e-170 have losses below the smallest double
 SCALES = {
-    "float64": [(1.0, 1.0), (1e-150, 1.0), (1e150, 1.0), (1.0, 1e-100),
-                (1.0, 1e100), (1e100, 1e-100), (1.0, 1e120)],
+    "float64": [(1.0, 1.0), (1e-150, 1.0), (1e-170, 1.0), (1e150, 1.0),
+                (1.0, 1e-100), (1.0, 1e100), (1e100, 1e-100), (1.0, 1e120)],
     "float32": [(1.0, 1.0), (1e-20, 1.0), (1e20, 1.0), (1.0, 1e-10),
                 (1.0, 1e10), (1e10, 1e-10), (1.0, 1e16)],
 }
