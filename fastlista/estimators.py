@@ -35,9 +35,9 @@ from . import dictionary as _dictionary
 from ._networks import LOSSES, PARAMETRIZATIONS, Lista
 from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
 from ._threads import kernel_threads
-from ._validation import (check_bool, check_max_iter, check_n_jobs, check_option,
-                          check_random_state, check_scalar, check_verbose,
-                          native_byte_order, check_real)
+from ._validation import (InvalidParameterError, check_bool, check_max_iter,
+                          check_n_jobs, check_option, check_random_state, check_scalar,
+                          check_verbose, native_byte_order, check_real)
 from ._validation import check_array as check_float_array  # (sklearn's is check_array)
 
 try:  # scikit-learn >= 1.6
@@ -89,6 +89,31 @@ def _as_floats(arr, name, estimator):
                          "dtype('float64').") from None
 
 
+def _dictionary_in(D, dtype):
+    """The (validated) dictionary in ``dtype``, refused by name where the cast
+    leaves the dtype's range (a float64 dictionary used with float32 X)."""
+    with np.errstate(over="ignore"):
+        D_cast = D.astype(dtype, copy=False)
+    if not np.all(np.isfinite(D_cast)):
+        raise ValueError(
+            f"dictionary has entries beyond the range of {np.dtype(dtype)} (largest "
+            f"|entry| {float(np.max(np.abs(D))):.3g}), the dtype of the X it is used "
+            "with: pass X in float64, or rescale the dictionary.")
+    return D_cast
+
+
+def _network_of(D, *args, **kwargs):
+    """``Lista(D, ...)`` for an estimator: the network's refusals of its D (all
+    zeros, an L beyond the dtype's range, ALISTA's zero atoms) name the
+    estimator's argument."""
+    try:
+        return Lista(D, *args, **kwargs)
+    except InvalidParameterError:
+        raise                   # (about another parameter: as it is)
+    except ValueError as exc:
+        raise ValueError(f"dictionary refused as the network's D: {exc}") from None
+
+
 class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
     """Validation and reconstruction shared by the two coders."""
 
@@ -97,7 +122,7 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         validated by fastlista's rule, whose messages name ``dictionary``
         (scikit-learn's name no argument for a 1-D or complex array)."""
         D = check_float_array(self.dictionary, "dictionary", min_samples=1)
-        return D if dtype is None else D.astype(dtype, copy=False)
+        return D if dtype is None else _dictionary_in(D, dtype)
 
     def _check_features(self, X, D):
         if X.shape[1] != D.shape[1]:
@@ -132,7 +157,13 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
             raise ValueError(
                 f"X has {Z.shape[1]} components, but {type(self).__name__} is expecting "
                 f"{D.shape[0]} components (atoms of the dictionary) as input.")
-        return Z @ D.astype(Z.dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            X_original = Z @ _dictionary_in(D, Z.dtype)
+        if not np.all(np.isfinite(X_original)):
+            raise ValueError(
+                f"The reconstruction X @ dictionary leaves the range of {Z.dtype}: pass "
+                "the codes X in float64.")
+        return X_original
 
     def score(self, X, y=None):
         """Minus the mean Lasso objective of the codes, at ``alpha``.
@@ -267,7 +298,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=True)
         D = self._check_dictionary()
         self._check_features(X, D)
-        check_atom_span(D.astype(X.dtype, copy=False), "dictionary", widen="X")
+        check_atom_span(self._check_dictionary(dtype=X.dtype), "dictionary", widen="X")
         self.components_ = D
         self.n_components_ = D.shape[0]
         return self
@@ -452,9 +483,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
                     "With loss='supervised', y must be the target codes, of shape "
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])}; got "
                     f"y.shape={Z_target.shape}.")
-        net = Lista(D, alpha, self.n_layers, parametrization=self.parametrization,
-                    random_state=self.random_state, n_jobs=self.n_jobs,
-                    positive=self.positive_code)
+        net = _network_of(D, alpha, self.n_layers, parametrization=self.parametrization,
+                          random_state=self.random_state, n_jobs=self.n_jobs,
+                          positive=self.positive_code)
         net.fit(X, loss=self.loss, Z_target=Z_target, max_iter=self.max_iter)
         self.network_ = net
         self.components_ = net.D
@@ -469,9 +500,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         net = self.network_
         if net.dtype == dtype:
             return net._with_n_jobs(self.n_jobs)
-        twin = Lista(net.D.astype(dtype), net.lmbd, net.n_layers,
-                     parametrization=net.parametrization, n_jobs=self.n_jobs,
-                     positive=net.positive)
+        twin = _network_of(_dictionary_in(net.D, dtype), net.lmbd, net.n_layers,
+                           parametrization=net.parametrization, n_jobs=self.n_jobs,
+                           positive=net.positive)
         return twin.set_parameters(net.parameters)
 
     def transform(self, X, y=None):

@@ -263,6 +263,53 @@ def test_lasso_coder_names_a_dictionary_whose_atoms_span_too_wide_a_range():
             call()
 
 
+def test_coders_name_a_float64_dictionary_beyond_the_range_of_float32_x():
+    """A finite float64 dictionary with an entry of 1e39, used with float32
+    X: fit accepted it (with NumPy's "overflow encountered in cast") and
+    transform blamed an input called D; inverse_transform of float32 codes
+    returned inf. Each refuses it now, naming ``dictionary`` and the remedy,
+    without a RuntimeWarning, and a float32 reconstruction beyond float32's
+    range is refused; in float64 both run, against NumPy."""
+    D = np.eye(3, 4)
+    D[0, 0] = 1e39
+    X = np.ones((2, 4))
+    X32, codes32 = X.astype(np.float32), np.ones((2, 3), np.float32)
+    message = (r"^dictionary has entries beyond the range of float32 \(largest \|entry\| "
+               r"1e\+39\).*pass X in float64")
+    fitted = LassoSparseCoder(D, alpha=0.5).fit(X)
+    calls = [lambda: LassoSparseCoder(D).fit(X32), lambda: fitted.transform(X32),
+             lambda: fitted.inverse_transform(codes32),
+             lambda: LearnedSparseCoder(D, max_iter=1).fit(X32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in calls:
+            with pytest.raises(ValueError, match=message):
+                call()
+        assert_array_equal(fitted.inverse_transform(np.ones((2, 3))), np.ones((2, 3)) @ D)
+        small = LassoSparseCoder(np.eye(3, 4) * 1e30).fit(X)
+        assert_array_equal(small.inverse_transform(codes32),
+                           np.full((2, 4), 1e30, np.float32) * [1, 1, 1, 0])
+        with pytest.raises(ValueError, match=r"^The reconstruction X @ dictionary leaves "
+                                             r"the range of float32: pass the codes X in "
+                                             r"float64\.$"):
+            small.inverse_transform(np.full((2, 3), 1e30, np.float32))
+
+
+@pytest.mark.parametrize("dictionary, parametrization, reason", [
+    (np.zeros((3, 4)), "step", "D must not be all zeros"),
+    (np.vstack([np.eye(3, 4), np.zeros((1, 4))]), "alista", r"D has zero atoms \(rows \[3\]\)"),
+    (np.eye(3, 4) * 1e300, "step", r"D's Lipschitz constant \|\|D D\^T\|\|_2 = inf"),
+])
+def test_learned_coder_names_the_dictionary_the_network_refuses(dictionary, parametrization,
+                                                                reason):
+    """The network's refusals of its D (all zeros, an L beyond float64's
+    range, ALISTA's zero atom) reached LearnedSparseCoder's users naming D,
+    which is not one of its arguments; they now name ``dictionary``."""
+    coder = LearnedSparseCoder(dictionary, parametrization=parametrization, max_iter=1)
+    with pytest.raises(ValueError, match="^dictionary refused as the network's D: " + reason):
+        coder.fit(np.ones((2, 4)))
+
+
 def test_lasso_coder_in_pipeline(digits):
     X, y, D = digits
     Xtr, ytr, Xte, yte = X[:800], y[:800], X[800:], y[800:]
