@@ -535,6 +535,61 @@ def _history(hist, n_iter, N, xx, primal, gap, method, S):
     return history, step_sizes
 
 
+def least_squares_codes(X, D, positive=False):
+    """The codes at lmbd = 0: least squares, of minimum norm (``x pinv(D)``),
+    or non-negative least squares with ``positive`` (SciPy's nnls, a sample
+    at a time). The Lasso's certificate at lmbd = 0 is 1/2 ||r||^2, which no
+    solver can bring to 0 unless x is in the span of the atoms: solve_lasso
+    would run to its max_iter."""
+    D64 = D.astype(np.float64)
+    if not positive:
+        return (X.astype(np.float64) @ np.linalg.pinv(D64)).astype(X.dtype)
+    from scipy.optimize import nnls
+
+    Z = np.empty((X.shape[0], D.shape[0]), dtype=X.dtype)
+    for i, x in enumerate(X.astype(np.float64)):
+        Z[i] = nnls(D64.T, x)[0]
+    return Z
+
+
+def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
+    """Codes that solve each sample's Lasso: the targets of the
+    semi-supervised loss.
+
+    Where lmbd > 0, :func:`solve_lasso`'s codes, certified to the relative
+    gap the dtype's codes can reach (``CERTIFIABLE_TOL``). Where lmbd = 0 the
+    Lasso is least squares, whose certificate no solver can bring below
+    1/2 ||r||^2 (x outside the atoms' span): :func:`least_squares_codes`, of
+    minimum norm (where gradient descent from 0, and an untrained network's
+    layers, lead), non-negative with ``positive``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    D : ndarray of shape (n_atoms, n_features)
+        Validated, finite.
+    lmbd : float or ndarray of shape (n_samples,)
+    positive : bool, default=False
+    n_jobs : int or None, default=None
+
+    Returns
+    -------
+    Z : ndarray of shape (n_samples, n_atoms)
+        In the solvers' dtype: float32 if X and D are, else float64.
+    """
+    lam = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (X.shape[0],))
+    zero = lam == 0
+    tol = CERTIFIABLE_TOL[np.result_type(X.dtype, D.dtype)]
+    if not zero.any():
+        return solve_lasso(X, D, lmbd, tol=tol, n_jobs=n_jobs, positive=positive).codes
+    Z = np.empty((X.shape[0], D.shape[0]), dtype=np.result_type(X.dtype, D.dtype))
+    Z[zero] = least_squares_codes(X[zero], D, positive)
+    if not zero.all():
+        Z[~zero] = solve_lasso(X[~zero], D, lam[~zero], tol=tol, n_jobs=n_jobs,
+                               positive=positive).codes
+    return Z
+
+
 def _method_function(method, doc_name):
     def solver(X, D, lmbd, tol=1e-8, max_iter=10000, Z0=None,
                record_history=False, n_jobs=None, positive=False):

@@ -53,7 +53,7 @@ from ._kernels import _dict
 from ._lasso import _top_exponent
 from ._lipschitz import global_lipschitz
 from ._networks import Lista
-from ._solvers import CERTIFIABLE_TOL, solve_lasso
+from ._solvers import CERTIFIABLE_TOL, least_squares_codes, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (InvalidParameterError, check_array, check_bool,
                           check_max_iter, check_option, check_random_state,
@@ -298,23 +298,6 @@ class _ExactCoder:
             return least_squares_codes(X, D, self.positive)
         return solve_lasso(X, D, self.lmbd, tol=self.tol, max_iter=self.max_iter,
                            Z0=Z0, n_jobs=self.n_jobs, positive=self.positive).codes
-
-
-def least_squares_codes(X, D, positive=False):
-    """The codes at lmbd = 0: least squares, of minimum norm (``x pinv(D)``),
-    or non-negative least squares with ``positive`` (SciPy's nnls, a sample
-    at a time). The Lasso's certificate at lmbd = 0 is 1/2 ||r||^2, which no
-    solver can bring to 0 unless x is in the span of the atoms: solve_lasso
-    would run to its max_iter."""
-    D64 = D.astype(np.float64)
-    if not positive:
-        return (X.astype(np.float64) @ np.linalg.pinv(D64)).astype(X.dtype)
-    from scipy.optimize import nnls
-
-    Z = np.empty((X.shape[0], D.shape[0]), dtype=X.dtype)
-    for i, x in enumerate(X.astype(np.float64)):
-        Z[i] = nnls(D64.T, x)[0]
-    return Z
 
 
 class _SlistaCoder:

@@ -27,6 +27,7 @@ compute it on that client. Each task runs ``n_jobs`` threads (1 by
 default): dask already runs one task per worker thread, and more would
 oversubscribe the cores.
 """
+import contextlib
 import copy
 import operator
 
@@ -35,7 +36,8 @@ import dask.array as da
 import numpy as np
 
 from ._networks import Lista, TrainingData
-from ._solvers import CERTIFIABLE_TOL, METHODS, LassoResult, solve_lasso as _solve
+from ._solvers import (CERTIFIABLE_TOL, METHODS, LassoResult, lasso_targets,
+                       solve_lasso as _solve)
 from ._threads import kernel_threads
 from ._training import train
 from ._validation import (InvalidParameterError, _common_dtype, check_array,
@@ -246,6 +248,33 @@ def encode(model, X, n_jobs=1):
 # solve_lasso
 # ---------------------------------------------------------------------------
 
+def _chunk_lmbd(lmbd, lam, start, func):
+    """The chunk's lmbd: the shared one, or its column ``lam`` of a dask lmbd,
+    validated here (seen chunk by chunk: its samples named in X's
+    numbering, from ``start``)."""
+    if lam is None:
+        return lmbd
+    lmbd = np.ascontiguousarray(lam[:, 0])
+    bad = np.flatnonzero(~(np.isfinite(lmbd) & (lmbd >= 0)))
+    if bad.size:
+        raise InvalidParameterError(
+            f"The 'lmbd' parameter of {func} must be >= 0 and finite; samples "
+            f"{(start + bad[:5]).tolist()} hold {lmbd[bad[:5]].tolist()}.")
+    return lmbd
+
+
+@contextlib.contextmanager
+def _numbered_from(start):
+    """A solver's FloatingPointError, which numbers the chunk's samples from
+    0, says where the chunk starts in X."""
+    try:
+        yield
+    except FloatingPointError as exc:
+        raise FloatingPointError(
+            f"{exc} (sample numbers counted from the chunk starting at sample "
+            f"{start} of X)") from None
+
+
 def _solve_block(X, Z0, lam, settings, m, block_info=None):
     """Codes, gap, n_iter and converged of one chunk, packed in float64 columns
     (``lam``: the chunk's column of per-sample lmbd, or None)."""
@@ -254,23 +283,10 @@ def _solve_block(X, Z0, lam, settings, m, block_info=None):
         dt = _common_dtype(X, D)
         X, D = X.astype(dt, copy=False), D.astype(dt, copy=False)
     start = block_info[0]["array-location"][0][0] if block_info else 0
-    lmbd = settings.lmbd
-    if lam is not None:
-        # a dask lmbd is seen chunk by chunk: its samples named in X's numbering
-        lmbd = np.ascontiguousarray(lam[:, 0])
-        bad = np.flatnonzero(~(np.isfinite(lmbd) & (lmbd >= 0)))
-        if bad.size:
-            raise InvalidParameterError(
-                "The 'lmbd' parameter of fastlista.distributed.solve_lasso must be "
-                f">= 0 and finite; samples {(start + bad[:5]).tolist()} hold "
-                f"{lmbd[bad[:5]].tolist()}.")
-    try:
+    lmbd = _chunk_lmbd(settings.lmbd, lam, start, "fastlista.distributed.solve_lasso")
+    with _numbered_from(start):
         res = _solve(X, D, lmbd, Z0=Z0 if Z0 is not None and Z0.size else None,
                      **settings.kwargs)
-    except FloatingPointError as exc:
-        raise FloatingPointError(
-            f"{exc} (sample numbers counted from the chunk starting at sample "
-            f"{start} of X)") from None
     out = np.empty((X.shape[0], m + 3))
     out[:, :m] = res.codes
     out[:, m] = res.gap
@@ -291,6 +307,18 @@ def _per_sample(values, X, name, func):
     column = values.reshape(-1, 1) if isinstance(values, da.Array) else \
         da.from_array(values.reshape(-1, 1), chunks=(X.chunks[0], 1))
     return column.rechunk((X.chunks[0], (1,)))
+
+
+def _targets_block(X, lam, settings, block_info=None):
+    """The semi-supervised targets of one chunk (``lasso_targets``: certified
+    Lasso solutions, least squares at lmbd = 0)."""
+    D = settings.D
+    dt = _common_dtype(X, D)
+    X, D = X.astype(dt, copy=False), D.astype(dt, copy=False)
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    lmbd = _chunk_lmbd(settings.lmbd, lam, start, "fastlista.distributed.fit")
+    with _numbered_from(start):
+        return lasso_targets(X, D, lmbd, **settings.kwargs)
 
 
 def _check_lmbd_column(lmbd, X, func):
@@ -533,11 +561,13 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
                 f"Z_target must have shape (n_samples, n_atoms) = "
                 f"{(X.shape[0], net.n_atoms)}; got Z_target.shape={Z_target.shape}.")
     elif loss == "semi-supervised":
-        # certified to the relative gap the dtype's codes can reach
+        # Lasso solutions chunk by chunk, as Lista.fit's (lasso_targets)
         dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), net.D))
-        Z_target = solve_lasso(X, net.D, net.lmbd if lam is None else lam[:, 0],
-                               tol=CERTIFIABLE_TOL[dtype], n_jobs=n_jobs,
-                               positive=net.positive).codes
+        settings = _LassoSettings(net.D, net.lmbd, dict(n_jobs=n_jobs,
+                                                        positive=net.positive))
+        Z_target = da.map_blocks(_targets_block, X, lam, _ship(settings), dtype=dtype,
+                                 chunks=(X.chunks[0], (net.n_atoms,)),
+                                 meta=np.empty((0, 0), dtype), token="fastlista-targets")
     if loss != "unsupervised":
         if Z_target is None:
             raise ValueError(

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from ._lasso import check_atom_span, lasso_objective
 from . import dictionary as _dictionary
 from ._networks import LOSSES, PARAMETRIZATIONS, Lista
-from ._solvers import CERTIFIABLE_TOL, METHODS, solve_lasso
+from ._solvers import CERTIFIABLE_TOL, METHODS, least_squares_codes, solve_lasso
 from ._threads import kernel_threads
 from ._validation import (InvalidParameterError, check_bool, check_max_iter,
                           check_n_jobs, check_option, check_random_state, check_scalar,
@@ -669,7 +669,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         D = self.components_.astype(X.dtype, copy=False)
         if self._transform_alpha() == 0:
-            return _dictionary.least_squares_codes(X, D, self.positive_code)
+            return least_squares_codes(X, D, self.positive_code)
         tol = self.transform_tol
         if tol is None:
             tol = CERTIFIABLE_TOL[X.dtype]

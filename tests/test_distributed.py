@@ -382,6 +382,26 @@ def test_fit_trains_signals_whose_loss_is_below_the_smallest_double(client, data
     assert not np.allclose(alphas, [float(p["alpha"]) for p in Lista(D, lmbd, T).parameters])
 
 
+def test_semi_supervised_fit_at_lmbd_zero_takes_least_squares_targets(client):
+    """Per-sample lmbd (a dask array) with zeros: those samples' targets are
+    least squares chunk by chunk, as Lista.fit's, the others certified
+    Lasso solutions (they ran 10 000 iterations of coordinate descent a
+    sample, and warned on the workers)."""
+    rng = np.random.RandomState(4)
+    D, X = rng.randn(12, 20), rng.randn(300, 20)
+    lam = np.where(np.arange(300) % 3 == 0, 0.0, 0.4)
+    local = Lista(D, 0.4, 3).fit(X, loss="semi-supervised", lmbd=lam, max_iter=8)
+    net = fd.fit(Lista(D, 0.4, 3), chunked(X, 70), loss="semi-supervised",
+                 lmbd=da.from_array(lam, chunks=70), max_iter=8)
+    assert_allclose(net.loss_history_, local.loss_history_, rtol=1e-6)
+    # the first loss against targets computed here: lstsq and the reference
+    targets = np.where((lam == 0)[:, None], np.linalg.lstsq(D.T, X.T, rcond=None)[0].T,
+                       ref.solve_exact(X, D, lam))
+    Z = Lista(D, 0.4, 3).transform(X, lmbd=lam)
+    assert_allclose(net.loss_history_[0], np.mean(0.5 * np.sum((Z - targets) ** 2, axis=1)),
+                    rtol=1e-6)
+
+
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
 def test_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(client, data,
                                                                     parametrization):

@@ -231,6 +231,38 @@ def test_semi_supervised_float32_targets_are_certified_without_warning(data):
     assert_allclose(loss, expected, rtol=1e-3)
 
 
+@pytest.mark.parametrize("positive", [False, True])
+def test_semi_supervised_targets_at_lmbd_zero_are_least_squares(positive):
+    """At lmbd = 0 the Lasso is least squares, whose certificate (1/2 ||r||^2
+    for x outside the atoms' span) no solver can bring to 1e-8: the targets
+    ran coordinate descent's 10 000 iterations a sample and warned "use
+    lmbd > 0" through fit, which has no target tol. They are the
+    least-squares codes now (non-negative with positive): NumPy's lstsq
+    (SciPy's nnls), and with a per-sample lmbd holding one 0, that sample's
+    alone; the others stay the Lasso's solutions, without a warning."""
+    rng = np.random.RandomState(3)
+    D, X = rng.randn(12, 20), rng.randn(40, 20)       # fewer atoms than features
+    lam = np.full(40, 0.4)
+    lam[7] = 0.0
+    if positive:
+        from scipy.optimize import nnls
+        least_squares = np.array([nnls(D.T, x)[0] for x in X])
+    else:
+        least_squares = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    lasso = ref.solve_exact(X, D, lam, positive=positive)
+    for lmbd, targets in ((0.0, least_squares),
+                          (lam, np.where((lam == 0)[:, None], least_squares, lasso))):
+        net = Lista(D, 0.4, 3, positive=positive)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss, _ = net.loss_and_grad(X, loss="semi-supervised", lmbd=lmbd)
+            net.fit(X, loss="semi-supervised", lmbd=lmbd, max_iter=3)
+        Z_T = Lista(D, 0.4, 3, positive=positive).transform(X, lmbd=lmbd)
+        expected = np.mean(0.5 * np.sum((Z_T - targets) ** 2, axis=1))
+        assert_allclose(loss, expected, rtol=1e-6)
+        assert net.loss_history_[-1] < net.loss_history_[0]
+
+
 def test_transform_during_fit_sees_the_network_before_or_after(data):
     """Threads transforming a network while another fits it get the codes of
     the network before fit or after it, never of an optimiser's trial

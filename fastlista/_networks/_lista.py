@@ -21,7 +21,7 @@ import numpy as np
 
 from .._lasso import lasso_objective
 from .._lipschitz import global_lipschitz
-from .._solvers import CERTIFIABLE_TOL, solve_lasso
+from .._solvers import lasso_targets, solve_lasso
 from .._threads import kernel_threads
 from .._training import fit_network
 from .._validation import (check_array, check_bool, check_dictionary_shape,
@@ -374,9 +374,9 @@ class Lista:
         if loss == "unsupervised":
             return TrainingData(X, lam, loss, None)
         if loss == "semi-supervised" and S is None:
-            # certified to the relative gap the dtype's codes can reach
-            S = solve_lasso(X, D, lmbd, tol=CERTIFIABLE_TOL[X.dtype],
-                            n_jobs=self.n_jobs, positive=self.positive).codes
+            # certified to the relative gap the dtype's codes can reach (at
+            # lmbd = 0: least squares)
+            S = lasso_targets(X, D, lmbd, self.positive, self.n_jobs)
         if S is None:
             raise ValueError(
                 f"Z_target is required for loss={loss!r}: codes of shape "
@@ -461,7 +461,9 @@ class Lista:
             lmbd. ``supervised``: mean ``1/2 ||z_T - s||^2`` with ``s`` the
             rows of ``Z_target``. ``semi-supervised``: supervised with the
             Lasso solutions as targets (computed by
-            :func:`fastlista.solve_lasso` when ``Z_target`` is None).
+            :func:`fastlista.solve_lasso` when ``Z_target`` is None; at
+            lmbd = 0, least squares of minimum norm, non-negative with
+            ``positive``).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes of the supervised losses.
         lmbd : float or array-like of shape (n_samples,), default=None
@@ -512,7 +514,9 @@ class Lista:
         loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
             See :meth:`loss_and_grad`; ``semi-supervised`` computes the
             targets once with :func:`fastlista.solve_lasso` (to a relative
-            gap of 1e-8, 1e-6 in float32).
+            gap of 1e-8, 1e-6 in float32; for samples at lmbd = 0, whose
+            gap no solver can certify, the least-squares codes of minimum
+            norm, non-negative with ``positive``).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes (required for ``supervised``; validated but not
             used with ``unsupervised``).
