@@ -9,6 +9,7 @@ from fastlista import ConvergenceWarning, InvalidParameterError, solve_lasso
 from fastlista import Lista
 from fastlista import TrainingWarning
 from fastlista._networks._parameters import STEP_FLOOR
+from fastlista._solvers import lasso_targets
 import reference as ref
 from test_networks import STEP_KEYS, lasso_F, make_problem, numpy_ista
 
@@ -636,11 +637,12 @@ def test_fuzz_training_never_ends_non_finite(spec):
         S = target.astype(np.float64)
     elif spec["loss"] == "semi-supervised":
         # the targets as Lista.fit documents them: solved to a relative gap
-        # of 1e-8, 1e-6 in float32 (at lmbd = 0 with opposite atoms the
-        # solutions are not unique: another tol gives other targets)
-        tol = 1e-6 if np.result_type(X, D) == np.float32 else 1e-8
-        S = solve_lasso(X, D, lmbd, tol=tol, n_jobs=spec["n_jobs"],
-                        positive=spec["positive"]).codes.astype(np.float64)
+        # of 1e-8, 1e-6 in float32, least squares at lmbd = 0 (the same
+        # function: where solutions are not unique, another solver or tol
+        # gives other targets; test_semi_supervised_targets_at_lmbd_zero_...
+        # checks them against lstsq and nnls)
+        S = lasso_targets(X, D, lmbd, spec["positive"],
+                          spec["n_jobs"]).astype(np.float64)
     reference = network_loss_bound(net, X, lam, spec["loss"], S)
     event(f"loss checked against NumPy: {reference is not None}")
     if reference is not None:
