@@ -281,11 +281,19 @@ class Scaled:
             return np.ldexp(v, e)
 
     def lambda_out(self, v):
-        """A lmbd in scaled units back in the caller's: v 2**(ea + eb)."""
+        """A lmbd in scaled units back in the caller's, v 2**(ea + eb), rounded
+        up: a bound from above stays one where it lands among the
+        subnormals, or below them (``np.ldexp`` rounds those to nearest, or
+        to 0)."""
         if self.identity:
             return v
-        with np.errstate(over="ignore"):
-            return np.ldexp(v, self._shift(1, 1))
+        e = self._shift(1, 1)
+        with np.errstate(over="ignore", under="ignore"):
+            out = np.ldexp(v, e)
+            # (scaling a subnormal back up is exact: the test is exact)
+            low = np.ldexp(out, -e) < v
+        out[low] = np.nextafter(out[low], np.inf)
+        return out
 
 
 # ---------------------------------------------------------------------------

@@ -450,6 +450,28 @@ def test_float32_lambda_max_is_rounded_up_and_gives_zero_codes():
             assert not np.any(res.codes), method
 
 
+@pytest.mark.parametrize("positive", [False, True])
+def test_float64_lambda_max_among_the_subnormals_is_rounded_up(positive):
+    """float64 data whose max |x D^T| lies among the subnormals, or below
+    them: lambda_max was the correlation scaled back and rounded to nearest
+    (1.25 * 2**-1074 gave 2**-1074, below it) or to 0 (2**-1200), and the
+    solvers at lmbd = lambda_max returned non-zero codes. It is the exact
+    value (rational arithmetic) rounded up, and every method returns exactly
+    0 there; the ordinary sample beside it keeps its own."""
+    cases = [(2.0**-600, 1.25 * 2.0**-474), (2.0**-600, 2.0**-600),
+             (2.0**-537, 3 * 2.0**-537), (-(2.0**-600), 2.0**-500), (0.75, 2.0**-1073)]
+    for x, d in cases:
+        X, D = np.array([[x], [1.0]]), np.array([[d]])
+        lm = lambda_max(X, D, positive=positive)
+        for lm_i, exact in zip(lm, (Fraction(x) * Fraction(d), Fraction(d))):
+            exact = max(exact, Fraction(0)) if positive else abs(exact)
+            assert Fraction(float(lm_i)) >= exact, (x, d, lm)
+            assert lm_i == 0 if exact == 0 else Fraction(float(np.nextafter(lm_i, 0))) < exact
+        for method in ("cd", "ista", "fista", "backtracking", "oista"):
+            Z = fastlista.solve_lasso(X, D, lm, method=method, positive=positive).codes
+            assert not np.any(Z), (method, x, d, Z)
+
+
 @pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
                     reason="long double is double here")
 def test_long_doubles_beyond_float64_are_refused_without_a_warning():
