@@ -385,12 +385,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     if record_history:
         hist = [np.full((max_iter + 1, N), np.nan, X.dtype) for _ in range(3)]
     # Screening: lmbd >= lambda_max(x) makes 0 the exact solution (computed
-    # with the same c = x D^T as the kernels, so the test is consistent).
+    # with the same c = x D^T as the kernels, so the test is consistent):
+    # such samples start there, whatever their warm start (from which ISTA
+    # approaches 0 only by a factor 1 - B_jj / L a step), and with tol > 0
+    # run no iteration; with tol = 0 they run theirs, each of which keeps 0
+    # (|c_j| <= lmbd, in the kernels' own rounding, thresholds c_j / L to 0)
+    screened = lm >= top
+    Z[screened] = 0
     active = np.arange(N, dtype=np.intc)
-    screened = np.zeros(N, dtype=bool)
-    if tol > 0 and N:
-        screened = lm >= top
-        Z[screened] = 0
+    if tol > 0:
         active = np.flatnonzero(~screened).astype(np.intc)
     run = _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap,
                   positive)
