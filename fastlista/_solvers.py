@@ -349,7 +349,14 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     double = method == "cd"
     C, top = correlations(S, n_threads, double, positive)
     # (read-only, shared with the previous call on the same dictionary)
-    B = shared_gram(S.D.astype(np.float64, copy=False), n_threads)
+    try:
+        B = shared_gram(S.D.astype(np.float64, copy=False), n_threads)
+    except MemoryError:
+        # the one work array beyond the size of the inputs and the codes
+        raise MemoryError(
+            f"solve_lasso: D has {m} atoms, and the solvers work on its Gram matrix "
+            f"D D^T ({m} x {m} float64, {m * m * 8 / 2**30:.3g} GiB), which does not "
+            "fit in the memory available.") from None
     if not double:
         B = B.astype(X.dtype, copy=False)
     # a zero atom (B_jj = 0, also when its squared norm underflows X's dtype)

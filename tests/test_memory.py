@@ -156,3 +156,49 @@ def test_a_kernel_call_out_of_memory_raises_and_frees_its_work_table(case):
     assert set(out["faults"]) <= {"MemoryError", "SystemError", "TypeError"}, out
     assert out["tables"] == 0, out
     assert out["same"], out
+
+
+def test_a_gram_matrix_beyond_memory_is_named():
+    """The solvers' one work array beyond the size of their inputs and codes
+    is D's Gram matrix: 20 000 atoms of one feature (160 kB) need 3 GiB.
+    Under an address-space limit 1 GiB above the child's start, solve_lasso
+    raised NumPy's "Unable to allocate 2.98 GiB for an array with shape
+    (20000, 20000)", naming no argument; it names D's atoms, and the same
+    process then solves a D of 100 atoms (nothing was lost)."""
+    import os
+    import subprocess
+
+    code = """if True:
+        import resource
+        import numpy as np
+        from fastlista import solve_lasso
+        with open("/proc/self/status") as f:
+            size = int(f.read().split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, size + 2**30))
+        D = np.random.default_rng(0).standard_normal((20000, 1))
+        for method in ("auto", "ista"):
+            try:
+                solve_lasso(np.ones((1, 1)), D, 0.5, method=method, n_jobs=1)
+            except MemoryError as exc:
+                print(exc)
+        res = solve_lasso(np.ones((1, 1)), D[:100], 0.5, n_jobs=1)
+        print(bool(res.converged[0]), float(np.abs(res.codes).sum()))
+    """
+    import fastlista
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastlista.__file__)),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    message = ("solve_lasso: D has 20000 atoms, and the solvers work on its Gram matrix "
+               "D D^T (20000 x 20000 float64, 2.98 GiB), which does not fit in the memory "
+               "available.")
+    assert lines[:2] == [message, message], run.stdout
+    # one feature: the whole code on the largest atom a = max |d_j|, where
+    # 1/2 (1 - a u)^2 + 0.5 u is least: |z|_1 = u = (a - 0.5) / a^2
+    a = np.abs(np.random.default_rng(0).standard_normal((20000, 1))[:100]).max()
+    converged, l1 = lines[2].split()
+    assert converged == "True"
+    assert abs(float(l1) - (a - 0.5) / a**2) <= 1e-7
