@@ -37,8 +37,9 @@ the exact minimiser over d_k (with ``positive_dict``, over the non-negative
 part of the ball). An atom that is no longer used (``A_kk = 0`` in batch
 mode, where exact codes are exactly 0; ``A_kk <= 1e-6 mean(diag A)`` online)
 is re-initialised to the normalised residual ``x - z D`` of the worst
-reconstructed signal (of the batch, distinct signals for distinct atoms, of
-equally bad signals the lowest-indexed); the result counts them.
+reconstructed signal (of the batch, distinct signals for distinct atoms,
+none a copy of another or of an atom in use, of equally bad signals the
+lowest-indexed); the result counts them.
 
 Threads: a call runs at most ``n_jobs`` threads (the code step's kernels);
 the NumPy products of the statistics run with BLAS held to one thread.
@@ -184,15 +185,35 @@ def _bcd(D, A, B, active, positive, n_passes):
               np.flatnonzero(active).astype(np.intp), positive, n_passes)
 
 
-def _candidate_atom(r, positive):
-    """A unit atom from a residual (None when it has no usable direction)."""
+#: Two unit atoms within _COPY of each other in every entry are one atom:
+#: copies of a signal (flat image patches are), normalised to the same
+#: atom or one a few ulps away. Two of them in a dictionary leave the
+#: Lasso's solution not unique (the code splits between them any way), so
+#: that a rounding difference sends two runs to different dictionaries.
+#: Signals that differ, even nearly parallel ones (1e7 plus noise of 1:
+#: angles of 1e-8), stay distinct.
+_COPY = 1e-12
+
+
+def _candidate_atom(r, positive, taken=None, signed=True):
+    """A unit atom from a residual (None when it has no usable direction, or
+    when it is a copy of a row of ``taken``, the atoms already drawn;
+    ``signed``: also of its negation, which signed codes use as the same
+    atom)."""
     r = np.asarray(r, dtype=np.float64)
     if positive:
         r = np.maximum(r, 0.0) if np.any(r > 0) else np.maximum(-r, 0.0)
     norm = float(np.linalg.norm(r))
     if not (norm > 0 and np.isfinite(norm)):
         return None
-    return r / norm
+    atom = r / norm
+    if taken is not None and taken.shape[0]:
+        copies = np.max(np.abs(taken - atom), axis=1) <= _COPY
+        if signed:
+            copies |= np.max(np.abs(taken + atom), axis=1) <= _COPY
+        if copies.any():
+            return None
+    return atom
 
 
 def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False,
@@ -200,7 +221,9 @@ def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False,
     """Replace unused atoms by the normalised residuals, worst first.
 
     ``residuals`` are rows ``r = x - z D`` sorted worst first; each replaces
-    one unused atom (in increasing atom order), if its code would use it.
+    one unused atom (in increasing atom order), if its code would use it and
+    its atom is not a copy of one in use or placed before it (copies of a
+    signal: their gain is counted once).
     With the other codes fixed, the new atom ``a`` takes the code
     ``|<r, a>| - lmbd`` (``lmbd`` in the residuals' units; with
     ``positive_code``, ``<r, a> - lmbd``: a code >= 0) and lowers its
@@ -215,15 +238,20 @@ def reinitialise(D, unused, residuals, lmbd, *, min_code=0.0, positive=False,
     atoms = np.flatnonzero(unused)
     done, total = 0, np.float64(0.0)
     rows = iter(residuals)
+    # the atoms a new one must differ from: those in use, and those placed
+    # (the codes behind the residuals are those of D before its last step,
+    # so that a residual can lie along an atom the step moved)
+    kept = ~np.asarray(unused, dtype=bool)
     for k in atoms:
         for r in rows:
-            atom = _candidate_atom(r, positive)
+            atom = _candidate_atom(r, positive, D[kept], signed=not positive_code)
             if atom is None:
                 continue
             corr = float(np.dot(r, atom))
             code = (corr if positive_code else abs(corr)) - lmbd
             if code > min_code:
                 D[k] = atom
+                kept[k] = True
                 done += 1
                 with np.errstate(over="ignore"):
                     total += 0.5 * np.float64(code) ** 2
@@ -495,9 +523,10 @@ def batch_stop(objective, tol, gain):
 def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
     """n_atoms distinct signals of X drawn at random, normalised (float64).
 
-    Zero signals are passed over; with ``positive`` an atom is the positive
-    part of its signal, or of its negation when the signal has no positive
-    entry. If too few atoms result, the rest are random non-negative
+    Zero signals are passed over, and copies of a signal drawn before, or
+    of its negation (see ``_COPY``); with ``positive`` an
+    atom is the positive part of its signal, or of its negation when the
+    signal has no positive entry. If too few atoms result, the rest are random non-negative
     (``positive``) or Gaussian unit atoms (from ``rng``). ``rows(indices)``
     returns those rows of X as an array (default ``X[indices]``; the Dask
     version fetches them).
@@ -510,10 +539,12 @@ def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
     start = 0
     while filled < n_atoms and start < n:
         # draw in slices, to skip unusable signals without touching all of X
-        take = order[start:start + 2 * (n_atoms - filled)]
+        # (twice the atoms missing, or as many as were drawn: data of few
+        # distinct signals are searched in a few slices, not thousands)
+        take = order[start:start + max(2 * (n_atoms - filled), start)]
         start += take.shape[0]
         for x in rows(take):
-            atom = _candidate_atom(x, positive)
+            atom = _candidate_atom(x, positive, D[:filled])
             if atom is not None:
                 D[filled] = atom
                 filled += 1

@@ -18,7 +18,7 @@ import fastlista
 from conftest import SPARSE_ENCODE_LASSO_TOL, sklearn_sparse_encode_tol
 from fastlista import InvalidParameterError
 from fastlista.dictionary import (BATCH_PASSES, DictionaryResult, initial_dictionary,
-                                  learn_dictionary, update_dictionary)
+                                  learn_dictionary, reinitialise, update_dictionary)
 
 NJ = 1
 
@@ -428,6 +428,50 @@ def test_online_counts_reinitialised_atoms():
     assert np.abs(res.D[:, 5:]).max() <= 1e-12
 
 
+def _largest_cosine(D):
+    """The largest |cos| between two different non-zero atoms of D."""
+    U = D[np.linalg.norm(D, axis=1) > 0]
+    U = U / np.linalg.norm(U, axis=1, keepdims=True)
+    G = np.abs(U @ U.T)
+    np.fill_diagonal(G, 0)
+    return G.max()
+
+
+def test_copies_of_a_signal_give_one_atom():
+    """Data of 4 distinct signals, each copied 10 times (flat image patches
+    are copies): the first dictionary drew several copies of one signal as
+    atoms, and re-initialisation put copies of one residual in several
+    atoms (|cos| = 1), whose codes then split any way (the Lasso's solution
+    is not unique), so that a 1-ulp difference sent the Dask run to another
+    dictionary than the local one (0.93 apart). Atoms are drawn, and
+    re-initialised, along distinct directions; a copy's gain counts once."""
+    rng = np.random.RandomState(1)
+    signals = rng.randn(4, 6)
+    X = np.repeat(signals, 10, axis=0)
+    D = initial_dictionary(X, 8, np.random.RandomState(0))
+    assert _largest_cosine(D) < 1 - 1e-6
+    # the four signals' directions, each once (opposite ones are one atom)
+    U = signals / np.linalg.norm(signals, axis=1, keepdims=True)
+    assert np.all(np.abs(D @ U.T).max(axis=0) > 1 - 1e-14)
+    # residuals sorted worst first: r twice, -r (one atom for signed codes,
+    # two with positive codes), r2; two unused atoms of three
+    r, r2 = 2.0 * U[0], 1.5 * U[1]
+    for positive_code, placed in ((False, [U[0], U[1]]), (True, [U[0], -U[0]])):
+        D = np.vstack([np.zeros(6), U[2], np.zeros(6)])
+        n, gain = reinitialise(D, np.array([True, False, True]), np.array([r, r, -r, r2]),
+                               0.5, positive_code=positive_code)
+        assert n == 2
+        assert_allclose(D, np.vstack([placed[0], U[2], placed[1]]), rtol=0, atol=1e-15)
+        # 1/2 (|<r, a>| - lmbd)^2 for each atom placed, closed form
+        expected = 0.5 * (2.0 - 0.5) ** 2 + 0.5 * ((1.5 if not positive_code else 2.0)
+                                                    - 0.5) ** 2
+        assert_allclose(gain, expected, rtol=1e-14)
+    # a residual along an atom in use is passed over
+    D = np.vstack([np.zeros(6), U[0]])
+    assert reinitialise(D, np.array([True, False]), np.array([r]), 0.5) == (0, 0.0)
+    assert not D[0].any()
+
+
 # ---------------------------------------------------------------------------
 # options, determinism, float32, progress, callback, slista
 # ---------------------------------------------------------------------------
@@ -784,8 +828,8 @@ from conftest import fuzz_settings  # noqa: E402
 
 FUZZ = fuzz_settings("dictionary", 2000)
 
-SIGNALS = ("gaussian", "zeros", "constant_rows", "duplicated_rows", "one_nonzero_row",
-           "sparse_signals", "scaled_tiny", "scaled_huge", "nan", "inf")
+SIGNALS = ("gaussian", "zeros", "constant_rows", "duplicated_rows", "copies_of_three",
+           "one_nonzero_row", "sparse_signals", "scaled_tiny", "scaled_huge", "nan", "inf")
 ATOMS_0 = ("none", "random", "zeros", "zero_atom", "duplicated", "wrong_shape", "nan",
            "huge")
 
@@ -819,6 +863,9 @@ def build_dictionary_problem(spec):
         X[:] = rng.standard_normal((n, 1))
     elif kind == "duplicated_rows" and n:
         X[:] = X[0]
+    elif kind == "copies_of_three" and n:
+        # copies of three signals and of their negations, in any order
+        X[:] = X[rng.integers(0, min(n, 3), n)] * rng.choice([-1.0, 1.0], (n, 1))
     elif kind == "one_nonzero_row":
         X[1:] = 0
     elif kind == "sparse_signals":
