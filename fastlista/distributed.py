@@ -169,10 +169,10 @@ def _settings_from_dict(model, n_jobs):
             f"Unknown solver settings {sorted(set(kwargs) - allowed)}; allowed: "
             f"'D', 'lmbd', {', '.join(repr(k) for k in sorted(allowed))}.")
     D = check_array(D, "D")
-    lmbd = check_scalar(lmbd, "lmbd", "encode", low=0.0)
+    lmbd = check_scalar(lmbd, "lmbd", "fastlista.distributed.encode", low=0.0)
     if "n_jobs" not in kwargs:
         kwargs["n_jobs"] = n_jobs
-    check_n_jobs(kwargs["n_jobs"], "encode")
+    check_n_jobs(kwargs["n_jobs"], "fastlista.distributed.encode")
     return _LassoSettings(D, lmbd, kwargs)
 
 
@@ -219,7 +219,7 @@ def encode(model, X, n_jobs=1):
     array([ 2.,  0., -1.])
     """
     X = _as_samples_array(X)
-    check_n_jobs(n_jobs, "encode")
+    check_n_jobs(n_jobs, "fastlista.distributed.encode")
     if isinstance(model, dict):
         model = _settings_from_dict(model, n_jobs)
     elif not callable(getattr(model, "transform", None)):
@@ -229,6 +229,15 @@ def encode(model, X, n_jobs=1):
             f"{type(model).__name__}.")
     else:
         model = _on_threads(model, n_jobs)
+    # the width the model takes (its dictionary's, or a fitted estimator's
+    # n_features_in_), checked here: the probe below would name its own
+    # one-sample X in the message
+    D = getattr(model, "D", None)
+    width = D.shape[1] if D is not None else getattr(model, "n_features_in_", None)
+    if width is not None and width != X.shape[1]:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but the model takes {width} "
+            f"(X.shape={X.shape}).")
     # the output's width and dtype, from one sample encoded on the client
     # (this also fails early for an unfitted or mismatched model)
     probe = _encode_block(np.zeros((1, X.shape[1]), dtype=_float_dtype(X.dtype)), model)

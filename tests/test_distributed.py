@@ -490,8 +490,24 @@ def test_encode_messages(data):
         fd.encode({"D": D}, chunked(X))
     with pytest.raises(fastlista.InvalidParameterError, match="Unknown solver settings"):
         fd.encode({"D": D, "lmbd": 0.1, "record_history": True}, chunked(X))
-    with pytest.raises(ValueError, match="X has 19 features"):
-        fd.encode(Lista(D, 0.3, 2), chunked(X[:, :19]))
+    # the user's X, not the one-sample probe (its message said X.shape=(1, 19)),
+    # for each kind of model; parameters named by the function's full name
+    X19 = chunked(X[:, :19])
+    models = [Lista(D, 0.3, 2), {"D": D, "lmbd": 0.3}]
+    if _has_sklearn():
+        from fastlista.estimators import LassoSparseCoder
+
+        models.append(LassoSparseCoder(D).fit(X[:5]))
+    for model in models:
+        with pytest.raises(ValueError, match=r"^X has 19 features, but the model takes 20 "
+                                             r"\(X.shape=\(600, 19\)\)\.$"):
+            fd.encode(model, X19)
+    with pytest.raises(fastlista.InvalidParameterError,
+                       match="'lmbd' parameter of fastlista.distributed.encode must"):
+        fd.encode({"D": D, "lmbd": -1.0}, chunked(X))
+    with pytest.raises(fastlista.InvalidParameterError,
+                       match="'n_jobs' parameter of fastlista.distributed.encode"):
+        fd.encode({"D": D, "lmbd": 0.1}, chunked(X), n_jobs=0)
 
 
 # ---------------------------------------------------------------------------
