@@ -91,14 +91,24 @@ def _as_floats(arr, name, estimator):
 
 def _dictionary_in(D, dtype):
     """The (validated) dictionary in ``dtype``, refused by name where the cast
-    leaves the dtype's range (a float64 dictionary used with float32 X)."""
-    with np.errstate(over="ignore"):
+    leaves the dtype's range (a float64 dictionary used with float32 X): an
+    entry beyond its largest float (inf), or a non-zero atom whose entries
+    all lie below its smallest normal (lost, or left with a few bits)."""
+    if D.dtype == dtype:
+        return D
+    with np.errstate(over="ignore", under="ignore"):
         D_cast = D.astype(dtype, copy=False)
+    remedy = "the dtype of the X it is used with: pass X in float64, or rescale it."
     if not np.all(np.isfinite(D_cast)):
         raise ValueError(
             f"dictionary has entries beyond the range of {np.dtype(dtype)} (largest "
-            f"|entry| {float(np.max(np.abs(D))):.3g}), the dtype of the X it is used "
-            "with: pass X in float64, or rescale the dictionary.")
+            f"|entry| {float(np.max(np.abs(D))):.3g}), {remedy}")
+    top = np.max(np.abs(D), axis=1, initial=0.0)
+    lost = np.flatnonzero((top > 0) & (top < np.finfo(dtype).tiny))
+    if lost.size:
+        raise ValueError(
+            f"dictionary's atom {lost[0]} (largest |entry| {top[lost[0]]:.3g}) lies "
+            f"below the range of {np.dtype(dtype)}, {remedy}")
     return D_cast
 
 
@@ -149,6 +159,11 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
         -------
         X_original : ndarray of shape (n_samples, n_features)
             ``X @ dictionary``, in the dtype of the codes.
+
+        Raises
+        ------
+        FloatingPointError
+            If the reconstruction leaves the range of the codes' dtype.
         """
         Z = _as_floats(check_array(native_byte_order(X), dtype=None, input_name="X",
                                    estimator=self), "X", self)
@@ -159,11 +174,13 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
                 f"{D.shape[0]} components (atoms of the dictionary) as input.")
         with np.errstate(over="ignore", invalid="ignore"):
             X_original = Z @ _dictionary_in(D, Z.dtype)
-        if not np.all(np.isfinite(X_original)):
-            raise ValueError(
-                f"The reconstruction X @ dictionary leaves the range of {Z.dtype}: pass "
-                "the codes X in float64.")
-        return X_original
+        if np.all(np.isfinite(X_original)):
+            return X_original
+        # (float32 codes and dictionary make products within float64's range)
+        raise FloatingPointError(
+            f"The reconstruction X @ dictionary leaves the range of {Z.dtype}: "
+            + ("rescale the codes X or the dictionary." if Z.dtype == np.float64
+               else "pass the codes X in float64."))
 
     def score(self, X, y=None):
         """Minus the mean Lasso objective of the codes, at ``alpha``.
@@ -298,7 +315,7 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=True)
         D = self._check_dictionary()
         self._check_features(X, D)
-        check_atom_span(self._check_dictionary(dtype=X.dtype), "dictionary", widen="X")
+        check_atom_span(_dictionary_in(D, X.dtype), "dictionary", widen="X")
         self.components_ = D
         self.n_components_ = D.shape[0]
         return self

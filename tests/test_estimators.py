@@ -267,32 +267,48 @@ def test_coders_name_a_float64_dictionary_beyond_the_range_of_float32_x():
     """A finite float64 dictionary with an entry of 1e39, used with float32
     X: fit accepted it (with NumPy's "overflow encountered in cast") and
     transform blamed an input called D; inverse_transform of float32 codes
-    returned inf. Each refuses it now, naming ``dictionary`` and the remedy,
-    without a RuntimeWarning, and a float32 reconstruction beyond float32's
-    range is refused; in float64 both run, against NumPy."""
+    returned inf; an atom of 1e-50 became a zero atom, silently. Each refuses
+    it now, naming ``dictionary`` and the remedy, without a RuntimeWarning,
+    and a reconstruction beyond the codes' dtype is refused, naming the
+    remedy; in float64 both run, against NumPy."""
     D = np.eye(3, 4)
     D[0, 0] = 1e39
+    D_tiny = np.eye(3, 4)
+    D_tiny[1, 1] = 1e-50                # atom 1: 0 in float32
     X = np.ones((2, 4))
     X32, codes32 = X.astype(np.float32), np.ones((2, 3), np.float32)
-    message = (r"^dictionary has entries beyond the range of float32 \(largest \|entry\| "
-               r"1e\+39\).*pass X in float64")
+    huge = (r"^dictionary has entries beyond the range of float32 \(largest \|entry\| "
+            r"1e\+39\), the dtype of the X it is used with: pass X in float64, or "
+            r"rescale it\.$")
+    tiny = (r"^dictionary's atom 1 \(largest \|entry\| 1e-50\) lies below the range of "
+            r"float32, the dtype of the X it is used with: pass X in float64")
     fitted = LassoSparseCoder(D, alpha=0.5).fit(X)
-    calls = [lambda: LassoSparseCoder(D).fit(X32), lambda: fitted.transform(X32),
-             lambda: fitted.inverse_transform(codes32),
-             lambda: LearnedSparseCoder(D, max_iter=1).fit(X32)]
+    calls = [(huge, lambda: LassoSparseCoder(D).fit(X32)),
+             (huge, lambda: fitted.transform(X32)),
+             (huge, lambda: fitted.inverse_transform(codes32)),
+             (huge, lambda: LearnedSparseCoder(D, max_iter=1).fit(X32)),
+             (tiny, lambda: LassoSparseCoder(D_tiny).fit(X32)),
+             (tiny, lambda: LearnedSparseCoder(D_tiny, max_iter=1).fit(X32))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for call in calls:
+        for message, call in calls:
             with pytest.raises(ValueError, match=message):
                 call()
         assert_array_equal(fitted.inverse_transform(np.ones((2, 3))), np.ones((2, 3)) @ D)
         small = LassoSparseCoder(np.eye(3, 4) * 1e30).fit(X)
-        assert_array_equal(small.inverse_transform(codes32),
-                           np.full((2, 4), 1e30, np.float32) * [1, 1, 1, 0])
-        with pytest.raises(ValueError, match=r"^The reconstruction X @ dictionary leaves "
-                                             r"the range of float32: pass the codes X in "
-                                             r"float64\.$"):
+        back = small.inverse_transform(codes32)
+        assert back.dtype == np.float32
+        assert_array_equal(back, np.full((2, 4), 1e30, np.float32) * [1, 1, 1, 0])
+        with pytest.raises(FloatingPointError, match=r"^The reconstruction X @ dictionary "
+                                                     r"leaves the range of float32: pass the "
+                                                     r"codes X in float64\.$"):
             small.inverse_transform(np.full((2, 3), 1e30, np.float32))
+        # beyond float64: no dtype helps (it gave inf)
+        with pytest.raises(FloatingPointError, match=r"leaves the range of float64: "
+                                                     r"rescale the codes X or the "
+                                                     r"dictionary\.$"):
+            LassoSparseCoder(np.eye(3, 4) * 1e300).fit(X).inverse_transform(
+                np.full((2, 3), 1e300))
 
 
 @pytest.mark.parametrize("dictionary, parametrization, reason", [
