@@ -351,14 +351,15 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     # (read-only, shared with the previous call on the same dictionary)
     try:
         B = shared_gram(S.D.astype(np.float64, copy=False), n_threads)
+        if not double:
+            B = B.astype(X.dtype, copy=False)
     except MemoryError:
         # the one work array beyond the size of the inputs and the codes
         raise MemoryError(
             f"solve_lasso: D has {m} atoms, and the solvers work on its Gram matrix "
-            f"D D^T ({m} x {m} float64, {m * m * 8 / 2**30:.3g} GiB), which does not "
-            "fit in the memory available.") from None
-    if not double:
-        B = B.astype(X.dtype, copy=False)
+            f"D D^T ({m} x {m} float64, {m * m * 8 / 2**30:.3g} GiB, and a float32 "
+            "copy for float32 data), which does not fit in the memory "
+            "available.") from None
     # a zero atom (B_jj = 0, also when its squared norm underflows X's dtype)
     # is never used: its code is 0, with or without a warm start
     zero_atoms = ~(np.diagonal(B).astype(X.dtype) > 0)
@@ -576,11 +577,15 @@ def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features)
+        Signals (validated: finite).
     D : ndarray of shape (n_atoms, n_features)
-        Validated, finite.
+        Dictionary (validated: finite).
     lmbd : float or ndarray of shape (n_samples,)
+        The samples' regularisation levels (>= 0), shared or one a sample.
     positive : bool, default=False
+        Codes constrained to be >= 0.
     n_jobs : int or None, default=None
+        Threads of :func:`solve_lasso`.
 
     Returns
     -------

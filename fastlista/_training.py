@@ -49,11 +49,12 @@ of 1e-600, which L-BFGS-B would take for 0). The history records the loss
 itself. Data so small that their loss falls below the smallest double
 (float64 signals below about 1e-160) are trained on in units where it does
 not: the kernels' layers are homogeneous in (x, lmbd), so :func:`fit_network`
-trains on the data times 2**-e (e < 0; ``TrainingData.exponent``), whose
-loss is the data's times 4**-e, exactly, and the network it returns is the
-one trained on data of ordinary scale; its history holds the losses times
-4**e, the loss itself rounded to float64 (subnormal or 0 there). (They
-trained nothing: every loss and gradient was 0.)
+trains on the data times 2**-e (e < 0 for every batch whose max|X| is below
+2**-100, float32 2**-30: ``TrainingData.exponent``), whose loss is the
+data's times 4**-e, exactly, and the network it returns is the one trained
+on data of ordinary scale; its history holds the losses times 4**e, the
+loss itself rounded to float64 (subnormal or 0 below the smallest double,
+where training on the data themselves would see every loss and gradient 0).
 
 An iteration is accepted only if its loss and gradient are finite and its
 loss is not above the last accepted one, so the history of a stage never
@@ -94,7 +95,8 @@ class _Objective:
 
     Returns (inf, 0) for a non-finite point, else the loss and gradient times
     2**shift (see :meth:`calibrate`); remembers the loss of the last finite
-    evaluation (``evaluate``'s, times 2**-loss_exponent the loss itself).
+    evaluation, as ``evaluate`` returns it (in the data's units: the loss
+    itself is it times 2**loss_exponent).
     """
 
     def __init__(self, evaluate, depth, lower, loss_exponent):

@@ -193,6 +193,8 @@ def _bcd(D, A, B, active, positive, n_passes):
 #: Signals that differ, even nearly parallel ones (1e7 plus noise of 1:
 #: angles of 1e-8), stay distinct.
 _COPY = 1e-12
+#: The most rows ``initial_dictionary`` draws at once
+_DRAW_ROWS = 4096
 
 
 def _candidate_atom(r, positive, taken=None, signed=True):
@@ -520,11 +522,12 @@ def batch_stop(objective, tol, gain):
 # initialisation and validation
 # ---------------------------------------------------------------------------
 
-def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
+def initial_dictionary(X, n_atoms, rng, positive=False, rows=None, signed=True):
     """n_atoms distinct signals of X drawn at random, normalised (float64).
 
-    Zero signals are passed over, and copies of a signal drawn before, or
-    of its negation (see ``_COPY``); with ``positive`` an
+    Zero signals are passed over, and copies of a signal drawn before (see
+    ``_COPY``), or with ``signed`` (codes of either sign) of its negation;
+    with ``positive`` an
     atom is the positive part of its signal, or of its negation when the
     signal has no positive entry. If too few atoms result, the rest are random non-negative
     (``positive``) or Gaussian unit atoms (from ``rng``). ``rows(indices)``
@@ -539,12 +542,14 @@ def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
     start = 0
     while filled < n_atoms and start < n:
         # draw in slices, to skip unusable signals without touching all of X
-        # (twice the atoms missing, or as many as were drawn: data of few
-        # distinct signals are searched in a few slices, not thousands)
-        take = order[start:start + max(2 * (n_atoms - filled), start)]
+        # (twice the atoms missing, or as many as were drawn, up to
+        # _DRAW_ROWS: data of few distinct signals are searched in few
+        # slices, none of which fetches much of a dask array at once)
+        size = max(2 * (n_atoms - filled), min(start, _DRAW_ROWS))
+        take = order[start:start + size]
         start += take.shape[0]
         for x in rows(take):
-            atom = _candidate_atom(x, positive, D[:filled])
+            atom = _candidate_atom(x, positive, D[:filled], signed)
             if atom is not None:
                 D[filled] = atom
                 filled += 1
@@ -558,11 +563,12 @@ def initial_dictionary(X, n_atoms, rng, positive=False, rows=None):
     return D
 
 
-def start_dictionary(X, n_atoms, D0, rng, positive=False):
+def start_dictionary(X, n_atoms, D0, rng, positive=False, signed=True):
     """The first dictionary (float64, a new array): D0 (with ``positive``,
-    its negative entries set to 0), or atoms drawn from X."""
+    its negative entries set to 0), or atoms drawn from X (``signed``: see
+    :func:`initial_dictionary`)."""
     if D0 is None:
-        return initial_dictionary(X, n_atoms, rng, positive)
+        return initial_dictionary(X, n_atoms, rng, positive, signed=signed)
     D = np.array(D0, dtype=np.float64, order="C")
     if positive:
         np.maximum(D, 0.0, out=D)
@@ -967,7 +973,8 @@ def run(options, n_jobs, rng, func):
     X, e = scale_exponent(o["X"])
     lmbd = lmbd_in_units(o["lmbd"], e, X.dtype)
     with kernel_threads(n_jobs, func) as n_threads:
-        D = start_dictionary(X, o["n_atoms"], o["D0"], rng, o["positive_dict"])
+        D = start_dictionary(X, o["n_atoms"], o["D0"], rng, o["positive_dict"],
+                             signed=not o["positive_code"])
         code = make_coder(o["coder"], lmbd, o["code_tol"], o["code_max_iter"],
                           o["positive_code"], n_threads)
         if o["method"] == "online":

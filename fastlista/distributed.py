@@ -35,7 +35,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._networks import Lista, TrainingData
+from ._networks import Lista
+from ._networks._execution import batch_exponent
 from ._solvers import (CERTIFIABLE_TOL, METHODS, LassoResult, lasso_targets,
                        solve_lasso as _solve)
 from ._threads import kernel_threads
@@ -459,17 +460,16 @@ def _extremes(*chunks):
     return [(np.max(c), np.min(c)) for c in chunks if c is not None]
 
 
-def _training_exponent(blocks, net, X_dtype):
-    """The e of :meth:`TrainingData.exponent` for the whole array, from the
-    extremes of its (non-empty) chunks of X and the targets, computed once:
-    every chunk trains on its data times 2**-e, as :meth:`Lista.fit` does
-    on local data."""
-    dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X_dtype)), net.D))
+def _training_exponent(blocks, dtype):
+    """The e of ``TrainingData.exponent`` for the whole array (training data
+    of ``dtype``), from the extremes of its (non-empty) chunks of X and the
+    targets, computed once: every chunk trains on its data times 2**-e, as
+    :meth:`Lista.fit` does on local data."""
     parts = dask.compute(*[dask.delayed(_extremes, pure=True)(xb, zb)
                            for xb, zb, _ in blocks])
     X_ext = np.array([part[0] for part in parts], dtype=dtype)
     S_ext = np.array([part[1] for part in parts if len(part) > 1], dtype=dtype)
-    return TrainingData(X_ext, None, "supervised", S_ext if S_ext.size else None).exponent()
+    return min(batch_exponent(X_ext, S_ext if S_ext.size else None), 0)
 
 
 def _add(a, b):
@@ -528,7 +528,9 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         Training signals, chunked along samples (a NumPy array is wrapped).
     loss, optimizer, max_iter, tol, per_layer, verbose
         As in :meth:`Lista.fit`. For ``loss="semi-supervised"`` the targets
-        are computed once with :func:`solve_lasso` on the cluster.
+        are computed once on the cluster, chunk by chunk, as
+        :meth:`Lista.fit` computes them (certified Lasso solutions, least
+        squares where lmbd = 0).
     Z_target : dask array of shape (n_samples, n_atoms), default=None
         Target codes of ``loss="supervised"`` (rechunked like X).
     n_jobs : int or None, default=1
@@ -562,6 +564,8 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
         if lam is None:
             lam = _per_sample(np.full(X.shape[0], scalar), X, "lmbd", func)
 
+    # the chunks' training data's dtype (the network's, or float64)
+    dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), net.D))
     if Z_target is not None:
         # validated whatever the loss (unsupervised ignores it), as Lista.fit does
         Z_target = _as_samples_array(Z_target, "Z_target")
@@ -571,7 +575,6 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
                 f"{(X.shape[0], net.n_atoms)}; got Z_target.shape={Z_target.shape}.")
     elif loss == "semi-supervised":
         # Lasso solutions chunk by chunk, as Lista.fit's (lasso_targets)
-        dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), net.D))
         settings = _LassoSettings(net.D, net.lmbd, dict(n_jobs=n_jobs,
                                                         positive=net.positive))
         Z_target = da.map_blocks(_targets_block, X, lam, _ship(settings), dtype=dtype,
@@ -599,7 +602,7 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     # empty chunks (a filtered array has them) add nothing to the sums
     blocks = [block for block, rows in zip(zip(X.to_delayed().ravel(), z_blocks,
                                                 l_blocks), X.chunks[0]) if rows]
-    e = _training_exponent(blocks, net, X.dtype)
+    e = _training_exponent(blocks, dtype)
     evaluate = _chunked_objective(_ship(net._with_n_jobs(n_jobs)), blocks, loss,
                                   X.shape[0], e)
     # the stages' results live on a copy until training ends (see Lista.fit);
@@ -775,7 +778,8 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
     lmbd_e = dl.lmbd_in_units(lmbd, e, dtype)
     if D0 is None:
         D = dl.initial_dictionary(X, n_atoms, rng, positive_dict,
-                                  rows=lambda idx: np.asarray(X[idx].compute()))
+                                  rows=lambda idx: np.asarray(X[idx].compute()),
+                                  signed=not positive_code)
     else:
         D = dl.start_dictionary(None, n_atoms, D0, rng, positive_dict)
     blocks = X.to_delayed().ravel()

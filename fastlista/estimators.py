@@ -987,7 +987,7 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
                 Xs, e = _dictionary.scale_exponent(X)
                 D = _dictionary.start_dictionary(
                     Xs, o["n_atoms"], o["D0"], check_random_state(self.random_state),
-                    o["positive_dict"])
+                    o["positive_dict"], signed=not o["positive_code"])
                 state = _dictionary.OnlineState(D, coder, o["lmbd"], o["positive_dict"],
                                                 o["dict_passes"], exponent=e)
             state.step(X)

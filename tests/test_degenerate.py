@@ -103,7 +103,7 @@ def test_lmbd_at_lambda_max_gives_exact_zeros(method, rng):
         np.testing.assert_array_equal(res.gap, 0.0)
     # also with tol=0, whose max_iter iterations ISTA ran from the warm start
     # (without screening), approaching 0 by a factor 1 - B_jj / L a step:
-    # codes of 6e-10 after 50 (found by the ninth adversarial pass)
+    # codes of 6e-10 after 50
     D2, x2 = np.array([[1.0, 0.0], [0.0, 10.0]]), np.array([1.0, 0.0])
     for dtype in (np.float64, np.float32):
         res = solve_lasso(x2.astype(dtype), D2.astype(dtype), lambda_max(x2, D2),

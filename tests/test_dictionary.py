@@ -453,6 +453,16 @@ def test_copies_of_a_signal_give_one_atom():
     # the four signals' directions, each once (opposite ones are one atom)
     U = signals / np.linalg.norm(signals, axis=1, keepdims=True)
     assert np.all(np.abs(D @ U.T).max(axis=0) > 1 - 1e-14)
+    # a signal and its negation: one atom for codes of either sign, two for
+    # non-negative codes (only -a codes -x with z >= 0)
+    pm = np.vstack([signals[:1]] * 3 + [-signals[:1]] * 3)
+    for signed in (True, False):
+        D = initial_dictionary(pm, 2, np.random.RandomState(0), signed=signed)
+        cos = D @ U[0]
+        along = np.abs(np.abs(cos) - 1) < 1e-12
+        assert along.sum() == (1 if signed else 2)
+        if not signed:
+            assert sorted(np.sign(cos)) == [-1.0, 1.0]
     # residuals sorted worst first: r twice, -r (one atom for signed codes,
     # two with positive codes), r2; two unused atoms of three
     r, r2 = 2.0 * U[0], 1.5 * U[1]

@@ -563,7 +563,7 @@ def test_learn_dictionary_on_copies_of_signals_equals_single_machine(client):
     from fastlista.dictionary import learn_dictionary
 
     rng = np.random.RandomState(1)
-    rng.randn(40, 6)
+    rng.randn(40, 6)            # (the draws of the first failing example)
     X = np.repeat(rng.randn(4, 6), 10, axis=0)
     D0 = rng.randn(8, 6)
     D0[[0, 2, 5, 7]] = 0

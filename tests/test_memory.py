@@ -193,8 +193,8 @@ def test_a_gram_matrix_beyond_memory_is_named():
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     message = ("solve_lasso: D has 20000 atoms, and the solvers work on its Gram matrix "
-               "D D^T (20000 x 20000 float64, 2.98 GiB), which does not fit in the memory "
-               "available.")
+               "D D^T (20000 x 20000 float64, 2.98 GiB, and a float32 copy for float32 "
+               "data), which does not fit in the memory available.")
     assert lines[:2] == [message, message], run.stdout
     # one feature: the whole code on the largest atom a = max |d_j|, where
     # 1/2 (1 - a u)^2 + 0.5 u is least: |z|_1 = u = (a - 0.5) / a^2

@@ -59,10 +59,13 @@ class TrainingData:
 
     def exponent(self):
         """The e <= 0 of the units where training runs on these data: the
-        batch's exponent of the kernels' scaling where it is negative (data
-        so small that their loss, times 4**e, would fall below the smallest
-        double or into its subnormals), else 0 (the loss itself, finite
-        wherever it is representable)."""
+        batch's exponent of the kernels' scaling (``batch_exponent``) where
+        it is negative, i.e. max|X| below 2**-100 (float32: 2**-30), which
+        takes in every batch whose loss, 4**e times the one computed in
+        those units, would fall below the smallest double or among its
+        subnormals; else 0 (the loss itself, finite wherever it is
+        representable). The scaling is exact: training in these units is
+        training on the data."""
         return min(batch_exponent(self.X, self.targets), 0)
 
     def scaled(self, e):
@@ -126,10 +129,10 @@ class Lista:
         the last :meth:`fit` (for ``per_layer="recursive"`` the stages'
         histories are concatenated, each at its own depth). An iteration is
         accepted only at a finite loss not above the last accepted one, so
-        each stage's history is finite and never rises. float64 signals so
-        small (below about 1e-160) that the loss falls below the smallest
-        double train as at scale 1 (in units of a power of two), and their
-        history holds the loss itself: 0, or subnormal.
+        each stage's history is finite and never rises. Signals so small
+        that the loss falls below the smallest double (float64 signals below
+        about 1e-160) train as at scale 1 (in units of a power of two), and
+        their history holds the loss itself: 0, or subnormal.
 
     Examples
     --------
@@ -351,7 +354,8 @@ class Lista:
             Training signals (at least one).
         loss : {"unsupervised", "supervised", "semi-supervised"}, default="unsupervised"
             See :meth:`loss_and_grad`; ``semi-supervised`` computes the
-            targets here with :func:`fastlista.solve_lasso`.
+            targets here with :func:`fastlista.solve_lasso` (least squares
+            where lmbd = 0).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes of the supervised losses.
         lmbd : float or array-like of shape (n_samples,), default=None
