@@ -188,8 +188,11 @@ def test_a_gram_matrix_beyond_memory_is_named():
 
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastlista.__file__)),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # (in the tests' directory: "python -c" puts the working directory first
+    # on the path, where a source checkout's unbuilt package would shadow the
+    # installed one)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=300)
+                         cwd=os.path.dirname(__file__), env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     message = ("solve_lasso: D has 20000 atoms, and the solvers work on its Gram matrix "
