@@ -446,7 +446,9 @@ def lambda_max(X, D, positive=False):
         in X's dtype, rounded up: a bound from above of the exact value,
         within a few ulps of it (the largest correlations are recomputed to
         about twice double precision where their rounding could matter,
-        as when the products cancel), and never below what the solvers
+        as when the products cancel; the entries of a sample spanning more
+        than its dtype, which its scaling takes below the dtype's range,
+        are bounded at their own scale), and never below what the solvers
         compute. For ``lmbd >= lmbd_max`` the Lasso solution is exactly 0,
         and every solver returns exactly zero codes.
 
@@ -471,7 +473,65 @@ def lambda_max(X, D, positive=False):
                               certified=True)
     with np.errstate(over="ignore"):            # beyond float32's range: inf
         out = round_up(S.lambda_out(top), S.X.dtype)
+    if S.ea is not None:
+        # a sample whose entries span more than its dtype: its scaling took
+        # the smallest below the dtype's range, where they vanished (or lost
+        # digits); their share of x D^T is bounded at their own scale
+        with np.errstate(under="ignore"):
+            back = np.ldexp(S.X, S.ea[:, None]).astype(X.dtype, copy=False)
+        wide = np.flatnonzero(np.any(back != X, axis=1))
+        if wide.size and D.shape[0]:
+            with np.errstate(over="ignore"):
+                out[wide] = np.maximum(out[wide], round_up(
+                    _wide_lambda_max(X[wide], back[wide], D, positive), out.dtype))
     return _squeeze(out, is_1d)
+
+
+def _correlations_up(R, D):
+    """Bounds from above of r . d_j and |r . d_j| for the rows r of R (any
+    magnitudes; float64 arrays of shape (n_rows, n_atoms), in R's units):
+    each row taken at its own power of two, its products in double, their
+    sums' rounding bounded by (n + 2) eps sum_k |r_k d_jk| (Higham's
+    gamma_n, plus an absolute term where products could fall below the
+    normal range), and scaled back rounded up."""
+    R = R.astype(np.float64)
+    er = _top_exponent(R, axis=1)[:, None]
+    Rs = np.ldexp(R, -er)
+    D64 = D.astype(np.float64)
+    f64 = np.finfo(np.float64)
+    with np.errstate(under="ignore"):
+        C = Rs @ D64.T
+        err = (R.shape[1] + 2) * f64.eps * (np.abs(Rs) @ np.abs(D64).T)
+    nz_r, nz_d = np.abs(Rs[Rs != 0]), np.abs(D64[D64 != 0])
+    if nz_r.size and nz_d.size and nz_r.min() * nz_d.min() < f64.tiny:
+        err += R.shape[1] * f64.smallest_subnormal
+
+    def back_up(v):
+        # (v rounded up; exact where every product was 0)
+        v = np.where(err > 0, np.nextafter(v, np.inf), v)
+        with np.errstate(over="ignore", under="ignore"):
+            out = np.ldexp(v, er)
+            low = np.ldexp(out, -er) < v                   # (an exact test)
+        out[low] = np.nextafter(out[low], np.inf)
+        return out
+    return back_up(C + err), back_up(np.abs(C) + err)
+
+
+def _wide_lambda_max(X, back, D, positive):
+    """lambda_max, from above, of samples whose entries span more than their
+    dtype: ``back`` is the part their scaling kept (each entry of X, or its
+    rounding), ``X - back`` (exact) the part that vanished below the
+    dtype's range; both are bounded atom by atom at their own scale and
+    added rounded up (float64, (n_rows,))."""
+    kept, kept_abs = _correlations_up(back, D)
+    lost, lost_abs = _correlations_up(X - back, D)
+    with np.errstate(over="ignore"):
+        if positive:
+            total = np.maximum(kept + lost, 0.0)
+        else:
+            total = kept_abs + lost_abs
+    total = np.where(total > 0, np.nextafter(total, np.inf), 0.0)
+    return total.max(axis=1, initial=0.0)
 
 
 def correlations(S, n_threads, double, positive, certified=False):

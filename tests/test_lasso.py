@@ -472,6 +472,33 @@ def test_float64_lambda_max_among_the_subnormals_is_rounded_up(positive):
             assert not np.any(Z), (method, x, d, Z)
 
 
+@pytest.mark.parametrize("positive", [False, True])
+def test_lambda_max_of_a_sample_spanning_more_than_its_dtype_is_a_bound(positive):
+    """A sample whose entries span more than its dtype (float32 2**-100 and
+    1.5 * 2**100): scaled for its largest entry, the smallest vanished, and
+    with positive codes, whose only positive correlation came from it,
+    lambda_max was 0 (exact 2**-101); the share of the vanished entries is
+    now bounded at their own scale: the exact value (rational arithmetic)
+    rounded up, within a few ulps, and every method returns exactly 0 there."""
+    D = np.array([[0.5, 0.0], [0.0, 0.7], [-0.25, 1e-3]])
+    cases = [(np.float32, [2.0**-100, -1.5 * 2.0**100]),
+             (np.float32, [-(2.0**-120), 1.5 * 2.0**40]),
+             (np.float32, [-(2.0**-100), -1.5 * 2.0**100]),    # positive: exactly 0
+             (np.float64, [2.0**-100, -1.5 * 2.0**1000]),
+             (np.float64, [-1.5 * 2.0**500, 2.0**-600])]
+    for dtype, x in cases:
+        X, Dd = np.array([x], dtype), D.astype(dtype)
+        lm = lambda_max(X, Dd, positive=positive)
+        exact = [sum(Fraction(float(a)) * Fraction(float(b)) for a, b in zip(X[0], d))
+                 for d in Dd]
+        exact = max(max(exact), Fraction(0)) if positive else max(map(abs, exact))
+        assert Fraction(float(lm[0])) >= exact, (dtype, x, lm)
+        assert Fraction(float(lm[0])) <= exact * (1 + 8 * Fraction(float(np.finfo(dtype).eps)))
+        for method in ("cd", "ista", "fista", "backtracking", "oista"):
+            Z = fastlista.solve_lasso(X, Dd, lm, method=method, positive=positive).codes
+            assert not np.any(Z), (method, dtype, x, Z)
+
+
 @pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
                     reason="long double is double here")
 def test_long_doubles_beyond_float64_are_refused_without_a_warning():
