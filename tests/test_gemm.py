@@ -243,6 +243,16 @@ def step_thresholds(M, dtype, seed):
     return thr
 
 
+def with_avx2_epilogue(on, step, *args):
+    """``step(*args)`` with _gemm_avx2.h's epilogue switched on or off (the
+    vector-extension one of _gemm.h), the setting restored afterwards."""
+    previous = _gemm.use_avx2_epilogue(on)
+    try:
+        return step(*args)
+    finally:
+        _gemm.use_avx2_epilogue(previous)
+
+
 def fused_step(A, B, thr, positive, Z0, packed, level):
     """(non-zeros, codes, signs) of gemm_step at a step of 0.3 from codes Z0
     (signs preset to 7: every one written is checked); the same step
@@ -301,13 +311,8 @@ def test_avx2_step_epilogue_equals_the_vector_extension_one_bit_for_bit(dtype, p
             continue
         thr = step_thresholds(M, dtype, M + K)
         for positive in (False, True):
-            out = []
-            for on in (True, False):
-                previous = _gemm.use_avx2_epilogue(on)
-                try:
-                    out.append(fused_step(A, B, thr, positive, C0, packed, _gemm.GEMM_AVX2))
-                finally:
-                    _gemm.use_avx2_epilogue(previous)
+            out = [with_avx2_epilogue(on, fused_step, A, B, thr, positive, C0, packed,
+                                      _gemm.GEMM_AVX2) for on in (True, False)]
             assert_same_step(*out)
             n1, Z1, s1 = out[0]
             # and against the definition, entry by entry
@@ -481,13 +486,8 @@ def test_avx2_wide_step_epilogue_equals_the_vector_extension_one_bit_for_bit(pac
     # _gemm_avx2.h's epilogue of the float32 step with z in double against
     # _gemm.h's: the same codes in double and float32 and the same count
     for A, B, lam, Zd0, positive in wide_cases(14):
-        out = []
-        for on in (True, False):
-            previous = _gemm.use_avx2_epilogue(on)
-            try:
-                out.append(wide_step(A, B, lam, positive, Zd0, packed, _gemm.GEMM_AVX2))
-            finally:
-                _gemm.use_avx2_epilogue(previous)
+        out = [with_avx2_epilogue(on, wide_step, A, B, lam, positive, Zd0, packed,
+                                  _gemm.GEMM_AVX2) for on in (True, False)]
         assert out[0][0] == np.count_nonzero(out[0][1])
         assert_same_wide_step(*out)
 
