@@ -287,13 +287,18 @@ class Scaled:
         to 0)."""
         if self.identity:
             return v
-        e = self._shift(1, 1)
-        with np.errstate(over="ignore", under="ignore"):
-            out = np.ldexp(v, e)
-            # (scaling a subnormal back up is exact: the test is exact)
-            low = np.ldexp(out, -e) < v
-        out[low] = np.nextafter(out[low], np.inf)
-        return out
+        return _ldexp_up(v, self._shift(1, 1))
+
+
+def _ldexp_up(v, e):
+    """v 2**e rounded up (``np.ldexp`` rounds a result among the subnormals,
+    or below them, to nearest or to 0): a bound from above stays one."""
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(v, e)
+        # (scaling a subnormal back up is exact: the test is exact)
+        low = np.ldexp(out, -e) < v
+    out[low] = np.nextafter(out[low], np.inf)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -508,12 +513,7 @@ def _correlations_up(R, D):
 
     def back_up(v):
         # (v rounded up; exact where every product was 0)
-        v = np.where(err > 0, np.nextafter(v, np.inf), v)
-        with np.errstate(over="ignore", under="ignore"):
-            out = np.ldexp(v, er)
-            low = np.ldexp(out, -er) < v                   # (an exact test)
-        out[low] = np.nextafter(out[low], np.inf)
-        return out
+        return _ldexp_up(np.where(err > 0, np.nextafter(v, np.inf), v), er)
     return back_up(C + err), back_up(np.abs(C) + err)
 
 
