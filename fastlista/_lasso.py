@@ -157,12 +157,16 @@ class Scaled:
         Per-sample exponents (None: all 0).
     eb : int
         The dictionary's exponent.
+    lost : _Lost or None
+        What the scaling lost of samples whose entries span more than the
+        dtype (None: nothing).
     """
 
     X: np.ndarray
     D: np.ndarray
     ea: np.ndarray
     eb: int
+    lost: "_Lost" = None
 
     @classmethod
     def of(cls, X, D, Z=None, lmbd=None, check_atoms=True):
@@ -207,13 +211,16 @@ class Scaled:
                                 np.maximum(unit, -((-(el + el1)) // 2)), unit)
             ea = np.where(unit > -big, _shift(unit, limit), 0)
             ea = np.maximum(ea, np.where(anz, ezmax + eb - 1000, -big))
+        Xs, lost = X, None
         if not ea.any():
             ea = None
         else:
-            X = np.ldexp(X, -ea[:, None]).astype(X.dtype, copy=False)
+            Xs = np.ldexp(X, -ea[:, None]).astype(X.dtype, copy=False)
         if eb:
             D = np.ldexp(D, -eb).astype(D.dtype, copy=False)
-        return cls(X, D, ea, eb)
+        if ea is not None and ea.max() > 0:
+            lost = _Lost.of(X, Xs, ea, D)
+        return cls(Xs, D, ea, eb, lost)
 
     @property
     def identity(self):
@@ -222,7 +229,7 @@ class Scaled:
     def rows(self, idx):
         """The same scaling restricted to some samples."""
         return Scaled(self.X[idx], self.D, None if self.ea is None else self.ea[idx],
-                      self.eb)
+                      self.eb, None if self.lost is None else self.lost.rows(idx))
 
     def _shift(self, sign_a, sign_b):
         ea = 0 if self.ea is None else self.ea
@@ -272,13 +279,37 @@ class Scaled:
             return np.ldexp(ml * mz, el + ez - 2 * ea)
 
     def energy_out(self, v):
-        """Objectives and gaps in the caller's units: v 2**(2 ea) (inf beyond
-        the float range: the value itself is not representable)."""
+        """Objectives in the caller's units: v 2**(2 ea) (inf beyond the float
+        range: the value itself is not representable; gaps: ``gap_out``)."""
         if self.ea is None:
             return v
         e = 2 * self.ea.reshape((-1,) + (1,) * (np.ndim(v) - 1))
         with np.errstate(over="ignore"):
             return np.ldexp(v, e)
+
+    def gap_in(self, gap, Z):
+        """Gaps of the codes ``Z`` (scaled units) raised by the terms of the
+        entries the scaling lost (``_Lost``), in scaled units, rounded up:
+        the gaps the convergence test reads."""
+        if self.lost is None:
+            return gap
+        return _add_up(gap, self.lost.terms(Z, self._shift(1, 0), 2 * self.ea))
+
+    def energy_up(self, v):
+        """``energy_out`` rounded up: a bound (a gap) landing among the
+        subnormals, or below them, stays one."""
+        if self.ea is None:
+            return v
+        return _ldexp_up(v, 2 * self.ea.reshape((-1,) + (1,) * (np.ndim(v) - 1)))
+
+    def gap_out(self, gap, Z):
+        """Gaps of the codes ``Z`` (scaled units) in the caller's units,
+        rounded up (``energy_up``) and raised by the terms of the entries
+        the scaling lost; inf beyond the float range."""
+        out = self.energy_up(gap)
+        if self.lost is None:
+            return out
+        return _add_up(out, self.lost.terms(Z, self._shift(1, 0), 0))
 
     def lambda_out(self, v):
         """A lmbd in scaled units back in the caller's, v 2**(ea + eb), rounded
@@ -299,6 +330,109 @@ def _ldexp_up(v, e):
         low = np.ldexp(out, -e) < v
     out[low] = np.nextafter(out[low], np.inf)
     return out
+
+
+def _add_up(a, b):
+    """a + b rounded up where b > 0 (float64 arrays of the same shape)."""
+    with np.errstate(over="ignore"):
+        total = a + b
+    return np.where(b > 0, np.nextafter(total, np.inf), total)
+
+
+def _sum_up(A, axis=1):
+    """Sums of non-negative float64 entries along ``axis``, rounded up (the
+    rounding of a sum of n terms is at most (n - 1) eps times it)."""
+    n = A.shape[axis]
+    total = A.sum(axis=axis) * (1.0 + (n + 2) * np.finfo(np.float64).eps)
+    return np.where(total > 0, np.nextafter(total, np.inf), total)
+
+
+@dataclass
+class _Lost:
+    """The entries a sample's scaling took below the dtype's range.
+
+    A sample whose entries span more than its dtype (float32 entries 2**-100
+    and 2**100; float64 ones 2**-600 and 2**500) is solved and certified
+    from what its scaling keeps, x_k = (x 2**-ea rounded to the dtype)
+    2**ea; the rest, x_v = x - x_k (exact), vanished or lost digits. The
+    dual point theta_k of the kept residual r_k = x_k - z D is feasible for
+    x too (the dual constraint does not involve x), and with s_k the
+    maximum it is scaled by,
+
+        gap_x(z, theta_k) = gap_k + (1 - lmbd / s_k) <r_k, x_v> + 1/2 ||x_v||^2,
+        <r_k, x_v> = <x_k, x_v> - z . (x_v D^T),
+
+    so gap_k plus a bound on the other two terms bounds F_x(z) - min F_x
+    from above. x_v is taken at its own power of two, 2**e (its entries in
+    [2**-1, 1) there): the terms are
+
+        2**(2 e) sq + 2**(e + ea) ||z~||_1 c,
+
+    with ``sq`` >= 1/2 ||x_v~||^2 + sum_i |x_k~,i x_v~,i| (x_k~ = x_k 2**-e:
+    an entry that lost digits is within 2**54 of what it lost), ``c`` >=
+    max_j |x_v~ . d~_j| over the scaled atoms, and z~ the scaled codes on
+    non-zero atoms. One number per sample: the bound holds within a
+    factor n_atoms of the exact terms, which are below the rounding of the
+    kept ones by more than the dtype's whole range.
+
+    Attributes
+    ----------
+    e : ndarray of int64, shape (n_samples,)
+    sq, c : ndarray of float64, shape (n_samples,)
+        0 for samples that lost nothing.
+    atoms : ndarray of bool, shape (n_atoms,)
+        The non-zero atoms.
+    """
+
+    e: np.ndarray
+    sq: np.ndarray
+    c: np.ndarray
+    atoms: np.ndarray
+
+    @classmethod
+    def of(cls, X, Xs, ea, D):
+        """From the data X, their scaling Xs = X 2**-ea (rounded to the
+        dtype) and the scaled dictionary D; None when nothing was lost."""
+        down = np.flatnonzero(ea > 0)       # (scaling up loses nothing)
+        with np.errstate(under="ignore"):
+            kept = np.ldexp(Xs[down].astype(np.float64), ea[down, None])
+        vanished = X[down].astype(np.float64) - kept               # exact
+        hit = np.any(vanished != 0, axis=1)
+        if not hit.any():
+            return None
+        down, kept, vanished = down[hit], kept[hit], vanished[hit]
+        e = _top_exponent(vanished, axis=1)
+        Vu = np.ldexp(vanished, -e[:, None])
+        with np.errstate(over="ignore"):     # (entries kept whole: not used)
+            Ku = np.where(vanished != 0, np.ldexp(kept, -e[:, None]), 0.0)
+        N = X.shape[0]
+        out = cls(np.zeros(N, dtype=np.int64), np.zeros(N), np.zeros(N),
+                  np.any(D != 0, axis=1))
+        out.e[down] = e
+        out.sq[down] = _sum_up(0.5 * Vu * Vu + np.abs(Ku * Vu))
+        if out.atoms.any():
+            _, corr = _correlations_up(Vu, D[out.atoms])
+            out.c[down] = corr.max(axis=1)
+        return out
+
+    def rows(self, idx):
+        return _Lost(self.e[idx], self.sq[idx], self.c[idx], self.atoms)
+
+    @property
+    def samples(self):
+        """The samples that lost entries."""
+        return np.flatnonzero(self.sq > 0)
+
+    def terms(self, Z, ea, s):
+        """Bounds from above of the lost terms of the gaps of the scaled codes
+        Z, times 2**-s (s per sample: 0 for the caller's units, 2 ea for
+        scaled ones), float64 (n_samples,)."""
+        l1 = _sum_up(np.abs(Z[:, self.atoms]).astype(np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            zc = np.where(self.c > 0, l1 * self.c, 0.0)
+        zc = np.where(zc > 0, np.nextafter(zc, np.inf), zc)
+        return _add_up(_ldexp_up(self.sq, 2 * self.e - s),
+                       _ldexp_up(zc, self.e + ea - s))
 
 
 # ---------------------------------------------------------------------------
@@ -347,13 +481,14 @@ def _terms(X, D, lmbd, Z, positive, func):
     on every core (BLAS on one thread). Codes with a negative entry when
     ``positive`` are infeasible: objective and gap inf."""
     S = Scaled.of(X, D, Z, lmbd)
+    Zs = S.codes_in(Z)
     with kernel_threads(None, func) as n_threads:
-        primal, gap = certify(S, S.lmbd(lmbd), S.codes_in(Z), n_threads,
+        primal, gap = certify(S, S.lmbd(lmbd), Zs, n_threads,
                               positive=positive, lz=S.lmbd_l1(lmbd, Z))
     if positive:
         infeasible = np.any(Z < 0, axis=1)
         primal[infeasible] = gap[infeasible] = np.inf
-    return S.energy_out(primal), S.energy_out(gap)
+    return S.energy_out(primal), S.gap_out(gap, Zs)
 
 
 # ---------------------------------------------------------------------------
@@ -478,17 +613,16 @@ def lambda_max(X, D, positive=False):
                               certified=True)
     with np.errstate(over="ignore"):            # beyond float32's range: inf
         out = round_up(S.lambda_out(top), S.X.dtype)
-    if S.ea is not None:
+    if S.lost is not None and D.shape[0]:
         # a sample whose entries span more than its dtype: its scaling took
         # the smallest below the dtype's range, where they vanished (or lost
         # digits); their share of x D^T is bounded at their own scale
+        wide = S.lost.samples
         with np.errstate(under="ignore"):
-            back = np.ldexp(S.X, S.ea[:, None]).astype(X.dtype, copy=False)
-        wide = np.flatnonzero(np.any(back != X, axis=1))
-        if wide.size and D.shape[0]:
-            with np.errstate(over="ignore"):
-                out[wide] = np.maximum(out[wide], round_up(
-                    _wide_lambda_max(X[wide], back[wide], D, positive), out.dtype))
+            back = np.ldexp(S.X[wide], S.ea[wide, None]).astype(X.dtype, copy=False)
+        with np.errstate(over="ignore"):
+            out[wide] = np.maximum(out[wide], round_up(
+                _wide_lambda_max(X[wide], back, D, positive), out.dtype))
     return _squeeze(out, is_1d)
 
 
@@ -589,6 +723,13 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     gap`` holds up to the rounding of the two objectives (a relative 1e-16
     of their terms), also where ``lmbd`` is near the rounding of the
     correlations.
+
+    A sample whose entries span more than its dtype (float32 2**-100 next
+    to 2**100) is certified from the entries its scaling keeps, with the
+    dual point of their residual (feasible for the whole sample), and the
+    gap adds a bound, taken at their own scale, on the terms of the
+    entries that fell below the dtype's range: it stays a bound from
+    above.
 
     Parameters
     ----------

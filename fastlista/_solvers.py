@@ -461,7 +461,6 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         primal[worse], gap[worse] = certify(
             S.rows(worse), lm[worse], np.ascontiguousarray(Z[worse]), n_threads,
             np.ascontiguousarray(C[worse]), B, positive)
-    converged = gap <= target
 
     codes = S.codes_out(Z)
     if not S.identity:
@@ -474,10 +473,13 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         # the certificate of the returned codes (exact unless some
         # underflowed on the way out)
         if not np.array_equal(S.codes_in(codes), Z):
-            primal, gap = certify(S, lm, S.codes_in(codes), n_threads, C, B, positive)
-            converged = gap <= target
+            Z = S.codes_in(codes)
+            primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
+    # (with the terms of entries the scaling lost, for samples spanning more
+    # than the dtype: see _lasso._Lost)
+    converged = S.gap_in(gap, Z) <= target
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
-        out_gap = round_up(S.energy_out(gap), X.dtype)
+        out_gap = round_up(S.gap_out(gap, Z), X.dtype)
     if warn and tol > 0 and not converged.all():
         # (x = 0 has gap 0 and converges: 1/2 ||x||^2 > 0 here)
         bad = ~converged
@@ -489,7 +491,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
                             span)
     history, step_sizes = None, None
     if record_history:
-        history, step_sizes = _history(hist, n_iter, N, xx, primal, gap, method, S)
+        history, step_sizes = _history(hist, n_iter, N, primal, gap, out_gap, method, S)
     return LassoResult(codes, out_gap, n_iter, converged, history, step_sizes, method)
 
 
@@ -521,9 +523,10 @@ def _kernel(S, C, B, xx, lm, method, Z, n_threads, hist, n_iter, stop_gap, posit
     return run
 
 
-def _history(hist, n_iter, N, xx, primal, gap, method, S):
+def _history(hist, n_iter, N, primal, gap, out_gap, method, S):
     """Trim the records, fill the iterations after a sample stopped with its
-    last values, and end every sample at its certificate."""
+    last values, and end every sample at its certificate (``out_gap``, in
+    the caller's units, the returned gap)."""
     T = int(n_iter.max()) + 1 if N else 1
     obj_h, gap_h, step_h = (h[:T].astype(np.float64) for h in hist)
     if N:
@@ -535,10 +538,12 @@ def _history(hist, n_iter, N, xx, primal, gap, method, S):
             for t in range(1, T):
                 h[t] = np.where(np.isnan(h[t]) | (t > n_iter), h[t - 1], h[t])
     dtype = hist[0].dtype
-    # gaps rounded up, as LassoResult.gap is: the last one is the certificate
+    # gaps rounded up, as LassoResult.gap is; from its last iteration on,
+    # a sample's is its certificate, the returned gap
     with np.errstate(over="ignore"):
+        gap_h = round_up(S.energy_up(gap_h.T).T, dtype)
         history = {"objective": S.energy_out(obj_h.T).T.astype(dtype),
-                   "gap": round_up(S.energy_out(gap_h.T).T, dtype)}
+                   "gap": np.where(np.arange(T)[:, None] >= n_iter, out_gap, gap_h)}
     step_sizes = None
     if method in ("oista", "backtracking"):
         with np.errstate(over="ignore"):

@@ -26,7 +26,7 @@ __all__ = [
     "strong_convexity", "lambda_max_robust", "solve_scaled", "duality_gap_batch",
     "per_sample", "orthonormal_dictionary",
     "make_dictionary_problem", "dictionary_bcd", "dictionary_surrogate",
-    "match_atoms",
+    "match_atoms", "lasso_suboptimality_exact",
 ]
 
 
@@ -611,3 +611,62 @@ def match_atoms(D, D_true):
     C = np.abs(Tn @ Dn.T)
     rows, cols = linear_sum_assignment(-C)
     return C[rows, cols]
+
+
+# --------------------------------------------------------------------------
+# exact (rational) solutions of tiny problems
+# --------------------------------------------------------------------------
+
+def _solve_rational(A, b):
+    """x with A x = b for a square matrix of Fractions (Gauss-Jordan with
+    exact pivots), or None when A is singular."""
+    from fractions import Fraction
+    n = len(b)
+    M = [list(row) + [b[i]] for i, row in enumerate(A)]
+    for k in range(n):
+        pivot = next((i for i in range(k, n) if M[i][k] != 0), None)
+        if pivot is None:
+            return None
+        M[k], M[pivot] = M[pivot], M[k]
+        for i in range(n):
+            if i != k and M[i][k] != 0:
+                f = M[i][k] / M[k][k]
+                M[i] = [a - f * c for a, c in zip(M[i], M[k])]
+    return [M[i][n] / M[i][i] if n else Fraction(0) for i in range(n)]
+
+
+def lasso_suboptimality_exact(x, D, lmbd, z, positive=False):
+    """F_x(z) - min F_x in rational arithmetic, from the float entries of
+    x (n_features,), D (n_atoms, n_features), lmbd and z (n_atoms,) as they
+    are, for a D of full row rank and a few atoms (the minimiser is unique:
+    the sign pattern whose KKT conditions hold, found by enumerating all
+    3**n_atoms, or 2**n_atoms with ``positive``)."""
+    import itertools
+    from fractions import Fraction
+    xq = [Fraction(float(v)) for v in x]
+    Dq = [[Fraction(float(v)) for v in row] for row in D]
+    lm = Fraction(float(lmbd))
+    m = len(Dq)
+    c = [sum(a * b for a, b in zip(xq, d)) for d in Dq]
+    B = [[sum(a * b for a, b in zip(di, dj)) for dj in Dq] for di in Dq]
+
+    def F(w):
+        r = [xi - sum(w[j] * Dq[j][i] for j in range(m)) for i, xi in enumerate(xq)]
+        return sum(v * v for v in r) / 2 + lm * sum(abs(v) for v in w)
+
+    for signs in itertools.product((0, 1) if positive else (-1, 0, 1), repeat=m):
+        S = [j for j in range(m) if signs[j]]
+        zS = _solve_rational([[B[i][j] for j in S] for i in S],
+                             [c[i] - lm * signs[i] for i in S])
+        if zS is None or any((v > 0) != (signs[j] > 0) or v == 0 for v, j in zip(zS, S)):
+            continue
+        w = [Fraction(0)] * m
+        for v, j in zip(zS, S):
+            w[j] = v
+        g = [c[j] - sum(w[k] * B[k][j] for k in range(m)) for j in range(m)]
+        if all((g[j] <= lm) if positive else (abs(g[j]) <= lm)
+               for j in range(m) if not signs[j]):
+            if positive and any(v < 0 for v in z):
+                return float("inf")
+            return F([Fraction(float(v)) for v in z]) - F(w)
+    raise ValueError("no sign pattern satisfies the KKT conditions: is D of full row rank?")

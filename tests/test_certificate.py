@@ -175,7 +175,8 @@ def test_not_converged_warning_states_the_relative_gap_of_the_returned_codes(met
     # (found by an API fuzz) signals of a few subnormals: the codes round
     # to the subnormal grid on their way out, and the certificate of the
     # returned codes refuses them, in the solver's scaled units; their
-    # absolute gap (about 1e-646) is 0 in float64. The warning took gap /
+    # absolute gap (about 1e-646) is below float64's range, and reads as its
+    # smallest subnormal (rounded up: a bound). The warning took gap /
     # (1/2 ||x||^2) in float64, where both underflow: "relative duality gap
     # inf". It now states the gap of the returned codes relative to F_x(0),
     # here checked on the same signals and codes times 2^1074 (exact)
@@ -186,7 +187,7 @@ def test_not_converged_warning_states_the_relative_gap_of_the_returned_codes(met
         res = solve_lasso(X, D, 0.0, method=method, tol=1e-6)
     bad = ~res.converged
     assert bad.any()                     # the grid is too coarse for tol = 1e-6
-    assert np.all(res.gap == 0.0)
+    assert np.all(res.gap == np.finfo(np.float64).smallest_subnormal)
     (w,) = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     stated = float(re.search(r"relative duality gap (\S+)\.", str(w.message)).group(1))
     Xs, Zs = np.ldexp(X, 1074), np.ldexp(res.codes.astype(np.float64), 1074)
@@ -260,6 +261,60 @@ def test_tiny_sample_next_to_huge_sample_is_solved_at_its_own_scale(method):
     assert res is not None
     assert res.converged[0], "the tiny sample did not converge"
     assert np.any(res.codes[0] != 0)
+
+
+# samples whose entries span more than their dtype: (dtype, x, D, lmbd)
+WIDE_CASES = [
+    # positive codes: the only positive correlation is the vanished entry's
+    (np.float32, [2.0**-100, -1.5 * 2.0**100], np.diag([0.5, 0.7]), 1e-32),
+    (np.float64, [2.0**-600, -1.5 * 2.0**500], np.diag([0.5, 0.7]), 2.0**-700),
+    # an entry that loses digits (float32: 2**-140 at the scale of 2**40)
+    (np.float32, [1.5 * 2.0**40, -1.2345678 * 2.0**-100, 0.0],
+     np.array([[0.5, 0.25, 0.0], [0.0, 0.75, -0.5], [0.25, 0.0, 1.0]]), 2.0**36),
+    (np.float64, [1.5 * 2.0**300, 2.0**-780 * 1.2345678901234, 3.0 * 2.0**-790],
+     np.array([[0.5, 0.25, 0.0], [0.0, 0.75, -0.5], [0.25, 0.5, 1.0]]), 2.0**296),
+]
+
+
+@pytest.mark.parametrize("case", range(len(WIDE_CASES)))
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_gap_of_a_sample_spanning_more_than_its_dtype_bounds_its_suboptimality(
+        method, positive, case):
+    """A sample whose entries span more than its dtype is scaled for its
+    largest, and its smallest vanish below the dtype's range (or lose
+    digits): solved without them, with positive codes whose only positive
+    correlation they held, the code 0 was reported with a gap of 0 and
+    converged with tol = 0, where F(0) - min F is 3.0e-61 (float32) and
+    2**-1201 (float64, below every double). The gap adds a bound on the
+    lost entries' terms, taken at their own scale (``_lasso._Lost``): it
+    bounds F(z) - min F from above (exact, in rational arithmetic), for the
+    solver's codes and ``duality_gap`` alike, up to the double rounding of
+    the kept terms that the certificate documents (none where the kept
+    part is solved exactly, at 0), and a positive gap is not "converged"
+    with tol = 0."""
+    dtype, x, D, lmbd = WIDE_CASES[case]
+    X, D = np.array([x], dtype), D.astype(dtype)
+    rounding = 0 if case < 2 and positive else Fr(2.0**-50) * Fr(float(np.dot(x, x))) / 2
+    for tol in (1e-5 if dtype == np.float32 else 1e-8, 0.0):
+        res = solve_or_refuse(X, D, lmbd, tol=tol, max_iter=200, method=method,
+                              positive=positive)
+        assert res is not None
+        exact = ref.lasso_suboptimality_exact(X[0], D, lmbd, res.codes[0], positive)
+        for gap in (res.gap[0], duality_gap(X, D, lmbd, res.codes, positive=positive)[0]):
+            assert gap == np.inf or Fr(float(gap)) + rounding >= exact, (tol, gap, exact)
+        if tol:
+            # (a gap beyond float32's range reads inf: the test is in scaled units)
+            assert res.converged[0]
+            assert float(res.gap[0]) <= tol * 0.5 * float(np.dot(x, x)) or res.gap[0] == np.inf
+        else:
+            assert res.converged[0] == (res.gap[0] == 0)
+    if case < 2 and positive:
+        # the zero code, and what the lost entry makes of its gap: at least
+        # its exact suboptimality, at most the smallest subnormal's few ulps
+        tiny = np.finfo(dtype).smallest_subnormal
+        np.testing.assert_array_equal(res.codes, 0.0)
+        assert tiny <= res.gap[0] <= 4 * tiny and not res.converged[0]
 
 
 # ---------------------------------------------------------------------------

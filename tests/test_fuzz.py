@@ -471,6 +471,91 @@ def test_variant_strongly_convex_codes_satisfy_the_kkt_conditions(p, method, n_j
 
 
 # ---------------------------------------------------------------------------
+# samples whose entries span more than their dtype
+# ---------------------------------------------------------------------------
+
+@st.composite
+def wide_samples(draw):
+    """(X (1, n), D (m, n), lmbd, positive, exact_kept): one sample whose
+    largest entry sets a scale at which others fall below the dtype's range
+    (vanish) or among its subnormals (lose digits), a dictionary of 1 to 3
+    atoms of full row rank with entries in quarters, and lmbd from 0 to
+    above lambda_max. ``exact_kept``: the kept entries are <= 0 and D >= 0
+    with positive codes, so that the kept part's solution is exactly 0 and
+    its certificate exact: the whole gap is the lost entries' bound."""
+    dtype = np.dtype(draw(st.sampled_from(["float64", "float32"])))
+    info = np.finfo(dtype)
+    m = draw(st.integers(1, 3))
+    n = draw(st.integers(m, 4))
+    exact_kept = draw(st.booleans())
+    quarters = st.integers(0 if exact_kept else -4, 4)
+    D = np.array(draw(st.lists(quarters, min_size=m * n, max_size=m * n)),
+                 dtype=np.float64).reshape(m, n) / 4
+    assume(abs(np.linalg.det(D @ D.T)) > 1e-3)
+    # the top: 2**et with et above the scaling's limit (ea > 0), so that
+    # entries below 2**(et - range) vanish
+    limit = {"float64": 100, "float32": 30}[dtype.name]
+    et = draw(st.integers(limit + 2, int(info.maxexp) - 8))
+    lowest = int(info.minexp) - int(info.nmant)          # the smallest subnormal
+    top = draw(st.integers(0, n - 1))
+    x = np.zeros(n)
+    for i in range(n):
+        mant = 1 + draw(st.integers(0, 2**20 - 1)) / 2**20
+        if i == top:
+            e = et
+        else:
+            e = draw(st.one_of(st.just(None), st.integers(et + lowest - 8, et + lowest + 30),
+                               st.integers(lowest, et)))
+            if e is None:
+                continue
+        # (an entry below half the smallest subnormal at the top's scale
+        # vanishes whole; with exact_kept, every other entry is <= 0)
+        vanishes = e - et <= lowest - 2
+        sign = -1 if exact_kept and not vanishes else draw(st.sampled_from([1, -1]))
+        x[i] = sign * np.ldexp(mant, e)
+    X = np.array([x], dtype)
+    assume(np.all(np.isfinite(X)))
+    level = draw(st.sampled_from(["zero", "tiny", "small", "mid", "above"]))
+    big = float(np.abs(X).max())
+    lmbd = {"zero": 0.0, "tiny": float(np.ldexp(1.0, lowest + 2)), "small": 1e-3 * big,
+            "mid": 0.3 * big, "above": 3 * big}[level]
+    return X, D.astype(dtype), lmbd, exact_kept or draw(st.booleans()), exact_kept
+
+
+@FUZZ
+@given(case=wide_samples(), method=st.sampled_from(METHODS),
+       tol=st.sampled_from(["default", 0.0]))
+def test_gap_of_samples_spanning_more_than_their_dtype_bounds_their_suboptimality(
+        case, method, tol):
+    """The reported gap, and ``duality_gap`` of the returned codes, bound
+    F(z) - min F from above (exact, rational arithmetic), up to the double
+    rounding of the kept terms (none where the kept part's solution is
+    exactly 0); ``converged`` with tol = 0 only for a gap of 0."""
+    from fractions import Fraction as Fr
+    X, D, lmbd, positive, exact_kept = case
+    tol = (1e-5 if X.dtype == np.float32 else 1e-8) if tol == "default" else tol
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            res = solve_lasso(X, D, lmbd, method=method, tol=tol, max_iter=100,
+                              positive=positive)
+        except FloatingPointError as exc:
+            # codes beyond the float range (an entry of 2**1000 on a small
+            # atom): refused, naming the sample
+            assert "samples [0] overflow" in str(exc)
+            return
+    x = X[0].astype(np.float64)
+    exact = ref.lasso_suboptimality_exact(x, D, lmbd, res.codes[0], positive)
+    xx = sum(Fr(float(v)) ** 2 for v in x) / 2
+    rounding = 0 if exact_kept else Fr(2.0**-50) * xx
+    for gap in (res.gap[0], duality_gap(X, D, lmbd, res.codes, positive=positive)[0]):
+        assert gap >= 0
+        assert gap == np.inf or Fr(float(gap)) + rounding >= exact, (gap, exact)
+    if tol == 0:
+        assert res.converged[0] == (res.gap[0] == 0)
+
+
+# ---------------------------------------------------------------------------
 # dates and durations: refused, naming the argument, wherever numbers are taken
 # ---------------------------------------------------------------------------
 
