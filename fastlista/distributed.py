@@ -357,7 +357,7 @@ def _check_lmbd_column(lmbd, X, func):
 
 
 def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
-                n_jobs=None, positive=False):
+                n_jobs=1, positive=False):
     """:func:`fastlista.solve_lasso` for a dask array of signals, lazily.
 
     Parameters
@@ -372,10 +372,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         like X's rows.
     method, tol, max_iter, positive
         As in :func:`fastlista.solve_lasso`.
-    n_jobs : int or None, default=None
-        Threads of each task. None runs each task on one thread: dask already
-        runs one task per worker thread, and more would oversubscribe the
-        cores. Raise it for workers with fewer threads than cores.
+    n_jobs : int or None, default=1
+        Threads of each task. 1: dask already runs one task per worker
+        thread, and more would oversubscribe the cores; raise it for
+        workers with fewer threads than cores. None uses every core per
+        task (as in :func:`encode` and :func:`fit`).
     Z0 : dask array of shape (n_samples, n_atoms), default=None
         Warm start (rechunked like X).
 
@@ -402,12 +403,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     tol = check_scalar(tol, "tol", func, low=0.0)
     max_iter = check_max_iter(max_iter, func)
     positive = check_bool(positive, "positive", func)
-    if n_jobs is not None:
-        check_n_jobs(n_jobs, func)
+    check_n_jobs(n_jobs, func)
     m = D.shape[0]
     dtype = np.dtype(_common_dtype(np.empty(0, _float_dtype(X.dtype)), D))
     settings = _LassoSettings(D, lmbd, dict(method=method, tol=tol, max_iter=max_iter,
-                                            n_jobs=1 if n_jobs is None else n_jobs,
+                                            n_jobs=n_jobs,
                                             positive=positive))
     args = [X]
     if Z0 is not None:

@@ -281,6 +281,32 @@ def test_solve_lasso_big_endian_float32_is_float32(client, data):
     assert_array_equal(codes, expected)
 
 
+@pytest.mark.parametrize("n_jobs", ["default", 1, 2, None])
+def test_solve_lasso_tasks_run_n_jobs_threads(data, monkeypatch, n_jobs):
+    """Each task runs n_jobs threads: 1 by default, None every core, as in
+    encode and fit (distributed.solve_lasso took None for one thread, the
+    opposite of its siblings and of the README). Recorded from the solver
+    each task calls, on dask's synchronous scheduler."""
+    X, D = data
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["n_jobs"])
+        return fastlista.solve_lasso(*args, **kwargs)
+
+    monkeypatch.setattr(fd, "_solve", recording)
+    kw = {} if n_jobs == "default" else dict(n_jobs=n_jobs)
+    # (graph and tasks in this process, whether or not another test's
+    # cluster is the default client)
+    with dask.config.set(scheduler="synchronous"):
+        res = fd.solve_lasso(chunked(X), D, 0.3, **kw)
+        seen.clear()                     # (the client's one-sample run of "auto")
+        codes = res.codes.compute()
+    assert seen and set(seen) == {1 if n_jobs == "default" else n_jobs}
+    assert_allclose(codes, fastlista.solve_lasso(X, D, 0.3, n_jobs=1).codes,
+                    rtol=1e-6, atol=1e-8)
+
+
 def test_solve_lasso_messages(data):
     X, D = data
     with pytest.raises(ValueError, match="X has 19 features, but D has 20 features"):
