@@ -826,9 +826,10 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
     D0 : array-like of shape (n_atoms, n_features), default=None
         Initial dictionary (atoms of norm above 1 are scaled to 1; zero
         atoms are re-initialised at the first dictionary step). Default:
-        n_atoms distinct signals of X drawn at random, normalised (X needs at
-        least n_atoms signals then; zero signals are passed over, and random
-        unit atoms complete a dictionary that X cannot fill).
+        n_atoms distinct signals of X drawn at random, normalised; zero
+        signals are passed over, and random unit atoms complete a
+        dictionary that X cannot fill (fewer distinct non-zero signals than
+        atoms).
     positive_code : bool, default=False
         Non-negative codes.
     positive_dict : bool, default=False
