@@ -263,20 +263,24 @@ class Scaled:
         with np.errstate(over="ignore", under="ignore"):
             return np.ldexp(Z, self._shift(1, -1)[:, None]).astype(Z.dtype, copy=False)
 
-    def lmbd_l1(self, lmbd, Z):
+    def lmbd_l1(self, lmbd, Z, caller=False, up=False):
         """lmbd ||z||_1 of caller's codes, in scaled units (float64 (N,)),
         from mantissas and exponents: its factors in scaled units may leave
         the float range where the product does not (codes on a subnormal
-        dictionary)."""
+        dictionary). ``caller``: in the caller's units; ``up``: rounded up
+        (a bound from above)."""
         N = Z.shape[0]
         lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (N,))
         az = np.abs(Z).astype(np.float64)
         ez = np.frexp(az.max(axis=1, initial=0.0))[1]
+        ea = 0 if self.ea is None or caller else self.ea
         with np.errstate(over="ignore", under="ignore"):
-            mz = np.ldexp(az, -ez[:, None]).sum(axis=1)      # in [0.5, m]
+            mz = np.ldexp(az, -ez[:, None])                  # sums in [0.5, m]
             ml, el = np.frexp(lm)
-            ea = 0 if self.ea is None else self.ea
-            return np.ldexp(ml * mz, el + ez - 2 * ea)
+            if not up:
+                return np.ldexp(ml * mz.sum(axis=1), el + ez - 2 * ea)
+            v = ml * _sum_up(mz)
+            return _ldexp_up(np.where(v > 0, np.nextafter(v, np.inf), v), el + ez - 2 * ea)
 
     def energy_out(self, v):
         """Objectives in the caller's units: v 2**(2 ea) (inf beyond the float
@@ -293,7 +297,7 @@ class Scaled:
         the gaps the convergence test reads."""
         if self.lost is None:
             return gap
-        return _add_up(gap, self.lost.terms(Z, self._shift(1, 0), 2 * self.ea))
+        return _add_up(gap, self.lost.gap_terms(Z, self.ea, 2 * self.ea, len(gap)))
 
     def energy_up(self, v):
         """``energy_out`` rounded up: a bound (a gap) landing among the
@@ -309,7 +313,8 @@ class Scaled:
         out = self.energy_up(gap)
         if self.lost is None:
             return out
-        return _add_up(out, self.lost.terms(Z, self._shift(1, 0), 0))
+        return _add_up(out, self.lost.gap_terms(Z, self.ea, np.zeros_like(self.ea),
+                                                len(out)))
 
     def lambda_out(self, v):
         """A lmbd in scaled units back in the caller's, v 2**(ea + eb), rounded
@@ -363,31 +368,34 @@ class _Lost:
         <r_k, x_v> = <x_k, x_v> - z . (x_v D^T),
 
     so gap_k plus a bound on the other two terms bounds F_x(z) - min F_x
-    from above. x_v is taken at its own power of two, 2**e (its entries in
-    [2**-1, 1) there): the terms are
+    from above.
 
-        2**(2 e) sq + 2**(e + ea) ||z~||_1 c,
+    x_v is taken at its own power of two, 2**e (its entries in [2**-1, 1)
+    there: x_v~), the codes and atoms at the scaled units' (z~, d~_j): the
+    bound on the gap's terms is
 
-    with ``sq`` >= 1/2 ||x_v~||^2 + sum_i |x_k~,i x_v~,i| (x_k~ = x_k 2**-e:
-    an entry that lost digits is within 2**54 of what it lost), ``c`` >=
-    max_j |x_v~ . d~_j| over the scaled atoms, and z~ the scaled codes on
-    non-zero atoms. One number per sample: the bound holds within a
-    factor n_atoms of the exact terms, which are below the rounding of the
-    kept ones by more than the dtype's whole range.
+        2**(2 e) sq + 2**(e + ea) sum_j |z~_j| C_j,
+
+    with ``sq`` >= 1/2 ||x_v~||^2 + sum_i |x_k~,i x_v~,i| (x_k~ = x_k 2**-e;
+    an entry that lost digits is within 2**54 of what it lost) and ``C_j``
+    >= |x_v~ . d~_j|, both computed in double and rounded up. The exact
+    terms are below the rounding of the kept ones by more than the dtype's
+    range: they matter only where the kept gap is 0.
 
     Attributes
     ----------
-    e : ndarray of int64, shape (n_samples,)
-    sq, c : ndarray of float64, shape (n_samples,)
-        0 for samples that lost nothing.
-    atoms : ndarray of bool, shape (n_atoms,)
-        The non-zero atoms.
+    samples : ndarray of int, shape (n_lost,)
+        The samples that lost entries.
+    e : ndarray of int64, shape (n_lost,)
+    sq : ndarray of float64, shape (n_lost,)
+    C : ndarray of float64, shape (n_lost, n_atoms)
+        0 on zero atoms.
     """
 
+    samples: np.ndarray
     e: np.ndarray
     sq: np.ndarray
-    c: np.ndarray
-    atoms: np.ndarray
+    C: np.ndarray
 
     @classmethod
     def of(cls, X, Xs, ea, D):
@@ -402,37 +410,39 @@ class _Lost:
             return None
         down, kept, vanished = down[hit], kept[hit], vanished[hit]
         e = _top_exponent(vanished, axis=1)
-        Vu = np.ldexp(vanished, -e[:, None])
+        V = np.ldexp(vanished, -e[:, None])
         with np.errstate(over="ignore"):     # (entries kept whole: not used)
-            Ku = np.where(vanished != 0, np.ldexp(kept, -e[:, None]), 0.0)
-        N = X.shape[0]
-        out = cls(np.zeros(N, dtype=np.int64), np.zeros(N), np.zeros(N),
-                  np.any(D != 0, axis=1))
-        out.e[down] = e
-        out.sq[down] = _sum_up(0.5 * Vu * Vu + np.abs(Ku * Vu))
-        if out.atoms.any():
-            _, corr = _correlations_up(Vu, D[out.atoms])
-            out.c[down] = corr.max(axis=1)
-        return out
+            K = np.where(vanished != 0, np.ldexp(kept, -e[:, None]), 0.0)
+        C = np.zeros((len(down), D.shape[0]))
+        atoms = np.any(D != 0, axis=1)
+        if atoms.any():
+            C[:, atoms] = _correlations_up(V, D[atoms])[1]
+        return cls(down, e, _sum_up(0.5 * V * V + np.abs(K * V)), C)
 
     def rows(self, idx):
-        return _Lost(self.e[idx], self.sq[idx], self.c[idx], self.atoms)
+        """The same for the samples ``idx`` (an index array), renumbered."""
+        idx = np.asarray(idx)
+        at = np.searchsorted(self.samples, idx)          # (samples: sorted)
+        keep = at < len(self.samples)
+        keep[keep] = self.samples[at[keep]] == idx[keep]
+        at = at[keep]
+        return _Lost(np.flatnonzero(keep), self.e[at], self.sq[at], self.C[at])
 
-    @property
-    def samples(self):
-        """The samples that lost entries."""
-        return np.flatnonzero(self.sq > 0)
-
-    def terms(self, Z, ea, s):
+    def gap_terms(self, Z, ea, s, n_samples):
         """Bounds from above of the lost terms of the gaps of the scaled codes
-        Z, times 2**-s (s per sample: 0 for the caller's units, 2 ea for
-        scaled ones), float64 (n_samples,)."""
-        l1 = _sum_up(np.abs(Z[:, self.atoms]).astype(np.float64))
-        with np.errstate(over="ignore", invalid="ignore"):
-            zc = np.where(self.c > 0, l1 * self.c, 0.0)
-        zc = np.where(zc > 0, np.nextafter(zc, np.inf), zc)
-        return _add_up(_ldexp_up(self.sq, 2 * self.e - s),
-                       _ldexp_up(zc, self.e + ea - s))
+        Z, times 2**-s (``ea``, ``s`` per sample: s = 0 for the caller's
+        units, 2 ea for scaled ones), float64 (n_samples,)."""
+        out = np.zeros(n_samples)
+        i = self.samples
+        P = np.abs(Z[i]).astype(np.float64) * self.C
+        zc = _sum_up(P)
+        # (products below the normal range are rounded to a multiple of the
+        # smallest subnormal: at most one short each)
+        small = (P < np.finfo(np.float64).tiny) & (self.C > 0) & (Z[i] != 0)
+        zc += small.sum(axis=1) * np.finfo(np.float64).smallest_subnormal
+        out[i] = _add_up(_ldexp_up(self.sq, 2 * self.e - s[i]),
+                         _ldexp_up(zc, self.e + ea[i] - s[i]))
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -476,6 +486,11 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False, lz=None):
     return primal, gap
 
 
+#: A scaled objective below this (its terms of order 1 cancelled beyond it)
+#: is taken again in the caller's units, at its own scale.
+_CANCELLED = 2.0**-900
+
+
 def _terms(X, D, lmbd, Z, positive, func):
     """Validated inputs → (objective, gap) in the caller's units, float64,
     on every core (BLAS on one thread). Codes with a negative entry when
@@ -483,12 +498,50 @@ def _terms(X, D, lmbd, Z, positive, func):
     S = Scaled.of(X, D, Z, lmbd)
     Zs = S.codes_in(Z)
     with kernel_threads(None, func) as n_threads:
-        primal, gap = certify(S, S.lmbd(lmbd), Zs, n_threads,
-                              positive=positive, lz=S.lmbd_l1(lmbd, Z))
+        primal, gap = certify(S, S.lmbd(lmbd), Zs, n_threads, positive=positive,
+                              lz=S.lmbd_l1(lmbd, Z))
+    objective, gap = S.energy_out(primal), S.gap_out(gap, Zs)
+    if S.ea is not None:
+        # The certificate works in the unit of the objective's largest terms
+        # (x, z D, lmbd ||z||_1). Where they cancel beyond 2**-900 of it (x =
+        # z = 2**600 with lmbd = 2**-1000: lmbd ||z||_1 = 2**-400 underflowed
+        # there, and F read 0), and where the scaling lost entries of x, the
+        # objective is formed again in the caller's units, r = x - z D taken
+        # at its own scale; where they cancel, F(z) (rounded up) also bounds
+        # F(z) - min F (F >= 0), and the gap is at least that
+        cancelled = primal < _CANCELLED
+        redo = cancelled.copy()
+        if S.lost is not None:
+            redo[S.lost.samples] = True
+        redo = np.flatnonzero(redo & np.isfinite(primal))
+        if redo.size:
+            lm = lmbd[redo] if np.ndim(lmbd) else lmbd
+            F, F_up = _objective_own_scale(X[redo], D, lm, Z[redo], S.rows(redo))
+            ok = np.isfinite(F)
+            objective[redo[ok]] = F[ok]
+            up = ok & cancelled[redo]
+            gap[redo[up]] = np.maximum(gap[redo[up]], F_up[up])
     if positive:
         infeasible = np.any(Z < 0, axis=1)
-        primal[infeasible] = gap[infeasible] = np.inf
-    return S.energy_out(primal), S.gap_out(gap, Zs)
+        objective[infeasible] = gap[infeasible] = np.inf
+    return objective, gap
+
+
+def _objective_own_scale(X, D, lmbd, Z, S):
+    """F(z) in the caller's units from r = x - z D formed there in double
+    (inf or NaN where a product leaves the float range), 1/2 ||r||^2 taken
+    at r's own power of two: ``(F, F rounded up)``, float64 (n_rows,)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        R = X.astype(np.float64) - Z.astype(np.float64) @ D.astype(np.float64)
+        er = _top_exponent(np.where(np.isfinite(R), R, 0.0), axis=1)
+        Rs = np.ldexp(R, -er[:, None])
+        q = 0.5 * np.einsum("ij,ij->i", Rs, Rs)
+    q_up = q * (1.0 + (R.shape[1] + 2) * np.finfo(np.float64).eps)
+    q_up = np.where(q_up > 0, np.nextafter(q_up, np.inf), q_up)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        F = np.ldexp(q, 2 * er) + S.lmbd_l1(lmbd, Z, caller=True)
+        F_up = _add_up(_ldexp_up(q_up, 2 * er), S.lmbd_l1(lmbd, Z, caller=True, up=True))
+    return F, F_up
 
 
 # ---------------------------------------------------------------------------
@@ -517,7 +570,8 @@ def lasso_objective(X, D, lmbd, Z, positive=False):
     objective : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D x
         ``0.5 * ||x - z D||^2 + lmbd * ||z||_1`` for each row, computed in
         double precision, in the dtype of the inputs (inf when the value
-        exceeds the float range).
+        exceeds the float range); where x - z D cancels beyond 2**-900 of
+        the largest terms, it is formed again at its own scale.
 
     Examples
     --------
@@ -729,7 +783,9 @@ def duality_gap(X, D, lmbd, Z, positive=False):
     dual point of their residual (feasible for the whole sample), and the
     gap adds a bound, taken at their own scale, on the terms of the
     entries that fell below the dtype's range: it stays a bound from
-    above.
+    above. Where x - z D cancels beyond 2**-900 of the objective's largest
+    terms, the gap is at least F_x(z) itself, formed at the residual's own
+    scale (F_x(z) >= F_x(z) - min F_x).
 
     Parameters
     ----------

@@ -26,7 +26,7 @@ __all__ = [
     "strong_convexity", "lambda_max_robust", "solve_scaled", "duality_gap_batch",
     "per_sample", "orthonormal_dictionary",
     "make_dictionary_problem", "dictionary_bcd", "dictionary_surrogate",
-    "match_atoms", "lasso_suboptimality_exact",
+    "match_atoms", "lasso_objective_exact", "lasso_suboptimality_exact",
 ]
 
 
@@ -635,6 +635,18 @@ def _solve_rational(A, b):
     return [M[i][n] / M[i][i] if n else Fraction(0) for i in range(n)]
 
 
+def lasso_objective_exact(x, D, lmbd, z):
+    """F_x(z) in rational arithmetic, from the float entries of x
+    (n_features,), D (n_atoms, n_features), lmbd and z (n_atoms,) as they
+    are."""
+    from fractions import Fraction
+    xq = [Fraction(float(v)) for v in x]
+    zq = [Fraction(float(v)) for v in z]
+    Dq = [[Fraction(float(v)) for v in row] for row in D]
+    r = [xi - sum(zq[j] * Dq[j][i] for j in range(len(zq))) for i, xi in enumerate(xq)]
+    return sum(v * v for v in r) / 2 + Fraction(float(lmbd)) * sum(abs(v) for v in zq)
+
+
 def lasso_suboptimality_exact(x, D, lmbd, z, positive=False):
     """F_x(z) - min F_x in rational arithmetic, from the float entries of
     x (n_features,), D (n_atoms, n_features), lmbd and z (n_atoms,) as they
@@ -650,10 +662,6 @@ def lasso_suboptimality_exact(x, D, lmbd, z, positive=False):
     c = [sum(a * b for a, b in zip(xq, d)) for d in Dq]
     B = [[sum(a * b for a, b in zip(di, dj)) for dj in Dq] for di in Dq]
 
-    def F(w):
-        r = [xi - sum(w[j] * Dq[j][i] for j in range(m)) for i, xi in enumerate(xq)]
-        return sum(v * v for v in r) / 2 + lm * sum(abs(v) for v in w)
-
     for signs in itertools.product((0, 1) if positive else (-1, 0, 1), repeat=m):
         S = [j for j in range(m) if signs[j]]
         zS = _solve_rational([[B[i][j] for j in S] for i in S],
@@ -668,5 +676,5 @@ def lasso_suboptimality_exact(x, D, lmbd, z, positive=False):
                for j in range(m) if not signs[j]):
             if positive and any(v < 0 for v in z):
                 return float("inf")
-            return F([Fraction(float(v)) for v in z]) - F(w)
+            return lasso_objective_exact(x, D, lmbd, z) - lasso_objective_exact(x, D, lmbd, w)
     raise ValueError("no sign pattern satisfies the KKT conditions: is D of full row rank?")

@@ -52,7 +52,8 @@ from conftest import fuzz_settings  # noqa: E402
 from contract import (assert_certified, assert_gap_matches,  # noqa: E402
                       assert_kkt_strongly_convex, assert_objective_consistent,
                       assert_same_optimum)
-from fastlista import ConvergenceWarning, duality_gap, solve_lasso  # noqa: E402
+from fastlista import (ConvergenceWarning, duality_gap, lasso_objective,  # noqa: E402
+                       solve_lasso)
 
 METHODS = ("ista", "fista", "backtracking", "oista", "cd", "auto")
 
@@ -553,6 +554,20 @@ def test_gap_of_samples_spanning_more_than_their_dtype_bounds_their_suboptimalit
         assert gap == np.inf or Fr(float(gap)) + rounding >= exact, (gap, exact)
     if tol == 0:
         assert res.converged[0] == (res.gap[0] == 0)
+    # the objective, lost entries included, to the rounding of its terms
+    # (their squares, 1/2 (|x_i| + sum_j |z_j d_ji|)^2, and lmbd ||z||_1)
+    # and of its dtype
+    F = lasso_objective(X, D, lmbd, res.codes, positive=positive)[0]
+    z = [Fr(float(v)) for v in res.codes[0]]
+    terms = sum((abs(Fr(float(x[i]))) + sum(abs(z[j] * Fr(float(D[j, i])))
+                                             for j in range(len(z)))) ** 2
+                for i in range(len(x))) / 2 + Fr(float(lmbd)) * sum(map(abs, z))
+    F_exact = ref.lasso_objective_exact(x, D, lmbd, res.codes[0])
+    if np.isfinite(F):
+        eps = Fr(float(np.finfo(X.dtype).eps))
+        assert abs(Fr(float(F)) - F_exact) <= Fr(2.0**-48) * terms + eps * F_exact \
+            + Fr(float(np.finfo(X.dtype).smallest_subnormal)), \
+            (F, F_exact)
 
 
 # ---------------------------------------------------------------------------

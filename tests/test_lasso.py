@@ -221,6 +221,51 @@ def test_gradient_of_codes_whose_products_overflow():
     assert np.all(np.isinf(lasso_gradient(np.zeros((2, 2)), 2 * D, Z)))
 
 
+def _exact_objective(x, D, lmbd, z):
+    """F_x(z) in rational arithmetic, from the float entries as they are."""
+    x, z = [Fraction(float(v)) for v in x], [Fraction(float(v)) for v in z]
+    r = [xi - sum(zj * Fraction(float(D[j][i])) for j, zj in enumerate(z))
+         for i, xi in enumerate(x)]
+    return sum(v * v for v in r) / 2 + Fraction(float(lmbd)) * sum(abs(v) for v in z)
+
+
+@pytest.mark.parametrize("dtype, x, D, lmbd, z", [
+    # a sample spanning more than its dtype, its kept part fitted exactly: F
+    # is 1/2 ||x_v||^2 of the entries its scaling lost (it was 0)
+    (np.float64, [2.0**600, 2.0**-500], np.eye(2), 0.0, [2.0**600, 0.0]),
+    (np.float32, [2.0**100, 2.0**-60], np.eye(2), 0.0, [2.0**100, 0.0]),
+    # ... and the cross term <r_k, x_v>, 6e-9 of F here
+    (np.float64, [2.0**600, 3 * 2.0**-500], np.eye(2), 0.0, [2.0**600, 2.0**-470]),
+    # x - z D cancelling beyond the normal range in the unit of x: F =
+    # 2**-941 (it was 0, and so was the gap)
+    (np.float64, [2.0**600, 0.0], np.eye(2), 0.0, [2.0**600, 2.0**-470]),
+    # lmbd ||z||_1 below the normal range in the unit of x (2**-1000 2**600
+    # against 2**1200), the residual exactly 0: F = 2**-400 (it was 0)
+    (np.float64, [2.0**600], np.eye(1), 2.0**-1000, [2.0**600]),
+    (np.float64, [2.0**600, 2.0**-500], np.eye(2), 2.0**-1000, [2.0**600, 0.0]),
+])
+def test_objective_and_gap_of_terms_below_the_data_s_unit(dtype, x, D, lmbd, z):
+    """The objective is computed at the unit of its largest terms, x's: the
+    entries of a sample spanning more than its dtype, which the scaling
+    loses, and a residual that cancels beyond 2**-900 of that unit (lmbd
+    ||z||_1 next to it underflowed there) are taken again in the caller's
+    units, at their own scale: the exact F (rational arithmetic) to double
+    precision, and a gap of at least F - min F (F itself where min F = 0,
+    at lmbd = 0 here; at lmbd > 0 the gap of theta = 0, F too)."""
+    X, D, Z = np.array([x], dtype), np.array(D, dtype), np.array([z], dtype)
+    exact = _exact_objective(X[0], D, lmbd, Z[0])
+    assert exact > 0
+    obj = lasso_objective(X, D, lmbd, Z)[0]
+    assert float(obj) == pytest.approx(float(exact), rel=4 * float(np.finfo(dtype).eps), abs=0)
+    gap = duality_gap(X, D, lmbd, Z)[0]
+    if lmbd == 0:
+        # at lmbd = 0, min F is 0 here (D invertible): the gap bounds F
+        assert Fraction(float(gap)) >= exact
+    else:
+        # the gap of theta = r / lmbd = 0 is F(z) itself, the documented one
+        assert float(gap) == pytest.approx(float(exact), rel=1e-14, abs=0)
+
+
 def test_objective_1d_gives_float():
     X, D = get_problem("under")
     Z = _random_codes(X, D)
