@@ -160,6 +160,10 @@ class Scaled:
     lost : _Lost or None
         What the scaling lost of samples whose entries span more than the
         dtype (None: nothing).
+    D64 : ndarray of float64
+        The scaled dictionary in double, exact for float32 D (whose scaling
+        in float32 rounds the entries it takes among the subnormals): the
+        one the correlations, the Gram matrix and the certificate use.
     """
 
     X: np.ndarray
@@ -167,6 +171,7 @@ class Scaled:
     ea: np.ndarray
     eb: int
     lost: "_Lost" = None
+    D64: np.ndarray = None
 
     @classmethod
     def of(cls, X, D, Z=None, lmbd=None, check_atoms=True):
@@ -216,11 +221,17 @@ class Scaled:
             ea = None
         else:
             Xs = np.ldexp(X, -ea[:, None]).astype(X.dtype, copy=False)
+        # (float32 D scaled in double too: exactly, where float32 rounds the
+        # entries it takes among its subnormals)
+        D64 = D.astype(np.float64, copy=False)
         if eb:
-            D = np.ldexp(D, -eb).astype(D.dtype, copy=False)
+            D64 = np.ldexp(D64, -eb)
+            D = D64 if D.dtype == np.float64 else np.ldexp(D, -eb).astype(D.dtype)
+        elif D.dtype == np.float64:
+            D64 = D
         if ea is not None and ea.max() > 0:
-            lost = _Lost.of(X, Xs, ea, D)
-        return cls(Xs, D, ea, eb, lost)
+            lost = _Lost.of(X, Xs, ea, D64)
+        return cls(Xs, D, ea, eb, lost, D64)
 
     @property
     def identity(self):
@@ -229,7 +240,7 @@ class Scaled:
     def rows(self, idx):
         """The same scaling restricted to some samples."""
         return Scaled(self.X[idx], self.D, None if self.ea is None else self.ea[idx],
-                      self.eb, None if self.lost is None else self.lost.rows(idx))
+                      self.eb, None if self.lost is None else self.lost.rows(idx), self.D64)
 
     def _shift(self, sign_a, sign_b):
         ea = 0 if self.ea is None else self.ea
@@ -475,7 +486,7 @@ def certify(S, lmbd, Z, n_threads=1, C=None, B=None, positive=False, lz=None):
     """
     N = S.X.shape[0]
     primal, gap = np.empty(N), np.empty(N)
-    D64 = np.ascontiguousarray(S.D, dtype=np.float64)
+    D64 = np.ascontiguousarray(S.D64)
     empty = np.empty((0, 0))
     use_cb = C is not None and B is not None and S.X.dtype == np.float64
     # (float32 data with float64 codes: the data widened, exactly)
@@ -611,7 +622,7 @@ def lasso_gradient(X, D, Z):
     S = Scaled.of(X, D, Z)
     # in double, rounded once to the inputs' dtype (float32 products summed
     # in float32 were off by 1e-6 relatively at 100 features, 5e-6 at 1e5)
-    Zs, Ds, Xs = (np.asarray(a, dtype=np.float64) for a in (S.codes_in(Z), S.D, S.X))
+    Zs, Ds, Xs = (np.asarray(a, dtype=np.float64) for a in (S.codes_in(Z), S.D64, S.X))
     # (z D - x) D^T has the units of lmbd: 2**(ea + eb) times its scaled value
     out = (Zs @ Ds - Xs) @ Ds.T
     with np.errstate(over="ignore"):            # beyond the float range: inf
@@ -746,7 +757,7 @@ def correlations(S, n_threads, double, positive, certified=False):
         _solvers.correlations(S.X, S.D, C, n_threads, top=top, positive=positive,
                               certified=certified)
         return C, top
-    _solvers.correlations(S.X.astype(np.float64), S.D.astype(np.float64), C, n_threads,
+    _solvers.correlations(S.X.astype(np.float64), S.D64, C, n_threads,
                           top=top, positive=positive, certified=certified)
     if double:
         return C, top

@@ -350,7 +350,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     C, top = correlations(S, n_threads, double, positive)
     # (read-only, shared with the previous call on the same dictionary)
     try:
-        B = shared_gram(S.D.astype(np.float64, copy=False), n_threads)
+        B = shared_gram(S.D64, n_threads)
         if not double:
             B = B.astype(X.dtype, copy=False)
     except MemoryError:

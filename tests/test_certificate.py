@@ -21,6 +21,7 @@ import pytest
 
 import reference as ref
 from contract import assert_certified, assert_gap_matches, half_sq_norms
+import fastlista
 from fastlista import (ConvergenceWarning, Lista, duality_gap, lipschitz,
                        solve_lasso)
 
@@ -315,6 +316,52 @@ def test_gap_of_a_sample_spanning_more_than_its_dtype_bounds_its_suboptimality(
         tiny = np.finfo(dtype).smallest_subnormal
         np.testing.assert_array_equal(res.codes, 0.0)
         assert tiny <= res.gap[0] <= 4 * tiny and not res.converged[0]
+
+
+K22 = 2.0**22
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_dictionary_scaled_into_the_subnormals_is_certified_exactly(method):
+    """A float32 D beyond 2**30 is scaled by a power of two, in float32 it
+    was: entries it took among the subnormals were rounded. Two atoms
+    [2**40, (2**22 -+ 1/2) 2**-109] became the same atom, orthogonal to x
+    = [-2**-127, 1], and at lmbd = 0 (and 1e-40) the zero code had gap 0,
+    "converged", where F - min F = 1/2 ||x||^2 (D is invertible: min F =
+    0); lambda_max was 0 for 2**-110, and 20 % low for an atom whose
+    small entry 2.5 * 2**-49 rounded to 2**-48. The correlations, the Gram
+    matrix and the certificate take D scaled in double (exact); exact
+    references in rational arithmetic."""
+    D = np.array([[2.0**40, (K22 - 0.5) * 2.0**-109],
+                  [2.0**40, (K22 + 0.5) * 2.0**-109]], np.float32)
+    x = np.array([-K22 * 2.0**-149, 1.0], np.float32)
+    exact_lm = max(abs(sum(Fr(float(a)) * Fr(float(b)) for a, b in zip(x, d))) for d in D)
+    assert exact_lm == Fr(2.0**-110)
+    lm = fastlista.lambda_max(x, D)
+    assert exact_lm <= Fr(float(lm)) <= exact_lm * (1 + Fr(2.0**-20))
+    for lmbd in (0.0, 1e-40):
+        res = solve_or_refuse(x, D, lmbd, tol=0, max_iter=50, method=method)
+        exact = ref.lasso_suboptimality_exact(x, D, lmbd, res.codes)
+        assert exact > Fr(1, 4)
+        assert Fr(float(res.gap)) >= exact * (1 - Fr(2.0**-20)) and not res.converged
+        gap0 = duality_gap(x, D, lmbd, np.zeros(2, np.float32))
+        assert Fr(float(gap0)) >= ref.lasso_suboptimality_exact(
+            x, D, lmbd, np.zeros(2)) * (1 - Fr(2.0**-20))
+    # an atom's small entry rounded by the scaling: lambda_max and the gap
+    D = np.array([[1.0, 2.5 * 2.0**-49, 0.0], [0.0, 0.0, 2.0**100]], np.float32)
+    x = np.array([0.0, 1.0, 0.0], np.float32)
+    lm = fastlista.lambda_max(x, D)
+    assert Fr(float(lm)) >= Fr(2.5 * 2.0**-49)
+    res = solve_or_refuse(x, D, 2.0**-48, tol=0, max_iter=10, method=method)
+    assert Fr(float(res.gap)) >= ref.lasso_suboptimality_exact(x, D, 2.0**-48, res.codes)
+    # and away from lmbd = 0: two atoms 2**-49 apart in their small entries
+    D = np.array([[0.25, 2.0**-27 - 2.0**-50, 0.0], [0.25, 2.0**-27 + 2.0**-50, 0.0],
+                  [0.0, 0.0, 2.0**100]], np.float32)
+    x, z = np.array([1.5, 1.0, 0.0], np.float32), np.array([4.0, 0.0, 0.0], np.float32)
+    lmbd = 0.125 + 2.0**-27 - 2.0**-52
+    exact = ref.lasso_suboptimality_exact(x, D, lmbd, z)
+    assert exact > 0
+    assert Fr(float(duality_gap(x, D, lmbd, z))) >= exact
 
 
 # ---------------------------------------------------------------------------

@@ -480,10 +480,12 @@ def wide_samples(draw):
     """(X (1, n), D (m, n), lmbd, positive, exact_kept): one sample whose
     largest entry sets a scale at which others fall below the dtype's range
     (vanish) or among its subnormals (lose digits), a dictionary of 1 to 3
-    atoms of full row rank with entries in quarters, and lmbd from 0 to
-    above lambda_max. ``exact_kept``: the kept entries are <= 0 and D >= 0
-    with positive codes, so that the kept part's solution is exactly 0 and
-    its certificate exact: the whole gap is the lost entries' bound."""
+    atoms of full row rank with entries in quarters (or those times 2**ed
+    beyond the scaling's limit, with entries its scaling takes among the
+    subnormals), and lmbd from 0 to above lambda_max. ``exact_kept``: the
+    kept entries are <= 0 and D >= 0 with positive codes, so that the kept
+    part's solution is exactly 0 and its certificate exact: the whole gap
+    is the lost entries' bound."""
     dtype = np.dtype(draw(st.sampled_from(["float64", "float32"])))
     info = np.finfo(dtype)
     m = draw(st.integers(1, 3))
@@ -498,6 +500,16 @@ def wide_samples(draw):
     limit = {"float64": 100, "float32": 30}[dtype.name]
     et = draw(st.integers(limit + 2, int(info.maxexp) - 8))
     lowest = int(info.minexp) - int(info.nmant)          # the smallest subnormal
+    # D itself beyond the limit, with entries its own scaling takes among
+    # the subnormals (where the zeros were): rounded, in D's dtype
+    ed = draw(st.sampled_from([0, limit + 1 + draw(st.integers(1, 60))]))
+    if ed:
+        D *= 2.0**ed
+        for j, i in zip(*np.nonzero(D == 0)):
+            if draw(st.booleans()):
+                mant = 1 + draw(st.integers(0, 2**20 - 1)) / 2**20
+                sign = 1 if exact_kept else draw(st.sampled_from([1, -1]))
+                D[j, i] = sign * np.ldexp(mant, ed + lowest + draw(st.integers(-2, 30)))
     top = draw(st.integers(0, n - 1))
     x = np.zeros(n)
     for i in range(n):
@@ -517,7 +529,8 @@ def wide_samples(draw):
     X = np.array([x], dtype)
     assume(np.all(np.isfinite(X)))
     level = draw(st.sampled_from(["zero", "tiny", "small", "mid", "above"]))
-    big = float(np.abs(X).max())
+    big = float(np.abs(X).max()) * float(np.abs(D).max())      # ~ lambda_max
+    assume(3 * big < float(info.max))
     lmbd = {"zero": 0.0, "tiny": float(np.ldexp(1.0, lowest + 2)), "small": 1e-3 * big,
             "mid": 0.3 * big, "above": 3 * big}[level]
     return X, D.astype(dtype), lmbd, exact_kept or draw(st.booleans()), exact_kept
