@@ -477,7 +477,8 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
     # (with the terms of entries the scaling lost, for samples spanning more
     # than the dtype: see _lasso._Lost)
-    converged = S.gap_in(gap, Z) <= target
+    gap_in = S.gap_in(gap, Z)
+    converged = gap_in <= target
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
         out_gap = round_up(S.gap_out(gap, Z), X.dtype)
     if warn and tol > 0 and not converged.all():
@@ -486,7 +487,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         unused = np.flatnonzero(zero_atoms & np.any(D != 0, axis=1))
         sq = np.diagonal(B)[~zero_atoms].astype(np.float64)   # (float32 B: no overflow)
         span = float(np.sqrt(sq.max() / sq.min())) if sq.size else 1.0
-        _warn_not_converged(gap[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
+        _warn_not_converged(gap_in[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
                             max_iter, method, unused.tolist(), bool(np.all(lm[bad] == 0)),
                             span)
     history, step_sizes = None, None
