@@ -363,6 +363,15 @@ def _sum_up(A, axis=1):
     return np.where(total > 0, np.nextafter(total, np.inf), total)
 
 
+def _split(X, Xs, ea):
+    """(kept, vanished), float64: the part of X its scaling Xs = X 2**-ea
+    (rounded to the dtype) keeps, Xs 2**ea, and the rest, X minus it (both
+    exact)."""
+    with np.errstate(under="ignore"):
+        kept = np.ldexp(Xs.astype(np.float64), ea[:, None])
+    return kept, X.astype(np.float64) - kept
+
+
 @dataclass
 class _Lost:
     """The entries a sample's scaling took below the dtype's range.
@@ -413,9 +422,7 @@ class _Lost:
         """From the data X, their scaling Xs = X 2**-ea (rounded to the
         dtype) and the scaled dictionary D; None when nothing was lost."""
         down = np.flatnonzero(ea > 0)       # (scaling up loses nothing)
-        with np.errstate(under="ignore"):
-            kept = np.ldexp(Xs[down].astype(np.float64), ea[down, None])
-        vanished = X[down].astype(np.float64) - kept               # exact
+        kept, vanished = _split(X[down], Xs[down], ea[down])
         hit = np.any(vanished != 0, axis=1)
         if not hit.any():
             return None
@@ -628,6 +635,14 @@ def lasso_gradient(X, D, Z):
     with np.errstate(over="ignore"):            # beyond the float range: inf
         if not S.identity:
             out = np.ldexp(out, S._shift(1, 1)[:, None])
+        if S.lost is not None:
+            # entries the scaling took below the dtype's range (a sample
+            # spanning more than it): their share, - x_v D^T, at their own
+            # scale (x = [2**-100, 2**100] float32 gave 0 for -2**-100)
+            i = S.lost.samples
+            _, V = _split(X[i], S.X[i], S.ea[i])
+            e = _top_exponent(V, axis=1)[:, None]
+            out[i] -= np.ldexp(np.ldexp(V, -e) @ Ds.T, e + S.eb)
         out = out.astype(X.dtype, copy=False)
     return _squeeze(out, is_1d)
 

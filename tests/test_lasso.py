@@ -210,6 +210,37 @@ def test_gradient_is_homogeneous_at_extreme_scales(a, b):
                     atol=float(np.ldexp(1.0, -1074)) * D.shape[1] * 4)
 
 
+@pytest.mark.parametrize("dtype, x, D, z", [
+    (np.float32, [2.0**-100, 2.0**100], np.eye(2), [0.0, 2.0**100]),
+    (np.float64, [2.0**-600, 2.0**500], np.eye(2), [0.0, 2.0**500]),
+    (np.float64, [-3 * 2.0**-600, 2.0**500, 2.0**-700],
+     [[1.0, 0.5, 0.25], [0.25, 1.0, 0.0]], [2.0**-602, 2.0**500]),
+    (np.float32, [2.0**-110, -1.5 * 2.0**40, 2.0**-100],
+     [[1.0, 0.0, 0.5], [0.0, 1.0, 0.25]], [0.0, -1.5 * 2.0**40]),
+])
+def test_gradient_of_a_sample_spanning_more_than_its_dtype(dtype, x, D, z):
+    """A sample whose entries span more than its dtype loses the smallest
+    to its scaling: the gradient was taken without them, 0 for -2**-100
+    (float32 x = [2**-100, 2**100], D = I, z = [0, 2**100]). Their share,
+    -x_v D^T, is added at their own scale: the exact gradient (rational
+    arithmetic) to the rounding of its terms and of the dtype."""
+    X, D, Z = np.array([x], dtype), np.array(D, dtype), np.array([z], dtype)
+    g = lasso_gradient(X, D, Z)[0]
+    xq = [Fraction(float(v)) for v in X[0]]
+    zq = [Fraction(float(v)) for v in Z[0]]
+    Dq = [[Fraction(float(v)) for v in row] for row in D]
+    n, m = len(xq), len(zq)
+    r = [sum(zq[k] * Dq[k][i] for k in range(m)) - xq[i] for i in range(n)]
+    size = [abs(xq[i]) + sum(abs(zq[k] * Dq[k][i]) for k in range(m)) for i in range(n)]
+    eps = Fraction(float(np.finfo(dtype).eps))
+    for j in range(m):
+        exact = sum(r[i] * Dq[j][i] for i in range(n))
+        terms = sum(size[i] * abs(Dq[j][i]) for i in range(n))
+        assert abs(Fraction(float(g[j])) - exact) <= (Fraction(2.0**-50) * terms + eps * abs(exact)
+                                                      + Fraction(2.0**-1074)), (j, g, exact)
+    assert g[0] != 0
+
+
 def test_gradient_of_codes_whose_products_overflow():
     # orthonormal atoms: z D has entries 1.5e308 sqrt(2) (beyond the float
     # range) while the gradient z D D^T = z does not; a plain NumPy product
