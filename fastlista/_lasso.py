@@ -421,7 +421,16 @@ class _Lost:
     def of(cls, X, Xs, ea, D):
         """From the data X, their scaling Xs = X 2**-ea (rounded to the
         dtype) and the scaled dictionary D; None when nothing was lost."""
-        down = np.flatnonzero(ea > 0)       # (scaling up loses nothing)
+        # only a row scaled down can lose entries, and only those its scaling
+        # takes below the normal range (where Xs is subnormal or 0)
+        # (by blocks of rows, in cache: no copy of the data)
+        tiny = np.finfo(Xs.dtype).tiny
+        hit = np.zeros(X.shape[0], dtype=bool)
+        for start in range(0, X.shape[0], 1024):
+            rows = slice(start, start + 1024)
+            if np.any(ea[rows] > 0):
+                hit[rows] = np.any((np.abs(Xs[rows]) < tiny) & (X[rows] != 0), axis=1)
+        down = np.flatnonzero(hit & (ea > 0))
         kept, vanished = _split(X[down], Xs[down], ea[down])
         hit = np.any(vanished != 0, axis=1)
         if not hit.any():
@@ -519,30 +528,44 @@ def _terms(X, D, lmbd, Z, positive, func):
         primal, gap = certify(S, S.lmbd(lmbd), Zs, n_threads, positive=positive,
                               lz=S.lmbd_l1(lmbd, Z))
     objective, gap = S.energy_out(primal), S.gap_out(gap, Zs)
-    if S.ea is not None:
-        # The certificate works in the unit of the objective's largest terms
-        # (x, z D, lmbd ||z||_1). Where they cancel beyond 2**-900 of it (x =
-        # z = 2**600 with lmbd = 2**-1000: lmbd ||z||_1 = 2**-400 underflowed
-        # there, and F read 0), and where the scaling lost entries of x, the
-        # objective is formed again in the caller's units, r = x - z D taken
-        # at its own scale; where they cancel, F(z) (rounded up) also bounds
-        # F(z) - min F (F >= 0), and the gap is at least that
-        cancelled = primal < _CANCELLED
-        redo = cancelled.copy()
-        if S.lost is not None:
-            redo[S.lost.samples] = True
-        redo = np.flatnonzero(redo & np.isfinite(primal))
-        if redo.size:
-            lm = lmbd[redo] if np.ndim(lmbd) else lmbd
-            F, F_up = _objective_own_scale(X[redo], D, lm, Z[redo], S.rows(redo))
-            ok = np.isfinite(F)
-            objective[redo[ok]] = F[ok]
-            up = ok & cancelled[redo]
-            gap[redo[up]] = np.maximum(gap[redo[up]], F_up[up])
+    # (where the samples lost entries, the objective without them is off by
+    # their share: it is formed again too)
+    rows, F, F_up, cancelled = own_scale_objectives(S, primal, X, D, lmbd, Z,
+                                                    lost_too=True)
+    objective[rows] = F
+    gap[rows[cancelled]] = np.maximum(gap[rows[cancelled]], F_up[cancelled])
     if positive:
         infeasible = np.any(Z < 0, axis=1)
         objective[infeasible] = gap[infeasible] = np.inf
     return objective, gap
+
+
+def own_scale_objectives(S, primal, X, D, lmbd, Z, lost_too=False):
+    """The objectives the certificate's units cannot hold, formed again in
+    the caller's units: ``(rows, F, F_up, cancelled)``.
+
+    The certificate works in the unit of the objective's largest terms (x,
+    z D, lmbd ||z||_1). Where they cancel beyond 2**-900 of it (``primal``,
+    the scaled objective, below ``_CANCELLED``: x = z = 2**600 with lmbd =
+    2**-1000, whose lmbd ||z||_1 = 2**-400 underflowed there, read F = 0)
+    and, with ``lost_too``, where the scaling lost entries of x, F is
+    formed again at the residual's own scale; where the terms cancelled
+    (``cancelled``, per returned row), F rounded up (``F_up``) also bounds
+    F - min F (F >= 0), a floor for the gap. X, D, lmbd, Z in the caller's
+    units; rows whose F is not finite there are left out.
+    """
+    none = np.empty(0, dtype=np.intp)
+    if S.ea is None:
+        return none, np.empty(0), np.empty(0), np.empty(0, dtype=bool)
+    cancelled = primal < _CANCELLED
+    redo = cancelled.copy()
+    if lost_too and S.lost is not None:
+        redo[S.lost.samples] = True
+    redo = np.flatnonzero(redo & np.isfinite(primal))
+    lm = lmbd[redo] if np.ndim(lmbd) else lmbd
+    F, F_up = _objective_own_scale(X[redo], D, lm, Z[redo], S.rows(redo))
+    ok = np.isfinite(F) & np.isfinite(F_up)
+    return redo[ok], F[ok], F_up[ok], cancelled[redo[ok]]
 
 
 def _objective_own_scale(X, D, lmbd, Z, S):
@@ -638,11 +661,14 @@ def lasso_gradient(X, D, Z):
         if S.lost is not None:
             # entries the scaling took below the dtype's range (a sample
             # spanning more than it): their share, - x_v D^T, at their own
-            # scale (x = [2**-100, 2**100] float32 gave 0 for -2**-100)
+            # scale (x = [2**-100, 2**100] float32 gave 0 for -2**-100);
+            # where the rest is already beyond the float range, it stays so
             i = S.lost.samples
             _, V = _split(X[i], S.X[i], S.ea[i])
             e = _top_exponent(V, axis=1)[:, None]
-            out[i] -= np.ldexp(np.ldexp(V, -e) @ Ds.T, e + S.eb)
+            share = np.ldexp(np.ldexp(V, -e) @ Ds.T, e + S.eb)
+            add = np.isfinite(out[i]) & np.isfinite(share)
+            out[i] -= np.where(add, share, 0.0)
         out = out.astype(X.dtype, copy=False)
     return _squeeze(out, is_1d)
 

@@ -18,7 +18,8 @@ import numpy as np
 from ._kernels import _cd, _solvers
 from ._kernels._cpu import BLAS_PACKS_SMALL_CALLS
 from ._kernels._gemm import GEMM_BLAS, OWN_GEMM
-from ._lasso import Scaled, _check_codes, certify, correlations, round_up
+from ._lasso import (Scaled, _check_codes, _ldexp_up, certify, correlations,
+                     own_scale_objectives, round_up)
 from ._lipschitz import global_lipschitz, shared_gram
 from ._threads import kernel_threads
 from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
@@ -85,11 +86,13 @@ class LassoResult:
         sample): the values at iterations 0, 1, ...; a sample that stopped
         keeps its last value, which is its certificate. The others are the
         kernel's, from ``c = x D^T`` and ``g = c - z D D^T`` in the data's
-        dtype: float32 ones carry float32's rounding of those, an absolute
-        error of a few float32 ulps of 1/2 ||x||^2 (1e-4 of the objective
-        once it is below 1e-3 of 1/2 ||x||^2, 7 % of it at 5e-7: enough
-        for ISTA's recorded objective to rise); record float64 problems
-        for curves below that.
+        dtype (in the solver's scaled units: without the share of entries a
+        sample's scaling lost, or of terms that cancel below those units):
+        float32 ones carry float32's rounding of those, an absolute error
+        of a few float32 ulps of 1/2 ||x||^2 (1e-4 of the objective once it
+        is below 1e-3 of 1/2 ||x||^2, 7 % of it at 5e-7: enough for ISTA's
+        recorded objective to rise); record float64 problems for curves
+        below that.
     step_sizes : ndarray or None
         With ``record_history=True`` and method "oista" or "backtracking",
         the step used at each iteration, shape (n_iter.max(), n_samples)
@@ -477,10 +480,18 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
     # (with the terms of entries the scaling lost, for samples spanning more
     # than the dtype: see _lasso._Lost)
-    gap_in = S.gap_in(gap, Z)
+    gap_in, gap_out = S.gap_in(gap, Z), S.gap_out(gap, Z)
+    # where the objective's terms cancelled beyond the scaled units, its
+    # value formed at its own scale bounds the gap from below (as in
+    # duality_gap)
+    rows, _, F_up, cancelled = own_scale_objectives(S, primal, X, D, lmbd, codes)
+    rows, F_up = rows[cancelled], F_up[cancelled]
+    if rows.size:
+        gap_out[rows] = np.maximum(gap_out[rows], F_up)
+        gap_in[rows] = np.maximum(gap_in[rows], _ldexp_up(F_up, -2 * S.ea[rows]))
     converged = gap_in <= target
     with np.errstate(over="ignore"):        # beyond the dtype's range: inf
-        out_gap = round_up(S.gap_out(gap, Z), X.dtype)
+        out_gap = round_up(gap_out, X.dtype)
     if warn and tol > 0 and not converged.all():
         # (x = 0 has gap 0 and converges: 1/2 ||x||^2 > 0 here)
         bad = ~converged

@@ -318,6 +318,26 @@ def test_gap_of_a_sample_spanning_more_than_its_dtype_bounds_its_suboptimality(
         assert tiny <= res.gap[0] <= 4 * tiny and not res.converged[0]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_solver_gap_where_the_objective_cancels_below_its_unit(method):
+    """x = [3.7e295, 3.5e34], D = diag(2**66, 2**65), lmbd = 0: the second
+    entry's share of the objective, 1/2 (x_1 - z_1 d_1)^2, underflowed in
+    the unit of the first, and solve_lasso reported gap 0, "converged" with
+    tol = 0, where F - min F = F = 4.25e37 (min F = 0: D invertible);
+    duality_gap of the same codes said 4.25e37. The solver's gap takes the
+    same floor, F formed at the residual's own scale (exact references in
+    rational arithmetic)."""
+    x = np.array([3.6825915665507002e+295, 3.508354953614074e+34])
+    D = np.diag([2.0**66, 2.0**65])
+    for tol in (0.0, 1e-8):
+        res = solve_or_refuse(x, D, 0.0, tol=tol, max_iter=500, method=method)
+        exact = ref.lasso_suboptimality_exact(x, D, 0.0, res.codes)
+        assert res.gap == np.inf or Fr(float(res.gap)) >= exact * (1 - Fr(2.0**-40))
+        assert res.gap <= duality_gap(x, D, 0.0, res.codes) * (1 + 1e-12) or tol
+        if tol == 0:
+            assert res.converged == (res.gap == 0)
+
+
 K22 = 2.0**22
 
 

@@ -250,6 +250,10 @@ def test_gradient_of_codes_whose_products_overflow():
     assert_allclose(lasso_gradient(np.zeros((2, 2)), D, Z), Z, rtol=1e-15)
     # and where the gradient itself is beyond the range: inf, no warning
     assert np.all(np.isinf(lasso_gradient(np.zeros((2, 2)), 2 * D, Z)))
+    # (codes that set the unit so far above x that all of x is lost: inf,
+    # not inf - inf = NaN from the lost entries' share added to it)
+    g = lasso_gradient(np.array([[2.0**490]]), np.array([[2.0**600]]), np.array([[2.0**975]]))
+    assert g[0, 0] == np.inf
 
 
 def _exact_objective(x, D, lmbd, z):
