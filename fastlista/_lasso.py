@@ -274,24 +274,10 @@ class Scaled:
         with np.errstate(over="ignore", under="ignore"):
             return np.ldexp(Z, self._shift(1, -1)[:, None]).astype(Z.dtype, copy=False)
 
-    def lmbd_l1(self, lmbd, Z, caller=False, up=False):
-        """lmbd ||z||_1 of caller's codes, in scaled units (float64 (N,)),
-        from mantissas and exponents: its factors in scaled units may leave
-        the float range where the product does not (codes on a subnormal
-        dictionary). ``caller``: in the caller's units; ``up``: rounded up
-        (a bound from above)."""
-        N = Z.shape[0]
-        lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (N,))
-        az = np.abs(Z).astype(np.float64)
-        ez = np.frexp(az.max(axis=1, initial=0.0))[1]
-        ea = 0 if self.ea is None or caller else self.ea
-        with np.errstate(over="ignore", under="ignore"):
-            mz = np.ldexp(az, -ez[:, None])                  # sums in [0.5, m]
-            ml, el = np.frexp(lm)
-            if not up:
-                return np.ldexp(ml * mz.sum(axis=1), el + ez - 2 * ea)
-            v = ml * _sum_up(mz)
-            return _ldexp_up(np.where(v > 0, np.nextafter(v, np.inf), v), el + ez - 2 * ea)
+    def lmbd_l1(self, lmbd, Z):
+        """lmbd ||z||_1 of caller's codes, in scaled units (float64 (N,))
+        (``_lmbd_l1``)."""
+        return _lmbd_l1(lmbd, Z, 0 if self.ea is None else 2 * self.ea)
 
     def energy_out(self, v):
         """Objectives in the caller's units: v 2**(2 ea) (inf beyond the float
@@ -346,6 +332,23 @@ def _ldexp_up(v, e):
         low = np.ldexp(out, -e) < v
     out[low] = np.nextafter(out[low], np.inf)
     return out
+
+
+def _lmbd_l1(lmbd, Z, e=0, up=False):
+    """lmbd ||z||_1 times 2**-e (e per sample or 0), float64 (N,), from
+    mantissas and exponents: its factors times 2**-e may leave the float
+    range where the product does not (codes on a subnormal dictionary).
+    ``up``: rounded up (a bound from above)."""
+    lm = np.broadcast_to(np.asarray(lmbd, dtype=np.float64), (Z.shape[0],))
+    az = np.abs(Z).astype(np.float64)
+    ez = np.frexp(az.max(axis=1, initial=0.0))[1]
+    with np.errstate(over="ignore", under="ignore"):
+        mz = np.ldexp(az, -ez[:, None])                      # sums in [0.5, m]
+        ml, el = np.frexp(lm)
+        if not up:
+            return np.ldexp(ml * mz.sum(axis=1), el + ez - e)
+        v = ml * _sum_up(mz)
+        return _ldexp_up(np.where(v > 0, np.nextafter(v, np.inf), v), el + ez - e)
 
 
 def _add_up(a, b):
@@ -563,12 +566,12 @@ def own_scale_objectives(S, primal, X, D, lmbd, Z, lost_too=False):
         redo[S.lost.samples] = True
     redo = np.flatnonzero(redo & np.isfinite(primal))
     lm = lmbd[redo] if np.ndim(lmbd) else lmbd
-    F, F_up = _objective_own_scale(X[redo], D, lm, Z[redo], S.rows(redo))
+    F, F_up = _objective_own_scale(X[redo], D, lm, Z[redo])
     ok = np.isfinite(F) & np.isfinite(F_up)
     return redo[ok], F[ok], F_up[ok], cancelled[redo[ok]]
 
 
-def _objective_own_scale(X, D, lmbd, Z, S):
+def _objective_own_scale(X, D, lmbd, Z):
     """F(z) in the caller's units from r = x - z D formed there in double
     (inf or NaN where a product leaves the float range), 1/2 ||r||^2 taken
     at r's own power of two: ``(F, F rounded up)``, float64 (n_rows,)."""
@@ -580,8 +583,8 @@ def _objective_own_scale(X, D, lmbd, Z, S):
     q_up = q * (1.0 + (R.shape[1] + 2) * np.finfo(np.float64).eps)
     q_up = np.where(q_up > 0, np.nextafter(q_up, np.inf), q_up)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        F = np.ldexp(q, 2 * er) + S.lmbd_l1(lmbd, Z, caller=True)
-        F_up = _add_up(_ldexp_up(q_up, 2 * er), S.lmbd_l1(lmbd, Z, caller=True, up=True))
+        F = np.ldexp(q, 2 * er) + _lmbd_l1(lmbd, Z)
+        F_up = _add_up(_ldexp_up(q_up, 2 * er), _lmbd_l1(lmbd, Z, up=True))
     return F, F_up
 
 
@@ -724,11 +727,10 @@ def lambda_max(X, D, positive=False):
         # the smallest below the dtype's range, where they vanished (or lost
         # digits); their share of x D^T is bounded at their own scale
         wide = S.lost.samples
-        with np.errstate(under="ignore"):
-            back = np.ldexp(S.X[wide], S.ea[wide, None]).astype(X.dtype, copy=False)
+        kept, vanished = _split(X[wide], S.X[wide], S.ea[wide])
         with np.errstate(over="ignore"):
             out[wide] = np.maximum(out[wide], round_up(
-                _wide_lambda_max(X[wide], back, D, positive), out.dtype))
+                _wide_lambda_max(kept, vanished, D, positive), out.dtype))
     return _squeeze(out, is_1d)
 
 
@@ -757,14 +759,13 @@ def _correlations_up(R, D):
     return back_up(C + err), back_up(np.abs(C) + err)
 
 
-def _wide_lambda_max(X, back, D, positive):
+def _wide_lambda_max(kept, vanished, D, positive):
     """lambda_max, from above, of samples whose entries span more than their
-    dtype: ``back`` is the part their scaling kept (each entry of X, or its
-    rounding), ``X - back`` (exact) the part that vanished below the
-    dtype's range; both are bounded atom by atom at their own scale and
-    added rounded up (float64, (n_rows,))."""
-    kept, kept_abs = _correlations_up(back, D)
-    lost, lost_abs = _correlations_up(X - back, D)
+    dtype: ``kept`` is the part their scaling kept, ``vanished`` the part
+    below the dtype's range (``_split``); both are bounded atom by atom at
+    their own scale and added rounded up (float64, (n_rows,))."""
+    kept, kept_abs = _correlations_up(kept, D)
+    lost, lost_abs = _correlations_up(vanished, D)
     with np.errstate(over="ignore"):
         if positive:
             total = np.maximum(kept + lost, 0.0)
