@@ -763,6 +763,46 @@ def test_copies_keep_the_dictionary_read_only(duplicate):
     assert_allclose(twin.transform(X), net.transform(X), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, value", [
+    ("positive", True), ("support_selection", (10, 20)), ("n_layers", 2),
+    ("parametrization", "alista"), ("D", "other"), ("lipschitz_", 1.0)])
+def test_structure_is_fixed_when_the_network_is_built(tmp_path, name, value):
+    """``net.positive = True`` was accepted: the layers kept thresholding both
+    ways (codes of -0.38) while ``objective`` assumed non-negative codes
+    (inf), and the saved file loaded as another network (found by an
+    adversarial pass). The structure is read-only; the network stays ISTA
+    with step 1/L (the NumPy reference) and saves as itself."""
+    import reference as ref
+
+    X, D = make_problem()
+    net = Lista(D, 0.3, 4, parametrization="coupled")
+    with pytest.raises(AttributeError, match=f"Lista.{name} is "):
+        setattr(net, name, D[::-1].copy() if value == "other" else value)
+    expected = ref.ista(X, D, 0.3, 4)[0]
+    assert_allclose(net.transform(X), expected, rtol=1e-12, atol=1e-14)
+    net.save(tmp_path / "net.npz")
+    assert_allclose(Lista.load(tmp_path / "net.npz").transform(X), expected,
+                    rtol=1e-12, atol=1e-14)
+
+
+def test_lmbd_and_n_jobs_are_validated_when_set():
+    """The call settings may change after construction, through the same
+    validation as the constructor's: a network set to lmbd computes what
+    one built at lmbd does (ISTA with step 1/L, the NumPy reference)."""
+    import reference as ref
+
+    X, D = make_problem()
+    net = Lista(D, 0.3, 4)
+    for bad in (-1.0, np.nan, "0.5"):
+        with pytest.raises(InvalidParameterError, match="'lmbd' parameter of Lista"):
+            net.lmbd = bad
+    with pytest.raises(InvalidParameterError, match="'n_jobs' parameter of Lista"):
+        net.n_jobs = 0
+    assert net.lmbd == 0.3 and net.n_jobs is None
+    net.lmbd, net.n_jobs = 0.5, 1
+    assert_allclose(net.transform(X), ref.ista(X, D, 0.5, 4)[0], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("ratio", [1e-4, 1e-8, 1e-12, 1e-14, 1e-17, 1e-30])
 def test_alista_weights_of_an_atom_far_smaller_than_the_others(ratio, dtype):

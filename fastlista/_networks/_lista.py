@@ -35,6 +35,10 @@ from ._persistence import load as _load, save as _save
 #: its dtype: its steps 1/L and the layers' products stay normal numbers.
 _L_RANGE = {np.dtype(np.float64): 768, np.dtype(np.float32): 96}
 
+#: Lista attributes fixed when the network is built (read-only properties).
+_FIXED = ("D", "parametrization", "n_layers", "positive", "support_selection",
+          "lipschitz_")
+
 
 class TrainingData:
     """Validated training signals and targets (see :meth:`Lista.training_data`).
@@ -122,6 +126,10 @@ class Lista:
 
     Attributes
     ----------
+    D, parametrization, n_layers, positive, support_selection
+        As built, read-only: the layers, the kernels' cached matrices and
+        saved files derive from them (setting one raises AttributeError).
+        ``lmbd`` and ``n_jobs`` may be set; they are validated as above.
     lipschitz_ : float
         L = largest eigenvalue of ``D D^T``; the untrained steps are 1/L.
     loss_history_ : list of float
@@ -152,18 +160,17 @@ class Lista:
         D = check_dictionary_shape(check_array(D, "D"))
         if D.shape[0] == 0:
             raise ValueError(f"D must contain at least one atom; got D.shape={D.shape}.")
-        self.D = D.copy()
-        self.D.setflags(write=False)
-        self.lmbd = check_scalar(lmbd, "lmbd", "Lista", low=0.0)
-        self.n_layers = check_scalar(n_layers, "n_layers", "Lista", low=1,
-                                     high=2**31 - 1, integer=True)
-        self.parametrization = check_option(parametrization, "parametrization",
-                                            "Lista", P.PARAMETRIZATIONS)
+        self._D = D.copy()
+        self._D.setflags(write=False)
+        self.lmbd = lmbd
+        self._n_layers = check_scalar(n_layers, "n_layers", "Lista", low=1,
+                                      high=2**31 - 1, integer=True)
+        self._parametrization = check_option(parametrization, "parametrization",
+                                             "Lista", P.PARAMETRIZATIONS)
         check_random_state(random_state, "Lista")
-        check_n_jobs(n_jobs, "Lista")
         self.n_jobs = n_jobs
-        self.positive = check_bool(positive, "positive", "Lista")
-        self.support_selection = P.check_support_selection(
+        self._positive = check_bool(positive, "positive", "Lista")
+        self._support_selection = P.check_support_selection(
             support_selection, self.parametrization, "Lista")
         with kernel_threads(n_jobs, "Lista"):
             L = global_lipschitz(self.D)
@@ -175,7 +182,7 @@ class Lista:
                 f"D's Lipschitz constant ||D D^T||_2 = {L:.3g} is beyond 2**+-{limit}, "
                 f"where the network's steps 1/L and its layers leave the range of "
                 f"{self.D.dtype}: rescale D (e.g. to unit-norm atoms).")
-        self.lipschitz_ = float(L)
+        self._lipschitz = float(L)
         self.loss_history_ = []
         ks = None if self.support_selection is None else P.selection_counts(
             self.support_selection, self.n_layers, self.n_atoms)
@@ -190,6 +197,55 @@ class Lista:
             layer = P.initial_layer(self.parametrization, self.D, L, gamma0)
         self._params = [{k: v.copy() for k, v in layer.items()}
                         for _ in range(self.n_layers)]
+
+    # -- structure and settings ----------------------------------------------
+    #
+    # D, the parametrization, the depth, ``positive`` and
+    # ``support_selection`` are fixed when the network is built: its layers,
+    # the kernels' cached matrices, its training units and its saved files
+    # derive from them. ``lmbd`` and ``n_jobs`` are settings of the calls,
+    # validated when set.
+
+    D = property(lambda self: self._D, doc="The dictionary (read-only).")
+    parametrization = property(lambda self: self._parametrization,
+                               doc="The parametrization (read-only).")
+    n_layers = property(lambda self: self._n_layers, doc="The depth T (read-only).")
+    positive = property(lambda self: self._positive,
+                        doc="Whether codes are non-negative (read-only).")
+    support_selection = property(lambda self: self._support_selection,
+                                 doc="Support selection (p, p_max), or None (read-only).")
+    lipschitz_ = property(lambda self: self._lipschitz,
+                          doc="L = ||D D^T||_2 (read-only).")
+
+    def __setattr__(self, name, value):
+        if name == "lipschitz_":
+            raise AttributeError("Lista.lipschitz_ is ||D D^T||_2 of the network's D, "
+                                 "which is fixed when the network is built.")
+        if name in _FIXED:
+            raise AttributeError(
+                f"Lista.{name} is fixed when the network is built (its layers, "
+                f"cached matrices and saved files derive from it): build a new "
+                f"Lista with the {name} you want.")
+        super().__setattr__(name, value)
+
+    @property
+    def lmbd(self):
+        """The regularisation level of calls that give none (float >= 0)."""
+        return self._lmbd_value
+
+    @lmbd.setter
+    def lmbd(self, lmbd):
+        self._lmbd_value = check_scalar(lmbd, "lmbd", "Lista", low=0.0)
+
+    @property
+    def n_jobs(self):
+        """Threads of every call (int or None; see the class docstring)."""
+        return self._n_jobs_value
+
+    @n_jobs.setter
+    def n_jobs(self, n_jobs):
+        check_n_jobs(n_jobs, "Lista")
+        self._n_jobs_value = n_jobs
 
     # -- parameters --------------------------------------------------------
 
@@ -245,7 +301,6 @@ class Lista:
         """A shallow copy running on ``n_jobs`` threads (shares the parameters
         and the kernel cache; either's new parameters are a new list)."""
         twin = copy.copy(self)
-        check_n_jobs(n_jobs, "Lista")
         twin.n_jobs = n_jobs
         return twin
 
