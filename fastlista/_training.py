@@ -14,7 +14,8 @@ only through its training interface (documented on :class:`fastlista.Lista`):
 ``training_vector(depth)``, ``set_training_vector(x, depth)``,
 ``training_bounds(depth)`` and ``n_layers`` — the flat parameter vector of
 the first ``depth`` layers, in units where the untrained values are O(1),
-and its lower bounds — and through an ``evaluate(x, depth) -> (loss,
+and its lower bounds; ``training_zero_codes(data)`` where a fit ends on a
+zero gradient — and through an ``evaluate(x, depth) -> (loss,
 gradient)`` function: the network's ``training_loss_and_grad`` on local data
 (:func:`fit_network`, which runs the whole fit, optimiser included, under
 the network's ``n_jobs`` budget of :func:`fastlista._threads.kernel_threads`),
@@ -66,6 +67,10 @@ NaN or infinite parameters: a stage whose start has a non-finite loss or
 gradient trains nothing, and one whose last iterate does not fit the
 network's dtype (a parameter overflows it) is rolled back to its start,
 its history cut back to its first entry, with a TrainingWarning saying so.
+A fit that ends where the gradient is exactly 0, on a network whose codes
+on the training signals are all 0 while their Lasso solutions (or targets)
+are not, warns too: a flat region gradient steps cannot leave, which
+ALISTA's analytic start, worse than the zero code, can train into.
 """
 import copy
 import warnings
@@ -87,7 +92,9 @@ _GD_RATE_MIN = 1e-20
 
 
 class TrainingWarning(UserWarning):
-    """Training hit a non-finite loss and was rolled back to a finite point."""
+    """Training hit a non-finite loss and was rolled back to a finite point,
+    or ended on a network whose codes are all 0 where the loss asks for
+    others (a zero gradient that no gradient step leaves)."""
 
 
 class _Objective:
@@ -105,6 +112,7 @@ class _Objective:
         self.shift = 0
         self._last_x = None
         self._last_loss = np.inf
+        self._last_flat = False
 
     def project(self, x):
         return np.maximum(x, self.lower)
@@ -132,7 +140,13 @@ class _Objective:
         if not (np.isfinite(f_s) and np.all(np.isfinite(g_s))):
             return np.inf, np.zeros_like(x)
         self._last_x, self._last_loss = x.copy(), float(f)
+        self._last_flat = not np.any(g)
         return float(f_s), g_s
+
+    def flat_at(self, x):
+        """The gradient at x, the last point evaluated, is exactly 0."""
+        return (self._last_flat and self._last_x is not None
+                and np.array_equal(x, self._last_x))
 
     def loss(self, x):
         """``evaluate``'s loss at x (inf when non-finite), evaluated only if x
@@ -219,7 +233,8 @@ def _gd(obj, x0, max_iter, tol, history, verbose):
 
 
 def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
-          per_layer="oneshot", verbose=False, func="Lista.fit", loss_exponent=0):
+          per_layer="oneshot", verbose=False, func="Lista.fit", loss_exponent=0,
+          zero_codes_suboptimal=None):
     """Optimise ``net``'s parameters over ``evaluate``, rolling back blow-ups.
 
     ``oneshot`` is one stage on the output loss; ``recursive`` trains layers
@@ -251,6 +266,13 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         ``evaluate`` computes the loss and gradient times 2**-loss_exponent
         (data in units of a power of two): the history records its losses
         times 2**loss_exponent, the loss itself (rounded to float64).
+    zero_codes_suboptimal : callable or None, default=None
+        ``zero_codes_suboptimal(net) -> bool``: whether ``net``'s codes on
+        the training signals are all 0 where the training targets are not
+        (a signal with lmbd below its ``lambda_max``, or a non-zero target
+        code). Called only if training ends where the gradient is exactly
+        0; True there gives a TrainingWarning (a flat region that gradient
+        steps cannot leave).
 
     Returns
     -------
@@ -271,6 +293,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
     run = _lbfgs if optimizer == "lbfgs" else _gd
     history = []
     rolled_back = False
+    flat = False
     for depth, n_iter in stages:
         # a parameter beyond the range of its unit makes an inf entry, and
         # the stage a start that is not finite
@@ -284,6 +307,8 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         # the history holds the stage's starting loss if it was finite, then
         # one entry an accepted iteration
         rolled_back |= len(history) == first
+        # (the last stage trains the whole network: its end is fit's)
+        flat = obj.flat_at(x) and len(history) > first
         if len(history) <= first + 1 or np.array_equal(x, x0):
             # nothing accepted, or steps that came back to the start (a zero
             # gradient): net keeps the stage's start, bit for bit
@@ -298,7 +323,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
         if not fits:
             # back to the stage's start, whose loss is its first entry
             del history[first + 1:]
-            rolled_back = True
+            rolled_back, flat = True, False
             continue
         net.set_training_vector(x, depth)
     if rolled_back and not history:
@@ -319,6 +344,16 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
             "and rolled the parameters back to a finite point: the start of the "
             "stage that met it.", TrainingWarning,
             stacklevel=3)
+    if flat and zero_codes_suboptimal is not None and zero_codes_suboptimal(net):
+        warnings.warn(
+            f"{func}: training ended where the gradient of the loss is exactly 0: the "
+            "network's codes on the training signals are all 0 (every pre-activation "
+            "of the last layer is below its threshold), a flat region that gradient "
+            "steps cannot leave, while the Lasso solutions (or target codes) are not "
+            "0. The network outputs 0 for these signals. A start worse than the zero "
+            "code (as ALISTA's analytic one can be) leads there: start from other "
+            "parameters (set_parameters), or try the other optimizer.",
+            TrainingWarning, stacklevel=3)
     return [float(v) for v in np.ldexp(history, loss_exponent)]
 
 
@@ -345,13 +380,17 @@ def fit_network(net, X, *, loss="unsupervised", Z_target=None, lmbd=None, **opti
                                    func="Lista.fit")
         # data whose loss would underflow, in units where it does not
         e = data.exponent()
-        data = data.scaled(e)
+        raw, data = data, data.scaled(e)
 
         def evaluate(x, depth):
             trial.set_training_vector(x, depth)
             return trial.training_loss_and_grad(data, depth)
 
-        history = train(work, evaluate, func="Lista.fit", loss_exponent=2 * e, **options)
+        def zero_codes_suboptimal(trained):
+            return all(trained.training_zero_codes(raw))
+
+        history = train(work, evaluate, func="Lista.fit", loss_exponent=2 * e,
+                        zero_codes_suboptimal=zero_codes_suboptimal, **options)
     # the arrays themselves (validated, in the network's dtype), not their
     # round trip through the training vector: untrained layers stay bit for
     # bit those handed in

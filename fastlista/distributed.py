@@ -455,6 +455,14 @@ def _chunk_loss_grad(net, x, depth, X, loss, Z_target, lam, e):
     return n * float(value), n * grad
 
 
+def _chunk_zero_codes(net, X, loss, Z_target, lam):
+    """``Lista.training_zero_codes`` of one chunk: whether the network's codes
+    on it are all 0, and whether its targets are not."""
+    data = net.training_data(X, loss, Z_target, None if lam is None else lam[:, 0],
+                             func="fastlista.distributed.fit")
+    return net.training_zero_codes(data)
+
+
 def _extremes(*chunks):
     """The largest and smallest entry of each chunk (None: skipped)."""
     return [(np.max(c), np.min(c)) for c in chunks if c is not None]
@@ -610,9 +618,15 @@ def fit(net, X, loss="unsupervised", Z_target=None, optimizer="lbfgs", max_iter=
     # scheduler the tasks run in this process meanwhile)
     work = copy.copy(net)
     with kernel_threads(n_jobs, func):
+        def zero_codes_suboptimal(trained):
+            ref = _ship(trained._with_n_jobs(n_jobs))
+            parts = dask.compute(*[dask.delayed(_chunk_zero_codes, pure=True)(
+                ref, xb, loss, zb, lb) for xb, zb, lb in blocks])
+            return all(p[0] for p in parts) and any(p[1] for p in parts)
+
         history = train(work, evaluate, optimizer=optimizer, max_iter=max_iter, tol=tol,
                         per_layer=per_layer, verbose=verbose, func=func,
-                        loss_exponent=2 * e)
+                        loss_exponent=2 * e, zero_codes_suboptimal=zero_codes_suboptimal)
     # the arrays themselves, not their round trip through the training
     # vector (untrained layers stay bit for bit those handed in)
     net.set_parameters(work.parameters)

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -449,6 +450,29 @@ def test_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(client, data
     for layer, handed in zip(net.parameters, start):
         for k in handed:
             assert_array_equal(layer[k], handed[k], strict=True)
+
+
+@pytest.mark.parametrize("lmbd_factor, warns", [(0.5, True), (1.01, False)])
+def test_fit_ending_on_all_zero_codes_says_so_as_single_machine(client, data, lmbd_factor,
+                                                                 warns):
+    """A network whose thresholds (1e6 lmbd) cut every code to 0 has a zero
+    gradient: fit warns, as Lista.fit does, where some chunk's signal has
+    lmbd below its lambda_max (the NumPy reference), and not where every
+    zero code is the Lasso solution. Per-sample lmbd, over the chunks."""
+    X, D = data
+    lam = np.full(X.shape[0], lmbd_factor * float(np.max(ref.lambda_max(X, D))))
+    net = Lista(D, float(lam[0]), 3, parametrization="alista")
+    params = net.parameters
+    for layer in params:
+        layer["theta"] = np.full_like(layer["theta"], 1e6)
+    net.set_parameters(params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fd.fit(net, chunked(X), max_iter=5, lmbd=da.from_array(lam, chunks=170))
+    flat = [w for w in caught if issubclass(w.category, fastlista.TrainingWarning)
+            and "gradient of the loss is exactly 0" in str(w.message)]
+    assert len(flat) == warns
+    assert not np.any(net.transform(X))
 
 
 def test_fit_with_per_sample_lmbd_on_a_client_equals_single_machine(client, data):

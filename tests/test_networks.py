@@ -1731,6 +1731,9 @@ def test_kernel_refuses_half_given_double_accumulators():
 
 @pytest.mark.parametrize("parametrization", ["step", "coupled", "alista", "lista"])
 @pytest.mark.parametrize("exponent", [-80, 70])
+# (ALISTA's analytic start is worse than the zero code here: its fit ends on
+# all-zero codes, which lower the objective, and says so)
+@pytest.mark.filterwarnings("ignore:Lista.fit. training ended where the gradient")
 def test_float32_signals_far_from_one_train_on_their_own_loss(parametrization, exponent):
     """float32 signals of 2**-80 (1e-24, ordinary float32 numbers) made the
     kernels' squares underflow: SLISTA's loss came out at 27 % of its value,

@@ -828,3 +828,67 @@ def test_an_iterate_beyond_the_dtype_rolls_its_stage_back_to_its_start(monkeypat
         net.fit(X, optimizer="gd", max_iter=5)
     assert net.loss_history_ == [1.0 / (1.0 + L * alphas.sum())]
     assert_same_parameters(net.parameters, before)
+
+
+THRESHOLD_KEYS = {"coupled": "beta", "alista": "theta", "lista": "theta"}
+
+
+def _dead_network(parametrization, D, lmbd):
+    """A network whose thresholds (1e6 lmbd) cut every pre-activation to 0."""
+    net = Lista(D, lmbd, 3, parametrization=parametrization)
+    layers = net.parameters
+    for layer in layers:
+        layer[THRESHOLD_KEYS[parametrization]] = np.full_like(
+            layer[THRESHOLD_KEYS[parametrization]], 1e6)
+    return net.set_parameters(layers)
+
+
+@pytest.mark.parametrize("loss", ["unsupervised", "semi-supervised"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "gd"])
+@pytest.mark.parametrize("parametrization", ["coupled", "alista", "lista"])
+def test_fit_ending_on_all_zero_codes_says_so(parametrization, optimizer, loss):
+    """A network whose codes are all 0 has a gradient of exactly 0: gradient
+    steps cannot leave it, and fit ended there silently (ALISTA's analytic
+    start, worse than the zero code, trained into it in 11 of 48 fits of
+    an adversarial pass). A fit ending there warns, where the zero codes are
+    not what the loss wants: some signal has lmbd below its lambda_max (the
+    NumPy reference), so neither its Lasso solution nor its target is 0."""
+    X, D = make_problem(n_samples=40)
+    lmbd = 0.5 * float(np.max(ref.lambda_max(X, D)))
+    net = _dead_network(parametrization, D, lmbd)
+    assert not np.any(net.transform(X))
+    with pytest.warns(TrainingWarning, match="gradient of the loss is exactly 0"):
+        net.fit(X, loss=loss, optimizer=optimizer, max_iter=5)
+    assert not np.any(net.transform(X))
+
+
+@pytest.mark.parametrize("parametrization", ["coupled", "alista", "lista"])
+def test_fit_ending_on_zero_codes_that_solve_the_lasso_does_not_warn(parametrization):
+    """At lmbd >= lambda_max of every training signal (the NumPy reference)
+    the zero codes are the Lasso solutions: a network giving them is done."""
+    X, D = make_problem(n_samples=40)
+    lmbd = 1.01 * float(np.max(ref.lambda_max(X, D)))
+    net = _dead_network(parametrization, D, lmbd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        net.fit(X, max_iter=5)
+    assert not np.any(net.transform(X))
+
+
+def test_alista_trained_into_zero_codes_says_so():
+    """The case the adversarial pass found: a positive ALISTA on 24 atoms of
+    10 features at lmbd = 0.4 lambda_max, whose untrained codes are worse
+    than 0, ends with every code 0 (its loss that of z = 0, the NumPy
+    objective) and now says so."""
+    rng = np.random.default_rng(17)
+    D = rng.standard_normal((24, 10))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((100, 10))
+    X /= ref.lambda_max(X, D)[:, None]
+    net = Lista(D, 0.4, 4, parametrization="alista", positive=True, n_jobs=1)
+    F0 = float(np.mean(ref.objective(X, D, 0.4, np.zeros((100, 24)))))
+    assert net.objective(X) > F0
+    with pytest.warns(TrainingWarning, match="gradient of the loss is exactly 0"):
+        net.fit(X, max_iter=10)
+    assert not np.any(net.transform(X))
+    assert_allclose(net.loss_history_[-1], F0, rtol=1e-12)

@@ -13,13 +13,13 @@ definitions live in ``_parameters.py``, the kernel adapters in
 ``_execution.py``, persistence in ``_persistence.py`` and the optimisers in
 ``fastlista._training``, which reach the network only through its training
 interface (``training_data``, ``training_vector``, ``set_training_vector``,
-``training_bounds``, ``training_loss_and_grad``).
+``training_bounds``, ``training_loss_and_grad``, ``training_zero_codes``).
 """
 import copy
 
 import numpy as np
 
-from .._lasso import lasso_objective
+from .._lasso import lambda_max, lasso_objective
 from .._lipschitz import global_lipschitz
 from .._solvers import lasso_targets, solve_lasso
 from .._threads import kernel_threads
@@ -508,6 +508,28 @@ class Lista:
                                                 data.loss, data.targets, self.n_jobs)
         return value, self._layout(depth).pack_gradients(grads)
 
+    def training_zero_codes(self, data):
+        """Whether the network's codes on ``data`` are all 0, and whether
+        its targets are not (training interface): a signal whose lmbd is
+        below its :func:`fastlista.lambda_max` (unsupervised loss), or a
+        non-zero target code.
+
+        Parameters
+        ----------
+        data : TrainingData
+            From :meth:`training_data`.
+
+        Returns
+        -------
+        all_zero, targets_not_zero : bool
+        """
+        if np.any(self.transform(data.X, lmbd=data.lmbd)):
+            return False, True
+        if data.loss == "supervised":
+            return True, bool(np.any(data.targets))
+        top = lambda_max(data.X, self.D, positive=self.positive)
+        return True, bool(np.any(data.lmbd < top))
+
     def loss_and_grad(self, X, loss="unsupervised", Z_target=None, lmbd=None):
         """Mean training loss of the output and its analytic gradients.
 
@@ -614,7 +636,12 @@ class Lista:
             The parameters never end NaN or infinite: on a blow-up the
             training stage that met it is rolled back to its start, with a
             :class:`fastlista.TrainingWarning`. A fit that accepts no
-            iteration leaves the parameters handed in, bit for bit.
+            iteration leaves the parameters handed in, bit for bit. A fit
+            that ends on a network whose codes on X are all 0 (a zero
+            gradient: thresholds above every pre-activation, which no
+            gradient step leaves) warns too, unless the zero codes are
+            what the loss asks for (lmbd >= lambda_max of every signal, or
+            zero targets).
 
         Notes
         -----
