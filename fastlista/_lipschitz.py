@@ -52,7 +52,8 @@ def lipschitz(D, support=None, *, tol=1e-10, max_iter=10000, n_jobs=None):
         Power steps the bracket may take per support (``2^s <= max_iter``
         after ``s`` squarings) before LAPACK takes over.
     n_jobs : int or None, default=None
-        Threads for batched supports (None or -1: every core).
+        Threads for batched supports (None or -1: every core, or OpenMP's limit
+        if lower).
 
     Returns
     -------

@@ -184,7 +184,9 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     n_jobs : int or None, default=None
         Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
         kernels, BLAS held to one thread meanwhile when threadpoolctl is
-        installed). None uses every core.
+        installed). None uses every core, or OpenMP's limit where it is
+        lower (``OMP_NUM_THREADS``, as joblib's workers set it, or
+        threadpoolctl's).
     positive : bool, default=False
         Constrain the codes to be non-negative: ``min_{z >= 0}`` (every
         method, with the one-sided threshold ``max(u - t, 0)`` and the

@@ -5,7 +5,9 @@ kernel every thread calls BLAS on its own block of samples. So, for the
 whole of a call that runs kernels:
 
 * the kernels run at most ``n_jobs`` OpenMP threads (``n_jobs=None``: one a
-  core this process may run on);
+  core this process may run on, or OpenMP's own limit where it is lower,
+  ``OMP_NUM_THREADS`` or threadpoolctl's: joblib's workers set the first to
+  share the cores among them);
 * BLAS runs one thread, set through threadpoolctl (an optional dependency)
   on entry and restored on exit; the few products fastlista computes
   outside its kernels (D D^T, the Lipschitz constant) run under the same

@@ -443,11 +443,17 @@ def check_option(value, name, func, options):
 
 
 def n_cpus():
-    """Cores this process may run on."""
+    """Threads ``n_jobs=None`` stands for: the cores this process may run
+    on, or fewer where OpenMP is told so (``OMP_NUM_THREADS``, which
+    joblib's workers set to share the cores among them, or threadpoolctl's
+    OpenMP limit), as scikit-learn's OpenMP code counts them."""
+    from ._kernels._cpu import openmp_max_threads
+
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, openmp_max_threads()))
 
 
 #: The most threads a call may ask for (a thread each costs a stack).
@@ -457,7 +463,8 @@ MAX_ITER = 2**31 - 1
 
 
 def check_n_jobs(n_jobs, func):
-    """Resolve ``n_jobs``: None or -1 → every core, -2 → all but one, k → k."""
+    """Resolve ``n_jobs``: None or -1 → every core (:func:`n_cpus`: OpenMP's
+    limit where it is lower), -2 → all but one, k → k."""
     if n_jobs is None:
         return n_cpus()
     n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True, low=-MAX_N_JOBS,

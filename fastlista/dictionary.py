@@ -841,7 +841,8 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
         network re-trained (5 L-BFGS iterations) on every batch, its steps
         warm-started: approximate codes.
     n_jobs : int or None, default=None
-        Threads: at most ``n_jobs`` run at any time. None uses every core.
+        Threads: at most ``n_jobs`` run at any time. None uses every core
+        (OpenMP's limit if lower).
     random_state : None, int or numpy.random.RandomState, default=None
         Draws the initial atoms, the random atoms completing them, and the
         order of the signals in every epoch (``shuffle``).

@@ -197,7 +197,8 @@ def encode(model, X, n_jobs=1):
     n_jobs : int or None, default=1
         Threads of each task (a Lista, or an estimator with an ``n_jobs``
         parameter, runs on a copy set to it). 1: dask already runs one task
-        per worker thread. None uses every core per task.
+        per worker thread. None uses every core (OpenMP's limit if lower)
+        per task.
 
     Returns
     -------
@@ -375,8 +376,9 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     n_jobs : int or None, default=1
         Threads of each task. 1: dask already runs one task per worker
         thread, and more would oversubscribe the cores; raise it for
-        workers with fewer threads than cores. None uses every core per
-        task (as in :func:`encode` and :func:`fit`).
+        workers with fewer threads than cores. None uses every core
+        (OpenMP's limit if lower) per task (as in :func:`encode` and
+        :func:`fit`).
     Z0 : dask array of shape (n_samples, n_atoms), default=None
         Warm start (rechunked like X).
 

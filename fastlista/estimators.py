@@ -248,8 +248,8 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     n_jobs : int or None, default=None
         Threads of ``transform``: at most ``n_jobs`` run at any time (the
         solver's OpenMP threads, BLAS held to one thread meanwhile when
-        threadpoolctl is installed). None uses every core; -1 too; -2 all
-        but one.
+        threadpoolctl is installed). None uses every core (OpenMP's limit
+        if lower); -1 too; -2 all but one.
     positive_code : bool, default=False
         Constrain the codes to be non-negative (scikit-learn's name;
         :func:`fastlista.solve_lasso` with ``positive=True``).
@@ -404,10 +404,10 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
     n_jobs : int or None, default=None
         Threads of ``fit`` and ``transform``: at most ``n_jobs`` run at any
         time (the network's OpenMP threads, BLAS held to one thread
-        meanwhile). None uses every core; -1 too; -2 all but one. The
-        gradients' sums depend on the thread count by rounding, which
-        training can carry into the learned weights: to reproduce a fit on
-        another machine, give ``n_jobs`` explicitly.
+        meanwhile). None uses every core (OpenMP's limit if lower); -1 too;
+        -2 all but one. The gradients' sums depend on the thread count by
+        rounding, which training can carry into the learned weights: to
+        reproduce a fit on another machine, give ``n_jobs`` explicitly.
     positive_code : bool, default=False
         A network of non-negative codes (one-sided thresholds), trained and
         refined for the Lasso constrained to ``z >= 0``.
@@ -754,7 +754,7 @@ class DictionaryLearning(_DictionaryLearningBase):
         Maximum iterations of the Lasso solver, in ``fit`` and ``transform``.
     n_jobs : int or None, default=None
         Threads of ``fit`` and ``transform``: at most ``n_jobs`` at any time.
-        None uses every core.
+        None uses every core (OpenMP's limit if lower).
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial dictionary (default: ``n_components`` signals of X drawn at
         random, normalised).

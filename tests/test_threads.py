@@ -402,6 +402,42 @@ def test_dask_solver_settings_n_jobs_none_takes_every_core(kernel_calls):
     assert {c[1] for c in kernel_calls} == {1}
 
 
+def test_n_jobs_none_takes_the_openmp_limit(kernel_calls):
+    """n_jobs=None (and -1) took every core whatever OpenMP was told: inside
+    joblib's workers, which set OMP_NUM_THREADS to share the cores (as
+    GridSearchCV(n_jobs=k) runs them), k workers ran k x cores threads
+    (found by an adversarial pass). Under threadpoolctl's OpenMP limit a
+    call runs that many threads; explicit n_jobs stay as given."""
+    X, D = ref.make_problem(n_samples=200, n_features=16, n_atoms=32, seed=7)
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        fastlista.solve_lasso(X, D, 0.3, n_jobs=None)
+        fastlista.solve_lasso(X, D, 0.3, n_jobs=-1)
+        limited = {c[1] for c in kernel_calls}
+        kernel_calls.clear()
+        fastlista.solve_lasso(X, D, 0.3, n_jobs=2)
+        explicit = {c[1] for c in kernel_calls}
+    assert limited == {1}
+    assert explicit == {2}
+
+
+def _n_jobs_none_in_a_worker():
+    import os
+
+    from fastlista._validation import check_n_jobs
+
+    return int(os.environ["OMP_NUM_THREADS"]), check_n_jobs(None, "worker")
+
+
+def test_n_jobs_none_in_joblib_workers_takes_their_share_of_the_cores():
+    """Real joblib (loky) workers: each one's n_jobs=None is the share of
+    the cores joblib gave it in OMP_NUM_THREADS (its own record)."""
+    joblib = pytest.importorskip("joblib")
+    results = joblib.Parallel(n_jobs=2)(
+        joblib.delayed(_n_jobs_none_in_a_worker)() for _ in range(2))
+    for share, n in results:
+        assert n == share
+
+
 def test_blas_thread_limit_is_safe_across_threads():
     """Overlapping limits from 8 threads restore the original BLAS threads."""
     pytest.importorskip("sklearn")

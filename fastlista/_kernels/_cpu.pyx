@@ -23,6 +23,7 @@ where that BLAS is not OpenBLAS or does not say.
 import ctypes
 
 from scipy.linalg import cython_blas
+from openmp cimport omp_get_max_threads
 
 cdef extern from "_simd.h":
     int fl_cpu_avx512f() noexcept nogil
@@ -57,3 +58,12 @@ BLAS_CORE = blas_core()
 #: the blocked kernels then make taller calls.
 BLAS_PACKS_SMALL_CALLS = (BLAS_CORE.lower() not in SMALL_MATRIX_CORES
                           if BLAS_CORE is not None else not fl_cpu_avx512f())
+
+
+def openmp_max_threads():
+    """OpenMP's thread budget for a team the calling thread starts
+    (``omp_get_max_threads``): ``OMP_NUM_THREADS`` where it is set (as
+    joblib's worker processes set it, to share the cores among them), a
+    limit set through ``omp_set_num_threads`` (threadpoolctl's OpenMP
+    limit), else the cores OpenMP found at start-up."""
+    return omp_get_max_threads()
