@@ -242,7 +242,12 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     method : {"auto", "ista", "fista", "backtracking", "oista", "cd"}, default="auto"
         Solver of :func:`fastlista.solve_lasso`.
     tol : float, default=1e-8
-        A sample stops when its duality gap is <= ``tol * 1/2 ||x||^2``.
+        A sample stops when its duality gap is <= ``tol * 1/2 ||x||^2``
+        (0: after ``max_iter`` iterations). On float32 data a tol in
+        (0, 1e-6) is taken as 1e-6, the relative gap float32 codes can be
+        certified to (their own rounding keeps most from 1e-8, which would
+        run ``max_iter`` iterations and warn); use float64 data for tighter
+        codes.
     max_iter : int, default=10000
         Maximum iterations per sample.
     n_jobs : int or None, default=None
@@ -267,6 +272,12 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     -----
     Like ``SparseCoder``, the estimator is stateless: ``fit`` only validates,
     and ``transform`` works without it (against the dictionary's width).
+
+    At ``alpha=0`` the Lasso is least squares, whose duality gap is
+    ``1/2 ||x - z D||^2``: no solver certifies it unless x lies in the span
+    of the atoms. ``transform`` then returns the least-squares codes of
+    minimum norm (non-negative least squares with ``positive_code``), as
+    the dictionary learners' ``transform`` does.
 
     Examples
     --------
@@ -343,7 +354,12 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         D = self._check_dictionary(dtype=X.dtype)
         self._check_features(X, D)
         check_atom_span(D, "dictionary", widen="X")
-        result = solve_lasso(X, D, alpha, method=self.method, tol=self.tol,
+        if alpha == 0:
+            return least_squares_codes(X, D, self.positive_code)
+        tol = self.tol
+        if X.dtype == np.float32 and 0 < tol < CERTIFIABLE_TOL[X.dtype]:
+            tol = CERTIFIABLE_TOL[X.dtype]
+        result = solve_lasso(X, D, alpha, method=self.method, tol=tol,
                              max_iter=self.max_iter, n_jobs=self.n_jobs,
                              positive=self.positive_code)
         return result.codes

@@ -28,7 +28,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import reference as ref  # noqa: E402
 from conftest import SPARSE_ENCODE_LASSO_TOL, sklearn_sparse_encode_tol  # noqa: E402
-from fastlista import InvalidParameterError  # noqa: E402
+from fastlista import ConvergenceWarning, InvalidParameterError  # noqa: E402
 from fastlista.estimators import LassoSparseCoder, LearnedSparseCoder  # noqa: E402
 
 
@@ -192,6 +192,47 @@ def test_lasso_coder_float32():
     # float64 signals with a float32 dictionary are coded in float64
     Z64 = LassoSparseCoder(D.astype(np.float32), alpha=lmbd).fit_transform(X)
     assert Z64.dtype == np.float64
+
+
+def test_lasso_coder_float32_default_tol_is_certifiable(digits):
+    """float32 digits at the default tol=1e-8: 119 of 300 samples ran
+    max_iter and warned that float32 cannot certify it (found by an
+    adversarial pass). A float32 tol below 1e-6 is taken as 1e-6: no
+    warning, codes certified to 1e-6 (the NumPy reference gap in long
+    double); tol=0 still runs max_iter (and so reaches at least that)."""
+    X, _, D = digits
+    X32 = X[100:400].astype(np.float32)
+    D32 = D.astype(np.float32)
+    half = 0.5 * np.einsum("ij,ij->i", X32, X32, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        Z = LassoSparseCoder(D32, alpha=0.2).fit_transform(X32)
+    assert Z.dtype == np.float32
+    assert np.all(ref.duality_gap_robust(X32, D32, 0.2, Z) <= 1e-6 * half)
+    Z0 = LassoSparseCoder(D32, alpha=0.2, tol=0, max_iter=3000).fit_transform(X32)
+    assert np.all(ref.duality_gap_robust(X32, D32, 0.2, Z0) <= 1e-6 * half)
+
+
+@pytest.mark.parametrize("positive_code", [False, True])
+@pytest.mark.parametrize("n_atoms", [16, 64])
+def test_lasso_coder_at_alpha_zero_gives_least_squares_codes(n_atoms, positive_code):
+    """At alpha = 0 the Lasso is least squares, whose gap 1/2 ||r||^2 no
+    solver certifies with fewer atoms than features: transform ran
+    max_iter iterations (0.6-1 s for 500 samples) and warned. It now gives
+    the least-squares codes (NumPy's lstsq, of minimum norm; SciPy's nnls
+    with positive_code), as the dictionary learners do."""
+    from scipy.optimize import nnls
+
+    rng = np.random.RandomState(0)
+    X, D = rng.randn(50, 32), rng.randn(n_atoms, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        Z = LassoSparseCoder(D, alpha=0.0, positive_code=positive_code).fit_transform(X)
+    if positive_code:
+        Z_ref = np.array([nnls(D.T, x)[0] for x in X])
+    else:
+        Z_ref = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    assert_allclose(Z, Z_ref, rtol=1e-8, atol=1e-10 * np.abs(Z_ref).max())
 
 
 def test_lasso_coder_stateless_transform():
