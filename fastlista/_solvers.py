@@ -22,9 +22,9 @@ from ._lasso import (Scaled, _check_codes, _ldexp_up, certify, correlations,
                      own_scale_objectives, round_up)
 from ._lipschitz import global_lipschitz, shared_gram
 from ._threads import kernel_threads
-from ._validation import (ConvergenceWarning, InvalidParameterError, check_bool,
-                          check_lmbd, check_max_iter, check_option, check_scalar,
-                          check_X_D)
+from ._validation import (ConvergenceWarning, InvalidParameterError, caller_stacklevel,
+                          check_bool, check_lmbd, check_max_iter, check_option,
+                          check_scalar, check_X_D)
 
 __all__ = ["LassoResult", "solve_lasso", "ista", "fista", "oista",
            "backtracking_ista", "coordinate_descent"]
@@ -327,7 +327,7 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
     warnings.warn(
         f"{rel.size} of {n_samples} samples did not converge to tol={tol:.3e} "
         f"{ran}: largest relative duality gap {float(np.max(rel)):.3e}. {hint}",
-        ConvergenceWarning, stacklevel=4)
+        ConvergenceWarning, stacklevel=caller_stacklevel())
 
 
 def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,

@@ -67,7 +67,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-from ._validation import check_n_jobs
+from ._validation import caller_stacklevel, check_n_jobs
 
 __all__ = ["kernel_threads", "blas_thread_limit"]
 
@@ -128,17 +128,8 @@ def _warn_pool_lost(n_jobs, func):
         "Start the worker processes with the 'spawn' or 'forkserver' method, or "
         "before the first parallel fastlista call, or call from a thread the "
         "child starts, to run n_jobs threads. (Warned once a process.)",
-        RuntimeWarning, stacklevel=_caller_level())
+        RuntimeWarning, stacklevel=caller_stacklevel())
 
-
-def _caller_level():
-    """The stacklevel, for the caller of warnings.warn, of the first frame
-    outside fastlista (and contextlib, which runs kernel_threads)."""
-    inside = (os.path.dirname(os.path.abspath(__file__)), contextlib.__file__)
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_code.co_filename.startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _threadpoolctl():

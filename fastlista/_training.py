@@ -79,7 +79,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ._threads import kernel_threads
-from ._validation import check_max_iter, check_option, check_scalar, check_verbose
+from ._validation import (caller_stacklevel, check_max_iter, check_option, check_scalar,
+                          check_verbose)
 
 __all__ = ["TrainingWarning", "fit_network", "train", "OPTIMIZERS", "PER_LAYER"]
 
@@ -337,13 +338,13 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
             "were rolled "
             "back to those handed in, bit for bit. Rescale X or D (unit-norm "
             "atoms), or use float64.", TrainingWarning,
-            stacklevel=3)
+            stacklevel=caller_stacklevel())
     elif rolled_back:
         warnings.warn(
             f"{func} met a non-finite loss, gradient or parameter (diverging steps?) "
             "and rolled the parameters back to a finite point: the start of the "
             "stage that met it.", TrainingWarning,
-            stacklevel=3)
+            stacklevel=caller_stacklevel())
     if flat and zero_codes_suboptimal is not None and zero_codes_suboptimal(net):
         warnings.warn(
             f"{func}: training ended where the gradient of the loss is exactly 0: the "
@@ -353,7 +354,7 @@ def train(net, evaluate, *, optimizer="lbfgs", max_iter=100, tol=1e-8,
             "0. The network outputs 0 for these signals. A start worse than the zero "
             "code (as ALISTA's analytic one can be) leads there: start from other "
             "parameters (set_parameters), or try the other optimizer.",
-            TrainingWarning, stacklevel=3)
+            TrainingWarning, stacklevel=caller_stacklevel())
     return [float(v) for v in np.ldexp(history, loss_exponent)]
 
 

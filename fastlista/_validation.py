@@ -8,6 +8,7 @@ or float64 arrays of matching shapes, finite values.
 import numbers
 import operator
 import os
+import sys
 
 import numpy as np
 
@@ -440,6 +441,28 @@ def check_option(value, name, func, options):
             f"{{{', '.join(repr(o) for o in sorted(options))}}}. Got "
             f"{short_repr(value)} instead.")
     return next(o for o in options if o == value)
+
+
+#: Modules whose frames wrap fastlista's calls: context managers, and
+#: scikit-learn's wrapper of ``transform`` for ``set_output`` and its
+#: ``fit_transform`` (``TransformerMixin``).
+_WRAPPERS = frozenset({"contextlib", "functools", "sklearn.utils._set_output",
+                       "sklearn.base"})
+
+
+def caller_stacklevel():
+    """The ``stacklevel`` that points a warning at the user's code: called
+    by the function that calls ``warnings.warn``, the level of the first
+    frame outside fastlista (and the wrappers of ``_WRAPPERS``), whichever
+    public function, estimator or helper it came through."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module == "fastlista" or module.startswith("fastlista.")
+                or module in _WRAPPERS):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def n_cpus():

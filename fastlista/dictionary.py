@@ -56,7 +56,7 @@ from ._lipschitz import global_lipschitz
 from ._networks import Lista
 from ._solvers import CERTIFIABLE_TOL, least_squares_codes, solve_lasso
 from ._threads import kernel_threads
-from ._validation import (InvalidParameterError, check_array, check_bool,
+from ._validation import (InvalidParameterError, caller_stacklevel, check_array, check_bool,
                           check_max_iter, check_option, check_random_state,
                           check_scalar, short_repr)
 
@@ -607,7 +607,7 @@ class _Progress:
             from tqdm.auto import tqdm
         except ImportError:
             warnings.warn("progress=True needs tqdm (pip install tqdm); learning "
-                          "without a progress bar.", UserWarning, stacklevel=4)
+                          "without a progress bar.", UserWarning, stacklevel=caller_stacklevel())
             return
         self.bar = tqdm(total=total, unit=unit, desc=desc, leave=False)
 

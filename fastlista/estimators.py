@@ -3,12 +3,15 @@
 This module needs scikit-learn (an optional dependency); ``import fastlista``
 does not import it.
 
-* :class:`LassoSparseCoder` is a drop-in for
+* :class:`LassoSparseCoder` computes what
   :class:`sklearn.decomposition.SparseCoder` with
-  ``transform_algorithm="lasso_cd"``: ``transform`` solves, for every row x of
-  X, ``min_z 1/2 ||x - z D||^2 + alpha ||z||_1`` with
-  :func:`fastlista.solve_lasso` (``alpha`` is the same number as scikit-learn's
-  ``transform_alpha``), to a certified duality gap.
+  ``transform_algorithm="lasso_cd"`` does: ``transform`` solves, for every row
+  x of X, ``min_z 1/2 ||x - z D||^2 + alpha ||z||_1`` with
+  :func:`fastlista.solve_lasso`, to a certified duality gap. Its parameters
+  have their own names: ``alpha``, ``method``, ``max_iter`` for
+  scikit-learn's ``transform_alpha`` (the same number),
+  ``transform_algorithm`` and ``transform_max_iter``; there is no
+  ``split_sign``.
 * :class:`LearnedSparseCoder` trains an unfolded ISTA network
   (:class:`fastlista.Lista`) on the data passed to ``fit`` and encodes
   with it: a fixed, small number of layers instead of an iterative solver.
@@ -593,7 +596,8 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
             check_scalar(self.n_components, "n_components", name, low=1,
                          high=2**31 - 1, integer=True)
         check_scalar(self.alpha, "alpha", name, low=0.0)
-        check_option(self.transform_algorithm, "transform_algorithm", name, METHODS)
+        check_option(self.transform_algorithm, "transform_algorithm", name,
+                     METHODS + ("lasso_cd",))
         if self.transform_alpha is not None:
             check_scalar(self.transform_alpha, "transform_alpha", name, low=0.0)
         if self.transform_tol is not None:
@@ -706,7 +710,9 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         tol = self.transform_tol
         if tol is None:
             tol = CERTIFIABLE_TOL[X.dtype]
-        return solve_lasso(X, D, self._transform_alpha(), method=self.transform_algorithm,
+        # (scikit-learn's name of coordinate descent for the same Lasso)
+        method = {"lasso_cd": "cd"}.get(self.transform_algorithm, self.transform_algorithm)
+        return solve_lasso(X, D, self._transform_alpha(), method=method,
                            tol=tol, max_iter=self.transform_max_iter, n_jobs=self.n_jobs,
                            positive=self.positive_code).codes
 
@@ -758,9 +764,10 @@ class DictionaryLearning(_DictionaryLearningBase):
         The code step: ``"cd"`` exact codes (coordinate descent, certified),
         ``"slista"`` a re-trained SLISTA network (approximate, see
         :func:`fastlista.dictionary.learn_dictionary`).
-    transform_algorithm : {"auto", "ista", "fista", "backtracking", "oista", "cd"}, default="auto"
+    transform_algorithm : str, default="auto"
         Solver of :func:`fastlista.solve_lasso` for ``transform`` (all exact,
-        to ``transform_tol``).
+        to ``transform_tol``): "auto", "ista", "fista", "backtracking",
+        "oista" or "cd"; "lasso_cd", scikit-learn's name, is "cd".
     transform_alpha : float or None, default=None
         Regularisation of ``transform`` (None: ``alpha``).
     transform_tol : float or None, default=None

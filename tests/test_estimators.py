@@ -1379,6 +1379,30 @@ def test_transform_at_alpha_zero_gives_the_least_squares_codes(cls, positive):
     assert_allclose(Z, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls", [DictionaryLearning, MiniBatchDictionaryLearning])
+def test_learners_take_scikit_learns_lasso_cd(cls):
+    """transform_algorithm="lasso_cd", scikit-learn's name for the same
+    Lasso by coordinate descent, was refused: it is "cd" (the same codes,
+    bit for bit, and scikit-learn's Lasso's within the tolerance)."""
+    X, _ = problem(n_samples=40, n_features=12, seed=3)
+    est = cls(n_components=6, alpha=0.2, max_iter=2, random_state=0,
+              transform_algorithm="lasso_cd", transform_tol=1e-12).fit(X)
+    Z = est.transform(X)
+    assert_array_equal(Z, clone(est).set_params(transform_algorithm="cd").fit(X).transform(X))
+    assert_allclose(Z, lasso_oracle(X, est.components_, 0.2), atol=1e-6)
+
+
+def test_estimator_warnings_point_at_the_caller():
+    """A ConvergenceWarning of LassoSparseCoder pointed at estimators.py (or
+    scikit-learn's set_output wrapper), not at the user's call."""
+    X, D = problem(n_samples=5, seed=3)
+    coder = LassoSparseCoder(D, alpha=0.01, method="ista", max_iter=2)
+    for call in (lambda: coder.fit_transform(X), lambda: coder.fit(X).transform(X)):
+        with pytest.warns(ConvergenceWarning) as record:
+            call()
+        assert [w.filename for w in record] == [__file__]
+
+
 def _fitted_state(est):
     """The estimator's attributes, arrays copied (to compare after a call)."""
     return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(est).items()}

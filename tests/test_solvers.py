@@ -783,6 +783,23 @@ def test_float32_retries_end_where_the_certificate_accepts(method, lmbd):
     assert res.n_iter.sum() < 1.5 * res64.n_iter.sum()
 
 
+@pytest.mark.parametrize("call", [
+    lambda X, D: solve_lasso(X, D, 0.1, method="ista", max_iter=2),
+    lambda X, D: fastlista.ista(X, D, 0.1, max_iter=2),
+    lambda X, D: fastlista.fista(X, D, 0.1, max_iter=2),
+    lambda X, D: fastlista.coordinate_descent(X, D, 0.0, max_iter=2),
+], ids=["solve_lasso", "ista", "fista", "coordinate_descent"])
+def test_convergence_warning_points_at_the_caller(call):
+    """The warning's stacklevel was fixed for a direct solve_lasso call: the
+    shortcuts' warnings pointed into fastlista/_solvers.py, where filters
+    keyed on the user's module do not apply."""
+    rng = np.random.default_rng(0)
+    D, X = rng.standard_normal((20, 8)), rng.standard_normal((3, 8))
+    with pytest.warns(ConvergenceWarning) as record:
+        call(X, D)
+    assert [w.filename for w in record] == [__file__]
+
+
 def test_mixed_and_integer_dtypes():
     X, D = get_problem("under")
     ref_codes = _solve(X, D, 0.3, "cd", tol=1e-12).codes
