@@ -170,6 +170,12 @@ def _settings_from_dict(model, n_jobs):
             f"Unknown solver settings {sorted(set(kwargs) - allowed)}; allowed: "
             f"'D', 'lmbd', {', '.join(repr(k) for k in sorted(allowed))}.")
     D = check_array(D, "D")
+    if np.ndim(lmbd) > 0 and not isinstance(lmbd, (str, bytes)):
+        raise InvalidParameterError(
+            "The 'lmbd' setting of fastlista.distributed.encode is one float for "
+            "every sample (the settings are a model, shipped once); for one lmbd a "
+            f"sample use fastlista.distributed.solve_lasso(X, D, lmbd). Got an array "
+            f"of shape {np.shape(lmbd)}.")
     lmbd = check_scalar(lmbd, "lmbd", "fastlista.distributed.encode", low=0.0)
     if "n_jobs" not in kwargs:
         kwargs["n_jobs"] = n_jobs
@@ -190,7 +196,8 @@ def encode(model, X, n_jobs=1):
         * or Lasso solver settings ``{"D": D, "lmbd": lmbd, "method": ...,
           "tol": ..., "max_iter": ..., "n_jobs": ...}``: exact Lasso codes by
           :func:`fastlista.solve_lasso` (its ``n_jobs``, when given, overrides
-          the argument below).
+          the argument below). ``lmbd`` is one float for every sample:
+          :func:`solve_lasso` (this module's) takes one a sample.
     X : dask array of shape (n_samples, n_features)
         Signals, chunked along samples (a NumPy array is wrapped; chunks
         along features are merged).

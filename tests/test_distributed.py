@@ -555,6 +555,12 @@ def test_encode_messages(data):
     with pytest.raises(fastlista.InvalidParameterError,
                        match="'lmbd' parameter of fastlista.distributed.encode must"):
         fd.encode({"D": D, "lmbd": -1.0}, chunked(X))
+    # one lmbd a sample is solve_lasso's (the README's "wherever lmbd is an
+    # argument"): the message says where to go
+    for lam in (np.full(X.shape[0], 0.1), [0.1] * X.shape[0], da.full(X.shape[0], 0.1)):
+        with pytest.raises(fastlista.InvalidParameterError,
+                           match=r"one float for every sample .*distributed\.solve_lasso"):
+            fd.encode({"D": D, "lmbd": lam}, chunked(X))
     with pytest.raises(fastlista.InvalidParameterError,
                        match="'n_jobs' parameter of fastlista.distributed.encode"):
         fd.encode({"D": D, "lmbd": 0.1}, chunked(X), n_jobs=0)
