@@ -159,8 +159,10 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         every iteration with ``record_history=True``).
         With ``tol=0`` every sample runs exactly ``max_iter`` iterations
         (none when D has no non-zero atom: the codes are 0, ``n_iter`` 0).
-        float32 codes cannot be certified much below their own rounding
-        (a relative gap of about 1e-7): use ``tol >= 1e-6`` with float32.
+        Codes cannot be certified much below their own rounding: use
+        ``tol >= 1e-6`` with float32 (a relative gap of about 1e-7 is their
+        floor) and ``tol >= 1e-14`` with float64 (at 1e-15 most samples run
+        ``max_iter`` iterations and warn).
     max_iter : int, default=10000
         Maximum number of iterations (epochs over the working set for "cd").
     Z0 : array-like of shape (n_samples, n_atoms) or (n_atoms,), default=None

@@ -903,7 +903,7 @@ def learn_dictionary(X, n_atoms, lmbd, method="online", max_iter=None, tol=None,
                             coder=coder, callback=callback, progress=progress,
                             shuffle=shuffle, code_tol=code_tol,
                             code_max_iter=code_max_iter, dict_passes=dict_passes)
-    return run(options, n_jobs, check_random_state(random_state), func)[0]
+    return run(options, n_jobs, check_random_state(random_state, func), func)[0]
 
 
 def check_options(func, X, n_atoms, lmbd, *, method, max_iter, tol, batch_size, D0,

@@ -783,7 +783,7 @@ def learn_dictionary(X, n_atoms, lmbd, max_iter=None, tol=None, D0=None,
             f"The 'callback' parameter of {func} must be a callable or None. "
             f"Got {short_repr(callback)} instead.")
     from ._validation import check_random_state
-    rng = check_random_state(random_state)
+    rng = check_random_state(random_state, func)
 
     X = X.persist()
     # NaN and infinity are refused before any learning, and X far from 1 is

@@ -480,7 +480,7 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         check_max_iter(self.max_iter, name)
         if self.refine_tol is not None:
             check_scalar(self.refine_tol, "refine_tol", name, low=0.0)
-        check_random_state(self.random_state)
+        check_random_state(self.random_state, name)
         check_n_jobs(self.n_jobs, name)
         check_bool(self.positive_code, "positive_code", name)
         return alpha
@@ -513,12 +513,13 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])} to fit.")
             # fastlista's rule, as Lista.fit's for Z_target: text refused, not
             # parsed; messages naming y (1-D, complex, beyond the float range)
-            Z_target = check_float_array(y, "y", dtype=X.dtype)
+            # (a 1-D y is named by its own shape, not told to reshape)
+            Z_target = check_float_array(y, "y", dtype=X.dtype, allow_1d=True)
             if Z_target.shape != (X.shape[0], D.shape[0]):
                 raise ValueError(
                     "With loss='supervised', y must be the target codes, of shape "
                     f"(n_samples, n_components) = {(X.shape[0], D.shape[0])}; got "
-                    f"y.shape={Z_target.shape}.")
+                    f"y.shape={np.shape(y)}.")
         net = _network_of(D, alpha, self.n_layers, parametrization=self.parametrization,
                           random_state=self.random_state, n_jobs=self.n_jobs,
                           positive=self.positive_code)
@@ -606,7 +607,7 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         check_n_jobs(self.n_jobs, name)
         check_bool(self.positive_code, "positive_code", name)
         check_verbose(self.verbose, name)
-        check_random_state(self.random_state)
+        check_random_state(self.random_state, name)
 
     def _options(self, X, state=None, **extra):
         """learn_dictionary's validated options for X, in this estimator's
@@ -754,12 +755,13 @@ class DictionaryLearning(_DictionaryLearningBase):
         Number of atoms (None: n_features).
     alpha : float, default=1.0
         Regularisation level of the codes during learning (absolute, >= 0).
-    max_iter : int, default=100
+    max_iter : int or None, default=100
         Maximum number of iterations (one code step of all of X and one
-        dictionary step each).
-    tol : float, default=1e-4
+        dictionary step each); None is the default.
+    tol : float or None, default=1e-4
         Stop when an iteration lowers the mean objective by at most ``tol``
-        times its value. 0 runs ``max_iter`` iterations.
+        times its value. 0 runs ``max_iter`` iterations; None is the
+        default.
     fit_algorithm : {"cd", "slista"}, default="cd"
         The code step: ``"cd"`` exact codes (coordinate descent, certified),
         ``"slista"`` a re-trained SLISTA network (approximate, see
@@ -870,12 +872,13 @@ class MiniBatchDictionaryLearning(_DictionaryLearningBase):
         Number of atoms (None: n_features).
     alpha : float, default=1.0
         Regularisation level of the codes during learning (absolute, >= 0).
-    max_iter : int, default=10
-        Maximum number of epochs (passes over X).
-    tol : float, default=1e-3
+    max_iter : int or None, default=10
+        Maximum number of epochs (passes over X); None is the default.
+    tol : float or None, default=1e-3
         Stop at the end of an epoch whose mean objective (every signal's
         objective when its mini-batch was coded) is at most ``tol`` times
-        its value below the previous epoch's; 0 runs ``max_iter`` epochs.
+        its value below the previous epoch's; 0 runs ``max_iter`` epochs;
+        None is the default.
         (scikit-learn's ``tol`` watches the change of the dictionary between
         mini-batches instead.)
     fit_algorithm : {"cd", "slista"}, default="cd"

@@ -479,7 +479,10 @@ def test_learned_coder_supervised():
         LearnedSparseCoder(D, loss="supervised").fit(X)
     with pytest.raises(ValueError, match=r"y must be the target codes, of shape"):
         LearnedSparseCoder(D, loss="supervised").fit(X, np.ones((len(X), 3)))
-    with pytest.raises(ValueError, match="Expected 2D array"):   # class labels
+    # class labels: named as y's shape (scikit-learn's "reshape(-1, 1)" hint
+    # led to a second shape error)
+    with pytest.raises(ValueError, match=r"target codes, of shape \(n_samples, n_components\) "
+                                         r"= \(120, 30\); got y.shape=\(120,\)\.$"):
         LearnedSparseCoder(D, loss="supervised").fit(X, np.arange(len(X)))
 
 
@@ -496,7 +499,7 @@ BAD_TARGETS = {
     "int beyond the float range": (lambda: _y_holding(10**400),
                                    r"Input y contains infinity or a value too large"),
     "complex": (lambda: np.zeros((60, 30)) + 1j, "Complex data not supported in y"),
-    "1-D": (lambda: np.zeros(60), r"Expected 2D array for y, got 1D array"),
+    "1-D": (lambda: np.zeros(60), r"y must be the target codes, .* got y.shape=\(60,\)"),
 }
 
 
@@ -1401,6 +1404,21 @@ def test_estimator_warnings_point_at_the_caller():
         with pytest.warns(ConvergenceWarning) as record:
             call()
         assert [w.filename for w in record] == [__file__]
+
+
+@pytest.mark.parametrize("make", [
+    lambda rs: LearnedSparseCoder(_dictionary(3), n_layers=2, max_iter=2, random_state=rs),
+    lambda rs: DictionaryLearning(3, max_iter=2, random_state=rs),
+    lambda rs: MiniBatchDictionaryLearning(3, max_iter=2, random_state=rs),
+], ids=["LearnedSparseCoder", "DictionaryLearning", "MiniBatchDictionaryLearning"])
+def test_bad_random_state_names_the_estimator(make):
+    """The random_state message was the only parameter message that did not
+    name the estimator, as every other one does."""
+    est = make(np.random.default_rng(0))
+    X, _ = problem(n_samples=20, n_features=3, seed=1)
+    with pytest.raises(InvalidParameterError,
+                       match=rf"^The 'random_state' parameter of {type(est).__name__} must"):
+        est.fit(X)
 
 
 def _fitted_state(est):
