@@ -606,10 +606,24 @@ def test_fuzz_training_never_ends_non_finite(spec):
             assert spec["loss"] == "semi-supervised" and "rescale" in str(exc), exc
             event("targets refused")
             return
-    rolled_back = [w for w in caught if issubclass(w.category, TrainingWarning)]
+    training = [w for w in caught if issubclass(w.category, TrainingWarning)]
+    flat = [w for w in training if "gradient of the loss is exactly 0" in str(w.message)]
+    rolled_back = [w for w in training if w not in flat]
     event(f"rolled back: {bool(rolled_back)}")
+    event(f"ended on all-zero codes: {bool(flat)}")
     for w in rolled_back:
         assert "rolled" in str(w.message)
+    if flat:
+        # said only of a network whose codes are all 0 where the loss asks
+        # for others: a signal with lmbd below its lambda_max (the NumPy
+        # reference), or a non-zero target
+        assert not np.any(net.transform(X, lmbd=lam))
+        if spec["loss"] == "supervised":
+            assert np.any(target)
+        else:
+            # (fastlista's lambda_max bounds the exact value from above)
+            top = ref.lambda_max(X, D, positive=spec["positive"])
+            assert np.any(lam < top * (1 + 1e-12))
 
     # finite parameters within their training bounds, accepted by set_parameters
     for layer, start in zip(net.parameters, untrained):
