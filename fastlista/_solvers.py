@@ -437,9 +437,10 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         # RETRY_FACTOR x tol is the codes' own rounding, float32's: no
         # tighter stop can help). The tighter stop may lie below what the
         # kernel's own gap resolves (float32's, near 1e-7 of 1/2 ||x||^2,
-        # at tol = 1e-6): the rows then run in rounds of a quarter of their
-        # iterations so far, each ended by the certificate, rather than to
-        # max_iter
+        # at tol = 1e-6): the rows then run in rounds of about a quarter of
+        # their iterations so far (one length for the round, a multiple of
+        # GAP_FREQ, so that they stop where a plain call would check its
+        # gap), each ended by the certificate, rather than to max_iter
         again = np.flatnonzero((stop_gap <= target) & ~(gap <= target)
                                & (gap <= retry_target) & (n_iter < max_iter))
         for attempt in range(1, RETRIES + 1):
@@ -451,7 +452,8 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             stopped = []
             while again.size:
                 done = n_iter[again]
-                rounds = np.minimum(max_iter - done, np.maximum(GAP_FREQ, done // 4))
+                length = GAP_FREQ * max(1, int(done.max()) // (4 * GAP_FREQ))
+                rounds = np.minimum(max_iter - done, length)
                 for steps in np.unique(rounds):
                     run(again[rounds == steps].astype(np.intc), tight, int(steps))
                 ran_out = ~(stop_gap[again] <= tight_target[again])
@@ -583,21 +585,23 @@ def _history(hist, n_iter, N, primal, gap, out_gap, method, S):
     return history, step_sizes
 
 
-def least_squares_codes(X, D, positive=False):
+def least_squares_codes(X, D, positive=False, n_jobs=None):
     """The codes at lmbd = 0: least squares, of minimum norm (``x pinv(D)``),
     or non-negative least squares with ``positive`` (SciPy's nnls, a sample
     at a time). The Lasso's certificate at lmbd = 0 is 1/2 ||r||^2, which no
     solver can bring to 0 unless x is in the span of the atoms: solve_lasso
-    would run to its max_iter."""
-    D64 = D.astype(np.float64)
-    if not positive:
-        return (X.astype(np.float64) @ np.linalg.pinv(D64)).astype(X.dtype)
-    from scipy.optimize import nnls
+    would run to its max_iter. Within the caller's ``n_jobs`` budget (BLAS
+    on one thread, as inside the kernels)."""
+    with kernel_threads(n_jobs, "least_squares_codes"):
+        D64 = D.astype(np.float64)
+        if not positive:
+            return (X.astype(np.float64) @ np.linalg.pinv(D64)).astype(X.dtype)
+        from scipy.optimize import nnls
 
-    Z = np.empty((X.shape[0], D.shape[0]), dtype=X.dtype)
-    for i, x in enumerate(X.astype(np.float64)):
-        Z[i] = nnls(D64.T, x)[0]
-    return Z
+        Z = np.empty((X.shape[0], D.shape[0]), dtype=X.dtype)
+        for i, x in enumerate(X.astype(np.float64)):
+            Z[i] = nnls(D64.T, x)[0]
+        return Z
 
 
 def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
@@ -635,7 +639,7 @@ def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
     if not zero.any():
         return solve_lasso(X, D, lmbd, tol=tol, n_jobs=n_jobs, positive=positive).codes
     Z = np.empty((X.shape[0], D.shape[0]), dtype=np.result_type(X.dtype, D.dtype))
-    Z[zero] = least_squares_codes(X[zero], D, positive)
+    Z[zero] = least_squares_codes(X[zero], D, positive, n_jobs)
     if not zero.all():
         Z[~zero] = solve_lasso(X[~zero], D, lam[~zero], tol=tol, n_jobs=n_jobs,
                                positive=positive).codes

@@ -60,7 +60,6 @@ every saved count, finishing that work when an exception lands in it and
 raising the exception afterwards. The only window left is a second signal
 within the microseconds of that exit.
 """
-import contextlib
 import os
 import sys
 import threading
@@ -129,7 +128,6 @@ def _warn_pool_lost(n_jobs, func):
         "before the first parallel fastlista call, or call from a thread the "
         "child starts, to run n_jobs threads. (Warned once a process.)",
         RuntimeWarning, stacklevel=caller_stacklevel())
-
 
 
 def _threadpoolctl():
@@ -248,8 +246,8 @@ def kernel_threads(n_jobs, func, blas=True):
     Parameters
     ----------
     n_jobs : int or None
-        The caller's ``n_jobs`` (validated here: None or -1 every core, -2
-        all but one, k > 0 at most k).
+        The caller's ``n_jobs`` (validated here: None or -1 every core, or
+        OpenMP's limit if lower, -2 all but one, k > 0 at most k).
     func : str
         The public function, for error messages.
     blas : bool, default=True

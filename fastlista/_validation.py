@@ -443,23 +443,22 @@ def check_option(value, name, func, options):
     return next(o for o in options if o == value)
 
 
-#: Modules whose frames wrap fastlista's calls: context managers, and
-#: scikit-learn's wrapper of ``transform`` for ``set_output`` and its
-#: ``fit_transform`` (``TransformerMixin``).
-_WRAPPERS = frozenset({"contextlib", "functools", "sklearn.utils._set_output",
-                       "sklearn.base"})
+#: Modules whose frames wrap fastlista's calls: context managers (and
+#: scikit-learn, whose pipelines, searches and ``set_output`` wrappers call
+#: the estimators: their user's line is the one to point at).
+_WRAPPERS = frozenset({"contextlib", "functools"})
 
 
 def caller_stacklevel():
     """The ``stacklevel`` that points a warning at the user's code: called
     by the function that calls ``warnings.warn``, the level of the first
-    frame outside fastlista (and the wrappers of ``_WRAPPERS``), whichever
-    public function, estimator or helper it came through."""
+    frame outside fastlista, scikit-learn and the wrappers of
+    ``_WRAPPERS``, whichever public function, estimator or helper it came
+    through."""
     frame, level = sys._getframe(2), 2
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if not (module == "fastlista" or module.startswith("fastlista.")
-                or module in _WRAPPERS):
+        if not (module.split(".")[0] in ("fastlista", "sklearn") or module in _WRAPPERS):
             break
         frame, level = frame.f_back, level + 1
     return level

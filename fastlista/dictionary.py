@@ -325,7 +325,7 @@ class _ExactCoder:
 
     def codes(self, X, D, Z0=None):
         if self.lmbd == 0:
-            return least_squares_codes(X, D, self.positive)
+            return least_squares_codes(X, D, self.positive, self.n_jobs)
         return solve_lasso(X, D, self.lmbd, tol=self.tol, max_iter=self.max_iter,
                            Z0=Z0, n_jobs=self.n_jobs, positive=self.positive).codes
 
@@ -346,7 +346,7 @@ class _SlistaCoder:
 
     def codes(self, X, D, Z0=None):
         if self.lmbd == 0:
-            return least_squares_codes(X, D, self.positive)
+            return least_squares_codes(X, D, self.positive, self.n_jobs)
         if not global_lipschitz(D) > 0:
             # D = 0: every code is 0
             return np.zeros((X.shape[0], D.shape[0]), dtype=X.dtype)

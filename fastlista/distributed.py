@@ -170,12 +170,13 @@ def _settings_from_dict(model, n_jobs):
             f"Unknown solver settings {sorted(set(kwargs) - allowed)}; allowed: "
             f"'D', 'lmbd', {', '.join(repr(k) for k in sorted(allowed))}.")
     D = check_array(D, "D")
-    if np.ndim(lmbd) > 0 and not isinstance(lmbd, (str, bytes)):
+    if isinstance(lmbd, (list, tuple)) or len(getattr(lmbd, "shape", ())) > 0:
         raise InvalidParameterError(
             "The 'lmbd' setting of fastlista.distributed.encode is one float for "
             "every sample (the settings are a model, shipped once); for one lmbd a "
-            f"sample use fastlista.distributed.solve_lasso(X, D, lmbd). Got an array "
-            f"of shape {np.shape(lmbd)}.")
+            f"sample use fastlista.distributed.solve_lasso(X, D, lmbd). Got a "
+            f"{type(lmbd).__name__} of "
+            + (f"shape {lmbd.shape}." if hasattr(lmbd, "shape") else f"length {len(lmbd)}."))
     lmbd = check_scalar(lmbd, "lmbd", "fastlista.distributed.encode", low=0.0)
     if "n_jobs" not in kwargs:
         kwargs["n_jobs"] = n_jobs
@@ -204,8 +205,9 @@ def encode(model, X, n_jobs=1):
     n_jobs : int or None, default=1
         Threads of each task (a Lista, or an estimator with an ``n_jobs``
         parameter, runs on a copy set to it). 1: dask already runs one task
-        per worker thread. None uses every core (OpenMP's limit if lower)
-        per task.
+        per worker thread. None uses every core (OpenMP's limit if lower:
+        dask's nannies set ``OMP_NUM_THREADS=1`` in their workers, where
+        only an int gives a task more threads) per task.
 
     Returns
     -------
@@ -383,9 +385,10 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     n_jobs : int or None, default=1
         Threads of each task. 1: dask already runs one task per worker
         thread, and more would oversubscribe the cores; raise it for
-        workers with fewer threads than cores. None uses every core
-        (OpenMP's limit if lower) per task (as in :func:`encode` and
-        :func:`fit`).
+        workers with fewer threads than cores (an int: dask's nannies set
+        ``OMP_NUM_THREADS=1``, OpenMP's limit that None takes). None uses
+        every core (OpenMP's limit if lower) per task (as in :func:`encode`
+        and :func:`fit`).
     Z0 : dask array of shape (n_samples, n_atoms), default=None
         Warm start (rechunked like X).
 

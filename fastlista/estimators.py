@@ -186,13 +186,14 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
                else "pass the codes X in float64."))
 
     def score(self, X, y=None):
-        """Minus the mean Lasso objective of the codes, at ``alpha``.
+        """Minus the mean Lasso objective of the codes, at the coding level.
 
         ``-mean_x [1/2 ||x - z D||^2 + alpha ||z||_1]`` with ``z`` the code of
-        ``x`` given by :meth:`transform`: higher is better. Scores are
-        comparable between models of the same ``alpha`` (e.g. the number of
-        layers or the parametrization of a :class:`LearnedSparseCoder`), not
-        across values of ``alpha``.
+        ``x`` given by :meth:`transform` and ``alpha`` the level it codes at
+        (the dictionary learners' ``transform_alpha`` where set): higher is
+        better. Scores are comparable between models of the same level
+        (e.g. the number of layers or the parametrization of a
+        :class:`LearnedSparseCoder`), not across levels.
 
         Parameters
         ----------
@@ -224,6 +225,15 @@ class _SparseCodingMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin):
 # ---------------------------------------------------------------------------
 # LassoSparseCoder
 # ---------------------------------------------------------------------------
+
+def _certifiable(tol, dtype):
+    """The estimators' coding tol: a float32 tol in (0, 1e-6) is taken as
+    1e-6, the relative gap float32 codes can be certified to (below it
+    most samples run max_iter iterations and warn); 0 stays 0."""
+    if dtype == np.float32 and 0 < tol < CERTIFIABLE_TOL[dtype]:
+        return CERTIFIABLE_TOL[dtype]
+    return tol
+
 
 class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
     """Sparse coding by exact Lasso solutions, with a fixed dictionary.
@@ -358,11 +368,9 @@ class LassoSparseCoder(_SparseCodingMixin, BaseEstimator):
         self._check_features(X, D)
         check_atom_span(D, "dictionary", widen="X")
         if alpha == 0:
-            return least_squares_codes(X, D, self.positive_code)
-        tol = self.tol
-        if X.dtype == np.float32 and 0 < tol < CERTIFIABLE_TOL[X.dtype]:
-            tol = CERTIFIABLE_TOL[X.dtype]
-        result = solve_lasso(X, D, alpha, method=self.method, tol=tol,
+            return least_squares_codes(X, D, self.positive_code, self.n_jobs)
+        result = solve_lasso(X, D, alpha, method=self.method,
+                             tol=_certifiable(self.tol, X.dtype),
                              max_iter=self.max_iter, n_jobs=self.n_jobs,
                              positive=self.positive_code)
         return result.codes
@@ -707,10 +715,9 @@ class _DictionaryLearningBase(_SparseCodingMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         D = self.components_.astype(X.dtype, copy=False)
         if self._transform_alpha() == 0:
-            return least_squares_codes(X, D, self.positive_code)
+            return least_squares_codes(X, D, self.positive_code, self.n_jobs)
         tol = self.transform_tol
-        if tol is None:
-            tol = CERTIFIABLE_TOL[X.dtype]
+        tol = CERTIFIABLE_TOL[X.dtype] if tol is None else _certifiable(tol, X.dtype)
         # (scikit-learn's name of coordinate descent for the same Lasso)
         method = {"lasso_cd": "cd"}.get(self.transform_algorithm, self.transform_algorithm)
         return solve_lasso(X, D, self._transform_alpha(), method=method,
@@ -774,7 +781,8 @@ class DictionaryLearning(_DictionaryLearningBase):
         Regularisation of ``transform`` (None: ``alpha``).
     transform_tol : float or None, default=None
         Relative duality gap of the codes of ``transform`` (None: 1e-8, and
-        1e-6 for float32 data).
+        1e-6 for float32 data; on float32 data a tol in (0, 1e-6) is taken
+        as 1e-6, as in :class:`LassoSparseCoder`).
     transform_max_iter : int, default=10000
         Maximum iterations of the Lasso solver, in ``fit`` and ``transform``.
     n_jobs : int or None, default=None

@@ -452,15 +452,18 @@ def test_fit_that_accepts_no_step_leaves_the_parameters_bit_for_bit(client, data
             assert_array_equal(layer[k], handed[k], strict=True)
 
 
-@pytest.mark.parametrize("lmbd_factor, warns", [(0.5, True), (1.01, False)])
-def test_fit_ending_on_all_zero_codes_says_so_as_single_machine(client, data, lmbd_factor,
-                                                                 warns):
+@pytest.mark.parametrize("last_chunk_factor, warns", [(0.5, True), (1.01, False)])
+def test_fit_ending_on_all_zero_codes_says_so_as_single_machine(client, data,
+                                                                 last_chunk_factor, warns):
     """A network whose thresholds (1e6 lmbd) cut every code to 0 has a zero
     gradient: fit warns, as Lista.fit does, where some chunk's signal has
-    lmbd below its lambda_max (the NumPy reference), and not where every
-    zero code is the Lasso solution. Per-sample lmbd, over the chunks."""
+    lmbd below its lambda_max (the NumPy reference; here only the last
+    chunk's), and not where every zero code is the Lasso solution.
+    Per-sample lmbd, over the chunks."""
     X, D = data
-    lam = np.full(X.shape[0], lmbd_factor * float(np.max(ref.lambda_max(X, D))))
+    top = float(np.max(ref.lambda_max(X, D)))
+    lam = np.full(X.shape[0], 1.01 * top)
+    lam[-80:] = last_chunk_factor * top
     net = Lista(D, float(lam[0]), 3, parametrization="alista")
     params = net.parameters
     for layer in params:
@@ -557,7 +560,8 @@ def test_encode_messages(data):
         fd.encode({"D": D, "lmbd": -1.0}, chunked(X))
     # one lmbd a sample is solve_lasso's (the README's "wherever lmbd is an
     # argument"): the message says where to go
-    for lam in (np.full(X.shape[0], 0.1), [0.1] * X.shape[0], da.full(X.shape[0], 0.1)):
+    for lam in (np.full(X.shape[0], 0.1), [0.1] * X.shape[0], da.full(X.shape[0], 0.1),
+                [0.1, [0.2, 0.3]]):
         with pytest.raises(fastlista.InvalidParameterError,
                            match=r"one float for every sample .*distributed\.solve_lasso"):
             fd.encode({"D": D, "lmbd": lam}, chunked(X))

@@ -1383,6 +1383,24 @@ def test_transform_at_alpha_zero_gives_the_least_squares_codes(cls, positive):
 
 
 @pytest.mark.parametrize("cls", [DictionaryLearning, MiniBatchDictionaryLearning])
+def test_learners_float32_transform_tol_is_certifiable(digits, cls):
+    """An explicit float32 transform_tol of 1e-8 ran max_iter on 297 of 300
+    samples and warned, where LassoSparseCoder's tol=1e-8 is taken as
+    1e-6: the same rule (codes certified to 1e-6 by the NumPy reference
+    gap in long double, without a warning)."""
+    X, _, _ = digits
+    X32 = X[:300].astype(np.float32)
+    est = cls(n_components=20, alpha=0.2, max_iter=2, random_state=0,
+              transform_tol=1e-8).fit(X32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        Z = est.transform(X32)
+    D32 = est.components_.astype(np.float32)
+    half = 0.5 * np.einsum("ij,ij->i", X32, X32, dtype=np.float64)
+    assert np.all(ref.duality_gap_robust(X32, D32, 0.2, Z) <= 1e-6 * half)
+
+
+@pytest.mark.parametrize("cls", [DictionaryLearning, MiniBatchDictionaryLearning])
 def test_learners_take_scikit_learns_lasso_cd(cls):
     """transform_algorithm="lasso_cd", scikit-learn's name for the same
     Lasso by coordinate descent, was refused: it is "cd" (the same codes,

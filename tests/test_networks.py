@@ -785,6 +785,26 @@ def test_structure_is_fixed_when_the_network_is_built(tmp_path, name, value):
                     rtol=1e-12, atol=1e-14)
 
 
+def test_network_pickled_with_plain_attributes_still_loads():
+    """A Lista pickled when its structure and settings were plain attributes
+    (its state holds "D", "lmbd", "positive"...): unpickling gave one whose
+    properties found nothing ("no attribute '_D'"), a fitted
+    LearnedSparseCoder holding one too. Its state is the current one with
+    the private names made public again; it loads as the same network."""
+    X, D = make_problem()
+    net = Lista(D, 0.3, 3, parametrization="coupled", positive=True)
+    renamed = {"_D": "D", "_parametrization": "parametrization", "_n_layers": "n_layers",
+               "_positive": "positive", "_support_selection": "support_selection",
+               "_lipschitz": "lipschitz_", "_lmbd_value": "lmbd", "_n_jobs_value": "n_jobs"}
+    old = {renamed.get(k, k): v for k, v in net.__getstate__().items()}
+    assert "D" in old and "_D" not in old
+    twin = Lista.__new__(Lista)
+    twin.__setstate__(old)
+    assert twin.positive and twin.lmbd == 0.3 and twin.parametrization == "coupled"
+    assert not twin.D.flags.writeable
+    assert_allclose(twin.transform(X), net.transform(X), rtol=0, atol=0)
+
+
 def test_lmbd_and_n_jobs_are_validated_when_set():
     """The call settings may change after construction, through the same
     validation as the constructor's: a network set to lmbd computes what

@@ -766,7 +766,8 @@ def test_float32_retries_end_where_the_certificate_accepts(method, lmbd):
     samples, 3x float64's iterations; found by an adversarial pass). The
     retries end where the certificate accepts: every sample converges
     (the NumPy reference gap, in long double) in about float64's
-    iterations (ISTA at lmbd = 0.1 needs more than max_iter in both)."""
+    iterations, at a multiple of the gap's period (ISTA at lmbd = 0.1
+    needs more than max_iter in both)."""
     rng = np.random.default_rng(0)
     D = rng.standard_normal((256, 64))
     D /= np.linalg.norm(D, axis=1, keepdims=True)
@@ -781,6 +782,9 @@ def test_float32_retries_end_where_the_certificate_accepts(method, lmbd):
     assert np.all(gap <= 1e-6 * 0.5 * np.einsum("ij,ij->i", X32, X32, dtype=np.float64))
     assert np.all(res.n_iter < max_iter)
     assert res.n_iter.sum() < 1.5 * res64.n_iter.sum()
+    # the retries' rounds keep to the gap's schedule: a sample stops where
+    # a plain call checks its gap, every GAP_FREQ = 10 iterations
+    assert np.all(res.n_iter % 10 == 0)
 
 
 @pytest.mark.parametrize("call", [

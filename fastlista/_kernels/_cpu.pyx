@@ -61,9 +61,16 @@ BLAS_PACKS_SMALL_CALLS = (BLAS_CORE.lower() not in SMALL_MATRIX_CORES
 
 
 def openmp_max_threads():
-    """OpenMP's thread budget for a team the calling thread starts
-    (``omp_get_max_threads``): ``OMP_NUM_THREADS`` where it is set (as
-    joblib's worker processes set it, to share the cores among them), a
-    limit set through ``omp_set_num_threads`` (threadpoolctl's OpenMP
-    limit), else the cores OpenMP found at start-up."""
+    """OpenMP's thread budget for a team the calling thread starts.
+
+    Returns
+    -------
+    n_threads : int
+        ``omp_get_max_threads()``: ``OMP_NUM_THREADS`` where it is set (as
+        joblib's worker processes and dask's nannies set it, to share the
+        cores among them), a limit the calling thread set through
+        ``omp_set_num_threads`` (threadpoolctl's OpenMP limit, which holds
+        in the thread that set it only), else the cores OpenMP found at
+        start-up.
+    """
     return omp_get_max_threads()

@@ -38,6 +38,12 @@ _L_RANGE = {np.dtype(np.float64): 768, np.dtype(np.float32): 96}
 #: Lista attributes fixed when the network is built (read-only properties).
 _FIXED = ("D", "parametrization", "n_layers", "positive", "support_selection",
           "lipschitz_")
+#: Where the properties keep the values of attributes that were plain ones.
+_PICKLED_NAMES = {"D": "_D", "parametrization": "_parametrization",
+                  "n_layers": "_n_layers", "positive": "_positive",
+                  "support_selection": "_support_selection",
+                  "lipschitz_": "_lipschitz", "lmbd": "_lmbd_value",
+                  "n_jobs": "_n_jobs_value"}
 
 
 class TrainingData:
@@ -105,7 +111,8 @@ class Lista:
     n_jobs : int or None, default=None
         Threads of every call (OpenMP threads over blocks of samples, BLAS
         held to one thread meanwhile): at most ``n_jobs``. None uses every
-        core; -1 too, -2 all but one. A call repeated at the same
+        core (OpenMP's limit if lower); -1 too, -2 all but one. A call
+        repeated at the same
         ``n_jobs`` gives the same bits; the gradients' sums depend on the
         thread count by rounding, which ``fit`` can carry into the learned
         parameters (to reproduce a fit on another machine, give ``n_jobs``).
@@ -126,7 +133,7 @@ class Lista:
 
     Attributes
     ----------
-    D, parametrization, n_layers, positive, support_selection
+    D, parametrization, n_layers, positive, support_selection : see Parameters
         As built, read-only: the layers, the kernels' cached matrices and
         saved files derive from them (setting one raises AttributeError).
         ``lmbd`` and ``n_jobs`` may be set; they are validated as above.
@@ -292,9 +299,14 @@ class Lista:
         return self
 
     def __setstate__(self, state):
+        # a network pickled when its structure and settings were plain
+        # attributes: their values go where the properties keep them now
+        for name, key in _PICKLED_NAMES.items():
+            if name in state:
+                state[key] = state.pop(name)
+        self.__dict__.update(state)
         # pickle and deepcopy rebuild D writeable; lipschitz_ and the
         # kernels' cached matrices are derived from it: read-only, as built
-        self.__dict__.update(state)
         self.D.setflags(write=False)
 
     def _with_n_jobs(self, n_jobs):
@@ -509,10 +521,11 @@ class Lista:
         return value, self._layout(depth).pack_gradients(grads)
 
     def training_zero_codes(self, data):
-        """Whether the network's codes on ``data`` are all 0, and whether
-        its targets are not (training interface): a signal whose lmbd is
-        below its :func:`fastlista.lambda_max` (unsupervised loss), or a
-        non-zero target code.
+        """Whether the network's codes on ``data`` are all 0, and, if they
+        are, whether its targets are not (training interface): a signal
+        whose lmbd is below its :func:`fastlista.lambda_max` (unsupervised
+        loss), or a non-zero target code. Where the codes are not all 0 the
+        second value is True, unchecked (it costs a ``lambda_max``).
 
         Parameters
         ----------
