@@ -796,7 +796,7 @@ def test_network_pickled_with_plain_attributes_still_loads():
     renamed = {"_D": "D", "_parametrization": "parametrization", "_n_layers": "n_layers",
                "_positive": "positive", "_support_selection": "support_selection",
                "_lipschitz": "lipschitz_", "_lmbd_value": "lmbd", "_n_jobs_value": "n_jobs"}
-    old = {renamed.get(k, k): v for k, v in net.__getstate__().items()}
+    old = {renamed.get(k, k): v for k, v in vars(net).items()}
     assert "D" in old and "_D" not in old
     twin = Lista.__new__(Lista)
     twin.__setstate__(old)
