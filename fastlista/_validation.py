@@ -443,9 +443,9 @@ def check_option(value, name, func, options):
     return next(o for o in options if o == value)
 
 
-#: Modules whose frames wrap fastlista's calls: context managers (and
-#: scikit-learn, whose pipelines, searches and ``set_output`` wrappers call
-#: the estimators: their user's line is the one to point at).
+#: Modules whose frames wrap fastlista's calls besides fastlista's own and
+#: scikit-learn's (whose pipelines, searches and ``set_output`` wrappers
+#: call the estimators: their user's line is the one to point at).
 _WRAPPERS = frozenset({"contextlib", "functools"})
 
 

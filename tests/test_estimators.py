@@ -218,7 +218,7 @@ def test_lasso_coder_float32_default_tol_is_certifiable(digits):
 def test_lasso_coder_at_alpha_zero_gives_least_squares_codes(n_atoms, positive_code):
     """At alpha = 0 the Lasso is least squares, whose gap 1/2 ||r||^2 no
     solver certifies with fewer atoms than features: transform ran
-    max_iter iterations (0.6-1 s for 500 samples) and warned. It now gives
+    max_iter iterations and warned. It now gives
     the least-squares codes (NumPy's lstsq, of minimum norm; SciPy's nnls
     with positive_code), as the dictionary learners do."""
     from scipy.optimize import nnls
