@@ -426,6 +426,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
     refine_tol : float or None, default=None
         If set, ``transform`` refines the network's codes with
         :func:`fastlista.solve_lasso` to a relative duality gap ``refine_tol``.
+        On float32 data a refine_tol in (0, 1e-6) is taken as 1e-6, as the
+        ``tol`` of :class:`LassoSparseCoder` (float32 codes cannot be
+        certified much below it); use float64 data for tighter codes.
     random_state : int, RandomState instance or None, default=None
         Passed to the network (its initialisation, ISTA, is deterministic).
     n_jobs : int or None, default=None
@@ -567,7 +570,10 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         self._check_params()
         X = self._validate_X(X, reset=False)
         net = self._network(X.dtype)
-        return net.transform(X, refine_tol=self.refine_tol)
+        refine_tol = self.refine_tol
+        if refine_tol is not None:
+            refine_tol = _certifiable(refine_tol, X.dtype)
+        return net.transform(X, refine_tol=refine_tol)
 
     def _reconstruction_dictionary(self):
         check_is_fitted(self)
