@@ -906,3 +906,45 @@ def test_alista_trained_into_zero_codes_says_so():
         net.fit(X, max_iter=10)
     assert not np.any(net.transform(X))
     assert_allclose(net.loss_history_[-1], F0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("parametrization", ["step", "coupled"])
+def test_training_interface_validates_depth(parametrization):
+    """The training interface (public, for custom optimisers) takes the
+    first ``depth`` layers, 1 <= depth <= n_layers. An out-of-range depth
+    was not checked (found by a docstring review): training_loss_and_grad
+    at depth n_layers + 1 returned the loss of all layers with a gradient
+    longer than the training vector (zeros appended), training_bounds
+    bounds for layers that do not exist, training_vector an IndexError and
+    depth 0 NumPy's 'need at least one array to stack'. Each now names
+    'depth'; a valid depth gives the loss of ISTA's first layers (NumPy
+    reference: the untrained network is ISTA) and a gradient as long as
+    the training vector, whose directional derivative matches central
+    finite differences."""
+    X, D = make_problem(n_samples=30, n_atoms=10, n_features=6, seed=3)
+    lmbd, T = 0.2, 3
+    net = Lista(D, lmbd, T, parametrization=parametrization)
+    data = net.training_data(X)
+    L = np.linalg.eigvalsh(D @ D.T)[-1]
+    ista = numpy_ista(X, D, lmbd, T, L)
+    for depth in (1, 2, T, None):
+        k = T if depth is None else depth
+        x = net.training_vector(depth)
+        loss, grad = net.training_loss_and_grad(data, depth)
+        assert grad.shape == x.shape == net.training_bounds(depth).shape
+        assert_allclose(loss, lasso_F(X, D, lmbd, ista[k - 1]).mean(), rtol=1e-12)
+        direction = np.random.default_rng(k).standard_normal(x.shape)
+        h = 1e-6
+        f_plus = net.set_training_vector(x + h * direction, depth).training_loss_and_grad(
+            data, depth)[0]
+        f_minus = net.set_training_vector(x - h * direction, depth).training_loss_and_grad(
+            data, depth)[0]
+        net.set_training_vector(x, depth)
+        assert_allclose(grad @ direction, (f_plus - f_minus) / (2 * h), rtol=1e-5, atol=1e-9)
+    for depth in (0, -1, T + 1, 1.5, True, "2"):
+        for call in (lambda: net.training_vector(depth),
+                     lambda: net.set_training_vector(np.ones(1), depth),
+                     lambda: net.training_bounds(depth),
+                     lambda: net.training_loss_and_grad(data, depth)):
+            with pytest.raises(InvalidParameterError, match=r"'depth' parameter of Lista\."):
+                call()

@@ -334,6 +334,14 @@ class Lista:
         return check_scalar(n_layers, "n_layers", func, low=1, high=self.n_layers,
                             integer=True)
 
+    def _check_depth(self, depth, func):
+        """The training interface's ``depth`` (None: every layer), an int
+        in [1, n_layers], named in the message of ``Lista.<func>``."""
+        if depth is None:
+            return self.n_layers
+        return check_scalar(depth, "depth", f"Lista.{func}", low=1, high=self.n_layers,
+                            integer=True)
+
     def transform(self, X, n_layers=None, lmbd=None, refine_tol=None):
         """Codes of X: the output of the network (of its first layers).
 
@@ -478,8 +486,12 @@ class Lista:
         the largest atom norm r, for ``W_x`` that over L, 1 for ``W_z``, so
         that the entries of an untrained network are O(1) at any scale of
         D, and training on D and lmbd scaled together is the same.
+        ``depth`` is an int in [1, n_layers] (None: every layer), as for
+        :meth:`set_training_vector`, :meth:`training_bounds` and
+        :meth:`training_loss_and_grad`; another value raises
+        :class:`fastlista.InvalidParameterError` naming ``depth``.
         """
-        depth = self.n_layers if depth is None else depth
+        depth = self._check_depth(depth, "training_vector")
         return self._layout(depth).pack(self._params)
 
     def set_training_vector(self, x, depth=None):
@@ -488,14 +500,14 @@ class Lista:
         optimiser's trial points may be anything, and the layers are only
         computed on, never returned, until :meth:`set_parameters` or the end
         of training validates them)."""
-        depth = self.n_layers if depth is None else depth
+        depth = self._check_depth(depth, "set_training_vector")
         self._params = self._layout(depth).unpack(x, self._params, self.dtype)
         return self
 
     def training_bounds(self, depth=None):
         """Lower bounds of :meth:`training_vector` (training interface):
         ``1e-6`` units for steps and threshold factors, -inf elsewhere."""
-        depth = self.n_layers if depth is None else depth
+        depth = self._check_depth(depth, "training_bounds")
         return self._layout(depth).lower_bounds()
 
     def training_loss_and_grad(self, data, depth=None):
@@ -508,14 +520,14 @@ class Lista:
         data : TrainingData
             From :meth:`training_data`.
         depth : int, default=None
-            Layers run (all by default).
+            Layers run, 1 <= depth <= n_layers (all by default).
 
         Returns
         -------
         loss : float
         grad : ndarray of shape (len(training_vector(depth)),)
         """
-        depth = self.n_layers if depth is None else depth
+        depth = self._check_depth(depth, "training_loss_and_grad")
         value, grads = self._exec.loss_and_grad(self._params, depth, data.X, data.lmbd,
                                                 data.loss, data.targets, self.n_jobs)
         return value, self._layout(depth).pack_gradients(grads)
