@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -1057,6 +1058,41 @@ def test_load_rejects_bad_files(tmp_path):
         for name in z.namelist():
             with z.open(name) as f:
                 assert b"pickle" not in f.read(200).lower()
+
+
+def test_load_names_a_file_that_is_not_a_zip_archive(tmp_path):
+    """A file that is not a zip archive (an .npz is one) is named as such.
+    Text and pickles were reported as "This file contains pickled (object)
+    data. If you trust the file you can load it unsafely using the
+    `allow_pickle=` keyword argument" (NumPy's advice: Lista.load has no
+    such argument and a network is never a pickle), an .npy array as
+    "'numpy.ndarray' object does not support the context manager protocol"
+    (found by a docstring review: the docstring promises a ValueError for a
+    file that is "not a .npz archive")."""
+    cases = {"text.npz": (b"not a network\n", r"it starts with b'not '"),
+             "pickled.npz": (pickle.dumps({"D": [[1.0]]}), r"it starts with b'\\x80"),
+             "empty.npz": (b"", "the file is empty"),
+             "array.npy": (None, r"an \.npy array")}
+    for name, (content, detail) in cases.items():
+        path = tmp_path / name
+        if content is None:
+            np.save(path, np.arange(3.0))
+        else:
+            path.write_bytes(content)
+        assert not zipfile.is_zipfile(path)
+        with pytest.raises(ValueError) as info:
+            Lista.load(path)
+        message = str(info.value)
+        assert re.search(r"is not a valid fastlista Lista file: not an \.npz archive \(a zip "
+                         r"file, as Lista\.save writes\): " + detail, message), message
+        reason = message.split("Lista file: ", 1)[1]
+        assert "pickle" not in reason and "context manager" not in reason
+    # a zip archive still goes on to the entries' checks
+    _, D = make_problem()
+    good = tmp_path / "good.npz"
+    Lista(D, 0.3, 2).save(good)
+    assert zipfile.is_zipfile(good)
+    assert Lista.load(good).n_layers == 2
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(),

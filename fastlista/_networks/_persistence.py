@@ -217,6 +217,17 @@ def load(cls, path):
     # contents' (a corrupt zip index raises OSError EINVAL, say)
     with open(path, "rb") as file:
         try:
+            # an .npz archive is a zip file: anything else is named as such
+            # (np.load took text for a pickle, and told the user to load it
+            # unsafely; an .npy array failed as a context manager)
+            head = file.read(4)
+            file.seek(0)
+            if head[:2] != b"PK":
+                raise ValueError(
+                    "not an .npz archive (a zip file, as Lista.save writes): "
+                    + ("the file is empty" if not head else
+                       "an .npy array" if head.startswith(b"\x93NUM") else
+                       f"it starts with {head!r}"))
             with np.load(file, allow_pickle=False) as f:
                 if not isinstance(f, np.lib.npyio.NpzFile):
                     raise ValueError("not an .npz archive")
