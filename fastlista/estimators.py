@@ -428,7 +428,9 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         :func:`fastlista.solve_lasso` to a relative duality gap ``refine_tol``.
         On float32 data a refine_tol in (0, 1e-6) is taken as 1e-6, as the
         ``tol`` of :class:`LassoSparseCoder` (float32 codes cannot be
-        certified much below it); use float64 data for tighter codes.
+        certified much below it); use float64 data for tighter codes. At
+        ``alpha=0`` the refined codes are the least-squares codes, as
+        :class:`LassoSparseCoder`'s (non-negative with ``positive_code``).
     random_state : int, RandomState instance or None, default=None
         Passed to the network (its initialisation, ISTA, is deterministic).
     n_jobs : int or None, default=None
@@ -567,11 +569,15 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
             The codes, in the dtype of X.
         """
         check_is_fitted(self)
-        self._check_params()
+        alpha = self._check_params()
         X = self._validate_X(X, reset=False)
         net = self._network(X.dtype)
         refine_tol = self.refine_tol
         if refine_tol is not None:
+            if alpha == 0:
+                # the Lasso at lmbd = 0 is least squares, whose certificate
+                # no refinement reaches when x is outside the atoms' span
+                return least_squares_codes(X, net.D, net.positive, self.n_jobs)
             refine_tol = _certifiable(refine_tol, X.dtype)
         return net.transform(X, refine_tol=refine_tol)
 

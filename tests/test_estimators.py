@@ -602,6 +602,34 @@ def test_learned_coder_float32_refine_tol_is_certifiable(digits):
                   <= 1e-8 * half64 * (1 + 1e-6))
 
 
+@pytest.mark.parametrize("positive_code", [False, True])
+def test_learned_coder_refined_at_alpha_zero_gives_least_squares_codes(positive_code):
+    """LearnedSparseCoder(alpha=0, refine_tol=...) refines towards the
+    Lasso at lmbd = 0, least squares, whose certificate 1/2 ||r||^2 no
+    refinement reaches with fewer atoms than features: every sample warned
+    (found by a docstring review), where LassoSparseCoder gives the
+    least-squares codes silently. It now gives them too (NumPy's lstsq;
+    SciPy's nnls with positive_code); without refine_tol the network's own
+    codes are returned."""
+    from scipy.optimize import nnls
+
+    rng = np.random.RandomState(0)
+    X, D = rng.randn(50, 10), rng.randn(5, 10)
+    coder = LearnedSparseCoder(D, alpha=0.0, n_layers=3, max_iter=3, refine_tol=1e-8,
+                               positive_code=positive_code).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        Z = coder.transform(X)
+    if positive_code:
+        Z_ref = np.array([nnls(D.T, x)[0] for x in X])
+    else:
+        Z_ref = np.linalg.lstsq(D.T, X.T, rcond=None)[0].T
+    assert_allclose(Z, Z_ref, rtol=1e-8, atol=1e-10 * np.abs(Z_ref).max())
+    # the network's codes (3 layers from 0) are not the least-squares ones
+    coder.set_params(refine_tol=None)
+    assert np.abs(coder.transform(X) - Z_ref).max() > 1e-3 * np.abs(Z_ref).max()
+
+
 def test_learned_coder_messages_and_unfitted():
     X, D = problem(seed=12)
     coder = LearnedSparseCoder(D)
