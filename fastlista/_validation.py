@@ -190,7 +190,11 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
                 f"Expected {ndim}D array for {name}, got scalar array instead: "
                 f"{name}={arr!r}. Reshape your data.")
         hint = ""
-        if ndim == 2 and arr.ndim == 1:
+        if ndim == 2 and arr.ndim == 1 and name in ("D", "D0"):
+            # (scikit-learn's hint below speaks of samples and features)
+            hint = (f" A dictionary has shape (n_atoms, n_features): one atom is "
+                    f"{name}.reshape(1, -1).")
+        elif ndim == 2 and arr.ndim == 1:
             hint = (" Reshape your data either using array.reshape(-1, 1) if your data "
                     "has a single feature or array.reshape(1, -1) if it contains a "
                     "single sample.")
@@ -489,11 +493,18 @@ def check_n_jobs(n_jobs, func):
     limit where it is lower), -2 → all but one, k → k."""
     if n_jobs is None:
         return n_cpus()
-    n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True, low=-MAX_N_JOBS,
-                          high=MAX_N_JOBS)
-    if n_jobs == 0:
+    try:
+        n_jobs = check_scalar(n_jobs, "n_jobs", func, integer=True, low=-MAX_N_JOBS,
+                              high=MAX_N_JOBS)
+        if n_jobs == 0:
+            raise InvalidParameterError("no thread")
+    except InvalidParameterError:
+        # one message for every refusal, naming all that is accepted (the
+        # range alone included the refused 0 and left out None)
         raise InvalidParameterError(
-            f"The 'n_jobs' parameter of {func} must be a non-zero int or None. Got 0 instead.")
+            f"The 'n_jobs' parameter of {func} must be None or a non-zero int in "
+            f"[-{MAX_N_JOBS}, {MAX_N_JOBS}] (-1: every core, -2: all but one). "
+            f"Got {n_jobs!r} instead.") from None
     if n_jobs < 0:
         return max(1, n_cpus() + 1 + n_jobs)
     return n_jobs

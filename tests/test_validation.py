@@ -156,6 +156,42 @@ def test_solve_lasso_bad_parameters(override, pattern):
         solve_lasso(X, D, **kw)
 
 
+@pytest.mark.parametrize("n_jobs", [1.5, 0, 5000, -5000, "2", True, np.nan])
+def test_bad_n_jobs_message_names_what_is_accepted(n_jobs):
+    """Every refused n_jobs gets one message naming what is accepted: None
+    or a non-zero int in [-1024, 1024]. A float or out-of-range value was
+    told "an int in the range [-1024, 1024]" (a range that holds the
+    refused 0, without the accepted None; found by a docstring review).
+    The accepted ones solve: -2 as 'all but one', clamped to one thread."""
+    with pytest.raises(InvalidParameterError,
+                       match=re.escape("The 'n_jobs' parameter of solve_lasso must be None or "
+                                       "a non-zero int in [-1024, 1024]")):
+        solve_lasso(X, D, 0.1, n_jobs=n_jobs)
+    def F(Z):       # NumPy's Lasso objective, per sample
+        return 0.5 * ((X - Z @ D) ** 2).sum(axis=1) + 0.1 * np.abs(Z).sum(axis=1)
+
+    F1 = F(solve_lasso(X, D, 0.1, n_jobs=1).codes)
+    for ok in (None, -1, -2, -1024, np.int64(2)):
+        res = solve_lasso(X, D, 0.1, n_jobs=ok)
+        assert res.converged.all()
+        np.testing.assert_allclose(F(res.codes), F1, rtol=2e-8)
+
+
+@pytest.mark.parametrize("call", [lambda d: solve_lasso(X, d, 0.1), lambda d: lambda_max(X, d),
+                                  lambda d: fastlista.lipschitz(d),
+                                  lambda d: fastlista.Lista(d, 0.1, 2)],
+                         ids=["solve_lasso", "lambda_max", "lipschitz", "Lista"])
+def test_one_dimensional_dictionary_is_told_its_shape(call):
+    """A 1-D D is told the dictionary's shape and how to make one atom of
+    it, not scikit-learn's hint about a single feature or a single sample
+    (found by a docstring review)."""
+    with pytest.raises(ValueError, match=re.escape(
+            "A dictionary has shape (n_atoms, n_features): one atom is D.reshape(1, -1).")
+    ) as info:
+        call(D[0])
+    assert "single feature" not in str(info.value)
+
+
 @pytest.mark.parametrize("func", ["ista", "fista", "oista", "backtracking_ista",
                                   "coordinate_descent"])
 def test_convenience_functions_validate(func):
