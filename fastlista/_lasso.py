@@ -692,7 +692,8 @@ def lambda_max(X, D, positive=False):
     -------
     lmbd_max : ndarray of shape (n_samples,), or a NumPy scalar for a 1-D X
         ``||x D^T||_inf`` per sample (``max(x D^T)_+`` with ``positive``),
-        in X's dtype, rounded up: a bound from above of the exact value,
+        in the problem's dtype (float32 when X and D both are, float64
+        otherwise), rounded up: a bound from above of the exact value,
         within a few ulps of it (the largest correlations are recomputed to
         about twice double precision where their rounding could matter,
         as when the products cancel; the entries of a sample spanning more
@@ -713,7 +714,7 @@ def lambda_max(X, D, positive=False):
     S = Scaled.of(X, D)
     # x D^T in double (exact products of float32 data), its max certified
     # (at least every exact |x.d_j|, and at least the computed max) and
-    # rounded up to X's dtype: the solution is 0 at lmbd = lambda_max, and
+    # rounded up to the problem's dtype: the solution is 0 at lmbd = lambda_max, and
     # no solver, whether it iterates on the double correlations or on their
     # float32 rounding (never above the rounded-up max), finds a non-zero
     # code there

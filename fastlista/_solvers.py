@@ -188,7 +188,8 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         kernels, BLAS held to one thread meanwhile when threadpoolctl is
         installed). None uses every core, or OpenMP's limit where it is
         lower (``OMP_NUM_THREADS``, as joblib's workers set it, or
-        threadpoolctl's).
+        threadpoolctl's); -1 too; -2 all but one (-k all but k - 1, at
+        least one).
     positive : bool, default=False
         Constrain the codes to be non-negative: ``min_{z >= 0}`` (every
         method, with the one-sided threshold ``max(u - t, 0)`` and the

@@ -195,7 +195,8 @@ def encode(model, X, n_jobs=1):
           :class:`~fastlista.estimators.LearnedSparseCoder` or
           :class:`~fastlista.estimators.LassoSparseCoder`,
         * or Lasso solver settings ``{"D": D, "lmbd": lmbd, "method": ...,
-          "tol": ..., "max_iter": ..., "n_jobs": ...}``: exact Lasso codes by
+          "tol": ..., "max_iter": ..., "n_jobs": ..., "positive": ...}``
+          (only ``D`` and ``lmbd`` required): exact Lasso codes by
           :func:`fastlista.solve_lasso` (its ``n_jobs``, when given, overrides
           the argument below). ``lmbd`` is one float for every sample:
           :func:`solve_lasso` (this module's) takes one a sample.

@@ -480,33 +480,67 @@ class Lista:
     def training_vector(self, depth=None):
         """Flat parameters of the first ``depth`` layers (training interface).
 
-        A float64 vector, layer after layer and key after key (the order of
+        Layer after layer and key after key (the order of
         :attr:`parameters`), each divided by its unit: the untrained value
         of a step or threshold factor, for ``W`` the power of two nearest
         the largest atom norm r, for ``W_x`` that over L, 1 for ``W_z``, so
         that the entries of an untrained network are O(1) at any scale of
         D, and training on D and lmbd scaled together is the same.
-        ``depth`` is an int in [1, n_layers] (None: every layer), as for
-        :meth:`set_training_vector`, :meth:`training_bounds` and
-        :meth:`training_loss_and_grad`; another value raises
-        :class:`fastlista.InvalidParameterError` naming ``depth``.
+
+        Parameters
+        ----------
+        depth : int, default=None
+            Layers taken, 1 <= depth <= n_layers (all by default), as for
+            :meth:`set_training_vector`, :meth:`training_bounds` and
+            :meth:`training_loss_and_grad`; another value raises
+            :class:`fastlista.InvalidParameterError` naming ``depth``.
+
+        Returns
+        -------
+        vector : ndarray of shape (n_params,), float64
+            ``n_params`` is the size of one layer's parameters times
+            ``depth``.
         """
         depth = self._check_depth(depth, "training_vector")
         return self._layout(depth).pack(self._params)
 
     def set_training_vector(self, x, depth=None):
         """Set the first ``depth`` layers from a flat vector (training
-        interface; the inverse of :meth:`training_vector`, unvalidated: an
-        optimiser's trial points may be anything, and the layers are only
-        computed on, never returned, until :meth:`set_parameters` or the end
-        of training validates them)."""
+        interface; the inverse of :meth:`training_vector`).
+
+        The vector is not validated: an optimiser's trial points may be
+        anything, and the layers are only computed on, never returned, until
+        :meth:`set_parameters` or the end of training validates them.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_params,)
+            As :meth:`training_vector` returns for the same ``depth``.
+        depth : int, default=None
+            Layers set, 1 <= depth <= n_layers (all by default); the others
+            keep their parameters.
+
+        Returns
+        -------
+        self : Lista
+        """
         depth = self._check_depth(depth, "set_training_vector")
         self._params = self._layout(depth).unpack(x, self._params, self.dtype)
         return self
 
     def training_bounds(self, depth=None):
-        """Lower bounds of :meth:`training_vector` (training interface):
-        ``1e-6`` units for steps and threshold factors, -inf elsewhere."""
+        """Lower bounds of :meth:`training_vector` (training interface).
+
+        Parameters
+        ----------
+        depth : int, default=None
+            Layers taken, 1 <= depth <= n_layers (all by default).
+
+        Returns
+        -------
+        lower : ndarray of shape (n_params,), float64
+            ``1e-6`` units for steps and threshold factors, -inf elsewhere.
+        """
         depth = self._check_depth(depth, "training_bounds")
         return self._layout(depth).lower_bounds()
 
@@ -727,12 +761,28 @@ class Lista:
         directory and renamed over ``path`` once complete, so a save that
         fails (a full disk, Ctrl-C) leaves the file that was there as it was.
         The directory must be writable.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced if it exists).
         """
         _save(self, path)
 
     @classmethod
     def load(cls, path):
         """Load a network written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        net : Lista
+            The saved network, its parameters and ``loss_history_`` exactly
+            as saved, with ``n_jobs=None``.
 
         Raises
         ------
