@@ -287,20 +287,33 @@ F32_CERTIFIABLE = 1e-6
 
 
 def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
-                        unused_atoms=(), lmbd_zero=False, norm_span=1.0):
+                        unused_atoms=(), lmbd_zero=False, norm_span=1.0,
+                        positive=False):
     """The ConvergenceWarning of the samples that did not converge: ``rel``,
     their relative gaps gap / (1/2 ||x||^2), and ``n_iter``, their iterations;
     ``unused_atoms``: non-zero atoms given code 0 (their squared norms
     underflow in D's scaled units); ``lmbd_zero``: every such sample has
     lmbd = 0; ``norm_span``: the largest atom norm over the smallest
-    non-zero one."""
+    non-zero one; ``positive``: the codes are constrained to be
+    non-negative."""
     hint = "Increase max_iter" + ("." if method == "cd" else ", or use method='cd'.")
     if lmbd_zero:
-        # the dual point is the residual scaled into |theta D^T| <= 0: theta = 0
-        hint = ("At lmbd=0 the duality gap is 1/2 ||x - z D||^2, which is 0 only "
-                "when x lies in the span of the atoms: such least-squares codes "
-                "cannot be certified. Use lmbd > 0, or tol=0 to run max_iter "
-                "iterations without a warning.")
+        # the dual point is the residual scaled into |theta D^T| <= 0 (with
+        # positive codes, theta D^T <= 0): theta = 0 once the rounding of the
+        # codes leaves a non-zero (positive) correlation
+        if positive:
+            hint = ("At lmbd=0 with positive codes the duality gap is "
+                    "1/2 ||x - z D||^2 (once the residual correlates positively "
+                    "with an atom), which is 0 only when x is a non-negative "
+                    "combination of the atoms (lying in their span is not "
+                    "enough): such non-negative least-squares codes cannot be "
+                    "certified. Use lmbd > 0, or tol=0 to run max_iter iterations "
+                    "without a warning.")
+        else:
+            hint = ("At lmbd=0 the duality gap is 1/2 ||x - z D||^2, which is 0 "
+                    "only when x lies in the span of the atoms: such least-squares "
+                    "codes cannot be certified. Use lmbd > 0, or tol=0 to run "
+                    "max_iter iterations without a warning.")
     elif len(unused_atoms):
         hint = (f"Atoms {list(unused_atoms[:10])} of D are too small next to its "
                 f"largest entry for {np.dtype(dtype).name} (their squared norms "
@@ -523,7 +536,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
         span = float(np.sqrt(sq.max() / sq.min())) if sq.size else 1.0
         _warn_not_converged(gap_in[bad] / (0.5 * xx[bad]), n_iter[bad], N, X.dtype, tol,
                             max_iter, method, unused.tolist(), bool(np.all(lm[bad] == 0)),
-                            span)
+                            span, positive)
     history, step_sizes = None, None
     if record_history:
         history, step_sizes = _history(hist, n_iter, N, primal, gap, out_gap, method, S)

@@ -992,6 +992,37 @@ def test_warning_at_lmbd_zero_says_least_squares_codes_cannot_be_certified():
         solve_lasso(X, D, 0.0, tol=0, max_iter=50)
 
 
+def test_warning_at_lmbd_zero_with_positive_codes_names_the_cone_not_the_span():
+    """With positive codes at lmbd = 0 the gap is 1/2 ||r||^2 of the
+    non-negative least-squares residual, which is not 0 for an x in the
+    span of the atoms but outside their cone: the warning said "0 only when
+    x lies in the span of the atoms", which this x does. It names the
+    non-negative combinations instead; the gap is scipy.optimize.nnls's
+    1/2 ||r||^2 (18 active atoms: their correlations' rounding cannot all
+    leave the residual dual feasible)."""
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((200, 20))
+    D[:, 0] = 0.1 * np.abs(D[:, 0]) + 0.05    # every atom: positive first entry
+    x = rng.standard_normal(20)
+    x[0] = -1.0                               # no non-negative combination of them
+    assert np.linalg.matrix_rank(D) == 20     # but in their span
+    z_ref, r_ref = nnls(D.T, x)
+    assert 0.5 * r_ref ** 2 > 0.1 * 0.5 * float(x @ x)
+    with pytest.warns(ConvergenceWarning, match="At lmbd=0 with positive codes") as record:
+        res = solve_lasso(x, D, 0.0, positive=True, max_iter=300)
+    message = str(record[0].message)
+    assert "non-negative combination of the atoms" in message
+    assert "0 only when x lies in the span" not in message
+    assert_allclose(res.gap, 0.5 * r_ref ** 2, rtol=1e-6)
+    assert_allclose(res.codes @ D, z_ref @ D, atol=1e-6 * np.linalg.norm(x))
+    # the signed Lasso of the same x is least squares in the span: certified
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert solve_lasso(x, D, 0.0).converged
+
+
 def test_warning_of_cd_does_not_suggest_cd():
     X, D = get_problem()
     lmbd = 0.1 * lambda_max(X, D)
