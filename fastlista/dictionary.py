@@ -106,15 +106,17 @@ class DictionaryResult:
     ----------
     D : ndarray of shape (n_atoms, n_features)
         The dictionary, unit-norm atoms, one per row, in the dtype of X.
-    objective : ndarray of shape (n_iter,)
+    objective : ndarray of shape (iterations completed,)
         Mean objective ``1/2 ||x - z D||^2 + lmbd ||z||_1`` over the signals,
-        per iteration. Batch: after each iteration's dictionary step, with
+        per completed iteration: ``n_iter`` entries, one fewer online when a
+        callback stopped the last epoch before its end. Batch: after each iteration's dictionary step, with
         that iteration's codes (non-increasing; from the residuals, in
         float64). Online: per epoch, each
         signal's objective when its mini-batch was coded (with the
         dictionary of that time): the online estimate of the objective.
     n_iter : int
-        Iterations run: batch iterations, or epochs (passes over X) online.
+        Iterations run: batch iterations, or epochs (passes over X) online,
+        the last maybe cut short by a callback.
     n_steps : int
         Dictionary steps: mini-batches online, ``n_iter`` in batch mode.
     n_reinit : int

@@ -991,3 +991,25 @@ def test_fuzz_learn_dictionary_bad_and_degenerate_input(spec):
         assert res.n_reinit == 0
         assert_allclose(res.objective, 0.5 * np.mean(np.sum(X.astype(np.float64) ** 2, 1)),
                         rtol=1e-6)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])
+def test_online_objective_holds_the_completed_epochs(stop_at):
+    """DictionaryResult.objective has one entry a completed iteration:
+    online, a callback that stops an epoch before its end leaves n_iter
+    epochs begun and one objective fewer; stopped at an epoch's last
+    mini-batch, as many as n_iter; the callback's last list is the result's."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 8))
+    seen = []
+
+    def callback(info):
+        seen.append(info)
+        return len(seen) >= stop_at
+
+    res = learn_dictionary(X, 6, 0.3, max_iter=5, tol=0, batch_size=100,
+                           callback=callback, random_state=0)
+    assert res.n_steps == stop_at
+    assert res.n_iter == 1
+    assert len(res.objective) == (1 if stop_at == 3 else 0)
+    assert seen[-1]["objective"] == list(res.objective)

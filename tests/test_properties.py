@@ -50,7 +50,8 @@ def problems(draw, max_atoms=12, max_features=8, max_samples=6):
        st.floats(0, 1e6, allow_nan=False))
 def test_soft_thresholding_identities_float64(u, t):
     out = soft_thresholding(u, t)
-    # shrinkage, sign, exact zero iff |u| <= t, bitwise equal to NumPy
+    # shrinkage, sign, exact zero iff |u| <= t, equal to NumPy (as values:
+    # fastlista's zeros are +0, NumPy's sign(u) * max(...) gives -0 for u < 0)
     assert np.all(np.abs(out) <= np.abs(u))
     assert np.all((out == 0) | (np.sign(out) == np.sign(u)))
     np.testing.assert_array_equal(out == 0, np.abs(u) <= t)
@@ -67,6 +68,18 @@ def test_soft_thresholding_identities_float32(u, t):
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out == 0, np.abs(u) <= t)
     np.testing.assert_array_equal(out, ref.soft_thresholding(u, t))
+
+
+@given(arrays(np.float64, st.integers(0, 40), elements=finite64),
+       st.floats(0, 1e6, allow_nan=False))
+def test_soft_thresholding_zeros_are_positive_and_the_rest_numpys_bits(u, t):
+    """docs/reliability.md: equal to NumPy's sign(u) max(|u| - t, 0) as
+    values; bit for bit away from 0, and every zero +0 (NumPy's product
+    gives -0 for a negative u, which assert_array_equal does not see)."""
+    out = soft_thresholding(u, t)
+    expected = ref.soft_thresholding(u, t)
+    assert not np.any(np.signbit(out[out == 0]))
+    assert out[out != 0].tobytes() == expected[out != 0].tobytes()
 
 
 @given(arrays(np.float64, st.integers(1, 30), elements=finite64),
