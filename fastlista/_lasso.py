@@ -47,11 +47,13 @@ def _check_codes(Z, X, D, name="Z"):
     """Validate codes against a validated (X, D): a 2-D array cast to their
     dtype (for warm starts, whose rounding does no harm; codes to evaluate
     go through :func:`_check_evaluated`)."""
+    given = Z
     Z = check_array(Z, name, dtype=X.dtype, allow_1d=True, min_features=0)
     if Z.shape != (X.shape[0], D.shape[0]):
+        # the shape the caller passed (a 1-D Z is one row here)
         raise ValueError(
             f"{name} must have shape (n_samples, n_atoms) = {(X.shape[0], D.shape[0])} "
-            f"to match X {X.shape} and D {D.shape}; got {name}.shape={Z.shape}.")
+            f"to match X {X.shape} and D {D.shape}; got {name}.shape={np.shape(given)}.")
     return Z
 
 

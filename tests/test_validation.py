@@ -616,6 +616,24 @@ def test_soft_thresholding_refuses_sparse_by_name(U, threshold, name):
 # FASTLISTA_FUZZ=long for a long random run (conftest.fuzz_settings)
 # --------------------------------------------------------------------------
 hypothesis = pytest.importorskip("hypothesis")
+@pytest.mark.parametrize("given", [(6,), (2, 6), (3, 5)])
+def test_shape_messages_give_the_shape_the_caller_passed(given):
+    """A warm start Z0 or target Z_target of the wrong shape is named with
+    the shape the caller passed: a 1-D one, which validation reads as one
+    row, was reported as (1, n_atoms), a shape nobody passed."""
+    from fastlista import Lista
+
+    rng = np.random.default_rng(0)
+    D, X = rng.standard_normal((6, 4)), rng.standard_normal((3, 4))
+    Z = np.zeros(given)
+    calls = {"Z0": lambda: solve_lasso(X, D, 0.1, Z0=Z),
+             "Z_target": lambda: Lista(D, 0.1, 2).fit(X, loss="supervised", Z_target=Z)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"\(n_samples, n_atoms\) = \(3, 6\)") as info:
+            call()
+        assert str(info.value).endswith(f"got {name}.shape={given}.")
+
+
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -466,9 +466,11 @@ class Lista:
         S = check_array(Z_target, "Z_target", dtype=X.dtype, allow_1d=True,
                         min_features=0)
         if S.shape != (X.shape[0], self.n_atoms):
+            # the shape the caller passed (a 1-D target is one row here)
             raise ValueError(
                 f"Z_target must have shape (n_samples, n_atoms) = "
-                f"{(X.shape[0], self.n_atoms)}; got Z_target.shape={S.shape}.")
+                f"{(X.shape[0], self.n_atoms)}; got Z_target.shape="
+                f"{np.shape(Z_target)}.")
         return S
 
     def _layout(self, depth):
