@@ -178,11 +178,11 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
         The stopping gap is then checked at every iteration (not every 10),
         so a sample stops at the first iteration that meets ``tol``: its
         codes and ``n_iter`` can differ from those of the same call without
-        the history (both certified). The history is one run: a sample
-        whose stopping gap met ``tol`` while the certificate of its codes,
-        computed afterwards, missed it by their rounding is not run on
-        (without the history it is, with a tighter stop, within
-        ``max_iter``), and is returned not converged.
+        the history (both certified). A sample whose stopping gap met
+        ``tol`` while the certificate of its codes, computed afterwards,
+        missed it by their rounding runs on with a tighter stop, within
+        ``max_iter``, as without the history: its record goes on from the
+        iteration where it had stopped.
     n_jobs : int or None, default=None
         Threads: at most ``n_jobs`` run at any time (OpenMP threads in the
         kernels, BLAS held to one thread meanwhile when threadpoolctl is
@@ -436,6 +436,25 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             step_all(rows, tol, max_iter)
             Z[np.ix_(rows, zero_cols)] = 0
     run(active, tol, max_iter)
+    run_on = run
+    if record_history:
+        def run_on(rows, tol, max_iter):
+            # the rows' history goes on from their iterations so far: they
+            # run as a batch of their own, recorded into a scratch history
+            # whose iteration t is their iteration n_iter + t
+            k, first = rows.size, n_iter[rows]
+            part = [np.full((max_iter + 1, k), np.nan, X.dtype) for _ in range(3)]
+            Zr, n_r, gap_r = np.ascontiguousarray(Z[rows]), np.zeros(k, np.intc), np.zeros(k)
+            _kernel(S.rows(rows), np.ascontiguousarray(C[rows]), B, xx[rows], lm[rows],
+                    method, Zr, n_threads, part, n_r, gap_r, positive)(
+                np.arange(k, dtype=np.intc), tol, max_iter)
+            if zero_atoms.any():
+                Zr[:, zero_atoms] = 0
+            Z[rows], n_iter[rows], stop_gap[rows] = Zr, n_r, gap_r
+            for t in range(max_iter + 1):
+                ran = t <= n_r
+                for h, h_r in zip(hist, part):
+                    h[first[ran] + t, rows[ran]] = h_r[t, ran]
 
     primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
     # the largest gap each sample may certify (0 for tol = 0); with a tol
@@ -444,7 +463,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     with np.errstate(over="ignore"):
         target = tol * 0.5 * xx
         retry_target = RETRY_FACTOR * target
-    if tol > 0 and not record_history:
+    if tol > 0:
         # the stopping gap and the certificate differ by rounding: a sample
         # stopped on the first and refused by the second runs on, with a
         # tighter stop, within its budget of iterations (a miss beyond
@@ -469,7 +488,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
                 length = GAP_FREQ * max(1, int(done.max()) // (4 * GAP_FREQ))
                 rounds = np.minimum(max_iter - done, length)
                 for steps in np.unique(rounds):
-                    run(again[rounds == steps].astype(np.intc), tight, int(steps))
+                    run_on(again[rounds == steps].astype(np.intc), tight, int(steps))
                 ran_out = ~(stop_gap[again] <= tight_target[again])
                 n_iter[again] += done
                 primal[again], gap[again] = certify(
