@@ -237,7 +237,14 @@ def solve_lasso(X, D, lmbd, method="auto", tol=1e-8, max_iter=10000, Z0=None,
     >>> bool(res.converged[0])
     True
     """
-    func = "solve_lasso"
+    return _solve_lasso(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_jobs,
+                        positive, "solve_lasso")
+
+
+def _solve_lasso(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_jobs, positive,
+                 func):
+    """:func:`solve_lasso`, its messages naming ``func`` (the function the
+    user called: solve_lasso or one of its shortcuts)."""
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     lmbd = check_lmbd(lmbd, X.shape[0], func)
     positive = check_bool(positive, "positive", func)
@@ -682,9 +689,8 @@ def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
 def _method_function(method, doc_name):
     def solver(X, D, lmbd, tol=1e-8, max_iter=10000, Z0=None,
                record_history=False, n_jobs=None, positive=False):
-        return solve_lasso(X, D, lmbd, method=method, tol=tol, max_iter=max_iter,
-                           Z0=Z0, record_history=record_history, n_jobs=n_jobs,
-                           positive=positive)
+        return _solve_lasso(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_jobs,
+                            positive, doc_name)
     solver.__name__ = solver.__qualname__ = doc_name
     solver.__doc__ = (
         f"``solve_lasso(X, D, lmbd, method={method!r}, ...)``: see "

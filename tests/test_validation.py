@@ -195,11 +195,16 @@ def test_one_dimensional_dictionary_is_told_its_shape(call):
 @pytest.mark.parametrize("func", ["ista", "fista", "oista", "backtracking_ista",
                                   "coordinate_descent"])
 def test_convenience_functions_validate(func):
+    """The shortcuts validate as solve_lasso does, their messages naming
+    the function called (they named solve_lasso, which the user had not
+    called; found by a review of the docs' claims)."""
     f = getattr(fastlista, func)
-    with pytest.raises(InvalidParameterError, match="'lmbd'"):
+    with pytest.raises(InvalidParameterError, match=f"'lmbd' parameter of {func} "):
         f(X, D, -0.5)
-    with pytest.raises(InvalidParameterError, match="'max_iter'"):
+    with pytest.raises(InvalidParameterError, match=f"'max_iter' parameter of {func} "):
         f(X, D, 0.1, max_iter=0)
+    with pytest.raises(InvalidParameterError, match=f"'n_jobs' parameter of {func} "):
+        f(X, D, 0.1, n_jobs=0)
     with pytest.raises(ValueError, match="X.*NaN"):
         f(_with(X, (0, 0), np.nan), D, 0.1)
 
