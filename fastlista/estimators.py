@@ -545,10 +545,15 @@ class LearnedSparseCoder(_SparseCodingMixin, BaseEstimator):
         return self
 
     def _network(self, dtype):
-        """The trained network on this estimator's n_jobs, in ``dtype`` (a
-        copy in another dtype is not cached)."""
+        """The trained network on this estimator's n_jobs, for signals of
+        ``dtype``: the network itself for its own dtype and for float64
+        signals (a float32 network codes float64 signals in float64, with its
+        own layers: a float64 copy would recompute ALISTA's analytic weights
+        at float64's precision, and atoms dependent at float32's, such as
+        zero-mean ones, would get weights of 1e7 and other codes); a float32
+        copy for float32 signals of a float64 network (not cached)."""
         net = self.network_
-        if net.dtype == dtype:
+        if net.dtype == dtype or dtype == np.float64:
             return net._with_n_jobs(self.n_jobs)
         twin = _network_of(_dictionary_in(net.D, dtype), net.lmbd, net.n_layers,
                            parametrization=net.parametrization, n_jobs=self.n_jobs,

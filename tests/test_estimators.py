@@ -576,6 +576,45 @@ def test_learned_coder_float32():
     assert_allclose(Z, c64.transform(X), atol=1e-5 * np.abs(c64.transform(X)).max())
 
 
+def test_learned_coder_float32_alista_codes_float64_signals_with_its_own_weights():
+    """A float32 ALISTA coder used on float64 signals codes them with the
+    analytic weights of its own network. Its zero-mean atoms (as learned on
+    mean-removed patches) span n - 1 directions at float32's precision, and
+    the network's weights are those of that rank; ``transform`` rebuilt a
+    float64 network from the cast dictionary, whose rounding counts as an
+    n-th direction at float64's precision, and whose weights reach 1e7:
+    codes of 8.7 where the network gives 2.8. The reference: NumPy's ALISTA
+    layers with W~ the row-normalised pseudo-inverse of D at float32's
+    rank (w_i . d_i = 1)."""
+    rng = np.random.RandomState(0)
+    m, n = 32, 16
+    D = rng.randn(m, n)
+    D -= D.mean(axis=1, keepdims=True)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    D32 = D.astype(np.float32)
+    X32 = (rng.randn(200, m) @ D).astype(np.float32)
+    coder = LearnedSparseCoder(D32, alpha=0.1, n_layers=5, parametrization="alista",
+                               max_iter=5).fit(X32)
+    # NumPy reference of the trained layers on the float64 signals
+    D64 = D32.astype(np.float64)
+    U, sv, Vt = np.linalg.svd(D64, full_matrices=False)
+    r = int(np.sum(sv > sv[0] * max(m, n) * np.finfo(np.float32).eps))
+    assert r == n - 1
+    W = (U[:, :r] / sv[:r]) @ Vt[:r]            # (D^+)^T at float32's rank
+    W /= np.einsum("ij,ij->i", W, D64)[:, None]
+    X64 = X32.astype(np.float64)
+    Z = np.zeros((X64.shape[0], m))
+    for layer in coder.network_.parameters:
+        U = Z - float(layer["gamma"]) * (Z @ D64 - X64) @ W.T
+        s = 0.1 * float(layer["theta"])
+        Z = np.sign(U) * np.maximum(np.abs(U) - s, 0.0)
+    assert np.abs(Z).max() > 0
+    codes = coder.transform(X64)
+    assert codes.dtype == np.float64
+    assert_allclose(codes, Z, rtol=0, atol=1e-6 * np.abs(Z).max())
+    assert_allclose(codes, coder.transform(X32), rtol=0, atol=1e-5 * np.abs(Z).max())
+
+
 def test_learned_coder_float32_refine_tol_is_certifiable(digits):
     """LearnedSparseCoder's refine_tol follows the estimators' float32 rule
     (LassoSparseCoder's tol, the learners' transform_tol): a float32
