@@ -628,10 +628,11 @@ def _history(hist, n_iter, N, primal, gap, out_gap, method, S):
 def least_squares_codes(X, D, positive=False, n_jobs=None):
     """The codes at lmbd = 0: least squares, of minimum norm (``x pinv(D)``),
     or non-negative least squares with ``positive`` (SciPy's nnls, a sample
-    at a time). The Lasso's certificate at lmbd = 0 is 1/2 ||r||^2, which no
-    solver can bring to 0 unless x is in the span of the atoms: solve_lasso
-    would run to its max_iter. Within the caller's ``n_jobs`` budget (BLAS
-    on one thread, as inside the kernels)."""
+    at a time: a basic solution, not of minimum norm where several fit x).
+    The Lasso's certificate at lmbd = 0 is 1/2 ||r||^2, which no solver can
+    bring to 0 unless x is in the span of the atoms: solve_lasso would run
+    to its max_iter. Within the caller's ``n_jobs`` budget (BLAS on one
+    thread, as inside the kernels)."""
     with kernel_threads(n_jobs, "least_squares_codes"):
         D64 = D.astype(np.float64)
         if not positive:
@@ -653,7 +654,8 @@ def lasso_targets(X, D, lmbd, positive=False, n_jobs=None):
     Lasso is least squares, whose certificate no solver can bring below
     1/2 ||r||^2 (x outside the atoms' span): :func:`least_squares_codes`, of
     minimum norm (where gradient descent from 0, and an untrained network's
-    layers, lead), non-negative with ``positive``.
+    layers, lead); with ``positive``, SciPy's non-negative least squares (a
+    basic solution, not of minimum norm where several fit x).
 
     Parameters
     ----------

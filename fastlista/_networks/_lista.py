@@ -604,8 +604,9 @@ class Lista:
             rows of ``Z_target``. ``semi-supervised``: supervised with the
             Lasso solutions as targets (computed by
             :func:`fastlista.solve_lasso` when ``Z_target`` is None; at
-            lmbd = 0, least squares of minimum norm, non-negative with
-            ``positive``).
+            lmbd = 0, least squares of minimum norm; with ``positive``,
+            SciPy's non-negative least squares, a basic solution of the
+            NNLS problem, not its minimum-norm one).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes of the supervised losses.
         lmbd : float or array-like of shape (n_samples,), default=None
@@ -658,7 +659,7 @@ class Lista:
             targets once with :func:`fastlista.solve_lasso` (to a relative
             gap of 1e-8, 1e-6 in float32; for samples at lmbd = 0, whose
             gap no solver can certify, the least-squares codes of minimum
-            norm, non-negative with ``positive``).
+            norm; with ``positive``, SciPy's non-negative least squares).
         Z_target : array-like of shape (n_samples, n_atoms), default=None
             Target codes (required for ``supervised``; validated but not
             used with ``unsupervised``).
