@@ -430,6 +430,32 @@ def test_variant_result_is_certified(p, method, n_jobs):
 
 
 @FUZZ_VARIANTS
+@given(p=problems(variants=True), method=st.sampled_from(("ista", "fista", "backtracking",
+                                                          "oista")),
+       n_jobs=st.sampled_from([1, 2]))
+def test_history_result_is_certified_and_ends_at_its_codes(p, method, n_jobs):
+    """With record_history=True (stops checked at every iteration, the
+    certificate's refusals retried into the same record) the result keeps
+    the whole contract, and the record ends at the returned codes: the
+    gap at a sample's n_iter is its certificate, and no iteration up to it
+    is unrecorded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = solve_lasso(p.X, p.D, p.lmbd, method=method, tol=p.tol,
+                              max_iter=min(p.max_iter, 2000), Z0=p.Z0, n_jobs=n_jobs,
+                              positive=p.positive, record_history=True)
+    except FloatingPointError as exc:
+        assert p.may_refuse and "sample" in str(exc), exc
+        return
+    assert_certified(p.X, p.D, p.lmbd, p.tol, res, positive=p.positive)
+    gap_h, obj_h = res.history["gap"], res.history["objective"]
+    cols = np.arange(p.X.shape[0])
+    assert np.array_equal(gap_h[res.n_iter, cols], res.gap.astype(np.float64))
+    assert not np.isnan(gap_h).any() and not np.isnan(obj_h).any()
+
+
+@FUZZ_VARIANTS
 @given(p=problems(variants=True, min_samples=32), method=st.sampled_from(METHODS))
 def test_variant_thread_counts_agree_within_certified_gaps(p, method):
     res1, res2 = run(p, method, 1), run(p, method, 2)
