@@ -190,8 +190,9 @@ def check_array(a, name, *, ndim=2, dtype=None, allow_1d=False,
                 f"Expected {ndim}D array for {name}, got scalar array instead: "
                 f"{name}={arr!r}. Reshape your data.")
         hint = ""
-        if ndim == 2 and arr.ndim == 1 and name in ("D", "D0"):
-            # (scikit-learn's hint below speaks of samples and features)
+        if ndim == 2 and arr.ndim == 1 and name in ("D", "D0", "dictionary", "dict_init"):
+            # (scikit-learn's hint below speaks of samples and features;
+            # "dictionary" and "dict_init": the estimators' names of D and D0)
             hint = (f" A dictionary has shape (n_atoms, n_features): one atom is "
                     f"{name}.reshape(1, -1).")
         elif ndim == 2 and arr.ndim == 1:

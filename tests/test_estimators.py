@@ -7,6 +7,7 @@ lambda), the plain NumPy ISTA of ``tests/reference.py``, and, for the
 learned coder, a :class:`fastlista.Lista` trained directly.
 """
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -1595,3 +1596,26 @@ def test_a_fit_that_raises_leaves_the_estimator_as_it_was(monkeypatch, name):
         before["callback"] = None
     _assert_same_state(est, before)
     assert_array_equal(est.transform(X1[:5]), Z)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("dictionary", lambda d: LassoSparseCoder(d)),
+    ("dictionary", lambda d: LearnedSparseCoder(d, n_layers=2, max_iter=1)),
+    ("dict_init", lambda d: __import__("fastlista.estimators", fromlist=["x"])
+     .DictionaryLearning(n_components=1, dict_init=d, max_iter=1)),
+    ("dict_init", lambda d: __import__("fastlista.estimators", fromlist=["x"])
+     .MiniBatchDictionaryLearning(n_components=1, dict_init=d, max_iter=1)),
+], ids=["LassoSparseCoder", "LearnedSparseCoder", "DictionaryLearning",
+        "MiniBatchDictionaryLearning"])
+def test_one_dimensional_dictionary_of_an_estimator_is_told_its_shape(name, make):
+    """A 1-D dictionary (or dict_init) of an estimator is told the
+    dictionary's shape, as solve_lasso's and Lista's D and learn_dictionary's
+    D0 are, not scikit-learn's hint about a single feature or a single
+    sample: the twelfth pass gave the hint to the names "D" and "D0" only."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 4))
+    with pytest.raises(ValueError, match=re.escape(
+            f"A dictionary has shape (n_atoms, n_features): one atom is "
+            f"{name}.reshape(1, -1).")) as info:
+        make(np.ones(4)).fit(X)
+    assert "single feature" not in str(info.value)
