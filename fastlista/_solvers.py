@@ -269,7 +269,7 @@ def _solve_lasso(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_jobs, 
                 f"max_iter={max_iter} and {N} samples; reduce max_iter or the batch.")
     with kernel_threads(n_jobs, func) as n_threads:
         result = _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history,
-                        n_threads, positive, warn=True)
+                        n_threads, positive, warn=True, func=func)
     if is_1d:
         result.codes, result.gap = result.codes[0], result.gap[0]
         result.n_iter, result.converged = int(result.n_iter[0]), bool(result.converged[0])
@@ -354,14 +354,15 @@ def _warn_not_converged(rel, n_iter, n_samples, dtype, tol, max_iter, method,
 
 
 def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
-           positive=False, warn=False):
+           positive=False, warn=False, func="solve_lasso"):
     """Validated inputs → certified LassoResult (2-D), on n_threads threads.
 
     The problem is solved in scaled units (``Scaled``), then the codes are
     brought back and certified from their returned values. ``warn``: a
     ConvergenceWarning when samples did not converge, with their relative
     gaps taken in scaled units (where neither the gap nor 1/2 ||x||^2
-    underflows).
+    underflows). ``func``: the function the user called, named in the
+    errors.
     """
     N, m = X.shape[0], D.shape[0]
     S = Scaled.of(X, D)
@@ -384,7 +385,7 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
     except MemoryError:
         # the one work array beyond the size of the inputs and the codes
         raise MemoryError(
-            f"solve_lasso: D has {m} atoms, and the solvers work on its Gram matrix "
+            f"{func}: D has {m} atoms, and the solvers work on its Gram matrix "
             f"D D^T ({m} x {m} float64, {m * m * 8 / 2**30:.3g} GiB, and a float32 "
             "copy for float32 data), which does not fit in the memory "
             "available.") from None

@@ -164,13 +164,16 @@ def test_a_gram_matrix_beyond_memory_is_named():
     Under an address-space limit 1 GiB above the child's start, solve_lasso
     raised NumPy's "Unable to allocate 2.98 GiB for an array with shape
     (20000, 20000)", naming no argument; it names D's atoms, and the same
-    process then solves a D of 100 atoms (nothing was lost)."""
+    process then solves a D of 100 atoms (nothing was lost). Called as
+    fastlista.ista, the message named solve_lasso, which the user had not
+    called (1e9fc23 renamed the shortcuts' other messages)."""
     import os
     import subprocess
 
     code = """if True:
         import resource
         import numpy as np
+        import fastlista
         from fastlista import solve_lasso
         with open("/proc/self/status") as f:
             size = int(f.read().split("VmSize:")[1].split()[0]) * 1024
@@ -181,6 +184,10 @@ def test_a_gram_matrix_beyond_memory_is_named():
                 solve_lasso(np.ones((1, 1)), D, 0.5, method=method, n_jobs=1)
             except MemoryError as exc:
                 print(exc)
+        try:
+            fastlista.ista(np.ones((1, 1)), D, 0.5, n_jobs=1)
+        except MemoryError as exc:
+            print(exc)
         res = solve_lasso(np.ones((1, 1)), D[:100], 0.5, n_jobs=1)
         print(bool(res.converged[0]), float(np.abs(res.codes).sum()))
     """
@@ -199,9 +206,11 @@ def test_a_gram_matrix_beyond_memory_is_named():
                "D D^T (20000 x 20000 float64, 2.98 GiB, and a float32 copy for float32 "
                "data), which does not fit in the memory available.")
     assert lines[:2] == [message, message], run.stdout
+    # the shortcut ista names itself, as its other messages do
+    assert lines[2] == message.replace("solve_lasso:", "ista:"), run.stdout
     # one feature: the whole code on the largest atom a = max |d_j|, where
     # 1/2 (1 - a u)^2 + 0.5 u is least: |z|_1 = u = (a - 0.5) / a^2
     a = np.abs(np.random.default_rng(0).standard_normal((20000, 1))[:100]).max()
-    converged, l1 = lines[2].split()
+    converged, l1 = lines[3].split()
     assert converged == "True"
     assert abs(float(l1) - (a - 0.5) / a**2) <= 1e-7
