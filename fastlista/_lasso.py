@@ -43,17 +43,21 @@ SCALE_LIMIT = {np.dtype(np.float64): 100, np.dtype(np.float32): 30}
 _LMBD_CAP = 1e300
 
 
-def _check_codes(Z, X, D, name="Z"):
+def _check_codes(Z, X, D, name="Z", is_1d=False):
     """Validate codes against a validated (X, D): a 2-D array cast to their
     dtype (for warm starts, whose rounding does no harm; codes to evaluate
-    go through :func:`_check_evaluated`)."""
+    go through :func:`_check_evaluated`). ``is_1d``: the caller's X was one
+    sample, 1-D (promoted to a row in X)."""
     given = Z
     Z = check_array(Z, name, dtype=X.dtype, allow_1d=True, min_features=0)
     if Z.shape != (X.shape[0], D.shape[0]):
-        # the shape the caller passed (a 1-D Z is one row here)
+        # the shapes the caller passed (a 1-D X or Z is one row here)
+        expected = (f"(n_atoms,) = {(D.shape[0],)}" if is_1d else
+                    f"(n_samples, n_atoms) = {(X.shape[0], D.shape[0])}")
+        x_shape = X.shape[1:] if is_1d else X.shape
         raise ValueError(
-            f"{name} must have shape (n_samples, n_atoms) = {(X.shape[0], D.shape[0])} "
-            f"to match X {X.shape} and D {D.shape}; got {name}.shape={np.shape(given)}.")
+            f"{name} must have shape {expected} to match X {x_shape} and D {D.shape}; "
+            f"got {name}.shape={np.shape(given)}.")
     return Z
 
 
@@ -65,7 +69,7 @@ def _check_evaluated(X, D, Z):
     X, D, is_1d = check_X_D(X, D, allow_no_atoms=True)
     if _common_dtype(X, Z) != X.dtype:
         X, D = X.astype(np.float64), D.astype(np.float64)
-    return X, D, _check_codes(Z, X, D), is_1d
+    return X, D, _check_codes(Z, X, D, is_1d=is_1d), is_1d
 
 
 def round_up(values, dtype):

@@ -252,7 +252,7 @@ def _solve_lasso(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_jobs, 
     tol = check_scalar(tol, "tol", func, low=0.0)
     max_iter = check_max_iter(max_iter, func)
     record_history = check_bool(record_history, "record_history", func)
-    Z0 = None if Z0 is None else _check_codes(Z0, X, D, name="Z0")
+    Z0 = None if Z0 is None else _check_codes(Z0, X, D, name="Z0", is_1d=is_1d)
     N = X.shape[0]
     resolved = AUTO_METHOD if method == "auto" else method
     if record_history and resolved == "cd":

@@ -639,6 +639,33 @@ def test_shape_messages_give_the_shape_the_caller_passed(given):
         assert str(info.value).endswith(f"got {name}.shape={given}.")
 
 
+@pytest.mark.parametrize("given", [(7,), (2, 6), (1, 6, 1)])
+def test_shape_messages_of_one_sample_give_the_shapes_the_caller_passed(given):
+    """With a 1-D x (one sample), a warm start or codes of another shape are
+    told the shape that fits it, (n_atoms,), and x's own shape: x was
+    reported promoted to a row, "(n_samples, n_atoms) = (1, 6) to match X
+    (1, 4)", shapes nobody passed (found by a review of the session's
+    fixes)."""
+    rng = np.random.default_rng(0)
+    D, x = rng.standard_normal((6, 4)), rng.standard_normal(4)
+    Z = np.zeros(given)
+    for name, call in {"Z0": lambda: solve_lasso(x, D, 0.1, Z0=Z),
+                       "Z": lambda: duality_gap(x, D, 0.1, Z)}.items():
+        with pytest.raises(ValueError) as info:
+            call()
+        if len(given) <= 2:
+            assert str(info.value) == (
+                f"{name} must have shape (n_atoms,) = (6,) to match X (4,) and D (6, 4); "
+                f"got {name}.shape={given}.")
+        else:           # 3-D: refused by its dimension, naming it
+            assert name in str(info.value)
+    # the right shape is accepted: the codes solve x's Lasso (the same
+    # solution as from the zero start, within the certified tolerance)
+    z = solve_lasso(x, D, 0.1, Z0=np.zeros(6)).codes
+    assert z.shape == (6,)
+    np.testing.assert_allclose(duality_gap(x, D, 0.1, z), 0, atol=1e-8 * 0.5 * x @ x)
+
+
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
