@@ -1434,3 +1434,30 @@ def test_lmbd_holding_bools_is_refused_as_lmbd_true_is(lmbd):
                 func(value)
     res = solve_lasso(X > 0, D > 0, 0.1)
     assert_array_equal(res.codes, solve_lasso((X > 0) * 1.0, (D > 0) * 1.0, 0.1).codes)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_float32_oista_keeps_its_steps_where_l_s_has_a_closed_form(m):
+    # On one or two atoms L_S is exact (B_jj, or L itself), so no step on
+    # 1/L_S can fail the curvature test. The float32 test compared d.g(z1),
+    # d from the float32-rounded z+, with d.g(z0) from the unrounded one: the
+    # rounding of z (not of d) entered a test whose tolerance scales with d,
+    # and near the optimum 78 of these 6000 steps were undone (recorded as
+    # 0, the sample moved to LAPACK). Every step must be 1/L or 1/B_jj.
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((m, 8)).astype(np.float32)
+    X = rng.standard_normal((200, 8)).astype(np.float32)
+    D64 = D.astype(np.float64)
+    B = D64 @ D64.T
+    lmbd = 0.5 * np.max(np.abs(X.astype(np.float64) @ D64.T), axis=1)
+    res = fastlista.oista(X, D, lmbd, tol=0, max_iter=30, record_history=True)
+    steps = res.step_sizes.astype(np.float64)
+    allowed = 1 / np.concatenate([[np.linalg.eigvalsh(B).max()], np.diagonal(B)])
+    close = np.isclose(steps[..., None], allowed, rtol=1e-6, atol=0).any(axis=-1)
+    assert np.count_nonzero(steps == 0) == 0
+    assert close.all()
+    if m == 1:
+        # one atom: the Lasso's closed form, soft-thresholding c / ||d||^2
+        c = X.astype(np.float64) @ D64[0]
+        z = np.sign(c) * np.maximum(np.abs(c) - lmbd, 0) / B[0, 0]
+        assert_allclose(res.codes[:, 0], z, rtol=1e-5, atol=1e-6)

@@ -354,7 +354,9 @@ cdef bint oista_curvature_fails(floating *tag, ProxWork *w, int s, const floatin
     cdef Py_ssize_t j
     for i in range(w.Dn[s]):
         j = di[i]
-        d = <double> z[j] - z0[i]
+        # z0 as stored for the products (the float32 iterate in double is
+        # rounded for them), so that d (g - g(z0)) is d B d^T
+        d = <double> z[j] - <double> (<floating> z0[i])
         q = q + d * g[j]
         e = e + fabs(d) * (fabs(<double> cs[j]) + fabs(<double> g[j] + cs[j]))
     q = q - cv[0]
@@ -656,7 +658,14 @@ cdef void solve_block(floating *tag, ProxCtx *c, int tid, Py_ssize_t start,
                         cs = Cb + s * m
                         for nd in range(w.Dn[s]):
                             j = di[nd]
-                            ud = rowd[j] - zd[j]
+                            # d as stored for the products: the float32
+                            # z and z+ rounded (d.g(z) in double on
+                            # unrounded ones left the rounding of z, not
+                            # of d, in the curvature test, whose tolerance
+                            # scales with d: near the optimum, float32
+                            # steps exactly on L_S were undone)
+                            ud = (<double> (<floating> rowd[j])
+                                  - <double> (<floating> zd[j]))
                             dz[nd] = zd[j]
                             dg = dg + ud * gs[j]
                             dd = dd + ud * ud
