@@ -177,10 +177,21 @@ def _settings_from_dict(model, n_jobs):
             f"sample use fastlista.distributed.solve_lasso(X, D, lmbd). Got a "
             f"{type(lmbd).__name__} of "
             + (f"shape {lmbd.shape}." if hasattr(lmbd, "shape") else f"length {len(lmbd)}."))
-    lmbd = check_scalar(lmbd, "lmbd", "fastlista.distributed.encode", low=0.0)
+    func = "fastlista.distributed.encode"
+    lmbd = check_scalar(lmbd, "lmbd", func, low=0.0)
+    # the settings checked here, named as encode's: the probe's solve_lasso
+    # would name itself, a function the caller did not call
+    if "method" in kwargs:
+        kwargs["method"] = check_option(kwargs["method"], "method", func, METHODS)
+    if "tol" in kwargs:
+        kwargs["tol"] = check_scalar(kwargs["tol"], "tol", func, low=0.0)
+    if "max_iter" in kwargs:
+        kwargs["max_iter"] = check_max_iter(kwargs["max_iter"], func)
+    if "positive" in kwargs:
+        kwargs["positive"] = check_bool(kwargs["positive"], "positive", func)
     if "n_jobs" not in kwargs:
         kwargs["n_jobs"] = n_jobs
-    check_n_jobs(kwargs["n_jobs"], "fastlista.distributed.encode")
+    check_n_jobs(kwargs["n_jobs"], func)
     return _LassoSettings(D, lmbd, kwargs)
 
 

@@ -568,6 +568,13 @@ def test_encode_messages(data):
     with pytest.raises(fastlista.InvalidParameterError,
                        match="'n_jobs' parameter of fastlista.distributed.encode"):
         fd.encode({"D": D, "lmbd": 0.1}, chunked(X), n_jobs=0)
+    # every setting is named as encode's (they were checked by the client's
+    # one-sample probe, whose messages named solve_lasso)
+    for name, value in [("method", "bogus"), ("tol", -1.0), ("max_iter", 0),
+                        ("positive", 1), ("n_jobs", 0)]:
+        with pytest.raises(fastlista.InvalidParameterError,
+                           match=f"^The '{name}' parameter of fastlista.distributed.encode "):
+            fd.encode({"D": D, "lmbd": 0.1, name: value}, chunked(X))
 
 
 # ---------------------------------------------------------------------------
