@@ -109,10 +109,10 @@ class DictionaryResult:
     objective : ndarray of shape (iterations completed,)
         Mean objective ``1/2 ||x - z D||^2 + lmbd ||z||_1`` over the signals,
         per completed iteration: ``n_iter`` entries, one fewer online when a
-        callback stopped the last epoch before its end. Batch: after each iteration's dictionary step, with
-        that iteration's codes (non-increasing; from the residuals, in
-        float64). Online: per epoch, each
-        signal's objective when its mini-batch was coded (with the
+        callback stopped the last epoch before its end. Batch: after each
+        iteration's dictionary step, with that iteration's codes
+        (non-increasing; from the residuals, in float64). Online: per epoch,
+        each signal's objective when its mini-batch was coded (with the
         dictionary of that time): the online estimate of the objective.
     n_iter : int
         Iterations run: batch iterations, or epochs (passes over X) online,
