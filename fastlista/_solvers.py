@@ -459,10 +459,9 @@ def _solve(X, D, lmbd, method, tol, max_iter, Z0, record_history, n_threads,
             if zero_atoms.any():
                 Zr[:, zero_atoms] = 0
             Z[rows], n_iter[rows], stop_gap[rows] = Zr, n_r, gap_r
-            for t in range(max_iter + 1):
-                ran = t <= n_r
-                for h, h_r in zip(hist, part):
-                    h[first[ran] + t, rows[ran]] = h_r[t, ran]
+            t, j = np.nonzero(np.arange(max_iter + 1)[:, None] <= n_r)
+            for h, h_r in zip(hist, part):
+                h[first[j] + t, rows[j]] = h_r[t, j]
 
     primal, gap = certify(S, lm, Z, n_threads, C, B, positive)
     # the largest gap each sample may certify (0 for tol = 0); with a tol
