@@ -756,6 +756,16 @@ def test_float32_iterative_solvers_stop_where_the_certificate_agrees(method):
     assert np.all(gap <= 1e-6 * 0.5 * np.einsum("ij,ij->i", X, X, dtype=np.float64))
 
 
+def _paper_shape_problem(n_samples, seed):
+    """Signals of 64 features scaled to lambda_max = 1, on 256 unit-norm
+    Gaussian atoms (the paper's shape), float64."""
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((256, 64))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((n_samples, 64))
+    return X / ref.lambda_max(X, D)[:, None], D
+
+
 @pytest.mark.parametrize("method, lmbd", [("ista", 0.2), ("fista", 0.1), ("backtracking", 0.1),
                                           ("oista", 0.1)])
 def test_float32_retries_end_where_the_certificate_accepts(method, lmbd):
@@ -768,11 +778,7 @@ def test_float32_retries_end_where_the_certificate_accepts(method, lmbd):
     (the NumPy reference gap, in long double) in about float64's
     iterations, at a multiple of the gap's period (ISTA at lmbd = 0.1
     needs more than max_iter in both)."""
-    rng = np.random.default_rng(0)
-    D = rng.standard_normal((256, 64))
-    D /= np.linalg.norm(D, axis=1, keepdims=True)
-    X = rng.standard_normal((150, 64))
-    X /= ref.lambda_max(X, D)[:, None]
+    X, D = _paper_shape_problem(150, seed=0)
     X32, D32 = X.astype(np.float32), D.astype(np.float32)
     max_iter = 20000
     res = solve_lasso(X32, D32, lmbd, method=method, tol=1e-6, max_iter=max_iter)
@@ -797,11 +803,7 @@ def test_float32_history_retries_as_without_it(method):
     the record goes on from where a sample first stopped: no iteration
     unrecorded up to its n_iter, the last entries at the returned codes
     (NumPy objective), the step sizes recorded through the retries."""
-    rng = np.random.default_rng(1)
-    D = rng.standard_normal((256, 64))
-    D /= np.linalg.norm(D, axis=1, keepdims=True)
-    X = rng.standard_normal((120, 64))
-    X /= ref.lambda_max(X, D)[:, None]
+    X, D = _paper_shape_problem(120, seed=1)
     X32, D32 = X.astype(np.float32), D.astype(np.float32)
     lmbd, tol = 0.1, 1e-6
     half = 0.5 * np.einsum("ij,ij->i", X32, X32, dtype=np.float64)
