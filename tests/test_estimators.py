@@ -1601,10 +1601,9 @@ def test_a_fit_that_raises_leaves_the_estimator_as_it_was(monkeypatch, name):
 @pytest.mark.parametrize("name, make", [
     ("dictionary", lambda d: LassoSparseCoder(d)),
     ("dictionary", lambda d: LearnedSparseCoder(d, n_layers=2, max_iter=1)),
-    ("dict_init", lambda d: __import__("fastlista.estimators", fromlist=["x"])
-     .DictionaryLearning(n_components=1, dict_init=d, max_iter=1)),
-    ("dict_init", lambda d: __import__("fastlista.estimators", fromlist=["x"])
-     .MiniBatchDictionaryLearning(n_components=1, dict_init=d, max_iter=1)),
+    ("dict_init", lambda d: DictionaryLearning(n_components=1, dict_init=d, max_iter=1)),
+    ("dict_init", lambda d: MiniBatchDictionaryLearning(n_components=1, dict_init=d,
+                                                        max_iter=1)),
 ], ids=["LassoSparseCoder", "LearnedSparseCoder", "DictionaryLearning",
         "MiniBatchDictionaryLearning"])
 def test_one_dimensional_dictionary_of_an_estimator_is_told_its_shape(name, make):
